@@ -1,0 +1,40 @@
+//! The built-in actions.
+
+mod bash;
+mod log;
+mod send_event;
+mod set_context;
+mod sleep;
+
+use std::sync::Arc;
+
+use super::ActionRegistry;
+
+/// Action types that statemachine-engine configs use and that other parts of Turnstile
+/// provide (jobs, plugins); validation names them precisely when they are missing.
+const ELSEWHERE: &[(&str, &str)] = &[
+    ("check_database_queue", "it comes with the durable job store (SQLite), not available in this build"),
+    ("claim_job", "it comes with the durable job store (SQLite), not available in this build"),
+    ("complete_job", "it comes with the durable job store (SQLite), not available in this build"),
+    ("fail_job", "it comes with the durable job store (SQLite), not available in this build"),
+    ("get_pending_jobs", "it comes with the durable job store (SQLite), not available in this build"),
+    ("wait_for_jobs", "it comes with the durable job store (SQLite), not available in this build"),
+    ("check_machine_state", "it comes with the persisted machine state store, not available in this build"),
+    ("clear_events", "it comes with the persisted event store, not available in this build"),
+    ("start_fsm", "statemachine-engine's process-spawning action; Turnstile runs every machine of a process with `turnstile run A.yaml B.yaml` instead"),
+    ("add_to_list", "statemachine-engine's list action, not available in this build"),
+    ("pop_from_list", "statemachine-engine's list action, not available in this build"),
+    ("check_events", "statemachine-engine has no such action either: remove it, events arrive by themselves"),
+];
+
+/// Registers every built-in action.
+pub fn register(r: &mut ActionRegistry) {
+    r.register("log", "builtin", Arc::new(log::build));
+    r.register("bash", "builtin", Arc::new(bash::build));
+    r.register("sleep", "builtin", Arc::new(sleep::build));
+    r.register("set_context", "builtin", Arc::new(set_context::build));
+    r.register("send_event", "builtin", Arc::new(send_event::build));
+    for (kind, what) in ELSEWHERE {
+        r.mark_unavailable(kind, what);
+    }
+}

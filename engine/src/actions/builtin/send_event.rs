@@ -1,0 +1,109 @@
+//! `send_event`: delivers an event to another machine.
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
+use crate::observe::ErrorKind;
+use crate::runtime::event::Event;
+use crate::runtime::router::DeliverError;
+use crate::runtime::template::{lookup_path, JsonTemplate, Template};
+
+struct SendEvent {
+    target: Template,
+    event_type: Template,
+    payload: Option<JsonTemplate>,
+    job_id: Option<Template>,
+    success: Option<Arc<str>>,
+    error: Arc<str>,
+}
+
+pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
+    let target = p.template("target_machine");
+    if target.is_none() && !p.spec().params.contains_key("target_machine") {
+        p.error(
+            "target_machine",
+            "missing parameter `target_machine`".into(),
+            Some("add `target_machine: <machine name>`".into()),
+        );
+    }
+    let event_type = p.template("event_type");
+    if event_type.is_none() && !p.spec().params.contains_key("event_type") {
+        p.error(
+            "event_type",
+            "missing parameter `event_type`".into(),
+            Some("add `event_type: <event name>`".into()),
+        );
+    }
+    let payload = p.json_template("payload");
+    let job_id = p.template("job_id");
+    let fire_and_forget = p.flag("fire_and_forget", false);
+    let success = p.event("success", Some("event_sent"));
+    let error = p.event("error", Some("error"))?;
+    let success = if fire_and_forget { None } else { success };
+    Some(Built {
+        emits: success
+            .iter()
+            .map(|s| s.to_string())
+            .chain([error.to_string()])
+            .collect(),
+        action: Arc::new(SendEvent {
+            target: target?,
+            event_type: event_type?,
+            payload,
+            job_id,
+            success,
+            error,
+        }),
+        waits: false,
+    })
+}
+
+impl Action for SendEvent {
+    fn run(&self, cx: &mut ActionCx<'_>) -> Step {
+        let scope = cx.scope();
+        let target = self.target.render_string(&scope).into_owned();
+        let name = self.event_type.render_string(&scope).into_owned();
+        let mut ev = Event::new(name);
+        if let Some(p) = &self.payload {
+            ev.payload = Some(p.render(&scope));
+        }
+        // As statemachine-engine: the job id is the current job's, unless given.
+        ev.job_id = match &self.job_id {
+            Some(t) => Some(t.render_string(&scope).into_owned()),
+            None => cx
+                .context
+                .get("current_job")
+                .and_then(|j| lookup_path(j, &["id".to_owned()]))
+                .or_else(|| cx.context.get("id"))
+                .and_then(|v| match v {
+                    Json::String(s) => Some(s.clone()),
+                    Json::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }),
+        };
+        ev.traceparent = cx.event.traceparent.clone();
+        let fail =
+            |msg: String, error: &Arc<str>| Outcome::error("send_event", msg, Some(error.clone()));
+        match cx.router.try_deliver(&target, ev) {
+            Ok(()) => Step::Done(Outcome::ok(self.success.clone())),
+            Err(DeliverError::Full(ev, sender)) => {
+                let (success, error) = (self.success.clone(), self.error.clone());
+                Step::Wait(Box::pin(async move {
+                    match sender.send(ev).await {
+                        Ok(()) => Outcome::ok(success),
+                        Err(_) => fail(format!("machine `{target}` has stopped"), &error),
+                    }
+                }))
+            }
+            Err(DeliverError::Closed) => {
+                Step::Done(fail(format!("machine `{target}` has stopped"), &self.error))
+            }
+            Err(DeliverError::Unknown) => Step::Done(
+                fail(format!("no machine named `{target}`"), &self.error)
+                    .with_kind(ErrorKind::UnknownTarget),
+            ),
+        }
+    }
+}

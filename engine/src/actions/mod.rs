@@ -1,0 +1,258 @@
+//! Actions: what a machine does when it enters a state or takes a transition.
+//!
+//! An action is built once from its YAML parameters (so bad parameters are config errors,
+//! not run-time surprises) and run many times. Quick actions finish inside [`Action::run`];
+//! actions that wait (a command, a sleep, a delivery to a full queue) return a future the
+//! machine polls alongside its event queue, so an incoming event can interrupt them.
+
+pub mod builtin;
+pub mod params;
+pub mod shell;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json};
+
+use crate::config::model::ActionSpec;
+use crate::observe::ErrorKind;
+use crate::runtime::event::Event;
+use crate::runtime::router::Router;
+use crate::runtime::template::Scope;
+
+pub use params::{ParamIssue, Params};
+
+/// What an action needs while it runs.
+pub struct ActionCx<'a> {
+    /// The machine's name.
+    pub machine: &'a str,
+    /// The state being entered (or left, for transition actions).
+    pub state: &'a str,
+    /// The machine's context; quick actions may change it directly.
+    pub context: &'a mut Map<String, Json>,
+    /// The event that caused this state entry.
+    pub event: &'a Event,
+    /// Delivery to other machines.
+    pub router: &'a Router,
+}
+
+impl ActionCx<'_> {
+    /// The scope placeholders are resolved in: the context, then `payload` (the current
+    /// event's payload) and `event_type`.
+    pub fn scope(&self) -> ActionScope<'_> {
+        ActionScope {
+            context: self.context,
+            event: self.event,
+        }
+    }
+}
+
+/// Placeholder scope of a running action.
+pub struct ActionScope<'a> {
+    /// The machine context.
+    pub context: &'a Map<String, Json>,
+    /// The current event.
+    pub event: &'a Event,
+}
+
+impl Scope for ActionScope<'_> {
+    fn root(&self, name: &str) -> Option<&Json> {
+        match self.context.get(name) {
+            Some(v) => Some(v),
+            None if name == "payload" => self.event.payload.as_ref(),
+            None => None,
+        }
+    }
+}
+
+/// How an action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Normal completion.
+    Ok,
+    /// Failure, with a message.
+    Error(String),
+    /// Ran out of time.
+    Timeout(String),
+}
+
+/// The result of an action.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// The event to process next, if any.
+    pub event: Option<Arc<str>>,
+    /// Context changes to apply (for actions that ran as futures).
+    pub context: Vec<(String, Json)>,
+    /// Captured output for logs and traces (already truncated).
+    pub output: Option<String>,
+    /// The error kind to report for a failure (default: [`ErrorKind::Action`]).
+    pub error_kind: Option<ErrorKind>,
+}
+
+impl Outcome {
+    /// Success, optionally returning an event.
+    pub fn ok(event: Option<Arc<str>>) -> Self {
+        Self {
+            status: Status::Ok,
+            event,
+            context: Vec::new(),
+            output: None,
+            error_kind: None,
+        }
+    }
+
+    /// Failure: sets `last_error` and `last_error_action` in the context (as
+    /// statemachine-engine does) and returns `event`.
+    pub fn error(kind: &str, message: String, event: Option<Arc<str>>) -> Self {
+        Self {
+            context: vec![
+                ("last_error".into(), Json::String(message.clone())),
+                ("last_error_action".into(), Json::String(kind.to_owned())),
+            ],
+            status: Status::Error(message),
+            event,
+            output: None,
+            error_kind: None,
+        }
+    }
+
+    /// Sets the error kind reported for this failure.
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.error_kind = Some(kind);
+        self
+    }
+}
+
+/// A pending action.
+pub type ActionFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// What [`Action::run`] returns.
+pub enum Step {
+    /// Finished already.
+    Done(Outcome),
+    /// Finishes when the future does; dropped (cancelled) if an event interrupts it.
+    Wait(ActionFuture),
+}
+
+/// An action instance, built from one YAML entry.
+pub trait Action: Send + Sync + 'static {
+    /// Runs the action once.
+    fn run(&self, cx: &mut ActionCx<'_>) -> Step;
+}
+
+/// An action built from its parameters, with what the validator needs to know about it.
+pub struct Built {
+    /// The runnable action.
+    pub action: Arc<dyn Action>,
+    /// Events it may return (for the "no transition accepts this event" lint).
+    pub emits: Vec<String>,
+    /// True when it waits for something outside (sleep, a job): not a livelock.
+    pub waits: bool,
+}
+
+/// Builds actions of one type.
+pub trait ActionFactory: Send + Sync + 'static {
+    /// Builds an action from its parameters, reporting every problem in `p`.
+    /// Returns `None` when the parameters are unusable.
+    fn build(&self, p: &mut Params<'_>) -> Option<Built>;
+}
+
+impl<F> ActionFactory for F
+where
+    F: Fn(&mut Params<'_>) -> Option<Built> + Send + Sync + 'static,
+{
+    fn build(&self, p: &mut Params<'_>) -> Option<Built> {
+        self(p)
+    }
+}
+
+/// A registered action type.
+#[derive(Clone)]
+pub struct Registered {
+    /// The factory.
+    pub factory: Arc<dyn ActionFactory>,
+    /// Where it comes from: `builtin` or a plugin name.
+    pub provider: Arc<str>,
+}
+
+/// All action types known to an engine.
+#[derive(Clone, Default)]
+pub struct ActionRegistry {
+    types: HashMap<String, Registered>,
+    /// Types known to exist in Turnstile but not available in this build or setup, with a
+    /// hint saying what provides them.
+    unavailable: HashMap<String, String>,
+}
+
+impl ActionRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in actions.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        builtin::register(&mut r);
+        r
+    }
+
+    /// Registers (or replaces) an action type.
+    pub fn register(&mut self, kind: &str, provider: &str, factory: Arc<dyn ActionFactory>) {
+        self.unavailable.remove(kind);
+        self.types.insert(
+            kind.to_owned(),
+            Registered {
+                factory,
+                provider: provider.into(),
+            },
+        );
+    }
+
+    /// Marks a type as known but unavailable, so validation can say what is missing.
+    pub fn mark_unavailable(&mut self, kind: &str, hint: &str) {
+        if !self.types.contains_key(kind) {
+            self.unavailable.insert(kind.to_owned(), hint.to_owned());
+        }
+    }
+
+    /// Looks a type up.
+    pub fn get(&self, kind: &str) -> Option<&Registered> {
+        self.types.get(kind)
+    }
+
+    /// Why a type is unavailable, if it is a known one.
+    pub fn unavailable_hint(&self, kind: &str) -> Option<&str> {
+        self.unavailable.get(kind).map(String::as_str)
+    }
+
+    /// All registered type names, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.types.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Builds one action spec; problems go to `issues`, and the events written in the
+    /// config (`success:`, `error:`, ...) to `written_events`. `None` when the type is
+    /// unknown or the parameters are unusable.
+    pub fn build(
+        &self,
+        spec: &ActionSpec,
+        issues: &mut Vec<ParamIssue>,
+        written_events: &mut Vec<(String, crate::config::yaml::Loc)>,
+    ) -> Option<Built> {
+        let reg = self.get(&spec.kind.value)?;
+        let mut p = Params::new(spec);
+        let built = reg.factory.build(&mut p);
+        let (i, w) = p.finish();
+        issues.extend(i);
+        written_events.extend(w);
+        built
+    }
+}

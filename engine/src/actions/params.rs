@@ -1,0 +1,252 @@
+//! Reading an action's parameters with precise errors.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::config::diag::did_you_mean;
+use crate::config::model::ActionSpec;
+use crate::config::yaml::Loc;
+use crate::runtime::template::{JsonTemplate, Template};
+
+/// A problem with one parameter.
+#[derive(Debug, Clone)]
+pub struct ParamIssue {
+    /// True for errors, false for warnings.
+    pub is_error: bool,
+    /// Where.
+    pub loc: Loc,
+    /// What.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+/// Parameters accepted by every action and ignored (statemachine-engine compatibility).
+const COMMON: &[&str] = &["repeatable", "run_policy"];
+
+/// Typed access to an action's parameters; remembers which were read so that the rest
+/// can be reported as unknown.
+pub struct Params<'a> {
+    spec: &'a ActionSpec,
+    read: HashSet<&'static str>,
+    issues: Vec<ParamIssue>,
+    written_events: Vec<(String, Loc)>,
+}
+
+impl<'a> Params<'a> {
+    /// Wraps a spec.
+    pub fn new(spec: &'a ActionSpec) -> Self {
+        Self {
+            spec,
+            read: HashSet::new(),
+            issues: Vec::new(),
+            written_events: Vec::new(),
+        }
+    }
+
+    /// The action type.
+    pub fn kind(&self) -> &str {
+        &self.spec.kind.value
+    }
+
+    /// The whole spec.
+    pub fn spec(&self) -> &ActionSpec {
+        self.spec
+    }
+
+    /// A raw parameter.
+    pub fn raw(&mut self, key: &'static str) -> Option<&'a Json> {
+        self.read.insert(key);
+        self.spec.params.get(key)
+    }
+
+    /// Records an error about `key`.
+    pub fn error(&mut self, key: &str, message: String, hint: Option<String>) {
+        self.issues.push(ParamIssue {
+            is_error: true,
+            loc: self.spec.loc_of(key),
+            message: format!("`{}` action: {message}", self.spec.kind.value),
+            hint,
+        });
+    }
+
+    /// Records a warning about `key`.
+    pub fn warn(&mut self, key: &str, message: String, hint: Option<String>) {
+        self.issues.push(ParamIssue {
+            is_error: false,
+            loc: self.spec.loc_of(key),
+            message: format!("`{}` action: {message}", self.spec.kind.value),
+            hint,
+        });
+    }
+
+    /// A string parameter (numbers and booleans are accepted as their text).
+    pub fn string(&mut self, key: &'static str) -> Option<String> {
+        match self.raw(key)? {
+            Json::String(s) => Some(s.clone()),
+            Json::Number(n) => Some(n.to_string()),
+            Json::Bool(b) => Some(b.to_string()),
+            Json::Null => None,
+            other => {
+                let t = type_name(other);
+                self.error(key, format!("`{key}` must be a string, found {t}"), None);
+                None
+            }
+        }
+    }
+
+    /// A required string parameter.
+    pub fn required_string(&mut self, key: &'static str, example: &str) -> Option<String> {
+        let v = self.string(key);
+        if v.is_none() && !self.spec.params.contains_key(key) {
+            self.error(
+                key,
+                format!("missing parameter `{key}`"),
+                Some(format!("add `{key}: {example}`")),
+            );
+        }
+        v
+    }
+
+    /// A string template parameter (`{placeholders}` allowed).
+    pub fn template(&mut self, key: &'static str) -> Option<Template> {
+        let s = self.string(key)?;
+        match Template::parse(&s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(key, e, None);
+                None
+            }
+        }
+    }
+
+    /// Any JSON parameter, with placeholders in its strings.
+    pub fn json_template(&mut self, key: &'static str) -> Option<JsonTemplate> {
+        let v = self.raw(key)?;
+        match JsonTemplate::compile(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(key, e, None);
+                None
+            }
+        }
+    }
+
+    /// An event name parameter, or `default`. Events written in the config are recorded
+    /// so that validation can check that a transition accepts them.
+    pub fn event(&mut self, key: &'static str, default: Option<&str>) -> Option<Arc<str>> {
+        match self.string(key) {
+            Some(s) if !s.is_empty() => {
+                self.written_events.push((s.clone(), self.spec.loc_of(key)));
+                Some(Arc::from(s))
+            }
+            _ => default.map(Arc::from),
+        }
+    }
+
+    /// Records an event written in the config under some other parameter (e.g. a mapping).
+    pub fn written_event(&mut self, key: &str, event: &str) {
+        self.written_events
+            .push((event.to_owned(), self.spec.loc_of(key)));
+    }
+
+    /// A duration in seconds (decimals allowed), or `default`.
+    pub fn seconds(&mut self, key: &'static str, default: Option<f64>) -> Option<Duration> {
+        let secs = match self.raw(key) {
+            None | Some(Json::Null) => default?,
+            Some(Json::Number(n)) => n.as_f64().unwrap_or(-1.0),
+            Some(Json::String(s)) => match s.trim().parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => {
+                    self.error(
+                        key,
+                        format!("`{key}` must be a number of seconds, found `{s}`"),
+                        Some(format!("write e.g. `{key}: 5` or `{key}: 0.5`")),
+                    );
+                    return None;
+                }
+            },
+            Some(other) => {
+                let t = type_name(other);
+                self.error(
+                    key,
+                    format!("`{key}` must be a number of seconds, found {t}"),
+                    None,
+                );
+                return None;
+            }
+        };
+        if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
+            self.error(
+                key,
+                format!("`{key}` must be between 0 and 31536000 seconds, found {secs}"),
+                None,
+            );
+            return None;
+        }
+        Some(Duration::from_secs_f64(secs))
+    }
+
+    /// A boolean parameter (`true`, `"yes"`, `1`, ...), or `default`.
+    pub fn flag(&mut self, key: &'static str, default: bool) -> bool {
+        match self.raw(key) {
+            None | Some(Json::Null) => default,
+            Some(Json::Bool(b)) => *b,
+            Some(Json::Number(n)) => n.as_i64() != Some(0),
+            Some(Json::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+            }
+            Some(_) => {
+                self.error(key, format!("`{key}` must be true or false"), None);
+                default
+            }
+        }
+    }
+
+    /// Ends reading: reports parameters no one asked for (warnings, with a suggestion), and
+    /// returns the problems and the events written in the config.
+    pub fn finish(mut self) -> (Vec<ParamIssue>, Vec<(String, Loc)>) {
+        let mut unknown: Vec<&String> = self
+            .spec
+            .params
+            .keys()
+            .filter(|k| !self.read.contains(k.as_str()) && !COMMON.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        let known: Vec<&'static str> = self.read.iter().copied().collect();
+        for k in unknown {
+            let hint = match did_you_mean(k, known.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => {
+                    let mut ks = known.clone();
+                    ks.sort_unstable();
+                    format!("`{}` accepts: {}", self.spec.kind.value, ks.join(", "))
+                }
+            };
+            self.issues.push(ParamIssue {
+                is_error: false,
+                loc: self.spec.loc_of(k),
+                message: format!(
+                    "`{}` action: unknown parameter `{k}` is ignored",
+                    self.spec.kind.value
+                ),
+                hint: Some(hint),
+            });
+        }
+        (self.issues, self.written_events)
+    }
+}
+
+fn type_name(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "a mapping",
+    }
+}

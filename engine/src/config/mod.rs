@@ -1,0 +1,141 @@
+//! Machine configs: YAML in, a runnable [`MachineDef`] or a list of precise problems out.
+//!
+//! Loading never panics and reports every problem of a file at once, each with its line,
+//! column and a one-line hint.
+
+pub mod compile;
+pub mod diag;
+pub mod model;
+pub mod yaml;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use diag::{Diagnostic, Severity};
+
+use crate::actions::ActionRegistry;
+use crate::runtime::def::MachineDef;
+use diag::Diagnostics;
+use yaml::Loc;
+
+/// The result of loading one config: the machine (when there is no error) and every
+/// diagnostic, errors and warnings, sorted by position.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The compiled machine; `None` when any error was found.
+    pub def: Option<Arc<MachineDef>>,
+    /// Everything found, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// The errors only.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+
+    /// The warnings only.
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+}
+
+/// A stable hash of a config's text, to tell whether a file really changed.
+pub fn content_hash(text: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Loads and compiles a config file.
+pub fn load_path(path: &Path, registry: &ActionRegistry) -> Loaded {
+    let text = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() > yaml::MAX_CONFIG_BYTES => {
+            return single_error(
+                path,
+                "too-large",
+                format!(
+                    "file is {} bytes; the limit for a machine config is {} bytes",
+                    bytes.len(),
+                    yaml::MAX_CONFIG_BYTES
+                ),
+                "a machine config is a few kilobytes: is this the right file?",
+            )
+        }
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+                let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                let mut d = Diagnostics::new(Some(path));
+                d.error(
+                    "not-utf8",
+                    Loc {
+                        line: u32::try_from(line).unwrap_or(u32::MAX),
+                        column: u32::try_from(col).unwrap_or(u32::MAX),
+                    },
+                    "the file is not valid UTF-8".into(),
+                    Some("save the file as UTF-8".into()),
+                );
+                return Loaded {
+                    def: None,
+                    diagnostics: d.into_vec(),
+                };
+            }
+        },
+        Err(e) => {
+            return single_error(
+                path,
+                "unreadable",
+                format!("cannot read the file: {e}"),
+                "check the path and its permissions",
+            )
+        }
+    };
+    load_str(&text, Some(path), registry)
+}
+
+fn single_error(path: &Path, code: &'static str, message: String, hint: &str) -> Loaded {
+    let mut d = Diagnostics::new(Some(path));
+    d.error(code, Loc { line: 1, column: 1 }, message, Some(hint.into()));
+    Loaded {
+        def: None,
+        diagnostics: d.into_vec(),
+    }
+}
+
+/// Loads and compiles config text; `path` is used for messages and the default name.
+pub fn load_str(text: &str, path: Option<&Path>, registry: &ActionRegistry) -> Loaded {
+    let mut d = Diagnostics::new(path);
+    let root = match yaml::parse(text) {
+        Ok(r) => r,
+        Err(e) => {
+            d.error(
+                "yaml-syntax",
+                e.loc,
+                e.message,
+                Some("fix the YAML syntax here (indentation, quotes, brackets)".into()),
+            );
+            return Loaded {
+                def: None,
+                diagnostics: d.into_vec(),
+            };
+        }
+    };
+    let spec = model::read_machine(&mut d, &root, path);
+    let def = compile::compile(&spec, registry, &mut d, content_hash(text)).map(|mut def| {
+        def.source = path.map(PathBuf::from);
+        Arc::new(def)
+    });
+    let def = if d.has_errors() { None } else { def };
+    Loaded {
+        def,
+        diagnostics: d.into_vec(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Mermaid `stateDiagram-v2` text for a machine, for docs and code review.
+
+use std::fmt::Write as _;
+
+use crate::runtime::def::MachineDef;
+
+/// Mermaid ids allow letters, digits and `_`; anything else is replaced, and the state's
+/// real name is kept as its label.
+fn id(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, 's');
+    }
+    s
+}
+
+/// Label text for an edge: Mermaid reads `:` and `;` specially, so they are escaped.
+fn label(event: &str) -> String {
+    event.replace(';', "#59;").replace(':', "#58;")
+}
+
+/// Renders `def` as Mermaid. `from: "*"` rules are drawn from every state they apply to
+/// (skipping states where an earlier rule takes the event), so the picture is what runs.
+pub fn mermaid(def: &MachineDef) -> String {
+    let mut out = String::from("stateDiagram-v2\n");
+    if let Some(t) = &def.title {
+        let _ = writeln!(out, "    %% {}", t.replace('\n', " "));
+    }
+    for s in &def.states {
+        let sid = id(&s.name);
+        if sid != *s.name {
+            let _ = writeln!(out, "    state \"{}\" as {sid}", s.name.replace('"', "'"));
+        }
+    }
+    let _ = writeln!(out, "    [*] --> {}", id(&def.states[def.initial].name));
+    for s in &def.states {
+        // Edges in rule order, as the engine picks them.
+        let mut edges: Vec<(usize, &str)> = s.routes.iter().map(|(e, r)| (*r, &**e)).collect();
+        edges.sort_unstable();
+        // A machine stops in a final state: no edge leaves it.
+        for (r, e) in edges.into_iter().filter(|_| !s.is_final) {
+            let rule = &def.rules[r];
+            let _ = writeln!(
+                out,
+                "    {} --> {} : {}",
+                id(&s.name),
+                id(&def.states[rule.to].name),
+                label(e)
+            );
+        }
+        if s.is_final {
+            let _ = writeln!(out, "    {} --> [*]", id(&s.name));
+        }
+    }
+    out
+}

@@ -1,0 +1,30 @@
+//! Turnstile's engine: YAML state machines, their actions and the runtime that runs them.
+//!
+//! The engine knows nothing of metrics, spans or HTTP: it reports what happens through
+//! [`observe::Observer`], and an exporter turns those reports into whatever it likes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use turnstile_engine::{config, ActionRegistry, Engine, Event};
+//! let registry = ActionRegistry::with_builtins();
+//! let loaded = config::load_path("examples/pingpong.yaml".as_ref(), &registry);
+//! let def = loaded.def.ok_or("config has errors")?;
+//! let engine = Engine::builder().build();
+//! engine.spawn(def)?;
+//! engine.send("ping", Event::new("go")).await?;
+//! engine.shutdown();
+//! engine.join().await;
+//! # Ok(()) }
+//! ```
+
+pub mod actions;
+pub mod config;
+pub mod diagram;
+pub mod observe;
+pub mod runtime;
+
+pub use actions::ActionRegistry;
+pub use observe::Observer;
+pub use runtime::def::MachineDef;
+pub use runtime::engine::{Engine, EngineBuilder, EngineError, MachineStatus, SendError};
+pub use runtime::event::{Event, Origin};

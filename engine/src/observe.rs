@@ -1,0 +1,258 @@
+//! The Observer hook: everything the runtime tells the outside world.
+//!
+//! The engine knows nothing of metrics, spans or HTTP. It calls these methods at each step
+//! and an exporter turns them into whatever it likes. Calls happen on the machine's own
+//! task, in order, so an observer can keep per-machine state in a slot indexed by
+//! [`MachineRef::id`] without locks shared across machines. With no observer attached the
+//! runtime pays one branch per call site. Implementations must not block.
+
+use std::time::Duration;
+
+use crate::runtime::event::Event;
+
+/// Which machine a report is about. `id` is dense (0, 1, 2, ...) for the engine's lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineRef<'a> {
+    /// Engine-wide index of the machine, stable while the engine runs.
+    pub id: usize,
+    /// The machine's name.
+    pub name: &'a str,
+}
+
+/// A state, by index in its machine definition and by name.
+#[derive(Debug, Clone, Copy)]
+pub struct StateRef<'a> {
+    /// Index in [`crate::runtime::MachineDef::states`].
+    pub id: usize,
+    /// The state's name.
+    pub name: &'a str,
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// A rule matched and the machine transitioned (possibly to the same state).
+    Transitioned,
+    /// No rule for this event in the current state.
+    Ignored,
+    /// The event was refused (e.g. the livelock guard, or the machine has stopped).
+    Rejected,
+}
+
+impl EventOutcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Transitioned => "transitioned",
+            EventOutcome::Ignored => "ignored",
+            EventOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// How an action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// It finished normally (whatever event it returned).
+    Ok,
+    /// It failed.
+    Error,
+    /// It ran past its time limit and was stopped.
+    Timeout,
+    /// An event interrupted it (its state was left); not a failure.
+    Interrupted,
+}
+
+impl ActionOutcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Ok => "ok",
+            ActionOutcome::Error => "error",
+            ActionOutcome::Timeout => "timeout",
+            ActionOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The closed set of error kinds: they become metric labels, so the set is fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// An action returned an error (non-zero exit, bad parameter at run time, ...).
+    Action,
+    /// An action ran past its time limit.
+    ActionTimeout,
+    /// A `{placeholder}` could not be used (e.g. a value cannot be passed to a command).
+    Interpolation,
+    /// `send_event` named a machine that does not exist.
+    UnknownTarget,
+    /// A machine's queue was full and an event could not be delivered.
+    QueueFull,
+    /// A state re-entered itself through its own entry actions too many times in a row.
+    Livelock,
+    /// A machine's current state was removed by a config reload.
+    StateRemoved,
+    /// A config file was rejected.
+    Config,
+    /// A plugin failed (load, ABI, bad result, panic, hang).
+    Plugin,
+    /// The job or state store failed.
+    Store,
+    /// A message from outside (socket, HTTP) could not be used.
+    BadMessage,
+}
+
+impl ErrorKind {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Action => "action",
+            ErrorKind::ActionTimeout => "action_timeout",
+            ErrorKind::Interpolation => "interpolation",
+            ErrorKind::UnknownTarget => "unknown_target",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::Livelock => "livelock",
+            ErrorKind::StateRemoved => "state_removed",
+            ErrorKind::Config => "config",
+            ErrorKind::Plugin => "plugin",
+            ErrorKind::Store => "store",
+            ErrorKind::BadMessage => "bad_message",
+        }
+    }
+
+    /// Every kind, for pre-registering metric series.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Action,
+        ErrorKind::ActionTimeout,
+        ErrorKind::Interpolation,
+        ErrorKind::UnknownTarget,
+        ErrorKind::QueueFull,
+        ErrorKind::Livelock,
+        ErrorKind::StateRemoved,
+        ErrorKind::Config,
+        ErrorKind::Plugin,
+        ErrorKind::Store,
+        ErrorKind::BadMessage,
+    ];
+}
+
+/// A completed transition.
+#[derive(Debug)]
+pub struct TransitionReport<'a> {
+    /// The machine.
+    pub machine: MachineRef<'a>,
+    /// State before.
+    pub from: StateRef<'a>,
+    /// State after.
+    pub to: StateRef<'a>,
+    /// The event that caused it.
+    pub event: &'a Event,
+    /// Index of the event in the definition's event table.
+    pub event_id: usize,
+}
+
+/// An action about to run or just finished.
+#[derive(Debug)]
+pub struct ActionReport<'a> {
+    /// The machine.
+    pub machine: MachineRef<'a>,
+    /// The state whose entry (or the transition whose) actions these are.
+    pub state: StateRef<'a>,
+    /// The action type, e.g. `bash`.
+    pub kind: &'a str,
+    /// Position of the action in its list.
+    pub index: usize,
+}
+
+/// The end of an action.
+#[derive(Debug)]
+pub struct ActionEnd<'a> {
+    /// How it ended.
+    pub outcome: ActionOutcome,
+    /// Wall time it took.
+    pub duration: Duration,
+    /// The event it returned, if any.
+    pub event: Option<&'a str>,
+    /// Captured output (e.g. a command's stdout/stderr), truncated.
+    pub output: Option<&'a str>,
+    /// Error message, when it failed.
+    pub error: Option<&'a str>,
+}
+
+/// An error somewhere in the runtime.
+#[derive(Debug)]
+pub struct ErrorReport<'a> {
+    /// What kind of error.
+    pub kind: ErrorKind,
+    /// Which machine, if any.
+    pub machine: Option<MachineRef<'a>>,
+    /// The machine's state at the time, if any.
+    pub state: Option<&'a str>,
+    /// The event being processed, if any.
+    pub event: Option<&'a Event>,
+    /// Human-readable message.
+    pub message: &'a str,
+}
+
+/// The end of processing one event (all its transition and entry actions ran, or were cut
+/// short by the next event).
+#[derive(Debug)]
+pub struct EventReport<'a> {
+    /// The machine.
+    pub machine: MachineRef<'a>,
+    /// The event.
+    pub event: &'a Event,
+    /// Index of the event in the definition's event table (`None` for names the config
+    /// never mentions: exporters should not turn those into label values).
+    pub event_id: Option<usize>,
+    /// What became of it.
+    pub outcome: EventOutcome,
+    /// State when it arrived.
+    pub from: StateRef<'a>,
+    /// State after processing.
+    pub to: StateRef<'a>,
+    /// Time from the start of processing to the end.
+    pub duration: Duration,
+}
+
+/// Why a machine stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// It entered a final state.
+    FinalState,
+    /// The engine was shut down.
+    Shutdown,
+    /// A config reload removed it.
+    Removed,
+}
+
+/// Receives everything the runtime does. Every method has an empty default.
+#[allow(unused_variables)]
+pub trait Observer: Send + Sync + 'static {
+    /// A machine's task started (before its initial entry actions run).
+    fn machine_started(&self, machine: MachineRef<'_>, state: StateRef<'_>) {}
+    /// A machine's task ended.
+    fn machine_stopped(&self, machine: MachineRef<'_>, state: StateRef<'_>, reason: StopReason) {}
+    /// Processing of an event begins. `queue_depth` is what is still waiting behind it.
+    fn event_started(&self, machine: MachineRef<'_>, event: &Event, queue_depth: usize) {}
+    /// Processing of an event ended.
+    fn event_finished(&self, report: &EventReport<'_>) {}
+    /// A transition happened (called before the target's entry actions run).
+    fn transition(&self, report: &TransitionReport<'_>) {}
+    /// An action starts.
+    fn action_started(&self, report: &ActionReport<'_>) {}
+    /// An action ended.
+    fn action_finished(&self, report: &ActionReport<'_>, end: &ActionEnd<'_>) {}
+    /// Something went wrong.
+    fn error(&self, report: &ErrorReport<'_>) {}
+    /// A config was reloaded (`machines` names the machines it defines).
+    fn config_reloaded(&self, path: &std::path::Path, machines: &[&str]) {}
+    /// A config change was refused; the old config keeps running.
+    fn config_rejected(&self, path: &std::path::Path, message: &str) {}
+    /// A job was claimed by a machine.
+    fn job_claimed(&self, machine: MachineRef<'_>, job_type: &str, job_id: &str) {}
+    /// A job was completed.
+    fn job_completed(&self, machine: MachineRef<'_>, job_type: &str, job_id: &str) {}
+    /// A job failed (it may be retried).
+    fn job_failed(&self, machine: MachineRef<'_>, job_type: &str, job_id: &str, message: &str) {}
+}

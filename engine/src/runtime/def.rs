@@ -1,0 +1,169 @@
+//! A compiled machine definition: states, rules and built actions, ready to run.
+//!
+//! Names are resolved to indexes once, when a config is compiled, so the runtime's hot
+//! path is an index lookup plus one hash of the event name.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use serde_json::{Map, Value as Json};
+
+use crate::actions::Action;
+
+/// One action of a state's entry list or of a transition, built from its YAML entry.
+#[derive(Clone)]
+pub struct ActionDef {
+    /// The action type, e.g. `bash` (a metric label and span name).
+    pub kind: Arc<str>,
+    /// The runnable action.
+    pub action: Arc<dyn Action>,
+    /// `description:` as written, for logs.
+    pub description: Option<String>,
+    /// Line of the action in its file (for error messages).
+    pub line: u32,
+}
+
+impl std::fmt::Debug for ActionDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionDef")
+            .field("kind", &self.kind)
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
+/// A state of a compiled machine.
+#[derive(Debug, Clone)]
+pub struct StateDef {
+    /// The state's name.
+    pub name: Arc<str>,
+    /// Actions run, in order, each time the state is entered.
+    pub entry: Arc<[ActionDef]>,
+    /// Entering it stops the machine (after its entry actions ran).
+    pub is_final: bool,
+    /// `timeout(N)` rules that apply here: (delay, event name), shortest first.
+    pub timers: Vec<(Duration, Arc<str>)>,
+    /// Event name -> index into [`MachineDef::rules`]: the first matching rule in file order.
+    pub(crate) routes: FxHashMap<Arc<str>, usize>,
+}
+
+/// A transition rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The source state, or `None` for `from: "*"`.
+    pub from: Option<Vec<usize>>,
+    /// The target state.
+    pub to: usize,
+    /// The event name.
+    pub event: Arc<str>,
+    /// Index of the event in [`MachineDef::events`].
+    pub event_id: usize,
+    /// Actions run during the transition, before the target's entry actions.
+    pub actions: Arc<[ActionDef]>,
+    /// Line of the rule in its file.
+    pub line: u32,
+}
+
+/// `events: {name: {context_map: {key: path}}}`: payload fields copied into the context.
+#[derive(Debug, Clone, Default)]
+pub struct ContextMap {
+    /// (context key, dotted path inside the message `{type, payload, job_id}`).
+    pub entries: Vec<(String, Vec<String>)>,
+}
+
+/// A compiled machine definition. Shared by the machine's task and whoever inspects it.
+#[derive(Debug, Clone)]
+pub struct MachineDef {
+    /// The machine's name (`metadata.machine_name`, the file stem, or `--machine-name`).
+    pub name: Arc<str>,
+    /// `name:` of the config (a title).
+    pub title: Option<String>,
+    /// `description:` of the config.
+    pub description: Option<String>,
+    /// The file it came from.
+    pub source: Option<PathBuf>,
+    /// States, in declaration order.
+    pub states: Vec<StateDef>,
+    /// Rules, in file order.
+    pub rules: Vec<Rule>,
+    /// Every event name the config mentions (declared, in rules, or returned by actions);
+    /// a bounded set, so exporters can use it for metric labels.
+    pub events: Vec<Arc<str>>,
+    /// Index of the initial state.
+    pub initial: usize,
+    /// The initial context.
+    pub context: Map<String, Json>,
+    /// Event name -> payload fields to copy into the context when it triggers a transition.
+    pub context_maps: FxHashMap<Arc<str>, ContextMap>,
+    /// Plugin paths the config names (`plugins:`).
+    pub plugins: Vec<String>,
+    /// Hash of the source text (for reload decisions and `/stats`).
+    pub content_hash: u64,
+}
+
+impl MachineDef {
+    /// The rule for `event` in state `state`, if any.
+    #[inline]
+    pub fn route(&self, state: usize, event: &str) -> Option<&Rule> {
+        let idx = *self.states.get(state)?.routes.get(event)?;
+        self.rules.get(idx)
+    }
+
+    /// Index of a state by name.
+    pub fn state_index(&self, name: &str) -> Option<usize> {
+        self.states.iter().position(|s| &*s.name == name)
+    }
+
+    /// Index of an event name in [`MachineDef::events`].
+    pub fn event_index(&self, name: &str) -> Option<usize> {
+        self.events.iter().position(|e| &**e == name)
+    }
+
+    /// A copy under another name (`--machine-name`, or several instances of one config).
+    #[must_use]
+    pub fn renamed(&self, name: &str) -> Self {
+        let mut d = self.clone();
+        d.name = Arc::from(name);
+        d
+    }
+
+    /// The state names, in order.
+    pub fn state_names(&self) -> impl Iterator<Item = &str> {
+        self.states.iter().map(|s| &*s.name)
+    }
+}
+
+/// Parses `timeout(N)`: N seconds, decimals allowed. `None` when `event` is not of that form.
+pub fn parse_timeout(event: &str) -> Option<Result<Duration, String>> {
+    let inner = event.strip_prefix("timeout(")?.strip_suffix(')')?;
+    Some(match inner.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 && s <= 31_536_000.0 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) => Err(format!(
+            "timeout of {s} seconds is out of range (0 to 31536000)"
+        )),
+        Err(_) => Err(format!("`{inner}` is not a number of seconds")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_events_parse() {
+        assert_eq!(
+            parse_timeout("timeout(5)"),
+            Some(Ok(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            parse_timeout("timeout(0.25)"),
+            Some(Ok(Duration::from_millis(250)))
+        );
+        assert!(matches!(parse_timeout("timeout(x)"), Some(Err(_))));
+        assert!(matches!(parse_timeout("timeout(-1)"), Some(Err(_))));
+        assert_eq!(parse_timeout("timeout"), None);
+        assert_eq!(parse_timeout("go"), None);
+    }
+}

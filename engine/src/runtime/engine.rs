@@ -1,0 +1,323 @@
+//! The engine: hosts many machines in one process, routes events between them and
+//! reports through one [`Observer`].
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::def::MachineDef;
+use super::event::Event;
+use super::machine::{Control, Machine, Shared};
+use super::router::{DeliverError, Router};
+use crate::observe::{Observer, StopReason};
+
+/// Default capacity of each machine's event queue.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// Why a machine could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Another running machine has that name.
+    #[error("a machine named `{0}` is already running")]
+    DuplicateName(String),
+    /// `spawn` was called outside a Tokio runtime.
+    #[error("the engine must run inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// Why an event could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No machine has that name.
+    #[error("no machine named `{0}`")]
+    UnknownMachine(String),
+    /// The machine has stopped (final state or shutdown).
+    #[error("machine `{0}` has stopped")]
+    Stopped(String),
+    /// The machine's queue is full (only from [`Engine::try_send`]).
+    #[error("the event queue of machine `{0}` is full")]
+    QueueFull(String),
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    observer: Option<Arc<dyn Observer>>,
+    queue_capacity: usize,
+}
+
+impl EngineBuilder {
+    /// Attaches the observer that receives every report (one per engine).
+    #[must_use]
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Sets the capacity of each machine's queue (at least 1).
+    #[must_use]
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Builds the engine; machines are added with [`Engine::spawn`].
+    pub fn build(self) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                router: Arc::new(Router::new()),
+                machines: RwLock::new(Vec::new()),
+                observer: self.observer,
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(Vec::new()),
+                queue_capacity: self.queue_capacity,
+            }),
+        }
+    }
+}
+
+struct Inner {
+    router: Arc<Router>,
+    machines: RwLock<Vec<Arc<Shared>>>,
+    observer: Option<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    queue_capacity: usize,
+}
+
+/// A running set of machines. Cheap to clone; all clones drive the same machines.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// What is known about a machine at a moment.
+#[derive(Debug, Clone)]
+pub struct MachineStatus {
+    /// Engine-wide machine id.
+    pub id: usize,
+    /// The machine's name.
+    pub name: Arc<str>,
+    /// Its current state.
+    pub state: Arc<str>,
+    /// When it entered that state.
+    pub since: SystemTime,
+    /// Transitions taken so far.
+    pub transitions: u64,
+    /// Events processed so far (including ignored ones).
+    pub events: u64,
+    /// Errors so far.
+    pub errors: u64,
+    /// Events waiting in its queue.
+    pub queue_depth: usize,
+    /// False once it stopped.
+    pub running: bool,
+    /// Why it stopped, once it has.
+    pub stop_reason: Option<StopReason>,
+    /// The definition it runs.
+    pub def: Arc<MachineDef>,
+}
+
+/// A machine's state and context, read from its own task.
+#[derive(Debug, Clone)]
+pub struct MachineSnapshot {
+    /// Current state.
+    pub state: Arc<str>,
+    /// The whole context.
+    pub context: Map<String, Json>,
+}
+
+impl Engine {
+    /// A builder with no observer and the default queue capacity.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            observer: None,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+
+    /// Starts a machine on the current Tokio runtime; returns its engine-wide id.
+    pub fn spawn(&self, def: Arc<MachineDef>) -> Result<usize, EngineError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let mut machines = self
+            .inner
+            .machines
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if !self.inner.router.insert(def.name.clone(), tx.clone()) {
+            return Err(EngineError::DuplicateName(def.name.to_string()));
+        }
+        let shared = Arc::new(Shared {
+            id: machines.len(),
+            state: def.initial.into(),
+            def,
+            since_ms: 0.into(),
+            transitions: 0.into(),
+            events: 0.into(),
+            errors: 0.into(),
+            running: true.into(),
+            tx,
+            ctl: ctl_tx,
+            stop_reason: Mutex::new(None),
+        });
+        machines.push(shared.clone());
+        let id = shared.id;
+        let machine = Machine::new(
+            shared,
+            rx,
+            ctl_rx,
+            self.inner.router.clone(),
+            self.inner.observer.clone(),
+            self.inner.cancel.child_token(),
+        );
+        let task = handle.spawn(machine.run());
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(id)
+    }
+
+    /// Delivers an event, waiting while the machine's queue is full (backpressure).
+    pub async fn send(&self, target: &str, ev: Event) -> Result<(), SendError> {
+        self.inner
+            .router
+            .deliver(target, ev)
+            .await
+            .map_err(|e| map_deliver(target, e))
+    }
+
+    /// Delivers an event if there is room now.
+    pub fn try_send(&self, target: &str, ev: Event) -> Result<(), SendError> {
+        self.inner
+            .router
+            .try_deliver(target, ev)
+            .map_err(|e| map_deliver(target, e))
+    }
+
+    /// The status of every machine, in start order.
+    pub fn status(&self) -> Vec<MachineStatus> {
+        self.inner
+            .machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| status_of(s))
+            .collect()
+    }
+
+    /// The status of one machine (the most recent one of that name).
+    pub fn machine(&self, name: &str) -> Option<MachineStatus> {
+        self.inner
+            .machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|s| &*s.def.name == name)
+            .map(|s| status_of(s))
+    }
+
+    /// The state and context of a running machine, read on its own task.
+    pub async fn snapshot(&self, name: &str) -> Option<MachineSnapshot> {
+        let shared = self
+            .inner
+            .machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|s| &*s.def.name == name)
+            .cloned()?;
+        let (tx, rx) = oneshot::channel();
+        shared.ctl.send(Control::Snapshot(tx)).ok()?;
+        let (state, context) = rx.await.ok()?;
+        Some(MachineSnapshot {
+            state: shared.def.states[state].name.clone(),
+            context,
+        })
+    }
+
+    /// The router, for components that deliver events themselves (sockets, HTTP).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.inner.router
+    }
+
+    /// Number of machines still running.
+    pub fn running(&self) -> usize {
+        self.inner
+            .machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.running.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Asks every machine to stop: waiting actions are cancelled (commands killed).
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Waits until every machine has stopped (final states or [`Engine::shutdown`]).
+    pub async fn join(&self) {
+        loop {
+            let tasks: Vec<JoinHandle<()>> =
+                std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                if let Err(e) = t.await {
+                    tracing::error!(target: "turnstile::engine", "a machine task failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Waits until `name` is in `state`, up to `timeout`. For tests and scripts.
+    pub async fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.machine(name).is_some_and(|m| &*m.state == state) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn status_of(s: &Shared) -> MachineStatus {
+    let state = s.state.load(Ordering::Relaxed);
+    MachineStatus {
+        id: s.id,
+        name: s.def.name.clone(),
+        state: s.def.states[state].name.clone(),
+        since: UNIX_EPOCH + Duration::from_millis(s.since_ms.load(Ordering::Relaxed)),
+        transitions: s.transitions.load(Ordering::Relaxed),
+        events: s.events.load(Ordering::Relaxed),
+        errors: s.errors.load(Ordering::Relaxed),
+        queue_depth: s.tx.max_capacity() - s.tx.capacity(),
+        running: s.running.load(Ordering::Acquire),
+        stop_reason: *s.stop_reason.lock().unwrap_or_else(|e| e.into_inner()),
+        def: s.def.clone(),
+    }
+}
+
+fn map_deliver(target: &str, e: DeliverError) -> SendError {
+    match e {
+        DeliverError::Unknown => SendError::UnknownMachine(target.to_owned()),
+        DeliverError::Closed => SendError::Stopped(target.to_owned()),
+        DeliverError::Full(..) => SendError::QueueFull(target.to_owned()),
+    }
+}

@@ -1,0 +1,609 @@
+//! One machine's task: its queue, its current state and context, the actions it is running.
+//!
+//! Everything a machine does happens on its own task, one event at a time (run to
+//! completion). Quick actions run inline; an action that waits is a future polled
+//! together with the queue and the `timeout(N)` timer, so an event that triggers a
+//! transition interrupts it. An idle machine is parked in `select!`: it uses no CPU.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::def::{ActionDef, MachineDef};
+use super::event::{Event, Origin};
+use super::router::Router;
+use crate::actions::{ActionCx, ActionFuture, Outcome, Status, Step};
+use crate::observe::{
+    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
+    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+};
+
+/// Consecutive re-entries of a state by its own actions' events, with nothing waiting in
+/// between, after which the next one is refused (`ErrorKind::Livelock`).
+pub(crate) const LIVELOCK_LIMIT: u32 = 1000;
+/// Action-driven events processed back to back before the task yields and lets one
+/// queued external event in.
+const FAIRNESS: u32 = 64;
+/// Queued events taken without going through `select!` before checking the rest.
+const FAST_BUDGET: u32 = 256;
+
+/// What the engine can read about a machine without asking its task.
+pub(crate) struct Shared {
+    pub id: usize,
+    pub def: Arc<MachineDef>,
+    pub state: AtomicUsize,
+    pub since_ms: AtomicU64,
+    pub transitions: AtomicU64,
+    pub events: AtomicU64,
+    pub errors: AtomicU64,
+    pub running: AtomicBool,
+    pub tx: mpsc::Sender<Event>,
+    pub ctl: mpsc::UnboundedSender<Control>,
+    pub stop_reason: Mutex<Option<StopReason>>,
+}
+
+/// Requests to a machine's task.
+pub(crate) enum Control {
+    /// Reply with the current state and context.
+    Snapshot(oneshot::Sender<(usize, Map<String, Json>)>),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct Waiting {
+    fut: ActionFuture,
+    action: ActionDef,
+    index: usize,
+    started: Instant,
+}
+
+/// The event whose transition started the actions now running.
+struct Active {
+    from: usize,
+    to: usize,
+    started: Option<Instant>,
+}
+
+pub(crate) struct Machine {
+    shared: Arc<Shared>,
+    def: Arc<MachineDef>,
+    state: usize,
+    context: Map<String, Json>,
+    rx: mpsc::Receiver<Event>,
+    ctl: mpsc::UnboundedReceiver<Control>,
+    router: Arc<Router>,
+    observer: Option<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+    /// The rule whose transition actions run before the entry actions, if any.
+    rule: Option<usize>,
+    /// Next action to run: an index into the rule's actions followed by the entry actions.
+    pos: usize,
+    /// The event that caused the current state entry: actions see its payload.
+    cause: Event,
+    active: Option<Active>,
+    chain: Option<Event>,
+    chained: u32,
+    waiting: Option<Waiting>,
+    timer_base: tokio::time::Instant,
+    timer_next: usize,
+    self_loops: u32,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Event>,
+        ctl: mpsc::UnboundedReceiver<Control>,
+        router: Arc<Router>,
+        observer: Option<Arc<dyn Observer>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let def = shared.def.clone();
+        Self {
+            state: def.initial,
+            context: def.context.clone(),
+            def,
+            shared,
+            rx,
+            ctl,
+            router,
+            observer,
+            cancel,
+            rule: None,
+            pos: 0,
+            cause: Event::new("start").with_origin(Origin::Start),
+            active: None,
+            chain: None,
+            chained: 0,
+            waiting: None,
+            timer_base: tokio::time::Instant::now(),
+            timer_next: usize::MAX,
+            self_loops: 0,
+        }
+    }
+
+    fn mref(&self) -> MachineRef<'_> {
+        MachineRef {
+            id: self.shared.id,
+            name: &self.def.name,
+        }
+    }
+
+    fn sref(&self, s: usize) -> StateRef<'_> {
+        StateRef {
+            id: s,
+            name: &self.def.states[s].name,
+        }
+    }
+
+    /// Runs the machine until it reaches a final state or the engine shuts down.
+    pub(crate) async fn run(mut self) {
+        self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            o.machine_started(self.mref(), self.sref(self.state));
+        }
+        tracing::info!(
+            target: "turnstile::machine",
+            machine = %self.def.name,
+            state = %self.def.states[self.state].name,
+            "machine started"
+        );
+        self.arm_timers();
+        let mut fast = FAST_BUDGET;
+        let reason = loop {
+            if let Some(ev) = self.chain.take() {
+                self.chained += 1;
+                if self.chained % FAIRNESS == 0 {
+                    tokio::task::yield_now().await;
+                    if self.cancel.is_cancelled() {
+                        break StopReason::Shutdown;
+                    }
+                    if let Ok(ext) = self.rx.try_recv() {
+                        if self.handle(ext) {
+                            // The state the chained event belonged to was left.
+                            continue;
+                        }
+                    }
+                }
+                self.handle(ev);
+                continue;
+            }
+            self.chained = 0;
+            if self.waiting.is_none() {
+                if self.has_next_action() {
+                    self.step();
+                    continue;
+                }
+                self.finish_active();
+                if self.def.states[self.state].is_final {
+                    break StopReason::FinalState;
+                }
+                if self.timer_next == usize::MAX && fast > 0 {
+                    match self.rx.try_recv() {
+                        Ok(ev) => {
+                            fast -= 1;
+                            self.handle(ev);
+                            continue;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                        Err(mpsc::error::TryRecvError::Disconnected) => break StopReason::Shutdown,
+                    }
+                }
+            }
+            fast = FAST_BUDGET;
+            let deadline = self.deadline();
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break StopReason::Shutdown,
+                Some(c) = self.ctl.recv() => self.control(c),
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => { self.handle(ev); }
+                    None => break StopReason::Shutdown,
+                },
+                out = wait_action(&mut self.waiting), if self.waiting.is_some() => {
+                    self.finish_waiting(out);
+                }
+                () = sleep_opt(deadline), if deadline.is_some() => self.fire_timer(),
+            }
+        };
+        self.stop(reason);
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        self.interrupt_waiting();
+        self.finish_active();
+        self.shared.running.store(false, Ordering::Release);
+        if let Ok(mut r) = self.shared.stop_reason.lock() {
+            *r = Some(reason);
+        }
+        self.rx.close();
+        if let Some(o) = &self.observer {
+            o.machine_stopped(self.mref(), self.sref(self.state), reason);
+        }
+        tracing::info!(
+            target: "turnstile::machine",
+            machine = %self.def.name,
+            state = %self.def.states[self.state].name,
+            reason = ?reason,
+            "machine stopped"
+        );
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Snapshot(reply) => {
+                let _ = reply.send((self.state, self.context.clone()));
+            }
+        }
+    }
+
+    // --- events ----------------------------------------------------------------------
+
+    /// Processes one event. Returns true when it caused a transition.
+    fn handle(&mut self, ev: Event) -> bool {
+        self.shared.events.fetch_add(1, Ordering::Relaxed);
+        let from = self.state;
+        let def = self.def.clone();
+        if ev.origin == Origin::External && (ev.payload.is_some() || ev.job_id.is_some()) {
+            self.absorb(&def, &ev);
+        }
+        let Some(rule_ix) = def.states[from].routes.get(&*ev.name).copied() else {
+            self.unrouted(&ev, EventOutcome::Ignored);
+            tracing::debug!(
+                target: "turnstile::event",
+                machine = %def.name,
+                state = %def.states[from].name,
+                event = %ev.name,
+                "event ignored: no transition for it in this state"
+            );
+            return false;
+        };
+        let rule = &def.rules[rule_ix];
+        if ev.origin == Origin::Action && rule.to == from {
+            self.self_loops += 1;
+            if self.self_loops > LIVELOCK_LIMIT {
+                self.self_loops = 0;
+                let msg = format!(
+                    "state `{}` re-entered itself {LIVELOCK_LIMIT} times in a row through `{}` returned by its own actions, with nothing waiting in between; refused to go on (send an event to continue)",
+                    def.states[from].name, ev.name
+                );
+                self.report_error(ErrorKind::Livelock, Some(&ev), &msg);
+                self.unrouted(&ev, EventOutcome::Rejected);
+                return false;
+            }
+        } else if ev.origin != Origin::Action {
+            self.self_loops = 0;
+        }
+        // The event that started the running actions ends here (cut short, or done).
+        self.finish_active();
+        self.interrupt_waiting();
+        self.chain = None;
+        if let Some(o) = &self.observer {
+            o.event_started(self.mref(), &ev, self.queue_depth());
+        }
+        let to = rule.to;
+        self.state = to;
+        self.shared.state.store(to, Ordering::Relaxed);
+        self.shared.transitions.fetch_add(1, Ordering::Relaxed);
+        self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            o.transition(&TransitionReport {
+                machine: self.mref(),
+                from: self.sref(from),
+                to: self.sref(to),
+                event: &ev,
+                event_id: rule.event_id,
+            });
+        }
+        tracing::info!(
+            target: "turnstile::transition",
+            machine = %def.name,
+            from = %def.states[from].name,
+            to = %def.states[to].name,
+            event = %ev.name,
+            "transition"
+        );
+        self.active = Some(Active {
+            from,
+            to,
+            started: self.observer.as_ref().map(|_| Instant::now()),
+        });
+        self.cause = ev;
+        self.rule = (!rule.actions.is_empty()).then_some(rule_ix);
+        self.pos = 0;
+        self.arm_timers();
+        true
+    }
+
+    /// An external message arrived: as statemachine-engine, the whole message is kept in
+    /// the context as `event_data` and the event's `context_map` copies fields out of it.
+    fn absorb(&mut self, def: &MachineDef, ev: &Event) {
+        let mut msg = Map::new();
+        msg.insert("type".into(), Json::String(ev.name.to_string()));
+        msg.insert(
+            "payload".into(),
+            ev.payload
+                .clone()
+                .unwrap_or_else(|| Json::Object(Map::new())),
+        );
+        if let Some(j) = &ev.job_id {
+            msg.insert("job_id".into(), Json::String(j.clone()));
+        }
+        let msg = Json::Object(msg);
+        if let Some(cm) = def.context_maps.get(&*ev.name) {
+            for (key, path) in &cm.entries {
+                if let Some(v) = super::template::lookup_path(&msg, path) {
+                    self.context.insert(key.clone(), v.clone());
+                }
+            }
+        }
+        self.context.insert("event_data".into(), msg);
+    }
+
+    /// Reports an event that caused no transition (ignored or refused).
+    fn unrouted(&self, ev: &Event, outcome: EventOutcome) {
+        if let Some(o) = &self.observer {
+            o.event_started(self.mref(), ev, self.queue_depth());
+            o.event_finished(&EventReport {
+                machine: self.mref(),
+                event: ev,
+                event_id: self.def.event_index(&ev.name),
+                outcome,
+                from: self.sref(self.state),
+                to: self.sref(self.state),
+                duration: Duration::ZERO,
+            });
+        }
+    }
+
+    fn finish_active(&mut self) {
+        let Some(a) = self.active.take() else {
+            return;
+        };
+        if let Some(o) = &self.observer {
+            o.event_finished(&EventReport {
+                machine: self.mref(),
+                event: &self.cause,
+                event_id: self.def.event_index(&self.cause.name),
+                outcome: EventOutcome::Transitioned,
+                from: self.sref(a.from),
+                to: self.sref(a.to),
+                duration: a.started.map_or(Duration::ZERO, |s| s.elapsed()),
+            });
+        }
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.rx.len()
+    }
+
+    // --- actions ---------------------------------------------------------------------
+
+    fn rule_actions(&self) -> &[ActionDef] {
+        match self.rule {
+            Some(r) => &self.def.rules[r].actions,
+            None => &[],
+        }
+    }
+
+    fn has_next_action(&self) -> bool {
+        self.pos < self.rule_actions().len() + self.def.states[self.state].entry.len()
+    }
+
+    fn step(&mut self) {
+        let def = self.def.clone();
+        let idx = self.pos;
+        let ra = self.rule_actions().len();
+        let action = if idx < ra {
+            match self.rule {
+                Some(r) => &def.rules[r].actions[idx],
+                None => return,
+            }
+        } else {
+            &def.states[self.state].entry[idx - ra]
+        };
+        self.pos += 1;
+        if let Some(o) = &self.observer {
+            o.action_started(&ActionReport {
+                machine: self.mref(),
+                state: self.sref(self.state),
+                kind: &action.kind,
+                index: idx,
+            });
+        }
+        let started = Instant::now();
+        let mut cx = ActionCx {
+            machine: &def.name,
+            state: &def.states[self.state].name,
+            context: &mut self.context,
+            event: &self.cause,
+            router: &self.router,
+        };
+        match action.action.run(&mut cx) {
+            Step::Done(out) => self.finish_action(action, idx, out, started),
+            Step::Wait(fut) => {
+                self.self_loops = 0;
+                self.waiting = Some(Waiting {
+                    fut,
+                    action: action.clone(),
+                    index: idx,
+                    started,
+                });
+            }
+        }
+    }
+
+    fn finish_waiting(&mut self, out: Outcome) {
+        if let Some(w) = self.waiting.take() {
+            self.finish_action(&w.action, w.index, out, w.started);
+        }
+    }
+
+    fn finish_action(&mut self, action: &ActionDef, index: usize, out: Outcome, started: Instant) {
+        let Outcome {
+            status,
+            event,
+            context,
+            output,
+            error_kind,
+        } = out;
+        for (k, v) in context {
+            self.context.insert(k, v);
+        }
+        let (outcome, error) = match &status {
+            Status::Ok => (ActionOutcome::Ok, None),
+            Status::Error(m) => (ActionOutcome::Error, Some(m.as_str())),
+            Status::Timeout(m) => (ActionOutcome::Timeout, Some(m.as_str())),
+        };
+        if let Some(o) = &self.observer {
+            o.action_finished(
+                &ActionReport {
+                    machine: self.mref(),
+                    state: self.sref(self.state),
+                    kind: &action.kind,
+                    index,
+                },
+                &ActionEnd {
+                    outcome,
+                    duration: started.elapsed(),
+                    event: event.as_deref(),
+                    output: output.as_deref(),
+                    error,
+                },
+            );
+        }
+        if let Some(msg) = error {
+            let kind = error_kind.unwrap_or(if outcome == ActionOutcome::Timeout {
+                ErrorKind::ActionTimeout
+            } else {
+                ErrorKind::Action
+            });
+            let msg = format!("`{}` action failed: {msg}", action.kind);
+            let cause = std::mem::replace(&mut self.cause, Event::new(""));
+            self.report_error(kind, Some(&cause), &msg);
+            self.cause = cause;
+        }
+        if let Some(name) = event {
+            if self.def.states[self.state].is_final {
+                tracing::debug!(
+                    target: "turnstile::event",
+                    machine = %self.def.name,
+                    event = %name,
+                    "final state: the event returned by its action is not processed"
+                );
+            } else {
+                self.chain = Some(Event {
+                    name,
+                    payload: self.cause.payload.clone(),
+                    job_id: self.cause.job_id.clone(),
+                    traceparent: self.cause.traceparent.clone(),
+                    origin: Origin::Action,
+                });
+            }
+        }
+    }
+
+    fn interrupt_waiting(&mut self) {
+        let Some(w) = self.waiting.take() else {
+            return;
+        };
+        drop(w.fut);
+        if let Some(o) = &self.observer {
+            o.action_finished(
+                &ActionReport {
+                    machine: self.mref(),
+                    state: self.sref(self.state),
+                    kind: &w.action.kind,
+                    index: w.index,
+                },
+                &ActionEnd {
+                    outcome: ActionOutcome::Interrupted,
+                    duration: w.started.elapsed(),
+                    event: None,
+                    output: None,
+                    error: None,
+                },
+            );
+        }
+        tracing::debug!(
+            target: "turnstile::action",
+            machine = %self.def.name,
+            action = %w.action.kind,
+            "waiting action interrupted by a transition"
+        );
+    }
+
+    fn report_error(&self, kind: ErrorKind, event: Option<&Event>, message: &str) {
+        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+        let state = &*self.def.states[self.state].name;
+        if let Some(o) = &self.observer {
+            o.error(&ErrorReport {
+                kind,
+                machine: Some(self.mref()),
+                state: Some(state),
+                event,
+                message,
+            });
+        }
+        tracing::warn!(
+            target: "turnstile::error",
+            machine = %self.def.name,
+            state,
+            kind = kind.as_str(),
+            "{message}"
+        );
+    }
+
+    // --- timers ------------------------------------------------------------------------
+
+    fn arm_timers(&mut self) {
+        if self.def.states[self.state].timers.is_empty() {
+            self.timer_next = usize::MAX;
+        } else {
+            self.timer_base = tokio::time::Instant::now();
+            self.timer_next = 0;
+        }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let t = self.def.states[self.state].timers.get(self.timer_next)?;
+        Some(self.timer_base + t.0)
+    }
+
+    fn fire_timer(&mut self) {
+        let Some((_, name)) = self.def.states[self.state]
+            .timers
+            .get(self.timer_next)
+            .cloned()
+        else {
+            return;
+        };
+        self.timer_next += 1;
+        if self.timer_next >= self.def.states[self.state].timers.len() {
+            self.timer_next = usize::MAX;
+        }
+        self.handle(Event::new(name).with_origin(Origin::Timer));
+    }
+}
+
+async fn wait_action(w: &mut Option<Waiting>) -> Outcome {
+    match w {
+        Some(w) => w.fut.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,9 @@
+//! The machine runtime: compiled definitions, events, the per-machine task, routing
+//! between machines, and the [`engine::Engine`] that hosts them.
+
+pub mod def;
+pub mod engine;
+pub mod event;
+mod machine;
+pub mod router;
+pub mod template;
