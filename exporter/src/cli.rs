@@ -148,14 +148,9 @@ async fn run(
     stop_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let engine = Engine::builder().queue_capacity(queue_capacity).build();
-    for def in defs {
-        let name = def.name.clone();
-        if let Err(e) = engine.spawn(def) {
-            eprintln!("error: cannot start machine `{name}`: {e}");
-            engine.shutdown();
-            engine.join().await;
-            return Ok(ExitCode::from(EXIT_INVALID));
-        }
+    if let Err(e) = engine.spawn_all(defs) {
+        eprintln!("error: cannot start the machines: {e}");
+        return Ok(ExitCode::from(EXIT_INVALID));
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;

@@ -198,51 +198,142 @@ pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 /// A YAML syntax problem (or a resource limit) found while parsing.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
+    /// The diagnostic code: `yaml-syntax`, or `too-large` for a resource limit.
+    pub code: &'static str,
     /// Where, when the parser knows.
     pub loc: Loc,
     /// The parser's message, first line only.
     pub message: String,
+    /// How to fix it.
+    pub hint: String,
+}
+
+const SYNTAX_HINT: &str = "fix the YAML syntax here (indentation, quotes, brackets)";
+
+fn budget() -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_depth = 64;
+    // Copies made while expanding anchors: a real config needs a few hundred; an alias
+    // bomb ("billion laughs") needs millions and is refused after a few milliseconds.
+    budget.max_recorded_anchor_events = 20_000;
+    budget
+}
+
+fn raw_parse(text: &str) -> Result<Option<Node>, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    options.with_snippet = false;
+    // YAML 1.2 booleans: only true/false. YAML 1.1 also reads y/n/yes/no/on/off as
+    // booleans (the "Norway problem"), which would turn `key: n` or a state named `on`
+    // into `false`/`true`.
+    options.strict_booleans = true;
+    options.budget = Some(budget());
+    serde_saphyr::from_str_with_options::<Option<Node>>(text, options)
+}
+
+fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
+    let loc = e.location().map_or(Loc { line: 1, column: 1 }, |l| Loc {
+        line: u32::try_from(l.line()).unwrap_or(u32::MAX).max(1),
+        column: u32::try_from(l.column()).unwrap_or(u32::MAX).max(1),
+    });
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("invalid YAML").trim();
+    // The position is reported separately: do not repeat it in the message.
+    let suffix = format!(" at line {}, column {}", loc.line, loc.column);
+    let message = first.strip_suffix(suffix.as_str()).unwrap_or(first);
+    if let serde_saphyr::Error::Budget { breach, .. } = e {
+        use serde_saphyr::budget::BudgetBreach as B;
+        let (message, hint) = match breach {
+            B::Depth { .. } => (
+                "the YAML is nested too deeply (more than 64 levels)".to_owned(),
+                "a machine config needs a few levels of nesting: flatten this structure",
+            ),
+            other => (
+                format!("the YAML expands to too much data once its anchors and aliases are resolved ({other:?})"),
+                "a machine config needs no large alias expansion (an alias bomb?): write the values out or use fewer `*alias` references",
+            ),
+        };
+        return SyntaxError {
+            code: "too-large",
+            loc,
+            message,
+            hint: hint.into(),
+        };
+    }
+    let hint = if message.contains("recursion limit") {
+        "brackets are nested too deeply: a machine config needs a few levels of nesting".into()
+    } else {
+        SYNTAX_HINT.into()
+    };
+    SyntaxError {
+        code: "yaml-syntax",
+        loc,
+        message: message.to_owned(),
+        hint,
+    }
+}
+
+/// Indentation (leading spaces and tabs) of 1-based line `line` of `text`.
+fn indent_of(text: &str, line: u32) -> Option<usize> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    Some(l.len() - l.trim_start_matches([' ', '\t']).len())
+}
+
+/// A `[` or `{` left open makes the parser stumble on a later line with an unrelated
+/// message ("illegal placement of ':' indicator"). When the text before the line of the
+/// error already ends inside an open bracket, and the error's line is no more indented
+/// than the bracket's, report the bracket instead.
+fn unclosed_bracket(text: &str, err: &SyntaxError) -> Option<SyntaxError> {
+    let start_of_line = text
+        .match_indices('\n')
+        .nth(usize::try_from(err.loc.line).ok()?.checked_sub(2)?)?
+        .0
+        + 1;
+    let e = raw_parse(&text[..start_of_line]).err()?;
+    let open = syntax_error(&e);
+    if !open.message.starts_with("unclosed bracket")
+        || indent_of(text, err.loc.line)? > indent_of(text, open.loc.line)?
+    {
+        return None;
+    }
+    Some(SyntaxError {
+        message: format!(
+            "{} (still open at line {}: {})",
+            open.message, err.loc.line, err.message
+        ),
+        hint: "close the bracket at the end of its value, or write the list as `- item` lines"
+            .into(),
+        ..open
+    })
 }
 
 /// Parses YAML text into a located tree, with limits against alias bombs and deep nesting.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if text.len() > MAX_CONFIG_BYTES {
         return Err(SyntaxError {
+            code: "too-large",
             loc: Loc { line: 1, column: 1 },
             message: format!(
                 "file is {} bytes; the limit for a machine config is {} bytes",
                 text.len(),
                 MAX_CONFIG_BYTES
             ),
+            hint: "a machine config is a few kilobytes: is this the right file?".into(),
         });
     }
-    let mut options = serde_saphyr::Options::default();
-    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    options.with_snippet = false;
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_events = 200_000;
-    budget.max_aliases = 1_000;
-    budget.max_depth = 64;
-    options.budget = Some(budget);
-    match serde_saphyr::from_str_with_options::<Option<Node>>(text, options) {
+    match raw_parse(text) {
         Ok(Some(node)) => Ok(node),
         Ok(None) => Ok(Node {
             value: Value::Null,
             loc: Loc { line: 1, column: 1 },
         }),
         Err(e) => {
-            let loc = e.location().map_or(Loc { line: 1, column: 1 }, |l| Loc {
-                line: u32::try_from(l.line()).unwrap_or(u32::MAX).max(1),
-                column: u32::try_from(l.column()).unwrap_or(u32::MAX).max(1),
-            });
-            let full = e.to_string();
-            let message = full
-                .lines()
-                .next()
-                .unwrap_or("invalid YAML")
-                .trim()
-                .to_owned();
-            Err(SyntaxError { loc, message })
+            let err = syntax_error(&e);
+            Err(unclosed_bracket(text, &err).unwrap_or(err))
         }
     }
 }
@@ -298,6 +389,25 @@ mod tests {
             ));
         }
         assert!(parse(&y).is_err());
+    }
+
+    #[test]
+    fn only_true_and_false_are_booleans() {
+        let n = parse("a: n\nb: yes\nc: on\nd: true\ne: False\n").unwrap();
+        let Value::Map(pairs) = &n.value else {
+            panic!("not a map")
+        };
+        let vals: Vec<&Value> = pairs.iter().map(|(_, v)| &v.value).collect();
+        assert_eq!(
+            vals,
+            [
+                &Value::Str("n".into()),
+                &Value::Str("yes".into()),
+                &Value::Str("on".into()),
+                &Value::Bool(true),
+                &Value::Bool(false)
+            ]
+        );
     }
 
     #[test]

@@ -142,47 +142,62 @@ impl Engine {
 
     /// Starts a machine on the current Tokio runtime; returns its engine-wide id.
     pub fn spawn(&self, def: Arc<MachineDef>) -> Result<usize, EngineError> {
+        let ids = self.spawn_all(vec![def])?;
+        Ok(ids[0])
+    }
+
+    /// Starts several machines that may talk to each other: every one is reachable by name
+    /// before any of them runs its first action. Returns their ids; on an error none starts.
+    pub fn spawn_all(&self, defs: Vec<Arc<MachineDef>>) -> Result<Vec<usize>, EngineError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let mut machines = self
             .inner
             .machines
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if !self.inner.router.insert(def.name.clone(), tx.clone()) {
-            return Err(EngineError::DuplicateName(def.name.to_string()));
+        let mut pending = Vec::with_capacity(defs.len());
+        for def in defs {
+            let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+            if !self.inner.router.insert(def.name.clone(), tx.clone()) {
+                for (shared, _, _) in &pending {
+                    let shared: &Arc<Shared> = shared;
+                    self.inner.router.remove(&shared.def.name);
+                }
+                return Err(EngineError::DuplicateName(def.name.to_string()));
+            }
+            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(Shared {
+                id: machines.len() + pending.len(),
+                state: def.initial.into(),
+                def,
+                since_ms: 0.into(),
+                transitions: 0.into(),
+                events: 0.into(),
+                errors: 0.into(),
+                running: true.into(),
+                tx,
+                ctl: ctl_tx,
+                stop_reason: Mutex::new(None),
+                last_context: Mutex::new(None),
+            });
+            pending.push((shared, rx, ctl_rx));
         }
-        let shared = Arc::new(Shared {
-            id: machines.len(),
-            state: def.initial.into(),
-            def,
-            since_ms: 0.into(),
-            transitions: 0.into(),
-            events: 0.into(),
-            errors: 0.into(),
-            running: true.into(),
-            tx,
-            ctl: ctl_tx,
-            stop_reason: Mutex::new(None),
-        });
-        machines.push(shared.clone());
-        let id = shared.id;
-        let machine = Machine::new(
-            shared,
-            rx,
-            ctl_rx,
-            self.inner.router.clone(),
-            self.inner.observer.clone(),
-            self.inner.cancel.child_token(),
-        );
-        let task = handle.spawn(machine.run());
-        self.inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
-        Ok(id)
+        let mut ids = Vec::with_capacity(pending.len());
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for (shared, rx, ctl_rx) in pending {
+            machines.push(shared.clone());
+            ids.push(shared.id);
+            let machine = Machine::new(
+                shared,
+                rx,
+                ctl_rx,
+                self.inner.router.clone(),
+                self.inner.observer.clone(),
+                self.inner.cancel.child_token(),
+            );
+            tasks.push(handle.spawn(machine.run()));
+        }
+        Ok(ids)
     }
 
     /// Delivers an event, waiting while the machine's queue is full (backpressure).
@@ -225,7 +240,8 @@ impl Engine {
             .map(|s| status_of(s))
     }
 
-    /// The state and context of a running machine, read on its own task.
+    /// The state and context of a machine: read on its own task while it runs, or as it
+    /// was when it stopped.
     pub async fn snapshot(&self, name: &str) -> Option<MachineSnapshot> {
         let shared = self
             .inner
@@ -237,8 +253,19 @@ impl Engine {
             .find(|s| &*s.def.name == name)
             .cloned()?;
         let (tx, rx) = oneshot::channel();
-        shared.ctl.send(Control::Snapshot(tx)).ok()?;
-        let (state, context) = rx.await.ok()?;
+        let live = match shared.ctl.send(Control::Snapshot(tx)) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        // A stopped machine left its last state and context behind.
+        let (state, context) = match live {
+            Some(l) => l,
+            None => shared
+                .last_context
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()?,
+        };
         Some(MachineSnapshot {
             state: shared.def.states[state].name.clone(),
             context,

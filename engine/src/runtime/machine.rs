@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub tx: mpsc::Sender<Event>,
     pub ctl: mpsc::UnboundedSender<Control>,
     pub stop_reason: Mutex<Option<StopReason>>,
+    /// State and context at the moment the machine stopped.
+    pub last_context: Mutex<Option<(usize, Map<String, Json>)>>,
 }
 
 /// Requests to a machine's task.
@@ -220,11 +222,16 @@ impl Machine {
     fn stop(&mut self, reason: StopReason) {
         self.interrupt_waiting();
         self.finish_active();
-        self.shared.running.store(false, Ordering::Release);
         if let Ok(mut r) = self.shared.stop_reason.lock() {
             *r = Some(reason);
         }
+        if let Ok(mut c) = self.shared.last_context.lock() {
+            *c = Some((self.state, std::mem::take(&mut self.context)));
+        }
         self.rx.close();
+        // Snapshot requests already queued are answered from `last_context` by the engine.
+        self.ctl.close();
+        self.shared.running.store(false, Ordering::Release);
         if let Some(o) = &self.observer {
             o.machine_stopped(self.mref(), self.sref(self.state), reason);
         }

@@ -1,0 +1,662 @@
+//! Runtime semantics, end to end through the public API: real configs, real machines.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use turnstile_engine::observe::{
+    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
+    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, SendError};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn def(yaml: &str) -> Arc<MachineDef> {
+    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
+    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "config errors: {errors:#?}");
+    loaded.def.expect("a definition")
+}
+
+/// Records every observer call as a line of text, in order.
+#[derive(Default)]
+struct Recorder {
+    lines: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn push(&self, s: String) {
+        self.lines.lock().unwrap().push(s);
+    }
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+    fn matching(&self, prefix: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Observer for Recorder {
+    fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
+        self.push(format!("started {} {}", m.name, s.name));
+    }
+    fn machine_stopped(&self, m: MachineRef<'_>, s: StateRef<'_>, r: StopReason) {
+        self.push(format!("stopped {} {} {r:?}", m.name, s.name));
+    }
+    fn event_started(&self, m: MachineRef<'_>, e: &Event, _depth: usize) {
+        self.push(format!("event {} {}", m.name, e.name));
+    }
+    fn event_finished(&self, r: &EventReport<'_>) {
+        self.push(format!(
+            "finished {} {} {} {}->{}",
+            r.machine.name,
+            r.event.name,
+            r.outcome.as_str(),
+            r.from.name,
+            r.to.name
+        ));
+    }
+    fn transition(&self, r: &TransitionReport<'_>) {
+        self.push(format!(
+            "transition {} {}->{} on {}",
+            r.machine.name, r.from.name, r.to.name, r.event.name
+        ));
+    }
+    fn action_started(&self, r: &ActionReport<'_>) {
+        self.push(format!(
+            "action {} {} {}#{}",
+            r.machine.name, r.state.name, r.kind, r.index
+        ));
+    }
+    fn action_finished(&self, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
+        self.push(format!(
+            "done {} {}#{} {} {:?}",
+            r.machine.name,
+            r.kind,
+            r.index,
+            end.outcome.as_str(),
+            end.event
+        ));
+    }
+    fn error(&self, r: &ErrorReport<'_>) {
+        self.push(format!(
+            "error {} {} {}",
+            r.machine.map_or("-", |m| m.name),
+            r.kind.as_str(),
+            r.message
+        ));
+    }
+}
+
+fn engine_with(rec: &Arc<Recorder>) -> Engine {
+    Engine::builder().observer(rec.clone()).build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transition_actions_run_before_entry_actions_and_in_order() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - from: a
+    to: b
+    event: go
+    actions:
+      - {type: set_context, key: t1, value: 1}
+      - {type: set_context, key: t2, value: 2}
+  - {from: b, to: done, event: finish}
+actions:
+  b:
+    - {type: set_context, key: e1, value: 3}
+    - {type: log, message: "entered b"}
+final_states: [done]
+"#))
+        .unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    assert!(engine.wait_for_state("m", "b", WAIT).await);
+    engine.send("m", Event::new("finish")).await.unwrap();
+    engine.join().await;
+    let actions = rec.matching("action m");
+    assert_eq!(
+        actions,
+        [
+            "action m b set_context#0",
+            "action m b set_context#1",
+            "action m b set_context#2",
+            "action m b log#3",
+        ]
+    );
+    let st = engine.machine("m").unwrap();
+    assert!(!st.running);
+    assert_eq!(st.stop_reason, Some(StopReason::FinalState));
+    assert_eq!(&*st.state, "done");
+    assert_eq!(st.transitions, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_skips_the_rest_and_an_ignored_event_does_not() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: c, event: next}
+actions:
+  a:
+    - {type: set_context, key: first, value: done, success: nobody_listens}
+    - {type: set_context, key: second, value: done, success: go}
+    - {type: set_context, key: skipped, value: done}
+  b:
+    - {type: set_context, key: in_b, value: done, success: next}
+    - {type: set_context, key: skipped_b, value: done}
+"#))
+        .unwrap();
+    assert!(engine.wait_for_state("m", "c", WAIT).await);
+    let snap = engine.snapshot("m").await.unwrap();
+    assert_eq!(&*snap.state, "c");
+    assert_eq!(snap.context.get("first"), Some(&json!("done")));
+    assert_eq!(snap.context.get("second"), Some(&json!("done")));
+    assert_eq!(snap.context.get("in_b"), Some(&json!("done")));
+    assert!(!snap.context.contains_key("skipped"), "{snap:?}");
+    assert!(!snap.context.contains_key("skipped_b"), "{snap:?}");
+    // The ignored event is reported as such, nested in the running event.
+    assert!(rec
+        .lines()
+        .contains(&"finished m nobody_listens ignored a->a".to_string()));
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_rules_apply_everywhere_but_the_first_matching_rule_wins() {
+    let engine = Engine::builder().build();
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+states: [a, b, special, stopped]
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: special, event: stop}
+  - {from: "*", to: stopped, event: stop}
+  - {from: special, to: a, event: back}
+final_states: [stopped]
+"#))
+        .unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    engine.send("m", Event::new("stop")).await.unwrap();
+    assert!(engine.wait_for_state("m", "special", WAIT).await);
+    engine.send("m", Event::new("stop")).await.unwrap();
+    assert!(engine.wait_for_state("m", "stopped", WAIT).await);
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fire_after_entering_and_another_transition_cancels_them() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: waiting
+transitions:
+  - {from: waiting, to: timed_out, event: timeout(0.3)}
+  - {from: waiting, to: working, event: start}
+  - {from: working, to: timed_out, event: timeout(0.3)}
+  - {from: working, to: waiting, event: again}
+  - {from: timed_out, to: waiting, event: retry}
+"#))
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(engine.wait_for_state("m", "timed_out", WAIT).await);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Back to waiting, then leave it before its timer fires: the timer must not fire.
+    engine.send("m", Event::new("retry")).await.unwrap();
+    engine.send("m", Event::new("start")).await.unwrap();
+    assert!(engine.wait_for_state("m", "working", WAIT).await);
+    // A transition into `waiting` re-arms; keep bouncing faster than the timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        engine.send("m", Event::new("again")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        engine.send("m", Event::new("start")).await.unwrap();
+    }
+    assert!(engine.wait_for_state("m", "timed_out", WAIT).await);
+    let timeouts: Vec<String> = rec
+        .matching("transition m")
+        .into_iter()
+        .filter(|l| l.ends_with("timeout(0.3)"))
+        .collect();
+    assert_eq!(
+        timeouts,
+        [
+            "transition m waiting->timed_out on timeout(0.3)",
+            "transition m working->timed_out on timeout(0.3)"
+        ],
+        "{:#?}",
+        rec.lines()
+    );
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interpolation_keeps_types_and_leaves_unknown_placeholders() {
+    let engine = Engine::builder().build();
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: idle
+events:
+  job:
+    context_map:
+      job_id: payload.id
+      size: payload.meta.size
+transitions:
+  - {from: idle, to: copied, event: job}
+actions:
+  copied:
+    - {type: set_context, key: n, value: "{payload.n}"}
+    - {type: set_context, key: list, value: "{payload.items}"}
+    - {type: set_context, key: text, value: "n={payload.n} and {unknown.thing}"}
+    - {type: set_context, key: "dyn_{job_id}", value: "{size}"}
+    - {type: set_context, key: length, value: "{payload.items|length}"}
+    - {type: set_context, key: whole, value: "{event_data.payload.n}"}
+"#))
+        .unwrap();
+    engine
+        .send(
+            "m",
+            Event::new("job").with_payload(
+                json!({"n": 5, "items": [1, "two"], "id": "j7", "meta": {"size": 2.5}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(engine.wait_for_state("m", "copied", WAIT).await);
+    // The state is entered before its actions finish: read after they ran.
+    let mut snap = engine.snapshot("m").await.unwrap();
+    for _ in 0..200 {
+        if snap.context.contains_key("whole") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        snap = engine.snapshot("m").await.unwrap();
+    }
+    let c = &snap.context;
+    assert!(c.contains_key("whole"), "{c:#?}");
+    assert_eq!(c["n"], json!(5));
+    assert_eq!(c["list"], json!([1, "two"]));
+    assert_eq!(c["text"], json!("n=5 and {unknown.thing}"));
+    assert_eq!(c["job_id"], json!("j7"));
+    assert_eq!(c["dyn_j7"], json!(2.5));
+    assert_eq!(c["length"], json!(2));
+    assert_eq!(c["whole"], json!(5));
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_interrupts_a_waiting_action_and_an_ignored_event_does_not() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: napping
+transitions:
+  - {from: napping, to: awake, event: wake_up}
+  - {from: napping, to: poked, event: poke}
+  - {from: awake, to: napping, event: nap}
+actions:
+  napping:
+    - {type: sleep, duration: 0.4}
+"#))
+        .unwrap();
+    // Ignored while sleeping: the sleep goes on and ends with `wake_up`.
+    engine.send("m", Event::new("nothing")).await.unwrap();
+    assert!(engine.wait_for_state("m", "awake", WAIT).await);
+    // A long sleep is cut short by an event that transitions.
+    engine.send("m", Event::new("nap")).await.unwrap();
+    assert!(engine.wait_for_state("m", "napping", WAIT).await);
+    let t0 = Instant::now();
+    engine.send("m", Event::new("poke")).await.unwrap();
+    assert!(engine.wait_for_state("m", "poked", WAIT).await);
+    assert!(
+        t0.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+    let done = rec.matching("done m sleep");
+    assert_eq!(
+        done,
+        [
+            "done m sleep#0 ok Some(\"wake_up\")",
+            "done m sleep#0 interrupted None"
+        ]
+    );
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_livelock_guard_stops_a_state_that_re_enters_itself_for_ever() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: spin
+transitions:
+  - {from: spin, to: spin, event: again}
+  - {from: spin, to: out, event: leave}
+actions:
+  spin:
+    - {type: set_context, key: x, value: 1, success: again}
+"#))
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if rec
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("error m livelock"))
+        {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "no livelock error");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The machine is idle, not spinning, and still answers events.
+    let before = engine.machine("m").unwrap().transitions;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.machine("m").unwrap().transitions, before);
+    engine.send("m", Event::new("leave")).await.unwrap();
+    assert!(engine.wait_for_state("m", "out", WAIT).await);
+    assert_eq!(engine.machine("m").unwrap().errors, 1);
+    assert!(rec
+        .lines()
+        .iter()
+        .any(|l| l == "finished m again rejected spin->spin"));
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_talk_with_send_event_and_final_states_stop_them() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    let controller = def(r#"
+metadata: {machine_name: controller}
+initial_state: start
+context: {job: 42}
+transitions:
+  - {from: start, to: waiting, event: event_sent}
+  - {from: waiting, to: done, event: finished}
+actions:
+  start:
+    - type: send_event
+      target_machine: worker
+      event_type: work
+      payload: {job: "{job}", note: "job {job}"}
+final_states: [done]
+"#);
+    let worker = def(r#"
+metadata: {machine_name: worker}
+initial_state: idle
+transitions:
+  - {from: idle, to: working, event: work}
+  - {from: working, to: gone, event: event_sent}
+actions:
+  working:
+    - {type: set_context, key: got, value: "{payload.job}"}
+    - {type: send_event, target_machine: controller, event_type: finished}
+"#);
+    engine.spawn_all(vec![controller, worker]).unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("both stop");
+    let w = engine.machine("worker").unwrap();
+    assert_eq!(w.stop_reason, Some(StopReason::FinalState));
+    assert_eq!(&*w.state, "gone");
+    let c = engine.machine("controller").unwrap();
+    assert_eq!(&*c.state, "done");
+    // A stopped machine refuses events.
+    assert!(matches!(
+        engine.send("worker", Event::new("work")).await,
+        Err(SendError::Stopped(_))
+    ));
+    assert!(matches!(
+        engine.send("nobody", Event::new("work")).await,
+        Err(SendError::UnknownMachine(_))
+    ));
+    assert!(rec
+        .lines()
+        .contains(&"transition worker idle->working on work".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_event_to_an_unknown_machine_is_an_error_event() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: failed, event: error}
+actions:
+  a:
+    - {type: send_event, target_machine: ghost, event_type: hello}
+"#))
+        .unwrap();
+    assert!(engine.wait_for_state("m", "failed", WAIT).await);
+    let errors = rec.matching("error m");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with(&format!("error m {}", ErrorKind::UnknownTarget.as_str())));
+    assert!(errors[0].contains("ghost"));
+    let snap = engine.snapshot("m").await.unwrap();
+    assert_eq!(snap.context["last_error_action"], json!("send_event"));
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[test]
+fn a_full_queue_applies_backpressure_and_loses_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engine = Engine::builder().queue_capacity(4).build();
+        engine
+            .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: ping
+transitions:
+  - {from: ping, to: pong, event: go}
+  - {from: pong, to: ping, event: go}
+"#))
+            .unwrap();
+        // On a current-thread runtime the machine cannot run until we yield: the queue
+        // fills and try_send says so instead of dropping.
+        let mut accepted = 0;
+        let mut full = 0;
+        for _ in 0..10 {
+            match engine.try_send("m", Event::new("go")) {
+                Ok(()) => accepted += 1,
+                Err(SendError::QueueFull(_)) => full += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((accepted, full), (4, 6));
+        assert_eq!(engine.machine("m").unwrap().queue_depth, 4);
+        // send() waits for room: every one of these arrives.
+        for _ in 0..1000 {
+            engine.send("m", Event::new("go")).await.unwrap();
+        }
+        let t0 = Instant::now();
+        while engine.machine("m").unwrap().transitions < 1004 {
+            assert!(t0.elapsed() < WAIT);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(engine.machine("m").unwrap().transitions, 1004);
+        engine.shutdown();
+        engine.join().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_interrupts_waiting_actions_promptly() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: wake_up}
+  - {from: a, to: b, event: job_done}
+actions:
+  a:
+    - {type: bash, command: "sleep 30", timeout: 60}
+"#))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    engine.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), engine.join())
+        .await
+        .expect("stops");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let st = engine.machine("m").unwrap();
+    assert_eq!(st.stop_reason, Some(StopReason::Shutdown));
+    assert!(rec
+        .lines()
+        .contains(&"done m bash#0 interrupted None".to_string()));
+    assert_eq!(rec.lines().last().unwrap(), "stopped m a Shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bash_maps_exit_codes_captures_output_and_reports_errors() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: run
+transitions:
+  - {from: run, to: missing, event: not_found}
+  - {from: missing, to: fails, event: next}
+  - {from: fails, to: end, event: error}
+actions:
+  run:
+    - type: bash
+      command: "echo out; echo err >&2; exit 3"
+      error_mappings: {"3": not_found}
+  missing:
+    - {type: set_context, key: x, value: 1, success: next}
+  fails:
+    - {type: bash, command: "exit 7"}
+final_states: [end]
+"#))
+        .unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("ends");
+    assert_eq!(&*engine.machine("m").unwrap().state, "end");
+    let done = rec.matching("done m bash");
+    assert_eq!(
+        done,
+        [
+            "done m bash#0 error Some(\"not_found\")",
+            "done m bash#0 error Some(\"error\")"
+        ]
+    );
+    let errors = rec.matching("error m action");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("exit 3") && errors[0].contains("err"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(engine.machine("m").unwrap().errors, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_sees_the_whole_life_of_an_event() {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(&rec);
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+actions:
+  b:
+    - {type: log, message: hi}
+final_states: [b]
+"#))
+        .unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    engine.join().await;
+    assert_eq!(
+        rec.lines(),
+        [
+            "started m a",
+            "event m go",
+            "transition m a->b on go",
+            "action m b log#0",
+            "done m log#0 ok None",
+            "finished m go transitioned a->b",
+            "stopped m b FinalState",
+        ]
+    );
+    let _ = EventOutcome::Ignored;
+    let _ = ActionOutcome::Ok;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_without_final_states_stop_where_only_star_rules_lead_out() {
+    // Like statemachine-engine's examples: `completed` is left only by `from: "*"`, so it
+    // is final; `waiting` -> `completed` -> (continue_work) shows a named state is not.
+    let engine = Engine::builder().build();
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: waiting
+transitions:
+  - {from: waiting, to: completed, event: done}
+  - {from: completed, to: waiting, event: continue_work}
+  - {from: "*", to: stopped, event: stop}
+actions:
+  completed:
+    - {type: set_context, key: x, value: 1, success: continue_work}
+"#))
+        .unwrap();
+    engine.send("m", Event::new("done")).await.unwrap();
+    engine.send("m", Event::new("done")).await.unwrap();
+    engine.send("m", Event::new("stop")).await.unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("stops");
+    let st = engine.machine("m").unwrap();
+    assert_eq!(&*st.state, "stopped");
+    assert_eq!(st.stop_reason, Some(StopReason::FinalState));
+    assert_eq!(st.transitions, 5);
+}
