@@ -154,9 +154,12 @@ async fn run(
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
+    // One `join` future for the whole run: it holds the machines' task handles once
+    // polled, so it must be awaited again after `shutdown`, not dropped and recreated.
     let all_done = engine.join();
+    tokio::pin!(all_done);
     tokio::select! {
-        () = all_done => {
+        () = &mut all_done => {
             tracing::info!(target: "turnstile", "every machine reached a final state");
             return Ok(ExitCode::SUCCESS);
         }
@@ -167,10 +170,7 @@ async fn run(
         _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
     }
     engine.shutdown();
-    if tokio::time::timeout(stop_timeout, engine.join())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(stop_timeout, all_done).await.is_err() {
         eprintln!("error: machines did not stop within {stop_timeout:?}");
         return Ok(ExitCode::from(1));
     }

@@ -1,6 +1,7 @@
 //! The built-in actions.
 
 mod bash;
+mod list;
 mod log;
 mod send_event;
 mod set_context;
@@ -22,8 +23,6 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("check_machine_state", "it comes with the persisted machine state store, not available in this build"),
     ("clear_events", "it comes with the persisted event store, not available in this build"),
     ("start_fsm", "statemachine-engine's process-spawning action; Turnstile runs every machine of a process with `turnstile run A.yaml B.yaml` instead"),
-    ("add_to_list", "statemachine-engine's list action, not available in this build"),
-    ("pop_from_list", "statemachine-engine's list action, not available in this build"),
     ("check_events", "statemachine-engine has no such action either: remove it, events arrive by themselves"),
 ];
 
@@ -34,6 +33,8 @@ pub fn register(r: &mut ActionRegistry) {
     r.register("sleep", "builtin", Arc::new(sleep::build));
     r.register("set_context", "builtin", Arc::new(set_context::build));
     r.register("send_event", "builtin", Arc::new(send_event::build));
+    r.register("add_to_list", "builtin", Arc::new(list::build_add));
+    r.register("pop_from_list", "builtin", Arc::new(list::build_pop));
     for (kind, what) in ELSEWHERE {
         r.mark_unavailable(kind, what);
     }

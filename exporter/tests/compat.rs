@@ -1,0 +1,200 @@
+//! statemachine-engine compatibility, end to end: its example configs, unchanged, with the
+//! real `turnstile` binary. The fixtures live in `../shared/compat/statemachine-engine/`
+//! beside the repository (see its README).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{field, parse_rfc3339_utc, seq, stopped, timestamp, transitions, turnstile, Proc};
+
+const COMPAT_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/compat/statemachine-engine"
+);
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(COMPAT_DIR).join(name);
+    assert!(
+        p.is_file(),
+        "compat fixture {} not found: the fixtures belong in ../shared/compat/statemachine-engine/ beside the repository",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn timestamps_parse() {
+    assert_eq!(parse_rfc3339_utc("1970-01-02T00:00:01.5Z"), Some(86_401.5));
+    let a = parse_rfc3339_utc("2026-02-28T23:59:59.000000Z").expect("parses");
+    let b = parse_rfc3339_utc("2026-03-01T00:00:01.250000Z").expect("parses");
+    assert!((b - a - 2.25).abs() < 1e-6);
+    assert_eq!(parse_rfc3339_utc("2026-03-01 00:00:01"), None);
+}
+
+/// timeout_demo/timeout_worker.yaml: initializing -> waiting, `timeout(5)` fires about 5 s
+/// later (waiting -> timed_out), its `sleep 3` command returns `retry` about 3 s after that
+/// (timed_out -> waiting); SIGTERM then stops it with exit status 0.
+#[test]
+fn timeout_worker_times_out_and_retries() {
+    let cfg = fixture("timeout_demo__timeout_worker.yaml");
+    let m = "timeout_worker";
+    let mut p = Proc::start(&["run", &cfg]);
+    let limit = Duration::from_secs(60);
+    let is = |from: &'static str, to: &'static str| {
+        move |j: &serde_json::Value| {
+            common::is_transition(j, m) && field(j, "from") == from && field(j, "to") == to
+        }
+    };
+    let t0 = timestamp(&p.wait_for(
+        "initializing -> waiting",
+        limit,
+        is("initializing", "waiting"),
+    ));
+    let t1 = timestamp(&p.wait_for("waiting -> timed_out", limit, is("waiting", "timed_out")));
+    let t2 = timestamp(&p.wait_for("timed_out -> waiting", limit, is("timed_out", "waiting")));
+    p.signal("TERM");
+    let (status, _) = p.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", p.log());
+
+    let records = p.records();
+    assert_eq!(
+        transitions(&records, m),
+        seq(&[
+            ("initializing", "waiting", "initialized"),
+            ("waiting", "timed_out", "timeout(5)"),
+            ("timed_out", "waiting", "retry"),
+        ]),
+        "{}",
+        p.log()
+    );
+    let timed_out_after = t1 - t0;
+    assert!(
+        (4.5..=8.0).contains(&timed_out_after),
+        "timeout(5) fired after {timed_out_after:.3} s:\n{}",
+        p.log()
+    );
+    let retried_after = t2 - t1;
+    assert!(
+        (2.5..=6.0).contains(&retried_after),
+        "`sleep 3 && echo` returned retry after {retried_after:.3} s:\n{}",
+        p.log()
+    );
+    // The config's own log and bash output made it to the log.
+    let says = |text: &str| {
+        records
+            .iter()
+            .any(|j| field(j, "machine") == m && field(j, "message").contains(text))
+    };
+    for text in [
+        "Timeout demo initializing",
+        "Initialization complete",
+        "TIMEOUT! Operation took too long",
+        "Retrying...",
+    ] {
+        assert!(says(text), "no `{text}` in the log:\n{}", p.log());
+    }
+    assert_eq!(
+        stopped(&records, m),
+        Some(("waiting".into(), "Shutdown".into())),
+        "{}",
+        p.log()
+    );
+}
+
+/// The action types `validate` says are unknown in a file, from `--format json`.
+fn missing_actions(file: &str) -> (Option<i32>, BTreeSet<String>, serde_json::Value) {
+    let out = turnstile(&["validate", "--format", "json", file])
+        .output()
+        .expect("run validate");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "validate --format json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let missing = j["files"][0]["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .filter(|d| d["code"] == "unknown-action")
+        .map(|d| {
+            let msg = d["message"].as_str().unwrap_or_default();
+            msg.split('`').nth(1).unwrap_or(msg).to_owned()
+        })
+        .collect();
+    (out.status.code(), missing, j)
+}
+
+/// Every other fixture needs actions this build does not have (the job store, process
+/// spawning, plugins): `validate` exits 2 and names exactly those action types, nothing
+/// else as an error. Update the lists when these actions arrive.
+#[test]
+fn validate_names_exactly_the_missing_action_types() {
+    let cases: &[(&str, &[&str])] = &[
+        ("controller_worker__controller.yaml", &["check_events"]),
+        ("controller_worker__worker.yaml", &["check_database_queue"]),
+        ("custom_actions__worker.yaml", &["calculate", "greet"]),
+        (
+            "patient_records__concurrent-controller.yaml",
+            &[
+                "claim_job",
+                "get_pending_jobs",
+                "start_fsm",
+                "wait_for_jobs",
+            ],
+        ),
+        ("patient_records__patient-records.yaml", &["complete_job"]),
+        ("simple_worker__worker.yaml", &["check_database_queue"]),
+    ];
+    // Every fixture is covered: these plus the timeout demo, which runs.
+    let mut all: BTreeSet<String> = std::fs::read_dir(COMPAT_DIR)
+        .expect("read the compat dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    assert!(all.remove("timeout_demo__timeout_worker.yaml"));
+    let covered: BTreeSet<String> = cases.iter().map(|(f, _)| (*f).to_owned()).collect();
+    assert_eq!(all, covered, "a compat fixture is not covered");
+
+    for (file, want) in cases {
+        let (code, missing, j) = missing_actions(&fixture(file));
+        assert_eq!(code, Some(2), "{file}: {j:#}");
+        let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(missing, want, "{file}: {j:#}");
+        // Nothing else is an error: once these actions exist, the file loads.
+        let other_errors: Vec<&serde_json::Value> = j["files"][0]["diagnostics"]
+            .as_array()
+            .expect("diagnostics")
+            .iter()
+            .filter(|d| d["severity"] == "error" && d["code"] != "unknown-action")
+            .collect();
+        assert!(other_errors.is_empty(), "{file}: {other_errors:#?}");
+        assert_eq!(j["errors"], want.len(), "{file}: {j:#}");
+    }
+
+    // The text output names the file, line and column of each, with a hint.
+    let file = fixture("patient_records__concurrent-controller.yaml");
+    let out = turnstile(&["validate", &file])
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{file}:98:13: error[unknown-action]: unknown action type `get_pending_jobs`"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hint:"), "{stdout}");
+}
+
+/// The list actions used by the concurrent controller are built in: they are not among
+/// the missing types, and the events they return are checked like any other.
+#[test]
+fn list_actions_are_built_in() {
+    let (_, missing, j) = missing_actions(&fixture("patient_records__concurrent-controller.yaml"));
+    assert!(!missing.contains("pop_from_list"), "{j:#}");
+    assert!(!missing.contains("add_to_list"), "{j:#}");
+}
