@@ -24,6 +24,9 @@ pub struct ParamIssue {
     pub hint: Option<String>,
 }
 
+const PLACEHOLDER_HINT: &str =
+    "placeholders look like `{name}`, `{a.b}` or `{name|default:0}`; filters: length, default, upper, lower, trim, json";
+
 /// Parameters accepted by every action and ignored (statemachine-engine compatibility).
 const COMMON: &[&str] = &["repeatable", "run_policy"];
 
@@ -92,7 +95,11 @@ impl<'a> Params<'a> {
             Json::Null => None,
             other => {
                 let t = type_name(other);
-                self.error(key, format!("`{key}` must be a string, found {t}"), None);
+                self.error(
+                    key,
+                    format!("`{key}` must be a string, found {t}"),
+                    Some(format!("write `{key}: \"...\"` (quote it)")),
+                );
                 None
             }
         }
@@ -117,7 +124,7 @@ impl<'a> Params<'a> {
         match Template::parse(&s) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.error(key, e, None);
+                self.error(key, e, Some(PLACEHOLDER_HINT.into()));
                 None
             }
         }
@@ -129,7 +136,7 @@ impl<'a> Params<'a> {
         match JsonTemplate::compile(v) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.error(key, e, None);
+                self.error(key, e, Some(PLACEHOLDER_HINT.into()));
                 None
             }
         }
@@ -174,7 +181,7 @@ impl<'a> Params<'a> {
                 self.error(
                     key,
                     format!("`{key}` must be a number of seconds, found {t}"),
-                    None,
+                    Some(format!("write e.g. `{key}: 5` or `{key}: 0.5`")),
                 );
                 return None;
             }
@@ -183,7 +190,7 @@ impl<'a> Params<'a> {
             self.error(
                 key,
                 format!("`{key}` must be between 0 and 31536000 seconds, found {secs}"),
-                None,
+                Some(format!("write e.g. `{key}: 5` or `{key}: 0.5`")),
             );
             return None;
         }
@@ -200,7 +207,11 @@ impl<'a> Params<'a> {
                 matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
             }
             Some(_) => {
-                self.error(key, format!("`{key}` must be true or false"), None);
+                self.error(
+                    key,
+                    format!("`{key}` must be true or false"),
+                    Some(format!("write `{key}: true` or `{key}: false`")),
+                );
                 default
             }
         }

@@ -187,16 +187,8 @@ pub fn compile(
         let Some(i) = lookup(d, state, "`actions:` entry for state") else {
             continue;
         };
-        if let Some(first) = entry_seen.get(&i) {
-            d.error(
-                "duplicate-key",
-                state.loc,
-                format!(
-                    "actions of `{}` are given twice (first at line {})",
-                    state.value, first.line
-                ),
-                Some("merge the two lists".into()),
-            );
+        if entry_seen.contains_key(&i) {
+            // Reported already as a duplicate key of `actions:` by the model.
             continue;
         }
         entry_seen.insert(i, state.loc);

@@ -116,12 +116,7 @@ pub fn load_str(text: &str, path: Option<&Path>, registry: &ActionRegistry) -> L
     let root = match yaml::parse(text) {
         Ok(r) => r,
         Err(e) => {
-            d.error(
-                "yaml-syntax",
-                e.loc,
-                e.message,
-                Some("fix the YAML syntax here (indentation, quotes, brackets)".into()),
-            );
+            d.error(e.code, e.loc, e.message, Some(e.hint));
             return Loaded {
                 def: None,
                 diagnostics: d.into_vec(),

@@ -181,7 +181,7 @@ fn map_pairs<'a>(d: &mut Diagnostics, node: &'a Node, what: &str) -> Option<&'a 
                 "wrong-type",
                 node.loc,
                 format!("{what} must be a mapping, found {}", node.value.type_name()),
-                None,
+                Some(format!("write {what} as `key: value` lines")),
             );
             None
         }
@@ -211,13 +211,14 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
         ..Default::default()
     };
     let Value::Map(_) = &root.value else {
+        let found = match root.value {
+            Value::Null => "the file is empty".to_owned(),
+            _ => format!("found {}", root.value.type_name()),
+        };
         d.error(
             "wrong-type",
             root.loc,
-            format!(
-                "a machine config must be a mapping, found {}",
-                root.value.type_name()
-            ),
+            format!("a machine config must be a mapping: {found}"),
             Some("start the file with keys such as `initial_state:` and `transitions:`".into()),
         );
         return spec;
@@ -249,7 +250,9 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
                 }
             }
             "states" => {
-                spec.states_declared = true;
+                // A `states:` of the wrong type counts as absent (states then come from the
+                // transitions), so that its one error does not cascade into "unknown state".
+                spec.states_declared = matches!(v.value, Value::Seq(_) | Value::Null);
                 if let Some(items) = seq_items(d, v, "`states`") {
                     for it in items {
                         if let Some(s) = expect_str(d, it, "a state") {
@@ -412,7 +415,9 @@ fn read_events(d: &mut Diagnostics, v: &Node, out: &mut Vec<EventSpec>) {
                 "`events` must be a list or a mapping, found {}",
                 v.value.type_name()
             ),
-            None,
+            Some(
+                "write `events:` as a list of names, or as `name: {context_map: ...}` lines".into(),
+            ),
         ),
     }
 }
@@ -474,13 +479,15 @@ fn read_transition(d: &mut Diagnostics, node: &Node) -> Option<TransitionSpec> {
             Some("every transition needs `from`, `to` and `event`".into()),
         )
     };
-    if from.is_none() {
+    // A key that is present but unusable was reported already: it is not also "missing".
+    let present = |key: &str| pairs.iter().any(|(k, _)| k.as_str() == Some(key));
+    if from.is_none() && !present("from") {
         missing("from");
     }
-    if to.is_none() {
+    if to.is_none() && !present("to") {
         missing("to");
     }
-    if event.is_none() {
+    if event.is_none() && !present("event") {
         missing("event");
     }
     Some(TransitionSpec {

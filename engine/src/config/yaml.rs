@@ -209,6 +209,7 @@ pub struct SyntaxError {
 }
 
 const SYNTAX_HINT: &str = "fix the YAML syntax here (indentation, quotes, brackets)";
+const ALIAS_HINT: &str = "a machine config needs no large alias expansion (an alias bomb?): write the values out or use fewer `*alias` references";
 
 fn budget() -> serde_saphyr::Budget {
     let mut budget = serde_saphyr::Budget::default();
@@ -221,7 +222,29 @@ fn budget() -> serde_saphyr::Budget {
     budget
 }
 
+/// Stack for the parser. Its recursive descent takes tens of KB per nesting level in debug
+/// builds: at the depth limit that is more than a 2 MiB thread stack (a test thread, a
+/// Tokio worker) holds, so parsing runs on a thread of its own with room to spare.
+const PARSE_STACK_BYTES: usize = 16 * 1024 * 1024;
+
 fn raw_parse(text: &str) -> Result<Option<Node>, serde_saphyr::Error> {
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .name("turnstile-yaml".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(s, || raw_parse_here(text))
+        {
+            Ok(h) => h.join().unwrap_or_else(|_| {
+                Err(de::Error::custom(
+                    "the YAML parser failed on this input (a bug: please report it)",
+                ))
+            }),
+            Err(_) => raw_parse_here(text),
+        }
+    })
+}
+
+fn raw_parse_here(text: &str) -> Result<Option<Node>, serde_saphyr::Error> {
     let mut options = serde_saphyr::Options::default();
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
     options.with_snippet = false;
@@ -230,6 +253,8 @@ fn raw_parse(text: &str) -> Result<Option<Node>, serde_saphyr::Error> {
     // into `false`/`true`.
     options.strict_booleans = true;
     options.budget = Some(budget());
+    // Events copied out of anchors by aliases, in all: the bound on an alias bomb's work.
+    options.alias_limits.max_total_replayed_events = 20_000;
     serde_saphyr::from_str_with_options::<Option<Node>>(text, options)
 }
 
@@ -243,18 +268,35 @@ fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
     // The position is reported separately: do not repeat it in the message.
     let suffix = format!(" at line {}, column {}", loc.line, loc.column);
     let message = first.strip_suffix(suffix.as_str()).unwrap_or(first);
-    if let serde_saphyr::Error::Budget { breach, .. } = e {
-        use serde_saphyr::budget::BudgetBreach as B;
-        let (message, hint) = match breach {
-            B::Depth { .. } => (
-                "the YAML is nested too deeply (more than 64 levels)".to_owned(),
-                "a machine config needs a few levels of nesting: flatten this structure",
+    // Alias replays wrap the error that stopped them.
+    let mut inner = e;
+    while let serde_saphyr::Error::AliasError { error, .. } = inner {
+        inner = error;
+    }
+    let limit = match inner {
+        serde_saphyr::Error::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+            ..
+        } => Some((
+            "the YAML is nested too deeply (more than 64 levels)".to_owned(),
+            "a machine config needs a few levels of nesting: flatten this structure",
+        )),
+        serde_saphyr::Error::Budget { breach, .. } => Some((
+            format!("the YAML is too large once its anchors and aliases are expanded ({breach:?})"),
+            ALIAS_HINT,
+        )),
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => Some((
+            format!(
+                "the YAML is too large once its anchors and aliases are expanded ({})",
+                inner.to_string().lines().next().unwrap_or_default()
             ),
-            other => (
-                format!("the YAML expands to too much data once its anchors and aliases are resolved ({other:?})"),
-                "a machine config needs no large alias expansion (an alias bomb?): write the values out or use fewer `*alias` references",
-            ),
-        };
+            ALIAS_HINT,
+        )),
+        _ => None,
+    };
+    if let Some((message, hint)) = limit {
         return SyntaxError {
             code: "too-large",
             loc,
@@ -262,16 +304,19 @@ fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
             hint: hint.into(),
         };
     }
-    let hint = if message.contains("recursion limit") {
-        "brackets are nested too deeply: a machine config needs a few levels of nesting".into()
-    } else {
-        SYNTAX_HINT.into()
-    };
+    if message.contains("recursion limit") {
+        return SyntaxError {
+            code: "too-large",
+            loc,
+            message: "the YAML is nested too deeply (brackets inside brackets)".into(),
+            hint: "a machine config needs a few levels of nesting: flatten this structure".into(),
+        };
+    }
     SyntaxError {
         code: "yaml-syntax",
         loc,
         message: message.to_owned(),
-        hint,
+        hint: SYNTAX_HINT.into(),
     }
 }
 
@@ -281,6 +326,16 @@ fn indent_of(text: &str, line: u32) -> Option<usize> {
         .lines()
         .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
     Some(l.len() - l.trim_start_matches([' ', '\t']).len())
+}
+
+/// 1-based column of the first tab in the indentation of 1-based line `line` of `text`.
+fn first_tab_column(text: &str, line: u32) -> Option<u32> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let lead = l.len() - l.trim_start_matches([' ', '\t']).len();
+    let i = l[..lead].find('\t')?;
+    u32::try_from(i + 1).ok()
 }
 
 /// A `[` or `{` left open makes the parser stumble on a later line with an unrelated
@@ -332,7 +387,17 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             loc: Loc { line: 1, column: 1 },
         }),
         Err(e) => {
-            let err = syntax_error(&e);
+            let mut err = syntax_error(&e);
+            if err.code != "yaml-syntax" {
+                return Err(err);
+            }
+            if err.message.starts_with("tabs disallowed") {
+                // The parser points past the tab: point at the tab itself.
+                if let Some(col) = first_tab_column(text, err.loc.line) {
+                    err.loc.column = col;
+                }
+                err.hint = "indent with spaces: YAML does not allow tabs for indentation".into();
+            }
             Err(unclosed_bracket(text, &err).unwrap_or(err))
         }
     }

@@ -58,7 +58,7 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
                     (_, None) => p.error(
                         "error_mappings",
                         format!("`error_mappings.{k}` must be an event name"),
-                        None,
+                        Some(format!("write e.g. `\"{k}\": not_found`")),
                     ),
                 }
             }
@@ -66,13 +66,18 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
         Some(_) => p.error(
             "error_mappings",
             "`error_mappings` must be a mapping of exit code to event".into(),
-            None,
+            Some("write e.g. `error_mappings: {\"2\": not_found}`".into()),
         ),
     }
     let command = match ShellTemplate::compile(&command?) {
         Ok(c) => c,
         Err(e) => {
-            p.error("command", e, None);
+            let hint = if e.contains("here-document") {
+                "use an unquoted delimiter (`<<EOF`) for the value to be expanded"
+            } else {
+                "placeholders look like `{name}`; `${NAME}` is left to the shell"
+            };
+            p.error("command", e, Some(hint.into()));
             return None;
         }
     };
@@ -142,7 +147,10 @@ fn truncate(s: &str, limit: usize) -> String {
 impl Action for Bash {
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let scope = cx.scope();
-        let env = self.command.env(&scope);
+        let env = match self.command.env(&scope) {
+            Ok(env) => env,
+            Err(msg) => return Step::Done(Outcome::error("bash", msg, Some(self.error.clone()))),
+        };
         let shown = self.command.display(&scope);
         let script = self.command.script().to_owned();
         let timeout = self.timeout;
