@@ -7,12 +7,15 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use turnstile_engine::{config, ActionRegistry, Engine, Event};
 //! let registry = ActionRegistry::with_builtins();
-//! let loaded = config::load_path("examples/pingpong.yaml".as_ref(), &registry);
+//! let loaded = config::load_path("examples/timeout_demo.yaml".as_ref(), &registry);
 //! let def = loaded.def.ok_or("config has errors")?;
 //! let engine = Engine::builder().build();
 //! engine.spawn(def)?;
-//! engine.send("ping", Event::new("go")).await?;
-//! engine.shutdown();
+//! // An event from outside, with a payload (ignored if no transition takes it).
+//! engine
+//!     .send("timeout_demo", Event::new("hello").with_payload(serde_json::json!({"n": 1})))
+//!     .await?;
+//! // Runs until the machine reaches its final state (`engine.shutdown()` stops it early).
 //! engine.join().await;
 //! # Ok(()) }
 //! ```

@@ -356,7 +356,10 @@ actions:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_livelock_guard_stops_a_state_that_re_enters_itself_for_ever() {
     let rec = Arc::new(Recorder::default());
-    let engine = engine_with(&rec);
+    let engine = Engine::builder()
+        .observer(rec.clone())
+        .livelock_limit(1000)
+        .build();
     engine
         .spawn(def(r#"
 metadata: {machine_name: m}

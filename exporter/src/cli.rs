@@ -154,8 +154,8 @@ async fn run(
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    // One `join` future for the whole run: it holds the machines' task handles once
-    // polled, so it must be awaited again after `shutdown`, not dropped and recreated.
+    // Wait for every machine to stop by itself, or for a signal; then the same wait goes
+    // on, bounded by --stop-timeout, while the machines shut down.
     let all_done = engine.join();
     tokio::pin!(all_done);
     tokio::select! {

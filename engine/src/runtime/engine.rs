@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value as Json};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::def::MachineDef;
@@ -18,6 +17,10 @@ use crate::observe::{Observer, StopReason};
 
 /// Default capacity of each machine's event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// Default for [`EngineBuilder::livelock_limit`]: high enough for a state that works through
+/// a long list one item per re-entry, low enough that a runaway loop ends in milliseconds.
+pub const DEFAULT_LIVELOCK_LIMIT: u32 = 100_000;
 
 /// Why a machine could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,7 @@ pub enum SendError {
 pub struct EngineBuilder {
     observer: Option<Arc<dyn Observer>>,
     queue_capacity: usize,
+    livelock_limit: u32,
 }
 
 impl EngineBuilder {
@@ -65,6 +69,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets how many times in a row a state may re-enter itself through its own actions'
+    /// events, with nothing waiting in between, before the next one is refused.
+    #[must_use]
+    pub fn livelock_limit(mut self, n: u32) -> Self {
+        self.livelock_limit = n.max(1);
+        self
+    }
+
     /// Builds the engine; machines are added with [`Engine::spawn`].
     pub fn build(self) -> Engine {
         Engine {
@@ -73,8 +85,9 @@ impl EngineBuilder {
                 machines: RwLock::new(Vec::new()),
                 observer: self.observer,
                 cancel: CancellationToken::new(),
-                tasks: Mutex::new(Vec::new()),
+                running: watch::Sender::new(0),
                 queue_capacity: self.queue_capacity,
+                livelock_limit: self.livelock_limit,
             }),
         }
     }
@@ -85,8 +98,19 @@ struct Inner {
     machines: RwLock<Vec<Arc<Shared>>>,
     observer: Option<Arc<dyn Observer>>,
     cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Number of machine tasks that have not ended yet.
+    running: watch::Sender<usize>,
     queue_capacity: usize,
+    livelock_limit: u32,
+}
+
+/// Counts a machine task as running until it ends, however it ends (a panic included).
+struct RunningGuard(watch::Sender<usize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// A running set of machines. Cheap to clone; all clones drive the same machines.
@@ -137,6 +161,7 @@ impl Engine {
         EngineBuilder {
             observer: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            livelock_limit: DEFAULT_LIVELOCK_LIMIT,
         }
     }
 
@@ -183,7 +208,7 @@ impl Engine {
             pending.push((shared, rx, ctl_rx));
         }
         let mut ids = Vec::with_capacity(pending.len());
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.running.send_modify(|n| *n += pending.len());
         for (shared, rx, ctl_rx) in pending {
             machines.push(shared.clone());
             ids.push(shared.id);
@@ -194,8 +219,13 @@ impl Engine {
                 self.inner.router.clone(),
                 self.inner.observer.clone(),
                 self.inner.cancel.child_token(),
+                self.inner.livelock_limit,
             );
-            tasks.push(handle.spawn(machine.run()));
+            let guard = RunningGuard(self.inner.running.clone());
+            handle.spawn(async move {
+                let _guard = guard;
+                machine.run().await;
+            });
         }
         Ok(ids)
     }
@@ -294,19 +324,11 @@ impl Engine {
     }
 
     /// Waits until every machine has stopped (final states or [`Engine::shutdown`]).
+    /// Cancel-safe: dropping the future and calling it again is fine.
     pub async fn join(&self) {
-        loop {
-            let tasks: Vec<JoinHandle<()>> =
-                std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-            if tasks.is_empty() {
-                return;
-            }
-            for t in tasks {
-                if let Err(e) = t.await {
-                    tracing::error!(target: "turnstile::engine", "a machine task failed: {e}");
-                }
-            }
-        }
+        let mut rx = self.inner.running.subscribe();
+        // The sender lives in `self`, so this only ends when the count reaches zero.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Waits until `name` is in `state`, up to `timeout`. For tests and scripts.

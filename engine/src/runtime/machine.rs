@@ -22,9 +22,6 @@ use crate::observe::{
     MachineRef, Observer, StateRef, StopReason, TransitionReport,
 };
 
-/// Consecutive re-entries of a state by its own actions' events, with nothing waiting in
-/// between, after which the next one is refused (`ErrorKind::Livelock`).
-pub(crate) const LIVELOCK_LIMIT: u32 = 1000;
 /// Action-driven events processed back to back before the task yields and lets one
 /// queued external event in.
 const FAIRNESS: u32 = 64;
@@ -97,6 +94,9 @@ pub(crate) struct Machine {
     timer_base: tokio::time::Instant,
     timer_next: usize,
     self_loops: u32,
+    /// Consecutive re-entries of a state by its own actions' events, with nothing waiting
+    /// in between, after which the next one is refused (`ErrorKind::Livelock`).
+    livelock_limit: u32,
 }
 
 impl Machine {
@@ -107,6 +107,7 @@ impl Machine {
         router: Arc<Router>,
         observer: Option<Arc<dyn Observer>>,
         cancel: CancellationToken,
+        livelock_limit: u32,
     ) -> Self {
         let def = shared.def.clone();
         Self {
@@ -129,6 +130,7 @@ impl Machine {
             timer_base: tokio::time::Instant::now(),
             timer_next: usize::MAX,
             self_loops: 0,
+            livelock_limit,
         }
     }
 
@@ -163,7 +165,8 @@ impl Machine {
         let reason = loop {
             if let Some(ev) = self.chain.take() {
                 self.chained += 1;
-                if self.chained % FAIRNESS == 0 {
+                if self.chained >= FAIRNESS {
+                    self.chained = 0;
                     tokio::task::yield_now().await;
                     if self.cancel.is_cancelled() {
                         break StopReason::Shutdown;
@@ -178,7 +181,6 @@ impl Machine {
                 self.handle(ev);
                 continue;
             }
-            self.chained = 0;
             if self.waiting.is_none() {
                 if self.has_next_action() {
                     self.step();
@@ -200,6 +202,9 @@ impl Machine {
                     }
                 }
             }
+            // `select!` below is where the task parks (or runs out of coop budget):
+            // the count of events chained without a yield starts again.
+            self.chained = 0;
             fast = FAST_BUDGET;
             let deadline = self.deadline();
             tokio::select! {
@@ -276,11 +281,11 @@ impl Machine {
         let rule = &def.rules[rule_ix];
         if ev.origin == Origin::Action && rule.to == from {
             self.self_loops += 1;
-            if self.self_loops > LIVELOCK_LIMIT {
+            if self.self_loops > self.livelock_limit {
                 self.self_loops = 0;
                 let msg = format!(
-                    "state `{}` re-entered itself {LIVELOCK_LIMIT} times in a row through `{}` returned by its own actions, with nothing waiting in between; refused to go on (send an event to continue)",
-                    def.states[from].name, ev.name
+                    "state `{}` re-entered itself {} times in a row through `{}` returned by its own actions, with nothing waiting in between; refused to go on (send an event to continue)",
+                    def.states[from].name, self.livelock_limit, ev.name
                 );
                 self.report_error(ErrorKind::Livelock, Some(&ev), &msg);
                 self.unrouted(&ev, EventOutcome::Rejected);
