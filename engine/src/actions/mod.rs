@@ -7,10 +7,12 @@
 
 pub mod builtin;
 pub mod params;
+pub mod plugin;
 pub mod shell;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -187,6 +189,8 @@ pub struct ActionRegistry {
     /// Types known to exist in Turnstile but not available in this build or setup, with a
     /// hint saying what provides them.
     unavailable: HashMap<String, String>,
+    /// The plugin libraries loaded so far (shared by every clone of the registry).
+    plugins: plugin::PluginHost,
 }
 
 impl ActionRegistry {
@@ -236,6 +240,91 @@ impl ActionRegistry {
         let mut v: Vec<&str> = self.types.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The plugin host: loaded plugins, reload checks, an observer for plugin failures.
+    pub fn plugin_host(&self) -> &plugin::PluginHost {
+        &self.plugins
+    }
+
+    /// Every loaded plugin (name, version, path, action types): what the
+    /// `turnstile_plugin_info` metric shows.
+    pub fn plugins(&self) -> Vec<plugin::PluginInfo> {
+        self.plugins.plugins()
+    }
+
+    /// Loads the plugin library at `path`, or every library in the directory `path`
+    /// (`--plugins DIR`), and registers their action types. One result per library; a
+    /// failure leaves the others loaded. Errors are also reported to the host's observer.
+    pub fn load_plugins(
+        &mut self,
+        path: &Path,
+    ) -> Vec<Result<plugin::PluginInfo, plugin::LoadError>> {
+        if path.is_dir() {
+            self.plugins.add_search_dir(path);
+        }
+        let files = match plugin::PluginHost::libraries(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.plugins.report(&e);
+                return vec![Err(e)];
+            }
+        };
+        files
+            .iter()
+            .map(|f| {
+                let r = self.load_plugin_file(f);
+                if let Err(e) = &r {
+                    self.plugins.report(e);
+                }
+                r
+            })
+            .collect()
+    }
+
+    fn load_plugin_file(&mut self, file: &Path) -> Result<plugin::PluginInfo, plugin::LoadError> {
+        let builtin = |k: &str| self.types.get(k).is_some_and(|r| &*r.provider == "builtin");
+        let (slot, info) = self.plugins.load(file, &builtin)?;
+        let lib_actions = plugin::slot_actions(&slot);
+        for (kind, params) in lib_actions {
+            let factory = plugin::PluginFactory {
+                slot: slot.clone(),
+                kind: kind.clone(),
+                params,
+            };
+            self.register(&kind, &info.name, Arc::new(factory));
+        }
+        Ok(info)
+    }
+
+    /// A copy of this registry with the plugins a config's `plugins:` key names loaded too;
+    /// failures become `plugin` diagnostics at the entry.
+    pub(crate) fn with_config_plugins(
+        &self,
+        entries: &[crate::config::model::Located<String>],
+        config: Option<&Path>,
+        d: &mut crate::config::diag::Diagnostics,
+    ) -> ActionRegistry {
+        let mut r = self.clone();
+        let dir = config.and_then(Path::parent);
+        for e in entries {
+            let path = self.plugins.resolve(&e.value, dir);
+            for res in r.load_plugins(&path) {
+                if let Err(err) = res {
+                    d.error(
+                        "plugin",
+                        e.loc,
+                        err.to_string(),
+                        Some(format!(
+                            "`plugins:` entries are library files or directories relative to the config (`{}`), or bare names found as lib<name>.{} beside it or in a --plugins directory",
+                            e.value,
+                            plugin::LIBRARY_EXTENSION
+                        )),
+                    );
+                }
+            }
+        }
+        r
     }
 
     /// Builds one action spec; problems go to `issues`, and the events written in the

@@ -28,13 +28,15 @@ const PLACEHOLDER_HINT: &str =
     "placeholders look like `{name}`, `{a.b}` or `{name|default:0}`; filters: length, default, upper, lower, trim, json";
 
 /// Parameters accepted by every action and ignored (statemachine-engine compatibility).
-const COMMON: &[&str] = &["repeatable", "run_policy"];
+pub(crate) const COMMON: &[&str] = &["repeatable", "run_policy"];
 
 /// Typed access to an action's parameters; remembers which were read so that the rest
 /// can be reported as unknown.
 pub struct Params<'a> {
     spec: &'a ActionSpec,
     read: HashSet<&'static str>,
+    /// Set by [`Params::take_all`]: no parameter is reported as unknown.
+    all_read: bool,
     issues: Vec<ParamIssue>,
     written_events: Vec<(String, Loc)>,
 }
@@ -45,6 +47,7 @@ impl<'a> Params<'a> {
         Self {
             spec,
             read: HashSet::new(),
+            all_read: false,
             issues: Vec::new(),
             written_events: Vec::new(),
         }
@@ -64,6 +67,13 @@ impl<'a> Params<'a> {
     pub fn raw(&mut self, key: &'static str) -> Option<&'a Json> {
         self.read.insert(key);
         self.spec.params.get(key)
+    }
+
+    /// Every parameter, for actions that pass them all on (plugins); none is then reported
+    /// as unknown by [`Params::finish`].
+    pub fn take_all(&mut self) -> &'a serde_json::Map<String, Json> {
+        self.all_read = true;
+        &self.spec.params
     }
 
     /// Records an error about `key`.
@@ -224,7 +234,9 @@ impl<'a> Params<'a> {
             .spec
             .params
             .keys()
-            .filter(|k| !self.read.contains(k.as_str()) && !COMMON.contains(&k.as_str()))
+            .filter(|k| {
+                !self.all_read && !self.read.contains(k.as_str()) && !COMMON.contains(&k.as_str())
+            })
             .collect();
         unknown.sort();
         let known: Vec<&'static str> = self.read.iter().copied().collect();

@@ -124,6 +124,15 @@ pub fn load_str(text: &str, path: Option<&Path>, registry: &ActionRegistry) -> L
         }
     };
     let spec = model::read_machine(&mut d, &root, path);
+    // Plugins the config names are loaded before it is compiled, so that their action
+    // types validate; they are available to this config only.
+    let with_plugins;
+    let registry = if spec.plugins.is_empty() {
+        registry
+    } else {
+        with_plugins = registry.with_config_plugins(&spec.plugins, path, &mut d);
+        &with_plugins
+    };
     let def = compile::compile(&spec, registry, &mut d, content_hash(text)).map(|mut def| {
         def.source = path.map(PathBuf::from);
         Arc::new(def)

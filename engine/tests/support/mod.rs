@@ -1,0 +1,4 @@
+//! Helpers shared by the plugin tests.
+
+pub mod http;
+pub mod plugin_build;
