@@ -31,3 +31,4 @@ pub use observe::Observer;
 pub use runtime::def::MachineDef;
 pub use runtime::engine::{Engine, EngineBuilder, EngineError, MachineStatus, SendError};
 pub use runtime::event::{Event, Origin};
+pub use runtime::trace::TraceContext;

@@ -6,17 +6,38 @@
 //! [`MachineRef::id`] without locks shared across machines. With no observer attached the
 //! runtime pays one branch per call site. Implementations must not block.
 
+use std::any::Any;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::runtime::def::MachineDef;
 use crate::runtime::event::Event;
+use crate::runtime::trace::TraceContext;
+
+/// Per-machine storage an observer may fill once (in `machine_started`) and read on every
+/// later call for that machine, so it needs no lookup shared across machines.
+pub type ObserverSlot = OnceLock<Box<dyn Any + Send + Sync>>;
 
 /// Which machine a report is about. `id` is dense (0, 1, 2, ...) for the engine's lifetime.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MachineRef<'a> {
     /// Engine-wide index of the machine, stable while the engine runs.
     pub id: usize,
     /// The machine's name.
     pub name: &'a str,
+    /// The definition it runs (states, events and rules by index).
+    pub def: &'a MachineDef,
+    /// The observer's own per-machine storage.
+    pub slot: &'a ObserverSlot,
+}
+
+impl std::fmt::Debug for MachineRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineRef")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 /// A state, by index in its machine definition and by name.
@@ -234,13 +255,25 @@ pub trait Observer: Send + Sync + 'static {
     /// A machine's task ended.
     fn machine_stopped(&self, machine: MachineRef<'_>, state: StateRef<'_>, reason: StopReason) {}
     /// Processing of an event begins. `queue_depth` is what is still waiting behind it.
-    fn event_started(&self, machine: MachineRef<'_>, event: &Event, queue_depth: usize) {}
+    /// An observer that opens a span returns its context: events the machine's actions
+    /// send or return carry it, so they continue the same trace.
+    fn event_started(
+        &self,
+        machine: MachineRef<'_>,
+        event: &Event,
+        queue_depth: usize,
+    ) -> Option<TraceContext> {
+        None
+    }
     /// Processing of an event ended.
     fn event_finished(&self, report: &EventReport<'_>) {}
     /// A transition happened (called before the target's entry actions run).
     fn transition(&self, report: &TransitionReport<'_>) {}
-    /// An action starts.
-    fn action_started(&self, report: &ActionReport<'_>) {}
+    /// An action starts. As with `event_started`, a returned context (the action's span)
+    /// is what events sent by the action carry.
+    fn action_started(&self, report: &ActionReport<'_>) -> Option<TraceContext> {
+        None
+    }
     /// An action ended.
     fn action_finished(&self, report: &ActionReport<'_>, end: &ActionEnd<'_>) {}
     /// Something went wrong.

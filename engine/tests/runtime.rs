@@ -8,7 +8,9 @@ use turnstile_engine::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
     MachineRef, Observer, StateRef, StopReason, TransitionReport,
 };
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, SendError};
+use turnstile_engine::{
+    config, ActionRegistry, Engine, Event, MachineDef, SendError, TraceContext,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,8 +49,9 @@ impl Observer for Recorder {
     fn machine_stopped(&self, m: MachineRef<'_>, s: StateRef<'_>, r: StopReason) {
         self.push(format!("stopped {} {} {r:?}", m.name, s.name));
     }
-    fn event_started(&self, m: MachineRef<'_>, e: &Event, _depth: usize) {
+    fn event_started(&self, m: MachineRef<'_>, e: &Event, _depth: usize) -> Option<TraceContext> {
         self.push(format!("event {} {}", m.name, e.name));
+        None
     }
     fn event_finished(&self, r: &EventReport<'_>) {
         self.push(format!(
@@ -66,11 +69,12 @@ impl Observer for Recorder {
             r.machine.name, r.from.name, r.to.name, r.event.name
         ));
     }
-    fn action_started(&self, r: &ActionReport<'_>) {
+    fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
         self.push(format!(
             "action {} {} {}#{}",
             r.machine.name, r.state.name, r.kind, r.index
         ));
+        None
     }
     fn action_finished(&self, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
         self.push(format!(
@@ -662,4 +666,60 @@ actions:
     assert_eq!(&*st.state, "stopped");
     assert_eq!(st.stop_reason, Some(StopReason::FinalState));
     assert_eq!(st.transitions, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_follows_events_across_machines_and_chains() {
+    // With no observer opening spans, an incoming traceparent is passed on as is: to the
+    // events actions return and to events sent to other machines.
+    let tp =
+        TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(String, Option<TraceContext>)>>);
+    impl Observer for Seen {
+        fn event_started(&self, m: MachineRef<'_>, e: &Event, _: usize) -> Option<TraceContext> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((format!("{} {}", m.name, e.name), e.traceparent));
+            None
+        }
+    }
+    let seen = Arc::new(Seen::default());
+    let engine = Engine::builder().observer(seen.clone()).build();
+    let a = def(r#"
+metadata: {machine_name: a}
+initial_state: idle
+transitions:
+  - {from: idle, to: busy, event: go}
+  - {from: busy, to: sent, event: event_sent}
+actions:
+  busy:
+    - {type: send_event, target_machine: b, event_type: hello}
+"#);
+    let b = def(r#"
+metadata: {machine_name: b}
+initial_state: idle
+transitions:
+  - {from: idle, to: greeted, event: hello}
+"#);
+    engine.spawn_all(vec![a, b]).unwrap();
+    engine
+        .send("a", Event::new("go").with_traceparent(tp))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("both stop");
+    // Machines run concurrently: compare without their interleaving.
+    let mut seen = seen.0.lock().unwrap().clone();
+    seen.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        seen,
+        [
+            ("a event_sent".to_string(), Some(tp)),
+            ("a go".to_string(), Some(tp)),
+            ("b hello".to_string(), Some(tp)),
+        ]
+    );
 }

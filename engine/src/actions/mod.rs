@@ -23,6 +23,7 @@ use crate::observe::ErrorKind;
 use crate::runtime::event::Event;
 use crate::runtime::router::Router;
 use crate::runtime::template::Scope;
+use crate::runtime::trace::TraceContext;
 
 pub use params::{ParamIssue, Params};
 
@@ -38,6 +39,9 @@ pub struct ActionCx<'a> {
     pub event: &'a Event,
     /// Delivery to other machines.
     pub router: &'a Router,
+    /// The trace context events sent by this action should continue (the action's or the
+    /// event's span, or the incoming `traceparent` when no observer opens spans).
+    pub trace: Option<TraceContext>,
 }
 
 impl ActionCx<'_> {

@@ -13,7 +13,7 @@ use super::def::MachineDef;
 use super::event::Event;
 use super::machine::{Control, Machine, Shared};
 use super::router::{DeliverError, Router};
-use crate::observe::{Observer, StopReason};
+use crate::observe::{Observer, ObserverSlot, StopReason};
 
 /// Default capacity of each machine's event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -202,6 +202,7 @@ impl Engine {
                 running: true.into(),
                 tx,
                 ctl: ctl_tx,
+                observer_slot: ObserverSlot::new(),
                 stop_reason: Mutex::new(None),
                 last_context: Mutex::new(None),
             });

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use super::trace::TraceContext;
+
 /// Where an event came from; used for tracing and the livelock guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -26,8 +28,8 @@ pub struct Event {
     pub payload: Option<Json>,
     /// The job this event is about, if any.
     pub job_id: Option<String>,
-    /// A W3C `traceparent` to continue, if the sender had one.
-    pub traceparent: Option<String>,
+    /// The W3C trace context to continue (the sender's span), if any.
+    pub traceparent: Option<TraceContext>,
     /// Where it came from.
     pub origin: Origin,
 }
@@ -60,8 +62,8 @@ impl Event {
 
     /// Adds a W3C trace context.
     #[must_use]
-    pub fn with_traceparent(mut self, tp: impl Into<String>) -> Self {
-        self.traceparent = Some(tp.into());
+    pub fn with_traceparent(mut self, tp: TraceContext) -> Self {
+        self.traceparent = Some(tp);
         self
     }
 

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use super::def::{ActionDef, MachineDef};
 use super::event::{Event, Origin};
 use super::router::Router;
+use super::trace::TraceContext;
 use crate::actions::{ActionCx, ActionFuture, Outcome, Status, Step};
 use crate::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+    MachineRef, Observer, ObserverSlot, StateRef, StopReason, TransitionReport,
 };
 
 /// Action-driven events processed back to back before the task yields and lets one
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     pub running: AtomicBool,
     pub tx: mpsc::Sender<Event>,
     pub ctl: mpsc::UnboundedSender<Control>,
+    /// The observer's per-machine storage.
+    pub observer_slot: ObserverSlot,
     pub stop_reason: Mutex<Option<StopReason>>,
     /// State and context at the moment the machine stopped.
     pub last_context: Mutex<Option<(usize, Map<String, Json>)>>,
@@ -87,6 +90,9 @@ pub(crate) struct Machine {
     pos: usize,
     /// The event that caused the current state entry: actions see its payload.
     cause: Event,
+    /// The trace context of the event now running (its span, or what it carried in):
+    /// events its actions return or send continue it.
+    trace: Option<TraceContext>,
     active: Option<Active>,
     chain: Option<Event>,
     chained: u32,
@@ -123,6 +129,7 @@ impl Machine {
             rule: None,
             pos: 0,
             cause: Event::new("start").with_origin(Origin::Start),
+            trace: None,
             active: None,
             chain: None,
             chained: 0,
@@ -138,6 +145,8 @@ impl Machine {
         MachineRef {
             id: self.shared.id,
             name: &self.def.name,
+            def: &self.def,
+            slot: &self.shared.observer_slot,
         }
     }
 
@@ -298,9 +307,12 @@ impl Machine {
         self.finish_active();
         self.interrupt_waiting();
         self.chain = None;
-        if let Some(o) = &self.observer {
-            o.event_started(self.mref(), &ev, self.queue_depth());
-        }
+        self.trace = match &self.observer {
+            Some(o) => o
+                .event_started(self.mref(), &ev, self.queue_depth())
+                .or(ev.traceparent),
+            None => ev.traceparent,
+        };
         let to = rule.to;
         self.state = to;
         self.shared.state.store(to, Ordering::Relaxed);
@@ -423,14 +435,17 @@ impl Machine {
             &def.states[self.state].entry[idx - ra]
         };
         self.pos += 1;
-        if let Some(o) = &self.observer {
-            o.action_started(&ActionReport {
-                machine: self.mref(),
-                state: self.sref(self.state),
-                kind: &action.kind,
-                index: idx,
-            });
-        }
+        let trace = match &self.observer {
+            Some(o) => o
+                .action_started(&ActionReport {
+                    machine: self.mref(),
+                    state: self.sref(self.state),
+                    kind: &action.kind,
+                    index: idx,
+                })
+                .or(self.trace),
+            None => self.trace,
+        };
         let started = Instant::now();
         let mut cx = ActionCx {
             machine: &def.name,
@@ -438,6 +453,7 @@ impl Machine {
             context: &mut self.context,
             event: &self.cause,
             router: &self.router,
+            trace,
         };
         match action.action.run(&mut cx) {
             Step::Done(out) => self.finish_action(action, idx, out, started),
@@ -516,7 +532,7 @@ impl Machine {
                     name,
                     payload: self.cause.payload.clone(),
                     job_id: self.cause.job_id.clone(),
-                    traceparent: self.cause.traceparent.clone(),
+                    traceparent: self.trace,
                     origin: Origin::Action,
                 });
             }

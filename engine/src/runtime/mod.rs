@@ -7,3 +7,4 @@ pub mod event;
 mod machine;
 pub mod router;
 pub mod template;
+pub mod trace;

@@ -271,6 +271,7 @@ mod tests {
             context: ctx,
             event: ev,
             router: &router,
+            trace: None,
         };
         match b.action.run(&mut cx) {
             Step::Done(o) => o,

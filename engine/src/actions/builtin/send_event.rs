@@ -83,7 +83,7 @@ impl Action for SendEvent {
                     _ => None,
                 }),
         };
-        ev.traceparent = cx.event.traceparent.clone();
+        ev.traceparent = cx.trace;
         let fail =
             |msg: String, error: &Arc<str>| Outcome::error("send_event", msg, Some(error.clone()));
         match cx.router.try_deliver(&target, ev) {
