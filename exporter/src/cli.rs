@@ -42,6 +42,9 @@ enum Command {
         /// Seconds to wait for machines to stop after SIGINT/SIGTERM.
         #[arg(long, default_value_t = 10.0)]
         stop_timeout: f64,
+        /// A plugin library, or a directory of them (every *.so in it); repeatable.
+        #[arg(long = "plugins", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Check configs: every problem with line, column and a hint. Exit 2 on errors.
     Validate {
@@ -54,11 +57,17 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// A plugin library, or a directory of them (every *.so in it); repeatable.
+        #[arg(long = "plugins", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Print a machine as a Mermaid `stateDiagram-v2`.
     Diagram {
         /// A machine config file.
         config: PathBuf,
+        /// A plugin library, or a directory of them (every *.so in it); repeatable.
+        #[arg(long = "plugins", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
 }
 
@@ -70,14 +79,23 @@ enum Format {
 
 /// Runs the chosen command; the `ExitCode` is the process's.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let registry = ActionRegistry::with_builtins();
+    let mut registry = ActionRegistry::with_builtins();
+    let plugins_failed = load_plugins(&mut registry, cli.command.plugins());
     match cli.command {
         Command::Validate {
             configs,
             strict,
             format,
-        } => Ok(validate(&configs, strict, format, &registry)),
-        Command::Diagram { config } => {
+            ..
+        } => {
+            let code = validate(&configs, strict, format, &registry);
+            Ok(if plugins_failed {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                code
+            })
+        }
+        Command::Diagram { config, .. } => {
             let loaded = config::load_path(&config, &registry);
             print_diagnostics(&loaded.diagnostics);
             match loaded.def {
@@ -93,6 +111,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             machine_name,
             queue_capacity,
             stop_timeout,
+            ..
         } => {
             if machine_name.is_some() && configs.len() != 1 {
                 eprintln!("error: --machine-name needs exactly one config");
@@ -110,6 +129,43 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(run(defs, queue_capacity, stop_timeout))
         }
     }
+}
+
+impl Command {
+    /// The `--plugins` paths of the command.
+    fn plugins(&self) -> &[PathBuf] {
+        match self {
+            Command::Run { plugins, .. }
+            | Command::Validate { plugins, .. }
+            | Command::Diagram { plugins, .. } => plugins,
+        }
+    }
+}
+
+/// Loads the `--plugins` libraries into the registry, printing each failure (the others
+/// still load; a config that needs a failed plugin then fails validation). True when
+/// something failed.
+fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> bool {
+    let mut failed = false;
+    for path in paths {
+        for result in registry.load_plugins(path) {
+            match result {
+                Ok(p) => tracing::info!(
+                    target: "turnstile",
+                    "plugin {} {} ({}): {}",
+                    p.name,
+                    p.version,
+                    p.path.display(),
+                    p.actions.join(", ")
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    failed
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {

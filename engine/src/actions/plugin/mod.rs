@@ -328,8 +328,14 @@ impl Shared {
         Ok(copy)
     }
 
+    /// Logs a failure and reports it to the observer.
     fn report(&self, message: &str) {
         tracing::warn!(target: "turnstile::plugin", "{message}");
+        self.notify(message);
+    }
+
+    /// Reports a failure to the observer only.
+    fn notify(&self, message: &str) {
         let obs = self
             .observer
             .read()
@@ -559,9 +565,10 @@ impl PluginHost {
             .unwrap_or_else(PoisonError::into_inner) = Some(observer);
     }
 
-    /// Reports a load failure to the observer (if any) and the log.
+    /// Reports a load failure to the observer, if any (an `errors_total` sample). It is
+    /// not logged: whoever loads plugins gets the error back and shows it.
     pub fn report(&self, error: &LoadError) {
-        self.shared.report(&error.to_string());
+        self.shared.notify(&error.to_string());
     }
 
     /// How often a library file is checked for a new version (default 1 s; checks happen

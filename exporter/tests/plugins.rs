@@ -1,0 +1,82 @@
+//! `--plugins` on the command line: `validate` knows plugin action types, `run` runs them,
+//! and a broken plugin path is a clear error.
+
+#[path = "../../engine/tests/support/plugin_build.rs"]
+mod plugin_build;
+
+use std::process::{Command, Output, Stdio};
+
+const COMPAT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/compat/statemachine-engine/custom_actions__worker.yaml"
+);
+
+fn turnstile(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run turnstile")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_knows_the_action_types_of_plugins() {
+    let dir = plugin_build::plugin_dir(&["greet", "calculate"]);
+    let d = dir.path().to_str().unwrap();
+    let out = turnstile(&["validate", "--plugins", d, COMPAT]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("0 error(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = turnstile(&["validate", COMPAT]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("error[unknown-action]: unknown action type `greet`"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_broken_plugin_path_is_a_clear_error() {
+    let out = turnstile(&["validate", "--plugins", "/nonexistent/plugins", COMPAT]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: plugin /nonexistent/plugins: no such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_runs_plugin_actions() {
+    let dir = plugin_build::plugin_dir(&["greet"]);
+    let cfg = dir.path().join("hello.yaml");
+    std::fs::write(
+        &cfg,
+        "metadata: {machine_name: hello}\ninitial_state: greeting\ntransitions:\n  - {from: greeting, to: done, event: greeted}\nactions:\n  greeting:\n    - {type: greet, name: CLI, success: greeted}\n",
+    )
+    .unwrap();
+    let out = turnstile(&[
+        "run",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        cfg.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Hello, CLI! 👋"), "{stderr}");
+}
