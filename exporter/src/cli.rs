@@ -148,21 +148,14 @@ impl Command {
 fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> bool {
     let mut failed = false;
     for path in paths {
-        for result in registry.load_plugins(path) {
-            match result {
-                Ok(p) => tracing::info!(
-                    target: "turnstile",
-                    "plugin {} {} ({}): {}",
-                    p.name,
-                    p.version,
-                    p.path.display(),
-                    p.actions.join(", ")
-                ),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    failed = true;
-                }
-            }
+        // A loaded plugin is logged by the host; failures are printed here.
+        for e in registry
+            .load_plugins(path)
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            eprintln!("error: {e}");
+            failed = true;
         }
     }
     failed
