@@ -3,6 +3,8 @@
 //! test allocates in the same process meanwhile. The second test does the same through a
 //! running machine (the compat `custom_actions__worker.yaml`), blocking threads included.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::path::Path;

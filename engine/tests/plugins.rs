@@ -1,6 +1,8 @@
 //! Plugin actions through the C ABI: the example plugins, the compat config that uses
 //! them, every failure mode, the hot swap, and memory over many calls.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! `--plugins` on the command line: `validate` knows plugin action types, `run` runs them,
 //! and a broken plugin path is a clear error.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 #[path = "../../engine/tests/support/plugin_build.rs"]
 mod plugin_build;
 
