@@ -25,7 +25,9 @@ fn rss_bytes() -> u64 {
 
 #[test]
 fn a_hundred_thousand_calls_do_not_grow_memory() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !Path::new("/proc/self/statm").exists() {
         return;
     }
@@ -51,7 +53,9 @@ fn a_hundred_thousand_calls_do_not_grow_memory() {
 
 #[test]
 fn plugin_actions_in_a_running_machine_do_not_grow_memory() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !Path::new("/proc/self/statm").exists() {
         return;
     }
