@@ -170,6 +170,8 @@ pub struct TransitionReport<'a> {
     pub event: &'a Event,
     /// Index of the event in the definition's event table.
     pub event_id: usize,
+    /// How long the machine was in `from` (since it last entered it).
+    pub time_in_from: Duration,
 }
 
 /// An action about to run or just finished.

@@ -119,6 +119,15 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("machines", &self.status().len())
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
 /// What is known about a machine at a moment.
 #[derive(Debug, Clone)]
 pub struct MachineStatus {

@@ -100,6 +100,8 @@ pub(crate) struct Machine {
     timer_base: tokio::time::Instant,
     timer_next: usize,
     self_loops: u32,
+    /// When the current state was entered (measured only when an observer is attached).
+    entered: Option<Instant>,
     /// Consecutive re-entries of a state by its own actions' events, with nothing waiting
     /// in between, after which the next one is refused (`ErrorKind::Livelock`).
     livelock_limit: u32,
@@ -137,6 +139,7 @@ impl Machine {
             timer_base: tokio::time::Instant::now(),
             timer_next: usize::MAX,
             self_loops: 0,
+            entered: None,
             livelock_limit,
         }
     }
@@ -161,6 +164,7 @@ impl Machine {
     pub(crate) async fn run(mut self) {
         self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
+            self.entered = Some(Instant::now());
             o.machine_started(self.mref(), self.sref(self.state));
         }
         tracing::info!(
@@ -319,13 +323,16 @@ impl Machine {
         self.shared.transitions.fetch_add(1, Ordering::Relaxed);
         self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
+            let now = Instant::now();
             o.transition(&TransitionReport {
                 machine: self.mref(),
                 from: self.sref(from),
                 to: self.sref(to),
                 event: &ev,
                 event_id: rule.event_id,
+                time_in_from: self.entered.map_or(Duration::ZERO, |t| now - t),
             });
+            self.entered = Some(now);
         }
         tracing::info!(
             target: "turnstile::transition",
@@ -338,7 +345,7 @@ impl Machine {
         self.active = Some(Active {
             from,
             to,
-            started: self.observer.as_ref().map(|_| Instant::now()),
+            started: self.entered,
         });
         self.cause = ev;
         self.rule = (!rule.actions.is_empty()).then_some(rule_ix);

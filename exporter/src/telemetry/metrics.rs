@@ -1,0 +1,436 @@
+//! The Prometheus metrics of DESIGN.md, with prometheus-client.
+//!
+//! Every series a machine can produce is created when the machine starts (its states,
+//! events and rules are known then), and its handles are kept in the machine's slot, so
+//! the hot path is an atomic add or one per-series lock: no label hashing, no lock shared
+//! across machines.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::MachineDef;
+
+/// Buckets for event and action durations, in seconds: 50 µs to 60 s.
+pub const FAST_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets for time spent in a state, in seconds: 1 ms to 1 h.
+pub const STATE_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Event outcomes, as label values.
+pub const EVENT_OUTCOMES: [&str; 3] = ["transitioned", "ignored", "rejected"];
+/// Action outcomes, as label values (`interrupted`: cut short by a transition).
+pub const ACTION_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "interrupted"];
+/// Label value for event names the config never mentions (bounded cardinality).
+pub const OTHER_EVENT: &str = "_other";
+
+/// Exemplar labels: the sampled span an observation belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MachineL {
+    machine: Arc<str>,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionL {
+    machine: Arc<str>,
+    from: Arc<str>,
+    to: Arc<str>,
+    event: Arc<str>,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventL {
+    machine: Arc<str>,
+    event: Arc<str>,
+    outcome: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionL {
+    machine: Arc<str>,
+    action: Arc<str>,
+    outcome: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorL {
+    machine: Arc<str>,
+    kind: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateL {
+    machine: Arc<str>,
+    state: Arc<str>,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultL {
+    result: ReloadResult,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionL {
+    version: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PluginL {
+    pub plugin: String,
+    pub version: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JobsL {
+    pub job_type: String,
+    pub status: String,
+}
+
+/// `result` label of config reloads.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    /// The new config was swapped in.
+    success,
+    /// The new config was refused.
+    failure,
+}
+
+type ExemplarHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn fast_histogram() -> ExemplarHistogram {
+    HistogramWithExemplars::new(FAST_BUCKETS.iter().copied())
+}
+fn state_histogram() -> Histogram {
+    Histogram::new(STATE_BUCKETS.iter().copied())
+}
+
+/// Every metric family, registered once.
+pub struct Metrics {
+    transitions: Family<TransitionL, Counter>,
+    events: Family<EventL, Counter>,
+    event_duration: Family<MachineL, ExemplarHistogram, fn() -> ExemplarHistogram>,
+    action_duration: Family<ActionL, ExemplarHistogram, fn() -> ExemplarHistogram>,
+    errors: Family<ErrorL, Counter>,
+    machine_state: Family<StateL, Gauge>,
+    state_duration: Family<StateL, Histogram, fn() -> Histogram>,
+    config_reloads: Family<ResultL, Counter>,
+    pub(crate) plugin_info: Family<PluginL, Gauge>,
+    pub(crate) jobs: Family<JobsL, Gauge>,
+    /// Spans dropped because the export queue was full or the export failed.
+    pub(crate) spans_dropped: Counter,
+    /// Spans handed to the collector.
+    pub(crate) spans_exported: Counter,
+    /// Errors reported without a machine (config reloads, plugin loading, bad requests).
+    global_errors: Vec<Counter>,
+}
+
+impl Metrics {
+    /// Creates the families and registers them in `registry` (the `turnstile_` one).
+    pub fn new(registry: &mut Registry, spans_exported: Counter, spans_dropped: Counter) -> Self {
+        let m = Metrics {
+            transitions: Family::default(),
+            events: Family::default(),
+            event_duration: Family::new_with_constructor(fast_histogram),
+            action_duration: Family::new_with_constructor(fast_histogram),
+            errors: Family::default(),
+            machine_state: Family::default(),
+            state_duration: Family::new_with_constructor(state_histogram),
+            config_reloads: Family::default(),
+            plugin_info: Family::default(),
+            jobs: Family::default(),
+            spans_dropped,
+            spans_exported,
+            global_errors: Vec::new(),
+        };
+        let build_info: Family<VersionL, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionL {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let r = registry;
+        r.register("build_info", "Turnstile build; always 1", build_info);
+        r.register(
+            "transitions",
+            "Transitions taken, by machine, source and target state and event",
+            m.transitions.clone(),
+        );
+        r.register(
+            "events",
+            "Events processed, by outcome (transitioned, ignored, rejected)",
+            m.events.clone(),
+        );
+        r.register_with_unit(
+            "event_duration",
+            "Time from the start of an event to the end of the actions it triggered",
+            Unit::Seconds,
+            m.event_duration.clone(),
+        );
+        r.register_with_unit(
+            "action_duration",
+            "Time an action ran, by action type and outcome",
+            Unit::Seconds,
+            m.action_duration.clone(),
+        );
+        r.register("errors", "Errors, by machine and kind", m.errors.clone());
+        r.register(
+            "machine_state",
+            "1 for the state a machine is in, 0 for its other states",
+            m.machine_state.clone(),
+        );
+        r.register_with_unit(
+            "state_duration",
+            "Time spent in a state before leaving it",
+            Unit::Seconds,
+            m.state_duration.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads, by result",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "plugin_info",
+            "Loaded plugins; always 1",
+            m.plugin_info.clone(),
+        );
+        r.register(
+            "jobs",
+            "Jobs in the job store, by type and status",
+            m.jobs.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans not exported: queue full or export failed",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "spans_exported",
+            "Spans handed to the OTLP collector",
+            m.spans_exported.clone(),
+        );
+        for result in [ReloadResult::success, ReloadResult::failure] {
+            let _ = m.config_reloads.get_or_create(&ResultL { result });
+        }
+        let global: Arc<str> = Arc::from("");
+        let global_errors = ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                m.errors
+                    .get_or_create(&ErrorL {
+                        machine: global.clone(),
+                        kind: k.as_str(),
+                    })
+                    .clone()
+            })
+            .collect();
+        Metrics { global_errors, ..m }
+    }
+
+    /// Creates every series of a machine and returns their handles.
+    pub fn machine(&self, def: &MachineDef) -> MachineMetrics {
+        let machine: Arc<str> = def.name.clone();
+        let n_events = def.events.len();
+        let mut transitions = vec![None; def.states.len() * n_events];
+        for (si, s) in def.states.iter().enumerate() {
+            for e in 0..n_events {
+                if let Some(rule) = def.route(si, &def.events[e]) {
+                    transitions[si * n_events + e] = Some(
+                        self.transitions
+                            .get_or_create(&TransitionL {
+                                machine: machine.clone(),
+                                from: s.name.clone(),
+                                to: def.states[rule.to].name.clone(),
+                                event: def.events[e].clone(),
+                            })
+                            .clone(),
+                    );
+                }
+            }
+        }
+        let event_names = def.events.iter().cloned().chain([Arc::from(OTHER_EVENT)]);
+        let events = event_names
+            .map(|event| {
+                EVENT_OUTCOMES.map(|outcome| {
+                    self.events
+                        .get_or_create(&EventL {
+                            machine: machine.clone(),
+                            event: event.clone(),
+                            outcome,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        let mut kinds: Vec<Arc<str>> = def
+            .states
+            .iter()
+            .flat_map(|s| s.entry.iter())
+            .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
+            .map(|a| a.kind.clone())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let actions = kinds
+            .iter()
+            .map(|kind| {
+                ACTION_OUTCOMES.map(|outcome| {
+                    self.action_duration
+                        .get_or_create(&ActionL {
+                            machine: machine.clone(),
+                            action: kind.clone(),
+                            outcome,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        let errors = ErrorKind::ALL.map(|k| {
+            self.errors
+                .get_or_create(&ErrorL {
+                    machine: machine.clone(),
+                    kind: k.as_str(),
+                })
+                .clone()
+        });
+        let state_l = |s: &Arc<str>| StateL {
+            machine: machine.clone(),
+            state: s.clone(),
+        };
+        let state = def
+            .states
+            .iter()
+            .map(|s| self.machine_state.get_or_create(&state_l(&s.name)).clone())
+            .collect();
+        let state_duration = def
+            .states
+            .iter()
+            .map(|s| self.state_duration.get_or_create(&state_l(&s.name)).clone())
+            .collect();
+        let event_duration = self
+            .event_duration
+            .get_or_create(&MachineL {
+                machine: machine.clone(),
+            })
+            .clone();
+        MachineMetrics {
+            n_events,
+            transitions,
+            events,
+            event_duration,
+            action_kinds: kinds,
+            actions,
+            errors,
+            state,
+            state_duration,
+        }
+    }
+
+    /// Counts a config reload.
+    pub fn config_reload(&self, result: ReloadResult) {
+        self.config_reloads.get_or_create(&ResultL { result }).inc();
+    }
+
+    /// Counts an error that belongs to no machine.
+    pub fn global_error(&self, kind: ErrorKind) {
+        if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
+            self.global_errors[i].inc();
+        }
+    }
+}
+
+/// One machine's series.
+pub struct MachineMetrics {
+    n_events: usize,
+    /// `[from * n_events + event_id]`; `None` where no rule exists.
+    transitions: Vec<Option<Counter>>,
+    /// `[event_id]` (the last entry is [`OTHER_EVENT`]) x [`EVENT_OUTCOMES`].
+    events: Vec<[Counter; 3]>,
+    event_duration: ExemplarHistogram,
+    action_kinds: Vec<Arc<str>>,
+    /// `[kind]` x [`ACTION_OUTCOMES`].
+    actions: Vec<[ExemplarHistogram; 4]>,
+    errors: [Counter; ErrorKind::ALL.len()],
+    state: Vec<Gauge>,
+    state_duration: Vec<Histogram>,
+}
+
+impl MachineMetrics {
+    /// A transition from `from` on `event_id`.
+    #[inline]
+    pub fn transition(&self, from: usize, to: usize, event_id: usize, time_in_from: f64) {
+        if let Some(Some(c)) = self.transitions.get(from * self.n_events + event_id) {
+            c.inc();
+        }
+        if let Some(g) = self.state.get(from) {
+            g.set(0);
+        }
+        if let Some(g) = self.state.get(to) {
+            g.set(1);
+        }
+        if let Some(h) = self.state_duration.get(from) {
+            h.observe(time_in_from);
+        }
+    }
+
+    /// Marks the state a machine is in (at start).
+    pub fn enter(&self, state: usize) {
+        for (i, g) in self.state.iter().enumerate() {
+            g.set(i64::from(i == state));
+        }
+    }
+
+    /// An event ended.
+    #[inline]
+    pub fn event(
+        &self,
+        event_id: Option<usize>,
+        outcome: usize,
+        seconds: Option<f64>,
+        exemplar: Option<TraceExemplar>,
+    ) {
+        let i = event_id
+            .filter(|&i| i < self.n_events)
+            .unwrap_or(self.n_events);
+        if let Some(c) = self.events.get(i).and_then(|o| o.get(outcome)) {
+            c.inc();
+        }
+        if let Some(s) = seconds {
+            self.event_duration.observe(s, exemplar, None);
+        }
+    }
+
+    /// An action ended.
+    #[inline]
+    pub fn action(
+        &self,
+        kind: &str,
+        outcome: usize,
+        seconds: f64,
+        exemplar: Option<TraceExemplar>,
+    ) {
+        if let Some(k) = self.action_kinds.iter().position(|k| &**k == kind) {
+            if let Some(h) = self.actions[k].get(outcome) {
+                h.observe(seconds, exemplar, None);
+            }
+        }
+    }
+
+    /// An error.
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
+            self.errors[i].inc();
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! Turns what the engine reports ([`Observer`]) into Prometheus metrics, OpenTelemetry
+//! spans and the ring buffers behind `/trace` and `/errors`.
+//!
+//! Everything about one machine lives in its slot (created in `machine_started`, kept in
+//! the engine's per-machine [`ObserverSlot`]): metric handles, the span and record of the
+//! event it is processing, its `/trace` ring. Calls for a machine come from its own task,
+//! so the per-machine locks are never contended; nothing on the hot path is shared across
+//! machines.
+
+pub mod metrics;
+mod process;
+pub mod records;
+pub mod spans;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use opentelemetry::KeyValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value as Json};
+use turnstile_engine::observe::{
+    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
+    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+};
+use turnstile_engine::{Engine, Event, TraceContext};
+
+use metrics::{MachineMetrics, Metrics, ReloadResult, TraceExemplar};
+use records::{ActionRecord, ErrorRecord, Ring, TraceRecord};
+use spans::{LiveSpan, SpanSettings, Spans};
+
+/// What to collect.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Records kept per machine for `/trace` (0: none).
+    pub trace_buffer: usize,
+    /// Records kept for `/errors`.
+    pub error_buffer: usize,
+    /// Span export; `None`: no spans.
+    pub spans: Option<SpanSettings>,
+    /// Output captured from actions kept per `/trace` record, in bytes.
+    pub output_limit: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            trace_buffer: 1000,
+            error_buffer: 1000,
+            spans: None,
+            output_limit: 1024,
+        }
+    }
+}
+
+/// The telemetry of one engine: an [`Observer`] plus what the sidecar serves.
+pub struct Telemetry {
+    config: TelemetryConfig,
+    registry: Registry,
+    metrics: Metrics,
+    spans: Option<Spans>,
+    machines: Mutex<Vec<Arc<Slot>>>,
+    errors: Ring<ErrorRecord>,
+    engine: Arc<OnceLock<Engine>>,
+    started: Instant,
+    started_at: SystemTime,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+/// One machine's telemetry.
+struct Slot {
+    name: Arc<str>,
+    states: Vec<Arc<str>>,
+    metrics: MachineMetrics,
+    /// Events processed (all outcomes) and their total processing time, for `/stats`.
+    processed: AtomicU64,
+    busy_ns: AtomicU64,
+    live: Mutex<Live>,
+    trace: Ring<TraceRecord>,
+}
+
+/// The event a machine is processing.
+#[derive(Default)]
+struct Live {
+    state: usize,
+    event: Option<LiveEvent>,
+    action: Option<LiveAction>,
+}
+
+struct LiveEvent {
+    at: SystemTime,
+    span: Option<LiveSpan>,
+    trace: Option<TraceContext>,
+    actions: Vec<ActionRecord>,
+    failed: Option<(&'static str, String)>,
+}
+
+struct LiveAction {
+    at: SystemTime,
+    span: Option<LiveSpan>,
+}
+
+impl Telemetry {
+    /// Builds the metrics (and the span pipeline when configured).
+    pub fn new(
+        config: TelemetryConfig,
+    ) -> Result<Arc<Self>, opentelemetry_otlp::ExporterBuildError> {
+        let spans_exported = Counter::default();
+        let spans_dropped = Counter::default();
+        let spans = match &config.spans {
+            Some(s) => Some(Spans::new(
+                s,
+                spans_exported.clone(),
+                spans_dropped.clone(),
+            )?),
+            None => None,
+        };
+        let engine = Arc::new(OnceLock::new());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector));
+        let sub = registry.sub_registry_with_prefix("turnstile");
+        let metrics = Metrics::new(sub, spans_exported, spans_dropped);
+        sub.register_collector(Box::new(QueueDepth(engine.clone())));
+        Ok(Arc::new(Telemetry {
+            errors: Ring::new(config.error_buffer),
+            config,
+            registry,
+            metrics,
+            spans,
+            machines: Mutex::new(Vec::new()),
+            engine,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+        }))
+    }
+
+    /// Connects the engine, for queue depths, `/stats` and readiness.
+    pub fn attach(&self, engine: &Engine) {
+        let _ = self.engine.set(engine.clone());
+    }
+
+    /// The attached engine.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    /// Flushes spans; call once on the way out.
+    pub fn shutdown(&self) {
+        if let Some(s) = &self.spans {
+            s.shutdown();
+        }
+    }
+
+    /// True when spans are exported.
+    pub fn spans_enabled(&self) -> bool {
+        self.spans.is_some()
+    }
+
+    /// The exposition: OpenMetrics (with exemplars) or Prometheus text 0.0.4.
+    pub fn render_metrics(&self, openmetrics: bool) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        let r = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        if let Err(e) = r {
+            tracing::error!(target: "turnstile::metrics", "encoding metrics failed: {e}");
+        }
+        out
+    }
+
+    /// Shows loaded plugins in `turnstile_plugin_info`.
+    pub fn set_plugins(&self, plugins: &[(String, String)]) {
+        for (name, version) in plugins {
+            self.metrics
+                .plugin_info
+                .get_or_create(&metrics::PluginL {
+                    plugin: name.clone(),
+                    version: version.clone(),
+                })
+                .set(1);
+        }
+    }
+
+    /// Sets `turnstile_jobs{job_type, status}`.
+    pub fn set_jobs(&self, job_type: &str, status: &str, count: i64) {
+        self.metrics
+            .jobs
+            .get_or_create(&metrics::JobsL {
+                job_type: job_type.to_owned(),
+                status: status.to_owned(),
+            })
+            .set(count);
+    }
+
+    /// Records an error that belongs to no machine's event (bad requests, reloads, ...).
+    pub fn report_error(&self, kind: ErrorKind, machine: Option<&str>, message: &str) {
+        self.metrics.global_error(kind);
+        self.errors.push(ErrorRecord {
+            timestamp: records::timestamp(SystemTime::now()),
+            error_type: kind.as_str(),
+            message: message.to_owned(),
+            machine: machine.map(str::to_owned),
+            state: None,
+            event: None,
+            trace_id: None,
+        });
+    }
+
+    /// `/trace`: newest first.
+    pub fn traces(&self, limit: usize, machine: Option<&str>, trace_id: Option<&str>) -> Vec<Json> {
+        let slots = self.slots();
+        let mut all: Vec<TraceRecord> = Vec::new();
+        for s in slots
+            .iter()
+            .filter(|s| machine.is_none_or(|m| *s.name == *m))
+        {
+            all.extend(s.trace.newest(limit, |r| {
+                trace_id.is_none_or(|t| r.trace_id.as_deref() == Some(t))
+            }));
+        }
+        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.truncate(limit);
+        all.iter().map(TraceRecord::to_json).collect()
+    }
+
+    /// `/errors`: newest first.
+    pub fn errors(
+        &self,
+        limit: usize,
+        machine: Option<&str>,
+        kind: Option<&str>,
+    ) -> Vec<ErrorRecord> {
+        self.errors.newest(limit, |e| {
+            machine.is_none_or(|m| e.machine.as_deref() == Some(m))
+                && kind.is_none_or(|k| e.error_type == k)
+        })
+    }
+
+    /// `/stats`.
+    pub fn stats(&self, listen: Option<&str>) -> Json {
+        let slots = self.slots();
+        let processed: u64 = slots
+            .iter()
+            .map(|s| s.processed.load(Ordering::Relaxed))
+            .sum();
+        let busy_ns: u64 = slots
+            .iter()
+            .map(|s| s.busy_ns.load(Ordering::Relaxed))
+            .sum();
+        let avg_ms = if processed == 0 {
+            0.0
+        } else {
+            busy_ns as f64 / processed as f64 / 1e6
+        };
+        let machines: serde_json::Map<String, Json> = self
+            .engine
+            .get()
+            .map(|e| {
+                e.status()
+                    .into_iter()
+                    .map(|m| {
+                        (
+                            m.name.to_string(),
+                            json!({
+                                "state": &*m.state,
+                                "since": records::timestamp(m.since),
+                                "transitions": m.transitions,
+                                "events": m.events,
+                                "errors": m.errors,
+                                "queue_depth": m.queue_depth,
+                                "running": m.running,
+                            }),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "processed_events": processed,
+            "average_processing_time_ms": avg_ms,
+            "active_workers": self.engine.get().map_or(0, Engine::running),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "started_at": records::timestamp(self.started_at),
+            "version": env!("CARGO_PKG_VERSION"),
+            "listen": listen,
+            "spans": self.spans.is_some(),
+            "machines": machines,
+        })
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        self.machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn slot<'a>(&self, m: &MachineRef<'a>) -> Option<&'a Slot> {
+        m.slot
+            .get()
+            .and_then(|b| b.downcast_ref::<Arc<Slot>>())
+            .map(|a| &**a)
+    }
+
+    fn exemplar(trace: Option<&TraceContext>) -> Option<TraceExemplar> {
+        trace.map(|t| TraceExemplar {
+            trace_id: t.trace_id_hex(),
+            span_id: t.span_id_hex(),
+        })
+    }
+}
+
+/// `turnstile_event_queue_depth`, read from the engine at scrape time (a machine stuck in a
+/// long action still shows its queue growing).
+#[derive(Debug)]
+struct QueueDepth(Arc<OnceLock<Engine>>);
+
+impl prometheus_client::collector::Collector for QueueDepth {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let Some(engine) = self.0.get() else {
+            return Ok(());
+        };
+        let mut me = encoder.encode_descriptor(
+            "event_queue_depth",
+            "Events waiting in a machine's queue",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for m in engine.status() {
+            let g: prometheus_client::metrics::gauge::Gauge = Default::default();
+            g.set(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
+            let labels = [("machine", &*m.name)];
+            g.encode(me.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_owned();
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn action_outcome_index(o: ActionOutcome) -> usize {
+    match o {
+        ActionOutcome::Ok => 0,
+        ActionOutcome::Error => 1,
+        ActionOutcome::Timeout => 2,
+        ActionOutcome::Interrupted => 3,
+    }
+}
+
+fn event_outcome_index(o: EventOutcome) -> usize {
+    match o {
+        EventOutcome::Transitioned => 0,
+        EventOutcome::Ignored => 1,
+        EventOutcome::Rejected => 2,
+    }
+}
+
+impl Observer for Telemetry {
+    fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
+        let slot = Arc::new(Slot {
+            name: m.def.name.clone(),
+            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
+            metrics: self.metrics.machine(m.def),
+            processed: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            live: Mutex::new(Live {
+                state: s.id,
+                ..Live::default()
+            }),
+            trace: Ring::new(self.config.trace_buffer),
+        });
+        slot.metrics.enter(s.id);
+        self.machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.clone());
+        let _ = m.slot.set(Box::new(slot));
+    }
+
+    fn machine_stopped(&self, _m: MachineRef<'_>, _s: StateRef<'_>, _r: StopReason) {}
+
+    fn event_started(
+        &self,
+        m: MachineRef<'_>,
+        event: &Event,
+        _depth: usize,
+    ) -> Option<TraceContext> {
+        let slot = self.slot(&m)?;
+        let want_record = self.config.trace_buffer > 0;
+        if !want_record && self.spans.is_none() {
+            return None;
+        }
+        let at = SystemTime::now();
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        let from = slot
+            .states
+            .get(live.state)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let span = self.spans.as_ref().and_then(|sp| {
+            let mut attrs = vec![
+                KeyValue::new("turnstile.machine", slot.name.to_string()),
+                KeyValue::new("turnstile.event", event.name.to_string()),
+                KeyValue::new("turnstile.state.from", from.to_string()),
+            ];
+            if let Some(j) = &event.job_id {
+                attrs.push(KeyValue::new("turnstile.job.id", j.clone()));
+            }
+            sp.start_event(
+                format!("{} {}", slot.name, event.name),
+                event.traceparent,
+                attrs,
+                at,
+            )
+        });
+        let trace = span.as_ref().map(LiveSpan::context).or(event.traceparent);
+        live.event = Some(LiveEvent {
+            at,
+            span,
+            trace,
+            actions: Vec::new(),
+            failed: None,
+        });
+        trace
+    }
+
+    fn transition(&self, r: &TransitionReport<'_>) {
+        let Some(slot) = self.slot(&r.machine) else {
+            return;
+        };
+        slot.metrics
+            .transition(r.from.id, r.to.id, r.event_id, r.time_in_from.as_secs_f64());
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.state = r.to.id;
+        if let Some(span) = live.event.as_ref().and_then(|e| e.span.as_ref()) {
+            span.set(KeyValue::new("turnstile.state.to", r.to.name.to_owned()));
+        }
+    }
+
+    fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
+        let slot = self.slot(&r.machine)?;
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            return None;
+        }
+        let at = SystemTime::now();
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        let span = match (
+            &self.spans,
+            live.event.as_ref().and_then(|e| e.span.as_ref()),
+        ) {
+            (Some(sp), Some(parent)) => Some(sp.start_child(
+                parent,
+                format!("action {}", r.kind),
+                vec![
+                    KeyValue::new("turnstile.action.type", r.kind.to_owned()),
+                    KeyValue::new(
+                        "turnstile.action.index",
+                        i64::try_from(r.index).unwrap_or(-1),
+                    ),
+                ],
+                at,
+            )),
+            _ => None,
+        };
+        let trace = span.as_ref().map(LiveSpan::context);
+        live.action = Some(LiveAction { at, span });
+        trace
+    }
+
+    fn action_finished(&self, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
+        let Some(slot) = self.slot(&r.machine) else {
+            return;
+        };
+        let outcome = action_outcome_index(end.outcome);
+        let secs = end.duration.as_secs_f64();
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            slot.metrics.action(r.kind, outcome, secs, None);
+            return;
+        }
+        let now = SystemTime::now();
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        let action = live.action.take();
+        let exemplar = action
+            .as_ref()
+            .and_then(|a| a.span.as_ref())
+            .map(LiveSpan::context);
+        slot.metrics
+            .action(r.kind, outcome, secs, Self::exemplar(exemplar.as_ref()));
+        if let Some(a) = action {
+            if let Some(span) = a.span {
+                span.set(KeyValue::new(
+                    "turnstile.action.outcome",
+                    end.outcome.as_str(),
+                ));
+                if let Some(err) = end.error {
+                    span.fail(end.outcome.as_str(), err, now);
+                }
+                span.end(now);
+            }
+            let _ = a.at;
+        }
+        if let Some(ev) = live.event.as_mut() {
+            if let Some(err) = end.error {
+                ev.failed = Some((
+                    if end.outcome == ActionOutcome::Timeout {
+                        "action_timeout"
+                    } else {
+                        "action"
+                    },
+                    err.to_owned(),
+                ));
+            }
+            if self.config.trace_buffer > 0 {
+                let limit = self.config.output_limit;
+                ev.actions.push(ActionRecord {
+                    kind: Arc::from(r.kind),
+                    outcome: end.outcome.as_str(),
+                    duration_ms: secs * 1e3,
+                    event: end.event.map(Arc::from),
+                    output: end.output.map(|o| truncate(o, limit)),
+                    error: end.error.map(|e| truncate(e, limit)),
+                });
+            }
+        }
+    }
+
+    fn event_finished(&self, r: &EventReport<'_>) {
+        let Some(slot) = self.slot(&r.machine) else {
+            return;
+        };
+        slot.processed.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
+        slot.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        let outcome = event_outcome_index(r.outcome);
+        let transitioned = r.outcome == EventOutcome::Transitioned;
+        let seconds = transitioned.then(|| r.duration.as_secs_f64());
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            slot.metrics.event(r.event_id, outcome, seconds, None);
+            return;
+        }
+        let now = SystemTime::now();
+        let live_event = if transitioned {
+            slot.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .event
+                .take()
+        } else {
+            None
+        };
+        let (at, span, trace, actions, failed) = match live_event {
+            Some(e) => (e.at, e.span, e.trace, e.actions, e.failed),
+            None => (now, None, r.event.traceparent, Vec::new(), None),
+        };
+        slot.metrics.event(
+            r.event_id,
+            outcome,
+            seconds,
+            span.as_ref().and_then(|_| Self::exemplar(trace.as_ref())),
+        );
+        if let Some(span) = span {
+            span.set(KeyValue::new("turnstile.outcome", r.outcome.as_str()));
+            if let Some((kind, msg)) = &failed {
+                span.fail(kind, msg, now);
+            }
+            span.end(now);
+        } else if !transitioned {
+            // Ignored and refused events get a short span of their own.
+            if let Some(sp) = &self.spans {
+                let attrs = vec![
+                    KeyValue::new("turnstile.machine", slot.name.to_string()),
+                    KeyValue::new("turnstile.event", r.event.name.to_string()),
+                    KeyValue::new("turnstile.state.from", r.from.name.to_owned()),
+                    KeyValue::new("turnstile.state.to", r.to.name.to_owned()),
+                    KeyValue::new("turnstile.outcome", r.outcome.as_str()),
+                ];
+                if let Some(s) = sp.start_event(
+                    format!("{} {}", slot.name, r.event.name),
+                    r.event.traceparent,
+                    attrs,
+                    now,
+                ) {
+                    s.end(now);
+                }
+            }
+        }
+        if self.config.trace_buffer > 0 {
+            slot.trace.push(TraceRecord {
+                at,
+                event: r.event.name.clone(),
+                machine: slot.name.clone(),
+                from: Arc::from(r.from.name),
+                to: Arc::from(r.to.name),
+                duration_ms: r.duration.as_secs_f64() * 1e3,
+                outcome: r.outcome.as_str(),
+                trace_id: trace.map(|t| t.trace_id_hex()),
+                span_id: trace.map(|t| t.span_id_hex()),
+                job_id: r.event.job_id.clone(),
+                actions,
+            });
+        }
+    }
+
+    fn error(&self, r: &ErrorReport<'_>) {
+        let slot = r.machine.as_ref().and_then(|m| self.slot(m));
+        match slot {
+            Some(s) => s.metrics.error(r.kind),
+            None => self.metrics.global_error(r.kind),
+        }
+        let trace_id = slot.and_then(|s| {
+            let live = s.live.lock().unwrap_or_else(|e| e.into_inner());
+            live.event
+                .as_ref()
+                .and_then(|e| e.trace)
+                .map(|t| t.trace_id_hex())
+        });
+        self.errors.push(ErrorRecord {
+            timestamp: records::timestamp(SystemTime::now()),
+            error_type: r.kind.as_str(),
+            message: r.message.to_owned(),
+            machine: r.machine.map(|m| m.name.to_owned()),
+            state: r.state.map(str::to_owned),
+            event: r.event.map(|e| e.name.to_string()),
+            trace_id: trace_id.or_else(|| {
+                r.event
+                    .and_then(|e| e.traceparent)
+                    .map(|t| t.trace_id_hex())
+            }),
+        });
+    }
+
+    fn config_reloaded(&self, _path: &std::path::Path, _machines: &[&str]) {
+        self.metrics.config_reload(ReloadResult::success);
+    }
+
+    fn config_rejected(&self, path: &std::path::Path, message: &str) {
+        self.metrics.config_reload(ReloadResult::failure);
+        self.report_error(
+            ErrorKind::Config,
+            None,
+            &format!("{}: {message}", path.display()),
+        );
+    }
+}
