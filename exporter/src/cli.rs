@@ -126,7 +126,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(defs, queue_capacity, stop_timeout))
+            let code = rt.block_on(run(defs, queue_capacity, stop_timeout));
+            // A plugin call stuck past its timeout keeps its blocking thread; do not wait
+            // for it for ever on exit (dropping the runtime would).
+            rt.shutdown_timeout(Duration::from_secs(1));
+            code
         }
     }
 }

@@ -82,3 +82,29 @@ fn run_runs_plugin_actions() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("Hello, CLI! 👋"), "{stderr}");
 }
+
+#[test]
+fn a_hung_plugin_call_does_not_keep_the_process_alive() {
+    let dir = plugin_build::plugin_dir(&["faulty"]);
+    let cfg = dir.path().join("hang.yaml");
+    std::fs::write(
+        &cfg,
+        "metadata: {machine_name: hang}\ninitial_state: calling\ntransitions:\n  - {from: calling, to: done, event: too_slow}\nactions:\n  calling:\n    - {type: block, ms: 60000, timeout: 0.2, timeout_event: too_slow}\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = turnstile(&[
+        "run",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        cfg.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("did not return within 0.2 s"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "exited after {:?}, not after the 60 s call",
+        started.elapsed()
+    );
+}
