@@ -5,6 +5,9 @@ set -euo pipefail
 need_apt=()
 command -v bash >/dev/null || need_apt+=(bash)
 command -v cc >/dev/null || need_apt+=(gcc)
+# Prometheus and promtool: the metrics tests lint the exposition with `promtool check
+# metrics` and scrape a running turnstile with a real Prometheus.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y --no-install-recommends "${need_apt[@]}"

@@ -1,0 +1,2 @@
+//! Test helpers shared by the end-to-end tests.
+pub mod otlp;

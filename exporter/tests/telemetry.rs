@@ -1,0 +1,329 @@
+//! The telemetry observer in-process: metrics (checked by Debian's `promtool`), spans
+//! (received by an OTLP receiver built from the official protobuf definitions), exemplars
+//! linking the two, and the `/trace` and `/errors` records.
+
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::otlp::Receiver;
+use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, TraceContext};
+use turnstile_exporter::telemetry::spans::SpanSettings;
+use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn def(yaml: &str) -> Arc<MachineDef> {
+    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
+    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    loaded.def.unwrap()
+}
+
+const CONTROLLER: &str = r#"
+metadata: {machine_name: controller}
+initial_state: idle
+transitions:
+  - {from: idle, to: dispatching, event: start}
+  - {from: dispatching, to: waiting, event: event_sent}
+  - {from: waiting, to: done, event: task_completed}
+actions:
+  dispatching:
+    - type: send_event
+      target_machine: worker
+      event_type: task
+      payload: {n: 1}
+final_states: [done]
+"#;
+
+const WORKER: &str = r#"
+metadata: {machine_name: worker}
+initial_state: idle
+transitions:
+  - {from: idle, to: working, event: task}
+  - {from: working, to: failing, event: job_done}
+  - {from: failing, to: reporting, event: error}
+  - {from: reporting, to: finished, event: event_sent}
+actions:
+  working:
+    - {type: bash, command: "echo working on {payload.n}"}
+  failing:
+    - {type: bash, command: "echo broken >&2; exit 3"}
+  reporting:
+    - {type: send_event, target_machine: controller, event_type: task_completed}
+final_states: [finished]
+"#;
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/install.sh installs Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+}
+
+fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_the_design_table_and_pass_promtool() {
+    let telemetry = Telemetry::new(TelemetryConfig::default()).unwrap();
+    let engine = Engine::builder().observer(telemetry.clone()).build();
+    telemetry.attach(&engine);
+    telemetry.set_plugins(&[("greet".into(), "1.2.3".into())]);
+    engine
+        .spawn_all(vec![def(CONTROLLER), def(WORKER)])
+        .unwrap();
+    engine
+        .send("controller", Event::new("start"))
+        .await
+        .unwrap();
+    engine.send("worker", Event::new("nonsense")).await.unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("both stop");
+
+    let text = telemetry.render_metrics(false);
+    promtool_check(&text);
+    for name in [
+        "turnstile_build_info",
+        "turnstile_transitions_total",
+        "turnstile_events_total",
+        "turnstile_event_duration_seconds_bucket",
+        "turnstile_action_duration_seconds_bucket",
+        "turnstile_errors_total",
+        "turnstile_machine_state",
+        "turnstile_state_duration_seconds_bucket",
+        "turnstile_event_queue_depth",
+        "turnstile_config_reloads_total",
+        "turnstile_plugin_info",
+        "turnstile_spans_dropped_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(!series(&text, name).is_empty(), "no {name} in\n{text}");
+    }
+    // `turnstile_jobs` has series once a job store reports; an empty family is not shown.
+    let has = |line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line `{line}` in\n{text}"
+        )
+    };
+    has(r#"turnstile_transitions_total{machine="worker",from="idle",to="working",event="task"} 1"#);
+    has(
+        r#"turnstile_transitions_total{machine="worker",from="failing",to="reporting",event="error"} 1"#,
+    );
+    has(
+        r#"turnstile_transitions_total{machine="controller",from="waiting",to="done",event="task_completed"} 1"#,
+    );
+    // Rules never taken are there from the start, at 0.
+    has(r#"turnstile_machine_state{machine="worker",state="finished"} 1"#);
+    has(r#"turnstile_machine_state{machine="worker",state="idle"} 0"#);
+    has(r#"turnstile_events_total{machine="worker",event="_other",outcome="ignored"} 1"#);
+    has(r#"turnstile_errors_total{machine="worker",kind="action"} 1"#);
+    has(
+        r#"turnstile_action_duration_seconds_count{machine="worker",action="bash",outcome="error"} 1"#,
+    );
+    has(
+        r#"turnstile_action_duration_seconds_count{machine="worker",action="bash",outcome="ok"} 1"#,
+    );
+    has(r#"turnstile_plugin_info{plugin="greet",version="1.2.3"} 1"#);
+    has(r#"turnstile_config_reloads_total{result="failure"} 0"#);
+    has(&format!(
+        r#"turnstile_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    ));
+    // A label for every event the config knows: bounded, never the raw unknown name.
+    assert!(!text.contains("nonsense"), "{text}");
+
+    // OpenMetrics: the same families, with `# EOF`; no spans, so no exemplars.
+    let om = telemetry.render_metrics(true);
+    assert!(om.trim_end().ends_with("# EOF"));
+    assert!(om.contains("# TYPE turnstile_transitions counter"));
+    assert!(!om.contains(" # {"), "exemplars without spans:\n{om}");
+
+    // Records.
+    let traces = telemetry.traces(100, Some("worker"), None);
+    // `nonsense` races with `task` (two senders), so it is checked on its own.
+    let (ignored, traces): (Vec<_>, Vec<_>) =
+        traces.into_iter().partition(|t| t["event"] == "nonsense");
+    assert_eq!(ignored.len(), 1);
+    assert_eq!(ignored[0]["data"]["outcome"], "ignored");
+    let names: Vec<&str> = traces
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["event_sent", "error", "job_done", "task"]);
+    let failing = &traces[1];
+    assert_eq!(failing["data"]["from"], "failing");
+    assert_eq!(failing["data"]["to"], "reporting");
+    let job_done = &traces[2];
+    let actions = job_done["data"]["actions"].as_array().unwrap();
+    assert_eq!(actions[0]["type"], "bash");
+    assert_eq!(actions[0]["outcome"], "error");
+    assert!(actions[0]["error"].as_str().unwrap().contains("broken"));
+    let errors = telemetry.errors(10, None, None);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].error_type, "action");
+    assert_eq!(errors[0].machine.as_deref(), Some("worker"));
+    assert_eq!(errors[0].state.as_deref(), Some("failing"));
+    let stats = telemetry.stats(None);
+    // controller: start, event_sent, task_completed; worker: task, job_done, error,
+    // event_sent, nonsense.
+    assert_eq!(stats["processed_events"], 8);
+    assert_eq!(stats["active_workers"], 0);
+    assert!(stats["average_processing_time_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["machines"]["worker"]["state"], "finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_follow_one_trace_across_machines_with_parents_attributes_and_errors() {
+    let receiver = Receiver::start();
+    let telemetry = Telemetry::new(TelemetryConfig {
+        spans: Some(SpanSettings {
+            endpoint: Some(receiver.endpoint()),
+            scheduled_delay: Duration::from_millis(100),
+            ..SpanSettings::default()
+        }),
+        ..TelemetryConfig::default()
+    })
+    .unwrap();
+    let engine = Engine::builder().observer(telemetry.clone()).build();
+    telemetry.attach(&engine);
+    engine
+        .spawn_all(vec![def(CONTROLLER), def(WORKER)])
+        .unwrap();
+    let incoming =
+        TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    engine
+        .send(
+            "controller",
+            Event::new("start")
+                .with_traceparent(incoming)
+                .with_job_id("job-7"),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("both stop");
+    let om = telemetry.render_metrics(true);
+    let t2 = telemetry.clone();
+    tokio::task::spawn_blocking(move || t2.shutdown())
+        .await
+        .unwrap();
+
+    let spans = receiver.wait_for(WAIT, |s| {
+        s.iter().filter(|s| !s.name.starts_with("action")).count() >= 7
+    });
+    let by_name = |n: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("no span {n}: {spans:#?}"))
+    };
+    // One trace: the incoming one, through controller -> worker -> controller.
+    for s in &spans {
+        assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{s:#?}");
+    }
+    let start = by_name("controller start");
+    assert_eq!(start.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(start.attr("turnstile.machine"), Some("controller"));
+    assert_eq!(start.attr("turnstile.event"), Some("start"));
+    assert_eq!(start.attr("turnstile.state.from"), Some("idle"));
+    assert_eq!(start.attr("turnstile.state.to"), Some("dispatching"));
+    assert_eq!(start.attr("turnstile.outcome"), Some("transitioned"));
+    assert_eq!(start.attr("turnstile.job.id"), Some("job-7"));
+    // The send_event action is a child of the event span, and the worker's event is a
+    // child of that action.
+    let send = spans
+        .iter()
+        .find(|s| s.name == "action send_event" && s.parent_span_id == start.span_id)
+        .expect("send_event action span under `controller start`");
+    assert_eq!(send.attr("turnstile.action.type"), Some("send_event"));
+    let task = by_name("worker task");
+    assert_eq!(task.parent_span_id, send.span_id);
+    // An event returned by an action is a child of the event that ran the action.
+    let sent = by_name("controller event_sent");
+    assert_eq!(sent.parent_span_id, start.span_id);
+    // The failing command: error status, error.type and an exception event.
+    let job_done = by_name("worker job_done");
+    let bash = spans
+        .iter()
+        .find(|s| s.name == "action bash" && s.parent_span_id == job_done.span_id)
+        .expect("bash span under job_done");
+    assert_eq!(bash.status, "STATUS_CODE_ERROR");
+    assert_eq!(bash.attr("error.type"), Some("error"));
+    let (ev, attrs) = &bash.events[0];
+    assert_eq!(ev, "exception");
+    assert!(attrs
+        .iter()
+        .any(|(k, v)| k == "exception.message" && v.contains("broken")));
+    assert_eq!(job_done.status, "STATUS_CODE_ERROR");
+    assert_eq!(job_done.attr("error.type"), Some("action"));
+    // Back in the controller, still the same trace.
+    let done = by_name("controller task_completed");
+    assert_eq!(done.attr("turnstile.state.to"), Some("done"));
+    // Resource.
+    assert!(start
+        .resource
+        .iter()
+        .any(|(k, v)| k == "service.name" && v == "turnstile"));
+    assert!(start
+        .resource
+        .iter()
+        .any(|(k, _)| k == "service.instance.id"));
+    // Exemplars in OpenMetrics point at received spans.
+    let exemplar_ids: Vec<&str> = om
+        .lines()
+        .filter(|l| l.starts_with("turnstile_event_duration_seconds_bucket"))
+        .filter_map(|l| l.split("trace_id=\"").nth(1))
+        .map(|rest| &rest[..32])
+        .collect();
+    assert!(!exemplar_ids.is_empty(), "no exemplars in\n{om}");
+    for id in exemplar_ids {
+        assert!(
+            spans.iter().any(|s| s.trace_id == id),
+            "exemplar {id} has no span"
+        );
+    }
+    // `/trace` shows the span ids.
+    let traces = telemetry.traces(
+        100,
+        Some("worker"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+    );
+    assert!(!traces.is_empty());
+    assert_eq!(
+        traces.last().unwrap()["data"]["span_id"],
+        task.span_id.as_str()
+    );
+}
