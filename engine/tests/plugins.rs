@@ -641,3 +641,30 @@ fn the_http_request_plugin_talks_http() {
     assert_eq!(bad.error.unwrap().0, "bad_input");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_with_too_many_stuck_calls_is_refused_new_ones() {
+    let dir = plugin_dir(&["faulty"]);
+    let registry = registry_with(dir.path());
+    // Every call blocks for 1.5 s but may take 0.02 s: each timeout leaves a call running,
+    // and the state is entered again at once.
+    let def = compile(
+        "metadata: {machine_name: stuck}\ninitial_state: calling\ntransitions:\n  - {from: calling, to: calling, event: again}\n  - {from: calling, to: refused, event: error}\nactions:\n  calling:\n    - {type: block, ms: 1500, timeout: 0.02, timeout_event: again}\n",
+        &registry,
+    );
+    let rec = Arc::new(Recorder::default());
+    let engine = Engine::builder().observer(rec.clone()).build();
+    engine.spawn(def).unwrap();
+    tokio::time::timeout(WAIT, engine.join())
+        .await
+        .expect("reaches `refused`");
+    let errors = rec.errors();
+    let limit = turnstile_engine::actions::plugin::MAX_STUCK_CALLS;
+    assert_eq!(errors.len(), limit + 1, "{errors:#?}");
+    assert!(errors[..limit]
+        .iter()
+        .all(|(k, _)| *k == ErrorKind::ActionTimeout));
+    let (kind, msg) = &errors[limit];
+    assert_eq!(*kind, ErrorKind::Plugin);
+    assert!(msg.contains("still running past their timeout"), "{msg}");
+}
