@@ -6,4 +6,5 @@
 //!
 //! [`Observer`]: turnstile_engine::Observer
 
+pub mod server;
 pub mod telemetry;

@@ -1,0 +1,272 @@
+//! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
+//! inspection and `POST /machines/{name}/events`, served with hyper on the engine's Tokio
+//! runtime.
+//!
+//! ```no_run
+//! # async fn demo(engine: turnstile_engine::Engine,
+//! #     telemetry: std::sync::Arc<turnstile_exporter::telemetry::Telemetry>) -> std::io::Result<()> {
+//! use turnstile_exporter::server::{serve, SidecarConfig};
+//! let sidecar = serve(SidecarConfig::default(), engine, telemetry).await?;
+//! println!("serving on http://{}", sidecar.addr());
+//! // ... later, on the way out:
+//! sidecar.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Every failure is a JSON body `{"error": {"status", "message"}}`; bad requests are also
+//! reported to the telemetry (`/errors`, `turnstile_errors_total{kind="bad_message"}`).
+//! Nothing a client sends can panic the server: bodies are bounded, header reads time out,
+//! connections are capped.
+
+pub mod request;
+pub mod response;
+mod routes;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use turnstile_engine::Engine;
+
+use crate::telemetry::Telemetry;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
+/// The default request body limit (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers (also closes idle keep-alive
+/// connections).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Sidecar::shutdown`] lets requests in flight finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How the sidecar listens and what it allows.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Where to listen (port 0: any free port). Default `127.0.0.1:8000`.
+    pub listen: SocketAddr,
+    /// Fail when the port is taken instead of trying the next one.
+    pub strict_port: bool,
+    /// Bearer token that writes (`POST`) need; `None`: writes are open.
+    pub token: Option<String>,
+    /// Refuse every write with 403.
+    pub read_only: bool,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: usize,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            strict_port: false,
+            token: None,
+            read_only: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// A running sidecar. Dropping it stops accepting connections (without waiting);
+/// [`Sidecar::shutdown`] also lets requests in flight finish.
+#[derive(Debug)]
+#[must_use = "dropping the handle stops the server"]
+pub struct Sidecar {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Sidecar {
+    /// The address it is bound to (the real port when 0 or the fallback was used).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (up to
+    /// [`SHUTDOWN_GRACE`]) and closes the rest.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        tracing::info!(target: "turnstile::sidecar", addr = %self.addr, "sidecar stopped");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Binds `config.listen`; when the port is taken (and not `strict_port`), the next port.
+async fn bind(config: &SidecarConfig) -> io::Result<TcpListener> {
+    let addr = config.listen;
+    let first = match TcpListener::bind(addr).await {
+        Ok(l) => return Ok(l),
+        Err(e) => e,
+    };
+    let in_use = first.kind() == io::ErrorKind::AddrInUse;
+    if !in_use || config.strict_port || addr.port() == 0 {
+        let hint = if in_use {
+            " (the port is taken and --strict-port forbids a fallback; stop the other process or choose another address with --listen)"
+        } else {
+            ""
+        };
+        return Err(io::Error::new(
+            first.kind(),
+            format!("cannot listen on {addr}: {first}{hint}"),
+        ));
+    }
+    let Some(next_port) = addr.port().checked_add(1) else {
+        return Err(io::Error::new(
+            first.kind(),
+            format!("cannot listen on {addr}: {first} (no port after it to fall back to)"),
+        ));
+    };
+    let next = SocketAddr::new(addr.ip(), next_port);
+    match TcpListener::bind(next).await {
+        Ok(l) => {
+            tracing::warn!(
+                target: "turnstile::sidecar",
+                wanted = %addr,
+                addr = %next,
+                "port {} is taken; the sidecar falls back to port {next_port} (--strict-port disables this)",
+                addr.port()
+            );
+            Ok(l)
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {addr}: {first}; the fallback {next} failed too: {e}. Stop the other process or choose another address with --listen"
+            ),
+        )),
+    }
+}
+
+/// Binds and starts the sidecar on the current Tokio runtime. The bound address is logged
+/// (target `turnstile::sidecar`, field `addr`) and shown in `/stats`.
+pub async fn serve(
+    config: SidecarConfig,
+    engine: Engine,
+    telemetry: Arc<Telemetry>,
+) -> io::Result<Sidecar> {
+    let listener = bind(&config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        target: "turnstile::sidecar",
+        addr = %addr,
+        read_only = config.read_only,
+        token = config.token.is_some(),
+        "sidecar listening on http://{addr}"
+    );
+    if !addr.ip().is_loopback() && config.token.is_none() && !config.read_only {
+        tracing::warn!(
+            target: "turnstile::sidecar",
+            addr = %addr,
+            "anyone who can reach {addr} can send events: set a token (--token or TURNSTILE_TOKEN) or use --read-only"
+        );
+    }
+    let state = Arc::new(routes::State {
+        engine,
+        telemetry,
+        addr,
+        token: config.token,
+        read_only: config.read_only,
+        max_body_bytes: config.max_body_bytes,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, state, stop_rx));
+    Ok(Sidecar {
+        addr,
+        stop,
+        task: Some(task),
+    })
+}
+
+/// Resolves once a stop is asked for (or the handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<routes::State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(target: "turnstile::sidecar", "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(target: "turnstile::sidecar", peer = %peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            target: "turnstile::sidecar",
+            open = conns.len(),
+            "requests still running after {SHUTDOWN_GRACE:?}; closing them"
+        );
+        conns.abort_all();
+    }
+}
