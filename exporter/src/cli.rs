@@ -1,14 +1,19 @@
 //! The command line: `run`, `validate`, `diagram`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnstile_engine::config::{self, Diagnostic, Loaded, Severity};
+use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::{ActionRegistry, Engine, MachineDef};
+use turnstile_exporter::server::{self, SidecarConfig};
+use turnstile_exporter::telemetry::spans::{self, SpanSettings};
+use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
 use crate::logging::LogArgs;
 
@@ -45,6 +50,9 @@ enum Command {
         /// A plugin library, or a directory of them (every *.so in it); repeatable.
         #[arg(long = "plugins", value_name = "PATH")]
         plugins: Vec<PathBuf>,
+        /// The HTTP sidecar and telemetry.
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Check configs: every problem with line, column and a hint. Exit 2 on errors.
     Validate {
@@ -71,6 +79,129 @@ enum Command {
     },
 }
 
+/// `run` options for the HTTP sidecar, metrics and spans.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sidecar and telemetry")]
+struct ServeArgs {
+    /// Where the HTTP sidecar listens (IP:PORT; port 0 picks a free one). In a container
+    /// use 0.0.0.0:8000.
+    #[arg(long, env = "TURNSTILE_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// Fail when the port is taken instead of falling back to the next port.
+    #[arg(long)]
+    strict_port: bool,
+    /// Bearer token that writes (POST) need; prefer the environment variable, which `ps`
+    /// does not show.
+    #[arg(
+        long,
+        env = "TURNSTILE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Refuse every write (POST) with 403; reads stay open.
+    #[arg(long)]
+    read_only: bool,
+    /// Do not start the HTTP sidecar.
+    #[arg(long, conflicts_with_all = ["strict_port", "token", "read_only", "keep_serving"])]
+    no_sidecar: bool,
+    /// Keep the sidecar serving after every machine has stopped, until SIGINT/SIGTERM (to
+    /// read the final metrics, traces and errors).
+    #[arg(long)]
+    keep_serving: bool,
+    /// Records of processed events kept per machine for /trace (0: none).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    trace_buffer: usize,
+    /// Error records kept for /errors.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    error_buffer: usize,
+    /// Export spans over OTLP/HTTP to this URL (`http://collector:4318` gets `/v1/traces`
+    /// appended). Without it, spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT` or a bare port (on 127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+    }
+    Err(format!(
+        "`{s}` is not a listen address: use IP:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000"
+    ))
+}
+
+/// `--otlp-endpoint`: an http(s) URL; a URL without a path gets `/v1/traces`.
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    match rest.find('/') {
+        None if !rest.is_empty() => Ok(format!("{s}/v1/traces")),
+        None => Err(format!("`{s}` has no host")),
+        Some(0) => Err(format!("`{s}` has no host")),
+        Some(i) if rest[i..] == *"/" => Ok(format!("{s}v1/traces")),
+        Some(_) => Ok(s.to_owned()),
+    }
+}
+
+impl ServeArgs {
+    fn telemetry_config(&self) -> TelemetryConfig {
+        let spans =
+            (self.otlp_endpoint.is_some() || spans::wanted_by_env()).then(|| SpanSettings {
+                endpoint: self.otlp_endpoint.clone(),
+                ..SpanSettings::default()
+            });
+        TelemetryConfig {
+            trace_buffer: self.trace_buffer,
+            error_buffer: self.error_buffer,
+            spans,
+            ..TelemetryConfig::default()
+        }
+    }
+
+    /// The sidecar's config, `None` with `--no-sidecar`; an error for an empty token.
+    fn sidecar_config(&self) -> Result<Option<SidecarConfig>, String> {
+        if self.no_sidecar {
+            return Ok(None);
+        }
+        let token = match &self.token {
+            Some(t) if t.trim().is_empty() => {
+                return Err("the token (--token or TURNSTILE_TOKEN) is empty; unset it to leave writes open, or use --read-only".into())
+            }
+            Some(t) => Some(t.trim().to_owned()),
+            None => None,
+        };
+        Ok(Some(SidecarConfig {
+            listen: self.listen,
+            strict_port: self.strict_port,
+            token,
+            read_only: self.read_only,
+            ..SidecarConfig::default()
+        }))
+    }
+}
+
+/// What `run` needs besides the machines.
+struct RunOptions {
+    queue_capacity: usize,
+    stop_timeout: Duration,
+    sidecar: Option<SidecarConfig>,
+    keep_serving: bool,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -80,7 +211,8 @@ enum Format {
 /// Runs the chosen command; the `ExitCode` is the process's.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut registry = ActionRegistry::with_builtins();
-    let plugins_failed = load_plugins(&mut registry, cli.command.plugins());
+    let plugin_errors = load_plugins(&mut registry, cli.command.plugins());
+    let plugins_failed = !plugin_errors.is_empty();
     match cli.command {
         Command::Validate {
             configs,
@@ -111,6 +243,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             machine_name,
             queue_capacity,
             stop_timeout,
+            serve,
             ..
         } => {
             if machine_name.is_some() && configs.len() != 1 {
@@ -122,11 +255,44 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let stop_timeout = Duration::try_from_secs_f64(stop_timeout)
                 .context("--stop-timeout must be a number of seconds")?;
+            let sidecar = match serve.sidecar_config() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            // Built outside the async runtime: the span exporter has a blocking HTTP client.
+            let telemetry = match Telemetry::new(serve.telemetry_config()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: cannot set up span export: {e}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            let plugins: Vec<(String, String)> = registry
+                .plugins()
+                .into_iter()
+                .map(|p| (p.name, p.version))
+                .collect();
+            telemetry.set_plugins(&plugins);
+            registry.plugin_host().set_observer(telemetry.clone());
+            for e in &plugin_errors {
+                telemetry.report_error(ErrorKind::Plugin, None, e);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let code = rt.block_on(run(defs, queue_capacity, stop_timeout));
+            let opts = RunOptions {
+                queue_capacity,
+                stop_timeout,
+                keep_serving: serve.keep_serving && sidecar.is_some(),
+                sidecar,
+            };
+            let code = rt.block_on(run(defs, opts, telemetry.clone()));
+            // Machines have stopped and the sidecar is closed: flush the spans.
+            telemetry.shutdown();
             // A plugin call stuck past its timeout keeps its blocking thread; do not wait
             // for it for ever on exit (dropping the runtime would).
             rt.shutdown_timeout(Duration::from_secs(1));
@@ -147,10 +313,10 @@ impl Command {
 }
 
 /// Loads the `--plugins` libraries into the registry, printing each failure (the others
-/// still load; a config that needs a failed plugin then fails validation). True when
-/// something failed.
-fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> bool {
-    let mut failed = false;
+/// still load; a config that needs a failed plugin then fails validation). Returns the
+/// failures.
+fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> Vec<String> {
+    let mut failed = Vec::new();
     for path in paths {
         // A loaded plugin is logged by the host; failures are printed here.
         for e in registry
@@ -159,7 +325,7 @@ fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> bool {
             .filter_map(Result::err)
         {
             eprintln!("error: {e}");
-            failed = true;
+            failed.push(e.to_string());
         }
     }
     failed
@@ -197,10 +363,40 @@ fn load_all(
 
 async fn run(
     defs: Vec<Arc<MachineDef>>,
-    queue_capacity: usize,
-    stop_timeout: Duration,
+    opts: RunOptions,
+    telemetry: Arc<Telemetry>,
 ) -> anyhow::Result<ExitCode> {
-    let engine = Engine::builder().queue_capacity(queue_capacity).build();
+    let engine = Engine::builder()
+        .queue_capacity(opts.queue_capacity)
+        .observer(telemetry.clone())
+        .build();
+    telemetry.attach(&engine);
+    // The sidecar binds before any machine runs: a taken port stops us before a machine
+    // has done anything.
+    let sidecar = match opts.sidecar {
+        Some(config) => match server::serve(config, engine.clone(), telemetry).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => None,
+    };
+    let code = supervise(&engine, defs, opts.stop_timeout, opts.keep_serving).await;
+    if let Some(s) = sidecar {
+        s.shutdown().await;
+    }
+    code
+}
+
+/// Runs the machines until they all stop by themselves or a signal arrives.
+async fn supervise(
+    engine: &Engine,
+    defs: Vec<Arc<MachineDef>>,
+    stop_timeout: Duration,
+    keep_serving: bool,
+) -> anyhow::Result<ExitCode> {
     if let Err(e) = engine.spawn_all(defs) {
         eprintln!("error: cannot start the machines: {e}");
         return Ok(ExitCode::from(EXIT_INVALID));
@@ -214,6 +410,19 @@ async fn run(
     tokio::select! {
         () = &mut all_done => {
             tracing::info!(target: "turnstile", "every machine reached a final state");
+            if keep_serving {
+                tracing::info!(
+                    target: "turnstile",
+                    "--keep-serving: the sidecar stays up until SIGINT/SIGTERM"
+                );
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => {
+                        r.context("cannot listen for SIGINT")?;
+                        tracing::info!(target: "turnstile", "SIGINT: stopping");
+                    }
+                    _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
+                }
+            }
             return Ok(ExitCode::SUCCESS);
         }
         r = tokio::signal::ctrl_c() => {
@@ -285,5 +494,57 @@ fn validate(
         ExitCode::from(EXIT_INVALID)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("0.0.0.0:8000").unwrap().to_string(),
+            "0.0.0.0:8000"
+        );
+        assert_eq!(
+            parse_listen("[::1]:9000").unwrap().to_string(),
+            "[::1]:9000"
+        );
+        assert_eq!(parse_listen("8001").unwrap().to_string(), "127.0.0.1:8001");
+        assert_eq!(
+            parse_listen("localhost:0").unwrap().to_string(),
+            "127.0.0.1:0"
+        );
+        for bad in ["", "host:80", "127.0.0.1", "127.0.0.1:99999", ":8000"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn otlp_endpoints() {
+        assert_eq!(
+            parse_otlp_endpoint("http://collector:4318").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("https://collector:4318/").unwrap(),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("http://c:4318/custom/traces").unwrap(),
+            "http://c:4318/custom/traces"
+        );
+        for bad in ["collector:4318", "http://", "http:///v1/traces", "ftp://x"] {
+            assert!(parse_otlp_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
     }
 }

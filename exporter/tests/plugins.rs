@@ -17,6 +17,8 @@ fn turnstile(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_turnstile"))
         .args(args)
         .env_remove("RUST_LOG")
+        // Tests run in parallel: each sidecar on a port of its own.
+        .env("TURNSTILE_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .output()
         .expect("run turnstile")

@@ -39,6 +39,8 @@ pub fn turnstile(args: &[&str]) -> Command {
         .args(["--log-format", "json", "--log-level", "info"])
         .args(args)
         .env_remove("RUST_LOG")
+        // Tests run in parallel: each sidecar on a port of its own.
+        .env("TURNSTILE_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     c
 }
