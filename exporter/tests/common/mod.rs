@@ -62,7 +62,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `turnstile` with JSON logs and `args`.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = turnstile(args)
+        Self::spawn(turnstile(args))
+    }
+
+    /// Starts a command made by [`turnstile`] (with more settings, e.g. environment).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

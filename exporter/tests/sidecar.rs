@@ -1,0 +1,1034 @@
+//! End to end: the HTTP sidecar of the real `turnstile` binary, spoken to in raw HTTP/1.1
+//! over `std::net::TcpStream` (so malformed and oversized requests can be sent as they
+//! are). Every test starts its own process on a port the OS picks (`--listen
+//! 127.0.0.1:0`) and reads the bound address from the JSON logs; processes are killed
+//! when a test ends, however it ends.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{field, turnstile, Proc};
+use serde_json::{json, Value as Json};
+
+/// Generous: the machine may share its two cores with builds and other tests.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Time limit of one HTTP exchange.
+const IO_LIMIT: Duration = Duration::from_secs(30);
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A machine that waits for events: `go` runs a log action, `done` goes back, `stop` ends.
+const IDLE: &str = r#"
+metadata: {machine_name: idle}
+initial_state: waiting
+states: [waiting, working, stopped]
+transitions:
+  - {from: waiting, to: working, event: go}
+  - {from: working, to: waiting, event: done}
+  - {from: "*", to: stopped, event: stop}
+actions:
+  working:
+    - {type: log, message: "working"}
+final_states: [stopped]
+"#;
+
+/// A machine that stops at once.
+const QUICK: &str = r#"
+metadata: {machine_name: quick}
+initial_state: starting
+transitions:
+  - {from: starting, to: finished, event: ready}
+actions:
+  starting:
+    - {type: set_context, key: started, value: true, success: ready}
+final_states: [finished]
+"#;
+
+// --- a tiny HTTP/1.1 client ---------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Json {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_LIMIT).expect("connect to the sidecar");
+    s.set_read_timeout(Some(IO_LIMIT)).unwrap();
+    s.set_write_timeout(Some(IO_LIMIT)).unwrap();
+    s
+}
+
+/// Parses a whole response (the server closed the connection after it).
+fn parse(raw: &[u8]) -> Resp {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line `{status_line}`"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap();
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..start + size]);
+        b = &b[start + size + 2..];
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let has_length = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if !has_length && (method == "POST" || !body.is_empty()) {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    let mut s = connect(addr);
+    s.write_all(&bytes).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .unwrap_or_else(|e| panic!("reading the response to {method} {path}: {e}"));
+    parse(&resp)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, &[], b"")
+}
+
+fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &Json) -> Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    request(addr, "POST", path, &h, body.to_string().as_bytes())
+}
+
+/// Checks a JSON error response: status, content type and `{"error": {status, message}}`.
+#[track_caller]
+fn assert_error(r: &Resp, status: u16) -> Json {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["error"]["status"], json!(status), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(!msg.is_empty(), "no message: {v}");
+    v
+}
+
+/// Polls `f` until it returns `Some` or `LIMIT` passes.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// --- processes ------------------------------------------------------------------------
+
+/// A running `turnstile run` with its sidecar.
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes the configs into a temp dir and returns the dir and their paths.
+fn configs(yamls: &[&str]) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = yamls
+        .iter()
+        .enumerate()
+        .map(|(i, y)| {
+            let p: PathBuf = dir.path().join(format!("m{i}.yaml"));
+            std::fs::write(&p, y).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    (dir, paths)
+}
+
+/// The `turnstile run` command for `configs` with `args`; no span export unless asked.
+fn run_command(paths: &[String], args: &[&str]) -> std::process::Command {
+    let mut all: Vec<&str> = vec!["run"];
+    all.extend(paths.iter().map(String::as_str));
+    all.extend_from_slice(args);
+    let mut cmd = turnstile(&all);
+    for k in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "TURNSTILE_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// The address of the `sidecar listening` log record.
+fn wait_listening(p: &mut Proc) -> SocketAddr {
+    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    field(&rec, "addr").parse().unwrap()
+}
+
+impl Server {
+    fn start(yamls: &[&str], args: &[&str]) -> Self {
+        Self::start_with(yamls, args, |_| {})
+    }
+
+    fn start_with(
+        yamls: &[&str],
+        args: &[&str],
+        env: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
+        let (dir, paths) = configs(yamls);
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut cmd = run_command(&paths, &all);
+        env(&mut cmd);
+        let mut proc = Proc::spawn(cmd);
+        let addr = wait_listening(&mut proc);
+        // The sidecar binds before the machines start; wait for them too.
+        let n = yamls.len();
+        let started = std::cell::Cell::new(0);
+        proc.wait_for("the machines started", LIMIT, |j| {
+            if field(j, "message") == "machine started" {
+                started.set(started.get() + 1);
+            }
+            started.get() == n
+        });
+        Self {
+            proc,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// SIGTERM, then the exit status (must be 0) and the log.
+    fn stop(mut self) {
+        self.proc.signal("TERM");
+        let (st, _) = self.proc.finish(LIMIT);
+        assert_eq!(st.code(), Some(0), "{}", self.proc.log());
+        assert!(
+            self.proc
+                .records()
+                .iter()
+                .any(|j| field(j, "message") == "sidecar stopped"),
+            "{}",
+            self.proc.log()
+        );
+    }
+}
+
+// --- tests ----------------------------------------------------------------------------
+
+#[test]
+fn read_endpoints_answer_with_their_documented_shapes() {
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+
+    let r = get(a, "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    for link in [
+        "/metrics",
+        "/stats",
+        "/trace",
+        "/errors",
+        "/healthz",
+        "/readyz",
+        "/machines",
+    ] {
+        assert!(r.text().contains(&format!("href=\"{link}\"")), "{link}");
+    }
+
+    let r = get(a, "/healthz");
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    let r = get(a, "/readyz");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+
+    let r = get(a, "/machines");
+    assert_eq!(r.status, 200);
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let m = &list[0];
+    for k in [
+        "name",
+        "state",
+        "since",
+        "transitions",
+        "errors",
+        "queue_depth",
+        "running",
+    ] {
+        assert!(m.get(k).is_some(), "no `{k}` in {m}");
+    }
+    assert_eq!(m["name"], "idle");
+    assert_eq!(m["state"], "waiting");
+    assert_eq!(m["running"], true);
+
+    let r = get(a, "/stats");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let st = r.json();
+    for k in [
+        "processed_events",
+        "average_processing_time_ms",
+        "active_workers",
+        "uptime_seconds",
+        "version",
+        "listen",
+        "machines",
+    ] {
+        assert!(st.get(k).is_some(), "no `{k}` in {st}");
+    }
+    assert!(st["processed_events"].is_u64(), "{st}");
+    assert!(st["average_processing_time_ms"].is_number(), "{st}");
+    assert_eq!(st["active_workers"], 1);
+    assert_eq!(st["listen"], a.to_string());
+    for k in ["state", "since", "transitions", "errors", "queue_depth"] {
+        assert!(st["machines"]["idle"].get(k).is_some(), "no `{k}` in {st}");
+    }
+
+    // HEAD: the headers of GET, no body.
+    let r = request(a, "HEAD", "/stats", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+
+    for path in ["/trace", "/errors"] {
+        let r = get(a, path);
+        assert_eq!(r.status, 200);
+        assert!(r.json().is_array(), "{path}: {}", r.text());
+    }
+
+    // An event with a traceparent: accepted, processed, and found by its trace id.
+    let r = post_json(
+        a,
+        "/machines/idle/events",
+        &[("traceparent", TRACEPARENT)],
+        &json!({"type": "go", "payload": {"n": 1}, "job_id": 42}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["accepted"], true);
+    assert_eq!(v["job_id"], "42");
+    assert_eq!(v["trace_id"], TRACE_ID);
+    let records = eventually("the event in /trace", || {
+        let r = get(a, &format!("/trace?trace_id={TRACE_ID}"));
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        (!v.as_array().unwrap().is_empty()).then_some(v)
+    });
+    let rec = &records[0];
+    assert_eq!(rec["event"], "go", "{rec}");
+    assert!(rec["timestamp"].is_string(), "{rec}");
+    let d = &rec["data"];
+    assert_eq!(d["machine"], "idle", "{rec}");
+    assert_eq!(d["from"], "waiting", "{rec}");
+    assert_eq!(d["to"], "working", "{rec}");
+    assert_eq!(d["trace_id"], TRACE_ID, "{rec}");
+    assert_eq!(d["job_id"], "42", "{rec}");
+    assert_eq!(d["outcome"], "transitioned", "{rec}");
+    assert!(d["actions"].is_array(), "{rec}");
+
+    // Another event; newest first, limit and machine filters.
+    let r = post_json(a, "/machines/idle/events", &[], &json!({"type": "done"}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let list = eventually("two records", || {
+        let v = get(a, "/trace?machine=idle").json();
+        (v.as_array().unwrap().len() >= 2).then_some(v)
+    });
+    assert_eq!(list[0]["event"], "done", "newest first: {list}");
+    assert_eq!(get(a, "/trace?limit=1").json().as_array().unwrap().len(), 1);
+    assert_eq!(get(a, "/trace?machine=other").json(), json!([]));
+    let other_trace = "0af7651916cd43dd8448eb211c80319c";
+    assert_eq!(
+        get(a, &format!("/trace?trace_id={other_trace}")).json(),
+        json!([])
+    );
+
+    let st = get(a, "/stats").json();
+    assert!(st["processed_events"].as_u64().unwrap() >= 2, "{st}");
+
+    let r = get(a, "/machines/idle");
+    assert_eq!(r.status, 200);
+    let m = r.json();
+    assert_eq!(m["name"], "idle");
+    assert_eq!(m["state"], "waiting", "{m}");
+    assert!(m["context"].is_object(), "{m}");
+    assert_eq!(m["states"], json!(["waiting", "working", "stopped"]));
+    assert_eq!(m["final_states"], json!(["stopped"]));
+    assert_eq!(m["initial_state"], "waiting");
+    let events = m["declared_events"].as_array().unwrap();
+    for e in ["go", "done", "stop"] {
+        assert!(events.contains(&json!(e)), "{m}");
+    }
+    assert!(m["transitions"].as_u64().unwrap() >= 2, "{m}");
+
+    s.stop();
+}
+
+#[test]
+fn metrics_come_in_both_formats_with_exemplars_only_in_openmetrics_with_spans() {
+    const OM: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    const PROM: &str = "text/plain; version=0.0.4; charset=utf-8";
+    const EXEMPLAR: &str = " # {trace_id=\"";
+    let om_accept = [(
+        "Accept",
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    )];
+    // A dead collector: spans are made (and exemplars with them) but cannot be delivered.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{dead}");
+    let plain = Server::start(&[IDLE], &[]);
+    let spans = Server::start(&[IDLE], &["--otlp-endpoint", &endpoint]);
+
+    for s in [&plain, &spans] {
+        let r = post_json(
+            s.addr,
+            "/machines/idle/events",
+            &[("traceparent", TRACEPARENT)],
+            &json!({"type": "go"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        eventually("the event processed", || {
+            let v = get(s.addr, "/stats").json();
+            (v["processed_events"].as_u64() >= Some(1)).then_some(())
+        });
+    }
+
+    // Without spans: no exemplars in either format.
+    assert_eq!(get(plain.addr, "/stats").json()["spans"], false);
+    let r = get(plain.addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some(PROM));
+    let text = r.text();
+    assert!(text.contains("turnstile_build_info"), "{text}");
+    assert!(text.contains("turnstile_transitions_total{"), "{text}");
+    assert!(!text.contains(" # {"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+    let r = request(plain.addr, "GET", "/metrics", &om_accept, b"");
+    assert_eq!(r.header("content-type"), Some(OM));
+    let text = r.text();
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(!text.contains(EXEMPLAR), "{text}");
+
+    // With spans: exemplars in OpenMetrics only.
+    assert_eq!(get(spans.addr, "/stats").json()["spans"], true);
+    let text = eventually("an exemplar", || {
+        let r = request(spans.addr, "GET", "/metrics", &om_accept, b"");
+        assert_eq!(r.header("content-type"), Some(OM));
+        let t = r.text();
+        t.contains(EXEMPLAR).then_some(t)
+    });
+    let line = text.lines().find(|l| l.contains(EXEMPLAR)).unwrap();
+    assert!(line.starts_with("turnstile_"), "{line}");
+    assert!(
+        line.contains(TRACE_ID),
+        "the trace continues the traceparent: {line}"
+    );
+    let r = get(spans.addr, "/metrics");
+    assert_eq!(r.header("content-type"), Some(PROM));
+    assert!(!r.text().contains(" # {"), "{}", r.text());
+
+    plain.stop();
+    spans.stop();
+}
+
+#[test]
+fn writes_need_the_token_and_read_only_mode_refuses_them() {
+    let secured = Server::start_with(&[IDLE], &[], |c| {
+        c.env("TURNSTILE_TOKEN", "s3cret-token");
+    });
+    let ro = Server::start(&[IDLE], &["--read-only"]);
+    let ev = json!({"type": "go"});
+    let path = "/machines/idle/events";
+
+    let a = secured.addr;
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "Bearer s3cret-toke")],
+        vec![("Authorization", "Bearer s3cret-token-and-more")],
+        vec![("Authorization", "Basic czNjcmV0LXRva2Vu")],
+        vec![("Authorization", "s3cret-token")],
+    ] {
+        let r = post_json(a, path, &headers, &ev);
+        assert_error(&r, 401);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_error(&request(a, "POST", "/jobs", &[], b"{}"), 401);
+    let r = post_json(a, path, &[("Authorization", "Bearer s3cret-token")], &ev);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = post_json(a, path, &[("authorization", "bearer s3cret-token")], &ev);
+    assert_eq!(
+        r.status,
+        202,
+        "the scheme is case-insensitive: {}",
+        r.text()
+    );
+    // The durable job store comes later: the route is there, and says so.
+    let r = post_json(a, "/jobs", &[("Authorization", "Bearer s3cret-token")], &ev);
+    let v = assert_error(&r, 501);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("job store"),
+        "{v}"
+    );
+    // Reads stay open.
+    assert_eq!(get(a, "/stats").status, 200);
+    assert_eq!(get(a, "/machines/idle").status, 200);
+    let errs = get(a, "/errors?kind=bad_message").json();
+    assert!(
+        errs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("401")),
+        "refused writes show in /errors: {errs}"
+    );
+
+    let a = ro.addr;
+    let v = assert_error(&post_json(a, path, &[], &ev), 403);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{v}"
+    );
+    assert_error(&post_json(a, "/jobs", &[], &ev), 403);
+    assert_eq!(get(a, "/stats").status, 200);
+    assert_eq!(get(a, "/machines").status, 200);
+    assert!(get(a, "/").text().contains("read-only"));
+
+    secured.stop();
+    ro.stop();
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_show_in_errors() {
+    let s = Server::start(&[IDLE], &["--keep-serving"]);
+    let a = s.addr;
+    let ev = "/machines/idle/events";
+
+    // Paths and methods.
+    let v = assert_error(&get(a, "/nope"), 404);
+    assert!(v["error"]["message"].as_str().unwrap().contains("/nope"));
+    assert_error(&get(a, "/machines/nope"), 404);
+    assert_error(&get(a, "/machines/idle/other"), 404);
+    assert_error(
+        &post_json(a, "/machines/nope/events", &[], &json!({"type": "go"})),
+        404,
+    );
+    let r = request(a, "DELETE", "/stats", &[], b"");
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = get(a, ev);
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = request(a, "PUT", "/jobs", &[], b"");
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_error(&get(a, "/machines/%ff"), 400);
+
+    // Bodies.
+    let json_ct = [("Content-Type", "application/json")];
+    let r = request(a, "POST", ev, &json_ct, b"{\"type\": \"go\",\n oops}");
+    let v = assert_error(&r, 400);
+    assert_eq!(v["error"]["line"], 2, "{v}");
+    assert_eq!(v["error"]["column"], 2, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 column 2"),
+        "{v}"
+    );
+    let v = assert_error(&request(a, "POST", ev, &json_ct, b"{\"payload\": 1}"), 400);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("type"),
+        "{v}"
+    );
+    assert_error(&request(a, "POST", ev, &json_ct, b""), 400);
+    assert_error(&request(a, "POST", ev, &json_ct, b"[\"go\"]"), 400);
+    assert_error(&request(a, "POST", ev, &json_ct, b"{\"type\": 5}"), 400);
+    assert_error(
+        &request(
+            a,
+            "POST",
+            ev,
+            &json_ct,
+            b"{\"type\": \"go\", \"job_id\": []}",
+        ),
+        400,
+    );
+    assert_error(&request(a, "POST", ev, &json_ct, b"\xff\xfe\x00"), 400);
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let r = request(
+            a,
+            "POST",
+            ev,
+            &[("Content-Type", ct)],
+            b"{\"type\": \"go\"}",
+        );
+        assert_error(&r, 415);
+    }
+    for tp in [
+        "nope",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "",
+    ] {
+        let r = post_json(a, ev, &[("traceparent", tp)], &json!({"type": "go"}));
+        let v = assert_error(&r, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("traceparent"),
+            "{v}"
+        );
+    }
+    let r = request(
+        a,
+        "POST",
+        ev,
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", "2097152"),
+        ],
+        b"",
+    );
+    let v = assert_error(&r, 413);
+    assert_eq!(v["error"]["limit"], 1_048_576, "{v}");
+
+    // Queries.
+    for q in [
+        "/trace?limit=abc",
+        "/trace?limit=-1",
+        "/errors?limit=1e3",
+        "/trace?foo=1",
+        "/trace?machine=%zz",
+        "/trace?trace_id=xyz",
+        "/errors?kind=nope",
+        "/errors?limit=1&limit=2",
+    ] {
+        assert_error(&get(a, q), 400);
+    }
+    assert_eq!(
+        get(a, "/trace?limit=5000").status,
+        200,
+        "a large limit is cut"
+    );
+
+    // All of that is in /errors (newest first) and in the error counter.
+    let errs = get(a, "/errors?kind=bad_message&limit=1000").json();
+    let list = errs.as_array().unwrap();
+    assert!(list.len() >= 25, "{} records: {errs}", list.len());
+    for e in list {
+        for k in [
+            "timestamp",
+            "error_type",
+            "message",
+            "machine",
+            "state",
+            "event",
+            "trace_id",
+        ] {
+            assert!(e.get(k).is_some(), "no `{k}` in {e}");
+        }
+        assert_eq!(e["error_type"], "bad_message");
+    }
+    let stamps: Vec<&str> = list
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
+    let mut sorted = stamps.clone();
+    sorted.sort_unstable_by(|x, y| y.cmp(x));
+    assert_eq!(stamps, sorted, "newest first");
+    assert!(
+        list[0]["message"].as_str().unwrap().contains("/errors"),
+        "{}",
+        list[0]
+    );
+    assert_eq!(
+        get(a, "/errors?kind=bad_message&limit=2")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let for_idle = get(a, "/errors?machine=idle").json();
+    assert!(
+        !for_idle.as_array().unwrap().is_empty()
+            && for_idle
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["machine"] == "idle"),
+        "{for_idle}"
+    );
+    let metrics = get(a, "/metrics").text();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("turnstile_errors_total{") && l.contains("kind=\"bad_message\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(counted >= 25.0, "bad_message count {counted}:\n{metrics}");
+
+    // A stopped machine takes no events (409); with --keep-serving the sidecar stays up.
+    let r = post_json(a, ev, &[], &json!({"type": "stop"}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually("the machine stopped", || {
+        (get(a, "/machines/idle").json()["running"] == false).then_some(())
+    });
+    assert_error(&post_json(a, ev, &[], &json!({"type": "go"})), 409);
+    let r = get(a, "/readyz");
+    let v = assert_error(&r, 503);
+    assert_eq!(v["status"], "not ready", "{v}");
+    assert!(v["reasons"][0].as_str().unwrap().contains("idle"), "{v}");
+    let m = get(a, "/machines/idle").json();
+    assert_eq!(m["state"], "stopped", "{m}");
+    assert!(
+        m["context"].is_object(),
+        "the last context stays readable: {m}"
+    );
+    assert_eq!(get(a, "/healthz").status, 200);
+
+    s.stop();
+}
+
+#[test]
+fn a_huge_body_is_refused_without_being_read() {
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+    const TEN_MB: usize = 10 * 1024 * 1024;
+
+    // Declared: 413 before a single body byte is sent.
+    let mut c = connect(a);
+    write!(
+        c,
+        "POST /machines/idle/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {TEN_MB}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let r = parse(&raw);
+    assert_error(&r, 413);
+
+    // Streamed (chunked, no length): cut off at the limit while the client still writes.
+    let mut c = connect(a);
+    let mut w = c.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let writer = thread::spawn(move || {
+        let res = (|| -> std::io::Result<usize> {
+            w.write_all(
+                b"POST /machines/idle/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )?;
+            let chunk = vec![b' '; 64 * 1024];
+            let mut sent = 0;
+            while sent < TEN_MB {
+                w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                w.write_all(&chunk)?;
+                w.write_all(b"\r\n")?;
+                sent += chunk.len();
+            }
+            w.write_all(b"0\r\n\r\n")?;
+            Ok(sent)
+        })();
+        let _ = tx.send(());
+        res
+    });
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the server closes (or resets) the connection.
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let r = parse(&raw);
+    assert_error(&r, 413);
+    let _ = c.shutdown(Shutdown::Both);
+    let _ = rx.recv_timeout(LIMIT);
+    let sent = writer.join().unwrap();
+    assert!(
+        sent.is_err(),
+        "the server read all 10 MB instead of stopping at the limit"
+    );
+
+    assert_eq!(get(a, "/healthz").status, 200);
+    s.stop();
+}
+
+/// xorshift64*: reproducible garbage without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next().to_le_bytes()[0]).collect()
+    }
+}
+
+#[test]
+fn garbage_requests_do_not_hurt_the_server() {
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let fixed: Vec<Vec<u8>> = vec![
+        b"GET /stats HTTP/1.1\r\nHost: x".to_vec(),
+        b"GET /stats HTTP/1.1\r\nHost".to_vec(),
+        b"GET /\xff\xfe\xfd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /machines/\xc3\x28 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /machines/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"POST /machines/idle/events HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"ty".to_vec(),
+        b"POST /machines/idle/events HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        b"POST /machines/idle/events HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"
+            .to_vec(),
+        b"POST /machines/idle/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        b"GET /trace?limit=%ff HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        b"\r\n\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+        format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "b".repeat(500_000)).into_bytes(),
+    ];
+    let mut inputs = fixed;
+    while inputs.len() < 200 {
+        let n = usize::try_from(rng.next() % 2048).unwrap() + 1;
+        let mut b = rng.bytes(n);
+        // Some start like a request, so the parser gets further in.
+        if rng.next().is_multiple_of(2) {
+            let mut head = b"POST /machines/idle/events HTTP/1.1\r\n".to_vec();
+            head.append(&mut b);
+            b = head;
+        }
+        inputs.push(b);
+    }
+    let workers: Vec<_> = inputs
+        .chunks(25)
+        .map(<[Vec<u8>]>::to_vec)
+        .map(|batch| {
+            thread::spawn(move || {
+                for input in batch {
+                    let Ok(mut c) = TcpStream::connect_timeout(&a, IO_LIMIT) else {
+                        continue;
+                    };
+                    c.set_read_timeout(Some(IO_LIMIT)).unwrap();
+                    c.set_write_timeout(Some(IO_LIMIT)).unwrap();
+                    let _ = c.write_all(&input);
+                    let _ = c.shutdown(Shutdown::Write);
+                    let mut out = Vec::new();
+                    let _ = c.read_to_end(&mut out);
+                    // Whatever came back is an HTTP response, not a crash.
+                    if !out.is_empty() {
+                        assert!(
+                            out.starts_with(b"HTTP/1."),
+                            "{:?}",
+                            String::from_utf8_lossy(&out)
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(get(a, "/healthz").json(), json!({"status": "ok"}));
+    let r = post_json(a, "/machines/idle/events", &[], &json!({"type": "go"}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    s.stop();
+}
+
+/// A port `p` with `p` and `p + 1` both free (as far as a quick check can tell).
+fn free_pair() -> u16 {
+    for _ in 0..50 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free neighbouring ports");
+}
+
+#[test]
+fn a_taken_port_falls_back_to_the_next_unless_strict() {
+    let (_dir, paths) = configs(&[IDLE]);
+    let (_qdir, quick) = configs(&[QUICK]);
+
+    // Taken: serves on the next port.
+    let p = free_pair();
+    let _taken = TcpListener::bind(("127.0.0.1", p)).unwrap();
+    let listen = format!("127.0.0.1:{p}");
+    let mut proc = Proc::spawn(run_command(&paths, &["--listen", &listen]));
+    let addr = wait_listening(&mut proc);
+    assert_eq!(addr.port(), p + 1, "{}", proc.log());
+    assert!(
+        proc.stderr.iter().any(|l| l.contains("falls back")),
+        "the fallback is logged: {}",
+        proc.log()
+    );
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(get(addr, "/stats").json()["listen"], addr.to_string());
+    Server {
+        proc,
+        addr,
+        _dir: tempfile::tempdir().unwrap(),
+    }
+    .stop();
+
+    // Strict: a clear error, exit code 1, no machine started.
+    let mut proc = Proc::spawn(run_command(&paths, &["--listen", &listen, "--strict-port"]));
+    let (st, _) = proc.finish(LIMIT);
+    assert_eq!(st.code(), Some(1), "{}", proc.log());
+    let log = proc.log();
+    assert!(log.contains(&format!("cannot listen on {listen}")), "{log}");
+    assert!(log.contains("--strict-port"), "{log}");
+    assert!(!log.contains("machine started"), "{log}");
+
+    // Both taken: a clear error too.
+    let q = free_pair();
+    let _t1 = TcpListener::bind(("127.0.0.1", q)).unwrap();
+    let _t2 = TcpListener::bind(("127.0.0.1", q + 1)).unwrap();
+    let listen = format!("127.0.0.1:{q}");
+    let mut proc = Proc::spawn(run_command(&paths, &["--listen", &listen]));
+    let (st, _) = proc.finish(LIMIT);
+    assert_eq!(st.code(), Some(1), "{}", proc.log());
+    let log = proc.log();
+    assert!(log.contains(&format!("cannot listen on {listen}")), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{}", q + 1)), "{log}");
+
+    // --no-sidecar binds nothing, and a run that ends by itself still exits 0.
+    let mut proc = Proc::spawn(run_command(&quick, &["--listen", &listen, "--no-sidecar"]));
+    let (st, _) = proc.finish(LIMIT);
+    assert_eq!(st.code(), Some(0), "{}", proc.log());
+    assert!(!proc.log().contains("turnstile::sidecar"), "{}", proc.log());
+
+    // A bad address is a usage error.
+    let mut proc = Proc::spawn(run_command(&quick, &["--listen", "nowhere"]));
+    let (st, _) = proc.finish(LIMIT);
+    assert_eq!(st.code(), Some(2), "{}", proc.log());
+}
+
+#[test]
+fn a_run_that_ends_by_itself_exits_zero_with_the_sidecar_on() {
+    let (_dir, quick) = configs(&[QUICK]);
+    let mut proc = Proc::spawn(run_command(&quick, &["--listen", "127.0.0.1:0"]));
+    let (st, _) = proc.finish(LIMIT);
+    assert_eq!(st.code(), Some(0), "{}", proc.log());
+    let records = proc.records();
+    assert!(records
+        .iter()
+        .any(|j| field(j, "message") == "every machine reached a final state"));
+    assert!(records
+        .iter()
+        .any(|j| field(j, "message") == "sidecar stopped"));
+}
