@@ -527,7 +527,8 @@ fn writes_need_the_token_and_read_only_mode_refuses_them() {
     let secured = Server::start_with(&[IDLE], &[], |c| {
         c.env("TURNSTILE_TOKEN", "s3cret-token");
     });
-    let ro = Server::start(&[IDLE], &["--read-only"]);
+    // Read-only wins over a token: no write gets through.
+    let ro = Server::start(&[IDLE], &["--read-only", "--token", "t0ken"]);
     let ev = json!({"type": "go"});
     let path = "/machines/idle/events";
 
@@ -582,6 +583,10 @@ fn writes_need_the_token_and_read_only_mode_refuses_them() {
     );
 
     let a = ro.addr;
+    assert_error(
+        &post_json(a, path, &[("Authorization", "Bearer t0ken")], &ev),
+        403,
+    );
     let v = assert_error(&post_json(a, path, &[], &ev), 403);
     assert!(
         v["error"]["message"]

@@ -383,8 +383,15 @@ async fn machine(state: &State, name: &str) -> Result<Response<Body>, ApiError> 
     Ok(response::json(StatusCode::OK, &v))
 }
 
-/// Writes need the token when one is configured, and are off in read-only mode.
+/// Writes are off in read-only mode (403 for everyone), and need the token when one is
+/// configured (401).
 fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if state.read_only {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the sidecar runs in read-only mode (--read-only): writes are off",
+        ));
+    }
     if let Some(expected) = &state.token {
         let presented =
             request::bearer_token(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes));
@@ -398,12 +405,6 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, msg)
                 .header(WWW_AUTHENTICATE, "Bearer realm=\"turnstile\""));
         }
-    }
-    if state.read_only {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the sidecar runs in read-only mode (--read-only): writes are off",
-        ));
     }
     Ok(())
 }
