@@ -1,5 +1,7 @@
 //! Runtime semantics, end to end through the public API: real configs, real machines.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,8 @@
 //! (received by an OTLP receiver built from the official protobuf definitions), exemplars
 //! linking the two, and the `/trace` and `/errors` records.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::Write as _;

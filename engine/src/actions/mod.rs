@@ -67,7 +67,7 @@ impl Scope for ActionScope<'_> {
     fn root(&self, name: &str) -> Option<&Json> {
         match self.context.get(name) {
             Some(v) => Some(v),
-            None if name == "payload" => self.event.payload.as_ref(),
+            None if name == "payload" => self.event.payload.as_deref(),
             None => None,
         }
     }

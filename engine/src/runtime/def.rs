@@ -139,7 +139,9 @@ impl MachineDef {
 pub fn parse_timeout(event: &str) -> Option<Result<Duration, String>> {
     let inner = event.strip_prefix("timeout(")?.strip_suffix(')')?;
     Some(match inner.trim().parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 && s <= 31_536_000.0 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s.is_finite() && (0.0..=31_536_000.0).contains(&s) => {
+            Ok(Duration::from_secs_f64(s))
+        }
         Ok(s) => Err(format!(
             "timeout of {s} seconds is out of range (0 to 31536000)"
         )),

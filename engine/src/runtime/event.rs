@@ -24,8 +24,9 @@ pub enum Origin {
 pub struct Event {
     /// The event type, e.g. `new_job` or `timeout(5)`.
     pub name: Arc<str>,
-    /// JSON payload (`{"payload": ...}` of a statemachine-engine message).
-    pub payload: Option<Json>,
+    /// JSON payload (`{"payload": ...}` of a statemachine-engine message). Shared, so the
+    /// events an action returns carry it on without copying.
+    pub payload: Option<Arc<Json>>,
     /// The job this event is about, if any.
     pub job_id: Option<String>,
     /// The W3C trace context to continue (the sender's span), if any.
@@ -49,7 +50,7 @@ impl Event {
     /// Adds a payload.
     #[must_use]
     pub fn with_payload(mut self, payload: Json) -> Self {
-        self.payload = Some(payload);
+        self.payload = Some(Arc::new(payload));
         self
     }
 

@@ -121,7 +121,6 @@ pub struct Metrics {
     event_duration: Family<MachineL, ExemplarHistogram, fn() -> ExemplarHistogram>,
     action_duration: Family<ActionL, ExemplarHistogram, fn() -> ExemplarHistogram>,
     errors: Family<ErrorL, Counter>,
-    machine_state: Family<StateL, Gauge>,
     state_duration: Family<StateL, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultL, Counter>,
     pub(crate) plugin_info: Family<PluginL, Gauge>,
@@ -143,7 +142,6 @@ impl Metrics {
             event_duration: Family::new_with_constructor(fast_histogram),
             action_duration: Family::new_with_constructor(fast_histogram),
             errors: Family::default(),
-            machine_state: Family::default(),
             state_duration: Family::new_with_constructor(state_histogram),
             config_reloads: Family::default(),
             plugin_info: Family::default(),
@@ -183,11 +181,6 @@ impl Metrics {
             m.action_duration.clone(),
         );
         r.register("errors", "Errors, by machine and kind", m.errors.clone());
-        r.register(
-            "machine_state",
-            "1 for the state a machine is in, 0 for its other states",
-            m.machine_state.clone(),
-        );
         r.register_with_unit(
             "state_duration",
             "Time spent in a state before leaving it",
@@ -307,11 +300,6 @@ impl Metrics {
             machine: machine.clone(),
             state: s.clone(),
         };
-        let state = def
-            .states
-            .iter()
-            .map(|s| self.machine_state.get_or_create(&state_l(&s.name)).clone())
-            .collect();
         let state_duration = def
             .states
             .iter()
@@ -331,7 +319,6 @@ impl Metrics {
             action_kinds: kinds,
             actions,
             errors,
-            state,
             state_duration,
         }
     }
@@ -361,32 +348,18 @@ pub struct MachineMetrics {
     /// `[kind]` x [`ACTION_OUTCOMES`].
     actions: Vec<[ExemplarHistogram; 4]>,
     errors: [Counter; ErrorKind::ALL.len()],
-    state: Vec<Gauge>,
     state_duration: Vec<Histogram>,
 }
 
 impl MachineMetrics {
     /// A transition from `from` on `event_id`.
     #[inline]
-    pub fn transition(&self, from: usize, to: usize, event_id: usize, time_in_from: f64) {
+    pub fn transition(&self, from: usize, event_id: usize, time_in_from: f64) {
         if let Some(Some(c)) = self.transitions.get(from * self.n_events + event_id) {
             c.inc();
         }
-        if let Some(g) = self.state.get(from) {
-            g.set(0);
-        }
-        if let Some(g) = self.state.get(to) {
-            g.set(1);
-        }
         if let Some(h) = self.state_duration.get(from) {
             h.observe(time_in_from);
-        }
-    }
-
-    /// Marks the state a machine is in (at start).
-    pub fn enter(&self, state: usize) {
-        for (i, g) in self.state.iter().enumerate() {
-            g.set(i64::from(i == state));
         }
     }
 

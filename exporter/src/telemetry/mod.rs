@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use opentelemetry::KeyValue;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json};
 use turnstile_engine::observe::{
@@ -202,7 +203,11 @@ impl Telemetry {
 
     /// Records an error that belongs to no machine's event (bad requests, reloads, ...).
     pub fn report_error(&self, kind: ErrorKind, machine: Option<&str>, message: &str) {
-        self.metrics.global_error(kind);
+        let slot = machine.and_then(|m| self.slots().into_iter().rev().find(|s| &*s.name == m));
+        match slot {
+            Some(s) => s.metrics.error(kind),
+            None => self.metrics.global_error(kind),
+        }
         self.errors.push(ErrorRecord {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: kind.as_str(),
@@ -226,7 +231,7 @@ impl Telemetry {
                 trace_id.is_none_or(|t| r.trace_id.as_deref() == Some(t))
             }));
         }
-        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.sort_by_key(|r| std::cmp::Reverse(r.at));
         all.truncate(limit);
         all.iter().map(TraceRecord::to_json).collect()
     }
@@ -318,8 +323,9 @@ impl Telemetry {
     }
 }
 
-/// `turnstile_event_queue_depth`, read from the engine at scrape time (a machine stuck in a
-/// long action still shows its queue growing).
+/// `turnstile_event_queue_depth` and `turnstile_machine_state`, read from the engine at
+/// scrape time: a machine stuck in a long action still shows its queue growing, and the
+/// hot path pays nothing for them.
 #[derive(Debug)]
 struct QueueDepth(Arc<OnceLock<Engine>>);
 
@@ -338,11 +344,24 @@ impl prometheus_client::collector::Collector for QueueDepth {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for m in engine.status() {
-            let g: prometheus_client::metrics::gauge::Gauge = Default::default();
-            g.set(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
+        let status = engine.status();
+        for m in &status {
+            let g = ConstGauge::new(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
             let labels = [("machine", &*m.name)];
             g.encode(me.encode_family(&labels)?)?;
+        }
+        let mut me = encoder.encode_descriptor(
+            "machine_state",
+            "1 for the state a machine is in, 0 for its other states",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for m in &status {
+            for s in &m.def.states {
+                let g = ConstGauge::new(i64::from(s.name == m.state));
+                let labels = [("machine", &*m.name), ("state", &*s.name)];
+                g.encode(me.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -390,7 +409,6 @@ impl Observer for Telemetry {
             }),
             trace: Ring::new(self.config.trace_buffer),
         });
-        slot.metrics.enter(s.id);
         self.machines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -450,7 +468,10 @@ impl Observer for Telemetry {
             return;
         };
         slot.metrics
-            .transition(r.from.id, r.to.id, r.event_id, r.time_in_from.as_secs_f64());
+            .transition(r.from.id, r.event_id, r.time_in_from.as_secs_f64());
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            return;
+        }
         let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
         live.state = r.to.id;
         if let Some(span) = live.event.as_ref().and_then(|e| e.span.as_ref()) {
@@ -549,12 +570,19 @@ impl Observer for Telemetry {
         let Some(slot) = self.slot(&r.machine) else {
             return;
         };
-        slot.processed.fetch_add(1, Ordering::Relaxed);
+        // Only this machine's task writes these: a plain load and store, no locked add.
         let ns = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
-        slot.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        slot.processed.store(
+            slot.processed.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        slot.busy_ns.store(
+            slot.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
+            Ordering::Relaxed,
+        );
         let outcome = event_outcome_index(r.outcome);
         let transitioned = r.outcome == EventOutcome::Transitioned;
-        let seconds = transitioned.then(|| r.duration.as_secs_f64());
+        let seconds = transitioned.then_some(r.duration.as_secs_f64());
         if self.config.trace_buffer == 0 && self.spans.is_none() {
             slot.metrics.event(r.event_id, outcome, seconds, None);
             return;

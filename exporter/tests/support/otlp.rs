@@ -1,7 +1,7 @@
 //! A minimal OTLP/HTTP trace receiver built from the official protobuf definitions
 //! (`opentelemetry-proto`): it decodes `ExportTraceServiceRequest` bodies posted to
 //! `/v1/traces` and keeps the spans for assertions.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -67,7 +67,7 @@ impl Action for SendEvent {
         let name = self.event_type.render_string(&scope).into_owned();
         let mut ev = Event::new(name);
         if let Some(p) = &self.payload {
-            ev.payload = Some(p.render(&scope));
+            ev.payload = Some(Arc::new(p.render(&scope)));
         }
         // As statemachine-engine: the job id is the current job's, unless given.
         ev.job_id = match &self.job_id {

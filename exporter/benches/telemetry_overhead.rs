@@ -1,0 +1,141 @@
+//! `telemetry_overhead`: what observing costs. The ping-pong machine of
+//! `engine_throughput/external` (one transition per external event, one thread), run
+//! with:
+//!
+//! * `none`: no observer;
+//! * `metrics`: the Prometheus metrics only (no `/trace` records, no spans);
+//! * `metrics_records`: metrics and the `/trace` ring buffer (what `turnstile run` does
+//!   without an OTLP endpoint);
+//! * `metrics_spans`: metrics, records and a span per event at 100% sampling, exported
+//!   over OTLP/HTTP to a receiver in this process (it decodes every request with
+//!   `opentelemetry-proto`, so the export does real work on the same two cores).
+//!
+//! Run: `cargo bench -p turnstile-exporter --bench telemetry_overhead -- --noplot`.
+
+#[path = "../tests/support/otlp.rs"]
+mod otlp;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, Observer};
+use turnstile_exporter::telemetry::spans::SpanSettings;
+use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
+
+fn load(file: &str) -> Arc<MachineDef> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench")
+        .join(file);
+    let loaded = config::load_path(&path, &ActionRegistry::with_builtins());
+    match loaded.def {
+        Some(def) => def,
+        None => panic!("{} does not load: {:?}", path.display(), loaded.diagnostics),
+    }
+}
+
+fn transitions(engine: &Engine, name: &str) -> u64 {
+    engine.machine(name).expect("machine").transitions
+}
+
+async fn produce(engine: Engine, name: Arc<str>, go: Arc<str>, n: u64, base: u64) {
+    for _ in 0..n {
+        engine
+            .send(&name, Event::new(go.clone()))
+            .await
+            .expect("the machine accepts events");
+    }
+    while transitions(&engine, &name) < base + n {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn variant(c: &mut Criterion, label: &str, observer: Option<Arc<dyn Observer>>) {
+    let def = load("pingpong_external.yaml");
+    let name = def.name.clone();
+    let go: Arc<str> = Arc::from("go");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut b = Engine::builder();
+    if let Some(o) = observer {
+        b = b.observer(o);
+    }
+    let engine = b.build();
+    rt.block_on(async { engine.spawn(def) }).expect("spawn");
+    let mut g = c.benchmark_group("telemetry_overhead");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(label, |bch| {
+        bch.iter_custom(|iters| {
+            rt.block_on(async {
+                let base = transitions(&engine, &name);
+                let t0 = Instant::now();
+                tokio::spawn(produce(
+                    engine.clone(),
+                    name.clone(),
+                    go.clone(),
+                    iters,
+                    base,
+                ))
+                .await
+                .expect("producer");
+                t0.elapsed()
+            })
+        });
+    });
+    g.finish();
+    engine.shutdown();
+    rt.block_on(engine.join());
+}
+
+fn all(c: &mut Criterion) {
+    variant(c, "none", None);
+    let metrics = Telemetry::new(TelemetryConfig {
+        trace_buffer: 0,
+        ..TelemetryConfig::default()
+    })
+    .expect("telemetry");
+    variant(c, "metrics", Some(metrics));
+    let records = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
+    variant(c, "metrics_records", Some(records));
+    let receiver = otlp::Receiver::start();
+    let spans = Telemetry::new(TelemetryConfig {
+        spans: Some(SpanSettings {
+            endpoint: Some(receiver.endpoint()),
+            scheduled_delay: Duration::from_millis(200),
+            max_queue_size: 65_536,
+            ..SpanSettings::default()
+        }),
+        ..TelemetryConfig::default()
+    })
+    .expect("telemetry");
+    variant(c, "metrics_spans", Some(spans.clone()));
+    spans.shutdown();
+    let rendered = spans.render_metrics(false);
+    let get = |name: &str| {
+        rendered
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    eprintln!(
+        "metrics_spans: spans exported {}, dropped {}, received {}",
+        get("turnstile_spans_exported_total"),
+        get("turnstile_spans_dropped_total"),
+        receiver.spans().len()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(30);
+    targets = all
+}
+criterion_main!(benches);
