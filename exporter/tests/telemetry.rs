@@ -121,6 +121,7 @@ async fn metrics_cover_the_design_table_and_pass_promtool() {
         "turnstile_machine_state",
         "turnstile_state_duration_seconds_bucket",
         "turnstile_event_queue_depth",
+        "turnstile_state_entered_timestamp_seconds",
         "turnstile_config_reloads_total",
         "turnstile_plugin_info",
         "turnstile_spans_dropped_total",

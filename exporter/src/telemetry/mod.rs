@@ -351,6 +351,20 @@ impl prometheus_client::collector::Collector for QueueDepth {
             g.encode(me.encode_family(&labels)?)?;
         }
         let mut me = encoder.encode_descriptor(
+            "state_entered_timestamp",
+            "When a machine entered its current state, Unix time",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for m in &status {
+            let t = m
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let labels = [("machine", &*m.name)];
+            ConstGauge::new(t).encode(me.encode_family(&labels)?)?;
+        }
+        let mut me = encoder.encode_descriptor(
             "machine_state",
             "1 for the state a machine is in, 0 for its other states",
             None,
