@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Durations are read from the TSC (a few nanoseconds) rather than `clock_gettime`.
 use quanta::Instant;
@@ -55,21 +55,6 @@ pub(crate) struct Shared {
 pub(crate) enum Control {
     /// Reply with the current state and context.
     Snapshot(oneshot::Sender<(usize, Map<String, Json>)>),
-}
-
-/// Wall-clock milliseconds for "in this state since". The coarse clock (a few ms of
-/// resolution) costs a few nanoseconds instead of a full clock read on every transition.
-fn now_ms() -> u64 {
-    use nix::time::{clock_gettime, ClockId};
-    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
-        Ok(ts) => {
-            let ms = ts.tv_sec() * 1000 + ts.tv_nsec() / 1_000_000;
-            u64::try_from(ms).unwrap_or(0)
-        }
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-    }
 }
 
 struct Waiting {
@@ -176,7 +161,9 @@ impl Machine {
 
     /// Runs the machine until it reaches a final state or the engine shuts down.
     pub(crate) async fn run(mut self) {
-        self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared
+            .since_ms
+            .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
             self.entered = Some(Instant::now());
             o.machine_started(self.mref(), self.sref(self.state));
@@ -335,7 +322,9 @@ impl Machine {
         self.state = to;
         self.shared.state.store(to, Ordering::Relaxed);
         self.shared.transitions.fetch_add(1, Ordering::Relaxed);
-        self.shared.since_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared
+            .since_ms
+            .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
             let now = Instant::now();
             o.transition(&TransitionReport {

@@ -443,14 +443,19 @@ impl Observer for Telemetry {
         if !want_record && self.spans.is_none() {
             return None;
         }
-        let at = SystemTime::now();
+        // Records alone need only a millisecond timestamp; spans a precise one.
+        let at = if self.spans.is_some() {
+            SystemTime::now()
+        } else {
+            records::coarse_now()
+        };
         let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        let from = slot
-            .states
-            .get(live.state)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(""));
         let span = self.spans.as_ref().and_then(|sp| {
+            let from = slot
+                .states
+                .get(live.state)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""));
             let mut attrs = vec![
                 KeyValue::new("turnstile.machine", slot.name.to_string()),
                 KeyValue::new("turnstile.event", event.name.to_string()),
@@ -483,7 +488,8 @@ impl Observer for Telemetry {
         };
         slot.metrics
             .transition(r.from.id, r.event_id, r.time_in_from.as_secs_f64());
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
+        // The current state is only needed for the next span's `turnstile.state.from`.
+        if self.spans.is_none() {
             return;
         }
         let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -652,8 +658,16 @@ impl Observer for Telemetry {
                 at,
                 event: r.event.name.clone(),
                 machine: slot.name.clone(),
-                from: Arc::from(r.from.name),
-                to: Arc::from(r.to.name),
+                from: slot
+                    .states
+                    .get(r.from.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(r.from.name)),
+                to: slot
+                    .states
+                    .get(r.to.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(r.to.name)),
                 duration_ms: r.duration.as_secs_f64() * 1e3,
                 outcome: r.outcome.as_str(),
                 trace_id: trace.map(|t| t.trace_id_hex()),

@@ -102,6 +102,8 @@ pub struct TraceRecord {
     pub actions: Vec<ActionRecord>,
 }
 
+pub use turnstile_engine::runtime::clock::coarse_now;
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
