@@ -104,7 +104,7 @@ impl<'a> Params<'a> {
             Json::Bool(b) => Some(b.to_string()),
             Json::Null => None,
             other => {
-                let t = type_name(other);
+                let t = json_type_name(other);
                 self.error(
                     key,
                     format!("`{key}` must be a string, found {t}"),
@@ -187,7 +187,7 @@ impl<'a> Params<'a> {
                 }
             },
             Some(other) => {
-                let t = type_name(other);
+                let t = json_type_name(other);
                 self.error(
                     key,
                     format!("`{key}` must be a number of seconds, found {t}"),
@@ -263,7 +263,8 @@ impl<'a> Params<'a> {
     }
 }
 
-fn type_name(v: &Json) -> &'static str {
+/// A JSON value's kind in words, for error messages ("found a list").
+pub fn json_type_name(v: &Json) -> &'static str {
     match v {
         Json::Null => "null",
         Json::Bool(_) => "a boolean",

@@ -7,6 +7,7 @@ use serde_json::{Map, Value as Json};
 
 use super::diag::{suggest, Diagnostics};
 use super::yaml::{Loc, Node, Value};
+use crate::actions::params::json_type_name;
 
 /// A string with the place it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,7 +304,10 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
                 other => d.error(
                     "wrong-type",
                     v.loc,
-                    format!("`context` must be a mapping, found {}", json_type(&other)),
+                    format!(
+                        "`context` must be a mapping, found {}",
+                        json_type_name(&other)
+                    ),
                     Some("write the initial context as `key: value` pairs".into()),
                 ),
             },
@@ -340,17 +344,6 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
         }
     };
     spec
-}
-
-fn json_type(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "a mapping",
-    }
 }
 
 fn read_events(d: &mut Diagnostics, v: &Node, out: &mut Vec<EventSpec>) {

@@ -18,22 +18,12 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use crate::actions::params::json_type_name;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
 use crate::runtime::template::JsonTemplate;
 
 /// The list key when none is given (statemachine-engine's default).
 const DEFAULT_LIST_KEY: &str = "items";
-
-fn json_type(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "a mapping",
-    }
-}
 
 /// Reads a context key parameter: a non-empty string, or `default` when it is not given.
 /// `None` (with the error recorded) when it is given but unusable.
@@ -57,7 +47,7 @@ fn key_param(p: &mut Params<'_>, key: &'static str, default: Option<&str>) -> Op
 fn not_a_list(kind: &str, key: &str, found: &Json) -> String {
     format!(
         "`{kind}`: context key `{key}` holds {}, not a list",
-        json_type(found)
+        json_type_name(found)
     )
 }
 
