@@ -1,0 +1,811 @@
+//! End to end with real tools: Debian's Prometheus scrapes the running `turnstile` binary
+//! and an OTLP receiver built from the official protobuf definitions (`opentelemetry-proto`,
+//! `tests/support/otlp.rs`) receives its spans.
+//!
+//! A controller and a worker machine exchange events for ever through `send_event`: the
+//! controller waits 0.2 s (`timeout(0.2)`, which starts a new trace), sends `task` to the
+//! worker, which sleeps 0.1 s, runs a `bash` check (every other round fails with exit 3)
+//! and answers `task_completed` or `task_failed`. One round is also started over HTTP with
+//! a `traceparent` header, so one trace can be followed across both machines.
+//!
+//! Checked: Prometheus's query API shows `up` = 1, the transition counters rising and the
+//! action errors; the exemplars Prometheus stored (OpenMetrics scrape with
+//! `--enable-feature=exemplar-storage`) name spans the receiver got; the received spans
+//! have the design's names, attributes and parent links, and the POSTed trace crosses
+//! both machines. Both processes are killed when the test ends, however it ends.
+//!
+//! Needs `prometheus` on `PATH` (`.ci/install.sh` installs Debian's package).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{field, turnstile, Proc};
+use serde_json::{json, Value as Json};
+use support::otlp::{Receiver, RecvSpan};
+
+/// Generous: Prometheus's first scrape takes several seconds, and the machine may share
+/// its two cores with builds and other tests.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Time limit of one HTTP exchange.
+const IO_LIMIT: Duration = Duration::from_secs(20);
+
+/// The trace the test starts over HTTP (the parent span id changes per attempt).
+const TRACE_ID: &str = "5d1e7c0ffee0ba5eba11c0de00000001";
+
+const CONTROLLER: &str = r#"
+metadata: {machine_name: controller}
+initial_state: parked
+states: [parked, idle, dispatching, waiting, idle_bad, dispatching_bad, waiting_bad]
+transitions:
+  # The first round is started over HTTP, with a traceparent.
+  - {from: parked, to: dispatching, event: start}
+  # Then a timer starts each round; a timer event carries no trace context, so every
+  # round is a trace of its own.
+  - {from: idle, to: dispatching, event: "timeout(0.2)"}
+  - {from: dispatching, to: waiting, event: event_sent}
+  - {from: waiting, to: idle_bad, event: task_completed}
+  - {from: waiting, to: idle_bad, event: task_failed}
+  - {from: idle_bad, to: dispatching_bad, event: "timeout(0.2)"}
+  - {from: dispatching_bad, to: waiting_bad, event: event_sent}
+  - {from: waiting_bad, to: idle, event: task_completed}
+  - {from: waiting_bad, to: idle, event: task_failed}
+actions:
+  dispatching:
+    - {type: send_event, target_machine: worker, event_type: task, payload: {kind: good}}
+  dispatching_bad:
+    - {type: send_event, target_machine: worker, event_type: task, payload: {kind: bad}}
+"#;
+
+const WORKER: &str = r#"
+metadata: {machine_name: worker}
+initial_state: idle
+states: [idle, working, checking, reporting, failed]
+transitions:
+  - {from: idle, to: working, event: task}
+  - {from: working, to: checking, event: wake_up}
+  - {from: checking, to: reporting, event: job_done}
+  - {from: checking, to: failed, event: error}
+  - {from: [reporting, failed], to: idle, event: event_sent}
+actions:
+  working:
+    - {type: sleep, duration: 0.1}
+  checking:
+    - type: bash
+      command: "echo checking {payload.kind}; test {payload.kind} != bad || (echo broken >&2; exit 3)"
+  reporting:
+    - {type: send_event, target_machine: controller, event_type: task_completed}
+  failed:
+    - {type: send_event, target_machine: controller, event_type: task_failed}
+"#;
+
+// --- a tiny HTTP/1.1 client -----------------------------------------------------------
+
+/// Sends one request (`Connection: close`) and returns the status and the body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body);
+    let mut s = TcpStream::connect_timeout(&addr, IO_LIMIT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(IO_LIMIT)).unwrap();
+    s.set_write_timeout(Some(IO_LIMIT)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .unwrap_or_else(|e| panic!("reading the answer to {method} {target} from {addr}: {e}"));
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&resp)));
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head}"));
+    let mut body = resp[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size_field = String::from_utf8_lossy(&b[..eol]).into_owned();
+        let size = usize::from_str_radix(size_field.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..start + size]);
+        b = &b[start + size + 2..];
+    }
+    out
+}
+
+/// Percent-encodes a query parameter value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A GET whose answer must be 200 with a JSON body.
+fn get_json(addr: SocketAddr, target: &str) -> Json {
+    let (status, body) = http(addr, "GET", target, &[], "");
+    assert_eq!(status, 200, "GET {target}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: not JSON ({e}): {body}"))
+}
+
+/// Polls `f` until it returns `Some` or `LIMIT` passes; `what` and `last` (called on
+/// timeout) explain the failure.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>, last: impl Fn() -> String) -> T {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {LIMIT:?} waiting for {what}; {}",
+            last()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+// --- Prometheus -----------------------------------------------------------------------
+
+/// A running Prometheus, killed when dropped (also when the test panics).
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` every second, with its storage in `dir`, and
+    /// waits until it is ready. A port taken between choosing it and binding it is
+    /// retried with another.
+    fn start(dir: &Path, target: SocketAddr) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        for attempt in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let log = dir.join(format!("prometheus-{attempt}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--enable-feature=exemplar-storage")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .expect(
+                    "prometheus is installed (.ci/install.sh installs Debian's prometheus package)",
+                );
+            let mut p = Prometheus { child, addr, log };
+            if p.wait_ready() {
+                return p;
+            }
+            let text = p.log_text();
+            assert!(
+                text.contains("address already in use"),
+                "prometheus did not start:\n{text}"
+            );
+        }
+        panic!("prometheus found no free port in 3 attempts");
+    }
+
+    /// Waits for `/-/ready`; false when the process exited first.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
+                && http(self.addr, "GET", "/-/ready", &[], "").0 == 200
+            {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "prometheus not ready within {LIMIT:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `data` of an API answer, after checking `status` is `success`.
+    fn api(&self, target: &str) -> Json {
+        let v = get_json(self.addr, target);
+        assert_eq!(v["status"], "success", "{target}: {v}");
+        v["data"].clone()
+    }
+
+    /// The value of an instant query's only sample, if there is one.
+    fn scalar(&self, promql: &str) -> Option<f64> {
+        let data = self.api(&format!("/api/v1/query?query={}", enc(promql)));
+        let result = data["result"].as_array()?;
+        assert!(result.len() <= 1, "{promql}: more than one series: {data}");
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- the machines ---------------------------------------------------------------------
+
+/// `turnstile run` on the two configs, its sidecar on a free port, spans to `otlp`.
+fn start_turnstile(dir: &Path, otlp: &Receiver) -> (Proc, SocketAddr) {
+    let mut paths = Vec::new();
+    for (name, yaml) in [("controller.yaml", CONTROLLER), ("worker.yaml", WORKER)] {
+        let p = dir.join(name);
+        std::fs::write(&p, yaml).unwrap();
+        paths.push(p.display().to_string());
+    }
+    // Without a path the endpoint gets `/v1/traces` appended.
+    let endpoint = format!("http://127.0.0.1:{}", otlp.port);
+    let mut args = vec!["run", paths[0].as_str(), paths[1].as_str()];
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        endpoint.as_str(),
+    ]);
+    let mut cmd = turnstile(&args);
+    for k in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_SDK_DISABLED",
+        "OTEL_SERVICE_NAME",
+        "TURNSTILE_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    let mut proc = Proc::spawn(cmd);
+    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let addr: SocketAddr = field(&rec, "addr").parse().unwrap();
+    let started = std::cell::Cell::new(0);
+    proc.wait_for("both machines started", LIMIT, |j| {
+        if field(j, "message") == "machine started" {
+            started.set(started.get() + 1);
+        }
+        started.get() == 2
+    });
+    (proc, addr)
+}
+
+/// The parent span id of the `traceparent` the test sends.
+const PARENT_SPAN: &str = "00000000a11ce001";
+
+/// POSTs `start` with a `traceparent` of [`TRACE_ID`]: the parked controller starts the
+/// first round, and the event is in `/trace` with that trace id.
+fn start_traced_round(sidecar: SocketAddr) {
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN}-01");
+    let (status, body) = http(
+        sidecar,
+        "POST",
+        "/machines/controller/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", &traceparent),
+        ],
+        &json!({"type": "start", "job_id": "traced-1"}).to_string(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let v: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["trace_id"], TRACE_ID, "{v}");
+    let target = format!("/trace?machine=controller&trace_id={TRACE_ID}");
+    let rec = eventually(
+        "the POSTed `start` in /trace",
+        || {
+            let recs = get_json(sidecar, &target);
+            recs.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["event"] == "start")
+                .cloned()
+        },
+        || format!("{}", get_json(sidecar, "/trace?machine=controller")),
+    );
+    assert_eq!(rec["data"]["outcome"], "transitioned", "{rec}");
+    assert_eq!(rec["data"]["from"], "parked", "{rec}");
+    assert_eq!(rec["data"]["to"], "dispatching", "{rec}");
+    assert_eq!(rec["data"]["job_id"], "traced-1", "{rec}");
+}
+
+// --- span checks ----------------------------------------------------------------------
+
+fn by_id(spans: &[RecvSpan]) -> HashMap<&str, &RecvSpan> {
+    spans.iter().map(|s| (s.span_id.as_str(), s)).collect()
+}
+
+fn is_action(s: &RecvSpan) -> bool {
+    s.name.starts_with("action ")
+}
+
+/// Names and attributes of every span, the parent of every action span, and the links
+/// between the machines, for spans in `early` whose relatives must be in `all` (a
+/// snapshot taken later: an action's event span ends just after the action does and may
+/// come in the next export batch).
+fn check_spans(early: &[RecvSpan], all: &[RecvSpan]) {
+    let index = by_id(all);
+    for s in early {
+        assert!(
+            s.resource
+                .iter()
+                .any(|(k, v)| k == "service.name" && v == "turnstile"),
+            "{s:#?}"
+        );
+        if is_action(s) {
+            let kind = s.attr("turnstile.action.type").unwrap_or_default();
+            assert_eq!(s.name, format!("action {kind}"), "{s:#?}");
+            let parent = index
+                .get(s.parent_span_id.as_str())
+                .unwrap_or_else(|| panic!("the parent of {s:#?} was not received"));
+            assert!(
+                !is_action(parent),
+                "an action's parent is its event: {parent:#?}"
+            );
+            assert_eq!(parent.trace_id, s.trace_id);
+            continue;
+        }
+        let machine = s.attr("turnstile.machine").unwrap_or_default();
+        let event = s.attr("turnstile.event").unwrap_or_default();
+        assert!(machine == "controller" || machine == "worker", "{s:#?}");
+        assert_eq!(s.name, format!("{machine} {event}"), "{s:#?}");
+        for key in [
+            "turnstile.state.from",
+            "turnstile.state.to",
+            "turnstile.outcome",
+        ] {
+            assert!(
+                s.attr(key).is_some_and(|v| !v.is_empty()),
+                "no {key} in {s:#?}"
+            );
+        }
+        // Events sent by the other machine are children of its `send_event` action.
+        let sent_by_other = matches!(
+            (machine, event),
+            ("worker", "task") | ("controller", "task_completed" | "task_failed")
+        );
+        if sent_by_other && s.attr("turnstile.outcome") == Some("transitioned") {
+            let parent = index
+                .get(s.parent_span_id.as_str())
+                .unwrap_or_else(|| panic!("the parent of {s:#?} was not received"));
+            assert_eq!(
+                parent.name, "action send_event",
+                "{s:#?}\nparent {parent:#?}"
+            );
+            let sender = index
+                .get(parent.parent_span_id.as_str())
+                .and_then(|p| p.attr("turnstile.machine"));
+            assert_ne!(sender, Some(machine), "{s:#?} sent by itself?");
+            assert_eq!(parent.trace_id, s.trace_id);
+        }
+        // A round started by the controller's timer is the root of its trace.
+        if machine == "controller" && event == "timeout(0.2)" {
+            assert!(s.parent_span_id.is_empty(), "{s:#?}");
+        }
+    }
+}
+
+/// The spans of the POSTed trace: the controller's `start`, its `send_event`, the worker's
+/// `task` under it and everything after, back to the controller, in one trace.
+fn check_traced_round(all: &[RecvSpan]) {
+    let trace: Vec<&RecvSpan> = all.iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    let names = || trace.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    let start = trace
+        .iter()
+        .find(|s| {
+            s.name == "controller start" && s.attr("turnstile.outcome") == Some("transitioned")
+        })
+        .unwrap_or_else(|| panic!("no transitioned `controller start` in {:?}", names()));
+    assert_eq!(
+        start.parent_span_id, PARENT_SPAN,
+        "`controller start` continues the POSTed traceparent: {start:#?}"
+    );
+    assert_eq!(start.attr("turnstile.state.from"), Some("parked"));
+    assert_eq!(start.attr("turnstile.state.to"), Some("dispatching"));
+    assert_eq!(start.attr("turnstile.job.id"), Some("traced-1"));
+    let send = trace
+        .iter()
+        .find(|s| s.name == "action send_event" && s.parent_span_id == start.span_id)
+        .unwrap_or_else(|| panic!("no send_event under `controller start`: {:?}", names()));
+    let task = trace
+        .iter()
+        .find(|s| s.name == "worker task")
+        .unwrap_or_else(|| panic!("the worker's `task` is not in the trace: {:?}", names()));
+    assert_eq!(task.parent_span_id, send.span_id, "{task:#?}");
+    assert_eq!(task.attr("turnstile.machine"), Some("worker"));
+    assert_eq!(task.attr("turnstile.state.from"), Some("idle"));
+    assert_eq!(task.attr("turnstile.state.to"), Some("working"));
+    let wake = trace
+        .iter()
+        .find(|s| s.name == "worker wake_up")
+        .unwrap_or_else(|| panic!("no `worker wake_up` in {:?}", names()));
+    assert_eq!(
+        wake.parent_span_id, task.span_id,
+        "a returned event is a child"
+    );
+    assert!(trace
+        .iter()
+        .any(|s| s.name == "action bash" && s.parent_span_id == wake.span_id));
+    let answer = trace
+        .iter()
+        .find(|s| s.name == "controller task_completed" || s.name == "controller task_failed")
+        .unwrap_or_else(|| panic!("the answer to the controller is not in {:?}", names()));
+    let answer_parent = trace
+        .iter()
+        .find(|s| s.span_id == answer.parent_span_id)
+        .unwrap_or_else(|| panic!("the answer's parent is not in the trace: {answer:#?}"));
+    assert_eq!(answer_parent.name, "action send_event");
+    let machines: BTreeSet<&str> = trace
+        .iter()
+        .filter_map(|s| s.attr("turnstile.machine"))
+        .collect();
+    assert_eq!(machines, BTreeSet::from(["controller", "worker"]));
+}
+
+/// A failing `bash` span with error status and its event span marked failed.
+fn check_errors(all: &[RecvSpan]) {
+    let index = by_id(all);
+    let bash = all
+        .iter()
+        .find(|s| s.name == "action bash" && s.status == "STATUS_CODE_ERROR")
+        .expect("a failed bash action span");
+    assert_eq!(bash.attr("error.type"), Some("error"), "{bash:#?}");
+    assert!(
+        bash.events.iter().any(|(name, attrs)| name == "exception"
+            && attrs
+                .iter()
+                .any(|(k, v)| k == "exception.message" && v.contains("broken"))),
+        "{bash:#?}"
+    );
+    let event = index
+        .get(bash.parent_span_id.as_str())
+        .expect("the failed action's event span");
+    assert_eq!(event.name, "worker wake_up");
+    assert_eq!(event.status, "STATUS_CODE_ERROR", "{event:#?}");
+    assert_eq!(event.attr("error.type"), Some("action"));
+    assert_eq!(event.attr("turnstile.state.to"), Some("checking"));
+}
+
+// --- the test -------------------------------------------------------------------------
+
+#[test]
+fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let (mut turnstile, sidecar) = start_turnstile(dir.path(), &receiver);
+    let since = unix_now();
+    let prom = Prometheus::start(dir.path(), sidecar);
+    start_traced_round(sidecar);
+
+    // Prometheus scrapes the sidecar (OpenMetrics; the first scrape takes a few seconds).
+    let up = r#"up{job="turnstile"}"#;
+    eventually(
+        "up = 1 in Prometheus",
+        || (prom.scalar(up)? == 1.0).then_some(()),
+        || {
+            format!(
+                "targets: {}\nlog:\n{}",
+                prom.api("/api/v1/targets"),
+                prom.log_text()
+            )
+        },
+    );
+    // The transition counters rise between two scrapes a few seconds apart.
+    let total = r#"sum(turnstile_transitions_total{job="turnstile"})"#;
+    let first = eventually("a transition count", || prom.scalar(total), String::new);
+    let t0 = Instant::now();
+    let later = eventually(
+        "the transition count to rise",
+        || {
+            let v = prom.scalar(total)?;
+            (t0.elapsed() >= Duration::from_secs(3) && v > first).then_some(v)
+        },
+        || format!("first {first}, now {:?}", prom.scalar(total)),
+    );
+    assert!(later > first);
+    // Every other round fails in `bash`: Prometheus sees the errors too.
+    let errors = r#"sum(turnstile_errors_total{job="turnstile",machine="worker",kind="action"})"#;
+    eventually(
+        "action errors in Prometheus",
+        || (prom.scalar(errors)? >= 1.0).then_some(()),
+        || format!("{:?}", prom.scalar(errors)),
+    );
+    // Both machines are in some state: exactly one state series at 1 per machine.
+    let in_state = r#"sum by (machine) (turnstile_machine_state{job="turnstile"})"#;
+    let data = prom.api(&format!("/api/v1/query?query={}", enc(in_state)));
+    let per_machine: Vec<(String, String)> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"]["machine"].as_str().unwrap().to_owned(),
+                r["value"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_machine
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["controller", "worker"]),
+        "{data}"
+    );
+    assert!(per_machine.iter().all(|(_, v)| v == "1"), "{data}");
+
+    // Exemplars stored by Prometheus, for event and action durations.
+    let mut exemplars: Vec<(String, String, String)> = Vec::new();
+    for family in [
+        "turnstile_event_duration_seconds_bucket",
+        "turnstile_action_duration_seconds_bucket",
+    ] {
+        let target = |end: f64| {
+            format!(
+                "/api/v1/query_exemplars?query={}&start={:.3}&end={:.3}",
+                enc(&format!(r#"{family}{{job="turnstile"}}"#)),
+                since - 60.0,
+                end
+            )
+        };
+        let found = eventually(
+            &format!("exemplars of {family}"),
+            || {
+                let data = prom.api(&target(unix_now() + 60.0));
+                let mut out = Vec::new();
+                for series in data.as_array().unwrap() {
+                    for e in series["exemplars"].as_array().unwrap() {
+                        out.push((
+                            family.to_owned(),
+                            e["labels"]["trace_id"].as_str().unwrap_or("").to_owned(),
+                            e["labels"]["span_id"].as_str().unwrap_or("").to_owned(),
+                        ));
+                    }
+                }
+                (!out.is_empty()).then_some(out)
+            },
+            || format!("{}", prom.api(&target(unix_now() + 60.0))),
+        );
+        exemplars.extend(found);
+    }
+    for (family, trace_id, span_id) in &exemplars {
+        assert_eq!(trace_id.len(), 32, "{family}: {trace_id}");
+        assert_eq!(span_id.len(), 16, "{family}: {span_id}");
+    }
+
+    // Every exemplar names a span the receiver got (spans go out in batches every second).
+    let spans = receiver.wait_for(LIMIT, |spans| {
+        let ids: BTreeSet<(&str, &str)> = spans
+            .iter()
+            .map(|s| (s.trace_id.as_str(), s.span_id.as_str()))
+            .collect();
+        exemplars
+            .iter()
+            .all(|(_, t, s)| ids.contains(&(t.as_str(), s.as_str())))
+            && spans.iter().any(|s| {
+                s.trace_id == TRACE_ID
+                    && (s.name == "controller task_completed" || s.name == "controller task_failed")
+            })
+    });
+    let exemplar_spans: Vec<&RecvSpan> = exemplars
+        .iter()
+        .map(|(_, t, s)| {
+            spans
+                .iter()
+                .find(|x| &x.trace_id == t && &x.span_id == s)
+                .unwrap()
+        })
+        .collect();
+    // Event exemplars point at event spans, action exemplars at action spans.
+    for ((family, _, _), span) in exemplars.iter().zip(&exemplar_spans) {
+        assert_eq!(
+            family.starts_with("turnstile_action"),
+            is_action(span),
+            "{family} exemplar -> {span:#?}"
+        );
+    }
+
+    // Parent links need the spans exported after the ones checked: wait a few batches.
+    let seen = spans.len();
+    receiver.wait_for(LIMIT, |s| s.len() >= seen + 20);
+    thread::sleep(Duration::from_millis(1500));
+    let later_all = receiver.spans();
+    check_spans(&spans, &later_all);
+    check_traced_round(&later_all);
+    check_errors(&later_all);
+    let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert!(traces.len() >= 3, "a trace per round: {traces:?}");
+    eprintln!(
+        "transitions {first} -> {later}; {} exemplars, all among {} spans received in {} traces",
+        exemplars.len(),
+        spans.len(),
+        traces.len()
+    );
+
+    // SIGTERM: a clean stop (machines, then the sidecar, then a last span flush).
+    turnstile.signal("TERM");
+    let (status, _) = turnstile.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", turnstile.log());
+    drop(prom);
+}
+
+/// A machine whose `go` runs a 1 s `sleep`: an event arriving meanwhile that no transition
+/// takes is ignored while `go` is still in progress.
+const SLEEPER: &str = r#"
+metadata: {machine_name: sleeper}
+initial_state: waiting
+states: [waiting, working]
+transitions:
+  - {from: waiting, to: working, event: go}
+  - {from: working, to: waiting, event: wake_up}
+actions:
+  working:
+    - {type: sleep, duration: 1}
+"#;
+
+/// An ignored event must not take the place of the event in progress: the span and the
+/// `/trace` record of `go` keep their own trace, outcome and actions, and the ignored
+/// event has one span of its own with outcome `ignored`.
+///
+/// Fails today (found by the test above while it retried a `start` the controller was
+/// too busy to take): the engine reports an unrouted event with `event_started` +
+/// `event_finished`, and `Telemetry::event_started` stores it in the machine's only
+/// live-event slot, replacing `go`, which is still running its `sleep`. Then `go`'s span
+/// is dropped unfinished (exported without `turnstile.outcome`), the ignored event gets
+/// two spans (the short one from `event_finished`, and the one from `event_started`,
+/// which later receives `go`'s `outcome = transitioned`), and `go`'s `/trace` record and
+/// duration exemplar carry the ignored event's trace id, span id and arrival time.
+#[test]
+#[ignore = "known telemetry bug: an unrouted event replaces the live event of the event in progress"]
+fn an_ignored_event_leaves_the_span_of_the_event_in_progress_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let path = dir.path().join("sleeper.yaml");
+    std::fs::write(&path, SLEEPER).unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let path = path.display().to_string();
+    let mut cmd = turnstile(&[
+        "run",
+        &path,
+        "--listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    for k in [
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_SDK_DISABLED",
+        "TURNSTILE_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    let mut proc = Proc::spawn(cmd);
+    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
+    proc.wait_for("the machine started", LIMIT, |j| {
+        field(j, "message") == "machine started"
+    });
+    let post = |event: &str, trace: &str, parent: &str| {
+        let tp = format!("00-{trace}-{parent}-01");
+        let (status, body) = http(
+            sidecar,
+            "POST",
+            "/machines/sleeper/events",
+            &[("Content-Type", "application/json"), ("traceparent", &tp)],
+            &json!({ "type": event }).to_string(),
+        );
+        assert_eq!(status, 202, "{body}");
+    };
+    let go_trace = "11111111111111111111111111111111";
+    let bogus_trace = "22222222222222222222222222222222";
+    post("go", go_trace, "1111111111111111");
+    thread::sleep(Duration::from_millis(300));
+    post("bogus", bogus_trace, "2222222222222222");
+    // `go` ends when `wake_up` is processed (after the 1 s sleep).
+    proc.wait_for("wake_up", LIMIT, |j| field(j, "event") == "wake_up");
+    receiver.wait_for(LIMIT, |s| s.iter().any(|s| s.name == "sleeper go"));
+    thread::sleep(Duration::from_millis(1500));
+    let spans = receiver.spans();
+    let go: Vec<&RecvSpan> = spans.iter().filter(|s| s.name == "sleeper go").collect();
+    assert_eq!(go.len(), 1, "{go:#?}");
+    assert_eq!(go[0].trace_id, go_trace);
+    assert_eq!(go[0].parent_span_id, "1111111111111111");
+    assert_eq!(
+        go[0].attr("turnstile.outcome"),
+        Some("transitioned"),
+        "{:#?}",
+        go[0]
+    );
+    assert_eq!(go[0].attr("turnstile.state.to"), Some("working"));
+    let bogus: Vec<&RecvSpan> = spans.iter().filter(|s| s.name == "sleeper bogus").collect();
+    assert_eq!(bogus.len(), 1, "one span for the ignored event: {bogus:#?}");
+    assert_eq!(bogus[0].trace_id, bogus_trace);
+    assert_eq!(bogus[0].attr("turnstile.outcome"), Some("ignored"));
+    let recs = get_json(sidecar, "/trace?machine=sleeper");
+    let go_rec = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "go")
+        .unwrap_or_else(|| panic!("{recs}"));
+    assert_eq!(go_rec["data"]["trace_id"], go_trace, "{go_rec}");
+    assert_eq!(go_rec["data"]["actions"][0]["type"], "sleep", "{go_rec}");
+    proc.signal("TERM");
+    let (status, _) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", proc.log());
+}
