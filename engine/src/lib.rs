@@ -25,6 +25,7 @@ pub mod config;
 pub mod diagram;
 pub mod observe;
 pub mod runtime;
+pub mod store;
 
 pub use actions::ActionRegistry;
 pub use observe::Observer;

@@ -1,0 +1,292 @@
+//! Durable state: the job queue ([`JobStore`]) and persisted machine state and events
+//! ([`StateStore`]), with a SQLite implementation ([`sqlite::SqliteStore`]).
+//!
+//! The traits are what the built-in job actions, the CLI and the sidecar use, so that
+//! another backend (PostgreSQL, for several Turnstile instances) can serve them later.
+//!
+//! Semantics (any backend):
+//!
+//! - A claim is atomic: one job goes to one claimer. It takes a *lease* (owner, expiry)
+//!   that the owning process renews while it runs; a process that dies stops renewing, the
+//!   lease expires and the job is pending again (at-least-once delivery).
+//! - Every claim counts an attempt. A failed job is retried after an exponential backoff
+//!   until `max_attempts` attempts were made; then it is dead-lettered (status `dead`).
+//!   A job whose lease expired after its last attempt is dead-lettered too (a job that
+//!   kills its workers does not kill them forever).
+//! - Job statuses: `pending`, `processing`, `completed`, `failed` (written by
+//!   statemachine-engine's own tools), `dead`.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Status of a job waiting to be claimed.
+pub const PENDING: &str = "pending";
+/// Status of a claimed job.
+pub const PROCESSING: &str = "processing";
+/// Status of a finished job.
+pub const COMPLETED: &str = "completed";
+/// Status written by statemachine-engine's `fail_job` (no retries there).
+pub const FAILED: &str = "failed";
+/// Dead letter: a job that failed `max_attempts` times.
+pub const DEAD: &str = "dead";
+
+/// Every job status, in lifecycle order (for listings and metrics).
+pub const STATUSES: &[&str] = &[PENDING, PROCESSING, COMPLETED, FAILED, DEAD];
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("job store: {0}")]
+    Db(String),
+    /// A value did not fit (bad JSON, a duplicate job id, ...).
+    #[error("job store: {0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// A job to add.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    /// Its id; a fresh one is made when `None`.
+    pub job_id: Option<String>,
+    /// Its type (`check_database_queue`'s `job_type`).
+    pub job_type: String,
+    /// The machine type it is meant for (`None`: any).
+    pub machine_type: Option<String>,
+    /// The job it was spawned from.
+    pub source_job_id: Option<String>,
+    /// Its parameters (a JSON object, usually).
+    pub data: Option<Json>,
+    /// Free-form metadata.
+    pub metadata: Option<Json>,
+    /// 1 = highest, 10 = lowest; statemachine-engine's default is 5.
+    pub priority: Option<i64>,
+    /// Attempts before the job is dead-lettered (the store's default when `None`).
+    pub max_attempts: Option<u32>,
+    /// W3C `traceparent` of whoever enqueued it: the worker continues that trace.
+    pub traceparent: Option<String>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Job {
+    /// Row id.
+    pub id: i64,
+    /// Job id.
+    pub job_id: String,
+    /// Job type.
+    pub job_type: String,
+    /// Target machine type.
+    pub machine_type: Option<String>,
+    /// Parent job.
+    pub source_job_id: Option<String>,
+    /// Parameters (`null` when none).
+    pub data: Json,
+    /// Result written on completion.
+    pub result: Option<Json>,
+    /// Priority (1 = highest).
+    pub priority: i64,
+    /// Status (see [`STATUSES`]).
+    pub status: String,
+    /// `YYYY-MM-DD HH:MM:SS` (UTC), as SQLite's `CURRENT_TIMESTAMP`.
+    pub created_at: Option<String>,
+    /// When it was last claimed.
+    pub started_at: Option<String>,
+    /// When it was completed, failed or dead-lettered.
+    pub completed_at: Option<String>,
+    /// The last failure.
+    pub error_message: Option<String>,
+    /// Metadata.
+    pub metadata: Option<Json>,
+    /// Who holds the lease.
+    pub lease_owner: Option<String>,
+    /// When the lease expires (milliseconds since the Unix epoch).
+    pub lease_until: Option<i64>,
+    /// Claims so far.
+    pub attempts: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// Not claimable before this time (milliseconds since the Unix epoch): retry backoff.
+    pub next_attempt_at: Option<i64>,
+    /// Trace context of the enqueuer.
+    pub traceparent: Option<String>,
+}
+
+/// Which jobs a claim may take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this type (any when `None`).
+    pub job_type: Option<String>,
+    /// Only jobs for this machine type (any when `None`).
+    pub machine_type: Option<String>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// A job, now leased to the claimer.
+    Job(Box<Job>),
+    /// Nothing claimable now. `next_due` is when something may become claimable without
+    /// anyone adding a job: a retry's backoff ends or a lease expires.
+    Empty {
+        /// The earliest such time, if any.
+        next_due: Option<SystemTime>,
+    },
+}
+
+/// What [`JobStore::fail_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// Back to pending, claimable again at this time.
+    Retry {
+        /// The end of the backoff.
+        at: SystemTime,
+        /// Attempts made so far.
+        attempts: i64,
+    },
+    /// Out of attempts: status `dead`.
+    Dead,
+    /// No such job (or it was not running).
+    NotFound,
+}
+
+/// Filters for [`JobStore::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct ListJobs {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this type.
+    pub job_type: Option<String>,
+    /// Only this machine type.
+    pub machine_type: Option<String>,
+    /// At most this many (newest first).
+    pub limit: Option<usize>,
+}
+
+/// The durable job queue.
+pub trait JobStore: Send + Sync + 'static {
+    /// Adds a pending job; returns its id. Wakes in-process waiters at once.
+    fn add_job(&self, job: NewJob) -> Result<String, StoreError>;
+    /// Claims the next claimable job (priority, then age) for `owner`, atomically.
+    fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError>;
+    /// Claims one pending job by id; false when it is not pending (taken, finished, absent).
+    fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError>;
+    /// Gives a claimed job back without counting the attempt (an interrupted claim).
+    fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError>;
+    /// Marks a job completed (with an optional result); false when it was not pending or
+    /// processing.
+    fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError>;
+    /// Records a failure: retry with backoff, or dead letter after the last attempt.
+    fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError>;
+    /// Extends every lease `owner` holds; returns how many.
+    fn renew_leases(&self, owner: &str) -> Result<usize, StoreError>;
+    /// One job.
+    fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+    /// Jobs, newest first.
+    fn list_jobs(&self, q: &ListJobs) -> Result<Vec<Job>, StoreError>;
+    /// Pending jobs in claim order (priority, then age), not claimed.
+    fn pending_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Job counts by (job_type, status).
+    fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// True when another process changed the database since the last call (cheap).
+    fn changed_elsewhere(&self) -> Result<bool, StoreError>;
+    /// Notified whenever a job becomes claimable through this store object.
+    fn notify(&self) -> &Arc<tokio::sync::Notify>;
+    /// The lease owner id of this process.
+    fn owner(&self) -> &str;
+}
+
+/// A machine's persisted state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MachineRecord {
+    /// Machine name.
+    pub machine_name: String,
+    /// Its state.
+    pub current_state: Option<String>,
+    /// `YYYY-MM-DD HH:MM:SS` (UTC) of the last save.
+    pub last_activity: Option<String>,
+    /// The process that saved it.
+    pub pid: Option<i64>,
+    /// Its context (Turnstile writes it; statemachine-engine leaves it empty).
+    pub context: Option<Json>,
+}
+
+/// An event kept for audit or for a machine that reads events from the store.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    /// Row id.
+    pub id: i64,
+    /// Sender.
+    pub source_machine: Option<String>,
+    /// Receiver.
+    pub target_machine: String,
+    /// Event name.
+    pub event_type: String,
+    /// Job id carried.
+    pub job_id: Option<String>,
+    /// Payload.
+    pub payload: Option<Json>,
+    /// `pending` or `processed`.
+    pub status: String,
+    /// When it was recorded.
+    pub created_at: Option<String>,
+}
+
+/// Persisted machine state and events (statemachine-engine's `machine_state` and
+/// `machine_events` tables).
+pub trait StateStore: Send + Sync + 'static {
+    /// Saves a machine's state and context.
+    fn save_state(
+        &self,
+        machine: &str,
+        state: &str,
+        context: &Map<String, Json>,
+    ) -> Result<(), StoreError>;
+    /// One machine's saved state.
+    fn load_state(&self, machine: &str) -> Result<Option<MachineRecord>, StoreError>;
+    /// Every saved machine.
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Records an event (status `pending`).
+    fn record_event(
+        &self,
+        source: Option<&str>,
+        target: &str,
+        event_type: &str,
+        job_id: Option<&str>,
+        payload: Option<&Json>,
+    ) -> Result<i64, StoreError>;
+    /// Events, newest first.
+    fn events(&self, target: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+    /// Marks `target`'s pending events of these types processed; returns how many.
+    fn clear_events(&self, target: &str, types: &[String]) -> Result<usize, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch as a time.
+pub fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}

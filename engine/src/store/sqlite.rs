@@ -1,0 +1,730 @@
+//! The SQLite store: one file shared by every process that uses it (Turnstile workers,
+//! the CLI, statemachine-engine's own tools).
+//!
+//! - WAL journal, `synchronous=NORMAL`, a busy timeout; one connection per store object,
+//!   behind a mutex (one writer per process; SQLite serialises writers across processes).
+//! - Every write is one `BEGIN IMMEDIATE` transaction, so a claim (reap expired leases,
+//!   pick and lease one job with `UPDATE ... RETURNING`) cannot interleave with another
+//!   process's claim.
+//! - The `jobs` table keeps every column of statemachine-engine's (same names and types,
+//!   created by the same statement), and adds `lease_owner`, `lease_until`, `attempts`,
+//!   `max_attempts`, `next_attempt_at` and `traceparent` (added by `ALTER TABLE` to a file
+//!   that statemachine-engine created). Its `machine_state`, `machine_events` tables are
+//!   created the same way; Turnstile adds a `context` column to `machine_state`.
+//! - A thread renews this store's leases every third of the lease time; it ends with the
+//!   store.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    from_ms, now_ms, Claim, EventRecord, Failed, Job, JobFilter, JobStore, ListJobs, MachineRecord,
+    NewJob, StateStore, StoreError, PENDING,
+};
+
+/// statemachine-engine 1.0.91's `jobs` table, verbatim (`schema/generic/001_jobs.sql`).
+pub const SME_JOBS_SQL: &str = "CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT UNIQUE NOT NULL,
+    job_type TEXT NOT NULL,
+    machine_type TEXT,
+    source_job_id TEXT,
+    data TEXT,
+    result TEXT,
+    priority INTEGER DEFAULT 5,
+    status TEXT DEFAULT 'pending',
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    started_at TIMESTAMP,
+    completed_at TIMESTAMP,
+    error_message TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS idx_jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS idx_jobs_machine_type ON jobs (machine_type, status);
+CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority DESC, created_at ASC);
+CREATE TABLE IF NOT EXISTS machine_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_machine TEXT,
+    target_machine TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    job_id TEXT,
+    payload TEXT,
+    status TEXT DEFAULT 'pending',
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    processed_at TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS idx_events_machine ON machine_events (target_machine, status);
+CREATE INDEX IF NOT EXISTS idx_events_created ON machine_events (created_at);
+CREATE TABLE IF NOT EXISTS machine_state (
+    machine_name TEXT PRIMARY KEY,
+    current_state TEXT,
+    last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    pid INTEGER,
+    metadata TEXT,
+    config_type TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_machine_state_activity ON machine_state (last_activity);
+CREATE INDEX IF NOT EXISTS idx_machine_state_config_type ON machine_state (config_type);
+";
+
+/// Columns Turnstile adds: (table, column, declaration).
+const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
+    ("jobs", "lease_owner", "TEXT"),
+    ("jobs", "lease_until", "INTEGER"),
+    ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "max_attempts", "INTEGER"),
+    ("jobs", "next_attempt_at", "INTEGER"),
+    ("jobs", "traceparent", "TEXT"),
+    ("machine_state", "context", "TEXT"),
+];
+
+const TURNSTILE_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS idx_jobs_claim ON jobs (status, job_type, priority, created_at);
+CREATE INDEX IF NOT EXISTS idx_jobs_lease ON jobs (status, lease_until);
+";
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a claim lasts without renewal (renewed every third of it while the process
+    /// lives). Default 30 s.
+    pub lease: Duration,
+    /// Attempts of a job that does not say (`max_attempts` NULL). Default 3.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt. Default 1 s.
+    pub backoff_base: Duration,
+    /// Longest retry delay. Default 5 min.
+    pub backoff_max: Duration,
+    /// How long a writer waits for another process's lock. Default 10 s.
+    pub busy_timeout: Duration,
+    /// Renew leases from a background thread (default true; tests of lease expiry turn it
+    /// off to play a dead worker).
+    pub renew: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            busy_timeout: Duration::from_secs(10),
+            renew: true,
+        }
+    }
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    opts: SqliteOptions,
+    owner: String,
+    notify: Arc<tokio::sync::Notify>,
+    path: PathBuf,
+    /// Last `PRAGMA data_version` seen by [`JobStore::changed_elsewhere`].
+    data_version: Mutex<i64>,
+    /// Dropping it stops the lease renewal thread.
+    _stop_renewal: Option<mpsc::Sender<()>>,
+}
+
+/// A SQLite job and state store. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+fn owner_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("turnstile:{}:{nanos:08x}", std::process::id())
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) the database file with default options.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating when needed) the database file.
+    pub fn open_with(path: &Path, opts: SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(opts.busy_timeout)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&conn)?;
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let renew = opts.renew;
+        let store = SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                owner: owner_id(),
+                notify: Arc::new(tokio::sync::Notify::new()),
+                path: path.to_owned(),
+                data_version: Mutex::new(version),
+                _stop_renewal: renew.then_some(stop_tx),
+                opts,
+            }),
+        };
+        if renew {
+            let weak = Arc::downgrade(&store.inner);
+            let every = (store.inner.opts.lease / 3).max(Duration::from_millis(50));
+            std::thread::Builder::new()
+                .name("turnstile-lease".into())
+                .spawn(move || loop {
+                    match stop_rx.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    let s = SqliteStore { inner };
+                    if let Err(e) = s.renew_leases(&s.inner.owner) {
+                        tracing::warn!(target: "turnstile::store", "lease renewal failed: {e}");
+                    }
+                })
+                .map_err(|e| StoreError::Db(format!("cannot start the lease thread: {e}")))?;
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &SqliteOptions {
+        &self.inner.opts
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn backoff(&self, attempts: i64) -> Duration {
+        let base = self.inner.opts.backoff_base;
+        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        base.saturating_mul(1u32 << exp)
+            .min(self.inner.opts.backoff_max)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.inner.opts.lease.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SME_JOBS_SQL)?;
+    for (table, col, decl) in EXTRA_COLUMNS {
+        let exists: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([col])?;
+        if !exists {
+            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {decl}")) {
+                Ok(()) => {}
+                // Another process added it between our check and our ALTER.
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    conn.execute_batch(TURNSTILE_INDEXES)?;
+    Ok(())
+}
+
+const JOB_COLUMNS: &str = "id, job_id, job_type, machine_type, source_job_id, data, result, \
+     priority, status, created_at, started_at, completed_at, error_message, metadata, \
+     lease_owner, lease_until, attempts, max_attempts, next_attempt_at, traceparent";
+
+fn json_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Json>> {
+    let s: Option<String> = row.get(i)?;
+    Ok(s.map(|s| serde_json::from_str(&s).unwrap_or(Json::String(s))))
+}
+
+fn job_from_row(row: &Row<'_>, default_max: i64) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        job_type: row.get(2)?,
+        machine_type: row.get(3)?,
+        source_job_id: row.get(4)?,
+        data: json_col(row, 5)?.unwrap_or(Json::Null),
+        result: json_col(row, 6)?,
+        priority: row.get::<_, Option<i64>>(7)?.unwrap_or(5),
+        status: row
+            .get::<_, Option<String>>(8)?
+            .unwrap_or_else(|| PENDING.into()),
+        created_at: row.get(9)?,
+        started_at: row.get(10)?,
+        completed_at: row.get(11)?,
+        error_message: row.get(12)?,
+        metadata: json_col(row, 13)?,
+        lease_owner: row.get(14)?,
+        lease_until: row.get(15)?,
+        attempts: row.get::<_, Option<i64>>(16)?.unwrap_or(0),
+        max_attempts: row.get::<_, Option<i64>>(17)?.unwrap_or(default_max),
+        next_attempt_at: row.get(18)?,
+        traceparent: row.get(19)?,
+    })
+}
+
+fn new_job_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "job-{}{:06}-{}-{n}",
+        t.as_secs(),
+        t.subsec_micros(),
+        std::process::id()
+    )
+}
+
+/// Returns jobs whose lease expired to pending, or to `dead` when they are out of
+/// attempts. Part of every claim's transaction.
+fn reap_expired(tx: &Connection, now: i64, default_max: i64) -> rusqlite::Result<usize> {
+    let dead = tx.execute(
+        "UPDATE jobs SET status = 'dead', lease_owner = NULL, lease_until = NULL,
+            completed_at = CURRENT_TIMESTAMP,
+            error_message = 'lease expired after the last attempt (worker died?)'
+         WHERE status = 'processing' AND lease_until IS NOT NULL AND lease_until < ?1
+           AND attempts >= COALESCE(max_attempts, ?2)",
+        params![now, default_max],
+    )?;
+    let back = tx.execute(
+        "UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+            started_at = NULL, error_message = 'lease expired (worker died?)'
+         WHERE status = 'processing' AND lease_until IS NOT NULL AND lease_until < ?1",
+        params![now],
+    )?;
+    Ok(dead + back)
+}
+
+impl JobStore for SqliteStore {
+    fn add_job(&self, job: NewJob) -> Result<String, StoreError> {
+        let job_id = job.job_id.unwrap_or_else(new_job_id);
+        let enc = |v: &Option<Json>| v.as_ref().map(Json::to_string);
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO jobs (job_id, job_type, machine_type, source_job_id, priority,
+                    data, metadata, status, max_attempts, traceparent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
+                params![
+                    job_id,
+                    job.job_type,
+                    job.machine_type,
+                    job.source_job_id,
+                    job.priority.unwrap_or(5),
+                    enc(&job.data),
+                    enc(&job.metadata),
+                    job.max_attempts,
+                    job.traceparent,
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Invalid(format!("a job with id `{job_id}` already exists"))
+                }
+                e => e.into(),
+            })?;
+            tx.commit()?;
+        }
+        self.inner.notify.notify_waiters();
+        Ok(job_id)
+    }
+
+    fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
+        let now = now_ms();
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        reap_expired(&tx, now, default_max)?;
+        let job = tx
+            .query_row(
+                &format!(
+                    "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
+                        lease_owner = ?1, lease_until = ?2, attempts = COALESCE(attempts, 0) + 1,
+                        next_attempt_at = NULL
+                     WHERE id = (
+                        SELECT id FROM jobs
+                        WHERE status = 'pending'
+                          AND (?3 IS NULL OR job_type = ?3)
+                          AND (?4 IS NULL OR machine_type = ?4)
+                          AND (next_attempt_at IS NULL OR next_attempt_at <= ?5)
+                        ORDER BY priority ASC, created_at ASC, id ASC LIMIT 1)
+                     RETURNING {JOB_COLUMNS}"
+                ),
+                params![
+                    owner,
+                    now + self.lease_ms(),
+                    filter.job_type,
+                    filter.machine_type,
+                    now
+                ],
+                |r| job_from_row(r, default_max),
+            )
+            .optional()?;
+        let claim = match job {
+            Some(j) => Claim::Job(Box::new(j)),
+            None => {
+                let due: Option<i64> = tx.query_row(
+                    "SELECT MIN(t) FROM (
+                        SELECT MIN(next_attempt_at) AS t FROM jobs
+                         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+                           AND (?1 IS NULL OR job_type = ?1)
+                           AND (?2 IS NULL OR machine_type = ?2)
+                        UNION ALL
+                        SELECT MIN(lease_until) FROM jobs
+                         WHERE status = 'processing' AND lease_until IS NOT NULL
+                           AND (?1 IS NULL OR job_type = ?1)
+                           AND (?2 IS NULL OR machine_type = ?2))",
+                    params![filter.job_type, filter.machine_type],
+                    |r| r.get(0),
+                )?;
+                Claim::Empty {
+                    next_due: due.map(from_ms),
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(claim)
+    }
+
+    fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        reap_expired(&tx, now, default_max)?;
+        let n = tx.execute(
+            "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
+                lease_owner = ?2, lease_until = ?3, attempts = COALESCE(attempts, 0) + 1,
+                next_attempt_at = NULL
+             WHERE job_id = ?1 AND status = 'pending'",
+            params![job_id, owner, now + self.lease_ms()],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let n = {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                    started_at = NULL, attempts = MAX(COALESCE(attempts, 1) - 1, 0)
+                 WHERE job_id = ?1 AND status = 'processing' AND lease_owner = ?2",
+                params![job_id, owner],
+            )?;
+            tx.commit()?;
+            n
+        };
+        if n > 0 {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(n > 0)
+    }
+
+    fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
+                lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
+             WHERE job_id = ?1 AND status IN ('pending', 'processing')",
+            params![job_id, result.map(Json::to_string)],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT COALESCE(attempts, 0), max_attempts FROM jobs
+                 WHERE job_id = ?1 AND status IN ('processing', 'pending')",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((attempts, max)) = row else {
+            return Ok(Failed::NotFound);
+        };
+        // A job failed without ever being claimed counts as one attempt.
+        let attempts = attempts.max(1);
+        let out = if attempts >= max.unwrap_or(default_max) {
+            tx.execute(
+                "UPDATE jobs SET status = 'dead', error_message = ?2, attempts = ?3,
+                    completed_at = CURRENT_TIMESTAMP, lease_owner = NULL, lease_until = NULL
+                 WHERE job_id = ?1",
+                params![job_id, error, attempts],
+            )?;
+            Failed::Dead
+        } else {
+            let at = now_ms()
+                + i64::try_from(self.backoff(attempts).as_millis()).unwrap_or(i64::MAX / 4);
+            tx.execute(
+                "UPDATE jobs SET status = 'pending', error_message = ?2, attempts = ?3,
+                    next_attempt_at = ?4, started_at = NULL, lease_owner = NULL,
+                    lease_until = NULL
+                 WHERE job_id = ?1",
+                params![job_id, error, attempts, at],
+            )?;
+            Failed::Retry {
+                at: from_ms(at),
+                attempts,
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn renew_leases(&self, owner: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE jobs SET lease_until = ?2 WHERE status = 'processing' AND lease_owner = ?1",
+            params![owner, now_ms() + self.lease_ms()],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1"),
+                [job_id],
+                |r| job_from_row(r, default_max),
+            )
+            .optional()?)
+    }
+
+    fn list_jobs(&self, q: &ListJobs) -> Result<Vec<Job>, StoreError> {
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR job_type = ?2)
+               AND (?3 IS NULL OR machine_type = ?3)
+             ORDER BY id DESC LIMIT ?4"
+        ))?;
+        let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = st.query_map(params![q.status, q.job_type, q.machine_type, limit], |r| {
+            job_from_row(r, default_max)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn pending_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE status = 'pending' AND (?1 IS NULL OR job_type = ?1)
+               AND (?2 IS NULL OR machine_type = ?2)
+             ORDER BY priority ASC, created_at ASC, id ASC LIMIT ?3"
+        ))?;
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = st.query_map(params![filter.job_type, filter.machine_type, limit], |r| {
+            job_from_row(r, default_max)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT job_type, COALESCE(status, 'pending'), COUNT(*) FROM jobs
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn changed_elsewhere(&self) -> Result<bool, StoreError> {
+        let v: i64 = self
+            .conn()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let mut last = self
+            .inner
+            .data_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let changed = *last != v;
+        *last = v;
+        Ok(changed)
+    }
+
+    fn notify(&self) -> &Arc<tokio::sync::Notify> {
+        &self.inner.notify
+    }
+
+    fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn save_state(
+        &self,
+        machine: &str,
+        state: &str,
+        context: &Map<String, Json>,
+    ) -> Result<(), StoreError> {
+        let ctx = serde_json::to_string(context).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
+             VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
+             ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
+                last_activity = excluded.last_activity, pid = excluded.pid,
+                context = excluded.context",
+            params![machine, state, i64::from(std::process::id()), ctx],
+        )?;
+        Ok(())
+    }
+
+    fn load_state(&self, machine: &str) -> Result<Option<MachineRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT machine_name, current_state, last_activity, pid, context
+                 FROM machine_state WHERE machine_name = ?1",
+                [machine],
+                machine_from_row,
+            )
+            .optional()?)
+    }
+
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT machine_name, current_state, last_activity, pid, context
+             FROM machine_state ORDER BY machine_name",
+        )?;
+        let rows = st.query_map([], machine_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_event(
+        &self,
+        source: Option<&str>,
+        target: &str,
+        event_type: &str,
+        job_id: Option<&str>,
+        payload: Option<&Json>,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO machine_events (source_machine, target_machine, event_type, job_id,
+                payload, status) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            params![
+                source,
+                target,
+                event_type,
+                job_id,
+                payload.map(Json::to_string)
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn events(&self, target: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, source_machine, target_machine, event_type, job_id, payload,
+                COALESCE(status, 'pending'), created_at
+             FROM machine_events WHERE (?1 IS NULL OR target_machine = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![target, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    source_machine: r.get(1)?,
+                    target_machine: r.get(2)?,
+                    event_type: r.get(3)?,
+                    job_id: r.get(4)?,
+                    payload: json_col(r, 5)?,
+                    status: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn clear_events(&self, target: &str, types: &[String]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for t in types {
+            n += tx.execute(
+                "UPDATE machine_events SET status = 'processed', processed_at = CURRENT_TIMESTAMP
+                 WHERE target_machine = ?1 AND event_type = ?2 AND status = 'pending'",
+                params![target, t],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+}
+
+fn machine_from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
+    Ok(MachineRecord {
+        machine_name: r.get(0)?,
+        current_state: r.get(1)?,
+        last_activity: r.get(2)?,
+        pid: r.get(3)?,
+        context: json_col(r, 4)?,
+    })
+}
