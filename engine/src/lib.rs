@@ -24,12 +24,15 @@ pub mod actions;
 pub mod config;
 pub mod diagram;
 pub mod observe;
+pub mod reload;
 pub mod runtime;
 pub mod store;
 
 pub use actions::ActionRegistry;
 pub use observe::Observer;
 pub use runtime::def::MachineDef;
-pub use runtime::engine::{Engine, EngineBuilder, EngineError, MachineStatus, SendError};
+pub use runtime::engine::{
+    Engine, EngineBuilder, EngineError, MachineStatus, ReloadOutcome, SendError,
+};
 pub use runtime::event::{Event, Origin};
 pub use runtime::trace::TraceContext;

@@ -14,8 +14,9 @@ use crate::runtime::def::MachineDef;
 use crate::runtime::event::Event;
 use crate::runtime::trace::TraceContext;
 
-/// Per-machine storage an observer may fill once (in `machine_started`) and read on every
-/// later call for that machine, so it needs no lookup shared across machines.
+/// Per-machine storage an observer may fill once (in `machine_started`, and again in the
+/// fresh slot `machine_reloaded` hands it) and read on every later call for that machine,
+/// so it needs no lookup shared across machines.
 pub type ObserverSlot = OnceLock<Box<dyn Any + Send + Sync>>;
 
 /// Which machine a report is about. `id` is dense (0, 1, 2, ...) for the engine's lifetime.
@@ -254,6 +255,20 @@ pub enum StopReason {
 pub trait Observer: Send + Sync + 'static {
     /// A machine's task started (before its initial entry actions run).
     fn machine_started(&self, machine: MachineRef<'_>, state: StateRef<'_>) {}
+    /// A running machine switched to a new definition (a config reload), between two
+    /// events. `machine` carries the new definition and a fresh, empty slot; `previous`
+    /// the old definition and the slot filled until now; `state` is the state it is in
+    /// now (state and event indexes of the new definition differ from the old ones).
+    /// The default treats it as a start: `machine_started` fills the fresh slot.
+    fn machine_reloaded(
+        &self,
+        machine: MachineRef<'_>,
+        previous: MachineRef<'_>,
+        state: StateRef<'_>,
+    ) {
+        let _ = previous;
+        self.machine_started(machine, state);
+    }
     /// A machine's task ended.
     fn machine_stopped(&self, machine: MachineRef<'_>, state: StateRef<'_>, reason: StopReason) {}
     /// Processing of an event begins. `queue_depth` is what is still waiting behind it.

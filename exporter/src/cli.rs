@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnstile_engine::config::{self, Diagnostic, Loaded, Severity};
 use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::reload::{self, WatchOptions, WatchedConfig};
 use turnstile_engine::{ActionRegistry, Engine, MachineDef};
 use turnstile_exporter::server::{self, SidecarConfig};
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
@@ -50,6 +51,15 @@ enum Command {
         /// A plugin library, or a directory of them (every *.so in it); repeatable.
         #[arg(long = "plugins", value_name = "PATH")]
         plugins: Vec<PathBuf>,
+        /// Reload a config when its file changes: running machines keep their state when
+        /// it still exists; an invalid file is refused and the old config keeps running.
+        /// With --watch, `run` keeps going after every machine has stopped.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between re-hashes of every config, which back up missed
+        /// file notifications.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS", requires = "watch")]
+        watch_interval: f64,
         /// The HTTP sidecar and telemetry.
         #[command(flatten)]
         serve: ServeArgs,
@@ -196,6 +206,8 @@ impl ServeArgs {
 
 /// What `run` needs besides the machines.
 struct RunOptions {
+    /// `--watch`: what to watch, the registry to check changes with, and how.
+    watch: Option<(Vec<WatchedConfig>, ActionRegistry, WatchOptions)>,
     queue_capacity: usize,
     stop_timeout: Duration,
     sidecar: Option<SidecarConfig>,
@@ -244,6 +256,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             queue_capacity,
             stop_timeout,
             serve,
+            watch,
+            watch_interval,
             ..
         } => {
             if machine_name.is_some() && configs.len() != 1 {
@@ -255,6 +269,28 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let stop_timeout = Duration::try_from_secs_f64(stop_timeout)
                 .context("--stop-timeout must be a number of seconds")?;
+            let watch = if watch {
+                let rescan = Duration::try_from_secs_f64(watch_interval)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .context("--watch-interval must be a positive number of seconds")?;
+                let watched = configs
+                    .iter()
+                    .zip(&defs)
+                    .map(|(path, def)| WatchedConfig {
+                        path: path.clone(),
+                        rename: machine_name.clone(),
+                        def: def.clone(),
+                    })
+                    .collect();
+                let options = WatchOptions {
+                    rescan,
+                    ..WatchOptions::default()
+                };
+                Some((watched, registry.clone(), options))
+            } else {
+                None
+            };
             let sidecar = match serve.sidecar_config() {
                 Ok(s) => s,
                 Err(e) => {
@@ -285,6 +321,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?;
             let opts = RunOptions {
+                watch,
                 queue_capacity,
                 stop_timeout,
                 keep_serving: serve.keep_serving && sidecar.is_some(),
@@ -383,7 +420,14 @@ async fn run(
         },
         None => None,
     };
-    let code = supervise(&engine, defs, opts.stop_timeout, opts.keep_serving).await;
+    let code = supervise(
+        &engine,
+        defs,
+        opts.watch,
+        opts.stop_timeout,
+        opts.keep_serving,
+    )
+    .await;
     if let Some(s) = sidecar {
         s.shutdown().await;
     }
@@ -394,6 +438,7 @@ async fn run(
 async fn supervise(
     engine: &Engine,
     defs: Vec<Arc<MachineDef>>,
+    watch: Option<(Vec<WatchedConfig>, ActionRegistry, WatchOptions)>,
     stop_timeout: Duration,
     keep_serving: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -401,6 +446,22 @@ async fn supervise(
         eprintln!("error: cannot start the machines: {e}");
         return Ok(ExitCode::from(EXIT_INVALID));
     }
+    // Dropped on the way out: watching stops.
+    let watcher = match watch {
+        Some((configs, registry, options)) => {
+            match reload::watch(engine.clone(), registry, configs, options) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("error: --watch: {e}");
+                    engine.shutdown();
+                    engine.join().await;
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        None => None,
+    };
+    let watching = watcher.is_some();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     // Wait for every machine to stop by itself, or for a signal; then the same wait goes
@@ -408,7 +469,7 @@ async fn supervise(
     let all_done = engine.join();
     tokio::pin!(all_done);
     tokio::select! {
-        () = &mut all_done => {
+        () = &mut all_done, if !watching => {
             tracing::info!(target: "turnstile", "every machine reached a final state");
             if keep_serving {
                 tracing::info!(

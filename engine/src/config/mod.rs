@@ -54,48 +54,52 @@ pub fn content_hash(text: &str) -> u64 {
 
 /// Loads and compiles a config file.
 pub fn load_path(path: &Path, registry: &ActionRegistry) -> Loaded {
-    let text = match std::fs::read(path) {
-        Ok(bytes) if bytes.len() > yaml::MAX_CONFIG_BYTES => {
-            return single_error(
-                path,
-                "too-large",
-                format!(
-                    "file is {} bytes; the limit for a machine config is {} bytes",
-                    bytes.len(),
-                    yaml::MAX_CONFIG_BYTES
-                ),
-                "a machine config is a few kilobytes: is this the right file?",
-            )
-        }
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-                let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
-                let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-                let mut d = Diagnostics::new(Some(path));
-                d.error(
-                    "not-utf8",
-                    Loc {
-                        line: u32::try_from(line).unwrap_or(u32::MAX),
-                        column: u32::try_from(col).unwrap_or(u32::MAX),
-                    },
-                    "the file is not valid UTF-8".into(),
-                    Some("save the file as UTF-8".into()),
-                );
-                return Loaded {
-                    def: None,
-                    diagnostics: d.into_vec(),
-                };
-            }
-        },
+    match std::fs::read(path) {
+        Ok(bytes) => load_bytes(bytes, path, registry),
+        Err(e) => single_error(
+            path,
+            "unreadable",
+            format!("cannot read the file: {e}"),
+            "check the path and its permissions",
+        ),
+    }
+}
+
+/// Compiles a config file's bytes, read once by the caller (the hot-reload watcher hashes
+/// the same bytes it compiles). `path` is used for messages and the default name.
+pub fn load_bytes(bytes: Vec<u8>, path: &Path, registry: &ActionRegistry) -> Loaded {
+    if bytes.len() > yaml::MAX_CONFIG_BYTES {
+        return single_error(
+            path,
+            "too-large",
+            format!(
+                "file is {} bytes; the limit for a machine config is {} bytes",
+                bytes.len(),
+                yaml::MAX_CONFIG_BYTES
+            ),
+            "a machine config is a few kilobytes: is this the right file?",
+        );
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
         Err(e) => {
-            return single_error(
-                path,
-                "unreadable",
-                format!("cannot read the file: {e}"),
-                "check the path and its permissions",
-            )
+            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+            let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            let mut d = Diagnostics::new(Some(path));
+            d.error(
+                "not-utf8",
+                Loc {
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                    column: u32::try_from(col).unwrap_or(u32::MAX),
+                },
+                "the file is not valid UTF-8".into(),
+                Some("save the file as UTF-8".into()),
+            );
+            return Loaded {
+                def: None,
+                diagnostics: d.into_vec(),
+            };
         }
     };
     load_str(&text, Some(path), registry)

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::def::MachineDef;
 use super::event::Event;
-use super::machine::{Control, Machine, Shared};
+use super::machine::{Control, Machine, Reloaded, Shared};
 use super::router::{DeliverError, Router};
-use crate::observe::{Observer, ObserverSlot, StopReason};
+use crate::observe::{Observer, StopReason};
 
 /// Default capacity of each machine's event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -31,6 +31,36 @@ pub enum EngineError {
     /// `spawn` was called outside a Tokio runtime.
     #[error("the engine must run inside a Tokio runtime")]
     NoRuntime,
+    /// The machine stopped while it was being reloaded.
+    #[error("machine `{0}` stopped during the reload")]
+    Stopped(String),
+}
+
+/// What [`Engine::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The running machine took the new definition and stayed in its state.
+    Updated {
+        /// Its id.
+        id: usize,
+        /// The state it stayed in.
+        state: Arc<str>,
+    },
+    /// The running machine took the new definition, which no longer has the machine's
+    /// state: it went to the initial state (and an error was reported).
+    StateRemoved {
+        /// Its id.
+        id: usize,
+        /// The state it was in.
+        removed: Arc<str>,
+        /// The state it is in now (the initial state).
+        state: Arc<str>,
+    },
+    /// No running machine had that name: a new one started.
+    Started {
+        /// Its id.
+        id: usize,
+    },
 }
 
 /// Why an event could not be delivered.
@@ -195,7 +225,7 @@ impl Engine {
             if !self.inner.router.insert(def.name.clone(), tx.clone()) {
                 for (shared, _, _) in &pending {
                     let shared: &Arc<Shared> = shared;
-                    self.inner.router.remove(&shared.def.name);
+                    self.inner.router.remove(&shared.name);
                 }
                 return Err(EngineError::DuplicateName(def.name.to_string()));
             }
@@ -203,7 +233,8 @@ impl Engine {
             let shared = Arc::new(Shared {
                 id: machines.len() + pending.len(),
                 state: def.initial.into(),
-                def,
+                name: def.name.clone(),
+                def: RwLock::new(def),
                 since_ms: 0.into(),
                 transitions: 0.into(),
                 events: 0.into(),
@@ -211,7 +242,6 @@ impl Engine {
                 running: true.into(),
                 tx,
                 ctl: ctl_tx,
-                observer_slot: ObserverSlot::new(),
                 stop_reason: Mutex::new(None),
                 last_context: Mutex::new(None),
             });
@@ -276,7 +306,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .rev()
-            .find(|s| &*s.def.name == name)
+            .find(|s| &*s.name == name)
             .map(|s| status_of(s))
     }
 
@@ -290,7 +320,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .rev()
-            .find(|s| &*s.def.name == name)
+            .find(|s| &*s.name == name)
             .cloned()?;
         let (tx, rx) = oneshot::channel();
         let live = match shared.ctl.send(Control::Snapshot(tx)) {
@@ -306,10 +336,75 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()?,
         };
-        Some(MachineSnapshot {
-            state: shared.def.states[state].name.clone(),
-            context,
-        })
+        Some(MachineSnapshot { state, context })
+    }
+
+    /// The observer attached to the engine, if any.
+    pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.inner.observer.as_ref()
+    }
+
+    /// The running machine of that name, if any.
+    fn running_machine(&self, name: &str) -> Option<Arc<Shared>> {
+        self.inner
+            .machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|s| &*s.name == name && s.running.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// Runs `def` from now on: the running machine of that name swaps its definition
+    /// between two events (keeping its state when the new definition still has it, and
+    /// its context); when no machine of that name runs, a new one starts.
+    pub async fn reload(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
+        let name = def.name.to_string();
+        if let Some(shared) = self.running_machine(&name) {
+            let (tx, rx) = oneshot::channel();
+            if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
+                return match rx.await {
+                    Ok(Reloaded {
+                        state,
+                        removed: None,
+                    }) => Ok(ReloadOutcome::Updated {
+                        id: shared.id,
+                        state,
+                    }),
+                    Ok(Reloaded {
+                        state,
+                        removed: Some(removed),
+                    }) => Ok(ReloadOutcome::StateRemoved {
+                        id: shared.id,
+                        removed,
+                        state,
+                    }),
+                    Err(_) => Err(EngineError::Stopped(name)),
+                };
+            }
+            // It stopped in the meantime: start the new definition instead.
+        }
+        let id = self.spawn(def)?;
+        Ok(ReloadOutcome::Started { id })
+    }
+
+    /// Stops the running machine of that name (a config reload removed it): a waiting
+    /// action is interrupted, the observer is told (`StopReason::Removed`) and the name is
+    /// free again. Returns false when no machine of that name was running.
+    pub async fn stop_machine(&self, name: &str) -> bool {
+        let Some(shared) = self.running_machine(name) else {
+            return false;
+        };
+        let (tx, rx) = oneshot::channel();
+        if shared
+            .ctl
+            .send(Control::Stop(StopReason::Removed, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.is_ok()
     }
 
     /// The router, for components that deliver events themselves (sockets, HTTP).
@@ -357,11 +452,16 @@ impl Engine {
 }
 
 fn status_of(s: &Shared) -> MachineStatus {
+    // The definition and the state index are replaced together under this lock.
+    let def = s.def.read().unwrap_or_else(|e| e.into_inner());
     let state = s.state.load(Ordering::Relaxed);
     MachineStatus {
         id: s.id,
-        name: s.def.name.clone(),
-        state: s.def.states[state].name.clone(),
+        name: s.name.clone(),
+        state: def
+            .states
+            .get(state)
+            .map_or_else(|| Arc::from(""), |st| st.name.clone()),
         since: UNIX_EPOCH + Duration::from_millis(s.since_ms.load(Ordering::Relaxed)),
         transitions: s.transitions.load(Ordering::Relaxed),
         events: s.events.load(Ordering::Relaxed),
@@ -369,7 +469,7 @@ fn status_of(s: &Shared) -> MachineStatus {
         queue_depth: s.tx.max_capacity() - s.tx.capacity(),
         running: s.running.load(Ordering::Acquire),
         stop_reason: *s.stop_reason.lock().unwrap_or_else(|e| e.into_inner()),
-        def: s.def.clone(),
+        def: def.clone(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! transition interrupts it. An idle machine is parked in `select!`: it uses no CPU.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Durations are read from the TSC (a few nanoseconds) rather than `clock_gettime`.
@@ -35,7 +35,10 @@ const FAST_BUDGET: u32 = 256;
 /// What the engine can read about a machine without asking its task.
 pub(crate) struct Shared {
     pub id: usize,
-    pub def: Arc<MachineDef>,
+    /// The machine's name (never changes: a config that renames a machine starts another).
+    pub name: Arc<str>,
+    /// The definition it runs; replaced by a reload, together with `state`, under the lock.
+    pub def: RwLock<Arc<MachineDef>>,
     pub state: AtomicUsize,
     pub since_ms: AtomicU64,
     pub transitions: AtomicU64,
@@ -44,17 +47,31 @@ pub(crate) struct Shared {
     pub running: AtomicBool,
     pub tx: mpsc::Sender<Event>,
     pub ctl: mpsc::UnboundedSender<Control>,
-    /// The observer's per-machine storage.
-    pub observer_slot: ObserverSlot,
     pub stop_reason: Mutex<Option<StopReason>>,
     /// State and context at the moment the machine stopped.
-    pub last_context: Mutex<Option<(usize, Map<String, Json>)>>,
+    pub last_context: Mutex<Option<StateAndContext>>,
 }
+
+/// A state's name and a context.
+pub(crate) type StateAndContext = (Arc<str>, Map<String, Json>);
 
 /// Requests to a machine's task.
 pub(crate) enum Control {
     /// Reply with the current state and context.
-    Snapshot(oneshot::Sender<(usize, Map<String, Json>)>),
+    Snapshot(oneshot::Sender<StateAndContext>),
+    /// Run this definition from now on (between two events); reply with the state the
+    /// machine is in afterwards and, when its state no longer exists, the removed one.
+    Reload(Arc<MachineDef>, oneshot::Sender<Reloaded>),
+    /// Stop (interrupting a waiting action); reply once stopped.
+    Stop(StopReason, oneshot::Sender<()>),
+}
+
+/// What a reload did to a running machine.
+pub(crate) struct Reloaded {
+    /// The state it is in now.
+    pub state: Arc<str>,
+    /// The state it was in, when the new definition no longer has it.
+    pub removed: Option<Arc<str>>,
 }
 
 struct Waiting {
@@ -76,6 +93,11 @@ struct Active {
 pub(crate) struct Machine {
     shared: Arc<Shared>,
     def: Arc<MachineDef>,
+    /// The observer's per-machine storage, filled in `machine_started` (a fresh one after
+    /// each reload). Owned by the task: reading it takes no lock.
+    slot: ObserverSlot,
+    /// Who asked the machine to stop ([`Control::Stop`]), told once it has.
+    stop_reply: Option<oneshot::Sender<()>>,
     state: usize,
     context: Map<String, Json>,
     rx: mpsc::Receiver<Event>,
@@ -116,11 +138,13 @@ impl Machine {
         cancel: CancellationToken,
         livelock_limit: u32,
     ) -> Self {
-        let def = shared.def.clone();
+        let def = shared.def.read().unwrap_or_else(|e| e.into_inner()).clone();
         Self {
             state: def.initial,
             context: def.context.clone(),
             def,
+            slot: ObserverSlot::new(),
+            stop_reply: None,
             shared,
             rx,
             ctl,
@@ -148,7 +172,7 @@ impl Machine {
             id: self.shared.id,
             name: &self.def.name,
             def: &self.def,
-            slot: &self.shared.observer_slot,
+            slot: &self.slot,
         }
     }
 
@@ -224,7 +248,9 @@ impl Machine {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break StopReason::Shutdown,
-                Some(c) = self.ctl.recv() => self.control(c),
+                Some(c) = self.ctl.recv() => if let Some(r) = self.control(c) {
+                    break r;
+                },
                 ev = self.rx.recv() => match ev {
                     Some(ev) => { self.handle(ev); }
                     None => break StopReason::Shutdown,
@@ -236,6 +262,9 @@ impl Machine {
             }
         };
         self.stop(reason);
+        if let Some(reply) = self.stop_reply.take() {
+            let _ = reply.send(());
+        }
     }
 
     fn stop(&mut self, reason: StopReason) {
@@ -245,7 +274,10 @@ impl Machine {
             *r = Some(reason);
         }
         if let Ok(mut c) = self.shared.last_context.lock() {
-            *c = Some((self.state, std::mem::take(&mut self.context)));
+            *c = Some((
+                self.def.states[self.state].name.clone(),
+                std::mem::take(&mut self.context),
+            ));
         }
         self.rx.close();
         // Snapshot requests already queued are answered from `last_context` by the engine.
@@ -263,11 +295,124 @@ impl Machine {
         );
     }
 
-    fn control(&mut self, c: Control) {
+    /// Handles a request; returns a reason when the machine must stop.
+    fn control(&mut self, c: Control) -> Option<StopReason> {
         match c {
             Control::Snapshot(reply) => {
-                let _ = reply.send((self.state, self.context.clone()));
+                let _ = reply.send((
+                    self.def.states[self.state].name.clone(),
+                    self.context.clone(),
+                ));
             }
+            Control::Reload(def, reply) => {
+                let r = self.reload(def);
+                let _ = reply.send(r);
+            }
+            Control::Stop(reason, reply) => {
+                self.stop_reply = Some(reply);
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    /// Swaps in a new definition. This runs on the machine's task between two events, so
+    /// no event ever sees half of one definition and half of the other.
+    ///
+    /// - The current state is looked up by name. When it still exists the machine stays in
+    ///   it: no entry actions run again, a waiting action keeps running (its result event
+    ///   is routed by the new rules) and the actions after it are the new definition's
+    ///   entry actions from the same position on; the state's `timeout(N)` timers keep
+    ///   their deadlines unless the new definition changed them (then they start again).
+    /// - When it is gone, a waiting action is interrupted, the machine goes to the new
+    ///   initial state, runs its entry actions, and an error (`state_removed`) says why.
+    /// - The context is kept either way; keys of the new initial context that it lacks
+    ///   are added.
+    fn reload(&mut self, new: Arc<MachineDef>) -> Reloaded {
+        let old_state = self.state;
+        let old_name = self.def.states[old_state].name.clone();
+        let mapped = new.state_index(&old_name);
+        // The event whose actions ran so far ends here, reported against the old definition.
+        self.finish_active();
+        if mapped.is_none() {
+            self.interrupt_waiting();
+        }
+        let old_def = std::mem::replace(&mut self.def, new.clone());
+        let old_slot = std::mem::take(&mut self.slot);
+        let old_ra = self.rule.map_or(0, |r| old_def.rules[r].actions.len());
+        self.rule = None;
+        let state = match mapped {
+            Some(s) => {
+                let entry = new.states[s].entry.len();
+                self.pos = match &self.waiting {
+                    // Nothing left to run: the new entry actions are not run again.
+                    None => entry,
+                    // Waiting in a transition action: the new entry actions follow it.
+                    Some(_) if self.pos <= old_ra => 0,
+                    Some(_) => (self.pos - old_ra).min(entry),
+                };
+                if old_def.states[old_state].timers != new.states[s].timers {
+                    self.state = s;
+                    self.arm_timers();
+                }
+                s
+            }
+            None => {
+                self.pos = 0;
+                self.chain = None;
+                self.self_loops = 0;
+                self.trace = None;
+                self.cause = Event::new("reload").with_origin(Origin::Start);
+                self.entered = self.observer.as_ref().map(|_| Instant::now());
+                new.initial
+            }
+        };
+        self.state = state;
+        for (k, v) in &new.context {
+            if !self.context.contains_key(k) {
+                self.context.insert(k.clone(), v.clone());
+            }
+        }
+        {
+            // Readers take this lock to read the definition and the state together.
+            let mut d = self.shared.def.write().unwrap_or_else(|e| e.into_inner());
+            *d = new.clone();
+            self.shared.state.store(state, Ordering::Relaxed);
+        }
+        if mapped.is_none() {
+            self.shared
+                .since_ms
+                .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
+            self.arm_timers();
+        }
+        if let Some(o) = &self.observer {
+            let previous = MachineRef {
+                id: self.shared.id,
+                name: &old_def.name,
+                def: &old_def,
+                slot: &old_slot,
+            };
+            o.machine_reloaded(self.mref(), previous, self.sref(state));
+        }
+        let removed = mapped.is_none().then_some(old_name);
+        match &removed {
+            Some(gone) => {
+                let msg = format!(
+                    "config reload removed state `{gone}`, the machine's current state; it went to the initial state `{}` (its context is kept)",
+                    new.states[state].name
+                );
+                self.report_error(ErrorKind::StateRemoved, None, &msg);
+            }
+            None => tracing::info!(
+                target: "turnstile::machine",
+                machine = %new.name,
+                state = %new.states[state].name,
+                "machine reloaded: the new definition runs from its current state"
+            ),
+        }
+        Reloaded {
+            state: new.states[state].name.clone(),
+            removed,
         }
     }
 

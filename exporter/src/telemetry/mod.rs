@@ -83,7 +83,8 @@ struct Slot {
     processed: AtomicU64,
     busy_ns: AtomicU64,
     live: Mutex<Live>,
-    trace: Ring<TraceRecord>,
+    /// Shared with the slot that replaces this one after a config reload.
+    trace: Arc<Ring<TraceRecord>>,
 }
 
 /// The event a machine is processing.
@@ -421,12 +422,43 @@ impl Observer for Telemetry {
                 state: s.id,
                 ..Live::default()
             }),
-            trace: Ring::new(self.config.trace_buffer),
+            trace: Arc::new(Ring::new(self.config.trace_buffer)),
         });
         self.machines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(slot.clone());
+        let _ = m.slot.set(Box::new(slot));
+    }
+
+    /// A reload changed the state and event indexes: a new slot with handles built from
+    /// the new definition (the same label sets give the same series) takes the old one's
+    /// place, keeping its counts and its `/trace` records.
+    fn machine_reloaded(&self, m: MachineRef<'_>, previous: MachineRef<'_>, s: StateRef<'_>) {
+        let old = self.slot(&previous);
+        let slot = Arc::new(Slot {
+            name: m.def.name.clone(),
+            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
+            metrics: self.metrics.machine(m.def),
+            processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
+            busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
+            live: Mutex::new(Live {
+                state: s.id,
+                ..Live::default()
+            }),
+            trace: old.map_or_else(
+                || Arc::new(Ring::new(self.config.trace_buffer)),
+                |o| o.trace.clone(),
+            ),
+        });
+        {
+            let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+            let at = old.and_then(|o| machines.iter().position(|x| std::ptr::eq(&**x, o)));
+            match at {
+                Some(i) => machines[i] = slot.clone(),
+                None => machines.push(slot.clone()),
+            }
+        }
         let _ = m.slot.set(Box::new(slot));
     }
 
