@@ -1143,6 +1143,14 @@ fn compat_examples_load_with_only_the_missing_action_types() {
                         .expect("the type is named in backquotes");
                     unknown.insert(kind);
                 }
+                // The controller re-enters `spawning_batch` when a job was taken by someone
+                // else; the loop ends because `pop_from_list` drains a finite list, which
+                // the lint cannot know: a warning, rightly.
+                (Warning, "livelock")
+                    if file == "patient_records__concurrent-controller.yaml"
+                        && registry.get("claim_job").is_some()
+                        && d.message
+                            .contains("`job_taken` returned by its own `claim_job`") => {}
                 (Warning, "unhandled-event") => {
                     let ok = IDIOMATIC_UNHANDLED.iter().any(|(f, kind, ev)| {
                         *f == file

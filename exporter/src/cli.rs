@@ -63,6 +63,9 @@ enum Command {
         /// The HTTP sidecar and telemetry.
         #[command(flatten)]
         serve: ServeArgs,
+        /// The job store.
+        #[command(flatten)]
+        store: crate::jobs_cli::RunStoreArgs,
     },
     /// Check configs: every problem with line, column and a hint. Exit 2 on errors.
     Validate {
@@ -87,6 +90,14 @@ enum Command {
         #[arg(long = "plugins", value_name = "PATH")]
         plugins: Vec<PathBuf>,
     },
+    /// Add or list jobs in the job store.
+    #[command(subcommand)]
+    Jobs(crate::jobs_cli::JobsCommand),
+    /// Show the machine states saved in the store.
+    MachineState(crate::jobs_cli::MachineStateArgs),
+    /// List events recorded in the store.
+    #[command(subcommand)]
+    Events(crate::jobs_cli::EventsCommand),
 }
 
 /// `run` options for the HTTP sidecar, metrics and spans.
@@ -226,6 +237,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let plugin_errors = load_plugins(&mut registry, cli.command.plugins());
     let plugins_failed = !plugin_errors.is_empty();
     match cli.command {
+        Command::Jobs(cmd) => crate::jobs_cli::jobs(cmd),
+        Command::MachineState(args) => crate::jobs_cli::machine_state(args),
+        Command::Events(cmd) => crate::jobs_cli::events(cmd),
         Command::Validate {
             configs,
             strict,
@@ -258,6 +272,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve,
             watch,
             watch_interval,
+            store,
             ..
         } => {
             if machine_name.is_some() && configs.len() != 1 {
@@ -267,6 +282,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(defs) = load_all(&configs, machine_name.as_deref(), &registry) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
+            let job_store = crate::jobs_cli::open_for_run(&store, &registry)?;
             let stop_timeout = Duration::try_from_secs_f64(stop_timeout)
                 .context("--stop-timeout must be a number of seconds")?;
             let watch = if watch {
@@ -292,7 +308,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 None
             };
             let sidecar = match serve.sidecar_config() {
-                Ok(s) => s,
+                Ok(s) => s.map(|mut s| {
+                    s.jobs = job_store.clone().map(|j| j as _);
+                    s
+                }),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return Ok(ExitCode::from(EXIT_INVALID));
@@ -320,6 +339,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
+            if let Some(s) = &job_store {
+                rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
+            }
             let opts = RunOptions {
                 watch,
                 queue_capacity,
@@ -345,6 +367,7 @@ impl Command {
             Command::Run { plugins, .. }
             | Command::Validate { plugins, .. }
             | Command::Diagram { plugins, .. } => plugins,
+            Command::Jobs(_) | Command::MachineState(_) | Command::Events(_) => &[],
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `turnstile`: run, validate and draw state machines declared in YAML.
 
 mod cli;
+mod jobs_cli;
 mod logging;
 
 use std::process::ExitCode;

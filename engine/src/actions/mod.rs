@@ -195,6 +195,8 @@ pub struct ActionRegistry {
     unavailable: HashMap<String, String>,
     /// The plugin libraries loaded so far (shared by every clone of the registry).
     plugins: plugin::PluginHost,
+    /// Where the job actions find the durable store (shared by every clone).
+    jobs: builtin::jobs::JobsSlot,
 }
 
 impl ActionRegistry {
@@ -244,6 +246,13 @@ impl ActionRegistry {
         let mut v: Vec<&str> = self.types.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Where the job actions (`check_database_queue`, ...) find the store: put one in with
+    /// [`builtin::jobs::JobsSlot::set`] before machines run; [`builtin::jobs::JobsSlot::used`]
+    /// says whether a loaded config uses them.
+    pub fn jobs(&self) -> &builtin::jobs::JobsSlot {
+        &self.jobs
     }
 
     /// The plugin host: loaded plugins, reload checks, an observer for plugin failures.

@@ -177,7 +177,7 @@ pub struct ListJobs {
 }
 
 /// The durable job queue.
-pub trait JobStore: Send + Sync + 'static {
+pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Adds a pending job; returns its id. Wakes in-process waiters at once.
     fn add_job(&self, job: NewJob) -> Result<String, StoreError>;
     /// Claims the next claimable job (priority, then age) for `owner`, atomically.
@@ -205,8 +205,9 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Vec<Job>, StoreError>;
     /// Job counts by (job_type, status).
     fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
-    /// True when another process changed the database since the last call (cheap).
-    fn changed_elsewhere(&self) -> Result<bool, StoreError>;
+    /// A number that changes when another process commits to the database (cheap:
+    /// SQLite's `PRAGMA data_version`). Waiters compare it to notice foreign writes.
+    fn data_version(&self) -> Result<i64, StoreError>;
     /// Notified whenever a job becomes claimable through this store object.
     fn notify(&self) -> &Arc<tokio::sync::Notify>;
     /// The lease owner id of this process.
@@ -251,7 +252,7 @@ pub struct EventRecord {
 
 /// Persisted machine state and events (statemachine-engine's `machine_state` and
 /// `machine_events` tables).
-pub trait StateStore: Send + Sync + 'static {
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Saves a machine's state and context.
     fn save_state(
         &self,

@@ -127,8 +127,6 @@ struct Inner {
     owner: String,
     notify: Arc<tokio::sync::Notify>,
     path: PathBuf,
-    /// Last `PRAGMA data_version` seen by [`JobStore::changed_elsewhere`].
-    data_version: Mutex<i64>,
     /// Dropping it stops the lease renewal thread.
     _stop_renewal: Option<mpsc::Sender<()>>,
 }
@@ -174,7 +172,6 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&conn)?;
-        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renew = opts.renew;
         let store = SqliteStore {
@@ -183,7 +180,6 @@ impl SqliteStore {
                 owner: owner_id(),
                 notify: Arc::new(tokio::sync::Notify::new()),
                 path: path.to_owned(),
-                data_version: Mutex::new(version),
                 _stop_renewal: renew.then_some(stop_tx),
                 opts,
             }),
@@ -589,18 +585,10 @@ impl JobStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn changed_elsewhere(&self) -> Result<bool, StoreError> {
-        let v: i64 = self
+    fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
             .conn()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let mut last = self
-            .inner
-            .data_version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let changed = *last != v;
-        *last = v;
-        Ok(changed)
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     fn notify(&self) -> &Arc<tokio::sync::Notify> {

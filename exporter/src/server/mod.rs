@@ -18,6 +18,7 @@
 //! Nothing a client sends can panic the server: bodies are bounded, header reads time out,
 //! connections are capped.
 
+mod jobs;
 pub mod request;
 pub mod response;
 mod routes;
@@ -64,6 +65,8 @@ pub struct SidecarConfig {
     pub read_only: bool,
     /// Largest request body accepted (413 beyond it).
     pub max_body_bytes: usize,
+    /// The job store `POST /jobs` adds to (501 without one).
+    pub jobs: Option<std::sync::Arc<dyn turnstile_engine::store::JobStore>>,
 }
 
 impl Default for SidecarConfig {
@@ -74,6 +77,7 @@ impl Default for SidecarConfig {
             token: None,
             read_only: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            jobs: None,
         }
     }
 }
@@ -187,6 +191,7 @@ pub async fn serve(
         token: config.token,
         read_only: config.read_only,
         max_body_bytes: config.max_body_bytes,
+        jobs: config.jobs,
     });
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, state, stop_rx));

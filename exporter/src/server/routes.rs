@@ -40,6 +40,8 @@ pub struct State {
     pub read_only: bool,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The job store behind `POST /jobs`.
+    pub jobs: Option<Arc<dyn turnstile_engine::store::JobStore>>,
 }
 
 /// Which methods a path takes.
@@ -216,10 +218,13 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Route::MachineEvents(name) => post_event(state, &name, req).await,
         Route::Jobs => {
             authorize(state, &req)?;
-            Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "no job store is configured: jobs cannot be enqueued over HTTP yet; send an event with a job_id to POST /machines/{name}/events instead",
-            ))
+            match &state.jobs {
+                Some(store) => crate::server::jobs::post_job(state, store.clone(), req).await,
+                None => Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "no job store is configured: start turnstile run with --db PATH (or a config that uses job actions); or send an event with a job_id to POST /machines/{name}/events",
+                )),
+            }
         }
     }
 }
@@ -410,13 +415,13 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
 }
 
 /// True when the request says (`Content-Length`) that its body is larger than `max`.
-fn declared_too_large(body: &Incoming, max: usize) -> bool {
+pub(super) fn declared_too_large(body: &Incoming, max: usize) -> bool {
     let max = u64::try_from(max).unwrap_or(u64::MAX);
     let hint = body.size_hint();
     hint.lower() > max || hint.upper().is_some_and(|n| n > max)
 }
 
-fn too_large(max: usize) -> ApiError {
+pub(super) fn too_large(max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the body is larger than the limit of {max} bytes"),
@@ -426,7 +431,7 @@ fn too_large(max: usize) -> ApiError {
 
 /// Reads a whole body of at most `max` bytes: the declared length is checked first, the
 /// bytes actually received while reading.
-async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
     if declared_too_large(&body, max) {
         return Err(too_large(max));
     }

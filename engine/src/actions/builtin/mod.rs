@@ -1,6 +1,7 @@
 //! The built-in actions.
 
 mod bash;
+pub mod jobs;
 mod list;
 mod log;
 mod send_event;
@@ -14,14 +15,7 @@ use super::ActionRegistry;
 /// Action types that statemachine-engine configs use and that other parts of Turnstile
 /// provide (jobs, plugins); validation names them precisely when they are missing.
 const ELSEWHERE: &[(&str, &str)] = &[
-    ("check_database_queue", "it comes with the durable job store (SQLite), not available in this build"),
-    ("claim_job", "it comes with the durable job store (SQLite), not available in this build"),
-    ("complete_job", "it comes with the durable job store (SQLite), not available in this build"),
-    ("fail_job", "it comes with the durable job store (SQLite), not available in this build"),
-    ("get_pending_jobs", "it comes with the durable job store (SQLite), not available in this build"),
-    ("wait_for_jobs", "it comes with the durable job store (SQLite), not available in this build"),
-    ("check_machine_state", "it comes with the persisted machine state store, not available in this build"),
-    ("clear_events", "it comes with the persisted event store, not available in this build"),
+    ("wait_for_jobs", "not provided yet by Turnstile's job store: have each worker `send_event` its result to the controller instead"),
     ("start_fsm", "statemachine-engine's process-spawning action; Turnstile runs every machine of a process with `turnstile run A.yaml B.yaml` instead"),
     ("check_events", "statemachine-engine has no such action either: remove it, events arrive by themselves"),
 ];
@@ -35,6 +29,8 @@ pub fn register(r: &mut ActionRegistry) {
     r.register("send_event", "builtin", Arc::new(send_event::build));
     r.register("add_to_list", "builtin", Arc::new(list::build_add));
     r.register("pop_from_list", "builtin", Arc::new(list::build_pop));
+    let slot = r.jobs().clone();
+    jobs::register(r, &slot);
     for (kind, what) in ELSEWHERE {
         r.mark_unavailable(kind, what);
     }

@@ -1,0 +1,270 @@
+#![allow(clippy::unwrap_used)]
+//! The job actions in running machines: a worker waits for jobs without polling through
+//! its machine, is woken by a job added later, goes back to waiting, and an event
+//! interrupts the wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteStore, StateStore};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const WORKER: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: worker
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: done, event: success}
+  - {from: done, to: waiting, event: next}
+  - {from: "*", to: stopped, event: stop}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+      machine_type: worker
+  processing:
+    - type: complete_job
+      job_id: "{id}"
+      result: {by: worker, x: "{x}"}
+  done:
+    - type: set_context
+      key: "seen_{id}"
+      value: "{x}"
+      success: next
+final_states: [stopped]
+"#;
+
+fn setup(
+    yaml: &str,
+) -> (
+    ActionRegistry,
+    Arc<MachineDef>,
+    Arc<SqliteStore>,
+    tempfile::TempDir,
+) {
+    let registry = ActionRegistry::with_builtins();
+    let loaded = config::load_str(yaml, None, &registry);
+    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(registry.jobs().used());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
+    registry.jobs().set(store.clone());
+    (registry, loaded.def.unwrap(), store, dir)
+}
+
+fn add(store: &SqliteStore, id: &str, x: i64) {
+    store
+        .add_job(NewJob {
+            job_id: Some(id.into()),
+            job_type: "task".into(),
+            machine_type: Some("worker".into()),
+            data: Some(json!({"x": x})),
+            ..NewJob::default()
+        })
+        .unwrap();
+}
+
+async fn wait_completed(store: &SqliteStore, n: usize) {
+    let t0 = Instant::now();
+    loop {
+        let done = store
+            .list_jobs(&ListJobs {
+                status: Some("completed".into()),
+                ..ListJobs::default()
+            })
+            .unwrap()
+            .len();
+        if done >= n {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "{done} of {n} jobs completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_processes_every_job_and_waits_for_more() {
+    let (_r, def, store, _dir) = setup(WORKER);
+    for i in 0..5 {
+        add(&store, &format!("a{i}"), i);
+    }
+    let engine = Engine::builder().build();
+    engine.spawn(def).unwrap();
+    wait_completed(&store, 5).await;
+    assert!(engine.wait_for_state("worker", "waiting", WAIT).await);
+    let snap = engine.snapshot("worker").await.unwrap();
+    assert_eq!(snap.context["seen_a3"], json!(3));
+    assert_eq!(snap.context["current_job"]["data"], json!({"x": 4}));
+
+    // Idle: the machine sits in `waiting` and takes no transitions.
+    let before = engine.machine("worker").unwrap().transitions;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(engine.machine("worker").unwrap().transitions, before);
+
+    // A job added long after start wakes it at once (in-process notification).
+    let t0 = Instant::now();
+    add(&store, "late", 42);
+    wait_completed(&store, 6).await;
+    let latency = t0.elapsed();
+    assert!(latency < Duration::from_millis(200), "{latency:?}");
+    let late = store.get_job("late").unwrap().unwrap();
+    assert_eq!(late.result, Some(json!({"by": "worker", "x": 42})));
+    assert!(engine.wait_for_state("worker", "waiting", WAIT).await);
+
+    // A job written by another connection (another process) is noticed by polling.
+    let other = SqliteStore::open(store.path()).unwrap();
+    add(&other, "foreign", 7);
+    wait_completed(&store, 7).await;
+
+    // `stop` interrupts the wait at once.
+    let t0 = Instant::now();
+    engine.send("worker", Event::new("stop")).await.unwrap();
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    assert_eq!(engine.machine("worker").unwrap().state.as_ref(), "stopped");
+    // Nothing is left claimed.
+    assert!(store
+        .list_jobs(&ListJobs {
+            status: Some("processing".into()),
+            ..ListJobs::default()
+        })
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_process_share_the_queue() {
+    let yaml2 = WORKER.replace("machine_name: worker", "machine_name: worker2");
+    let (registry, def1, store, _dir) = setup(WORKER);
+    let def2 = config::load_str(&yaml2, None, &registry).def.unwrap();
+    let engine = Engine::builder().build();
+    engine.spawn_all(vec![def1, def2]).unwrap();
+    for i in 0..200 {
+        add(&store, &format!("j{i}"), i);
+    }
+    wait_completed(&store, 200).await;
+    engine.shutdown();
+    engine.join().await;
+}
+
+const FAILING: &str = r#"
+initial_state: waiting
+transitions:
+  - {from: waiting, to: working, event: new_job}
+  - {from: working, to: waiting, event: job_failed}
+actions:
+  waiting:
+    - type: check_database_queue
+  working:
+    - type: fail_job
+      error_message: "broken {id}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_are_retried_then_dead_lettered() {
+    let registry = ActionRegistry::with_builtins();
+    let def = config::load_str(FAILING, None, &registry).def.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open_with(
+            &dir.path().join("f.db"),
+            turnstile_engine::store::SqliteOptions {
+                backoff_base: Duration::from_millis(50),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    registry.jobs().set(store.clone());
+    store
+        .add_job(NewJob {
+            job_id: Some("bad".into()),
+            job_type: "x".into(),
+            ..NewJob::default()
+        })
+        .unwrap();
+    let engine = Engine::builder().build();
+    engine.spawn(def).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let j = store.get_job("bad").unwrap().unwrap();
+        if j.status == "dead" {
+            assert_eq!(j.attempts, 3);
+            assert_eq!(j.error_message.as_deref(), Some("broken bad"));
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Backoff 50 ms then 100 ms: woken by the due time, not by a poll tick.
+    assert!(t0.elapsed() >= Duration::from_millis(150));
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_jobs_machine_state_and_clear_events() {
+    let yaml = r#"
+initial_state: a
+transitions:
+  - {from: a, to: b, event: jobs_found}
+  - {from: b, to: c, event: claimed}
+  - {from: c, to: d, event: unexpected_state}
+  - {from: d, to: e, event: events_cleared}
+actions:
+  a:
+    - type: get_pending_jobs
+      job_type: task
+      store_as: pending
+  b:
+    - type: claim_job
+      job_id: "{pending.0.job_id}"
+  c:
+    - type: check_machine_state
+      target_machine: other
+      expected_states: [idle]
+  d:
+    - type: clear_events
+      target_machine: other
+      event_types: [go]
+final_states: [e]
+"#;
+    let (_r, def, store, _dir) = setup(yaml);
+    add(&store, "p1", 1);
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("k".into(), json!(1));
+    store.save_state("other", "busy", &ctx).unwrap();
+    store.record_event(None, "other", "go", None, None).unwrap();
+    let engine = Engine::builder().build();
+    engine.spawn(def.clone()).unwrap();
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    let snap = engine.snapshot(&def.name).await.unwrap();
+    assert_eq!(snap.state.as_ref(), "e");
+    assert_eq!(snap.context["pending"][0]["job_id"], json!("p1"));
+    assert_eq!(snap.context["unexpected_machine_state"], json!("busy"));
+    assert_eq!(store.get_job("p1").unwrap().unwrap().status, "processing");
+    assert_eq!(
+        store.events(Some("other"), 5).unwrap()[0].status,
+        "processed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_store_job_actions_fail_clearly() {
+    let yaml = "initial_state: a\ntransitions:\n  - {from: a, to: b, event: error}\nactions:\n  a:\n    - type: check_database_queue\nfinal_states: [b]\n";
+    let registry = ActionRegistry::with_builtins();
+    let def = config::load_str(yaml, None, &registry).def.unwrap();
+    let engine = Engine::builder().build();
+    engine.spawn(def.clone()).unwrap();
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    let snap = engine.snapshot(&def.name).await.unwrap();
+    assert!(snap.context["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("--db"));
+}

@@ -1,0 +1,385 @@
+//! The job store on the command line: `run --db`, `jobs add|list`, `machine-state`,
+//! `events list`, and the `turnstile_jobs` gauge.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use turnstile_engine::store::{
+    JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore, StateStore, STATUSES,
+};
+use turnstile_engine::ActionRegistry;
+use turnstile_exporter::telemetry::Telemetry;
+
+/// `println!` that ignores a closed stdout (`turnstile jobs list | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// The database file when neither `--db` nor `TURNSTILE_DB` says.
+pub const DEFAULT_DB: &str = "turnstile.db";
+
+/// How often `turnstile_jobs` is refreshed from the store (also after local changes).
+pub const JOB_METRICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the job store lives.
+#[derive(Debug, Clone, Args)]
+pub struct DbArg {
+    /// The SQLite job and state store (created when missing; statemachine-engine's
+    /// `data/pipeline.db` works too). Default: ./turnstile.db.
+    #[arg(long, env = "TURNSTILE_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+impl DbArg {
+    fn path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DB))
+    }
+}
+
+/// `run` options of the job store.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Job store")]
+pub struct RunStoreArgs {
+    /// The store. Opened when given, or when a config uses a job action.
+    #[command(flatten)]
+    pub db: DbArg,
+    /// Seconds a claimed job stays leased to this process without renewal (renewed every
+    /// third of it while the process lives; a dead worker's jobs are claimable again
+    /// after it).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub job_lease: f64,
+    /// Attempts of a job before it is dead-lettered (jobs may say otherwise).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub job_max_attempts: u32,
+    /// First retry delay in seconds after a failed attempt (doubled each attempt).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub job_backoff: f64,
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Add a pending job.
+    Add {
+        /// Job type (what `check_database_queue`'s `job_type` selects).
+        #[arg(long = "type", value_name = "TYPE")]
+        job_type: String,
+        /// The machine type it is meant for (default: any).
+        #[arg(long)]
+        machine_type: Option<String>,
+        /// Job data, a JSON object (its fields are copied into the worker's context).
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+        /// 1 = highest, 10 = lowest.
+        #[arg(long, default_value_t = 5)]
+        priority: i64,
+        /// Job id (default: a fresh one).
+        #[arg(long)]
+        job_id: Option<String>,
+        /// Attempts before it is dead-lettered (default: the worker's --job-max-attempts).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// W3C traceparent: the worker continues this trace.
+        #[arg(long, env = "TRACEPARENT")]
+        traceparent: Option<String>,
+        /// The store.
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only this status (pending, processing, completed, failed, dead).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this type.
+        #[arg(long = "type", value_name = "TYPE")]
+        job_type: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+        /// The store.
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// `events` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List recorded events, newest first.
+    List {
+        /// Only events for this machine.
+        #[arg(long)]
+        machine: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+        /// The store.
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// `machine-state` arguments.
+#[derive(Debug, Args)]
+pub struct MachineStateArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+    pub format: OutFormat,
+    /// The store.
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
+/// Output format of the listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutFormat {
+    /// Aligned text.
+    Text,
+    /// One JSON array.
+    Json,
+}
+
+fn open_existing(db: &DbArg) -> anyhow::Result<SqliteStore> {
+    let path = db.path();
+    SqliteStore::open_with(
+        &path,
+        SqliteOptions {
+            renew: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open the job store {}", path.display()))
+}
+
+/// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
+/// and hands it to the job actions.
+pub fn open_for_run(
+    args: &RunStoreArgs,
+    registry: &ActionRegistry,
+) -> anyhow::Result<Option<Arc<SqliteStore>>> {
+    if args.db.db.is_none() && !registry.jobs().used() {
+        return Ok(None);
+    }
+    let secs = |v: f64, what: &str| {
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("{what} must be a positive number of seconds"))
+    };
+    let opts = SqliteOptions {
+        lease: secs(args.job_lease, "--job-lease")?,
+        max_attempts: args.job_max_attempts.max(1),
+        backoff_base: secs(args.job_backoff, "--job-backoff")?,
+        ..SqliteOptions::default()
+    };
+    let path = args.db.path();
+    let store = Arc::new(
+        SqliteStore::open_with(&path, opts)
+            .with_context(|| format!("cannot open the job store {}", path.display()))?,
+    );
+    tracing::info!(target: "turnstile::jobs", db = %path.display(), owner = store.owner(), "job store open");
+    registry.jobs().set(store.clone());
+    Ok(Some(store))
+}
+
+/// Keeps `turnstile_jobs{job_type, status}` current: every [`JOB_METRICS_INTERVAL`] and
+/// soon after a job is added in this process.
+pub async fn job_metrics(store: Arc<SqliteStore>, telemetry: Arc<Telemetry>) {
+    let notify = store.notify().clone();
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    loop {
+        let s = store.clone();
+        if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || s.counts()).await {
+            let mut now = std::collections::HashSet::new();
+            for (t, st, n) in counts {
+                telemetry.set_jobs(&t, &st, i64::try_from(n).unwrap_or(i64::MAX));
+                now.insert((t, st));
+            }
+            // Every known status of every known type has a series (0 when none).
+            let types: std::collections::HashSet<String> = seen
+                .iter()
+                .chain(now.iter())
+                .map(|(t, _)| t.clone())
+                .collect();
+            for t in &types {
+                for st in STATUSES {
+                    let k = (t.clone(), (*st).to_owned());
+                    if !now.contains(&k) {
+                        telemetry.set_jobs(t, st, 0);
+                    }
+                }
+            }
+            seen.extend(now);
+        }
+        tokio::select! {
+            () = notify.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+            () = tokio::time::sleep(JOB_METRICS_INTERVAL) => {}
+        }
+    }
+}
+
+/// `turnstile jobs ...`
+pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        JobsCommand::Add {
+            job_type,
+            machine_type,
+            data,
+            priority,
+            job_id,
+            max_attempts,
+            traceparent,
+            db,
+        } => {
+            let data = match data {
+                None => None,
+                Some(s) => match serde_json::from_str::<serde_json::Value>(&s) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        eprintln!("error: --data is not JSON: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            if let Some(tp) = &traceparent {
+                if let Err(e) = turnstile_engine::TraceContext::parse(tp) {
+                    eprintln!("error: invalid traceparent: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            let store = open_existing(&db)?;
+            let id = store.add_job(NewJob {
+                job_id,
+                job_type,
+                machine_type,
+                data,
+                priority: Some(priority),
+                max_attempts,
+                traceparent,
+                ..NewJob::default()
+            })?;
+            outln!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::List {
+            status,
+            job_type,
+            limit,
+            format,
+            db,
+        } => {
+            let store = open_existing(&db)?;
+            let jobs = store.list_jobs(&ListJobs {
+                status,
+                job_type,
+                machine_type: None,
+                limit: Some(limit),
+            })?;
+            match format {
+                OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&jobs)?),
+                OutFormat::Text => {
+                    outln!(
+                        "{:<28} {:<14} {:<16} {:<10} {:>8} {:>3}  ERROR",
+                        "JOB_ID",
+                        "TYPE",
+                        "MACHINE_TYPE",
+                        "STATUS",
+                        "ATTEMPTS",
+                        "PRI"
+                    );
+                    for j in jobs {
+                        outln!(
+                            "{:<28} {:<14} {:<16} {:<10} {:>8} {:>3}  {}",
+                            j.job_id,
+                            j.job_type,
+                            j.machine_type.as_deref().unwrap_or("-"),
+                            j.status,
+                            format!("{}/{}", j.attempts, j.max_attempts),
+                            j.priority,
+                            j.error_message.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `turnstile machine-state`
+pub fn machine_state(args: MachineStateArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&args.db)?;
+    let machines = store.machines()?;
+    match args.format {
+        OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&machines)?),
+        OutFormat::Text => {
+            outln!(
+                "{:<24} {:<20} {:<20} PID",
+                "MACHINE",
+                "STATE",
+                "LAST_ACTIVITY"
+            );
+            for m in machines {
+                outln!(
+                    "{:<24} {:<20} {:<20} {}",
+                    m.machine_name,
+                    m.current_state.as_deref().unwrap_or("-"),
+                    m.last_activity.as_deref().unwrap_or("-"),
+                    m.pid.map_or_else(|| "-".into(), |p| p.to_string())
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `turnstile events ...`
+pub fn events(cmd: EventsCommand) -> anyhow::Result<ExitCode> {
+    let EventsCommand::List {
+        machine,
+        limit,
+        format,
+        db,
+    } = cmd;
+    let store = open_existing(&db)?;
+    let events = store.events(machine.as_deref(), limit)?;
+    match format {
+        OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&events)?),
+        OutFormat::Text => {
+            outln!(
+                "{:>6} {:<20} {:<20} {:<20} {:<10} JOB_ID",
+                "ID",
+                "CREATED",
+                "TARGET",
+                "EVENT",
+                "STATUS"
+            );
+            for e in events {
+                outln!(
+                    "{:>6} {:<20} {:<20} {:<20} {:<10} {}",
+                    e.id,
+                    e.created_at.as_deref().unwrap_or("-"),
+                    e.target_machine,
+                    e.event_type,
+                    e.status,
+                    e.job_id.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

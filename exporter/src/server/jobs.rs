@@ -1,0 +1,124 @@
+//! `POST /jobs`: adds a job to the store the sidecar was given.
+//!
+//! Body: `{"job_type": "task", "machine_type": "worker", "data": {...}, "priority": 5,
+//! "job_id": "...", "metadata": {...}, "max_attempts": 3}` (`type` is accepted for
+//! `job_type`). A `traceparent` header (or field) is stored with the job so the worker
+//! continues that trace. Answers 201 `{"job_id": ...}`; 409 for a duplicate id.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+use turnstile_engine::store::{JobStore, NewJob, StoreError};
+use turnstile_engine::TraceContext;
+
+use super::request::{self, cut};
+use super::response::{self, ApiError, Body};
+use super::routes::{declared_too_large, read_body, too_large, State};
+
+fn field_str(obj: &serde_json::Map<String, Json>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "`{key}` must be a non-empty string"
+        ))),
+    }
+}
+
+pub(super) async fn post_job(
+    state: &State,
+    store: Arc<dyn JobStore>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if declared_too_large(req.body(), state.max_body_bytes) {
+        return Err(too_large(state.max_body_bytes));
+    }
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?"));
+    if !request::is_json_content_type(ct) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the body must be JSON (Content-Type: application/json), not `{}`",
+                cut(ct.unwrap_or(""), 80)
+            ),
+        ));
+    }
+    let header_tp = match req.headers().get("traceparent") {
+        None => None,
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("invalid traceparent: not ASCII"))?;
+            TraceContext::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Some(s.to_owned())
+        }
+    };
+    let body = read_body(req.into_body(), state.max_body_bytes).await?;
+    let v: Json = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not JSON: {e}"))
+            .field("line", json!(e.line()))
+            .field("column", json!(e.column()))
+    })?;
+    let Json::Object(obj) = v else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object like {\"job_type\": \"task\", \"data\": {...}}",
+        ));
+    };
+    let job_type = match field_str(&obj, "job_type")? {
+        Some(t) => t,
+        None => field_str(&obj, "type")?.ok_or_else(|| {
+            ApiError::bad_request("`job_type` is missing: {\"job_type\": \"task\", ...}")
+        })?,
+    };
+    let priority = match obj.get("priority") {
+        None | Some(Json::Null) => None,
+        Some(p) => Some(p.as_i64().ok_or_else(|| {
+            ApiError::bad_request("`priority` must be a whole number (1 = highest)")
+        })?),
+    };
+    let max_attempts = match obj.get("max_attempts") {
+        None | Some(Json::Null) => None,
+        Some(p) => Some(
+            p.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::bad_request("`max_attempts` must be a positive number"))?,
+        ),
+    };
+    let traceparent = match (header_tp, field_str(&obj, "traceparent")?) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) => {
+            TraceContext::parse(&t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Some(t)
+        }
+        (None, None) => None,
+    };
+    let job = NewJob {
+        job_id: field_str(&obj, "job_id")?,
+        job_type,
+        machine_type: field_str(&obj, "machine_type")?,
+        source_job_id: field_str(&obj, "source_job_id")?,
+        data: obj.get("data").filter(|d| !d.is_null()).cloned(),
+        metadata: obj.get("metadata").filter(|d| !d.is_null()).cloned(),
+        priority,
+        max_attempts,
+        traceparent,
+    };
+    let added = tokio::task::spawn_blocking(move || store.add_job(job))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match added {
+        Ok(id) => Ok(response::json(StatusCode::CREATED, &json!({"job_id": id}))),
+        Err(StoreError::Invalid(m)) => Err(ApiError::new(StatusCode::CONFLICT, m)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}

@@ -1,0 +1,473 @@
+#![allow(clippy::unwrap_used)]
+//! The durable job queue with the real binary: statemachine-engine's simple worker
+//! processes every job (including jobs added long after it started, by another process,
+//! over HTTP and by statemachine-engine's own CLI), several worker processes share one
+//! queue and complete each job exactly once, and workers killed with SIGKILL mid-job lose
+//! no job.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{field, turnstile, Proc};
+use serde_json::{json, Value as Json};
+use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+const COMPAT_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/compat/statemachine-engine"
+);
+
+fn fixture(name: &str) -> String {
+    Path::new(COMPAT_DIR).join(name).display().to_string()
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+fn sidecar_addr(p: &mut Proc) -> SocketAddr {
+    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    field(&rec, "addr").parse().unwrap()
+}
+
+fn jobs_add(db: &Path, args: &[&str]) -> String {
+    let dbs = db.display().to_string();
+    let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
+    a.extend_from_slice(args);
+    let out = turnstile(&a).output().unwrap();
+    assert!(
+        out.status.success(),
+        "jobs add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Waits for the `n`th log line of `simple_worker` saying it processes a job; returns
+/// the job id it names.
+fn next_processed(p: &mut Proc) -> String {
+    let rec = p.wait_for("a job processed", LIMIT, |j| {
+        field(j, "target") == "turnstile::log"
+            && field(j, "machine") == "simple_worker"
+            && field(j, "message").starts_with("🔄 Processing job ")
+    });
+    field(&rec, "message")
+        .trim_start_matches("🔄 Processing job ")
+        .to_owned()
+}
+
+fn back_to_waiting(p: &mut Proc) {
+    p.wait_for("back to waiting", LIMIT, |j| {
+        common::is_transition(j, "simple_worker")
+            && field(j, "from") == "completed"
+            && field(j, "to") == "waiting"
+    });
+}
+
+#[test]
+fn simple_worker_processes_every_job_including_late_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let early: Vec<String> = (0..2)
+        .map(|i| {
+            jobs_add(
+                &db,
+                &[
+                    "--type",
+                    "task",
+                    "--machine-type",
+                    "simple_worker",
+                    "--job-id",
+                    &format!("early-{i}"),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(early, ["early-0", "early-1"]);
+    let dbs = db.display().to_string();
+    let mut p = Proc::start(&["run", &fixture("simple_worker__worker.yaml"), "--db", &dbs]);
+    let addr = sidecar_addr(&mut p);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next_processed(&mut p));
+        back_to_waiting(&mut p);
+    }
+    assert_eq!(seen, early);
+
+    // Long after start: a job from another process (the CLI), noticed by the file poll.
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    jobs_add(
+        &db,
+        &[
+            "--type",
+            "task",
+            "--machine-type",
+            "simple_worker",
+            "--job-id",
+            "late-cli",
+        ],
+    );
+    assert_eq!(next_processed(&mut p), "late-cli");
+    let cli_latency = t0.elapsed();
+    back_to_waiting(&mut p);
+
+    // Over HTTP: the same process's store wakes the waiting worker at once.
+    let t0 = Instant::now();
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/jobs",
+        &json!({"job_type": "task", "machine_type": "simple_worker", "job_id": "late-http", "data": {"k": "v"}}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Json>(&body).unwrap(),
+        json!({"job_id": "late-http"})
+    );
+    assert_eq!(next_processed(&mut p), "late-http");
+    let http_latency = t0.elapsed();
+    back_to_waiting(&mut p);
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/jobs",
+        &json!({"job_type": "task", "job_id": "late-http"}).to_string(),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(addr, "POST", "/jobs", "{\"data\": 1}");
+    assert_eq!(status, 400, "{body}");
+
+    // A job for another machine type is left alone.
+    jobs_add(&db, &["--type", "task", "--machine-type", "someone_else"]);
+
+    // The jobs gauge shows them (refreshed soon after a local add, and every 5 s).
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (_, m) = http(addr, "GET", "/metrics", "");
+        if m.contains("turnstile_jobs{job_type=\"task\",status=\"processing\"} 4")
+            && m.contains("turnstile_jobs{job_type=\"task\",status=\"pending\"} 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("latency: CLI job {cli_latency:?}, HTTP job {http_latency:?}");
+    // The bash step sleeps 2 s; the rest is the wake-up.
+    assert!(
+        http_latency < Duration::from_millis(2600),
+        "{http_latency:?}"
+    );
+
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+
+    let out = turnstile(&["jobs", "list", "--db", &dbs, "--format", "json"])
+        .output()
+        .unwrap();
+    let list: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let by_status: BTreeMap<String, String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap().to_owned(),
+                j["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for id in ["early-0", "early-1", "late-cli", "late-http"] {
+        // simple_worker never calls complete_job: its jobs stay claimed (leased).
+        assert_eq!(by_status[id], "processing", "{list:#}");
+    }
+    assert_eq!(by_status.values().filter(|s| *s == "pending").count(), 1);
+}
+
+/// A statemachine-engine-style worker that completes its jobs.
+const WORKER: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: worker
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: waiting, event: job_completed}
+  - {from: processing, to: waiting, event: job_done_elsewhere}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: complete_job
+      job_id: "{id}"
+      success: job_completed
+      error: job_done_elsewhere
+"#;
+
+fn seed(db: &Path, n: usize, prefix: &str) {
+    let s = SqliteStore::open_with(
+        db,
+        SqliteOptions {
+            renew: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..n {
+        s.add_job(NewJob {
+            job_id: Some(format!("{prefix}{i}")),
+            job_type: "task".into(),
+            data: Some(json!({"i": i})),
+            ..NewJob::default()
+        })
+        .unwrap();
+    }
+}
+
+fn count(db: &Path, status: &str) -> usize {
+    let s = SqliteStore::open_with(
+        db,
+        SqliteOptions {
+            renew: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    s.list_jobs(&ListJobs {
+        status: Some(status.into()),
+        ..ListJobs::default()
+    })
+    .unwrap()
+    .len()
+}
+
+fn worker(config: &Path, db: &Path, extra: &[&str]) -> Proc {
+    let (c, d) = (config.display().to_string(), db.display().to_string());
+    let mut args = vec!["run", c.as_str(), "--db", d.as_str(), "--no-sidecar"];
+    args.extend_from_slice(extra);
+    let mut cmd = Command::new(common::bin());
+    // Transition and action logs off: only the job records are counted.
+    cmd.current_dir(common::root())
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn,turnstile::jobs=info",
+        ])
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    Proc::spawn(cmd)
+}
+
+/// `job claimed` / `job completed` records of one process.
+fn job_records(p: &Proc, message: &str) -> Vec<String> {
+    p.records()
+        .iter()
+        .filter(|j| field(j, "target") == "turnstile::jobs" && field(j, "message") == message)
+        .map(|j| field(j, "job").to_owned())
+        .collect()
+}
+
+fn wait_all_completed(db: &Path, n: usize, what: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let done = count(db, "completed");
+        if done == n {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < LIMIT * 2, "{what}: {done} of {n} completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, WORKER).unwrap();
+    let n = 5000;
+    seed(&db, n, "j");
+    let mut workers: Vec<Proc> = (0..4).map(|_| worker(&config, &db, &[])).collect();
+    let took = wait_all_completed(&db, n, "4 workers");
+    for w in &mut workers {
+        w.signal("TERM");
+    }
+    let mut claimed = Vec::new();
+    let mut completed = Vec::new();
+    let mut per_worker = Vec::new();
+    for w in &mut workers {
+        let (st, _) = w.finish(LIMIT);
+        assert!(st.success(), "{}", w.log());
+        let c = job_records(w, "job completed");
+        per_worker.push(c.len());
+        completed.extend(c);
+        claimed.extend(job_records(w, "job claimed"));
+    }
+    let unique: BTreeSet<&String> = completed.iter().collect();
+    assert_eq!(completed.len(), n, "completions: {per_worker:?}");
+    assert_eq!(unique.len(), n);
+    assert_eq!(claimed.len(), n, "no job was claimed twice");
+    assert!(per_worker.iter().all(|&c| c > 0), "{per_worker:?}");
+    #[allow(clippy::cast_precision_loss)]
+    let rate = n as f64 / took.as_secs_f64();
+    eprintln!("4 workers: {n} jobs in {took:?} ({rate:.0} jobs/s), per worker {per_worker:?}");
+}
+
+/// A worker whose job takes a while (so that kills land mid-job).
+const SLOW_WORKER: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: slow_worker
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: finishing, event: done}
+  - {from: finishing, to: waiting, event: job_completed}
+  - {from: finishing, to: waiting, event: job_done_elsewhere}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: sleep
+      duration: 0.15
+      success: done
+  finishing:
+    - type: complete_job
+      job_id: "{id}"
+      success: job_completed
+      error: job_done_elsewhere
+"#;
+
+fn leased_pids(db: &Path) -> Vec<u32> {
+    let s = SqliteStore::open_with(
+        db,
+        SqliteOptions {
+            renew: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    s.list_jobs(&ListJobs {
+        status: Some("processing".into()),
+        ..ListJobs::default()
+    })
+    .unwrap()
+    .iter()
+    .filter_map(|j| j.lease_owner.as_deref()?.split(':').nth(1)?.parse().ok())
+    .collect()
+}
+
+#[test]
+fn workers_killed_mid_job_20_times_lose_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chaos.db");
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(&config, SLOW_WORKER).unwrap();
+    let n = 150;
+    seed(&db, n, "c");
+    let extra = ["--job-lease", "1", "--job-max-attempts", "100"];
+    let mut workers: Vec<Proc> = (0..3).map(|_| worker(&config, &db, &extra)).collect();
+    let mut kills = 0;
+    let t0 = Instant::now();
+    while kills < 20 {
+        assert!(t0.elapsed() < LIMIT * 2, "only {kills} kills");
+        let busy = leased_pids(&db);
+        let Some(i) = workers.iter().position(|w| busy.contains(&w.pid())) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let victim = workers.swap_remove(i);
+        victim.signal("KILL");
+        drop(victim);
+        kills += 1;
+        workers.push(worker(&config, &db, &extra));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = wait_all_completed(&db, n, "after 20 kills");
+    let s = SqliteStore::open(&db).unwrap();
+    let jobs = s.list_jobs(&ListJobs::default()).unwrap();
+    let retried = jobs.iter().filter(|j| j.attempts > 1).count();
+    assert!(jobs.iter().all(|j| j.status == "completed"));
+    assert!(retried >= 1, "no job was claimed again after a kill");
+    eprintln!("20 SIGKILLs: all {n} jobs completed, {retried} after a lost lease; {took:?} after the last kill");
+    for w in &mut workers {
+        w.signal("TERM");
+        let _ = w.finish(LIMIT);
+    }
+}
+
+fn statemachine_db() -> Option<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v statemachine-db"])
+        .output()
+        .ok()?;
+    let p = String::from_utf8(out.stdout).ok()?;
+    (!p.trim().is_empty() && out.status.success()).then(|| PathBuf::from(p.trim()))
+}
+
+#[test]
+fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
+    let Some(sme) = statemachine_db() else {
+        eprintln!("statemachine-db is not installed: skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Its CLI always writes ./data/pipeline.db.
+    let add = |id: &str| {
+        let out = Command::new(&sme)
+            .current_dir(dir.path())
+            .args(["add-job", id, "--type", "task", "--machine-type", "worker"])
+            .args(["--payload", r#"{"who": "python"}"#])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    add("sme-1");
+    let db = dir.path().join("data/pipeline.db");
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, WORKER).unwrap();
+    let mut w = worker(&config, &db, &[]);
+    wait_all_completed(&db, 1, "first python job");
+    // While Turnstile waits, statemachine-engine adds another to the same file.
+    add("sme-2");
+    wait_all_completed(&db, 2, "second python job");
+    w.signal("TERM");
+    let (st, _) = w.finish(LIMIT);
+    assert!(st.success(), "{}", w.log());
+    let mut done = job_records(&w, "job completed");
+    done.sort();
+    assert_eq!(done, ["sme-1", "sme-2"]);
+    let s = SqliteStore::open(&db).unwrap();
+    let j = s.get_job("sme-2").unwrap().unwrap();
+    assert_eq!(j.data["who"], json!("python"));
+}
