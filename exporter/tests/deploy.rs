@@ -102,6 +102,9 @@ fn yaml_docs(file: &Path) -> Vec<Json> {
 
 // --- dashboards -------------------------------------------------------------------------
 
+/// The demo machines (`deploy/config/`), which the compose stack runs too.
+const DEMO_CONFIGS: &[&str] = &["controller.yaml", "worker.yaml", "greeter.yaml"];
+
 const DASHBOARDS: &[&str] = &[
     "grafana/dashboards/overview.json",
     "grafana/dashboards/machine.json",
@@ -428,29 +431,68 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
 fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     need("prometheus", "Debian's package prometheus");
     let plugin = plugin_build::rust_plugin("greet");
-    // Spans go to a collector that is not there: export fails, spans are counted as
-    // dropped, and the latency histograms still carry exemplars.
-    let dead_collector = format!("http://127.0.0.1:{}", free_port());
-    let mut ts = Proc::start(&[
-        "run",
-        "--plugins",
-        plugin.to_str().unwrap(),
-        "--otlp-endpoint",
-        &dead_collector,
-        "deploy/config/controller.yaml",
-        "deploy/config/worker.yaml",
-        "deploy/config/greeter.yaml",
-    ]);
+    // The demo configs, copied so that the test can edit them under `--watch`.
+    let configs = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "run".to_owned(),
+        "--watch".to_owned(),
+        "--plugins".to_owned(),
+        plugin.display().to_string(),
+        // Spans go to a collector that is not there: export fails, spans are counted as
+        // dropped, and the latency histograms still carry exemplars.
+        "--otlp-endpoint".to_owned(),
+        format!("http://127.0.0.1:{}", free_port()),
+    ];
+    for f in DEMO_CONFIGS {
+        let to = configs.path().join(f);
+        std::fs::copy(root().join("deploy/config").join(f), &to).unwrap();
+        args.push(to.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut ts = Proc::start(&args);
     let rec = ts.wait_for("the sidecar's address", Duration::from_secs(60), |j| {
         field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
     });
     let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
     let prom = Prometheus::start(sidecar);
 
+    // Changes must come after Prometheus's first scrape, or it never sees the counters
+    // at 0 and `increase()` stays 0.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !prom
+        .query("turnstile_config_reloads_total")
+        .is_ok_and(|r| !r.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not scrape turnstile within 45 s"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
     // Events queued behind a machine busy in a long action, and events no rule takes.
-    thread::sleep(Duration::from_secs(2));
     post_events(sidecar, "worker", "task", 20);
     post_events(sidecar, "controller", "nonsense", 3);
+    // Config reloads: a valid change, an invalid file (refused), the original again.
+    let greeter = configs.path().join("greeter.yaml");
+    let original = std::fs::read_to_string(&greeter).unwrap();
+    for (content, message) in [
+        (
+            original.replace("name: Turnstile", "name: Grafana"),
+            "config reloaded",
+        ),
+        (
+            "initial_state: [not, a, state\n".to_owned(),
+            "config change rejected",
+        ),
+        (original.clone(), "config reloaded"),
+    ] {
+        std::fs::write(&greeter, content).unwrap();
+        ts.wait_for(message, Duration::from_secs(30), |j| {
+            field(j, "target") == "turnstile::reload" && field(j, "message").starts_with(message)
+        });
+        // A scrape between changes, so that each shows.
+        thread::sleep(Duration::from_millis(1500));
+    }
 
     // Wait until the run has shown every outcome the panels plot.
     let ready = [
@@ -458,6 +500,8 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         "sum(rate(turnstile_action_duration_seconds_count{outcome=\"error\"}[1m])) > 0",
         "sum(rate(turnstile_state_duration_seconds_count{machine=\"worker\"}[1m])) > 0",
         "sum(increase(turnstile_spans_dropped_total[1m])) > 0",
+        "sum(increase(turnstile_config_reloads_total{result=\"failure\"}[1m])) > 0",
+        "sum(increase(turnstile_config_reloads_total{result=\"success\"}[1m])) > 0",
         "count(turnstile_plugin_info) > 0",
     ];
     let deadline = Instant::now() + Duration::from_secs(45);
