@@ -1,0 +1,263 @@
+//! End to end: `turnstile run --watch` with the real binary. Config files are changed the
+//! way editors do it, and what the design promises is read where an operator reads it:
+//! the logs, `/machines`, `/errors` and `turnstile_config_reloads_total` in `/metrics`.
+//! Also measured: the time from a write to the `config reloaded` log record.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{field, turnstile, Proc};
+use serde_json::Value as Json;
+
+/// Generous: the machine may share its two cores with builds and other tests.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> Json {
+    let (status, body) = http(addr, "GET", path, "");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = http(addr, "GET", "/metrics", "");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An editor's save: write a temporary file, rename it over the config.
+fn save(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn config(name: &str, extra_state: &str) -> String {
+    format!(
+        r#"metadata: {{machine_name: {name}}}
+initial_state: idle
+states: [idle, busy, {extra_state}]
+transitions:
+  - {{from: idle, to: busy, event: go}}
+  - {{from: busy, to: idle, event: back}}
+  - {{from: "*", to: {extra_state}, event: jump}}
+  - {{from: {extra_state}, to: idle, event: back}}
+"#
+    )
+}
+
+struct Watched {
+    proc: Proc,
+    addr: SocketAddr,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start(text: &str) -> Watched {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.display().to_string();
+    let mut cmd = turnstile(&["run", &p, "--watch", "--listen", "127.0.0.1:0"]);
+    for k in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "TURNSTILE_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    let mut proc = Proc::spawn(cmd);
+    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let addr = field(&rec, "addr").parse().unwrap();
+    proc.wait_for("the watcher", LIMIT, |j| {
+        field(j, "target") == "turnstile::reload"
+            && field(j, "message") == "watching for config changes"
+    });
+    Watched {
+        proc,
+        addr,
+        path,
+        _dir: dir,
+    }
+}
+
+fn wait_reloaded(w: &mut Watched, machine: &str) -> Json {
+    w.proc.wait_for("a reload", LIMIT, |j| {
+        field(j, "target") == "turnstile::reload"
+            && field(j, "machine") == machine
+            && field(j, "message").starts_with("config reloaded")
+    })
+}
+
+fn state(addr: SocketAddr, machine: &str) -> String {
+    get_json(addr, &format!("/machines/{machine}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn watch_swaps_good_configs_and_refuses_bad_ones() {
+    let mut w = start(&config("m", "v1"));
+    let addr = w.addr;
+    let (st, body) = http(addr, "POST", "/machines/m/events", r#"{"type":"go"}"#);
+    assert_eq!(st, 202, "{body}");
+    eventually("busy", || (state(addr, "m") == "busy").then_some(()));
+
+    // A good change: the machine stays in `busy`, the new rule works.
+    save(&w.path, &config("m", "v2"));
+    let rec = wait_reloaded(&mut w, "m");
+    assert!(
+        field(&rec, "message").contains("stays in state `busy`"),
+        "{rec}"
+    );
+    assert_eq!(state(addr, "m"), "busy");
+    assert_eq!(
+        metric(addr, r#"turnstile_config_reloads_total{result="success"}"#),
+        Some(1.0)
+    );
+
+    // A broken change: refused with line and column, the old config keeps running.
+    save(
+        &w.path,
+        "metadata: {machine_name: m}\ninitial_state: idle\nstates: [idle, busy\n",
+    );
+    let warn = w.proc.wait_for("the rejection", LIMIT, |j| {
+        field(j, "target") == "turnstile::reload"
+            && field(j, "message").starts_with("config change rejected")
+    });
+    assert_eq!(field(&warn, "level"), "WARN", "{warn}");
+    let msg = field(&warn, "message");
+    assert!(msg.contains("\n3:") || msg.contains("\n4:"), "{msg}");
+    let errors = eventually("the /errors record", || {
+        let e = get_json(addr, "/errors?kind=config");
+        (!e.as_array().unwrap().is_empty()).then_some(e)
+    });
+    let m = errors[0]["message"].as_str().unwrap();
+    let file = w.path.display().to_string();
+    assert!(m.starts_with(&format!("{file}: ")), "{m}");
+    let after = &m[file.len() + 2..];
+    let (line, rest) = after.split_once(':').unwrap();
+    let (col, _) = rest.split_once(':').unwrap();
+    line.parse::<u32>().unwrap();
+    col.parse::<u32>().unwrap();
+    assert_eq!(
+        metric(addr, r#"turnstile_config_reloads_total{result="failure"}"#),
+        Some(1.0)
+    );
+    let (st, _) = http(addr, "POST", "/machines/m/events", r#"{"type":"jump"}"#);
+    assert_eq!(st, 202);
+    eventually("v2 (the old config still runs)", || {
+        (state(addr, "m") == "v2").then_some(())
+    });
+
+    // The current state removed: back to the initial state, and /errors says why.
+    save(
+        &w.path,
+        "metadata: {machine_name: m}\ninitial_state: idle\nstates: [idle, busy]\ntransitions:\n  - {from: idle, to: busy, event: go}\n",
+    );
+    let rec = wait_reloaded(&mut w, "m");
+    assert!(field(&rec, "message").contains("`v2` was removed"), "{rec}");
+    assert_eq!(state(addr, "m"), "idle");
+    let errors = get_json(addr, "/errors?kind=state_removed");
+    assert_eq!(errors.as_array().unwrap().len(), 1, "{errors}");
+    assert_eq!(errors[0]["machine"], "m");
+    assert_eq!(
+        metric(
+            addr,
+            r#"turnstile_errors_total{machine="m",kind="state_removed"}"#
+        ),
+        Some(1.0)
+    );
+
+    // Renamed: the new machine starts, the old one stops.
+    save(&w.path, &config("n", "v3"));
+    wait_reloaded(&mut w, "n");
+    let machines = get_json(addr, "/machines");
+    let list = machines
+        .as_array()
+        .or_else(|| machines["machines"].as_array());
+    let text = machines.to_string();
+    assert!(list.is_some(), "{text}");
+    let old = get_json(addr, "/machines/m");
+    assert_eq!(old["running"], false, "{old}");
+    assert_eq!(old["stop_reason"], "Removed", "{old}");
+    assert_eq!(get_json(addr, "/machines/n")["running"], true);
+    assert_eq!(
+        metric(addr, r#"turnstile_config_reloads_total{result="success"}"#),
+        Some(3.0)
+    );
+
+    w.proc.signal("TERM");
+    let (status, _) = w.proc.finish(LIMIT);
+    assert!(status.success(), "{}", w.proc.log());
+}
+
+/// A change is live within a second: from the write to the `config reloaded` log record
+/// (written once the machine runs the new definition), median of 5 trials.
+#[test]
+fn a_change_is_live_within_one_second_of_the_write() {
+    let mut w = start(&config("m", "v0"));
+    // Let the watcher's first check pass.
+    thread::sleep(Duration::from_millis(300));
+    let mut samples = Vec::new();
+    for n in 1..=5 {
+        let t0 = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        save(&w.path, &config("m", &format!("v{n}")));
+        let rec = wait_reloaded(&mut w, "m");
+        samples.push(common::timestamp(&rec) - t0);
+        let (st, _) = http(w.addr, "POST", "/machines/m/events", r#"{"type":"jump"}"#);
+        assert_eq!(st, 202);
+        eventually("the new state", || {
+            (state(w.addr, "m") == format!("v{n}")).then_some(())
+        });
+        thread::sleep(Duration::from_millis(300));
+    }
+    samples.sort_by(f64::total_cmp);
+    let median = samples[samples.len() / 2];
+    println!(
+        "turnstile run --watch: write -> `config reloaded` log record: median {:.0} ms (min {:.0}, max {:.0}) over {} trials",
+        median * 1e3,
+        samples[0] * 1e3,
+        samples[samples.len() - 1] * 1e3,
+        samples.len()
+    );
+    assert!(median < 1.0, "median {median} s: {samples:?}");
+}
