@@ -240,7 +240,7 @@ transitions:
   - {{from: napping, to: {target}, event: wake_up}}
 actions:
   napping:
-    - {{type: sleep, duration: 0.4}}
+    - {{type: sleep, duration: 2.0}}
 "#
         )
     };
@@ -558,15 +558,18 @@ async fn fifty_corrupted_versions_in_a_row_are_all_rejected_while_events_go_on()
         assert!(s.engine.wait_for_state("m", state, WAIT).await);
         assert_eq!(running_hash(&s.engine, "m"), Some(good_hash));
     }
-    // Each version once (the re-hash does not report the same content again), each with
-    // its line and column.
+    // Each version once: the re-hash does not report the same content again. (A re-hash
+    // that reads a file between its truncation and its write sees one more bad version.)
+    let seen = s.rec.rejects().len();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let rejects = s.rec.rejects();
-    assert_eq!(rejects.len(), 50, "{rejects:#?}");
+    assert_eq!(rejects.len(), seen, "{rejects:#?}");
+    assert!(rejects.len() >= 50, "{rejects:#?}");
+    // Each with its line and column.
     for r in &rejects {
         let (line, rest) = r.split_once(':').unwrap();
         let (col, rest) = rest.split_once(':').unwrap();
-        assert!(line.parse::<u32>().unwrap() >= 4, "{r}");
+        assert!(line.parse::<u32>().unwrap() >= 1, "{r}");
         col.parse::<u32>().unwrap();
         assert!(rest.starts_with(" error["), "{r}");
     }
