@@ -658,3 +658,45 @@ async fn a_change_is_live_within_one_second() {
         "median {median:?}: {samples:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_keep_their_deadline_unless_the_reload_changes_them() {
+    let timed = |secs: &str, extra: &str| {
+        format!(
+            r#"
+metadata: {{machine_name: t}}
+initial_state: waiting
+states: [waiting, timed_out, {extra}]
+transitions:
+  - {{from: waiting, to: timed_out, event: "timeout({secs})"}}
+  - {{from: timed_out, to: waiting, event: again}}
+  - {{from: "*", to: {extra}, event: other}}
+  - {{from: {extra}, to: waiting, event: again}}
+"#
+        )
+    };
+    let engine = Engine::builder().build();
+    let t0 = Instant::now();
+    engine.spawn(def(&timed("2", "a"))).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Same timeouts: the deadline stays 2 s after the state was entered, not the reload.
+    engine.reload(def(&timed("2", "b"))).await.unwrap();
+    assert!(engine.wait_for_state("t", "timed_out", WAIT).await);
+    let fired = t0.elapsed();
+    assert!(fired < Duration::from_millis(2700), "fired after {fired:?}");
+
+    // Changed timeouts start again from the reload.
+    engine.send("t", Event::new("again")).await.unwrap();
+    assert!(engine.wait_for_state("t", "waiting", WAIT).await);
+    let t1 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.reload(def(&timed("1", "c"))).await.unwrap();
+    assert!(engine.wait_for_state("t", "timed_out", WAIT).await);
+    let fired = t1.elapsed();
+    assert!(
+        fired >= Duration::from_millis(1300),
+        "fired after {fired:?}"
+    );
+    engine.shutdown();
+    engine.join().await;
+}
