@@ -436,6 +436,15 @@ impl Observer for Telemetry {
     /// place, keeping its counts and its `/trace` records.
     fn machine_reloaded(&self, m: MachineRef<'_>, previous: MachineRef<'_>, s: StateRef<'_>) {
         let old = self.slot(&previous);
+        // An action still waiting goes on under the new definition: its span (if any)
+        // moves along, so that its end is recorded.
+        let action = old.and_then(|o| {
+            o.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .action
+                .take()
+        });
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
@@ -444,7 +453,8 @@ impl Observer for Telemetry {
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
             live: Mutex::new(Live {
                 state: s.id,
-                ..Live::default()
+                event: None,
+                action,
             }),
             trace: old.map_or_else(
                 || Arc::new(Ring::new(self.config.trace_buffer)),
