@@ -271,7 +271,10 @@ pub trait Observer: Send + Sync + 'static {
     }
     /// A machine's task ended.
     fn machine_stopped(&self, machine: MachineRef<'_>, state: StateRef<'_>, reason: StopReason) {}
-    /// Processing of an event begins. `queue_depth` is what is still waiting behind it.
+    /// Processing of an event that triggers a transition begins (it becomes the machine's
+    /// running event until `event_finished`). Events that trigger nothing (ignored or
+    /// refused) are reported by `event_finished` alone. `queue_depth` is what is still
+    /// waiting behind it.
     /// An observer that opens a span returns its context: events the machine's actions
     /// send or return carry it, so they continue the same trace.
     fn event_started(

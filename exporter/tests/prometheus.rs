@@ -720,16 +720,10 @@ actions:
 /// `/trace` record of `go` keep their own trace, outcome and actions, and the ignored
 /// event has one span of its own with outcome `ignored`.
 ///
-/// Fails today (found by the test above while it retried a `start` the controller was
-/// too busy to take): the engine reports an unrouted event with `event_started` +
-/// `event_finished`, and `Telemetry::event_started` stores it in the machine's only
-/// live-event slot, replacing `go`, which is still running its `sleep`. Then `go`'s span
-/// is dropped unfinished (exported without `turnstile.outcome`), the ignored event gets
-/// two spans (the short one from `event_finished`, and the one from `event_started`,
-/// which later receives `go`'s `outcome = transitioned`), and `go`'s `/trace` record and
-/// duration exemplar carry the ignored event's trace id, span id and arrival time.
+/// Found by the test above while it retried a `start` the controller was too busy to
+/// take: the engine used to report an unrouted event with `event_started` too, and the
+/// telemetry stored it in the machine's live-event slot, replacing the running event.
 #[test]
-#[ignore = "known telemetry bug: an unrouted event replaces the live event of the event in progress"]
 fn an_ignored_event_leaves_the_span_of_the_event_in_progress_alone() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();

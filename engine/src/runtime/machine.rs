@@ -126,6 +126,11 @@ pub(crate) struct Machine {
     /// Consecutive re-entries of a state by its own actions' events, with nothing waiting
     /// in between, after which the next one is refused (`ErrorKind::Livelock`).
     livelock_limit: u32,
+    /// Saves the state and context after each transition (`--persist`).
+    persist: Option<crate::store::Persister>,
+    /// A transition happened since the state was last saved with its context as the
+    /// entry actions left it.
+    persist_dirty: bool,
 }
 
 impl Machine {
@@ -164,7 +169,43 @@ impl Machine {
             self_loops: 0,
             entered: None,
             livelock_limit,
+            persist: None,
+            persist_dirty: false,
         }
+    }
+
+    /// Saves the state again once its entry actions have run (their context changes).
+    fn save_settled(&mut self) {
+        self.persist_dirty = false;
+        if let Some(p) = &self.persist {
+            p.entered(
+                &self.def.name,
+                &self.def.states[self.state].name,
+                &self.context,
+                None,
+            );
+        }
+    }
+
+    /// The definition it runs.
+    pub(crate) fn def(&self) -> &Arc<MachineDef> {
+        &self.def
+    }
+
+    /// Persists this machine's state after each transition, starting from `restored`
+    /// (a saved state index and context) when given.
+    pub(crate) fn persisted(
+        mut self,
+        p: crate::store::Persister,
+        restored: Option<(usize, Map<String, Json>)>,
+    ) -> Self {
+        if let Some((state, context)) = restored {
+            self.state = state;
+            self.context = context;
+            self.shared.state.store(state, Ordering::Relaxed);
+        }
+        self.persist = Some(p);
+        self
     }
 
     fn mref(&self) -> MachineRef<'_> {
@@ -198,6 +239,14 @@ impl Machine {
             state = %self.def.states[self.state].name,
             "machine started"
         );
+        if let Some(p) = &self.persist {
+            p.entered(
+                &self.def.name,
+                &self.def.states[self.state].name,
+                &self.context,
+                None,
+            );
+        }
         self.arm_timers();
         let mut fast = FAST_BUDGET;
         let reason = loop {
@@ -225,6 +274,9 @@ impl Machine {
                     continue;
                 }
                 self.finish_active();
+                if self.persist_dirty {
+                    self.save_settled();
+                }
                 if self.def.states[self.state].is_final {
                     break StopReason::FinalState;
                 }
@@ -490,6 +542,15 @@ impl Machine {
             event = %ev.name,
             "transition"
         );
+        if let Some(p) = &self.persist {
+            p.entered(
+                &def.name,
+                &def.states[to].name,
+                &self.context,
+                Some((&def.states[from].name, &ev.name, ev.job_id.as_deref())),
+            );
+            self.persist_dirty = true;
+        }
         self.active = Some(Active {
             from,
             to,
@@ -530,9 +591,11 @@ impl Machine {
     }
 
     /// Reports an event that caused no transition (ignored or refused).
+    /// Only `event_finished` is called: such an event never becomes the running one, so an
+    /// observer keeping state for the running event must not see it start (it may arrive
+    /// while another event's actions are still running).
     fn unrouted(&self, ev: &Event, outcome: EventOutcome) {
         if let Some(o) = &self.observer {
-            o.event_started(self.mref(), ev, self.queue_depth());
             o.event_finished(&EventReport {
                 machine: self.mref(),
                 event: ev,
