@@ -223,6 +223,8 @@ struct RunOptions {
     stop_timeout: Duration,
     sidecar: Option<SidecarConfig>,
     keep_serving: bool,
+    /// `--persist`: machine states saved after each transition and restored at start.
+    persist: Option<turnstile_engine::store::Persister>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -348,6 +350,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 stop_timeout,
                 keep_serving: serve.keep_serving && sidecar.is_some(),
                 sidecar,
+                persist: crate::jobs_cli::persister(&store, job_store.as_ref()),
             };
             let code = rt.block_on(run(defs, opts, telemetry.clone()));
             // Machines have stopped and the sidecar is closed: flush the spans.
@@ -426,10 +429,13 @@ async fn run(
     opts: RunOptions,
     telemetry: Arc<Telemetry>,
 ) -> anyhow::Result<ExitCode> {
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .queue_capacity(opts.queue_capacity)
-        .observer(telemetry.clone())
-        .build();
+        .observer(telemetry.clone());
+    if let Some(p) = &opts.persist {
+        builder = builder.persist(p.clone());
+    }
+    let engine = builder.build();
     telemetry.attach(&engine);
     // The sidecar binds before any machine runs: a taken port stops us before a machine
     // has done anything.
@@ -453,6 +459,10 @@ async fn run(
     .await;
     if let Some(s) = sidecar {
         s.shutdown().await;
+    }
+    if let Some(p) = &opts.persist {
+        let p = p.clone();
+        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
     }
     code
 }

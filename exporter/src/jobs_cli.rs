@@ -61,6 +61,10 @@ pub struct RunStoreArgs {
     /// First retry delay in seconds after a failed attempt (doubled each attempt).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub job_backoff: f64,
+    /// Save each machine's state and context after every transition (plus a transition
+    /// record) in the store, and start each machine in its saved state.
+    #[arg(long)]
+    pub persist: bool,
 }
 
 /// `jobs` subcommands.
@@ -116,7 +120,7 @@ pub enum JobsCommand {
 /// `events` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// List recorded events, newest first.
+    /// List the transitions recorded by `run --persist` (event, from, to), newest first.
     List {
         /// Only events for this machine.
         #[arg(long)]
@@ -171,7 +175,7 @@ pub fn open_for_run(
     args: &RunStoreArgs,
     registry: &ActionRegistry,
 ) -> anyhow::Result<Option<Arc<SqliteStore>>> {
-    if args.db.db.is_none() && !registry.jobs().used() {
+    if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
         return Ok(None);
     }
     let secs = |v: f64, what: &str| {
@@ -194,6 +198,15 @@ pub fn open_for_run(
     tracing::info!(target: "turnstile::jobs", db = %path.display(), owner = store.owner(), "job store open");
     registry.jobs().set(store.clone());
     Ok(Some(store))
+}
+
+/// The state persister `--persist` asks for.
+pub fn persister(
+    args: &RunStoreArgs,
+    store: Option<&Arc<SqliteStore>>,
+) -> Option<turnstile_engine::store::Persister> {
+    let store = store.filter(|_| args.persist)?;
+    Some(turnstile_engine::store::Persister::new(store.clone()))
 }
 
 /// Keeps `turnstile_jobs{job_type, status}` current: every [`JOB_METRICS_INTERVAL`] and
@@ -356,26 +369,28 @@ pub fn events(cmd: EventsCommand) -> anyhow::Result<ExitCode> {
         db,
     } = cmd;
     let store = open_existing(&db)?;
-    let events = store.events(machine.as_deref(), limit)?;
+    let events = store.transitions(machine.as_deref(), limit)?;
     match format {
         OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&events)?),
         OutFormat::Text => {
             outln!(
-                "{:>6} {:<20} {:<20} {:<20} {:<10} JOB_ID",
+                "{:>6} {:<24} {:<20} {:<20} {:<20} {:<20} JOB_ID",
                 "ID",
                 "CREATED",
-                "TARGET",
+                "MACHINE",
                 "EVENT",
-                "STATUS"
+                "FROM",
+                "TO"
             );
             for e in events {
                 outln!(
-                    "{:>6} {:<20} {:<20} {:<20} {:<10} {}",
+                    "{:>6} {:<24} {:<20} {:<20} {:<20} {:<20} {}",
                     e.id,
                     e.created_at.as_deref().unwrap_or("-"),
-                    e.target_machine,
-                    e.event_type,
-                    e.status,
+                    e.machine_name,
+                    e.event,
+                    e.from_state,
+                    e.to_state,
                     e.job_id.as_deref().unwrap_or("-")
                 );
             }

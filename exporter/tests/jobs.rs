@@ -292,12 +292,17 @@ fn job_records(p: &Proc, message: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_all_completed(db: &Path, n: usize, what: &str) -> Duration {
+/// Waits until `n` jobs are completed; fails early with the logs when a worker exits.
+fn wait_all_completed(db: &Path, n: usize, what: &str, workers: &mut [Proc]) -> Duration {
     let t0 = Instant::now();
     loop {
         let done = count(db, "completed");
         if done == n {
             return t0.elapsed();
+        }
+        if let Some(w) = workers.iter_mut().find(|w| common::process_gone(w.pid())) {
+            let _ = w.finish(LIMIT);
+            panic!("{what}: a worker exited early:\n{}", w.log());
         }
         assert!(t0.elapsed() < LIMIT * 2, "{what}: {done} of {n} completed");
         std::thread::sleep(Duration::from_millis(100));
@@ -313,7 +318,7 @@ fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
     let n = 5000;
     seed(&db, n, "j");
     let mut workers: Vec<Proc> = (0..4).map(|_| worker(&config, &db, &[])).collect();
-    let took = wait_all_completed(&db, n, "4 workers");
+    let took = wait_all_completed(&db, n, "4 workers", &mut workers);
     for w in &mut workers {
         w.signal("TERM");
     }
@@ -408,7 +413,7 @@ fn workers_killed_mid_job_20_times_lose_no_job() {
         workers.push(worker(&config, &db, &extra));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let took = wait_all_completed(&db, n, "after 20 kills");
+    let took = wait_all_completed(&db, n, "after 20 kills", &mut workers);
     let s = SqliteStore::open(&db).unwrap();
     let jobs = s.list_jobs(&ListJobs::default()).unwrap();
     let retried = jobs.iter().filter(|j| j.attempts > 1).count();
@@ -457,10 +462,10 @@ fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
     let config = dir.path().join("worker.yaml");
     std::fs::write(&config, WORKER).unwrap();
     let mut w = worker(&config, &db, &[]);
-    wait_all_completed(&db, 1, "first python job");
+    wait_all_completed(&db, 1, "first python job", std::slice::from_mut(&mut w));
     // While Turnstile waits, statemachine-engine adds another to the same file.
     add("sme-2");
-    wait_all_completed(&db, 2, "second python job");
+    wait_all_completed(&db, 2, "second python job", std::slice::from_mut(&mut w));
     w.signal("TERM");
     let (st, _) = w.finish(LIMIT);
     assert!(st.success(), "{}", w.log());
@@ -470,4 +475,82 @@ fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
     let s = SqliteStore::open(&db).unwrap();
     let j = s.get_job("sme-2").unwrap().unwrap();
     assert_eq!(j.data["who"], json!("python"));
+}
+
+const STEPS: &str = r#"
+initial_state: one
+metadata:
+  machine_name: steps
+transitions:
+  - {from: one, to: two, event: go}
+  - {from: two, to: three, event: go}
+actions:
+  two:
+    - type: set_context
+      key: visited_two
+      value: true
+"#;
+
+fn cli_json(args: &[&str]) -> Json {
+    let out = turnstile(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn run_persist_restores_state_and_context_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let dbs = db.display().to_string();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let cfg = config.display().to_string();
+
+    let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
+    let addr = sidecar_addr(&mut p);
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/machines/steps/events",
+        r#"{"type": "go", "job_id": "j-1"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    p.wait_for("one -> two", LIMIT, |j| {
+        common::is_transition(j, "steps") && field(j, "to") == "two"
+    });
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+
+    let states = cli_json(&["machine-state", "--db", &dbs, "--format", "json"]);
+    assert_eq!(states[0]["machine_name"], "steps", "{states:#}");
+    assert_eq!(states[0]["current_state"], "two", "{states:#}");
+    assert_eq!(states[0]["context"]["visited_two"], true, "{states:#}");
+    let events = cli_json(&["events", "list", "--db", &dbs, "--format", "json"]);
+    assert_eq!(events[0]["event"], "go", "{events:#}");
+    assert_eq!(events[0]["from_state"], "one");
+    assert_eq!(events[0]["to_state"], "two");
+    assert_eq!(events[0]["job_id"], "j-1");
+
+    // Restarted: the machine is in `two` again and goes on from there.
+    let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
+    let addr = sidecar_addr(&mut p);
+    let (status, body) = http(addr, "GET", "/machines/steps", "");
+    assert_eq!(status, 200, "{body}");
+    let m: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["state"], "two", "{m:#}");
+    let (status, _) = http(addr, "POST", "/machines/steps/events", r#"{"type": "go"}"#);
+    assert_eq!(status, 202);
+    p.wait_for("two -> three", LIMIT, |j| {
+        common::is_transition(j, "steps") && field(j, "from") == "two" && field(j, "to") == "three"
+    });
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+    let states = cli_json(&["machine-state", "--db", &dbs, "--format", "json"]);
+    assert_eq!(states[0]["current_state"], "three", "{states:#}");
 }

@@ -80,6 +80,7 @@ pub enum SendError {
 /// Builds an [`Engine`].
 pub struct EngineBuilder {
     observer: Option<Arc<dyn Observer>>,
+    persist: Option<crate::store::Persister>,
     queue_capacity: usize,
     livelock_limit: u32,
 }
@@ -107,6 +108,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Saves every machine's state and context after each transition (and a transition
+    /// record) through `p`, and starts a machine in its saved state with its saved context
+    /// when the store has one (unless that state is gone or final).
+    #[must_use]
+    pub fn persist(mut self, p: crate::store::Persister) -> Self {
+        self.persist = Some(p);
+        self
+    }
+
     /// Builds the engine; machines are added with [`Engine::spawn`].
     pub fn build(self) -> Engine {
         Engine {
@@ -118,6 +128,7 @@ impl EngineBuilder {
                 running: watch::Sender::new(0),
                 queue_capacity: self.queue_capacity,
                 livelock_limit: self.livelock_limit,
+                persist: self.persist,
             }),
         }
     }
@@ -132,6 +143,7 @@ struct Inner {
     running: watch::Sender<usize>,
     queue_capacity: usize,
     livelock_limit: u32,
+    persist: Option<crate::store::Persister>,
 }
 
 /// Counts a machine task as running until it ends, however it ends (a panic included).
@@ -199,6 +211,7 @@ impl Engine {
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             observer: None,
+            persist: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             livelock_limit: DEFAULT_LIVELOCK_LIMIT,
         }
@@ -261,6 +274,13 @@ impl Engine {
                 self.inner.cancel.child_token(),
                 self.inner.livelock_limit,
             );
+            let machine = match &self.inner.persist {
+                Some(p) => {
+                    let def = machine.def().clone();
+                    machine.persisted(p.clone(), p.restored(&def))
+                }
+                None => machine,
+            };
             let guard = RunningGuard(self.inner.running.clone());
             handle.spawn(async move {
                 let _guard = guard;

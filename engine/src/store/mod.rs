@@ -16,6 +16,7 @@
 //! - Job statuses: `pending`, `processing`, `completed`, `failed` (written by
 //!   statemachine-engine's own tools), `dead`.
 
+pub mod persist;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+pub use persist::Persister;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Status of a job waiting to be claimed.
@@ -250,8 +252,30 @@ pub struct EventRecord {
     pub created_at: Option<String>,
 }
 
+/// Machine name -> (state, context): the latest state of each machine to save.
+pub type SavedStates = std::collections::HashMap<Arc<str>, (Arc<str>, Map<String, Json>)>;
+
+/// One transition, as kept in the audit table (`transitions`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TransitionRecord {
+    /// Row id (0 before it is written).
+    pub id: i64,
+    /// The machine.
+    pub machine_name: String,
+    /// State left.
+    pub from_state: String,
+    /// State entered.
+    pub to_state: String,
+    /// The event.
+    pub event: String,
+    /// The event's job id.
+    pub job_id: Option<String>,
+    /// When it was written (`YYYY-MM-DD HH:MM:SS.SSS`, UTC).
+    pub created_at: Option<String>,
+}
+
 /// Persisted machine state and events (statemachine-engine's `machine_state` and
-/// `machine_events` tables).
+/// `machine_events` tables, and Turnstile's `transitions` audit table).
 pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Saves a machine's state and context.
     fn save_state(
@@ -277,6 +301,18 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     fn events(&self, target: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
     /// Marks `target`'s pending events of these types processed; returns how many.
     fn clear_events(&self, target: &str, types: &[String]) -> Result<usize, StoreError>;
+    /// Saves machine states and appends transition records, in one transaction.
+    fn persist_batch(
+        &self,
+        states: &SavedStates,
+        audit: &[TransitionRecord],
+    ) -> Result<(), StoreError>;
+    /// Transition records, newest first.
+    fn transitions(
+        &self,
+        machine: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TransitionRecord>, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.

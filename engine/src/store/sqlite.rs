@@ -85,6 +85,16 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
 ];
 
 const TURNSTILE_INDEXES: &str = "
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_name TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    event TEXT NOT NULL,
+    job_id TEXT,
+    created_at TIMESTAMP DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE INDEX IF NOT EXISTS idx_transitions_machine ON transitions (machine_name, id);
 CREATE INDEX IF NOT EXISTS idx_jobs_claim ON jobs (status, job_type, priority, created_at);
 CREATE INDEX IF NOT EXISTS idx_jobs_lease ON jobs (status, lease_until);
 ";
@@ -685,6 +695,73 @@ impl StateStore for SqliteStore {
                     payload: json_col(r, 5)?,
                     status: r.get(6)?,
                     created_at: r.get(7)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn persist_batch(
+        &self,
+        states: &super::SavedStates,
+        audit: &[super::TransitionRecord],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO transitions (machine_name, from_state, to_state, event, job_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in audit {
+                ins.execute(params![
+                    r.machine_name,
+                    r.from_state,
+                    r.to_state,
+                    r.event,
+                    r.job_id
+                ])?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
+                 VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
+                 ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
+                    last_activity = excluded.last_activity, pid = excluded.pid,
+                    context = excluded.context",
+            )?;
+            let pid = i64::from(std::process::id());
+            for (m, (state, ctx)) in states {
+                let ctx =
+                    serde_json::to_string(ctx).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                up.execute(params![&**m, &**state, pid, ctx])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn transitions(
+        &self,
+        machine: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::TransitionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, machine_name, from_state, to_state, event, job_id, created_at
+             FROM transitions WHERE (?1 IS NULL OR machine_name = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![machine, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(super::TransitionRecord {
+                    id: r.get(0)?,
+                    machine_name: r.get(1)?,
+                    from_state: r.get(2)?,
+                    to_state: r.get(3)?,
+                    event: r.get(4)?,
+                    job_id: r.get(5)?,
+                    created_at: r.get(6)?,
                 })
             },
         )?;

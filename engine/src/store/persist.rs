@@ -1,0 +1,194 @@
+//! Persisting machine state: after each transition the machine hands its new state and
+//! context to a [`Persister`], which writes them from its own thread (the machine never
+//! waits for the disk). States are coalesced (only the latest state of each machine is
+//! written); the transition audit rows are kept up to [`AUDIT_BACKLOG`] unwritten rows,
+//! beyond which new rows are dropped and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+
+use super::{SavedStates, StateStore, TransitionRecord};
+use crate::runtime::def::MachineDef;
+
+/// Audit rows kept in memory while the writer is behind.
+pub const AUDIT_BACKLOG: usize = 100_000;
+
+#[derive(Default)]
+struct Pending {
+    states: SavedStates,
+    audit: Vec<TransitionRecord>,
+    closed: bool,
+}
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    idle: Condvar,
+}
+
+/// Ends the writer (after it wrote what is pending) when the last handle goes.
+struct Closer(Arc<Inner>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.0.wake.notify_all();
+    }
+}
+
+/// Writes machine states and transition records to a [`StateStore`] in the background.
+#[derive(Clone)]
+pub struct Persister {
+    inner: Arc<Inner>,
+    store: Arc<dyn StateStore>,
+    _closer: Arc<Closer>,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister")
+            .field("written", &self.inner.written.load(Ordering::Relaxed))
+            .field("dropped", &self.inner.dropped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Persister {
+    /// Starts the writer thread.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            idle: Condvar::new(),
+        });
+        let (i, s) = (inner.clone(), store.clone());
+        let spawned = std::thread::Builder::new()
+            .name("turnstile-persist".into())
+            .spawn(move || writer(&i, &*s));
+        if let Err(e) = spawned {
+            tracing::error!(target: "turnstile::store", "cannot start the state writer: {e}");
+        }
+        Self {
+            _closer: Arc::new(Closer(inner.clone())),
+            inner,
+            store,
+        }
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Records that `machine` entered `state` with `context` (through `event` from
+    /// `from`; `None` for the machine's start).
+    pub fn entered(
+        &self,
+        machine: &Arc<str>,
+        state: &Arc<str>,
+        context: &Map<String, Json>,
+        from: Option<(&str, &str, Option<&str>)>,
+    ) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.states
+            .insert(machine.clone(), (state.clone(), context.clone()));
+        if let Some((from, event, job_id)) = from {
+            if p.audit.len() < AUDIT_BACKLOG {
+                p.audit.push(TransitionRecord {
+                    id: 0,
+                    machine_name: machine.to_string(),
+                    from_state: from.to_owned(),
+                    to_state: state.to_string(),
+                    event: event.to_owned(),
+                    job_id: job_id.map(str::to_owned),
+                    created_at: None,
+                });
+            } else {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(p);
+        self.inner.wake.notify_one();
+    }
+
+    /// Waits (up to `limit`) until everything handed over so far is written.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (p, t) = self
+            .inner
+            .idle
+            .wait_timeout_while(p, limit, |p| !p.states.is_empty() || !p.audit.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        drop(p);
+        !t.timed_out()
+    }
+
+    /// The saved state (index) and context of `def`'s machine, when there is one, its
+    /// state still exists and is not final.
+    pub fn restored(&self, def: &MachineDef) -> Option<(usize, Map<String, Json>)> {
+        let rec = match self.store.load_state(&def.name) {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::warn!(target: "turnstile::store", machine = %def.name, "cannot read the saved state: {e}");
+                return None;
+            }
+        };
+        let name = rec.current_state?;
+        let Some(ix) = def.states.iter().position(|s| *s.name == *name) else {
+            tracing::warn!(target: "turnstile::store", machine = %def.name, state = %name, "the saved state no longer exists: starting from the initial state");
+            return None;
+        };
+        if def.states[ix].is_final {
+            return None;
+        }
+        let context = match rec.context {
+            Some(Json::Object(m)) => m,
+            _ => def.context.clone(),
+        };
+        tracing::info!(target: "turnstile::store", machine = %def.name, state = %name, "restored the saved state");
+        Some((ix, context))
+    }
+
+    /// Audit rows dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn writer(inner: &Inner, store: &dyn StateStore) {
+    loop {
+        let batch = {
+            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while p.states.is_empty() && p.audit.is_empty() && !p.closed {
+                p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if p.closed && p.states.is_empty() && p.audit.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut p.states), std::mem::take(&mut p.audit))
+        };
+        let (states, audit) = batch;
+        let n = states.len() + audit.len();
+        if n > 0 {
+            if let Err(e) = store.persist_batch(&states, &audit) {
+                tracing::warn!(target: "turnstile::store", "cannot save machine state: {e}");
+            }
+            inner.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.states.is_empty() && p.audit.is_empty() {
+            inner.idle.notify_all();
+        }
+    }
+}

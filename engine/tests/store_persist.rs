@@ -1,0 +1,176 @@
+#![allow(clippy::unwrap_used)]
+//! Machine state and context saved after each transition and restored on restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use turnstile_engine::store::{Persister, SqliteStore, StateStore};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const STEPS: &str = r#"
+initial_state: one
+metadata:
+  machine_name: steps
+events:
+  go:
+    context_map:
+      n: payload.n
+transitions:
+  - {from: one, to: two, event: go}
+  - {from: two, to: three, event: go}
+  - {from: three, to: done, event: go}
+actions:
+  two:
+    - type: set_context
+      key: entered_two
+      value: "{n}"
+final_states: [done]
+"#;
+
+fn def() -> Arc<MachineDef> {
+    config::load_str(STEPS, None, &ActionRegistry::with_builtins())
+        .def
+        .unwrap()
+}
+
+async fn go(engine: &Engine, n: i64) {
+    engine
+        .send(
+            "steps",
+            Event::new("go")
+                .with_payload(json!({"n": n}))
+                .with_job_id(format!("job-{n}")),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_context_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def()).unwrap();
+    go(&engine, 1).await;
+    go(&engine, 2).await;
+    assert!(engine.wait_for_state("steps", "three", WAIT).await);
+    engine.shutdown();
+    engine.join().await;
+    assert!(p.flush(WAIT));
+    let rec = store.load_state("steps").unwrap().unwrap();
+    assert_eq!(rec.current_state.as_deref(), Some("three"));
+    let ctx = rec.context.unwrap();
+    assert_eq!(ctx["n"], json!(2));
+    assert_eq!(ctx["entered_two"], json!(1));
+    let t = store.transitions(Some("steps"), 10).unwrap();
+    let seen: Vec<(&str, &str, &str, Option<&str>)> = t
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r.from_state.as_str(),
+                r.to_state.as_str(),
+                r.event.as_str(),
+                r.job_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("one", "two", "go", Some("job-1")),
+            ("two", "three", "go", Some("job-2"))
+        ]
+    );
+
+    // A new engine (a restarted process) starts the machine where it was.
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def()).unwrap();
+    assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "three");
+    let snap = engine.snapshot("steps").await.unwrap();
+    assert_eq!(snap.context["entered_two"], json!(1));
+    go(&engine, 3).await;
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    assert!(p.flush(WAIT));
+    assert_eq!(
+        store
+            .load_state("steps")
+            .unwrap()
+            .unwrap()
+            .current_state
+            .as_deref(),
+        Some("done")
+    );
+
+    // A machine saved in a final state starts over.
+    let engine = Engine::builder()
+        .persist(Persister::new(store.clone()))
+        .build();
+    engine.spawn(def()).unwrap();
+    assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "one");
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_state_that_no_longer_exists_starts_from_the_initial_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    store
+        .save_state("steps", "removed_state", &serde_json::Map::new())
+        .unwrap();
+    let engine = Engine::builder()
+        .persist(Persister::new(store.clone()))
+        .build();
+    engine.spawn(def()).unwrap();
+    assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "one");
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_fast_transitions_are_coalesced_not_blocking() {
+    let yaml = r#"
+initial_state: a
+metadata: {machine_name: pingpong}
+transitions:
+  - {from: a, to: b, event: x}
+  - {from: b, to: a, event: x}
+"#;
+    let def = config::load_str(yaml, None, &ActionRegistry::with_builtins())
+        .def
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def).unwrap();
+    let n = 20_000;
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        engine.send("pingpong", Event::new("x")).await.unwrap();
+    }
+    let sent = t0.elapsed();
+    engine.shutdown();
+    engine.join().await;
+    let m = engine.machine("pingpong").unwrap();
+    assert!(p.flush(WAIT));
+    let written = store.transitions(Some("pingpong"), n + 10).unwrap().len() as u64;
+    assert_eq!(written + p.dropped(), m.transitions);
+    assert_eq!(
+        store
+            .load_state("pingpong")
+            .unwrap()
+            .unwrap()
+            .current_state
+            .as_deref(),
+        Some(m.state.as_ref())
+    );
+    eprintln!("{n} persisted transitions in {sent:?}");
+}
