@@ -201,7 +201,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
             r.headers_mut().remove(CONTENT_TYPE);
             Ok(r)
         }
-        Route::Metrics => Ok(metrics(state, &req)),
+        Route::Metrics => Ok(metrics(state, &req).await),
         Route::Stats => Ok(response::json(
             StatusCode::OK,
             &state.telemetry.stats(Some(&state.addr.to_string())),
@@ -233,15 +233,15 @@ fn header_str(req: &Request<Incoming>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn metrics(state: &State, req: &Request<Incoming>) -> Response<Body> {
+async fn metrics(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let om = request::wants_openmetrics(header_str(req, ACCEPT));
-    let text = state.telemetry.render_metrics(om);
+    let text = state.telemetry.metrics_page(om).await;
     let ct = if om {
         response::OPENMETRICS
     } else {
         response::PROMETHEUS_TEXT
     };
-    response::with_body(StatusCode::OK, ct, Bytes::from(text))
+    response::with_body(StatusCode::OK, ct, text)
 }
 
 fn trace(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {

@@ -66,6 +66,9 @@ pub struct Telemetry {
     engine: Arc<OnceLock<Engine>>,
     started: Instant,
     started_at: SystemTime,
+    /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
+    pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 2],
+    last_page_size: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -139,6 +142,8 @@ impl Telemetry {
             engine,
             started: Instant::now(),
             started_at: SystemTime::now(),
+            pages: Default::default(),
+            last_page_size: std::sync::atomic::AtomicUsize::new(64 * 1024),
         }))
     }
 
@@ -164,9 +169,36 @@ impl Telemetry {
         self.spans.is_some()
     }
 
+    /// The exposition for `/metrics`, rendered off the async threads. Scrapes that arrive
+    /// while a page is being rendered share it (single flight): a page is at most one
+    /// render old (a few milliseconds), and a burst of scrapes costs one render instead of
+    /// one each, so scraping never starves the machines.
+    pub async fn metrics_page(self: &Arc<Self>, openmetrics: bool) -> bytes::Bytes {
+        let arrived = Instant::now();
+        let slot = &self.pages[usize::from(openmetrics)];
+        let mut last = slot.lock().await;
+        if let Some((finished, page)) = &*last {
+            if *finished >= arrived {
+                return page.clone();
+            }
+        }
+        let me = self.clone();
+        let page = match tokio::task::spawn_blocking(move || me.render_metrics(openmetrics)).await {
+            Ok(text) => bytes::Bytes::from(text),
+            Err(e) => {
+                tracing::error!(target: "turnstile::metrics", "rendering metrics failed: {e}");
+                bytes::Bytes::new()
+            }
+        };
+        *last = Some((Instant::now(), page.clone()));
+        page
+    }
+
     /// The exposition: OpenMetrics (with exemplars) or Prometheus text 0.0.4.
     pub fn render_metrics(&self, openmetrics: bool) -> String {
-        let mut out = String::with_capacity(64 * 1024);
+        // Start at the last page's size: no repeated doubling of a megabyte buffer.
+        let size = self.last_page_size.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(size + size / 8 + 4096);
         let r = if openmetrics {
             prometheus_client::encoding::text::encode(&mut out, &self.registry)
         } else {
@@ -175,6 +207,7 @@ impl Telemetry {
         if let Err(e) = r {
             tracing::error!(target: "turnstile::metrics", "encoding metrics failed: {e}");
         }
+        self.last_page_size.store(out.len(), Ordering::Relaxed);
         out
     }
 
