@@ -26,6 +26,7 @@ pub mod diagram;
 pub mod observe;
 pub mod reload;
 pub mod runtime;
+pub mod sockets;
 pub mod store;
 
 pub use actions::ActionRegistry;

@@ -98,6 +98,8 @@ enum Command {
     /// List events recorded in the store.
     #[command(subcommand)]
     Events(crate::jobs_cli::EventsCommand),
+    /// Send an event to a machine of another `turnstile run --socket-dir` process.
+    SendEvent(crate::jobs_cli::SendEventArgs),
 }
 
 /// `run` options for the HTTP sidecar, metrics and spans.
@@ -225,6 +227,8 @@ struct RunOptions {
     keep_serving: bool,
     /// `--persist`: machine states saved after each transition and restored at start.
     persist: Option<turnstile_engine::store::Persister>,
+    /// `--socket-dir`: a Unix socket per machine there.
+    sockets: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -242,6 +246,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => crate::jobs_cli::jobs(cmd),
         Command::MachineState(args) => crate::jobs_cli::machine_state(args),
         Command::Events(cmd) => crate::jobs_cli::events(cmd),
+        Command::SendEvent(args) => crate::jobs_cli::send_event(args),
         Command::Validate {
             configs,
             strict,
@@ -351,6 +356,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_serving: serve.keep_serving && sidecar.is_some(),
                 sidecar,
                 persist: crate::jobs_cli::persister(&store, job_store.as_ref()),
+                sockets: store.socket_dir.clone(),
             };
             let code = rt.block_on(run(defs, opts, telemetry.clone()));
             // Machines have stopped and the sidecar is closed: flush the spans.
@@ -370,7 +376,10 @@ impl Command {
             Command::Run { plugins, .. }
             | Command::Validate { plugins, .. }
             | Command::Diagram { plugins, .. } => plugins,
-            Command::Jobs(_) | Command::MachineState(_) | Command::Events(_) => &[],
+            Command::Jobs(_)
+            | Command::MachineState(_)
+            | Command::Events(_)
+            | Command::SendEvent(_) => &[],
         }
     }
 }
@@ -440,13 +449,32 @@ async fn run(
     // The sidecar binds before any machine runs: a taken port stops us before a machine
     // has done anything.
     let sidecar = match opts.sidecar {
-        Some(config) => match server::serve(config, engine.clone(), telemetry).await {
+        Some(config) => match server::serve(config, engine.clone(), telemetry.clone()).await {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::from(1));
             }
         },
+        None => None,
+    };
+    let sockets = match &opts.sockets {
+        Some(dir) => {
+            let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
+            let observer: Arc<dyn turnstile_engine::Observer> = telemetry.clone();
+            match turnstile_engine::sockets::SocketServer::start(
+                &engine,
+                dir,
+                &names,
+                Some(observer),
+            ) {
+                Ok((s, _failed)) => Some(s),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         None => None,
     };
     let code = supervise(
@@ -459,6 +487,9 @@ async fn run(
     .await;
     if let Some(s) = sidecar {
         s.shutdown().await;
+    }
+    if let Some(s) = sockets {
+        s.shutdown();
     }
     if let Some(p) = &opts.persist {
         let p = p.clone();

@@ -65,6 +65,69 @@ pub struct RunStoreArgs {
     /// record) in the store, and start each machine in its saved state.
     #[arg(long)]
     pub persist: bool,
+    /// Serve a Unix datagram socket per machine in this private directory (created 0700;
+    /// sockets 0600) for statemachine-engine-style messages from other processes
+    /// (`turnstile send-event`).
+    #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// `send-event` arguments.
+#[derive(Debug, Args)]
+pub struct SendEventArgs {
+    /// The machine.
+    #[arg(long)]
+    pub target: String,
+    /// The event name.
+    #[arg(long = "type", value_name = "EVENT")]
+    pub event: String,
+    /// The payload, JSON.
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+    /// A job id carried with the event.
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// W3C traceparent to continue.
+    #[arg(long, env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
+    /// The directory the target's `turnstile run --socket-dir` serves (default:
+    /// $XDG_RUNTIME_DIR/turnstile or /tmp/turnstile-UID).
+    #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// `turnstile send-event`
+pub fn send_event(args: SendEventArgs) -> anyhow::Result<ExitCode> {
+    let mut msg = serde_json::Map::new();
+    msg.insert("type".into(), serde_json::Value::String(args.event));
+    if let Some(p) = args.payload {
+        match serde_json::from_str::<serde_json::Value>(&p) {
+            Ok(v) => {
+                msg.insert("payload".into(), v);
+            }
+            Err(e) => {
+                eprintln!("error: --payload is not JSON: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    if let Some(j) = args.job_id {
+        msg.insert("job_id".into(), serde_json::Value::String(j));
+    }
+    if let Some(t) = args.traceparent {
+        msg.insert("traceparent".into(), serde_json::Value::String(t));
+    }
+    let dir = args
+        .socket_dir
+        .unwrap_or_else(turnstile_engine::sockets::default_dir);
+    let msg = serde_json::Value::Object(msg);
+    turnstile_engine::sockets::send(&dir, &args.target, &msg).with_context(|| {
+        format!(
+            "cannot send to {}",
+            turnstile_engine::sockets::socket_path(&dir, &args.target).display()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `jobs` subcommands.

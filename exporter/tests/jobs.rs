@@ -554,3 +554,79 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     let states = cli_json(&["machine-state", "--db", &dbs, "--format", "json"]);
     assert_eq!(states[0]["current_state"], "three", "{states:#}");
 }
+
+#[test]
+fn machines_take_events_from_their_unix_sockets() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let socks = dir.path().join("socks");
+    let s = socks.display().to_string();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let cfg = config.display().to_string();
+    let mut p = Proc::start(&["run", &cfg, "--socket-dir", &s]);
+    p.wait_for("the socket", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket" && field(j, "message") == "listening for events"
+    });
+    let sock = socks.join("steps.sock");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socks), 0o700);
+    assert_eq!(mode(&sock), 0o600);
+
+    // Malformed and oversized datagrams are rejected and reported.
+    let raw = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    raw.send_to(b"{not json", &sock).unwrap();
+    p.wait_for("a malformed message reported", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket" && field(j, "message").contains("not JSON")
+    });
+    let big = format!(
+        r#"{{"type": "go", "payload": "{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    raw.send_to(big.as_bytes(), &sock).unwrap();
+    p.wait_for("an oversized message reported", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket" && field(j, "message").contains("bytes dropped")
+    });
+
+    // statemachine-engine's message format, sent the way its tools send it (Python).
+    let py = format!(
+        "import socket, json\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(json.dumps({{'type': 'go', 'payload': {{'n': 1}}, 'job_id': 'j-9'}}).encode(), {:?})\n",
+        sock.display().to_string()
+    );
+    match Command::new("python3").args(["-c", &py]).status() {
+        Ok(st) => assert!(st.success()),
+        // No Python here: the same datagram from Rust.
+        Err(_) => {
+            let m = json!({"type": "go", "payload": {"n": 1}, "job_id": "j-9"}).to_string();
+            raw.send_to(m.as_bytes(), &sock).unwrap();
+        }
+    }
+    p.wait_for("one -> two", LIMIT, |j| {
+        common::is_transition(j, "steps") && field(j, "to") == "two"
+    });
+    // And with turnstile send-event.
+    let out = turnstile(&[
+        "send-event",
+        "--target",
+        "steps",
+        "--type",
+        "go",
+        "--socket-dir",
+        &s,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_for("two -> three", LIMIT, |j| {
+        common::is_transition(j, "steps") && field(j, "to") == "three"
+    });
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+}

@@ -1,0 +1,293 @@
+//! One Unix datagram socket per machine, for events from other processes, in
+//! statemachine-engine's message format: one JSON datagram
+//! `{"type": "...", "payload": {...}, "job_id": "..."}`, plus an optional `"traceparent"`.
+//!
+//! Sockets live in a private directory (created with mode 0700; an existing one must
+//! belong to this user and is made 0700), each socket is made 0600 as soon as it is bound,
+//! so only this user can send. A socket file left by a dead process is replaced; one that
+//! a live process still serves is left alone and that machine gets no socket. Oversized
+//! (more than [`MAX_DATAGRAM`] bytes) and malformed datagrams are dropped, logged and
+//! reported to the observer as `bad_message` errors. Socket files are removed when the
+//! server is shut down or dropped.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+use tokio::net::UnixDatagram;
+use tokio::task::JoinHandle;
+
+use crate::observe::{ErrorKind, ErrorReport, Observer};
+use crate::runtime::engine::Engine;
+use crate::runtime::event::Event;
+use crate::runtime::trace::TraceContext;
+
+/// Largest datagram accepted (statemachine-engine silently cut messages at 4 KB).
+pub const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// Why sockets could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The directory could not be made private.
+    #[error("socket directory {0}: {1}")]
+    Dir(PathBuf, String),
+    /// A socket could not be bound.
+    #[error("socket {0}: {1}")]
+    Bind(PathBuf, String),
+}
+
+/// The socket directory used when none is given: `$XDG_RUNTIME_DIR/turnstile`, else
+/// `/tmp/turnstile-UID` (private either way).
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Path::new(&d).join("turnstile"),
+        _ => PathBuf::from(format!("/tmp/turnstile-{}", current_uid())),
+    }
+}
+
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
+/// The socket path of `machine` in `dir`.
+pub fn socket_path(dir: &Path, machine: &str) -> PathBuf {
+    dir.join(format!("{machine}.sock"))
+}
+
+/// Creates `dir` with mode 0700, or checks that an existing one is ours and makes it 0700.
+pub fn private_dir(dir: &Path) -> Result<(), SocketError> {
+    let err = |e: String| SocketError::Dir(dir.to_owned(), e);
+    match std::fs::symlink_metadata(dir) {
+        Err(_) => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Ok(m) if !m.is_dir() => return Err(err("exists and is not a directory".into())),
+        Ok(m) if m.uid() != current_uid() => {
+            return Err(err(format!(
+                "belongs to uid {}, not to this user: choose another directory",
+                m.uid()
+            )))
+        }
+        Ok(_) => {}
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// A parsed datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The event name.
+    pub event: String,
+    /// Its payload.
+    pub payload: Option<Json>,
+    /// Its job id.
+    pub job_id: Option<String>,
+    /// Its trace context.
+    pub traceparent: Option<TraceContext>,
+}
+
+/// Parses one datagram.
+pub fn parse(bytes: &[u8]) -> Result<Message, String> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(format!("message of more than {MAX_DATAGRAM} bytes dropped"));
+    }
+    let v: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let Json::Object(mut o) = v else {
+        return Err("not a JSON object like {\"type\": \"event\", \"payload\": {}}".into());
+    };
+    let event = match o.remove("type") {
+        Some(Json::String(s)) if !s.is_empty() => s,
+        _ => return Err("`type` (the event name) is missing or not a string".into()),
+    };
+    let job_id = match o.remove("job_id") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s),
+        Some(Json::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err("`job_id` must be a string or a number".into()),
+    };
+    let traceparent = match o.remove("traceparent") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(TraceContext::parse(&s).map_err(|e| e.to_string())?),
+        Some(_) => return Err("`traceparent` must be a string".into()),
+    };
+    let payload = o.remove("payload").filter(|p| !p.is_null());
+    Ok(Message {
+        event,
+        payload,
+        job_id,
+        traceparent,
+    })
+}
+
+/// Sends one message to `machine`'s socket in `dir` (what `turnstile send-event` does).
+pub fn send(dir: &Path, machine: &str, msg: &Json) -> std::io::Result<()> {
+    let path = socket_path(dir, machine);
+    let s = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = serde_json::to_vec(msg)?;
+    s.send_to(&bytes, &path)?;
+    Ok(())
+}
+
+/// The sockets of an engine's machines.
+#[derive(Debug)]
+pub struct SocketServer {
+    tasks: Vec<JoinHandle<()>>,
+    paths: Vec<PathBuf>,
+}
+
+impl SocketServer {
+    /// Binds a socket for each named machine in `dir` and delivers what arrives to
+    /// `engine`. A machine whose socket cannot be bound is reported and skipped.
+    pub fn start(
+        engine: &Engine,
+        dir: &Path,
+        machines: &[Arc<str>],
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<(Self, Vec<SocketError>), SocketError> {
+        private_dir(dir)?;
+        let mut server = SocketServer {
+            tasks: Vec::new(),
+            paths: Vec::new(),
+        };
+        let mut failed = Vec::new();
+        for m in machines {
+            let path = socket_path(dir, m);
+            match bind(&path) {
+                Ok(sock) => {
+                    tracing::info!(target: "turnstile::socket", machine = %m, path = %path.display(), "listening for events");
+                    server.paths.push(path.clone());
+                    server.tasks.push(tokio::spawn(serve(
+                        sock,
+                        engine.clone(),
+                        m.clone(),
+                        observer.clone(),
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(target: "turnstile::socket", machine = %m, "{e}");
+                    failed.push(e);
+                }
+            }
+        }
+        Ok((server, failed))
+    }
+
+    /// The socket files served.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Stops serving and removes the socket files.
+    pub fn shutdown(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        for p in self.paths.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixDatagram, SocketError> {
+    let err = |e: String| SocketError::Bind(path.to_owned(), e);
+    if std::fs::symlink_metadata(path).is_ok() {
+        // A live process answers a connect; a stale file refuses it.
+        let probe = std::os::unix::net::UnixDatagram::unbound().map_err(|e| err(e.to_string()))?;
+        if probe.connect(path).is_ok() {
+            return Err(err(
+                "another process serves this socket (the same machine running twice?)".into(),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot replace a stale socket: {e}")))?;
+    }
+    let sock = UnixDatagram::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(sock)
+}
+
+async fn serve(
+    sock: UnixDatagram,
+    engine: Engine,
+    machine: Arc<str>,
+    observer: Option<Arc<dyn Observer>>,
+) {
+    // One byte more than the limit: a datagram that fills it was too big (and truncated).
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let n = match sock.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(target: "turnstile::socket", machine = %machine, "receive failed: {e}");
+                continue;
+            }
+        };
+        let msg = match parse(&buf[..n]) {
+            Ok(m) => m,
+            Err(e) => {
+                let message = format!("socket message for `{machine}` rejected: {e}");
+                tracing::warn!(target: "turnstile::socket", machine = %machine, "{message}");
+                if let Some(o) = &observer {
+                    o.error(&ErrorReport {
+                        kind: ErrorKind::BadMessage,
+                        machine: None,
+                        state: None,
+                        event: None,
+                        message: &message,
+                    });
+                }
+                continue;
+            }
+        };
+        let mut ev = Event::new(msg.event);
+        if let Some(p) = msg.payload {
+            ev = ev.with_payload(p);
+        }
+        if let Some(j) = msg.job_id {
+            ev = ev.with_job_id(j);
+        }
+        if let Some(t) = msg.traceparent {
+            ev = ev.with_traceparent(t);
+        }
+        // Waits while the queue is full (backpressure: the sender's datagrams queue up in
+        // the socket buffer meanwhile).
+        if let Err(e) = engine.send(&machine, ev).await {
+            tracing::warn!(target: "turnstile::socket", machine = %machine, "event not delivered: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        let m = parse(br#"{"type": "go", "payload": {"a": 1}, "job_id": 7}"#).unwrap();
+        assert_eq!(m.event, "go");
+        assert_eq!(m.payload, Some(serde_json::json!({"a": 1})));
+        assert_eq!(m.job_id.as_deref(), Some("7"));
+        assert!(parse(b"not json").is_err());
+        assert!(parse(br#"{"payload": {}}"#).is_err());
+        assert!(parse(br#"{"type": "x", "traceparent": "bad"}"#).is_err());
+        assert!(parse(&vec![b' '; MAX_DATAGRAM + 1]).is_err());
+    }
+}
