@@ -11,8 +11,9 @@
 //!   there (dropped); panels that show exemplars get exemplars;
 //! - `promtool check config`, `check rules` and `test rules` on `deploy/prometheus/`;
 //! - `kubectl kustomize deploy/k8s` through `kubernetes-validate --strict -k 1.33.0`, the
-//!   PodMonitor against the prometheus-operator CRD models (`deploy/checks/crds.mjs`), and
-//!   the sidecar's shape (native sidecar, probes, ConfigMap directory, non-root read-only);
+//!   PodMonitor and PrometheusRule against the prometheus-operator CRD models
+//!   (`deploy/checks/crds.mjs`), the PrometheusRule matching `alerts.yml`, and the
+//!   sidecar's shape (native sidecar, probes, ConfigMap directory, non-root read-only);
 //! - `deploy/docker-compose.yml` through `check-jsonschema --builtin-schema
 //!   vendor.compose-spec` and `docker-compose config -q`; `deploy/Dockerfile` through
 //!   hadolint.
@@ -682,7 +683,9 @@ fn kubernetes_manifests_validate_strictly() {
     for line in report.lines() {
         if line.contains("Couldn't find schema") {
             assert!(
-                line.contains("kind PodMonitor with api version monitoring.coreos.com/v1"),
+                line.contains("kind PodMonitor with api version monitoring.coreos.com/v1")
+                    || line
+                        .contains("kind PrometheusRule with api version monitoring.coreos.com/v1"),
                 "kubernetes-validate could not check: {line}"
             );
         }
@@ -696,15 +699,26 @@ fn kubernetes_manifests_validate_strictly() {
     }
     need_node_modules();
     let crds = run_ok(
-        "node deploy/checks/crds.mjs (PodMonitor against the prometheus-operator CRD)",
+        "node deploy/checks/crds.mjs (PodMonitor, PrometheusRule against the prometheus-operator CRDs)",
         Command::new("node")
             .arg("deploy/checks/crds.mjs")
             .arg(&file),
     );
-    assert!(
-        text(&crds.stdout).contains("PodMonitor/turnstile: valid"),
-        "{}",
-        text(&crds.stdout)
+    for r in [
+        "PodMonitor/turnstile: valid",
+        "PrometheusRule/turnstile: valid",
+    ] {
+        assert!(text(&crds.stdout).contains(r), "{}", text(&crds.stdout));
+    }
+}
+
+#[test]
+fn the_prometheus_rule_holds_the_alert_rules() {
+    let rules = yaml_docs(&root().join("deploy/prometheus/alerts.yml"));
+    let pr = yaml_docs(&root().join("deploy/k8s/prometheusrule.yaml"));
+    assert_eq!(
+        pr[0]["spec"], rules[0],
+        "deploy/k8s/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: run `node deploy/checks/prometheusrule.mjs`"
     );
 }
 
