@@ -268,3 +268,49 @@ async fn without_a_store_job_actions_fail_clearly() {
         .unwrap()
         .contains("--db"));
 }
+
+/// (event, job id, trace id) of a transition.
+type SeenEvent = (String, Option<String>, Option<String>);
+
+/// Records the job id and trace id of every transition's event.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<SeenEvent>>);
+
+impl turnstile_engine::Observer for Seen {
+    fn transition(&self, r: &turnstile_engine::observe::TransitionReport<'_>) {
+        self.0.lock().unwrap().push((
+            r.event.name.to_string(),
+            r.event.job_id.clone(),
+            r.event.traceparent.map(|t| t.trace_id_hex()),
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_job_continues_its_enqueuers_trace() {
+    let (_r, def, store, _dir) = setup(WORKER);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    store
+        .add_job(NewJob {
+            job_id: Some("traced".into()),
+            job_type: "task".into(),
+            machine_type: Some("worker".into()),
+            data: Some(json!({"x": 1})),
+            traceparent: Some(format!("00-{trace}-00f067aa0ba902b7-01")),
+            ..NewJob::default()
+        })
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let engine = Engine::builder().observer(seen.clone()).build();
+    engine.spawn(def).unwrap();
+    wait_completed(&store, 1).await;
+    engine.shutdown();
+    engine.join().await;
+    let v = seen.0.lock().unwrap().clone();
+    let new_job = v.iter().find(|(e, _, _)| e == "new_job").unwrap();
+    assert_eq!(new_job.1.as_deref(), Some("traced"));
+    assert_eq!(new_job.2.as_deref(), Some(trace));
+    // The completion that follows stays in that trace.
+    let done = v.iter().find(|(e, _, _)| e == "success").unwrap();
+    assert_eq!(done.2.as_deref(), Some(trace), "{v:?}");
+}

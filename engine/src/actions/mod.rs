@@ -97,6 +97,12 @@ pub struct Outcome {
     pub output: Option<String>,
     /// The error kind to report for a failure (default: [`ErrorKind::Action`]).
     pub error_kind: Option<ErrorKind>,
+    /// The job id the returned event carries (default: the current event's): a claimed
+    /// job's id.
+    pub job_id: Option<String>,
+    /// The trace the returned event continues (default: the current one): the trace of
+    /// whoever enqueued a claimed job.
+    pub traceparent: Option<TraceContext>,
 }
 
 impl Outcome {
@@ -108,6 +114,8 @@ impl Outcome {
             context: Vec::new(),
             output: None,
             error_kind: None,
+            job_id: None,
+            traceparent: None,
         }
     }
 
@@ -123,6 +131,8 @@ impl Outcome {
             event,
             output: None,
             error_kind: None,
+            job_id: None,
+            traceparent: None,
         }
     }
 

@@ -708,6 +708,8 @@ impl Machine {
             context,
             output,
             error_kind,
+            job_id,
+            traceparent,
         } = out;
         for (k, v) in context {
             self.context.insert(k, v);
@@ -757,8 +759,8 @@ impl Machine {
                 self.chain = Some(Event {
                     name,
                     payload: self.cause.payload.clone(),
-                    job_id: self.cause.job_id.clone(),
-                    traceparent: self.trace,
+                    job_id: job_id.or_else(|| self.cause.job_id.clone()),
+                    traceparent: traceparent.or(self.trace),
                     origin: Origin::Action,
                 });
             }

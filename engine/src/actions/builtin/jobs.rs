@@ -235,6 +235,12 @@ impl Action for CheckQueue {
                         tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
                         let mut o = Outcome::ok(Some(new_job));
                         o.context = job_context(&j);
+                        o.job_id = Some(j.job_id.clone());
+                        // The worker's processing continues the enqueuer's trace.
+                        o.traceparent = j
+                            .traceparent
+                            .as_deref()
+                            .and_then(|t| crate::runtime::trace::TraceContext::parse(t).ok());
                         return o;
                     }
                     Ok(Claim::Empty { next_due }) => next_due,
