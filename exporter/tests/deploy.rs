@@ -104,7 +104,12 @@ fn yaml_docs(file: &Path) -> Vec<Json> {
 // --- dashboards -------------------------------------------------------------------------
 
 /// The demo machines (`deploy/config/`), which the compose stack runs too.
-const DEMO_CONFIGS: &[&str] = &["controller.yaml", "worker.yaml", "greeter.yaml"];
+const DEMO_CONFIGS: &[&str] = &[
+    "controller.yaml",
+    "worker.yaml",
+    "greeter.yaml",
+    "indexer.yaml",
+];
 
 const DASHBOARDS: &[&str] = &[
     "grafana/dashboards/overview.json",
@@ -443,6 +448,9 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         // dropped, and the latency histograms still carry exemplars.
         "--otlp-endpoint".to_owned(),
         format!("http://127.0.0.1:{}", free_port()),
+        // A job store, for the jobs panels.
+        "--db".to_owned(),
+        configs.path().join("jobs.db").display().to_string(),
     ];
     for f in DEMO_CONFIGS {
         let to = configs.path().join(f);
@@ -473,6 +481,19 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     // Events queued behind a machine busy in a long action, and events no rule takes.
     post_events(sidecar, "worker", "task", 20);
     post_events(sidecar, "controller", "nonsense", 3);
+    // Jobs for the indexer: three that succeed, one dead-lettered at its only attempt.
+    for (doc, attempts) in [("a.txt", 3), ("broken", 1), ("b.txt", 3), ("c.txt", 3)] {
+        let (status, body) = http(
+            sidecar,
+            "POST",
+            "/jobs",
+            "application/json",
+            &format!(
+                r#"{{"job_type": "index", "data": {{"doc": "{doc}"}}, "max_attempts": {attempts}}}"#
+            ),
+        );
+        assert_eq!(status, 201, "POST /jobs: {body}");
+    }
     // Config reloads: a valid change, an invalid file (refused), the original again.
     let greeter = configs.path().join("greeter.yaml");
     let original = std::fs::read_to_string(&greeter).unwrap();
@@ -504,6 +525,8 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         "sum(increase(turnstile_config_reloads_total{result=\"failure\"}[1m])) > 0",
         "sum(increase(turnstile_config_reloads_total{result=\"success\"}[1m])) > 0",
         "count(turnstile_plugin_info) > 0",
+        "sum(turnstile_jobs{status=\"dead\"}) > 0",
+        "sum(turnstile_jobs{status=\"completed\"}) > 0",
     ];
     let deadline = Instant::now() + Duration::from_secs(45);
     for q in ready {
@@ -933,11 +956,11 @@ fn dockerfile_passes_hadolint_and_builds_a_small_non_root_image() {
             .arg("--strict")
             .arg("--plugins")
             .arg(&plugin)
-            .args([
-                "deploy/config/controller.yaml",
-                "deploy/config/worker.yaml",
-                "deploy/config/greeter.yaml",
-            ]),
+            .args(
+                DEMO_CONFIGS
+                    .iter()
+                    .map(|f| root().join("deploy/config").join(f)),
+            ),
     );
     assert!(
         text(&out.stdout).contains("0 error(s), 0 warning(s)"),
