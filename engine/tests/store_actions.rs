@@ -314,3 +314,70 @@ async fn a_claimed_job_continues_its_enqueuers_trace() {
     let done = v.iter().find(|(e, _, _)| e == "success").unwrap();
     assert_eq!(done.2.as_deref(), Some(trace), "{v:?}");
 }
+
+const WAITER: &str = r#"
+initial_state: start
+transitions:
+  - {from: start, to: waiting, event: tracked}
+  - {from: waiting, to: done, event: all_jobs_complete}
+  - {from: waiting, to: late, event: too_slow}
+actions:
+  start:
+    - type: set_context
+      key: spawned_jobs
+      value: [w1, w2]
+      success: tracked
+  waiting:
+    - type: wait_for_jobs
+      timeout: 5
+      timeout_event: too_slow
+final_states: [done, late]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_jobs_wakes_when_the_last_tracked_job_finishes() {
+    let (_r, def, store, _dir) = setup(WAITER);
+    for id in ["w1", "w2"] {
+        store
+            .add_job(NewJob {
+                job_id: Some(id.into()),
+                job_type: "t".into(),
+                max_attempts: Some(1),
+                ..NewJob::default()
+            })
+            .unwrap();
+    }
+    let engine = Engine::builder().build();
+    engine.spawn(def.clone()).unwrap();
+    assert!(engine.wait_for_state(&def.name, "waiting", WAIT).await);
+    assert!(store.complete_job("w1", None).unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.machine(&def.name).unwrap().state.as_ref(), "waiting");
+    let t0 = Instant::now();
+    assert_eq!(
+        store.fail_job("w2", "broken").unwrap(),
+        turnstile_engine::store::Failed::Dead
+    );
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t0.elapsed()
+    );
+    let snap = engine.snapshot(&def.name).await.unwrap();
+    assert_eq!(snap.state.as_ref(), "done");
+    assert_eq!(snap.context["completed_jobs"], json!(["w1"]));
+    assert_eq!(snap.context["failed_jobs"], json!(["w2"]));
+    assert_eq!(snap.context["pending_jobs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_jobs_times_out() {
+    let (_r, def, _store, _dir) = setup(&WAITER.replace("timeout: 5", "timeout: 0.3"));
+    let engine = Engine::builder().build();
+    engine.spawn(def.clone()).unwrap();
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    let snap = engine.snapshot(&def.name).await.unwrap();
+    assert_eq!(snap.state.as_ref(), "late");
+    assert_eq!(snap.context["pending_jobs"], json!(["w1", "w2"]));
+}

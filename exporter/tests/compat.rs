@@ -138,7 +138,7 @@ fn validate_names_exactly_the_missing_action_types() {
         ("custom_actions__worker.yaml", &["calculate", "greet"]),
         (
             "patient_records__concurrent-controller.yaml",
-            &["start_fsm", "wait_for_jobs"],
+            &["start_fsm"],
         ),
     ];
     // These load with no error (the job actions are built in).

@@ -210,7 +210,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// A number that changes when another process commits to the database (cheap:
     /// SQLite's `PRAGMA data_version`). Waiters compare it to notice foreign writes.
     fn data_version(&self) -> Result<i64, StoreError>;
-    /// Notified whenever a job becomes claimable through this store object.
+    /// Notified when a job is added, given back, completed or failed through this store
+    /// object (waiting claimers and `wait_for_jobs` wake up).
     fn notify(&self) -> &Arc<tokio::sync::Notify>;
     /// The lease owner id of this process.
     fn owner(&self) -> &str;

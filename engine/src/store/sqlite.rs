@@ -473,6 +473,11 @@ impl JobStore for SqliteStore {
             params![job_id, result.map(Json::to_string)],
         )?;
         tx.commit()?;
+        drop(conn);
+        if n > 0 {
+            // `wait_for_jobs` waiters.
+            self.inner.notify.notify_waiters();
+        }
         Ok(n > 0)
     }
 
@@ -517,6 +522,8 @@ impl JobStore for SqliteStore {
             }
         };
         tx.commit()?;
+        drop(conn);
+        self.inner.notify.notify_waiters();
         Ok(out)
     }
 

@@ -15,7 +15,6 @@ use super::ActionRegistry;
 /// Action types that statemachine-engine configs use and that other parts of Turnstile
 /// provide (jobs, plugins); validation names them precisely when they are missing.
 const ELSEWHERE: &[(&str, &str)] = &[
-    ("wait_for_jobs", "not provided yet by Turnstile's job store: have each worker `send_event` its result to the controller instead"),
     ("start_fsm", "statemachine-engine's process-spawning action; Turnstile runs every machine of a process with `turnstile run A.yaml B.yaml` instead"),
     ("check_events", "statemachine-engine has no such action either: remove it, events arrive by themselves"),
 ];
