@@ -668,11 +668,17 @@ impl Action for CheckMachineState {
                 Err(e) => store_error("check_machine_state", &e, &error),
                 Ok(rec) => {
                     let now = crate::store::now_ms() / 1000;
-                    let fresh = |r: &crate::store::MachineRecord| {
-                        r.last_activity
+                    // Running: its process is alive (an idle machine saves nothing for
+                    // hours), or, without a pid, it saved its state recently.
+                    let fresh = |r: &crate::store::MachineRecord| match r.pid {
+                        Some(pid) if pid > 0 => {
+                            std::path::Path::new(&format!("/proc/{pid}")).exists()
+                        }
+                        _ => r
+                            .last_activity
                             .as_deref()
                             .and_then(parse_sqlite_time)
-                            .is_some_and(|t| now - t <= max_age)
+                            .is_some_and(|t| now - t <= max_age),
                     };
                     match rec {
                         Some(r) if r.current_state.is_some() && fresh(&r) => {
