@@ -22,10 +22,10 @@ pub const FAST_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Buckets for time spent in a state, in seconds: 1 ms to 1 h.
-pub const STATE_BUCKETS: &[f64] = &[
-    0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-];
+/// Buckets for time spent in a state, in seconds: 10 ms to 1 h. Coarser than the event
+/// buckets on purpose: this family has one histogram per (machine, state), the largest
+/// part of a scrape.
+pub const STATE_BUCKETS: &[f64] = &[0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
 
 /// Event outcomes, as label values.
 pub const EVENT_OUTCOMES: [&str; 3] = ["transitioned", "ignored", "rejected"];
