@@ -16,6 +16,7 @@
 //! - Job statuses: `pending`, `processing`, `completed`, `failed` (written by
 //!   statemachine-engine's own tools), `dead`.
 
+mod group_commit;
 pub mod persist;
 pub mod sqlite;
 
