@@ -175,6 +175,21 @@ pub struct TransitionReport<'a> {
     pub time_in_from: Duration,
 }
 
+impl<'a> TransitionReport<'a> {
+    /// The end of the event that caused the transition, `duration` after it.
+    pub fn finished(&self, duration: Duration) -> EventReport<'a> {
+        EventReport {
+            machine: self.machine,
+            event: self.event,
+            event_id: Some(self.event_id),
+            outcome: EventOutcome::Transitioned,
+            from: self.from,
+            to: self.to,
+            duration,
+        }
+    }
+}
+
 /// An action about to run or just finished.
 #[derive(Debug)]
 pub struct ActionReport<'a> {
@@ -271,6 +286,12 @@ pub trait Observer: Send + Sync + 'static {
     }
     /// A machine's task ended.
     fn machine_stopped(&self, machine: MachineRef<'_>, state: StateRef<'_>, reason: StopReason) {}
+    /// Whether the runtime calls `event_started` and `action_started`. Asked once per
+    /// machine, when its task starts: an observer that does nothing in them (and returns
+    /// no trace context) answers `false` and is spared a call per event and per action.
+    fn observes_starts(&self) -> bool {
+        true
+    }
     /// Processing of an event that triggers a transition begins (it becomes the machine's
     /// running event until `event_finished`). Events that trigger nothing (ignored or
     /// refused) are reported by `event_finished` alone. `queue_depth` is what is still
@@ -289,6 +310,15 @@ pub trait Observer: Send + Sync + 'static {
     fn event_finished(&self, report: &EventReport<'_>) {}
     /// A transition happened (called before the target's entry actions run).
     fn transition(&self, report: &TransitionReport<'_>) {}
+    /// A transition whose event triggers no action (the rule has none, nor has the target
+    /// state entry actions): its processing ends with it, so the runtime reports both at
+    /// once, after the transition is saved and logged. `duration` is the event's
+    /// processing time, measured from the transition (as `EventReport::duration`). The
+    /// default is `transition` followed by `event_finished`, as for any other event.
+    fn transition_finished(&self, report: &TransitionReport<'_>, duration: Duration) {
+        self.transition(report);
+        self.event_finished(&report.finished(duration));
+    }
     /// An action starts. As with `event_started`, a returned context (the action's span)
     /// is what events sent by the action carry.
     fn action_started(&self, report: &ActionReport<'_>) -> Option<TraceContext> {

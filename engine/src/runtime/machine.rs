@@ -104,6 +104,8 @@ pub(crate) struct Machine {
     ctl: mpsc::UnboundedReceiver<Control>,
     router: Arc<Router>,
     observer: Option<Arc<dyn Observer>>,
+    /// The observer wants `event_started` and `action_started` ([`Observer::observes_starts`]).
+    starts: bool,
     cancel: CancellationToken,
     /// The rule whose transition actions run before the entry actions, if any.
     rule: Option<usize>,
@@ -154,6 +156,7 @@ impl Machine {
             rx,
             ctl,
             router,
+            starts: observer.as_ref().is_some_and(|o| o.observes_starts()),
             observer,
             cancel,
             rule: None,
@@ -510,10 +513,10 @@ impl Machine {
         self.interrupt_waiting();
         self.chain = None;
         self.trace = match &self.observer {
-            Some(o) => o
+            Some(o) if self.starts => o
                 .event_started(self.mref(), &ev, self.queue_depth())
                 .or(ev.traceparent),
-            None => ev.traceparent,
+            _ => ev.traceparent,
         };
         let to = rule.to;
         self.state = to;
@@ -522,17 +525,24 @@ impl Machine {
         self.shared
             .since_ms
             .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
+        // An event that triggers no action ends here: reported once, further down.
+        let quick =
+            self.observer.is_some() && rule.actions.is_empty() && def.states[to].entry.is_empty();
+        let mut time_in_from = Duration::ZERO;
         if let Some(o) = &self.observer {
             let now = Instant::now();
-            o.transition(&TransitionReport {
-                machine: self.mref(),
-                from: self.sref(from),
-                to: self.sref(to),
-                event: &ev,
-                event_id: rule.event_id,
-                time_in_from: self.entered.map_or(Duration::ZERO, |t| now - t),
-            });
+            time_in_from = self.entered.map_or(Duration::ZERO, |t| now - t);
             self.entered = Some(now);
+            if !quick {
+                o.transition(&TransitionReport {
+                    machine: self.mref(),
+                    from: self.sref(from),
+                    to: self.sref(to),
+                    event: &ev,
+                    event_id: rule.event_id,
+                    time_in_from,
+                });
+            }
         }
         tracing::info!(
             target: "turnstile::transition",
@@ -551,12 +561,27 @@ impl Machine {
             );
             self.persist_dirty = true;
         }
-        self.active = Some(Active {
-            from,
-            to,
-            event_id: rule.event_id,
-            started: self.entered,
-        });
+        match (&self.observer, quick) {
+            (Some(o), true) => o.transition_finished(
+                &TransitionReport {
+                    machine: self.mref(),
+                    from: self.sref(from),
+                    to: self.sref(to),
+                    event: &ev,
+                    event_id: rule.event_id,
+                    time_in_from,
+                },
+                self.entered.map_or(Duration::ZERO, |t| t.elapsed()),
+            ),
+            _ => {
+                self.active = Some(Active {
+                    from,
+                    to,
+                    event_id: rule.event_id,
+                    started: self.entered,
+                });
+            }
+        }
         self.cause = ev;
         self.rule = (!rule.actions.is_empty()).then_some(rule_ix);
         self.pos = 0;
@@ -656,7 +681,7 @@ impl Machine {
         };
         self.pos += 1;
         let trace = match &self.observer {
-            Some(o) => o
+            Some(o) if self.starts => o
                 .action_started(&ActionReport {
                     machine: self.mref(),
                     state: self.sref(self.state),
@@ -664,7 +689,7 @@ impl Machine {
                     index: idx,
                 })
                 .or(self.trace),
-            None => self.trace,
+            _ => self.trace,
         };
         let started = self.observer.as_ref().map(|_| Instant::now());
         let mut cx = ActionCx {

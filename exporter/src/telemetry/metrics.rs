@@ -1,9 +1,12 @@
 //! The Prometheus metrics of DESIGN.md, with prometheus-client.
 //!
 //! Every series a machine can produce is created when the machine starts (its states,
-//! events and rules are known then), and its handles are kept in the machine's slot, so
-//! the hot path is an atomic add or one per-series lock: no label hashing, no lock shared
-//! across machines.
+//! events and rules are known then), and its handles are kept in the machine's slot,
+//! indexed by state, event and rule: no label hashing on the hot path. The series only a
+//! machine's own task writes (transitions, events, and the duration histograms when no
+//! exemplars are kept) are [`super::local`] ones: a plain load and store per update, no
+//! locked instruction, no lock. Errors (also counted from outside the machine's task) and
+//! histograms with exemplars (spans on) are prometheus-client's own.
 
 use std::sync::Arc;
 
@@ -12,10 +15,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::MachineDef;
+
+use super::local::{CounterWriter, HistogramWriter, LocalCounter, LocalHistogram};
 
 /// Buckets for event and action durations, in seconds: 50 µs to 60 s.
 pub const FAST_BUCKETS: &[f64] = &[
@@ -110,18 +114,81 @@ type ExemplarHistogram = HistogramWithExemplars<TraceExemplar>;
 fn fast_histogram() -> ExemplarHistogram {
     HistogramWithExemplars::new(FAST_BUCKETS.iter().copied())
 }
-fn state_histogram() -> Histogram {
-    Histogram::new(STATE_BUCKETS.iter().copied())
+fn fast_local_histogram() -> LocalHistogram {
+    LocalHistogram::new(FAST_BUCKETS.iter().copied())
+}
+fn state_histogram() -> LocalHistogram {
+    LocalHistogram::new(STATE_BUCKETS.iter().copied())
+}
+
+/// A duration family: with exemplars (prometheus-client's locked histogram, when spans
+/// are exported and so there are trace ids to attach) or without ([`LocalHistogram`]).
+#[derive(Clone)]
+enum DurationFamily<L> {
+    Exemplars(Family<L, ExemplarHistogram, fn() -> ExemplarHistogram>),
+    Local(Family<L, LocalHistogram, fn() -> LocalHistogram>),
+}
+
+impl<L> DurationFamily<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new(exemplars: bool) -> Self {
+        if exemplars {
+            DurationFamily::Exemplars(Family::new_with_constructor(fast_histogram))
+        } else {
+            DurationFamily::Local(Family::new_with_constructor(fast_local_histogram))
+        }
+    }
+
+    fn register(&self, r: &mut Registry, name: &str, help: &str) {
+        match self {
+            DurationFamily::Exemplars(f) => {
+                r.register_with_unit(name, help, Unit::Seconds, f.clone());
+            }
+            DurationFamily::Local(f) => r.register_with_unit(name, help, Unit::Seconds, f.clone()),
+        }
+    }
+
+    fn series(&self, labels: &L) -> DurationSeries {
+        match self {
+            DurationFamily::Exemplars(f) => {
+                DurationSeries::Exemplars(f.get_or_create(labels).clone())
+            }
+            DurationFamily::Local(f) => DurationSeries::Local(f.get_or_create(labels).writer()),
+        }
+    }
+}
+
+/// A machine's handle on one duration series.
+enum DurationSeries {
+    Exemplars(ExemplarHistogram),
+    Local(HistogramWriter),
+}
+
+impl DurationSeries {
+    #[inline]
+    fn observe(&self, seconds: f64, exemplar: Option<TraceExemplar>) {
+        match self {
+            DurationSeries::Local(h) => h.observe(seconds),
+            DurationSeries::Exemplars(h) => observe_with_exemplar(h, seconds, exemplar),
+        }
+    }
+}
+
+#[inline(never)]
+fn observe_with_exemplar(h: &ExemplarHistogram, seconds: f64, exemplar: Option<TraceExemplar>) {
+    h.observe(seconds, exemplar, None);
 }
 
 /// Every metric family, registered once.
 pub struct Metrics {
-    transitions: Family<TransitionL, Counter>,
-    events: Family<EventL, Counter>,
-    event_duration: Family<MachineL, ExemplarHistogram, fn() -> ExemplarHistogram>,
-    action_duration: Family<ActionL, ExemplarHistogram, fn() -> ExemplarHistogram>,
+    transitions: Family<TransitionL, LocalCounter>,
+    events: Family<EventL, LocalCounter>,
+    event_duration: DurationFamily<MachineL>,
+    action_duration: DurationFamily<ActionL>,
     errors: Family<ErrorL, Counter>,
-    state_duration: Family<StateL, Histogram, fn() -> Histogram>,
+    state_duration: Family<StateL, LocalHistogram, fn() -> LocalHistogram>,
     config_reloads: Family<ResultL, Counter>,
     pub(crate) plugin_info: Family<PluginL, Gauge>,
     pub(crate) jobs: Family<JobsL, Gauge>,
@@ -135,12 +202,19 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates the families and registers them in `registry` (the `turnstile_` one).
-    pub fn new(registry: &mut Registry, spans_exported: Counter, spans_dropped: Counter) -> Self {
+    /// `exemplars`: the event and action duration histograms keep exemplars (the trace id
+    /// of a sampled span; only when spans are exported).
+    pub fn new(
+        registry: &mut Registry,
+        spans_exported: Counter,
+        spans_dropped: Counter,
+        exemplars: bool,
+    ) -> Self {
         let m = Metrics {
             transitions: Family::default(),
             events: Family::default(),
-            event_duration: Family::new_with_constructor(fast_histogram),
-            action_duration: Family::new_with_constructor(fast_histogram),
+            event_duration: DurationFamily::new(exemplars),
+            action_duration: DurationFamily::new(exemplars),
             errors: Family::default(),
             state_duration: Family::new_with_constructor(state_histogram),
             config_reloads: Family::default(),
@@ -168,17 +242,15 @@ impl Metrics {
             "Events processed, by outcome (transitioned, ignored, rejected)",
             m.events.clone(),
         );
-        r.register_with_unit(
+        m.event_duration.register(
+            r,
             "event_duration",
             "Time from the start of an event to the end of the actions it triggered",
-            Unit::Seconds,
-            m.event_duration.clone(),
         );
-        r.register_with_unit(
+        m.action_duration.register(
+            r,
             "action_duration",
             "Time an action ran, by action type and outcome",
-            Unit::Seconds,
-            m.action_duration.clone(),
         );
         r.register("errors", "Errors, by machine and kind", m.errors.clone());
         r.register_with_unit(
@@ -234,7 +306,9 @@ impl Metrics {
     pub fn machine(&self, def: &MachineDef) -> MachineMetrics {
         let machine: Arc<str> = def.name.clone();
         let n_events = def.events.len();
-        let mut transitions = vec![None; def.states.len() * n_events];
+        let mut transitions: Vec<Option<CounterWriter>> = std::iter::repeat_with(|| None)
+            .take(def.states.len() * n_events)
+            .collect();
         for (si, s) in def.states.iter().enumerate() {
             for e in 0..n_events {
                 if let Some(rule) = def.route(si, &def.events[e]) {
@@ -246,7 +320,7 @@ impl Metrics {
                                 to: def.states[rule.to].name.clone(),
                                 event: def.events[e].clone(),
                             })
-                            .clone(),
+                            .writer(),
                     );
                 }
             }
@@ -261,7 +335,7 @@ impl Metrics {
                             event: event.clone(),
                             outcome,
                         })
-                        .clone()
+                        .writer()
                 })
             })
             .collect();
@@ -278,13 +352,11 @@ impl Metrics {
             .iter()
             .map(|kind| {
                 ACTION_OUTCOMES.map(|outcome| {
-                    self.action_duration
-                        .get_or_create(&ActionL {
-                            machine: machine.clone(),
-                            action: kind.clone(),
-                            outcome,
-                        })
-                        .clone()
+                    self.action_duration.series(&ActionL {
+                        machine: machine.clone(),
+                        action: kind.clone(),
+                        outcome,
+                    })
                 })
             })
             .collect();
@@ -303,14 +375,15 @@ impl Metrics {
         let state_duration = def
             .states
             .iter()
-            .map(|s| self.state_duration.get_or_create(&state_l(&s.name)).clone())
-            .collect();
-        let event_duration = self
-            .event_duration
-            .get_or_create(&MachineL {
-                machine: machine.clone(),
+            .map(|s| {
+                self.state_duration
+                    .get_or_create(&state_l(&s.name))
+                    .writer()
             })
-            .clone();
+            .collect();
+        let event_duration = self.event_duration.series(&MachineL {
+            machine: machine.clone(),
+        });
         MachineMetrics {
             n_events,
             transitions,
@@ -336,19 +409,21 @@ impl Metrics {
     }
 }
 
-/// One machine's series.
+/// One machine's series. Everything but the error counters may only be updated from the
+/// machine's own task.
 pub struct MachineMetrics {
     n_events: usize,
     /// `[from * n_events + event_id]`; `None` where no rule exists.
-    transitions: Vec<Option<Counter>>,
+    transitions: Vec<Option<CounterWriter>>,
     /// `[event_id]` (the last entry is [`OTHER_EVENT`]) x [`EVENT_OUTCOMES`].
-    events: Vec<[Counter; 3]>,
-    event_duration: ExemplarHistogram,
+    events: Vec<[CounterWriter; 3]>,
+    event_duration: DurationSeries,
     action_kinds: Vec<Arc<str>>,
     /// `[kind]` x [`ACTION_OUTCOMES`].
-    actions: Vec<[ExemplarHistogram; 4]>,
+    actions: Vec<[DurationSeries; 4]>,
     errors: [Counter; ErrorKind::ALL.len()],
-    state_duration: Vec<Histogram>,
+    /// `[state]`.
+    state_duration: Vec<HistogramWriter>,
 }
 
 impl MachineMetrics {
@@ -361,6 +436,23 @@ impl MachineMetrics {
         if let Some(h) = self.state_duration.get(from) {
             h.observe(time_in_from);
         }
+    }
+
+    /// A transition from `from` on `event_id` whose event ended with it (no actions), after
+    /// `seconds`: [`Self::transition`] and [`Self::event`] (transitioned, no exemplar).
+    #[inline]
+    pub fn transition_finished(
+        &self,
+        from: usize,
+        event_id: usize,
+        time_in_from: f64,
+        seconds: f64,
+    ) {
+        self.transition(from, event_id, time_in_from);
+        if let Some(c) = self.events.get(event_id.min(self.n_events)) {
+            c[0].inc();
+        }
+        self.event_duration.observe(seconds, None);
     }
 
     /// An event ended.
@@ -379,7 +471,7 @@ impl MachineMetrics {
             c.inc();
         }
         if let Some(s) = seconds {
-            self.event_duration.observe(s, exemplar, None);
+            self.event_duration.observe(s, exemplar);
         }
     }
 
@@ -394,7 +486,7 @@ impl MachineMetrics {
     ) {
         if let Some(k) = self.action_kinds.iter().position(|k| &**k == kind) {
             if let Some(h) = self.actions[k].get(outcome) {
-                h.observe(seconds, exemplar, None);
+                h.observe(seconds, exemplar);
             }
         }
     }

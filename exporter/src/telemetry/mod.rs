@@ -7,6 +7,7 @@
 //! so the per-machine locks are never contended; nothing on the hot path is shared across
 //! machines.
 
+mod local;
 pub mod metrics;
 mod process;
 pub mod records;
@@ -90,6 +91,23 @@ struct Slot {
     trace: Arc<Ring<TraceRecord>>,
 }
 
+impl Slot {
+    /// One more event processed, in `duration` (for `/stats`).
+    #[inline]
+    fn count(&self, duration: std::time::Duration) {
+        // Only this machine's task writes these: a plain load and store, no locked add.
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.processed.store(
+            self.processed.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        self.busy_ns.store(
+            self.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// The event a machine is processing.
 #[derive(Default)]
 struct Live {
@@ -130,7 +148,7 @@ impl Telemetry {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         let sub = registry.sub_registry_with_prefix("turnstile");
-        let metrics = Metrics::new(sub, spans_exported, spans_dropped);
+        let metrics = Metrics::new(sub, spans_exported, spans_dropped, spans.is_some());
         sub.register_collector(Box::new(QueueDepth(engine.clone())));
         Ok(Arc::new(Telemetry {
             errors: Ring::new(config.error_buffer),
@@ -349,6 +367,117 @@ impl Telemetry {
             .map(|a| &**a)
     }
 
+    /// The transition's metrics (and, with spans, the running span's target state).
+    #[inline]
+    fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
+        slot.metrics
+            .transition(r.from.id, r.event_id, r.time_in_from.as_secs_f64());
+        // The current state is only needed for the next span's `turnstile.state.from`.
+        if self.spans.is_none() {
+            return;
+        }
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.state = r.to.id;
+        if let Some(span) = live.event.as_ref().and_then(|e| e.span.as_ref()) {
+            span.set(KeyValue::new("turnstile.state.to", r.to.name.to_owned()));
+        }
+    }
+
+    /// The end of an event: its metrics, `/stats` counts, span and `/trace` record.
+    #[inline]
+    fn finished(&self, slot: &Slot, r: &EventReport<'_>) {
+        slot.count(r.duration);
+        let outcome = event_outcome_index(r.outcome);
+        let transitioned = r.outcome == EventOutcome::Transitioned;
+        let seconds = transitioned.then_some(r.duration.as_secs_f64());
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            slot.metrics.event(r.event_id, outcome, seconds, None);
+            return;
+        }
+        self.finished_traced(slot, r, outcome, seconds);
+    }
+
+    /// [`Self::finished`] with `/trace` records or spans.
+    #[inline(never)]
+    fn finished_traced(
+        &self,
+        slot: &Slot,
+        r: &EventReport<'_>,
+        outcome: usize,
+        seconds: Option<f64>,
+    ) {
+        let transitioned = r.outcome == EventOutcome::Transitioned;
+        let now = SystemTime::now();
+        let live_event = if transitioned {
+            slot.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .event
+                .take()
+        } else {
+            None
+        };
+        let (at, span, trace, actions, failed) = match live_event {
+            Some(e) => (e.at, e.span, e.trace, e.actions, e.failed),
+            None => (now, None, r.event.traceparent, Vec::new(), None),
+        };
+        slot.metrics.event(
+            r.event_id,
+            outcome,
+            seconds,
+            span.as_ref().and_then(|_| Self::exemplar(trace.as_ref())),
+        );
+        if let Some(span) = span {
+            span.set(KeyValue::new("turnstile.outcome", r.outcome.as_str()));
+            if let Some((kind, msg)) = &failed {
+                span.fail(kind, msg, now);
+            }
+            span.end(now);
+        } else if !transitioned {
+            // Ignored and refused events get a short span of their own.
+            if let Some(sp) = &self.spans {
+                let attrs = vec![
+                    KeyValue::new("turnstile.machine", slot.name.to_string()),
+                    KeyValue::new("turnstile.event", r.event.name.to_string()),
+                    KeyValue::new("turnstile.state.from", r.from.name.to_owned()),
+                    KeyValue::new("turnstile.state.to", r.to.name.to_owned()),
+                    KeyValue::new("turnstile.outcome", r.outcome.as_str()),
+                ];
+                if let Some(s) = sp.start_event(
+                    format!("{} {}", slot.name, r.event.name),
+                    r.event.traceparent,
+                    attrs,
+                    now,
+                ) {
+                    s.end(now);
+                }
+            }
+        }
+        if self.config.trace_buffer > 0 {
+            slot.trace.push(TraceRecord {
+                at,
+                event: r.event.name.clone(),
+                machine: slot.name.clone(),
+                from: slot
+                    .states
+                    .get(r.from.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(r.from.name)),
+                to: slot
+                    .states
+                    .get(r.to.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(r.to.name)),
+                duration_ms: r.duration.as_secs_f64() * 1e3,
+                outcome: r.outcome.as_str(),
+                trace_id: trace.map(|t| t.trace_id_hex()),
+                span_id: trace.map(|t| t.span_id_hex()),
+                job_id: r.event.job_id.clone(),
+                actions,
+            });
+        }
+    }
+
     fn exemplar(trace: Option<&TraceContext>) -> Option<TraceExemplar> {
         trace.map(|t| TraceExemplar {
             trace_id: t.trace_id_hex(),
@@ -507,6 +636,11 @@ impl Observer for Telemetry {
 
     fn machine_stopped(&self, _m: MachineRef<'_>, _s: StateRef<'_>, _r: StopReason) {}
 
+    /// Event and action starts only matter to `/trace` records and spans.
+    fn observes_starts(&self) -> bool {
+        self.config.trace_buffer > 0 || self.spans.is_some()
+    }
+
     fn event_started(
         &self,
         m: MachineRef<'_>,
@@ -558,20 +692,29 @@ impl Observer for Telemetry {
     }
 
     fn transition(&self, r: &TransitionReport<'_>) {
+        if let Some(slot) = self.slot(&r.machine) {
+            self.transitioned(slot, r);
+        }
+    }
+
+    /// One slot lookup for both.
+    fn transition_finished(&self, r: &TransitionReport<'_>, duration: std::time::Duration) {
         let Some(slot) = self.slot(&r.machine) else {
             return;
         };
-        slot.metrics
-            .transition(r.from.id, r.event_id, r.time_in_from.as_secs_f64());
-        // The current state is only needed for the next span's `turnstile.state.from`.
-        if self.spans.is_none() {
+        if self.config.trace_buffer == 0 && self.spans.is_none() {
+            // Metrics only: what `transitioned` and `finished` do, without the report.
+            slot.count(duration);
+            slot.metrics.transition_finished(
+                r.from.id,
+                r.event_id,
+                r.time_in_from.as_secs_f64(),
+                duration.as_secs_f64(),
+            );
             return;
         }
-        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.state = r.to.id;
-        if let Some(span) = live.event.as_ref().and_then(|e| e.span.as_ref()) {
-            span.set(KeyValue::new("turnstile.state.to", r.to.name.to_owned()));
-        }
+        self.transitioned(slot, r);
+        self.finished(slot, &r.finished(duration));
     }
 
     fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
@@ -662,94 +805,8 @@ impl Observer for Telemetry {
     }
 
     fn event_finished(&self, r: &EventReport<'_>) {
-        let Some(slot) = self.slot(&r.machine) else {
-            return;
-        };
-        // Only this machine's task writes these: a plain load and store, no locked add.
-        let ns = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
-        slot.processed.store(
-            slot.processed.load(Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
-        slot.busy_ns.store(
-            slot.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
-            Ordering::Relaxed,
-        );
-        let outcome = event_outcome_index(r.outcome);
-        let transitioned = r.outcome == EventOutcome::Transitioned;
-        let seconds = transitioned.then_some(r.duration.as_secs_f64());
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
-            slot.metrics.event(r.event_id, outcome, seconds, None);
-            return;
-        }
-        let now = SystemTime::now();
-        let live_event = if transitioned {
-            slot.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .event
-                .take()
-        } else {
-            None
-        };
-        let (at, span, trace, actions, failed) = match live_event {
-            Some(e) => (e.at, e.span, e.trace, e.actions, e.failed),
-            None => (now, None, r.event.traceparent, Vec::new(), None),
-        };
-        slot.metrics.event(
-            r.event_id,
-            outcome,
-            seconds,
-            span.as_ref().and_then(|_| Self::exemplar(trace.as_ref())),
-        );
-        if let Some(span) = span {
-            span.set(KeyValue::new("turnstile.outcome", r.outcome.as_str()));
-            if let Some((kind, msg)) = &failed {
-                span.fail(kind, msg, now);
-            }
-            span.end(now);
-        } else if !transitioned {
-            // Ignored and refused events get a short span of their own.
-            if let Some(sp) = &self.spans {
-                let attrs = vec![
-                    KeyValue::new("turnstile.machine", slot.name.to_string()),
-                    KeyValue::new("turnstile.event", r.event.name.to_string()),
-                    KeyValue::new("turnstile.state.from", r.from.name.to_owned()),
-                    KeyValue::new("turnstile.state.to", r.to.name.to_owned()),
-                    KeyValue::new("turnstile.outcome", r.outcome.as_str()),
-                ];
-                if let Some(s) = sp.start_event(
-                    format!("{} {}", slot.name, r.event.name),
-                    r.event.traceparent,
-                    attrs,
-                    now,
-                ) {
-                    s.end(now);
-                }
-            }
-        }
-        if self.config.trace_buffer > 0 {
-            slot.trace.push(TraceRecord {
-                at,
-                event: r.event.name.clone(),
-                machine: slot.name.clone(),
-                from: slot
-                    .states
-                    .get(r.from.id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(r.from.name)),
-                to: slot
-                    .states
-                    .get(r.to.id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(r.to.name)),
-                duration_ms: r.duration.as_secs_f64() * 1e3,
-                outcome: r.outcome.as_str(),
-                trace_id: trace.map(|t| t.trace_id_hex()),
-                span_id: trace.map(|t| t.span_id_hex()),
-                job_id: r.event.job_id.clone(),
-                actions,
-            });
+        if let Some(slot) = self.slot(&r.machine) {
+            self.finished(slot, r);
         }
     }
 

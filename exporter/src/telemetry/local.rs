@@ -1,0 +1,321 @@
+//! Counters and histograms written by one machine's task only.
+//!
+//! prometheus-client's `Counter` adds with a locked instruction and its `Histogram` takes
+//! a lock (two, with exemplars) per observation. A machine's series are only ever written
+//! by that machine's task, one event at a time, so each writer here owns its own cells and
+//! updates them with a plain load and store (no read-modify-write, no lock). The series
+//! registered in a `Family` ([`LocalCounter`], [`LocalHistogram`]) sums its writers' cells
+//! when scraped, plus what writers that are gone left behind ([`Drop`] folds a writer's
+//! values in), so a series keeps counting across config reloads (a new slot, new writers)
+//! and never goes down.
+//!
+//! The exposition is prometheus-client's own (`encode_counter`, `encode_histogram`), with
+//! the same buckets (the `+Inf` one added the same way), so the text is the same as with
+//! its `Counter` and `Histogram`. A histogram's `_count` is the sum of its buckets, as in
+//! prometheus-client. A scrape that runs while an observation is being made may see the
+//! observation in the buckets but not yet in `_sum` (or the reverse): at most one
+//! observation per writer, gone by the next scrape.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+
+/// Adds `n` to a cell only this thread writes.
+#[inline]
+fn bump(cell: &AtomicU64, n: u64) {
+    cell.store(
+        cell.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// --- counters --------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct CounterParts {
+    /// What writers that are gone counted.
+    retired: u64,
+    live: Vec<Arc<AtomicU64>>,
+}
+
+/// A counter series whose increments come from [`CounterWriter`]s.
+#[derive(Debug, Default, Clone)]
+pub struct LocalCounter {
+    parts: Arc<Mutex<CounterParts>>,
+}
+
+impl LocalCounter {
+    /// A new writer (for one machine's task).
+    pub fn writer(&self) -> CounterWriter {
+        let cell = Arc::new(AtomicU64::new(0));
+        lock(&self.parts).live.push(cell.clone());
+        CounterWriter {
+            cell,
+            parts: self.parts.clone(),
+        }
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        let p = lock(&self.parts);
+        p.live
+            .iter()
+            .fold(p.retired, |t, c| t.wrapping_add(c.load(Ordering::Relaxed)))
+    }
+}
+
+impl TypedMetric for LocalCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for LocalCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_counter::<NoLabelSet, _, u64>(&self.get(), None::<&Exemplar<NoLabelSet, u64>>)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One task's share of a [`LocalCounter`]. Only one thread at a time may call
+/// [`CounterWriter::inc`] (the machine's task).
+#[derive(Debug)]
+pub struct CounterWriter {
+    cell: Arc<AtomicU64>,
+    parts: Arc<Mutex<CounterParts>>,
+}
+
+impl CounterWriter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        bump(&self.cell, 1);
+    }
+}
+
+impl Drop for CounterWriter {
+    fn drop(&mut self) {
+        let mut p = lock(&self.parts);
+        p.retired = p.retired.wrapping_add(self.cell.load(Ordering::Relaxed));
+        p.live.retain(|c| !Arc::ptr_eq(c, &self.cell));
+    }
+}
+
+// --- histograms ------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct HistogramCell {
+    /// `f64` bits.
+    sum: AtomicU64,
+    /// Not cumulative: observations whose first matching bound is this one.
+    buckets: Box<[AtomicU64]>,
+}
+
+#[derive(Debug)]
+struct HistogramParts {
+    /// Upper bounds, the last one `+Inf`.
+    bounds: Arc<[f64]>,
+    /// What writers that are gone observed.
+    retired_sum: f64,
+    retired: Vec<u64>,
+    live: Vec<Arc<HistogramCell>>,
+}
+
+/// A histogram series whose observations come from [`HistogramWriter`]s.
+#[derive(Debug, Clone)]
+pub struct LocalHistogram {
+    parts: Arc<Mutex<HistogramParts>>,
+}
+
+impl LocalHistogram {
+    /// With these upper bounds (as prometheus-client's `Histogram::new`: non-finite ones
+    /// are dropped and `+Inf` is added).
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Arc<[f64]> = bounds
+            .into_iter()
+            .filter(|b| b.is_finite())
+            .chain(std::iter::once(f64::INFINITY))
+            .collect();
+        LocalHistogram {
+            parts: Arc::new(Mutex::new(HistogramParts {
+                retired: vec![0; bounds.len()],
+                retired_sum: 0.0,
+                bounds,
+                live: Vec::new(),
+            })),
+        }
+    }
+
+    /// A new writer (for one machine's task).
+    pub fn writer(&self) -> HistogramWriter {
+        let mut p = lock(&self.parts);
+        let cell = Arc::new(HistogramCell {
+            sum: AtomicU64::new(0.0_f64.to_bits()),
+            buckets: p.bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+        });
+        p.live.push(cell.clone());
+        HistogramWriter {
+            bounds: p.bounds.clone(),
+            cell,
+            parts: self.parts.clone(),
+        }
+    }
+
+    /// Sum, count and (bound, non-cumulative count) per bucket.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let p = lock(&self.parts);
+        let mut sum = p.retired_sum;
+        let mut counts = p.retired.clone();
+        for c in &p.live {
+            sum += f64::from_bits(c.sum.load(Ordering::Relaxed));
+            for (t, b) in counts.iter_mut().zip(c.buckets.iter()) {
+                *t = t.wrapping_add(b.load(Ordering::Relaxed));
+            }
+        }
+        let count = counts.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        let buckets = p.bounds.iter().copied().zip(counts).collect();
+        (sum, count, buckets)
+    }
+}
+
+impl TypedMetric for LocalHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LocalHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One task's share of a [`LocalHistogram`]. Only one thread at a time may call
+/// [`HistogramWriter::observe`] (the machine's task).
+#[derive(Debug)]
+pub struct HistogramWriter {
+    bounds: Arc<[f64]>,
+    cell: Arc<HistogramCell>,
+    parts: Arc<Mutex<HistogramParts>>,
+}
+
+impl HistogramWriter {
+    /// Records `v` in the first bucket whose bound is at least `v` (`NaN`: the last one,
+    /// as prometheus-client does).
+    #[inline]
+    pub fn observe(&self, v: f64) {
+        let last = self.bounds.len().saturating_sub(1);
+        let i = self.bounds.iter().position(|b| *b >= v).unwrap_or(last);
+        if let Some(b) = self.cell.buckets.get(i) {
+            bump(b, 1);
+        }
+        let s = &self.cell.sum;
+        s.store(
+            (f64::from_bits(s.load(Ordering::Relaxed)) + v).to_bits(),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Drop for HistogramWriter {
+    fn drop(&mut self) {
+        let mut p = lock(&self.parts);
+        p.retired_sum += f64::from_bits(self.cell.sum.load(Ordering::Relaxed));
+        for (t, b) in p.retired.iter_mut().zip(self.cell.buckets.iter()) {
+            *t = t.wrapping_add(b.load(Ordering::Relaxed));
+        }
+        p.live.retain(|c| !Arc::ptr_eq(c, &self.cell));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::histogram::Histogram;
+    use prometheus_client::registry::{Registry, Unit};
+
+    fn render(r: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, r).expect("encode");
+        out
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct L {
+        machine: String,
+    }
+
+    const BOUNDS: [f64; 4] = [0.001, 0.01, 0.1, 1.0];
+    const VALUES: [f64; 7] = [0.0005, 0.001, 0.002, 0.5, 3.0, f64::NAN, 0.05];
+
+    #[test]
+    fn the_exposition_is_prometheus_clients_own() {
+        let mut theirs = Registry::default();
+        let c: Family<L, Counter> = Family::default();
+        let h: Family<L, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(BOUNDS));
+        theirs.register("c", "help", c.clone());
+        theirs.register_with_unit("h", "help", Unit::Seconds, h.clone());
+        let mut ours = Registry::default();
+        let lc: Family<L, LocalCounter> = Family::default();
+        let lh: Family<L, LocalHistogram, fn() -> LocalHistogram> =
+            Family::new_with_constructor(|| LocalHistogram::new(BOUNDS));
+        ours.register("c", "help", lc.clone());
+        ours.register_with_unit("h", "help", Unit::Seconds, lh.clone());
+        let l = L {
+            machine: "m".into(),
+        };
+        let w = lc.get_or_create(&l).writer();
+        let hw = lh.get_or_create(&l).writer();
+        for v in VALUES.iter().filter(|v| !v.is_nan()) {
+            c.get_or_create(&l).inc();
+            w.inc();
+            h.get_or_create(&l).observe(*v);
+            hw.observe(*v);
+        }
+        assert_eq!(render(&theirs), render(&ours));
+    }
+
+    #[test]
+    fn values_outlive_their_writers_and_add_up() {
+        let c = LocalCounter::default();
+        let h = LocalHistogram::new(BOUNDS);
+        let (a, b) = (c.writer(), c.writer());
+        let (ha, hb) = (h.writer(), h.writer());
+        a.inc();
+        b.inc();
+        b.inc();
+        ha.observe(0.002);
+        hb.observe(5.0);
+        hb.observe(f64::NAN);
+        drop(a);
+        drop(ha);
+        assert_eq!(c.get(), 3);
+        let (sum, count, buckets) = h.snapshot();
+        assert!(sum.is_nan());
+        assert_eq!(count, 3);
+        assert_eq!(
+            buckets.iter().map(|b| b.1).collect::<Vec<_>>(),
+            [0, 1, 0, 0, 2]
+        );
+        drop(b);
+        drop(hb);
+        assert_eq!(c.get(), 3);
+        assert_eq!(h.snapshot().1, 3);
+        assert!(c.parts.lock().expect("lock").live.is_empty());
+    }
+}
