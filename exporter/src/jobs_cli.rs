@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::{
-    JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore, StateStore, STATUSES,
+    JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore, StateStore, SyncMode, STATUSES,
 };
 use turnstile_engine::ActionRegistry;
 use turnstile_exporter::telemetry::Telemetry;
@@ -35,6 +35,29 @@ pub struct DbArg {
     /// `data/pipeline.db` works too). Default: ./turnstile.db.
     #[arg(long, env = "TURNSTILE_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// When a commit reaches the disk: `full` fsyncs every commit (a job survives a power
+    /// loss; concurrent writes of this process share one fsync), `normal` only at
+    /// checkpoints (survives this process being killed, not the machine going down).
+    #[arg(long, env = "TURNSTILE_DB_SYNC", value_enum, default_value_t = DbSync::Full)]
+    pub db_sync: DbSync,
+}
+
+/// `--db-sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbSync {
+    /// fsync at every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
+}
+
+impl From<DbSync> for SyncMode {
+    fn from(s: DbSync) -> Self {
+        match s {
+            DbSync::Full => SyncMode::Full,
+            DbSync::Normal => SyncMode::Normal,
+        }
+    }
 }
 
 impl DbArg {
@@ -226,6 +249,7 @@ fn open_existing(db: &DbArg) -> anyhow::Result<SqliteStore> {
         &path,
         SqliteOptions {
             renew: false,
+            sync: db.db_sync.into(),
             ..SqliteOptions::default()
         },
     )
@@ -251,6 +275,7 @@ pub fn open_for_run(
         lease: secs(args.job_lease, "--job-lease")?,
         max_attempts: args.job_max_attempts.max(1),
         backoff_base: secs(args.job_backoff, "--job-backoff")?,
+        sync: args.db.db_sync.into(),
         ..SqliteOptions::default()
     };
     let path = args.db.path();

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use persist::Persister;
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, SyncMode};
 
 /// Status of a job waiting to be claimed.
 pub const PENDING: &str = "pending";

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# End-to-end job throughput, Turnstile and statemachine-engine in one run: N jobs are added
+# while four workers claim and complete them. The figure is N divided by the time from the
+# first add to the last completion (add, claim, complete, all durable).
+#
+#   bench/jobs_e2e.sh [N]        default 5000
+#
+# Turnstile (target/release/turnstile; `cargo build --release -p turnstile-exporter`):
+#   jobs are added through the sidecar's `POST /jobs` by wrk (4 connections, N/4 requests
+#   each, exactly; bench/post_jobs.lua); workers are four machines of the worker YAML below
+#   (claim with check_database_queue, complete with complete_job).
+#   - one process, four worker machines, --db-sync full (the default: fsync per commit,
+#     group commit shares it among the process's concurrent writes);
+#   - the same with --db-sync normal (fsync at checkpoints only);
+#   - four processes, one worker machine each, --db-sync full (jobs posted to the first).
+# statemachine-engine 1.0.91 (pip): four `statemachine` worker processes on the same YAML
+#   and its data/pipeline.db; jobs added by its own JobModel.create_job in a Python loop.
+#   (`repeatable: true` makes statemachine-engine re-run check_database_queue on every tick
+#   of its loop while nothing is queued; Turnstile accepts the key and waits instead.)
+#
+# Needs: wrk, python3, statemachine-engine==1.0.91. Completion is watched with sqlite3 from
+# Python every 10 ms.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$(realpath "${TURNSTILE_BIN:-target/release/turnstile}")
+LUA=$(realpath bench/post_jobs.lua)
+N=${1:-5000}
+PER=$(( (N + 3) / 4 ))
+N=$(( PER * 4 ))
+TMP=$(mktemp -d)
+cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+worker_yaml() { # name
+  cat <<EOF
+initial_state: waiting
+metadata:
+  machine_name: $1
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: waiting, event: job_completed}
+  - {from: processing, to: waiting, event: job_done_elsewhere}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+      repeatable: true
+  processing:
+    - type: complete_job
+      job_id: "{id}"
+      success: job_completed
+      error: job_done_elsewhere
+EOF
+}
+for i in 1 2 3 4; do
+  worker_yaml "worker$i" > "$TMP/w$i.yaml"
+done
+
+# Waits until N jobs are completed in DB; prints seconds since START (a float).
+wait_done() { # db start
+  python3 - "$1" "$N" "$2" <<'EOF'
+import sqlite3, sys, time
+db, n, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while True:
+    try:
+        c = sqlite3.connect(db, timeout=30)
+        done = c.execute("select count(*) from jobs where status = 'completed'").fetchone()[0]
+        c.close()
+    except sqlite3.OperationalError:
+        done = 0
+    if done >= n:
+        print(f"{time.time() - start:.3f}")
+        break
+    if time.time() - start > 600:
+        print("timeout")
+        break
+    time.sleep(0.01)
+EOF
+}
+
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+
+wait_ready() { # port
+  for _ in $(seq 200); do
+    curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "sidecar on $1 did not come up" >&2
+  return 1
+}
+
+report() { # label seconds
+  python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1\":<58} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
+}
+
+turnstile_one_process() { # sync
+  local db="$TMP/t-$1.db" port
+  port=$(free_port)
+  "$BIN" --log-level warn run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
+    --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+  local pid=$!
+  wait_ready "$port"
+  local start
+  start=$(date +%s.%N)
+  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$port/jobs" > "$TMP/wrk.out" 2>&1 &
+  local wrk=$!
+  local t
+  t=$(wait_done "$db" "$start")
+  kill "$wrk" "$pid" 2>/dev/null || true
+  wait "$wrk" "$pid" 2>/dev/null || true
+  report "Turnstile, 1 process x 4 worker machines, --db-sync $1" "$t"
+}
+
+turnstile_four_processes() {
+  local db="$TMP/t-procs.db" pids=() port first=""
+  for i in 1 2 3 4; do
+    port=$(free_port)
+    "$BIN" --log-level warn run "$TMP/w$i.yaml" --db "$db" --db-sync full \
+      --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+    pids+=($!)
+    wait_ready "$port"
+    [ -z "$first" ] && first=$port
+  done
+  local start
+  start=$(date +%s.%N)
+  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$first/jobs" > "$TMP/wrk.out" 2>&1 &
+  local wrk=$!
+  local t
+  t=$(wait_done "$db" "$start")
+  kill "$wrk" "${pids[@]}" 2>/dev/null || true
+  wait "$wrk" "${pids[@]}" 2>/dev/null || true
+  report "Turnstile, 4 processes x 1 worker machine, --db-sync full" "$t"
+}
+
+sme() {
+  local dir="$TMP/sme" pids=()
+  mkdir -p "$dir/data"
+  (cd "$dir" && python3 -c "from statemachine_engine.database.models import get_job_model; get_job_model()")
+  for i in 1 2 3 4; do
+    (cd "$dir" && exec statemachine "$TMP/w$i.yaml" \
+      --event-socket-path "$dir/events$i.sock" --control-socket-prefix "$dir/control$i" \
+      > "$dir/w$i.log" 2>&1) &
+    pids+=($!)
+  done
+  sleep 3 # Python start-up
+  local start
+  start=$(date +%s.%N)
+  (cd "$dir" && python3 - "$N" <<'EOF'
+import sys
+from statemachine_engine.database.models import get_job_model
+m = get_job_model()
+for i in range(int(sys.argv[1])):
+    m.create_job(job_id=f"j{i}", job_type="task", data={"n": i})
+EOF
+  ) &
+  local producer=$!
+  local t
+  t=$(wait_done "$dir/data/pipeline.db" "$start")
+  kill "$producer" "${pids[@]}" 2>/dev/null || true
+  pkill -P "$$" statemachine 2>/dev/null || true
+  wait 2>/dev/null || true
+  local dup
+  dup=$(cat "$dir"/w*.log | grep -c "retrieved from queue" || true)
+  report "statemachine-engine 1.0.91, 4 worker processes" "$t"
+  echo "  (statemachine-engine workers logged $dup claims for $N jobs)"
+}
+
+echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+turnstile_one_process full
+turnstile_one_process normal
+turnstile_four_processes
+sme
