@@ -188,7 +188,8 @@ async fn failed_jobs_are_retried_then_dead_lettered() {
             ..NewJob::default()
         })
         .unwrap();
-    let engine = Engine::builder().build();
+    let jobs = Arc::new(JobHooks::default());
+    let engine = Engine::builder().observer(jobs.clone()).build();
     engine.spawn(def).unwrap();
     let t0 = Instant::now();
     loop {
@@ -205,6 +206,45 @@ async fn failed_jobs_are_retried_then_dead_lettered() {
     assert!(t0.elapsed() >= Duration::from_millis(150));
     engine.shutdown();
     engine.join().await;
+    // The observer heard of every claim and failure, with the job's type.
+    let claimed = "claimed x bad".to_owned();
+    let failed = "failed x bad broken bad".to_owned();
+    assert_eq!(
+        *jobs.0.lock().unwrap(),
+        [
+            claimed.clone(),
+            failed.clone(),
+            claimed.clone(),
+            failed.clone(),
+            claimed,
+            failed
+        ]
+    );
+}
+
+/// Records the observer's job hooks as "change type id [message]".
+#[derive(Default)]
+struct JobHooks(std::sync::Mutex<Vec<String>>);
+
+impl turnstile_engine::Observer for JobHooks {
+    fn job_claimed(&self, _m: turnstile_engine::observe::MachineRef<'_>, t: &str, id: &str) {
+        self.0.lock().unwrap().push(format!("claimed {t} {id}"));
+    }
+    fn job_completed(&self, _m: turnstile_engine::observe::MachineRef<'_>, t: &str, id: &str) {
+        self.0.lock().unwrap().push(format!("completed {t} {id}"));
+    }
+    fn job_failed(
+        &self,
+        _m: turnstile_engine::observe::MachineRef<'_>,
+        t: &str,
+        id: &str,
+        msg: &str,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("failed {t} {id} {msg}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,11 +312,20 @@ async fn without_a_store_job_actions_fail_clearly() {
 /// (event, job id, trace id) of a transition.
 type SeenEvent = (String, Option<String>, Option<String>);
 
-/// Records the job id and trace id of every transition's event.
+/// Records the job id and trace id of every transition's event, and the job hooks.
 #[derive(Default)]
-struct Seen(std::sync::Mutex<Vec<SeenEvent>>);
+struct Seen(
+    std::sync::Mutex<Vec<SeenEvent>>,
+    std::sync::Mutex<Vec<String>>,
+);
 
 impl turnstile_engine::Observer for Seen {
+    fn job_claimed(&self, _m: turnstile_engine::observe::MachineRef<'_>, t: &str, id: &str) {
+        self.1.lock().unwrap().push(format!("claimed {t} {id}"));
+    }
+    fn job_completed(&self, _m: turnstile_engine::observe::MachineRef<'_>, t: &str, id: &str) {
+        self.1.lock().unwrap().push(format!("completed {t} {id}"));
+    }
     fn transition(&self, r: &turnstile_engine::observe::TransitionReport<'_>) {
         self.0.lock().unwrap().push((
             r.event.name.to_string(),
@@ -306,6 +355,10 @@ async fn a_claimed_job_continues_its_enqueuers_trace() {
     wait_completed(&store, 1).await;
     engine.shutdown();
     engine.join().await;
+    assert_eq!(
+        *seen.1.lock().unwrap(),
+        ["claimed task traced", "completed task traced"]
+    );
     let v = seen.0.lock().unwrap().clone();
     let new_job = v.iter().find(|(e, _, _)| e == "new_job").unwrap();
     assert_eq!(new_job.1.as_deref(), Some("traced"));

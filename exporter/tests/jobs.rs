@@ -168,6 +168,9 @@ fn simple_worker_processes_every_job_including_late_ones() {
         let (_, m) = http(addr, "GET", "/metrics", "");
         if m.contains("turnstile_jobs{job_type=\"task\",status=\"processing\"} 4")
             && m.contains("turnstile_jobs{job_type=\"task\",status=\"pending\"} 1")
+            && m.contains(
+                "turnstile_job_changes_total{machine=\"simple_worker\",job_type=\"task\",change=\"claimed\"} 4",
+            )
         {
             break;
         }

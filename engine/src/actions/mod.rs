@@ -103,6 +103,31 @@ pub struct Outcome {
     /// The trace the returned event continues (default: the current one): the trace of
     /// whoever enqueued a claimed job.
     pub traceparent: Option<TraceContext>,
+    /// A change of a job's status that the action made, reported to the observer
+    /// (`job_claimed`, `job_completed`, `job_failed`).
+    pub job: Option<Box<JobNote>>,
+}
+
+/// A job status change made by an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobNote {
+    /// What happened.
+    pub change: JobChange,
+    /// The job's type (empty when the action does not know it).
+    pub job_type: String,
+    /// The job's id.
+    pub job_id: String,
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobChange {
+    /// Claimed by the machine.
+    Claimed,
+    /// Marked completed.
+    Completed,
+    /// Marked failed (retried later, or dead-lettered), with the message.
+    Failed(String),
 }
 
 impl Outcome {
@@ -116,6 +141,7 @@ impl Outcome {
             error_kind: None,
             job_id: None,
             traceparent: None,
+            job: None,
         }
     }
 
@@ -133,7 +159,19 @@ impl Outcome {
             error_kind: None,
             job_id: None,
             traceparent: None,
+            job: None,
         }
+    }
+
+    /// Notes a job status change for the observer.
+    #[must_use]
+    pub fn with_job(mut self, change: JobChange, job_type: String, job_id: String) -> Self {
+        self.job = Some(Box::new(JobNote {
+            change,
+            job_type,
+            job_id,
+        }));
+        self
     }
 
     /// Sets the error kind reported for this failure.

@@ -20,7 +20,7 @@ use super::def::{ActionDef, MachineDef};
 use super::event::{Event, Origin};
 use super::router::Router;
 use super::trace::TraceContext;
-use crate::actions::{ActionCx, ActionFuture, Outcome, Status, Step};
+use crate::actions::{ActionCx, ActionFuture, JobChange, Outcome, Status, Step};
 use crate::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
     MachineRef, Observer, ObserverSlot, StateRef, StopReason, TransitionReport,
@@ -735,7 +735,16 @@ impl Machine {
             error_kind,
             job_id,
             traceparent,
+            job,
         } = out;
+        if let (Some(o), Some(j)) = (&self.observer, &job) {
+            let m = self.mref();
+            match &j.change {
+                JobChange::Claimed => o.job_claimed(m, &j.job_type, &j.job_id),
+                JobChange::Completed => o.job_completed(m, &j.job_type, &j.job_id),
+                JobChange::Failed(msg) => o.job_failed(m, &j.job_type, &j.job_id, msg),
+            }
+        }
         for (k, v) in context {
             self.context.insert(k, v);
         }

@@ -98,6 +98,12 @@ pub(crate) struct JobsL {
     pub job_type: String,
     pub status: String,
 }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JobChangeL {
+    pub machine: Arc<str>,
+    pub job_type: String,
+    pub change: &'static str,
+}
 
 /// `result` label of config reloads.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -192,6 +198,7 @@ pub struct Metrics {
     config_reloads: Family<ResultL, Counter>,
     pub(crate) plugin_info: Family<PluginL, Gauge>,
     pub(crate) jobs: Family<JobsL, Gauge>,
+    pub(crate) job_changes: Family<JobChangeL, Counter>,
     /// Spans dropped because the export queue was full or the export failed.
     pub(crate) spans_dropped: Counter,
     /// Spans handed to the collector.
@@ -220,6 +227,7 @@ impl Metrics {
             config_reloads: Family::default(),
             plugin_info: Family::default(),
             jobs: Family::default(),
+            job_changes: Family::default(),
             spans_dropped,
             spans_exported,
             global_errors: Vec::new(),
@@ -273,6 +281,11 @@ impl Metrics {
             "jobs",
             "Jobs in the job store, by type and status",
             m.jobs.clone(),
+        );
+        r.register(
+            "job_changes",
+            "Jobs claimed, completed and failed by this process's machines",
+            m.job_changes.clone(),
         );
         r.register(
             "spans_dropped",

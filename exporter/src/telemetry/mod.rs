@@ -253,6 +253,19 @@ impl Telemetry {
             .set(count);
     }
 
+    /// `turnstile_job_changes_total{machine, job_type, change}` (a few per job: the family's
+    /// lock is fine here).
+    fn job_change(&self, m: MachineRef<'_>, job_type: &str, change: &'static str) {
+        self.metrics
+            .job_changes
+            .get_or_create(&metrics::JobChangeL {
+                machine: m.def.name.clone(),
+                job_type: job_type.to_owned(),
+                change,
+            })
+            .inc();
+    }
+
     /// Records an error that belongs to no machine's event (bad requests, reloads, ...).
     pub fn report_error(&self, kind: ErrorKind, machine: Option<&str>, message: &str) {
         let slot = machine.and_then(|m| self.slots().into_iter().rev().find(|s| &*s.name == m));
@@ -836,6 +849,18 @@ impl Observer for Telemetry {
                     .map(|t| t.trace_id_hex())
             }),
         });
+    }
+
+    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+        self.job_change(m, job_type, "claimed");
+    }
+
+    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+        self.job_change(m, job_type, "completed");
+    }
+
+    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str, _message: &str) {
+        self.job_change(m, job_type, "failed");
     }
 
     fn config_reloaded(&self, _path: &std::path::Path, _machines: &[&str]) {

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value as Json};
 
-use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
+use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
 use crate::observe::ErrorKind;
 use crate::runtime::template::{JsonTemplate, Template};
 use crate::store::{Claim, Failed, Job, JobFilter, JobStore, StateStore, StoreError};
@@ -114,6 +114,24 @@ fn render_id(t: &Template, cx: &ActionCx<'_>) -> Option<String> {
     let s = t.render_string(&cx.scope()).into_owned();
     let unresolved = s.contains('{') && s.contains('}');
     (!s.is_empty() && !unresolved).then_some(s)
+}
+
+/// The type of job `id` when the context holds it (the machine claimed it), else empty.
+fn known_job_type(cx: &ActionCx<'_>, id: &str) -> String {
+    let ctx = &*cx.context;
+    let same = ctx.get("job_id").and_then(Json::as_str) == Some(id)
+        || ctx
+            .get("current_job")
+            .and_then(|c| c.get("job_id"))
+            .and_then(Json::as_str)
+            == Some(id);
+    if !same {
+        return String::new();
+    }
+    ctx.get("job_type")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn opt_string(p: &mut Params<'_>, key: &'static str) -> Option<String> {
@@ -233,7 +251,11 @@ impl Action for CheckQueue {
                     Err(e) => return store_error("check_database_queue", &e, &error),
                     Ok(Claim::Job(j)) => {
                         tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
-                        let mut o = Outcome::ok(Some(new_job));
+                        let mut o = Outcome::ok(Some(new_job)).with_job(
+                            JobChange::Claimed,
+                            j.job_type.clone(),
+                            j.job_id.clone(),
+                        );
                         o.context = job_context(&j);
                         o.job_id = Some(j.job_id.clone());
                         // The worker's processing continues the enqueuer's trace.
@@ -329,11 +351,12 @@ impl Action for ClaimJob {
         };
         let (success, taken, error) =
             (self.success.clone(), self.taken.clone(), self.error.clone());
+        let job_type = known_job_type(cx, &id);
         Step::Wait(Box::pin(async move {
             let s = store.clone();
             let id2 = id.clone();
             match blocking(move || s.claim_job(&id2, s.owner())).await {
-                Ok(true) => Outcome::ok(Some(success)),
+                Ok(true) => Outcome::ok(Some(success)).with_job(JobChange::Claimed, job_type, id),
                 Ok(false) => Outcome::ok(Some(taken)),
                 Err(e) => store_error("claim_job", &e, &error),
             }
@@ -391,12 +414,13 @@ impl Action for CompleteJob {
         };
         let result = self.result.as_ref().map(|t| t.render(&cx.scope()));
         let (success, error) = (self.success.clone(), self.error.clone());
+        let job_type = known_job_type(cx, &id);
         Step::Wait(Box::pin(async move {
             let id2 = id.clone();
             match blocking(move || store.complete_job(&id2, result.as_ref())).await {
                 Ok(true) => {
                     tracing::info!(target: "turnstile::jobs", job = %id, "job completed");
-                    Outcome::ok(Some(success))
+                    Outcome::ok(Some(success)).with_job(JobChange::Completed, job_type, id)
                 }
                 Ok(false) => Outcome::error(
                     "complete_job",
@@ -460,18 +484,22 @@ impl Action for FailJob {
         };
         let message = self.message.render_string(&cx.scope()).into_owned();
         let (retry, dead, error) = (self.retry.clone(), self.dead.clone(), self.error.clone());
+        let job_type = known_job_type(cx, &id);
         Step::Wait(Box::pin(async move {
             let id2 = id.clone();
-            match blocking(move || store.fail_job(&id2, &message)).await {
+            let msg = message.clone();
+            match blocking(move || store.fail_job(&id2, &msg)).await {
                 Ok(Failed::Retry { attempts, .. }) => {
                     tracing::info!(target: "turnstile::jobs", job = %id, attempts, "job failed, will retry");
-                    let mut o = Outcome::ok(Some(retry));
+                    let mut o =
+                        Outcome::ok(Some(retry)).with_job(JobChange::Failed(message), job_type, id);
                     o.context = vec![("job_status".into(), Json::from("pending"))];
                     o
                 }
                 Ok(Failed::Dead) => {
                     tracing::warn!(target: "turnstile::jobs", job = %id, "job failed its last attempt: dead letter");
-                    let mut o = Outcome::ok(Some(dead));
+                    let mut o =
+                        Outcome::ok(Some(dead)).with_job(JobChange::Failed(message), job_type, id);
                     o.context = vec![("job_status".into(), Json::from("dead"))];
                     o
                 }
