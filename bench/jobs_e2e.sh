@@ -4,6 +4,7 @@
 # first add to the last completion (add, claim, complete, all durable).
 #
 #   bench/jobs_e2e.sh [N]        default 5000
+#   CASES="full normal procs sme"  the cases to run (default: all four, in that order)
 #
 # Turnstile (target/release/turnstile; `cargo build --release -p turnstile-exporter`):
 #   jobs are added through the sidecar's `POST /jobs` by wrk (4 connections, N/4 requests
@@ -94,7 +95,7 @@ report() { # label seconds
 }
 
 turnstile_one_process() { # sync
-  local db="$TMP/t-$1.db" port
+  local db="$TMP/t-$1-$RANDOM$RANDOM.db" port
   port=$(free_port)
   "$BIN" --log-level warn run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
     --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
@@ -166,7 +167,11 @@ EOF
 }
 
 echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-turnstile_one_process full
-turnstile_one_process normal
-turnstile_four_processes
-sme
+for c in ${CASES:-full normal procs sme}; do
+  case $c in
+    full | normal) turnstile_one_process "$c" ;;
+    procs) turnstile_four_processes ;;
+    sme) sme ;;
+    *) echo "unknown case $c" >&2; exit 2 ;;
+  esac
+done
