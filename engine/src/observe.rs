@@ -332,6 +332,9 @@ pub trait Observer: Send + Sync + 'static {
     fn config_reloaded(&self, path: &std::path::Path, machines: &[&str]) {}
     /// A config change was refused; the old config keeps running.
     fn config_rejected(&self, path: &std::path::Path, message: &str) {}
+    /// A plugin library changed on disk and its new version now serves (`previous` is the
+    /// version it replaced).
+    fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {}
     /// A job was claimed by a machine.
     fn job_claimed(&self, machine: MachineRef<'_>, job_type: &str, job_id: &str) {}
     /// A job was completed.

@@ -27,6 +27,7 @@ const COMPAT: &str = concat!(
 struct Recorder {
     errors: Mutex<Vec<(ErrorKind, String)>>,
     outputs: Mutex<Vec<String>>,
+    swaps: Mutex<Vec<String>>,
 }
 
 impl Recorder {
@@ -39,6 +40,12 @@ impl Recorder {
 }
 
 impl Observer for Recorder {
+    fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
+        self.swaps
+            .lock()
+            .unwrap()
+            .push(format!("{name} {previous} -> {version}"));
+    }
     fn error(&self, r: &ErrorReport<'_>) {
         self.errors
             .lock()
@@ -555,6 +562,7 @@ fn a_changed_library_is_loaded_from_a_fresh_copy_and_swapped_in() {
     assert_eq!(info.version, "2.0.0");
     assert_ne!(info.loaded_from, first_copy, "a fresh copy");
     assert!(rec.errors().is_empty());
+    assert_eq!(*rec.swaps.lock().unwrap(), ["c_hello 1.0.0 -> 2.0.0"]);
 
     // A broken new version is refused; the loaded one keeps serving.
     std::fs::write(&lib, "garbage").unwrap();
@@ -579,6 +587,8 @@ fn a_changed_library_is_loaded_from_a_fresh_copy_and_swapped_in() {
         .to_string()
         .contains("not `c_hello`"));
     assert_eq!(hello(), "Hello from C 2.0.0");
+    // Refused versions are not swaps.
+    assert_eq!(rec.swaps.lock().unwrap().len(), 1);
 }
 
 #[test]

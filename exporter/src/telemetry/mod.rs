@@ -851,6 +851,15 @@ impl Observer for Telemetry {
         });
     }
 
+    fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
+        // The old version's series goes: `turnstile_plugin_info` shows what serves now.
+        self.metrics.plugin_info.remove(&metrics::PluginL {
+            plugin: name.to_owned(),
+            version: previous.to_owned(),
+        });
+        self.set_plugins(&[(name.to_owned(), version.to_owned())]);
+    }
+
     fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
         self.job_change(m, job_type, "claimed");
     }
@@ -874,5 +883,29 @@ impl Observer for Telemetry {
             None,
             &format!("{}: {message}", path.display()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_swapped_plugin_shows_only_its_new_version() {
+        let t = Telemetry::new(TelemetryConfig::default()).unwrap();
+        t.set_plugins(&[
+            ("greet".into(), "1.0.0".into()),
+            ("calc".into(), "0.1.0".into()),
+        ]);
+        t.plugin_swapped("greet", "1.1.0", "1.0.0");
+        let page = t.render_metrics(false);
+        let lines: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("turnstile_plugin_info{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.contains(&"turnstile_plugin_info{plugin=\"greet\",version=\"1.1.0\"} 1"));
+        assert!(lines.contains(&"turnstile_plugin_info{plugin=\"calc\",version=\"0.1.0\"} 1"));
     }
 }

@@ -480,6 +480,19 @@ impl Slot {
                     "plugin changed on disk: new version loaded from a fresh copy and swapped in"
                 );
                 drop(w);
+                let obs = self
+                    .shared
+                    .observer
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                if let Some(o) = obs {
+                    o.plugin_swapped(
+                        &lib.manifest.name,
+                        &lib.manifest.version,
+                        &old.manifest.version,
+                    );
+                }
                 Some(Ok(self.info()))
             }
             Err(e) => {
