@@ -113,7 +113,7 @@ turnstile_one_process() { # sync
 }
 
 turnstile_four_processes() {
-  local db="$TMP/t-procs.db" pids=() port first=""
+  local db="$TMP/t-procs-$RANDOM$RANDOM.db" pids=() port first=""
   for i in 1 2 3 4; do
     port=$(free_port)
     "$BIN" --log-level warn run "$TMP/w$i.yaml" --db "$db" --db-sync full \

@@ -69,6 +69,10 @@ fn concurrent_claimers_on_one_file_never_double_claim() {
                 loop {
                     match s.claim_next(&any(), s.owner()).unwrap() {
                         Claim::Job(j) => {
+                            // A job takes a moment; without it, one thread claiming in a
+                            // tight loop keeps SQLite's lock while the others' busy
+                            // handlers sleep (1 ms, 2 ms, 5 ms, ...), and takes every job.
+                            std::thread::sleep(Duration::from_micros(300));
                             assert!(s.complete_job(&j.job_id, None).unwrap());
                             got.push(j.job_id);
                         }
