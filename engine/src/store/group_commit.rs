@@ -11,7 +11,7 @@
 //! runs its operation at once, as a plain transaction would.
 //!
 //! A result is handed out only after the commit succeeded: a caller never acts on a write
-//! that is not durable. When the commit fails, every operation of the batch gets the
+//! that is not committed (and, with `synchronous=FULL`, on disk). When the commit fails, every operation of the batch gets the
 //! error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,15 +143,20 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Gives every operation of `batch` the transaction's failure.
+fn fail_all(batch: Vec<Box<dyn WriteOp>>, e: &rusqlite::Error) {
+    let why = e.to_string();
+    for op in batch {
+        op.finish(Some(&why));
+    }
+}
+
 /// One transaction for `batch`; every operation gets its result.
 fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteOp>>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
-        let why = e.to_string();
-        for op in batch {
-            op.finish(Some(&why));
-        }
-        return;
+        return fail_all(batch, &e);
     }
+    // A batch of one needs no savepoint: the transaction is the operation's.
     let alone = batch.len() == 1;
     let mut failed_alone = false;
     for op in &mut batch {
@@ -159,35 +164,20 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteOp>>) {
             failed_alone = !op.run(conn);
             continue;
         }
-        if let Err(e) = exec(conn, "SAVEPOINT op") {
-            let _ = exec(conn, "ROLLBACK");
-            let why = e.to_string();
-            for op in batch {
-                op.finish(Some(&why));
+        let ran = exec(conn, "SAVEPOINT op").and_then(|()| {
+            if op.run(conn) {
+                exec(conn, "RELEASE op")
+            } else {
+                exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
             }
-            return;
-        }
-        let ok = op.run(conn);
-        let end = if ok {
-            exec(conn, "RELEASE op")
-        } else {
-            exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
-        };
-        if let Err(e) = end {
+        });
+        if let Err(e) = ran {
             let _ = exec(conn, "ROLLBACK");
-            let why = e.to_string();
-            for op in batch {
-                op.finish(Some(&why));
-            }
-            return;
+            return fail_all(batch, &e);
         }
     }
     // One operation alone that failed: nothing of it may be kept.
-    let end = if failed_alone {
-        exec(conn, "ROLLBACK")
-    } else {
-        exec(conn, "COMMIT")
-    };
+    let end = exec(conn, if failed_alone { "ROLLBACK" } else { "COMMIT" });
     match end {
         Ok(()) => {
             for op in batch {
@@ -196,10 +186,7 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteOp>>) {
         }
         Err(e) => {
             let _ = exec(conn, "ROLLBACK");
-            let why = e.to_string();
-            for op in batch {
-                op.finish(Some(&why));
-            }
+            fail_all(batch, &e);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The SQLite store: one file shared by every process that uses it (Turnstile workers,
 //! the CLI, statemachine-engine's own tools).
 //!
-//! - WAL journal, `synchronous=FULL` by default ([`SyncMode`]), a busy timeout; one connection per store object,
-//!   behind a mutex (one writer per process; SQLite serialises writers across processes).
-//! - Every write is one `BEGIN IMMEDIATE` transaction, so a claim (reap expired leases,
-//!   pick and lease one job with `UPDATE ... RETURNING`) cannot interleave with another
-//!   process's claim.
+//! - WAL journal, `synchronous=FULL` by default ([`SyncMode`]), a busy timeout; one
+//!   connection per store object, behind a mutex (one writer per process; SQLite
+//!   serialises writers across processes).
+//! - Every write runs in a `BEGIN IMMEDIATE` transaction, shared with the process's other
+//!   waiting writes (group commit), so a claim (reap expired leases, pick one job, lease
+//!   it) cannot interleave with another process's claim.
 //! - The `jobs` table keeps every column of statemachine-engine's (same names and types,
 //!   created by the same statement), and adds `lease_owner`, `lease_until`, `attempts`,
 //!   `max_attempts`, `next_attempt_at` and `traceparent` (added by `ALTER TABLE` to a file
@@ -222,7 +223,6 @@ impl SqliteStore {
         conn.busy_timeout(opts.busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", opts.sync.pragma())?;
-
         migrate(&conn)?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renew = opts.renew;
@@ -286,13 +286,6 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.group.write(|| self.conn(), f)
-    }
-
-    fn backoff(&self, attempts: i64) -> Duration {
-        let base = self.inner.opts.backoff_base;
-        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-        base.saturating_mul(1u32 << exp)
-            .min(self.inner.opts.backoff_max)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -410,6 +403,15 @@ fn pick_sql(filter: &JobFilter) -> &'static str {
              ORDER BY priority ASC, created_at ASC, id ASC LIMIT 1"
         }
     }
+}
+
+/// The retry delay after `attempts` attempts: `backoff_base`, doubled per attempt, at most
+/// `backoff_max`.
+fn backoff(opts: &SqliteOptions, attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    opts.backoff_base
+        .saturating_mul(1u32 << exp)
+        .min(opts.backoff_max)
 }
 
 /// Returns jobs whose lease expired to pending, or to `dead` when they are out of
@@ -603,7 +605,7 @@ impl JobStore for SqliteStore {
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
-        let this = self.clone();
+        let opts = self.inner.opts.clone();
         let out = self.write(move |tx| {
             let row: Option<(i64, Option<i64>)> = tx
                 .row_cached(
@@ -628,7 +630,7 @@ impl JobStore for SqliteStore {
                 return Ok(Failed::Dead);
             }
             let at = now_ms()
-                + i64::try_from(this.backoff(attempts).as_millis()).unwrap_or(i64::MAX / 4);
+                + i64::try_from(backoff(&opts, attempts).as_millis()).unwrap_or(i64::MAX / 4);
             tx.exec_cached(
                 "UPDATE jobs SET status = 'pending', error_message = ?2, attempts = ?3,
                     next_attempt_at = ?4, started_at = NULL, lease_owner = NULL,
