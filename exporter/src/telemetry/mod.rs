@@ -380,6 +380,12 @@ impl Telemetry {
             .map(|a| &**a)
     }
 
+    /// Neither `/trace` records nor spans: events and actions only update metrics.
+    #[inline]
+    fn metrics_only(&self) -> bool {
+        self.config.trace_buffer == 0 && self.spans.is_none()
+    }
+
     /// The transition's metrics (and, with spans, the running span's target state).
     #[inline]
     fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
@@ -403,7 +409,7 @@ impl Telemetry {
         let outcome = event_outcome_index(r.outcome);
         let transitioned = r.outcome == EventOutcome::Transitioned;
         let seconds = transitioned.then_some(r.duration.as_secs_f64());
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
+        if self.metrics_only() {
             slot.metrics.event(r.event_id, outcome, seconds, None);
             return;
         }
@@ -651,7 +657,7 @@ impl Observer for Telemetry {
 
     /// Event and action starts only matter to `/trace` records and spans.
     fn observes_starts(&self) -> bool {
-        self.config.trace_buffer > 0 || self.spans.is_some()
+        !self.metrics_only()
     }
 
     fn event_started(
@@ -715,7 +721,7 @@ impl Observer for Telemetry {
         let Some(slot) = self.slot(&r.machine) else {
             return;
         };
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
+        if self.metrics_only() {
             // Metrics only: what `transitioned` and `finished` do, without the report.
             slot.count(duration);
             slot.metrics.transition_finished(
@@ -732,7 +738,7 @@ impl Observer for Telemetry {
 
     fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
         let slot = self.slot(&r.machine)?;
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
+        if self.metrics_only() {
             return None;
         }
         let at = SystemTime::now();
@@ -766,7 +772,7 @@ impl Observer for Telemetry {
         };
         let outcome = action_outcome_index(end.outcome);
         let secs = end.duration.as_secs_f64();
-        if self.config.trace_buffer == 0 && self.spans.is_none() {
+        if self.metrics_only() {
             slot.metrics.action(r.kind, outcome, secs, None);
             return;
         }
