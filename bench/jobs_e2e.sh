@@ -8,16 +8,15 @@
 #
 # Turnstile (target/release/turnstile; `cargo build --release -p turnstile-exporter`):
 #   jobs are added through the sidecar's `POST /jobs` by wrk (4 connections, N/4 requests
-#   each, exactly; bench/post_jobs.lua); workers are four machines of the worker YAML below
+#   each, exactly; bench/post_jobs.lua); workers are four machines of bench/job_worker.yaml
 #   (claim with check_database_queue, complete with complete_job).
 #   - one process, four worker machines, --db-sync full (the default: fsync per commit,
 #     group commit shares it among the process's concurrent writes);
 #   - the same with --db-sync normal (fsync at checkpoints only);
 #   - four processes, one worker machine each, --db-sync full (jobs posted to the first).
 # statemachine-engine 1.0.91 (pip): four `statemachine` worker processes on the same YAML
-#   and its data/pipeline.db; jobs added by its own JobModel.create_job in a Python loop.
-#   (`repeatable: true` makes statemachine-engine re-run check_database_queue on every tick
-#   of its loop while nothing is queued; Turnstile accepts the key and waits instead.)
+#   (bench/job_worker.yaml) and its data/pipeline.db; jobs added by its own
+#   JobModel.create_job in a Python loop.
 #
 # Needs: wrk, python3, statemachine-engine==1.0.91. Completion is watched with sqlite3 from
 # Python every 10 ms.
@@ -32,29 +31,8 @@ TMP=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-worker_yaml() { # name
-  cat <<EOF
-initial_state: waiting
-metadata:
-  machine_name: $1
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: waiting, event: job_completed}
-  - {from: processing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-      repeatable: true
-  processing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-EOF
-}
 for i in 1 2 3 4; do
-  worker_yaml "worker$i" > "$TMP/w$i.yaml"
+  sed "s/machine_name: worker$/machine_name: worker$i/" bench/job_worker.yaml > "$TMP/w$i.yaml"
 done
 
 # Waits until N jobs are completed in DB; prints seconds since START (a float).

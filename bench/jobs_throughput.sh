@@ -17,24 +17,7 @@ WORKERS=("$@")
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 
-cat > "$TMP/worker.yaml" <<'EOF'
-initial_state: waiting
-metadata:
-  machine_name: worker
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: waiting, event: job_completed}
-  - {from: processing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-EOF
+cp bench/job_worker.yaml "$TMP/worker.yaml"
 
 # True when no job is pending or processing (cheap: at most one row each).
 drained() {
