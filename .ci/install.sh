@@ -5,6 +5,11 @@ set -euo pipefail
 need_apt=()
 command -v bash >/dev/null || need_apt+=(bash)
 command -v cc >/dev/null || need_apt+=(gcc)
+# python3 and pip: statemachine-engine interop tests, socket senders, the tools below.
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# `kill` (procps): the end-to-end tests signal the binary with it.
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
 # Prometheus and promtool: the metrics tests lint the exposition with `promtool check
 # metrics` and scrape a running turnstile with a real Prometheus.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
