@@ -359,6 +359,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 sockets: store.socket_dir.clone(),
             };
             let code = rt.block_on(run(defs, opts, telemetry.clone()));
+            if let Some(s) = &job_store {
+                // How well group commit shared transactions (`--log-level turnstile::store=debug`).
+                let (writes, transactions) = s.write_counts();
+                tracing::debug!(target: "turnstile::store", writes, transactions, "job store writes");
+            }
             // Machines have stopped and the sidecar is closed: flush the spans.
             telemetry.shutdown();
             // A plugin call stuck past its timeout keeps its blocking thread; do not wait

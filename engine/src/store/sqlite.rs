@@ -176,13 +176,6 @@ struct Inner {
     _stop_renewal: Option<mpsc::Sender<()>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let (ops, batches) = self.group.counts();
-        tracing::debug!(target: "turnstile::store", writes = ops, transactions = batches, "job store closed");
-    }
-}
-
 /// A SQLite job and state store. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
