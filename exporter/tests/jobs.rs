@@ -230,15 +230,20 @@ actions:
       error: job_done_elsewhere
 "#;
 
-fn seed(db: &Path, n: usize, prefix: &str) {
-    let s = SqliteStore::open_with(
+/// The test's own view of the workers' database (no lease renewal: it claims nothing).
+fn open_store(db: &Path) -> SqliteStore {
+    SqliteStore::open_with(
         db,
         SqliteOptions {
             renew: false,
             ..SqliteOptions::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn seed(db: &Path, n: usize, prefix: &str) {
+    let s = open_store(db);
     for i in 0..n {
         s.add_job(NewJob {
             job_id: Some(format!("{prefix}{i}")),
@@ -251,14 +256,7 @@ fn seed(db: &Path, n: usize, prefix: &str) {
 }
 
 fn count(db: &Path, status: &str) -> usize {
-    let s = SqliteStore::open_with(
-        db,
-        SqliteOptions {
-            renew: false,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let s = open_store(db);
     s.list_jobs(&ListJobs {
         status: Some(status.into()),
         ..ListJobs::default()
@@ -372,14 +370,7 @@ actions:
 "#;
 
 fn leased_pids(db: &Path) -> Vec<u32> {
-    let s = SqliteStore::open_with(
-        db,
-        SqliteOptions {
-            renew: false,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let s = open_store(db);
     s.list_jobs(&ListJobs {
         status: Some("processing".into()),
         ..ListJobs::default()
