@@ -451,11 +451,12 @@ async fn run(
     }
     let engine = builder.build();
     telemetry.attach(&engine);
-    // The sidecar binds before any machine runs: a taken port stops us before a machine
-    // has done anything.
-    let sidecar = match opts.sidecar {
-        Some(config) => match server::serve(config, engine.clone(), telemetry.clone()).await {
-            Ok(s) => Some(s),
+    // The sidecar binds before any machine runs (a taken port stops us before a machine
+    // has done anything) and serves once every machine is registered (no request sees a
+    // configured machine missing; early connections wait in the backlog).
+    let bound = match opts.sidecar {
+        Some(config) => match server::Bound::bind(config).await {
+            Ok(b) => Some(b),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::from(1));
@@ -463,9 +464,14 @@ async fn run(
         },
         None => None,
     };
+    let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
+    if let Err(e) = engine.spawn_all(defs) {
+        eprintln!("error: cannot start the machines: {e}");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
-            let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
             let observer: Arc<dyn turnstile_engine::Observer> = telemetry.clone();
             match turnstile_engine::sockets::SocketServer::start(
                 &engine,
@@ -476,20 +482,15 @@ async fn run(
                 Ok((s, _failed)) => Some(s),
                 Err(e) => {
                     eprintln!("error: {e}");
+                    engine.shutdown();
+                    engine.join().await;
                     return Ok(ExitCode::from(1));
                 }
             }
         }
         None => None,
     };
-    let code = supervise(
-        &engine,
-        defs,
-        opts.watch,
-        opts.stop_timeout,
-        opts.keep_serving,
-    )
-    .await;
+    let code = supervise(&engine, opts.watch, opts.stop_timeout, opts.keep_serving).await;
     if let Some(s) = sidecar {
         s.shutdown().await;
     }
@@ -506,15 +507,10 @@ async fn run(
 /// Runs the machines until they all stop by themselves or a signal arrives.
 async fn supervise(
     engine: &Engine,
-    defs: Vec<Arc<MachineDef>>,
     watch: Option<(Vec<WatchedConfig>, ActionRegistry, WatchOptions)>,
     stop_timeout: Duration,
     keep_serving: bool,
 ) -> anyhow::Result<ExitCode> {
-    if let Err(e) = engine.spawn_all(defs) {
-        eprintln!("error: cannot start the machines: {e}");
-        return Ok(ExitCode::from(EXIT_INVALID));
-    }
     // Dropped on the way out: watching stops.
     let watcher = match watch {
         Some((configs, registry, options)) => {

@@ -168,38 +168,75 @@ pub async fn serve(
     engine: Engine,
     telemetry: Arc<Telemetry>,
 ) -> io::Result<Sidecar> {
-    let listener = bind(&config).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        target: "turnstile::sidecar",
-        addr = %addr,
-        read_only = config.read_only,
-        token = config.token.is_some(),
-        "sidecar listening on http://{addr}"
-    );
-    if !addr.ip().is_loopback() && config.token.is_none() && !config.read_only {
-        tracing::warn!(
+    Ok(Bound::bind(config).await?.serve(engine, telemetry))
+}
+
+/// A sidecar whose port is taken but which accepts nothing yet: a host binds first (a
+/// taken port fails before any machine runs), starts its machines, then serves, so no
+/// request ever sees a configured machine missing. Connections made in between wait in
+/// the listen backlog.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    config: SidecarConfig,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `config.listen` (or the fallback port, see [`SidecarConfig::strict_port`]).
+    pub async fn bind(config: SidecarConfig) -> io::Result<Self> {
+        let listener = bind(&config).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            config,
+            addr,
+        })
+    }
+
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts accepting connections; logs the address (target `turnstile::sidecar`).
+    pub fn serve(self, engine: Engine, telemetry: Arc<Telemetry>) -> Sidecar {
+        let Self {
+            listener,
+            config,
+            addr,
+        } = self;
+        tracing::info!(
             target: "turnstile::sidecar",
             addr = %addr,
-            "anyone who can reach {addr} can send events: set a token (--token or TURNSTILE_TOKEN) or use --read-only"
+            read_only = config.read_only,
+            token = config.token.is_some(),
+            "sidecar listening on http://{addr}"
         );
+        if !addr.ip().is_loopback() && config.token.is_none() && !config.read_only {
+            tracing::warn!(
+                target: "turnstile::sidecar",
+                addr = %addr,
+                "anyone who can reach {addr} can send events: set a token (--token or TURNSTILE_TOKEN) or use --read-only"
+            );
+        }
+        let state = Arc::new(routes::State {
+            engine,
+            telemetry,
+            addr,
+            token: config.token,
+            read_only: config.read_only,
+            max_body_bytes: config.max_body_bytes,
+            jobs: config.jobs,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, state, stop_rx));
+        Sidecar {
+            addr,
+            stop,
+            task: Some(task),
+        }
     }
-    let state = Arc::new(routes::State {
-        engine,
-        telemetry,
-        addr,
-        token: config.token,
-        read_only: config.read_only,
-        max_body_bytes: config.max_body_bytes,
-        jobs: config.jobs,
-    });
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, state, stop_rx));
-    Ok(Sidecar {
-        addr,
-        stop,
-        task: Some(task),
-    })
 }
 
 /// Resolves once a stop is asked for (or the handle is gone).
