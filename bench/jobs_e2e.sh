@@ -5,6 +5,8 @@
 #
 #   bench/jobs_e2e.sh [N]        default 5000
 #   CASES="full normal procs sme"  the cases to run (default: all four, in that order)
+#   LOG_LEVEL=warn,turnstile::store=debug  also prints the writes and transactions of each
+#                                          Turnstile process when it stops
 #
 # Turnstile (target/release/turnstile; `cargo build --release -p turnstile-exporter`):
 #   jobs are added through the sidecar's `POST /jobs` by wrk (4 connections, N/4 requests
@@ -75,7 +77,7 @@ report() { # label seconds
 turnstile_one_process() { # sync
   local db="$TMP/t-$1-$RANDOM$RANDOM.db" port
   port=$(free_port)
-  "$BIN" --log-level warn run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
+  "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
     --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
   local pid=$!
   wait_ready "$port"
@@ -94,7 +96,7 @@ turnstile_four_processes() {
   local db="$TMP/t-procs-$RANDOM$RANDOM.db" pids=() port first=""
   for i in 1 2 3 4; do
     port=$(free_port)
-    "$BIN" --log-level warn run "$TMP/w$i.yaml" --db "$db" --db-sync full \
+    "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP/w$i.yaml" --db "$db" --db-sync full \
       --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
     pids+=($!)
     wait_ready "$port"

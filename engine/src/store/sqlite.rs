@@ -2,11 +2,12 @@
 //! the CLI, statemachine-engine's own tools).
 //!
 //! - WAL journal, `synchronous=FULL` by default ([`SyncMode`]), a busy timeout; one
-//!   connection per store object, behind a mutex (one writer per process; SQLite
-//!   serialises writers across processes).
+//!   connection per store object, behind a mutex, written by one writer thread (one
+//!   writer per process; SQLite serialises writers across processes).
 //! - Every write runs in a `BEGIN IMMEDIATE` transaction, shared with the process's other
-//!   waiting writes (group commit), so a claim (reap expired leases, pick one job, lease
-//!   it) cannot interleave with another process's claim.
+//!   waiting writes (group commit, [`super::group_commit`]), so a claim (reap expired
+//!   leases, pick one job, lease it) cannot interleave with another process's claim.
+//!   Claims are answered once run, before their commit; every other write after it.
 //! - The `jobs` table keeps every column of statemachine-engine's (same names and types,
 //!   created by the same statement), and adds `lease_owner`, `lease_until`, `attempts`,
 //!   `max_attempts`, `next_attempt_at` and `traceparent` (added by `ALTER TABLE` to a file
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde_json::{Map, Value as Json};
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{Ack, GroupCommit};
 use super::{
     from_ms, now_ms, Claim, EventRecord, Failed, Job, JobFilter, JobStore, ListJobs, MachineRecord,
     NewJob, StateStore, StoreError, PENDING,
@@ -166,7 +167,7 @@ impl Default for SqliteOptions {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     group: GroupCommit,
     opts: SqliteOptions,
     owner: String,
@@ -219,10 +220,11 @@ impl SqliteStore {
         migrate(&conn)?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renew = opts.renew;
+        let conn = Arc::new(Mutex::new(conn));
         let store = SqliteStore {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                group: GroupCommit::default(),
+                group: GroupCommit::start(conn.clone())?,
+                conn,
                 owner: owner_id(),
                 notify: Arc::new(tokio::sync::Notify::new()),
                 path: path.to_owned(),
@@ -278,7 +280,18 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.group.write(|| self.conn(), f)
+        self.inner.group.write(Ack::Committed, f)
+    }
+
+    /// [`Self::write`] for claims: returns once `f` has run in the open transaction,
+    /// before the commit (a claim lost with an uncommitted transaction leaves its job
+    /// pending; see [`Ack::Executed`]).
+    fn claim_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.group.write(Ack::Executed, f)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -496,7 +509,7 @@ impl JobStore for SqliteStore {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (filter, owner) = (filter.clone(), owner.to_owned());
-        self.write(move |tx| {
+        self.claim_write(move |tx| {
             // Read the clock in the transaction: a batch may start later than the call.
             let now = now_ms();
             reap_expired(tx, now, default_max)?;
@@ -545,7 +558,7 @@ impl JobStore for SqliteStore {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.write(move |tx| {
+        self.claim_write(move |tx| {
             let now = now_ms();
             reap_expired(tx, now, default_max)?;
             let n = tx.exec_cached(
