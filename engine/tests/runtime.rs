@@ -2,13 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use turnstile_engine::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+    MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
 };
 use turnstile_engine::{
     config, ActionRegistry, Engine, Event, MachineDef, SendError, TraceContext,
@@ -724,4 +725,159 @@ transitions:
             ("b hello".to_string(), Some(tp)),
         ]
     );
+}
+
+/// What an observer with a [`QuickObserver`] was told.
+#[derive(Default)]
+struct QuickLog {
+    /// Quick calls: (which receiver, from, to, event_id, time_in_from_ns, duration_ns).
+    calls: Mutex<Vec<(usize, usize, usize, usize, u64, u64)>>,
+    /// Calls of the observer's own transition methods.
+    reports: Mutex<Vec<String>>,
+    /// Receivers handed out.
+    asked: AtomicUsize,
+}
+
+struct QuickSink {
+    log: Arc<QuickLog>,
+    receiver: usize,
+}
+
+impl QuickObserver for QuickSink {
+    fn transition_finished(&self, from: usize, to: usize, event_id: usize, t: u64, d: u64) {
+        let call = (self.receiver, from, to, event_id, t, d);
+        self.log.calls.lock().unwrap().push(call);
+    }
+}
+
+struct WithQuick(Arc<QuickLog>);
+
+impl Observer for WithQuick {
+    fn observes_starts(&self) -> bool {
+        false
+    }
+    fn quick_observer(&self, _m: MachineRef<'_>) -> Option<Box<dyn QuickObserver>> {
+        let receiver = self.0.asked.fetch_add(1, Ordering::Relaxed);
+        Some(Box::new(QuickSink {
+            log: self.0.clone(),
+            receiver,
+        }))
+    }
+    fn transition(&self, r: &TransitionReport<'_>) {
+        let line = format!("transition {}->{}", r.from.name, r.to.name);
+        self.0.reports.lock().unwrap().push(line);
+    }
+    fn transition_finished(&self, r: &TransitionReport<'_>, _d: Duration) {
+        let line = format!("transition_finished {}", r.event.name);
+        self.0.reports.lock().unwrap().push(line);
+    }
+    fn event_finished(&self, r: &EventReport<'_>) {
+        let line = format!("finished {} {}", r.event.name, r.outcome.as_str());
+        self.0.reports.lock().unwrap().push(line);
+    }
+}
+
+async fn wait_for_transitions(engine: &Engine, name: &str, n: u64) {
+    let t0 = Instant::now();
+    while engine.machine(name).unwrap().transitions < n {
+        assert!(t0.elapsed() < WAIT, "fewer than {n} transitions");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Action-less events go to the quick observer (by index, in nanoseconds), the others to
+/// the observer's own methods. A busy machine times an event from the end of the previous
+/// one, but never across a wait: the durations stay the real ones.
+#[tokio::test(flavor = "current_thread")]
+async fn a_quick_observer_gets_action_less_events_with_real_durations() {
+    const PAUSE: Duration = Duration::from_millis(50);
+    let log = Arc::new(QuickLog::default());
+    let engine = Engine::builder()
+        .observer(Arc::new(WithQuick(log.clone())))
+        .build();
+    let yaml = r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: a, event: back}
+  - {from: a, to: c, event: work}
+  - {from: c, to: a, event: back}
+actions:
+  c:
+    - {type: log, message: hi}
+"#;
+    let d = def(yaml);
+    let (a, b) = (d.state_index("a").unwrap(), d.state_index("b").unwrap());
+    let (go, back) = (d.event_index("go").unwrap(), d.event_index("back").unwrap());
+    engine.spawn(d).unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    wait_for_transitions(&engine, "m", 1).await;
+    tokio::time::sleep(PAUSE).await;
+    // Queued together (this task does not yield between them): the machine takes the
+    // last three without waiting.
+    let t0 = Instant::now();
+    for e in ["back", "go", "nothing", "back"] {
+        engine.send("m", Event::new(e)).await.unwrap();
+    }
+    wait_for_transitions(&engine, "m", 4).await;
+    let burst = t0.elapsed();
+    let calls = log.calls.lock().unwrap().clone();
+    let routes: Vec<_> = calls.iter().map(|c| (c.0, c.1, c.2, c.3)).collect();
+    assert_eq!(
+        routes,
+        [
+            (0, a, b, go),
+            (0, b, a, back),
+            (0, a, b, go),
+            (0, b, a, back)
+        ]
+    );
+    // In `b` since the first transition, across the pause: measured from the clock, and
+    // the event's own duration does not reach back before the pause.
+    assert!(calls[1].4 >= PAUSE.as_nanos() as u64, "{calls:?}");
+    assert!(calls[1].5 < PAUSE.as_nanos() as u64, "{calls:?}");
+    for c in &calls[2..] {
+        assert!(c.4 <= burst.as_nanos() as u64, "{calls:?}");
+        assert!(c.5 <= burst.as_nanos() as u64, "{calls:?}");
+    }
+    // `go` was taken right after `back` ended: its transition is timed at that end, so
+    // the time in `a` is the duration of `back`. The ignored event in between breaks
+    // that for the last `back`: the time in `b` is longer than the duration of `go`.
+    assert_eq!(calls[2].4, calls[1].5, "{calls:?}");
+    assert!(calls[3].4 > calls[2].5, "{calls:?}");
+    // An event with actions goes through the observer's own methods, and the action-less
+    // event that leaves `c` to the quick observer again.
+    engine.send("m", Event::new("work")).await.unwrap();
+    wait_for_transitions(&engine, "m", 5).await;
+    engine.send("m", Event::new("back")).await.unwrap();
+    wait_for_transitions(&engine, "m", 6).await;
+    assert_eq!(
+        *log.reports.lock().unwrap(),
+        [
+            "finished nothing ignored",
+            "transition a->c",
+            "finished work transitioned"
+        ]
+    );
+    assert_eq!(log.calls.lock().unwrap().len(), 5);
+    // A reload hands out a new receiver, with the new definition's indexes.
+    let d2 = def(&yaml.replace("initial_state: a", "initial_state: z\nstates: [z, a, b, c]"));
+    let (a2, b2) = (d2.state_index("a").unwrap(), d2.state_index("b").unwrap());
+    assert_ne!(a2, a);
+    let go2 = d2.event_index("go").unwrap();
+    engine.reload(d2).await.unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    wait_for_transitions(&engine, "m", 7).await;
+    assert_eq!(log.asked.load(Ordering::Relaxed), 2);
+    let last = *log.calls.lock().unwrap().last().unwrap();
+    assert_eq!((last.0, last.1, last.2, last.3), (1, a2, b2, go2));
+    assert!(!log
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.starts_with("transition_finished")));
+    engine.shutdown();
+    engine.join().await;
 }

@@ -1,8 +1,10 @@
 //! The `telemetry_overhead` benchmark's loop without Criterion, for instruction counts:
 //! `N` `go` events through the ping-pong machine on a current-thread runtime, with no
 //! observer (`none`), an observer that does nothing (`null`: what the runtime's side of
-//! observing costs, its clock readings and calls), metrics only (`metrics`) or metrics and
-//! `/trace` records (`metrics_records`). Run it twice under callgrind with two values of `N`: the
+//! observing costs, its clock readings and the report and call of `transition_finished`),
+//! one that does nothing in a quick observer (`null_quick`: the same for the path metrics
+//! only take, `QuickObserver`), metrics only (`metrics`) or metrics and `/trace` records
+//! (`metrics_records`). Run it twice under callgrind with two values of `N`: the
 //! difference of the totals divided by the difference of `N` is the cost per event, with
 //! the start-up cost taken out.
 //!
@@ -15,6 +17,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use turnstile_engine::observe::{MachineRef, QuickObserver};
 use turnstile_engine::{config, ActionRegistry, Engine, Event, Observer};
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
@@ -27,6 +30,22 @@ impl Observer for Null {
     }
 }
 
+/// Hands the runtime a quick observer that does nothing.
+struct NullQuick;
+
+impl Observer for NullQuick {
+    fn observes_starts(&self) -> bool {
+        false
+    }
+    fn quick_observer(&self, _m: MachineRef<'_>) -> Option<Box<dyn QuickObserver>> {
+        Some(Box::new(NullQuick))
+    }
+}
+
+impl QuickObserver for NullQuick {
+    fn transition_finished(&self, _: usize, _: usize, _: usize, _: u64, _: u64) {}
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let variant = args.next().unwrap_or_else(|| "none".to_owned());
@@ -34,6 +53,7 @@ fn main() {
     let observer: Option<Arc<dyn Observer>> = match variant.as_str() {
         "none" => None,
         "null" => Some(Arc::new(Null)),
+        "null_quick" => Some(Arc::new(NullQuick)),
         "metrics" => Some(
             Telemetry::new(TelemetryConfig {
                 trace_buffer: 0,
@@ -42,7 +62,9 @@ fn main() {
             .expect("telemetry"),
         ),
         "metrics_records" => Some(Telemetry::new(TelemetryConfig::default()).expect("telemetry")),
-        other => panic!("unknown variant {other}: none, null, metrics or metrics_records"),
+        other => {
+            panic!("unknown variant {other}: none, null, null_quick, metrics or metrics_records")
+        }
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/pingpong_external.yaml");
     let def = config::load_path(&path, &ActionRegistry::with_builtins())

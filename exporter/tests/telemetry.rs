@@ -330,3 +330,117 @@ async fn spans_follow_one_trace_across_machines_with_parents_attributes_and_erro
         task.span_id.as_str()
     );
 }
+
+const PING_PONG: &str = r#"
+metadata: {machine_name: pp}
+initial_state: ping
+transitions:
+  - {from: ping, to: pong, event: go}
+  - {from: pong, to: ping, event: go}
+  - {from: ping, to: busy, event: work}
+  - {from: busy, to: ping, event: go}
+actions:
+  busy:
+    - {type: log, message: busy}
+"#;
+
+/// Runs `events` through the ping-pong machine; returns the telemetry and its engine.
+async fn ping_pong(config: TelemetryConfig, events: &[&str]) -> (Arc<Telemetry>, Engine) {
+    let telemetry = Telemetry::new(config).unwrap();
+    let engine = Engine::builder().observer(telemetry.clone()).build();
+    telemetry.attach(&engine);
+    engine.spawn(def(PING_PONG)).unwrap();
+    send_all(&engine, events).await;
+    (telemetry, engine)
+}
+
+async fn send_all(engine: &Engine, events: &[&str]) {
+    let before = engine.machine("pp").unwrap().events;
+    for e in events {
+        engine.send("pp", Event::new(*e)).await.unwrap();
+    }
+    let n = before + events.len() as u64;
+    tokio::time::timeout(WAIT, async {
+        while engine.machine("pp").unwrap().events < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("every event processed");
+}
+
+/// The lines of the series metrics only and metrics with records must agree on (not the
+/// duration buckets and sums: those are timings).
+fn counts(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("turnstile_transitions_total{")
+                || l.starts_with("turnstile_events_total{")
+                || l.contains("_duration_seconds_count{")
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Metrics only (the runtime hands action-less events straight to the machine's slot)
+/// counts what the full observer counts, keeps counting across a reload, and feeds
+/// `/stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_only_counts_what_the_full_observer_counts() {
+    let mut events = vec!["go"; 10];
+    events.extend(["work", "nonsense", "go", "go"]);
+    let only = TelemetryConfig {
+        trace_buffer: 0,
+        ..TelemetryConfig::default()
+    };
+    let (quick, quick_engine) = ping_pong(only, &events).await;
+    let (full, full_engine) = ping_pong(TelemetryConfig::default(), &events).await;
+    let text = quick.render_metrics(false);
+    assert_eq!(counts(&text), counts(&full.render_metrics(false)));
+    let has = |text: &str, line: &str| {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    };
+    has(
+        &text,
+        r#"turnstile_transitions_total{machine="pp",from="ping",to="pong",event="go"} 6"#,
+    );
+    has(
+        &text,
+        r#"turnstile_state_duration_seconds_count{machine="pp",state="ping"} 7"#,
+    );
+    has(
+        &text,
+        r#"turnstile_event_duration_seconds_count{machine="pp"} 13"#,
+    );
+    assert_eq!(quick.stats(None)["processed_events"], 14);
+    assert_eq!(full.stats(None)["processed_events"], 14);
+
+    // A reload that renumbers the states: the same series go on counting.
+    let renumbered = PING_PONG.replace(
+        "initial_state: ping",
+        "initial_state: ping\nstates: [idle, busy, pong, ping]",
+    );
+    quick_engine.reload(def(&renumbered)).await.unwrap();
+    send_all(&quick_engine, &["go", "go"]).await;
+    let text = quick.render_metrics(false);
+    has(
+        &text,
+        r#"turnstile_transitions_total{machine="pp",from="ping",to="pong",event="go"} 7"#,
+    );
+    has(
+        &text,
+        r#"turnstile_transitions_total{machine="pp",from="pong",to="ping",event="go"} 6"#,
+    );
+    has(
+        &text,
+        r#"turnstile_event_duration_seconds_count{machine="pp"} 15"#,
+    );
+    assert_eq!(quick.stats(None)["processed_events"], 16);
+    for engine in [quick_engine, full_engine] {
+        engine.shutdown();
+        engine.join().await;
+    }
+}

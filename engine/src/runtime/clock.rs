@@ -1,6 +1,51 @@
-//! Cheap wall-clock readings for timestamps that need milliseconds, not nanoseconds.
+//! Cheap clock readings: wall-clock timestamps that need milliseconds, not nanoseconds, and
+//! the TSC ticks event, state and action durations are measured with.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Durations measured from the TSC: a reading is the raw counter scaled once to
+/// nanoseconds since the process's first reading, so the durations between readings are
+/// plain subtractions. Held by each machine that has an observer, so the hot path reads
+/// the clock without a global lookup.
+#[derive(Clone, Debug)]
+pub(crate) struct Ticks {
+    clock: quanta::Clock,
+    origin: u64,
+}
+
+impl Ticks {
+    /// A copy of the process's clock: the TSC is calibrated once (by the first call, which
+    /// can take up to 200 ms), not once per machine.
+    pub(crate) fn new() -> Self {
+        static TICKS: OnceLock<Ticks> = OnceLock::new();
+        TICKS
+            .get_or_init(|| {
+                let clock = quanta::Clock::new();
+                let origin = clock.raw();
+                Ticks { clock, origin }
+            })
+            .clone()
+    }
+
+    /// Nanoseconds since the process's first reading: only meaningful as an end or start
+    /// for [`Ticks::nanos`].
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
+    }
+
+    /// Nanoseconds from `start` to `end` (0 when `end` is not after `start`).
+    #[inline]
+    pub(crate) fn nanos(start: u64, end: u64) -> u64 {
+        end.saturating_sub(start)
+    }
+
+    /// The time from `start` to now.
+    pub(crate) fn since(&self, start: u64) -> Duration {
+        Duration::from_nanos(Self::nanos(start, self.now()))
+    }
+}
 
 /// Unix milliseconds from the coarse real-time clock: a few nanoseconds per reading
 /// (no full clock read), with the kernel tick's resolution (a few ms). Used on every
@@ -23,6 +68,18 @@ pub fn coarse_now() -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_measure_nanoseconds() {
+        let t = Ticks::new();
+        let start = t.now();
+        std::thread::sleep(Duration::from_millis(20));
+        let end = t.now();
+        let ns = Ticks::nanos(start, end);
+        assert!((15_000_000..2_000_000_000).contains(&ns), "{ns}");
+        assert_eq!(Ticks::nanos(end, start), 0);
+        assert!(t.since(start) >= Duration::from_nanos(ns));
+    }
 
     #[test]
     fn the_coarse_clock_is_close_to_the_precise_one() {

@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Durations are read from the TSC (a few nanoseconds) rather than `clock_gettime`.
-use quanta::Instant;
-
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::clock::Ticks;
 use super::def::{ActionDef, MachineDef};
 use super::event::{Event, Origin};
 use super::router::Router;
@@ -23,7 +21,7 @@ use super::trace::TraceContext;
 use crate::actions::{ActionCx, ActionFuture, JobChange, Outcome, Status, Step};
 use crate::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, ObserverSlot, StateRef, StopReason, TransitionReport,
+    MachineRef, Observer, ObserverSlot, QuickObserver, StateRef, StopReason, TransitionReport,
 };
 
 /// Action-driven events processed back to back before the task yields and lets one
@@ -78,8 +76,8 @@ struct Waiting {
     fut: ActionFuture,
     action: ActionDef,
     index: usize,
-    /// Measured only when an observer is attached.
-    started: Option<Instant>,
+    /// A [`Ticks`] reading, taken only when an observer is attached.
+    started: Option<u64>,
 }
 
 /// The event whose transition started the actions now running.
@@ -87,7 +85,8 @@ struct Active {
     from: usize,
     to: usize,
     event_id: usize,
-    started: Option<Instant>,
+    /// When the transition happened (a [`Ticks`] reading, with an observer).
+    started: Option<u64>,
 }
 
 pub(crate) struct Machine {
@@ -104,6 +103,17 @@ pub(crate) struct Machine {
     ctl: mpsc::UnboundedReceiver<Control>,
     router: Arc<Router>,
     observer: Option<Arc<dyn Observer>>,
+    /// The clock durations are measured with; present when an observer is attached.
+    ticks: Option<Ticks>,
+    /// What the observer handed back for action-less events ([`Observer::quick_observer`]),
+    /// asked again after each reload.
+    quick: Option<Box<dyn QuickObserver>>,
+    /// When the last event ended, if it triggered no action and nothing has happened since
+    /// but taking the next one from the queue: the next transition is then timed at that
+    /// instant, without another clock reading (see [`Machine::handle`]). Cleared when
+    /// anything else comes first: the task may wait (`select!`, a yield), an event is
+    /// ignored or refused, the state is saved.
+    last_end: Option<u64>,
     /// The observer wants `event_started` and `action_started` ([`Observer::observes_starts`]).
     starts: bool,
     cancel: CancellationToken,
@@ -123,8 +133,8 @@ pub(crate) struct Machine {
     timer_base: tokio::time::Instant,
     timer_next: usize,
     self_loops: u32,
-    /// When the current state was entered (measured only when an observer is attached).
-    entered: Option<Instant>,
+    /// When the current state was entered (a [`Ticks`] reading, with an observer).
+    entered: Option<u64>,
     /// Consecutive re-entries of a state by its own actions' events, with nothing waiting
     /// in between, after which the next one is refused (`ErrorKind::Livelock`).
     livelock_limit: u32,
@@ -157,6 +167,9 @@ impl Machine {
             ctl,
             router,
             starts: observer.as_ref().is_some_and(|o| o.observes_starts()),
+            ticks: observer.as_ref().map(|_| Ticks::new()),
+            quick: None,
+            last_end: None,
             observer,
             cancel,
             rule: None,
@@ -180,6 +193,8 @@ impl Machine {
     /// Saves the state again once its entry actions have run (their context changes).
     fn save_settled(&mut self) {
         self.persist_dirty = false;
+        // The save is not part of the next event: it starts with a clock reading.
+        self.last_end = None;
         if let Some(p) = &self.persist {
             p.entered(
                 &self.def.name,
@@ -233,8 +248,9 @@ impl Machine {
             .since_ms
             .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
-            self.entered = Some(Instant::now());
+            self.entered = self.tick();
             o.machine_started(self.mref(), self.sref(self.state));
+            self.quick = o.quick_observer(self.mref());
         }
         tracing::info!(
             target: "turnstile::machine",
@@ -257,6 +273,7 @@ impl Machine {
                 self.chained += 1;
                 if self.chained >= FAIRNESS {
                     self.chained = 0;
+                    self.last_end = None;
                     tokio::task::yield_now().await;
                     if self.cancel.is_cancelled() {
                         break StopReason::Shutdown;
@@ -287,6 +304,8 @@ impl Machine {
                     match self.rx.try_recv() {
                         Ok(ev) => {
                             fast -= 1;
+                            // Taken without waiting: after an action-less event, its
+                            // transition is timed at that event's end (`last_end`).
                             self.handle(ev);
                             continue;
                         }
@@ -299,6 +318,8 @@ impl Machine {
             // the count of events chained without a yield starts again.
             self.chained = 0;
             fast = FAST_BUDGET;
+            // The task may wait here: the next event's start is read from the clock.
+            self.last_end = None;
             let deadline = self.deadline();
             tokio::select! {
                 biased;
@@ -418,7 +439,7 @@ impl Machine {
                 self.self_loops = 0;
                 self.trace = None;
                 self.cause = Event::new("reload").with_origin(Origin::Start);
-                self.entered = self.observer.as_ref().map(|_| Instant::now());
+                self.entered = self.tick();
                 new.initial
             }
         };
@@ -448,6 +469,8 @@ impl Machine {
                 slot: &old_slot,
             };
             o.machine_reloaded(self.mref(), previous, self.sref(state));
+            // Indexes of the new definition, a new slot: ask again.
+            self.quick = o.quick_observer(self.mref());
         }
         let removed = mapped.is_none().then_some(old_name);
         match &removed {
@@ -474,6 +497,16 @@ impl Machine {
     // --- events ----------------------------------------------------------------------
 
     /// Processes one event. Returns true when it caused a transition.
+    ///
+    /// With an observer, the durations reported are measured from one instant per event:
+    /// the moment of its transition, read from the clock, or, when the previous event
+    /// triggered no action and the machine took this one from its queue right after it
+    /// without waiting (the queue already held it), that event's end (`last_end`), so
+    /// that a busy machine reads the clock once per event instead of twice. The time in
+    /// a state runs from one such instant to the next, and an event's duration from its
+    /// instant to the end of its actions; under load both then include the few nanoseconds
+    /// of taking the event from the queue and finding its rule. Timers do not use these
+    /// readings.
     fn handle(&mut self, ev: Event) -> bool {
         self.shared.events.fetch_add(1, Ordering::Relaxed);
         let from = self.state;
@@ -482,6 +515,8 @@ impl Machine {
             self.absorb(&def, &ev);
         }
         let Some(rule_ix) = def.states[from].routes.get(&*ev.name).copied() else {
+            // The next event does not start where the last transitioned one ended.
+            self.last_end = None;
             self.unrouted(&ev, EventOutcome::Ignored);
             tracing::debug!(
                 target: "turnstile::event",
@@ -502,6 +537,7 @@ impl Machine {
                     def.states[from].name, self.livelock_limit, ev.name
                 );
                 self.report_error(ErrorKind::Livelock, Some(&ev), &msg);
+                self.last_end = None;
                 self.unrouted(&ev, EventOutcome::Rejected);
                 return false;
             }
@@ -528,11 +564,12 @@ impl Machine {
         // An event that triggers no action ends here: reported once, further down.
         let quick =
             self.observer.is_some() && rule.actions.is_empty() && def.states[to].entry.is_empty();
-        let mut time_in_from = Duration::ZERO;
-        if let Some(o) = &self.observer {
-            let now = Instant::now();
-            time_in_from = self.entered.map_or(Duration::ZERO, |t| now - t);
-            self.entered = Some(now);
+        let mut at = 0;
+        let mut time_in_from = 0;
+        if let (Some(o), Some(t)) = (&self.observer, &self.ticks) {
+            at = self.last_end.take().unwrap_or_else(|| t.now());
+            time_in_from = self.entered.map_or(0, |e| Ticks::nanos(e, at));
+            self.entered = Some(at);
             if !quick {
                 o.transition(&TransitionReport {
                     machine: self.mref(),
@@ -540,7 +577,7 @@ impl Machine {
                     to: self.sref(to),
                     event: &ev,
                     event_id: rule.event_id,
-                    time_in_from,
+                    time_in_from: Duration::from_nanos(time_in_from),
                 });
             }
         }
@@ -561,18 +598,30 @@ impl Machine {
             );
             self.persist_dirty = true;
         }
-        match (&self.observer, quick) {
-            (Some(o), true) => o.transition_finished(
-                &TransitionReport {
-                    machine: self.mref(),
-                    from: self.sref(from),
-                    to: self.sref(to),
-                    event: &ev,
-                    event_id: rule.event_id,
-                    time_in_from,
-                },
-                self.entered.map_or(Duration::ZERO, |t| t.elapsed()),
-            ),
+        match (&self.observer, &self.ticks, quick) {
+            (Some(o), Some(t), true) => {
+                let end = t.now();
+                let duration = Ticks::nanos(at, end);
+                // A next event already queued starts here (the loop clears this when the
+                // task does anything else first).
+                self.last_end = Some(end);
+                match &self.quick {
+                    Some(q) => {
+                        q.transition_finished(from, to, rule.event_id, time_in_from, duration);
+                    }
+                    None => o.transition_finished(
+                        &TransitionReport {
+                            machine: self.mref(),
+                            from: self.sref(from),
+                            to: self.sref(to),
+                            event: &ev,
+                            event_id: rule.event_id,
+                            time_in_from: Duration::from_nanos(time_in_from),
+                        },
+                        Duration::from_nanos(duration),
+                    ),
+                }
+            }
             _ => {
                 self.active = Some(Active {
                     from,
@@ -645,8 +694,21 @@ impl Machine {
                 outcome: EventOutcome::Transitioned,
                 from: self.sref(a.from),
                 to: self.sref(a.to),
-                duration: a.started.map_or(Duration::ZERO, |s| s.elapsed()),
+                duration: self.since(a.started),
             });
+        }
+    }
+
+    /// A [`Ticks`] reading, when an observer is attached.
+    fn tick(&self) -> Option<u64> {
+        self.ticks.as_ref().map(Ticks::now)
+    }
+
+    /// The time since a [`Machine::tick`] reading.
+    fn since(&self, start: Option<u64>) -> Duration {
+        match (&self.ticks, start) {
+            (Some(t), Some(s)) => t.since(s),
+            _ => Duration::ZERO,
         }
     }
 
@@ -691,7 +753,7 @@ impl Machine {
                 .or(self.trace),
             _ => self.trace,
         };
-        let started = self.observer.as_ref().map(|_| Instant::now());
+        let started = self.tick();
         let mut cx = ActionCx {
             machine: &def.name,
             state: &def.states[self.state].name,
@@ -725,7 +787,7 @@ impl Machine {
         action: &ActionDef,
         index: usize,
         out: Outcome,
-        started: Option<Instant>,
+        started: Option<u64>,
     ) {
         let Outcome {
             status,
@@ -763,7 +825,7 @@ impl Machine {
                 },
                 &ActionEnd {
                     outcome,
-                    duration: started.map_or(Duration::ZERO, |t| t.elapsed()),
+                    duration: self.since(started),
                     event: event.as_deref(),
                     output: output.as_deref(),
                     error,
@@ -816,7 +878,7 @@ impl Machine {
                 },
                 &ActionEnd {
                     outcome: ActionOutcome::Interrupted,
-                    duration: w.started.map_or(Duration::ZERO, |t| t.elapsed()),
+                    duration: self.since(w.started),
                     event: None,
                     output: None,
                     error: None,

@@ -124,6 +124,8 @@ struct HistogramCell {
 struct HistogramParts {
     /// Upper bounds, the last one `+Inf`.
     bounds: Arc<[f64]>,
+    /// The same bounds for durations in whole nanoseconds ([`nanos_limit`]).
+    limits: Arc<[u64]>,
     /// What writers that are gone observed.
     retired_sum: f64,
     retired: Vec<u64>,
@@ -149,6 +151,7 @@ impl LocalHistogram {
             parts: Arc::new(Mutex::new(HistogramParts {
                 retired: vec![0; bounds.len()],
                 retired_sum: 0.0,
+                limits: bounds.iter().map(|b| nanos_limit(*b)).collect(),
                 bounds,
                 live: Vec::new(),
             })),
@@ -165,6 +168,7 @@ impl LocalHistogram {
         p.live.push(cell.clone());
         HistogramWriter {
             bounds: p.bounds.clone(),
+            limits: p.limits.clone(),
             cell,
             parts: self.parts.clone(),
         }
@@ -207,6 +211,7 @@ impl EncodeMetric for LocalHistogram {
 #[derive(Debug)]
 pub struct HistogramWriter {
     bounds: Arc<[f64]>,
+    limits: Arc<[u64]>,
     cell: Arc<HistogramCell>,
     parts: Arc<Mutex<HistogramParts>>,
 }
@@ -221,12 +226,53 @@ impl HistogramWriter {
         if let Some(b) = self.cell.buckets.get(i) {
             bump(b, 1);
         }
+        self.add_to_sum(v);
+    }
+
+    /// [`HistogramWriter::observe`] of a duration of `ns` nanoseconds, in seconds
+    /// (`ns as f64 / 1e9`, the same bucket and sum to the bit), with the bucket found by
+    /// comparing integers: no conversion before the bucket is known.
+    #[inline]
+    pub fn observe_nanos(&self, ns: u64) {
+        let last = self.limits.len().saturating_sub(1);
+        let i = self.limits.iter().position(|l| ns < *l).unwrap_or(last);
+        if let Some(b) = self.cell.buckets.get(i) {
+            bump(b, 1);
+        }
+        self.add_to_sum(ns as f64 / 1e9);
+    }
+
+    #[inline]
+    fn add_to_sum(&self, v: f64) {
         let s = &self.cell.sum;
         s.store(
             (f64::from_bits(s.load(Ordering::Relaxed)) + v).to_bits(),
             Ordering::Relaxed,
         );
     }
+}
+
+/// The number of whole nanoseconds below which a duration falls in the bucket of upper
+/// bound `bound` seconds: the least `n` with `n as f64 / 1e9 > bound` (0 for a negative
+/// bound, `u64::MAX` for `+Inf`), so that `ns < nanos_limit(bound)` exactly when
+/// `ns as f64 / 1e9 <= bound`. Computed once per histogram, not per observation.
+fn nanos_limit(bound: f64) -> u64 {
+    let fits = |n: u64| n as f64 / 1e9 <= bound;
+    if !fits(0) {
+        return 0;
+    }
+    if bound >= u64::MAX as f64 / 1e9 {
+        return u64::MAX;
+    }
+    // `bound * 1e9` is within a few units of the answer; step to it.
+    let mut n = (bound * 1e9) as u64;
+    while n > 0 && !fits(n) {
+        n -= 1;
+    }
+    while fits(n) {
+        n += 1;
+    }
+    n
 }
 
 impl Drop for HistogramWriter {
@@ -288,6 +334,29 @@ mod tests {
             hw.observe(*v);
         }
         assert_eq!(render(&theirs), render(&ours));
+    }
+
+    #[test]
+    fn nanoseconds_land_where_their_seconds_would() {
+        let bounds = [
+            0.00005, 0.0001, 0.00025, 0.001, 0.01, 0.1, 1.0, 2.5, 60.0, 3600.0,
+        ];
+        let (a, b) = (LocalHistogram::new(bounds), LocalHistogram::new(bounds));
+        let (wa, wb) = (a.writer(), b.writer());
+        let mut values = vec![0, 1, 999, u64::MAX, 1 << 53, (1 << 53) + 1];
+        for bound in bounds {
+            let n = (bound * 1e9) as u64;
+            values.extend([n - 1, n, n + 1]);
+        }
+        for ns in values {
+            wa.observe(ns as f64 / 1e9);
+            wb.observe_nanos(ns);
+            assert_eq!(a.snapshot(), b.snapshot(), "{ns} ns");
+        }
+        assert_eq!(nanos_limit(-1.0), 0);
+        assert_eq!(nanos_limit(0.0), 1);
+        assert_eq!(nanos_limit(0.00005), 50_001);
+        assert_eq!(nanos_limit(f64::INFINITY), u64::MAX);
     }
 
     #[test]

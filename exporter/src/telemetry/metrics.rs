@@ -180,6 +180,25 @@ impl DurationSeries {
             DurationSeries::Exemplars(h) => observe_with_exemplar(h, seconds, exemplar),
         }
     }
+
+    /// [`DurationSeries::observe`] of `ns` nanoseconds, without an exemplar (none is built
+    /// unless the series keeps them).
+    #[inline]
+    fn observe_nanos(&self, ns: u64) {
+        match self {
+            DurationSeries::Local(h) => h.observe_nanos(ns),
+            DurationSeries::Exemplars(h) => observe_with_exemplar(h, ns as f64 / 1e9, None),
+        }
+    }
+
+    /// [`DurationSeries::observe`] of `ns` nanoseconds.
+    #[inline]
+    fn observe_nanos_with(&self, ns: u64, exemplar: Option<TraceExemplar>) {
+        match self {
+            DurationSeries::Local(h) => h.observe_nanos(ns),
+            DurationSeries::Exemplars(h) => observe_with_exemplar(h, ns as f64 / 1e9, exemplar),
+        }
+    }
 }
 
 #[inline(never)]
@@ -440,41 +459,37 @@ pub struct MachineMetrics {
 }
 
 impl MachineMetrics {
-    /// A transition from `from` on `event_id`.
+    /// A transition from `from` on `event_id`, after `time_in_from_ns` nanoseconds in
+    /// `from`.
     #[inline]
-    pub fn transition(&self, from: usize, event_id: usize, time_in_from: f64) {
+    pub fn transition(&self, from: usize, event_id: usize, time_in_from_ns: u64) {
         if let Some(Some(c)) = self.transitions.get(from * self.n_events + event_id) {
             c.inc();
         }
         if let Some(h) = self.state_duration.get(from) {
-            h.observe(time_in_from);
+            h.observe_nanos(time_in_from_ns);
         }
     }
 
     /// A transition from `from` on `event_id` whose event ended with it (no actions), after
-    /// `seconds`: [`Self::transition`] and [`Self::event`] (transitioned, no exemplar).
+    /// `ns` nanoseconds: [`Self::transition`] and [`Self::event`] (transitioned, no
+    /// exemplar).
     #[inline]
-    pub fn transition_finished(
-        &self,
-        from: usize,
-        event_id: usize,
-        time_in_from: f64,
-        seconds: f64,
-    ) {
-        self.transition(from, event_id, time_in_from);
+    pub fn transition_finished(&self, from: usize, event_id: usize, time_in_from_ns: u64, ns: u64) {
+        self.transition(from, event_id, time_in_from_ns);
         if let Some(c) = self.events.get(event_id.min(self.n_events)) {
             c[0].inc();
         }
-        self.event_duration.observe(seconds, None);
+        self.event_duration.observe_nanos(ns);
     }
 
-    /// An event ended.
+    /// An event ended (after `ns` nanoseconds, observed when given).
     #[inline]
     pub fn event(
         &self,
         event_id: Option<usize>,
         outcome: usize,
-        seconds: Option<f64>,
+        ns: Option<u64>,
         exemplar: Option<TraceExemplar>,
     ) {
         let i = event_id
@@ -483,8 +498,8 @@ impl MachineMetrics {
         if let Some(c) = self.events.get(i).and_then(|o| o.get(outcome)) {
             c.inc();
         }
-        if let Some(s) = seconds {
-            self.event_duration.observe(s, exemplar);
+        if let Some(ns) = ns {
+            self.event_duration.observe_nanos_with(ns, exemplar);
         }
     }
 

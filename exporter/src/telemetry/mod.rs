@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json};
 use turnstile_engine::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, StateRef, StopReason, TransitionReport,
+    MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
 };
 use turnstile_engine::{Engine, Event, TraceContext};
 
@@ -92,11 +92,10 @@ struct Slot {
 }
 
 impl Slot {
-    /// One more event processed, in `duration` (for `/stats`).
+    /// One more event processed, in `ns` nanoseconds (for `/stats`).
     #[inline]
-    fn count(&self, duration: std::time::Duration) {
+    fn count(&self, ns: u64) {
         // Only this machine's task writes these: a plain load and store, no locked add.
-        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.processed.store(
             self.processed.load(Ordering::Relaxed) + 1,
             Ordering::Relaxed,
@@ -106,6 +105,49 @@ impl Slot {
             Ordering::Relaxed,
         );
     }
+}
+
+/// Metrics only (no `/trace` records, no spans): what [`Observer::transition_finished`]
+/// does, called by the runtime without a report or a slot lookup.
+impl QuickObserver for Slot {
+    #[inline]
+    fn transition_finished(
+        &self,
+        from: usize,
+        _to: usize,
+        event_id: usize,
+        time_in_from_ns: u64,
+        duration_ns: u64,
+    ) {
+        self.count(duration_ns);
+        self.metrics
+            .transition_finished(from, event_id, time_in_from_ns, duration_ns);
+    }
+}
+
+/// A machine's slot as its [`QuickObserver`] (boxed by the runtime: a trait object of
+/// this, not of `Arc<Slot>`, keeps the call's `self` at a fixed offset).
+struct QuickSlot(Arc<Slot>);
+
+impl QuickObserver for QuickSlot {
+    #[inline]
+    fn transition_finished(
+        &self,
+        from: usize,
+        to: usize,
+        event_id: usize,
+        time_in_from_ns: u64,
+        duration_ns: u64,
+    ) {
+        self.0
+            .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
+    }
+}
+
+/// A duration in whole nanoseconds (saturating: 584 years).
+#[inline]
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The event a machine is processing.
@@ -390,7 +432,7 @@ impl Telemetry {
     #[inline]
     fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
         slot.metrics
-            .transition(r.from.id, r.event_id, r.time_in_from.as_secs_f64());
+            .transition(r.from.id, r.event_id, nanos(r.time_in_from));
         // The current state is only needed for the next span's `turnstile.state.from`.
         if self.spans.is_none() {
             return;
@@ -405,26 +447,21 @@ impl Telemetry {
     /// The end of an event: its metrics, `/stats` counts, span and `/trace` record.
     #[inline]
     fn finished(&self, slot: &Slot, r: &EventReport<'_>) {
-        slot.count(r.duration);
+        let ns = nanos(r.duration);
+        slot.count(ns);
         let outcome = event_outcome_index(r.outcome);
         let transitioned = r.outcome == EventOutcome::Transitioned;
-        let seconds = transitioned.then_some(r.duration.as_secs_f64());
+        let ns = transitioned.then_some(ns);
         if self.metrics_only() {
-            slot.metrics.event(r.event_id, outcome, seconds, None);
+            slot.metrics.event(r.event_id, outcome, ns, None);
             return;
         }
-        self.finished_traced(slot, r, outcome, seconds);
+        self.finished_traced(slot, r, outcome, ns);
     }
 
     /// [`Self::finished`] with `/trace` records or spans.
     #[inline(never)]
-    fn finished_traced(
-        &self,
-        slot: &Slot,
-        r: &EventReport<'_>,
-        outcome: usize,
-        seconds: Option<f64>,
-    ) {
+    fn finished_traced(&self, slot: &Slot, r: &EventReport<'_>, outcome: usize, ns: Option<u64>) {
         let transitioned = r.outcome == EventOutcome::Transitioned;
         let now = SystemTime::now();
         let live_event = if transitioned {
@@ -443,7 +480,7 @@ impl Telemetry {
         slot.metrics.event(
             r.event_id,
             outcome,
-            seconds,
+            ns,
             span.as_ref().and_then(|_| Self::exemplar(trace.as_ref())),
         );
         if let Some(span) = span {
@@ -655,6 +692,15 @@ impl Observer for Telemetry {
 
     fn machine_stopped(&self, _m: MachineRef<'_>, _s: StateRef<'_>, _r: StopReason) {}
 
+    /// Metrics only: the machine's slot receives its action-less events directly.
+    fn quick_observer(&self, m: MachineRef<'_>) -> Option<Box<dyn QuickObserver>> {
+        if !self.metrics_only() {
+            return None;
+        }
+        let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
+        Some(Box::new(QuickSlot(slot.clone())))
+    }
+
     /// Event and action starts only matter to `/trace` records and spans.
     fn observes_starts(&self) -> bool {
         !self.metrics_only()
@@ -723,12 +769,13 @@ impl Observer for Telemetry {
         };
         if self.metrics_only() {
             // Metrics only: what `transitioned` and `finished` do, without the report.
-            slot.count(duration);
-            slot.metrics.transition_finished(
+            QuickObserver::transition_finished(
+                slot,
                 r.from.id,
+                r.to.id,
                 r.event_id,
-                r.time_in_from.as_secs_f64(),
-                duration.as_secs_f64(),
+                nanos(r.time_in_from),
+                nanos(duration),
             );
             return;
         }
