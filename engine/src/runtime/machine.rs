@@ -103,7 +103,9 @@ pub(crate) struct Machine {
     ctl: mpsc::UnboundedReceiver<Control>,
     router: Arc<Router>,
     observer: Option<Arc<dyn Observer>>,
-    /// The clock durations are measured with; present when an observer is attached.
+    /// The clock durations are measured with; present when an observer is attached (set
+    /// when the task starts: the process's first one calibrates the TSC, which takes a
+    /// while, and `Machine::new` runs under the engine's lock).
     ticks: Option<Ticks>,
     /// What the observer handed back for action-less events ([`Observer::quick_observer`]),
     /// asked again after each reload.
@@ -167,7 +169,7 @@ impl Machine {
             ctl,
             router,
             starts: observer.as_ref().is_some_and(|o| o.observes_starts()),
-            ticks: observer.as_ref().map(|_| Ticks::new()),
+            ticks: None,
             quick: None,
             last_end: None,
             observer,
@@ -248,6 +250,7 @@ impl Machine {
             .since_ms
             .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         if let Some(o) = &self.observer {
+            self.ticks = Some(Ticks::new());
             self.entered = self.tick();
             o.machine_started(self.mref(), self.sref(self.state));
             self.quick = o.quick_observer(self.mref());
