@@ -114,8 +114,11 @@ impl Drop for CounterWriter {
 
 #[derive(Debug)]
 struct HistogramCell {
-    /// `f64` bits.
+    /// `f64` bits: the sum of [`HistogramWriter::observe`]'s values.
     sum: AtomicU64,
+    /// Nanoseconds: the sum of [`HistogramWriter::observe_nanos`]'s durations (an integer
+    /// add per observation instead of a conversion and a float add; exact, saturating).
+    sum_ns: AtomicU64,
     /// Not cumulative: observations whose first matching bound is this one.
     buckets: Box<[AtomicU64]>,
 }
@@ -163,6 +166,7 @@ impl LocalHistogram {
         let mut p = lock(&self.parts);
         let cell = Arc::new(HistogramCell {
             sum: AtomicU64::new(0.0_f64.to_bits()),
+            sum_ns: AtomicU64::new(0),
             buckets: p.bounds.iter().map(|_| AtomicU64::new(0)).collect(),
         });
         p.live.push(cell.clone());
@@ -180,7 +184,7 @@ impl LocalHistogram {
         let mut sum = p.retired_sum;
         let mut counts = p.retired.clone();
         for c in &p.live {
-            sum += f64::from_bits(c.sum.load(Ordering::Relaxed));
+            sum += c.sum_seconds();
             for (t, b) in counts.iter_mut().zip(c.buckets.iter()) {
                 *t = t.wrapping_add(b.load(Ordering::Relaxed));
             }
@@ -203,6 +207,14 @@ impl EncodeMetric for LocalHistogram {
 
     fn metric_type(&self) -> MetricType {
         Self::TYPE
+    }
+}
+
+impl HistogramCell {
+    /// Everything observed, in seconds.
+    fn sum_seconds(&self) -> f64 {
+        f64::from_bits(self.sum.load(Ordering::Relaxed))
+            + self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 }
 
@@ -230,8 +242,9 @@ impl HistogramWriter {
     }
 
     /// [`HistogramWriter::observe`] of a duration of `ns` nanoseconds, in seconds
-    /// (`ns as f64 / 1e9`, the same bucket and sum to the bit), with the bucket found by
-    /// comparing integers: no conversion before the bucket is known.
+    /// (`ns as f64 / 1e9`: the same bucket; the sum is kept in whole nanoseconds and
+    /// converted when read), with the bucket found by comparing integers: no float
+    /// arithmetic per observation.
     #[inline]
     pub fn observe_nanos(&self, ns: u64) {
         let last = self.limits.len().saturating_sub(1);
@@ -239,7 +252,11 @@ impl HistogramWriter {
         if let Some(b) = self.cell.buckets.get(i) {
             bump(b, 1);
         }
-        self.add_to_sum(ns as f64 / 1e9);
+        let s = &self.cell.sum_ns;
+        s.store(
+            s.load(Ordering::Relaxed).saturating_add(ns),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -278,7 +295,7 @@ fn nanos_limit(bound: f64) -> u64 {
 impl Drop for HistogramWriter {
     fn drop(&mut self) {
         let mut p = lock(&self.parts);
-        p.retired_sum += f64::from_bits(self.cell.sum.load(Ordering::Relaxed));
+        p.retired_sum += self.cell.sum_seconds();
         for (t, b) in p.retired.iter_mut().zip(self.cell.buckets.iter()) {
             *t = t.wrapping_add(b.load(Ordering::Relaxed));
         }
@@ -343,15 +360,24 @@ mod tests {
         ];
         let (a, b) = (LocalHistogram::new(bounds), LocalHistogram::new(bounds));
         let (wa, wb) = (a.writer(), b.writer());
-        let mut values = vec![0, 1, 999, u64::MAX, 1 << 53, (1 << 53) + 1];
+        let mut values = vec![0, 1, 999, 1 << 53, (1 << 53) + 1];
         for bound in bounds {
             let n = (bound * 1e9) as u64;
             values.extend([n - 1, n, n + 1]);
         }
+        // Last: a bucket of its own; the integer sum saturates (584 years).
+        values.push(u64::MAX);
         for ns in values {
             wa.observe(ns as f64 / 1e9);
             wb.observe_nanos(ns);
-            assert_eq!(a.snapshot(), b.snapshot(), "{ns} ns");
+            let ((sa, ca, ba), (sb, cb, bb)) = (a.snapshot(), b.snapshot());
+            assert_eq!((ca, ba), (cb, bb), "{ns} ns");
+            if ns == u64::MAX {
+                assert_eq!(sb, u64::MAX as f64 / 1e9);
+            } else {
+                // Summed as floats of seconds or as integer nanoseconds: the same to 1e-12.
+                assert!((sa - sb).abs() <= sa.abs() * 1e-12, "{ns} ns: {sa} vs {sb}");
+            }
         }
         assert_eq!(nanos_limit(-1.0), 0);
         assert_eq!(nanos_limit(0.0), 1);
