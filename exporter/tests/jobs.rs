@@ -506,6 +506,11 @@ fn run_persist_restores_state_and_context_after_a_restart() {
 
     let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
     let addr = sidecar_addr(&mut p);
+    // Ready: the machine runs and the job store answers a read.
+    let (status, body) = http(addr, "GET", "/readyz", "");
+    assert_eq!(status, 200, "{body}");
+    let ready: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["job_store"], "ok", "{ready:#}");
     let (status, body) = http(
         addr,
         "POST",

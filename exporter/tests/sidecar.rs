@@ -330,6 +330,8 @@ fn read_endpoints_answer_with_their_documented_shapes() {
     let r = get(a, "/readyz");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "ready");
+    // No job store, nothing said about one.
+    assert!(r.json().get("job_store").is_none(), "{}", r.text());
 
     let r = get(a, "/machines");
     assert_eq!(r.status, 200);

@@ -211,6 +211,11 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// A number that changes when another process commits to the database (cheap:
     /// SQLite's `PRAGMA data_version`). Waiters compare it to notice foreign writes.
     fn data_version(&self) -> Result<i64, StoreError>;
+    /// Reads something from the database, for readiness probes: an error (or no answer)
+    /// means jobs cannot be claimed or added now.
+    fn ping(&self) -> Result<(), StoreError> {
+        self.data_version().map(|_| ())
+    }
     /// Notified when a job is added, given back, completed or failed through this store
     /// object (waiting claimers and `wait_for_jobs` wake up).
     fn notify(&self) -> &Arc<tokio::sync::Notify>;

@@ -736,6 +736,15 @@ impl JobStore for SqliteStore {
             .row_cached("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
+    fn ping(&self) -> Result<(), StoreError> {
+        // Reads the jobs table's first page: an unreadable file fails here.
+        let _: Option<i64> = self
+            .conn()
+            .row_cached("SELECT 1 FROM jobs LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        Ok(())
+    }
+
     fn notify(&self) -> &Arc<tokio::sync::Notify> {
         &self.inner.notify
     }

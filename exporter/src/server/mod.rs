@@ -228,6 +228,7 @@ impl Bound {
             read_only: config.read_only,
             max_body_bytes: config.max_body_bytes,
             jobs: config.jobs,
+            store_probe: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, state, stop_rx));

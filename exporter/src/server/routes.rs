@@ -1,6 +1,7 @@
 //! The endpoints: routing by path and method, and one handler each.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading a machine's context may take (it is read on the machine's own task).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for the job store to answer a read.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every request handler shares.
 pub struct State {
@@ -42,6 +45,9 @@ pub struct State {
     pub max_body_bytes: usize,
     /// The job store behind `POST /jobs`.
     pub jobs: Option<Arc<dyn turnstile_engine::store::JobStore>>,
+    /// A `/readyz` read of the job store is still running (one at a time, however often
+    /// the probe comes).
+    pub store_probe: Arc<AtomicBool>,
 }
 
 /// Which methods a path takes.
@@ -209,7 +215,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Route::Trace => trace(state, &req),
         Route::Errors => errors(state, &req),
         Route::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        Route::Readyz => Ok(readyz(state)),
+        Route::Readyz => Ok(readyz(state).await),
         Route::Machines => Ok(response::json(
             StatusCode::OK,
             &Json::Array(state.engine.status().iter().map(machine_json).collect()),
@@ -277,7 +283,37 @@ fn errors(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, ApiE
     Ok(response::json(StatusCode::OK, &v))
 }
 
-fn readyz(state: &State) -> Response<Body> {
+/// Runs `read` (a read of the job store) on a blocking thread, at most one at a time
+/// (`busy`), waiting up to `limit`: the reason the store is not ready, if it is not.
+async fn probe_store(
+    busy: &Arc<AtomicBool>,
+    limit: Duration,
+    read: impl FnOnce() -> Result<(), turnstile_engine::store::StoreError> + Send + 'static,
+) -> Result<(), String> {
+    if busy.swap(true, Ordering::AcqRel) {
+        return Err("the job store has not answered an earlier check yet".to_owned());
+    }
+    let done = busy.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let r = read();
+        done.store(false, Ordering::Release);
+        r
+    });
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("the job store cannot be read: {e}")),
+        Ok(Err(e)) => {
+            busy.store(false, Ordering::Release);
+            Err(format!("the job store check failed: {e}"))
+        }
+        Err(_) => Err(format!(
+            "the job store did not answer within {} s",
+            limit.as_secs_f64()
+        )),
+    }
+}
+
+async fn readyz(state: &State) -> Response<Body> {
     let status = state.engine.status();
     let mut reasons: Vec<String> = Vec::new();
     if status.is_empty() {
@@ -293,27 +329,44 @@ fn readyz(state: &State) -> Response<Body> {
             m.name, m.state
         ));
     }
+    let store = match &state.jobs {
+        Some(s) => {
+            let s = s.clone();
+            let r = probe_store(&state.store_probe, STORE_PROBE_TIMEOUT, move || s.ping()).await;
+            match r {
+                Ok(()) => Some(json!("ok")),
+                Err(why) => {
+                    reasons.push(why.clone());
+                    Some(json!(why))
+                }
+            }
+        }
+        None => None,
+    };
     let machines: serde_json::Map<String, Json> = status
         .iter()
         .map(|m| (m.name.to_string(), json!(m.running)))
         .collect();
-    if reasons.is_empty() {
-        response::json(
-            StatusCode::OK,
-            &json!({"status": "ready", "machines": machines}),
-        )
+    let mut body = if reasons.is_empty() {
+        json!({"status": "ready", "machines": machines})
     } else {
         let message = reasons.join("; ");
-        response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "status": "not ready",
-                "reasons": reasons,
-                "machines": machines,
-                "error": {"status": 503, "message": message},
-            }),
-        )
+        json!({
+            "status": "not ready",
+            "reasons": reasons,
+            "machines": machines,
+            "error": {"status": 503, "message": message},
+        })
+    };
+    if let (Some(store), Some(o)) = (store, body.as_object_mut()) {
+        o.insert("job_store".to_owned(), store);
     }
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    response::json(code, &body)
 }
 
 fn machine_json(m: &MachineStatus) -> Json {
@@ -574,6 +627,46 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_store_probe_reports_errors_and_silence_and_runs_one_at_a_time() {
+        use turnstile_engine::store::StoreError;
+        let busy = Arc::new(AtomicBool::new(false));
+        let limit = Duration::from_millis(200);
+        assert_eq!(probe_store(&busy, limit, || Ok(())).await, Ok(()));
+        let e = probe_store(&busy, limit, || {
+            Err(StoreError::Db("disk I/O error".into()))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("cannot be read") && e.contains("disk I/O error"),
+            "{e}"
+        );
+        // A read that hangs: no answer within the limit ...
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let e = probe_store(&busy, limit, move || {
+            let _ = rx.recv();
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(e.contains("did not answer within 0.2 s"), "{e}");
+        // ... and no second read is started while it hangs.
+        let e = probe_store(&busy, limit, || panic!("a second read started"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("earlier check"), "{e}");
+        // Once it answers, probes run again.
+        tx.send(()).unwrap();
+        for _ in 0..100 {
+            if !busy.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(probe_store(&busy, limit, || Ok(())).await, Ok(()));
+    }
 
     #[test]
     fn routes() {
