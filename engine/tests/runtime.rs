@@ -727,11 +727,14 @@ transitions:
     );
 }
 
+/// One quick call: (which receiver, from, to, event_id, time_in_from_ns, duration_ns).
+type QuickCall = (usize, usize, usize, usize, u64, u64);
+
 /// What an observer with a [`QuickObserver`] was told.
 #[derive(Default)]
 struct QuickLog {
-    /// Quick calls: (which receiver, from, to, event_id, time_in_from_ns, duration_ns).
-    calls: Mutex<Vec<(usize, usize, usize, usize, u64, u64)>>,
+    /// Quick calls.
+    calls: Mutex<Vec<QuickCall>>,
     /// Calls of the observer's own transition methods.
     reports: Mutex<Vec<String>>,
     /// Receivers handed out.
