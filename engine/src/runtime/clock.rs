@@ -47,6 +47,42 @@ impl Ticks {
     }
 }
 
+/// Unix milliseconds for [`Ticks`] readings: an observed machine already reads the TSC at
+/// each transition, so its "in this state since" comes from that reading instead of a
+/// second clock call. Anchored on the coarse real-time clock, and anchored again once a
+/// second of ticks has passed (the TSC and the real-time clock drift apart, and the
+/// real-time clock may be stepped), so it stays within the coarse clock's resolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WallAnchor {
+    at: u64,
+    unix_ms: u64,
+}
+
+impl WallAnchor {
+    /// Re-anchor after this many nanoseconds of ticks.
+    const SPAN_NS: u64 = 1_000_000_000;
+
+    /// Anchored at the [`Ticks`] reading `at`, taken now.
+    pub(crate) fn new(at: u64) -> Self {
+        Self {
+            at,
+            unix_ms: coarse_unix_ms(),
+        }
+    }
+
+    /// Unix milliseconds at the [`Ticks`] reading `at` (taken just now).
+    #[inline]
+    pub(crate) fn unix_ms(&mut self, at: u64) -> u64 {
+        match at.checked_sub(self.at) {
+            Some(d) if d < Self::SPAN_NS => self.unix_ms + d / 1_000_000,
+            _ => {
+                *self = Self::new(at);
+                self.unix_ms
+            }
+        }
+    }
+}
+
 /// Unix milliseconds from the coarse real-time clock: a few nanoseconds per reading
 /// (no full clock read), with the kernel tick's resolution (a few ms). Used on every
 /// transition for "in this state since".
@@ -79,6 +115,22 @@ mod tests {
         assert!((15_000_000..2_000_000_000).contains(&ns), "{ns}");
         assert_eq!(Ticks::nanos(end, start), 0);
         assert!(t.since(start) >= Duration::from_nanos(ns));
+    }
+
+    #[test]
+    fn the_wall_anchor_follows_the_real_time_clock() {
+        let t = Ticks::new();
+        let mut w = WallAnchor::new(t.now());
+        for pause in [0, 5, 30, 1100, 10] {
+            std::thread::sleep(Duration::from_millis(pause));
+            let ms = w.unix_ms(t.now());
+            let real = coarse_unix_ms();
+            // Within the coarse clock's resolution (a few ms), allowing for scheduling.
+            assert!(ms.abs_diff(real) < 50, "after {pause} ms: {ms} vs {real}");
+        }
+        // A reading before the anchor (it cannot happen, but) re-anchors.
+        let before = w.at - 1;
+        assert!(w.unix_ms(before).abs_diff(coarse_unix_ms()) < 50);
     }
 
     #[test]

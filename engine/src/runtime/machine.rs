@@ -13,7 +13,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Ticks;
+use super::clock::{Ticks, WallAnchor};
 use super::def::{ActionDef, MachineDef};
 use super::event::{Event, Origin};
 use super::router::Router;
@@ -116,6 +116,9 @@ pub(crate) struct Machine {
     /// anything else comes first: the task may wait (`select!`, a yield), an event is
     /// ignored or refused, the state is saved.
     last_end: Option<u64>,
+    /// Turns a transition's TSC reading into the machine's "in this state since" (set
+    /// with `ticks`): no second clock call per transition.
+    wall: Option<WallAnchor>,
     /// The observer wants `event_started` and `action_started` ([`Observer::observes_starts`]).
     starts: bool,
     cancel: CancellationToken,
@@ -172,6 +175,7 @@ impl Machine {
             ticks: None,
             quick: None,
             last_end: None,
+            wall: None,
             observer,
             cancel,
             rule: None,
@@ -252,6 +256,7 @@ impl Machine {
         if let Some(o) = &self.observer {
             self.ticks = Some(Ticks::new());
             self.entered = self.tick();
+            self.wall = self.entered.map(WallAnchor::new);
             o.machine_started(self.mref(), self.sref(self.state));
             self.quick = o.quick_observer(self.mref());
         }
@@ -561,9 +566,6 @@ impl Machine {
         self.state = to;
         self.shared.state.store(to, Ordering::Relaxed);
         self.shared.transitions.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .since_ms
-            .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         // An event that triggers no action ends here: reported once, further down.
         let quick =
             self.observer.is_some() && rule.actions.is_empty() && def.states[to].entry.is_empty();
@@ -571,6 +573,11 @@ impl Machine {
         let mut time_in_from = 0;
         if let (Some(o), Some(t)) = (&self.observer, &self.ticks) {
             at = self.last_end.take().unwrap_or_else(|| t.now());
+            let since_ms = match &mut self.wall {
+                Some(w) => w.unix_ms(at),
+                None => super::clock::coarse_unix_ms(),
+            };
+            self.shared.since_ms.store(since_ms, Ordering::Relaxed);
             time_in_from = self.entered.map_or(0, |e| Ticks::nanos(e, at));
             self.entered = Some(at);
             if !quick {
@@ -583,6 +590,10 @@ impl Machine {
                     time_in_from: Duration::from_nanos(time_in_from),
                 });
             }
+        } else {
+            self.shared
+                .since_ms
+                .store(super::clock::coarse_unix_ms(), Ordering::Relaxed);
         }
         tracing::info!(
             target: "turnstile::transition",
