@@ -333,13 +333,7 @@ fn start_turnstile(dir: &Path, otlp: &Receiver) -> (Proc, SocketAddr) {
         field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
     });
     let addr: SocketAddr = field(&rec, "addr").parse().unwrap();
-    let started = std::cell::Cell::new(0);
-    proc.wait_for("both machines started", LIMIT, |j| {
-        if field(j, "message") == "machine started" {
-            started.set(started.get() + 1);
-        }
-        started.get() == 2
-    });
+    proc.wait_started(2, LIMIT);
     (proc, addr)
 }
 
@@ -751,9 +745,7 @@ fn an_ignored_event_leaves_the_span_of_the_event_in_progress_alone() {
         field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
     });
     let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
-    proc.wait_for("the machine started", LIMIT, |j| {
-        field(j, "message") == "machine started"
-    });
+    proc.wait_started(1, LIMIT);
     let post = |event: &str, trace: &str, parent: &str| {
         let tp = format!("00-{trace}-{parent}-01");
         let (status, body) = http(

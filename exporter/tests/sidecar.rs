@@ -271,15 +271,8 @@ impl Server {
         env(&mut cmd);
         let mut proc = Proc::spawn(cmd);
         let addr = wait_listening(&mut proc);
-        // The sidecar binds before the machines start; wait for them too.
-        let n = yamls.len();
-        let started = std::cell::Cell::new(0);
-        proc.wait_for("the machines started", LIMIT, |j| {
-            if field(j, "message") == "machine started" {
-                started.set(started.get() + 1);
-            }
-            started.get() == n
-        });
+        // The machines' tasks log their start before or after the sidecar's line.
+        proc.wait_started(yamls.len(), LIMIT);
         Self {
             proc,
             addr,

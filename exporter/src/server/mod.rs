@@ -183,29 +183,13 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Binds `config.listen` (or the fallback port, see [`SidecarConfig::strict_port`]).
+    /// Binds `config.listen` (or the fallback port, see [`SidecarConfig::strict_port`]) and
+    /// logs the address (target `turnstile::sidecar`, field `addr`).
     pub async fn bind(config: SidecarConfig) -> io::Result<Self> {
         let listener = bind(&config).await?;
         let addr = listener.local_addr()?;
-        Ok(Self {
-            listener,
-            config,
-            addr,
-        })
-    }
-
-    /// The address it is bound to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Starts accepting connections; logs the address (target `turnstile::sidecar`).
-    pub fn serve(self, engine: Engine, telemetry: Arc<Telemetry>) -> Sidecar {
-        let Self {
-            listener,
-            config,
-            addr,
-        } = self;
+        // Logged now: the port takes connections from here on (they wait in the backlog
+        // until `serve`), and the line comes before anything the machines log.
         tracing::info!(
             target: "turnstile::sidecar",
             addr = %addr,
@@ -220,6 +204,25 @@ impl Bound {
                 "anyone who can reach {addr} can send events: set a token (--token or TURNSTILE_TOKEN) or use --read-only"
             );
         }
+        Ok(Self {
+            listener,
+            config,
+            addr,
+        })
+    }
+
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts accepting connections.
+    pub fn serve(self, engine: Engine, telemetry: Arc<Telemetry>) -> Sidecar {
+        let Self {
+            listener,
+            config,
+            addr,
+        } = self;
         let state = Arc::new(routes::State {
             engine,
             telemetry,

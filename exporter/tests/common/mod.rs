@@ -128,6 +128,27 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` machines have logged `machine started`, counting the lines already
+    /// read (a machine's task may log it before or after the sidecar's `listening` line).
+    pub fn wait_started(&mut self, n: usize, limit: Duration) {
+        let seen = self
+            .stderr
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+            .filter(|j| j.get("message").and_then(Json::as_str) == Some("machine started"))
+            .count();
+        let started = std::cell::Cell::new(seen);
+        if seen >= n {
+            return;
+        }
+        self.wait_for("the machines started", limit, |j| {
+            if j.get("message").and_then(Json::as_str) == Some("machine started") {
+                started.set(started.get() + 1);
+            }
+            started.get() >= n
+        });
+    }
+
     /// Sends a signal by name (`TERM`, `INT`) with `kill(1)`.
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill")
