@@ -62,6 +62,12 @@ impl WallAnchor {
     /// Re-anchor after this many nanoseconds of ticks.
     const SPAN_NS: u64 = 1_000_000_000;
 
+    /// Not anchored yet: the first [`WallAnchor::unix_ms`] anchors it.
+    pub(crate) const UNSET: Self = Self {
+        at: u64::MAX,
+        unix_ms: 0,
+    };
+
     /// Anchored at the [`Ticks`] reading `at`, taken now.
     pub(crate) fn new(at: u64) -> Self {
         Self {
@@ -131,6 +137,10 @@ mod tests {
         // A reading before the anchor (it cannot happen, but) re-anchors.
         let before = w.at - 1;
         assert!(w.unix_ms(before).abs_diff(coarse_unix_ms()) < 50);
+        // Not anchored yet: the first reading anchors it.
+        let mut unset = WallAnchor::UNSET;
+        assert!(unset.unix_ms(t.now()).abs_diff(coarse_unix_ms()) < 50);
+        assert_ne!(unset.at, u64::MAX);
     }
 
     #[test]

@@ -116,9 +116,9 @@ pub(crate) struct Machine {
     /// anything else comes first: the task may wait (`select!`, a yield), an event is
     /// ignored or refused, the state is saved.
     last_end: Option<u64>,
-    /// Turns a transition's TSC reading into the machine's "in this state since" (set
+    /// Turns a transition's TSC reading into the machine's "in this state since" (used
     /// with `ticks`): no second clock call per transition.
-    wall: Option<WallAnchor>,
+    wall: WallAnchor,
     /// The observer wants `event_started` and `action_started` ([`Observer::observes_starts`]).
     starts: bool,
     cancel: CancellationToken,
@@ -175,7 +175,7 @@ impl Machine {
             ticks: None,
             quick: None,
             last_end: None,
-            wall: None,
+            wall: WallAnchor::UNSET,
             observer,
             cancel,
             rule: None,
@@ -256,7 +256,6 @@ impl Machine {
         if let Some(o) = &self.observer {
             self.ticks = Some(Ticks::new());
             self.entered = self.tick();
-            self.wall = self.entered.map(WallAnchor::new);
             o.machine_started(self.mref(), self.sref(self.state));
             self.quick = o.quick_observer(self.mref());
         }
@@ -573,11 +572,9 @@ impl Machine {
         let mut time_in_from = 0;
         if let (Some(o), Some(t)) = (&self.observer, &self.ticks) {
             at = self.last_end.take().unwrap_or_else(|| t.now());
-            let since_ms = match &mut self.wall {
-                Some(w) => w.unix_ms(at),
-                None => super::clock::coarse_unix_ms(),
-            };
-            self.shared.since_ms.store(since_ms, Ordering::Relaxed);
+            self.shared
+                .since_ms
+                .store(self.wall.unix_ms(at), Ordering::Relaxed);
             time_in_from = self.entered.map_or(0, |e| Ticks::nanos(e, at));
             self.entered = Some(at);
             if !quick {

@@ -288,6 +288,30 @@ mod tests {
         c
     }
 
+    /// A fresh database in a temporary directory and a writer on it.
+    fn started() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Arc<Mutex<Connection>>,
+        Arc<GroupCommit>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let conn = Arc::new(Mutex::new(open(&path)));
+        let group = Arc::new(GroupCommit::start(conn.clone()).unwrap());
+        (dir, path, conn, group)
+    }
+
+    /// Inserts a row `v` in its own committed write.
+    fn insert(group: &GroupCommit, v: &'static str) {
+        group
+            .write(Ack::Committed, move |c| {
+                c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
     fn count(path: &std::path::Path, v: &str) -> i64 {
         Connection::open(path)
             .unwrap()
@@ -329,10 +353,7 @@ mod tests {
 
     #[test]
     fn an_executed_write_is_answered_before_its_batch_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let conn = Arc::new(Mutex::new(open(&path)));
-        let group = Arc::new(GroupCommit::start(conn.clone()).unwrap());
+        let (_dir, path, conn, group) = started();
         let got = one_batch(
             &group,
             &conn,
@@ -355,10 +376,7 @@ mod tests {
 
     #[test]
     fn a_failed_commit_fails_the_committed_writes_and_undoes_the_executed_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let conn = Arc::new(Mutex::new(open(&path)));
-        let group = Arc::new(GroupCommit::start(conn.clone()).unwrap());
+        let (_dir, path, conn, group) = started();
         // The second write breaks a deferred foreign key: the COMMIT fails.
         let got = one_batch(
             &group,
@@ -378,21 +396,14 @@ mod tests {
             assert_eq!(count(&path, v), 0, "{v} was kept");
         }
         // The writer goes on.
-        group
-            .write(Ack::Committed, |c| {
-                c.execute("INSERT INTO t (v) VALUES ('after')", [])?;
-                Ok(())
-            })
-            .unwrap();
+        insert(&group, "after");
         assert_eq!(count(&path, "after"), 1);
     }
 
     #[test]
     fn a_failing_or_panicking_write_fails_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let conn = Arc::new(Mutex::new(open(&path)));
-        let group = GroupCommit::start(conn).unwrap();
+        let (_dir, path, _conn, group) = started();
+        let group = Arc::into_inner(group).unwrap();
         let r: Result<(), _> = group.write(Ack::Committed, |_| panic!("deliberate"));
         assert!(r.unwrap_err().to_string().contains("panicked"));
         let r: Result<(), _> = group.write(Ack::Executed, |c| {
@@ -400,12 +411,7 @@ mod tests {
             Ok(())
         });
         assert!(r.unwrap_err().to_string().contains("nowhere"));
-        group
-            .write(Ack::Committed, |c| {
-                c.execute("INSERT INTO t (v) VALUES ('ok')", [])?;
-                Ok(())
-            })
-            .unwrap();
+        insert(&group, "ok");
         // Dropping the group waits for the writer: everything is committed.
         drop(group);
         assert_eq!(count(&path, "ok"), 1);

@@ -181,16 +181,6 @@ impl DurationSeries {
         }
     }
 
-    /// [`DurationSeries::observe`] of `ns` nanoseconds, without an exemplar (none is built
-    /// unless the series keeps them).
-    #[inline]
-    fn observe_nanos(&self, ns: u64) {
-        match self {
-            DurationSeries::Local(h) => h.observe_nanos(ns),
-            DurationSeries::Exemplars(h) => observe_with_exemplar(h, ns as f64 / 1e9, None),
-        }
-    }
-
     /// [`DurationSeries::observe`] of `ns` nanoseconds.
     #[inline]
     fn observe_nanos_with(&self, ns: u64, exemplar: Option<TraceExemplar>) {
@@ -480,7 +470,7 @@ impl MachineMetrics {
         if let Some(c) = self.events.get(event_id.min(self.n_events)) {
             c[0].inc();
         }
-        self.event_duration.observe_nanos(ns);
+        self.event_duration.observe_nanos_with(ns, None);
     }
 
     /// An event ended (after `ns` nanoseconds, observed when given).
