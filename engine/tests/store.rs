@@ -254,11 +254,18 @@ fn failures_retry_with_exponential_backoff_then_dead_letter() {
             }
         };
         assert_eq!(j.attempts, attempt);
+        // The retry time is counted from when the failure is written, which is within
+        // the call (after any commit still running when it is queued).
         let t0 = SystemTime::now();
-        match s.fail_job(&id, &format!("boom {attempt}")).unwrap() {
+        let failed = s.fail_job(&id, &format!("boom {attempt}")).unwrap();
+        let t1 = SystemTime::now();
+        match failed {
             Failed::Retry { at, attempts } => {
                 assert_eq!(attempts, attempt);
-                delays.push(at.duration_since(t0).unwrap_or_default());
+                delays.push((
+                    at.duration_since(t0).unwrap_or_default(),
+                    at.duration_since(t1).unwrap_or_default(),
+                ));
             }
             Failed::Dead => {
                 assert_eq!(attempt, 3);
@@ -267,9 +274,12 @@ fn failures_retry_with_exponential_backoff_then_dead_letter() {
         }
     }
     assert_eq!(delays.len(), 2, "{delays:?}");
-    let ms = |d: Duration| d.as_millis();
-    assert!((80..=130).contains(&ms(delays[0])), "{delays:?}");
-    assert!((180..=230).contains(&ms(delays[1])), "{delays:?}");
+    // Backoff 100 ms, then 200 ms: at least that from the call's start (less the clock's
+    // rounding to ms), at most that plus 30 ms from its end.
+    for (&(from_start, from_end), backoff) in delays.iter().zip([100, 200]) {
+        assert!(from_start.as_millis() >= backoff - 20, "{delays:?}");
+        assert!(from_end.as_millis() <= backoff + 30, "{delays:?}");
+    }
     let dead = s.get_job(&id).unwrap().unwrap();
     assert_eq!(dead.status, DEAD);
     assert_eq!(dead.error_message.as_deref(), Some("boom 3"));
