@@ -66,3 +66,62 @@ async fn self_driving_machine_stops_on_shutdown() {
         .expect("the machine stops on shutdown");
     assert_eq!(engine.running(), 0);
 }
+
+/// A two-step chain per external event: `ping` leads to `busy`, whose action returns
+/// `done` at once. A `ping` handled while the machine is in `busy` is ignored.
+const TWO_STEP_CHAINS: &str = "
+metadata:
+  machine_name: chains
+initial_state: idle
+states: [idle, busy]
+events: [ping, done]
+transitions:
+  - {from: idle, to: busy, event: ping}
+  - {from: busy, to: idle, event: done}
+actions:
+  busy:
+    - {type: set_context, key: seen, value: yes, success: done}
+";
+
+/// No external event is handled inside a chain shorter than the fairness limit, however
+/// many are queued: the fairness count starts again with each chain (it used to run on
+/// across chains, so every 64th step let a queued `ping` into `busy`, where it was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_events_never_cut_into_a_short_chain() {
+    const PINGS: u64 = 100_000;
+    let loaded = config::load_str(TWO_STEP_CHAINS, None, &ActionRegistry::with_builtins());
+    let engine = Engine::builder().build();
+    engine
+        .spawn(loaded.def.expect("config loads"))
+        .expect("spawn");
+    let sender = engine.clone();
+    let feed = tokio::spawn(async move {
+        for _ in 0..PINGS {
+            sender
+                .send("chains", Event::new("ping"))
+                .await
+                .expect("send");
+        }
+    });
+    feed.await.expect("sender");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = engine.machine("chains").expect("machine");
+        // Every ping handled, and the `done` of each one that got into `idle`.
+        let settled = s.queue_depth == 0 && &*s.state == "idle";
+        if (settled && s.events >= PINGS + s.transitions / 2)
+            || tokio::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let ignored = PINGS - status.transitions / 2;
+    assert_eq!(
+        ignored, 0,
+        "{ignored} of {PINGS} pings were handled inside a chain and ignored ({status:?})"
+    );
+    assert_eq!(status.transitions, 2 * PINGS);
+    engine.shutdown();
+    engine.join().await;
+}

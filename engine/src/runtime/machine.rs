@@ -311,6 +311,9 @@ impl Machine {
                     match self.rx.try_recv() {
                         Ok(ev) => {
                             fast -= 1;
+                            // A new chain may start from this event: the fairness count
+                            // is per chain, so a short chain is never cut into.
+                            self.chained = 0;
                             // Taken without waiting: after an action-less event, its
                             // transition is timed at that event's end (`last_end`).
                             self.handle(ev);
