@@ -43,7 +43,25 @@ if [ ${#need_pip[@]} -gt 0 ]; then
   if command -v pyenv >/dev/null; then pyenv rehash; fi
   hash -r
 fi
-checks="$(cd "$(dirname "$0")/.." && pwd)/deploy/checks"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# statemachine-engine 1.0.91's example configs, the compatibility tests' fixtures: its source
+# distribution from PyPI, checked against its sha256, `examples/` extracted with upstream's
+# layout (`examples/<name>/config/*.yaml`) into .upstream/ (git-ignored).
+upstream="$root/.upstream/statemachine-engine"
+sdist_sha256=eaa43a964a722ed9e2e6a8569fa56be393add939d071396917be59760d932843
+if [ "$(cat "$upstream/.sha256" 2>/dev/null)" != "$sdist_sha256" ]; then
+  sdist_dir="$(mktemp -d)"
+  python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$sdist_dir" statemachine-engine==1.0.91
+  sdist="$sdist_dir/statemachine_engine-1.0.91.tar.gz"
+  echo "$sdist_sha256  $sdist" | sha256sum --check --quiet
+  rm -rf "$upstream"
+  mkdir -p "$upstream"
+  tar -xzf "$sdist" -C "$upstream" --strip-components=1 statemachine_engine-1.0.91/examples
+  echo "$sdist_sha256" >"$upstream/.sha256"
+  rm -rf "$sdist_dir"
+fi
+checks="$root/deploy/checks"
 if ! (cd "$checks" && npm ls --silent >/dev/null 2>&1); then
   (cd "$checks" && npm ci --silent --no-audit --no-fund)
 fi

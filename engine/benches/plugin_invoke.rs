@@ -6,7 +6,7 @@
 //!   computing and serialising its result, the host parsing that and freeing the string.
 //!   This is "one plugin invocation, JSON in and out".
 //! * `plugin_invoke/machine_event` — what a machine pays per plugin action in the running
-//!   engine: one `calculate` event sent to the compat `custom_actions__worker.yaml`
+//!   engine: one `calculate` event sent to statemachine-engine's `custom_actions/config/worker.yaml`
 //!   machine, whose `calculating` state runs `log` and the `calculate` plugin action (on
 //!   a blocking thread, with its timeout) and returns to `waiting`. One iteration is one
 //!   such event, two transitions, on a two-worker runtime.
@@ -27,10 +27,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use turnstile_engine::{config, ActionRegistry, Engine, Event};
 
-const COMPAT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/compat/statemachine-engine/custom_actions__worker.yaml"
-);
+#[path = "../tests/support/upstream.rs"]
+mod upstream;
 
 fn registry(dir: &Path) -> ActionRegistry {
     let mut r = ActionRegistry::with_builtins();
@@ -61,9 +59,12 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let def = config::load_path(Path::new(COMPAT), &registry)
-        .def
-        .expect("compat config loads");
+    let def = config::load_path(
+        &upstream::example("custom_actions/config/worker.yaml"),
+        &registry,
+    )
+    .def
+    .expect("compat config loads");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

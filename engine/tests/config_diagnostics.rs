@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use turnstile_engine::config::{self, Diagnostic, Loaded, Severity};
@@ -17,12 +17,9 @@ use turnstile_engine::ActionRegistry;
 
 const FILE: &str = "machine.yaml";
 
-fn compat_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/compat/statemachine-engine"
-    ))
-}
+mod support;
+
+use support::upstream;
 
 fn load(text: &str) -> Loaded {
     let loaded = config::load_str(
@@ -1030,11 +1027,8 @@ fn truncated_configs_never_panic() {
     // Every prefix of real configs (cut anywhere, mid-token included) loads without a panic
     // and with well-formed diagnostics.
     let registry = ActionRegistry::with_builtins();
-    for entry in std::fs::read_dir(compat_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
-        }
+    for rel in upstream::all_configs() {
+        let path = upstream::example(&rel);
         let text = std::fs::read_to_string(&path).unwrap();
         let mut cut = 0;
         while cut < text.len() {
@@ -1053,11 +1047,17 @@ fn truncated_configs_never_panic() {
 /// Action types of each example that this build may not provide.
 fn compat_expectations() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
-        ("controller_worker__controller.yaml", &["check_events"]),
-        ("controller_worker__worker.yaml", &["check_database_queue"]),
-        ("custom_actions__worker.yaml", &["greet", "calculate"]),
         (
-            "patient_records__concurrent-controller.yaml",
+            "controller_worker/config/controller.yaml",
+            &["check_events"],
+        ),
+        (
+            "controller_worker/config/worker.yaml",
+            &["check_database_queue"],
+        ),
+        ("custom_actions/config/worker.yaml", &["greet", "calculate"]),
+        (
+            "patient_records/config/concurrent-controller.yaml",
             &[
                 "get_pending_jobs",
                 "pop_from_list",
@@ -1067,9 +1067,15 @@ fn compat_expectations() -> Vec<(&'static str, &'static [&'static str])> {
                 "wait_for_jobs",
             ],
         ),
-        ("patient_records__patient-records.yaml", &["complete_job"]),
-        ("simple_worker__worker.yaml", &["check_database_queue"]),
-        ("timeout_demo__timeout_worker.yaml", &[]),
+        (
+            "patient_records/config/patient-records.yaml",
+            &["complete_job"],
+        ),
+        (
+            "simple_worker/config/worker.yaml",
+            &["check_database_queue"],
+        ),
+        ("timeout_demo/config/timeout_worker.yaml", &[]),
     ]
 }
 
@@ -1078,40 +1084,30 @@ fn compat_expectations() -> Vec<(&'static str, &'static [&'static str])> {
 /// `unhandled-event` warnings once the action type that returns them is available.
 const IDIOMATIC_UNHANDLED: &[(&str, &str, &str)] = &[
     (
-        "patient_records__concurrent-controller.yaml",
+        "patient_records/config/concurrent-controller.yaml",
         "pop_from_list",
         "has_job",
     ),
     (
-        "patient_records__concurrent-controller.yaml",
+        "patient_records/config/concurrent-controller.yaml",
         "claim_job",
         "job_claimed",
     ),
     (
-        "patient_records__patient-records.yaml",
+        "patient_records/config/patient-records.yaml",
         "complete_job",
         "job_completed",
     ),
     (
-        "patient_records__patient-records.yaml",
+        "patient_records/config/patient-records.yaml",
         "complete_job",
         "completion_failed",
     ),
 ];
 
 #[test]
-fn compat_dir_resolves() {
-    let dir = compat_dir();
-    assert!(
-        dir.join("README.md").is_file(),
-        "{} not found",
-        dir.display()
-    );
-    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".yaml"))
-        .collect();
+fn upstream_examples_are_all_covered() {
+    let on_disk = upstream::all_configs();
     let expected: BTreeSet<String> = compat_expectations()
         .iter()
         .map(|(f, _)| (*f).to_owned())
@@ -1123,7 +1119,7 @@ fn compat_dir_resolves() {
 fn compat_examples_load_with_only_the_missing_action_types() {
     let registry = ActionRegistry::with_builtins();
     for (file, maybe_missing) in compat_expectations() {
-        let path = compat_dir().join(file);
+        let path = upstream::example(file);
         let l = config::load_path(&path, &registry);
         check_invariants(&l, None);
         let missing: BTreeSet<&str> = maybe_missing
@@ -1147,7 +1143,7 @@ fn compat_examples_load_with_only_the_missing_action_types() {
                 // else; the loop ends because `pop_from_list` drains a finite list, which
                 // the lint cannot know: a warning, rightly.
                 (Warning, "livelock")
-                    if file == "patient_records__concurrent-controller.yaml"
+                    if file == "patient_records/config/concurrent-controller.yaml"
                         && registry.get("claim_job").is_some()
                         && d.message
                             .contains("`job_taken` returned by its own `claim_job`") => {}
@@ -1172,7 +1168,7 @@ fn compat_examples_load_with_only_the_missing_action_types() {
 #[test]
 fn compat_hints_for_missing_types() {
     let registry = ActionRegistry::with_builtins();
-    let path = compat_dir().join("custom_actions__worker.yaml");
+    let path = upstream::example("custom_actions/config/worker.yaml");
     let l = config::load_path(&path, &registry);
     // `greet` and `calculate` are the example's own Python actions: a plugin provides them.
     let greet = l
@@ -1187,7 +1183,7 @@ fn compat_hints_for_missing_types() {
     );
 
     if registry.get("check_database_queue").is_none() {
-        let path = compat_dir().join("simple_worker__worker.yaml");
+        let path = upstream::example("simple_worker/config/worker.yaml");
         let l = config::load_path(&path, &registry);
         let d = &l.diagnostics[0];
         assert_eq!(
@@ -1200,7 +1196,7 @@ fn compat_hints_for_missing_types() {
 
 #[test]
 fn timeout_demo_loads_clean() {
-    let path = compat_dir().join("timeout_demo__timeout_worker.yaml");
+    let path = upstream::example("timeout_demo/config/timeout_worker.yaml");
     let l = config::load_path(&path, &ActionRegistry::with_builtins());
     assert!(l.diagnostics.is_empty(), "{}", dump(&l));
     let def = l.def.expect("a definition");

@@ -1,7 +1,7 @@
 //! Memory over many plugin calls: 100,000 invocations of the `calculate` plugin (JSON in
 //! and out) must not grow the resident set. A test binary of its own, so that no other
 //! test allocates in the same process meanwhile. The second test does the same through a
-//! running machine (the compat `custom_actions__worker.yaml`), blocking threads included.
+//! running machine (statemachine-engine's `custom_actions/config/worker.yaml`), blocking threads included.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -62,11 +62,8 @@ fn plugin_actions_in_a_running_machine_do_not_grow_memory() {
     let dir = plugin_dir(&["greet", "calculate"]);
     let mut r = ActionRegistry::with_builtins();
     assert!(r.load_plugins(dir.path()).iter().all(Result::is_ok));
-    let compat = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/compat/statemachine-engine/custom_actions__worker.yaml"
-    );
-    let def = turnstile_engine::config::load_path(Path::new(compat), &r)
+    let compat = support::upstream::example("custom_actions/config/worker.yaml");
+    let def = turnstile_engine::config::load_path(&compat, &r)
         .def
         .expect("compat config loads");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -17,10 +17,8 @@ use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const COMPAT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/compat/statemachine-engine/custom_actions__worker.yaml"
-);
+/// statemachine-engine's `custom_actions` example, which needs the greet and calculate plugins.
+const COMPAT: &str = "custom_actions/config/worker.yaml";
 
 /// Records errors and action outputs.
 #[derive(Default)]
@@ -100,7 +98,7 @@ async fn context(engine: &Engine, name: &str) -> serde_json::Map<String, Json> {
 async fn compat_custom_actions_worker_runs_unchanged_with_the_example_plugins() {
     let dir = plugin_dir(&["greet", "calculate"]);
     let registry = registry_with(dir.path());
-    let loaded = config::load_path(Path::new(COMPAT), &registry);
+    let loaded = config::load_path(&support::upstream::example(COMPAT), &registry);
     let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let def = loaded.def.expect("compat config compiles");
@@ -181,7 +179,10 @@ async fn compat_custom_actions_worker_runs_unchanged_with_the_example_plugins() 
 
 #[test]
 fn the_compat_config_needs_the_plugins() {
-    let loaded = config::load_path(Path::new(COMPAT), &ActionRegistry::with_builtins());
+    let loaded = config::load_path(
+        &support::upstream::example(COMPAT),
+        &ActionRegistry::with_builtins(),
+    );
     let codes: Vec<&str> = loaded.errors().map(|d| d.code).collect();
     assert_eq!(codes, ["unknown-action", "unknown-action"]);
 }

@@ -1,29 +1,17 @@
 //! statemachine-engine compatibility, end to end: its example configs, unchanged, with the
-//! real `turnstile` binary. The fixtures live in `../shared/compat/statemachine-engine/`
-//! beside the repository (see its README).
+//! real `turnstile` binary. The fixtures are statemachine-engine 1.0.91's own examples,
+//! fetched by `.ci/install.sh` (see `engine/tests/support/upstream.rs`).
 
 mod common;
+#[path = "../../engine/tests/support/upstream.rs"]
+mod upstream;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use common::{field, parse_rfc3339_utc, seq, stopped, timestamp, transitions, turnstile, Proc};
 
-const COMPAT_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/compat/statemachine-engine"
-);
-
-fn fixture(name: &str) -> String {
-    let p = Path::new(COMPAT_DIR).join(name);
-    assert!(
-        p.is_file(),
-        "compat fixture {} not found: the fixtures belong in ../shared/compat/statemachine-engine/ beside the repository",
-        p.display()
-    );
-    p.display().to_string()
-}
+use upstream::example_arg as fixture;
 
 #[test]
 fn timestamps_parse() {
@@ -39,7 +27,7 @@ fn timestamps_parse() {
 /// (timed_out -> waiting); SIGTERM then stops it with exit status 0.
 #[test]
 fn timeout_worker_times_out_and_retries() {
-    let cfg = fixture("timeout_demo__timeout_worker.yaml");
+    let cfg = fixture("timeout_demo/config/timeout_worker.yaml");
     let m = "timeout_worker";
     let mut p = Proc::start(&["run", &cfg]);
     let limit = Duration::from_secs(60);
@@ -134,25 +122,24 @@ fn missing_actions(file: &str) -> (Option<i32>, BTreeSet<String>, serde_json::Va
 #[test]
 fn validate_names_exactly_the_missing_action_types() {
     let cases: &[(&str, &[&str])] = &[
-        ("controller_worker__controller.yaml", &["check_events"]),
-        ("custom_actions__worker.yaml", &["calculate", "greet"]),
         (
-            "patient_records__concurrent-controller.yaml",
+            "controller_worker/config/controller.yaml",
+            &["check_events"],
+        ),
+        ("custom_actions/config/worker.yaml", &["calculate", "greet"]),
+        (
+            "patient_records/config/concurrent-controller.yaml",
             &["start_fsm"],
         ),
     ];
     // These load with no error (the job actions are built in).
     let clean = [
-        "controller_worker__worker.yaml",
-        "patient_records__patient-records.yaml",
-        "simple_worker__worker.yaml",
-        "timeout_demo__timeout_worker.yaml",
+        "controller_worker/config/worker.yaml",
+        "patient_records/config/patient-records.yaml",
+        "simple_worker/config/worker.yaml",
+        "timeout_demo/config/timeout_worker.yaml",
     ];
-    let mut all: BTreeSet<String> = std::fs::read_dir(COMPAT_DIR)
-        .expect("read the compat dir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".yaml"))
-        .collect();
+    let mut all: BTreeSet<String> = upstream::all_configs();
     for file in clean {
         assert!(all.remove(file), "{file}");
         let (code, missing, j) = missing_actions(&fixture(file));
@@ -179,7 +166,7 @@ fn validate_names_exactly_the_missing_action_types() {
     }
 
     // The text output names the file, line and column of each, with a hint.
-    let file = fixture("patient_records__concurrent-controller.yaml");
+    let file = fixture("patient_records/config/concurrent-controller.yaml");
     let out = turnstile(&["validate", &file])
         .output()
         .expect("run validate");
@@ -197,7 +184,9 @@ fn validate_names_exactly_the_missing_action_types() {
 /// the missing types, and the events they return are checked like any other.
 #[test]
 fn list_actions_are_built_in() {
-    let (_, missing, j) = missing_actions(&fixture("patient_records__concurrent-controller.yaml"));
+    let (_, missing, j) = missing_actions(&fixture(
+        "patient_records/config/concurrent-controller.yaml",
+    ));
     assert!(!missing.contains("pop_from_list"), "{j:#}");
     assert!(!missing.contains("add_to_list"), "{j:#}");
 }

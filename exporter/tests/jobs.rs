@@ -6,6 +6,8 @@
 //! no job.
 
 mod common;
+#[path = "../../engine/tests/support/upstream.rs"]
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
@@ -20,14 +22,7 @@ use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteS
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-const COMPAT_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/compat/statemachine-engine"
-);
-
-fn fixture(name: &str) -> String {
-    Path::new(COMPAT_DIR).join(name).display().to_string()
-}
+use upstream::example_arg as fixture;
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -106,7 +101,12 @@ fn simple_worker_processes_every_job_including_late_ones() {
         .collect();
     assert_eq!(early, ["early-0", "early-1"]);
     let dbs = db.display().to_string();
-    let mut p = Proc::start(&["run", &fixture("simple_worker__worker.yaml"), "--db", &dbs]);
+    let mut p = Proc::start(&[
+        "run",
+        &fixture("simple_worker/config/worker.yaml"),
+        "--db",
+        &dbs,
+    ]);
     let addr = sidecar_addr(&mut p);
     let mut seen = Vec::new();
     for _ in 0..2 {

@@ -8,10 +8,13 @@ mod plugin_build;
 
 use std::process::{Command, Output, Stdio};
 
-const COMPAT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/compat/statemachine-engine/custom_actions__worker.yaml"
-);
+#[path = "../../engine/tests/support/upstream.rs"]
+mod upstream;
+
+/// statemachine-engine's `custom_actions` example, which needs the greet and calculate plugins.
+fn compat() -> String {
+    upstream::example_arg("custom_actions/config/worker.yaml")
+}
 
 fn turnstile(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_turnstile"))
@@ -32,7 +35,7 @@ fn text(b: &[u8]) -> String {
 fn validate_knows_the_action_types_of_plugins() {
     let dir = plugin_build::plugin_dir(&["greet", "calculate"]);
     let d = dir.path().to_str().unwrap();
-    let out = turnstile(&["validate", "--plugins", d, COMPAT]);
+    let out = turnstile(&["validate", "--plugins", d, &compat()]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -45,7 +48,7 @@ fn validate_knows_the_action_types_of_plugins() {
         text(&out.stdout)
     );
 
-    let out = turnstile(&["validate", COMPAT]);
+    let out = turnstile(&["validate", &compat()]);
     assert_eq!(out.status.code(), Some(2));
     let stdout = text(&out.stdout);
     assert!(
@@ -56,7 +59,7 @@ fn validate_knows_the_action_types_of_plugins() {
 
 #[test]
 fn a_broken_plugin_path_is_a_clear_error() {
-    let out = turnstile(&["validate", "--plugins", "/nonexistent/plugins", COMPAT]);
+    let out = turnstile(&["validate", "--plugins", "/nonexistent/plugins", &compat()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(

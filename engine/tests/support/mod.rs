@@ -2,3 +2,4 @@
 
 pub mod http;
 pub mod plugin_build;
+pub mod upstream;
