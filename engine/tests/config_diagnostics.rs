@@ -1274,3 +1274,70 @@ fn files_that_are_not_regular_or_over_the_limit_are_refused_unread() {
     let l = load_path_within(&zero);
     assert_eq!(summary(&l), [("unreadable", 1, 1)], "{}", dump(&l));
 }
+
+/// `states` states and `rules` rules for events e0.., each from `from` (a YAML value).
+fn many_rules(states: usize, rules: usize, from: &str) -> String {
+    let mut y = String::from("initial_state: s0\nstates: [");
+    y.push_str(
+        &(0..states)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    y.push_str("]\ntransitions:\n");
+    for i in 0..rules {
+        y.push_str(&format!(
+            "  - {{from: {from}, to: s{}, event: e{i}}}\n",
+            i % states
+        ));
+    }
+    y
+}
+
+#[test]
+fn metric_series_are_counted_and_capped() {
+    let codes = |l: &Loaded| -> Vec<&'static str> {
+        l.diagnostics
+            .iter()
+            .filter(|d| d.code == "metric-series")
+            .map(|d| d.code)
+            .collect()
+    };
+    // 1,000 states x 1,000 wildcard rules: one series per rule, no lint.
+    let l = load(&many_rules(1000, 1000, "\"*\""));
+    assert!(l.def.is_some(), "{}", dump(&l));
+    assert!(codes(&l).is_empty(), "{}", dump(&l));
+
+    // Rules listing their source states: one series per (state, event).
+    let list = |n: usize| {
+        format!(
+            "[{}]",
+            (0..n)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let l = load(&many_rules(100, 120, &list(100)));
+    assert!(l.def.is_some(), "{}", dump(&l));
+    let w = expect(
+        &l,
+        Warning,
+        "metric-series",
+        (1, 1),
+        "this machine creates 12",
+        "use `from: \"*\"`",
+    );
+    assert!(w.message.contains("the limit is 100000"), "{w}");
+
+    let l = load(&many_rules(400, 300, &list(400)));
+    assert!(l.def.is_none());
+    expect(
+        &l,
+        Error,
+        "metric-series",
+        (1, 1),
+        "this machine would create 121315 metric series, more than the limit of 100000",
+        "use `from: \"*\"`",
+    );
+}
