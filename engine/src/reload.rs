@@ -235,9 +235,9 @@ impl Reloader {
 
     async fn check(&mut self, i: usize) {
         let path = self.files[i].path.clone();
-        let bytes = match std::fs::read(&path) {
+        let bytes = match config::read_config(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind == std::io::ErrorKind::NotFound => {
                 tracing::debug!(
                     target: "turnstile::reload",
                     path = %path.display(),
@@ -246,7 +246,12 @@ impl Reloader {
                 return;
             }
             Err(e) => {
-                let msg = format!("cannot read the file: {e}");
+                let msg = e
+                    .into_loaded(&path)
+                    .errors()
+                    .map(short_diagnostic)
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 let hash = config::content_hash(&msg);
                 if self.files[i].hash != hash {
                     self.files[i].hash = hash;

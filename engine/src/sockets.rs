@@ -5,7 +5,9 @@
 //! Sockets live in a private directory (created with mode 0700; an existing one must
 //! belong to this user and is made 0700), each socket is made 0600 as soon as it is bound,
 //! so only this user can send. A socket file left by a dead process is replaced; one that
-//! a live process still serves is left alone and that machine gets no socket. Oversized
+//! a live process still serves, or a file that is not a socket, is left alone and that
+//! machine gets no socket, as does a machine whose name is not a safe file name
+//! ([`check_name`]: `../x` would lead out of the directory). Oversized
 //! (more than [`MAX_DATAGRAM`] bytes) and malformed datagrams are dropped, logged and
 //! reported to the observer as `bad_message` errors. Socket files are removed when the
 //! server is shut down or dropped.
@@ -35,6 +37,9 @@ pub enum SocketError {
     /// A socket could not be bound.
     #[error("socket {0}: {1}")]
     Bind(PathBuf, String),
+    /// A machine's name cannot name a socket file.
+    #[error("socket for machine {0:?}: {1}")]
+    Name(String, String),
 }
 
 /// The socket directory used when none is given: `$XDG_RUNTIME_DIR/turnstile`, else
@@ -50,9 +55,27 @@ fn current_uid() -> u32 {
     std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
-/// The socket path of `machine` in `dir`.
+/// The socket path of `machine` in `dir`. Check the name with [`check_name`] first: a
+/// name with a `/` would lead out of `dir`.
 pub fn socket_path(dir: &Path, machine: &str) -> PathBuf {
     dir.join(format!("{machine}.sock"))
+}
+
+/// Checks that `machine` makes a safe socket file name in the socket directory: not
+/// empty, no `/` (which would lead out of the directory, e.g. `../victim`) and no NUL.
+pub fn check_name(machine: &str) -> Result<(), String> {
+    let bad = if machine.is_empty() {
+        "it is empty"
+    } else if machine.contains('/') {
+        "it contains `/`, which would put the socket outside the socket directory"
+    } else if machine.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "machine name {machine:?} is not a safe socket file name: {bad}; rename the machine (`metadata.machine_name` or `--machine-name`)"
+    ))
 }
 
 /// Creates `dir` with mode 0700, or checks that an existing one is ours and makes it 0700.
@@ -128,6 +151,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, String> {
 
 /// Sends one message to `machine`'s socket in `dir` (what `turnstile send-event` does).
 pub fn send(dir: &Path, machine: &str, msg: &Json) -> std::io::Result<()> {
+    check_name(machine).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let path = socket_path(dir, machine);
     let s = std::os::unix::net::UnixDatagram::unbound()?;
     let bytes = serde_json::to_vec(msg)?;
@@ -158,6 +182,12 @@ impl SocketServer {
         };
         let mut failed = Vec::new();
         for m in machines {
+            if let Err(e) = check_name(m) {
+                let e = SocketError::Name(m.to_string(), e);
+                tracing::warn!(target: "turnstile::socket", machine = %m, "{e}");
+                failed.push(e);
+                continue;
+            }
             let path = socket_path(dir, m);
             match bind(&path) {
                 Ok(sock) => {
@@ -207,7 +237,14 @@ impl Drop for SocketServer {
 
 fn bind(path: &Path) -> Result<UnixDatagram, SocketError> {
     let err = |e: String| SocketError::Bind(path.to_owned(), e);
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        // Only a socket is ever replaced: any other file there is not ours to remove.
+        if !meta.file_type().is_socket() {
+            return Err(err(
+                "a file that is not a socket is in the way; it is left alone: remove it or choose another --socket-dir".into(),
+            ));
+        }
         // A live process answers a connect; a stale file refuses it.
         let probe = std::os::unix::net::UnixDatagram::unbound().map_err(|e| err(e.to_string()))?;
         if probe.connect(path).is_ok() {

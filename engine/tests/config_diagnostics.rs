@@ -1202,3 +1202,138 @@ fn timeout_demo_loads_clean() {
     let def = l.def.expect("a definition");
     assert_eq!(&*def.name, "timeout_worker");
 }
+
+/// `load_path` on another thread, failing the test (instead of hanging it) when it does
+/// not return within 10 s.
+fn load_path_within(path: &Path) -> Loaded {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(config::load_path(&p, &ActionRegistry::with_builtins()));
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("loading {} did not return", path.display()))
+}
+
+#[test]
+fn files_that_are_not_regular_or_over_the_limit_are_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // Opening a FIFO waits for a writer; reading a device never ends.
+    let fifo = dir.path().join("fifo.yaml");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/zero"), "a device"),
+        (dir.path(), "a directory"),
+    ] {
+        let l = load_path_within(path);
+        assert_eq!(summary(&l), [("unreadable", 1, 1)], "{}", dump(&l));
+        let d = &l.diagnostics[0];
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.message, format!("not a regular file: it is {what}"));
+        assert_eq!(
+            d.hint.as_deref(),
+            Some("a machine config is a YAML file: is this the right path?")
+        );
+    }
+
+    // Sparse files over the limit: refused from their size, not read.
+    let limit = config::yaml::MAX_CONFIG_BYTES as u64;
+    for size in [limit + 1, 1 << 30] {
+        let big = dir.path().join("big.yaml");
+        std::fs::File::create(&big).unwrap().set_len(size).unwrap();
+        let started = Instant::now();
+        let l = load_path_within(&big);
+        assert_eq!(summary(&l), [("too-large", 1, 1)], "{}", dump(&l));
+        assert_eq!(
+            l.diagnostics[0].message,
+            format!("file is {size} bytes; the limit for a machine config is {limit} bytes")
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    // A symbolic link to a regular file (a Kubernetes ConfigMap) is followed.
+    let real = dir.path().join("real.yaml");
+    std::fs::write(&real, "initial_state: a\n").unwrap();
+    let link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let l = load_path_within(&link);
+    assert!(l.def.is_some(), "{}", dump(&l));
+    // And one to a device is refused like the device.
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let l = load_path_within(&zero);
+    assert_eq!(summary(&l), [("unreadable", 1, 1)], "{}", dump(&l));
+}
+
+/// `states` states and `rules` rules for events e0.., each from `from` (a YAML value).
+fn many_rules(states: usize, rules: usize, from: &str) -> String {
+    let mut y = String::from("initial_state: s0\nstates: [");
+    y.push_str(
+        &(0..states)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    y.push_str("]\ntransitions:\n");
+    for i in 0..rules {
+        y.push_str(&format!(
+            "  - {{from: {from}, to: s{}, event: e{i}}}\n",
+            i % states
+        ));
+    }
+    y
+}
+
+#[test]
+fn metric_series_are_counted_and_capped() {
+    let codes = |l: &Loaded| -> Vec<&'static str> {
+        l.diagnostics
+            .iter()
+            .filter(|d| d.code == "metric-series")
+            .map(|d| d.code)
+            .collect()
+    };
+    // 1,000 states x 1,000 wildcard rules: one series per rule, no lint.
+    let l = load(&many_rules(1000, 1000, "\"*\""));
+    assert!(l.def.is_some(), "{}", dump(&l));
+    assert!(codes(&l).is_empty(), "{}", dump(&l));
+
+    // Rules listing their source states: one series per (state, event).
+    let list = |n: usize| {
+        format!(
+            "[{}]",
+            (0..n)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let l = load(&many_rules(100, 120, &list(100)));
+    assert!(l.def.is_some(), "{}", dump(&l));
+    let w = expect(
+        &l,
+        Warning,
+        "metric-series",
+        (1, 1),
+        "this machine creates 12",
+        "use `from: \"*\"`",
+    );
+    assert!(w.message.contains("the limit is 100000"), "{w}");
+
+    let l = load(&many_rules(400, 300, &list(400)));
+    assert!(l.def.is_none());
+    expect(
+        &l,
+        Error,
+        "metric-series",
+        (1, 1),
+        "this machine would create 121315 metric series, more than the limit of 100000",
+        "use `from: \"*\"`",
+    );
+}

@@ -208,7 +208,10 @@ fn plugins_are_listed_with_name_version_path_and_actions() {
         assert_eq!(i.version, env!("CARGO_PKG_VERSION"));
         assert!(i.path.starts_with(dir.path().canonicalize().unwrap()));
         assert_ne!(i.loaded_from, i.path, "loaded from a private copy");
-        assert!(i.loaded_from.is_file());
+        // The copy and its private directory are removed once loaded (the library stays
+        // mapped): nothing is left in the temporary directory.
+        assert!(!i.loaded_from.exists(), "{}", i.loaded_from.display());
+        assert!(!i.loaded_from.parent().unwrap().exists());
     }
     assert_eq!(registry.get("greet").unwrap().provider.as_ref(), "greet");
 }
@@ -332,6 +335,109 @@ fn load_failures_are_clear_errors() {
     std::fs::create_dir(&empty).unwrap();
     let e = expect_load_error(&empty);
     assert!(matches!(e, LoadError::Empty { .. }), "{e}");
+}
+
+/// `bytes` written to `name` in a fresh directory.
+fn write_lib(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn a_truncated_or_foreign_library_is_refused_before_it_is_mapped() {
+    // Mapping a truncated library and touching a segment past its end is SIGBUS: this
+    // test process would die before any assertion.
+    let full = std::fs::read(rust_plugin("greet")).unwrap();
+    let n = full.len();
+    for len in [0, 3, 40, 4096, n / 2, n - 1] {
+        let (_d, p) = write_lib("libtrunc.so", &full[..len]);
+        let e = expect_load_error(&p);
+        assert!(matches!(e, LoadError::NotALibrary { .. }), "{len}: {e}");
+        let msg = e.to_string();
+        let why = if len < 4 {
+            "not an ELF file"
+        } else {
+            "truncated"
+        };
+        assert!(msg.contains(why), "{len} bytes: {msg}");
+        assert!(msg.contains(&format!("{len} bytes")), "{msg}");
+    }
+
+    // Another class, another architecture, not a shared object.
+    let patched = |at: usize, value: &[u8]| {
+        let mut b = full.clone();
+        b[at..at + value.len()].copy_from_slice(value);
+        let (_d, p) = write_lib("libforeign.so", &b);
+        expect_load_error(&p).to_string()
+    };
+    let e = patched(4, &[1]); // EI_CLASS = ELFCLASS32
+    assert!(
+        e.contains("32-bit ELF file, but this Turnstile is 64-bit"),
+        "{e}"
+    );
+    let other_arch: u16 = if cfg!(target_arch = "aarch64") {
+        62
+    } else {
+        183
+    };
+    let e = patched(18, &other_arch.to_le_bytes()); // e_machine
+    assert!(e.contains("another architecture"), "{e}");
+    let e = patched(16, &2u16.to_le_bytes()); // e_type = ET_EXEC
+    assert!(e.contains("not a shared object"), "{e}");
+}
+
+#[test]
+fn a_truncated_new_version_is_refused_and_the_old_one_keeps_serving() {
+    let src = workspace().join("plugins/examples/c_hello/c_hello.c");
+    let build = tempfile::tempdir().unwrap();
+    let v2 = build.path().join("v2.so");
+    compile_c(&src, &build.path().join("v1.so"), &[]);
+    compile_c(&src, &v2, &["-DC_HELLO_VERSION=\"2.0.0\""]);
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libc_hello.so");
+    std::fs::copy(build.path().join("v1.so"), &lib).unwrap();
+
+    let r = registry_with(dir.path());
+    let host = r.plugin_host();
+    let rec = Arc::new(Recorder::default());
+    host.set_observer(rec.clone());
+    host.set_check_interval(Duration::ZERO);
+    let hello = || {
+        host.call("c_hello", &json!({}), &json!({}))
+            .unwrap()
+            .context["c_hello"]
+            .clone()
+    };
+    assert_eq!(hello(), "Hello from C 1.0.0");
+
+    // A copy still being written: its first part only.
+    let full = std::fs::read(&v2).unwrap();
+    let mut expected_errors = 0;
+    for len in [4096, full.len() / 2, full.len() - 1] {
+        std::fs::write(&lib, &full[..len]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            hello(),
+            "Hello from C 1.0.0",
+            "the old version keeps serving"
+        );
+        expected_errors += 1;
+        let errors = rec.errors();
+        assert_eq!(errors.len(), expected_errors, "{errors:?}");
+        let last = &errors[expected_errors - 1].1;
+        assert!(
+            last.contains("truncated") && last.contains("keeps serving"),
+            "{last}"
+        );
+    }
+    // Once complete, it is swapped in.
+    std::fs::write(&lib, &full).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hello(), "Hello from C 2.0.0");
+    assert_eq!(rec.errors().len(), expected_errors);
+    assert_eq!(*rec.swaps.lock().unwrap(), ["c_hello 1.0.0 -> 2.0.0"]);
 }
 
 #[test]

@@ -629,3 +629,69 @@ fn machines_take_events_from_their_unix_sockets() {
     assert!(st.success(), "{}", p.log());
     assert!(!sock.exists(), "the socket file is removed on exit");
 }
+
+#[test]
+fn socket_files_stay_inside_the_socket_dir_and_only_sockets_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let socks = dir.path().join("socks");
+    std::fs::create_dir(&socks).unwrap();
+    // A file outside the socket directory that `../victim` would name.
+    let victim = dir.path().join("victim.sock");
+    std::fs::write(&victim, "precious").unwrap();
+    // A regular file where a machine's socket would go.
+    let blocked = socks.join("blocked.sock");
+    std::fs::write(&blocked, "not a socket").unwrap();
+    let idle = "initial_state: idle\ntransitions:\n  - {from: idle, to: done, event: go}\n";
+    let mut args = vec!["run".to_owned()];
+    for (file, name) in [
+        ("a.yaml", "../victim"),
+        ("b.yaml", "blocked"),
+        ("c.yaml", "fine"),
+    ] {
+        let p = dir.path().join(file);
+        std::fs::write(&p, format!("metadata: {{machine_name: {name:?}}}\n{idle}")).unwrap();
+        args.push(p.display().to_string());
+    }
+    args.extend(["--socket-dir".to_owned(), socks.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Proc::start(&args);
+    let refused = p.wait_for("the unsafe name refused", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket"
+            && field(j, "message").contains("not a safe socket file name")
+    });
+    assert!(
+        field(&refused, "message").contains("\"../victim\""),
+        "{refused}"
+    );
+    p.wait_for("the regular file left alone", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket"
+            && field(j, "message").contains("not a socket is in the way")
+    });
+    p.wait_for("the good machine's socket", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket"
+            && field(j, "message") == "listening for events"
+            && field(j, "machine") == "fine"
+    });
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(std::fs::read_to_string(&blocked).unwrap(), "not a socket");
+    assert!(!socks.join("fine.sock").exists());
+
+    // send-event refuses the name too, instead of sending outside the directory.
+    let out = turnstile(&[
+        "send-event",
+        "--target",
+        "../victim",
+        "--type",
+        "go",
+        "--socket-dir",
+        &socks.display().to_string(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a safe socket file name"), "{stderr}");
+}

@@ -1,7 +1,9 @@
 //! End to end: `turnstile run --watch` with the real binary. Config files are changed the
 //! way editors do it, and what the design promises is read where an operator reads it:
 //! the logs, `/machines`, `/errors` and `turnstile_config_reloads_total` in `/metrics`.
-//! Also measured: the time from a write to the `config reloaded` log record.
+//! Also measured: the time from a write to the `config reloaded` log record. And what
+//! reading a config costs when the path is not a config (a device, a huge sparse file):
+//! `validate` and the watcher refuse it without reading it.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -260,4 +262,77 @@ fn a_change_is_live_within_one_second_of_the_write() {
         samples.len()
     );
     assert!(median < 1.0, "median {median} s: {samples:?}");
+}
+
+/// Resident memory of a process in kB (Linux).
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn validate_refuses_devices_and_huge_files_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.yaml");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let sparse = sparse.display().to_string();
+    for (file, message) in [
+        ("/dev/zero", "error[unreadable]: not a regular file: it is a device"),
+        (
+            sparse.as_str(),
+            "error[too-large]: file is 1073741824 bytes; the limit for a machine config is 4194304 bytes",
+        ),
+    ] {
+        // 256 MiB of address space: reading the file whole would fail (an abort, not 2).
+        let started = Instant::now();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 262144 && exec '{}' validate \"$1\"",
+                common::bin()
+            ))
+            .args(["sh", file])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {:?}\n{stdout}{stderr}", out.status);
+        assert!(stdout.contains(message), "{stdout}{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn watch_refuses_a_config_replaced_by_a_device() {
+    let mut w = start(&config("dev", "v1"));
+    // The config becomes a link to /dev/zero (a ConfigMap-style symlink swap).
+    let link = w.path.with_extension("link");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    std::fs::rename(&link, &w.path).unwrap();
+    let rec = w.proc.wait_for("the refusal", LIMIT, |j| {
+        field(j, "target") == "turnstile::reload"
+            && field(j, "message").contains("config change rejected")
+    });
+    assert!(
+        field(&rec, "message").contains("error[unreadable]: not a regular file: it is a device"),
+        "{rec}"
+    );
+    let rss = rss_kb(w.proc.pid());
+    assert!(rss < 200_000, "{rss} kB resident");
+    assert_eq!(state(w.addr, "dev"), "idle", "the machine keeps running");
+    // A good config is taken again.
+    save(&w.path, &config("dev", "v2"));
+    wait_reloaded(&mut w, "dev");
+    w.proc.signal("TERM");
+    let (status, _) = w.proc.finish(LIMIT);
+    assert!(status.success(), "{status:?}");
 }

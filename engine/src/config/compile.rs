@@ -25,6 +25,45 @@ struct BuiltAction {
     waits: bool,
 }
 
+/// A machine creating more metric series than this is refused (`metric-series` error).
+pub const MAX_METRIC_SERIES: usize = 100_000;
+/// A machine creating more metric series than this gets a `metric-series` warning.
+pub const WARN_METRIC_SERIES: usize = 10_000;
+const SERIES_HINT: &str = "each (from state, event) a rule with a `from:` list applies in is a series of turnstile_transitions_total (a `from: \"*\"` rule is one): use `from: \"*\"` or fewer states and events";
+
+/// The labelled series the exporter creates for a machine (see docs/metrics.md): a
+/// transition series per (state, event) a rule applies in, or one per `from: "*"` rule;
+/// three outcomes per event (and `_other`); a state duration histogram per state; four
+/// outcomes per action type; the event duration histogram; one error counter per kind.
+pub fn metric_series(states: &[StateDef], rules: &[Rule], n_events: usize) -> usize {
+    let mut wildcard = vec![false; rules.len()];
+    let mut transitions = 0;
+    for s in states {
+        for &ri in s.routes.values() {
+            match rules.get(ri) {
+                Some(r) if r.from.is_none() => wildcard[ri] = true,
+                Some(_) => transitions += 1,
+                None => {}
+            }
+        }
+    }
+    transitions += wildcard.iter().filter(|w| **w).count();
+    let mut kinds: Vec<&str> = states
+        .iter()
+        .flat_map(|s| s.entry.iter())
+        .chain(rules.iter().flat_map(|r| r.actions.iter()))
+        .map(|a| &*a.kind)
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    transitions
+        + 3 * (n_events + 1)
+        + states.len()
+        + 4 * kinds.len()
+        + 1
+        + crate::observe::ErrorKind::ALL.len()
+}
+
 /// Compiles a spec. Returns `None` when an error was recorded.
 pub fn compile(
     spec: &MachineSpec,
@@ -377,7 +416,7 @@ pub fn compile(
     for (r, list) in rules.iter_mut().zip(rule_actions) {
         r.actions = to_defs(list);
     }
-    let states = names
+    let states: Vec<StateDef> = names
         .iter()
         .zip(entry)
         .zip(routes)
@@ -397,6 +436,28 @@ pub fn compile(
             }
         })
         .collect();
+    let series = metric_series(&states, &rules, events.len());
+    if series > MAX_METRIC_SERIES {
+        d.error(
+            "metric-series",
+            Loc { line: 1, column: 1 },
+            format!(
+                "this machine would create {series} metric series, more than the limit of {MAX_METRIC_SERIES}"
+            ),
+            Some(SERIES_HINT.into()),
+        );
+        return None;
+    }
+    if series > WARN_METRIC_SERIES {
+        d.warn(
+            "metric-series",
+            Loc { line: 1, column: 1 },
+            format!(
+                "this machine creates {series} metric series (more than {WARN_METRIC_SERIES}; the limit is {MAX_METRIC_SERIES})"
+            ),
+            Some(SERIES_HINT.into()),
+        );
+    }
     Some(MachineDef {
         name: Arc::from(spec.name.value.as_str()),
         title: spec.title.clone(),

@@ -52,16 +52,111 @@ pub fn content_hash(text: &str) -> u64 {
     h.finish()
 }
 
+/// Why a config file could not be read: a diagnostic (`unreadable` or `too-large`).
+#[derive(Debug)]
+pub struct ReadError {
+    /// What the read failed with (`NotFound` for a missing file; `InvalidData` for a file
+    /// over the limit or one that is not a regular file).
+    pub kind: std::io::ErrorKind,
+    /// The diagnostic code.
+    pub code: &'static str,
+    /// The message.
+    pub message: String,
+    /// The hint.
+    pub hint: &'static str,
+}
+
+impl ReadError {
+    /// The error as the single diagnostic of a [`Loaded`].
+    pub fn into_loaded(self, path: &Path) -> Loaded {
+        single_error(path, self.code, self.message, self.hint)
+    }
+}
+
+/// Reads a config file: a regular file (symbolic links are followed, so a Kubernetes
+/// ConfigMap's links work) of at most [`yaml::MAX_CONFIG_BYTES`]. Never reads more than
+/// one byte past the limit, whatever the file is, and never blocks on a FIFO.
+pub fn read_config(path: &Path) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read as _;
+    let unreadable = |e: std::io::Error| ReadError {
+        kind: e.kind(),
+        code: "unreadable",
+        message: format!("cannot read the file: {e}"),
+        hint: "check the path and its permissions",
+    };
+    let not_a_file = |what: &str| ReadError {
+        kind: std::io::ErrorKind::InvalidData,
+        code: "unreadable",
+        message: format!("not a regular file: it is {what}"),
+        hint: "a machine config is a YAML file: is this the right path?",
+    };
+    let too_large = |size: String| ReadError {
+        kind: std::io::ErrorKind::InvalidData,
+        code: "too-large",
+        message: format!(
+            "file is {size} bytes; the limit for a machine config is {} bytes",
+            yaml::MAX_CONFIG_BYTES
+        ),
+        hint: "a machine config is a few kilobytes: is this the right file?",
+    };
+    let kind_of = |m: &std::fs::Metadata| {
+        let t = m.file_type();
+        if t.is_dir() {
+            return "a directory";
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            if t.is_fifo() {
+                return "a FIFO";
+            }
+            if t.is_char_device() || t.is_block_device() {
+                return "a device";
+            }
+            if t.is_socket() {
+                return "a socket";
+            }
+        }
+        "not a regular file"
+    };
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_a_file(kind_of(&meta)));
+    }
+    let limit = yaml::MAX_CONFIG_BYTES as u64;
+    if meta.len() > limit {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        // Replaced by a FIFO since the check: do not wait for a writer.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.custom_flags(nix::libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_a_file(kind_of(&meta)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > limit {
+        // Grew while it was read.
+        return Err(too_large(format!("more than {limit}")));
+    }
+    Ok(bytes)
+}
+
 /// Loads and compiles a config file.
 pub fn load_path(path: &Path, registry: &ActionRegistry) -> Loaded {
-    match std::fs::read(path) {
+    match read_config(path) {
         Ok(bytes) => load_bytes(bytes, path, registry),
-        Err(e) => single_error(
-            path,
-            "unreadable",
-            format!("cannot read the file: {e}"),
-            "check the path and its permissions",
-        ),
+        Err(e) => e.into_loaded(path),
     }
 }
 

@@ -37,6 +37,8 @@ pub const EVENT_OUTCOMES: [&str; 3] = ["transitioned", "ignored", "rejected"];
 pub const ACTION_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "interrupted"];
 /// Label value for event names the config never mentions (bounded cardinality).
 pub const OTHER_EVENT: &str = "_other";
+/// `from` label of the transitions of a `from: "*"` rule (one series per rule).
+pub const WILDCARD_FROM: &str = "*";
 
 /// Exemplar labels: the sampled span an observation belongs to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -328,23 +330,49 @@ impl Metrics {
     pub fn machine(&self, def: &MachineDef) -> MachineMetrics {
         let machine: Arc<str> = def.name.clone();
         let n_events = def.events.len();
-        let mut transitions: Vec<Option<CounterWriter>> = std::iter::repeat_with(|| None)
-            .take(def.states.len() * n_events)
-            .collect();
+        // A `from: "*"` rule's transitions are counted in one series, `from="*"`, whatever
+        // state they leave: one series per rule, not per state, so the series stay linear
+        // in the config's size (1,000 states x 1,000 wildcard rules: 1,000 series, not a
+        // million).
+        let wildcard: Arc<str> = Arc::from(WILDCARD_FROM);
+        let mut transitions: Vec<Option<u32>> = vec![None; def.states.len() * n_events];
+        let mut transition_counters: Vec<CounterWriter> = Vec::new();
+        // Wildcard rule (by address) -> its counter.
+        let mut of_wildcard: std::collections::HashMap<
+            *const turnstile_engine::runtime::def::Rule,
+            u32,
+        > = std::collections::HashMap::new();
         for (si, s) in def.states.iter().enumerate() {
             for e in 0..n_events {
-                if let Some(rule) = def.route(si, &def.events[e]) {
-                    transitions[si * n_events + e] = Some(
-                        self.transitions
-                            .get_or_create(&TransitionL {
-                                machine: machine.clone(),
-                                from: s.name.clone(),
-                                to: def.states[rule.to].name.clone(),
-                                event: def.events[e].clone(),
-                            })
-                            .writer(),
-                    );
+                let Some(rule) = def.route(si, &def.events[e]) else {
+                    continue;
+                };
+                let wild = rule.from.is_none();
+                if wild {
+                    if let Some(&ix) = of_wildcard.get(&std::ptr::from_ref(rule)) {
+                        transitions[si * n_events + e] = Some(ix);
+                        continue;
+                    }
                 }
+                let ix = u32::try_from(transition_counters.len()).unwrap_or(u32::MAX);
+                transition_counters.push(
+                    self.transitions
+                        .get_or_create(&TransitionL {
+                            machine: machine.clone(),
+                            from: if wild {
+                                wildcard.clone()
+                            } else {
+                                s.name.clone()
+                            },
+                            to: def.states[rule.to].name.clone(),
+                            event: def.events[e].clone(),
+                        })
+                        .writer(),
+                );
+                if wild {
+                    of_wildcard.insert(std::ptr::from_ref(rule), ix);
+                }
+                transitions[si * n_events + e] = Some(ix);
             }
         }
         let event_names = def.events.iter().cloned().chain([Arc::from(OTHER_EVENT)]);
@@ -409,6 +437,7 @@ impl Metrics {
         MachineMetrics {
             n_events,
             transitions,
+            transition_counters,
             events,
             event_duration,
             action_kinds: kinds,
@@ -435,8 +464,11 @@ impl Metrics {
 /// machine's own task.
 pub struct MachineMetrics {
     n_events: usize,
-    /// `[from * n_events + event_id]`; `None` where no rule exists.
-    transitions: Vec<Option<CounterWriter>>,
+    /// `[from * n_events + event_id]`: index in `transition_counters`; `None` where no
+    /// rule exists.
+    transitions: Vec<Option<u32>>,
+    /// One per series (a wildcard rule's is shared by every state it applies in).
+    transition_counters: Vec<CounterWriter>,
     /// `[event_id]` (the last entry is [`OTHER_EVENT`]) x [`EVENT_OUTCOMES`].
     events: Vec<[CounterWriter; 3]>,
     event_duration: DurationSeries,
@@ -453,8 +485,10 @@ impl MachineMetrics {
     /// `from`.
     #[inline]
     pub fn transition(&self, from: usize, event_id: usize, time_in_from_ns: u64) {
-        if let Some(Some(c)) = self.transitions.get(from * self.n_events + event_id) {
-            c.inc();
+        if let Some(Some(ix)) = self.transitions.get(from * self.n_events + event_id) {
+            if let Some(c) = self.transition_counters.get(*ix as usize) {
+                c.inc();
+            }
         }
         if let Some(h) = self.state_duration.get(from) {
             h.observe_nanos(time_in_from_ns);
@@ -515,5 +549,56 @@ impl MachineMetrics {
         if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
             self.errors[i].inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use turnstile_engine::{config, ActionRegistry};
+
+    /// `n` states and `n` `from: "*"` rules (44 KB for 1,000).
+    fn wide(n: usize) -> String {
+        let mut y = String::from("metadata: {machine_name: wide}\ninitial_state: s0\nstates: [");
+        y.push_str(
+            &(0..n)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        y.push_str("]\ntransitions:\n");
+        for i in 0..n {
+            y.push_str(&format!("  - {{from: \"*\", to: s{i}, event: e{i}}}\n"));
+        }
+        y
+    }
+
+    #[test]
+    fn a_wildcard_rule_is_one_series_whatever_state_it_leaves() {
+        let loaded = config::load_str(&wide(1000), None, &ActionRegistry::with_builtins());
+        let def = loaded.def.unwrap();
+        let mut registry = Registry::with_prefix("turnstile");
+        let m = Metrics::new(&mut registry, Counter::default(), Counter::default(), false);
+        let mm = m.machine(&def);
+        // e7 from two different states: both counted in the rule's one series.
+        let e7 = def.event_index("e7").unwrap();
+        mm.transition(3, e7, 0);
+        mm.transition(500, e7, 0);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        let series: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("turnstile_transitions_total{"))
+            .collect();
+        assert_eq!(series.len(), 1000);
+        assert!(
+            series.contains(
+                &"turnstile_transitions_total{machine=\"wide\",from=\"*\",to=\"s7\",event=\"e7\"} 2"
+            ),
+            "{:?}",
+            &series[..3]
+        );
+        assert!(page.len() < 2_000_000, "{} bytes", page.len());
     }
 }

@@ -4,10 +4,14 @@
 //! `docs/plugins.md`). Loading one ([`PluginHost::load`], usually through
 //! [`ActionRegistry::load_plugins`](crate::ActionRegistry::load_plugins)):
 //!
-//! 1. the file is copied into a private directory and the copy is opened, so that the
-//!    original can be rebuilt or replaced while the engine runs;
-//! 2. `turnstile_plugin_abi_version()` is checked before anything else is called;
-//! 3. the manifest is read and validated, and its action types are registered, so that
+//! 1. the file is read once and checked (`check.rs`: a complete ELF shared object for this
+//!    machine, unchanged while it was read), so that a file cut short is refused instead of
+//!    being mapped (which would be `SIGBUS`);
+//! 2. what was checked is written to a private copy (a fresh 0700 directory) and the copy
+//!    is opened, so that the original can be rebuilt or replaced while the engine runs; the
+//!    copy and its directory are removed at once (the library stays mapped);
+//! 3. `turnstile_plugin_abi_version()` is checked before anything else is called;
+//! 4. the manifest is read and validated, and its action types are registered, so that
 //!    configs using them validate.
 //!
 //! Each call runs on a blocking thread with the action's `timeout` (default 30 s). A call
@@ -23,6 +27,7 @@
 //! an action type the old one had, is refused and the old one keeps serving. Libraries are
 //! never unloaded.
 
+mod check;
 mod library;
 
 use std::collections::HashMap;
@@ -74,6 +79,12 @@ pub enum LoadError {
         path: PathBuf,
         /// What failed.
         message: String,
+    },
+    /// The file changed while it was being read (a copy or a build still writing it).
+    #[error("plugin {}: the file changed while it was being read (still being written?); load it once it is complete", .path.display())]
+    Changing {
+        /// The file.
+        path: PathBuf,
     },
     /// A directory holds no shared library.
     #[error("plugin directory {} holds no shared library (*.{LIBRARY_EXTENSION})", .path.display())]
@@ -135,6 +146,7 @@ impl LoadError {
         match self {
             LoadError::NotFound { path }
             | LoadError::Io { path, .. }
+            | LoadError::Changing { path }
             | LoadError::Empty { path }
             | LoadError::NotALibrary { path, .. }
             | LoadError::MissingSymbol { path, .. }
@@ -185,7 +197,8 @@ pub struct PluginInfo {
     pub version: String,
     /// The library file as named (canonical path).
     pub path: PathBuf,
-    /// The private copy the current version was loaded from.
+    /// The private copy the current version was loaded from (removed once loaded: the
+    /// library stays mapped).
     pub loaded_from: PathBuf,
     /// The action types it provides.
     pub actions: Vec<String>,
@@ -285,47 +298,96 @@ fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
 
 /// What the host shares with every plugin it loaded.
 struct Shared {
-    /// Private directory for the copies, created on first use.
-    copies: Mutex<Option<Arc<tempfile::TempDir>>>,
     counter: AtomicU64,
     observer: RwLock<Option<Arc<dyn Observer>>>,
     check_interval_ms: AtomicU64,
     epoch: Instant,
 }
 
+/// Largest library file loaded: far more than any plugin, and a bound on what a load reads
+/// into memory.
+pub const MAX_LIBRARY_BYTES: u64 = 1 << 30;
+
+/// A private copy of a library file, checked before it is loaded. Its directory (mode 0700)
+/// and the copy are removed when it is dropped, right after the copy is loaded: the loaded
+/// library stays mapped, so nothing is left in the temporary directory, even after a crash.
+struct PrivateCopy {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates a private directory (mode 0700) for one copy, under `parent` or `$TMPDIR`.
+fn private_dir(parent: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("turnstile-plugins-");
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    match parent {
+        Some(parent) => b.tempdir_in(parent),
+        None => b.tempdir(),
+    }
+}
+
 impl Shared {
-    /// A fresh, unique path in the private copy directory for a copy of `original`.
-    fn copy_of(&self, original: &Path) -> Result<PathBuf, LoadError> {
-        let dir = {
-            let mut g = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
-            match &*g {
-                Some(d) => d.clone(),
-                None => {
-                    let mut b = tempfile::Builder::new();
-                    b.prefix("turnstile-plugins-");
-                    let made = match std::env::var_os("TURNSTILE_PLUGIN_COPY_DIR") {
-                        Some(parent) => b.tempdir_in(parent),
-                        None => b.tempdir(),
-                    };
-                    let d = Arc::new(made.map_err(|e| LoadError::Io {
-                        path: original.to_path_buf(),
-                        message: format!("cannot create a private directory for plugin copies: {e} (set TURNSTILE_PLUGIN_COPY_DIR to a writable directory)"),
-                    })?);
-                    *g = Some(d.clone());
-                    d
-                }
-            }
+    /// Reads `original` once, checks that it is a complete shared library for this machine
+    /// and that it did not change while it was read, and writes what was read to a fresh,
+    /// unique path in a private directory. Returns the copy and the file's fingerprint.
+    fn copy_of(&self, original: &Path) -> Result<(PrivateCopy, Fingerprint), LoadError> {
+        use std::io::{Read as _, Write as _};
+        let io = |message: String| LoadError::Io {
+            path: original.to_path_buf(),
+            message,
         };
+        let meta = std::fs::metadata(original).map_err(|e| io(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(LoadError::NotALibrary {
+                path: original.to_path_buf(),
+                message: "not a regular file".into(),
+            });
+        }
+        let before = fingerprint(original).map_err(|e| io(e.to_string()))?;
+        if before.len > MAX_LIBRARY_BYTES {
+            return Err(LoadError::NotALibrary {
+                path: original.to_path_buf(),
+                message: format!(
+                    "the file has {} bytes, more than the {MAX_LIBRARY_BYTES} a plugin library may have",
+                    before.len
+                ),
+            });
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(original)
+            .and_then(|f| f.take(before.len + 1).read_to_end(&mut bytes))
+            .map_err(|e| io(format!("cannot read it: {e}")))?;
+        let after = fingerprint(original).map_err(|e| io(e.to_string()))?;
+        if before != after || bytes.len() as u64 != after.len {
+            return Err(LoadError::Changing {
+                path: original.to_path_buf(),
+            });
+        }
+        check::check(&bytes).map_err(|message| LoadError::NotALibrary {
+            path: original.to_path_buf(),
+            message,
+        })?;
+        let parent = std::env::var_os("TURNSTILE_PLUGIN_COPY_DIR");
+        let dir = private_dir(parent.as_deref().map(Path::new)).map_err(|e| {
+            io(format!("cannot create a private directory for plugin copies: {e} (set TURNSTILE_PLUGIN_COPY_DIR to a writable directory)"))
+        })?;
+        // A path never used before in this process: the dynamic loader returns the library
+        // already loaded from a path instead of opening the file again.
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let file = original
             .file_name()
             .map_or_else(|| "plugin".into(), |f| f.to_string_lossy().into_owned());
-        let copy = dir.path().join(format!("{n}-{file}"));
-        std::fs::copy(original, &copy).map_err(|e| LoadError::Io {
-            path: original.to_path_buf(),
-            message: format!("cannot copy it to {}: {e}", copy.display()),
-        })?;
-        Ok(copy)
+        let path = dir.path().join(format!("{n}-{file}"));
+        let mut out = std::fs::OpenOptions::new();
+        out.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o700);
+        out.open(&path)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|e| io(format!("cannot copy it to {}: {e}", path.display())))?;
+        Ok((PrivateCopy { path, _dir: dir }, after))
     }
 
     /// Logs a failure and reports it to the observer.
@@ -434,10 +496,15 @@ impl Slot {
             return None;
         }
         let old = self.current();
+        let mut read = fp;
         let result = self
             .shared
             .copy_of(&self.path)
-            .and_then(|copy| Library::load(&self.path, &copy))
+            .and_then(|(copy, fp)| {
+                read = fp;
+                // The copy is removed once loaded (or refused): the library stays mapped.
+                Library::load(&self.path, &copy.path)
+            })
             .and_then(|lib| {
                 let missing: Vec<&str> = old
                     .manifest
@@ -467,10 +534,12 @@ impl Slot {
                 }
             });
         match result {
+            // Still being written: tried again on a later check, once it is complete.
+            Err(LoadError::Changing { .. }) => None,
             Ok(lib) => {
                 let lib = Arc::new(lib);
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = lib.clone();
-                w.loaded = fp;
+                w.loaded = read;
                 w.rejected = None;
                 tracing::info!(
                     target: "turnstile::plugin",
@@ -496,7 +565,7 @@ impl Slot {
                 Some(Ok(self.info()))
             }
             Err(e) => {
-                w.rejected = Some(fp);
+                w.rejected = Some(read);
                 drop(w);
                 self.shared.report(&format!(
                     "{e}; the loaded version {} keeps serving",
@@ -543,7 +612,6 @@ impl Default for PluginHost {
     fn default() -> Self {
         Self {
             shared: Arc::new(Shared {
-                copies: Mutex::new(None),
                 counter: AtomicU64::new(0),
                 observer: RwLock::new(None),
                 check_interval_ms: AtomicU64::new(1000),
@@ -703,12 +771,10 @@ impl PluginHost {
         if let Some(s) = self.lock().slots.iter().find(|s| s.path == path) {
             return Ok((s.clone(), s.info()));
         }
-        let fp = fingerprint(&path).map_err(|e| LoadError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let copy = self.shared.copy_of(&path)?;
-        let lib = Library::load(&path, &copy)?;
+        let (copy, fp) = self.shared.copy_of(&path)?;
+        // The copy is removed once loaded (or refused): the library stays mapped.
+        let lib = Library::load(&path, &copy.path)?;
+        drop(copy);
         let mut st = self.lock();
         // Another thread may have loaded it meanwhile.
         if let Some(s) = st.slots.iter().find(|s| s.path == path) {
@@ -992,4 +1058,23 @@ pub(crate) fn slot_actions(slot: &Slot) -> Vec<(String, Option<Vec<String>>)> {
         .iter()
         .map(|a| (a.name.clone(), a.params.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn copies_go_to_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = super::private_dir(Some(parent.path())).expect("private dir");
+        let mode = std::fs::metadata(dir.path())
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+    }
 }
