@@ -860,6 +860,56 @@ fn a_huge_body_is_refused_without_being_read() {
     s.stop();
 }
 
+#[test]
+fn a_body_within_the_byte_limit_that_parses_huge_is_refused() {
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+    let ev = "/machines/idle/events";
+    // Just under 1 MiB of `{}`: about 30 MB once parsed, and copied again into the
+    // machine's context.
+    let mut body = br#"{"type": "go", "payload": ["#.to_vec();
+    while body.len() < 1024 * 1024 - 16 {
+        body.extend_from_slice(b"{},");
+    }
+    body.extend_from_slice(b"{}]}");
+    let r = request(
+        a,
+        "POST",
+        ev,
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    let v = assert_error(&r, 413);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("bytes of memory once parsed"), "{v}");
+    // The type rules are the engine's (the sockets apply the same).
+    for t in [r"go\u0000", r"go\nX", r"\u001b[2Jgo"] {
+        let r = request(
+            a,
+            "POST",
+            ev,
+            &[("Content-Type", "application/json")],
+            format!(r#"{{"type": "{t}"}}"#).as_bytes(),
+        );
+        let v = assert_error(&r, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("control characters"),
+            "{v}"
+        );
+    }
+    let errors = get(a, "/errors?kind=bad_message").json();
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors.iter().all(|e| e["machine"] == "idle"), "{errors:#?}");
+    // Nothing reached the machine, which still takes a good event.
+    let r = post_json(a, ev, &[], &json!({"type": "go", "payload": [{}, {}]}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    s.stop();
+}
+
 /// xorshift64*: reproducible garbage without a dependency.
 struct Rng(u64);
 
