@@ -28,7 +28,8 @@ pub struct MachineRef<'a> {
     pub name: &'a str,
     /// The definition it runs (states, events and rules by index).
     pub def: &'a MachineDef,
-    /// The observer's own per-machine storage.
+    /// The observer's own per-machine storage. Empty in an [`ErrorReport`] made off the
+    /// machine's task (a bad message on the machine's socket): find the machine by name.
     pub slot: &'a ObserverSlot,
 }
 

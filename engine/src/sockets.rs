@@ -9,8 +9,9 @@
 //! machine gets no socket, as does a machine whose name is not a safe file name
 //! ([`check_name`]: `../x` would lead out of the directory). Oversized
 //! (more than [`MAX_DATAGRAM`] bytes) and malformed datagrams are dropped, logged and
-//! reported to the observer as `bad_message` errors. Socket files are removed when the
-//! server is shut down or dropped.
+//! reported to the observer as `bad_message` errors of the socket's machine. A datagram is
+//! parsed and checked by [`crate::ingress`], the parser `POST /machines/{name}/events`
+//! uses too. Socket files are removed when the server is shut down or dropped.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -20,13 +21,12 @@ use serde_json::Value as Json;
 use tokio::net::UnixDatagram;
 use tokio::task::JoinHandle;
 
-use crate::observe::{ErrorKind, ErrorReport, Observer};
+use crate::ingress::{self, Limits};
+use crate::observe::{ErrorKind, ErrorReport, MachineRef, Observer, ObserverSlot};
 use crate::runtime::engine::Engine;
-use crate::runtime::event::Event;
-use crate::runtime::trace::TraceContext;
 
 /// Largest datagram accepted (statemachine-engine silently cut messages at 4 KB).
-pub const MAX_DATAGRAM: usize = 64 * 1024;
+pub const MAX_DATAGRAM: usize = Limits::SOCKET.max_bytes;
 
 /// Why sockets could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -101,52 +101,6 @@ pub fn private_dir(dir: &Path) -> Result<(), SocketError> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| err(e.to_string()))
-}
-
-/// A parsed datagram.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// The event name.
-    pub event: String,
-    /// Its payload.
-    pub payload: Option<Json>,
-    /// Its job id.
-    pub job_id: Option<String>,
-    /// Its trace context.
-    pub traceparent: Option<TraceContext>,
-}
-
-/// Parses one datagram.
-pub fn parse(bytes: &[u8]) -> Result<Message, String> {
-    if bytes.len() > MAX_DATAGRAM {
-        return Err(format!("message of more than {MAX_DATAGRAM} bytes dropped"));
-    }
-    let v: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let Json::Object(mut o) = v else {
-        return Err("not a JSON object like {\"type\": \"event\", \"payload\": {}}".into());
-    };
-    let event = match o.remove("type") {
-        Some(Json::String(s)) if !s.is_empty() => s,
-        _ => return Err("`type` (the event name) is missing or not a string".into()),
-    };
-    let job_id = match o.remove("job_id") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s),
-        Some(Json::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err("`job_id` must be a string or a number".into()),
-    };
-    let traceparent = match o.remove("traceparent") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(TraceContext::parse(&s).map_err(|e| e.to_string())?),
-        Some(_) => return Err("`traceparent` must be a string".into()),
-    };
-    let payload = o.remove("payload").filter(|p| !p.is_null());
-    Ok(Message {
-        event,
-        payload,
-        job_id,
-        traceparent,
-    })
 }
 
 /// Sends one message to `machine`'s socket in `dir` (what `turnstile send-event` does).
@@ -277,15 +231,30 @@ async fn serve(
                 continue;
             }
         };
-        let msg = match parse(&buf[..n]) {
-            Ok(m) => m,
+        let ev = match ingress::parse(&buf[..n], &Limits::SOCKET) {
+            Ok(m) => m.into_event(),
             Err(e) => {
+                let e = match e {
+                    ingress::IngressError::TooLarge { .. } => {
+                        format!("message of more than {MAX_DATAGRAM} bytes dropped")
+                    }
+                    e => e.to_string(),
+                };
                 let message = format!("socket message for `{machine}` rejected: {e}");
                 tracing::warn!(target: "turnstile::socket", machine = %machine, "{message}");
                 if let Some(o) = &observer {
+                    // The report names the machine the socket belongs to; it is made off
+                    // the machine's task, so its observer slot is a fresh, empty one.
+                    let status = engine.machine(&machine);
+                    let empty = ObserverSlot::new();
                     o.error(&ErrorReport {
                         kind: ErrorKind::BadMessage,
-                        machine: None,
+                        machine: status.as_ref().map(|s| MachineRef {
+                            id: s.id,
+                            name: &machine,
+                            def: &s.def,
+                            slot: &empty,
+                        }),
                         state: None,
                         event: None,
                         message: &message,
@@ -294,16 +263,6 @@ async fn serve(
                 continue;
             }
         };
-        let mut ev = Event::new(msg.event);
-        if let Some(p) = msg.payload {
-            ev = ev.with_payload(p);
-        }
-        if let Some(j) = msg.job_id {
-            ev = ev.with_job_id(j);
-        }
-        if let Some(t) = msg.traceparent {
-            ev = ev.with_traceparent(t);
-        }
         // Waits while the queue is full (backpressure: the sender's datagrams queue up in
         // the socket buffer meanwhile).
         if let Err(e) = engine.send(&machine, ev).await {
@@ -314,17 +273,75 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![allow(clippy::unwrap_used)]
 
-    #[test]
-    fn messages() {
-        let m = parse(br#"{"type": "go", "payload": {"a": 1}, "job_id": 7}"#).unwrap();
-        assert_eq!(m.event, "go");
-        assert_eq!(m.payload, Some(serde_json::json!({"a": 1})));
-        assert_eq!(m.job_id.as_deref(), Some("7"));
-        assert!(parse(b"not json").is_err());
-        assert!(parse(br#"{"payload": {}}"#).is_err());
-        assert!(parse(br#"{"type": "x", "traceparent": "bad"}"#).is_err());
-        assert!(parse(&vec![b' '; MAX_DATAGRAM + 1]).is_err());
+    use super::*;
+    use crate::observe::ErrorKind;
+    use std::sync::Mutex;
+
+    /// Keeps `(kind, machine, message)` of every error report.
+    #[derive(Default)]
+    struct Errors(Mutex<Vec<(ErrorKind, Option<String>, String)>>);
+
+    impl Observer for Errors {
+        fn error(&self, r: &ErrorReport<'_>) {
+            self.0.lock().unwrap().push((
+                r.kind,
+                r.machine.map(|m| m.name.to_owned()),
+                r.message.to_owned(),
+            ));
+        }
+    }
+
+    const IDLE: &str = "metadata: {machine_name: sock}\ninitial_state: a\nstates: [a, b]\ntransitions:\n  - {from: a, to: b, event: go}\n";
+
+    #[tokio::test]
+    async fn bad_datagrams_are_refused_and_reported_with_the_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = Arc::new(Errors::default());
+        let engine = Engine::builder().observer(errors.clone()).build();
+        let registry = crate::ActionRegistry::with_builtins();
+        let def = crate::config::load_str(IDLE, None, &registry).def.unwrap();
+        engine.spawn(def).unwrap();
+        let socks = dir.path().join("s");
+        let (server, failed) =
+            SocketServer::start(&engine, &socks, &[Arc::from("sock")], Some(errors.clone()))
+                .unwrap();
+        assert!(failed.is_empty());
+        let path = socket_path(&socks, "sock");
+        let out = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let long = format!(r#"{{"type": "{}"}}"#, "x".repeat(65 * 1000));
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (br#"{"type": "a\u0000b"}"#.to_vec(), "control characters"),
+            (br#"{"type": "a\nb"}"#.to_vec(), "control characters"),
+            (br#"{"type": "\u001b[2J"}"#.to_vec(), "control characters"),
+            (long.into_bytes(), "longer than 256 bytes"),
+            (br#"{"type": 7}"#.to_vec(), "must be a string"),
+            (br#"{"payload": {}}"#.to_vec(), "missing `type`"),
+            (b"{not json".to_vec(), "invalid JSON"),
+            (vec![b' '; MAX_DATAGRAM + 1], "bytes dropped"),
+        ];
+        for (b, _) in &bad {
+            out.send_to(b, &path).unwrap();
+        }
+        // A good one after them: once it has moved the machine, every bad one was read.
+        out.send_to(br#"{"type": "go"}"#, &path).unwrap();
+        assert!(
+            engine
+                .wait_for_state("sock", "b", std::time::Duration::from_secs(30))
+                .await
+        );
+        let seen = errors.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), bad.len(), "{seen:#?}");
+        for ((kind, machine, message), (_, want)) in seen.iter().zip(&bad) {
+            assert_eq!(*kind, ErrorKind::BadMessage);
+            assert_eq!(machine.as_deref(), Some("sock"), "{message}");
+            assert!(message.contains(want), "{message} (want {want})");
+            assert!(message.starts_with("socket message for `sock` rejected"));
+        }
+        let status = engine.machine("sock").unwrap();
+        assert_eq!(status.events, 1, "only the good message became an event");
+        server.shutdown();
+        engine.shutdown();
     }
 }

@@ -144,6 +144,15 @@ pub fn send_event(args: SendEventArgs) -> anyhow::Result<ExitCode> {
         .socket_dir
         .unwrap_or_else(turnstile_engine::sockets::default_dir);
     let msg = serde_json::Value::Object(msg);
+    // The checks the receiving socket makes (type, job id, size): a clear error here
+    // instead of a datagram the receiver drops.
+    let bytes = serde_json::to_vec(&msg)?;
+    if let Err(e) =
+        turnstile_engine::ingress::parse(&bytes, &turnstile_engine::ingress::Limits::SOCKET)
+    {
+        eprintln!("error: the message would be refused: {e}");
+        return Ok(ExitCode::from(2));
+    }
     turnstile_engine::sockets::send(&dir, &args.target, &msg).with_context(|| {
         format!(
             "cannot send to {}",

@@ -576,7 +576,7 @@ fn machines_take_events_from_their_unix_sockets() {
     let raw = std::os::unix::net::UnixDatagram::unbound().unwrap();
     raw.send_to(b"{not json", &sock).unwrap();
     p.wait_for("a malformed message reported", LIMIT, |j| {
-        field(j, "target") == "turnstile::socket" && field(j, "message").contains("not JSON")
+        field(j, "target") == "turnstile::socket" && field(j, "message").contains("invalid JSON")
     });
     let big = format!(
         r#"{{"type": "go", "payload": "{}"}}"#,
@@ -694,4 +694,120 @@ fn socket_files_stay_inside_the_socket_dir_and_only_sockets_are_replaced() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a safe socket file name"), "{stderr}");
+}
+
+#[test]
+fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let socks = dir.path().join("socks");
+    let s = socks.display().to_string();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let cfg = config.display().to_string();
+    let mut p = Proc::start(&["run", &cfg, "--socket-dir", &s]);
+    let addr = sidecar_addr(&mut p);
+    p.wait_for("the socket", LIMIT, |j| {
+        field(j, "target") == "turnstile::socket" && field(j, "message") == "listening for events"
+    });
+    // Started, so its metrics exist to count the errors in.
+    p.wait_started(1, LIMIT);
+    let sock = socks.join("steps.sock");
+    let raw = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let long = format!(r#"{{"type": "{}"}}"#, "x".repeat(65 * 1000));
+    let bad: [&[u8]; 5] = [
+        br#"{"type": "go\u0000"}"#,
+        br#"{"type": "go\nINFO forged log line"}"#,
+        br#"{"type": "\u001b[2Jgo"}"#,
+        long.as_bytes(),
+        br#"{"type": "go", "job_id": {"no": 1}}"#,
+    ];
+    for b in bad {
+        raw.send_to(b, &sock).unwrap();
+    }
+    raw.send_to(br#"{"type": "go"}"#, &sock).unwrap();
+    p.wait_for("one -> two", LIMIT, |j| {
+        common::is_transition(j, "steps") && field(j, "to") == "two"
+    });
+
+    // Every bad datagram is in /errors, named after the socket's machine ...
+    let (status, body) = http(addr, "GET", "/errors?kind=bad_message", "");
+    assert_eq!(status, 200, "{body}");
+    let errors: Vec<Json> = serde_json::from_str(&body).unwrap();
+    assert_eq!(errors.len(), bad.len(), "{errors:#?}");
+    for e in &errors {
+        assert_eq!(e["machine"], "steps", "{e}");
+        let m = e["message"].as_str().unwrap();
+        assert!(m.starts_with("socket message for `steps` rejected"), "{m}");
+        assert!(m.len() < 300, "the refused type is not echoed: {m}");
+    }
+    let messages: Vec<&str> = errors
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.contains("control characters"))
+            .count(),
+        3,
+        "{messages:#?}"
+    );
+    assert!(messages.iter().any(|m| m.contains("longer than 256 bytes")));
+    assert!(messages.iter().any(|m| m.contains("`job_id` must be")));
+    // ... counted for it ...
+    let (_, metrics) = http(addr, "GET", "/metrics", "");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("turnstile_errors_total{")
+                && l.contains(r#"machine="steps""#)
+                && l.contains(r#"kind="bad_message""#)
+        })
+        .unwrap_or_else(|| panic!("no bad_message count for steps:\n{metrics}"));
+    assert!(line.ends_with(&format!(" {}", bad.len())), "{line}");
+    // ... and only the good message reached the machine.
+    // (The event's record is written when it has finished, just after the log line.)
+    let deadline = Instant::now() + LIMIT;
+    let trace = loop {
+        let (_, trace) = http(addr, "GET", "/trace?limit=1000", "");
+        let trace: Vec<Json> = serde_json::from_str(&trace).unwrap();
+        if trace.iter().any(|t| t["event"] == "go") || Instant::now() > deadline {
+            break trace;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let events: Vec<&str> = trace.iter().filter_map(|t| t["event"].as_str()).collect();
+    assert_eq!(
+        events.iter().filter(|e| e.starts_with("go")).count(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.len() <= 256 && !e.contains(char::is_control)),
+        "{events:?}"
+    );
+
+    // send-event makes the same checks before sending.
+    let out = turnstile(&[
+        "send-event",
+        "--target",
+        "steps",
+        "--type",
+        "go\u{1b}",
+        "--socket-dir",
+        &s,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("control characters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
 }

@@ -860,6 +860,209 @@ fn a_huge_body_is_refused_without_being_read() {
     s.stop();
 }
 
+#[test]
+fn a_body_within_the_byte_limit_that_parses_huge_is_refused() {
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+    let ev = "/machines/idle/events";
+    // Just under 1 MiB of `{}`: about 30 MB once parsed, and copied again into the
+    // machine's context.
+    let mut body = br#"{"type": "go", "payload": ["#.to_vec();
+    while body.len() < 1024 * 1024 - 16 {
+        body.extend_from_slice(b"{},");
+    }
+    body.extend_from_slice(b"{}]}");
+    let r = request(
+        a,
+        "POST",
+        ev,
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    let v = assert_error(&r, 413);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("bytes of memory once parsed"), "{v}");
+    // The type rules are the engine's (the sockets apply the same).
+    for t in [r"go\u0000", r"go\nX", r"\u001b[2Jgo"] {
+        let r = request(
+            a,
+            "POST",
+            ev,
+            &[("Content-Type", "application/json")],
+            format!(r#"{{"type": "{t}"}}"#).as_bytes(),
+        );
+        let v = assert_error(&r, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("control characters"),
+            "{v}"
+        );
+    }
+    let errors = get(a, "/errors?kind=bad_message").json();
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors.iter().all(|e| e["machine"] == "idle"), "{errors:#?}");
+    // Nothing reached the machine, which still takes a good event.
+    let r = post_json(a, ev, &[], &json!({"type": "go", "payload": [{}, {}]}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    s.stop();
+}
+
+/// One `/healthz` probe on a fresh connection, as a liveness probe makes it: the status
+/// and how long the answer took, or why there was none within `limit`.
+fn probe(addr: SocketAddr, limit: Duration) -> Result<(u16, Duration), String> {
+    let started = Instant::now();
+    let mut c = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(limit)).unwrap();
+    c.set_write_timeout(Some(limit)).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw)
+        .map_err(|e| format!("no answer after {:?}: {e}", started.elapsed()))?;
+    let took = started.elapsed();
+    if took > limit {
+        return Err(format!("answered after {took:?}"));
+    }
+    Ok((parse(&raw).status, took))
+}
+
+/// `n` connections that keep doing `act` every `every` (reconnecting, `greet` first, when
+/// the server has closed one), until `stop` is set.
+fn crowd(
+    addr: SocketAddr,
+    n: usize,
+    every: Duration,
+    greet: &'static [u8],
+    act: &'static [u8],
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<thread::JoinHandle<usize>> {
+    use std::sync::atomic::Ordering;
+    let per_thread = 25;
+    (0..n.div_ceil(per_thread))
+        .map(|i| {
+            let stop = stop.clone();
+            let count = per_thread.min(n - i * per_thread);
+            thread::spawn(move || {
+                let open = || {
+                    let c = TcpStream::connect_timeout(&addr, IO_LIMIT).ok()?;
+                    c.set_write_timeout(Some(Duration::from_millis(200))).ok()?;
+                    (&c).write_all(greet).ok()?;
+                    Some(c)
+                };
+                let mut conns: Vec<Option<TcpStream>> = (0..count).map(|_| open()).collect();
+                let mut reconnects = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(every);
+                    for c in &mut conns {
+                        let alive = c.as_ref().is_some_and(|s| match (&*s).write(act) {
+                            Ok(_) => true,
+                            Err(e) => {
+                                e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut
+                            }
+                        });
+                        if !alive {
+                            *c = open();
+                            reconnects += 1;
+                        }
+                    }
+                }
+                reconnects
+            })
+        })
+        .collect()
+}
+
+/// Percentile of sorted durations.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[test]
+fn health_probes_are_answered_under_300_slow_readers_and_300_slowloris_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Server::start(&[IDLE], &[]);
+    let a = s.addr;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Slow readers: pipeline /metrics requests and never read an answer.
+    const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut pipelined: Vec<u8> = Vec::new();
+    for _ in 0..64 {
+        pipelined.extend_from_slice(METRICS);
+    }
+    let pipelined: &'static [u8] = Box::leak(pipelined.into_boxed_slice());
+    let readers = crowd(
+        a,
+        300,
+        Duration::from_millis(500),
+        pipelined,
+        METRICS,
+        &stop,
+    );
+    // Slowloris: headers that never end, a line every second.
+    let loris = crowd(
+        a,
+        300,
+        Duration::from_secs(1),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        b"X-Slow: 1\r\n",
+        &stop,
+    );
+    // Let the crowds take every slot (and the slow readers' answers fill the buffers).
+    thread::sleep(Duration::from_secs(3));
+    let limit = Duration::from_secs(5);
+    let mut took = Vec::new();
+    let mut failures = Vec::new();
+    for _ in 0..60 {
+        match probe(a, limit) {
+            Ok((200, t)) => took.push(t),
+            Ok((status, _)) => failures.push(format!("status {status}")),
+            Err(e) => failures.push(e),
+        }
+        thread::sleep(Duration::from_millis(150));
+    }
+    // The server is still there for a scrape too.
+    let metrics_ok = probe(a, limit).is_ok() && get(a, "/metrics").status == 200;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.proc.pid()))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        });
+    stop.store(true, Ordering::Relaxed);
+    let reconnects: usize = readers
+        .into_iter()
+        .chain(loris)
+        .map(|t| t.join().unwrap())
+        .sum();
+    assert!(
+        failures.is_empty(),
+        "{} of 60 probes failed: {failures:?}",
+        failures.len()
+    );
+    took.sort();
+    println!(
+        "/healthz under 300 slow readers + 300 slowloris: {} probes, p50 {:?}, p99 {:?}, max {:?}; \
+         crowd reconnects {reconnects}; sidecar {}",
+        took.len(),
+        pct(&took, 0.5),
+        pct(&took, 0.99),
+        took[took.len() - 1],
+        rss.unwrap_or_default()
+    );
+    assert!(metrics_ok);
+    assert!(
+        reconnects > 0,
+        "the crowds were never shed: no pressure was made"
+    );
+    s.stop();
+}
+
 /// xorshift64*: reproducible garbage without a dependency.
 struct Rng(u64);
 

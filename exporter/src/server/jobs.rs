@@ -3,7 +3,9 @@
 //! Body: `{"job_type": "task", "machine_type": "worker", "data": {...}, "priority": 5,
 //! "job_id": "...", "metadata": {...}, "max_attempts": 3}` (`type` is accepted for
 //! `job_type`). A `traceparent` header (or field) is stored with the job so the worker
-//! continues that trace. Answers 201 `{"job_id": ...}`; 409 for a duplicate id.
+//! continues that trace. Answers 201 `{"job_id": ...}`; 409 for a duplicate id. The body
+//! is parsed with the engine's bounded JSON parser ([`ingress::parse_json`]): 413 when it
+//! would take more than the parsed-size limit.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
+use turnstile_engine::ingress;
 use turnstile_engine::store::{JobStore, NewJob, StoreError};
 use turnstile_engine::TraceContext;
 
@@ -60,10 +63,17 @@ pub(super) async fn post_job(
         }
     };
     let body = read_body(req.into_body(), state.max_body_bytes).await?;
-    let v: Json = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("the body is not JSON: {e}"))
-            .field("line", json!(e.line()))
-            .field("column", json!(e.column()))
+    let v = ingress::parse_json(&body, &state.ingress_limits()).map_err(|e| {
+        if e.is_too_large() {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
+        let err = ApiError::bad_request(format!("the body is not JSON: {e}"));
+        match e.position() {
+            Some((line, column)) => err
+                .field("line", json!(line))
+                .field("column", json!(column)),
+            None => err,
+        }
     })?;
     let Json::Object(obj) = v else {
         return Err(ApiError::bad_request(

@@ -15,9 +15,34 @@
 //!
 //! Every failure is a JSON body `{"error": {"status", "message"}}`; bad requests are also
 //! reported to the telemetry (`/errors`, `turnstile_errors_total{kind="bad_message"}`).
-//! Nothing a client sends can panic the server: bodies are bounded, header reads time out,
-//! connections are capped.
+//! Nothing a client sends can panic the server: bodies are bounded in bytes and in parsed
+//! size, and every state of a connection has a time limit.
+//!
+//! # Slow and stuck clients
+//!
+//! Health probes and scrapes must stay answerable however many clients hold connections
+//! without finishing their requests or without reading their answers (all of them may
+//! come from one address, as the probes do: a cap per address would lock the probe out
+//! too). So:
+//!
+//! - **Every connection is accepted at once**, and at most [`MAX_CONNECTIONS`] are held.
+//!   When all slots are taken, the new connection closes the connection that has gone
+//!   longest without moving a byte in either direction (reading a request or writing an
+//!   answer). A probe connects, asks and reads at once, so it is never the one shed;
+//!   slow readers and slowloris clients, which move nothing or a byte now and then, are.
+//! - **Timeouts**: a request's headers (and the wait for the next request on a keep-alive
+//!   connection) [`HEADER_READ_TIMEOUT`]; a body 30 s; an answer
+//!   the client does not read [`WRITE_TIMEOUT`] without progress.
+//! - **Pipelining**: hyper answers a connection's requests one at a time and writes the
+//!   next answer only once the previous one is handed to the socket, and it reads at most
+//!   its buffer (~400 KB) ahead: a client that pipelines requests and reads nothing holds
+//!   at most about two answers until [`WRITE_TIMEOUT`] closes it.
+//!
+//! A long-lived stream (none is served yet) would hold a slot like any connection and,
+//! writing steadily, would not be the one shed; the header timeout applies only between
+//! requests, so it would not end it either.
 
+mod conn;
 mod jobs;
 pub mod request;
 pub mod response;
@@ -33,7 +58,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use turnstile_engine::Engine;
 
@@ -44,11 +69,15 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 /// The default request body limit (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Connections served at once; further ones wait in the listen backlog.
+/// Connections held at once; when all are taken, a new connection closes the one that has
+/// gone longest without moving a byte (see the module docs).
 pub const MAX_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request's headers (also closes idle keep-alive
 /// connections).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing an answer may go without the client reading a byte of it before
+/// the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Sidecar::shutdown`] lets requests in flight finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -253,17 +282,10 @@ async fn accept_loop(
     state: Arc<routes::State>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let budget = conn::Budget::new(MAX_CONNECTIONS);
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            () = stopped(&mut stop) => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
             r = listener.accept() => match r {
@@ -279,27 +301,30 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let mut stop = stop.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+        budget.admit(|slot| {
+            conns.spawn(async move {
+                let io = conn::Tracked::new(stream, slot.progress(), WRITE_TIMEOUT);
+                let _slot = slot;
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(target: "turnstile::sidecar", peer = %peer, "connection ended: {e}");
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(target: "turnstile::sidecar", peer = %peer, "connection ended: {e}");
-            }
+            })
         });
     }
     drop(listener);

@@ -1,16 +1,13 @@
-//! The pure parts of request handling: query strings, content negotiation, bearer tokens
-//! and the event message body. No I/O here, so every rule is unit-tested beside it.
-
-use serde_json::Value as Json;
+//! The pure parts of request handling: query strings, content negotiation and bearer
+//! tokens. No I/O here, so every rule is unit-tested beside it. The event message body is
+//! parsed and checked by the engine's [`turnstile_engine::ingress`], the same parser the
+//! Unix sockets use.
 
 /// Default number of records `/trace` and `/errors` return.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most records `/trace` and `/errors` return (a larger `limit` is cut to this).
 pub const MAX_LIMIT: usize = 1000;
-/// Longest event type accepted from outside, in bytes.
-pub const MAX_EVENT_TYPE_LEN: usize = 256;
-/// Longest job id accepted from outside, in bytes.
-pub const MAX_JOB_ID_LEN: usize = 256;
+pub use turnstile_engine::ingress::{MAX_EVENT_TYPE_LEN, MAX_JOB_ID_LEN};
 
 /// Decodes `%XX` escapes (and `+` as a space when `plus_as_space`); the result must be
 /// UTF-8.
@@ -210,133 +207,6 @@ pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// A message `POST /machines/{name}/events` accepts: statemachine-engine's
-/// `{type, payload, job_id}` plus an optional `traceparent` field.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventMessage {
-    /// The event type.
-    pub kind: String,
-    /// The payload (`null` counts as none).
-    pub payload: Option<Json>,
-    /// The job id; a number is taken as its decimal text.
-    pub job_id: Option<String>,
-    /// A `traceparent` given in the body (the header wins).
-    pub traceparent: Option<String>,
-}
-
-/// Why a body is not a usable event message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError {
-    /// What is wrong, for the client.
-    pub message: String,
-    /// Where, for a JSON syntax error (1-based).
-    pub position: Option<(usize, usize)>,
-}
-
-impl BodyError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            position: None,
-        }
-    }
-}
-
-/// Parses and checks an event message.
-pub fn parse_event_body(body: &[u8]) -> Result<EventMessage, BodyError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(BodyError::new(
-            "the body is empty: expected a JSON object like {\"type\": \"start\"}",
-        ));
-    }
-    let v: Json = serde_json::from_slice(body).map_err(|e| BodyError {
-        message: format!(
-            "invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ),
-        position: Some((e.line(), e.column())),
-    })?;
-    let Json::Object(mut obj) = v else {
-        return Err(BodyError::new(format!(
-            "expected a JSON object like {{\"type\": \"start\"}}, got {}",
-            json_kind(&v)
-        )));
-    };
-    let kind = match obj.remove("type") {
-        None | Some(Json::Null) => {
-            return Err(BodyError::new(
-                "missing `type`: the event type, e.g. {\"type\": \"start\"}",
-            ))
-        }
-        Some(Json::String(s)) => s,
-        Some(other) => {
-            return Err(BodyError::new(format!(
-                "`type` must be a string, got {}",
-                json_kind(&other)
-            )))
-        }
-    };
-    if kind.trim().is_empty() {
-        return Err(BodyError::new("`type` is empty"));
-    }
-    if kind.len() > MAX_EVENT_TYPE_LEN {
-        return Err(BodyError::new(format!(
-            "`type` is longer than {MAX_EVENT_TYPE_LEN} bytes"
-        )));
-    }
-    if kind.chars().any(char::is_control) {
-        return Err(BodyError::new("`type` contains control characters"));
-    }
-    let payload = match obj.remove("payload") {
-        None | Some(Json::Null) => None,
-        Some(p) => Some(p),
-    };
-    let job_id = match obj.remove("job_id") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s),
-        Some(Json::Number(n)) => Some(n.to_string()),
-        Some(other) => {
-            return Err(BodyError::new(format!(
-                "`job_id` must be a string or a number, got {}",
-                json_kind(&other)
-            )))
-        }
-    };
-    if job_id.as_ref().is_some_and(|j| j.len() > MAX_JOB_ID_LEN) {
-        return Err(BodyError::new(format!(
-            "`job_id` is longer than {MAX_JOB_ID_LEN} bytes"
-        )));
-    }
-    let traceparent = match obj.remove("traceparent") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s),
-        Some(other) => {
-            return Err(BodyError::new(format!(
-                "`traceparent` must be a string, got {}",
-                json_kind(&other)
-            )))
-        }
-    };
-    Ok(EventMessage {
-        kind,
-        payload,
-        job_id,
-        traceparent,
-    })
-}
-
-fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
-}
-
 /// At most `max` characters of `s` (for echoing client input in messages).
 pub fn cut(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -350,7 +220,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn percent_decoding() {
@@ -468,47 +337,6 @@ mod tests {
         assert!(!token_matches(b"secret2", b"secret"));
         assert!(!token_matches(b"secre", b"secret"));
         assert!(!token_matches(b"", b"secret"));
-    }
-
-    #[test]
-    fn event_bodies() {
-        let m = parse_event_body(br#"{"type":"go"}"#).unwrap();
-        assert_eq!(m.kind, "go");
-        assert_eq!(m.payload, None);
-        assert_eq!(m.job_id, None);
-        let m = parse_event_body(
-            br#"{"type":"go","payload":{"n":1},"job_id":42,"traceparent":"x","extra":true}"#,
-        )
-        .unwrap();
-        assert_eq!(m.payload, Some(json!({"n": 1})));
-        assert_eq!(m.job_id.as_deref(), Some("42"));
-        assert_eq!(m.traceparent.as_deref(), Some("x"));
-        let m = parse_event_body(br#"{"type":"go","payload":null,"job_id":"j-1"}"#).unwrap();
-        assert_eq!(m.payload, None);
-        assert_eq!(m.job_id.as_deref(), Some("j-1"));
-
-        let e = parse_event_body(b"{\"type\": \"go\",\n  oops}").unwrap_err();
-        assert_eq!(e.position, Some((2, 3)));
-        assert!(e.message.contains("line 2 column 3"), "{}", e.message);
-        for (body, want) in [
-            (&b""[..], "empty"),
-            (b"  \n", "empty"),
-            (b"[1]", "an array"),
-            (b"\"go\"", "a string"),
-            (b"{}", "missing `type`"),
-            (br#"{"type":null}"#, "missing `type`"),
-            (br#"{"type":1}"#, "must be a string"),
-            (br#"{"type":"  "}"#, "empty"),
-            (br#"{"type":"a\nb"}"#, "control"),
-            (br#"{"type":"go","job_id":{}}"#, "string or a number"),
-            (br#"{"type":"go","traceparent":1}"#, "`traceparent` must be"),
-            (b"\xff\xfe", "invalid JSON"),
-        ] {
-            let e = parse_event_body(body).unwrap_err();
-            assert!(e.message.contains(want), "{body:?}: {}", e.message);
-        }
-        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(MAX_EVENT_TYPE_LEN + 1));
-        assert!(parse_event_body(long.as_bytes()).is_err());
     }
 
     #[test]

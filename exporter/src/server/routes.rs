@@ -12,6 +12,7 @@ use hyper::header::{HeaderName, WWW_AUTHENTICATE};
 use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
+use turnstile_engine::ingress;
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError, TraceContext};
 
@@ -48,6 +49,17 @@ pub struct State {
     /// A `/readyz` read of the job store is still running (one at a time, however often
     /// the probe comes).
     pub store_probe: Arc<AtomicBool>,
+}
+
+impl State {
+    /// The bounds of a JSON body: [`State::max_body_bytes`] bytes, and the engine's
+    /// default bound on its parsed size.
+    pub fn ingress_limits(&self) -> ingress::Limits {
+        ingress::Limits {
+            max_bytes: self.max_body_bytes,
+            max_parsed_bytes: ingress::DEFAULT_MAX_PARSED_BYTES,
+        }
+    }
 }
 
 /// Which methods a path takes.
@@ -547,41 +559,34 @@ async fn post_event(
     let body = read_body(req.into_body(), state.max_body_bytes)
         .await
         .map_err(|e| e.machine(name))?;
-    let msg = request::parse_event_body(&body).map_err(|e| {
-        let mut err = ApiError::bad_request(e.message).machine(name);
-        if let Some((line, column)) = e.position {
+    let msg = ingress::parse(&body, &state.ingress_limits()).map_err(|e| {
+        let status = if e.is_too_large() {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let mut err = ApiError::new(status, e.to_string()).machine(name);
+        if let Some((line, column)) = e.position() {
             err = err
                 .field("line", json!(line))
                 .field("column", json!(column));
         }
         err
     })?;
-    let traceparent = match (header_tp, &msg.traceparent) {
-        (Some(t), _) => Some(t),
-        (None, Some(s)) => Some(
-            TraceContext::parse(s)
-                .map_err(|e| ApiError::bad_request(e.to_string()).machine(name))?,
-        ),
-        (None, None) => None,
-    };
-    let mut ev = Event::new(msg.kind.as_str());
-    if let Some(p) = msg.payload {
-        ev = ev.with_payload(p);
-    }
-    if let Some(j) = &msg.job_id {
-        ev = ev.with_job_id(j.clone());
-    }
-    if let Some(t) = traceparent {
-        ev = ev.with_traceparent(t);
-    }
+    // The header wins over the message's field.
+    let traceparent = header_tp.or(msg.traceparent);
+    let kind = msg.event.clone();
+    let job_id = msg.job_id.clone();
+    let mut ev = msg.into_event();
+    ev.traceparent = traceparent;
     deliver(&state.engine, name, ev).await?;
     Ok(response::json(
         StatusCode::ACCEPTED,
         &json!({
             "accepted": true,
             "machine": name,
-            "type": msg.kind,
-            "job_id": msg.job_id,
+            "type": kind,
+            "job_id": job_id,
             "trace_id": traceparent.map(|t| t.trace_id_hex()),
         }),
     ))

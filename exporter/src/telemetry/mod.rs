@@ -878,9 +878,15 @@ impl Observer for Telemetry {
 
     fn error(&self, r: &ErrorReport<'_>) {
         let slot = r.machine.as_ref().and_then(|m| self.slot(m));
-        match slot {
-            Some(s) => s.metrics.error(r.kind),
-            None => self.metrics.global_error(r.kind),
+        match (slot, r.machine) {
+            (Some(s), _) => s.metrics.error(r.kind),
+            // Reported off the machine's task (a bad socket message), with an empty slot:
+            // counted for the machine of that name.
+            (None, Some(m)) => match self.slots().into_iter().rev().find(|s| *s.name == *m.name) {
+                Some(s) => s.metrics.error(r.kind),
+                None => self.metrics.global_error(r.kind),
+            },
+            (None, None) => self.metrics.global_error(r.kind),
         }
         let trace_id = slot.and_then(|s| {
             let live = s.live.lock().unwrap_or_else(|e| e.into_inner());
