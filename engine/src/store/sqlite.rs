@@ -13,8 +13,10 @@
 //!   `max_attempts`, `next_attempt_at` and `traceparent` (added by `ALTER TABLE` to a file
 //!   that statemachine-engine created). Its `machine_state`, `machine_events` tables are
 //!   created the same way; Turnstile adds a `context` column to `machine_state`.
-//! - A thread renews this store's leases every third of the lease time; it ends with the
-//!   store.
+//! - A thread renews, every third of the lease time, the leases of the jobs this store
+//!   object claimed and that are still held: by a machine that runs, or by a caller of the
+//!   store API until it completes, fails or releases them ([`JobStore::set_holder`]). It
+//!   ends with the store.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -26,8 +28,8 @@ use serde_json::{Map, Value as Json};
 
 use super::group_commit::{Ack, GroupCommit};
 use super::{
-    from_ms, now_ms, Claim, EventRecord, Failed, Job, JobFilter, JobStore, ListJobs, MachineRecord,
-    NewJob, StateStore, StoreError, PENDING,
+    from_ms, now_ms, Claim, EventRecord, Failed, Holder, Job, JobFilter, JobStore, ListJobs,
+    MachineRecord, NewJob, StateStore, StoreError, PENDING,
 };
 
 /// statemachine-engine 1.0.91's `jobs` table, verbatim (`schema/generic/001_jobs.sql`).
@@ -173,6 +175,10 @@ struct Inner {
     owner: String,
     notify: Arc<tokio::sync::Notify>,
     path: PathBuf,
+    /// Jobs this store object claimed and has not completed, failed or released, with the
+    /// machine that holds each (`None`: whoever called the store). Only these leases are
+    /// renewed, and a machine's only while it runs.
+    holds: Mutex<std::collections::HashMap<String, Option<Holder>>>,
     /// Dropping it stops the lease renewal thread.
     _stop_renewal: Option<mpsc::Sender<()>>,
 }
@@ -228,6 +234,7 @@ impl SqliteStore {
                 owner: owner_id(),
                 notify: Arc::new(tokio::sync::Notify::new()),
                 path: path.to_owned(),
+                holds: Mutex::default(),
                 _stop_renewal: renew.then_some(stop_tx),
                 opts,
             }),
@@ -244,7 +251,7 @@ impl SqliteStore {
                     }
                     let Some(inner) = weak.upgrade() else { return };
                     let s = SqliteStore { inner };
-                    if let Err(e) = s.renew_leases(&s.inner.owner) {
+                    if let Err(e) = s.renew_held() {
                         tracing::warn!(target: "turnstile::store", "lease renewal failed: {e}");
                     }
                 })
@@ -292,6 +299,48 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.group.write(Ack::Executed, f)
+    }
+
+    fn holds(&self) -> MutexGuard<'_, std::collections::HashMap<String, Option<Holder>>> {
+        self.inner.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Extends the leases of the jobs held in this process (see [`Inner::holds`]): a job a
+    /// machine holds only while that machine runs. Returns how many were extended.
+    pub fn renew_held(&self) -> Result<usize, StoreError> {
+        let ids: Vec<String> = {
+            let mut holds = self.holds();
+            holds.retain(|job, h| match h {
+                Some(h) if !(h.alive)() => {
+                    tracing::warn!(
+                        target: "turnstile::store",
+                        job = %job,
+                        machine = %h.machine,
+                        "the machine holding this job stopped: its lease is no longer renewed, the job returns to the queue when it expires"
+                    );
+                    false
+                }
+                _ => true,
+            });
+            holds.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let owner = self.inner.owner.clone();
+        let lease_ms = self.lease_ms();
+        self.write(move |tx| {
+            let until = now_ms() + lease_ms;
+            let mut n = 0;
+            for id in &ids {
+                n += tx.exec_cached(
+                    "UPDATE jobs SET lease_until = ?3
+                     WHERE job_id = ?1 AND status = 'processing' AND lease_owner = ?2",
+                    params![id, owner, until],
+                )?;
+            }
+            Ok(n)
+        })
     }
 
     fn lease_ms(&self) -> i64 {
@@ -509,7 +558,7 @@ impl JobStore for SqliteStore {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (filter, owner) = (filter.clone(), owner.to_owned());
-        self.claim_write(move |tx| {
+        let claim = self.claim_write(move |tx| {
             // Read the clock in the transaction: a batch may start later than the call.
             let now = now_ms();
             reap_expired(tx, now, default_max)?;
@@ -551,14 +600,18 @@ impl JobStore for SqliteStore {
             Ok(Claim::Empty {
                 next_due: due.map(from_ms),
             })
-        })
+        })?;
+        if let Claim::Job(j) = &claim {
+            self.holds().insert(j.job_id.clone(), None);
+        }
+        Ok(claim)
     }
 
     fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.claim_write(move |tx| {
+        let (id, owner) = (job_id.to_owned(), owner.to_owned());
+        let claimed = self.claim_write(move |tx| {
             let now = now_ms();
             reap_expired(tx, now, default_max)?;
             let n = tx.exec_cached(
@@ -566,13 +619,18 @@ impl JobStore for SqliteStore {
                     lease_owner = ?2, lease_until = ?3, attempts = COALESCE(attempts, 0) + 1,
                     next_attempt_at = NULL
                  WHERE job_id = ?1 AND status = 'pending'",
-                params![job_id, owner, now + lease_ms],
+                params![id, owner, now + lease_ms],
             )?;
             Ok(n > 0)
-        })
+        })?;
+        if claimed {
+            self.holds().insert(job_id.to_owned(), None);
+        }
+        Ok(claimed)
     }
 
     fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.holds().remove(job_id);
         let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
         let released = self.write(move |tx| {
             let n = tx.exec_cached(
@@ -590,6 +648,7 @@ impl JobStore for SqliteStore {
     }
 
     fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
+        self.holds().remove(job_id);
         let job_id = job_id.to_owned();
         let result = result.map(Json::to_string);
         let done = self.write(move |tx| {
@@ -609,6 +668,7 @@ impl JobStore for SqliteStore {
     }
 
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
+        self.holds().remove(job_id);
         let default_max = i64::from(self.inner.opts.max_attempts);
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         let opts = self.inner.opts.clone();
@@ -664,6 +724,22 @@ impl JobStore for SqliteStore {
                 params![owner, now_ms() + lease_ms],
             )?)
         })
+    }
+
+    fn set_holder(&self, job_id: &str, holder: Holder) {
+        if let Some(h) = self.holds().get_mut(job_id) {
+            *h = Some(holder);
+        }
+    }
+
+    fn queue_job_of(&self, machine: &str) -> Option<String> {
+        self.holds()
+            .iter()
+            .find(|(_, h)| {
+                h.as_ref()
+                    .is_some_and(|h| h.from_queue && *h.machine == *machine)
+            })
+            .map(|(id, _)| id.clone())
     }
 
     fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
