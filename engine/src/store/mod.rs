@@ -218,6 +218,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError>;
     /// Extends every lease `owner` holds; returns how many.
     fn renew_leases(&self, owner: &str) -> Result<usize, StoreError>;
+    /// Ends a job this process claimed and its machine abandoned (it went back to claiming
+    /// without completing or failing it): status `failed` with `why`, not retried. False
+    /// when the job was not processing under this process's lease.
+    fn abandon_job(&self, job_id: &str, why: &str) -> Result<bool, StoreError> {
+        self.fail_job(job_id, why)
+            .map(|f| !matches!(f, Failed::NotFound))
+    }
     /// Says which machine holds a job this process claimed. The store's lease renewal
     /// then extends the job's lease only while that machine runs; a job claimed through
     /// the store with no holder set is renewed until it is completed, failed or released.

@@ -263,10 +263,11 @@ impl Action for CheckQueue {
                     "abandoned: machine `{machine}` went back to check_database_queue without complete_job or fail_job"
                 );
                 let (id2, why2) = (id.clone(), why.clone());
-                match blocking(move || s.fail_job(&id2, &why2)).await {
-                    Ok(f) => {
-                        tracing::warn!(target: "turnstile::jobs", job = %id, machine = %machine, outcome = ?f, "{why}");
+                match blocking(move || s.abandon_job(&id2, &why2)).await {
+                    Ok(true) => {
+                        tracing::warn!(target: "turnstile::jobs", job = %id, machine = %machine, "{why}: the job is marked failed");
                     }
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(target: "turnstile::jobs", job = %id, machine = %machine, "{why}; recording it failed ({e}): the job returns to the queue when its lease expires");
                     }
@@ -274,11 +275,27 @@ impl Action for CheckQueue {
             }
             let notify = store.notify().clone();
             let mut version = None;
+            let mut warned = false;
             loop {
+                // While the store's writes fail, claims back off instead of spinning (woken
+                // early when a write commits again).
+                if let Some(d) = store.claim_backoff() {
+                    let recovered = notify.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = recovered => {}
+                    }
+                }
                 let notified = notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let next_due = match claim(store.clone(), filter.clone()).await {
+                    Err(e) if wait && store.claim_backoff().is_some() => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(target: "turnstile::jobs", "claim failed ({e}): the store cannot write; trying again with a backoff");
+                        }
+                        continue;
+                    }
                     Err(e) => return store_error("check_database_queue", &e, &error),
                     Ok(Claim::Job(j)) => {
                         store.set_holder(&j.job_id, holder);
