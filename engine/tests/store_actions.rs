@@ -434,3 +434,136 @@ async fn wait_for_jobs_times_out() {
     assert_eq!(snap.state.as_ref(), "late");
     assert_eq!(snap.context["pending_jobs"], json!(["w1", "w2"]));
 }
+
+/// A worker whose processing fails and goes back to waiting without `fail_job`.
+const ABANDONING: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: careless
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: waiting, event: error}
+  - {from: "*", to: stopped, event: stop}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: complete_job
+      job_id: "elsewhere-{id}"
+final_states: [stopped]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_its_machine_abandons_is_marked_failed() {
+    let registry = ActionRegistry::with_builtins();
+    let def = config::load_str(ABANDONING, None, &registry).def.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+    registry.jobs().set(store.clone());
+    add_task(&store, "dropped");
+    add_task(&store, "dropped-too");
+    let engine = Engine::builder().build();
+    engine.spawn(def).unwrap();
+    let t0 = Instant::now();
+    // Back in `waiting` without completing or failing its job, the machine has abandoned
+    // it: the job is marked failed, and not run again. The second job is abandoned when
+    // the machine waits once more, with nothing left to claim.
+    for id in ["dropped", "dropped-too"] {
+        loop {
+            let j = store.get_job(id).unwrap().unwrap();
+            if j.status == "failed" {
+                assert_eq!(j.attempts, 1);
+                assert!(j.lease_owner.is_none());
+                let msg = j.error_message.unwrap_or_default();
+                assert!(
+                    msg.contains("abandoned") && msg.contains("careless"),
+                    "{msg}"
+                );
+                break;
+            }
+            assert!(t0.elapsed() < WAIT, "still {j:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(engine.wait_for_state("careless", "waiting", WAIT).await);
+    engine.shutdown();
+    engine.join().await;
+}
+
+fn add_task(store: &SqliteStore, id: &str) {
+    store
+        .add_job(NewJob {
+            job_id: Some(id.into()),
+            job_type: "task".into(),
+            ..NewJob::default()
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_of_a_stopped_machine_s_job_runs_out() {
+    let yaml = r#"
+initial_state: waiting
+metadata:
+  machine_name: quitter
+transitions:
+  - {from: waiting, to: gone, event: new_job}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+final_states: [gone]
+"#;
+    let registry = ActionRegistry::with_builtins();
+    let def = config::load_str(yaml, None, &registry).def.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let lease = Duration::from_millis(300);
+    let store = Arc::new(
+        SqliteStore::open_with(
+            &path,
+            turnstile_engine::store::SqliteOptions {
+                lease,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    registry.jobs().set(store.clone());
+    add_task(&store, "orphan");
+    // A job claimed through the store API, held by no machine: renewed until completed.
+    add_task(&store, "api");
+    assert!(store.claim_job("api", store.owner()).unwrap());
+    let engine = Engine::builder().build();
+    engine.spawn(def).unwrap();
+    tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    assert_eq!(engine.machine("quitter").unwrap().state.as_ref(), "gone");
+    // Several renewal periods (lease / 3) later, the stopped machine's job is no longer
+    // leased: another process's claim takes it back.
+    tokio::time::sleep(lease * 3).await;
+    let other = SqliteStore::open_with(
+        &path,
+        turnstile_engine::store::SqliteOptions {
+            renew: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    match other
+        .claim_next(
+            &turnstile_engine::store::JobFilter::default(),
+            other.owner(),
+        )
+        .unwrap()
+    {
+        turnstile_engine::store::Claim::Job(j) => {
+            assert_eq!(j.job_id, "orphan");
+            assert_eq!(j.attempts, 2);
+        }
+        c => panic!("the stopped machine's job is still leased: {c:?}"),
+    }
+    let api = other.get_job("api").unwrap().unwrap();
+    assert_eq!(api.status, "processing", "{api:?}");
+    assert!(api.lease_until.unwrap() > turnstile_engine::store::now_ms());
+}

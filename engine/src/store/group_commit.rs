@@ -15,18 +15,33 @@
 //! - [`Ack::Executed`] (claims): as soon as the operation has run inside the open
 //!   transaction, before its commit. The caller starts on the job while the commit (its
 //!   fsync) goes on, and its next write lands in the next batch instead of missing it.
-//!   Losing such a claim (the process dies before the commit, or the commit fails) only
-//!   leaves the job pending, to be claimed again: jobs stay at-least-once and none is
-//!   lost. No one else can take the job in between: the transaction holds SQLite's
-//!   write lock until it commits.
+//!   No one else can take the job in between: the transaction holds SQLite's write lock
+//!   until it commits.
 //!
-//! When the commit fails, every [`Ack::Committed`] operation of the batch gets the error.
+//! When the commit fails, every [`Ack::Committed`] operation of the batch gets the error,
+//! and each claim answered early is *lost*: its job is pending again, but its caller has
+//! started on it. The writer then
+//! - notes the attempt (in memory, [`Lost::pending`]) and writes it in front of the next
+//!   transaction, again until one commits, so that a job whose claims keep being lost is
+//!   dead-lettered like one whose runs keep failing;
+//! - remembers the job ([`Lost::refused`]) so that the store refuses the completion the
+//!   caller will try;
+//! - records the failure ([`Health`]): while writes fail, claims are answered after their
+//!   commit (a claim that does not commit starts nothing), claimers back off
+//!   ([`Health::backoff`]), and the store reports itself not ready. The next transaction
+//!   that writes something and commits clears it.
+//!
+//! Before a batch the writer also checks that the database file is still the one it
+//! opened (one `stat`) and replaces a read-only connection by a fresh
+//! one once the file is writable again (see [`Hooks`]).
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -34,6 +49,16 @@ use super::StoreError;
 
 /// Most operations one transaction carries.
 const MAX_BATCH: usize = 256;
+
+/// How often (at most) the writer tries to replace a connection that cannot write.
+const REOPEN_EVERY: Duration = Duration::from_millis(250);
+
+/// First and longest claim backoff while writes fail.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Most jobs remembered as lost (their completion refused); older ones are forgotten.
+const MAX_REFUSED: usize = 10_000;
 
 /// When a write's caller gets its result (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,19 +69,139 @@ pub(crate) enum Ack {
     Executed,
 }
 
+/// True for SQLite errors that say the database cannot be written now (space, I/O,
+/// permissions, a vanished or damaged file), as opposed to an operation's own failure
+/// (a constraint, a bad value, a busy lock). SQLite's messages for these codes.
+pub(crate) fn storage_failure(msg: &str) -> bool {
+    const MARKS: &[&str] = &[
+        "database or disk is full",
+        "disk I/O error",
+        "readonly database",
+        "unable to open database file",
+        "database disk image is malformed",
+        "file is not a database",
+        "was deleted",
+        "was replaced",
+        "is read-only",
+    ];
+    MARKS.iter().any(|m| msg.contains(m))
+}
+
+/// Whether the store's writes commit (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Why writes fail, since the last transaction that wrote something and committed.
+    pub(crate) failing: Option<String>,
+    /// Transactions failed in a row.
+    pub(crate) failures: u32,
+    /// When the last one failed.
+    pub(crate) last_failure: Option<Instant>,
+    /// When a transaction that wrote something last committed.
+    pub(crate) last_commit: Option<Instant>,
+}
+
+impl Health {
+    /// How long a claimer should wait before its next claim: `None` while writes commit,
+    /// else 100 ms after the first failure, doubled per failure, at most 2 s, counted from
+    /// the last failure.
+    pub(crate) fn backoff(&self) -> Option<Duration> {
+        self.failing.as_ref()?;
+        let exp = self.failures.saturating_sub(1).min(16);
+        let full = BACKOFF_FIRST.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        let since = self.last_failure.map_or(Duration::ZERO, |t| t.elapsed());
+        Some(full.saturating_sub(since).max(Duration::from_millis(10)))
+    }
+
+    fn failed(&mut self, why: &str) {
+        if self.failing.is_none() {
+            tracing::warn!(target: "turnstile::store", "the job store cannot write: {why}; claims wait for their commit and back off, the store reports not ready until a write commits");
+        }
+        self.failing = Some(why.to_owned());
+        self.failures = self.failures.saturating_add(1);
+        self.last_failure = Some(Instant::now());
+    }
+
+    /// True when writes failed until now.
+    fn committed(&mut self) -> bool {
+        let was = self.failing.take();
+        if let Some(why) = &was {
+            tracing::warn!(target: "turnstile::store", "the job store writes again (it failed {} time(s): {why})", self.failures);
+        }
+        self.failures = 0;
+        self.last_commit = Some(Instant::now());
+        was.is_some()
+    }
+}
+
+/// Claims answered early whose transaction did not commit (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Lost {
+    /// Attempts not yet written, by job id.
+    pub(crate) pending: HashMap<String, u32>,
+    /// Jobs whose claim was lost, with why: this process may not complete them.
+    pub(crate) refused: HashMap<String, String>,
+}
+
+impl Lost {
+    /// Takes back the refusal of `job_id`: the reason, if it was refused.
+    pub(crate) fn take_refusal(&mut self, job_id: &str) -> Option<String> {
+        self.refused.remove(job_id)
+    }
+}
+
+/// State the writer shares with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    health: Mutex<Health>,
+    lost: Mutex<Lost>,
+}
+
+impl Shared {
+    pub(crate) fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lost(&self) -> MutexGuard<'_, Lost> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Writes lost claims' attempts (job id, how many) in the open transaction.
+pub(crate) type CountLost = dyn Fn(&Connection, &[(String, u32)]) -> Result<(), StoreError> + Send;
+
+/// What the writer needs from the store it writes for.
+pub(crate) struct Hooks {
+    /// Writes lost claims' attempts (job id, how many) in the open transaction.
+    pub(crate) count_lost: Box<CountLost>,
+    /// `Err(why)` when the database file is no longer the one the store opened.
+    pub(crate) check_file: Box<dyn Fn() -> Result<(), String> + Send>,
+    /// A fresh connection to the same file (to replace one that cannot write).
+    pub(crate) reopen: Box<dyn Fn() -> Result<Connection, StoreError> + Send>,
+    /// Called when writes commit again after failing (wakes claimers backing off).
+    pub(crate) recovered: Box<dyn Fn() + Send>,
+}
+
 /// One queued write.
 trait WriteOp: Send {
     /// Runs the operation; false when it failed (its savepoint is rolled back).
     fn run(&mut self, conn: &Connection) -> bool;
     /// When its caller hears back.
     fn ack(&self) -> Ack;
+    /// The job an executed claim took (lost if the commit fails).
+    fn claimed(&self) -> Option<String>;
+    /// Its own error, when it failed.
+    fn error(&self) -> Option<String>;
     /// Delivers the result, or `failed` when the transaction did not commit.
     fn finish(self: Box<Self>, failed: Option<&str>);
 }
 
+/// Says which job a claim's result took.
+type JobOf<T> = Box<dyn Fn(&T) -> Option<String> + Send>;
+
 struct Op<T, F> {
     f: Option<F>,
     ack: Ack,
+    job_of: Option<JobOf<T>>,
     result: Option<Result<T, StoreError>>,
     reply: SyncSender<Result<T, StoreError>>,
 }
@@ -82,6 +227,20 @@ where
         self.ack
     }
 
+    fn claimed(&self) -> Option<String> {
+        match (&self.job_of, &self.result) {
+            (Some(f), Some(Ok(t))) => f(t),
+            _ => None,
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        match &self.result {
+            Some(Err(e)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     fn finish(self: Box<Self>, failed: Option<&str>) {
         let r = match (failed, self.result) {
             // An operation that failed on its own keeps its own error.
@@ -105,22 +264,35 @@ struct Counts {
 pub(crate) struct GroupCommit {
     queue: Option<Sender<Box<dyn WriteOp>>>,
     counts: Arc<Counts>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl GroupCommit {
     /// Starts the writer thread on `conn` (which readers lock too).
-    pub(crate) fn start(conn: Arc<Mutex<Connection>>) -> Result<Self, StoreError> {
+    pub(crate) fn start(conn: Arc<Mutex<Connection>>, hooks: Hooks) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Counts::default());
-        let c = counts.clone();
+        let shared = Arc::new(Shared::default());
+        let (c, sh) = (counts.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("turnstile-sqlite-writer".into())
-            .spawn(move || writer(&conn, &rx, &c))
+            .spawn(move || {
+                Writer {
+                    conn: &conn,
+                    queue: &rx,
+                    counts: &c,
+                    shared: &sh,
+                    hooks: &hooks,
+                    reopened: None,
+                }
+                .run();
+            })
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             queue: Some(tx),
             counts,
+            shared,
             thread: Some(thread),
         })
     }
@@ -133,9 +305,41 @@ impl GroupCommit {
         )
     }
 
+    /// The health and lost claims the writer keeps.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Runs `f` in a write transaction shared with whatever other writes of this process
     /// are waiting; returns when `ack` says.
     pub(crate) fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(ack, f, None)
+    }
+
+    /// A claim: answered once run ([`Ack::Executed`]) while writes commit, after its
+    /// commit while they fail. `job_of` names the job a result took.
+    pub(crate) fn claim<T, F>(
+        &self,
+        f: F,
+        job_of: impl Fn(&T) -> Option<String> + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let ack = if self.shared.health().failing.is_some() {
+            Ack::Committed
+        } else {
+            Ack::Executed
+        };
+        self.submit(ack, f, Some(Box::new(job_of)))
+    }
+
+    fn submit<T, F>(&self, ack: Ack, f: F, job_of: Option<JobOf<T>>) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -144,6 +348,7 @@ impl GroupCommit {
         let op = Box::new(Op {
             f: Some(f),
             ack,
+            job_of,
             result: None,
             reply: tx,
         });
@@ -168,25 +373,145 @@ impl Drop for GroupCommit {
     }
 }
 
-/// The writer thread: one transaction per batch of whatever is queued.
-fn writer(conn: &Mutex<Connection>, queue: &Receiver<Box<dyn WriteOp>>, counts: &Counts) {
-    let more = |batch: &mut Vec<Box<dyn WriteOp>>| {
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// How one transaction ended.
+#[derive(Default)]
+struct BatchEnd {
+    /// The transaction failed (not committed), and why.
+    failed: Option<String>,
+    /// An operation failed because the database cannot be written.
+    storage: Option<String>,
+    /// It committed and changed rows.
+    wrote: bool,
+    /// Jobs claimed and answered before the commit.
+    early: Vec<String>,
+    /// Lost attempts written in it.
+    counted: Vec<(String, u32)>,
+}
+
+struct Writer<'a> {
+    conn: &'a Mutex<Connection>,
+    queue: &'a Receiver<Box<dyn WriteOp>>,
+    counts: &'a Counts,
+    shared: &'a Shared,
+    hooks: &'a Hooks,
+    reopened: Option<Instant>,
+}
+
+impl Writer<'_> {
+    /// One transaction per batch of whatever is queued.
+    fn run(&mut self) {
+        let more = |batch: &mut Vec<Box<dyn WriteOp>>| {
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+        };
+        while let Ok(first) = self.queue.recv() {
+            let mut batch = vec![first];
+            more(&mut batch);
+            let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            // Writes that arrived while a reader held the connection join too.
+            more(&mut batch);
+            self.counts
+                .ops
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.counts.batches.fetch_add(1, Ordering::Relaxed);
+            if let Err(why) = self.ready(&mut guard) {
+                for op in batch {
+                    op.finish(Some(&why));
+                }
+                self.shared.health().failed(&why);
+                continue;
+            }
+            let lost: Vec<(String, u32)> = {
+                let l = self.shared.lost();
+                l.pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            };
+            let end = run_batch(&guard, batch, &lost, self.hooks);
+            drop(guard);
+            self.ended(end);
+        }
+    }
+
+    /// Checks, before a batch, that the file is the one opened and the connection can
+    /// write (replacing a read-only one); `Err(why)` fails the batch.
+    fn ready(&mut self, conn: &mut Connection) -> Result<(), String> {
+        // One `stat` per transaction: a write to a deleted file would be acknowledged
+        // and lost.
+        (self.hooks.check_file)()?;
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        // A full disk is not mended by a new connection; a read-only file or an I/O
+        // error (a file system remounted read-only) may be.
+        let broken = read_only
+            || self
+                .shared
+                .health()
+                .failing
+                .as_deref()
+                .is_some_and(|why| !why.contains("full"));
+        if broken && self.reopened.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
+            self.reopened = Some(Instant::now());
+            match (self.hooks.reopen)() {
+                Ok(fresh) if !fresh.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) => {
+                    tracing::info!(target: "turnstile::store", "the database connection was opened again");
+                    *conn = fresh;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(target: "turnstile::store", "opening the database again failed: {e}")
+                }
             }
         }
-    };
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        more(&mut batch);
-        let guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-        // Writes that arrived while a reader held the connection join too.
-        more(&mut batch);
-        counts.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        counts.batches.fetch_add(1, Ordering::Relaxed);
-        run_batch(&guard, batch);
+        if read_only {
+            return Err(
+                "the database file is read-only: attempt to write a readonly database".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Records how a transaction ended: health, lost claims.
+    fn ended(&self, end: BatchEnd) {
+        if let Some(why) = &end.failed {
+            if !end.early.is_empty() {
+                let mut lost = self.shared.lost();
+                if lost.refused.len() + end.early.len() > MAX_REFUSED {
+                    lost.refused.clear();
+                }
+                for j in &end.early {
+                    *lost.pending.entry(j.clone()).or_default() += 1;
+                    lost.refused.insert(j.clone(), why.clone());
+                }
+                tracing::warn!(
+                    target: "turnstile::store",
+                    "a transaction failed ({why}): {} claim(s) acknowledged before its commit are undone; those jobs are pending again, their completions here are refused and their attempts counted once a write commits",
+                    end.early.len()
+                );
+            }
+            if storage_failure(why) {
+                self.shared.health().failed(why);
+            }
+            return;
+        }
+        if !end.counted.is_empty() {
+            let mut lost = self.shared.lost();
+            for (j, n) in &end.counted {
+                if let Some(left) = lost.pending.get_mut(j) {
+                    *left = left.saturating_sub(*n);
+                    if *left == 0 {
+                        lost.pending.remove(j);
+                    }
+                }
+            }
+        }
+        if let Some(why) = &end.storage {
+            self.shared.health().failed(why);
+        } else if end.wrote && self.shared.health().committed() {
+            (self.hooks.recovered)();
+        }
     }
 }
 
@@ -194,32 +519,54 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Gives every operation of `batch` the transaction's failure; says how many executed
-/// writes were acknowledged before it and are now undone.
-fn fail_all(batch: Vec<Box<dyn WriteOp>>, e: &rusqlite::Error, early: usize) {
-    let why = e.to_string();
+/// Gives every operation of `batch` the transaction's failure.
+fn fail_all(batch: Vec<Box<dyn WriteOp>>, e: &str, mut end: BatchEnd) -> BatchEnd {
     for op in batch {
-        op.finish(Some(&why));
+        op.finish(Some(e));
     }
-    if early > 0 {
-        tracing::warn!(
-            target: "turnstile::store",
-            "a transaction failed ({why}): {early} claim(s) acknowledged before its commit are undone; those jobs are pending again"
-        );
-    }
+    end.failed = Some(e.to_owned());
+    end.counted.clear();
+    end
 }
 
-/// One transaction for `batch`; every operation gets its result.
-fn run_batch(conn: &Connection, batch: Vec<Box<dyn WriteOp>>) {
+/// One transaction for `batch`, after writing the `lost` claims' attempts; every
+/// operation gets its result.
+fn run_batch(
+    conn: &Connection,
+    batch: Vec<Box<dyn WriteOp>>,
+    lost: &[(String, u32)],
+    hooks: &Hooks,
+) -> BatchEnd {
+    let mut end = BatchEnd::default();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
-        return fail_all(batch, &e, 0);
+        return fail_all(batch, &e.to_string(), end);
+    }
+    let before = conn.total_changes();
+    if !lost.is_empty() {
+        let counted =
+            exec(conn, "SAVEPOINT lost").and_then(|()| match (hooks.count_lost)(conn, lost) {
+                Ok(()) => exec(conn, "RELEASE lost").map(|()| true),
+                Err(e) => {
+                    tracing::debug!(target: "turnstile::store", "counting lost claims failed: {e}");
+                    exec(conn, "ROLLBACK TO lost")
+                        .and_then(|()| exec(conn, "RELEASE lost"))
+                        .map(|()| false)
+                }
+            });
+        match counted {
+            Ok(true) => end.counted = lost.to_vec(),
+            Ok(false) => {}
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK");
+                return fail_all(batch, &e.to_string(), end);
+            }
+        }
     }
     // A batch of one needs no savepoint: the transaction is the operation's.
-    let alone = batch.len() == 1;
+    let alone = batch.len() == 1 && end.counted.is_empty();
     let mut failed_alone = false;
     // Operations whose callers wait for the commit.
     let mut after_commit = Vec::with_capacity(batch.len());
-    let mut early = 0;
     let mut ops = batch.into_iter();
     while let Some(mut op) = ops.next() {
         let ok = if alone {
@@ -241,29 +588,41 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn WriteOp>>) {
                     let _ = exec(conn, "ROLLBACK");
                     after_commit.push(op);
                     after_commit.extend(ops);
-                    return fail_all(after_commit, &e, early);
+                    return fail_all(after_commit, &e.to_string(), end);
                 }
             }
         };
+        if !ok {
+            if let Some(e) = op.error().filter(|e| storage_failure(e)) {
+                end.storage = Some(e);
+            }
+        }
         // A failed operation's answer (its own error) does not depend on the commit.
         if !ok || op.ack() == Ack::Executed {
-            early += usize::from(ok);
+            if ok {
+                end.early.extend(op.claimed());
+            }
             op.finish(None);
         } else {
             after_commit.push(op);
         }
     }
+    let wrote = conn.total_changes() != before;
     // One operation alone that failed: nothing of it may be kept.
-    let end = exec(conn, if failed_alone { "ROLLBACK" } else { "COMMIT" });
-    match end {
+    match exec(conn, if failed_alone { "ROLLBACK" } else { "COMMIT" }) {
         Ok(()) => {
             for op in after_commit {
                 op.finish(None);
             }
+            end.wrote = wrote && !failed_alone;
+            if failed_alone {
+                end.counted.clear();
+            }
+            end
         }
         Err(e) => {
             let _ = exec(conn, "ROLLBACK");
-            fail_all(after_commit, &e, early);
+            fail_all(after_commit, &e.to_string(), end)
         }
     }
 }
@@ -288,6 +647,15 @@ mod tests {
         c
     }
 
+    fn no_hooks() -> Hooks {
+        Hooks {
+            count_lost: Box::new(|_, _| Ok(())),
+            check_file: Box::new(|| Ok(())),
+            reopen: Box::new(|| Err(StoreError::Db("no reopening in this test".into()))),
+            recovered: Box::new(|| {}),
+        }
+    }
+
     /// A fresh database in a temporary directory and a writer on it.
     fn started() -> (
         tempfile::TempDir,
@@ -298,7 +666,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
         let conn = Arc::new(Mutex::new(open(&path)));
-        let group = Arc::new(GroupCommit::start(conn.clone()).unwrap());
+        let group = Arc::new(GroupCommit::start(conn.clone(), no_hooks()).unwrap());
         (dir, path, conn, group)
     }
 

@@ -7,8 +7,9 @@
 //! Semantics (any backend):
 //!
 //! - A claim is atomic: one job goes to one claimer. It takes a *lease* (owner, expiry)
-//!   that the owning process renews while it runs; a process that dies stops renewing, the
-//!   lease expires and the job is pending again (at-least-once delivery).
+//!   that the owning process renews while one of its machines holds the job; a process that
+//!   dies, or a machine that stops, stops renewing, the lease expires and the job is
+//!   pending again (at-least-once delivery).
 //! - Every claim counts an attempt. A failed job is retried after an exponential backoff
 //!   until `max_attempts` attempts were made; then it is dead-lettered (status `dead`).
 //!   A job whose lease expired after its last attempt is dead-lettered too (a job that
@@ -179,6 +180,27 @@ pub struct ListJobs {
     pub limit: Option<usize>,
 }
 
+/// A machine of this process that holds a claimed job (see [`JobStore::set_holder`]).
+#[derive(Clone)]
+pub struct Holder {
+    /// The machine's name.
+    pub machine: Arc<str>,
+    /// True while the machine runs (its event queue is open).
+    pub alive: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Taken with `check_database_queue`: the machine gives the job up when it waits for
+    /// another one with `check_database_queue` (it holds one such job at a time).
+    pub from_queue: bool,
+}
+
+impl std::fmt::Debug for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holder")
+            .field("machine", &self.machine)
+            .field("from_queue", &self.from_queue)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The durable job queue.
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Adds a pending job; returns its id. Wakes in-process waiters at once.
@@ -196,6 +218,26 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError>;
     /// Extends every lease `owner` holds; returns how many.
     fn renew_leases(&self, owner: &str) -> Result<usize, StoreError>;
+    /// Ends a job this process claimed and its machine abandoned (it went back to claiming
+    /// without completing or failing it): status `failed` with `why`, not retried. False
+    /// when the job was not processing under this process's lease.
+    fn abandon_job(&self, job_id: &str, why: &str) -> Result<bool, StoreError> {
+        self.fail_job(job_id, why)
+            .map(|f| !matches!(f, Failed::NotFound))
+    }
+    /// Says which machine holds a job this process claimed. The store's lease renewal
+    /// then extends the job's lease only while that machine runs; a job claimed through
+    /// the store with no holder set is renewed until it is completed, failed or released.
+    fn set_holder(&self, _job_id: &str, _holder: Holder) {}
+    /// The job `machine` took with `check_database_queue` and still holds, if any.
+    fn queue_job_of(&self, _machine: &str) -> Option<String> {
+        None
+    }
+    /// While the store's last writes failed (a full disk, a read-only or deleted file):
+    /// how long a claimer should wait before it tries again. `None` when writes succeed.
+    fn claim_backoff(&self) -> Option<Duration> {
+        None
+    }
     /// One job.
     fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
     /// Jobs, newest first.
@@ -211,8 +253,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// A number that changes when another process commits to the database (cheap:
     /// SQLite's `PRAGMA data_version`). Waiters compare it to notice foreign writes.
     fn data_version(&self) -> Result<i64, StoreError>;
-    /// Reads something from the database, for readiness probes: an error (or no answer)
-    /// means jobs cannot be claimed or added now.
+    /// Checks the database for readiness probes: an error (or no answer) means jobs
+    /// cannot be claimed or added now.
     fn ping(&self) -> Result<(), StoreError> {
         self.data_version().map(|_| ())
     }

@@ -13,8 +13,10 @@
 //!   `max_attempts`, `next_attempt_at` and `traceparent` (added by `ALTER TABLE` to a file
 //!   that statemachine-engine created). Its `machine_state`, `machine_events` tables are
 //!   created the same way; Turnstile adds a `context` column to `machine_state`.
-//! - A thread renews this store's leases every third of the lease time; it ends with the
-//!   store.
+//! - A thread renews, every third of the lease time, the leases of the jobs this store
+//!   object claimed and that are still held: by a machine that runs, or by a caller of the
+//!   store API until it completes, fails or releases them ([`JobStore::set_holder`]). It
+//!   ends with the store.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -24,10 +26,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde_json::{Map, Value as Json};
 
-use super::group_commit::{Ack, GroupCommit};
+use super::group_commit::{Ack, GroupCommit, Hooks};
 use super::{
-    from_ms, now_ms, Claim, EventRecord, Failed, Job, JobFilter, JobStore, ListJobs, MachineRecord,
-    NewJob, StateStore, StoreError, PENDING,
+    from_ms, now_ms, Claim, EventRecord, Failed, Holder, Job, JobFilter, JobStore, ListJobs,
+    MachineRecord, NewJob, StateStore, StoreError, PENDING,
 };
 
 /// statemachine-engine 1.0.91's `jobs` table, verbatim (`schema/generic/001_jobs.sql`).
@@ -107,7 +109,16 @@ CREATE INDEX IF NOT EXISTS idx_jobs_pending_machine ON jobs (machine_type, prior
 CREATE INDEX IF NOT EXISTS idx_jobs_pending ON jobs (priority, created_at)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS idx_jobs_leased ON jobs (lease_until) WHERE status = 'processing';
+CREATE TABLE IF NOT EXISTS turnstile_health (
+    id INTEGER PRIMARY KEY,
+    checked_at INTEGER,
+    pad BLOB
+);
 ";
+
+/// How long a store may go without a committed write before a readiness check writes to
+/// find out whether it still can.
+const IDLE_PROBE: Duration = Duration::from_secs(5);
 
 /// Tuning of a [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -173,6 +184,12 @@ struct Inner {
     owner: String,
     notify: Arc<tokio::sync::Notify>,
     path: PathBuf,
+    /// The file it opened (device, inode).
+    file: FileId,
+    /// Jobs this store object claimed and has not completed, failed or released, with the
+    /// machine that holds each (`None`: whoever called the store). Only these leases are
+    /// renewed, and a machine's only while it runs.
+    holds: Mutex<std::collections::HashMap<String, Option<Holder>>>,
     /// Dropping it stops the lease renewal thread.
     _stop_renewal: Option<mpsc::Sender<()>>,
 }
@@ -212,22 +229,33 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(opts.busy_timeout)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", opts.sync.pragma())?;
-        migrate(&conn)?;
+        let conn = connect(path, &opts, true)?;
+        let file = file_id(path)
+            .map_err(|e| StoreError::Db(format!("cannot read {}: {e}", path.display())))?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renew = opts.renew;
         let conn = Arc::new(Mutex::new(conn));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let hooks = {
+            let (p1, p2, o) = (path.to_owned(), path.to_owned(), opts.clone());
+            let n = notify.clone();
+            let default_max = i64::from(opts.max_attempts);
+            Hooks {
+                count_lost: Box::new(move |tx, lost| count_lost(tx, lost, default_max)),
+                check_file: Box::new(move || check_file(&p1, file)),
+                reopen: Box::new(move || connect(&p2, &o, false)),
+                recovered: Box::new(move || n.notify_waiters()),
+            }
+        };
         let store = SqliteStore {
             inner: Arc::new(Inner {
-                group: GroupCommit::start(conn.clone())?,
+                group: GroupCommit::start(conn.clone(), hooks)?,
                 conn,
                 owner: owner_id(),
-                notify: Arc::new(tokio::sync::Notify::new()),
+                notify,
                 path: path.to_owned(),
+                file,
+                holds: Mutex::default(),
                 _stop_renewal: renew.then_some(stop_tx),
                 opts,
             }),
@@ -244,7 +272,7 @@ impl SqliteStore {
                     }
                     let Some(inner) = weak.upgrade() else { return };
                     let s = SqliteStore { inner };
-                    if let Err(e) = s.renew_leases(&s.inner.owner) {
+                    if let Err(e) = s.renew_held() {
                         tracing::warn!(target: "turnstile::store", "lease renewal failed: {e}");
                     }
                 })
@@ -286,17 +314,168 @@ impl SqliteStore {
     /// [`Self::write`] for claims: returns once `f` has run in the open transaction,
     /// before the commit (a claim lost with an uncommitted transaction leaves its job
     /// pending; see [`Ack::Executed`]).
-    fn claim_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    fn claim_write<T, F>(
+        &self,
+        f: F,
+        job_of: impl Fn(&T) -> Option<String> + Send + 'static,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.group.write(Ack::Executed, f)
+        self.inner.group.claim(f, job_of)
+    }
+
+    /// Whether the store can write now, for readiness: the file is the one opened, the
+    /// last write that changed something committed, and, when none committed for a while
+    /// (or the last one failed), a small write commits now.
+    fn check_writes(&self) -> Result<(), StoreError> {
+        check_file(&self.inner.path, self.inner.file).map_err(StoreError::Db)?;
+        let (failing, idle) = {
+            let h = self.inner.group.shared().health();
+            (
+                h.failing.clone(),
+                h.last_commit.is_none_or(|t| t.elapsed() >= IDLE_PROBE),
+            )
+        };
+        if failing.is_some() || idle {
+            let probe = self.write(|tx| {
+                tx.exec_cached(
+                    "INSERT OR REPLACE INTO turnstile_health (id, checked_at, pad)
+                     VALUES (1, ?1, zeroblob(8192))",
+                    [now_ms()],
+                )?;
+                Ok(())
+            });
+            if let Err(e) = probe {
+                return Err(StoreError::Db(format!("cannot write: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn holds(&self) -> MutexGuard<'_, std::collections::HashMap<String, Option<Holder>>> {
+        self.inner.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Extends the leases of the jobs held in this process (see [`Inner::holds`]): a job a
+    /// machine holds only while that machine runs. Returns how many were extended.
+    pub fn renew_held(&self) -> Result<usize, StoreError> {
+        let ids: Vec<String> = {
+            let mut holds = self.holds();
+            holds.retain(|job, h| match h {
+                Some(h) if !(h.alive)() => {
+                    tracing::warn!(
+                        target: "turnstile::store",
+                        job = %job,
+                        machine = %h.machine,
+                        "the machine holding this job stopped: its lease is no longer renewed, the job returns to the queue when it expires"
+                    );
+                    false
+                }
+                _ => true,
+            });
+            holds.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let owner = self.inner.owner.clone();
+        let lease_ms = self.lease_ms();
+        self.write(move |tx| {
+            let until = now_ms() + lease_ms;
+            let mut n = 0;
+            for id in &ids {
+                n += tx.exec_cached(
+                    "UPDATE jobs SET lease_until = ?3
+                     WHERE job_id = ?1 AND status = 'processing' AND lease_owner = ?2",
+                    params![id, owner, until],
+                )?;
+            }
+            Ok(n)
+        })
     }
 
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.inner.opts.lease.as_millis()).unwrap_or(i64::MAX / 4)
     }
+}
+
+/// A file's identity: (device, inode); `(0, 0)` where there is none to read.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| (0, 0))
+    }
+}
+
+/// `Err(why)` when `path` no longer names the file that was opened as `opened`.
+fn check_file(path: &Path, opened: FileId) -> Result<(), String> {
+    match file_id(path) {
+        Ok(id) if id == opened => Ok(()),
+        Ok(_) => Err(format!(
+            "the database file {} was replaced by another file while open: this process \
+             still writes to the old one; restart it to use the new file",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "the database file {} was deleted while open: writes would go to the deleted \
+             file and be lost; put the file back (or restart with a new one)",
+            path.display()
+        )),
+        // Unreadable for the moment (permissions): SQLite's own errors say more.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Opens a connection with the store's settings; `create` when the file may be created.
+fn connect(path: &Path, opts: &SqliteOptions, create: bool) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", opts.sync.pragma())?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Writes the attempts of claims that were answered but not committed (see
+/// [`super::group_commit`]): each counts as an attempt; a pending job out of attempts is
+/// dead-lettered.
+fn count_lost(tx: &Connection, lost: &[(String, u32)], default_max: i64) -> Result<(), StoreError> {
+    for (job_id, n) in lost {
+        tx.exec_cached(
+            "UPDATE jobs SET attempts = COALESCE(attempts, 0) + ?2,
+                error_message = 'a claim was lost: its transaction did not commit'
+             WHERE job_id = ?1 AND status IN ('pending', 'processing')",
+            params![job_id, n],
+        )?;
+        tx.exec_cached(
+            "UPDATE jobs SET status = 'dead', completed_at = CURRENT_TIMESTAMP,
+                lease_owner = NULL, lease_until = NULL, next_attempt_at = NULL,
+                error_message = 'its last attempt was lost: the claim did not commit'
+             WHERE job_id = ?1 AND status = 'pending' AND attempts >= COALESCE(max_attempts, ?2)",
+            params![job_id, default_max],
+        )?;
+    }
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -509,33 +688,35 @@ impl JobStore for SqliteStore {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (filter, owner) = (filter.clone(), owner.to_owned());
-        self.claim_write(move |tx| {
-            // Read the clock in the transaction: a batch may start later than the call.
-            let now = now_ms();
-            reap_expired(tx, now, default_max)?;
-            // Pick, lease, read back: three cached statements in the one immediate
-            // transaction (an `UPDATE ... RETURNING` was re-prepared by SQLite on every
-            // call).
-            let picked: Option<i64> = tx
-                .row_cached(
-                    pick_sql(&filter),
-                    params![now, filter.job_type, filter.machine_type],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = picked {
-                tx.exec_cached(
-                    "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
+        let claim = self.claim_write(
+            move |tx| {
+                // Read the clock in the transaction: a batch may start later than the call.
+                let now = now_ms();
+                reap_expired(tx, now, default_max)?;
+                // Pick, lease, read back: three cached statements in the one immediate
+                // transaction (an `UPDATE ... RETURNING` was re-prepared by SQLite on every
+                // call).
+                let picked: Option<i64> = tx
+                    .row_cached(
+                        pick_sql(&filter),
+                        params![now, filter.job_type, filter.machine_type],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = picked {
+                    tx.exec_cached(
+                        "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
                         lease_owner = ?2, lease_until = ?3, attempts = COALESCE(attempts, 0) + 1,
                         next_attempt_at = NULL
                      WHERE id = ?1",
-                    params![id, owner, now + lease_ms],
-                )?;
-                let job = tx.row_cached(JOB_BY_ROWID, [id], |r| job_from_row(r, default_max))?;
-                return Ok(Claim::Job(Box::new(job)));
-            }
-            let due: Option<i64> = tx.row_cached(
-                "SELECT MIN(t) FROM (
+                        params![id, owner, now + lease_ms],
+                    )?;
+                    let job =
+                        tx.row_cached(JOB_BY_ROWID, [id], |r| job_from_row(r, default_max))?;
+                    return Ok(Claim::Job(Box::new(job)));
+                }
+                let due: Option<i64> = tx.row_cached(
+                    "SELECT MIN(t) FROM (
                     SELECT MIN(next_attempt_at) AS t FROM jobs
                      WHERE status = 'pending' AND next_attempt_at IS NOT NULL
                        AND (?1 IS NULL OR job_type = ?1)
@@ -545,34 +726,56 @@ impl JobStore for SqliteStore {
                      WHERE status = 'processing' AND lease_until IS NOT NULL
                        AND (?1 IS NULL OR job_type = ?1)
                        AND (?2 IS NULL OR machine_type = ?2))",
-                params![filter.job_type, filter.machine_type],
-                |r| r.get(0),
-            )?;
-            Ok(Claim::Empty {
-                next_due: due.map(from_ms),
-            })
-        })
+                    params![filter.job_type, filter.machine_type],
+                    |r| r.get(0),
+                )?;
+                Ok(Claim::Empty {
+                    next_due: due.map(from_ms),
+                })
+            },
+            |c| match c {
+                Claim::Job(j) => Some(j.job_id.clone()),
+                Claim::Empty { .. } => None,
+            },
+        )?;
+        if let Claim::Job(j) = &claim {
+            self.holds().insert(j.job_id.clone(), None);
+            self.inner.group.shared().lost().take_refusal(&j.job_id);
+        }
+        Ok(claim)
     }
 
     fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.claim_write(move |tx| {
-            let now = now_ms();
-            reap_expired(tx, now, default_max)?;
-            let n = tx.exec_cached(
-                "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
+        let (id, owner) = (job_id.to_owned(), owner.to_owned());
+        let claimed = self.claim_write(
+            move |tx| {
+                let now = now_ms();
+                reap_expired(tx, now, default_max)?;
+                let n = tx.exec_cached(
+                    "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
                     lease_owner = ?2, lease_until = ?3, attempts = COALESCE(attempts, 0) + 1,
                     next_attempt_at = NULL
                  WHERE job_id = ?1 AND status = 'pending'",
-                params![job_id, owner, now + lease_ms],
-            )?;
-            Ok(n > 0)
-        })
+                    params![id, owner, now + lease_ms],
+                )?;
+                Ok(n > 0)
+            },
+            {
+                let id = job_id.to_owned();
+                move |claimed: &bool| claimed.then(|| id.clone())
+            },
+        )?;
+        if claimed {
+            self.holds().insert(job_id.to_owned(), None);
+            self.inner.group.shared().lost().take_refusal(job_id);
+        }
+        Ok(claimed)
     }
 
     fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.holds().remove(job_id);
         let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
         let released = self.write(move |tx| {
             let n = tx.exec_cached(
@@ -590,9 +793,17 @@ impl JobStore for SqliteStore {
     }
 
     fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
+        self.holds().remove(job_id);
         let job_id = job_id.to_owned();
         let result = result.map(Json::to_string);
+        let shared = self.inner.group.shared().clone();
         let done = self.write(move |tx| {
+            // In the writer: a claim of this job whose commit failed is known by now.
+            if let Some(why) = shared.lost().take_refusal(&job_id) {
+                return Err(StoreError::Db(format!(
+                    "job `{job_id}` is not this worker's: its claim did not commit ({why}), so the job went back to the queue; this completion is refused"
+                )));
+            }
             let n = tx.exec_cached(
                 "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
                     lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
@@ -609,10 +820,14 @@ impl JobStore for SqliteStore {
     }
 
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
+        self.holds().remove(job_id);
         let default_max = i64::from(self.inner.opts.max_attempts);
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         let opts = self.inner.opts.clone();
+        let shared = self.inner.group.shared().clone();
         let out = self.write(move |tx| {
+            // A lost claim's attempt is counted in front of this transaction already.
+            shared.lost().take_refusal(&job_id);
             let row: Option<(i64, Option<i64>)> = tx
                 .row_cached(
                     "SELECT COALESCE(attempts, 0), max_attempts FROM jobs
@@ -664,6 +879,40 @@ impl JobStore for SqliteStore {
                 params![owner, now_ms() + lease_ms],
             )?)
         })
+    }
+
+    fn abandon_job(&self, job_id: &str, why: &str) -> Result<bool, StoreError> {
+        self.holds().remove(job_id);
+        let (job_id, why, owner) = (job_id.to_owned(), why.to_owned(), self.inner.owner.clone());
+        let done = self.write(move |tx| {
+            let n = tx.exec_cached(
+                "UPDATE jobs SET status = 'failed', error_message = ?3,
+                    completed_at = CURRENT_TIMESTAMP, lease_owner = NULL, lease_until = NULL
+                 WHERE job_id = ?1 AND status = 'processing' AND lease_owner = ?2",
+                params![job_id, owner, why],
+            )?;
+            Ok(n > 0)
+        })?;
+        if done {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    fn set_holder(&self, job_id: &str, holder: Holder) {
+        if let Some(h) = self.holds().get_mut(job_id) {
+            *h = Some(holder);
+        }
+    }
+
+    fn queue_job_of(&self, machine: &str) -> Option<String> {
+        self.holds()
+            .iter()
+            .find(|(_, h)| {
+                h.as_ref()
+                    .is_some_and(|h| h.from_queue && *h.machine == *machine)
+            })
+            .map(|(id, _)| id.clone())
     }
 
     fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
@@ -736,7 +985,12 @@ impl JobStore for SqliteStore {
             .row_cached("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
+    fn claim_backoff(&self) -> Option<Duration> {
+        self.inner.group.shared().health().backoff()
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
+        self.check_writes()?;
         // Reads the jobs table's first page: an unreadable file fails here.
         let _: Option<i64> = self
             .conn()

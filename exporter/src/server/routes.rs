@@ -313,7 +313,7 @@ async fn probe_store(
     });
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(format!("the job store cannot be read: {e}")),
+        Ok(Ok(Err(e))) => Err(format!("the job store is not usable: {e}")),
         Ok(Err(e)) => {
             busy.store(false, Ordering::Release);
             Err(format!("the job store check failed: {e}"))
@@ -645,7 +645,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(
-            e.contains("cannot be read") && e.contains("disk I/O error"),
+            e.contains("not usable") && e.contains("disk I/O error"),
             "{e}"
         );
         // A read that hangs: no answer within the limit ...

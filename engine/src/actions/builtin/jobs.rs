@@ -26,7 +26,7 @@ use serde_json::{Map, Value as Json};
 use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
 use crate::observe::ErrorKind;
 use crate::runtime::template::{JsonTemplate, Template};
-use crate::store::{Claim, Failed, Job, JobFilter, JobStore, StateStore, StoreError};
+use crate::store::{Claim, Failed, Holder, Job, JobFilter, JobStore, StateStore, StoreError};
 
 /// How often a waiting `check_database_queue` checks whether another process wrote to the
 /// database (jobs added in this process wake it at once).
@@ -106,6 +106,17 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(StoreError::Db(format!("store call panicked: {e}"))))
+}
+
+/// The running machine as the holder of a job it claims: alive while its event queue is
+/// open (it closes when the machine stops).
+fn holder(cx: &ActionCx<'_>, from_queue: bool) -> Holder {
+    let queue = cx.router.sender(cx.machine);
+    Holder {
+        machine: Arc::from(cx.machine),
+        alive: Arc::new(move || queue.as_ref().is_none_or(|q| !q.is_closed())),
+        from_queue,
+    }
 }
 
 /// Renders an optional string template; `None` when it is empty or still has an unresolved
@@ -229,10 +240,15 @@ fn build_check_queue(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Option<Built
 }
 
 impl Action for CheckQueue {
-    fn run(&self, _cx: &mut ActionCx<'_>) -> Step {
+    fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.jobs() else {
             return no_store("check_database_queue", &self.error);
         };
+        // A machine holds one job from the queue at a time: back here without having
+        // completed or failed the last one, it has given that one up.
+        let abandoned = store.queue_job_of(cx.machine);
+        let machine = cx.machine.to_owned();
+        let holder = holder(cx, true);
         let filter = self.filter.clone();
         let (wait, new_job, no_jobs, error) = (
             self.wait,
@@ -241,15 +257,48 @@ impl Action for CheckQueue {
             self.error.clone(),
         );
         Step::Wait(Box::pin(async move {
+            if let Some(id) = abandoned {
+                let s = store.clone();
+                let why = format!(
+                    "abandoned: machine `{machine}` went back to check_database_queue without complete_job or fail_job"
+                );
+                let (id2, why2) = (id.clone(), why.clone());
+                match blocking(move || s.abandon_job(&id2, &why2)).await {
+                    Ok(true) => {
+                        tracing::warn!(target: "turnstile::jobs", job = %id, machine = %machine, "{why}: the job is marked failed");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(target: "turnstile::jobs", job = %id, machine = %machine, "{why}; recording it failed ({e}): the job returns to the queue when its lease expires");
+                    }
+                }
+            }
             let notify = store.notify().clone();
             let mut version = None;
+            let mut warned = false;
             loop {
+                // While the store's writes fail, claims back off instead of spinning (woken
+                // early when a write commits again).
+                if let Some(d) = store.claim_backoff() {
+                    let recovered = notify.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = recovered => {}
+                    }
+                }
                 let notified = notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let next_due = match claim(store.clone(), filter.clone()).await {
+                    Err(e) if wait && store.claim_backoff().is_some() => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(target: "turnstile::jobs", "claim failed ({e}): the store cannot write; trying again with a backoff");
+                        }
+                        continue;
+                    }
                     Err(e) => return store_error("check_database_queue", &e, &error),
                     Ok(Claim::Job(j)) => {
+                        store.set_holder(&j.job_id, holder);
                         tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
                         let mut o = Outcome::ok(Some(new_job)).with_job(
                             JobChange::Claimed,
@@ -352,11 +401,15 @@ impl Action for ClaimJob {
         let (success, taken, error) =
             (self.success.clone(), self.taken.clone(), self.error.clone());
         let job_type = known_job_type(cx, &id);
+        let holder = holder(cx, false);
         Step::Wait(Box::pin(async move {
             let s = store.clone();
             let id2 = id.clone();
             match blocking(move || s.claim_job(&id2, s.owner())).await {
-                Ok(true) => Outcome::ok(Some(success)).with_job(JobChange::Claimed, job_type, id),
+                Ok(true) => {
+                    store.set_holder(&id, holder);
+                    Outcome::ok(Some(success)).with_job(JobChange::Claimed, job_type, id)
+                }
                 Ok(false) => Outcome::ok(Some(taken)),
                 Err(e) => store_error("claim_job", &e, &error),
             }

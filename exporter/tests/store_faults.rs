@@ -1,0 +1,324 @@
+#![allow(clippy::unwrap_used)]
+//! The job store when the disk fills up, the database file is read-only, or it is deleted
+//! while the worker runs: the real binary, in a private mount namespace (`unshare -m`,
+//! which needs root) so that a small tmpfs or a read-only bind mount can be set up.
+//!
+//! The test process reaches the worker's files through `/proc/PID/root`.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, field, Proc};
+use serde_json::Value as Json;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// True when this process may create mount namespaces (root); otherwise the test says why
+/// it is skipped.
+fn can_unshare(test: &str) -> bool {
+    let ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED {test}: `unshare -m` is not permitted here (needs root or CAP_SYS_ADMIN); CI runs it as root");
+    }
+    ok
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+/// Starts `turnstile run CONFIG --db DB` after `setup` (shell commands) in a new mount
+/// namespace; returns it and its sidecar's address.
+fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAddr) {
+    let script = format!(
+        "set -e; {setup}; exec \"{bin}\" --log-format json --log-level info run \"{cfg}\" --db \"{db}\"",
+        bin = bin(),
+        cfg = config.display(),
+        db = db.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", &script])
+        .env_remove("RUST_LOG")
+        .env("TURNSTILE_LISTEN", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null());
+    let mut p = Proc::spawn(cmd);
+    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let addr = field(&rec, "addr").parse().unwrap();
+    (p, addr)
+}
+
+/// `path` as the process `pid` sees it (in its mount namespace).
+fn inside(pid: u32, path: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{}", path.display()))
+}
+
+fn jobs_add(db: &Path, id: &str) {
+    let out = Command::new(bin())
+        .args(["jobs", "add", "--type", "task", "--job-id", id, "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (status, attempts) of a job, read with `turnstile jobs list` in the mount namespace of
+/// process `pid` (SQLite resolves `/proc/PID/root` to `/`: it cannot open the file through
+/// it).
+fn job_in(pid: u32, db: &Path, id: &str) -> Option<(String, i64)> {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            bin(),
+            "jobs",
+            "list",
+            "--format",
+            "json",
+            "--db",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Json = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()?
+        .iter()
+        .find(|j| j["job_id"] == id)
+        .map(|j| {
+            (
+                j["status"].as_str().unwrap_or_default().to_owned(),
+                j["attempts"].as_i64().unwrap_or(-1),
+            )
+        })
+}
+
+fn completed(pid: u32, db: &Path, id: &str) -> bool {
+    job_in(pid, db, id).is_some_and(|(s, _)| s == "completed")
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+/// A worker that waits for the file GO, then runs each job (appending its id to RUNS)
+/// and completes it.
+fn worker_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("worker.yaml");
+    let yaml = format!(
+        r#"
+initial_state: hold
+metadata:
+  machine_name: worker
+transitions:
+  - {{from: hold, to: waiting, event: go}}
+  - {{from: waiting, to: processing, event: new_job}}
+  - {{from: processing, to: finishing, event: ran}}
+  - {{from: finishing, to: waiting, event: job_completed}}
+  - {{from: finishing, to: waiting, event: error}}
+actions:
+  hold:
+    - type: bash
+      command: "while [ ! -e {go} ]; do sleep 0.05; done"
+      timeout: 600
+      success: go
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: bash
+      command: "echo {{id}} >> {runs}"
+      success: ran
+  finishing:
+    - type: complete_job
+      job_id: "{{id}}"
+      success: job_completed
+"#,
+        go = dir.join("GO").display(),
+        runs = dir.join("runs.log").display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    cfg
+}
+
+fn runs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("runs.log"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_disk_stops_claims_and_loses_nothing() {
+    if !can_unshare("a_full_disk_stops_claims_and_loses_nothing") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let db = mnt.join("jobs.db");
+    let cfg = worker_config(dir.path());
+    let setup = format!(
+        "mount -t tmpfs -o size=2M tmpfs \"{mnt}\"; \"{bin}\" jobs add --db \"{db}\" --type task --job-id J1 >/dev/null",
+        mnt = mnt.display(),
+        bin = bin(),
+        db = db.display()
+    );
+    let (mut p, addr) = start_in_namespace(&setup, &cfg, &db);
+    let pid = p.pid();
+    assert_eq!(http(addr, "GET", "/readyz", "").0, 200);
+    // Fill the tmpfs, then let the worker claim J1.
+    let filler = inside(pid, &mnt.join("filler"));
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    std::fs::write(dir.path().join("GO"), "").unwrap();
+    let full = Duration::from_secs(3);
+    std::thread::sleep(full);
+    let runs_full = runs(dir.path());
+    let (code, body) = http(addr, "GET", "/readyz", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("full"), "{body}");
+    let (code, body) = http(addr, "POST", "/jobs", r#"{"job_type": "task"}"#);
+    assert_eq!(code, 503, "{body}");
+    // The claim answered before its failed commit ran the job once at most; no more runs
+    // while the disk stays full.
+    assert!(
+        runs_full <= 1,
+        "the job ran {runs_full} times in {full:?} on a full disk"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let recover = wait_until("J1 completed", LIMIT, || completed(pid, &db, "J1"));
+    // The lost claim counted: one lost attempt and the one that completed.
+    assert_eq!(job_in(pid, &db, "J1"), Some(("completed".into(), 2)));
+    assert_eq!(runs(dir.path()), runs_full + 1);
+    let ready = wait_until("ready again", LIMIT, || {
+        http(addr, "GET", "/readyz", "").0 == 200
+    });
+    // Jobs are accepted again and nothing acknowledged was lost.
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/jobs",
+        r#"{"job_type": "task", "job_id": "J2"}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    wait_until("J2 completed", LIMIT, || completed(pid, &db, "J2"));
+    eprintln!(
+        "full disk: the job ran {runs_full} time(s) in {full:?} while full; completed {recover:?} after space returned (ready after {ready:?})"
+    );
+    p.signal("TERM");
+    p.finish(LIMIT);
+}
+
+#[test]
+fn a_read_only_database_is_not_ready_and_recovers_when_writable() {
+    if !can_unshare("a_read_only_database_is_not_ready_and_recovers_when_writable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ro.db");
+    jobs_add(&db, "R1");
+    let cfg = worker_config(dir.path());
+    std::fs::write(dir.path().join("GO"), "").unwrap();
+    let setup = format!(
+        "mount --bind \"{db}\" \"{db}\"; mount -o remount,ro,bind \"{db}\"",
+        db = db.display()
+    );
+    let (mut p, addr) = start_in_namespace(&setup, &cfg, &db);
+    let (code, body) = http(addr, "GET", "/readyz", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    assert_eq!(
+        http(addr, "POST", "/jobs", r#"{"job_type": "task"}"#).0,
+        503
+    );
+    assert_eq!(runs(dir.path()), 0);
+    // Writable again: no restart needed.
+    let st = Command::new("nsenter")
+        .args(["-t", &p.pid().to_string(), "-m", "umount", "-l"])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_until("ready again", LIMIT, || {
+        http(addr, "GET", "/readyz", "").0 == 200
+    });
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/jobs",
+        r#"{"job_type": "task", "job_id": "R2"}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let pid = p.pid();
+    wait_until("R1 and R2 completed", LIMIT, || {
+        completed(pid, &db, "R1") && completed(pid, &db, "R2")
+    });
+    p.signal("TERM");
+    p.finish(LIMIT);
+}
+
+#[test]
+fn a_deleted_database_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gone.db");
+    let cfg = worker_config(dir.path());
+    let mut p = Proc::start(&[
+        "run",
+        &cfg.display().to_string(),
+        "--db",
+        &db.display().to_string(),
+    ]);
+    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+    });
+    let addr: SocketAddr = field(&rec, "addr").parse().unwrap();
+    assert_eq!(http(addr, "GET", "/readyz", "").0, 200);
+    std::fs::remove_file(&db).unwrap();
+    let (code, body) = http(addr, "GET", "/readyz", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("deleted"), "{body}");
+    // A job that would go to the deleted file is refused, not acknowledged and lost.
+    let (code, body) = http(addr, "POST", "/jobs", r#"{"job_type": "task"}"#);
+    assert_eq!(code, 503, "{body}");
+    p.signal("TERM");
+    p.finish(LIMIT);
+}
