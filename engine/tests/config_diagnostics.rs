@@ -416,6 +416,36 @@ fn bad_placeholder_filter() {
     );
 }
 
+#[test]
+fn placeholders_where_bash_evaluates_code() {
+    // A block scalar over several lines: each placeholder is reported where it stands.
+    let l = load(
+        "initial_state: a\nstates: [a]\nactions:\n  a:\n    - type: bash\n      command: |\n        echo {name}\n        id=$(hostname)#$(( {payload.n} + 1 ))\n        eval \"echo {name}\"\n        echo $(( {payload.n|int} ))\n",
+    );
+    assert_eq!(
+        summary(&l),
+        [("unsafe-placeholder", 8, 28), ("unsafe-placeholder", 9, 20)],
+        "{}",
+        dump(&l)
+    );
+    expect(
+        &l,
+        Error,
+        "unsafe-placeholder",
+        (8, 28),
+        "`{payload.n}` stands in shell arithmetic",
+        "`{payload.n|int}`",
+    );
+    expect(
+        &l,
+        Error,
+        "unsafe-placeholder",
+        (9, 20),
+        "`{name}` stands in an argument of `eval`",
+        "as data",
+    );
+}
+
 // --- unknown keys and parameters ----------------------------------------------------------
 
 #[test]

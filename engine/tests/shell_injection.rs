@@ -231,6 +231,26 @@ const CONTEXTS: &[Context] = &[
         expect: Some(|v| format!("it's \"{v}\"\n")),
     },
     Context {
+        name: "bash_c_positional",
+        command: "cd '@DIR' && bash -c 'printf \"%s\" \"$1\"' _ {value} > out",
+        expect: Some(same),
+    },
+    Context {
+        name: "parameter_default",
+        command: "cd '@DIR' && printf '%s' \"${no_such_var:-{value}}\" > out",
+        expect: Some(same),
+    },
+    Context {
+        name: "string_comparison_and_export",
+        command: "cd '@DIR' && export v={value} && [[ {value} == \"$v\" && ( -n $v || -z $v ) ]] && printf '%s' \"$v\" > out",
+        expect: Some(same),
+    },
+    Context {
+        name: "after_a_substitution_and_hash",
+        command: "cd '@DIR' && id=$(echo x)#{value}; printf '%s' \"${id#x#}\" > out",
+        expect: Some(same),
+    },
+    Context {
         name: "heredoc_then_more",
         command:
             "cd '@DIR' && cat > out <<-EOF\n\tit's {value}\n\tEOF\nprintf '%s' {value} >> out\n",
@@ -323,6 +343,10 @@ context_tests! {
     after_a_comment_with_quotes => "after_a_comment_with_quotes",
     heredoc => "heredoc",
     heredoc_with_tabs_then_more => "heredoc_then_more",
+    bash_c_positional_argument => "bash_c_positional",
+    parameter_default => "parameter_default",
+    string_comparison_and_export => "string_comparison_and_export",
+    after_a_substitution_and_hash => "after_a_substitution_and_hash",
 }
 
 #[test]
@@ -406,11 +430,14 @@ actions:
 async fn arithmetic_takes_only_integers() {
     let engine = Engine::builder().build();
     let commands = [
-        "cd '@DIR' && echo $(( {value} + 1 )) > out",
-        "cd '@DIR' && echo \"$(( \"{value}\" + 1 ))\" > out",
-        "cd '@DIR' && (( x = {value} + 1 )); echo $x > out",
-        "cd '@DIR' && echo $[ {value} + 1 ] > out",
-        "cd '@DIR' && echo $(( $(echo {value}) + 1 )) > out",
+        "cd '@DIR' && echo $(( {value|int} + 1 )) > out",
+        "cd '@DIR' && echo \"$(( \"{value|int}\" + 1 ))\" > out",
+        "cd '@DIR' && (( x = {value|int} + 1 )); echo $x > out",
+        "cd '@DIR' && echo $[ {value|int} + 1 ] > out",
+        "cd '@DIR' && echo $(( $(echo {value|int}) + 1 )) > out",
+        "cd '@DIR' && id=$(echo x)#$(( {value|int} + 1 )); echo ${id#x#} > out",
+        "cd '@DIR' && [[ {value|int} -gt -100 ]] && let y={value|int}+1 && echo $y > out",
+        "cd '@DIR' && declare -i z={value|int}; a=(5 6); echo $(( z + 1 + ${a[{value|int} - {value|int}]} - 5 )) > out",
     ];
     for (c, command) in commands.iter().enumerate() {
         let cases: Vec<(String, Option<&str>)> = vec![
@@ -451,6 +478,8 @@ async fn arithmetic_takes_only_integers() {
                     let snap = engine.snapshot(&name).await.expect("a snapshot");
                     let err = snap.context["last_error"].as_str().unwrap_or_default();
                     assert!(err.contains("integer"), "{command}: {err}");
+                    // The message names the placeholder, never the value.
+                    assert!(!err.contains("touch"), "{command}: {err}");
                 }
             }
             dir.close().unwrap();
@@ -482,15 +511,123 @@ actions:
     assert!(d[0].hint.is_some());
 }
 
+/// Every place where bash evaluates text as code is refused by `validate`, with the
+/// placeholder's line and column and a hint; numeric places accept `|int`.
+#[test]
+fn placeholders_where_bash_evaluates_code_are_config_errors() {
+    let shapes = [
+        ("id=$(hostname)#$(( {payload.n} + 1 )); echo $id", true),
+        ("echo $(( {payload.n} + 1 ))", true),
+        ("(( n = {payload.n} ))", true),
+        ("let n={payload.n}", true),
+        ("declare -i n={payload.n}", true),
+        ("typeset -i n={payload.n}", true),
+        ("[[ {payload.n} -eq 1 ]] && echo one", true),
+        ("a=(x y); echo ${a[{payload.n}]}", true),
+        ("s=abcdef; echo ${s:{payload.n}}", true),
+        ("s=abcdef; echo ${s:1:{payload.n}}", true),
+        ("a=(x y); unset 'a[{payload.n}]'", true),
+        ("echo ${!{payload.n}}", false),
+        ("eval \"echo {payload.n}\"", false),
+        ("eval 'echo {payload.n}'", false),
+        ("source {payload.n}", false),
+        (". {payload.n}", false),
+        ("printf -v {payload.n} %s x", false),
+        ("sh -c 'echo {payload.n}'", false),
+        ("bash -c \"echo {payload.n}\"", false),
+        ("echo {payload.n} | bash", false),
+        ("unset {payload.n}", false),
+        ("{payload.n} --version", false),
+    ];
+    for (cmd, numeric) in shapes {
+        let yaml = format!(
+            "initial_state: a
+states: [a, b]
+transitions:
+  - {{from: a, to: b, event: job_done}}
+actions:
+  a:
+    - type: bash
+      command: {}
+",
+            yaml_str(&format!("echo ok; {cmd}"))
+        );
+        let loaded = config::load_str(&yaml, None, &ActionRegistry::with_builtins());
+        let d: Vec<_> = loaded.diagnostics.iter().collect();
+        assert_eq!(d.len(), 1, "{cmd}: {d:#?}");
+        let line8 = yaml.lines().nth(7).unwrap();
+        let column = line8[..line8.find("{payload.n}").unwrap()].chars().count() + 1;
+        assert_eq!(
+            (d[0].code, d[0].loc.line, d[0].loc.column),
+            ("unsafe-placeholder", 8, u32::try_from(column).unwrap()),
+            "{cmd}: {}",
+            d[0]
+        );
+        assert!(
+            d[0].message.contains("evaluates its value as code"),
+            "{}",
+            d[0]
+        );
+        let hint = d[0].hint.as_deref().unwrap_or_default();
+        assert_eq!(hint.contains("|int}"), numeric, "{cmd}: {hint}");
+        assert!(loaded.def.is_none(), "{cmd}");
+        let with_int = cmd.replace("{payload.n}", "{payload.n|int}");
+        let loaded = config::load_str(
+            &yaml.replace("{payload.n}", "{payload.n|int}"),
+            None,
+            &ActionRegistry::with_builtins(),
+        );
+        assert_eq!(
+            loaded.diagnostics.is_empty(),
+            numeric,
+            "{with_int}: {:#?}",
+            loaded.diagnostics
+        );
+    }
+}
+
+/// Commands `validate` accepts run every hostile value of the corpus through the numeric
+/// places with `|int` without running it: the action fails, no file is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int_places_refuse_hostile_values_at_run_time() {
+    let engine = Engine::builder().build();
+    let command = "cd '@DIR' && id=$(echo x)#$(( {value|int} + 1 )); [[ {value|int} -eq 1 ]]; let n={value|int}; a=(1 2); echo ${a[{value|int}]} ${id:{value|int}} > out; unset 'a[{value|int}]'";
+    for i in 0..corpus("/F").len() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap().to_owned();
+        let f = format!("{path}/F");
+        let value = corpus(&f).swap_remove(i);
+        let name = format!("int_{i}");
+        engine
+            .spawn(machine(&name, &command.replace("@DIR", &path)))
+            .unwrap();
+        engine
+            .send(
+                &name,
+                Event::new("go").with_payload(json!({ "value": value })),
+            )
+            .await
+            .unwrap();
+        let end = wait_any(&engine, &name, &["done", "failed"]).await;
+        let shown = shorten(&value);
+        assert!(!Path::new(&f).exists(), "value {shown:?} ran `touch`");
+        assert_eq!(end, "failed", "value {shown:?} was accepted");
+        assert!(files_in(dir.path()).is_empty(), "value {shown:?}");
+        dir.close().unwrap();
+    }
+    engine.shutdown();
+    engine.join().await;
+}
+
 /// The script each context gives bash: the value is never in it, only a variable.
 #[test]
 fn scripts_reference_variables_in_every_context() {
     use turnstile_engine::actions::shell::ShellTemplate;
     let cases = [
         ("echo {a}", "echo \"${TURNSTILE_ARG_0}\""),
-        ("echo $(( {a} + 1 ))", "echo $(( \"${TURNSTILE_ARG_0}\" + 1 ))"),
-        ("(( x = {a} ))", "(( x = \"${TURNSTILE_ARG_0}\" ))"),
-        ("echo $[{a}]", "echo $[\"${TURNSTILE_ARG_0}\"]"),
+        ("echo $(( {a|int} + 1 ))", "echo $(( \"${TURNSTILE_ARG_0}\" + 1 ))"),
+        ("(( x = {a|int} ))", "(( x = \"${TURNSTILE_ARG_0}\" ))"),
+        ("echo $[{a|int}]", "echo $[\"${TURNSTILE_ARG_0}\"]"),
         (
             "cat <<EOF\nit's {a}\nEOF\necho {b}",
             "cat <<EOF\nit's ${TURNSTILE_ARG_0}\nEOF\necho \"${TURNSTILE_ARG_1}\"",

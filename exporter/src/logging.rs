@@ -1,6 +1,17 @@
 //! Log setup: human-readable lines by default, JSON lines with `--log-format json`.
+//!
+//! In human lines, control characters in messages and field values (newline, carriage
+//! return, NUL, ESC and the other C0/C1 controls, U+2028/U+2029) are written escaped
+//! (`\n`, `\r`, `\0`, `\u{1b}`), so that a value interpolated into a message (a `log`
+//! action, a command's output) cannot forge a log line or send terminal escapes; tabs are
+//! kept. JSON lines are escaped by the JSON encoding.
+
+use std::fmt;
 
 use clap::{Args, ValueEnum};
+use tracing::field::Field;
+use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::fmt::format::{debug_fn, Writer};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines look.
@@ -34,7 +45,57 @@ pub fn init(args: &LogArgs) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Human => builder
+            .fmt_fields(debug_fn(write_field).delimited(" "))
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Writes one field of a human log line (`message` bare, others as `name=value`), with
+/// control characters escaped.
+fn write_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+    if field.name() != "message" {
+        write!(w, "{}=", field.name())?;
+    }
+    fmt::write(&mut Escaping(w), format_args!("{value:?}"))
+}
+
+/// A writer that escapes control characters (tab excepted) on their way through.
+struct Escaping<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            if c == '\t' || !(c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+                continue;
+            }
+            self.0.write_str(&s[plain..i])?;
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\0' => self.0.write_str("\\0")?,
+                other => write!(self.0, "\\u{{{:x}}}", u32::from(other))?,
+            }
+            plain = i + c.len_utf8();
+        }
+        self.0.write_str(&s[plain..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut out = String::new();
+        fmt::write(
+            &mut Escaping(&mut out),
+            format_args!("a\nb\r\0c\u{1b}[31m\td\u{85}\u{2028}é"),
+        )
+        .unwrap();
+        assert_eq!(out, "a\\nb\\r\\0c\\u{1b}[31m\td\\u{85}\\u{2028}é");
     }
 }

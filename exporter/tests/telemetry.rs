@@ -444,3 +444,62 @@ async fn metrics_only_counts_what_the_full_observer_counts() {
         engine.join().await;
     }
 }
+
+/// A failing `bash` command whose placeholders carry a secret: messages (`last_error`,
+/// `/errors`, `/trace`) and `last_error_command` show the command as written; the value is
+/// only in the context's `last_error_values`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_records_show_the_command_as_written_not_its_values() {
+    const SECRET: &str = "s3cr3t-T0KEN-4242";
+    let telemetry = Telemetry::new(TelemetryConfig::default()).unwrap();
+    let engine = Engine::builder().observer(telemetry.clone()).build();
+    telemetry.attach(&engine);
+    let command = "test -z {payload.token} || exit 3";
+    engine
+        .spawn(def(&format!(
+            r#"
+metadata: {{machine_name: leaky}}
+initial_state: idle
+transitions:
+  - {{from: idle, to: run, event: go}}
+  - {{from: run, to: failed, event: error}}
+actions:
+  run:
+    - {{type: bash, command: "{command}"}}
+final_states: [failed]
+"#
+        )))
+        .unwrap();
+    engine
+        .send(
+            "leaky",
+            Event::new("go").with_payload(serde_json::json!({ "token": SECRET })),
+        )
+        .await
+        .unwrap();
+    assert!(engine.wait_for_state("leaky", "failed", WAIT).await);
+    let snap = engine.snapshot("leaky").await.expect("a snapshot");
+    let last_error = snap.context["last_error"].as_str().unwrap();
+    assert!(last_error.contains("exit 3"), "{last_error}");
+    assert!(last_error.contains(command), "{last_error}");
+    assert!(!last_error.contains(SECRET), "{last_error}");
+    assert_eq!(snap.context["last_error_command"], command);
+    assert_eq!(
+        snap.context["last_error_values"],
+        serde_json::json!({ "{payload.token}": SECRET })
+    );
+    let errors = telemetry.errors(10, None, None);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let shown = serde_json::to_string(&errors).unwrap();
+    assert!(
+        shown.contains("exit 3") && !shown.contains(SECRET),
+        "{shown}"
+    );
+    let traces = serde_json::to_string(&telemetry.traces(10, Some("leaky"), None)).unwrap();
+    assert!(
+        traces.contains("exit 3") && !traces.contains(SECRET),
+        "{traces}"
+    );
+    engine.shutdown();
+    engine.join().await;
+}

@@ -22,6 +22,11 @@ pub struct ParamIssue {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// The diagnostic code, when not the usual one (`bad-parameter` / `parameter`).
+    pub code: Option<&'static str>,
+    /// Text to point at inside the parameter's value: its `n`-th occurrence (0-based)
+    /// after where the value starts in the file.
+    pub near: Option<(String, usize)>,
 }
 
 const PLACEHOLDER_HINT: &str =
@@ -83,6 +88,28 @@ impl<'a> Params<'a> {
             loc: self.spec.loc_of(key),
             message: format!("`{}` action: {message}", self.spec.kind.value),
             hint,
+            code: None,
+            near: None,
+        });
+    }
+
+    /// Records an error about `key` with its own diagnostic `code`, pointing at the
+    /// `near.1`-th occurrence of the text `near.0` inside the value when given.
+    pub fn error_at(
+        &mut self,
+        key: &str,
+        code: &'static str,
+        message: String,
+        hint: Option<String>,
+        near: Option<(String, usize)>,
+    ) {
+        self.issues.push(ParamIssue {
+            is_error: true,
+            loc: self.spec.loc_of(key),
+            message: format!("`{}` action: {message}", self.spec.kind.value),
+            hint,
+            code: Some(code),
+            near,
         });
     }
 
@@ -93,6 +120,8 @@ impl<'a> Params<'a> {
             loc: self.spec.loc_of(key),
             message: format!("`{}` action: {message}", self.spec.kind.value),
             hint,
+            code: None,
+            near: None,
         });
     }
 
@@ -257,6 +286,8 @@ impl<'a> Params<'a> {
                     self.spec.kind.value
                 ),
                 hint: Some(hint),
+                code: None,
+                near: None,
             });
         }
         (self.issues, self.written_events)

@@ -502,10 +502,14 @@ fn build_action(
     let mut written = Vec::new();
     let built: Option<Built> = registry.build(a, &mut issues, &mut written);
     for i in issues {
+        let loc = match &i.near {
+            Some((text, nth)) => d.locate(i.loc, text, *nth),
+            None => i.loc,
+        };
         if i.is_error {
-            d.error("bad-parameter", i.loc, i.message, i.hint);
+            d.error(i.code.unwrap_or("bad-parameter"), loc, i.message, i.hint);
         } else {
-            d.warn("parameter", i.loc, i.message, i.hint);
+            d.warn(i.code.unwrap_or("parameter"), loc, i.message, i.hint);
         }
     }
     let built = built?;

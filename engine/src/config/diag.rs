@@ -54,6 +54,8 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics {
     file: Option<PathBuf>,
     items: Vec<Diagnostic>,
+    /// The config text, to point inside values ([`Diagnostics::locate`]).
+    text: Option<std::sync::Arc<str>>,
 }
 
 impl Diagnostics {
@@ -62,6 +64,45 @@ impl Diagnostics {
         Self {
             file: file.map(Path::to_path_buf),
             items: Vec::new(),
+            text: None,
+        }
+    }
+
+    /// Keeps the config text, so that [`Diagnostics::locate`] can point inside values.
+    pub fn set_text(&mut self, text: &str) {
+        self.text = Some(std::sync::Arc::from(text));
+    }
+
+    /// The position of the `nth` (0-based) occurrence of `needle` at or after `from` in
+    /// the config text; `from` itself when the text is unknown or has no such occurrence.
+    pub fn locate(&self, from: Loc, needle: &str, nth: usize) -> Loc {
+        let Some(text) = self.text.as_deref() else {
+            return from;
+        };
+        if needle.is_empty() || from.line == 0 {
+            return from;
+        }
+        // Byte offset of `from` (1-based line and column, columns in characters).
+        let mut line_start = 0;
+        for _ in 1..from.line {
+            match text[line_start..].find('\n') {
+                Some(k) => line_start += k + 1,
+                None => return from,
+            }
+        }
+        let start = text[line_start..]
+            .char_indices()
+            .nth(from.column.saturating_sub(1) as usize)
+            .map_or(text.len(), |(k, _)| line_start + k);
+        let Some((found, _)) = text[start..].match_indices(needle).nth(nth) else {
+            return from;
+        };
+        let at = start + found;
+        let line = text[..at].matches('\n').count() + 1;
+        let col_start = text[..at].rfind('\n').map_or(0, |k| k + 1);
+        Loc {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(text[col_start..at].chars().count() + 1).unwrap_or(u32::MAX),
         }
     }
 

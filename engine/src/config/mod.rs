@@ -212,6 +212,7 @@ fn single_error(path: &Path, code: &'static str, message: String, hint: &str) ->
 /// Loads and compiles config text; `path` is used for messages and the default name.
 pub fn load_str(text: &str, path: Option<&Path>, registry: &ActionRegistry) -> Loaded {
     let mut d = Diagnostics::new(path);
+    d.set_text(text);
     let root = match yaml::parse(text) {
         Ok(r) => r,
         Err(e) => {

@@ -2,7 +2,7 @@
 //!
 //! Syntax: `{path}` or `{path|filter|filter:arg}` where `path` is dotted names (and list
 //! indexes). Filters: `length`, `default:VALUE` (VALUE may be quoted), `upper`, `lower`,
-//! `trim`, `json`. A string that is exactly one placeholder keeps the value's JSON type;
+//! `trim`, `json`, `int`. A string that is exactly one placeholder keeps the value's JSON type;
 //! an unknown placeholder stays as written. Text such as `{"a": 1}` that is not a valid
 //! placeholder is left alone.
 
@@ -26,6 +26,11 @@ pub enum Filter {
     Trim,
     /// Renders the value as JSON text.
     Json,
+    /// The value as an integer: a JSON integer, or a string of decimal digits with an
+    /// optional sign (surrounding whitespace ignored), rendered in canonical decimal form.
+    /// Anything else is an error ([`resolve_checked`]); [`resolve`] leaves the placeholder
+    /// as written then.
+    Int,
 }
 
 /// One `{...}` placeholder.
@@ -37,6 +42,13 @@ pub struct Placeholder {
     pub filters: Vec<Filter>,
     /// The placeholder as written, braces included (kept when it does not resolve).
     pub raw: String,
+}
+
+impl Placeholder {
+    /// True when the last filter is `int`: a resolved value is then always an integer.
+    pub fn ends_with_int(&self) -> bool {
+        matches!(self.filters.last(), Some(Filter::Int))
+    }
 }
 
 /// A piece of a template.
@@ -77,10 +89,11 @@ fn parse_filter(text: &str) -> Result<Filter, String> {
         ("lower", None) => Ok(Filter::Lower),
         ("trim", None) => Ok(Filter::Trim),
         ("json", None) => Ok(Filter::Json),
+        ("int", None) => Ok(Filter::Int),
         ("default", Some(a)) => Ok(Filter::Default(parse_literal(a))),
         ("default", None) => Err("`default` needs a value, e.g. `{x|default:0}`".into()),
         _ => Err(format!(
-            "unknown filter `{name}`; known: length, default:VALUE, upper, lower, trim, json"
+            "unknown filter `{name}`; known: length, default:VALUE, upper, lower, trim, json, int"
         )),
     }
 }
@@ -250,8 +263,48 @@ pub fn lookup_path<'a>(root: &'a Json, rest: &[String]) -> Option<&'a Json> {
     Some(cur)
 }
 
-/// Resolves a placeholder, applying its filters. `None` means "leave it as written".
+/// Resolves a placeholder, applying its filters. `None` means "leave it as written" (also
+/// when a filter fails: see [`resolve_checked`]).
 pub fn resolve<'a>(ph: &Placeholder, scope: &'a dyn Scope) -> Option<Cow<'a, Json>> {
+    resolve_checked(ph, scope).ok().flatten()
+}
+
+/// The value as an integer, when it is one (see [`Filter::Int`]).
+pub fn as_integer(v: &Json) -> Option<i64> {
+    match v {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+            if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            t.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// What kind of value `v` is, without showing it (messages must not carry values).
+fn describe(v: &Json) -> String {
+    match v {
+        Json::String(s) => format!("a string of {} characters", s.chars().count()),
+        Json::Number(n) if n.is_f64() => "a number with a fraction or exponent".into(),
+        Json::Number(_) => "an integer out of the 64-bit range".into(),
+        Json::Bool(_) => "a boolean".into(),
+        Json::Array(_) => "a list".into(),
+        Json::Object(_) => "a mapping".into(),
+        Json::Null => "null".into(),
+    }
+}
+
+/// Resolves a placeholder, applying its filters: `Ok(None)` when the path does not resolve,
+/// an error when a filter cannot apply (`int` on a value that is not an integer). The error
+/// names the placeholder and the kind of value, never the value itself.
+pub fn resolve_checked<'a>(
+    ph: &Placeholder,
+    scope: &'a dyn Scope,
+) -> Result<Option<Cow<'a, Json>>, String> {
     let found = ph
         .path
         .split_first()
@@ -259,7 +312,7 @@ pub fn resolve<'a>(ph: &Placeholder, scope: &'a dyn Scope) -> Option<Cow<'a, Jso
     // As in statemachine-engine, null counts as "not set": the placeholder stays.
     let found = found.filter(|v| !v.is_null());
     if ph.filters.is_empty() {
-        return found.map(Cow::Borrowed);
+        return Ok(found.map(Cow::Borrowed));
     }
     let mut cur: Option<Json> = found.cloned();
     for f in &ph.filters {
@@ -277,10 +330,20 @@ pub fn resolve<'a>(ph: &Placeholder, scope: &'a dyn Scope) -> Option<Cow<'a, Jso
             (Filter::Lower, Some(Json::String(s))) => Some(Json::String(s.to_lowercase())),
             (Filter::Trim, Some(Json::String(s))) => Some(Json::String(s.trim().to_owned())),
             (Filter::Json, Some(v)) => Some(Json::String(v.to_string())),
+            (Filter::Int, Some(v)) => match as_integer(&v) {
+                Some(i) => Some(Json::from(i)),
+                None => {
+                    return Err(format!(
+                        "`{}`: the value is {}, not an integer (`int` takes a JSON integer or a string of decimal digits with an optional sign)",
+                        ph.raw,
+                        describe(&v)
+                    ))
+                }
+            },
             (_, v) => v,
         };
     }
-    cur.map(Cow::Owned)
+    Ok(cur.map(Cow::Owned))
 }
 
 /// A JSON structure whose strings may hold placeholders (e.g. a `payload:` parameter).
@@ -381,6 +444,36 @@ mod tests {
         assert_eq!(r("{job.tags.1}"), json!("b"));
         assert_eq!(r("{job|json}"), json!(r#"{"name":"x","tags":["a","b"]}"#));
         assert!(Template::parse("{x|frobnicate}").is_err());
+    }
+
+    #[test]
+    fn int_filter() {
+        let c = json!({"n": " -42 ", "p": "+7", "i": 5, "f": 1.5, "s": "a[$(id)]", "o": "010"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let r = |s: &str| {
+            let t = Template::parse(s).unwrap();
+            let Segment::Var(ph) = &t.segments()[0] else {
+                panic!("{s}")
+            };
+            resolve_checked(ph, &c).map(|v| v.map(Cow::into_owned))
+        };
+        assert_eq!(r("{n|int}"), Ok(Some(json!(-42))));
+        assert_eq!(r("{p|int}"), Ok(Some(json!(7))));
+        assert_eq!(r("{i|int}"), Ok(Some(json!(5))));
+        assert_eq!(r("{o|int}"), Ok(Some(json!(10))));
+        assert_eq!(r("{missing|int}"), Ok(None));
+        assert_eq!(r("{missing|default:3|int}"), Ok(Some(json!(3))));
+        for bad in ["{f|int}", "{s|int}"] {
+            let e = r(bad).unwrap_err();
+            assert!(e.contains("not an integer") && !e.contains("$(id)"), "{e}");
+        }
+        // Rendering outside `bash` leaves a failing placeholder as written.
+        assert_eq!(
+            Template::parse("n={s|int}").unwrap().render_string(&c),
+            "n={s|int}"
+        );
     }
 
     #[test]

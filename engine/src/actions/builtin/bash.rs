@@ -5,6 +5,11 @@
 //! past `timeout` (default 30 s) kills the command's whole process group and returns
 //! `timeout_event`, else `error`. Placeholders are passed safely (see
 //! [`crate::actions::shell`]).
+//!
+//! Error messages and `last_error_command` show the command as written in the config
+//! (placeholders unexpanded); the interpolated values go to the context separately, as
+//! `last_error_values` (placeholder as written → value), so that they can be redacted or
+//! left out where messages travel (logs, `/errors`, `/trace`, spans).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -71,13 +76,10 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
     }
     let command = match ShellTemplate::compile(&command?) {
         Ok(c) => c,
-        Err(e) => {
-            let hint = if e.contains("here-document") {
-                "use an unquoted delimiter (`<<EOF`) for the value to be expanded"
-            } else {
-                "placeholders look like `{name}`; `${NAME}` is left to the shell"
-            };
-            p.error("command", e, Some(hint.into()));
+        Err(issues) => {
+            for i in issues {
+                p.error_at("command", i.code, i.message, Some(i.hint), i.placeholder);
+            }
             return None;
         }
     };
@@ -147,11 +149,22 @@ fn truncate(s: &str, limit: usize) -> String {
 impl Action for Bash {
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let scope = cx.scope();
+        let values = Json::Object(self.command.values(&scope));
+        let shown = self.command.source().to_owned();
         let env = match self.command.env(&scope) {
             Ok(env) => env,
-            Err(msg) => return Step::Done(Outcome::error("bash", msg, Some(self.error.clone()))),
+            Err(msg) => {
+                let mut o = Outcome::error(
+                    "bash",
+                    format!("{msg}\nCommand: {shown}"),
+                    Some(self.error.clone()),
+                );
+                o.context
+                    .push(("last_error_command".into(), Json::String(shown)));
+                o.context.push(("last_error_values".into(), values));
+                return Step::Done(o);
+            }
         };
-        let shown = self.command.display(&scope);
         let script = self.command.script().to_owned();
         let timeout = self.timeout;
         let (success, error, timeout_event) = (
@@ -210,6 +223,7 @@ impl Action for Bash {
                     o.status = Status::Timeout(msg);
                     o.context
                         .push(("last_error_command".into(), Json::String(shown)));
+                    o.context.push(("last_error_values".into(), values));
                     return o;
                 }
             };
@@ -250,6 +264,7 @@ impl Action for Bash {
                     let mut o = Outcome::error("bash", msg, Some(event));
                     o.context
                         .push(("last_error_command".into(), Json::String(shown)));
+                    o.context.push(("last_error_values".into(), values));
                     if let Some(c) = code {
                         o.context
                             .push(("last_error_exit_code".into(), Json::from(c)));
