@@ -427,11 +427,6 @@ impl Engine {
         rx.await.is_ok()
     }
 
-    /// The router, for components that deliver events themselves (sockets, HTTP).
-    pub fn router(&self) -> &Arc<Router> {
-        &self.inner.router
-    }
-
     /// Number of machines still running.
     pub fn running(&self) -> usize {
         self.inner

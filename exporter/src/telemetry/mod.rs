@@ -167,7 +167,6 @@ struct LiveEvent {
 }
 
 struct LiveAction {
-    at: SystemTime,
     span: Option<LiveSpan>,
 }
 
@@ -212,21 +211,11 @@ impl Telemetry {
         let _ = self.engine.set(engine.clone());
     }
 
-    /// The attached engine.
-    pub fn engine(&self) -> Option<&Engine> {
-        self.engine.get()
-    }
-
     /// Flushes spans; call once on the way out.
     pub fn shutdown(&self) {
         if let Some(s) = &self.spans {
             s.shutdown();
         }
-    }
-
-    /// True when spans are exported.
-    pub fn spans_enabled(&self) -> bool {
-        self.spans.is_some()
     }
 
     /// The exposition for `/metrics`, rendered off the async threads. Scrapes that arrive
@@ -809,7 +798,7 @@ impl Observer for Telemetry {
             _ => None,
         };
         let trace = span.as_ref().map(LiveSpan::context);
-        live.action = Some(LiveAction { at, span });
+        live.action = Some(LiveAction { span });
         trace
     }
 
@@ -843,7 +832,6 @@ impl Observer for Telemetry {
                 }
                 span.end(now);
             }
-            let _ = a.at;
         }
         if let Some(ev) = live.event.as_mut() {
             if let Some(err) = end.error {
