@@ -8,13 +8,27 @@
 //! headers and sections all lie within the file. This is not a full validation of the
 //! file (a library is code the operator chose to run); it refuses the files that are
 //! incomplete or built for another machine, with a message that says which.
+//!
+//! Only the headers are read (through a small read cache), never the whole file: a
+//! library of a debug build has megabytes, and a buffer that size, allocated and freed
+//! once, raises glibc's mmap and trim thresholds for the rest of the process, which then
+//! keeps freed heap memory resident.
+
+/// Checks the library in `file` (the private copy about to be loaded).
+pub(crate) fn check_file(file: &std::fs::File) -> Result<(), String> {
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read the copy's size: {e}"))?
+        .len();
+    check(&object::ReadCache::new(file), len)
+}
 
 #[cfg(all(unix, not(target_vendor = "apple")))]
-pub(crate) use elf_check::check;
+use elf_check::check;
 
 /// On platforms whose libraries are not ELF files, nothing is checked here.
 #[cfg(not(all(unix, not(target_vendor = "apple"))))]
-pub(crate) fn check(_data: &[u8]) -> Result<(), String> {
+fn check<'a, R: object::ReadRef<'a>>(_data: R, _len: u64) -> Result<(), String> {
     Ok(())
 }
 
@@ -22,7 +36,7 @@ pub(crate) fn check(_data: &[u8]) -> Result<(), String> {
 mod elf_check {
     use object::elf;
     use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
-    use object::Endianness;
+    use object::{Endianness, ReadRef};
 
     #[cfg(target_pointer_width = "64")]
     type Header = elf::FileHeader64<Endianness>;
@@ -65,18 +79,18 @@ mod elf_check {
         }
     }
 
-    /// Checks that `data`, the whole file, is a complete ELF shared object for this
-    /// machine.
+    /// Checks that `data`, the whole file of `len` bytes, is a complete ELF shared object
+    /// for this machine.
     // ELF words are `u32` in 32-bit files: `u64::from` is a conversion there.
     #[allow(clippy::useless_conversion)]
-    pub(crate) fn check(data: &[u8]) -> Result<(), String> {
-        let len = data.len();
-        if len < elf::ELFMAG.len() || data[..elf::ELFMAG.len()] != elf::ELFMAG {
+    pub(super) fn check<'a, R: ReadRef<'a>>(data: R, len: u64) -> Result<(), String> {
+        let magic = data.read_bytes_at(0, elf::ELFMAG.len() as u64).ok();
+        if magic != Some(&elf::ELFMAG[..]) {
             return Err(format!(
                 "not an ELF file (no ELF magic number at its start; it has {len} bytes)"
             ));
         }
-        let Some(&[class, order]) = data.get(4..6) else {
+        let Ok(&[class, order]) = data.read_bytes_at(4, 2) else {
             return Err(format!(
                 "the ELF header is truncated: the file has only {len} bytes (a copy cut short, or a build still writing it?)"
             ));
@@ -119,7 +133,7 @@ mod elf_check {
                 "the file is truncated: {what} ends at byte {end} but the file has {len} bytes (a copy cut short, or a build still writing it?)"
             )
         };
-        let size = len as u128;
+        let size = u128::from(len);
         let phoff = u128::from(u64::from(header.e_phoff(endian)));
         let phdrs = header.program_headers(endian, data).map_err(|e| {
             let end =

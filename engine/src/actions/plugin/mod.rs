@@ -329,11 +329,11 @@ fn private_dir(parent: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
 }
 
 impl Shared {
-    /// Reads `original` once, checks that it is a complete shared library for this machine
-    /// and that it did not change while it was read, and writes what was read to a fresh,
-    /// unique path in a private directory. Returns the copy and the file's fingerprint.
+    /// Copies `original` to a fresh, unique path in a private directory, checks that it did
+    /// not change while it was copied and that the copy is a complete shared library for
+    /// this machine. Returns the copy and the file's fingerprint.
     fn copy_of(&self, original: &Path) -> Result<(PrivateCopy, Fingerprint), LoadError> {
-        use std::io::{Read as _, Write as _};
+        use std::io::Read as _;
         let io = |message: String| LoadError::Io {
             path: original.to_path_buf(),
             message,
@@ -355,20 +355,6 @@ impl Shared {
                 ),
             });
         }
-        let mut bytes = Vec::new();
-        std::fs::File::open(original)
-            .and_then(|f| f.take(before.len + 1).read_to_end(&mut bytes))
-            .map_err(|e| io(format!("cannot read it: {e}")))?;
-        let after = fingerprint(original).map_err(|e| io(e.to_string()))?;
-        if before != after || bytes.len() as u64 != after.len {
-            return Err(LoadError::Changing {
-                path: original.to_path_buf(),
-            });
-        }
-        check::check(&bytes).map_err(|message| LoadError::NotALibrary {
-            path: original.to_path_buf(),
-            message,
-        })?;
         let parent = std::env::var_os("TURNSTILE_PLUGIN_COPY_DIR");
         let dir = private_dir(parent.as_deref().map(Path::new)).map_err(|e| {
             io(format!("cannot create a private directory for plugin copies: {e} (set TURNSTILE_PLUGIN_COPY_DIR to a writable directory)"))
@@ -381,13 +367,29 @@ impl Shared {
             .map_or_else(|| "plugin".into(), |f| f.to_string_lossy().into_owned());
         let path = dir.path().join(format!("{n}-{file}"));
         let mut out = std::fs::OpenOptions::new();
-        out.write(true).create_new(true);
+        out.read(true).write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o700);
-        out.open(&path)
-            .and_then(|mut f| f.write_all(&bytes))
-            .map_err(|e| io(format!("cannot copy it to {}: {e}", path.display())))?;
-        Ok((PrivateCopy { path, _dir: dir }, after))
+        let copy = PrivateCopy { path, _dir: dir };
+        let mut out = out
+            .open(&copy.path)
+            .map_err(|e| io(format!("cannot copy it to {}: {e}", copy.path.display())))?;
+        let copied = std::fs::File::open(original)
+            .and_then(|f| std::io::copy(&mut f.take(before.len + 1), &mut out))
+            .map_err(|e| io(format!("cannot copy it to {}: {e}", copy.path.display())))?;
+        let after = fingerprint(original).map_err(|e| io(e.to_string()))?;
+        if before != after || copied != after.len {
+            return Err(LoadError::Changing {
+                path: original.to_path_buf(),
+            });
+        }
+        // The copy is what gets loaded, and nobody else can write it (a new file in a
+        // private directory): checked, it stays as checked.
+        check::check_file(&out).map_err(|message| LoadError::NotALibrary {
+            path: original.to_path_buf(),
+            message,
+        })?;
+        Ok((copy, after))
     }
 
     /// Logs a failure and reports it to the observer.
