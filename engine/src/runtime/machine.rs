@@ -524,7 +524,7 @@ impl Machine {
         if ev.origin == Origin::External && (ev.payload.is_some() || ev.job_id.is_some()) {
             self.absorb(&def, &ev);
         }
-        let Some(rule_ix) = def.states[from].routes.get(&*ev.name).copied() else {
+        let Some(rule_ix) = def.route_index(from, &ev.name) else {
             // The next event does not start where the last transitioned one ended.
             self.last_end = None;
             self.unrouted(&ev, EventOutcome::Ignored);
