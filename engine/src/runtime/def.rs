@@ -125,8 +125,16 @@ impl MachineDef {
         let own = &self.states.get(state)?.routes;
         match own.get(event) {
             Some(&r) => Some(r),
-            None => self.wildcard.get(event).copied(),
+            None => self.wildcard_route(event),
         }
+    }
+
+    /// The `from: "*"` rule for `event`. Out of line: it keeps the state's own lookup,
+    /// the hot one, small enough to be inlined into the machine's event handling.
+    #[cold]
+    #[inline(never)]
+    fn wildcard_route(&self, event: &str) -> Option<usize> {
+        self.wildcard.get_key_value(event).map(|(_, &r)| r)
     }
 
     /// The rules that apply in state `state`, as (rule index, event name), in no
