@@ -42,9 +42,9 @@ pub fn mermaid(def: &MachineDef) -> String {
         }
     }
     let _ = writeln!(out, "    [*] --> {}", id(&def.states[def.initial].name));
-    for s in &def.states {
+    for (si, s) in def.states.iter().enumerate() {
         // Edges in rule order, as the engine picks them.
-        let mut edges: Vec<(usize, &str)> = s.routes.iter().map(|(e, r)| (*r, &**e)).collect();
+        let mut edges: Vec<(usize, &str)> = def.routes_from(si).map(|(r, e)| (r, &**e)).collect();
         edges.sort_unstable();
         // A machine stops in a final state: no edge leaves it.
         for (r, e) in edges.into_iter().filter(|_| !s.is_final) {

@@ -35,19 +35,21 @@ const SERIES_HINT: &str = "each (from state, event) a rule with a `from:` list a
 /// transition series per (state, event) a rule applies in, or one per `from: "*"` rule;
 /// three outcomes per event (and `_other`); a state duration histogram per state; four
 /// outcomes per action type; the event duration histogram; one error counter per kind.
-pub fn metric_series(states: &[StateDef], rules: &[Rule], n_events: usize) -> usize {
-    let mut wildcard = vec![false; rules.len()];
-    let mut transitions = 0;
-    for s in states {
-        for &ri in s.routes.values() {
-            match rules.get(ri) {
-                Some(r) if r.from.is_none() => wildcard[ri] = true,
-                Some(_) => transitions += 1,
-                None => {}
-            }
-        }
-    }
-    transitions += wildcard.iter().filter(|w| **w).count();
+pub fn metric_series(
+    states: &[StateDef],
+    rules: &[Rule],
+    wildcard: &FxHashMap<Arc<str>, usize>,
+    n_events: usize,
+) -> usize {
+    // A state's own rules: a series each; a wildcard rule: one, when some state takes it.
+    let own: usize = states.iter().map(|s| s.routes.len()).sum();
+    let wild = wildcard
+        .iter()
+        .filter(|(e, &r)| {
+            rules.get(r).is_some() && states.iter().any(|s| !s.routes.contains_key(*e))
+        })
+        .count();
+    let transitions = own + wild;
     let mut kinds: Vec<&str> = states
         .iter()
         .flat_map(|s| s.entry.iter())
@@ -235,21 +237,50 @@ pub fn compile(
     }
 
     // --- routes (first matching rule wins) and shadowing --------------------------------
+    // A state's own table holds the first rule naming it for an event, unless a `from: "*"`
+    // rule for that event came first; the wildcard rules are one table for all states, looked
+    // at after the state's own. Nothing is copied per state and wildcard rule.
     let n = names.len();
     let mut routes: Vec<FxHashMap<Arc<str>, usize>> = vec![FxHashMap::default(); n];
+    let mut wildcard: FxHashMap<Arc<str>, usize> = FxHashMap::default();
+    // Event -> how many states have an own rule for it (all of them shadow a later wildcard).
+    let mut own_count: FxHashMap<Arc<str>, usize> = FxHashMap::default();
     for (ri, r) in rules.iter().enumerate() {
-        let sources: Vec<usize> = match &r.from {
-            None => (0..n).collect(),
-            Some(list) => list.clone(),
-        };
         let mut used = false;
         let mut shadowed_by = None;
-        for s in sources {
-            match routes[s].get(&r.event) {
-                Some(&prev) => shadowed_by = shadowed_by.or(Some(prev)),
-                None => {
-                    routes[s].insert(r.event.clone(), ri);
-                    used = true;
+        match &r.from {
+            None => {
+                if let Some(&prev) = wildcard.get(&r.event) {
+                    // Every state takes the event already: state 0's rule is named, its own
+                    // (which came first, or it would not be in its table) or the wildcard.
+                    shadowed_by = Some(
+                        routes
+                            .first()
+                            .and_then(|t| t.get(&r.event))
+                            .copied()
+                            .unwrap_or(prev),
+                    );
+                } else {
+                    let owned = own_count.get(&r.event).copied().unwrap_or(0);
+                    if owned < n {
+                        used = true;
+                    } else {
+                        shadowed_by = routes.first().and_then(|t| t.get(&r.event)).copied();
+                    }
+                    wildcard.insert(r.event.clone(), ri);
+                }
+            }
+            Some(list) => {
+                for &s in list {
+                    let prev = routes[s].get(&r.event).or_else(|| wildcard.get(&r.event));
+                    match prev {
+                        Some(&prev) => shadowed_by = shadowed_by.or(Some(prev)),
+                        None => {
+                            routes[s].insert(r.event.clone(), ri);
+                            *own_count.entry(r.event.clone()).or_insert(0) += 1;
+                            used = true;
+                        }
+                    }
                 }
             }
         }
@@ -289,7 +320,8 @@ pub fn compile(
     }
 
     // --- lints on actions ------------------------------------------------------------------
-    let accepts = |s: usize, e: &str| routes[s].contains_key(e);
+    let route = |s: usize, e: &str| routes[s].get(e).or_else(|| wildcard.get(e)).copied();
+    let accepts = |s: usize, e: &str| route(s, e).is_some();
     for (i, list) in entry.iter().enumerate() {
         for a in list {
             for (e, loc) in &a.written {
@@ -318,7 +350,7 @@ pub fn compile(
             let looping = a
                 .emits
                 .iter()
-                .find(|e| routes[i].get(e.as_str()).is_some_and(|&r| rules[r].to == i));
+                .find(|e| route(i, e.as_str()).is_some_and(|r| rules[r].to == i));
             if let Some(e) = looping {
                 d.warn(
                     "livelock",
@@ -360,9 +392,19 @@ pub fn compile(
         let mut seen = vec![false; n];
         let mut queue = VecDeque::from([init]);
         seen[init] = true;
+        // Wildcard rules not yet followed: each is followed once, from the first state
+        // reached where no own rule overrides it.
+        let mut wild: Vec<(&Arc<str>, usize)> = wildcard.iter().map(|(e, &r)| (e, r)).collect();
         while let Some(s) = queue.pop_front() {
-            for &r in routes[s].values() {
-                let t = rules[r].to;
+            let mut targets: Vec<usize> = routes[s].values().map(|&r| rules[r].to).collect();
+            wild.retain(|&(e, r)| {
+                if routes[s].contains_key(e) {
+                    return true;
+                }
+                targets.push(rules[r].to);
+                false
+            });
+            for t in targets {
                 if !seen[t] {
                     seen[t] = true;
                     queue.push_back(t);
@@ -422,8 +464,10 @@ pub fn compile(
         .zip(routes)
         .enumerate()
         .map(|(i, ((name, list), routes))| {
+            // `timeout(N)` rules of the state and the wildcard ones it does not override.
             let mut timers: Vec<(std::time::Duration, Arc<str>)> = routes
                 .keys()
+                .chain(wildcard.keys().filter(|e| !routes.contains_key(*e)))
                 .filter_map(|e| Some((parse_timeout(e)?.ok()?, e.clone())))
                 .collect();
             timers.sort();
@@ -436,7 +480,7 @@ pub fn compile(
             }
         })
         .collect();
-    let series = metric_series(&states, &rules, events.len());
+    let series = metric_series(&states, &rules, &wildcard, events.len());
     if series > MAX_METRIC_SERIES {
         d.error(
             "metric-series",
@@ -465,6 +509,7 @@ pub fn compile(
         source: None,
         states,
         rules,
+        wildcard,
         events,
         initial,
         context: spec.context.clone(),
@@ -524,4 +569,76 @@ fn build_action(
         written,
         waits: built.waits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::actions::ActionRegistry;
+
+    /// `states` states and one rule per event e0.. from `from` (a YAML value), each to s(i
+    /// mod states).
+    fn many_rules(states: usize, rules: usize, from: &str) -> String {
+        let mut y = String::from("initial_state: s0\nstates: [");
+        y.push_str(
+            &(0..states)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        y.push_str("]\ntransitions:\n");
+        for i in 0..rules {
+            y.push_str(&format!(
+                "  - {{from: {from}, to: s{}, event: e{i}}}\n",
+                i % states
+            ));
+        }
+        y
+    }
+
+    #[test]
+    fn wildcard_routes_are_stored_once_not_per_state() {
+        let registry = ActionRegistry::with_builtins();
+        let l = crate::config::load_str(&many_rules(1000, 1000, "\"*\""), None, &registry);
+        let def = l.def.expect("the config compiles");
+        // One entry per wildcard rule (a million, one per state and rule, before).
+        assert!(
+            def.route_entries() <= 2 * 1000,
+            "{} route entries for 1,000 states x 1,000 wildcard rules",
+            def.route_entries()
+        );
+        // Every state still takes every event.
+        for s in [0, 1, 500, 999] {
+            for e in [0, 1, 500, 999] {
+                let rule = def.route(s, &format!("e{e}")).expect("a route");
+                assert_eq!(def.states[rule.to].name.as_ref(), format!("s{e}"));
+            }
+        }
+        assert!(def.route(0, "e1000").is_none());
+    }
+
+    #[test]
+    fn the_first_rule_in_file_order_wins_between_own_and_wildcard_rules() {
+        let registry = ActionRegistry::with_builtins();
+        let y = "initial_state: a\nstates: [a, b, c]\ntransitions:\n\
+                 - {from: \"*\", to: b, event: w}\n\
+                 - {from: a, to: c, event: w}\n\
+                 - {from: a, to: c, event: o}\n\
+                 - {from: \"*\", to: b, event: o}\n\
+                 - {from: b, to: a, event: back}\n";
+        let l = crate::config::load_str(y, None, &registry);
+        let def = l.def.expect("the config compiles");
+        let to = |s: usize, e: &str| def.route(s, e).map(|r| &*def.states[r.to].name);
+        // The wildcard rule came first: it wins in `a` too.
+        assert_eq!(to(0, "w"), Some("b"));
+        assert_eq!(to(2, "w"), Some("b"));
+        // `a`'s own rule came first: it wins in `a`, the wildcard elsewhere.
+        assert_eq!(to(0, "o"), Some("c"));
+        assert_eq!(to(1, "o"), Some("b"));
+        assert_eq!(to(1, "back"), Some("a"));
+        assert_eq!(to(0, "back"), None);
+        assert!(l
+            .diagnostics
+            .iter()
+            .any(|d| d.code == "shadowed-rule" && d.message.contains("line 4")));
+    }
 }

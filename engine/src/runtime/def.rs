@@ -45,7 +45,10 @@ pub struct StateDef {
     pub is_final: bool,
     /// `timeout(N)` rules that apply here: (delay, event name), shortest first.
     pub timers: Vec<(Duration, Arc<str>)>,
-    /// Event name -> index into [`MachineDef::rules`]: the first matching rule in file order.
+    /// Event name -> index into [`MachineDef::rules`] of the first rule naming this state
+    /// in its `from:` list, kept only when it comes before any `from: "*"` rule for the
+    /// event (a later one never applies). [`MachineDef::route`] looks here first, then in
+    /// [`MachineDef::wildcard`]: together, the first matching rule in file order.
     pub(crate) routes: FxHashMap<Arc<str>, usize>,
 }
 
@@ -91,6 +94,10 @@ pub struct MachineDef {
     /// Every event name the config mentions (declared, in rules, or returned by actions);
     /// a bounded set, so exporters can use it for metric labels.
     pub events: Vec<Arc<str>>,
+    /// Event name -> index into [`MachineDef::rules`] of the first `from: "*"` rule for it.
+    /// One table for the machine, not a copy per state: 1,000 states and 1,000 wildcard
+    /// rules are 1,000 entries, not a million.
+    pub(crate) wildcard: FxHashMap<Arc<str>, usize>,
     /// Index of the initial state.
     pub initial: usize,
     /// The initial context.
@@ -107,10 +114,42 @@ impl MachineDef {
     /// The rule for `event` in state `state`, if any.
     #[inline]
     pub fn route(&self, state: usize, event: &str) -> Option<&Rule> {
-        let idx = *self.states.get(state)?.routes.get(event)?;
-        self.rules.get(idx)
+        self.rules.get(self.route_index(state, event)?)
     }
 
+    /// Index into [`MachineDef::rules`] of the rule for `event` in state `state`: the
+    /// state's own rule, else the machine's `from: "*"` rule (a state's own rule that a
+    /// wildcard rule precedes in the file is not in its table, see [`StateDef`]).
+    #[inline]
+    pub(crate) fn route_index(&self, state: usize, event: &str) -> Option<usize> {
+        let own = &self.states.get(state)?.routes;
+        match own.get(event) {
+            Some(&r) => Some(r),
+            None => self.wildcard_route(event),
+        }
+    }
+
+    /// The `from: "*"` rule for `event`. Out of line: it keeps the state's own lookup,
+    /// the hot one, small enough to be inlined into the machine's event handling.
+    #[cold]
+    #[inline(never)]
+    fn wildcard_route(&self, event: &str) -> Option<usize> {
+        self.wildcard.get_key_value(event).map(|(_, &r)| r)
+    }
+
+    /// The rules that apply in state `state`, as (rule index, event name), in no
+    /// particular order: its own and the wildcard rules its own do not override.
+    pub(crate) fn routes_from(&self, state: usize) -> impl Iterator<Item = (usize, &Arc<str>)> {
+        let own = self.states.get(state).map(|s| &s.routes);
+        own.into_iter()
+            .flat_map(|o| o.iter().map(|(e, &r)| (r, e)))
+            .chain(
+                self.wildcard
+                    .iter()
+                    .filter(move |(e, _)| own.is_some_and(|o| !o.contains_key(*e)))
+                    .map(|(e, &r)| (r, e)),
+            )
+    }
     /// Index of a state by name.
     pub fn state_index(&self, name: &str) -> Option<usize> {
         self.states.iter().position(|s| &*s.name == name)
@@ -127,6 +166,12 @@ impl MachineDef {
         let mut d = self.clone();
         d.name = Arc::from(name);
         d
+    }
+
+    /// Entries of the route tables, all states together (their size, for tests).
+    #[cfg(test)]
+    pub(crate) fn route_entries(&self) -> usize {
+        self.states.iter().map(|s| s.routes.len()).sum::<usize>() + self.wildcard.len()
     }
 
     /// The state names, in order.

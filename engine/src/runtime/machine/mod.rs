@@ -1,0 +1,278 @@
+//! One machine's task: its queue, its current state and context, the actions it is running.
+//!
+//! Everything a machine does happens on its own task, one event at a time (run to
+//! completion). The task is written as the machine it runs: a loop over [`Phase`]s, one
+//! function per phase, each returning the phase that comes next.
+//!
+//! ```text
+//!          start: the initial state's entry actions are to run
+//!            |
+//!            v
+//!  +--> [ Running ] -+  one step (the event an action returned, or the next action),
+//!  |      | | | |  <-+  then Running again
+//!  |      | | | |
+//!  |      | | | +--> [ Stopped ]  nothing left to run in a final state
+//!  |      | | +----> [ Idle ]     nothing left to run (settled: reported, saved): a     |
+//!  |      | |                     queued event at once, or select as in Waiting --------+
+//!  |      | +------> [ Waiting ]  the action started waits: select on it, the queue,    |
+//!  |      |                       requests, the timer: whatever comes first ------------+
+//!  |      +--------> [ Yield ]    the 64th returned event in a row: yield, let one      |
+//!  |                              queued event in, then the chain goes on --------------+
+//!  +------------------------------------------------------------------------------------+
+//!
+//!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
+//!  Pause, step, breakpoints (to come): a gate on the edges into Running --> [ Paused ].
+//! ```
+//!
+//! Rules the phases keep (docs/config.md "Events and the order of things"):
+//! - An event an action returns is processed at once, in [`Phase::Running`], before the
+//!   task looks at its queue; if it changes state the old state's remaining actions are
+//!   skipped (a new [`Entry`] starts).
+//! - Quick actions run inline, one per [`Phase::Running`] step; an action that waits is a
+//!   future polled in [`Phase::Waiting`] together with the queue, requests and the
+//!   `timeout(N)` timer, so an event that triggers a transition interrupts it. An idle
+//!   machine is parked in `select!`: it uses no CPU.
+//! - Queued events get in only in [`Phase::Idle`] (between chains of returned events),
+//!   or every [`phases::FAIRNESS`] steps of a chain, in [`Phase::Yield`]. A busy machine
+//!   takes queued events without `select!` ([`phases::FAST_BUDGET`] in a row).
+//!
+//! Pause, step and breakpoints (not there yet) are a gate in the loop of
+//! [`Machine::run`], not a flag inside the phases: a `Paused` phase that the loop enters
+//! instead of [`Phase::Running`] when a pause was asked for or a breakpoint matches the
+//! step about to run, which waits only for requests ([`Control`]: resume, step once,
+//! snapshot, stop) and shutdown, and then hands back the phase it held. Every step of a
+//! machine starts in `Running`, so holding that edge holds the machine; a waiting action
+//! keeps waiting meanwhile, and an action cancelled from outside is one more way out of
+//! [`Phase::Waiting`].
+//!
+//! The parts: [`phases`] (the loop's phases), [`events`] (an event: its rule, the
+//! transition, the livelock guard), [`actions`] (running and waiting for actions),
+//! [`measure`] (clock readings for the observer), [`timers`] (`timeout(N)`), [`control`]
+//! (requests: snapshot, reload, stop).
+
+mod actions;
+mod control;
+mod events;
+mod measure;
+mod phases;
+mod timers;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use control::{Control, Reloaded};
+
+use super::def::MachineDef;
+use super::event::Event;
+use super::router::Router;
+use crate::observe::{
+    ErrorKind, ErrorReport, MachineRef, Observer, ObserverSlot, StateRef, StopReason,
+};
+use actions::Waiting;
+use events::{Entry, Livelock};
+use measure::Measure;
+use phases::{Chain, Phase};
+use timers::Timers;
+
+/// What the engine can read about a machine without asking its task.
+pub(crate) struct Shared {
+    pub id: usize,
+    /// The machine's name (never changes: a config that renames a machine starts another).
+    pub name: Arc<str>,
+    /// The definition it runs; replaced by a reload, together with `state`, under the lock.
+    pub def: RwLock<Arc<MachineDef>>,
+    pub state: AtomicUsize,
+    pub since_ms: AtomicU64,
+    pub transitions: AtomicU64,
+    pub events: AtomicU64,
+    pub errors: AtomicU64,
+    pub running: AtomicBool,
+    pub tx: mpsc::Sender<Event>,
+    pub ctl: mpsc::UnboundedSender<Control>,
+    pub stop_reason: Mutex<Option<StopReason>>,
+    /// State and context at the moment the machine stopped.
+    pub last_context: Mutex<Option<StateAndContext>>,
+}
+
+/// A state's name and a context.
+pub(crate) type StateAndContext = (Arc<str>, Map<String, Json>);
+
+/// Saves the state and context after each transition (`--persist`).
+struct Persist {
+    to: Option<crate::store::Persister>,
+    /// A transition happened since the state was last saved with its context as the
+    /// entry actions left it.
+    dirty: bool,
+}
+
+pub(crate) struct Machine {
+    shared: Arc<Shared>,
+    def: Arc<MachineDef>,
+    /// The observer's per-machine storage, filled in `machine_started` (a fresh one after
+    /// each reload). Owned by the task: reading it takes no lock.
+    slot: ObserverSlot,
+    observer: Option<Arc<dyn Observer>>,
+    router: Arc<Router>,
+    state: usize,
+    context: Map<String, Json>,
+    rx: mpsc::Receiver<Event>,
+    ctl: mpsc::UnboundedReceiver<Control>,
+    cancel: CancellationToken,
+    /// Who asked the machine to stop ([`Control::Stop`]), told once it has.
+    stop_reply: Option<oneshot::Sender<()>>,
+    /// The current state entry: what caused it, how far its actions have run.
+    entry: Entry,
+    /// The action being waited for ([`Phase::Waiting`]).
+    waiting: Option<Waiting>,
+    /// The event an action returned, to process next, and the fairness counts.
+    chain: Chain,
+    timers: Timers,
+    livelock: Livelock,
+    measure: Measure,
+    persist: Persist,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Event>,
+        ctl: mpsc::UnboundedReceiver<Control>,
+        router: Arc<Router>,
+        observer: Option<Arc<dyn Observer>>,
+        cancel: CancellationToken,
+        livelock_limit: u32,
+    ) -> Self {
+        let def = shared.def.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Self {
+            state: def.initial,
+            context: def.context.clone(),
+            def,
+            slot: ObserverSlot::new(),
+            stop_reply: None,
+            shared,
+            rx,
+            ctl,
+            router,
+            measure: Measure::new(observer.as_ref().is_some_and(|o| o.observes_starts())),
+            observer,
+            cancel,
+            entry: Entry::start(),
+            waiting: None,
+            chain: Chain::new(),
+            timers: Timers::new(),
+            livelock: Livelock::new(livelock_limit),
+            persist: Persist {
+                to: None,
+                dirty: false,
+            },
+        }
+    }
+
+    /// The definition it runs.
+    pub(crate) fn def(&self) -> &Arc<MachineDef> {
+        &self.def
+    }
+
+    /// Persists this machine's state after each transition, starting from `restored`
+    /// (a saved state index and context) when given.
+    pub(crate) fn persisted(
+        mut self,
+        p: crate::store::Persister,
+        restored: Option<(usize, Map<String, Json>)>,
+    ) -> Self {
+        if let Some((state, context)) = restored {
+            self.state = state;
+            self.context = context;
+            self.shared.state.store(state, Ordering::Relaxed);
+        }
+        self.persist.to = Some(p);
+        self
+    }
+
+    /// Runs the machine until it reaches a final state or the engine shuts down.
+    pub(crate) async fn run(mut self) {
+        self.started();
+        let mut phase = Phase::Running;
+        let reason = loop {
+            phase = match phase {
+                Phase::Running => self.running(),
+                Phase::Idle => match self.take_queued() {
+                    Some(next) => next,
+                    None => self.park().await,
+                },
+                Phase::Waiting => self.park().await,
+                Phase::Yield => self.yield_to_queue().await,
+                Phase::Stopped(reason) => break reason,
+            };
+        };
+        self.stop(reason);
+        if let Some(reply) = self.stop_reply.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Saves the state again once its entry actions have run (their context changes).
+    fn save_settled(&mut self) {
+        self.persist.dirty = false;
+        // The save is not part of the next event: it starts with a clock reading.
+        self.measure.forget_end();
+        self.save(None);
+    }
+
+    /// Saves the current state and context, with the transition that led there.
+    fn save(&self, from: Option<(&str, &str, Option<&str>)>) {
+        if let Some(p) = &self.persist.to {
+            p.entered(
+                &self.def.name,
+                &self.def.states[self.state].name,
+                &self.context,
+                from,
+            );
+        }
+    }
+
+    fn mref(&self) -> MachineRef<'_> {
+        MachineRef {
+            id: self.shared.id,
+            name: &self.def.name,
+            def: &self.def,
+            slot: &self.slot,
+        }
+    }
+
+    fn sref(&self, s: usize) -> StateRef<'_> {
+        StateRef {
+            id: s,
+            name: &self.def.states[s].name,
+        }
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.rx.len()
+    }
+
+    fn report_error(&self, kind: ErrorKind, event: Option<&Event>, message: &str) {
+        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+        let state = &*self.def.states[self.state].name;
+        if let Some(o) = &self.observer {
+            o.error(&ErrorReport {
+                kind,
+                machine: Some(self.mref()),
+                state: Some(state),
+                event,
+                message,
+            });
+        }
+        tracing::warn!(
+            target: "turnstile::error",
+            machine = %self.def.name,
+            state,
+            kind = kind.as_str(),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The phases of a machine's task, one function each; each returns the phase that comes
+//! next (the diagram is in the [module above](super)).
+//!
+//! The hot path of a busy machine is [`Phase::Idle`] taking a queued event without
+//! `select!` ([`Machine::take_queued`]), then one [`Phase::Running`] step that finds
+//! nothing to run and settles: no future is built and no clock is read on the way.
+
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::actions::wait_action;
+use super::timers::sleep_opt;
+use super::Machine;
+use crate::observe::StopReason;
+use crate::runtime::event::Event;
+
+/// Action-driven events processed back to back before the task yields and lets one
+/// queued external event in.
+pub(super) const FAIRNESS: u32 = 64;
+/// Queued events taken without going through `select!` before checking the rest.
+pub(super) const FAST_BUDGET: u32 = 256;
+
+/// Where the machine's task is.
+pub(super) enum Phase {
+    /// Something to run: an event an action returned, or the next action of the current
+    /// state entry. One step, then `Running` again, until nothing is left (then the entry
+    /// settles: [`Phase::Idle`], or [`Phase::Stopped`] in a final state).
+    Running,
+    /// Nothing to run: take a queued event, or wait for an event, a timer or a request.
+    Idle,
+    /// An action is waiting: wait for it, an event, a timer or a request.
+    Waiting,
+    /// A chain of returned events ran [`FAIRNESS`] steps: yield to the scheduler and let
+    /// one queued event in before the chain goes on.
+    Yield,
+    /// Done; [`Machine::stop`] reports why.
+    Stopped(StopReason),
+}
+
+/// The event an action returned (processed next, before anything queued) and the counts
+/// that keep queued events from waiting forever behind such chains.
+pub(super) struct Chain {
+    pub(super) next: Option<Event>,
+    /// Returned events processed since the task last parked or let a queued event in.
+    count: u32,
+    /// Queued events still to take without `select!`.
+    fast: u32,
+}
+
+impl Chain {
+    pub(super) fn new() -> Self {
+        Self {
+            next: None,
+            count: 0,
+            fast: FAST_BUDGET,
+        }
+    }
+}
+
+impl Machine {
+    /// Before the first phase: the machine is announced and saved, its timers armed.
+    pub(super) fn started(&mut self) {
+        self.shared
+            .since_ms
+            .store(crate::runtime::clock::coarse_unix_ms(), Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            self.measure.start();
+            o.machine_started(self.mref(), self.sref(self.state));
+            self.measure.quick = o.quick_observer(self.mref());
+        }
+        tracing::info!(
+            target: "turnstile::machine",
+            machine = %self.def.name,
+            state = %self.def.states[self.state].name,
+            "machine started"
+        );
+        self.save(None);
+        self.arm_timers();
+    }
+
+    /// [`Phase::Running`]: one step of run to completion.
+    #[inline]
+    pub(super) fn running(&mut self) -> Phase {
+        if self.chain.next.is_some() {
+            self.chain.count += 1;
+            if self.chain.count >= FAIRNESS {
+                return Phase::Yield;
+            }
+            if let Some(ev) = self.chain.next.take() {
+                self.handle(ev);
+            }
+            return Phase::Running;
+        }
+        if self.waiting.is_some() {
+            return Phase::Waiting;
+        }
+        if self.has_next_action() {
+            self.step();
+            return Phase::Running;
+        }
+        self.settle()
+    }
+
+    /// The current entry's actions are done: its event is reported, the state saved as
+    /// they left it. A final state stops the machine.
+    #[inline]
+    fn settle(&mut self) -> Phase {
+        self.finish_active();
+        if self.persist.dirty {
+            self.save_settled();
+        }
+        if self.def.states[self.state].is_final {
+            return Phase::Stopped(StopReason::FinalState);
+        }
+        Phase::Idle
+    }
+
+    /// [`Phase::Idle`], the fast way: an event already queued is taken without
+    /// `select!` (while the budget lasts and no timer is armed). `None`: park.
+    #[inline]
+    pub(super) fn take_queued(&mut self) -> Option<Phase> {
+        if !self.timers.idle() || self.chain.fast == 0 {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(ev) => {
+                self.chain.fast -= 1;
+                // A new chain may start from this event: the fairness count is per
+                // chain, so a short chain is never cut into.
+                self.chain.count = 0;
+                // Taken without waiting: after an action-less event, its transition is
+                // timed at that event's end (`last_end`).
+                self.handle(ev);
+                Some(Phase::Running)
+            }
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                Some(Phase::Stopped(StopReason::Shutdown))
+            }
+        }
+    }
+
+    /// [`Phase::Idle`] and [`Phase::Waiting`]: wait for whatever comes first (shutdown, a
+    /// request, an event, the waiting action, a timer), in that order of priority.
+    pub(super) async fn park(&mut self) -> Phase {
+        // This is where the task parks (or runs out of coop budget): the count of events
+        // chained without a yield starts again.
+        self.chain.count = 0;
+        self.chain.fast = FAST_BUDGET;
+        // The task may wait here: the next event's start is read from the clock.
+        self.measure.forget_end();
+        let deadline = self.deadline();
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Phase::Stopped(StopReason::Shutdown),
+            Some(c) = self.ctl.recv() => match self.control(c) {
+                Some(reason) => Phase::Stopped(reason),
+                None => Phase::Running,
+            },
+            ev = self.rx.recv() => match ev {
+                Some(ev) => {
+                    self.handle(ev);
+                    Phase::Running
+                }
+                None => Phase::Stopped(StopReason::Shutdown),
+            },
+            out = wait_action(&mut self.waiting), if self.waiting.is_some() => {
+                self.finish_waiting(out);
+                Phase::Running
+            }
+            () = sleep_opt(deadline), if deadline.is_some() => {
+                self.fire_timer();
+                Phase::Running
+            }
+        }
+    }
+
+    /// [`Phase::Yield`]: let other tasks run, then one queued event in. When it changes
+    /// state, the chained event (of the state left) is dropped; otherwise it goes next.
+    pub(super) async fn yield_to_queue(&mut self) -> Phase {
+        self.chain.count = 0;
+        self.measure.forget_end();
+        let chained = self.chain.next.take();
+        tokio::task::yield_now().await;
+        if self.cancel.is_cancelled() {
+            return Phase::Stopped(StopReason::Shutdown);
+        }
+        if let Ok(ext) = self.rx.try_recv() {
+            if self.handle(ext) {
+                // The state the chained event belonged to was left.
+                return Phase::Running;
+            }
+        }
+        if let Some(ev) = chained {
+            self.handle(ev);
+        }
+        Phase::Running
+    }
+}

@@ -1,0 +1,71 @@
+//! `timeout(N)` timers: the events that fire N seconds after a state was entered, unless
+//! a transition comes first.
+//!
+//! A state's timers are its `timeout(N)` rules, shortest first
+//! ([`StateDef::timers`](crate::runtime::def::StateDef)); entering the state (again)
+//! starts them from that instant. Only the next one is armed: its deadline is one more
+//! branch of the task's `select!`, so waiting for it costs no polling.
+
+use super::Machine;
+use crate::runtime::event::{Event, Origin};
+
+pub(super) struct Timers {
+    /// When the current state's timers started.
+    base: tokio::time::Instant,
+    /// Index of the next timer to fire in the state's list; `usize::MAX` when none is left.
+    next: usize,
+}
+
+impl Timers {
+    pub(super) fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            next: usize::MAX,
+        }
+    }
+
+    /// No timer is armed.
+    #[inline]
+    pub(super) fn idle(&self) -> bool {
+        self.next == usize::MAX
+    }
+}
+
+impl Machine {
+    /// Starts the current state's timers from now (none when it has no `timeout(N)` rule).
+    pub(super) fn arm_timers(&mut self) {
+        if self.def.states[self.state].timers.is_empty() {
+            self.timers.next = usize::MAX;
+        } else {
+            self.timers.base = tokio::time::Instant::now();
+            self.timers.next = 0;
+        }
+    }
+
+    /// When the next timer fires, if one is armed.
+    pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
+        let t = self.def.states[self.state].timers.get(self.timers.next)?;
+        Some(self.timers.base + t.0)
+    }
+
+    /// The armed timer's deadline passed: its event is handled, the next one armed.
+    pub(super) fn fire_timer(&mut self) {
+        let timers = &self.def.states[self.state].timers;
+        let Some((_, name)) = timers.get(self.timers.next).cloned() else {
+            return;
+        };
+        self.timers.next += 1;
+        if self.timers.next >= timers.len() {
+            self.timers.next = usize::MAX;
+        }
+        self.handle(Event::new(name).with_origin(Origin::Timer));
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
