@@ -1177,6 +1177,11 @@ fn compat_examples_load_with_only_the_missing_action_types() {
                         && registry.get("claim_job").is_some()
                         && d.message
                             .contains("`job_taken` returned by its own `claim_job`") => {}
+                // These workers take jobs and never complete them (upstream's jobs stay
+                // `processing` for ever): Turnstile warns that each is abandoned.
+                (Warning, "job-never-finished")
+                    if file == "simple_worker/config/worker.yaml"
+                        || file == "controller_worker/config/worker.yaml" => {}
                 (Warning, "unhandled-event") => {
                     let ok = IDIOMATIC_UNHANDLED.iter().any(|(f, kind, ev)| {
                         *f == file
@@ -1366,4 +1371,48 @@ fn metric_series_are_counted_and_capped() {
         "this machine would create 121315 metric series, more than the limit of 100000",
         "use `from: \"*\"`",
     );
+}
+
+#[test]
+fn a_worker_that_never_finishes_its_jobs_is_warned() {
+    let worker = |finish: &str| {
+        format!(
+            "
+initial_state: waiting
+states: [waiting, working]
+events: [new_job, no_jobs, done]
+transitions:
+  - {{from: waiting, to: working, event: new_job}}
+  - {{from: waiting, to: waiting, event: no_jobs}}
+  - {{from: working, to: waiting, event: done}}
+actions:
+  waiting:
+    - type: check_database_queue
+  working:
+{finish}
+"
+        )
+    };
+    let l = load(&worker("    - {type: log, message: hi, success: done}"));
+    let d = l
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "job-never-finished")
+        .unwrap_or_else(|| panic!("no job-never-finished warning:\n{}", dump(&l)));
+    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(d.loc.line, 11, "{d}");
+    assert!(
+        d.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("complete_job")),
+        "{d}"
+    );
+    for finish in ["complete_job", "fail_job"] {
+        let l = load(&worker(&format!("    - {{type: {finish}, success: done}}")));
+        assert!(
+            l.diagnostics.iter().all(|d| d.code != "job-never-finished"),
+            "{finish}:\n{}",
+            dump(&l)
+        );
+    }
 }

@@ -455,6 +455,7 @@ pub fn compile(
     let to_defs = |list: Vec<BuiltAction>| -> Arc<[ActionDef]> {
         list.into_iter().map(|a| a.def).collect::<Vec<_>>().into()
     };
+    lint_unfinished_jobs(entry.iter().chain(rule_actions.iter()).flatten(), d);
     for (r, list) in rules.iter_mut().zip(rule_actions) {
         r.actions = to_defs(list);
     }
@@ -640,5 +641,26 @@ mod tests {
             .diagnostics
             .iter()
             .any(|d| d.code == "shadowed-rule" && d.message.contains("line 4")));
+    }
+}
+
+/// A machine that takes jobs from the queue but never completes or fails one abandons each
+/// job when it takes the next: the job then ends `failed` (docs/jobs.md, leases).
+fn lint_unfinished_jobs<'a>(actions: impl Iterator<Item = &'a BuiltAction>, d: &mut Diagnostics) {
+    let mut claims = None;
+    for a in actions {
+        match &*a.def.kind {
+            "check_database_queue" => claims = claims.or(Some(a.def.line)),
+            "complete_job" | "fail_job" => return,
+            _ => {}
+        }
+    }
+    if let Some(line) = claims {
+        d.warn(
+            "job-never-finished",
+            Loc { line, column: 1 },
+            "this machine takes jobs with `check_database_queue` but never runs `complete_job` or `fail_job`: each job it takes is abandoned, and marked failed, when it takes the next".into(),
+            Some("add a `complete_job` action where a job's work is done (and `fail_job` where it fails)".into()),
+        );
     }
 }
