@@ -572,6 +572,27 @@ fn build_action(
     })
 }
 
+/// A machine that takes jobs from the queue but never completes or fails one abandons each
+/// job when it takes the next: the job then ends `failed` (docs/jobs.md, leases).
+fn lint_unfinished_jobs<'a>(actions: impl Iterator<Item = &'a BuiltAction>, d: &mut Diagnostics) {
+    let mut claims = None;
+    for a in actions {
+        match &*a.def.kind {
+            "check_database_queue" => claims = claims.or(Some(a.def.line)),
+            "complete_job" | "fail_job" => return,
+            _ => {}
+        }
+    }
+    if let Some(line) = claims {
+        d.warn(
+            "job-never-finished",
+            Loc { line, column: 1 },
+            "this machine takes jobs with `check_database_queue` but never runs `complete_job` or `fail_job`: each job it takes is abandoned, and marked failed, when it takes the next".into(),
+            Some("add a `complete_job` action where a job's work is done (and `fail_job` where it fails)".into()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::actions::ActionRegistry;
@@ -641,26 +662,5 @@ mod tests {
             .diagnostics
             .iter()
             .any(|d| d.code == "shadowed-rule" && d.message.contains("line 4")));
-    }
-}
-
-/// A machine that takes jobs from the queue but never completes or fails one abandons each
-/// job when it takes the next: the job then ends `failed` (docs/jobs.md, leases).
-fn lint_unfinished_jobs<'a>(actions: impl Iterator<Item = &'a BuiltAction>, d: &mut Diagnostics) {
-    let mut claims = None;
-    for a in actions {
-        match &*a.def.kind {
-            "check_database_queue" => claims = claims.or(Some(a.def.line)),
-            "complete_job" | "fail_job" => return,
-            _ => {}
-        }
-    }
-    if let Some(line) = claims {
-        d.warn(
-            "job-never-finished",
-            Loc { line, column: 1 },
-            "this machine takes jobs with `check_database_queue` but never runs `complete_job` or `fail_job`: each job it takes is abandoned, and marked failed, when it takes the next".into(),
-            Some("add a `complete_job` action where a job's work is done (and `fail_job` where it fails)".into()),
-        );
     }
 }
