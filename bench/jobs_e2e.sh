@@ -8,7 +8,7 @@
 #   LOG_LEVEL=warn,turnstile::store=debug  also prints the writes and transactions of each
 #                                          Turnstile process when it stops
 #
-# Turnstile (target/release/turnstile; `cargo build --release -p turnstile-exporter`):
+# Turnstile (target/release/turnstile; `cargo build --release -p turnstile`):
 #   jobs are added through the sidecar's `POST /jobs` by wrk (4 connections, N/4 requests
 #   each, exactly; bench/post_jobs.lua); workers are four machines of bench/job_worker.yaml
 #   (claim with check_database_queue, complete with complete_job).

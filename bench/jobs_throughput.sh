@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Job queue throughput: N jobs in one SQLite file, W `turnstile run` worker processes
-# (claim + complete per job, as exporter/tests/jobs.rs does), wall time until every job is
+# (claim + complete per job, as tests/jobs.rs does), wall time until every job is
 # completed. Also the wake-up latency of a waiting worker for a job added by another
 # process (`turnstile jobs add`).
 #
 #   bench/jobs_throughput.sh [N] [WORKERS...]      default: 5000 jobs, 1 and 4 workers
 #
-# Uses target/release/turnstile (cargo build --release -p turnstile-exporter).
+# Uses target/release/turnstile (cargo build --release -p turnstile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${TURNSTILE_BIN:-target/release/turnstile}

@@ -24,7 +24,7 @@ LIMIT_MB=${LIMIT_MB:-10}
 SPANS=${SPANS:-0}
 
 if [ -z "${TURNSTILE:-}" ]; then
-  cargo build --release -p turnstile-exporter --bin turnstile >&2
+  cargo build --release -p turnstile --bin turnstile >&2
   TURNSTILE=target/release/turnstile
 fi
 

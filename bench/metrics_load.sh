@@ -19,7 +19,7 @@ WARMUP=${WARMUP:-5}
 
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
 if [ -z "${TURNSTILE:-}" ]; then
-  cargo build --release -p turnstile-exporter --bin turnstile >&2
+  cargo build --release -p turnstile --bin turnstile >&2
   TURNSTILE=target/release/turnstile
 fi
 

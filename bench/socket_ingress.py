@@ -35,7 +35,7 @@ Both engines take statemachine-engine's message, one JSON datagram
     keep up with (--sme-slow-rate, default 10/s) to show its pickup latency.
 
 stdlib only. Usage:
-  cargo build --release -p turnstile-exporter --bin turnstile
+  cargo build --release -p turnstile --bin turnstile
   python3 bench/socket_ingress.py [--n 200000] [--runs 3] [--json-only]
 """
 
@@ -405,7 +405,7 @@ def main():
     RETRY_SLEEP = a.retry_sleep
 
     if not os.access(TURNSTILE, os.X_OK):
-        sys.exit(f"{TURNSTILE} missing: cargo build --release -p turnstile-exporter --bin turnstile")
+        sys.exit(f"{TURNSTILE} missing: cargo build --release -p turnstile --bin turnstile")
     tmp = tempfile.mkdtemp(prefix="ingress-", dir="/tmp")
     with open("/proc/sys/net/unix/max_dgram_qlen") as f:
         qlen = int(f.read())

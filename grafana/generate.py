@@ -8,7 +8,7 @@ description, every query the `job`/`instance` selector and `$__rate_interval`.
     python3 grafana/generate.py          # rewrite the dashboards
     python3 grafana/generate.py --check  # exit 1 when a committed file differs
 
-`cargo test` runs the check (exporter/tests/deploy.rs), type-checks every dashboard
+`cargo test` runs the check (tests/deploy.rs), type-checks every dashboard
 against `@grafana/schema` and runs every query against a real Turnstile.
 """
 

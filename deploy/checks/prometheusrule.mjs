@@ -1,5 +1,5 @@
 // Writes deploy/k8s/prometheusrule.yaml: the groups of deploy/prometheus/alerts.yml in a
-// prometheus-operator PrometheusRule. exporter/tests/deploy.rs checks that the two match.
+// prometheus-operator PrometheusRule. tests/deploy.rs checks that the two match.
 // Usage: node deploy/checks/prometheusrule.mjs
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -17,7 +17,7 @@ const resource = {
 writeFileSync(
   join(deploy, "k8s/prometheusrule.yaml"),
   "# The alert rules of deploy/prometheus/alerts.yml for the prometheus-operator (the same\n" +
-    "# groups; exporter/tests/deploy.rs checks that they match). Regenerate after a change:\n" +
+    "# groups; tests/deploy.rs checks that they match). Regenerate after a change:\n" +
     "#   node deploy/checks/prometheusrule.mjs\n" +
     stringify(resource, { lineWidth: 0 }),
 );

@@ -1,4 +1,4 @@
-// Prints the documents of a YAML file as one JSON list (for exporter/tests/deploy.rs).
+// Prints the documents of a YAML file as one JSON list (for tests/deploy.rs).
 // Usage: node deploy/checks/yaml2json.mjs FILE.yaml
 import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";

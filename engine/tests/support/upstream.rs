@@ -14,10 +14,11 @@ use std::path::PathBuf;
 pub fn examples_dir() -> PathBuf {
     match std::env::var_os("TURNSTILE_UPSTREAM_EXAMPLES") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../.upstream/statemachine-engine/examples"
-        )),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .find(|p| p.join("Cargo.lock").is_file())
+            .expect("the crate is inside the workspace")
+            .join(".upstream/statemachine-engine/examples"),
     }
 }
 

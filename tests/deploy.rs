@@ -21,7 +21,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
-#[path = "../../engine/tests/support/plugin_build.rs"]
+#[path = "../engine/tests/support/plugin_build.rs"]
 mod plugin_build;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! fetched by `.ci/install.sh` (see `engine/tests/support/upstream.rs`).
 
 mod common;
-#[path = "../../engine/tests/support/upstream.rs"]
+#[path = "../engine/tests/support/upstream.rs"]
 mod upstream;
 
 use std::collections::BTreeSet;

@@ -194,7 +194,7 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     let db = mnt.join("jobs.db");
     let cfg = worker_config(dir.path());
     let setup = format!(
-        "mount -t tmpfs -o size=2M tmpfs \"{mnt}\"; \"{bin}\" jobs add --db \"{db}\" --type task --job-id J1 >/dev/null",
+        "mount -t tmpfs -o size=2M tmpfs \"{mnt}\" && \"{bin}\" jobs add --db \"{db}\" --type task --job-id J1 >/dev/null",
         mnt = mnt.display(),
         bin = bin(),
         db = db.display()
@@ -207,7 +207,20 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     {
         let mut f = std::fs::File::create(&filler).unwrap();
         let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
+        // Bounded: the tmpfs has 2 MB. Past 8 MB the file is not on it (the mount
+        // failed?), and filling the real disk is the last thing this test may do.
+        let mut written = 0;
+        while written < 8 << 20 && f.write_all(&block).is_ok() {
+            written += block.len();
+        }
+        if written >= 8 << 20 {
+            drop(f);
+            let _ = std::fs::remove_file(&filler);
+            panic!(
+                "wrote 8 MB to {} without filling the 2 MB tmpfs: it is not mounted there",
+                filler.display()
+            );
+        }
     }
     std::fs::write(dir.path().join("GO"), "").unwrap();
     let full = Duration::from_secs(3);

@@ -6,7 +6,7 @@
 //! no job.
 
 mod common;
-#[path = "../../engine/tests/support/upstream.rs"]
+#[path = "../engine/tests/support/upstream.rs"]
 mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};

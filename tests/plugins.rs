@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
-#[path = "../../engine/tests/support/plugin_build.rs"]
+#[path = "../engine/tests/support/plugin_build.rs"]
 mod plugin_build;
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{field, Proc};
 
-#[path = "../../engine/tests/support/upstream.rs"]
+#[path = "../engine/tests/support/upstream.rs"]
 mod upstream;
 
 /// statemachine-engine's `custom_actions` example, which needs the greet and calculate plugins.

@@ -19,12 +19,9 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_turnstile")
 }
 
-/// The workspace root (where `examples/` lives).
+/// The workspace root (where `examples/` lives): these tests belong to its package.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the exporter crate sits in the workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A path under the workspace root, as a string for command lines.
