@@ -70,6 +70,26 @@ fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAdd
     (p, addr)
 }
 
+/// Writes `filler` until the 2 MB tmpfs it is on is full. Bounded: past 8 MB the file is
+/// not on the tmpfs (the mount failed?), and filling the real disk is the last thing a test
+/// may do.
+fn fill(filler: &Path) {
+    let mut f = std::fs::File::create(filler).unwrap();
+    let block = vec![0u8; 4096];
+    let mut written = 0;
+    while written < 8 << 20 && f.write_all(&block).is_ok() {
+        written += block.len();
+    }
+    if written >= 8 << 20 {
+        drop(f);
+        let _ = std::fs::remove_file(filler);
+        panic!(
+            "wrote 8 MB to {} without filling the 2 MB tmpfs: it is not mounted there",
+            filler.display()
+        );
+    }
+}
+
 /// `path` as the process `pid` sees it (in its mount namespace).
 fn inside(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{}", path.display()))
@@ -138,7 +158,8 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
 }
 
 /// A worker that waits for the file GO, then runs each job (appending its id to RUNS)
-/// and completes it.
+/// and completes it. A failure of either (a lost claim cancels the command, or its
+/// completion is refused) goes back to waiting.
 fn worker_config(dir: &Path) -> PathBuf {
     let cfg = dir.join("worker.yaml");
     let yaml = format!(
@@ -150,6 +171,7 @@ transitions:
   - {{from: hold, to: waiting, event: go}}
   - {{from: waiting, to: processing, event: new_job}}
   - {{from: processing, to: finishing, event: ran}}
+  - {{from: processing, to: waiting, event: error}}
   - {{from: finishing, to: waiting, event: job_completed}}
   - {{from: finishing, to: waiting, event: error}}
 actions:
@@ -204,24 +226,7 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     assert_eq!(http(addr, "GET", "/readyz", "").0, 200);
     // Fill the tmpfs, then let the worker claim J1.
     let filler = inside(pid, &mnt.join("filler"));
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 4096];
-        // Bounded: the tmpfs has 2 MB. Past 8 MB the file is not on it (the mount
-        // failed?), and filling the real disk is the last thing this test may do.
-        let mut written = 0;
-        while written < 8 << 20 && f.write_all(&block).is_ok() {
-            written += block.len();
-        }
-        if written >= 8 << 20 {
-            drop(f);
-            let _ = std::fs::remove_file(&filler);
-            panic!(
-                "wrote 8 MB to {} without filling the 2 MB tmpfs: it is not mounted there",
-                filler.display()
-            );
-        }
-    }
+    fill(&filler);
     std::fs::write(dir.path().join("GO"), "").unwrap();
     let full = Duration::from_secs(3);
     std::thread::sleep(full);
@@ -231,8 +236,9 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     assert!(body.contains("full"), "{body}");
     let (code, body) = http(addr, "POST", "/jobs", r#"{"job_type": "task"}"#);
     assert_eq!(code, 503, "{body}");
-    // The claim answered before its failed commit ran the job once at most; no more runs
-    // while the disk stays full.
+    // The claim answered before its failed commit ran the job once at most (its command
+    // is cancelled when the loss is known before it ends); no more runs while the disk
+    // stays full.
     assert!(
         runs_full <= 1,
         "the job ran {runs_full} times in {full:?} on a full disk"
@@ -332,6 +338,97 @@ fn a_deleted_database_file_is_reported() {
     // A job that would go to the deleted file is refused, not acknowledged and lost.
     let (code, body) = http(addr, "POST", "/jobs", r#"{"job_type": "task"}"#);
     assert_eq!(code, 503, "{body}");
+    p.signal("TERM");
+    p.finish(LIMIT);
+}
+
+/// A worker like [`worker_config`]'s whose processing is a long command: it waits 3 s, then
+/// appends the job's id to RUNS. An error in processing goes back to waiting.
+fn slow_worker_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("slow.yaml");
+    let yaml = format!(
+        r#"
+initial_state: hold
+metadata:
+  machine_name: worker
+transitions:
+  - {{from: hold, to: waiting, event: go}}
+  - {{from: waiting, to: processing, event: new_job}}
+  - {{from: processing, to: finishing, event: ran}}
+  - {{from: processing, to: waiting, event: error}}
+  - {{from: finishing, to: waiting, event: job_completed}}
+  - {{from: finishing, to: waiting, event: error}}
+actions:
+  hold:
+    - type: bash
+      command: "while [ ! -e {go} ]; do sleep 0.05; done"
+      timeout: 600
+      success: go
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: bash
+      command: "sleep 3; echo {{id}} >> {runs}"
+      timeout: 60
+      success: ran
+  finishing:
+    - type: complete_job
+      job_id: "{{id}}"
+      success: job_completed
+"#,
+        go = dir.join("GO").display(),
+        runs = dir.join("runs.log").display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    cfg
+}
+
+#[test]
+fn a_lost_claim_cancels_the_command_it_started() {
+    if !can_unshare("a_lost_claim_cancels_the_command_it_started") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let db = mnt.join("jobs.db");
+    let cfg = slow_worker_config(dir.path());
+    let setup = format!(
+        "mount -t tmpfs -o size=2M tmpfs \"{mnt}\" && \"{bin}\" jobs add --db \"{db}\" --type task --job-id L1 >/dev/null",
+        mnt = mnt.display(),
+        bin = bin(),
+        db = db.display()
+    );
+    let (mut p, _addr) = start_in_namespace(&setup, &cfg, &db);
+    let pid = p.pid();
+    // Fill the tmpfs, then let the worker claim L1: the claim is answered before its
+    // commit, which fails.
+    let filler = inside(pid, &mnt.join("filler"));
+    fill(&filler);
+    std::fs::write(dir.path().join("GO"), "").unwrap();
+    // The command started on the lost claim is cancelled, as an error of the action.
+    let t0 = Instant::now();
+    let rec = p.wait_for(
+        "the cancelled action's error",
+        Duration::from_secs(30),
+        |j| {
+            let s = j.to_string();
+            s.contains("job L1: its claim did not commit") && s.contains("the action was cancelled")
+        },
+    );
+    assert_eq!(field(&rec, "target"), "turnstile::error", "{rec}");
+    assert!(rec.to_string().contains("full"), "{rec}");
+    // Longer than the command would have taken: it did not run to its end.
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(t0.elapsed()) + Duration::from_secs(1),
+    );
+    assert_eq!(runs(dir.path()), 0, "the command of the lost claim ran");
+    // Space returns: the lost attempt is counted and the job runs once and completes.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("L1 completed", LIMIT, || completed(pid, &db, "L1"));
+    assert_eq!(job_in(pid, &db, "L1"), Some(("completed".into(), 2)));
+    assert_eq!(runs(dir.path()), 1);
     p.signal("TERM");
     p.finish(LIMIT);
 }

@@ -204,6 +204,10 @@ async fn failed_jobs_are_retried_then_dead_lettered() {
     }
     // Backoff 50 ms then 100 ms: woken by the due time, not by a poll tick.
     assert!(t0.elapsed() >= Duration::from_millis(150));
+    // The last failure is committed before the machine reports it to the observer.
+    while jobs.0.lock().unwrap().len() < 6 && t0.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     engine.shutdown();
     engine.join().await;
     // The observer heard of every claim and failure, with the job's type.
@@ -566,4 +570,159 @@ final_states: [gone]
     let api = other.get_job("api").unwrap().unwrap();
     assert_eq!(api.status, "processing", "{api:?}");
     assert!(api.lease_until.unwrap() > turnstile_engine::store::now_ms());
+}
+
+// --- a lost claim cancels the action waiting on it ---------------------------------------
+
+/// A machine that "claims" job J9 through a test action handing out `loss` (as the job
+/// actions hand out a store's claim signal), then runs a long command in `processing`.
+const LOST_CLAIM: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: lossy
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: done, event: ran}
+  - {from: processing, to: cancelled, event: gave_up}
+  - {from: cancelled, to: processing, event: again}
+actions:
+  waiting:
+    - type: test_claim
+  processing:
+    - type: bash
+      command: "sleep 3; touch {marker}"
+      timeout: 60
+      success: ran
+      error: gave_up
+final_states: [done]
+"#;
+
+/// Records action ends and errors.
+#[derive(Default)]
+struct Ends(std::sync::Mutex<Vec<String>>);
+
+impl turnstile_engine::Observer for Ends {
+    fn action_finished(
+        &self,
+        r: &turnstile_engine::observe::ActionReport<'_>,
+        end: &turnstile_engine::observe::ActionEnd<'_>,
+    ) {
+        self.0.lock().unwrap().push(format!(
+            "{} {} {:?}",
+            r.kind,
+            end.outcome.as_str(),
+            end.event
+        ));
+    }
+    fn error(&self, r: &turnstile_engine::observe::ErrorReport<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("error {} {}", r.kind.as_str(), r.message));
+    }
+}
+
+fn lost_claim_machine(
+    loss: &turnstile_engine::store::ClaimLoss,
+    marker: &std::path::Path,
+) -> Arc<MachineDef> {
+    use turnstile_engine::actions::{Action, ActionCx, Built, JobChange, Outcome, Step};
+    struct TestClaim(turnstile_engine::store::ClaimLoss);
+    impl Action for TestClaim {
+        fn run(&self, _cx: &mut ActionCx<'_>) -> Step {
+            Step::Done(
+                Outcome::ok(Some("new_job".into()))
+                    .with_job(JobChange::Claimed, "task".into(), "J9".into())
+                    .with_claim_loss(Some(self.0.clone())),
+            )
+        }
+    }
+    let mut registry = ActionRegistry::with_builtins();
+    let loss = loss.clone();
+    registry.register(
+        "test_claim",
+        "test",
+        Arc::new(move |_: &mut turnstile_engine::actions::Params<'_>| {
+            Some(Built {
+                action: Arc::new(TestClaim(loss.clone())),
+                emits: vec!["new_job".into()],
+                waits: false,
+            })
+        }),
+    );
+    let yaml = LOST_CLAIM.replace("{marker}", &marker.display().to_string());
+    let loaded = config::load_str(&yaml, None, &registry);
+    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    loaded.def.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_claim_cancels_the_waiting_action_as_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let loss = turnstile_engine::store::ClaimLoss::new();
+    let ends = Arc::new(Ends::default());
+    let engine = Engine::builder().observer(ends.clone()).build();
+    engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
+    assert!(engine.wait_for_state("lossy", "processing", WAIT).await);
+    // The command is running when the claim is lost.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    loss.lose("database or disk is full");
+    assert!(engine.wait_for_state("lossy", "cancelled", WAIT).await);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let want = "error action `bash` action failed: job J9: its claim did not commit (database or disk is full); the action was cancelled";
+    {
+        let seen = ends.0.lock().unwrap();
+        assert!(seen.iter().any(|s| s == want), "{seen:#?}");
+        assert!(
+            seen.iter().any(|s| s == "bash error Some(\"gave_up\")"),
+            "{seen:#?}"
+        );
+    }
+    // The command was killed: it never gets to its end.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!marker.exists(), "the cancelled command ran to its end");
+    // The signal is spent: the same job's next command is not cancelled.
+    engine.try_send("lossy", Event::new("again")).unwrap();
+    assert!(engine.wait_for_state("lossy", "done", WAIT).await);
+    assert!(marker.exists());
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_lost_before_the_action_waits_cancels_it_when_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let loss = turnstile_engine::store::ClaimLoss::new();
+    // Lost before the machine even takes the claim (a commit that fails at once).
+    loss.lose("disk I/O error");
+    let ends = Arc::new(Ends::default());
+    let engine = Engine::builder().observer(ends.clone()).build();
+    engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
+    assert!(engine.wait_for_state("lossy", "cancelled", WAIT).await);
+    let seen = ends.0.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("job J9: its claim did not commit (disk I/O error)")),
+        "{seen:#?}"
+    );
+    engine.shutdown();
+    engine.join().await;
+    assert!(!marker.exists());
+}
+
+/// A claim that stays durable (its signal never fires) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_commits_leaves_its_action_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let loss = turnstile_engine::store::ClaimLoss::new();
+    let engine = Engine::builder().build();
+    engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
+    assert!(engine.wait_for_state("lossy", "done", WAIT).await);
+    assert!(marker.exists());
+    engine.join().await;
 }

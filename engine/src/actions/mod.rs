@@ -117,6 +117,10 @@ pub struct JobNote {
     pub job_type: String,
     /// The job's id.
     pub job_id: String,
+    /// For a claim answered before it was durable: fires if it does not commit. The
+    /// machine keeps it while it holds the job and cancels the action waiting then (see
+    /// [`Outcome::with_claim_loss`]).
+    pub loss: Option<crate::store::ClaimLoss>,
 }
 
 /// What happened to a job.
@@ -170,7 +174,19 @@ impl Outcome {
             change,
             job_type,
             job_id,
+            loss: None,
         }));
+        self
+    }
+
+    /// Hands the machine the loss signal of the claim noted with [`Self::with_job`]: while
+    /// the machine holds that job, the signal firing cancels its waiting action (finished as
+    /// an error, its `error` event returned).
+    #[must_use]
+    pub fn with_claim_loss(mut self, loss: Option<crate::store::ClaimLoss>) -> Self {
+        if let Some(j) = &mut self.job {
+            j.loss = loss;
+        }
         self
     }
 
@@ -197,6 +213,14 @@ pub enum Step {
 pub trait Action: Send + Sync + 'static {
     /// Runs the action once.
     fn run(&self, cx: &mut ActionCx<'_>) -> Step;
+
+    /// True for the job actions that claim, complete or fail a job (`check_database_queue`,
+    /// `claim_job`, `complete_job`, `fail_job`): starting one, the machine stops watching
+    /// the claim of the job it held (the store answers for that job from then on: it
+    /// refuses the completion of a lost claim, and a new claim replaces the old one).
+    fn settles_jobs(&self) -> bool {
+        false
+    }
 }
 
 /// An action built from its parameters, with what the validator needs to know about it.

@@ -565,6 +565,13 @@ fn build_action(
             action: built.action,
             description: a.description.clone(),
             line: a.loc.line,
+            error_event: Arc::from(
+                a.params
+                    .get("error")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("error"),
+            ),
         },
         emits: built.emits,
         written,

@@ -23,6 +23,9 @@ pub struct ActionDef {
     pub description: Option<String>,
     /// Line of the action in its file (for error messages).
     pub line: u32,
+    /// The event the machine returns for the action when it cancels it with an error (a
+    /// lost job claim): its `error:` parameter as written, else `error`.
+    pub error_event: Arc<str>,
 }
 
 impl std::fmt::Debug for ActionDef {

@@ -26,6 +26,9 @@
 //!   dead-lettered like one whose runs keep failing;
 //! - remembers the job ([`Lost::refused`]) so that the store refuses the completion the
 //!   caller will try;
+//! - fires the claim's [`ClaimLoss`], which the claimer got with its answer, so that it can
+//!   stop what it started on the job (a machine cancels the action waiting on it). A claim
+//!   whose commit succeeds drops the writer's copy: that signal never fires;
 //! - records the failure ([`Health`]): while writes fail, claims are answered after their
 //!   commit (a claim that does not commit starts nothing), claimers back off
 //!   ([`Health::backoff`]), and the store reports itself not ready. The next transaction
@@ -45,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use super::{ClaimLoss, StoreError};
 
 /// Most operations one transaction carries.
 const MAX_BATCH: usize = 256;
@@ -187,8 +190,8 @@ trait WriteOp: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// When its caller hears back.
     fn ack(&self) -> Ack;
-    /// The job an executed claim took (lost if the commit fails).
-    fn claimed(&self) -> Option<String>;
+    /// The job an executed claim took and its loss signal (fired if the commit fails).
+    fn claimed(&self) -> Option<(String, ClaimLoss)>;
     /// Its own error, when it failed.
     fn error(&self) -> Option<String>;
     /// Delivers the result, or `failed` when the transaction did not commit.
@@ -202,6 +205,8 @@ struct Op<T, F> {
     f: Option<F>,
     ack: Ack,
     job_of: Option<JobOf<T>>,
+    /// A claim answered early: fired if its commit fails.
+    loss: Option<ClaimLoss>,
     result: Option<Result<T, StoreError>>,
     reply: SyncSender<Result<T, StoreError>>,
 }
@@ -227,9 +232,9 @@ where
         self.ack
     }
 
-    fn claimed(&self) -> Option<String> {
-        match (&self.job_of, &self.result) {
-            (Some(f), Some(Ok(t))) => f(t),
+    fn claimed(&self) -> Option<(String, ClaimLoss)> {
+        match (&self.job_of, &self.result, &self.loss) {
+            (Some(f), Some(Ok(t)), Some(loss)) => f(t).map(|j| (j, loss.clone())),
             _ => None,
         }
     }
@@ -317,29 +322,42 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(ack, f, None)
+        self.submit(ack, f, None, None)
     }
 
     /// A claim: answered once run ([`Ack::Executed`]) while writes commit, after its
-    /// commit while they fail. `job_of` names the job a result took.
+    /// commit while they fail. `job_of` names the job a result took. Answered early, it
+    /// comes with the signal fired if its commit fails (`None`: answered after its commit).
     pub(crate) fn claim<T, F>(
         &self,
         f: F,
         job_of: impl Fn(&T) -> Option<String> + Send + 'static,
-    ) -> Result<T, StoreError>
+    ) -> Result<(T, Option<ClaimLoss>), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let ack = if self.shared.health().failing.is_some() {
-            Ack::Committed
+        let loss = if self.shared.health().failing.is_some() {
+            None
         } else {
-            Ack::Executed
+            Some(ClaimLoss::new())
         };
-        self.submit(ack, f, Some(Box::new(job_of)))
+        let ack = if loss.is_some() {
+            Ack::Executed
+        } else {
+            Ack::Committed
+        };
+        let t = self.submit(ack, f, Some(Box::new(job_of)), loss.clone())?;
+        Ok((t, loss))
     }
 
-    fn submit<T, F>(&self, ack: Ack, f: F, job_of: Option<JobOf<T>>) -> Result<T, StoreError>
+    fn submit<T, F>(
+        &self,
+        ack: Ack,
+        f: F,
+        job_of: Option<JobOf<T>>,
+        loss: Option<ClaimLoss>,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -349,6 +367,7 @@ impl GroupCommit {
             f: Some(f),
             ack,
             job_of,
+            loss,
             result: None,
             reply: tx,
         });
@@ -382,8 +401,8 @@ struct BatchEnd {
     storage: Option<String>,
     /// It committed and changed rows.
     wrote: bool,
-    /// Jobs claimed and answered before the commit.
-    early: Vec<String>,
+    /// Jobs claimed and answered before the commit, with their loss signals.
+    early: Vec<(String, ClaimLoss)>,
     /// Lost attempts written in it.
     counted: Vec<(String, u32)>,
 }
@@ -481,13 +500,18 @@ impl Writer<'_> {
                 if lost.refused.len() + end.early.len() > MAX_REFUSED {
                     lost.refused.clear();
                 }
-                for j in &end.early {
+                for (j, _) in &end.early {
                     *lost.pending.entry(j.clone()).or_default() += 1;
                     lost.refused.insert(j.clone(), why.clone());
                 }
+                drop(lost);
+                // After the refusals: whoever reacts to the signal finds the job refused.
+                for (_, loss) in &end.early {
+                    loss.lose(why);
+                }
                 tracing::warn!(
                     target: "turnstile::store",
-                    "a transaction failed ({why}): {} claim(s) acknowledged before its commit are undone; those jobs are pending again, their completions here are refused and their attempts counted once a write commits",
+                    "a transaction failed ({why}): {} claim(s) acknowledged before its commit are undone; those jobs are pending again, what their claimers started is cancelled, their completions here are refused and their attempts counted once a write commits",
                     end.early.len()
                 );
             }
@@ -766,6 +790,60 @@ mod tests {
         // The writer goes on.
         insert(&group, "after");
         assert_eq!(count(&path, "after"), 1);
+    }
+
+    #[test]
+    fn a_lost_claim_fires_its_signal_and_a_committed_one_never_does() {
+        let (_dir, _path, conn, group) = started();
+        let held = conn.lock().unwrap();
+        let g = group.clone();
+        let claim = std::thread::spawn(move || {
+            g.claim(
+                |c| {
+                    c.execute("INSERT INTO t (v) VALUES ('claim')", [])?;
+                    Ok(())
+                },
+                |()| Some("J".to_owned()),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        // In the same batch, a write that breaks a deferred foreign key: COMMIT fails.
+        let g = group.clone();
+        let orphan = std::thread::spawn(move || {
+            g.write(Ack::Committed, |c| {
+                c.execute("INSERT INTO t (v, p) VALUES ('orphan', 42)", [])?;
+                Ok(())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        drop(held);
+        let ((), loss) = claim.join().unwrap().unwrap();
+        let loss = loss.expect("an early claim comes with its signal");
+        assert!(orphan.join().unwrap().is_err());
+        let why = wait_fired(&loss);
+        assert!(why.contains("FOREIGN KEY"), "{why}");
+        // The refusal is recorded before the signal fires.
+        assert!(group.shared().lost().refused.contains_key("J"));
+        // A claim that commits: its signal never fires.
+        let ((), loss) = group.claim(|_| Ok(()), |()| Some("K".to_owned())).unwrap();
+        let loss = loss.unwrap();
+        insert(&group, "after");
+        assert_eq!(loss.why(), None);
+    }
+
+    /// Waits (up to 10 s) for `loss` to fire; returns why.
+    fn wait_fired(loss: &ClaimLoss) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(why) = loss.why() {
+                return why.to_owned();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the signal did not fire"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

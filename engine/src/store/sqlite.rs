@@ -28,8 +28,8 @@ use serde_json::{Map, Value as Json};
 
 use super::group_commit::{Ack, GroupCommit, Hooks};
 use super::{
-    from_ms, now_ms, Claim, EventRecord, Failed, Holder, Job, JobFilter, JobStore, ListJobs,
-    MachineRecord, NewJob, StateStore, StoreError, PENDING,
+    from_ms, now_ms, Claim, ClaimLoss, EventRecord, Failed, Holder, Job, JobFilter, JobStore,
+    ListJobs, MachineRecord, NewJob, StateStore, StoreError, PENDING,
 };
 
 /// statemachine-engine 1.0.91's `jobs` table, verbatim (`schema/generic/001_jobs.sql`).
@@ -313,12 +313,13 @@ impl SqliteStore {
 
     /// [`Self::write`] for claims: returns once `f` has run in the open transaction,
     /// before the commit (a claim lost with an uncommitted transaction leaves its job
-    /// pending; see [`Ack::Executed`]).
+    /// pending; see [`Ack::Executed`]). Answered early, it comes with the signal fired if
+    /// its commit fails.
     fn claim_write<T, F>(
         &self,
         f: F,
         job_of: impl Fn(&T) -> Option<String> + Send + 'static,
-    ) -> Result<T, StoreError>
+    ) -> Result<(T, Option<ClaimLoss>), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -685,10 +686,19 @@ impl JobStore for SqliteStore {
     }
 
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
+        self.claim_next_watched(filter, owner).map(|(c, _)| c)
+    }
+
+    fn claim_next_watched(
+        &self,
+        filter: &JobFilter,
+        owner: &str,
+    ) -> Result<(Claim, Option<ClaimLoss>), StoreError> {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (filter, owner) = (filter.clone(), owner.to_owned());
-        let claim = self.claim_write(
+        let shared = self.inner.group.shared().clone();
+        let (claim, loss) = self.claim_write(
             move |tx| {
                 // Read the clock in the transaction: a batch may start later than the call.
                 let now = now_ms();
@@ -713,6 +723,10 @@ impl JobStore for SqliteStore {
                     )?;
                     let job =
                         tx.row_cached(JOB_BY_ROWID, [id], |r| job_from_row(r, default_max))?;
+                    // Claimed again: an earlier lost claim's refusal no longer applies. In
+                    // the writer, so that this claim's own loss (recorded after its batch)
+                    // is not taken back by its caller.
+                    shared.lost().take_refusal(&job.job_id);
                     return Ok(Claim::Job(Box::new(job)));
                 }
                 let due: Option<i64> = tx.row_cached(
@@ -738,18 +752,29 @@ impl JobStore for SqliteStore {
                 Claim::Empty { .. } => None,
             },
         )?;
-        if let Claim::Job(j) = &claim {
-            self.holds().insert(j.job_id.clone(), None);
-            self.inner.group.shared().lost().take_refusal(&j.job_id);
+        match &claim {
+            Claim::Job(j) => {
+                self.holds().insert(j.job_id.clone(), None);
+                Ok((claim, loss))
+            }
+            Claim::Empty { .. } => Ok((claim, None)),
         }
-        Ok(claim)
     }
 
     fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.claim_job_watched(job_id, owner).map(|(c, _)| c)
+    }
+
+    fn claim_job_watched(
+        &self,
+        job_id: &str,
+        owner: &str,
+    ) -> Result<(bool, Option<ClaimLoss>), StoreError> {
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (id, owner) = (job_id.to_owned(), owner.to_owned());
-        let claimed = self.claim_write(
+        let shared = self.inner.group.shared().clone();
+        let (claimed, loss) = self.claim_write(
             move |tx| {
                 let now = now_ms();
                 reap_expired(tx, now, default_max)?;
@@ -760,6 +785,10 @@ impl JobStore for SqliteStore {
                  WHERE job_id = ?1 AND status = 'pending'",
                     params![id, owner, now + lease_ms],
                 )?;
+                if n > 0 {
+                    // As in `claim_next_watched`: in the writer.
+                    shared.lost().take_refusal(&id);
+                }
                 Ok(n > 0)
             },
             {
@@ -769,9 +798,9 @@ impl JobStore for SqliteStore {
         )?;
         if claimed {
             self.holds().insert(job_id.to_owned(), None);
-            self.inner.group.shared().lost().take_refusal(job_id);
+            return Ok((true, loss));
         }
-        Ok(claimed)
+        Ok((false, None))
     }
 
     fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {

@@ -26,7 +26,9 @@ use serde_json::{Map, Value as Json};
 use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
 use crate::observe::ErrorKind;
 use crate::runtime::template::{JsonTemplate, Template};
-use crate::store::{Claim, Failed, Holder, Job, JobFilter, JobStore, StateStore, StoreError};
+use crate::store::{
+    Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore, StateStore, StoreError,
+};
 
 /// How often a waiting `check_database_queue` checks whether another process wrote to the
 /// database (jobs added in this process wake it at once).
@@ -194,11 +196,14 @@ fn job_context(j: &Job) -> Vec<(String, Json)> {
 
 /// Claims on a blocking thread; a job claimed after the waiter went away (an event
 /// interrupted it) is given back at once.
-async fn claim(store: Arc<dyn JobStore>, filter: JobFilter) -> Result<Claim, StoreError> {
+async fn claim(
+    store: Arc<dyn JobStore>,
+    filter: JobFilter,
+) -> Result<(Claim, Option<ClaimLoss>), StoreError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let r = store.claim_next(&filter, store.owner());
-        if let Err(Ok(Claim::Job(j))) = tx.send(r) {
+        let r = store.claim_next_watched(&filter, store.owner());
+        if let Err(Ok((Claim::Job(j), _))) = tx.send(r) {
             if let Err(e) = store.release_job(&j.job_id, store.owner()) {
                 tracing::warn!(target: "turnstile::jobs", job = %j.job_id, "could not give back an interrupted claim: {e}");
             }
@@ -240,6 +245,10 @@ fn build_check_queue(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Option<Built
 }
 
 impl Action for CheckQueue {
+    fn settles_jobs(&self) -> bool {
+        true
+    }
+
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.jobs() else {
             return no_store("check_database_queue", &self.error);
@@ -297,14 +306,12 @@ impl Action for CheckQueue {
                         continue;
                     }
                     Err(e) => return store_error("check_database_queue", &e, &error),
-                    Ok(Claim::Job(j)) => {
+                    Ok((Claim::Job(j), loss)) => {
                         store.set_holder(&j.job_id, holder);
                         tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
-                        let mut o = Outcome::ok(Some(new_job)).with_job(
-                            JobChange::Claimed,
-                            j.job_type.clone(),
-                            j.job_id.clone(),
-                        );
+                        let mut o = Outcome::ok(Some(new_job))
+                            .with_job(JobChange::Claimed, j.job_type.clone(), j.job_id.clone())
+                            .with_claim_loss(loss);
                         o.context = job_context(&j);
                         o.job_id = Some(j.job_id.clone());
                         // The worker's processing continues the enqueuer's trace.
@@ -314,7 +321,7 @@ impl Action for CheckQueue {
                             .and_then(|t| crate::runtime::trace::TraceContext::parse(t).ok());
                         return o;
                     }
-                    Ok(Claim::Empty { next_due }) => next_due,
+                    Ok((Claim::Empty { next_due }, _)) => next_due,
                 };
                 if !wait {
                     return Outcome::ok(Some(no_jobs));
@@ -387,6 +394,10 @@ fn build_claim_job(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Option<Built> 
 }
 
 impl Action for ClaimJob {
+    fn settles_jobs(&self) -> bool {
+        true
+    }
+
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.jobs() else {
             return no_store("claim_job", &self.error);
@@ -405,12 +416,14 @@ impl Action for ClaimJob {
         Step::Wait(Box::pin(async move {
             let s = store.clone();
             let id2 = id.clone();
-            match blocking(move || s.claim_job(&id2, s.owner())).await {
-                Ok(true) => {
+            match blocking(move || s.claim_job_watched(&id2, s.owner())).await {
+                Ok((true, loss)) => {
                     store.set_holder(&id, holder);
-                    Outcome::ok(Some(success)).with_job(JobChange::Claimed, job_type, id)
+                    Outcome::ok(Some(success))
+                        .with_job(JobChange::Claimed, job_type, id)
+                        .with_claim_loss(loss)
                 }
-                Ok(false) => Outcome::ok(Some(taken)),
+                Ok((false, _)) => Outcome::ok(Some(taken)),
                 Err(e) => store_error("claim_job", &e, &error),
             }
         }))
@@ -454,6 +467,10 @@ fn build_complete_job(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Option<Buil
 }
 
 impl Action for CompleteJob {
+    fn settles_jobs(&self) -> bool {
+        true
+    }
+
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.jobs() else {
             return no_store("complete_job", &self.error);
@@ -524,6 +541,10 @@ fn build_fail_job(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Option<Built> {
 }
 
 impl Action for FailJob {
+    fn settles_jobs(&self) -> bool {
+        true
+    }
+
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.jobs() else {
             return no_store("fail_job", &self.error);

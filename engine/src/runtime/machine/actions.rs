@@ -6,12 +6,38 @@
 //! of two ways: it finishes ([`Machine::finish_waiting`]) or it is interrupted
 //! ([`Machine::interrupt_waiting`]: a transition, a reload that removed its state, the
 //! machine stopping). Any other reason to cancel it from outside is one more interrupt.
+//!
+//! One such reason: the claim of the job the machine holds is lost. A job action that
+//! claims a job before its claim is durable hands the machine the claim's
+//! [`ClaimLoss`](crate::store::ClaimLoss) ([`HeldClaim`]). The machine keeps it until the
+//! next claim replaces it, a job action (`check_database_queue`, `claim_job`,
+//! `complete_job`, `fail_job`) starts, or the machine stops. While it holds one, the
+//! waiting phase also waits on it: when it fires (now, or before an action waits), the
+//! waiting action is dropped, as an interrupt drops it (a command is killed), and
+//! finished as an error of the action ([`Machine::cancel_for_lost_claim`]), its `error`
+//! event returned. A quick action is never cancelled: the store refuses the completion
+//! of a lost claim anyway.
 
 use super::Machine;
-use crate::actions::{ActionCx, ActionFuture, JobChange, Outcome, Status, Step};
+use crate::actions::{ActionCx, ActionFuture, JobChange, JobNote, Outcome, Status, Step};
 use crate::observe::{ActionEnd, ActionOutcome, ActionReport, ErrorKind};
 use crate::runtime::def::ActionDef;
 use crate::runtime::event::{Event, Origin};
+use crate::store::ClaimLoss;
+
+/// The job the machine claimed, while its claim may still be lost.
+pub(super) struct HeldClaim {
+    job_id: String,
+    loss: ClaimLoss,
+}
+
+/// Why the held claim was lost, once it is; never when there is none.
+pub(super) async fn claim_lost(c: &Option<HeldClaim>) -> String {
+    match c {
+        Some(c) => c.loss.lost().await.to_owned(),
+        None => std::future::pending().await,
+    }
+}
 
 /// An action that is waiting for something.
 pub(super) struct Waiting {
@@ -58,6 +84,10 @@ impl Machine {
             &def.states[self.state].entry[idx - ra]
         };
         self.entry.pos += 1;
+        if self.claim.is_some() && action.action.settles_jobs() {
+            // The store answers for the held job from here on.
+            self.claim = None;
+        }
         let trace = match &self.observer {
             Some(o) if self.measure.starts => o
                 .action_started(&ActionReport {
@@ -119,13 +149,27 @@ impl Machine {
             traceparent,
             job,
         } = out;
-        if let (Some(o), Some(j)) = (&self.observer, &job) {
-            let m = self.mref();
-            match &j.change {
-                JobChange::Claimed => o.job_claimed(m, &j.job_type, &j.job_id),
-                JobChange::Completed => o.job_completed(m, &j.job_type, &j.job_id),
-                JobChange::Failed(msg) => o.job_failed(m, &j.job_type, &j.job_id, msg),
+        if let Some(j) = job {
+            if let Some(o) = &self.observer {
+                let m = self.mref();
+                match &j.change {
+                    JobChange::Claimed => o.job_claimed(m, &j.job_type, &j.job_id),
+                    JobChange::Completed => o.job_completed(m, &j.job_type, &j.job_id),
+                    JobChange::Failed(msg) => o.job_failed(m, &j.job_type, &j.job_id, msg),
+                }
             }
+            let JobNote {
+                change,
+                job_id,
+                loss,
+                ..
+            } = *j;
+            // A claim replaces the job held (watched only while it may be lost); a
+            // completion or failure ends it.
+            self.claim = match change {
+                JobChange::Claimed => loss.map(|loss| HeldClaim { job_id, loss }),
+                JobChange::Completed | JobChange::Failed(_) => None,
+            };
         }
         for (k, v) in context {
             self.context.insert(k, v);
@@ -181,6 +225,23 @@ impl Machine {
             traceparent: traceparent.or(self.entry.trace),
             origin: Origin::Action,
         });
+    }
+
+    /// The held claim was lost: the waiting action is dropped (its command killed) and
+    /// finished as an error of the action, which returns its `error` event.
+    #[inline(never)]
+    pub(super) fn cancel_for_lost_claim(&mut self, why: String) {
+        let (Some(held), Some(w)) = (self.claim.take(), self.waiting.take()) else {
+            return;
+        };
+        drop(w.fut);
+        let msg = format!(
+            "job {}: its claim did not commit ({why}); the action was cancelled",
+            held.job_id
+        );
+        let out = Outcome::error(&w.action.kind, msg, Some(w.action.error_event.clone()))
+            .with_kind(ErrorKind::Action);
+        self.finish_action(&w.action, w.index, out, w.started);
     }
 
     /// Drops the waiting action, if any, and reports it interrupted.

@@ -15,7 +15,8 @@
 //!  |      | | +----> [ Idle ]     nothing left to run (settled: reported, saved): a     |
 //!  |      | |                     queued event at once, or select as in Waiting --------+
 //!  |      | +------> [ Waiting ]  the action started waits: select on it, the queue,    |
-//!  |      |                       requests, the timer: whatever comes first ------------+
+//!  |      |                       requests, the timer, the loss of the job claim held:  |
+//!  |      |                       whatever comes first ---------------------------------+
 //!  |      +--------> [ Yield ]    the 64th returned event in a row: yield, let one      |
 //!  |                              queued event in, then the chain goes on --------------+
 //!  +------------------------------------------------------------------------------------+
@@ -43,7 +44,8 @@
 //! snapshot, stop) and shutdown, and then hands back the phase it held. Every step of a
 //! machine starts in `Running`, so holding that edge holds the machine; a waiting action
 //! keeps waiting meanwhile, and an action cancelled from outside is one more way out of
-//! [`Phase::Waiting`].
+//! [`Phase::Waiting`]: one such is the loss of the job claim the machine holds (its
+//! commit failed), which ends the waiting action as an error ([`actions`]).
 //!
 //! The parts: [`phases`] (the loop's phases), [`events`] (an event: its rule, the
 //! transition, the livelock guard), [`actions`] (running and waiting for actions),
@@ -128,6 +130,9 @@ pub(crate) struct Machine {
     entry: Entry,
     /// The action being waited for ([`Phase::Waiting`]).
     waiting: Option<Waiting>,
+    /// The job this machine claimed, while its claim may still be lost (answered before
+    /// its commit): a waiting action is cancelled if it is ([`actions::HeldClaim`]).
+    claim: Option<actions::HeldClaim>,
     /// The event an action returned, to process next, and the fairness counts.
     chain: Chain,
     timers: Timers,
@@ -162,6 +167,7 @@ impl Machine {
             cancel,
             entry: Entry::start(),
             waiting: None,
+            claim: None,
             chain: Chain::new(),
             timers: Timers::new(),
             livelock: Livelock::new(livelock_limit),

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::actions::wait_action;
+use super::actions::{claim_lost, wait_action};
 use super::timers::sleep_opt;
 use super::Machine;
 use crate::observe::StopReason;
@@ -142,7 +142,9 @@ impl Machine {
     }
 
     /// [`Phase::Idle`] and [`Phase::Waiting`]: wait for whatever comes first (shutdown, a
-    /// request, an event, the waiting action, a timer), in that order of priority.
+    /// request, an event, the waiting action, the loss of the job claim the machine holds
+    /// (only while an action waits; see [`super::actions`]), a timer), in that order of
+    /// priority.
     pub(super) async fn park(&mut self) -> Phase {
         // This is where the task parks (or runs out of coop budget): the count of events
         // chained without a yield starts again.
@@ -167,6 +169,10 @@ impl Machine {
             },
             out = wait_action(&mut self.waiting), if self.waiting.is_some() => {
                 self.finish_waiting(out);
+                Phase::Running
+            }
+            why = claim_lost(&self.claim), if self.claim.is_some() && self.waiting.is_some() => {
+                self.cancel_for_lost_claim(why);
                 Phase::Running
             }
             () = sleep_opt(deadline), if deadline.is_some() => {
