@@ -1235,3 +1235,43 @@ fn a_run_that_ends_by_itself_exits_zero_with_the_sidecar_on() {
         .iter()
         .any(|j| field(j, "message") == "sidecar stopped"));
 }
+
+/// Both write endpoints go through the same checks (one extractor): content type (415), a
+/// malformed `traceparent` (400), a declared body past the limit (413); and the index page
+/// lists both.
+#[test]
+fn every_write_endpoint_checks_content_type_traceparent_and_size_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let s = Server::start(&[IDLE], &["--db", db.to_str().unwrap()]);
+    let a = s.addr;
+    let index = get(a, "/").text();
+    for path in ["/machines/idle/events", "/jobs"] {
+        let body = br#"{"type": "go", "job_type": "task"}"#;
+        let r = request(a, "POST", path, &[("Content-Type", "text/plain")], body);
+        assert_error(&r, 415);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("traceparent", "00-nothex-00f067aa0ba902b7-01"),
+        ];
+        assert_error(&request(a, "POST", path, &headers, body), 400);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", "2000000"),
+        ];
+        assert_error(&request(a, "POST", path, &headers, b""), 413);
+        let shown = path.replace("idle", "{name}");
+        assert!(
+            index.contains(&format!("POST {shown}")),
+            "the index page does not list POST {shown}: {index}"
+        );
+    }
+    // And both accept a good request with a traceparent.
+    let headers = [("traceparent", TRACEPARENT)];
+    let r = post_json(a, "/jobs", &headers, &json!({"job_type": "task"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = post_json(a, "/machines/idle/events", &headers, &json!({"type": "go"}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["trace_id"], TRACE_ID);
+    s.stop();
+}

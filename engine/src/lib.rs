@@ -23,6 +23,7 @@
 pub mod actions;
 pub mod config;
 pub mod diagram;
+pub mod error_kind;
 pub mod ingress;
 pub mod observe;
 pub mod reload;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::config::diag::did_you_mean;
+use crate::config::diag::{did_you_mean, json_type_name};
 use crate::config::model::ActionSpec;
 use crate::config::yaml::Loc;
 use crate::runtime::template::{JsonTemplate, Template};
@@ -291,17 +291,5 @@ impl<'a> Params<'a> {
             });
         }
         (self.issues, self.written_events)
-    }
-}
-
-/// A JSON value's kind in words, for error messages ("found a list").
-pub fn json_type_name(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "a mapping",
     }
 }

@@ -5,9 +5,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-use super::diag::{suggest, Diagnostics};
+use super::diag::{json_type_name, suggest, Diagnostics};
 use super::yaml::{Loc, Node, Value};
-use crate::actions::params::json_type_name;
 
 /// A string with the place it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,19 +7,16 @@
 //! is parsed with the engine's bounded JSON parser ([`ingress::parse_json`]): 413 when it
 //! would take more than the parsed-size limit.
 
-use std::sync::Arc;
-
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 use turnstile_engine::ingress;
-use turnstile_engine::store::{JobStore, NewJob, StoreError};
+use turnstile_engine::store::{NewJob, StoreError};
 use turnstile_engine::TraceContext;
 
-use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
-use super::routes::{declared_too_large, read_body, too_large, State};
+use super::state::State;
+use super::write::JsonPost;
 
 fn field_str(obj: &serde_json::Map<String, Json>, key: &str) -> Result<Option<String>, ApiError> {
     match obj.get(key) {
@@ -33,36 +30,18 @@ fn field_str(obj: &serde_json::Map<String, Json>, key: &str) -> Result<Option<St
 
 pub(super) async fn post_job(
     state: &State,
-    store: Arc<dyn JobStore>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    if declared_too_large(req.body(), state.max_body_bytes) {
-        return Err(too_large(state.max_body_bytes));
-    }
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("?"));
-    if !request::is_json_content_type(ct) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "the body must be JSON (Content-Type: application/json), not `{}`",
-                cut(ct.unwrap_or(""), 80)
-            ),
-        ));
-    }
-    let header_tp = match req.headers().get("traceparent") {
-        None => None,
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("invalid traceparent: not ASCII"))?;
-            TraceContext::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            Some(s.to_owned())
-        }
-    };
-    let body = read_body(req.into_body(), state.max_body_bytes).await?;
+    let (store, post) = JsonPost::extract(state, req, None, || {
+        state.jobs.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "no job store is configured: start turnstile run with --db PATH (or a config that uses job actions); or send an event with a job_id to POST /machines/{name}/events",
+            )
+        })
+    })
+    .await?;
+    let (header_tp, body) = (post.traceparent_header, post.body);
     let v = ingress::parse_json(&body, &state.ingress_limits()).map_err(|e| {
         if e.is_too_large() {
             return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());

@@ -43,10 +43,13 @@
 //! requests, so it would not end it either.
 
 mod conn;
+mod endpoints;
 mod jobs;
 pub mod request;
 pub mod response;
 mod routes;
+mod state;
+mod write;
 
 use std::convert::Infallible;
 use std::io;
@@ -252,7 +255,7 @@ impl Bound {
             config,
             addr,
         } = self;
-        let state = Arc::new(routes::State {
+        let state = Arc::new(state::State {
             engine,
             telemetry,
             addr,
@@ -279,7 +282,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 async fn accept_loop(
     listener: TcpListener,
-    state: Arc<routes::State>,
+    state: Arc<state::State>,
     mut stop: watch::Receiver<bool>,
 ) {
     let budget = conn::Budget::new(MAX_CONNECTIONS);

@@ -114,42 +114,6 @@ impl ApiError {
     }
 }
 
-/// The index page: what this server offers, with links.
-pub fn index_page(version: &str, read_only: bool, token: bool) -> Response<Body> {
-    let writes = if read_only {
-        "off (read-only mode)"
-    } else if token {
-        "on, with a bearer token"
-    } else {
-        "on, without a token"
-    };
-    let html = format!(
-        r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Turnstile</title></head>
-<body>
-<h1>Turnstile {version}</h1>
-<p>The sidecar of a Turnstile engine. Writes: {writes}.</p>
-<ul>
-<li><a href="/metrics">/metrics</a>: Prometheus text; OpenMetrics with exemplars on request</li>
-<li><a href="/stats">/stats</a>: processed events, timings, machines</li>
-<li><a href="/trace">/trace</a>: recent events, newest first (<code>?limit=&amp;machine=&amp;trace_id=</code>)</li>
-<li><a href="/errors">/errors</a>: recent errors, newest first (<code>?limit=&amp;machine=&amp;kind=</code>)</li>
-<li><a href="/machines">/machines</a>: every machine; <code>/machines/{{name}}</code> for one, with its context</li>
-<li><a href="/healthz">/healthz</a> and <a href="/readyz">/readyz</a>: liveness and readiness</li>
-<li><code>POST /machines/{{name}}/events</code> with <code>{{"type": "...", "payload": ..., "job_id": "..."}}</code>: send an event</li>
-</ul>
-</body>
-</html>
-"#
-    );
-    with_body(
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        Bytes::from(html),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

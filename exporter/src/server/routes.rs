@@ -1,150 +1,34 @@
-//! The endpoints: routing by path and method, and one handler each.
+//! The handlers, one per endpoint of [`super::endpoints::ENDPOINTS`], and the dispatch
+//! from a request to its handler.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
-use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderName, WWW_AUTHENTICATE};
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::body::Incoming;
+use hyper::header::HeaderName;
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 use turnstile_engine::ingress;
 use turnstile_engine::observe::ErrorKind;
-use turnstile_engine::{Engine, Event, MachineStatus, SendError, TraceContext};
+use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
+use super::endpoints::{self, resolve, Handler};
+use super::jobs;
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
+use super::state::State;
+use super::write::JsonPost;
 use crate::telemetry::records::timestamp;
-use crate::telemetry::Telemetry;
 
 /// How long a `POST .../events` waits for room in a full queue before answering 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
-/// How long reading a request body may take.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading a machine's context may take (it is read on the machine's own task).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `/readyz` waits for the job store to answer a read.
 pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What every request handler shares.
-pub struct State {
-    /// The engine whose machines are served.
-    pub engine: Engine,
-    /// Its telemetry.
-    pub telemetry: Arc<Telemetry>,
-    /// The bound address, for `/stats`.
-    pub addr: SocketAddr,
-    /// The bearer token writes need, if any.
-    pub token: Option<String>,
-    /// Writes refused.
-    pub read_only: bool,
-    /// Largest request body accepted.
-    pub max_body_bytes: usize,
-    /// The job store behind `POST /jobs`.
-    pub jobs: Option<Arc<dyn turnstile_engine::store::JobStore>>,
-    /// A `/readyz` read of the job store is still running (one at a time, however often
-    /// the probe comes).
-    pub store_probe: Arc<AtomicBool>,
-}
-
-impl State {
-    /// The bounds of a JSON body: [`State::max_body_bytes`] bytes, and the engine's
-    /// default bound on its parsed size.
-    pub fn ingress_limits(&self) -> ingress::Limits {
-        ingress::Limits {
-            max_bytes: self.max_body_bytes,
-            max_parsed_bytes: ingress::DEFAULT_MAX_PARSED_BYTES,
-        }
-    }
-}
-
-/// Which methods a path takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Allowed {
-    Get,
-    Post,
-}
-
-impl Allowed {
-    fn header(self) -> &'static str {
-        match self {
-            Allowed::Get => "GET, HEAD",
-            Allowed::Post => "POST",
-        }
-    }
-
-    fn accepts(self, m: &Method) -> bool {
-        match self {
-            Allowed::Get => m == Method::GET || m == Method::HEAD,
-            Allowed::Post => m == Method::POST,
-        }
-    }
-}
-
-/// A resolved path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Index,
-    Favicon,
-    Metrics,
-    Stats,
-    Trace,
-    Errors,
-    Healthz,
-    Readyz,
-    Machines,
-    Machine(String),
-    MachineEvents(String),
-    Jobs,
-}
-
-impl Route {
-    fn allowed(&self) -> Allowed {
-        match self {
-            Route::MachineEvents(_) | Route::Jobs => Allowed::Post,
-            _ => Allowed::Get,
-        }
-    }
-}
-
-/// Resolves a path (`None`: no such endpoint). Machine names are percent-decoded.
-fn route(path: &str) -> Result<Option<Route>, ApiError> {
-    Ok(Some(match path {
-        "/" => Route::Index,
-        "/favicon.ico" => Route::Favicon,
-        "/metrics" => Route::Metrics,
-        "/stats" => Route::Stats,
-        "/trace" => Route::Trace,
-        "/errors" => Route::Errors,
-        "/healthz" => Route::Healthz,
-        "/readyz" => Route::Readyz,
-        "/machines" => Route::Machines,
-        "/jobs" => Route::Jobs,
-        _ => {
-            let Some(rest) = path.strip_prefix("/machines/") else {
-                return Ok(None);
-            };
-            let (name, tail) = match rest.split_once('/') {
-                Some((n, t)) => (n, Some(t)),
-                None => (rest, None),
-            };
-            if name.is_empty() {
-                return Ok(None);
-            }
-            let name = request::percent_decode(name, false)
-                .map_err(|e| ApiError::bad_request(format!("bad machine name in the path: {e}")))?;
-            match tail {
-                None => Route::Machine(name),
-                Some("events") => Route::MachineEvents(name),
-                Some(_) => return Ok(None),
-            }
-        }
-    }))
-}
 
 /// Handles one request; never fails (errors become JSON error responses).
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -189,61 +73,53 @@ fn report(state: &State, method: &Method, path: &str, e: &ApiError) {
 }
 
 async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some(route) = route(req.uri().path())? else {
+    let Some((endpoint, name)) = resolve(req.uri().path())? else {
         return Err(ApiError::not_found(format!(
             "no endpoint `{}`; see / for the list",
             cut(req.uri().path(), 200)
         )));
     };
-    let allowed = route.allowed();
-    if !allowed.accepts(req.method()) {
+    if !endpoint.accepts(req.method()) {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "{} is not allowed on {}; use {}",
                 cut(req.method().as_str(), 20),
                 cut(req.uri().path(), 200),
-                allowed.header()
+                endpoint.allow()
             ),
         )
-        .header(ALLOW, allowed.header()));
+        .header(ALLOW, endpoint.allow()));
     }
-    match route {
-        Route::Index => Ok(response::index_page(
+    // `resolve` gives a name exactly for the endpoints whose path has `{name}`.
+    let name = name.unwrap_or_default();
+    match endpoint.handler {
+        Handler::Index => Ok(endpoints::index_page(
             env!("CARGO_PKG_VERSION"),
             state.read_only,
             state.token.is_some(),
         )),
-        Route::Favicon => {
+        Handler::Favicon => {
             let mut r = response::with_body(StatusCode::NO_CONTENT, "image/x-icon", Bytes::new());
             r.headers_mut().remove(CONTENT_TYPE);
             Ok(r)
         }
-        Route::Metrics => Ok(metrics(state, &req).await),
-        Route::Stats => Ok(response::json(
+        Handler::Metrics => Ok(metrics(state, &req).await),
+        Handler::Stats => Ok(response::json(
             StatusCode::OK,
             &state.telemetry.stats(Some(&state.addr.to_string())),
         )),
-        Route::Trace => trace(state, &req),
-        Route::Errors => errors(state, &req),
-        Route::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        Route::Readyz => Ok(readyz(state).await),
-        Route::Machines => Ok(response::json(
+        Handler::Trace => trace(state, &req),
+        Handler::Errors => errors(state, &req),
+        Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
+        Handler::Readyz => Ok(readyz(state).await),
+        Handler::Machines => Ok(response::json(
             StatusCode::OK,
             &Json::Array(state.engine.status().iter().map(machine_json).collect()),
         )),
-        Route::Machine(name) => machine(state, &name).await,
-        Route::MachineEvents(name) => post_event(state, &name, req).await,
-        Route::Jobs => {
-            authorize(state, &req)?;
-            match &state.jobs {
-                Some(store) => crate::server::jobs::post_job(state, store.clone(), req).await,
-                None => Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "no job store is configured: start turnstile run with --db PATH (or a config that uses job actions); or send an event with a job_id to POST /machines/{name}/events",
-                )),
-            }
-        }
+        Handler::Machine => machine(state, &name).await,
+        Handler::MachineEvents => post_event(state, &name, req).await,
+        Handler::Jobs => jobs::post_job(state, req).await,
     }
 }
 
@@ -453,112 +329,21 @@ async fn machine(state: &State, name: &str) -> Result<Response<Body>, ApiError> 
     Ok(response::json(StatusCode::OK, &v))
 }
 
-/// Writes are off in read-only mode (403 for everyone), and need the token when one is
-/// configured (401).
-fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
-    if state.read_only {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the sidecar runs in read-only mode (--read-only): writes are off",
-        ));
-    }
-    if let Some(expected) = &state.token {
-        let presented =
-            request::bearer_token(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes));
-        let ok = presented.is_some_and(|p| request::token_matches(p, expected.as_bytes()));
-        if !ok {
-            let msg = if presented.is_some() {
-                "the bearer token is wrong"
-            } else {
-                "this server needs `Authorization: Bearer <token>` for writes"
-            };
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, msg)
-                .header(WWW_AUTHENTICATE, "Bearer realm=\"turnstile\""));
-        }
-    }
-    Ok(())
-}
-
-/// True when the request says (`Content-Length`) that its body is larger than `max`.
-pub(super) fn declared_too_large(body: &Incoming, max: usize) -> bool {
-    let max = u64::try_from(max).unwrap_or(u64::MAX);
-    let hint = body.size_hint();
-    hint.lower() > max || hint.upper().is_some_and(|n| n > max)
-}
-
-pub(super) fn too_large(max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the body is larger than the limit of {max} bytes"),
-    )
-    .field("limit", json!(max))
-}
-
-/// Reads a whole body of at most `max` bytes: the declared length is checked first, the
-/// bytes actually received while reading.
-pub(super) async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
-    if declared_too_large(&body, max) {
-        return Err(too_large(max));
-    }
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect()).await;
-    match read {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!(
-            "the body could not be read: {e}"
-        ))),
-    }
-}
-
 async fn post_event(
     state: &State,
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    authorize(state, &req)?;
-    if declared_too_large(req.body(), state.max_body_bytes) {
-        let e = too_large(state.max_body_bytes);
-        return Err(match state.engine.machine(name) {
-            Some(_) => e.machine(name),
-            None => e,
-        });
-    }
-    if state.engine.machine(name).is_none() {
-        return Err(unknown_machine(name));
-    }
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("?"));
-    if !request::is_json_content_type(ct) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "the body must be JSON (Content-Type: application/json), not `{}`",
-                cut(ct.unwrap_or(""), 80)
-            ),
-        )
-        .machine(name));
-    }
-    let header_tp = match req.headers().get("traceparent") {
-        None => None,
-        Some(v) => {
-            let s = v.to_str().map_err(|_| {
-                ApiError::bad_request("invalid traceparent: not ASCII").machine(name)
-            })?;
-            Some(
-                TraceContext::parse(s)
-                    .map_err(|e| ApiError::bad_request(e.to_string()).machine(name))?,
-            )
+    let known = state.engine.machine(name).is_some();
+    let ((), post) = JsonPost::extract(state, req, known.then_some(name), || {
+        if known {
+            Ok(())
+        } else {
+            Err(unknown_machine(name))
         }
-    };
-    let body = read_body(req.into_body(), state.max_body_bytes)
-        .await
-        .map_err(|e| e.machine(name))?;
+    })
+    .await?;
+    let (header_tp, body) = (post.traceparent, post.body);
     let msg = ingress::parse(&body, &state.ingress_limits()).map_err(|e| {
         let status = if e.is_too_large() {
             StatusCode::PAYLOAD_TOO_LARGE
@@ -675,15 +460,16 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("/").unwrap(), Some(Route::Index));
-        assert_eq!(route("/metrics").unwrap(), Some(Route::Metrics));
+        let route = |p: &str| resolve(p).map(|r| r.map(|(e, name)| (e.handler, name)));
+        assert_eq!(route("/").unwrap(), Some((Handler::Index, None)));
+        assert_eq!(route("/metrics").unwrap(), Some((Handler::Metrics, None)));
         assert_eq!(
             route("/machines/a%20b").unwrap(),
-            Some(Route::Machine("a b".into()))
+            Some((Handler::Machine, Some("a b".into())))
         );
         assert_eq!(
             route("/machines/w/events").unwrap(),
-            Some(Route::MachineEvents("w".into()))
+            Some((Handler::MachineEvents, Some("w".into())))
         );
         assert_eq!(route("/machines/").unwrap(), None);
         assert_eq!(route("/machines/w/other").unwrap(), None);
@@ -691,22 +477,21 @@ mod tests {
         assert_eq!(route("/nope").unwrap(), None);
         assert_eq!(route("/metrics/").unwrap(), None);
         assert!(route("/machines/%ff").is_err());
+        assert_eq!(resolve("/jobs").unwrap().map(|r| r.0.allow()), Some("POST"));
         assert_eq!(
-            route("/jobs").unwrap().map(|r| r.allowed()),
-            Some(Allowed::Post)
-        );
-        assert_eq!(
-            route("/stats").unwrap().map(|r| r.allowed()),
-            Some(Allowed::Get)
+            resolve("/stats").unwrap().map(|r| r.0.allow()),
+            Some("GET, HEAD")
         );
     }
 
     #[test]
     fn methods() {
-        assert!(Allowed::Get.accepts(&Method::HEAD));
-        assert!(!Allowed::Get.accepts(&Method::POST));
-        assert!(Allowed::Post.accepts(&Method::POST));
-        assert!(!Allowed::Post.accepts(&Method::GET));
+        let get = resolve("/stats").unwrap().unwrap().0;
+        let post = resolve("/jobs").unwrap().unwrap().0;
+        assert!(get.accepts(&Method::HEAD));
+        assert!(!get.accepts(&Method::POST));
+        assert!(post.accepts(&Method::POST));
+        assert!(!post.accepts(&Method::GET));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::actions::shell::ShellTemplate;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Status, Step};
-use crate::observe::ErrorKind;
+use crate::error_kind::ErrorKind;
 
 /// Output kept per stream; the rest is read and dropped so the command never blocks.
 const CAPTURE_LIMIT: usize = 64 * 1024;

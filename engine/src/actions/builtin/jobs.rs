@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value as Json};
 
 use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
-use crate::observe::ErrorKind;
+use crate::error_kind::ErrorKind;
 use crate::runtime::template::{JsonTemplate, Template};
 use crate::store::{
     Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore, StateStore, StoreError,

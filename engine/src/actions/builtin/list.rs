@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::actions::params::json_type_name;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
+use crate::config::diag::json_type_name;
 use crate::runtime::template::JsonTemplate;
 
 /// The list key when none is given (statemachine-engine's default).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
-use crate::observe::ErrorKind;
+use crate::error_kind::ErrorKind;
 use crate::runtime::event::Event;
 use crate::runtime::router::DeliverError;
 use crate::runtime::template::{lookup_path, JsonTemplate, Template};
