@@ -85,6 +85,13 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// Every family and label of `text` is in the catalogue (which docs/metrics.md is
+/// checked against).
+fn assert_catalogued(text: &str) {
+    let problems = turnstile_exporter::telemetry::catalogue::uncatalogued(text);
+    assert!(problems.is_empty(), "not in the catalogue: {problems:#?}");
+}
+
 fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -110,6 +117,8 @@ async fn metrics_cover_the_design_table_and_pass_promtool() {
 
     let text = telemetry.render_metrics(false);
     promtool_check(&text);
+    assert_catalogued(&text);
+    assert_catalogued(&telemetry.render_metrics(true));
     for name in [
         "turnstile_build_info",
         "turnstile_transitions_total",

@@ -4,7 +4,7 @@
 //! A host application that embeds the engine builds its engine through
 //! [`telemetry::Telemetry::install`] (which makes the telemetry the observer of the engine
 //! and of the registry's plugin host) and, if it wants the sidecar, serves it with
-//! [`server`].
+//! [`server`]. Every metric family is declared in [`telemetry::catalogue`].
 //!
 //! [`Observer`]: turnstile_engine::Observer
 

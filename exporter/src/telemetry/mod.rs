@@ -7,6 +7,7 @@
 //! so the per-machine locks are never contended; nothing on the hot path is shared across
 //! machines.
 
+pub mod catalogue;
 mod local;
 pub mod metrics;
 mod process;
@@ -562,24 +563,14 @@ impl prometheus_client::collector::Collector for QueueDepth {
         let Some(engine) = self.0.get() else {
             return Ok(());
         };
-        let mut me = encoder.encode_descriptor(
-            "event_queue_depth",
-            "Events waiting in a machine's queue",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let mut me = catalogue::EVENT_QUEUE_DEPTH.describe(&mut encoder)?;
         let status = engine.machines();
         for m in &status {
             let g = ConstGauge::new(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
             let labels = [("machine", &*m.name)];
             g.encode(me.encode_family(&labels)?)?;
         }
-        let mut me = encoder.encode_descriptor(
-            "state_entered_timestamp",
-            "When a machine entered its current state, Unix time",
-            Some(&prometheus_client::registry::Unit::Seconds),
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let mut me = catalogue::STATE_ENTERED_TIMESTAMP.describe(&mut encoder)?;
         for m in &status {
             let t = m
                 .since
@@ -588,12 +579,7 @@ impl prometheus_client::collector::Collector for QueueDepth {
             let labels = [("machine", &*m.name)];
             ConstGauge::new(t).encode(me.encode_family(&labels)?)?;
         }
-        let mut me = encoder.encode_descriptor(
-            "machine_state",
-            "1 for the state a machine is in, 0 for its other states",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let mut me = catalogue::MACHINE_STATE.describe(&mut encoder)?;
         for m in &status {
             for s in &m.def.states {
                 let g = ConstGauge::new(i64::from(s.name == m.state));
