@@ -338,7 +338,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|p| (p.name, p.version))
                 .collect();
             telemetry.set_plugins(&plugins);
-            registry.plugin_host().set_observer(telemetry.clone());
             for e in &plugin_errors {
                 telemetry.report_error(ErrorKind::Plugin, None, e);
             }
@@ -358,7 +357,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 persist: crate::jobs_cli::persister(&store, job_store.as_ref()),
                 sockets: store.socket_dir.clone(),
             };
-            let code = rt.block_on(run(defs, opts, telemetry.clone()));
+            let code = rt.block_on(run(defs, opts, &telemetry, &registry));
             if let Some(s) = &job_store {
                 // How well group commit shared transactions (`--log-level turnstile::store=debug`).
                 let (writes, transactions) = s.write_counts();
@@ -441,16 +440,14 @@ fn load_all(
 async fn run(
     defs: Vec<Arc<MachineDef>>,
     opts: RunOptions,
-    telemetry: Arc<Telemetry>,
+    telemetry: &Arc<Telemetry>,
+    plugins: &ActionRegistry,
 ) -> anyhow::Result<ExitCode> {
-    let mut builder = Engine::builder()
-        .queue_capacity(opts.queue_capacity)
-        .observer(telemetry.clone());
+    let mut builder = Engine::builder().queue_capacity(opts.queue_capacity);
     if let Some(p) = &opts.persist {
         builder = builder.persist(p.clone());
     }
-    let engine = builder.build();
-    telemetry.attach(&engine);
+    let engine = telemetry.install(builder, plugins);
     // The sidecar binds before any machine runs (a taken port stops us before a machine
     // has done anything) and serves once every machine is registered (no request sees a
     // configured machine missing; early connections wait in the backlog).
@@ -472,13 +469,9 @@ async fn run(
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
-            let observer: Arc<dyn turnstile_engine::Observer> = telemetry.clone();
-            match turnstile_engine::sockets::SocketServer::start(
-                &engine,
-                dir,
-                &names,
-                Some(observer),
-            ) {
+            // The engine's observer (the telemetry `install` attached).
+            let observer = engine.observer().cloned();
+            match turnstile_engine::sockets::SocketServer::start(&engine, dir, &names, observer) {
                 Ok((s, _failed)) => Some(s),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -171,6 +171,9 @@ fn simple_worker_processes_every_job_including_late_ones() {
                 "turnstile_job_changes_total{machine=\"simple_worker\",job_type=\"task\",change=\"claimed\"} 4",
             )
         {
+            // `turnstile_jobs` and the job families are catalogued (and so documented).
+            let problems = turnstile_exporter::telemetry::catalogue::uncatalogued(&m);
+            assert!(problems.is_empty(), "not in the catalogue: {problems:#?}");
             break;
         }
         assert!(Instant::now() < deadline, "{m}");

@@ -447,6 +447,13 @@ fn read_endpoints_answer_with_their_documented_shapes() {
     s.stop();
 }
 
+/// Every family and label of a `/metrics` page is in the catalogue (which docs/metrics.md
+/// is checked against).
+fn assert_catalogued(page: &str) {
+    let problems = turnstile_exporter::telemetry::catalogue::uncatalogued(page);
+    assert!(problems.is_empty(), "not in the catalogue: {problems:#?}");
+}
+
 #[test]
 fn metrics_come_in_both_formats_with_exemplars_only_in_openmetrics_with_spans() {
     const OM: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -489,10 +496,12 @@ fn metrics_come_in_both_formats_with_exemplars_only_in_openmetrics_with_spans() 
     assert!(text.contains("turnstile_transitions_total{"), "{text}");
     assert!(!text.contains(" # {"), "{text}");
     assert!(!text.contains("# EOF"), "{text}");
+    assert_catalogued(&text);
     let r = request(plain.addr, "GET", "/metrics", &om_accept, b"");
     assert_eq!(r.header("content-type"), Some(OM));
     let text = r.text();
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_catalogued(&text);
     assert!(!text.contains(EXEMPLAR), "{text}");
 
     // With spans: exemplars in OpenMetrics only.
@@ -503,6 +512,7 @@ fn metrics_come_in_both_formats_with_exemplars_only_in_openmetrics_with_spans() 
         let t = r.text();
         t.contains(EXEMPLAR).then_some(t)
     });
+    assert_catalogued(&text);
     let line = text.lines().find(|l| l.contains(EXEMPLAR)).unwrap();
     assert!(line.starts_with("turnstile_"), "{line}");
     assert!(

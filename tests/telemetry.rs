@@ -85,6 +85,13 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// Every family and label of `text` is in the catalogue (which docs/metrics.md is
+/// checked against).
+fn assert_catalogued(text: &str) {
+    let problems = turnstile_exporter::telemetry::catalogue::uncatalogued(text);
+    assert!(problems.is_empty(), "not in the catalogue: {problems:#?}");
+}
+
 fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -94,8 +101,7 @@ fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_the_design_table_and_pass_promtool() {
     let telemetry = Telemetry::new(TelemetryConfig::default()).unwrap();
-    let engine = Engine::builder().observer(telemetry.clone()).build();
-    telemetry.attach(&engine);
+    let engine = telemetry.install(Engine::builder(), &ActionRegistry::with_builtins());
     telemetry.set_plugins(&[("greet".into(), "1.2.3".into())]);
     engine
         .spawn_all(vec![def(CONTROLLER), def(WORKER)])
@@ -111,6 +117,8 @@ async fn metrics_cover_the_design_table_and_pass_promtool() {
 
     let text = telemetry.render_metrics(false);
     promtool_check(&text);
+    assert_catalogued(&text);
+    assert_catalogued(&telemetry.render_metrics(true));
     for name in [
         "turnstile_build_info",
         "turnstile_transitions_total",
@@ -219,8 +227,7 @@ async fn spans_follow_one_trace_across_machines_with_parents_attributes_and_erro
         ..TelemetryConfig::default()
     })
     .unwrap();
-    let engine = Engine::builder().observer(telemetry.clone()).build();
-    telemetry.attach(&engine);
+    let engine = telemetry.install(Engine::builder(), &ActionRegistry::with_builtins());
     engine
         .spawn_all(vec![def(CONTROLLER), def(WORKER)])
         .unwrap();
@@ -347,8 +354,7 @@ actions:
 /// Runs `events` through the ping-pong machine; returns the telemetry and its engine.
 async fn ping_pong(config: TelemetryConfig, events: &[&str]) -> (Arc<Telemetry>, Engine) {
     let telemetry = Telemetry::new(config).unwrap();
-    let engine = Engine::builder().observer(telemetry.clone()).build();
-    telemetry.attach(&engine);
+    let engine = telemetry.install(Engine::builder(), &ActionRegistry::with_builtins());
     engine.spawn(def(PING_PONG)).unwrap();
     send_all(&engine, events).await;
     (telemetry, engine)
@@ -452,8 +458,7 @@ async fn metrics_only_counts_what_the_full_observer_counts() {
 async fn error_records_show_the_command_as_written_not_its_values() {
     const SECRET: &str = "s3cr3t-T0KEN-4242";
     let telemetry = Telemetry::new(TelemetryConfig::default()).unwrap();
-    let engine = Engine::builder().observer(telemetry.clone()).build();
-    telemetry.attach(&engine);
+    let engine = telemetry.install(Engine::builder(), &ActionRegistry::with_builtins());
     let command = "test -z {payload.token} || exit 3";
     engine
         .spawn(def(&format!(

@@ -35,7 +35,7 @@ pub use actions::ActionRegistry;
 pub use observe::Observer;
 pub use runtime::def::MachineDef;
 pub use runtime::engine::{
-    Engine, EngineBuilder, EngineError, MachineStatus, ReloadOutcome, SendError,
+    Engine, EngineBuilder, EngineError, EngineStatus, MachineStatus, ReloadOutcome, SendError,
 };
 pub use runtime::event::{Event, Origin};
 pub use runtime::trace::TraceContext;

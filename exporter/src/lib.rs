@@ -1,8 +1,10 @@
 //! Turnstile's observability side: Prometheus metrics, OpenTelemetry spans and the
 //! ring buffers behind the HTTP sidecar, all fed by the engine's [`Observer`] hook.
 //!
-//! A host application that embeds the engine attaches [`telemetry::Telemetry`] as the
-//! engine's observer and, if it wants the sidecar, serves it with [`server`].
+//! A host application that embeds the engine builds its engine through
+//! [`telemetry::Telemetry::install`] (which makes the telemetry the observer of the engine
+//! and of the registry's plugin host) and, if it wants the sidecar, serves it with
+//! [`server`]. Every metric family is declared in [`telemetry::catalogue`].
 //!
 //! [`Observer`]: turnstile_engine::Observer
 

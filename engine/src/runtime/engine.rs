@@ -122,7 +122,7 @@ impl EngineBuilder {
         Engine {
             inner: Arc::new(Inner {
                 router: Arc::new(Router::new()),
-                machines: RwLock::new(Vec::new()),
+                machines: Arc::new(RwLock::new(Vec::new())),
                 observer: self.observer,
                 cancel: CancellationToken::new(),
                 running: watch::Sender::new(0),
@@ -136,7 +136,8 @@ impl EngineBuilder {
 
 struct Inner {
     router: Arc<Router>,
-    machines: RwLock<Vec<Arc<Shared>>>,
+    /// Shared with every [`EngineStatus`] handed out.
+    machines: Arc<RwLock<Vec<Arc<Shared>>>>,
     observer: Option<Arc<dyn Observer>>,
     cancel: CancellationToken,
     /// Number of machine tasks that have not ended yet.
@@ -167,6 +168,43 @@ impl std::fmt::Debug for Engine {
             .field("machines", &self.status().len())
             .field("running", &self.running())
             .finish()
+    }
+}
+
+/// A read-only view of an engine's machines ([`Engine::status_handle`]): their status and
+/// how many still run, read when asked. It can neither send events nor stop machines.
+#[derive(Clone)]
+pub struct EngineStatus {
+    machines: Arc<RwLock<Vec<Arc<Shared>>>>,
+}
+
+impl std::fmt::Debug for EngineStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineStatus")
+            .field("running", &self.running())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineStatus {
+    /// The status of every machine, in start order ([`Engine::status`]).
+    pub fn machines(&self) -> Vec<MachineStatus> {
+        self.machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| status_of(s))
+            .collect()
+    }
+
+    /// Number of machines still running ([`Engine::running`]).
+    pub fn running(&self) -> usize {
+        self.machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.running.load(Ordering::Acquire))
+            .count()
     }
 }
 
@@ -309,13 +347,17 @@ impl Engine {
 
     /// The status of every machine, in start order.
     pub fn status(&self) -> Vec<MachineStatus> {
-        self.inner
-            .machines
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|s| status_of(s))
-            .collect()
+        self.status_handle().machines()
+    }
+
+    /// A read-only view of the machines' status, for whoever reports on the engine (an
+    /// observer's scrape-time gauges, `/stats`). It does not keep the engine alive: an
+    /// observer that holds it makes no ownership cycle with the engine that holds the
+    /// observer.
+    pub fn status_handle(&self) -> EngineStatus {
+        EngineStatus {
+            machines: self.inner.machines.clone(),
+        }
     }
 
     /// The status of one machine (the most recent one of that name).
@@ -429,13 +471,7 @@ impl Engine {
 
     /// Number of machines still running.
     pub fn running(&self) -> usize {
-        self.inner
-            .machines
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|s| s.running.load(Ordering::Acquire))
-            .count()
+        self.status_handle().running()
     }
 
     /// Asks every machine to stop: waiting actions are cancelled (commands killed).

@@ -1,4 +1,5 @@
-//! The Prometheus metrics of DESIGN.md, with prometheus-client.
+//! The Prometheus metrics of DESIGN.md, with prometheus-client; their names, help and
+//! labels are [`super::catalogue`]'s.
 //!
 //! Every series a machine can produce is created when the machine starts (its states,
 //! events and rules are known then), and its handles are kept in the machine's slot,
@@ -15,10 +16,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::MachineDef;
 
+use super::catalogue;
 use super::local::{CounterWriter, HistogramWriter, LocalCounter, LocalHistogram};
 
 /// Buckets for event and action durations, in seconds: 50 µs to 60 s.
@@ -149,12 +151,10 @@ where
         }
     }
 
-    fn register(&self, r: &mut Registry, name: &str, help: &str) {
+    fn register(&self, r: &mut Registry, family: &catalogue::Family) {
         match self {
-            DurationFamily::Exemplars(f) => {
-                r.register_with_unit(name, help, Unit::Seconds, f.clone());
-            }
-            DurationFamily::Local(f) => r.register_with_unit(name, help, Unit::Seconds, f.clone()),
+            DurationFamily::Exemplars(f) => family.register(r, f.clone()),
+            DurationFamily::Local(f) => family.register(r, f.clone()),
         }
     }
 
@@ -250,64 +250,19 @@ impl Metrics {
             })
             .set(1);
         let r = registry;
-        r.register("build_info", "Turnstile build; always 1", build_info);
-        r.register(
-            "transitions",
-            "Transitions taken, by machine, source and target state and event",
-            m.transitions.clone(),
-        );
-        r.register(
-            "events",
-            "Events processed, by outcome (transitioned, ignored, rejected)",
-            m.events.clone(),
-        );
-        m.event_duration.register(
-            r,
-            "event_duration",
-            "Time from the start of an event to the end of the actions it triggered",
-        );
-        m.action_duration.register(
-            r,
-            "action_duration",
-            "Time an action ran, by action type and outcome",
-        );
-        r.register("errors", "Errors, by machine and kind", m.errors.clone());
-        r.register_with_unit(
-            "state_duration",
-            "Time spent in a state before leaving it",
-            Unit::Seconds,
-            m.state_duration.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Config reloads, by result",
-            m.config_reloads.clone(),
-        );
-        r.register(
-            "plugin_info",
-            "Loaded plugins; always 1",
-            m.plugin_info.clone(),
-        );
-        r.register(
-            "jobs",
-            "Jobs in the job store, by type and status",
-            m.jobs.clone(),
-        );
-        r.register(
-            "job_changes",
-            "Jobs claimed, completed and failed by this process's machines",
-            m.job_changes.clone(),
-        );
-        r.register(
-            "spans_dropped",
-            "Spans not exported: queue full or export failed",
-            m.spans_dropped.clone(),
-        );
-        r.register(
-            "spans_exported",
-            "Spans handed to the OTLP collector",
-            m.spans_exported.clone(),
-        );
+        catalogue::BUILD_INFO.register(r, build_info);
+        catalogue::TRANSITIONS.register(r, m.transitions.clone());
+        catalogue::EVENTS.register(r, m.events.clone());
+        m.event_duration.register(r, &catalogue::EVENT_DURATION);
+        m.action_duration.register(r, &catalogue::ACTION_DURATION);
+        catalogue::ERRORS.register(r, m.errors.clone());
+        catalogue::STATE_DURATION.register(r, m.state_duration.clone());
+        catalogue::CONFIG_RELOADS.register(r, m.config_reloads.clone());
+        catalogue::PLUGIN_INFO.register(r, m.plugin_info.clone());
+        catalogue::JOBS.register(r, m.jobs.clone());
+        catalogue::JOB_CHANGES.register(r, m.job_changes.clone());
+        catalogue::SPANS_DROPPED.register(r, m.spans_dropped.clone());
+        catalogue::SPANS_EXPORTED.register(r, m.spans_exported.clone());
         for result in [ReloadResult::success, ReloadResult::failure] {
             let _ = m.config_reloads.get_or_create(&ResultL { result });
         }

@@ -7,6 +7,7 @@
 //! so the per-machine locks are never contended; nothing on the hot path is shared across
 //! machines.
 
+pub mod catalogue;
 mod local;
 pub mod metrics;
 mod process;
@@ -26,7 +27,7 @@ use turnstile_engine::observe::{
     ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
     MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
 };
-use turnstile_engine::{Engine, Event, TraceContext};
+use turnstile_engine::{ActionRegistry, Engine, EngineBuilder, EngineStatus, Event, TraceContext};
 
 use metrics::{MachineMetrics, Metrics, ReloadResult, TraceExemplar};
 use records::{ActionRecord, ErrorRecord, Ring, TraceRecord};
@@ -64,7 +65,8 @@ pub struct Telemetry {
     spans: Option<Spans>,
     machines: Mutex<Vec<Arc<Slot>>>,
     errors: Ring<ErrorRecord>,
-    engine: Arc<OnceLock<Engine>>,
+    /// The engine's read-only status handle, set by [`Telemetry::install`].
+    engine: Arc<OnceLock<EngineStatus>>,
     started: Instant,
     started_at: SystemTime,
     /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
@@ -206,9 +208,24 @@ impl Telemetry {
         }))
     }
 
-    /// Connects the engine, for queue depths, `/stats` and readiness.
-    pub fn attach(&self, engine: &Engine) {
-        let _ = self.engine.set(engine.clone());
+    /// Builds the engine this telemetry observes: the one place where telemetry is wired
+    /// to an engine. It becomes the engine's observer (and so the observer of whatever
+    /// reports through the engine: config reloads, the machines' sockets), the observer of
+    /// `plugins`' host (refused plugin versions, hot swaps), and it keeps the engine's
+    /// read-only [`EngineStatus`] for the scrape-time gauges and `/stats`.
+    ///
+    /// A function taking the builder rather than a method of `EngineBuilder`: the engine
+    /// crate knows nothing of telemetry, and the status handle only exists once the
+    /// engine is built. The handle, not the engine, is kept: the engine holds its observer,
+    /// and an observer holding the engine would keep both alive for ever.
+    ///
+    /// Telemetry observes one engine: a second call's engine reports to it too, but the
+    /// gauges and `/stats` keep showing the first one's machines.
+    pub fn install(self: &Arc<Self>, builder: EngineBuilder, plugins: &ActionRegistry) -> Engine {
+        plugins.plugin_host().set_observer(self.clone());
+        let engine = builder.observer(self.clone()).build();
+        let _ = self.engine.set(engine.status_handle());
+        engine
     }
 
     /// Flushes spans; call once on the way out.
@@ -365,7 +382,7 @@ impl Telemetry {
             .engine
             .get()
             .map(|e| {
-                e.status()
+                e.machines()
                     .into_iter()
                     .map(|m| {
                         (
@@ -387,7 +404,7 @@ impl Telemetry {
         json!({
             "processed_events": processed,
             "average_processing_time_ms": avg_ms,
-            "active_workers": self.engine.get().map_or(0, Engine::running),
+            "active_workers": self.engine.get().map_or(0, EngineStatus::running),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "started_at": records::timestamp(self.started_at),
             "version": env!("CARGO_PKG_VERSION"),
@@ -535,7 +552,7 @@ impl Telemetry {
 /// scrape time: a machine stuck in a long action still shows its queue growing, and the
 /// hot path pays nothing for them.
 #[derive(Debug)]
-struct QueueDepth(Arc<OnceLock<Engine>>);
+struct QueueDepth(Arc<OnceLock<EngineStatus>>);
 
 impl prometheus_client::collector::Collector for QueueDepth {
     fn encode(
@@ -546,24 +563,14 @@ impl prometheus_client::collector::Collector for QueueDepth {
         let Some(engine) = self.0.get() else {
             return Ok(());
         };
-        let mut me = encoder.encode_descriptor(
-            "event_queue_depth",
-            "Events waiting in a machine's queue",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        let status = engine.status();
+        let mut me = catalogue::EVENT_QUEUE_DEPTH.describe(&mut encoder)?;
+        let status = engine.machines();
         for m in &status {
             let g = ConstGauge::new(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
             let labels = [("machine", &*m.name)];
             g.encode(me.encode_family(&labels)?)?;
         }
-        let mut me = encoder.encode_descriptor(
-            "state_entered_timestamp",
-            "When a machine entered its current state, Unix time",
-            Some(&prometheus_client::registry::Unit::Seconds),
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let mut me = catalogue::STATE_ENTERED_TIMESTAMP.describe(&mut encoder)?;
         for m in &status {
             let t = m
                 .since
@@ -572,12 +579,7 @@ impl prometheus_client::collector::Collector for QueueDepth {
             let labels = [("machine", &*m.name)];
             ConstGauge::new(t).encode(me.encode_family(&labels)?)?;
         }
-        let mut me = encoder.encode_descriptor(
-            "machine_state",
-            "1 for the state a machine is in, 0 for its other states",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let mut me = catalogue::MACHINE_STATE.describe(&mut encoder)?;
         for m in &status {
             for s in &m.def.states {
                 let g = ConstGauge::new(i64::from(s.name == m.state));
@@ -937,6 +939,36 @@ impl Observer for Telemetry {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The telemetry keeps a status handle, not the engine: dropping the engine (and the
+    /// registry whose plugin host it observes) leaves the telemetry with one owner, and the
+    /// scrape-time gauges still read the machines.
+    #[tokio::test]
+    async fn an_installed_telemetry_does_not_keep_its_engine_alive() {
+        let t = Telemetry::new(TelemetryConfig::default()).unwrap();
+        let plugins = ActionRegistry::with_builtins();
+        let engine = t.install(Engine::builder(), &plugins);
+        let yaml = "metadata: {machine_name: m}\ninitial_state: a\nstates: [a, b]\n\
+                    transitions:\n  - {from: a, to: b, event: go}\n";
+        let def = turnstile_engine::config::load_str(yaml, None, &plugins)
+            .def
+            .unwrap();
+        engine.spawn(def).unwrap();
+        assert_eq!(t.stats(None)["active_workers"], 1);
+        assert!(t
+            .render_metrics(false)
+            .contains("turnstile_machine_state{machine=\"m\",state=\"a\"} 1"));
+        engine.shutdown();
+        engine.join().await;
+        drop(engine);
+        drop(plugins);
+        assert_eq!(
+            Arc::strong_count(&t),
+            1,
+            "something still owns the telemetry"
+        );
+        assert_eq!(t.stats(None)["machines"]["m"]["state"], "a");
+    }
 
     #[test]
     fn a_swapped_plugin_shows_only_its_new_version() {
