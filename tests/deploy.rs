@@ -20,19 +20,17 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-#[path = "../engine/tests/support/plugin_build.rs"]
-mod plugin_build;
+mod kit;
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{field, root, Proc};
+use kit::http::{enc, get, http, request};
+use kit::{field, root, text, Proc};
 use serde_json::{json, Value as Json};
 
 // --- tools ------------------------------------------------------------------------------
@@ -77,10 +75,6 @@ fn run_ok(what: &str, cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn read_json(rel: &str) -> Json {
@@ -225,59 +219,21 @@ fn every_panel_is_templated_described_and_has_a_unit() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-// --- a tiny HTTP/1.0 client (the server closes; no chunked encoding) --------------------
-
-fn http(addr: SocketAddr, method: &str, target: &str, ctype: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\n");
-    if method == "POST" {
-        req.push_str(&format!(
-            "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = text(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
-fn form_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A Prometheus HTTP API call (POST form); the `data` of a success, or the error text.
 fn prom_api(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Result<Json, String> {
     let body = params
         .iter()
-        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+        .map(|(k, v)| format!("{k}={}", enc(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let (status, body) = http(
+    let r = request(
         prom,
         "POST",
         path,
-        "application/x-www-form-urlencoded",
-        &body,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
     );
+    let (status, body) = (r.status, r.text());
     let j: Json = serde_json::from_str(&body)
         .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
     if j["status"] != "success" {
@@ -342,7 +298,7 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(addr).is_ok() && http(addr, "GET", "/-/ready", "", "").0 == 200 {
+            if TcpStream::connect(addr).is_ok() && get(addr, "/-/ready").status == 200 {
                 return p;
             }
             assert!(
@@ -426,7 +382,6 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
             sidecar,
             "POST",
             &format!("/machines/{machine}/events"),
-            "application/json",
             &format!(r#"{{"type": "{event}", "payload": {{"kind": "good", "n": {i}}}}}"#),
         );
         assert_eq!(status, 202, "POST event: {body}");
@@ -436,7 +391,7 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     need("prometheus", "Debian's package prometheus");
-    let plugin = plugin_build::rust_plugin("greet");
+    let plugin = kit::plugins::rust_plugin("greet");
     // The demo configs, copied so that the test can edit them under `--watch`.
     let configs = tempfile::tempdir().unwrap();
     let mut args = vec![
@@ -487,7 +442,6 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
             sidecar,
             "POST",
             "/jobs",
-            "application/json",
             &format!(
                 r#"{{"job_type": "index", "data": {{"doc": "{doc}"}}, "max_attempts": {attempts}}}"#
             ),
@@ -809,7 +763,7 @@ fn the_sidecar_is_native_non_root_read_only_and_probed() {
     }
     let out = run_ok(
         "turnstile validate deploy/k8s/config/*.yaml",
-        Command::new(common::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
+        Command::new(kit::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
     );
     assert!(
         text(&out.stdout).contains("0 error(s)"),
@@ -948,10 +902,10 @@ fn dockerfile_passes_hadolint_and_builds_a_small_non_root_image() {
         "USER {user}"
     );
     // The demo configs the image copies are valid.
-    let plugin = plugin_build::rust_plugin("greet");
+    let plugin = kit::plugins::rust_plugin("greet");
     let out = run_ok(
         "turnstile validate deploy/config/*.yaml",
-        Command::new(common::bin())
+        Command::new(kit::bin())
             .arg("validate")
             .arg("--strict")
             .arg("--plugins")

@@ -5,46 +5,21 @@
 //! queue and complete each job exactly once, and workers killed with SIGKILL mid-job lose
 //! no job.
 
-mod common;
-#[path = "../engine/tests/support/upstream.rs"]
-mod upstream;
+mod kit;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{field, turnstile, Proc};
+use kit::http::http;
+use kit::{field, turnstile, Proc};
 use serde_json::{json, Value as Json};
 use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-use upstream::example_arg as fixture;
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-fn sidecar_addr(p: &mut Proc) -> SocketAddr {
-    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    field(&rec, "addr").parse().unwrap()
-}
+use kit::upstream::example_arg as fixture;
 
 fn jobs_add(db: &Path, args: &[&str]) -> String {
     let dbs = db.display().to_string();
@@ -74,7 +49,7 @@ fn next_processed(p: &mut Proc) -> String {
 
 fn back_to_waiting(p: &mut Proc) {
     p.wait_for("back to waiting", LIMIT, |j| {
-        common::is_transition(j, "simple_worker")
+        kit::is_transition(j, "simple_worker")
             && field(j, "from") == "completed"
             && field(j, "to") == "waiting"
     });
@@ -107,7 +82,7 @@ fn simple_worker_processes_every_job_including_late_ones() {
         "--db",
         &dbs,
     ]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     let mut seen = Vec::new();
     for _ in 0..2 {
         seen.push(next_processed(&mut p));
@@ -274,9 +249,9 @@ fn worker(config: &Path, db: &Path, extra: &[&str]) -> Proc {
     let (c, d) = (config.display().to_string(), db.display().to_string());
     let mut args = vec!["run", c.as_str(), "--db", d.as_str(), "--no-sidecar"];
     args.extend_from_slice(extra);
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(kit::bin());
     // Transition and action logs off: only the job records are counted.
-    cmd.current_dir(common::root())
+    cmd.current_dir(kit::root())
         .args([
             "--log-format",
             "json",
@@ -306,7 +281,7 @@ fn wait_all_completed(db: &Path, n: usize, what: &str, workers: &mut [Proc]) -> 
         if done == n {
             return t0.elapsed();
         }
-        if let Some(w) = workers.iter_mut().find(|w| common::process_gone(w.pid())) {
+        if let Some(w) = workers.iter_mut().find(|w| kit::process_gone(w.pid())) {
             let _ = w.finish(LIMIT);
             panic!("{what}: a worker exited early:\n{}", w.log());
         }
@@ -510,7 +485,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     let cfg = config.display().to_string();
 
     let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     // Ready: the machine runs and the job store answers a read.
     let (status, body) = http(addr, "GET", "/readyz", "");
     assert_eq!(status, 200, "{body}");
@@ -524,7 +499,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     );
     assert_eq!(status, 202, "{body}");
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -542,7 +517,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
 
     // Restarted: the machine is in `two` again and goes on from there.
     let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     let (status, body) = http(addr, "GET", "/machines/steps", "");
     assert_eq!(status, 200, "{body}");
     let m: Json = serde_json::from_str(&body).unwrap();
@@ -550,7 +525,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     let (status, _) = http(addr, "POST", "/machines/steps/events", r#"{"type": "go"}"#);
     assert_eq!(status, 202);
     p.wait_for("two -> three", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "from") == "two" && field(j, "to") == "three"
+        kit::is_transition(j, "steps") && field(j, "from") == "two" && field(j, "to") == "three"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -607,7 +582,7 @@ fn machines_take_events_from_their_unix_sockets() {
         }
     }
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
     // And with turnstile send-event.
     let out = turnstile(&[
@@ -627,7 +602,7 @@ fn machines_take_events_from_their_unix_sockets() {
         String::from_utf8_lossy(&out.stderr)
     );
     p.wait_for("two -> three", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "three"
+        kit::is_transition(j, "steps") && field(j, "to") == "three"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -710,7 +685,7 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     std::fs::write(&config, STEPS).unwrap();
     let cfg = config.display().to_string();
     let mut p = Proc::start(&["run", &cfg, "--socket-dir", &s]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     p.wait_for("the socket", LIMIT, |j| {
         field(j, "target") == "turnstile::socket" && field(j, "message") == "listening for events"
     });
@@ -731,7 +706,7 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     }
     raw.send_to(br#"{"type": "go"}"#, &sock).unwrap();
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
 
     // Every bad datagram is in /errors, named after the socket's machine ...
