@@ -13,26 +13,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kit::http::http;
-use kit::{field, turnstile, Proc};
+use kit::{field, jobs_add, turnstile, Proc};
 use serde_json::{json, Value as Json};
 use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 use kit::upstream::example_arg as fixture;
-
-fn jobs_add(db: &Path, args: &[&str]) -> String {
-    let dbs = db.display().to_string();
-    let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
-    a.extend_from_slice(args);
-    let out = turnstile(&a).output().unwrap();
-    assert!(
-        out.status.success(),
-        "jobs add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Waits for the `n`th log line of `simple_worker` saying it processes a job; returns
 /// the job id it names.

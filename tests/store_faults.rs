@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kit::http::http;
-use kit::{bin, field, wait_until, Proc};
+use kit::{bin, field, jobs_add, wait_until, Proc};
 use serde_json::Value as Json;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -74,19 +74,6 @@ fn fill(filler: &Path) {
 /// `path` as the process `pid` sees it (in its mount namespace).
 fn inside(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{}", path.display()))
-}
-
-fn jobs_add(db: &Path, id: &str) {
-    let out = Command::new(bin())
-        .args(["jobs", "add", "--type", "task", "--job-id", id, "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// (status, attempts) of a job, read with `turnstile jobs list` in the mount namespace of
@@ -246,7 +233,7 @@ fn a_read_only_database_is_not_ready_and_recovers_when_writable() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ro.db");
-    jobs_add(&db, "R1");
+    jobs_add(&db, &["--type", "task", "--job-id", "R1"]);
     let cfg = worker_config(dir.path());
     std::fs::write(dir.path().join("GO"), "").unwrap();
     let setup = format!(

@@ -232,6 +232,21 @@ pub fn run_to_end(args: &[&str]) -> (Proc, ExitStatus) {
     (p, st)
 }
 
+/// Runs `turnstile jobs add --db DB ARGS`, which must succeed; returns the job id it
+/// prints.
+pub fn jobs_add(db: &Path, args: &[&str]) -> String {
+    let dbs = db.display().to_string();
+    let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
+    a.extend_from_slice(args);
+    let out = turnstile(&a).output().expect("run turnstile jobs add");
+    assert!(
+        out.status.success(),
+        "jobs add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
 /// Command output as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
