@@ -23,13 +23,14 @@
 mod kit;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kit::http::{enc, get, http, request};
+use kit::http::http;
+use kit::prometheus::Prometheus;
 use kit::{field, root, text, Proc};
 use serde_json::{json, Value as Json};
 
@@ -62,19 +63,7 @@ fn need_node_modules() {
 
 /// Runs a command from the workspace root; panics with its output unless it succeeds.
 fn run_ok(what: &str, cmd: &mut Command) -> Output {
-    let out = cmd
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    kit::run_ok(what, cmd.current_dir(root()))
 }
 
 fn read_json(rel: &str) -> Json {
@@ -219,29 +208,6 @@ fn every_panel_is_templated_described_and_has_a_unit() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// A Prometheus HTTP API call (POST form); the `data` of a success, or the error text.
-fn prom_api(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Result<Json, String> {
-    let body = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let r = request(
-        prom,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    );
-    let (status, body) = (r.status, r.text());
-    let j: Json = serde_json::from_str(&body)
-        .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
-    if j["status"] != "success" {
-        return Err(format!("HTTP {status}: {body}"));
-    }
-    Ok(j["data"].clone())
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -250,68 +216,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Prometheus, killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// What the dashboard test asks Prometheus (started with `kit::prometheus`).
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
-        need("prometheus", "Debian's package prometheus");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--enable-feature=exemplar-storage")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let p = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(addr).is_ok() && get(addr, "/-/ready").status == 200 {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not become ready within 30 s"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Instant query: the result vector.
     fn query(&self, q: &str) -> Result<Vec<Json>, String> {
-        let d = prom_api(self.addr, "/api/v1/query", &[("query", q)])?;
+        let d = self.post_api("/api/v1/query", &[("query", q)])?;
         match d["resultType"].as_str() {
             Some("vector") => Ok(d["result"].as_array().cloned().unwrap_or_default()),
             Some("scalar") => Ok(vec![json!({"metric": {}, "value": d["result"]})]),
@@ -324,8 +233,7 @@ impl Prometheus {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let d = prom_api(
-            self.addr,
+        let d = self.post_api(
             "/api/v1/query_exemplars",
             &[
                 ("query", q),
@@ -418,6 +326,7 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
     });
     let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
+    need("prometheus", "Debian's package prometheus");
     let prom = Prometheus::start(sidecar);
 
     // Changes must come after Prometheus's first scrape, or it never sees the counters

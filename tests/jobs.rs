@@ -405,17 +405,12 @@ fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
     let dir = tempfile::tempdir().unwrap();
     // Its CLI always writes ./data/pipeline.db.
     let add = |id: &str| {
-        let out = Command::new(&sme)
-            .current_dir(dir.path())
-            .args(["add-job", id, "--type", "task", "--machine-type", "worker"])
-            .args(["--payload", r#"{"who": "python"}"#])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        kit::run_ok(
+            "statemachine-db add-job",
+            Command::new(&sme)
+                .current_dir(dir.path())
+                .args(["add-job", id, "--type", "task", "--machine-type", "worker"])
+                .args(["--payload", r#"{"who": "python"}"#]),
         );
     };
     add("sme-1");
@@ -453,12 +448,7 @@ actions:
 "#;
 
 fn cli_json(args: &[&str]) -> Json {
-    let out = turnstile(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = kit::run_ok(&format!("turnstile {args:?}"), &mut turnstile(args));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -572,21 +562,17 @@ fn machines_take_events_from_their_unix_sockets() {
         kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
     // And with turnstile send-event.
-    let out = turnstile(&[
-        "send-event",
-        "--target",
-        "steps",
-        "--type",
-        "go",
-        "--socket-dir",
-        &s,
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kit::run_ok(
+        "turnstile send-event",
+        &mut turnstile(&[
+            "send-event",
+            "--target",
+            "steps",
+            "--type",
+            "go",
+            "--socket-dir",
+            &s,
+        ]),
     );
     p.wait_for("two -> three", LIMIT, |j| {
         kit::is_transition(j, "steps") && field(j, "to") == "three"

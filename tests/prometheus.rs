@@ -21,16 +21,16 @@
 mod kit;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kit::http::{enc, get, get_json, post_json};
+use kit::http::{enc, get_json, post_json};
 use kit::otlp::{Receiver, RecvSpan};
+use kit::prometheus::Prometheus;
 use kit::{eventually_or, field, turnstile, Proc};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
 /// Generous: Prometheus's first scrape takes several seconds, and the machine may share
 /// its two cores with builds and other tests.
@@ -93,111 +93,6 @@ fn unix_now() -> f64 {
 }
 
 // --- Prometheus -----------------------------------------------------------------------
-
-/// A running Prometheus, killed when dropped (also when the test panics).
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Prometheus {
-    /// Starts Prometheus scraping `target` every second, with its storage in `dir`, and
-    /// waits until it is ready. A port taken between choosing it and binding it is
-    /// retried with another.
-    fn start(dir: &Path, target: SocketAddr) -> Self {
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        for attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let log = dir.join(format!("prometheus-{attempt}.log"));
-            let out = std::fs::File::create(&log).unwrap();
-            let child = Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg("--enable-feature=exemplar-storage")
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .expect(
-                    "prometheus is installed (.ci/install.sh installs Debian's prometheus package)",
-                );
-            let mut p = Prometheus { child, addr, log };
-            if p.wait_ready() {
-                return p;
-            }
-            let text = p.log_text();
-            assert!(
-                text.contains("address already in use"),
-                "prometheus did not start:\n{text}"
-            );
-        }
-        panic!("prometheus found no free port in 3 attempts");
-    }
-
-    /// Waits for `/-/ready`; false when the process exited first.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
-                && get(self.addr, "/-/ready").status == 200
-            {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "prometheus not ready within {LIMIT:?}:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `data` of an API answer, after checking `status` is `success`.
-    fn api(&self, target: &str) -> Json {
-        let v = get_json(self.addr, target);
-        assert_eq!(v["status"], "success", "{target}: {v}");
-        v["data"].clone()
-    }
-
-    /// The value of an instant query's only sample, if there is one.
-    fn scalar(&self, promql: &str) -> Option<f64> {
-        let data = self.api(&format!("/api/v1/query?query={}", enc(promql)));
-        let result = data["result"].as_array()?;
-        assert!(result.len() <= 1, "{promql}: more than one series: {data}");
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // --- the machines ---------------------------------------------------------------------
 
@@ -436,7 +331,7 @@ fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otl
     let receiver = Receiver::start();
     let (mut turnstile, sidecar) = start_turnstile(dir.path(), &receiver);
     let since = unix_now();
-    let prom = Prometheus::start(dir.path(), sidecar);
+    let prom = Prometheus::start(sidecar);
     start_traced_round(sidecar);
 
     // Prometheus scrapes the sidecar (OpenMetrics; the first scrape takes a few seconds).

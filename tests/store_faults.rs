@@ -80,25 +80,21 @@ fn inside(pid: u32, path: &Path) -> PathBuf {
 /// process `pid` (SQLite resolves `/proc/PID/root` to `/`: it cannot open the file through
 /// it).
 fn job_in(pid: u32, db: &Path, id: &str) -> Option<(String, i64)> {
-    let out = Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-m",
-            bin(),
-            "jobs",
-            "list",
-            "--format",
-            "json",
-            "--db",
-        ])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = kit::run_ok(
+        "turnstile jobs list",
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                bin(),
+                "jobs",
+                "list",
+                "--format",
+                "json",
+                "--db",
+            ])
+            .arg(db),
     );
     let list: Json = serde_json::from_slice(&out.stdout).unwrap();
     list.as_array()?

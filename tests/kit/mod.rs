@@ -7,6 +7,7 @@
 //! * [`http`]: a tiny HTTP/1.1 client (the sidecar, Prometheus);
 //! * [`wait`]: polling until something holds ([`eventually`], [`wait_until`]);
 //! * [`config`]: machine definitions for the tests that run the engine in-process;
+//! * [`prometheus`]: Debian's Prometheus scraping a target;
 //! * [`otlp`]: an OTLP/HTTP trace receiver;
 //! * [`plugins`]: building the example plugins;
 //! * [`upstream`]: statemachine-engine's example configs.
@@ -28,6 +29,7 @@ pub mod otlp;
 #[path = "../../engine/tests/support/plugin_build.rs"]
 pub mod plugins;
 pub mod process;
+pub mod prometheus;
 #[path = "../../engine/tests/support/upstream.rs"]
 pub mod upstream;
 pub mod wait;

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -238,13 +238,24 @@ pub fn jobs_add(db: &Path, args: &[&str]) -> String {
     let dbs = db.display().to_string();
     let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
     a.extend_from_slice(args);
-    let out = turnstile(&a).output().expect("run turnstile jobs add");
+    let out = run_ok("turnstile jobs add", &mut turnstile(&a));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Runs `cmd` (stdin closed) to the end; panics with its output unless it succeeds.
+pub fn run_ok(what: &str, cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         out.status.success(),
-        "jobs add: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
     );
-    text(&out.stdout).trim().to_owned()
+    out
 }
 
 /// Command output as text.
