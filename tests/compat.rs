@@ -2,16 +2,14 @@
 //! real `turnstile` binary. The fixtures are statemachine-engine 1.0.91's own examples,
 //! fetched by `.ci/install.sh` (see `engine/tests/support/upstream.rs`).
 
-mod common;
-#[path = "../engine/tests/support/upstream.rs"]
-mod upstream;
+mod kit;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{field, parse_rfc3339_utc, seq, stopped, timestamp, transitions, turnstile, Proc};
+use kit::{field, parse_rfc3339_utc, seq, stopped, timestamp, transitions, turnstile, Proc};
 
-use upstream::example_arg as fixture;
+use kit::upstream::example_arg as fixture;
 
 #[test]
 fn timestamps_parse() {
@@ -33,7 +31,7 @@ fn timeout_worker_times_out_and_retries() {
     let limit = Duration::from_secs(60);
     let is = |from: &'static str, to: &'static str| {
         move |j: &serde_json::Value| {
-            common::is_transition(j, m) && field(j, "from") == from && field(j, "to") == to
+            kit::is_transition(j, m) && field(j, "from") == from && field(j, "to") == to
         }
     };
     let t0 = timestamp(&p.wait_for(
@@ -139,7 +137,7 @@ fn validate_names_exactly_the_missing_action_types() {
         "simple_worker/config/worker.yaml",
         "timeout_demo/config/timeout_worker.yaml",
     ];
-    let mut all: BTreeSet<String> = upstream::all_configs();
+    let mut all: BTreeSet<String> = kit::upstream::all_configs();
     for file in clean {
         assert!(all.remove(file), "{file}");
         let (code, missing, j) = missing_actions(&fixture(file));

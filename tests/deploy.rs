@@ -20,19 +20,18 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-#[path = "../engine/tests/support/plugin_build.rs"]
-mod plugin_build;
+mod kit;
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{field, root, Proc};
+use kit::http::http;
+use kit::prometheus::Prometheus;
+use kit::{field, root, text, Proc};
 use serde_json::{json, Value as Json};
 
 // --- tools ------------------------------------------------------------------------------
@@ -64,23 +63,7 @@ fn need_node_modules() {
 
 /// Runs a command from the workspace root; panics with its output unless it succeeds.
 fn run_ok(what: &str, cmd: &mut Command) -> Output {
-    let out = cmd
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    kit::run_ok(what, cmd.current_dir(root()))
 }
 
 fn read_json(rel: &str) -> Json {
@@ -225,67 +208,6 @@ fn every_panel_is_templated_described_and_has_a_unit() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-// --- a tiny HTTP/1.0 client (the server closes; no chunked encoding) --------------------
-
-fn http(addr: SocketAddr, method: &str, target: &str, ctype: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\n");
-    if method == "POST" {
-        req.push_str(&format!(
-            "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = text(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
-fn form_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A Prometheus HTTP API call (POST form); the `data` of a success, or the error text.
-fn prom_api(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Result<Json, String> {
-    let body = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let (status, body) = http(
-        prom,
-        "POST",
-        path,
-        "application/x-www-form-urlencoded",
-        &body,
-    );
-    let j: Json = serde_json::from_str(&body)
-        .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
-    if j["status"] != "success" {
-        return Err(format!("HTTP {status}: {body}"));
-    }
-    Ok(j["data"].clone())
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -294,68 +216,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Prometheus, killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// What the dashboard test asks Prometheus (started with `kit::prometheus`).
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
-        need("prometheus", "Debian's package prometheus");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--enable-feature=exemplar-storage")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let p = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(addr).is_ok() && http(addr, "GET", "/-/ready", "", "").0 == 200 {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not become ready within 30 s"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Instant query: the result vector.
     fn query(&self, q: &str) -> Result<Vec<Json>, String> {
-        let d = prom_api(self.addr, "/api/v1/query", &[("query", q)])?;
+        let d = self.post_api("/api/v1/query", &[("query", q)])?;
         match d["resultType"].as_str() {
             Some("vector") => Ok(d["result"].as_array().cloned().unwrap_or_default()),
             Some("scalar") => Ok(vec![json!({"metric": {}, "value": d["result"]})]),
@@ -368,8 +233,7 @@ impl Prometheus {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let d = prom_api(
-            self.addr,
+        let d = self.post_api(
             "/api/v1/query_exemplars",
             &[
                 ("query", q),
@@ -426,7 +290,6 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
             sidecar,
             "POST",
             &format!("/machines/{machine}/events"),
-            "application/json",
             &format!(r#"{{"type": "{event}", "payload": {{"kind": "good", "n": {i}}}}}"#),
         );
         assert_eq!(status, 202, "POST event: {body}");
@@ -436,7 +299,7 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     need("prometheus", "Debian's package prometheus");
-    let plugin = plugin_build::rust_plugin("greet");
+    let plugin = kit::plugins::rust_plugin("greet");
     // The demo configs, copied so that the test can edit them under `--watch`.
     let configs = tempfile::tempdir().unwrap();
     let mut args = vec![
@@ -463,6 +326,7 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
     });
     let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
+    need("prometheus", "Debian's package prometheus");
     let prom = Prometheus::start(sidecar);
 
     // Changes must come after Prometheus's first scrape, or it never sees the counters
@@ -487,7 +351,6 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
             sidecar,
             "POST",
             "/jobs",
-            "application/json",
             &format!(
                 r#"{{"job_type": "index", "data": {{"doc": "{doc}"}}, "max_attempts": {attempts}}}"#
             ),
@@ -809,7 +672,7 @@ fn the_sidecar_is_native_non_root_read_only_and_probed() {
     }
     let out = run_ok(
         "turnstile validate deploy/k8s/config/*.yaml",
-        Command::new(common::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
+        Command::new(kit::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
     );
     assert!(
         text(&out.stdout).contains("0 error(s)"),
@@ -948,10 +811,10 @@ fn dockerfile_passes_hadolint_and_builds_a_small_non_root_image() {
         "USER {user}"
     );
     // The demo configs the image copies are valid.
-    let plugin = plugin_build::rust_plugin("greet");
+    let plugin = kit::plugins::rust_plugin("greet");
     let out = run_ok(
         "turnstile validate deploy/config/*.yaml",
-        Command::new(common::bin())
+        Command::new(kit::bin())
             .arg("validate")
             .arg("--strict")
             .arg("--plugins")

@@ -5,12 +5,12 @@
 //! documented outcome is checked: the exact transitions of each machine, the final states,
 //! and exit status 0, within a generous time limit (the child is killed on timeout).
 
-mod common;
+mod kit;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{
+use kit::{
     field, messages, path, process_gone, run_to_end, seq, stopped, timestamp, transitions,
     turnstile, wait_for_pid_file, Proc,
 };
@@ -253,9 +253,9 @@ fn timeout_demo_example_times_out_retries_then_gives_up() {
             continue;
         }
         let started = field(j, "message") == "machine started";
-        if started || (common::is_transition(j, m) && field(j, "to") == "waiting") {
+        if started || (kit::is_transition(j, m) && field(j, "to") == "waiting") {
             entered = Some(timestamp(j));
-        } else if common::is_transition(j, m) && field(j, "event") == "timeout(1)" {
+        } else if kit::is_transition(j, m) && field(j, "event") == "timeout(1)" {
             let waited = timestamp(j) - entered.expect("waiting entered before it timed out");
             assert!(
                 waited >= 0.99,
@@ -275,14 +275,14 @@ fn timeout_demo_example_times_out_retries_then_gives_up() {
 fn every_example_passes_validate_strict() {
     // Every YAML file under examples/ is listed above (so each one has a run test).
     let mut found = BTreeSet::new();
-    let mut dirs = vec![common::root().join("examples")];
+    let mut dirs = vec![kit::root().join("examples")];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).expect("read examples/") {
             let p = e.expect("dir entry").path();
             if p.is_dir() {
                 dirs.push(p);
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                let rel = p.strip_prefix(common::root()).expect("under the root");
+                let rel = p.strip_prefix(kit::root()).expect("under the root");
                 found.insert(rel.display().to_string());
             }
         }
@@ -435,7 +435,7 @@ fn stop_a_sleeping_machine_with(sig: &str) {
          \x20   - {type: sleep, duration: 60}\n",
     );
     let mut p = Proc::start(&["run", &cfg]);
-    p.wait_for("the machine napping", common::RUN_LIMIT, |j| {
+    p.wait_for("the machine napping", kit::RUN_LIMIT, |j| {
         field(j, "message") == "napping"
     });
     let sent = std::time::Instant::now();

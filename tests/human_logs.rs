@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod kit;
 
 use std::process::Command;
 
-use common::{Proc, RUN_LIMIT};
+use kit::{Proc, RUN_LIMIT};
 
 #[test]
 fn an_interpolated_newline_or_nul_cannot_forge_a_human_log_line() {
@@ -32,7 +32,7 @@ final_states: [done]
 "#,
     )
     .unwrap();
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(kit::bin());
     cmd.args(["--log-format", "human", "--log-level", "info", "run"])
         .arg(&config)
         .env_remove("RUST_LOG")

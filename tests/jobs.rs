@@ -5,59 +5,21 @@
 //! queue and complete each job exactly once, and workers killed with SIGKILL mid-job lose
 //! no job.
 
-mod common;
-#[path = "../engine/tests/support/upstream.rs"]
-mod upstream;
+mod kit;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{field, turnstile, Proc};
+use kit::http::http;
+use kit::{field, jobs_add, turnstile, Proc};
 use serde_json::{json, Value as Json};
 use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-use upstream::example_arg as fixture;
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-fn sidecar_addr(p: &mut Proc) -> SocketAddr {
-    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    field(&rec, "addr").parse().unwrap()
-}
-
-fn jobs_add(db: &Path, args: &[&str]) -> String {
-    let dbs = db.display().to_string();
-    let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
-    a.extend_from_slice(args);
-    let out = turnstile(&a).output().unwrap();
-    assert!(
-        out.status.success(),
-        "jobs add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use kit::upstream::example_arg as fixture;
 
 /// Waits for the `n`th log line of `simple_worker` saying it processes a job; returns
 /// the job id it names.
@@ -74,7 +36,7 @@ fn next_processed(p: &mut Proc) -> String {
 
 fn back_to_waiting(p: &mut Proc) {
     p.wait_for("back to waiting", LIMIT, |j| {
-        common::is_transition(j, "simple_worker")
+        kit::is_transition(j, "simple_worker")
             && field(j, "from") == "completed"
             && field(j, "to") == "waiting"
     });
@@ -107,7 +69,7 @@ fn simple_worker_processes_every_job_including_late_ones() {
         "--db",
         &dbs,
     ]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     let mut seen = Vec::new();
     for _ in 0..2 {
         seen.push(next_processed(&mut p));
@@ -277,9 +239,9 @@ fn worker(config: &Path, db: &Path, extra: &[&str]) -> Proc {
     let (c, d) = (config.display().to_string(), db.display().to_string());
     let mut args = vec!["run", c.as_str(), "--db", d.as_str(), "--no-sidecar"];
     args.extend_from_slice(extra);
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(kit::bin());
     // Transition and action logs off: only the job records are counted.
-    cmd.current_dir(common::root())
+    cmd.current_dir(kit::root())
         .args([
             "--log-format",
             "json",
@@ -309,7 +271,7 @@ fn wait_all_completed(db: &Path, n: usize, what: &str, workers: &mut [Proc]) -> 
         if done == n {
             return t0.elapsed();
         }
-        if let Some(w) = workers.iter_mut().find(|w| common::process_gone(w.pid())) {
+        if let Some(w) = workers.iter_mut().find(|w| kit::process_gone(w.pid())) {
             let _ = w.finish(LIMIT);
             panic!("{what}: a worker exited early:\n{}", w.log());
         }
@@ -446,17 +408,12 @@ fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
     let dir = tempfile::tempdir().unwrap();
     // Its CLI always writes ./data/pipeline.db.
     let add = |id: &str| {
-        let out = Command::new(&sme)
-            .current_dir(dir.path())
-            .args(["add-job", id, "--type", "task", "--machine-type", "worker"])
-            .args(["--payload", r#"{"who": "python"}"#])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        kit::run_ok(
+            "statemachine-db add-job",
+            Command::new(&sme)
+                .current_dir(dir.path())
+                .args(["add-job", id, "--type", "task", "--machine-type", "worker"])
+                .args(["--payload", r#"{"who": "python"}"#]),
         );
     };
     add("sme-1");
@@ -494,12 +451,7 @@ actions:
 "#;
 
 fn cli_json(args: &[&str]) -> Json {
-    let out = turnstile(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = kit::run_ok(&format!("turnstile {args:?}"), &mut turnstile(args));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -513,7 +465,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     let cfg = config.display().to_string();
 
     let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     // Ready: the machine runs and the job store answers a read.
     let (status, body) = http(addr, "GET", "/readyz", "");
     assert_eq!(status, 200, "{body}");
@@ -527,7 +479,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     );
     assert_eq!(status, 202, "{body}");
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -545,7 +497,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
 
     // Restarted: the machine is in `two` again and goes on from there.
     let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--persist"]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     let (status, body) = http(addr, "GET", "/machines/steps", "");
     assert_eq!(status, 200, "{body}");
     let m: Json = serde_json::from_str(&body).unwrap();
@@ -553,7 +505,7 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     let (status, _) = http(addr, "POST", "/machines/steps/events", r#"{"type": "go"}"#);
     assert_eq!(status, 202);
     p.wait_for("two -> three", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "from") == "two" && field(j, "to") == "three"
+        kit::is_transition(j, "steps") && field(j, "from") == "two" && field(j, "to") == "three"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -610,27 +562,23 @@ fn machines_take_events_from_their_unix_sockets() {
         }
     }
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
     // And with turnstile send-event.
-    let out = turnstile(&[
-        "send-event",
-        "--target",
-        "steps",
-        "--type",
-        "go",
-        "--socket-dir",
-        &s,
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kit::run_ok(
+        "turnstile send-event",
+        &mut turnstile(&[
+            "send-event",
+            "--target",
+            "steps",
+            "--type",
+            "go",
+            "--socket-dir",
+            &s,
+        ]),
     );
     p.wait_for("two -> three", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "three"
+        kit::is_transition(j, "steps") && field(j, "to") == "three"
     });
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
@@ -713,7 +661,7 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     std::fs::write(&config, STEPS).unwrap();
     let cfg = config.display().to_string();
     let mut p = Proc::start(&["run", &cfg, "--socket-dir", &s]);
-    let addr = sidecar_addr(&mut p);
+    let addr = p.sidecar_addr(LIMIT);
     p.wait_for("the socket", LIMIT, |j| {
         field(j, "target") == "turnstile::socket" && field(j, "message") == "listening for events"
     });
@@ -734,7 +682,7 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     }
     raw.send_to(br#"{"type": "go"}"#, &sock).unwrap();
     p.wait_for("one -> two", LIMIT, |j| {
-        common::is_transition(j, "steps") && field(j, "to") == "two"
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
     });
 
     // Every bad datagram is in /errors, named after the socket's machine ...

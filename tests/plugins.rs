@@ -3,26 +3,21 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-#[path = "../engine/tests/support/plugin_build.rs"]
-mod plugin_build;
+mod kit;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{field, Proc};
-
-#[path = "../engine/tests/support/upstream.rs"]
-mod upstream;
+use kit::{field, text, Proc};
 
 /// statemachine-engine's `custom_actions` example, which needs the greet and calculate plugins.
 fn compat() -> String {
-    upstream::example_arg("custom_actions/config/worker.yaml")
+    kit::upstream::example_arg("custom_actions/config/worker.yaml")
 }
 
 fn turnstile(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_turnstile"))
+    Command::new(kit::bin())
         .args(args)
         .env_remove("RUST_LOG")
         // Tests run in parallel: each sidecar on a port of its own.
@@ -32,13 +27,9 @@ fn turnstile(args: &[&str]) -> Output {
         .expect("run turnstile")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn validate_knows_the_action_types_of_plugins() {
-    let dir = plugin_build::plugin_dir(&["greet", "calculate"]);
+    let dir = kit::plugins::plugin_dir(&["greet", "calculate"]);
     let d = dir.path().to_str().unwrap();
     let out = turnstile(&["validate", "--plugins", d, &compat()]);
     assert!(
@@ -75,7 +66,7 @@ fn a_broken_plugin_path_is_a_clear_error() {
 
 #[test]
 fn run_runs_plugin_actions() {
-    let dir = plugin_build::plugin_dir(&["greet"]);
+    let dir = kit::plugins::plugin_dir(&["greet"]);
     let cfg = dir.path().join("hello.yaml");
     std::fs::write(
         &cfg,
@@ -95,7 +86,7 @@ fn run_runs_plugin_actions() {
 
 #[test]
 fn a_hung_plugin_call_does_not_keep_the_process_alive() {
-    let dir = plugin_build::plugin_dir(&["faulty"]);
+    let dir = kit::plugins::plugin_dir(&["faulty"]);
     let cfg = dir.path().join("hang.yaml");
     std::fs::write(
         &cfg,
@@ -130,8 +121,8 @@ fn copy_dirs(tmp: &Path) -> Vec<String> {
 
 #[test]
 fn a_truncated_plugin_is_a_clear_error_not_a_crash() {
-    let dir = plugin_build::plugin_dir(&["greet"]);
-    let full = std::fs::read(dir.path().join(plugin_build::lib_file("greet"))).unwrap();
+    let dir = kit::plugins::plugin_dir(&["greet"]);
+    let full = std::fs::read(dir.path().join(kit::plugins::lib_file("greet"))).unwrap();
     let cfg = dir.path().join("x.yaml");
     std::fs::write(
         &cfg,
@@ -166,7 +157,7 @@ fn a_truncated_plugin_is_a_clear_error_not_a_crash() {
 
 #[test]
 fn plugin_copies_are_private_and_gone_when_run_exits() {
-    let dir = plugin_build::plugin_dir(&["greet"]);
+    let dir = kit::plugins::plugin_dir(&["greet"]);
     let tmp = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("hello.yaml");
     std::fs::write(
@@ -174,7 +165,7 @@ fn plugin_copies_are_private_and_gone_when_run_exits() {
         "metadata: {machine_name: hello}\ninitial_state: greeting\ntransitions:\n  - {from: greeting, to: done, event: greeted}\nactions:\n  greeting:\n    - {type: greet, name: CLI, success: greeted}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+    let out = Command::new(kit::bin())
         .args(["run", "--no-sidecar", "--plugins"])
         .arg(dir.path())
         .arg(&cfg)
@@ -192,8 +183,8 @@ fn plugin_copies_are_private_and_gone_when_run_exits() {
 
 #[test]
 fn a_truncated_new_version_is_refused_while_run_serves() {
-    let dir = plugin_build::plugin_dir(&["greet"]);
-    let lib = dir.path().join(plugin_build::lib_file("greet"));
+    let dir = kit::plugins::plugin_dir(&["greet"]);
+    let lib = dir.path().join(kit::plugins::lib_file("greet"));
     let full = std::fs::read(&lib).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("loop.yaml");
@@ -202,7 +193,7 @@ fn a_truncated_new_version_is_refused_while_run_serves() {
         "metadata: {machine_name: looping}\ninitial_state: greeting\ntransitions:\n  - {from: greeting, to: resting, event: greeted}\n  - {from: resting, to: greeting, event: timeout(0.05)}\nactions:\n  greeting:\n    - {type: greet, name: CLI, success: greeted}\n",
     )
     .unwrap();
-    let mut cmd = common::turnstile(&[
+    let mut cmd = kit::turnstile(&[
         "run",
         "--no-sidecar",
         "--plugins",

@@ -1,6 +1,6 @@
 //! End to end with real tools: Debian's Prometheus scrapes the running `turnstile` binary
 //! and an OTLP receiver built from the official protobuf definitions (`opentelemetry-proto`,
-//! `tests/support/otlp.rs`) receives its spans.
+//! `exporter/tests/support/otlp.rs`) receives its spans.
 //!
 //! A controller and a worker machine exchange events for ever through `send_event`: the
 //! controller waits 0.2 s (`timeout(0.2)`, which starts a new trace), sends `task` to the
@@ -18,26 +18,23 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-mod support;
+mod kit;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{field, turnstile, Proc};
-use serde_json::{json, Value as Json};
-use support::otlp::{Receiver, RecvSpan};
+use kit::http::{enc, get_json, post_json};
+use kit::otlp::{Receiver, RecvSpan};
+use kit::prometheus::Prometheus;
+use kit::{eventually_or, field, turnstile, Proc};
+use serde_json::json;
 
 /// Generous: Prometheus's first scrape takes several seconds, and the machine may share
 /// its two cores with builds and other tests.
 const LIMIT: Duration = Duration::from_secs(60);
-/// Time limit of one HTTP exchange.
-const IO_LIMIT: Duration = Duration::from_secs(20);
 
 /// The trace the test starts over HTTP (the parent span id changes per attempt).
 const TRACE_ID: &str = "5d1e7c0ffee0ba5eba11c0de00000001";
@@ -88,101 +85,6 @@ actions:
     - {type: send_event, target_machine: controller, event_type: task_failed}
 "#;
 
-// --- a tiny HTTP/1.1 client -----------------------------------------------------------
-
-/// Sends one request (`Connection: close`) and returns the status and the body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if method == "POST" {
-        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body);
-    let mut s = TcpStream::connect_timeout(&addr, IO_LIMIT)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    s.set_read_timeout(Some(IO_LIMIT)).unwrap();
-    s.set_write_timeout(Some(IO_LIMIT)).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .unwrap_or_else(|e| panic!("reading the answer to {method} {target} from {addr}: {e}"));
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&resp)));
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head}"));
-    let mut body = resp[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size_field = String::from_utf8_lossy(&b[..eol]).into_owned();
-        let size = usize::from_str_radix(size_field.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&b[start..start + size]);
-        b = &b[start + size + 2..];
-    }
-    out
-}
-
-/// Percent-encodes a query parameter value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A GET whose answer must be 200 with a JSON body.
-fn get_json(addr: SocketAddr, target: &str) -> Json {
-    let (status, body) = http(addr, "GET", target, &[], "");
-    assert_eq!(status, 200, "GET {target}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: not JSON ({e}): {body}"))
-}
-
-/// Polls `f` until it returns `Some` or `LIMIT` passes; `what` and `last` (called on
-/// timeout) explain the failure.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>, last: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {LIMIT:?} waiting for {what}; {}",
-            last()
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -191,111 +93,6 @@ fn unix_now() -> f64 {
 }
 
 // --- Prometheus -----------------------------------------------------------------------
-
-/// A running Prometheus, killed when dropped (also when the test panics).
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Prometheus {
-    /// Starts Prometheus scraping `target` every second, with its storage in `dir`, and
-    /// waits until it is ready. A port taken between choosing it and binding it is
-    /// retried with another.
-    fn start(dir: &Path, target: SocketAddr) -> Self {
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        for attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let log = dir.join(format!("prometheus-{attempt}.log"));
-            let out = std::fs::File::create(&log).unwrap();
-            let child = Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg("--enable-feature=exemplar-storage")
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .expect(
-                    "prometheus is installed (.ci/install.sh installs Debian's prometheus package)",
-                );
-            let mut p = Prometheus { child, addr, log };
-            if p.wait_ready() {
-                return p;
-            }
-            let text = p.log_text();
-            assert!(
-                text.contains("address already in use"),
-                "prometheus did not start:\n{text}"
-            );
-        }
-        panic!("prometheus found no free port in 3 attempts");
-    }
-
-    /// Waits for `/-/ready`; false when the process exited first.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
-                && http(self.addr, "GET", "/-/ready", &[], "").0 == 200
-            {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "prometheus not ready within {LIMIT:?}:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `data` of an API answer, after checking `status` is `success`.
-    fn api(&self, target: &str) -> Json {
-        let v = get_json(self.addr, target);
-        assert_eq!(v["status"], "success", "{target}: {v}");
-        v["data"].clone()
-    }
-
-    /// The value of an instant query's only sample, if there is one.
-    fn scalar(&self, promql: &str) -> Option<f64> {
-        let data = self.api(&format!("/api/v1/query?query={}", enc(promql)));
-        let result = data["result"].as_array()?;
-        assert!(result.len() <= 1, "{promql}: more than one series: {data}");
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // --- the machines ---------------------------------------------------------------------
 
@@ -329,10 +126,7 @@ fn start_turnstile(dir: &Path, otlp: &Receiver) -> (Proc, SocketAddr) {
         cmd.env_remove(k);
     }
     let mut proc = Proc::spawn(cmd);
-    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    let addr: SocketAddr = field(&rec, "addr").parse().unwrap();
+    let addr: SocketAddr = proc.sidecar_addr(LIMIT);
     proc.wait_started(2, LIMIT);
     (proc, addr)
 }
@@ -344,21 +138,17 @@ const PARENT_SPAN: &str = "00000000a11ce001";
 /// first round, and the event is in `/trace` with that trace id.
 fn start_traced_round(sidecar: SocketAddr) {
     let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN}-01");
-    let (status, body) = http(
+    let r = post_json(
         sidecar,
-        "POST",
         "/machines/controller/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("traceparent", &traceparent),
-        ],
-        &json!({"type": "start", "job_id": "traced-1"}).to_string(),
+        &[("traceparent", &traceparent)],
+        &json!({"type": "start", "job_id": "traced-1"}),
     );
-    assert_eq!(status, 202, "{body}");
-    let v: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
     assert_eq!(v["trace_id"], TRACE_ID, "{v}");
     let target = format!("/trace?machine=controller&trace_id={TRACE_ID}");
-    let rec = eventually(
+    let rec = eventually_or(
         "the POSTed `start` in /trace",
         || {
             let recs = get_json(sidecar, &target);
@@ -541,12 +331,12 @@ fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otl
     let receiver = Receiver::start();
     let (mut turnstile, sidecar) = start_turnstile(dir.path(), &receiver);
     let since = unix_now();
-    let prom = Prometheus::start(dir.path(), sidecar);
+    let prom = Prometheus::start(sidecar);
     start_traced_round(sidecar);
 
     // Prometheus scrapes the sidecar (OpenMetrics; the first scrape takes a few seconds).
     let up = r#"up{job="turnstile"}"#;
-    eventually(
+    eventually_or(
         "up = 1 in Prometheus",
         || (prom.scalar(up)? == 1.0).then_some(()),
         || {
@@ -559,9 +349,9 @@ fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otl
     );
     // The transition counters rise between two scrapes a few seconds apart.
     let total = r#"sum(turnstile_transitions_total{job="turnstile"})"#;
-    let first = eventually("a transition count", || prom.scalar(total), String::new);
+    let first = eventually_or("a transition count", || prom.scalar(total), String::new);
     let t0 = Instant::now();
-    let later = eventually(
+    let later = eventually_or(
         "the transition count to rise",
         || {
             let v = prom.scalar(total)?;
@@ -572,7 +362,7 @@ fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otl
     assert!(later > first);
     // Every other round fails in `bash`: Prometheus sees the errors too.
     let errors = r#"sum(turnstile_errors_total{job="turnstile",machine="worker",kind="action"})"#;
-    eventually(
+    eventually_or(
         "action errors in Prometheus",
         || (prom.scalar(errors)? >= 1.0).then_some(()),
         || format!("{:?}", prom.scalar(errors)),
@@ -615,7 +405,7 @@ fn prometheus_scrapes_the_binary_and_exemplars_match_the_spans_received_over_otl
                 end
             )
         };
-        let found = eventually(
+        let found = eventually_or(
             &format!("exemplars of {family}"),
             || {
                 let data = prom.api(&target(unix_now() + 60.0));
@@ -741,21 +531,17 @@ fn an_ignored_event_leaves_the_span_of_the_event_in_progress_alone() {
         cmd.env_remove(k);
     }
     let mut proc = Proc::spawn(cmd);
-    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
+    let sidecar: SocketAddr = proc.sidecar_addr(LIMIT);
     proc.wait_started(1, LIMIT);
     let post = |event: &str, trace: &str, parent: &str| {
         let tp = format!("00-{trace}-{parent}-01");
-        let (status, body) = http(
+        let r = post_json(
             sidecar,
-            "POST",
             "/machines/sleeper/events",
-            &[("Content-Type", "application/json"), ("traceparent", &tp)],
-            &json!({ "type": event }).to_string(),
+            &[("traceparent", &tp)],
+            &json!({ "type": event }),
         );
-        assert_eq!(status, 202, "{body}");
+        assert_eq!(r.status, 202, "{}", r.text());
     };
     let go_trace = "11111111111111111111111111111111";
     let bogus_trace = "22222222222222222222222222222222";

@@ -7,57 +7,19 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+mod kit;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{field, turnstile, Proc};
+use kit::http::{get_json, http, metric};
+use kit::{eventually, field, turnstile, Proc};
 use serde_json::Value as Json;
 
 /// Generous: the machine may share its two cores with builds and other tests.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Json {
-    let (status, body) = http(addr, "GET", path, "");
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
-    let (_, body) = http(addr, "GET", "/metrics", "");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// An editor's save: write a temporary file, rename it over the config.
 fn save(path: &Path, text: &str) {
@@ -101,10 +63,7 @@ fn start(text: &str) -> Watched {
         cmd.env_remove(k);
     }
     let mut proc = Proc::spawn(cmd);
-    let rec = proc.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    let addr = field(&rec, "addr").parse().unwrap();
+    let addr = proc.sidecar_addr(LIMIT);
     proc.wait_for("the watcher", LIMIT, |j| {
         field(j, "target") == "turnstile::reload"
             && field(j, "message") == "watching for config changes"
@@ -244,7 +203,7 @@ fn a_change_is_live_within_one_second_of_the_write() {
             .as_secs_f64();
         save(&w.path, &config("m", &format!("v{n}")));
         let rec = wait_reloaded(&mut w, "m");
-        samples.push(common::timestamp(&rec) - t0);
+        samples.push(kit::timestamp(&rec) - t0);
         let (st, _) = http(w.addr, "POST", "/machines/m/events", r#"{"type":"jump"}"#);
         assert_eq!(st, 202);
         eventually("the new state", || {
@@ -296,7 +255,7 @@ fn validate_refuses_devices_and_huge_files_in_bounded_memory() {
             .arg("-c")
             .arg(format!(
                 "ulimit -v 262144 && exec '{}' validate \"$1\"",
-                common::bin()
+                kit::bin()
             ))
             .args(["sh", file])
             .env_remove("RUST_LOG")

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+mod kit;
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -15,13 +15,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{field, turnstile, Proc};
+use kit::http::{connect, get, parse, post_json, request, Resp, IO_LIMIT};
+use kit::{eventually, field, turnstile, Proc};
 use serde_json::{json, Value as Json};
 
 /// Generous: the machine may share its two cores with builds and other tests.
 const LIMIT: Duration = Duration::from_secs(60);
-/// Time limit of one HTTP exchange.
-const IO_LIMIT: Duration = Duration::from_secs(30);
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -53,135 +52,6 @@ actions:
 final_states: [finished]
 "#;
 
-// --- a tiny HTTP/1.1 client ---------------------------------------------------------
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Json {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
-    }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, IO_LIMIT).expect("connect to the sidecar");
-    s.set_read_timeout(Some(IO_LIMIT)).unwrap();
-    s.set_write_timeout(Some(IO_LIMIT)).unwrap();
-    s
-}
-
-/// Parses a whole response (the server closed the connection after it).
-fn parse(raw: &[u8]) -> Resp {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line `{status_line}`"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap();
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&b[start..start + size]);
-        b = &b[start + size + 2..];
-    }
-}
-
-/// Sends one request (`Connection: close`) and reads the whole response.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let has_length = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
-    if !has_length && (method == "POST" || !body.is_empty()) {
-        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    raw.push_str("\r\n");
-    let mut bytes = raw.into_bytes();
-    bytes.extend_from_slice(body);
-    let mut s = connect(addr);
-    s.write_all(&bytes).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .unwrap_or_else(|e| panic!("reading the response to {method} {path}: {e}"));
-    parse(&resp)
-}
-
-fn get(addr: SocketAddr, path: &str) -> Resp {
-    request(addr, "GET", path, &[], b"")
-}
-
-fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &Json) -> Resp {
-    let mut h = vec![("Content-Type", "application/json")];
-    h.extend_from_slice(headers);
-    request(addr, "POST", path, &h, body.to_string().as_bytes())
-}
-
 /// Checks a JSON error response: status, content type and `{"error": {status, message}}`.
 #[track_caller]
 fn assert_error(r: &Resp, status: u16) -> Json {
@@ -192,18 +62,6 @@ fn assert_error(r: &Resp, status: u16) -> Json {
     let msg = v["error"]["message"].as_str().unwrap_or("");
     assert!(!msg.is_empty(), "no message: {v}");
     v
-}
-
-/// Polls `f` until it returns `Some` or `LIMIT` passes.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // --- processes ------------------------------------------------------------------------
@@ -246,14 +104,6 @@ fn run_command(paths: &[String], args: &[&str]) -> std::process::Command {
     cmd
 }
 
-/// The address of the `sidecar listening` log record.
-fn wait_listening(p: &mut Proc) -> SocketAddr {
-    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    field(&rec, "addr").parse().unwrap()
-}
-
 impl Server {
     fn start(yamls: &[&str], args: &[&str]) -> Self {
         Self::start_with(yamls, args, |_| {})
@@ -270,7 +120,7 @@ impl Server {
         let mut cmd = run_command(&paths, &all);
         env(&mut cmd);
         let mut proc = Proc::spawn(cmd);
-        let addr = wait_listening(&mut proc);
+        let addr = proc.sidecar_addr(LIMIT);
         // The machines' tasks log their start before or after the sidecar's line.
         proc.wait_started(yamls.len(), LIMIT);
         Self {
@@ -1182,7 +1032,7 @@ fn a_taken_port_falls_back_to_the_next_unless_strict() {
     let _taken = TcpListener::bind(("127.0.0.1", p)).unwrap();
     let listen = format!("127.0.0.1:{p}");
     let mut proc = Proc::spawn(run_command(&paths, &["--listen", &listen]));
-    let addr = wait_listening(&mut proc);
+    let addr = proc.sidecar_addr(LIMIT);
     assert_eq!(addr.port(), p + 1, "{}", proc.log());
     assert!(
         proc.stderr.iter().any(|l| l.contains("falls back")),

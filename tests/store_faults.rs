@@ -5,15 +5,16 @@
 //!
 //! The test process reaches the worker's files through `/proc/PID/root`.
 
-mod common;
+mod kit;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, field, Proc};
+use kit::http::http;
+use kit::{bin, field, jobs_add, wait_until, Proc};
 use serde_json::Value as Json;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -31,23 +32,6 @@ fn can_unshare(test: &str) -> bool {
     ok
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_owned(),
-    )
-}
-
 /// Starts `turnstile run CONFIG --db DB` after `setup` (shell commands) in a new mount
 /// namespace; returns it and its sidecar's address.
 fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAddr) {
@@ -63,10 +47,7 @@ fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAdd
         .env("TURNSTILE_LISTEN", "127.0.0.1:0")
         .stdin(std::process::Stdio::null());
     let mut p = Proc::spawn(cmd);
-    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    let addr = field(&rec, "addr").parse().unwrap();
+    let addr = p.sidecar_addr(LIMIT);
     (p, addr)
 }
 
@@ -95,42 +76,25 @@ fn inside(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{}", path.display()))
 }
 
-fn jobs_add(db: &Path, id: &str) {
-    let out = Command::new(bin())
-        .args(["jobs", "add", "--type", "task", "--job-id", id, "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// (status, attempts) of a job, read with `turnstile jobs list` in the mount namespace of
 /// process `pid` (SQLite resolves `/proc/PID/root` to `/`: it cannot open the file through
 /// it).
 fn job_in(pid: u32, db: &Path, id: &str) -> Option<(String, i64)> {
-    let out = Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-m",
-            bin(),
-            "jobs",
-            "list",
-            "--format",
-            "json",
-            "--db",
-        ])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = kit::run_ok(
+        "turnstile jobs list",
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                bin(),
+                "jobs",
+                "list",
+                "--format",
+                "json",
+                "--db",
+            ])
+            .arg(db),
     );
     let list: Json = serde_json::from_slice(&out.stdout).unwrap();
     list.as_array()?
@@ -146,15 +110,6 @@ fn job_in(pid: u32, db: &Path, id: &str) -> Option<(String, i64)> {
 
 fn completed(pid: u32, db: &Path, id: &str) -> bool {
     job_in(pid, db, id).is_some_and(|(s, _)| s == "completed")
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    t0.elapsed()
 }
 
 /// A worker that waits for the file GO, then runs each job (appending its id to RUNS)
@@ -274,7 +229,7 @@ fn a_read_only_database_is_not_ready_and_recovers_when_writable() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ro.db");
-    jobs_add(&db, "R1");
+    jobs_add(&db, &["--type", "task", "--job-id", "R1"]);
     let cfg = worker_config(dir.path());
     std::fs::write(dir.path().join("GO"), "").unwrap();
     let setup = format!(
@@ -326,10 +281,7 @@ fn a_deleted_database_file_is_reported() {
         "--db",
         &db.display().to_string(),
     ]);
-    let rec = p.wait_for("the sidecar listening", LIMIT, |j| {
-        field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
-    });
-    let addr: SocketAddr = field(&rec, "addr").parse().unwrap();
+    let addr: SocketAddr = p.sidecar_addr(LIMIT);
     assert_eq!(http(addr, "GET", "/readyz", "").0, 200);
     std::fs::remove_file(&db).unwrap();
     let (code, body) = http(addr, "GET", "/readyz", "");

@@ -4,26 +4,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod kit;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::otlp::Receiver;
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, TraceContext};
+use kit::config::def;
+use kit::otlp::Receiver;
+use turnstile_engine::{Engine, Event, TraceContext};
 use turnstile_exporter::telemetry::spans::SpanSettings;
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn def(yaml: &str) -> Arc<MachineDef> {
-    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
-    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    loaded.def.unwrap()
-}
 
 const CONTROLLER: &str = r#"
 metadata: {machine_name: controller}

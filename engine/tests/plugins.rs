@@ -6,56 +6,22 @@
 mod support;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use support::machine::def_with;
 use support::plugin_build::{compile_c, lib_file, plugin_dir, rust_plugin, workspace};
+use support::recorder::Recorder;
+use support::wait::wait_transitions;
 use turnstile_engine::actions::plugin::{CallError, LoadError};
-use turnstile_engine::observe::{ActionEnd, ActionReport, ErrorKind, ErrorReport, Observer};
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
+use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::{config, ActionRegistry, Engine, Event};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// statemachine-engine's `custom_actions` example, which needs the greet and calculate plugins.
 const COMPAT: &str = "custom_actions/config/worker.yaml";
-
-/// Records errors and action outputs.
-#[derive(Default)]
-struct Recorder {
-    errors: Mutex<Vec<(ErrorKind, String)>>,
-    outputs: Mutex<Vec<String>>,
-    swaps: Mutex<Vec<String>>,
-}
-
-impl Recorder {
-    fn errors(&self) -> Vec<(ErrorKind, String)> {
-        self.errors.lock().unwrap().clone()
-    }
-    fn outputs(&self) -> Vec<String> {
-        self.outputs.lock().unwrap().clone()
-    }
-}
-
-impl Observer for Recorder {
-    fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
-        self.swaps
-            .lock()
-            .unwrap()
-            .push(format!("{name} {previous} -> {version}"));
-    }
-    fn error(&self, r: &ErrorReport<'_>) {
-        self.errors
-            .lock()
-            .unwrap()
-            .push((r.kind, r.message.to_owned()));
-    }
-    fn action_finished(&self, _r: &ActionReport<'_>, end: &ActionEnd<'_>) {
-        if let Some(o) = end.output {
-            self.outputs.lock().unwrap().push(o.to_owned());
-        }
-    }
-}
 
 fn registry_with(dir: &Path) -> ActionRegistry {
     let mut r = ActionRegistry::with_builtins();
@@ -63,31 +29,6 @@ fn registry_with(dir: &Path) -> ActionRegistry {
         res.expect("plugin loads");
     }
     r
-}
-
-fn compile(yaml: &str, registry: &ActionRegistry) -> Arc<MachineDef> {
-    let loaded = config::load_str(yaml, None, registry);
-    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "config errors: {errors:#?}");
-    loaded.def.expect("a definition")
-}
-
-/// Waits until machine `name` has taken at least `n` transitions in all.
-async fn wait_transitions(engine: &Engine, name: &str, n: u64) {
-    let start = Instant::now();
-    loop {
-        let m = engine.machine(name).expect("machine exists");
-        if m.transitions >= n {
-            return;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "machine `{name}` stuck in `{}` after {} transitions (waiting for {n})",
-            m.state,
-            m.transitions
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn context(engine: &Engine, name: &str) -> serde_json::Map<String, Json> {
@@ -498,7 +439,7 @@ async fn run_time_failures_are_errors_and_the_engine_keeps_running() {
     );
     let registry = registry_with(dir.path());
     let yaml = FAULTS.replace("success: echoed", "success: reset");
-    let def = compile(&yaml, &registry);
+    let def = def_with(&yaml, &registry);
     let rec = Arc::new(Recorder::default());
     let engine = Engine::builder().observer(rec.clone()).build();
     engine.spawn(def).unwrap();
@@ -619,7 +560,7 @@ async fn a_plugin_written_in_c_runs() {
         &[],
     );
     let registry = registry_with(dir.path());
-    let def = compile(
+    let def = def_with(
         "metadata: {machine_name: c}\ninitial_state: start\ntransitions:\n  - {from: start, to: done, event: said}\nactions:\n  start:\n    - {type: c_hello, success: said}\n",
         &registry,
     );
@@ -765,7 +706,7 @@ async fn a_plugin_with_too_many_stuck_calls_is_refused_new_ones() {
     let registry = registry_with(dir.path());
     // Every call blocks for 1.5 s but may take 0.02 s: each timeout leaves a call running,
     // and the state is entered again at once.
-    let def = compile(
+    let def = def_with(
         "metadata: {machine_name: stuck}\ninitial_state: calling\ntransitions:\n  - {from: calling, to: calling, event: again}\n  - {from: calling, to: refused, event: error}\nactions:\n  calling:\n    - {type: block, ms: 1500, timeout: 0.02, timeout_event: again}\n",
         &registry,
     );

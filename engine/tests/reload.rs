@@ -6,104 +6,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use turnstile_engine::observe::{
-    ErrorKind, ErrorReport, MachineRef, Observer, StateRef, StopReason,
-};
+use turnstile_engine::observe::{ErrorKind, StopReason};
 use turnstile_engine::reload::{self, ConfigWatcher, WatchOptions, WatchedConfig};
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, ReloadOutcome};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, ReloadOutcome};
 
 /// Generous: both cores may be busy with other builds.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn def(yaml: &str) -> Arc<MachineDef> {
-    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
-    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "config errors: {errors:#?}");
-    loaded.def.expect("a definition")
-}
+mod support;
 
-#[derive(Default)]
-struct Recorder {
-    lines: Mutex<Vec<String>>,
-    reloads: Mutex<Vec<Instant>>,
-    rejects: Mutex<Vec<String>>,
-    errors: Mutex<Vec<(ErrorKind, String)>>,
-}
-
-impl Recorder {
-    fn push(&self, s: String) {
-        self.lines.lock().unwrap().push(s);
-    }
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-    fn reloads(&self) -> usize {
-        self.reloads.lock().unwrap().len()
-    }
-    fn rejects(&self) -> Vec<String> {
-        self.rejects.lock().unwrap().clone()
-    }
-}
-
-impl Observer for Recorder {
-    fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
-        self.push(format!("started {} {}", m.name, s.name));
-    }
-    fn machine_reloaded(&self, m: MachineRef<'_>, _prev: MachineRef<'_>, s: StateRef<'_>) {
-        self.push(format!("reloaded {} {}", m.name, s.name));
-    }
-    fn machine_stopped(&self, m: MachineRef<'_>, s: StateRef<'_>, r: StopReason) {
-        self.push(format!("stopped {} {} {r:?}", m.name, s.name));
-    }
-    fn action_started(
-        &self,
-        r: &turnstile_engine::observe::ActionReport<'_>,
-    ) -> Option<turnstile_engine::TraceContext> {
-        self.push(format!(
-            "action {} {} {}",
-            r.machine.name, r.state.name, r.kind
-        ));
-        None
-    }
-    fn action_finished(
-        &self,
-        r: &turnstile_engine::observe::ActionReport<'_>,
-        end: &turnstile_engine::observe::ActionEnd<'_>,
-    ) {
-        self.push(format!(
-            "action_end {} {} {} {}",
-            r.machine.name,
-            r.state.name,
-            r.kind,
-            end.outcome.as_str()
-        ));
-    }
-    fn error(&self, r: &ErrorReport<'_>) {
-        self.errors
-            .lock()
-            .unwrap()
-            .push((r.kind, r.message.to_owned()));
-    }
-    fn config_reloaded(&self, _path: &Path, machines: &[&str]) {
-        self.reloads.lock().unwrap().push(Instant::now());
-        self.push(format!("config_reloaded {}", machines.join(",")));
-    }
-    fn config_rejected(&self, _path: &Path, message: &str) {
-        self.rejects.lock().unwrap().push(message.to_owned());
-    }
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+use support::machine::def;
+use support::recorder::Recorder;
+use support::wait::eventually;
 
 // --- the engine's swap ------------------------------------------------------------------
 
@@ -251,7 +169,7 @@ actions:
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.reload(def(&sleeper("other"))).await.unwrap();
     assert!(engine.wait_for_state("s", "other", WAIT).await);
-    assert!(!rec.lines().iter().any(|l| l.ends_with("interrupted")));
+    assert!(!rec.lines().iter().any(|l| l.contains(" interrupted ")));
 
     // A state that is gone: the sleep is interrupted.
     let rec = Arc::new(Recorder::default());
@@ -266,7 +184,7 @@ states: [fresh]
     engine2.reload(def(gone)).await.unwrap();
     assert!(rec
         .lines()
-        .contains(&"action_end s napping sleep interrupted".to_owned()));
+        .contains(&"done s sleep#0 interrupted None".to_owned()));
     assert_eq!(&*engine2.machine("s").unwrap().state, "fresh");
     for e in [&engine, &engine2] {
         e.shutdown();

@@ -8,96 +8,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use turnstile_engine::observe::{
-    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
+    ActionOutcome, ErrorKind, EventOutcome, EventReport, MachineRef, Observer, QuickObserver,
+    StopReason, TransitionReport,
 };
-use turnstile_engine::{
-    config, ActionRegistry, Engine, Event, MachineDef, SendError, TraceContext,
-};
+use turnstile_engine::{Engine, Event, SendError, TraceContext};
+
+mod support;
+
+use support::machine::def;
+use support::recorder::Recorder;
+use support::wait::wait_transitions;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn def(yaml: &str) -> Arc<MachineDef> {
-    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
-    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "config errors: {errors:#?}");
-    loaded.def.expect("a definition")
-}
-
-/// Records every observer call as a line of text, in order.
-#[derive(Default)]
-struct Recorder {
-    lines: Mutex<Vec<String>>,
-}
-
-impl Recorder {
-    fn push(&self, s: String) {
-        self.lines.lock().unwrap().push(s);
-    }
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-    fn matching(&self, prefix: &str) -> Vec<String> {
-        self.lines()
-            .into_iter()
-            .filter(|l| l.starts_with(prefix))
-            .collect()
-    }
-}
-
-impl Observer for Recorder {
-    fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
-        self.push(format!("started {} {}", m.name, s.name));
-    }
-    fn machine_stopped(&self, m: MachineRef<'_>, s: StateRef<'_>, r: StopReason) {
-        self.push(format!("stopped {} {} {r:?}", m.name, s.name));
-    }
-    fn event_started(&self, m: MachineRef<'_>, e: &Event, _depth: usize) -> Option<TraceContext> {
-        self.push(format!("event {} {}", m.name, e.name));
-        None
-    }
-    fn event_finished(&self, r: &EventReport<'_>) {
-        self.push(format!(
-            "finished {} {} {} {}->{}",
-            r.machine.name,
-            r.event.name,
-            r.outcome.as_str(),
-            r.from.name,
-            r.to.name
-        ));
-    }
-    fn transition(&self, r: &TransitionReport<'_>) {
-        self.push(format!(
-            "transition {} {}->{} on {}",
-            r.machine.name, r.from.name, r.to.name, r.event.name
-        ));
-    }
-    fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
-        self.push(format!(
-            "action {} {} {}#{}",
-            r.machine.name, r.state.name, r.kind, r.index
-        ));
-        None
-    }
-    fn action_finished(&self, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
-        self.push(format!(
-            "done {} {}#{} {} {:?}",
-            r.machine.name,
-            r.kind,
-            r.index,
-            end.outcome.as_str(),
-            end.event
-        ));
-    }
-    fn error(&self, r: &ErrorReport<'_>) {
-        self.push(format!(
-            "error {} {} {}",
-            r.machine.map_or("-", |m| m.name),
-            r.kind.as_str(),
-            r.message
-        ));
-    }
-}
 
 fn engine_with(rec: &Arc<Recorder>) -> Engine {
     Engine::builder().observer(rec.clone()).build()
@@ -780,14 +702,6 @@ impl Observer for WithQuick {
     }
 }
 
-async fn wait_for_transitions(engine: &Engine, name: &str, n: u64) {
-    let t0 = Instant::now();
-    while engine.machine(name).unwrap().transitions < n {
-        assert!(t0.elapsed() < WAIT, "fewer than {n} transitions");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// Action-less events go to the quick observer (by index, in nanoseconds), the others to
 /// the observer's own methods. A busy machine times an event from the end of the previous
 /// one, but never across a wait: the durations stay the real ones.
@@ -815,7 +729,7 @@ actions:
     let (go, back) = (d.event_index("go").unwrap(), d.event_index("back").unwrap());
     engine.spawn(d).unwrap();
     engine.send("m", Event::new("go")).await.unwrap();
-    wait_for_transitions(&engine, "m", 1).await;
+    wait_transitions(&engine, "m", 1).await;
     tokio::time::sleep(PAUSE).await;
     // Queued together (this task does not yield between them): the machine takes the
     // last three without waiting.
@@ -823,7 +737,7 @@ actions:
     for e in ["back", "go", "nothing", "back"] {
         engine.send("m", Event::new(e)).await.unwrap();
     }
-    wait_for_transitions(&engine, "m", 4).await;
+    wait_transitions(&engine, "m", 4).await;
     let burst = t0.elapsed();
     let calls = log.calls.lock().unwrap().clone();
     let routes: Vec<_> = calls.iter().map(|c| (c.0, c.1, c.2, c.3)).collect();
@@ -852,9 +766,9 @@ actions:
     // An event with actions goes through the observer's own methods, and the action-less
     // event that leaves `c` to the quick observer again.
     engine.send("m", Event::new("work")).await.unwrap();
-    wait_for_transitions(&engine, "m", 5).await;
+    wait_transitions(&engine, "m", 5).await;
     engine.send("m", Event::new("back")).await.unwrap();
-    wait_for_transitions(&engine, "m", 6).await;
+    wait_transitions(&engine, "m", 6).await;
     assert_eq!(
         *log.reports.lock().unwrap(),
         [
@@ -871,7 +785,7 @@ actions:
     let go2 = d2.event_index("go").unwrap();
     engine.reload(d2).await.unwrap();
     engine.send("m", Event::new("go")).await.unwrap();
-    wait_for_transitions(&engine, "m", 7).await;
+    wait_transitions(&engine, "m", 7).await;
     assert_eq!(log.asked.load(Ordering::Relaxed), 2);
     let last = *log.calls.lock().unwrap().last().unwrap();
     assert_eq!((last.0, last.1, last.2, last.3), (1, a2, b2, go2));

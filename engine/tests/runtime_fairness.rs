@@ -2,10 +2,13 @@
 //! single-thread runtime other tasks run, queued external events get in, and shutdown
 //! stops it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
+mod support;
+
+use support::machine::def;
+
+use turnstile_engine::{config, ActionRegistry, Engine, Event};
 
 /// `bench/pingpong_action.yaml` plus a `stop` event that leaves the loop.
 const SELF_DRIVING: &str = "
@@ -25,15 +28,10 @@ actions:
     - {type: set_context, key: side, value: pong, success: go}
 ";
 
-fn def() -> Arc<MachineDef> {
-    let loaded = config::load_str(SELF_DRIVING, None, &ActionRegistry::with_builtins());
-    loaded.def.expect("config loads")
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn self_driving_machine_yields_to_other_tasks_and_events() {
     let engine = Engine::builder().build();
-    engine.spawn(def()).expect("spawn");
+    engine.spawn(def(SELF_DRIVING)).expect("spawn");
     // This task shares the only thread with the machine: it only gets to run (and the
     // timer only fires) if the machine yields.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -58,7 +56,7 @@ async fn self_driving_machine_yields_to_other_tasks_and_events() {
 #[tokio::test(flavor = "current_thread")]
 async fn self_driving_machine_stops_on_shutdown() {
     let engine = Engine::builder().build();
-    engine.spawn(def()).expect("spawn");
+    engine.spawn(def(SELF_DRIVING)).expect("spawn");
     tokio::time::sleep(Duration::from_millis(5)).await;
     engine.shutdown();
     tokio::time::timeout(Duration::from_secs(5), engine.join())

@@ -15,17 +15,10 @@ use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn def(yaml: &str) -> Arc<MachineDef> {
-    let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
-    let problems: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
-    assert!(
-        problems.is_empty(),
-        "config problems: {problems:#?}\n{yaml}"
-    );
-    loaded.def.expect("a definition")
-}
+mod support;
 
-/// A YAML double-quoted scalar (JSON strings are valid YAML).
+use support::machine::def_without_warnings as def;
+
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }

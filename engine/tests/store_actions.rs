@@ -10,6 +10,10 @@ use serde_json::json;
 use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteStore, StateStore};
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 
+mod support;
+
+use support::machine::def_with;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 const WORKER: &str = r#"
@@ -47,14 +51,12 @@ fn setup(
     tempfile::TempDir,
 ) {
     let registry = ActionRegistry::with_builtins();
-    let loaded = config::load_str(yaml, None, &registry);
-    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    let def = def_with(yaml, &registry);
     assert!(registry.jobs().used());
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
     registry.jobs().set(store.clone());
-    (registry, loaded.def.unwrap(), store, dir)
+    (registry, def, store, dir)
 }
 
 fn add(store: &SqliteStore, id: &str, x: i64) {

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use turnstile_engine::store::{Persister, SqliteStore, StateStore};
-use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
+use turnstile_engine::{config, ActionRegistry, Engine, Event};
+
+mod support;
+
+use support::machine::def;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -30,12 +34,6 @@ actions:
 final_states: [done]
 "#;
 
-fn def() -> Arc<MachineDef> {
-    config::load_str(STEPS, None, &ActionRegistry::with_builtins())
-        .def
-        .unwrap()
-}
-
 async fn go(engine: &Engine, n: i64) {
     engine
         .send(
@@ -55,7 +53,7 @@ async fn state_and_context_survive_a_restart() {
 
     let p = Persister::new(store.clone());
     let engine = Engine::builder().persist(p.clone()).build();
-    engine.spawn(def()).unwrap();
+    engine.spawn(def(STEPS)).unwrap();
     go(&engine, 1).await;
     go(&engine, 2).await;
     assert!(engine.wait_for_state("steps", "three", WAIT).await);
@@ -91,7 +89,7 @@ async fn state_and_context_survive_a_restart() {
     // A new engine (a restarted process) starts the machine where it was.
     let p = Persister::new(store.clone());
     let engine = Engine::builder().persist(p.clone()).build();
-    engine.spawn(def()).unwrap();
+    engine.spawn(def(STEPS)).unwrap();
     assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "three");
     let snap = engine.snapshot("steps").await.unwrap();
     assert_eq!(snap.context["entered_two"], json!(1));
@@ -112,7 +110,7 @@ async fn state_and_context_survive_a_restart() {
     let engine = Engine::builder()
         .persist(Persister::new(store.clone()))
         .build();
-    engine.spawn(def()).unwrap();
+    engine.spawn(def(STEPS)).unwrap();
     assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "one");
     engine.shutdown();
     engine.join().await;
@@ -128,7 +126,7 @@ async fn a_saved_state_that_no_longer_exists_starts_from_the_initial_state() {
     let engine = Engine::builder()
         .persist(Persister::new(store.clone()))
         .build();
-    engine.spawn(def()).unwrap();
+    engine.spawn(def(STEPS)).unwrap();
     assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "one");
     engine.shutdown();
     engine.join().await;

@@ -12,7 +12,7 @@
 //!
 //! Run: `cargo bench -p turnstile-exporter --bench telemetry_overhead -- --noplot`.
 
-#[path = "../../tests/support/otlp.rs"]
+#[path = "../tests/support/otlp.rs"]
 mod otlp;
 
 use std::path::PathBuf;

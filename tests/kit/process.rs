@@ -1,15 +1,17 @@
-//! Helpers for tests that start the real `turnstile` binary and read its JSON logs.
-
-#![allow(dead_code)]
+//! The real `turnstile` binary: its command, a running process whose JSON log lines are
+//! read on a thread ([`Proc`]), and the pids of what it starts.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
+
+use super::logs::field;
 
 /// Generous limit for a whole example run: the machine may share two cores with builds.
 pub const RUN_LIMIT: Duration = Duration::from_secs(90);
@@ -41,9 +43,6 @@ pub fn turnstile(args: &[&str]) -> Command {
         .stdin(Stdio::null());
     c
 }
-
-/// One transition as logged: `(from, to, event)`.
-pub type Transition = (String, String, String);
 
 /// A running `turnstile` process whose stderr is read line by line on a thread.
 pub struct Proc {
@@ -190,6 +189,16 @@ impl Proc {
         (status, took)
     }
 
+    /// Waits for the sidecar's `listening` record and returns its address.
+    pub fn sidecar_addr(&mut self, limit: Duration) -> SocketAddr {
+        let rec = self.wait_for("the sidecar listening", limit, |j| {
+            field(j, "target") == "turnstile::sidecar" && j.get("addr").is_some()
+        });
+        field(&rec, "addr")
+            .parse()
+            .unwrap_or_else(|e| panic!("bad sidecar address in {rec} ({e})"))
+    }
+
     /// Every stderr line parsed as JSON; panics on a line that is not JSON.
     pub fn records(&self) -> Vec<Json> {
         self.stderr
@@ -223,89 +232,35 @@ pub fn run_to_end(args: &[&str]) -> (Proc, ExitStatus) {
     (p, st)
 }
 
-/// A string field of a log record.
-pub fn field<'a>(j: &'a Json, key: &str) -> &'a str {
-    j.get(key).and_then(Json::as_str).unwrap_or("")
+/// Runs `turnstile jobs add --db DB ARGS`, which must succeed; returns the job id it
+/// prints.
+pub fn jobs_add(db: &Path, args: &[&str]) -> String {
+    let dbs = db.display().to_string();
+    let mut a = vec!["jobs", "add", "--db", dbs.as_str()];
+    a.extend_from_slice(args);
+    let out = run_ok("turnstile jobs add", &mut turnstile(&a));
+    text(&out.stdout).trim().to_owned()
 }
 
-/// True for a transition record of `machine`.
-pub fn is_transition(j: &Json, machine: &str) -> bool {
-    field(j, "target") == "turnstile::transition" && field(j, "machine") == machine
+/// Runs `cmd` (stdin closed) to the end; panics with its output unless it succeeds.
+pub fn run_ok(what: &str, cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
 }
 
-/// The transitions `machine` logged, in order.
-pub fn transitions(records: &[Json], machine: &str) -> Vec<Transition> {
-    records
-        .iter()
-        .filter(|j| is_transition(j, machine))
-        .map(|j| {
-            (
-                field(j, "from").to_owned(),
-                field(j, "to").to_owned(),
-                field(j, "event").to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// Builds an expected transition list from `(from, to, event)` triples.
-pub fn seq(items: &[(&str, &str, &str)]) -> Vec<Transition> {
-    items
-        .iter()
-        .map(|(f, t, e)| ((*f).to_owned(), (*t).to_owned(), (*e).to_owned()))
-        .collect()
-}
-
-/// The messages of records with `target`, for `machine`.
-pub fn messages(records: &[Json], target: &str, machine: &str) -> Vec<String> {
-    records
-        .iter()
-        .filter(|j| field(j, "target") == target && field(j, "machine") == machine)
-        .map(|j| field(j, "message").to_owned())
-        .collect()
-}
-
-/// The state `machine` stopped in and why (`FinalState`, `Shutdown`), from its
-/// `machine stopped` record.
-pub fn stopped(records: &[Json], machine: &str) -> Option<(String, String)> {
-    records
-        .iter()
-        .find(|j| {
-            field(j, "target") == "turnstile::machine"
-                && field(j, "machine") == machine
-                && field(j, "message") == "machine stopped"
-        })
-        .map(|j| (field(j, "state").to_owned(), field(j, "reason").to_owned()))
-}
-
-/// Seconds since the Unix epoch of a log record's RFC 3339 UTC `timestamp`
-/// (`2026-11-26T14:27:53.091875Z`).
-pub fn timestamp(j: &Json) -> f64 {
-    let ts = field(j, "timestamp");
-    parse_rfc3339_utc(ts).unwrap_or_else(|| panic!("bad timestamp `{ts}` in {j}"))
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z` into seconds since the Unix epoch.
-pub fn parse_rfc3339_utc(ts: &str) -> Option<f64> {
-    let ts = ts.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.splitn(3, ':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let min: i64 = t.next()?.parse().ok()?;
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    #[allow(clippy::cast_precision_loss)]
-    let whole = (days * 86_400 + h * 3600 + min * 60) as f64;
-    Some(whole + sec)
+/// Command output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// True when process `pid` no longer runs (gone, or a zombie waiting to be reaped).

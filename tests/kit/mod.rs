@@ -1,0 +1,39 @@
+//! The test kit of the end-to-end tests in `tests/`: every test file includes it with
+//! `mod kit;` and takes what it needs.
+//!
+//! * [`process`]: the `turnstile` command and a running process ([`Proc`]) whose JSON
+//!   log lines are read as they come;
+//! * [`logs`]: fields, transitions and stops in those log records;
+//! * [`http`]: a tiny HTTP/1.1 client (the sidecar, Prometheus);
+//! * [`wait`]: polling until something holds ([`eventually`], [`wait_until`]);
+//! * [`config`]: machine definitions for the tests that run the engine in-process;
+//! * [`prometheus`]: Debian's Prometheus scraping a target;
+//! * [`otlp`]: an OTLP/HTTP trace receiver;
+//! * [`plugins`]: building the example plugins;
+//! * [`upstream`]: statemachine-engine's example configs.
+//!
+//! Three modules are files of lower crates, included by `#[path]`, because those crates'
+//! own tests and benchmarks use them too and cannot depend on this package (it depends on
+//! them): `plugins` and `upstream` are `engine/tests/support/{plugin_build,upstream}.rs`
+//! (the engine's tests and `engine/benches/plugin_invoke.rs`), `otlp` is
+//! `exporter/tests/support/otlp.rs` (`exporter/benches/telemetry_overhead.rs`). They are
+//! kept in one place only; every other helper lives here once.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod config;
+pub mod http;
+pub mod logs;
+#[path = "../../exporter/tests/support/otlp.rs"]
+pub mod otlp;
+#[path = "../../engine/tests/support/plugin_build.rs"]
+pub mod plugins;
+pub mod process;
+pub mod prometheus;
+#[path = "../../engine/tests/support/upstream.rs"]
+pub mod upstream;
+pub mod wait;
+
+pub use logs::*;
+pub use process::*;
+pub use wait::{eventually, eventually_or, wait_until};

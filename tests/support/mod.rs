@@ -1,2 +1,0 @@
-//! Test helpers shared by the end-to-end tests.
-pub mod otlp;
