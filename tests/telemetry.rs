@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kit::config::def;
 use kit::otlp::Receiver;
-use turnstile_engine::{Engine, Event, TraceContext};
+use turnstile_engine::{ActionRegistry, Engine, Event, TraceContext};
 use turnstile_exporter::telemetry::spans::SpanSettings;
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
