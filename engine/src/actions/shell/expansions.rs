@@ -85,10 +85,10 @@ impl Lexer<'_> {
             match c {
                 b'\\' => self.bump(2),
                 b'\'' => {
-                    self.single();
+                    self.quoted(Ctx::Single);
                 }
                 b'"' => {
-                    self.double();
+                    self.quoted(Ctx::Double);
                 }
                 b'`' => {
                     if self.backticks > 0 {
@@ -188,10 +188,10 @@ impl Lexer<'_> {
             match c {
                 b'\\' => self.bump(2),
                 b'\'' if ctx == Ctx::Unquoted => {
-                    self.single();
+                    self.quoted(Ctx::Single);
                 }
                 b'"' => {
-                    self.double();
+                    self.quoted(Ctx::Double);
                 }
                 b'`' => {
                     if self.backticks > 0 {

@@ -413,15 +413,8 @@ impl Lexer<'_> {
                     }
                     self.bump(2);
                 }
-                b'\'' => {
-                    let lit = self.single();
-                    match (&mut text, lit) {
-                        (Some(t), Some(l)) => t.extend(l),
-                        _ => text = None,
-                    }
-                }
-                b'"' => {
-                    let lit = self.double();
+                b'\'' | b'"' => {
+                    let lit = self.quoted(if c == b'"' { Ctx::Double } else { Ctx::Single });
                     match (&mut text, lit) {
                         (Some(t), Some(l)) => t.extend(l),
                         _ => text = None,
@@ -430,12 +423,12 @@ impl Lexer<'_> {
                 b'$' => match self.at(1) {
                     Some(b'\'') => {
                         self.bump(1);
-                        self.ansi_c();
+                        self.quoted(Ctx::AnsiC);
                         text = None;
                     }
                     Some(b'"') => {
                         self.bump(1);
-                        self.double();
+                        self.quoted(Ctx::Double);
                         text = None;
                     }
                     _ => {
@@ -461,69 +454,29 @@ impl Lexer<'_> {
         }
     }
 
-    /// `'...'`; returns its content when it holds no placeholder.
-    pub(super) fn single(&mut self) -> Option<Vec<u8>> {
+    /// A quoted string, from its opening quote: `'...'` (`ctx` is [`Ctx::Single`]), `"..."`
+    /// ([`Ctx::Double`]) or `$'...'` ([`Ctx::AnsiC`], from its `'`). Returns its content when
+    /// it holds no expansion or placeholder; never for `$'...'`, whose escapes are not decoded.
+    /// The three share the stepping over placeholders and the closing quote; backslashes
+    /// escape only in `"..."` and `$'...'`, and only `"..."` expands.
+    pub(super) fn quoted(&mut self, ctx: Ctx) -> Option<Vec<u8>> {
+        let close = if ctx == Ctx::Double { b'"' } else { b'\'' };
         self.bump(1);
-        let mut lit = Some(Vec::new());
+        let mut lit = (ctx != Ctx::AnsiC).then(Vec::new);
         loop {
             if let Some(len) = self.hole() {
-                self.spot(len, Ctx::Single);
+                self.spot(len, ctx);
                 lit = None;
                 continue;
             }
-            match self.at(0) {
-                None => return lit,
-                Some(b'\'') => {
+            match (ctx, self.at(0)) {
+                (_, None) => return lit,
+                (_, Some(c)) if c == close => {
                     self.bump(1);
                     return lit;
                 }
-                Some(c) => {
-                    if let Some(l) = &mut lit {
-                        l.push(c);
-                    }
-                    self.bump(1);
-                }
-            }
-        }
-    }
-
-    /// `$'...'`, from its quote.
-    pub(super) fn ansi_c(&mut self) {
-        self.bump(1);
-        loop {
-            if let Some(len) = self.hole() {
-                self.spot(len, Ctx::AnsiC);
-                continue;
-            }
-            match self.at(0) {
-                None => return,
-                Some(b'\\') => self.bump(2),
-                Some(b'\'') => {
-                    self.bump(1);
-                    return;
-                }
-                Some(_) => self.bump(1),
-            }
-        }
-    }
-
-    /// `"..."`; returns its content when it holds no expansion or placeholder.
-    pub(super) fn double(&mut self) -> Option<Vec<u8>> {
-        self.bump(1);
-        let mut lit = Some(Vec::new());
-        loop {
-            if let Some(len) = self.hole() {
-                self.spot(len, Ctx::Double);
-                lit = None;
-                continue;
-            }
-            match self.at(0) {
-                None => return lit,
-                Some(b'"') => {
-                    self.bump(1);
-                    return lit;
-                }
-                Some(b'\\') => {
+                (Ctx::AnsiC, Some(b'\\')) => self.bump(2),
+                (Ctx::Double, Some(b'\\')) => {
                     if let (Some(l), Some(n)) = (&mut lit, self.at(1)) {
                         if !matches!(n, b'$' | b'`' | b'"' | b'\\' | b'\n') {
                             l.push(b'\\');
@@ -534,19 +487,19 @@ impl Lexer<'_> {
                     }
                     self.bump(2);
                 }
-                Some(b'`') => {
+                (Ctx::Double, Some(b'`')) => {
                     self.bump(1);
                     self.backtick();
                     lit = None;
                 }
-                Some(b'$') => {
+                (Ctx::Double, Some(b'$')) => {
                     if self.dollar(Ctx::Double) {
                         lit = None;
                     } else if let Some(l) = &mut lit {
                         l.push(b'$');
                     }
                 }
-                Some(c) => {
+                (_, Some(c)) => {
                     if let Some(l) = &mut lit {
                         l.push(c);
                     }
