@@ -1,0 +1,130 @@
+use super::*;
+
+#[test]
+fn contexts_are_recognised() {
+    let t = ShellTemplate::compile(r#"echo {a} "{b}" '{c}' $'{d}' $(echo {e}) `echo {f}` ${HOME}"#)
+        .unwrap();
+    assert_eq!(
+        t.script(),
+        concat!(
+            r#"echo "${TURNSTILE_ARG_0}" "${TURNSTILE_ARG_1}" ''"${TURNSTILE_ARG_2}"'' "#,
+            r#"$''"${TURNSTILE_ARG_3}"$'' $(echo "${TURNSTILE_ARG_4}") "#,
+            r#"`echo "${TURNSTILE_ARG_5}"` ${HOME}"#
+        )
+    );
+}
+
+fn refused(cmd: &str) -> Option<&'static str> {
+    match ShellTemplate::compile(cmd) {
+        Ok(_) => None,
+        Err(e) => Some(e[0].code),
+    }
+}
+
+#[test]
+fn evaluated_places_are_refused() {
+    for cmd in [
+        "id=$(hostname)#$(( {n} + 1 )); echo $id",
+        "echo $(( {n} ))",
+        "(( x = {n} ))",
+        "for (( i = {n}; i < 3; i++ )); do :; done",
+        "echo $[ {n} ]",
+        "[[ {n} -eq 1 ]]",
+        "if [[ 1 -lt \"{n}\" ]]; then :; fi",
+        "let x={n}",
+        "let \"x = {n}\"",
+        "declare -i x={n}",
+        "typeset -i x; x={n}",
+        "echo ${a[{n}]}",
+        "a[{n}]=1",
+        "a=([{n}]=1)",
+        "echo ${s:{n}}",
+        "echo ${s:1:{n}}",
+        "echo \"${s:{n}:2}\"",
+        "unset 'a[{n}]'",
+        "cat <<EOF\n$(( {n} ))\nEOF",
+    ] {
+        let t = ShellTemplate::compile(cmd);
+        assert!(t.is_err(), "accepted: {cmd}");
+        let int = cmd.replace("{n}", "{n|int}");
+        assert!(
+            ShellTemplate::compile(&int).is_ok(),
+            "{int}: {:?}",
+            ShellTemplate::compile(&int).err()
+        );
+    }
+    for cmd in [
+        "eval {x}",
+        "eval \"echo {x}\"",
+        "eval 'echo {x}'",
+        "eval \"$(( {x|int} ))\"",
+        "source {x}",
+        ". {x}",
+        "printf -v {x} %s 1",
+        "bash -c {x}",
+        "sh -c \"echo {x}\"",
+        "bash -ec 'echo {x}'",
+        "/bin/bash -c 'echo {x}'",
+        "nohup sh -c 'echo {x}'",
+        "timeout 5 bash -c 'echo {x}'",
+        "echo {x} | bash",
+        "bash <<< {x}",
+        "bash <<EOF\necho {x}\nEOF",
+        "bash {x}",
+        "unset {x}",
+        "read {x}",
+        "[[ -v {x} ]]",
+        "test -v {x}",
+        "declare {x}=1",
+        "local v={x}",
+        "local -a v={x}",
+        "declare -n r={x}",
+        "echo ${!{x}}",
+        "{x} arg",
+        "exec {x}",
+        "x=1 {x}",
+        "trap {x} EXIT",
+        "PS4={x}",
+        "ssh host echo {x}",
+        "mapfile -C {x} a",
+        "echo $(eval {x})",
+        "f() { eval \"{x}\"; }",
+        "if true; then eval {x}; fi",
+        "2>/dev/null eval {x}",
+        "\"eval\" {x}",
+    ] {
+        assert_eq!(refused(cmd), Some(UNSAFE_CODE), "accepted: {cmd}");
+    }
+}
+
+#[test]
+fn data_places_are_accepted() {
+    for cmd in [
+        "echo {x}",
+        "echo \"{x}\" '{x}' $'{x}' pre{x}post",
+        "x={x}; echo \"$x\"",
+        "export x={x}",
+        "[[ {x} == a* && -n {x} ]]",
+        "[ {x} -eq 1 ]",
+        "test {x} != broken || { echo \"cannot index {x}\" >&2; exit 1; }; echo ok",
+        "case {x} in bad) echo no >&2; exit 3 ;; slow) sleep 5 ;; esac; echo checked",
+        "echo ${x:-{x}} \"${x#{x}}\" ${x/{x}/y}",
+        "bash -c 'echo \"$1\"' _ {x}",
+        "cat <<EOF\nit's {x}\nEOF",
+        "cat <<< {x}",
+        "printf '%s' {x} > {x}.out",
+        "echo $$ > {x}.tmp && mv {x}.tmp {x}",
+        "item={x}; echo \"processed $item (${#item} characters)\"",
+        "echo ${#} $# a#{x}",
+        "cd /tmp # it's \"here\"\nprintf '%s' {x}",
+        "for f in {x} b; do echo \"$f\"; done",
+        "command -v {x}",
+        "grep -e {x} file | sort",
+    ] {
+        assert!(
+            ShellTemplate::compile(cmd).is_ok(),
+            "{cmd}: {:?}",
+            ShellTemplate::compile(cmd).err()
+        );
+    }
+}
