@@ -4,39 +4,7 @@
 //! subscripts, substring offsets, the operands of `[[ -eq ]]` and its kin) are marked here.
 
 use super::lexer::{is_name_char, is_name_start, Assign, Ctx, End, Lexer, Word};
-use super::rules::{ARITH, COND_NUM, PARAM_NAME, SUBSCRIPT, SUBSTRING};
-
-/// Reads the delimiter word of a here-document starting at `j`; returns it, whether it
-/// was quoted, and the offset after it.
-pub(super) fn heredoc_word(b: &[u8], mut j: usize) -> (Vec<u8>, bool, usize) {
-    while matches!(b.get(j), Some(b' ' | b'\t')) {
-        j += 1;
-    }
-    let (mut word, mut quoted, mut quote) = (Vec::new(), false, None);
-    while let Some(&c) = b.get(j) {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => word.push(c),
-            None => match c {
-                b'\'' | b'"' => {
-                    quoted = true;
-                    quote = Some(c);
-                }
-                b'\\' => {
-                    quoted = true;
-                    j += 1;
-                    if let Some(&n) = b.get(j) {
-                        word.push(n);
-                    }
-                }
-                b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')' => break,
-                _ => word.push(c),
-            },
-        }
-        j += 1;
-    }
-    (word, quoted, j.min(b.len()))
-}
+use super::places::{ARITH, COND_NUM, PARAM_NAME, SUBSCRIPT, SUBSTRING};
 
 impl Lexer<'_> {
     /// An expansion starting with `$`; false for a lone `$` (a literal).

@@ -7,8 +7,7 @@
 
 use std::collections::HashSet;
 
-use super::expansions::heredoc_word;
-use super::rules::{is_keyword, Eval, ARITH};
+use super::places::{Eval, ARITH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ctx {
@@ -515,4 +514,45 @@ impl Lexer<'_> {
         self.list(End::Backtick);
         self.backticks -= 1;
     }
+}
+
+/// Reads the delimiter word of a here-document starting at `j`; returns it, whether it
+/// was quoted, and the offset after it.
+pub(super) fn heredoc_word(b: &[u8], mut j: usize) -> (Vec<u8>, bool, usize) {
+    while matches!(b.get(j), Some(b' ' | b'\t')) {
+        j += 1;
+    }
+    let (mut word, mut quoted, mut quote) = (Vec::new(), false, None);
+    while let Some(&c) = b.get(j) {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.push(c),
+            None => match c {
+                b'\'' | b'"' => {
+                    quoted = true;
+                    quote = Some(c);
+                }
+                b'\\' => {
+                    quoted = true;
+                    j += 1;
+                    if let Some(&n) = b.get(j) {
+                        word.push(n);
+                    }
+                }
+                b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')' => break,
+                _ => word.push(c),
+            },
+        }
+        j += 1;
+    }
+    (word, quoted, j.min(b.len()))
+}
+
+/// Words that start a compound command or precede a command: not command names.
+pub(super) fn is_keyword(w: &Word) -> bool {
+    const KEYWORDS: &[&[u8]] = &[
+        b"if", b"then", b"else", b"elif", b"fi", b"do", b"done", b"while", b"until", b"!", b"{",
+        b"}", b"time", b"esac", b"coproc",
+    ];
+    KEYWORDS.iter().any(|k| w.is(k))
 }

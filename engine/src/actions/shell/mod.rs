@@ -37,12 +37,13 @@
 
 mod expansions;
 mod lexer;
+mod places;
 mod rules;
 mod run;
 #[cfg(test)]
 mod tests;
 
-pub use rules::Eval;
+pub use places::Eval;
 
 use super::super::runtime::template::{Placeholder, Segment, Template};
 use lexer::{analyse, Ctx};
