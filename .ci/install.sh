@@ -10,6 +10,10 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # `kill` (procps): the end-to-end tests signal the binary with it.
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
+# unshare, nsenter and mount (util-linux, mount): the store fault tests mount a small
+# tmpfs or a read-only bind mount in a private mount namespace.
+command -v unshare >/dev/null && command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v mount >/dev/null || need_apt+=(mount)
 # Prometheus and promtool: the metrics tests lint the exposition with `promtool check
 # metrics` and scrape a running turnstile with a real Prometheus.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
