@@ -118,10 +118,10 @@ fn completed(pid: u32, db: &Path, id: &str) -> bool {
     job_in(pid, db, id).is_some_and(|(s, _)| s == "completed")
 }
 
-/// A worker that waits for the file GO, then runs each job (appending its id to RUNS)
-/// and completes it. A failure of either (a lost claim cancels the command, or its
-/// completion is refused) goes back to waiting.
-fn worker_config(dir: &Path) -> PathBuf {
+/// A worker that waits for the file GO, then runs each job (`first`, then appending its
+/// id to RUNS: `first` makes it a long command) and completes it. A failure of either (a
+/// lost claim cancels the command, or its completion is refused) goes back to waiting.
+fn worker_config(dir: &Path, first: &str) -> PathBuf {
     let cfg = dir.join("worker.yaml");
     let yaml = format!(
         r#"
@@ -146,7 +146,8 @@ actions:
       job_type: task
   processing:
     - type: bash
-      command: "echo {{id}} >> {runs}"
+      command: "{first}echo {{id}} >> {runs}"
+      timeout: 60
       success: ran
   finishing:
     - type: complete_job
@@ -175,7 +176,7 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let db = mnt.join("jobs.db");
-    let cfg = worker_config(dir.path());
+    let cfg = worker_config(dir.path(), "");
     let setup = format!(
         "mount -t tmpfs -o size=2M tmpfs \"{mnt}\" && \"{bin}\" jobs add --db \"{db}\" --type task --job-id J1 >/dev/null",
         mnt = mnt.display(),
@@ -236,7 +237,7 @@ fn a_read_only_database_is_not_ready_and_recovers_when_writable() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ro.db");
     jobs_add(&db, &["--type", "task", "--job-id", "R1"]);
-    let cfg = worker_config(dir.path());
+    let cfg = worker_config(dir.path(), "");
     std::fs::write(dir.path().join("GO"), "").unwrap();
     let setup = format!(
         "mount --bind \"{db}\" \"{db}\"; mount -o remount,ro,bind \"{db}\"",
@@ -280,7 +281,7 @@ fn a_read_only_database_is_not_ready_and_recovers_when_writable() {
 fn a_deleted_database_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("gone.db");
-    let cfg = worker_config(dir.path());
+    let cfg = worker_config(dir.path(), "");
     let mut p = Proc::start(&[
         "run",
         &cfg.display().to_string(),
@@ -300,48 +301,6 @@ fn a_deleted_database_file_is_reported() {
     p.finish(LIMIT);
 }
 
-/// A worker like [`worker_config`]'s whose processing is a long command: it waits 3 s, then
-/// appends the job's id to RUNS. An error in processing goes back to waiting.
-fn slow_worker_config(dir: &Path) -> PathBuf {
-    let cfg = dir.join("slow.yaml");
-    let yaml = format!(
-        r#"
-initial_state: hold
-metadata:
-  machine_name: worker
-transitions:
-  - {{from: hold, to: waiting, event: go}}
-  - {{from: waiting, to: processing, event: new_job}}
-  - {{from: processing, to: finishing, event: ran}}
-  - {{from: processing, to: waiting, event: error}}
-  - {{from: finishing, to: waiting, event: job_completed}}
-  - {{from: finishing, to: waiting, event: error}}
-actions:
-  hold:
-    - type: bash
-      command: "while [ ! -e {go} ]; do sleep 0.05; done"
-      timeout: 600
-      success: go
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: bash
-      command: "sleep 3; echo {{id}} >> {runs}"
-      timeout: 60
-      success: ran
-  finishing:
-    - type: complete_job
-      job_id: "{{id}}"
-      success: job_completed
-"#,
-        go = dir.join("GO").display(),
-        runs = dir.join("runs.log").display()
-    );
-    std::fs::write(&cfg, yaml).unwrap();
-    cfg
-}
-
 #[test]
 fn a_lost_claim_cancels_the_command_it_started() {
     if !can_unshare("a_lost_claim_cancels_the_command_it_started") {
@@ -351,7 +310,7 @@ fn a_lost_claim_cancels_the_command_it_started() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let db = mnt.join("jobs.db");
-    let cfg = slow_worker_config(dir.path());
+    let cfg = worker_config(dir.path(), "sleep 3; ");
     let setup = format!(
         "mount -t tmpfs -o size=2M tmpfs \"{mnt}\" && \"{bin}\" jobs add --db \"{db}\" --type task --job-id L1 >/dev/null",
         mnt = mnt.display(),
