@@ -360,7 +360,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = rt.block_on(run(defs, opts, &telemetry, &registry));
             if let Some(s) = &job_store {
                 // How well group commit shared transactions (`--log-level turnstile::store=debug`).
-                let (writes, transactions) = s.write_counts();
+                let (writes, transactions) = turnstile_engine::store::Store::write_counts(&**s);
                 tracing::debug!(target: "turnstile::store", writes, transactions, "job store writes");
             }
             // Machines have stopped and the sidecar is closed: flush the spans.

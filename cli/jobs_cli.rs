@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::{
-    JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore, StateStore, SyncMode, STATUSES,
+    ListJobs, Location, NewJob, StateStore, Store, StoreOptions, SyncMode, STATUSES,
 };
 use turnstile_engine::ActionRegistry;
 use turnstile_exporter::telemetry::Telemetry;
@@ -31,10 +31,11 @@ pub const JOB_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 /// Where the job store lives.
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
-    /// The SQLite job and state store (created when missing; statemachine-engine's
-    /// `data/pipeline.db` works too). Default: ./turnstile.db.
-    #[arg(long, env = "TURNSTILE_DB", value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// The job and state store: a SQLite file (created when missing; statemachine-engine's
+    /// `data/pipeline.db` works too), as a path or a sqlite://PATH URL. A URL of a backend
+    /// this build does not have is refused. Default: ./turnstile.db.
+    #[arg(long, env = "TURNSTILE_DB", value_name = "PATH|URL")]
+    pub db: Option<String>,
     /// When a commit reaches the disk: `full` fsyncs every commit (a job survives a power
     /// loss; concurrent writes of this process share one fsync), `normal` only at
     /// checkpoints (survives this process being killed, not the machine going down).
@@ -61,8 +62,15 @@ impl From<DbSync> for SyncMode {
 }
 
 impl DbArg {
-    fn path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DB))
+    /// Where the store is; a location this build cannot open is a usage error (read here
+    /// rather than by clap, whose message would repeat a URL's password).
+    fn location(&self) -> Result<Location, crate::UsageError> {
+        match &self.db {
+            None => Ok(Location::Sqlite(PathBuf::from(DEFAULT_DB))),
+            Some(s) => s
+                .parse()
+                .map_err(|e| crate::UsageError(format!("--db: {e}"))),
+        }
     }
 }
 
@@ -252,17 +260,17 @@ pub enum OutFormat {
     Json,
 }
 
-fn open_existing(db: &DbArg) -> anyhow::Result<SqliteStore> {
-    let path = db.path();
-    SqliteStore::open_with(
-        &path,
-        SqliteOptions {
+fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
+    let location = db.location()?;
+    turnstile_engine::store::open(
+        &location,
+        StoreOptions {
             renew: false,
             sync: db.db_sync.into(),
-            ..SqliteOptions::default()
+            ..StoreOptions::default()
         },
     )
-    .with_context(|| format!("cannot open the job store {}", path.display()))
+    .with_context(|| format!("cannot open the job store {location}"))
 }
 
 /// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
@@ -270,7 +278,7 @@ fn open_existing(db: &DbArg) -> anyhow::Result<SqliteStore> {
 pub fn open_for_run(
     args: &RunStoreArgs,
     registry: &ActionRegistry,
-) -> anyhow::Result<Option<Arc<SqliteStore>>> {
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
     if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
         return Ok(None);
     }
@@ -280,19 +288,17 @@ pub fn open_for_run(
             .filter(|d| !d.is_zero())
             .with_context(|| format!("{what} must be a positive number of seconds"))
     };
-    let opts = SqliteOptions {
+    let opts = StoreOptions {
         lease: secs(args.job_lease, "--job-lease")?,
         max_attempts: args.job_max_attempts.max(1),
         backoff_base: secs(args.job_backoff, "--job-backoff")?,
         sync: args.db.db_sync.into(),
-        ..SqliteOptions::default()
+        ..StoreOptions::default()
     };
-    let path = args.db.path();
-    let store = Arc::new(
-        SqliteStore::open_with(&path, opts)
-            .with_context(|| format!("cannot open the job store {}", path.display()))?,
-    );
-    tracing::info!(target: "turnstile::jobs", db = %path.display(), owner = store.owner(), "job store open");
+    let location = args.db.location()?;
+    let store = turnstile_engine::store::open(&location, opts)
+        .with_context(|| format!("cannot open the job store {location}"))?;
+    tracing::info!(target: "turnstile::jobs", db = %store.describe(), owner = store.owner(), "job store open");
     registry.jobs().set(store.clone());
     Ok(Some(store))
 }
@@ -300,15 +306,17 @@ pub fn open_for_run(
 /// The state persister `--persist` asks for.
 pub fn persister(
     args: &RunStoreArgs,
-    store: Option<&Arc<SqliteStore>>,
+    store: Option<&Arc<dyn Store>>,
 ) -> Option<turnstile_engine::store::Persister> {
     let store = store.filter(|_| args.persist)?;
-    Some(turnstile_engine::store::Persister::new(store.clone()))
+    Some(turnstile_engine::store::Persister::new(
+        store.clone() as Arc<dyn StateStore>
+    ))
 }
 
 /// Keeps `turnstile_jobs{job_type, status}` current: every [`JOB_METRICS_INTERVAL`] and
 /// soon after a job is added in this process.
-pub async fn job_metrics(store: Arc<SqliteStore>, telemetry: Arc<Telemetry>) {
+pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
     let notify = store.notify().clone();
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
     loop {
@@ -438,17 +446,18 @@ pub fn machine_state(args: MachineStateArgs) -> anyhow::Result<ExitCode> {
         OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&machines)?),
         OutFormat::Text => {
             outln!(
-                "{:<24} {:<20} {:<20} PID",
+                "{:<24} {:<20} {:<24} PID",
                 "MACHINE",
                 "STATE",
                 "LAST_ACTIVITY"
             );
             for m in machines {
                 outln!(
-                    "{:<24} {:<20} {:<20} {}",
+                    "{:<24} {:<20} {:<24} {}",
                     m.machine_name,
                     m.current_state.as_deref().unwrap_or("-"),
-                    m.last_activity.as_deref().unwrap_or("-"),
+                    m.last_activity
+                        .map_or_else(|| "-".into(), |t| t.to_string()),
                     m.pid.map_or_else(|| "-".into(), |p| p.to_string())
                 );
             }
@@ -483,7 +492,7 @@ pub fn events(cmd: EventsCommand) -> anyhow::Result<ExitCode> {
                 outln!(
                     "{:>6} {:<24} {:<20} {:<20} {:<20} {:<20} {}",
                     e.id,
-                    e.created_at.as_deref().unwrap_or("-"),
+                    e.created_at.map_or_else(|| "-".into(), |t| t.to_string()),
                     e.machine_name,
                     e.event,
                     e.from_state,

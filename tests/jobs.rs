@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kit::http::http;
 use kit::{field, jobs_add, turnstile, Proc};
 use serde_json::{json, Value as Json};
-use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore};
+use turnstile_engine::store::{JobStore, ListJobs, NewJob, SqliteStore, StoreOptions};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -204,9 +204,9 @@ actions:
 fn open_store(db: &Path) -> SqliteStore {
     SqliteStore::open_with(
         db,
-        SqliteOptions {
+        StoreOptions {
             renew: false,
-            ..SqliteOptions::default()
+            ..StoreOptions::default()
         },
     )
     .unwrap()
@@ -766,4 +766,65 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     p.signal("TERM");
     let (st, _) = p.finish(LIMIT);
     assert!(st.success(), "{}", p.log());
+}
+
+/// `--db` with a URL this build has no backend for exits 2 with a clear error, before
+/// anything runs, and never becomes a file path (it used to create `postgres:/...`).
+#[test]
+fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kit::path("examples/controller_worker/worker.yaml");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "run",
+                "--db",
+                "postgres://turnstile:hunter2@db:5432/jobs",
+                &config,
+            ],
+            "PostgreSQL",
+        ),
+        (
+            &["jobs", "list", "--db", "postgresql://db/jobs"],
+            "PostgreSQL",
+        ),
+        (
+            &["machine-state", "--db", "s3://bucket/x.db"],
+            "unknown store scheme `s3:`",
+        ),
+        (&["events", "list", "--db", "mysql://db/x"], "MySQL"),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(kit::bin())
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("TURNSTILE_DB")
+            .output()
+            .unwrap();
+        let err = kit::text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "{args:?}: the password shows: {err}"
+        );
+    }
+    // The same through the environment.
+    let out = Command::new(kit::bin())
+        .current_dir(dir.path())
+        .args(["jobs", "list"])
+        .env("TURNSTILE_DB", "postgres://db/jobs")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", kit::text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files were created: {left:?}");
+    // A sqlite:// URL is a file.
+    let out = Command::new(kit::bin())
+        .current_dir(dir.path())
+        .args(["jobs", "add", "--type", "task", "--db", "sqlite://q.db"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", kit::text(&out.stderr));
+    assert!(dir.path().join("q.db").exists());
 }

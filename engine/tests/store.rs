@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use turnstile_engine::store::{
-    Claim, Failed, JobFilter, JobStore, ListJobs, NewJob, SqliteOptions, SqliteStore, StateStore,
+    Claim, Failed, JobFilter, JobStore, ListJobs, NewJob, SqliteStore, StateStore, StoreOptions,
     DEAD, PENDING, PROCESSING,
 };
 
@@ -32,11 +32,11 @@ fn claimed(c: Claim) -> Box<turnstile_engine::store::Job> {
     }
 }
 
-fn no_renew(lease_ms: u64) -> SqliteOptions {
-    SqliteOptions {
+fn no_renew(lease_ms: u64) -> StoreOptions {
+    StoreOptions {
         lease: Duration::from_millis(lease_ms),
         renew: false,
-        ..SqliteOptions::default()
+        ..StoreOptions::default()
     }
 }
 
@@ -199,9 +199,9 @@ fn a_live_process_keeps_its_lease() {
     let path = dir.path().join("renew.db");
     let live = SqliteStore::open_with(
         &path,
-        SqliteOptions {
+        StoreOptions {
             lease: Duration::from_millis(300),
-            ..SqliteOptions::default()
+            ..StoreOptions::default()
         },
     )
     .unwrap();
@@ -230,10 +230,10 @@ fn failures_retry_with_exponential_backoff_then_dead_letter() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open_with(
         &dir.path().join("retry.db"),
-        SqliteOptions {
+        StoreOptions {
             backoff_base: Duration::from_millis(100),
             max_attempts: 3,
-            ..SqliteOptions::default()
+            ..StoreOptions::default()
         },
     )
     .unwrap();

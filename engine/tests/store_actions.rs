@@ -175,7 +175,7 @@ async fn failed_jobs_are_retried_then_dead_lettered() {
     let store = Arc::new(
         SqliteStore::open_with(
             &dir.path().join("f.db"),
-            turnstile_engine::store::SqliteOptions {
+            turnstile_engine::store::StoreOptions {
                 backoff_base: Duration::from_millis(50),
                 ..Default::default()
             },
@@ -529,7 +529,7 @@ final_states: [gone]
     let store = Arc::new(
         SqliteStore::open_with(
             &path,
-            turnstile_engine::store::SqliteOptions {
+            turnstile_engine::store::StoreOptions {
                 lease,
                 ..Default::default()
             },
@@ -550,7 +550,7 @@ final_states: [gone]
     tokio::time::sleep(lease * 3).await;
     let other = SqliteStore::open_with(
         &path,
-        turnstile_engine::store::SqliteOptions {
+        turnstile_engine::store::StoreOptions {
             renew: false,
             ..Default::default()
         },
@@ -571,7 +571,7 @@ final_states: [gone]
     }
     let api = other.get_job("api").unwrap().unwrap();
     assert_eq!(api.status, "processing", "{api:?}");
-    assert!(api.lease_until.unwrap() > turnstile_engine::store::now_ms());
+    assert!(api.lease_until.unwrap() > turnstile_engine::store::Timestamp::now());
 }
 
 // --- a lost claim cancels the action waiting on it ---------------------------------------

@@ -1,8 +1,13 @@
 //! Durable state: the job queue ([`JobStore`]) and persisted machine state and events
-//! ([`StateStore`]), with a SQLite implementation ([`sqlite::SqliteStore`]).
+//! ([`StateStore`]); a backend serves both ([`Store`]). [`open`] opens one from what
+//! `--db` names ([`Location`]: a file path or a URL); SQLite is the backend this build
+//! has ([`sqlite::SqliteStore`]).
 //!
-//! The traits are what the built-in job actions, the CLI and the sidecar use, so that
-//! another backend (PostgreSQL, for several Turnstile instances) can serve them later.
+//! The traits carry nothing of a backend: errors are [`StoreError`], times are
+//! [`Timestamp`]s, and "another process changed something" is the backend's business: it
+//! wakes [`JobStore::notify`] (SQLite by watching `data_version`). The built-in job
+//! actions, the CLI and the sidecar use only the traits, so that another backend
+//! (PostgreSQL, for several Turnstile processes) serves them unchanged.
 //!
 //! Semantics (any backend):
 //!
@@ -18,9 +23,11 @@
 //!   statemachine-engine's own tools), `dead`.
 
 pub mod claim_loss;
-mod group_commit;
+mod location;
+mod options;
 pub mod persist;
 pub mod sqlite;
+mod time;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,8 +36,11 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
+pub use location::{open, Location};
+pub use options::{new_job_id, StoreOptions, SyncMode};
 pub use persist::Persister;
-pub use sqlite::{SqliteOptions, SqliteStore, SyncMode};
+pub use sqlite::SqliteStore;
+pub use time::Timestamp;
 
 /// Status of a job waiting to be claimed.
 pub const PENDING: &str = "pending";
@@ -55,12 +65,6 @@ pub enum StoreError {
     /// A value did not fit (bad JSON, a duplicate job id, ...).
     #[error("job store: {0}")]
     Invalid(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
 }
 
 /// A job to add.
@@ -107,26 +111,26 @@ pub struct Job {
     pub priority: i64,
     /// Status (see [`STATUSES`]).
     pub status: String,
-    /// `YYYY-MM-DD HH:MM:SS` (UTC), as SQLite's `CURRENT_TIMESTAMP`.
-    pub created_at: Option<String>,
+    /// When it was added.
+    pub created_at: Option<Timestamp>,
     /// When it was last claimed.
-    pub started_at: Option<String>,
+    pub started_at: Option<Timestamp>,
     /// When it was completed, failed or dead-lettered.
-    pub completed_at: Option<String>,
+    pub completed_at: Option<Timestamp>,
     /// The last failure.
     pub error_message: Option<String>,
     /// Metadata.
     pub metadata: Option<Json>,
     /// Who holds the lease.
     pub lease_owner: Option<String>,
-    /// When the lease expires (milliseconds since the Unix epoch).
-    pub lease_until: Option<i64>,
+    /// When the lease expires.
+    pub lease_until: Option<Timestamp>,
     /// Claims so far.
     pub attempts: i64,
     /// Attempts allowed.
     pub max_attempts: i64,
-    /// Not claimable before this time (milliseconds since the Unix epoch): retry backoff.
-    pub next_attempt_at: Option<i64>,
+    /// Not claimable before this time: retry backoff.
+    pub next_attempt_at: Option<Timestamp>,
     /// Trace context of the enqueuer.
     pub traceparent: Option<String>,
 }
@@ -271,16 +275,14 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<Job>, StoreError>;
     /// Job counts by (job_type, status).
     fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
-    /// A number that changes when another process commits to the database (cheap:
-    /// SQLite's `PRAGMA data_version`). Waiters compare it to notice foreign writes.
-    fn data_version(&self) -> Result<i64, StoreError>;
     /// Checks the database for readiness probes: an error (or no answer) means jobs
     /// cannot be claimed or added now.
-    fn ping(&self) -> Result<(), StoreError> {
-        self.data_version().map(|_| ())
-    }
-    /// Notified when a job is added, given back, completed or failed through this store
-    /// object (waiting claimers and `wait_for_jobs` wake up).
+    fn ping(&self) -> Result<(), StoreError>;
+    /// Notified when jobs may have changed: at once when a job is added, given back,
+    /// completed or failed through this store object, and soon after another process
+    /// (or another store object) writes to the database ([`FOREIGN_CHANGES`] at most on
+    /// SQLite). Waiting claimers and `wait_for_jobs` wake up and look again; a wake-up
+    /// may find nothing new.
     fn notify(&self) -> &Arc<tokio::sync::Notify>;
     /// The lease owner id of this process.
     fn owner(&self) -> &str;
@@ -293,8 +295,8 @@ pub struct MachineRecord {
     pub machine_name: String,
     /// Its state.
     pub current_state: Option<String>,
-    /// `YYYY-MM-DD HH:MM:SS` (UTC) of the last save.
-    pub last_activity: Option<String>,
+    /// The last save.
+    pub last_activity: Option<Timestamp>,
     /// The process that saved it.
     pub pid: Option<i64>,
     /// Its context (Turnstile writes it; statemachine-engine leaves it empty).
@@ -319,7 +321,7 @@ pub struct EventRecord {
     /// `pending` or `processed`.
     pub status: String,
     /// When it was recorded.
-    pub created_at: Option<String>,
+    pub created_at: Option<Timestamp>,
 }
 
 /// Machine name -> (state, context): the latest state of each machine to save.
@@ -340,8 +342,8 @@ pub struct TransitionRecord {
     pub event: String,
     /// The event's job id.
     pub job_id: Option<String>,
-    /// When it was written (`YYYY-MM-DD HH:MM:SS.SSS`, UTC).
-    pub created_at: Option<String>,
+    /// When it was written.
+    pub created_at: Option<Timestamp>,
 }
 
 /// Persisted machine state and events (statemachine-engine's `machine_state` and
@@ -384,6 +386,21 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<TransitionRecord>, StoreError>;
 }
+
+/// Both halves of a store, as one backend serves them.
+pub trait Store: JobStore + StateStore {
+    /// Where the store is, for logs (a URL's password left out).
+    fn describe(&self) -> String;
+    /// Writes so far and the transactions they took (with group commit, fewer
+    /// transactions than writes when writes overlap).
+    fn write_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+/// The longest a waiter takes to notice a write by another process (see
+/// [`JobStore::notify`]).
+pub const FOREIGN_CHANGES: Duration = Duration::from_millis(250);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

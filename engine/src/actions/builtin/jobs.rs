@@ -10,9 +10,9 @@
 //! `check_database_queue` never polls in a loop through the machine: when no job is
 //! pending it *waits* (a [`Step::Wait`] future) and returns `new_job` when one is claimed.
 //! It is woken at once by jobs added through the same store object (in this process: the
-//! sidecar's `POST /jobs`, another machine), and notices jobs added by other processes
-//! (`turnstile jobs add`, statemachine-engine's tools) within [`FOREIGN_POLL`] by reading
-//! SQLite's `data_version` counter, a read of one in-memory value that touches no table.
+//! sidecar's `POST /jobs`, another machine), and by jobs added by other processes
+//! (`turnstile jobs add`, statemachine-engine's tools) as soon as the store notices them
+//! ([`crate::store::FOREIGN_CHANGES`]): both come through [`JobStore::notify`].
 //! It also wakes when a retry's backoff ends or a lease expires. An event that triggers a
 //! transition (e.g. `stop`) drops the wait at once; a claim in flight at that moment is
 //! given back to the queue.
@@ -27,12 +27,8 @@ use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
 use crate::error_kind::ErrorKind;
 use crate::runtime::template::{JsonTemplate, Template};
 use crate::store::{
-    Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore, StateStore, StoreError,
+    Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore, StateStore, Store, StoreError,
 };
-
-/// How often a waiting `check_database_queue` checks whether another process wrote to the
-/// database (jobs added in this process wake it at once).
-pub const FOREIGN_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct SlotInner {
@@ -56,9 +52,11 @@ impl std::fmt::Debug for JobsSlot {
 
 impl JobsSlot {
     /// Puts a store in the slot (replacing any previous one).
-    pub fn set<S: JobStore + StateStore>(&self, store: Arc<S>) {
-        *self.0.jobs.write().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
-        *self.0.state.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    pub fn set(&self, store: Arc<dyn Store>) {
+        *self.0.jobs.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(store.clone() as Arc<dyn JobStore>);
+        *self.0.state.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(store as Arc<dyn StateStore>);
     }
 
     /// The job store, if one was set.
@@ -283,7 +281,6 @@ impl Action for CheckQueue {
                 }
             }
             let notify = store.notify().clone();
-            let mut version = None;
             let mut warned = false;
             loop {
                 // While the store's writes fail, claims back off instead of spinning (woken
@@ -326,29 +323,19 @@ impl Action for CheckQueue {
                 if !wait {
                     return Outcome::ok(Some(no_jobs));
                 }
-                if version.is_none() {
-                    let s = store.clone();
-                    version = blocking(move || s.data_version()).await.ok();
-                }
-                // Wait for a local notification, a foreign write, or the next due time.
-                loop {
-                    let until_due =
-                        next_due.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
-                    if until_due == Some(Duration::ZERO) {
-                        break;
-                    }
-                    let tick = until_due.map_or(FOREIGN_POLL, |d| d.min(FOREIGN_POLL));
-                    tokio::select! {
-                        () = &mut notified => break,
-                        () = tokio::time::sleep(tick) => {
-                            let s = store.clone();
-                            let v = blocking(move || s.data_version()).await.ok();
-                            if v != version {
-                                version = v;
-                                break;
-                            }
+                // Wait for a change (here or, noticed by the store, in another process)
+                // or the next due time.
+                let until_due =
+                    next_due.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
+                match until_due {
+                    Some(Duration::ZERO) => {}
+                    Some(d) => {
+                        tokio::select! {
+                            () = &mut notified => {}
+                            () = tokio::time::sleep(d) => {}
                         }
                     }
+                    None => notified.as_mut().await,
                 }
             }
         }))
@@ -736,26 +723,6 @@ fn build_check_machine_state(slot: JobsSlot) -> impl Fn(&mut Params<'_>) -> Opti
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) to seconds since the epoch.
-fn parse_sqlite_time(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    if b.len() < 19 {
-        return None;
-    }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
 impl Action for CheckMachineState {
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let Some(store) = self.slot.state() else {
@@ -778,9 +745,7 @@ impl Action for CheckMachineState {
                         }
                         _ => r
                             .last_activity
-                            .as_deref()
-                            .and_then(parse_sqlite_time)
-                            .is_some_and(|t| now - t <= max_age),
+                            .is_some_and(|t| now - t.as_ms() / 1000 <= max_age),
                     };
                     match rec {
                         Some(r) if r.current_state.is_some() && fresh(&r) => {
@@ -930,7 +895,6 @@ impl Action for WaitForJobs {
         );
         Step::Wait(Box::pin(async move {
             let notify = store.notify().clone();
-            let mut version = None;
             loop {
                 let notified = notify.notified();
                 tokio::pin!(notified);
@@ -974,31 +938,15 @@ impl Action for WaitForJobs {
                         return o;
                     }
                 }
-                if version.is_none() {
-                    let s = store.clone();
-                    version = blocking(move || s.data_version()).await.ok();
-                }
-                loop {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let tick = if timeout_event.is_some() && !left.is_zero() {
-                        left.min(FOREIGN_POLL)
-                    } else {
-                        FOREIGN_POLL
-                    };
+                // Wait for a change (here or, noticed by the store, in another process),
+                // or for the deadline when there is a timeout event.
+                if timeout_event.is_some() {
                     tokio::select! {
-                        () = &mut notified => break,
-                        () = tokio::time::sleep(tick) => {
-                            if timeout_event.is_some() && tokio::time::Instant::now() >= deadline {
-                                break;
-                            }
-                            let s = store.clone();
-                            let v = blocking(move || s.data_version()).await.ok();
-                            if v != version {
-                                version = v;
-                                break;
-                            }
-                        }
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(deadline) => {}
                     }
+                } else {
+                    notified.as_mut().await;
                 }
             }
         }))
@@ -1047,19 +995,4 @@ pub(crate) fn register(r: &mut crate::actions::ActionRegistry, slot: &JobsSlot) 
         "builtin",
         Arc::new(build_clear_events(slot.clone())),
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_sqlite_time;
-
-    #[test]
-    fn sqlite_times() {
-        assert_eq!(parse_sqlite_time("1970-01-01 00:00:00"), Some(0));
-        assert_eq!(
-            parse_sqlite_time("2026-11-26 15:30:00"),
-            Some(1_795_707_000)
-        );
-        assert_eq!(parse_sqlite_time("bad"), None);
-    }
 }

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::{ClaimLoss, StoreError};
+use crate::store::{ClaimLoss, StoreError};
 
 /// Most operations one transaction carries.
 const MAX_BATCH: usize = 256;

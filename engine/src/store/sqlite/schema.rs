@@ -1,0 +1,147 @@
+//! The SQLite schema: statemachine-engine's tables, created by the same statements so
+//! that its tools and Turnstile share one file, and what Turnstile adds (lease and retry
+//! columns by `ALTER TABLE`, the audit table, partial indexes for claims). Applied at
+//! every open; each step is idempotent, so processes opening one file at once agree.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::store::{StoreError, StoreOptions, SyncMode};
+
+/// statemachine-engine 1.0.91's `jobs` table, verbatim (`schema/generic/001_jobs.sql`).
+pub const SME_JOBS_SQL: &str = "CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT UNIQUE NOT NULL,
+    job_type TEXT NOT NULL,
+    machine_type TEXT,
+    source_job_id TEXT,
+    data TEXT,
+    result TEXT,
+    priority INTEGER DEFAULT 5,
+    status TEXT DEFAULT 'pending',
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    started_at TIMESTAMP,
+    completed_at TIMESTAMP,
+    error_message TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS idx_jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS idx_jobs_machine_type ON jobs (machine_type, status);
+CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority DESC, created_at ASC);
+CREATE TABLE IF NOT EXISTS machine_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_machine TEXT,
+    target_machine TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    job_id TEXT,
+    payload TEXT,
+    status TEXT DEFAULT 'pending',
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    processed_at TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS idx_events_machine ON machine_events (target_machine, status);
+CREATE INDEX IF NOT EXISTS idx_events_created ON machine_events (created_at);
+CREATE TABLE IF NOT EXISTS machine_state (
+    machine_name TEXT PRIMARY KEY,
+    current_state TEXT,
+    last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    pid INTEGER,
+    metadata TEXT,
+    config_type TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_machine_state_activity ON machine_state (last_activity);
+CREATE INDEX IF NOT EXISTS idx_machine_state_config_type ON machine_state (config_type);
+";
+
+/// Columns Turnstile adds: (table, column, declaration).
+const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
+    ("jobs", "lease_owner", "TEXT"),
+    ("jobs", "lease_until", "INTEGER"),
+    ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "max_attempts", "INTEGER"),
+    ("jobs", "next_attempt_at", "INTEGER"),
+    ("jobs", "traceparent", "TEXT"),
+    ("machine_state", "context", "TEXT"),
+];
+
+const TURNSTILE_INDEXES: &str = "
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_name TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    event TEXT NOT NULL,
+    job_id TEXT,
+    created_at TIMESTAMP DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE INDEX IF NOT EXISTS idx_transitions_machine ON transitions (machine_name, id);
+DROP INDEX IF EXISTS idx_jobs_claim;
+DROP INDEX IF EXISTS idx_jobs_lease;
+CREATE INDEX IF NOT EXISTS idx_jobs_pending_type ON jobs (job_type, priority, created_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_jobs_pending_machine ON jobs (machine_type, priority, created_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_jobs_pending ON jobs (priority, created_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_jobs_leased ON jobs (lease_until) WHERE status = 'processing';
+CREATE TABLE IF NOT EXISTS turnstile_health (
+    id INTEGER PRIMARY KEY,
+    checked_at INTEGER,
+    pad BLOB
+);
+";
+
+/// Opens a connection with the store's settings; `create` when the file may be created.
+pub(super) fn connect(
+    path: &Path,
+    opts: &StoreOptions,
+    create: bool,
+) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", sync_pragma(opts.sync))?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SME_JOBS_SQL)?;
+    for (table, col, decl) in EXTRA_COLUMNS {
+        let exists: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([col])?;
+        if !exists {
+            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {decl}")) {
+                Ok(()) => {}
+                // Another process added it between our check and our ALTER.
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    conn.execute_batch(TURNSTILE_INDEXES)?;
+    Ok(())
+}
+
+/// `PRAGMA synchronous` for a [`SyncMode`].
+pub(super) fn sync_pragma(mode: SyncMode) -> &'static str {
+    match mode {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    }
+}

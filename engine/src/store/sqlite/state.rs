@@ -1,0 +1,185 @@
+//! Machine state, events and the transition audit on SQLite (statemachine-engine's
+//! `machine_state` and `machine_events` tables, Turnstile's `transitions`).
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde_json::{Map, Value as Json};
+
+use super::rows::{json_col, machine_from_row, time_col, Cached};
+use super::SqliteStore;
+use crate::store::{
+    EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
+};
+
+impl StateStore for SqliteStore {
+    fn save_state(
+        &self,
+        machine: &str,
+        state: &str,
+        context: &Map<String, Json>,
+    ) -> Result<(), StoreError> {
+        let ctx = serde_json::to_string(context).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let conn = self.conn();
+        conn.exec_cached(
+            "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
+             VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
+             ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
+                last_activity = excluded.last_activity, pid = excluded.pid,
+                context = excluded.context",
+            params![machine, state, i64::from(std::process::id()), ctx],
+        )?;
+        Ok(())
+    }
+
+    fn load_state(&self, machine: &str) -> Result<Option<MachineRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .row_cached(
+                "SELECT machine_name, current_state, last_activity, pid, context
+                 FROM machine_state WHERE machine_name = ?1",
+                [machine],
+                machine_from_row,
+            )
+            .optional()?)
+    }
+
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT machine_name, current_state, last_activity, pid, context
+             FROM machine_state ORDER BY machine_name",
+        )?;
+        let rows = st.query_map([], machine_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_event(
+        &self,
+        source: Option<&str>,
+        target: &str,
+        event_type: &str,
+        job_id: Option<&str>,
+        payload: Option<&Json>,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.exec_cached(
+            "INSERT INTO machine_events (source_machine, target_machine, event_type, job_id,
+                payload, status) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            params![
+                source,
+                target,
+                event_type,
+                job_id,
+                payload.map(Json::to_string)
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn events(&self, target: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT id, source_machine, target_machine, event_type, job_id, payload,
+                COALESCE(status, 'pending'), created_at
+             FROM machine_events WHERE (?1 IS NULL OR target_machine = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![target, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    source_machine: r.get(1)?,
+                    target_machine: r.get(2)?,
+                    event_type: r.get(3)?,
+                    job_id: r.get(4)?,
+                    payload: json_col(r, 5)?,
+                    status: r.get(6)?,
+                    created_at: time_col(r, 7)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn persist_batch(
+        &self,
+        states: &SavedStates,
+        audit: &[TransitionRecord],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO transitions (machine_name, from_state, to_state, event, job_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in audit {
+                ins.execute(params![
+                    r.machine_name,
+                    r.from_state,
+                    r.to_state,
+                    r.event,
+                    r.job_id
+                ])?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
+                 VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
+                 ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
+                    last_activity = excluded.last_activity, pid = excluded.pid,
+                    context = excluded.context",
+            )?;
+            let pid = i64::from(std::process::id());
+            for (m, (state, ctx)) in states {
+                let ctx =
+                    serde_json::to_string(ctx).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                up.execute(params![&**m, &**state, pid, ctx])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn transitions(
+        &self,
+        machine: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TransitionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT id, machine_name, from_state, to_state, event, job_id, created_at
+             FROM transitions WHERE (?1 IS NULL OR machine_name = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![machine, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(TransitionRecord {
+                    id: r.get(0)?,
+                    machine_name: r.get(1)?,
+                    from_state: r.get(2)?,
+                    to_state: r.get(3)?,
+                    event: r.get(4)?,
+                    job_id: r.get(5)?,
+                    created_at: time_col(r, 6)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn clear_events(&self, target: &str, types: &[String]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for t in types {
+            n += tx.exec_cached(
+                "UPDATE machine_events SET status = 'processed', processed_at = CURRENT_TIMESTAMP
+                 WHERE target_machine = ?1 AND event_type = ?2 AND status = 'pending'",
+                params![target, t],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+}
