@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit::config::def;
+use kit::engine_wait::wait_for_state;
 use kit::otlp::Receiver;
 use turnstile_engine::{ActionRegistry, Engine, Event, TraceContext};
 use turnstile_exporter::telemetry::spans::SpanSettings;
@@ -476,7 +477,7 @@ final_states: [failed]
         )
         .await
         .unwrap();
-    assert!(engine.wait_for_state("leaky", "failed", WAIT).await);
+    wait_for_state(&engine, "leaky", "failed", WAIT).await;
     let snap = engine.snapshot("leaky").await.expect("a snapshot");
     let last_error = snap.context["last_error"].as_str().unwrap();
     assert!(last_error.contains("exit 3"), "{last_error}");

@@ -21,7 +21,7 @@ mod support;
 
 use support::machine::def;
 use support::recorder::Recorder;
-use support::wait::eventually;
+use support::wait::{eventually, wait_for_state};
 
 // --- the engine's swap ------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ async fn a_reload_keeps_state_and_context_and_the_new_rules_apply() {
         .send("m", Event::new("go").with_payload(json!({"n": 7})))
         .await
         .unwrap();
-    assert!(engine.wait_for_state("m", "busy", WAIT).await);
+    wait_for_state(&engine, "m", "busy", WAIT).await;
     let out = engine.reload(def(V2)).await.unwrap();
     assert!(
         matches!(&out, ReloadOutcome::Updated { state, .. } if &**state == "busy"),
@@ -100,7 +100,7 @@ async fn a_reload_keeps_state_and_context_and_the_new_rules_apply() {
         .state_index("done")
         .is_some());
     engine.send("m", Event::new("finish")).await.unwrap();
-    assert!(engine.wait_for_state("m", "done", WAIT).await);
+    wait_for_state(&engine, "m", "done", WAIT).await;
     assert!(rec.lines().contains(&"reloaded m busy".to_owned()));
     assert!(rec.errors.lock().unwrap().is_empty());
     engine.shutdown();
@@ -113,7 +113,7 @@ async fn a_removed_state_sends_the_machine_to_the_initial_state_with_an_error() 
     let engine = Engine::builder().observer(rec.clone()).build();
     engine.spawn(def(V1)).unwrap();
     engine.send("m", Event::new("go")).await.unwrap();
-    assert!(engine.wait_for_state("m", "busy", WAIT).await);
+    wait_for_state(&engine, "m", "busy", WAIT).await;
     let out = engine.reload(def(V3)).await.unwrap();
     match &out {
         ReloadOutcome::StateRemoved { removed, state, .. } => {
@@ -140,7 +140,7 @@ async fn a_removed_state_sends_the_machine_to_the_initial_state_with_an_error() 
         errors[0].1
     );
     engine.send("m", Event::new("go")).await.unwrap();
-    assert!(engine.wait_for_state("m", "idle", WAIT).await);
+    wait_for_state(&engine, "m", "idle", WAIT).await;
     engine.shutdown();
     engine.join().await;
 }
@@ -168,7 +168,7 @@ actions:
     // Reloaded while sleeping: the sleep goes on, and its `wake_up` follows the new rule.
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.reload(def(&sleeper("other"))).await.unwrap();
-    assert!(engine.wait_for_state("s", "other", WAIT).await);
+    wait_for_state(&engine, "s", "other", WAIT).await;
     assert!(!rec.lines().iter().any(|l| l.contains(" interrupted ")));
 
     // A state that is gone: the sleep is interrupted.
@@ -201,7 +201,7 @@ async fn machines_start_and_stop_by_name() {
     let other = V1.replace("machine_name: m", "machine_name: n");
     let out = engine.reload(def(&other)).await.unwrap();
     assert!(matches!(out, ReloadOutcome::Started { .. }), "{out:?}");
-    assert!(engine.wait_for_state("n", "idle", WAIT).await);
+    wait_for_state(&engine, "n", "idle", WAIT).await;
     // Removed: stops cleanly, and the name is free again.
     assert!(engine.stop_machine("m").await);
     let m = engine.machine("m").unwrap();
@@ -214,7 +214,7 @@ async fn machines_start_and_stop_by_name() {
     assert!(matches!(out, ReloadOutcome::Started { .. }), "{out:?}");
     assert!(engine.machine("m").unwrap().running);
     engine.send("m", Event::new("go")).await.unwrap();
-    assert!(engine.wait_for_state("m", "busy", WAIT).await);
+    wait_for_state(&engine, "m", "busy", WAIT).await;
     engine.shutdown();
     engine.join().await;
 }
@@ -367,7 +367,7 @@ async fn an_editor_save_by_rename_is_reloaded() {
     }
     // The new rules apply.
     s.engine.send("m", Event::new("jump")).await.unwrap();
-    assert!(s.engine.wait_for_state("m", "v3", WAIT).await);
+    wait_for_state(&s.engine, "m", "v3", WAIT).await;
     assert!(s.rec.rejects().is_empty(), "{:?}", s.rec.rejects());
 }
 
@@ -378,7 +378,7 @@ async fn a_truncate_and_write_save_is_reloaded() {
     std::fs::write(&path, version("m", 1)).unwrap();
     let s = start(&path, Duration::from_secs(3600)).await;
     s.engine.send("m", Event::new("go")).await.unwrap();
-    assert!(s.engine.wait_for_state("m", "busy", WAIT).await);
+    wait_for_state(&s.engine, "m", "busy", WAIT).await;
     for n in 2..=3 {
         let text = version("m", n);
         save_in_place(&path, &text);
@@ -400,7 +400,7 @@ async fn a_kubernetes_configmap_update_is_reloaded_twice_in_a_row() {
         assert_reloaded_to(&s, "m", &text).await;
     }
     s.engine.send("m", Event::new("jump")).await.unwrap();
-    assert!(s.engine.wait_for_state("m", "v3", WAIT).await);
+    wait_for_state(&s.engine, "m", "v3", WAIT).await;
     assert!(s.rec.rejects().is_empty(), "{:?}", s.rec.rejects());
     // Only one directory of content is left, as with the kubelet.
     let dirs = std::fs::read_dir(dir.path())
@@ -440,7 +440,7 @@ async fn a_burst_of_100_saves_ends_on_the_last_content() {
         Some(reload::hash_bytes(last.as_bytes()))
     );
     s.engine.send("m", Event::new("jump")).await.unwrap();
-    assert!(s.engine.wait_for_state("m", "v100", WAIT).await);
+    wait_for_state(&s.engine, "m", "v100", WAIT).await;
     // A truncate-and-write may be read half-written: refused, never run.
     for r in s.rec.rejects() {
         assert!(r.contains("error["), "{r}");
@@ -473,7 +473,7 @@ async fn fifty_corrupted_versions_in_a_row_are_all_rejected_while_events_go_on()
             ("back", "idle")
         };
         s.engine.send("m", Event::new(event)).await.unwrap();
-        assert!(s.engine.wait_for_state("m", state, WAIT).await);
+        wait_for_state(&s.engine, "m", state, WAIT).await;
         assert_eq!(running_hash(&s.engine, "m"), Some(good_hash));
     }
     // Each version once: the re-hash does not report the same content again. (A re-hash
@@ -599,17 +599,17 @@ transitions:
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Same timeouts: the deadline stays 2 s after the state was entered, not the reload.
     engine.reload(def(&timed("2", "b"))).await.unwrap();
-    assert!(engine.wait_for_state("t", "timed_out", WAIT).await);
+    wait_for_state(&engine, "t", "timed_out", WAIT).await;
     let fired = t0.elapsed();
     assert!(fired < Duration::from_millis(2700), "fired after {fired:?}");
 
     // Changed timeouts start again from the reload.
     engine.send("t", Event::new("again")).await.unwrap();
-    assert!(engine.wait_for_state("t", "waiting", WAIT).await);
+    wait_for_state(&engine, "t", "waiting", WAIT).await;
     let t1 = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     engine.reload(def(&timed("1", "c"))).await.unwrap();
-    assert!(engine.wait_for_state("t", "timed_out", WAIT).await);
+    wait_for_state(&engine, "t", "timed_out", WAIT).await;
     let fired = t1.elapsed();
     assert!(
         fired >= Duration::from_millis(1300),

@@ -17,7 +17,7 @@ mod support;
 
 use support::machine::def;
 use support::recorder::Recorder;
-use support::wait::wait_transitions;
+use support::wait::{wait_for_state, wait_transitions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -49,7 +49,7 @@ final_states: [done]
 "#))
         .unwrap();
     engine.send("m", Event::new("go")).await.unwrap();
-    assert!(engine.wait_for_state("m", "b", WAIT).await);
+    wait_for_state(&engine, "m", "b", WAIT).await;
     engine.send("m", Event::new("finish")).await.unwrap();
     engine.join().await;
     let actions = rec.matching("action m");
@@ -90,7 +90,7 @@ actions:
     - {type: set_context, key: skipped_b, value: done}
 "#))
         .unwrap();
-    assert!(engine.wait_for_state("m", "c", WAIT).await);
+    wait_for_state(&engine, "m", "c", WAIT).await;
     let snap = engine.snapshot("m").await.unwrap();
     assert_eq!(&*snap.state, "c");
     assert_eq!(snap.context.get("first"), Some(&json!("done")));
@@ -124,9 +124,9 @@ final_states: [stopped]
         .unwrap();
     engine.send("m", Event::new("go")).await.unwrap();
     engine.send("m", Event::new("stop")).await.unwrap();
-    assert!(engine.wait_for_state("m", "special", WAIT).await);
+    wait_for_state(&engine, "m", "special", WAIT).await;
     engine.send("m", Event::new("stop")).await.unwrap();
-    assert!(engine.wait_for_state("m", "stopped", WAIT).await);
+    wait_for_state(&engine, "m", "stopped", WAIT).await;
     engine.join().await;
 }
 
@@ -147,7 +147,7 @@ transitions:
 "#))
         .unwrap();
     let t0 = Instant::now();
-    assert!(engine.wait_for_state("m", "timed_out", WAIT).await);
+    wait_for_state(&engine, "m", "timed_out", WAIT).await;
     assert!(
         t0.elapsed() >= Duration::from_millis(300),
         "{:?}",
@@ -156,7 +156,7 @@ transitions:
     // Back to waiting, then leave it before its timer fires: the timer must not fire.
     engine.send("m", Event::new("retry")).await.unwrap();
     engine.send("m", Event::new("start")).await.unwrap();
-    assert!(engine.wait_for_state("m", "working", WAIT).await);
+    wait_for_state(&engine, "m", "working", WAIT).await;
     // A transition into `waiting` re-arms; keep bouncing faster than the timeout.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -164,7 +164,7 @@ transitions:
         tokio::time::sleep(Duration::from_millis(100)).await;
         engine.send("m", Event::new("start")).await.unwrap();
     }
-    assert!(engine.wait_for_state("m", "timed_out", WAIT).await);
+    wait_for_state(&engine, "m", "timed_out", WAIT).await;
     let timeouts: Vec<String> = rec
         .matching("transition m")
         .into_iter()
@@ -216,7 +216,7 @@ actions:
         )
         .await
         .unwrap();
-    assert!(engine.wait_for_state("m", "copied", WAIT).await);
+    wait_for_state(&engine, "m", "copied", WAIT).await;
     // The state is entered before its actions finish: read after they ran.
     let mut snap = engine.snapshot("m").await.unwrap();
     for _ in 0..200 {
@@ -258,13 +258,13 @@ actions:
         .unwrap();
     // Ignored while sleeping: the sleep goes on and ends with `wake_up`.
     engine.send("m", Event::new("nothing")).await.unwrap();
-    assert!(engine.wait_for_state("m", "awake", WAIT).await);
+    wait_for_state(&engine, "m", "awake", WAIT).await;
     // A long sleep is cut short by an event that transitions.
     engine.send("m", Event::new("nap")).await.unwrap();
-    assert!(engine.wait_for_state("m", "napping", WAIT).await);
+    wait_for_state(&engine, "m", "napping", WAIT).await;
     let t0 = Instant::now();
     engine.send("m", Event::new("poke")).await.unwrap();
-    assert!(engine.wait_for_state("m", "poked", WAIT).await);
+    wait_for_state(&engine, "m", "poked", WAIT).await;
     assert!(
         t0.elapsed() < Duration::from_millis(350),
         "{:?}",
@@ -318,7 +318,7 @@ actions:
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(engine.machine("m").unwrap().transitions, before);
     engine.send("m", Event::new("leave")).await.unwrap();
-    assert!(engine.wait_for_state("m", "out", WAIT).await);
+    wait_for_state(&engine, "m", "out", WAIT).await;
     assert_eq!(engine.machine("m").unwrap().errors, 1);
     assert!(rec
         .lines()
@@ -396,7 +396,7 @@ actions:
     - {type: send_event, target_machine: ghost, event_type: hello}
 "#))
         .unwrap();
-    assert!(engine.wait_for_state("m", "failed", WAIT).await);
+    wait_for_state(&engine, "m", "failed", WAIT).await;
     let errors = rec.matching("error m");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].starts_with(&format!("error m {}", ErrorKind::UnknownTarget.as_str())));

@@ -18,6 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 mod support;
 
 use support::machine::def_without_warnings as def;
+use support::wait::wait_for_state;
 
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -750,11 +751,8 @@ async fn timeout_kills_the_whole_process_group() {
     engine.spawn(sleeper("slow", &path, "0.5")).unwrap();
     let started = Instant::now();
     engine.send("slow", Event::new("go")).await.unwrap();
-    assert!(
-        engine.wait_for_state("slow", "timed_out", WAIT).await,
-        "no timeout event: {:?}",
-        engine.machine("slow").map(|m| m.state)
-    );
+    // No timeout event: the panic names the state the machine is in.
+    wait_for_state(&engine, "slow", "timed_out", WAIT).await;
     let took = started.elapsed();
     // The bound is the point here: 0.5 s of timeout, then the kill.
     assert!(
@@ -784,7 +782,7 @@ async fn an_event_that_leaves_the_state_kills_the_running_command() {
     let child = read_pid(&dir.path().join("child")).await;
     assert!(is_alive(child));
     engine.send("busy", Event::new("stop")).await.unwrap();
-    assert!(engine.wait_for_state("busy", "interrupted", WAIT).await);
+    wait_for_state(&engine, "busy", "interrupted", WAIT).await;
     assert_group_gone(pgid).await;
     assert!(!is_alive(child), "background sleep {child} survived");
     engine.shutdown();

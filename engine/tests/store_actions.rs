@@ -13,6 +13,7 @@ use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 mod support;
 
 use support::machine::def_with;
+use support::wait::wait_for_state;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -98,7 +99,7 @@ async fn a_worker_processes_every_job_and_waits_for_more() {
     let engine = Engine::builder().build();
     engine.spawn(def).unwrap();
     wait_completed(&store, 5).await;
-    assert!(engine.wait_for_state("worker", "waiting", WAIT).await);
+    wait_for_state(&engine, "worker", "waiting", WAIT).await;
     let snap = engine.snapshot("worker").await.unwrap();
     assert_eq!(snap.context["seen_a3"], json!(3));
     assert_eq!(snap.context["current_job"]["data"], json!({"x": 4}));
@@ -116,7 +117,7 @@ async fn a_worker_processes_every_job_and_waits_for_more() {
     assert!(latency < Duration::from_millis(200), "{latency:?}");
     let late = store.get_job("late").unwrap().unwrap();
     assert_eq!(late.result, Some(json!({"by": "worker", "x": 42})));
-    assert!(engine.wait_for_state("worker", "waiting", WAIT).await);
+    wait_for_state(&engine, "worker", "waiting", WAIT).await;
 
     // A job written by another connection (another process) is noticed by polling.
     let other = SqliteStore::open(store.path()).unwrap();
@@ -408,7 +409,7 @@ async fn wait_for_jobs_wakes_when_the_last_tracked_job_finishes() {
     }
     let engine = Engine::builder().build();
     engine.spawn(def.clone()).unwrap();
-    assert!(engine.wait_for_state(&def.name, "waiting", WAIT).await);
+    wait_for_state(&engine, &def.name, "waiting", WAIT).await;
     assert!(store.complete_job("w1", None).unwrap());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(engine.machine(&def.name).unwrap().state.as_ref(), "waiting");
@@ -492,7 +493,7 @@ async fn a_job_its_machine_abandons_is_marked_failed() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    assert!(engine.wait_for_state("careless", "waiting", WAIT).await);
+    wait_for_state(&engine, "careless", "waiting", WAIT).await;
     engine.shutdown();
     engine.join().await;
 }
@@ -667,12 +668,12 @@ async fn a_lost_claim_cancels_the_waiting_action_as_an_error() {
     let ends = Arc::new(Ends::default());
     let engine = Engine::builder().observer(ends.clone()).build();
     engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
-    assert!(engine.wait_for_state("lossy", "processing", WAIT).await);
+    wait_for_state(&engine, "lossy", "processing", WAIT).await;
     // The command is running when the claim is lost.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     loss.lose("database or disk is full");
-    assert!(engine.wait_for_state("lossy", "cancelled", WAIT).await);
+    wait_for_state(&engine, "lossy", "cancelled", WAIT).await;
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     let want = "error action `bash` action failed: job J9: its claim did not commit (database or disk is full); the action was cancelled";
     {
@@ -688,7 +689,7 @@ async fn a_lost_claim_cancels_the_waiting_action_as_an_error() {
     assert!(!marker.exists(), "the cancelled command ran to its end");
     // The signal is spent: the same job's next command is not cancelled.
     engine.try_send("lossy", Event::new("again")).unwrap();
-    assert!(engine.wait_for_state("lossy", "done", WAIT).await);
+    wait_for_state(&engine, "lossy", "done", WAIT).await;
     assert!(marker.exists());
     engine.shutdown();
     engine.join().await;
@@ -704,7 +705,7 @@ async fn a_claim_lost_before_the_action_waits_cancels_it_when_it_does() {
     let ends = Arc::new(Ends::default());
     let engine = Engine::builder().observer(ends.clone()).build();
     engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
-    assert!(engine.wait_for_state("lossy", "cancelled", WAIT).await);
+    wait_for_state(&engine, "lossy", "cancelled", WAIT).await;
     let seen = ends.0.lock().unwrap().clone();
     assert!(
         seen.iter()
@@ -724,7 +725,7 @@ async fn a_claim_that_commits_leaves_its_action_alone() {
     let loss = turnstile_engine::store::ClaimLoss::new();
     let engine = Engine::builder().build();
     engine.spawn(lost_claim_machine(&loss, &marker)).unwrap();
-    assert!(engine.wait_for_state("lossy", "done", WAIT).await);
+    wait_for_state(&engine, "lossy", "done", WAIT).await;
     assert!(marker.exists());
     engine.join().await;
 }

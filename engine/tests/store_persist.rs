@@ -11,6 +11,7 @@ use turnstile_engine::{config, ActionRegistry, Engine, Event};
 mod support;
 
 use support::machine::def;
+use support::wait::wait_for_state;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -56,7 +57,7 @@ async fn state_and_context_survive_a_restart() {
     engine.spawn(def(STEPS)).unwrap();
     go(&engine, 1).await;
     go(&engine, 2).await;
-    assert!(engine.wait_for_state("steps", "three", WAIT).await);
+    wait_for_state(&engine, "steps", "three", WAIT).await;
     engine.shutdown();
     engine.join().await;
     assert!(p.flush(WAIT));

@@ -7,21 +7,26 @@
 //! * [`http`]: a tiny HTTP/1.1 client (the sidecar, Prometheus);
 //! * [`wait`]: polling until something holds ([`eventually`], [`wait_until`]);
 //! * [`config`]: machine definitions for the tests that run the engine in-process;
+//! * [`engine_wait`]: waiting for an in-process engine's machine to reach a state
+//!   ([`engine_wait::wait_for_state`]);
 //! * [`prometheus`]: Debian's Prometheus scraping a target;
 //! * [`otlp`]: an OTLP/HTTP trace receiver;
 //! * [`plugins`]: building the example plugins;
 //! * [`upstream`]: statemachine-engine's example configs.
 //!
-//! Three modules are files of lower crates, included by `#[path]`, because those crates'
+//! Four modules are files of lower crates, included by `#[path]`, because those crates'
 //! own tests and benchmarks use them too and cannot depend on this package (it depends on
-//! them): `plugins` and `upstream` are `engine/tests/support/{plugin_build,upstream}.rs`
-//! (the engine's tests and `engine/benches/plugin_invoke.rs`), `otlp` is
+//! them): `plugins`, `upstream` and `engine_wait` are
+//! `engine/tests/support/{plugin_build,upstream,wait}.rs` (the engine's tests, and
+//! `engine/benches/plugin_invoke.rs` for the first two), `otlp` is
 //! `exporter/tests/support/otlp.rs` (`exporter/benches/telemetry_overhead.rs`). They are
 //! kept in one place only; every other helper lives here once.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod config;
+#[path = "../../engine/tests/support/wait.rs"]
+pub mod engine_wait;
 pub mod http;
 pub mod logs;
 #[path = "../../exporter/tests/support/otlp.rs"]

@@ -487,8 +487,11 @@ impl Engine {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    /// Waits until `name` is in `state`, up to `timeout`. For tests and scripts.
-    pub async fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> bool {
+    /// Waits until `name` is in `state`, up to `timeout`. For the engine's own unit tests;
+    /// integration tests have `wait_for_state` in `engine/tests/support/wait.rs`, built on
+    /// [`Engine::machine`].
+    #[cfg(test)]
+    pub(crate) async fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.machine(name).is_some_and(|m| &*m.state == state) {

@@ -1,4 +1,6 @@
-//! Waiting, in async tests, for what the engine does on its own tasks.
+//! Waiting, in async tests, for what the engine does on its own tasks, through the
+//! engine's public API only. Also the end-to-end tests' `kit::engine_wait` (included by
+//! `#[path]`), for the tests that run an engine in-process.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,29 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until machine `name` is in `state` (read from [`Engine::machine`], the newest
+/// machine of that name, running or stopped), polling every 5 ms for up to `limit`; then
+/// panics naming the machine, the state wanted and the last state seen.
+pub async fn wait_for_state(engine: &Engine, name: &str, state: &str, limit: Duration) {
+    // tokio's clock: a test that pauses time measures `limit` in that time.
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let seen = engine.machine(name).map(|m| m.state);
+        if seen.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "machine `{name}` not in state `{state}` after {limit:?}; last seen: {}",
+            seen.map_or_else(
+                || "no machine of that name".to_owned(),
+                |s| format!("`{s}`")
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

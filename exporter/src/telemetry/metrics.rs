@@ -7,13 +7,15 @@
 //! machine's own task writes (transitions, events, and the duration histograms when no
 //! exemplars are kept) are [`super::local`] ones: a plain load and store per update, no
 //! locked instruction, no lock. Errors (also counted from outside the machine's task) and
-//! histograms with exemplars (spans on) are prometheus-client's own.
+//! histograms with exemplars (spans on) are prometheus-client's own; the choice between
+//! the two kinds of duration histogram is `metrics/durations.rs`.
+
+mod durations;
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -22,6 +24,7 @@ use turnstile_engine::MachineDef;
 
 use super::catalogue;
 use super::local::{CounterWriter, HistogramWriter, LocalCounter, LocalHistogram};
+use durations::{state_histogram, DurationFamily, DurationSeries};
 
 /// Buckets for event and action durations, in seconds: 50 µs to 60 s.
 pub const FAST_BUCKETS: &[f64] = &[
@@ -117,85 +120,6 @@ pub enum ReloadResult {
     success,
     /// The new config was refused.
     failure,
-}
-
-type ExemplarHistogram = HistogramWithExemplars<TraceExemplar>;
-
-fn fast_histogram() -> ExemplarHistogram {
-    HistogramWithExemplars::new(FAST_BUCKETS.iter().copied())
-}
-fn fast_local_histogram() -> LocalHistogram {
-    LocalHistogram::new(FAST_BUCKETS.iter().copied())
-}
-fn state_histogram() -> LocalHistogram {
-    LocalHistogram::new(STATE_BUCKETS.iter().copied())
-}
-
-/// A duration family: with exemplars (prometheus-client's locked histogram, when spans
-/// are exported and so there are trace ids to attach) or without ([`LocalHistogram`]).
-#[derive(Clone)]
-enum DurationFamily<L> {
-    Exemplars(Family<L, ExemplarHistogram, fn() -> ExemplarHistogram>),
-    Local(Family<L, LocalHistogram, fn() -> LocalHistogram>),
-}
-
-impl<L> DurationFamily<L>
-where
-    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
-{
-    fn new(exemplars: bool) -> Self {
-        if exemplars {
-            DurationFamily::Exemplars(Family::new_with_constructor(fast_histogram))
-        } else {
-            DurationFamily::Local(Family::new_with_constructor(fast_local_histogram))
-        }
-    }
-
-    fn register(&self, r: &mut Registry, family: &catalogue::Family) {
-        match self {
-            DurationFamily::Exemplars(f) => family.register(r, f.clone()),
-            DurationFamily::Local(f) => family.register(r, f.clone()),
-        }
-    }
-
-    fn series(&self, labels: &L) -> DurationSeries {
-        match self {
-            DurationFamily::Exemplars(f) => {
-                DurationSeries::Exemplars(f.get_or_create(labels).clone())
-            }
-            DurationFamily::Local(f) => DurationSeries::Local(f.get_or_create(labels).writer()),
-        }
-    }
-}
-
-/// A machine's handle on one duration series.
-enum DurationSeries {
-    Exemplars(ExemplarHistogram),
-    Local(HistogramWriter),
-}
-
-impl DurationSeries {
-    #[inline]
-    fn observe(&self, seconds: f64, exemplar: Option<TraceExemplar>) {
-        match self {
-            DurationSeries::Local(h) => h.observe(seconds),
-            DurationSeries::Exemplars(h) => observe_with_exemplar(h, seconds, exemplar),
-        }
-    }
-
-    /// [`DurationSeries::observe`] of `ns` nanoseconds.
-    #[inline]
-    fn observe_nanos_with(&self, ns: u64, exemplar: Option<TraceExemplar>) {
-        match self {
-            DurationSeries::Local(h) => h.observe_nanos(ns),
-            DurationSeries::Exemplars(h) => observe_with_exemplar(h, ns as f64 / 1e9, exemplar),
-        }
-    }
-}
-
-#[inline(never)]
-fn observe_with_exemplar(h: &ExemplarHistogram, seconds: f64, exemplar: Option<TraceExemplar>) {
-    h.observe(seconds, exemplar, None);
 }
 
 /// Every metric family, registered once.

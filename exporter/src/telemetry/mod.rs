@@ -1,37 +1,46 @@
 //! Turns what the engine reports ([`Observer`]) into Prometheus metrics, OpenTelemetry
 //! spans and the ring buffers behind `/trace` and `/errors`.
 //!
-//! Everything about one machine lives in its slot (created in `machine_started`, kept in
-//! the engine's per-machine [`ObserverSlot`]): metric handles, the span and record of the
-//! event it is processing, its `/trace` ring. Calls for a machine come from its own task,
-//! so the per-machine locks are never contended; nothing on the hot path is shared across
-//! machines.
+//! Everything about one machine lives in its slot (`slot.rs`; created in `machine_started`,
+//! kept in the engine's per-machine [`ObserverSlot`]): metric handles, the span and record
+//! of the event it is processing, its `/trace` ring. Calls for a machine come from its own
+//! task, so the per-machine locks are never contended; nothing on the hot path is shared
+//! across machines.
+//!
+//! This file holds what all machines share: [`TelemetryConfig`], [`Telemetry`] (building
+//! it, wiring it to an engine, rendering `/metrics`) and what the sidecar reads (`/trace`,
+//! `/errors`, `/stats`). The [`Observer`] calls are in `observer.rs`, the end of an event
+//! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`.
+//!
+//! [`Observer`]: turnstile_engine::Observer
+//! [`ObserverSlot`]: turnstile_engine::observe::ObserverSlot
 
 pub mod catalogue;
+mod event;
 mod local;
 pub mod metrics;
+mod observer;
 mod process;
+mod queue_depth;
 pub mod records;
+mod slot;
 pub mod spans;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use opentelemetry::KeyValue;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json};
-use turnstile_engine::observe::{
-    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventOutcome, EventReport,
-    MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
-};
-use turnstile_engine::{ActionRegistry, Engine, EngineBuilder, EngineStatus, Event, TraceContext};
+use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::{ActionRegistry, Engine, EngineBuilder, EngineStatus};
 
-use metrics::{MachineMetrics, Metrics, ReloadResult, TraceExemplar};
-use records::{ActionRecord, ErrorRecord, Ring, TraceRecord};
-use spans::{LiveSpan, SpanSettings, Spans};
+use metrics::Metrics;
+use queue_depth::QueueDepth;
+use records::{ErrorRecord, Ring, TraceRecord};
+use slot::Slot;
+use spans::{SpanSettings, Spans};
 
 /// What to collect.
 #[derive(Debug, Clone)]
@@ -57,7 +66,7 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// The telemetry of one engine: an [`Observer`] plus what the sidecar serves.
+/// The telemetry of one engine: an [`Observer`](turnstile_engine::Observer) plus what the sidecar serves.
 pub struct Telemetry {
     config: TelemetryConfig,
     registry: Registry,
@@ -78,98 +87,6 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry").finish_non_exhaustive()
     }
-}
-
-/// One machine's telemetry.
-struct Slot {
-    name: Arc<str>,
-    states: Vec<Arc<str>>,
-    metrics: MachineMetrics,
-    /// Events processed (all outcomes) and their total processing time, for `/stats`.
-    processed: AtomicU64,
-    busy_ns: AtomicU64,
-    live: Mutex<Live>,
-    /// Shared with the slot that replaces this one after a config reload.
-    trace: Arc<Ring<TraceRecord>>,
-}
-
-impl Slot {
-    /// One more event processed, in `ns` nanoseconds (for `/stats`).
-    #[inline]
-    fn count(&self, ns: u64) {
-        // Only this machine's task writes these: a plain load and store, no locked add.
-        self.processed.store(
-            self.processed.load(Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
-        self.busy_ns.store(
-            self.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-/// Metrics only (no `/trace` records, no spans): what [`Observer::transition_finished`]
-/// does, called by the runtime without a report or a slot lookup.
-impl QuickObserver for Slot {
-    #[inline]
-    fn transition_finished(
-        &self,
-        from: usize,
-        _to: usize,
-        event_id: usize,
-        time_in_from_ns: u64,
-        duration_ns: u64,
-    ) {
-        self.count(duration_ns);
-        self.metrics
-            .transition_finished(from, event_id, time_in_from_ns, duration_ns);
-    }
-}
-
-/// A machine's slot as its [`QuickObserver`] (boxed by the runtime: a trait object of
-/// this, not of `Arc<Slot>`, keeps the call's `self` at a fixed offset).
-struct QuickSlot(Arc<Slot>);
-
-impl QuickObserver for QuickSlot {
-    #[inline]
-    fn transition_finished(
-        &self,
-        from: usize,
-        to: usize,
-        event_id: usize,
-        time_in_from_ns: u64,
-        duration_ns: u64,
-    ) {
-        self.0
-            .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
-    }
-}
-
-/// A duration in whole nanoseconds (saturating: 584 years).
-#[inline]
-fn nanos(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The event a machine is processing.
-#[derive(Default)]
-struct Live {
-    state: usize,
-    event: Option<LiveEvent>,
-    action: Option<LiveAction>,
-}
-
-struct LiveEvent {
-    at: SystemTime,
-    span: Option<LiveSpan>,
-    trace: Option<TraceContext>,
-    actions: Vec<ActionRecord>,
-    failed: Option<(&'static str, String)>,
-}
-
-struct LiveAction {
-    span: Option<LiveSpan>,
 }
 
 impl Telemetry {
@@ -301,19 +218,6 @@ impl Telemetry {
             .set(count);
     }
 
-    /// `turnstile_job_changes_total{machine, job_type, change}` (a few per job: the family's
-    /// lock is fine here).
-    fn job_change(&self, m: MachineRef<'_>, job_type: &str, change: &'static str) {
-        self.metrics
-            .job_changes
-            .get_or_create(&metrics::JobChangeL {
-                machine: m.def.name.clone(),
-                job_type: job_type.to_owned(),
-                change,
-            })
-            .inc();
-    }
-
     /// Records an error that belongs to no machine's event (bad requests, reloads, ...).
     pub fn report_error(&self, kind: ErrorKind, machine: Option<&str>, message: &str) {
         let slot = machine.and_then(|m| self.slots().into_iter().rev().find(|s| &*s.name == m));
@@ -421,517 +325,10 @@ impl Telemetry {
             .clone()
     }
 
-    fn slot<'a>(&self, m: &MachineRef<'a>) -> Option<&'a Slot> {
-        m.slot
-            .get()
-            .and_then(|b| b.downcast_ref::<Arc<Slot>>())
-            .map(|a| &**a)
-    }
-
     /// Neither `/trace` records nor spans: events and actions only update metrics.
     #[inline]
     fn metrics_only(&self) -> bool {
         self.config.trace_buffer == 0 && self.spans.is_none()
-    }
-
-    /// The transition's metrics (and, with spans, the running span's target state).
-    #[inline]
-    fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
-        slot.metrics
-            .transition(r.from.id, r.event_id, nanos(r.time_in_from));
-        // The current state is only needed for the next span's `turnstile.state.from`.
-        if self.spans.is_none() {
-            return;
-        }
-        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.state = r.to.id;
-        if let Some(span) = live.event.as_ref().and_then(|e| e.span.as_ref()) {
-            span.set(KeyValue::new("turnstile.state.to", r.to.name.to_owned()));
-        }
-    }
-
-    /// The end of an event: its metrics, `/stats` counts, span and `/trace` record.
-    #[inline]
-    fn finished(&self, slot: &Slot, r: &EventReport<'_>) {
-        let ns = nanos(r.duration);
-        slot.count(ns);
-        let outcome = event_outcome_index(r.outcome);
-        let transitioned = r.outcome == EventOutcome::Transitioned;
-        let ns = transitioned.then_some(ns);
-        if self.metrics_only() {
-            slot.metrics.event(r.event_id, outcome, ns, None);
-            return;
-        }
-        self.finished_traced(slot, r, outcome, ns);
-    }
-
-    /// [`Self::finished`] with `/trace` records or spans.
-    #[inline(never)]
-    fn finished_traced(&self, slot: &Slot, r: &EventReport<'_>, outcome: usize, ns: Option<u64>) {
-        let transitioned = r.outcome == EventOutcome::Transitioned;
-        let now = SystemTime::now();
-        let live_event = if transitioned {
-            slot.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .event
-                .take()
-        } else {
-            None
-        };
-        let (at, span, trace, actions, failed) = match live_event {
-            Some(e) => (e.at, e.span, e.trace, e.actions, e.failed),
-            None => (now, None, r.event.traceparent, Vec::new(), None),
-        };
-        slot.metrics.event(
-            r.event_id,
-            outcome,
-            ns,
-            span.as_ref().and_then(|_| Self::exemplar(trace.as_ref())),
-        );
-        if let Some(span) = span {
-            span.set(KeyValue::new("turnstile.outcome", r.outcome.as_str()));
-            if let Some((kind, msg)) = &failed {
-                span.fail(kind, msg, now);
-            }
-            span.end(now);
-        } else if !transitioned {
-            // Ignored and refused events get a short span of their own.
-            if let Some(sp) = &self.spans {
-                let attrs = vec![
-                    KeyValue::new("turnstile.machine", slot.name.to_string()),
-                    KeyValue::new("turnstile.event", r.event.name.to_string()),
-                    KeyValue::new("turnstile.state.from", r.from.name.to_owned()),
-                    KeyValue::new("turnstile.state.to", r.to.name.to_owned()),
-                    KeyValue::new("turnstile.outcome", r.outcome.as_str()),
-                ];
-                if let Some(s) = sp.start_event(
-                    format!("{} {}", slot.name, r.event.name),
-                    r.event.traceparent,
-                    attrs,
-                    now,
-                ) {
-                    s.end(now);
-                }
-            }
-        }
-        if self.config.trace_buffer > 0 {
-            slot.trace.push(TraceRecord {
-                at,
-                event: r.event.name.clone(),
-                machine: slot.name.clone(),
-                from: slot
-                    .states
-                    .get(r.from.id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(r.from.name)),
-                to: slot
-                    .states
-                    .get(r.to.id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(r.to.name)),
-                duration_ms: r.duration.as_secs_f64() * 1e3,
-                outcome: r.outcome.as_str(),
-                trace_id: trace.map(|t| t.trace_id_hex()),
-                span_id: trace.map(|t| t.span_id_hex()),
-                job_id: r.event.job_id.clone(),
-                actions,
-            });
-        }
-    }
-
-    fn exemplar(trace: Option<&TraceContext>) -> Option<TraceExemplar> {
-        trace.map(|t| TraceExemplar {
-            trace_id: t.trace_id_hex(),
-            span_id: t.span_id_hex(),
-        })
-    }
-}
-
-/// `turnstile_event_queue_depth` and `turnstile_machine_state`, read from the engine at
-/// scrape time: a machine stuck in a long action still shows its queue growing, and the
-/// hot path pays nothing for them.
-#[derive(Debug)]
-struct QueueDepth(Arc<OnceLock<EngineStatus>>);
-
-impl prometheus_client::collector::Collector for QueueDepth {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric as _;
-        let Some(engine) = self.0.get() else {
-            return Ok(());
-        };
-        let mut me = catalogue::EVENT_QUEUE_DEPTH.describe(&mut encoder)?;
-        let status = engine.machines();
-        for m in &status {
-            let g = ConstGauge::new(i64::try_from(m.queue_depth).unwrap_or(i64::MAX));
-            let labels = [("machine", &*m.name)];
-            g.encode(me.encode_family(&labels)?)?;
-        }
-        let mut me = catalogue::STATE_ENTERED_TIMESTAMP.describe(&mut encoder)?;
-        for m in &status {
-            let t = m
-                .since
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            let labels = [("machine", &*m.name)];
-            ConstGauge::new(t).encode(me.encode_family(&labels)?)?;
-        }
-        let mut me = catalogue::MACHINE_STATE.describe(&mut encoder)?;
-        for m in &status {
-            for s in &m.def.states {
-                let g = ConstGauge::new(i64::from(s.name == m.state));
-                let labels = [("machine", &*m.name), ("state", &*s.name)];
-                g.encode(me.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn truncate(s: &str, limit: usize) -> String {
-    if s.len() <= limit {
-        return s.to_owned();
-    }
-    let mut end = limit;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-fn action_outcome_index(o: ActionOutcome) -> usize {
-    match o {
-        ActionOutcome::Ok => 0,
-        ActionOutcome::Error => 1,
-        ActionOutcome::Timeout => 2,
-        ActionOutcome::Interrupted => 3,
-    }
-}
-
-fn event_outcome_index(o: EventOutcome) -> usize {
-    match o {
-        EventOutcome::Transitioned => 0,
-        EventOutcome::Ignored => 1,
-        EventOutcome::Rejected => 2,
-    }
-}
-
-impl Observer for Telemetry {
-    fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
-        let slot = Arc::new(Slot {
-            name: m.def.name.clone(),
-            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
-            processed: AtomicU64::new(0),
-            busy_ns: AtomicU64::new(0),
-            live: Mutex::new(Live {
-                state: s.id,
-                ..Live::default()
-            }),
-            trace: Arc::new(Ring::new(self.config.trace_buffer)),
-        });
-        self.machines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot.clone());
-        let _ = m.slot.set(Box::new(slot));
-    }
-
-    /// A reload changed the state and event indexes: a new slot with handles built from
-    /// the new definition (the same label sets give the same series) takes the old one's
-    /// place, keeping its counts and its `/trace` records.
-    fn machine_reloaded(&self, m: MachineRef<'_>, previous: MachineRef<'_>, s: StateRef<'_>) {
-        let old = self.slot(&previous);
-        // An action still waiting goes on under the new definition: its span (if any)
-        // moves along, so that its end is recorded.
-        let action = old.and_then(|o| {
-            o.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .action
-                .take()
-        });
-        let slot = Arc::new(Slot {
-            name: m.def.name.clone(),
-            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
-            processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
-            busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
-            live: Mutex::new(Live {
-                state: s.id,
-                event: None,
-                action,
-            }),
-            trace: old.map_or_else(
-                || Arc::new(Ring::new(self.config.trace_buffer)),
-                |o| o.trace.clone(),
-            ),
-        });
-        {
-            let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
-            let at = old.and_then(|o| machines.iter().position(|x| std::ptr::eq(&**x, o)));
-            match at {
-                Some(i) => machines[i] = slot.clone(),
-                None => machines.push(slot.clone()),
-            }
-        }
-        let _ = m.slot.set(Box::new(slot));
-    }
-
-    fn machine_stopped(&self, _m: MachineRef<'_>, _s: StateRef<'_>, _r: StopReason) {}
-
-    /// Metrics only: the machine's slot receives its action-less events directly.
-    fn quick_observer(&self, m: MachineRef<'_>) -> Option<Box<dyn QuickObserver>> {
-        if !self.metrics_only() {
-            return None;
-        }
-        let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
-        Some(Box::new(QuickSlot(slot.clone())))
-    }
-
-    /// Event and action starts only matter to `/trace` records and spans.
-    fn observes_starts(&self) -> bool {
-        !self.metrics_only()
-    }
-
-    fn event_started(
-        &self,
-        m: MachineRef<'_>,
-        event: &Event,
-        _depth: usize,
-    ) -> Option<TraceContext> {
-        let slot = self.slot(&m)?;
-        let want_record = self.config.trace_buffer > 0;
-        if !want_record && self.spans.is_none() {
-            return None;
-        }
-        // Records alone need only a millisecond timestamp; spans a precise one.
-        let at = if self.spans.is_some() {
-            SystemTime::now()
-        } else {
-            records::coarse_now()
-        };
-        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        let span = self.spans.as_ref().and_then(|sp| {
-            let from = slot
-                .states
-                .get(live.state)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(""));
-            let mut attrs = vec![
-                KeyValue::new("turnstile.machine", slot.name.to_string()),
-                KeyValue::new("turnstile.event", event.name.to_string()),
-                KeyValue::new("turnstile.state.from", from.to_string()),
-            ];
-            if let Some(j) = &event.job_id {
-                attrs.push(KeyValue::new("turnstile.job.id", j.clone()));
-            }
-            sp.start_event(
-                format!("{} {}", slot.name, event.name),
-                event.traceparent,
-                attrs,
-                at,
-            )
-        });
-        let trace = span.as_ref().map(LiveSpan::context).or(event.traceparent);
-        live.event = Some(LiveEvent {
-            at,
-            span,
-            trace,
-            actions: Vec::new(),
-            failed: None,
-        });
-        trace
-    }
-
-    fn transition(&self, r: &TransitionReport<'_>) {
-        if let Some(slot) = self.slot(&r.machine) {
-            self.transitioned(slot, r);
-        }
-    }
-
-    /// One slot lookup for both.
-    fn transition_finished(&self, r: &TransitionReport<'_>, duration: std::time::Duration) {
-        let Some(slot) = self.slot(&r.machine) else {
-            return;
-        };
-        if self.metrics_only() {
-            // Metrics only: what `transitioned` and `finished` do, without the report.
-            QuickObserver::transition_finished(
-                slot,
-                r.from.id,
-                r.to.id,
-                r.event_id,
-                nanos(r.time_in_from),
-                nanos(duration),
-            );
-            return;
-        }
-        self.transitioned(slot, r);
-        self.finished(slot, &r.finished(duration));
-    }
-
-    fn action_started(&self, r: &ActionReport<'_>) -> Option<TraceContext> {
-        let slot = self.slot(&r.machine)?;
-        if self.metrics_only() {
-            return None;
-        }
-        let at = SystemTime::now();
-        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        let span = match (
-            &self.spans,
-            live.event.as_ref().and_then(|e| e.span.as_ref()),
-        ) {
-            (Some(sp), Some(parent)) => Some(sp.start_child(
-                parent,
-                format!("action {}", r.kind),
-                vec![
-                    KeyValue::new("turnstile.action.type", r.kind.to_owned()),
-                    KeyValue::new(
-                        "turnstile.action.index",
-                        i64::try_from(r.index).unwrap_or(-1),
-                    ),
-                ],
-                at,
-            )),
-            _ => None,
-        };
-        let trace = span.as_ref().map(LiveSpan::context);
-        live.action = Some(LiveAction { span });
-        trace
-    }
-
-    fn action_finished(&self, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
-        let Some(slot) = self.slot(&r.machine) else {
-            return;
-        };
-        let outcome = action_outcome_index(end.outcome);
-        let secs = end.duration.as_secs_f64();
-        if self.metrics_only() {
-            slot.metrics.action(r.kind, outcome, secs, None);
-            return;
-        }
-        let now = SystemTime::now();
-        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
-        let action = live.action.take();
-        let exemplar = action
-            .as_ref()
-            .and_then(|a| a.span.as_ref())
-            .map(LiveSpan::context);
-        slot.metrics
-            .action(r.kind, outcome, secs, Self::exemplar(exemplar.as_ref()));
-        if let Some(a) = action {
-            if let Some(span) = a.span {
-                span.set(KeyValue::new(
-                    "turnstile.action.outcome",
-                    end.outcome.as_str(),
-                ));
-                if let Some(err) = end.error {
-                    span.fail(end.outcome.as_str(), err, now);
-                }
-                span.end(now);
-            }
-        }
-        if let Some(ev) = live.event.as_mut() {
-            if let Some(err) = end.error {
-                ev.failed = Some((
-                    if end.outcome == ActionOutcome::Timeout {
-                        "action_timeout"
-                    } else {
-                        "action"
-                    },
-                    err.to_owned(),
-                ));
-            }
-            if self.config.trace_buffer > 0 {
-                let limit = self.config.output_limit;
-                ev.actions.push(ActionRecord {
-                    kind: Arc::from(r.kind),
-                    outcome: end.outcome.as_str(),
-                    duration_ms: secs * 1e3,
-                    event: end.event.map(Arc::from),
-                    output: end.output.map(|o| truncate(o, limit)),
-                    error: end.error.map(|e| truncate(e, limit)),
-                });
-            }
-        }
-    }
-
-    fn event_finished(&self, r: &EventReport<'_>) {
-        if let Some(slot) = self.slot(&r.machine) {
-            self.finished(slot, r);
-        }
-    }
-
-    fn error(&self, r: &ErrorReport<'_>) {
-        let slot = r.machine.as_ref().and_then(|m| self.slot(m));
-        match (slot, r.machine) {
-            (Some(s), _) => s.metrics.error(r.kind),
-            // Reported off the machine's task (a bad socket message), with an empty slot:
-            // counted for the machine of that name.
-            (None, Some(m)) => match self.slots().into_iter().rev().find(|s| *s.name == *m.name) {
-                Some(s) => s.metrics.error(r.kind),
-                None => self.metrics.global_error(r.kind),
-            },
-            (None, None) => self.metrics.global_error(r.kind),
-        }
-        let trace_id = slot.and_then(|s| {
-            let live = s.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.event
-                .as_ref()
-                .and_then(|e| e.trace)
-                .map(|t| t.trace_id_hex())
-        });
-        self.errors.push(ErrorRecord {
-            timestamp: records::timestamp(SystemTime::now()),
-            error_type: r.kind.as_str(),
-            message: r.message.to_owned(),
-            machine: r.machine.map(|m| m.name.to_owned()),
-            state: r.state.map(str::to_owned),
-            event: r.event.map(|e| e.name.to_string()),
-            trace_id: trace_id.or_else(|| {
-                r.event
-                    .and_then(|e| e.traceparent)
-                    .map(|t| t.trace_id_hex())
-            }),
-        });
-    }
-
-    fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
-        // The old version's series goes: `turnstile_plugin_info` shows what serves now.
-        self.metrics.plugin_info.remove(&metrics::PluginL {
-            plugin: name.to_owned(),
-            version: previous.to_owned(),
-        });
-        self.set_plugins(&[(name.to_owned(), version.to_owned())]);
-    }
-
-    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
-        self.job_change(m, job_type, "claimed");
-    }
-
-    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
-        self.job_change(m, job_type, "completed");
-    }
-
-    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str, _message: &str) {
-        self.job_change(m, job_type, "failed");
-    }
-
-    fn config_reloaded(&self, _path: &std::path::Path, _machines: &[&str]) {
-        self.metrics.config_reload(ReloadResult::success);
-    }
-
-    fn config_rejected(&self, path: &std::path::Path, message: &str) {
-        self.metrics.config_reload(ReloadResult::failure);
-        self.report_error(
-            ErrorKind::Config,
-            None,
-            &format!("{}: {message}", path.display()),
-        );
     }
 }
 
@@ -939,6 +336,7 @@ impl Observer for Telemetry {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use turnstile_engine::Observer;
 
     /// The telemetry keeps a status handle, not the engine: dropping the engine (and the
     /// registry whose plugin host it observes) leaves the telemetry with one owner, and the

@@ -1,0 +1,107 @@
+//! One machine's telemetry: what the observer keeps per machine, in the engine's
+//! per-machine `ObserverSlot`.
+//!
+//! Its own file because the slot is the state every observer call for a machine works on
+//! (metric handles, the event being processed, the `/trace` ring), while
+//! [`super::Telemetry`] is what all machines share; with the types here, the observer
+//! ([`super::observer`]) and the end of an event ([`super::event`]) both use them without
+//! using each other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use turnstile_engine::observe::QuickObserver;
+use turnstile_engine::TraceContext;
+
+use super::metrics::MachineMetrics;
+use super::records::{ActionRecord, Ring, TraceRecord};
+use super::spans::LiveSpan;
+
+/// One machine's telemetry.
+pub(super) struct Slot {
+    pub(super) name: Arc<str>,
+    pub(super) states: Vec<Arc<str>>,
+    pub(super) metrics: MachineMetrics,
+    /// Events processed (all outcomes) and their total processing time, for `/stats`.
+    pub(super) processed: AtomicU64,
+    pub(super) busy_ns: AtomicU64,
+    pub(super) live: Mutex<Live>,
+    /// Shared with the slot that replaces this one after a config reload.
+    pub(super) trace: Arc<Ring<TraceRecord>>,
+}
+
+impl Slot {
+    /// One more event processed, in `ns` nanoseconds (for `/stats`).
+    #[inline]
+    pub(super) fn count(&self, ns: u64) {
+        // Only this machine's task writes these: a plain load and store, no locked add.
+        self.processed.store(
+            self.processed.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        self.busy_ns.store(
+            self.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Metrics only (no `/trace` records, no spans): what [`Observer::transition_finished`]
+/// does, called by the runtime without a report or a slot lookup.
+///
+/// [`Observer::transition_finished`]: turnstile_engine::Observer::transition_finished
+impl QuickObserver for Slot {
+    #[inline]
+    fn transition_finished(
+        &self,
+        from: usize,
+        _to: usize,
+        event_id: usize,
+        time_in_from_ns: u64,
+        duration_ns: u64,
+    ) {
+        self.count(duration_ns);
+        self.metrics
+            .transition_finished(from, event_id, time_in_from_ns, duration_ns);
+    }
+}
+
+/// A machine's slot as its [`QuickObserver`] (boxed by the runtime: a trait object of
+/// this, not of `Arc<Slot>`, keeps the call's `self` at a fixed offset).
+pub(super) struct QuickSlot(pub(super) Arc<Slot>);
+
+impl QuickObserver for QuickSlot {
+    #[inline]
+    fn transition_finished(
+        &self,
+        from: usize,
+        to: usize,
+        event_id: usize,
+        time_in_from_ns: u64,
+        duration_ns: u64,
+    ) {
+        self.0
+            .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
+    }
+}
+
+/// The event a machine is processing.
+#[derive(Default)]
+pub(super) struct Live {
+    pub(super) state: usize,
+    pub(super) event: Option<LiveEvent>,
+    pub(super) action: Option<LiveAction>,
+}
+
+pub(super) struct LiveEvent {
+    pub(super) at: SystemTime,
+    pub(super) span: Option<LiveSpan>,
+    pub(super) trace: Option<TraceContext>,
+    pub(super) actions: Vec<ActionRecord>,
+    pub(super) failed: Option<(&'static str, String)>,
+}
+
+pub(super) struct LiveAction {
+    pub(super) span: Option<LiveSpan>,
+}
