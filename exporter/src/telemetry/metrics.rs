@@ -1,4 +1,4 @@
-//! The Prometheus metrics of DESIGN.md, with prometheus-client; their names, help and
+//! The Prometheus metrics of docs/metrics.md, with prometheus-client; their names, help and
 //! labels are [`super::catalogue`]'s.
 //!
 //! Every series a machine can produce is created when the machine starts (its states,
