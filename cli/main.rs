@@ -1,12 +1,28 @@
 //! `turnstile`: run, validate and draw state machines declared in YAML.
+//!
+//! This file parses the command line, loads the `--plugins` libraries that `run`,
+//! `validate` and `diagram` share, and hands each command to the file that carries it
+//! out: `args.rs` is the command line's shape, `run.rs`, `validate.rs`, `diagram.rs` and
+//! `jobs_cli.rs` the commands, `logging.rs` the log setup. What every command may need
+//! from here is the exit status of a usage error ([`UsageError`], [`EXIT_INVALID`]).
 
-mod cli;
+mod args;
+mod diagram;
 mod jobs_cli;
 mod logging;
+mod run;
+mod validate;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use turnstile_engine::ActionRegistry;
+
+use crate::args::{Cli, Command};
+
+/// Exit code for usage errors and invalid configs.
+pub const EXIT_INVALID: u8 = 2;
 
 /// A command line that cannot work, found after clap parsed it (the process exits 2, as
 /// for clap's own usage errors). Used where clap's message would echo a secret.
@@ -22,17 +38,55 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = Cli::parse();
     logging::init(&args.log);
-    match cli::dispatch(args) {
+    match dispatch(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             // A command line that cannot work exits 2, like clap's own usage errors.
             match e.downcast_ref::<UsageError>() {
-                Some(_) => ExitCode::from(2),
+                Some(_) => ExitCode::from(EXIT_INVALID),
                 None => ExitCode::from(1),
             }
         }
     }
+}
+
+/// Runs the chosen command; the `ExitCode` is the process's.
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut registry = ActionRegistry::with_builtins();
+    let plugin_errors = load_plugins(&mut registry, cli.command.plugins());
+    match cli.command {
+        Command::Run(args) => run::run(args, &registry, &plugin_errors),
+        Command::Validate(args) => Ok(validate::validate(
+            &args,
+            &registry,
+            !plugin_errors.is_empty(),
+        )),
+        Command::Diagram(args) => Ok(diagram::diagram(&args, &registry)),
+        Command::Jobs(cmd) => jobs_cli::jobs(cmd),
+        Command::MachineState(args) => jobs_cli::machine_state(args),
+        Command::Events(cmd) => jobs_cli::events(cmd),
+        Command::SendEvent(args) => jobs_cli::send_event(args),
+    }
+}
+
+/// Loads the `--plugins` libraries into the registry, printing each failure (the others
+/// still load; a config that needs a failed plugin then fails validation). Returns the
+/// failures.
+fn load_plugins(registry: &mut ActionRegistry, paths: &[PathBuf]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for path in paths {
+        // A loaded plugin is logged by the host; failures are printed here.
+        for e in registry
+            .load_plugins(path)
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            eprintln!("error: {e}");
+            failed.push(e.to_string());
+        }
+    }
+    failed
 }

@@ -1,0 +1,302 @@
+//! The command line's shape: the clap types (`Cli`, `Command`, the arguments of each
+//! command) and the value parsers of their options.
+//!
+//! Kept apart from the code that carries the commands out so that the whole command line
+//! (and its `--help`) can be read in one file, and so that the parsers are tested without
+//! starting anything. The job store's commands keep their arguments in `jobs_cli.rs`, next
+//! to their code.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use turnstile_exporter::server::SidecarConfig;
+use turnstile_exporter::telemetry::spans::{self, SpanSettings};
+use turnstile_exporter::telemetry::TelemetryConfig;
+
+use crate::jobs_cli::{EventsCommand, JobsCommand, MachineStateArgs, RunStoreArgs, SendEventArgs};
+use crate::logging::LogArgs;
+
+/// Turnstile: event-driven state machines declared in YAML.
+#[derive(Debug, Parser)]
+#[command(name = "turnstile", version, about)]
+pub struct Cli {
+    /// Logging options.
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run machines until they reach a final state or SIGINT/SIGTERM arrives.
+    Run(RunArgs),
+    /// Check configs: every problem with line, column and a hint. Exit 2 on errors.
+    Validate(ValidateArgs),
+    /// Print a machine as a Mermaid `stateDiagram-v2`.
+    Diagram(DiagramArgs),
+    /// Add or list jobs in the job store.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Show the machine states saved in the store.
+    MachineState(MachineStateArgs),
+    /// List events recorded in the store.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Send an event to a machine of another `turnstile run --socket-dir` process.
+    SendEvent(SendEventArgs),
+}
+
+impl Command {
+    /// The `--plugins` paths of the command.
+    pub fn plugins(&self) -> &[PathBuf] {
+        match self {
+            Command::Run(RunArgs { plugins, .. })
+            | Command::Validate(ValidateArgs { plugins, .. })
+            | Command::Diagram(DiagramArgs { plugins, .. }) => plugins,
+            Command::Jobs(_)
+            | Command::MachineState(_)
+            | Command::Events(_)
+            | Command::SendEvent(_) => &[],
+        }
+    }
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Machine config files (one machine each).
+    #[arg(required = true)]
+    pub configs: Vec<PathBuf>,
+    /// Name of the machine (only with one config); default: `metadata.machine_name`.
+    #[arg(long)]
+    pub machine_name: Option<String>,
+    /// Capacity of each machine's event queue.
+    #[arg(long, default_value_t = turnstile_engine::runtime::engine::DEFAULT_QUEUE_CAPACITY)]
+    pub queue_capacity: usize,
+    /// Seconds to wait for machines to stop after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10.0)]
+    pub stop_timeout: f64,
+    /// A plugin library, or a directory of them (every *.so in it); repeatable.
+    #[arg(long = "plugins", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+    /// Reload a config when its file changes: running machines keep their state when
+    /// it still exists; an invalid file is refused and the old config keeps running.
+    /// With --watch, `run` keeps going after every machine has stopped.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: seconds between re-hashes of every config, which back up missed
+    /// file notifications.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS", requires = "watch")]
+    pub watch_interval: f64,
+    /// The HTTP sidecar and telemetry.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// The job store.
+    #[command(flatten)]
+    pub store: RunStoreArgs,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Machine config files.
+    #[arg(required = true)]
+    pub configs: Vec<PathBuf>,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// A plugin library, or a directory of them (every *.so in it); repeatable.
+    #[arg(long = "plugins", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+}
+
+/// `validate --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// `diagram` arguments.
+#[derive(Debug, Args)]
+pub struct DiagramArgs {
+    /// A machine config file.
+    pub config: PathBuf,
+    /// A plugin library, or a directory of them (every *.so in it); repeatable.
+    #[arg(long = "plugins", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+}
+
+/// `run` options for the HTTP sidecar, metrics and spans.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sidecar and telemetry")]
+pub struct ServeArgs {
+    /// Where the HTTP sidecar listens (IP:PORT; port 0 picks a free one). In a container
+    /// use 0.0.0.0:8000.
+    #[arg(long, env = "TURNSTILE_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// Fail when the port is taken instead of falling back to the next port.
+    #[arg(long)]
+    strict_port: bool,
+    /// Bearer token that writes (POST) need; prefer the environment variable, which `ps`
+    /// does not show.
+    #[arg(
+        long,
+        env = "TURNSTILE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Refuse every write (POST) with 403; reads stay open.
+    #[arg(long)]
+    read_only: bool,
+    /// Do not start the HTTP sidecar.
+    #[arg(long, conflicts_with_all = ["strict_port", "token", "read_only", "keep_serving"])]
+    no_sidecar: bool,
+    /// Keep the sidecar serving after every machine has stopped, until SIGINT/SIGTERM (to
+    /// read the final metrics, traces and errors).
+    #[arg(long)]
+    pub keep_serving: bool,
+    /// Records of processed events kept per machine for /trace (0: none).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    trace_buffer: usize,
+    /// Error records kept for /errors.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    error_buffer: usize,
+    /// Export spans over OTLP/HTTP to this URL (`http://collector:4318` gets `/v1/traces`
+    /// appended). Without it, spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT` or a bare port (on 127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+    }
+    Err(format!(
+        "`{s}` is not a listen address: use IP:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000"
+    ))
+}
+
+/// `--otlp-endpoint`: an http(s) URL; a URL without a path gets `/v1/traces`.
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    match rest.find('/') {
+        None if !rest.is_empty() => Ok(format!("{s}/v1/traces")),
+        None => Err(format!("`{s}` has no host")),
+        Some(0) => Err(format!("`{s}` has no host")),
+        Some(i) if rest[i..] == *"/" => Ok(format!("{s}v1/traces")),
+        Some(_) => Ok(s.to_owned()),
+    }
+}
+
+impl ServeArgs {
+    /// The telemetry's config: the record buffers, and spans when an endpoint is given
+    /// (`--otlp-endpoint` or the OTEL_* environment).
+    pub fn telemetry_config(&self) -> TelemetryConfig {
+        let spans =
+            (self.otlp_endpoint.is_some() || spans::wanted_by_env()).then(|| SpanSettings {
+                endpoint: self.otlp_endpoint.clone(),
+                ..SpanSettings::default()
+            });
+        TelemetryConfig {
+            trace_buffer: self.trace_buffer,
+            error_buffer: self.error_buffer,
+            spans,
+            ..TelemetryConfig::default()
+        }
+    }
+
+    /// The sidecar's config, `None` with `--no-sidecar`; an error for an empty token.
+    pub fn sidecar_config(&self) -> Result<Option<SidecarConfig>, String> {
+        if self.no_sidecar {
+            return Ok(None);
+        }
+        let token = match &self.token {
+            Some(t) if t.trim().is_empty() => {
+                return Err("the token (--token or TURNSTILE_TOKEN) is empty; unset it to leave writes open, or use --read-only".into())
+            }
+            Some(t) => Some(t.trim().to_owned()),
+            None => None,
+        };
+        Ok(Some(SidecarConfig {
+            listen: self.listen,
+            strict_port: self.strict_port,
+            token,
+            read_only: self.read_only,
+            ..SidecarConfig::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("0.0.0.0:8000").unwrap().to_string(),
+            "0.0.0.0:8000"
+        );
+        assert_eq!(
+            parse_listen("[::1]:9000").unwrap().to_string(),
+            "[::1]:9000"
+        );
+        assert_eq!(parse_listen("8001").unwrap().to_string(), "127.0.0.1:8001");
+        assert_eq!(
+            parse_listen("localhost:0").unwrap().to_string(),
+            "127.0.0.1:0"
+        );
+        for bad in ["", "host:80", "127.0.0.1", "127.0.0.1:99999", ":8000"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn otlp_endpoints() {
+        assert_eq!(
+            parse_otlp_endpoint("http://collector:4318").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("https://collector:4318/").unwrap(),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("http://c:4318/custom/traces").unwrap(),
+            "http://c:4318/custom/traces"
+        );
+        for bad in ["collector:4318", "http://", "http:///v1/traces", "ftp://x"] {
+            assert!(parse_otlp_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

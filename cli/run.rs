@@ -1,0 +1,298 @@
+//! `turnstile run`: the machines, with the job store, telemetry, the HTTP sidecar, the
+//! per-machine sockets and `--watch`, until they stop or a signal arrives.
+//!
+//! The command goes in phases, each a function that hands the next what it needs:
+//! [`run`] checks and loads everything the command line names (configs, store, options),
+//! so that a mistake stops the process before any machine has started; it then builds the
+//! telemetry and the async runtime, and [`run_machines`] binds the sidecar, starts the
+//! machines and the sockets; [`supervise`] waits for the machines or a signal and stops
+//! them; on the way out the sidecar closes, the saved states and the spans are flushed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use turnstile_engine::config;
+use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::reload::{self, WatchOptions, WatchedConfig};
+use turnstile_engine::{ActionRegistry, Engine, MachineDef};
+use turnstile_exporter::server::{self, SidecarConfig};
+use turnstile_exporter::telemetry::Telemetry;
+
+use crate::args::RunArgs;
+use crate::validate::print_diagnostics;
+use crate::EXIT_INVALID;
+
+/// `--watch`: what to watch, the registry to check changes with, and how.
+type Watch = (Vec<WatchedConfig>, ActionRegistry, WatchOptions);
+
+/// What `run` needs besides the machines.
+struct RunOptions {
+    watch: Option<Watch>,
+    queue_capacity: usize,
+    stop_timeout: Duration,
+    sidecar: Option<SidecarConfig>,
+    keep_serving: bool,
+    /// `--persist`: machine states saved after each transition and restored at start.
+    persist: Option<turnstile_engine::store::Persister>,
+    /// `--socket-dir`: a Unix socket per machine there.
+    sockets: Option<PathBuf>,
+}
+
+/// `turnstile run`. `plugin_errors` are the `--plugins` libraries that failed to load,
+/// reported to the telemetry as errors.
+pub fn run(
+    args: RunArgs,
+    registry: &ActionRegistry,
+    plugin_errors: &[String],
+) -> anyhow::Result<ExitCode> {
+    if args.machine_name.is_some() && args.configs.len() != 1 {
+        eprintln!("error: --machine-name needs exactly one config");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    let Some(defs) = load_all(&args.configs, args.machine_name.as_deref(), registry) else {
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let job_store = crate::jobs_cli::open_for_run(&args.store, registry)?;
+    let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
+        .context("--stop-timeout must be a number of seconds")?;
+    let watch = watch_options(&args, &defs, registry)?;
+    let sidecar = match args.serve.sidecar_config() {
+        Ok(s) => s.map(|mut s| {
+            s.jobs = job_store.clone().map(|j| j as _);
+            s
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    // Built outside the async runtime: the span exporter has a blocking HTTP client.
+    let telemetry = match Telemetry::new(args.serve.telemetry_config()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot set up span export: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let plugins: Vec<(String, String)> = registry
+        .plugins()
+        .into_iter()
+        .map(|p| (p.name, p.version))
+        .collect();
+    telemetry.set_plugins(&plugins);
+    for e in plugin_errors {
+        telemetry.report_error(ErrorKind::Plugin, None, e);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    if let Some(s) = &job_store {
+        rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
+    }
+    let opts = RunOptions {
+        watch,
+        queue_capacity: args.queue_capacity,
+        stop_timeout,
+        keep_serving: args.serve.keep_serving && sidecar.is_some(),
+        sidecar,
+        persist: crate::jobs_cli::persister(&args.store, job_store.as_ref()),
+        sockets: args.store.socket_dir.clone(),
+    };
+    let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
+    if let Some(s) = &job_store {
+        // How well group commit shared transactions (`--log-level turnstile::store=debug`).
+        let (writes, transactions) = turnstile_engine::store::Store::write_counts(&**s);
+        tracing::debug!(target: "turnstile::store", writes, transactions, "job store writes");
+    }
+    // Machines have stopped and the sidecar is closed: flush the spans.
+    telemetry.shutdown();
+    // A plugin call stuck past its timeout keeps its blocking thread; do not wait
+    // for it for ever on exit (dropping the runtime would).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// Loads every config, printing its diagnostics; `None` when one cannot run.
+/// `machine_name` (`--machine-name`) renames the machine.
+fn load_all(
+    configs: &[PathBuf],
+    machine_name: Option<&str>,
+    registry: &ActionRegistry,
+) -> Option<Vec<Arc<MachineDef>>> {
+    let mut defs = Vec::new();
+    let mut failed = false;
+    for path in configs {
+        let loaded = config::load_path(path, registry);
+        print_diagnostics(&loaded.diagnostics);
+        match loaded.def {
+            Some(def) => defs.push(match machine_name {
+                Some(n) => Arc::new(def.renamed(n)),
+                None => def,
+            }),
+            None => {
+                eprintln!("error: {} cannot run: fix the errors above", path.display());
+                failed = true;
+            }
+        }
+    }
+    (!failed).then_some(defs)
+}
+
+/// What `--watch` watches (each config with the machine loaded from it) and how; `None`
+/// without `--watch`.
+fn watch_options(
+    args: &RunArgs,
+    defs: &[Arc<MachineDef>],
+    registry: &ActionRegistry,
+) -> anyhow::Result<Option<Watch>> {
+    if !args.watch {
+        return Ok(None);
+    }
+    let rescan = Duration::try_from_secs_f64(args.watch_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--watch-interval must be a positive number of seconds")?;
+    let watched = args
+        .configs
+        .iter()
+        .zip(defs)
+        .map(|(path, def)| WatchedConfig {
+            path: path.clone(),
+            rename: args.machine_name.clone(),
+            def: def.clone(),
+        })
+        .collect();
+    let options = WatchOptions {
+        rescan,
+        ..WatchOptions::default()
+    };
+    Ok(Some((watched, registry.clone(), options)))
+}
+
+/// Starts the engine with the telemetry, the sidecar and the sockets, runs the machines
+/// until [`supervise`] returns, then closes the sidecar and the sockets and flushes the
+/// saved states.
+async fn run_machines(
+    defs: Vec<Arc<MachineDef>>,
+    opts: RunOptions,
+    telemetry: &Arc<Telemetry>,
+    plugins: &ActionRegistry,
+) -> anyhow::Result<ExitCode> {
+    let mut builder = Engine::builder().queue_capacity(opts.queue_capacity);
+    if let Some(p) = &opts.persist {
+        builder = builder.persist(p.clone());
+    }
+    let engine = telemetry.install(builder, plugins);
+    // The sidecar binds before any machine runs (a taken port stops us before a machine
+    // has done anything) and serves once every machine is registered (no request sees a
+    // configured machine missing; early connections wait in the backlog).
+    let bound = match opts.sidecar {
+        Some(config) => match server::Bound::bind(config).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => None,
+    };
+    let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
+    if let Err(e) = engine.spawn_all(defs) {
+        eprintln!("error: cannot start the machines: {e}");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
+    let sockets = match &opts.sockets {
+        Some(dir) => {
+            // The engine's observer (the telemetry `install` attached).
+            let observer = engine.observer().cloned();
+            match turnstile_engine::sockets::SocketServer::start(&engine, dir, &names, observer) {
+                Ok((s, _failed)) => Some(s),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    engine.shutdown();
+                    engine.join().await;
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        None => None,
+    };
+    let code = supervise(&engine, opts.watch, opts.stop_timeout, opts.keep_serving).await;
+    if let Some(s) = sidecar {
+        s.shutdown().await;
+    }
+    if let Some(s) = sockets {
+        s.shutdown();
+    }
+    if let Some(p) = &opts.persist {
+        let p = p.clone();
+        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
+    }
+    code
+}
+
+/// Runs the machines until they all stop by themselves or a signal arrives.
+async fn supervise(
+    engine: &Engine,
+    watch: Option<Watch>,
+    stop_timeout: Duration,
+    keep_serving: bool,
+) -> anyhow::Result<ExitCode> {
+    // Dropped on the way out: watching stops.
+    let watcher = match watch {
+        Some((configs, registry, options)) => {
+            match reload::watch(engine.clone(), registry, configs, options) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("error: --watch: {e}");
+                    engine.shutdown();
+                    engine.join().await;
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        None => None,
+    };
+    let watching = watcher.is_some();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    // Wait for every machine to stop by itself, or for a signal; then the same wait goes
+    // on, bounded by --stop-timeout, while the machines shut down.
+    let all_done = engine.join();
+    tokio::pin!(all_done);
+    tokio::select! {
+        () = &mut all_done, if !watching => {
+            tracing::info!(target: "turnstile", "every machine reached a final state");
+            if keep_serving {
+                tracing::info!(
+                    target: "turnstile",
+                    "--keep-serving: the sidecar stays up until SIGINT/SIGTERM"
+                );
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => {
+                        r.context("cannot listen for SIGINT")?;
+                        tracing::info!(target: "turnstile", "SIGINT: stopping");
+                    }
+                    _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        r = tokio::signal::ctrl_c() => {
+            r.context("cannot listen for SIGINT")?;
+            tracing::info!(target: "turnstile", "SIGINT: stopping");
+        }
+        _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
+    }
+    engine.shutdown();
+    if tokio::time::timeout(stop_timeout, all_done).await.is_err() {
+        eprintln!("error: machines did not stop within {stop_timeout:?}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
