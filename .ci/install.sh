@@ -17,6 +17,9 @@ command -v mount >/dev/null || need_apt+=(mount)
 # Prometheus and promtool: the metrics tests lint the exposition with `promtool check
 # metrics` and scrape a running turnstile with a real Prometheus.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+# PostgreSQL server binaries (initdb, postgres, psql): the PostgreSQL store's tests start
+# their own server in a temp dir on a free port (tests never use a system cluster).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y --no-install-recommends "${need_apt[@]}"

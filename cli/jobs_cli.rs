@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::{
-    ListJobs, Location, NewJob, StateStore, Store, StoreOptions, SyncMode, STATUSES,
+    ListJobs, Location, NewJob, StateStore, Store, StoreError, StoreOptions, SyncMode, STATUSES,
 };
 use turnstile_engine::ActionRegistry;
 use turnstile_exporter::telemetry::Telemetry;
@@ -92,6 +92,16 @@ pub struct RunStoreArgs {
     /// First retry delay in seconds after a failed attempt (doubled each attempt).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub job_backoff: f64,
+    /// Seconds to keep trying a store that cannot be reached at start (a sidecar often
+    /// starts before its database); then the process exits 1. A malformed URL or refused
+    /// credentials exit 2 at once.
+    #[arg(
+        long,
+        env = "TURNSTILE_DB_WAIT",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub db_wait: f64,
     /// Save each machine's state and context after every transition (plus a transition
     /// record) in the store, and start each machine in its saved state.
     #[arg(long)]
@@ -262,15 +272,12 @@ pub enum OutFormat {
 
 fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
     let location = db.location()?;
-    turnstile_engine::store::open(
-        &location,
-        StoreOptions {
-            renew: false,
-            sync: db.db_sync.into(),
-            ..StoreOptions::default()
-        },
-    )
-    .with_context(|| format!("cannot open the job store {location}"))
+    let opts = StoreOptions {
+        renew: false,
+        sync: db.db_sync.into(),
+        ..StoreOptions::default()
+    };
+    open_waiting(&location, opts, Duration::ZERO)
 }
 
 /// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
@@ -296,11 +303,48 @@ pub fn open_for_run(
         ..StoreOptions::default()
     };
     let location = args.db.location()?;
-    let store = turnstile_engine::store::open(&location, opts)
-        .with_context(|| format!("cannot open the job store {location}"))?;
+    let wait = Duration::try_from_secs_f64(args.db_wait).map_err(|_| {
+        crate::UsageError("--db-wait must be a number of seconds, 0 or more".into())
+    })?;
+    let store = open_waiting(&location, opts, wait)?;
     tracing::info!(target: "turnstile::jobs", db = %store.describe(), owner = store.owner(), "job store open");
     registry.jobs().set(store.clone());
     Ok(Some(store))
+}
+
+/// Opens the store, trying again for `wait` while it cannot be reached. Settings the
+/// database refuses are a usage error (exit 2); a store still unreachable after `wait`
+/// (or failing otherwise) is an error (exit 1).
+fn open_waiting(
+    location: &Location,
+    opts: StoreOptions,
+    wait: Duration,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match turnstile_engine::store::open(location, opts.clone()) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Config(why)) => {
+                return Err(crate::UsageError(format!(
+                    "cannot open the job store {location}: {why}"
+                ))
+                .into())
+            }
+            Err(StoreError::Unavailable(why)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(target: "turnstile::jobs", db = %location, "the job store cannot be reached ({why}); trying again in {delay:?} (for up to {wait:?} in all, --db-wait)");
+                std::thread::sleep(
+                    delay.min(deadline.saturating_duration_since(std::time::Instant::now())),
+                );
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot open the job store {location}"))
+                )
+            }
+        }
+    }
 }
 
 /// The state persister `--persist` asks for.

@@ -768,8 +768,9 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     assert!(st.success(), "{}", p.log());
 }
 
-/// `--db` with a URL this build has no backend for exits 2 with a clear error, before
-/// anything runs, and never becomes a file path (it used to create `postgres:/...`).
+/// `--db` with a URL this build has no backend for (or a malformed one) exits 2 with a
+/// clear error, before anything runs, and never becomes a file path (`postgres://...`
+/// used to create a directory `postgres:`).
 #[test]
 fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -813,7 +814,7 @@ fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
     let out = Command::new(kit::bin())
         .current_dir(dir.path())
         .args(["jobs", "list"])
-        .env("TURNSTILE_DB", "postgres://db/jobs")
+        .env("TURNSTILE_DB", "mysql://db/jobs")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", kit::text(&out.stderr));

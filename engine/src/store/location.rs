@@ -1,7 +1,8 @@
 //! Where a store lives, from what `--db` (or `TURNSTILE_DB`) says, and the one place that
 //! opens a store from it.
 //!
-//! `--db` takes a file path or a URL. A URL is never taken for a path: before this rule,
+//! `--db` takes a file path, a `sqlite://` URL or a `postgres://` (`postgresql://`) URL.
+//! A URL is never taken for a path: before this rule,
 //! `--db postgres://host/db` created a directory named `postgres:` and a SQLite file in
 //! it, and a process that was meant to share a queue worked alone without a word. Anything
 //! that starts like a URL (`scheme://`, or a scheme this module knows followed by `:`)
@@ -11,19 +12,28 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{SqliteStore, Store, StoreError, StoreOptions};
+use super::{PgStore, SqliteStore, Store, StoreError, StoreOptions};
 
 /// A store's location.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// A SQLite file (a plain path, `sqlite:PATH` or `sqlite://PATH`).
     Sqlite(PathBuf),
+    /// A PostgreSQL database: the URL as given (it may hold a password: shown without it).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Location::Postgres(u) => f.debug_tuple("Postgres").field(&redact(u)).finish(),
+        }
+    }
 }
 
 /// Schemes people write for databases that this build has no backend for.
 const KNOWN_ELSEWHERE: &[(&str, &str)] = &[
-    ("postgres", "PostgreSQL"),
-    ("postgresql", "PostgreSQL"),
     ("mysql", "MySQL"),
     ("mariadb", "MariaDB"),
     ("redis", "Redis"),
@@ -49,6 +59,10 @@ impl FromStr for Location {
             }
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
+        if lower == "postgres" || lower == "postgresql" {
+            super::postgres::parse_url(s).map_err(|e| e.to_string())?;
+            return Ok(Location::Postgres(s.to_owned()));
+        }
         if let Some((_, what)) = KNOWN_ELSEWHERE.iter().find(|(k, _)| *k == lower) {
             return Err(format!(
                 "`{scheme}:` is a {what} URL, and this build of Turnstile has no {what} \
@@ -56,8 +70,9 @@ impl FromStr for Location {
             ));
         }
         Err(format!(
-            "unknown store scheme `{scheme}:` in `{}`: --db takes a file path or a \
-             sqlite://PATH URL (a file whose name contains `://` can be given as ./NAME)",
+            "unknown store scheme `{scheme}:` in `{}`: --db takes a file path, a \
+             sqlite://PATH URL or a postgres:// URL (a file whose name contains `://` can be \
+             given as ./NAME)",
             redact(s)
         ))
     }
@@ -78,7 +93,8 @@ fn split_scheme(s: &str) -> Option<(&str, &str)> {
         return None;
     }
     let lower = scheme.to_ascii_lowercase();
-    let known = lower == "sqlite" || KNOWN_ELSEWHERE.iter().any(|(k, _)| *k == lower);
+    let known = matches!(lower.as_str(), "sqlite" | "postgres" | "postgresql")
+        || KNOWN_ELSEWHERE.iter().any(|(k, _)| *k == lower);
     (rest.starts_with("//") || known).then_some((scheme, rest))
 }
 
@@ -102,6 +118,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(u) => f.write_str(&redact(u)),
         }
     }
 }
@@ -110,6 +127,7 @@ impl std::fmt::Display for Location {
 pub fn open(location: &Location, opts: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     match location {
         Location::Sqlite(path) => Ok(Arc::new(SqliteStore::open_with(path, opts)?)),
+        Location::Postgres(url) => Ok(Arc::new(PgStore::open(url, opts)?)),
     }
 }
 
@@ -141,10 +159,11 @@ mod tests {
     #[test]
     fn urls_this_build_does_not_serve_are_refused() {
         for (given, says) in [
-            ("postgres://u:secret@db:5432/jobs", "no PostgreSQL backend"),
-            ("postgresql://db/jobs", "no PostgreSQL backend"),
-            ("postgres:dbname=jobs", "no PostgreSQL backend"),
-            ("mysql://db/jobs", "no MySQL backend"),
+            (
+                "postgres://u:secret@db:notaport/jobs",
+                "malformed PostgreSQL URL",
+            ),
+            ("mysql://u:secret@db/jobs", "no MySQL backend"),
             ("s3://bucket/jobs.db", "unknown store scheme `s3:`"),
             ("sqlite://", "names no file"),
             ("", "empty"),
@@ -155,5 +174,15 @@ mod tests {
         }
         let e = "foo://u:secret@h/x".parse::<Location>().unwrap_err();
         assert!(e.contains("foo://u:***@h/x"), "{e}");
+    }
+
+    #[test]
+    fn postgres_urls_are_databases_shown_without_their_password() {
+        for url in ["postgres://u:secret@db:5432/jobs", "postgresql://db/jobs"] {
+            let l = url.parse::<Location>().unwrap();
+            assert_eq!(l, Location::Postgres(url.into()));
+            assert!(!l.to_string().contains("secret"), "{l}");
+            assert!(!format!("{l:?}").contains("secret"), "{l:?}");
+        }
     }
 }

@@ -23,9 +23,11 @@
 //!   statemachine-engine's own tools), `dead`.
 
 pub mod claim_loss;
+mod holds;
 mod location;
 mod options;
 pub mod persist;
+pub mod postgres;
 pub mod sqlite;
 mod time;
 
@@ -37,8 +39,9 @@ use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
 pub use location::{open, Location};
-pub use options::{new_job_id, StoreOptions, SyncMode};
+pub use options::{new_job_id, owner_id, StoreOptions, SyncMode};
 pub use persist::Persister;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use time::Timestamp;
 
@@ -65,6 +68,14 @@ pub enum StoreError {
     /// A value did not fit (bad JSON, a duplicate job id, ...).
     #[error("job store: {0}")]
     Invalid(String),
+    /// The database cannot be reached now (refused connections, a server restarting, a
+    /// connection lost): trying again later may work.
+    #[error("job store unreachable: {0}")]
+    Unavailable(String),
+    /// The database refuses this process's settings (a malformed URL, a wrong password,
+    /// no such database, a schema newer than this binary): trying again will not help.
+    #[error("job store: {0}")]
+    Config(String),
 }
 
 /// A job to add.

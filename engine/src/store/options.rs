@@ -69,6 +69,15 @@ impl StoreOptions {
     }
 }
 
+/// The lease owner id of a store object: `turnstile:PID:NONCE`.
+pub fn owner_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("turnstile:{}:{nanos:08x}", std::process::id())
+}
+
 /// A fresh job id: `job-<seconds><micros>-<pid>-<sequence>`, unique across processes.
 pub fn new_job_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

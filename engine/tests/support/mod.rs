@@ -10,6 +10,7 @@
 pub mod http;
 pub mod machine;
 pub mod plugin_build;
+pub mod postgres;
 pub mod recorder;
 pub mod upstream;
 pub mod wait;

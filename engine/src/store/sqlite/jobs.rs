@@ -201,7 +201,7 @@ impl JobStore for SqliteStore {
         )?;
         match &claim {
             Claim::Job(j) => {
-                self.holds().insert(j.job_id.clone(), None);
+                self.inner.holds.claimed(&j.job_id);
                 Ok((claim, loss))
             }
             Claim::Empty { .. } => Ok((claim, None)),
@@ -244,14 +244,14 @@ impl JobStore for SqliteStore {
             },
         )?;
         if claimed {
-            self.holds().insert(job_id.to_owned(), None);
+            self.inner.holds.claimed(job_id);
             return Ok((true, loss));
         }
         Ok((false, None))
     }
 
     fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
-        self.holds().remove(job_id);
+        self.inner.holds.release(job_id);
         let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
         let released = self.write(move |tx| {
             let n = tx.exec_cached(
@@ -269,7 +269,7 @@ impl JobStore for SqliteStore {
     }
 
     fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
-        self.holds().remove(job_id);
+        self.inner.holds.release(job_id);
         let job_id = job_id.to_owned();
         let result = result.map(Json::to_string);
         let shared = self.inner.group.shared().clone();
@@ -296,7 +296,7 @@ impl JobStore for SqliteStore {
     }
 
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
-        self.holds().remove(job_id);
+        self.inner.holds.release(job_id);
         let default_max = i64::from(self.inner.opts.max_attempts);
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         let opts = self.inner.opts.clone();
@@ -358,7 +358,7 @@ impl JobStore for SqliteStore {
     }
 
     fn abandon_job(&self, job_id: &str, why: &str) -> Result<bool, StoreError> {
-        self.holds().remove(job_id);
+        self.inner.holds.release(job_id);
         let (job_id, why, owner) = (job_id.to_owned(), why.to_owned(), self.inner.owner.clone());
         let done = self.write(move |tx| {
             let n = tx.exec_cached(
@@ -376,19 +376,11 @@ impl JobStore for SqliteStore {
     }
 
     fn set_holder(&self, job_id: &str, holder: Holder) {
-        if let Some(h) = self.holds().get_mut(job_id) {
-            *h = Some(holder);
-        }
+        self.inner.holds.set_holder(job_id, holder);
     }
 
     fn queue_job_of(&self, machine: &str) -> Option<String> {
-        self.holds()
-            .iter()
-            .find(|(_, h)| {
-                h.as_ref()
-                    .is_some_and(|h| h.from_queue && *h.machine == *machine)
-            })
-            .map(|(id, _)| id.clone())
+        self.inner.holds.queue_job_of(machine)
     }
 
     fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {

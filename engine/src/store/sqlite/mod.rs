@@ -29,15 +29,16 @@ mod state;
 mod watch;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
+use crate::store::holds::{spawn_renewal, Holds};
 #[cfg(doc)]
 use crate::store::JobStore;
-use crate::store::{now_ms, ClaimLoss, Holder, Store, StoreError, StoreOptions};
+use crate::store::{now_ms, ClaimLoss, Store, StoreError, StoreOptions};
 use file::{check_file, file_id, FileId};
 use group_commit::{Ack, GroupCommit, Hooks};
 use rows::Cached;
@@ -59,9 +60,9 @@ struct Inner {
     /// Jobs this store object claimed and has not completed, failed or released, with the
     /// machine that holds each (`None`: whoever called the store). Only these leases are
     /// renewed, and a machine's only while it runs.
-    holds: Mutex<std::collections::HashMap<String, Option<Holder>>>,
+    holds: Holds,
     /// Dropping it stops the lease renewal thread.
-    _stop_renewal: Option<mpsc::Sender<()>>,
+    stop_renewal: OnceLock<mpsc::Sender<()>>,
     /// Starts the foreign-write watch ([`watch`]) once.
     watching: Once,
 }
@@ -81,14 +82,6 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn owner_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("turnstile:{}:{nanos:08x}", std::process::id())
-}
-
 impl SqliteStore {
     /// Opens (creating when needed) the database file with default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -104,7 +97,6 @@ impl SqliteStore {
         let conn = connect(path, &opts, true)?;
         let file = file_id(path)
             .map_err(|e| StoreError::Db(format!("cannot read {}: {e}", path.display())))?;
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renew = opts.renew;
         let conn = Arc::new(Mutex::new(conn));
         let notify = Arc::new(tokio::sync::Notify::new());
@@ -123,33 +115,23 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 group: GroupCommit::start(conn.clone(), hooks)?,
                 conn,
-                owner: owner_id(),
+                owner: crate::store::owner_id(),
                 notify,
                 path: path.to_owned(),
                 file,
-                holds: Mutex::default(),
-                _stop_renewal: renew.then_some(stop_tx),
+                holds: Holds::default(),
+                stop_renewal: OnceLock::new(),
                 watching: Once::new(),
                 opts,
             }),
         };
         if renew {
-            let weak = Arc::downgrade(&store.inner);
-            let every = (store.inner.opts.lease / 3).max(Duration::from_millis(50));
-            std::thread::Builder::new()
-                .name("turnstile-lease".into())
-                .spawn(move || loop {
-                    match stop_rx.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let Some(inner) = weak.upgrade() else { return };
-                    let s = SqliteStore { inner };
-                    if let Err(e) = s.renew_held() {
-                        tracing::warn!(target: "turnstile::store", "lease renewal failed: {e}");
-                    }
-                })
-                .map_err(|e| StoreError::Db(format!("cannot start the lease thread: {e}")))?;
+            let stop = spawn_renewal(
+                Arc::downgrade(&store.inner),
+                store.inner.opts.lease,
+                |inner| SqliteStore { inner }.renew_held(),
+            )?;
+            let _ = store.inner.stop_renewal.set(stop);
         }
         Ok(store)
     }
@@ -222,29 +204,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn holds(&self) -> MutexGuard<'_, std::collections::HashMap<String, Option<Holder>>> {
-        self.inner.holds.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Extends the leases of the jobs held in this process (see [`Inner::holds`]): a job a
+    /// Extends the leases of the jobs held in this process (see [`Holds`]): a job a
     /// machine holds only while that machine runs. Returns how many were extended.
     pub fn renew_held(&self) -> Result<usize, StoreError> {
-        let ids: Vec<String> = {
-            let mut holds = self.holds();
-            holds.retain(|job, h| match h {
-                Some(h) if !(h.alive)() => {
-                    tracing::warn!(
-                        target: "turnstile::store",
-                        job = %job,
-                        machine = %h.machine,
-                        "the machine holding this job stopped: its lease is no longer renewed, the job returns to the queue when it expires"
-                    );
-                    false
-                }
-                _ => true,
-            });
-            holds.keys().cloned().collect()
-        };
+        let ids = self.inner.holds.renewable();
         if ids.is_empty() {
             return Ok(0);
         }

@@ -1,0 +1,475 @@
+//! The job queue on PostgreSQL. Each operation is one statement on a pooled connection
+//! (the claim reaps expired leases first, in a statement of its own); a change that can
+//! make a job claimable or finished sends `NOTIFY turnstile_jobs` in the same statement,
+//! so it is delivered when, and only if, the change commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use super::error::{pg_error, pool_error};
+use super::rows::{job, JOB_COLUMNS};
+use super::PgStore;
+use crate::store::{
+    new_job_id, Claim, Failed, Holder, Job, JobFilter, JobStore, ListJobs, NewJob, StoreError,
+};
+
+/// Expired leases back to pending, or to `dead` after the last attempt. `$1`: the
+/// default attempts.
+const REAP: &str = "
+    WITH expired AS (
+        SELECT id FROM jobs
+         WHERE status = 'processing' AND lease_until < clock_timestamp()
+         FOR UPDATE SKIP LOCKED)
+    UPDATE jobs j SET
+        status = CASE WHEN j.attempts >= COALESCE(j.max_attempts, $1) THEN 'dead' ELSE 'pending' END,
+        completed_at = CASE WHEN j.attempts >= COALESCE(j.max_attempts, $1)
+            THEN clock_timestamp() ELSE j.completed_at END,
+        started_at = CASE WHEN j.attempts >= COALESCE(j.max_attempts, $1)
+            THEN j.started_at ELSE NULL END,
+        error_message = CASE WHEN j.attempts >= COALESCE(j.max_attempts, $1)
+            THEN 'lease expired after the last attempt (worker died?)'
+            ELSE 'lease expired (worker died?)' END,
+        lease_owner = NULL, lease_until = NULL
+      FROM expired WHERE j.id = expired.id";
+
+/// The claim for a filter: only the filters given appear, so the planner can walk the
+/// matching partial index in claim order. `$1` owner, `$2` lease in ms, `$3` job type,
+/// `$4` machine type.
+fn claim_sql(filter: &JobFilter) -> String {
+    let by_type = if filter.job_type.is_some() {
+        "job_type = $3"
+    } else {
+        "$3::text IS NULL"
+    };
+    let by_machine = if filter.machine_type.is_some() {
+        "machine_type = $4"
+    } else {
+        "$4::text IS NULL"
+    };
+    format!(
+        "UPDATE jobs SET status = 'processing', started_at = clock_timestamp(),
+            lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond',
+            attempts = attempts + 1, next_attempt_at = NULL
+         WHERE id = (
+            SELECT id FROM jobs
+             WHERE status = 'pending' AND {by_type} AND {by_machine}
+               AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
+             ORDER BY priority, created_at, id
+             LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING {JOB_COLUMNS}"
+    )
+}
+
+/// When something for the filter may become claimable without anyone adding a job.
+const NEXT_DUE: &str = "
+    SELECT LEAST(
+        (SELECT MIN(next_attempt_at) FROM jobs
+          WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2)),
+        (SELECT MIN(lease_until) FROM jobs
+          WHERE status = 'processing' AND lease_until IS NOT NULL
+            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2)))";
+
+/// A failure: dead after the last attempt, else pending again after the backoff
+/// (`$4` base and `$5` longest delay in ms, doubled per attempt as
+/// [`crate::store::StoreOptions::backoff`]).
+const FAIL: &str = "
+    WITH j AS (
+        SELECT id, GREATEST(attempts, 1) AS a, COALESCE(max_attempts, $3) AS m FROM jobs
+         WHERE job_id = $1 AND status IN ('processing', 'pending') FOR UPDATE),
+    u AS (
+        UPDATE jobs SET
+            status = CASE WHEN j.a >= j.m THEN 'dead' ELSE 'pending' END,
+            error_message = $2, attempts = j.a,
+            completed_at = CASE WHEN j.a >= j.m THEN clock_timestamp() ELSE jobs.completed_at END,
+            next_attempt_at = CASE WHEN j.a >= j.m THEN NULL ELSE clock_timestamp()
+                + LEAST($4 * power(2, LEAST(j.a - 1, 30)), $5) * interval '1 millisecond' END,
+            started_at = CASE WHEN j.a >= j.m THEN jobs.started_at ELSE NULL END,
+            lease_owner = NULL, lease_until = NULL
+          FROM j WHERE jobs.id = j.id
+          RETURNING jobs.status, jobs.next_attempt_at, jobs.attempts, jobs.job_id)
+    SELECT status, next_attempt_at, attempts, pg_notify('turnstile_jobs', job_id) FROM u";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl PgStore {
+    /// Runs one statement that returns `pg_notify` rows and says how many rows changed.
+    fn changed(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
+    ) -> Result<bool, StoreError> {
+        let pool = self.inner.pool.clone();
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(sql).await.map_err(pg_error)?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| &**p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = c.query(&st, &refs).await.map_err(pg_error)?;
+            Ok(!rows.is_empty())
+        })
+    }
+
+    fn default_max(&self) -> i64 {
+        i64::from(self.inner.opts.max_attempts)
+    }
+}
+
+impl JobStore for PgStore {
+    fn add_job(&self, j: NewJob) -> Result<String, StoreError> {
+        let job_id = j.job_id.clone().unwrap_or_else(new_job_id);
+        let id = job_id.clone();
+        let pool = self.inner.pool.clone();
+        let out = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "WITH ins AS (
+                        INSERT INTO jobs (job_id, job_type, machine_type, source_job_id, priority,
+                            data, metadata, max_attempts, traceparent)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING job_id)
+                     SELECT pg_notify('turnstile_jobs', job_id) FROM ins",
+                )
+                .await
+                .map_err(pg_error)?;
+            c.query(
+                &st,
+                &[
+                    &id,
+                    &j.job_type,
+                    &j.machine_type,
+                    &j.source_job_id,
+                    &j.priority.unwrap_or(5),
+                    &j.data,
+                    &j.metadata,
+                    &j.max_attempts.map(i64::from),
+                    &j.traceparent,
+                ],
+            )
+            .await
+            .map_err(pg_error)
+        });
+        match out {
+            Ok(_) => {
+                self.inner.notify.notify_waiters();
+                Ok(job_id)
+            }
+            Err(StoreError::Invalid(_)) => Err(StoreError::Invalid(format!(
+                "a job with id `{job_id}` already exists"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
+        let (pool, default_max, lease) = (
+            self.inner.pool.clone(),
+            self.default_max(),
+            self.inner.opts.lease_ms() as f64,
+        );
+        let (filter, owner) = (filter.clone(), owner.to_owned());
+        let claim = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let reap = c.prepare_cached(REAP).await.map_err(pg_error)?;
+            c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
+            let st = c
+                .prepare_cached(&claim_sql(&filter))
+                .await
+                .map_err(pg_error)?;
+            let row = c
+                .query_opt(
+                    &st,
+                    &[&owner, &lease, &filter.job_type, &filter.machine_type],
+                )
+                .await
+                .map_err(pg_error)?;
+            if let Some(row) = row {
+                let j = job(&row, default_max).map_err(pg_error)?;
+                return Ok(Claim::Job(Box::new(j)));
+            }
+            let st = c.prepare_cached(NEXT_DUE).await.map_err(pg_error)?;
+            let due: Option<std::time::SystemTime> = c
+                .query_one(&st, &[&filter.job_type, &filter.machine_type])
+                .await
+                .map_err(pg_error)?
+                .try_get(0)
+                .map_err(pg_error)?;
+            Ok(Claim::Empty { next_due: due })
+        })?;
+        if let Claim::Job(j) = &claim {
+            self.inner.holds.claimed(&j.job_id);
+        }
+        Ok(claim)
+    }
+
+    fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let (pool, default_max, lease) = (
+            self.inner.pool.clone(),
+            self.default_max(),
+            self.inner.opts.lease_ms() as f64,
+        );
+        let (id, owner) = (job_id.to_owned(), owner.to_owned());
+        let claimed = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let reap = c.prepare_cached(REAP).await.map_err(pg_error)?;
+            c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
+            let st = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'processing', started_at = clock_timestamp(),
+                        lease_owner = $2,
+                        lease_until = clock_timestamp() + $3 * interval '1 millisecond',
+                        attempts = attempts + 1, next_attempt_at = NULL
+                     WHERE job_id = $1 AND status = 'pending'",
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(c.execute(&st, &[&id, &owner, &lease])
+                .await
+                .map_err(pg_error)?
+                > 0)
+        })?;
+        if claimed {
+            self.inner.holds.claimed(job_id);
+        }
+        Ok(claimed)
+    }
+
+    fn release_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.inner.holds.release(job_id);
+        let released = self.changed(
+            "WITH r AS (
+                UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                    started_at = NULL, attempts = GREATEST(attempts - 1, 0)
+                 WHERE job_id = $1 AND status = 'processing' AND lease_owner = $2
+                 RETURNING job_id)
+             SELECT pg_notify('turnstile_jobs', job_id) FROM r",
+            vec![Box::new(job_id.to_owned()), Box::new(owner.to_owned())],
+        )?;
+        if released {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(released)
+    }
+
+    fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
+        self.inner.holds.release(job_id);
+        let done = self.changed(
+            "WITH r AS (
+                UPDATE jobs SET status = 'completed', completed_at = clock_timestamp(),
+                    lease_owner = NULL, lease_until = NULL, result = COALESCE($2, result)
+                 WHERE job_id = $1 AND status IN ('pending', 'processing')
+                 RETURNING job_id)
+             SELECT pg_notify('turnstile_jobs', job_id) FROM r",
+            vec![Box::new(job_id.to_owned()), Box::new(result.cloned())],
+        )?;
+        if done {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
+        self.inner.holds.release(job_id);
+        let pool = self.inner.pool.clone();
+        let (id, error) = (job_id.to_owned(), error.to_owned());
+        let (default_max, base, max) = (
+            self.default_max(),
+            ms(self.inner.opts.backoff_base),
+            ms(self.inner.opts.backoff_max),
+        );
+        let out = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(FAIL).await.map_err(pg_error)?;
+            let Some(row) = c
+                .query_opt(&st, &[&id, &error, &default_max, &base, &max])
+                .await
+                .map_err(pg_error)?
+            else {
+                return Ok(Failed::NotFound);
+            };
+            let status: String = row.try_get(0).map_err(pg_error)?;
+            if status == crate::store::DEAD {
+                return Ok(Failed::Dead);
+            }
+            let at: Option<std::time::SystemTime> = row.try_get(1).map_err(pg_error)?;
+            Ok(Failed::Retry {
+                at: at.unwrap_or_else(std::time::SystemTime::now),
+                attempts: row.try_get(2).map_err(pg_error)?,
+            })
+        })?;
+        if !matches!(out, Failed::NotFound) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    fn renew_leases(&self, owner: &str) -> Result<usize, StoreError> {
+        let (pool, owner, lease) = (
+            self.inner.pool.clone(),
+            owner.to_owned(),
+            self.inner.opts.lease_ms() as f64,
+        );
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "UPDATE jobs SET lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+                     WHERE status = 'processing' AND lease_owner = $1",
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(c.execute(&st, &[&owner, &lease]).await.map_err(pg_error)? as usize)
+        })
+    }
+
+    fn abandon_job(&self, job_id: &str, why: &str) -> Result<bool, StoreError> {
+        self.inner.holds.release(job_id);
+        let done = self.changed(
+            "WITH r AS (
+                UPDATE jobs SET status = 'failed', error_message = $3,
+                    completed_at = clock_timestamp(), lease_owner = NULL, lease_until = NULL
+                 WHERE job_id = $1 AND status = 'processing' AND lease_owner = $2
+                 RETURNING job_id)
+             SELECT pg_notify('turnstile_jobs', job_id) FROM r",
+            vec![
+                Box::new(job_id.to_owned()),
+                Box::new(self.inner.owner.clone()),
+                Box::new(why.to_owned()),
+            ],
+        )?;
+        if done {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    fn set_holder(&self, job_id: &str, holder: Holder) {
+        self.inner.holds.set_holder(job_id, holder);
+    }
+
+    fn queue_job_of(&self, machine: &str) -> Option<String> {
+        self.inner.holds.queue_job_of(machine)
+    }
+
+    fn claim_backoff(&self) -> Option<Duration> {
+        self.backoff()
+    }
+
+    fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let (pool, id, default_max) = (
+            self.inner.pool.clone(),
+            job_id.to_owned(),
+            self.default_max(),
+        );
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1"))
+                .await
+                .map_err(pg_error)?;
+            match c.query_opt(&st, &[&id]).await.map_err(pg_error)? {
+                Some(r) => Ok(Some(job(&r, default_max).map_err(pg_error)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_jobs(&self, q: &ListJobs) -> Result<Vec<Job>, StoreError> {
+        let (pool, q, default_max) = (self.inner.pool.clone(), q.clone(), self.default_max());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR job_type = $2)
+                       AND ($3::text IS NULL OR machine_type = $3)
+                     ORDER BY id DESC LIMIT $4"
+                ))
+                .await
+                .map_err(pg_error)?;
+            let limit = q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+            let rows = c
+                .query(&st, &[&q.status, &q.job_type, &q.machine_type, &limit])
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| job(r, default_max).map_err(pg_error))
+                .collect()
+        })
+    }
+
+    fn pending_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let (pool, f, default_max) = (self.inner.pool.clone(), filter.clone(), self.default_max());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE status = 'pending' AND ($1::text IS NULL OR job_type = $1)
+                       AND ($2::text IS NULL OR machine_type = $2)
+                     ORDER BY priority, created_at, id LIMIT $3"
+                ))
+                .await
+                .map_err(pg_error)?;
+            let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+            let rows = c
+                .query(&st, &[&f.job_type, &f.machine_type, &limit])
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| job(r, default_max).map_err(pg_error))
+                .collect()
+        })
+    }
+
+    fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let pool = self.inner.pool.clone();
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT job_type, status, COUNT(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2",
+                )
+                .await
+                .map_err(pg_error)?;
+            let rows = c.query(&st, &[]).await.map_err(pg_error)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0).map_err(pg_error)?,
+                        r.try_get(1).map_err(pg_error)?,
+                        u64::try_from(r.try_get::<_, i64>(2).map_err(pg_error)?).unwrap_or(0),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        let pool = self.inner.pool.clone();
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            c.simple_query("SELECT 1").await.map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn notify(&self) -> &Arc<tokio::sync::Notify> {
+        self.listen();
+        &self.inner.notify
+    }
+
+    fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+}

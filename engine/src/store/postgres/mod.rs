@@ -1,0 +1,302 @@
+//! The PostgreSQL store: one database shared by every Turnstile process on every host.
+//!
+//! - A connection pool (deadpool) on a small runtime of the store's own, so the store
+//!   keeps the synchronous [`JobStore`] / [`StateStore`] API that the job actions call
+//!   from blocking threads: a call hands its query to that runtime and waits for the
+//!   answer. A connection that breaks (a server restart) is dropped by the pool and
+//!   replaced on the next call; calls in between fail as [`StoreError::Unavailable`],
+//!   claimers back off ([`JobStore::claim_backoff`]) and readiness reports not ready.
+//! - The schema is created and migrated when the store opens ([`schema`]), under an
+//!   advisory lock.
+//! - A claim is one statement: the next claimable job is picked with
+//!   `FOR UPDATE SKIP LOCKED` (claimers in other processes skip it instead of waiting)
+//!   and leased in the same `UPDATE`. Expired leases are reaped in the claim's
+//!   transaction, as on SQLite. Times are the database's clock.
+//! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
+//!   transaction; a connection of the store's own `LISTEN`s and wakes
+//!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
+//! - Leases are renewed like SQLite's ([`crate::store::holds`]).
+//!
+//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`rows`] (rows
+//! to records), [`error`] (driver errors to [`StoreError`]s).
+
+mod error;
+mod jobs;
+mod listen;
+mod rows;
+pub mod schema;
+mod state;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::store::holds::{spawn_renewal, Holds};
+#[cfg(doc)]
+use crate::store::{JobStore, StateStore};
+use crate::store::{Store, StoreError, StoreOptions};
+use error::pool_error;
+
+/// Connections the pool keeps at most.
+pub const POOL_SIZE: usize = 16;
+
+/// How long a connection attempt may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First and longest claim backoff while the database is unreachable.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+struct Inner {
+    /// The store's runtime: the pool's connections and the listener live on it. `None`
+    /// only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    opts: StoreOptions,
+    owner: String,
+    notify: Arc<tokio::sync::Notify>,
+    /// The URL without its password, for logs.
+    shown: String,
+    holds: Holds,
+    /// Dropping it stops the lease renewal thread.
+    stop_renewal: OnceLock<std::sync::mpsc::Sender<()>>,
+    /// Starts the listener once.
+    listening: Once,
+    /// While calls fail because the database cannot be reached: failures in a row and
+    /// when the last one failed.
+    unreachable: Mutex<Option<(u32, Instant)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which panics inside another
+        // runtime (a store dropped by an async task): let them end in the background.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A PostgreSQL job and state store. Cheap to clone; clones share one pool.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.inner.shown)
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+/// Reads a `postgres://` or `postgresql://` URL (or a `key=value` connection string).
+/// The error never repeats the URL (it may hold a password).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))
+}
+
+impl PgStore {
+    /// Connects, migrates the schema and starts the lease renewal. A database that
+    /// cannot be reached is [`StoreError::Unavailable`] (the caller may try again); a
+    /// malformed URL, refused credentials, a missing database or a newer schema is
+    /// [`StoreError::Config`].
+    pub fn open(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        let mut config = parse_url(url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("turnstile");
+        }
+        let shown = shown(&config);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("turnstile-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Db(format!("cannot start the store's runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.busy_timeout))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Config(format!("PostgreSQL pool: {e}")))?;
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                handle: rt.handle().clone(),
+                rt: Some(rt),
+                pool,
+                config,
+                owner: crate::store::owner_id(),
+                notify: Arc::new(tokio::sync::Notify::new()),
+                shown,
+                holds: Holds::default(),
+                stop_renewal: OnceLock::new(),
+                listening: Once::new(),
+                unreachable: Mutex::new(None),
+                opts,
+            }),
+        };
+        let pool = store.inner.pool.clone();
+        store.call(async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await
+        })?;
+        if store.inner.opts.renew {
+            let stop = spawn_renewal(
+                Arc::downgrade(&store.inner),
+                store.inner.opts.lease,
+                |inner| PgStore { inner }.renew_held(),
+            )?;
+            let _ = store.inner.stop_renewal.set(stop);
+        }
+        Ok(store)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for its answer (from any thread; a
+    /// caller on an async thread blocks it for the query's time, as with SQLite).
+    fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        let out = rx
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Db("the store's runtime stopped".into())));
+        self.note(&out);
+        out
+    }
+
+    /// Keeps [`Inner::unreachable`] current.
+    fn note<T>(&self, out: &Result<T, StoreError>) {
+        let mut u = self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match out {
+            Err(StoreError::Unavailable(why)) => {
+                if u.is_none() {
+                    tracing::warn!(target: "turnstile::store", "PostgreSQL cannot be reached ({why}): claimers back off and the store reports not ready until it answers again");
+                }
+                let n = u.map_or(1, |(n, _)| n.saturating_add(1));
+                *u = Some((n, Instant::now()));
+            }
+            Ok(_) | Err(_) => {
+                if let Some((n, _)) = u.take() {
+                    tracing::warn!(target: "turnstile::store", "PostgreSQL answers again (after {n} failed call(s))");
+                    // Whatever was added meanwhile: look again.
+                    self.inner.notify.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Extends the leases of the jobs held in this process.
+    pub fn renew_held(&self) -> Result<usize, StoreError> {
+        let ids = self.inner.holds.renewable();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let (pool, owner, lease) = (
+            self.inner.pool.clone(),
+            self.inner.owner.clone(),
+            self.inner.opts.lease_ms(),
+        );
+        self.call(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let st = client
+                .prepare_cached(
+                    "UPDATE jobs SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+                     WHERE job_id = ANY($1) AND status = 'processing' AND lease_owner = $2",
+                )
+                .await
+                .map_err(error::pg_error)?;
+            let n = client
+                .execute(&st, &[&ids, &owner, &(lease as f64)])
+                .await
+                .map_err(error::pg_error)?;
+            Ok(n as usize)
+        })
+    }
+
+    /// Connections the pool holds now and how many of them are in use.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.inner.pool.status();
+        (s.size, s.size.saturating_sub(s.available))
+    }
+
+    /// Starts the listener once.
+    fn listen(&self) {
+        self.inner.listening.call_once(|| {
+            listen::start(
+                &self.inner.handle,
+                self.inner.config.clone(),
+                Arc::downgrade(&self.inner.notify),
+            );
+        });
+    }
+
+    fn backoff(&self) -> Option<Duration> {
+        let u = *self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (n, last) = u?;
+        let full = BACKOFF_FIRST
+            .saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(BACKOFF_MAX);
+        Some(
+            full.saturating_sub(last.elapsed())
+                .max(Duration::from_millis(10)),
+        )
+    }
+}
+
+/// `postgres://user@host:port/db`, without the password.
+fn shown(c: &tokio_postgres::Config) -> String {
+    let host = c
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        c.get_user().unwrap_or(""),
+        c.get_dbname().unwrap_or("")
+    )
+}
+
+impl Store for PgStore {
+    fn describe(&self) -> String {
+        self.inner.shown.clone()
+    }
+}

@@ -1,0 +1,243 @@
+//! Machine state, events and the transition audit on PostgreSQL (the `machine_state`,
+//! `machine_events` and `transitions` tables of [`super::schema`]).
+
+use serde_json::{Map, Value as Json};
+
+use super::error::{pg_error, pool_error};
+use super::rows::{machine, time_col, MACHINE_COLUMNS};
+use super::PgStore;
+use crate::store::{
+    EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
+};
+
+const SAVE_STATE: &str = "
+    INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
+    VALUES ($1, $2, clock_timestamp(), $3, $4)
+    ON CONFLICT (machine_name) DO UPDATE SET current_state = excluded.current_state,
+        last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context";
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl StateStore for PgStore {
+    fn save_state(
+        &self,
+        machine_name: &str,
+        state: &str,
+        context: &Map<String, Json>,
+    ) -> Result<(), StoreError> {
+        let pool = self.inner.pool.clone();
+        let (m, s, ctx) = (
+            machine_name.to_owned(),
+            state.to_owned(),
+            Json::Object(context.clone()),
+        );
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
+            c.execute(&st, &[&m, &s, &i64::from(std::process::id()), &ctx])
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn load_state(&self, machine_name: &str) -> Result<Option<MachineRecord>, StoreError> {
+        let (pool, m) = (self.inner.pool.clone(), machine_name.to_owned());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machine_state WHERE machine_name = $1"
+                ))
+                .await
+                .map_err(pg_error)?;
+            match c.query_opt(&st, &[&m]).await.map_err(pg_error)? {
+                Some(r) => Ok(Some(machine(&r).map_err(pg_error)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let pool = self.inner.pool.clone();
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machine_state ORDER BY machine_name"
+                ))
+                .await
+                .map_err(pg_error)?;
+            let rows = c.query(&st, &[]).await.map_err(pg_error)?;
+            rows.iter().map(|r| machine(r).map_err(pg_error)).collect()
+        })
+    }
+
+    fn record_event(
+        &self,
+        source: Option<&str>,
+        target: &str,
+        event_type: &str,
+        job_id: Option<&str>,
+        payload: Option<&Json>,
+    ) -> Result<i64, StoreError> {
+        let pool = self.inner.pool.clone();
+        let (source, target, event_type, job_id, payload) = (
+            source.map(str::to_owned),
+            target.to_owned(),
+            event_type.to_owned(),
+            job_id.map(str::to_owned),
+            payload.cloned(),
+        );
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO machine_events (source_machine, target_machine, event_type,
+                        job_id, payload, status)
+                     VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING id",
+                )
+                .await
+                .map_err(pg_error)?;
+            c.query_one(&st, &[&source, &target, &event_type, &job_id, &payload])
+                .await
+                .map_err(pg_error)?
+                .try_get(0)
+                .map_err(pg_error)
+        })
+    }
+
+    fn events(&self, target: Option<&str>, n: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let (pool, target) = (self.inner.pool.clone(), target.map(str::to_owned));
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT id, source_machine, target_machine, event_type, job_id, payload,
+                        status, created_at
+                     FROM machine_events WHERE ($1::text IS NULL OR target_machine = $1)
+                     ORDER BY id DESC LIMIT $2",
+                )
+                .await
+                .map_err(pg_error)?;
+            let rows = c
+                .query(&st, &[&target, &limit(n)])
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(EventRecord {
+                        id: r.try_get(0)?,
+                        source_machine: r.try_get(1)?,
+                        target_machine: r.try_get(2)?,
+                        event_type: r.try_get(3)?,
+                        job_id: r.try_get(4)?,
+                        payload: r.try_get(5)?,
+                        status: r.try_get(6)?,
+                        created_at: time_col(r, 7)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(pg_error)
+        })
+    }
+
+    fn clear_events(&self, target: &str, types: &[String]) -> Result<usize, StoreError> {
+        let (pool, target, types) = (self.inner.pool.clone(), target.to_owned(), types.to_vec());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "UPDATE machine_events SET status = 'processed',
+                        processed_at = clock_timestamp()
+                     WHERE target_machine = $1 AND event_type = ANY($2) AND status = 'pending'",
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(c.execute(&st, &[&target, &types]).await.map_err(pg_error)? as usize)
+        })
+    }
+
+    fn persist_batch(
+        &self,
+        states: &SavedStates,
+        audit: &[TransitionRecord],
+    ) -> Result<(), StoreError> {
+        let pool = self.inner.pool.clone();
+        // One row array per column: the whole batch is two statements, whatever its size.
+        let (mut names, mut froms, mut tos, mut events, mut jobs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in audit {
+            names.push(r.machine_name.clone());
+            froms.push(r.from_state.clone());
+            tos.push(r.to_state.clone());
+            events.push(r.event.clone());
+            jobs.push(r.job_id.clone());
+        }
+        let saved: Vec<(String, String, Json)> = states
+            .iter()
+            .map(|(m, (s, ctx))| (m.to_string(), s.to_string(), Json::Object(ctx.clone())))
+            .collect();
+        self.call(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(pg_error)?;
+            if !names.is_empty() {
+                let st = tx
+                    .prepare_cached(
+                        "INSERT INTO transitions (machine_name, from_state, to_state, event, job_id)
+                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                            $5::text[])",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                tx.execute(&st, &[&names, &froms, &tos, &events, &jobs])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
+            let pid = i64::from(std::process::id());
+            for (m, s, ctx) in &saved {
+                tx.execute(&st, &[m, s, &pid, ctx])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            tx.commit().await.map_err(pg_error)
+        })
+    }
+
+    fn transitions(
+        &self,
+        machine_name: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<TransitionRecord>, StoreError> {
+        let (pool, m) = (self.inner.pool.clone(), machine_name.map(str::to_owned));
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT id, machine_name, from_state, to_state, event, job_id, created_at
+                     FROM transitions WHERE ($1::text IS NULL OR machine_name = $1)
+                     ORDER BY id DESC LIMIT $2",
+                )
+                .await
+                .map_err(pg_error)?;
+            let rows = c.query(&st, &[&m, &limit(n)]).await.map_err(pg_error)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(TransitionRecord {
+                        id: r.try_get(0)?,
+                        machine_name: r.try_get(1)?,
+                        from_state: r.try_get(2)?,
+                        to_state: r.try_get(3)?,
+                        event: r.try_get(4)?,
+                        job_id: r.try_get(5)?,
+                        created_at: time_col(r, 6)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(pg_error)
+        })
+    }
+}

@@ -1,0 +1,500 @@
+#![allow(clippy::unwrap_used)]
+//! The job and state store contract, run against every backend: SQLite (a temp file) and
+//! PostgreSQL (a real server this test starts, one database per test). Each test opens
+//! the store as often as it needs (several store objects on one database stand for
+//! several processes) through [`Backend::open`].
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use support::postgres::Server;
+use turnstile_engine::store::{
+    Claim, Failed, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store, StoreOptions, DEAD,
+    PENDING, PROCESSING,
+};
+
+/// Opens stores on one database of one backend.
+#[derive(Clone)]
+struct Backend {
+    open: Arc<dyn Fn(StoreOptions) -> Arc<dyn Store> + Send + Sync>,
+    /// Keeps the database alive (the SQLite file's temp dir).
+    _keep: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl Backend {
+    fn open(&self, opts: StoreOptions) -> Arc<dyn Store> {
+        (self.open)(opts)
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        Backend {
+            open: Arc::new(move |o| Arc::new(SqliteStore::open_with(&path, o).unwrap())),
+            _keep: Arc::new(dir),
+        }
+    }
+
+    fn postgres() -> Self {
+        // One server for the whole test binary; it stops when the process ends.
+        static SERVER: OnceLock<Server> = OnceLock::new();
+        let url = SERVER.get_or_init(Server::start).database();
+        Backend {
+            open: Arc::new(move |o| Arc::new(PgStore::open(&url, o).unwrap())),
+            _keep: Arc::new(()),
+        }
+    }
+}
+
+/// Runs each contract test against each backend: `sqlite::NAME`, `postgres::NAME`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(&super::Backend::sqlite()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(&super::Backend::postgres()) } )*
+        }
+    };
+}
+
+contract!(
+    concurrent_claimers_never_double_claim,
+    claims_follow_priority_then_age_and_filters,
+    an_expired_lease_returns_the_job_to_pending,
+    a_live_process_keeps_its_lease,
+    failures_retry_with_exponential_backoff_then_dead_letter,
+    a_job_that_keeps_killing_its_workers_is_dead_lettered,
+    machine_state_and_events,
+    times_are_the_stores_clock_and_print_as_rfc3339,
+    a_write_by_another_store_object_wakes_a_waiter,
+    transitions_and_states_are_saved_in_one_batch,
+    abandoned_jobs_fail_and_released_ones_are_pending_again,
+);
+
+fn job(t: &str) -> NewJob {
+    NewJob {
+        job_type: t.into(),
+        ..NewJob::default()
+    }
+}
+
+fn any() -> JobFilter {
+    JobFilter::default()
+}
+
+fn claimed(c: Claim) -> Box<turnstile_engine::store::Job> {
+    match c {
+        Claim::Job(j) => j,
+        Claim::Empty { .. } => panic!("expected a job"),
+    }
+}
+
+fn no_renew(lease_ms: u64) -> StoreOptions {
+    StoreOptions {
+        lease: Duration::from_millis(lease_ms),
+        renew: false,
+        ..StoreOptions::default()
+    }
+}
+
+fn concurrent_claimers_never_double_claim(b: &Backend) {
+    let n = 2000;
+    {
+        let s = b.open(StoreOptions::default());
+        for i in 0..n {
+            s.add_job(NewJob {
+                job_id: Some(format!("j{i}")),
+                ..job("task")
+            })
+            .unwrap();
+        }
+    }
+    let threads = 6;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let b = b.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                // Each thread has its own connection, as separate processes would.
+                let s = b.open(StoreOptions::default());
+                barrier.wait();
+                let mut got = Vec::new();
+                loop {
+                    match s.claim_next(&any(), s.owner()).unwrap() {
+                        Claim::Job(j) => {
+                            // A job takes a moment; without it, one thread claiming in a
+                            // tight loop keeps SQLite's lock while the others' busy
+                            // handlers sleep (1 ms, 2 ms, 5 ms, ...), and takes every job.
+                            std::thread::sleep(Duration::from_micros(300));
+                            assert!(s.complete_job(&j.job_id, None).unwrap());
+                            got.push(j.job_id);
+                        }
+                        Claim::Empty { .. } => return got,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut per_thread = Vec::new();
+    for h in handles {
+        let got = h.join().unwrap();
+        per_thread.push(got.len());
+        all.extend(got);
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), n, "per thread: {per_thread:?}");
+    assert_eq!(unique.len(), n);
+    let s = b.open(StoreOptions::default());
+    assert_eq!(
+        s.counts().unwrap(),
+        vec![("task".into(), "completed".into(), n as u64)]
+    );
+    // More than one thread got work (the claims really were concurrent).
+    assert!(
+        per_thread.iter().filter(|&&c| c > 0).count() > 1,
+        "{per_thread:?}"
+    );
+}
+
+fn claims_follow_priority_then_age_and_filters(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let add = |id: &str, t: &str, m: Option<&str>, p: i64| {
+        s.add_job(NewJob {
+            job_id: Some(id.into()),
+            machine_type: m.map(Into::into),
+            priority: Some(p),
+            data: Some(json!({"n": id})),
+            ..job(t)
+        })
+        .unwrap();
+    };
+    add("a", "task", Some("w"), 5);
+    add("b", "task", Some("w"), 1);
+    add("c", "other", None, 1);
+    add("d", "task", Some("x"), 5);
+    let f = JobFilter {
+        job_type: Some("task".into()),
+        machine_type: Some("w".into()),
+    };
+    let o = s.owner().to_owned();
+    assert_eq!(claimed(s.claim_next(&f, &o).unwrap()).job_id, "b");
+    let a = claimed(s.claim_next(&f, &o).unwrap());
+    assert_eq!(a.job_id, "a");
+    assert_eq!(a.data, json!({"n": "a"}));
+    assert_eq!(a.status, PROCESSING);
+    assert_eq!(a.attempts, 1);
+    assert_eq!(a.lease_owner.as_deref(), Some(o.as_str()));
+    assert!(matches!(
+        s.claim_next(&f, &o).unwrap(),
+        Claim::Empty { next_due: Some(_) }
+    ));
+    // No machine type filter: any machine's job of that type.
+    let any_task = JobFilter {
+        job_type: Some("task".into()),
+        machine_type: None,
+    };
+    assert_eq!(claimed(s.claim_next(&any_task, &o).unwrap()).job_id, "d");
+    assert_eq!(
+        s.pending_jobs(&any(), None).unwrap()[0].job_id,
+        "c",
+        "pending_jobs does not claim"
+    );
+    assert!(s.claim_job("c", &o).unwrap());
+    assert!(!s.claim_job("c", &o).unwrap(), "a second claim by id fails");
+    assert!(s.release_job("c", &o).unwrap());
+    let c = s.get_job("c").unwrap().unwrap();
+    assert_eq!((c.status.as_str(), c.attempts), (PENDING, 0));
+    assert_eq!(
+        s.list_jobs(&ListJobs {
+            status: Some(PROCESSING.into()),
+            ..ListJobs::default()
+        })
+        .unwrap()
+        .len(),
+        3
+    );
+    assert!(s
+        .add_job(NewJob {
+            job_id: Some("a".into()),
+            ..job("task")
+        })
+        .is_err());
+}
+
+fn an_expired_lease_returns_the_job_to_pending(b: &Backend) {
+    let dead_worker = b.open(no_renew(150));
+    let other = b.open(no_renew(150));
+    dead_worker.add_job(job("t")).unwrap();
+    let j = claimed(dead_worker.claim_next(&any(), "dead").unwrap());
+    match other.claim_next(&any(), "other").unwrap() {
+        Claim::Empty { next_due } => {
+            let due = next_due.expect("the lease expiry is the next due time");
+            assert!(due > SystemTime::now());
+        }
+        Claim::Job(j) => panic!("claimed a leased job {j:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let again = claimed(other.claim_next(&any(), "other").unwrap());
+    assert_eq!(again.job_id, j.job_id);
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.lease_owner.as_deref(), Some("other"));
+}
+
+fn a_live_process_keeps_its_lease(b: &Backend) {
+    let live = b.open(StoreOptions {
+        lease: Duration::from_millis(300),
+        ..StoreOptions::default()
+    });
+    let other = b.open(no_renew(300));
+    live.add_job(job("t")).unwrap();
+    let j = claimed(live.claim_next(&any(), live.owner()).unwrap());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { .. }
+    ));
+    assert!(live
+        .complete_job(&j.job_id, Some(&json!({"ok": true})))
+        .unwrap());
+    let done = other.get_job(&j.job_id).unwrap().unwrap();
+    assert_eq!(done.status, "completed");
+    assert_eq!(done.result, Some(json!({"ok": true})));
+    assert!(
+        !live.complete_job(&j.job_id, None).unwrap(),
+        "completed once"
+    );
+}
+
+fn failures_retry_with_exponential_backoff_then_dead_letter(b: &Backend) {
+    let s = b.open(StoreOptions {
+        backoff_base: Duration::from_millis(100),
+        max_attempts: 3,
+        ..StoreOptions::default()
+    });
+    let o = s.owner().to_owned();
+    let id = s.add_job(job("t")).unwrap();
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        let j = loop {
+            match s.claim_next(&any(), &o).unwrap() {
+                Claim::Job(j) => break j,
+                Claim::Empty { next_due } => {
+                    let due = next_due.expect("a retry is due");
+                    let wait = due
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    std::thread::sleep(wait + Duration::from_millis(5));
+                }
+            }
+        };
+        assert_eq!(j.attempts, attempt);
+        // The retry time is counted from when the failure is written, which is within
+        // the call (after any commit still running when it is queued).
+        let t0 = SystemTime::now();
+        let failed = s.fail_job(&id, &format!("boom {attempt}")).unwrap();
+        let t1 = SystemTime::now();
+        match failed {
+            Failed::Retry { at, attempts } => {
+                assert_eq!(attempts, attempt);
+                delays.push((
+                    at.duration_since(t0).unwrap_or_default(),
+                    at.duration_since(t1).unwrap_or_default(),
+                ));
+            }
+            Failed::Dead => {
+                assert_eq!(attempt, 3);
+            }
+            Failed::NotFound => panic!("not found"),
+        }
+    }
+    assert_eq!(delays.len(), 2, "{delays:?}");
+    // Backoff 100 ms, then 200 ms: at least that from the call's start (less the clock's
+    // rounding to ms), at most that plus 30 ms from its end.
+    for (&(from_start, from_end), backoff) in delays.iter().zip([100, 200]) {
+        assert!(from_start.as_millis() >= backoff - 20, "{delays:?}");
+        assert!(from_end.as_millis() <= backoff + 30, "{delays:?}");
+    }
+    let dead = s.get_job(&id).unwrap().unwrap();
+    assert_eq!(dead.status, DEAD);
+    assert_eq!(dead.error_message.as_deref(), Some("boom 3"));
+    assert!(matches!(
+        s.claim_next(&any(), &o).unwrap(),
+        Claim::Empty { next_due: None }
+    ));
+    assert_eq!(s.fail_job(&id, "again").unwrap(), Failed::NotFound);
+}
+
+fn a_job_that_keeps_killing_its_workers_is_dead_lettered(b: &Backend) {
+    let s = b.open(no_renew(50));
+    let id = s
+        .add_job(NewJob {
+            max_attempts: Some(2),
+            ..job("t")
+        })
+        .unwrap();
+    for _ in 0..2 {
+        claimed(s.claim_next(&any(), "w").unwrap());
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    assert!(matches!(
+        s.claim_next(&any(), "w").unwrap(),
+        Claim::Empty { .. }
+    ));
+    assert_eq!(s.get_job(&id).unwrap().unwrap().status, DEAD);
+}
+
+fn machine_state_and_events(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("n".into(), json!(1));
+    s.save_state("w", "waiting", &ctx).unwrap();
+    s.save_state("w", "processing", &ctx).unwrap();
+    let r = s.load_state("w").unwrap().unwrap();
+    assert_eq!(r.current_state.as_deref(), Some("processing"));
+    assert_eq!(r.context, Some(json!({"n": 1})));
+    assert_eq!(s.machines().unwrap().len(), 1);
+    s.record_event(Some("c"), "w", "go", Some("j1"), Some(&json!({"a": 1})))
+        .unwrap();
+    s.record_event(None, "w", "stop", None, None).unwrap();
+    assert_eq!(s.clear_events("w", &["go".into()]).unwrap(), 1);
+    let ev = s.events(Some("w"), 10).unwrap();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1].status, "processed");
+    assert_eq!(ev[0].status, "pending");
+}
+
+fn times_are_the_stores_clock_and_print_as_rfc3339(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let before = SystemTime::now() - Duration::from_secs(2);
+    let id = s.add_job(job("t")).unwrap();
+    claimed(s.claim_next(&any(), s.owner()).unwrap());
+    assert!(s.complete_job(&id, None).unwrap());
+    let j = s.get_job(&id).unwrap().unwrap();
+    let after = SystemTime::now() + Duration::from_secs(2);
+    for (what, t) in [
+        ("created_at", j.created_at),
+        ("started_at", j.started_at),
+        ("completed_at", j.completed_at),
+    ] {
+        let t = t.unwrap_or_else(|| panic!("{what} is not set: {j:?}"));
+        assert!(
+            (before..after).contains(&t.system_time()),
+            "{what} {t} is not now"
+        );
+    }
+    let v = serde_json::to_value(&j).unwrap();
+    let text = v["created_at"].as_str().unwrap();
+    assert!(
+        text.len() == 24 && text.ends_with('Z') && &text[10..11] == "T",
+        "{text}"
+    );
+}
+
+fn a_write_by_another_store_object_wakes_a_waiter(b: &Backend) {
+    let waiter = b.open(StoreOptions::default());
+    let other = b.open(StoreOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let notify = waiter.notify().clone();
+    // Let the backend's watch start (SQLite's first reading, PostgreSQL's LISTEN).
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..3 {
+        let woken = rt.block_on(async {
+            let n = notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            let t0 = std::time::Instant::now();
+            let adder = std::thread::spawn({
+                let other = other.clone();
+                move || other.add_job(job("t")).unwrap()
+            });
+            let woke = tokio::time::timeout(Duration::from_secs(5), n)
+                .await
+                .is_ok();
+            adder.join().unwrap();
+            woke.then(|| t0.elapsed())
+        });
+        let waited = woken.unwrap_or_else(|| panic!("round {round}: a job added by another store object did not wake the waiter within 5 s"));
+        assert!(waited < Duration::from_secs(2), "round {round}: {waited:?}");
+    }
+    assert_eq!(waiter.pending_jobs(&any(), None).unwrap().len(), 3);
+}
+
+fn transitions_and_states_are_saved_in_one_batch(b: &Backend) {
+    use turnstile_engine::store::{SavedStates, TransitionRecord};
+    let s = b.open(StoreOptions::default());
+    let rec = |m: &str, from: &str, to: &str| TransitionRecord {
+        id: 0,
+        machine_name: m.into(),
+        from_state: from.into(),
+        to_state: to.into(),
+        event: "go".into(),
+        job_id: Some("j1".into()),
+        created_at: None,
+    };
+    let mut states = SavedStates::new();
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("k".into(), json!("v"));
+    states.insert(Arc::from("m1"), (Arc::from("b"), ctx));
+    s.persist_batch(&states, &[rec("m1", "a", "b"), rec("m2", "x", "y")])
+        .unwrap();
+    let all = s.transitions(None, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].machine_name.as_str(), all[1].machine_name.as_str()),
+        ("m2", "m1"),
+        "newest first"
+    );
+    assert!(all.iter().all(|t| t.created_at.is_some() && t.id > 0));
+    assert_eq!(s.transitions(Some("m1"), 10).unwrap().len(), 1);
+    let m1 = s.load_state("m1").unwrap().unwrap();
+    assert_eq!(m1.current_state.as_deref(), Some("b"));
+    assert_eq!(m1.context, Some(json!({"k": "v"})));
+    assert!(m1.last_activity.is_some());
+    assert_eq!(s.load_state("nope").unwrap(), None);
+}
+
+fn abandoned_jobs_fail_and_released_ones_are_pending_again(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let o = s.owner().to_owned();
+    let a = s.add_job(job("t")).unwrap();
+    let j = claimed(s.claim_next(&any(), &o).unwrap());
+    assert_eq!(j.job_id, a);
+    assert!(s.abandon_job(&a, "went back to waiting").unwrap());
+    let failed = s.get_job(&a).unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    assert_eq!(
+        failed.error_message.as_deref(),
+        Some("went back to waiting")
+    );
+    assert!(
+        !s.abandon_job(&a, "again").unwrap(),
+        "only a processing job"
+    );
+    let r = s.add_job(job("t")).unwrap();
+    claimed(s.claim_next(&any(), &o).unwrap());
+    assert!(
+        !s.release_job(&r, "someone else").unwrap(),
+        "only the owner's"
+    );
+    assert!(s.release_job(&r, &o).unwrap());
+    let back = s.get_job(&r).unwrap().unwrap();
+    assert_eq!((back.status.as_str(), back.attempts), (PENDING, 0));
+    assert_eq!(back.lease_owner, None);
+    assert_eq!(
+        s.counts().unwrap(),
+        vec![
+            ("t".into(), "failed".into(), 1),
+            ("t".into(), "pending".into(), 1)
+        ]
+    );
+}
