@@ -780,20 +780,28 @@ fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
             &[
                 "run",
                 "--db",
-                "postgres://turnstile:hunter2@db:5432/jobs",
+                "mysql://turnstile:hunter2@db:3306/jobs",
                 &config,
             ],
-            "PostgreSQL",
+            "MySQL",
         ),
         (
-            &["jobs", "list", "--db", "postgresql://db/jobs"],
-            "PostgreSQL",
+            &[
+                "jobs",
+                "list",
+                "--db",
+                "postgresql://turnstile:hunter2@db:port/jobs",
+            ],
+            "malformed PostgreSQL URL",
         ),
         (
             &["machine-state", "--db", "s3://bucket/x.db"],
             "unknown store scheme `s3:`",
         ),
-        (&["events", "list", "--db", "mysql://db/x"], "MySQL"),
+        (
+            &["events", "list", "--db", "redis://turnstile:hunter2@db/x"],
+            "Redis",
+        ),
     ];
     for (args, says) in cases {
         let out = Command::new(kit::bin())
