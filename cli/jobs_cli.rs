@@ -277,7 +277,7 @@ fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
         sync: db.db_sync.into(),
         ..StoreOptions::default()
     };
-    open_waiting(&location, opts, Duration::ZERO)
+    open_waiting(&location, opts, Duration::ZERO, &|_| {})
 }
 
 /// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
@@ -285,6 +285,7 @@ fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
 pub fn open_for_run(
     args: &RunStoreArgs,
     registry: &ActionRegistry,
+    waiting: &dyn Fn(&str),
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
     if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
         return Ok(None);
@@ -306,7 +307,7 @@ pub fn open_for_run(
     let wait = Duration::try_from_secs_f64(args.db_wait).map_err(|_| {
         crate::UsageError("--db-wait must be a number of seconds, 0 or more".into())
     })?;
-    let store = open_waiting(&location, opts, wait)?;
+    let store = open_waiting(&location, opts, wait, waiting)?;
     tracing::info!(target: "turnstile::jobs", db = %store.describe(), owner = store.owner(), "job store open");
     registry.jobs().set(store.clone());
     Ok(Some(store))
@@ -319,6 +320,7 @@ fn open_waiting(
     location: &Location,
     opts: StoreOptions,
     wait: Duration,
+    waiting: &dyn Fn(&str),
 ) -> anyhow::Result<Arc<dyn Store>> {
     let deadline = std::time::Instant::now() + wait;
     let mut delay = Duration::from_millis(250);
@@ -332,6 +334,7 @@ fn open_waiting(
                 .into())
             }
             Err(StoreError::Unavailable(why)) if std::time::Instant::now() < deadline => {
+                waiting(&why);
                 tracing::warn!(target: "turnstile::jobs", db = %location, "the job store cannot be reached ({why}); trying again in {delay:?} (for up to {wait:?} in all, --db-wait)");
                 std::thread::sleep(
                     delay.min(deadline.saturating_duration_since(std::time::Instant::now())),

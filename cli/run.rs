@@ -18,7 +18,7 @@ use turnstile_engine::config;
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::reload::{self, WatchOptions, WatchedConfig};
 use turnstile_engine::{ActionRegistry, Engine, MachineDef};
-use turnstile_exporter::server::{self, SidecarConfig};
+use turnstile_exporter::server;
 use turnstile_exporter::telemetry::Telemetry;
 
 use crate::args::RunArgs;
@@ -33,7 +33,8 @@ struct RunOptions {
     watch: Option<Watch>,
     queue_capacity: usize,
     stop_timeout: Duration,
-    sidecar: Option<SidecarConfig>,
+    /// The sidecar, bound, not serving yet.
+    bound: Option<server::Bound>,
     keep_serving: bool,
     /// `--persist`: machine states saved after each transition and restored at start.
     persist: Option<turnstile_engine::store::Persister>,
@@ -55,20 +56,36 @@ pub fn run(
     let Some(defs) = load_all(&args.configs, args.machine_name.as_deref(), registry) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
-    let job_store = crate::jobs_cli::open_for_run(&args.store, registry)?;
     let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
         .context("--stop-timeout must be a number of seconds")?;
     let watch = watch_options(&args, &defs, registry)?;
     let sidecar = match args.serve.sidecar_config() {
-        Ok(s) => s.map(|mut s| {
-            s.jobs = job_store.clone().map(|j| j as _);
-            s
-        }),
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The sidecar binds first: a taken port fails before anything else, and while the
+    // job store is awaited the port answers the probes (alive, not ready, why).
+    let mut bound = match sidecar {
+        Some(config) => match rt.block_on(server::Bound::bind(config)) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => None,
+    };
+    let job_store = open_store(&rt, bound.as_ref(), &args, registry)?;
+    if let Some(b) = &mut bound {
+        b.set_jobs(job_store.clone().map(|j| j as _));
+    }
     // Built outside the async runtime: the span exporter has a blocking HTTP client.
     let telemetry = match Telemetry::new(args.serve.telemetry_config()) {
         Ok(t) => t,
@@ -86,10 +103,6 @@ pub fn run(
     for e in plugin_errors {
         telemetry.report_error(ErrorKind::Plugin, None, e);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     if let Some(s) = &job_store {
         rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
     }
@@ -97,8 +110,8 @@ pub fn run(
         watch,
         queue_capacity: args.queue_capacity,
         stop_timeout,
-        keep_serving: args.serve.keep_serving && sidecar.is_some(),
-        sidecar,
+        keep_serving: args.serve.keep_serving && bound.is_some(),
+        bound,
         persist: crate::jobs_cli::persister(&args.store, job_store.as_ref()),
         sockets: args.store.socket_dir.clone(),
     };
@@ -114,6 +127,30 @@ pub fn run(
     // for it for ever on exit (dropping the runtime would).
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Opens the job store when one is needed (see [`crate::jobs_cli::open_for_run`]); while
+/// it is awaited, the bound sidecar answers the probes: not ready, and the last reason.
+fn open_store(
+    rt: &tokio::runtime::Runtime,
+    bound: Option<&server::Bound>,
+    args: &RunArgs,
+    registry: &ActionRegistry,
+) -> anyhow::Result<Option<Arc<dyn turnstile_engine::store::Store>>> {
+    let why = Arc::new(std::sync::Mutex::new(String::from("opening the job store")));
+    let starting = bound.map(|b| {
+        let _in_runtime = rt.enter();
+        let why = why.clone();
+        b.starting(move || why.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    });
+    let store = crate::jobs_cli::open_for_run(&args.store, registry, &|reason: &str| {
+        *why.lock().unwrap_or_else(|e| e.into_inner()) =
+            format!("waiting for the job store: {reason}");
+    });
+    if let Some(s) = starting {
+        rt.block_on(s.finish());
+    }
+    store
 }
 
 /// Loads every config, printing its diagnostics; `None` when one cannot run.
@@ -187,19 +224,10 @@ async fn run_machines(
         builder = builder.persist(p.clone());
     }
     let engine = telemetry.install(builder, plugins);
-    // The sidecar binds before any machine runs (a taken port stops us before a machine
-    // has done anything) and serves once every machine is registered (no request sees a
-    // configured machine missing; early connections wait in the backlog).
-    let bound = match opts.sidecar {
-        Some(config) => match server::Bound::bind(config).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(ExitCode::from(1));
-            }
-        },
-        None => None,
-    };
+    // The sidecar was bound before any machine runs and serves once every machine is
+    // registered (no request sees a configured machine missing; early connections wait
+    // in the backlog).
+    let bound = opts.bound;
     let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
     if let Err(e) = engine.spawn_all(defs) {
         eprintln!("error: cannot start the machines: {e}");

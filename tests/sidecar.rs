@@ -1135,3 +1135,46 @@ fn every_write_endpoint_checks_content_type_traceparent_and_size_alike() {
     assert_eq!(r.json()["trace_id"], TRACE_ID);
     s.stop();
 }
+
+/// A sidecar often starts before its database. While `run` waits for a job store it
+/// cannot reach (`--db-wait`), the port answers: alive (`/healthz` 200), not ready
+/// (`/readyz` 503, saying it waits for the job store and why), anything else 503; after
+/// the wait the process exits 1.
+#[test]
+fn the_port_answers_not_ready_while_the_job_store_is_awaited() {
+    // A port where nothing listens: the store is refused until the wait ends.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://turnstile:pw@127.0.0.1:{closed}/jobs");
+    let config = kit::path("examples/controller_worker/worker.yaml");
+    let t0 = Instant::now();
+    let mut p = Proc::start(&["run", &config, "--db", &url, "--db-wait", "4"]);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    let health = get(addr, "/healthz");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let ready = eventually("/readyz saying it waits for the job store", || {
+        let r = get(addr, "/readyz");
+        (r.status == 503 && r.text().contains("waiting for the job store")).then_some(r)
+    });
+    let body = ready.json();
+    assert_eq!(body["status"], "not ready", "{body}");
+    let reason = body["reasons"][0].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("starting: waiting for the job store"),
+        "{reason}"
+    );
+    assert!(!reason.contains(":pw@"), "the password shows: {reason}");
+    let other = get(addr, "/machines");
+    assert_eq!(other.status, 503, "{}", other.text());
+    let (status, _) = p.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", p.log());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "exited before --db-wait ran out: {:?}",
+        t0.elapsed()
+    );
+    assert!(p.log().contains("cannot open the job store"), "{}", p.log());
+}

@@ -48,6 +48,7 @@ mod jobs;
 pub mod request;
 pub mod response;
 mod routes;
+mod starting;
 mod state;
 mod write;
 
@@ -207,9 +208,12 @@ pub async fn serve(
 /// taken port fails before any machine runs), starts its machines, then serves, so no
 /// request ever sees a configured machine missing. Connections made in between wait in
 /// the listen backlog.
+///
+/// While the host gets ready (a job store it waits for), [`Bound::starting`] answers the
+/// health probes on the port: alive, not ready, and why.
 #[derive(Debug)]
 pub struct Bound {
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     config: SidecarConfig,
     addr: SocketAddr,
 }
@@ -237,15 +241,38 @@ impl Bound {
             );
         }
         Ok(Self {
-            listener,
+            listener: Arc::new(listener),
             config,
             addr,
         })
     }
 
+    /// Answers on the port until [`Starting::finish`]: `/healthz` 200,
+    /// `/readyz` 503 with `why()`, anything else 503 (see
+    /// [`starting`](self::starting)). For a host that waits for something before its
+    /// machines can start (a job store that is not reachable yet).
+    pub fn starting(&self, why: impl Fn() -> String + Send + Sync + 'static) -> Starting {
+        let why: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(why);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            self.listener.clone(),
+            move |req| {
+                let why = why.clone();
+                async move { starting::handle(&req, &*why) }
+            },
+            stop_rx,
+        ));
+        Starting { stop, task }
+    }
+
     /// The address it is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The job store `POST /jobs` adds to, when it opens after the bind.
+    pub fn set_jobs(&mut self, jobs: Option<Arc<dyn turnstile_engine::store::JobStore>>) {
+        self.config.jobs = jobs;
     }
 
     /// Starts accepting connections.
@@ -266,7 +293,11 @@ impl Bound {
             store_probe: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, state, stop_rx));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            move |req| routes::handle(state.clone(), req),
+            stop_rx,
+        ));
         Sidecar {
             addr,
             stop,
@@ -275,16 +306,35 @@ impl Bound {
     }
 }
 
+/// The port answering while its host starts ([`Bound::starting`]).
+#[derive(Debug)]
+#[must_use = "finish it before serving"]
+pub struct Starting {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Starting {
+    /// Stops answering (requests in flight finish); connections made from now on wait in
+    /// the backlog for [`Bound::serve`].
+    pub async fn finish(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Resolves once a stop is asked for (or the handle is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<state::State>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts connections on `listener` and answers each request with `handle` until a stop
+/// is asked for; then lets requests in flight finish (up to [`SHUTDOWN_GRACE`]).
+async fn accept_loop<H, F>(listener: Arc<TcpListener>, handle: H, mut stop: watch::Receiver<bool>)
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<response::Body>> + Send + 'static,
+{
     let budget = conn::Budget::new(MAX_CONNECTIONS);
     let mut conns = JoinSet::new();
     loop {
@@ -302,15 +352,15 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let handle = handle.clone();
         let mut stop = stop.clone();
         budget.admit(|slot| {
             conns.spawn(async move {
                 let io = conn::Tracked::new(stream, slot.progress(), WRITE_TIMEOUT);
                 let _slot = slot;
                 let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
