@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use turnstile_engine::instance::Instance;
 use turnstile_exporter::server::SidecarConfig;
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
 use turnstile_exporter::telemetry::TelemetryConfig;
@@ -90,6 +91,11 @@ pub struct RunArgs {
     /// file notifications.
     #[arg(long, default_value_t = 2.0, value_name = "SECS", requires = "watch")]
     pub watch_interval: f64,
+    /// This process's id among the processes sharing a store: on job leases (with a
+    /// per-start incarnation), and as the spans' `service.instance.id`. Default: the host
+    /// name (in Kubernetes, the pod name).
+    #[arg(long, env = "TURNSTILE_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
     /// The HTTP sidecar and telemetry.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -213,10 +219,11 @@ fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
 impl ServeArgs {
     /// The telemetry's config: the record buffers, and spans when an endpoint is given
     /// (`--otlp-endpoint` or the OTEL_* environment).
-    pub fn telemetry_config(&self) -> TelemetryConfig {
+    pub fn telemetry_config(&self, instance: &Instance) -> TelemetryConfig {
         let spans =
             (self.otlp_endpoint.is_some() || spans::wanted_by_env()).then(|| SpanSettings {
                 endpoint: self.otlp_endpoint.clone(),
+                instance_id: Some(instance.id().to_owned()),
                 ..SpanSettings::default()
             });
         TelemetryConfig {

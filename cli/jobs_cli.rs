@@ -285,6 +285,7 @@ fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
 pub fn open_for_run(
     args: &RunStoreArgs,
     registry: &ActionRegistry,
+    owner: String,
     waiting: &dyn Fn(&str),
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
     if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
@@ -301,6 +302,7 @@ pub fn open_for_run(
         max_attempts: args.job_max_attempts.max(1),
         backoff_base: secs(args.job_backoff, "--job-backoff")?,
         sync: args.db.db_sync.into(),
+        owner: Some(owner),
         ..StoreOptions::default()
     };
     let location = args.db.location()?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use turnstile_engine::config;
+use turnstile_engine::instance::Instance;
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::reload::{self, WatchOptions, WatchedConfig};
 use turnstile_engine::{ActionRegistry, Engine, MachineDef};
@@ -56,6 +57,9 @@ pub fn run(
     let Some(defs) = load_all(&args.configs, args.machine_name.as_deref(), registry) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
+    let instance = Instance::new(args.instance_id.as_deref())
+        .map_err(|e| crate::UsageError(format!("--instance-id: {e}")))?;
+    tracing::info!(target: "turnstile::run", instance = instance.id(), incarnation = instance.incarnation(), "instance");
     let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
         .context("--stop-timeout must be a number of seconds")?;
     let watch = watch_options(&args, &defs, registry)?;
@@ -82,12 +86,12 @@ pub fn run(
         },
         None => None,
     };
-    let job_store = open_store(&rt, bound.as_ref(), &args, registry)?;
+    let job_store = open_store(&rt, bound.as_ref(), &args, registry, instance.owner())?;
     if let Some(b) = &mut bound {
         b.set_jobs(job_store.clone().map(|j| j as _));
     }
     // Built outside the async runtime: the span exporter has a blocking HTTP client.
-    let telemetry = match Telemetry::new(args.serve.telemetry_config()) {
+    let telemetry = match Telemetry::new(args.serve.telemetry_config(&instance)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot set up span export: {e}");
@@ -117,6 +121,17 @@ pub fn run(
     };
     let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
     if let Some(s) = &job_store {
+        // The machines have stopped: what they held and did not finish goes back to the
+        // queue now (other processes take it at once) instead of when its lease expires.
+        match s.release_held() {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target: "turnstile::jobs", jobs = n, "unfinished jobs given back to the queue")
+            }
+            Err(e) => {
+                tracing::warn!(target: "turnstile::jobs", "giving back unfinished jobs failed ({e}): they return to the queue when their leases expire")
+            }
+        }
         // How well group commit shared transactions (`--log-level turnstile::store=debug`).
         let (writes, transactions) = turnstile_engine::store::Store::write_counts(&**s);
         tracing::debug!(target: "turnstile::store", writes, transactions, "job store writes");
@@ -136,6 +151,7 @@ fn open_store(
     bound: Option<&server::Bound>,
     args: &RunArgs,
     registry: &ActionRegistry,
+    owner: String,
 ) -> anyhow::Result<Option<Arc<dyn turnstile_engine::store::Store>>> {
     let why = Arc::new(std::sync::Mutex::new(String::from("opening the job store")));
     let starting = bound.map(|b| {
@@ -143,7 +159,7 @@ fn open_store(
         let why = why.clone();
         b.starting(move || why.lock().unwrap_or_else(|e| e.into_inner()).clone())
     });
-    let store = crate::jobs_cli::open_for_run(&args.store, registry, &|reason: &str| {
+    let store = crate::jobs_cli::open_for_run(&args.store, registry, owner, &|reason: &str| {
         *why.lock().unwrap_or_else(|e| e.into_inner()) =
             format!("waiting for the job store: {reason}");
     });

@@ -837,3 +837,59 @@ fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
     assert!(out.status.success(), "{}", kit::text(&out.stderr));
     assert!(dir.path().join("q.db").exists());
 }
+
+/// A worker that stops (SIGTERM) gives back the job it was still processing at once,
+/// instead of leaving it leased until the lease expires; its leases name its instance
+/// id (`--instance-id`) and this start of the process.
+#[test]
+fn a_stopping_worker_gives_its_unfinished_job_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("drain.db");
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        WORKER.replace(
+            "    - type: complete_job",
+            "    - type: bash\n      command: sleep 60\n      success: job_completed\n    - type: complete_job",
+        ),
+    )
+    .unwrap();
+    seed(&db, 1, "slow-");
+    let mut w = worker(
+        &config,
+        &db,
+        &[
+            "--instance-id",
+            "pod-7",
+            "--job-lease",
+            "60",
+            "--stop-timeout",
+            "1",
+        ],
+    );
+    let owner = kit::eventually("the job leased by pod-7", || {
+        let j = open_store(&db).get_job("slow-0").unwrap()?;
+        (j.status == "processing").then_some(j.lease_owner?)
+    });
+    assert!(owner.starts_with("pod-7/"), "{owner}");
+    let t0 = Instant::now();
+    w.signal("TERM");
+    let (status, _) = w.finish(LIMIT);
+    assert!(
+        status.success() || status.code() == Some(130),
+        "{status:?}: {}",
+        w.log()
+    );
+    let j = open_store(&db).get_job("slow-0").unwrap().unwrap();
+    assert_eq!(
+        (j.status.as_str(), j.attempts, j.lease_owner.as_deref()),
+        ("pending", 0, None),
+        "given back in {:?}: {j:?}",
+        t0.elapsed()
+    );
+    assert!(
+        w.log().contains("unfinished jobs given back"),
+        "{}",
+        w.log()
+    );
+}

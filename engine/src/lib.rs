@@ -25,6 +25,7 @@ pub mod config;
 pub mod diagram;
 pub mod error_kind;
 pub mod ingress;
+pub mod instance;
 pub mod observe;
 pub mod reload;
 pub mod runtime;

@@ -48,6 +48,11 @@ impl Holds {
             .map(|(id, _)| id.clone())
     }
 
+    /// Every held job.
+    pub(crate) fn all(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
     /// The jobs whose leases to renew now; the jobs of machines that stopped are dropped
     /// (their leases then expire and the jobs return to the queue).
     pub(crate) fn renewable(&self) -> Vec<String> {

@@ -261,6 +261,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         self.fail_job(job_id, why)
             .map(|f| !matches!(f, Failed::NotFound))
     }
+    /// Gives back every job this store object claimed and still holds (a process that
+    /// stops: its machines have stopped, what they did not finish goes back to the queue
+    /// now instead of when its lease expires). Attempts are not counted, as for
+    /// [`Self::release_job`]. Returns how many went back.
+    fn release_held(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     /// Says which machine holds a job this process claimed. The store's lease renewal
     /// then extends the job's lease only while that machine runs; a job claimed through
     /// the store with no holder set is renewed until it is completed, failed or released.

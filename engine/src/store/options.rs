@@ -23,6 +23,9 @@ pub struct StoreOptions {
     /// Renew leases from a background thread (default true; tests of lease expiry turn it
     /// off to play a dead worker).
     pub renew: bool,
+    /// The lease owner this store object writes (`--instance-id` and the process's
+    /// incarnation: [`crate::instance::Instance::owner`]); `None`: [`owner_id`].
+    pub owner: Option<String>,
 }
 
 /// When a commit reaches the disk.
@@ -49,6 +52,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(10),
             sync: SyncMode::default(),
             renew: true,
+            owner: None,
         }
     }
 }

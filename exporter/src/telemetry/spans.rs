@@ -34,6 +34,9 @@ pub struct SpanSettings {
     pub endpoint: Option<String>,
     /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
     pub service_name: String,
+    /// `service.instance.id` (`--instance-id`); `None`: the pod or host name and the
+    /// process id.
+    pub instance_id: Option<String>,
     /// Spans kept waiting for export before new ones are dropped.
     pub max_queue_size: usize,
     /// Spans per export request.
@@ -49,6 +52,7 @@ impl Default for SpanSettings {
         Self {
             endpoint: None,
             service_name: "turnstile".into(),
+            instance_id: None,
             max_queue_size: 2048,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(1000),
@@ -224,7 +228,7 @@ impl Spans {
         };
         let mut pb = SdkTracerProvider::builder()
             .with_span_processor(gated)
-            .with_resource(resource(&s.service_name));
+            .with_resource(resource(&s.service_name, s.instance_id.as_deref()));
         // The SDK reads OTEL_TRACES_SAMPLER(_ARG) itself; a sampler set here would win.
         if env_nonempty("OTEL_TRACES_SAMPLER").is_none() {
             pb = pb.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
@@ -338,11 +342,12 @@ fn span_context(tp: &TraceContext) -> SpanContext {
 
 /// `service.name`, `service.version`, `service.instance.id`, Kubernetes pod attributes from
 /// the environment, then `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` (env wins).
-fn resource(service_name: &str) -> Resource {
+fn resource(service_name: &str, instance: Option<&str>) -> Resource {
+    let instance = instance.map_or_else(instance_id, str::to_owned);
     let mut attrs = vec![
         KeyValue::new("service.name", service_name.to_owned()),
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("service.instance.id", instance_id()),
+        KeyValue::new("service.instance.id", instance),
     ];
     for (var, key) in [
         ("POD_NAME", "k8s.pod.name"),

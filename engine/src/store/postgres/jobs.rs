@@ -349,6 +349,16 @@ impl JobStore for PgStore {
         Ok(done)
     }
 
+    fn release_held(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in self.inner.holds.all() {
+            if self.release_job(&id, &self.inner.owner)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn set_holder(&self, job_id: &str, holder: Holder) {
         self.inner.holds.set_holder(job_id, holder);
     }

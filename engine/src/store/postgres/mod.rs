@@ -146,7 +146,7 @@ impl PgStore {
                 rt: Some(rt),
                 pool,
                 config,
-                owner: crate::store::owner_id(),
+                owner: opts.owner.clone().unwrap_or_else(crate::store::owner_id),
                 notify: Arc::new(tokio::sync::Notify::new()),
                 shown,
                 holds: Holds::default(),

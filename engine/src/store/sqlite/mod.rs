@@ -115,7 +115,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 group: GroupCommit::start(conn.clone(), hooks)?,
                 conn,
-                owner: crate::store::owner_id(),
+                owner: opts.owner.clone().unwrap_or_else(crate::store::owner_id),
                 notify,
                 path: path.to_owned(),
                 file,
