@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use crate::store::holds::{spawn_renewal, Holds};
@@ -100,9 +101,21 @@ impl std::fmt::Debug for PgStore {
 
 /// Reads a `postgres://` or `postgresql://` URL (or a `key=value` connection string).
 /// The error never repeats the URL (it may hold a password).
+///
+/// The store connects without TLS, so `sslmode=require` can never be met: it is refused
+/// here, as a setting, instead of failing every connection attempt as if the server were
+/// unreachable (which `--db-wait` would retry in vain).
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))?;
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(StoreError::Config(
+            "sslmode=require: this build of Turnstile connects to PostgreSQL without TLS \
+             (use sslmode=disable or prefer, or reach the server through a TLS tunnel)"
+                .into(),
+        ));
+    }
+    Ok(config)
 }
 
 impl PgStore {
@@ -157,7 +170,9 @@ impl PgStore {
             }),
         };
         let pool = store.inner.pool.clone();
-        store.call(async move {
+        // Not noted as an outage: the caller says what an unreachable database at start
+        // means (`--db-wait` tries again).
+        store.run(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await
         })?;
@@ -179,15 +194,23 @@ impl PgStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        let out = self.run(fut);
+        self.note(&out);
+        out
+    }
+
+    /// [`Self::call`] without keeping [`Inner::unreachable`] (and logging) current.
+    fn run<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let out = rx
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Db("the store's runtime stopped".into())));
-        self.note(&out);
-        out
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Db("the store's runtime stopped".into())))
     }
 
     /// Keeps [`Inner::unreachable`] current.
