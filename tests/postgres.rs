@@ -471,6 +471,7 @@ fn bad_settings_at_start_exit_with_clear_errors_and_no_password() {
         ),
         (server.url("no_such_db"), "does not exist"),
         (format!("{url}?sslmode=require"), "TLS"),
+        (format!("postgres://turnstile:{secret}@/x"), "names no host"),
     ];
     for (db, says) in &refused {
         let (code, err, _) = run(&["run", &cfg, "--db", db, "--db-wait", "5"]);

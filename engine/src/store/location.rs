@@ -171,6 +171,7 @@ mod tests {
                 "postgres://u:secret@db/jobs?sslmode=require",
                 "connects to PostgreSQL without TLS",
             ),
+            ("postgres://u:secret@/jobs", "names no host"),
             ("mysql://u:secret@db/jobs", "no MySQL backend"),
             ("s3://bucket/jobs.db", "unknown store scheme `s3:`"),
             ("sqlite://", "names no file"),

@@ -10,8 +10,8 @@
 //!   advisory lock.
 //! - A claim is one statement: the next claimable job is picked with
 //!   `FOR UPDATE SKIP LOCKED` (claimers in other processes skip it instead of waiting)
-//!   and leased in the same `UPDATE`. Expired leases are reaped in the claim's
-//!   transaction, as on SQLite. Times are the database's clock.
+//!   and leased in the same `UPDATE`. Expired leases are reaped just before, in a
+//!   statement of their own on the same connection. Times are the database's clock.
 //! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
 //!   transaction; a connection of the store's own `LISTEN`s and wakes
 //!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
@@ -102,12 +102,18 @@ impl std::fmt::Debug for PgStore {
 /// Reads a `postgres://` or `postgresql://` URL (or a `key=value` connection string).
 /// The error never repeats the URL (it may hold a password).
 ///
-/// The store connects without TLS, so `sslmode=require` can never be met: it is refused
-/// here, as a setting, instead of failing every connection attempt as if the server were
-/// unreachable (which `--db-wait` would retry in vain).
+/// Settings that no connection can satisfy are refused here, as settings, instead of
+/// failing every connection attempt as if the server were unreachable (which `--db-wait`
+/// would retry in vain): a URL without a host (the driver has no default host), and
+/// `sslmode=require` (the store connects without TLS).
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     let config = tokio_postgres::Config::from_str(url)
         .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(StoreError::Config(
+            "the PostgreSQL URL names no host: write postgres://USER:PASSWORD@HOST:PORT/DB".into(),
+        ));
+    }
     if config.get_ssl_mode() == SslMode::Require {
         return Err(StoreError::Config(
             "sslmode=require: this build of Turnstile connects to PostgreSQL without TLS \
