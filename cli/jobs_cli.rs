@@ -32,8 +32,9 @@ pub const JOB_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
     /// The job and state store: a SQLite file (created when missing; statemachine-engine's
-    /// `data/pipeline.db` works too), as a path or a sqlite://PATH URL. A URL of a backend
-    /// this build does not have is refused. Default: ./turnstile.db.
+    /// `data/pipeline.db` works too), as a path or a sqlite://PATH URL, or a PostgreSQL
+    /// database, as a postgres://USER:PASSWORD@HOST:PORT/DB URL. A URL of a backend this
+    /// build does not have is refused. Default: ./turnstile.db.
     #[arg(long, env = "TURNSTILE_DB", value_name = "PATH|URL")]
     pub db: Option<String>,
     /// When a commit reaches the disk: `full` fsyncs every commit (a job survives a power
@@ -337,11 +338,21 @@ fn open_waiting(
             }
             Err(StoreError::Unavailable(why)) if std::time::Instant::now() < deadline => {
                 waiting(&why);
-                tracing::warn!(target: "turnstile::jobs", db = %location, "the job store cannot be reached ({why}); trying again in {delay:?} (for up to {wait:?} in all, --db-wait)");
-                std::thread::sleep(
-                    delay.min(deadline.saturating_duration_since(std::time::Instant::now())),
-                );
+                let pause =
+                    delay.min(deadline.saturating_duration_since(std::time::Instant::now()));
+                tracing::warn!(target: "turnstile::jobs", db = %location, "the job store cannot be reached ({why}); trying again in {pause:?} (for up to {wait:?} in all, --db-wait)");
+                std::thread::sleep(pause);
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(StoreError::Unavailable(why)) => {
+                let waited = if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!("; gave up after {} s (--db-wait)", wait.as_secs_f64())
+                };
+                return Err(anyhow::anyhow!(
+                    "cannot open the job store {location}: it cannot be reached ({why}){waited}"
+                ));
             }
             Err(e) => {
                 return Err(

@@ -768,9 +768,9 @@ fn bad_socket_messages_are_refused_like_http_and_name_the_machine() {
     assert!(st.success(), "{}", p.log());
 }
 
-/// `--db` with a URL this build has no backend for (or a malformed one) exits 2 with a
-/// clear error, before anything runs, and never becomes a file path (`postgres://...`
-/// used to create a directory `postgres:`).
+/// `--db` with a URL this build has no backend for (or a malformed or unusable PostgreSQL
+/// one) exits 2 with a clear error, before anything runs, and never becomes a file path
+/// (`postgres://...` used to create a directory `postgres:`).
 #[test]
 fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -790,9 +790,9 @@ fn a_store_url_this_build_does_not_serve_is_refused_not_taken_for_a_path() {
                 "jobs",
                 "list",
                 "--db",
-                "postgresql://turnstile:hunter2@db:port/jobs",
+                "postgresql://db/jobs?sslmode=require",
             ],
-            "malformed PostgreSQL URL",
+            "without TLS",
         ),
         (
             &["machine-state", "--db", "s3://bucket/x.db"],

@@ -12,12 +12,13 @@
 //! * [`prometheus`]: Debian's Prometheus scraping a target;
 //! * [`otlp`]: an OTLP/HTTP trace receiver;
 //! * [`plugins`]: building the example plugins;
-//! * [`upstream`]: statemachine-engine's example configs.
+//! * [`upstream`]: statemachine-engine's example configs;
+//! * [`postgres`]: a real PostgreSQL server (one per test process, a database per test).
 //!
-//! Four modules are files of lower crates, included by `#[path]`, because those crates'
+//! Five modules are files of lower crates, included by `#[path]`, because those crates'
 //! own tests and benchmarks use them too and cannot depend on this package (it depends on
-//! them): `plugins`, `upstream` and `engine_wait` are
-//! `engine/tests/support/{plugin_build,upstream,wait}.rs` (the engine's tests, and
+//! them): `plugins`, `upstream`, `engine_wait` and `postgres` are
+//! `engine/tests/support/{plugin_build,upstream,wait,postgres}.rs` (the engine's tests, and
 //! `engine/benches/plugin_invoke.rs` for the first two), `otlp` is
 //! `exporter/tests/support/otlp.rs` (`exporter/benches/telemetry_overhead.rs`). They are
 //! kept in one place only; every other helper lives here once.
@@ -33,6 +34,8 @@ pub mod logs;
 pub mod otlp;
 #[path = "../../engine/tests/support/plugin_build.rs"]
 pub mod plugins;
+#[path = "../../engine/tests/support/postgres.rs"]
+pub mod postgres;
 pub mod process;
 pub mod prometheus;
 #[path = "../../engine/tests/support/upstream.rs"]

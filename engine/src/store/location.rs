@@ -44,7 +44,10 @@ impl FromStr for Location {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.trim().is_empty() {
-            return Err("the store location is empty: give a file path or a sqlite:// URL".into());
+            return Err(
+                "the store location is empty: give a file path, a sqlite:// or a postgres:// URL"
+                    .into(),
+            );
         }
         let Some((scheme, rest)) = split_scheme(s) else {
             return Ok(Location::Sqlite(PathBuf::from(s)));
@@ -66,7 +69,8 @@ impl FromStr for Location {
         if let Some((_, what)) = KNOWN_ELSEWHERE.iter().find(|(k, _)| *k == lower) {
             return Err(format!(
                 "`{scheme}:` is a {what} URL, and this build of Turnstile has no {what} \
-                 backend; it serves SQLite files only (a path, or sqlite://PATH)"
+                 backend; it serves SQLite files (a path, or sqlite://PATH) and PostgreSQL \
+                 (a postgres:// URL)"
             ));
         }
         Err(format!(
@@ -163,6 +167,11 @@ mod tests {
                 "postgres://u:secret@db:notaport/jobs",
                 "malformed PostgreSQL URL",
             ),
+            (
+                "postgres://u:secret@db/jobs?sslmode=require",
+                "connects to PostgreSQL without TLS",
+            ),
+            ("postgres://u:secret@/jobs", "names no host"),
             ("mysql://u:secret@db/jobs", "no MySQL backend"),
             ("s3://bucket/jobs.db", "unknown store scheme `s3:`"),
             ("sqlite://", "names no file"),

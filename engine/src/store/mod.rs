@@ -1,13 +1,14 @@
 //! Durable state: the job queue ([`JobStore`]) and persisted machine state and events
 //! ([`StateStore`]); a backend serves both ([`Store`]). [`open`] opens one from what
-//! `--db` names ([`Location`]: a file path or a URL); SQLite is the backend this build
-//! has ([`sqlite::SqliteStore`]).
+//! `--db` names ([`Location`]: a file path or a URL); the backends are SQLite
+//! ([`sqlite::SqliteStore`]) and PostgreSQL ([`postgres::PgStore`], for Turnstile
+//! processes on several hosts).
 //!
 //! The traits carry nothing of a backend: errors are [`StoreError`], times are
 //! [`Timestamp`]s, and "another process changed something" is the backend's business: it
-//! wakes [`JobStore::notify`] (SQLite by watching `data_version`). The built-in job
-//! actions, the CLI and the sidecar use only the traits, so that another backend
-//! (PostgreSQL, for several Turnstile processes) serves them unchanged.
+//! wakes [`JobStore::notify`] (SQLite by watching `data_version`, PostgreSQL by
+//! `LISTEN`). The built-in job actions, the CLI and the sidecar use only the traits, so
+//! every backend serves them unchanged.
 //!
 //! Semantics (any backend):
 //!

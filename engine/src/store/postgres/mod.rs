@@ -10,8 +10,8 @@
 //!   advisory lock.
 //! - A claim is one statement: the next claimable job is picked with
 //!   `FOR UPDATE SKIP LOCKED` (claimers in other processes skip it instead of waiting)
-//!   and leased in the same `UPDATE`. Expired leases are reaped in the claim's
-//!   transaction, as on SQLite. Times are the database's clock.
+//!   and leased in the same `UPDATE`. Expired leases are reaped just before, in a
+//!   statement of their own on the same connection. Times are the database's clock.
 //! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
 //!   transaction; a connection of the store's own `LISTEN`s and wakes
 //!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use crate::store::holds::{spawn_renewal, Holds};
@@ -100,9 +101,27 @@ impl std::fmt::Debug for PgStore {
 
 /// Reads a `postgres://` or `postgresql://` URL (or a `key=value` connection string).
 /// The error never repeats the URL (it may hold a password).
+///
+/// Settings that no connection can satisfy are refused here, as settings, instead of
+/// failing every connection attempt as if the server were unreachable (which `--db-wait`
+/// would retry in vain): a URL without a host (the driver has no default host), and
+/// `sslmode=require` (the store connects without TLS).
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Config(format!("malformed PostgreSQL URL: {e}")))?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(StoreError::Config(
+            "the PostgreSQL URL names no host: write postgres://USER:PASSWORD@HOST:PORT/DB".into(),
+        ));
+    }
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(StoreError::Config(
+            "sslmode=require: this build of Turnstile connects to PostgreSQL without TLS \
+             (use sslmode=disable or prefer, or reach the server through a TLS tunnel)"
+                .into(),
+        ));
+    }
+    Ok(config)
 }
 
 impl PgStore {
@@ -157,7 +176,9 @@ impl PgStore {
             }),
         };
         let pool = store.inner.pool.clone();
-        store.call(async move {
+        // Not noted as an outage: the caller says what an unreachable database at start
+        // means (`--db-wait` tries again).
+        store.run(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await
         })?;
@@ -179,15 +200,23 @@ impl PgStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        let out = self.run(fut);
+        self.note(&out);
+        out
+    }
+
+    /// [`Self::call`] without keeping [`Inner::unreachable`] (and logging) current.
+    fn run<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let out = rx
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Db("the store's runtime stopped".into())));
-        self.note(&out);
-        out
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Db("the store's runtime stopped".into())))
     }
 
     /// Keeps [`Inner::unreachable`] current.

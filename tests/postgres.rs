@@ -1,0 +1,544 @@
+#![allow(clippy::unwrap_used)]
+//! The job queue on PostgreSQL with the real binary and a real server
+//! ([`kit::postgres`]): several worker processes complete each of 5,000 jobs exactly once;
+//! workers killed with SIGKILL lose no job; a server restart loses no job, the workers
+//! carry on by themselves and their `/readyz` says not ready while the server is down;
+//! bad `--db` settings exit with clear errors (2 for what no retry mends, 1 after
+//! `--db-wait` for a server that is not there), and a password is never printed.
+//!
+//! One server serves every test but the restart's, which has its own; each test has a
+//! fresh database. The counts are read with SQL ([`kit::postgres::Server::psql`]).
+
+mod kit;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kit::http::http;
+use kit::postgres::Server;
+use kit::{field, turnstile, Proc};
+use serde_json::{json, Value as Json};
+use turnstile_engine::store::{JobStore, NewJob, PgStore, StoreOptions};
+
+/// Generous: the machine may share its two cores with builds and other tests.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The server of every test but the restart's (stopped when the test process ends).
+fn shared() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+/// The database name of a URL from [`Server::database`].
+fn db_name(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+/// One number from SQL.
+fn num(server: &Server, url: &str, sql: &str) -> i64 {
+    let out = server
+        .psql(db_name(url), sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    out.parse()
+        .unwrap_or_else(|e| panic!("{sql}: not a number ({e}): {out}"))
+}
+
+/// A worker that completes its jobs at once.
+const WORKER: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: worker
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: waiting, event: job_completed}
+  - {from: processing, to: waiting, event: job_done_elsewhere}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: complete_job
+      job_id: "{id}"
+      success: job_completed
+      error: job_done_elsewhere
+"#;
+
+/// A worker whose job takes a while (so that kills and the restart land mid-job).
+const SLOW_WORKER: &str = r#"
+initial_state: waiting
+metadata:
+  machine_name: slow_worker
+transitions:
+  - {from: waiting, to: processing, event: new_job}
+  - {from: processing, to: finishing, event: done}
+  - {from: finishing, to: waiting, event: job_completed}
+  - {from: finishing, to: waiting, event: job_done_elsewhere}
+actions:
+  waiting:
+    - type: check_database_queue
+      job_type: task
+  processing:
+    - type: sleep
+      duration: 0.1
+      success: done
+  finishing:
+    - type: complete_job
+      job_id: "{id}"
+      success: job_completed
+      error: job_done_elsewhere
+"#;
+
+/// `turnstile run CONFIG --db URL EXTRA` with its sidecar on a free port; job records at
+/// info, the rest at warn.
+fn worker(config: &Path, url: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(kit::bin());
+    cmd.current_dir(kit::root())
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn,turnstile::jobs=info,turnstile::sidecar=info",
+            "run",
+        ])
+        .arg(config)
+        .args(["--db", url])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .env_remove("TURNSTILE_DB")
+        .env("TURNSTILE_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null());
+    Proc::spawn(cmd)
+}
+
+/// `job claimed` / `job completed` records of one finished process.
+fn job_records(p: &Proc, message: &str) -> Vec<String> {
+    p.records()
+        .iter()
+        .filter(|j| field(j, "target") == "turnstile::jobs" && field(j, "message") == message)
+        .map(|j| field(j, "job").to_owned())
+        .collect()
+}
+
+/// The test's own store on `url`: it migrates the schema and adds jobs, claims nothing.
+fn open_store(url: &str) -> PgStore {
+    PgStore::open(
+        url,
+        StoreOptions {
+            renew: false,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Adds `ids` from `threads` threads through the store API.
+fn add_jobs(url: &str, ids: Vec<String>, threads: usize) {
+    let store = open_store(url);
+    let chunk = ids.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for part in ids.chunks(chunk) {
+            let store = store.clone();
+            s.spawn(move || {
+                for id in part {
+                    store
+                        .add_job(NewJob {
+                            job_id: Some(id.clone()),
+                            job_type: "task".into(),
+                            data: Some(json!({"id": id})),
+                            ..NewJob::default()
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+}
+
+/// Waits until `n` jobs are completed; fails early with the log of a worker that exits.
+fn wait_all_completed(server: &Server, url: &str, n: i64, workers: &mut [Proc]) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let done = num(
+            server,
+            url,
+            "SELECT count(*) FROM jobs WHERE status = 'completed'",
+        );
+        if done == n {
+            return t0.elapsed();
+        }
+        if let Some(w) = workers.iter_mut().find(|w| kit::process_gone(w.pid())) {
+            let _ = w.finish(LIMIT);
+            panic!("a worker exited early:\n{}", w.log());
+        }
+        assert!(
+            t0.elapsed() < LIMIT * 2,
+            "{done} of {n} completed; statuses: {:?}",
+            server.psql(db_name(url), "SELECT status, count(*) FROM jobs GROUP BY 1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop_all(workers: &mut [Proc]) {
+    for w in workers.iter() {
+        w.signal("TERM");
+    }
+    for w in workers.iter_mut() {
+        let (st, _) = w.finish(LIMIT);
+        assert!(st.success(), "{}", w.log());
+    }
+}
+
+#[test]
+fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, WORKER).unwrap();
+    let mut workers: Vec<Proc> = (0..4).map(|_| worker(&config, &url, &[])).collect();
+    let addrs: Vec<SocketAddr> = workers.iter_mut().map(|w| w.sidecar_addr(LIMIT)).collect();
+    let t0 = Instant::now();
+    // While they wait: 20 jobs over HTTP (to each sidecar in turn), 10 from the CLI, the
+    // rest through the store API from four threads.
+    for i in 0..20 {
+        let (status, body) = http(
+            addrs[i % addrs.len()],
+            "POST",
+            "/jobs",
+            &json!({"job_type": "task", "job_id": format!("http-{i}")}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    for i in 0..10 {
+        let id = format!("cli-{i}");
+        let out = kit::run_ok(
+            "turnstile jobs add",
+            &mut turnstile(&[
+                "jobs", "add", "--type", "task", "--job-id", &id, "--db", &url,
+            ]),
+        );
+        assert_eq!(kit::text(&out.stdout).trim(), id);
+    }
+    let n = 5000;
+    add_jobs(&url, (0..n - 30).map(|i| format!("j{i}")).collect(), 4);
+    let took = wait_all_completed(server, &url, n, &mut workers);
+    let total_time = t0.elapsed();
+
+    // In the database: each job once, completed after one attempt.
+    assert_eq!(
+        num(server, &url, "SELECT count(DISTINCT job_id) FROM jobs"),
+        n
+    );
+    assert_eq!(
+        num(
+            server,
+            &url,
+            "SELECT count(*) FROM jobs WHERE attempts <> 1"
+        ),
+        0,
+        "no worker died, so no job was claimed twice"
+    );
+    assert_eq!(
+        num(
+            server,
+            &url,
+            "SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL OR completed_at IS NULL"
+        ),
+        0
+    );
+
+    // In the workers' logs: each job claimed and completed by one worker, once.
+    stop_all(&mut workers);
+    let (mut claimed, mut completed, mut per_worker) = (Vec::new(), Vec::new(), Vec::new());
+    for w in &workers {
+        let c = job_records(w, "job completed");
+        per_worker.push(c.len());
+        completed.extend(c);
+        claimed.extend(job_records(w, "job claimed"));
+    }
+    let unique: BTreeSet<&String> = completed.iter().collect();
+    assert_eq!(completed.len(), n as usize, "completions: {per_worker:?}");
+    assert_eq!(unique.len(), n as usize);
+    assert_eq!(claimed.len(), n as usize, "no job was claimed twice");
+    assert!(per_worker.iter().all(|&c| c > 0), "{per_worker:?}");
+    eprintln!(
+        "4 workers on PostgreSQL: {n} jobs in {total_time:?} ({took:?} after the last add), \
+         per worker {per_worker:?}"
+    );
+}
+
+/// The pids that hold a lease now (owners are `turnstile:PID:NONCE`).
+fn leased_pids(server: &Server, url: &str) -> Vec<u32> {
+    server
+        .psql(
+            db_name(url),
+            "SELECT lease_owner FROM jobs WHERE status = 'processing'",
+        )
+        .unwrap()
+        .lines()
+        .filter_map(|o| o.split(':').nth(1)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn workers_killed_mid_job_20_times_lose_no_job() {
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(&config, SLOW_WORKER).unwrap();
+    let n = 400;
+    add_jobs(&url, (0..n).map(|i| format!("c{i}")).collect(), 1);
+    // Short enough to finish soon after the last kill, long enough (renewed every
+    // third of it) that a live worker keeps its job on a busy machine.
+    let extra = ["--job-lease", "2", "--job-max-attempts", "100"];
+    let mut workers: Vec<Proc> = (0..3).map(|_| worker(&config, &url, &extra)).collect();
+    let mut kills = 0;
+    let t0 = Instant::now();
+    while kills < 20 {
+        assert!(
+            t0.elapsed() < LIMIT * 2,
+            "only {kills} kills: the jobs ran out"
+        );
+        let busy = leased_pids(server, &url);
+        let Some(i) = workers.iter().position(|w| busy.contains(&w.pid())) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let victim = workers.swap_remove(i);
+        victim.signal("KILL");
+        drop(victim);
+        kills += 1;
+        workers.push(worker(&config, &url, &extra));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = wait_all_completed(server, &url, n, &mut workers);
+    // A killed worker held one job at most: each kill cost one extra attempt at most,
+    // and the victims were chosen among workers holding a lease.
+    let extra_attempts = num(server, &url, "SELECT sum(attempts - 1) FROM jobs");
+    let retried = num(server, &url, "SELECT count(*) FROM jobs WHERE attempts > 1");
+    assert!(
+        (1..=kills).contains(&extra_attempts),
+        "{extra_attempts} extra attempts after {kills} kills"
+    );
+    assert_eq!(num(server, &url, "SELECT count(*) FROM jobs"), n);
+    eprintln!(
+        "20 SIGKILLs: all {n} jobs completed, {retried} after a lost lease; {took:?} after the last kill"
+    );
+    stop_all(&mut workers);
+}
+
+/// `/readyz`'s status.
+fn readyz(addr: SocketAddr) -> (u16, String) {
+    http(addr, "GET", "/readyz", "")
+}
+
+#[test]
+fn a_server_restart_loses_no_job_and_the_workers_carry_on_by_themselves() {
+    let mut server = Server::start();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(&config, SLOW_WORKER).unwrap();
+    let n = 200;
+    add_jobs(&url, (0..n).map(|i| format!("r{i}")).collect(), 1);
+    let lease = 5;
+    let extra = ["--job-lease", "5", "--job-max-attempts", "100"];
+    let mut workers: Vec<Proc> = (0..2).map(|_| worker(&config, &url, &extra)).collect();
+    let addrs: Vec<SocketAddr> = workers.iter_mut().map(|w| w.sidecar_addr(LIMIT)).collect();
+    let pids: Vec<u32> = workers.iter().map(Proc::pid).collect();
+    kit::eventually("20 jobs completed", || {
+        (num(
+            &server,
+            &url,
+            "SELECT count(*) FROM jobs WHERE status = 'completed'",
+        ) >= 20)
+            .then_some(())
+    });
+    for &addr in &addrs {
+        let (status, body) = readyz(addr);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    server.stop();
+    let down = Instant::now();
+    // Each worker notices (its next probe fails) and keeps saying so while the server is
+    // down: polled for a second.
+    for &addr in &addrs {
+        let (status, body) = kit::eventually("/readyz not ready while the server is down", || {
+            let (s, b) = readyz(addr);
+            (s != 200).then_some((s, b))
+        });
+        assert_eq!(status, 503, "{body}");
+        let body: Json = serde_json::from_str(&body).unwrap();
+        let why = body["job_store"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("not usable") || why.contains("did not answer"),
+            "{body:#}"
+        );
+    }
+    while down.elapsed() < Duration::from_secs(1) {
+        for &addr in &addrs {
+            let (status, body) = readyz(addr);
+            assert_ne!(status, 200, "ready while the server is down: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.restart();
+    let outage = down.elapsed();
+    for &addr in &addrs {
+        kit::eventually("/readyz ready again after the restart", || {
+            (readyz(addr).0 == 200).then_some(())
+        });
+    }
+    let took = wait_all_completed(&server, &url, n, &mut workers);
+    assert_eq!(
+        workers.iter().map(Proc::pid).collect::<Vec<_>>(),
+        pids,
+        "the same workers"
+    );
+    assert_eq!(num(&server, &url, "SELECT count(*) FROM jobs"), n);
+    // A job whose completion (or claim) failed when the server went away is claimed again
+    // once its lease expires; each worker held one job at most then. When the outage was
+    // shorter than two thirds of a lease (renewals come every third), no live worker's
+    // lease expired meanwhile, so that is all.
+    let extra_attempts = num(&server, &url, "SELECT sum(attempts - 1) FROM jobs");
+    if outage < Duration::from_secs(lease) * 2 / 3 {
+        assert!(
+            extra_attempts <= workers.len() as i64,
+            "{extra_attempts} extra attempts"
+        );
+    }
+    stop_all(&mut workers);
+    let warned = workers.iter().any(|w| {
+        w.records().iter().any(|j| {
+            field(j, "target") == "turnstile::store"
+                && field(j, "message").starts_with("PostgreSQL answers again")
+        })
+    });
+    assert!(warned, "the recovery is logged");
+    eprintln!(
+        "restart: server down for {outage:?}; all {n} jobs completed {took:?} after it was back, {extra_attempts} extra attempt(s)"
+    );
+}
+
+/// `turnstile ARGS` to the end: exit code, stderr, time taken.
+fn run(args: &[&str]) -> (Option<i32>, String, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new(kit::bin())
+        .current_dir(kit::root())
+        .args(args)
+        .env_remove("TURNSTILE_DB")
+        .env_remove("RUST_LOG")
+        .env("TURNSTILE_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code(), kit::text(&out.stderr), t0.elapsed())
+}
+
+#[test]
+fn bad_settings_at_start_exit_with_clear_errors_and_no_password() {
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, WORKER).unwrap();
+    let cfg = config.display().to_string();
+    let port = server.port();
+    let secret = "wrong-pw-7f3a9";
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    // What no retry mends exits 2 at once (a short --db-wait, so a misclassified error
+    // fails quickly as exit 1 instead).
+    let refused = [
+        (
+            format!("postgres://turnstile:{secret}@127.0.0.1:notaport/x"),
+            "malformed PostgreSQL URL",
+        ),
+        (
+            format!(
+                "postgres://turnstile:{secret}@127.0.0.1:{port}/{}",
+                db_name(&url)
+            ),
+            "password authentication failed",
+        ),
+        (server.url("no_such_db"), "does not exist"),
+        (format!("{url}?sslmode=require"), "TLS"),
+        (format!("postgres://turnstile:{secret}@/x"), "names no host"),
+    ];
+    for (db, says) in &refused {
+        let (code, err, _) = run(&["run", &cfg, "--db", db, "--db-wait", "5"]);
+        assert_eq!(code, Some(2), "{db}: {err}");
+        assert!(err.contains(says), "{db}: {err}");
+        assert!(
+            err.contains("cannot open the job store") || err.contains("--db"),
+            "{err}"
+        );
+        assert!(!err.contains(secret), "{db}: the password shows: {err}");
+        assert!(
+            !err.contains(kit::postgres::PASSWORD),
+            "{db}: the password shows: {err}"
+        );
+    }
+
+    // Nothing listens: tried for --db-wait, then exit 1.
+    let nobody = format!("postgres://turnstile:{secret}@127.0.0.1:{free}/x");
+    let (code, err, took) = run(&["run", &cfg, "--db", &nobody, "--db-wait", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(took >= Duration::from_secs(1), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
+    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(err.contains("--db-wait"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains(secret), "the password shows: {err}");
+
+    // `jobs add` and `jobs list` on the server.
+    for id in ["cli-a", "cli-b"] {
+        let out = kit::run_ok(
+            "turnstile jobs add",
+            &mut turnstile(&[
+                "jobs", "add", "--type", "task", "--job-id", id, "--db", &url,
+            ]),
+        );
+        assert_eq!(kit::text(&out.stdout).trim(), id);
+    }
+    let out = kit::run_ok(
+        "turnstile jobs list",
+        &mut turnstile(&["jobs", "list", "--db", &url, "--format", "json"]),
+    );
+    let list: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cli-b", "cli-a"], "{list:#}");
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "pending"));
+    // The same job id again is refused.
+    let (code, err, _) = run(&[
+        "jobs", "add", "--type", "task", "--job-id", "cli-a", "--db", &url,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    // And a server that is not there fails at once (no --db-wait for these commands).
+    let (code, err, took) = run(&["jobs", "list", "--db", &nobody]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains(secret), "the password shows: {err}");
+}
