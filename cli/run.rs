@@ -144,8 +144,10 @@ pub fn run(
     code
 }
 
-/// Opens the job store when one is needed (see [`crate::jobs_cli::open_for_run`]); while
-/// it is awaited, the bound sidecar answers the probes: not ready, and the last reason.
+/// Opens the job store when one is needed (see [`crate::jobs_cli::open_for_run`]). Once
+/// the store turns out to be unreachable (the first attempt failed), the bound sidecar
+/// answers the probes while it is awaited: not ready, and the last reason. A store that
+/// opens at once leaves the port alone (connections wait in the backlog, as for any start).
 fn open_store(
     rt: &tokio::runtime::Runtime,
     bound: Option<&server::Bound>,
@@ -153,17 +155,20 @@ fn open_store(
     registry: &ActionRegistry,
     owner: String,
 ) -> anyhow::Result<Option<Arc<dyn turnstile_engine::store::Store>>> {
-    let why = Arc::new(std::sync::Mutex::new(String::from("opening the job store")));
-    let starting = bound.map(|b| {
-        let _in_runtime = rt.enter();
-        let why = why.clone();
-        b.starting(move || why.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    });
+    let why = Arc::new(std::sync::Mutex::new(String::new()));
+    let starting = std::sync::Mutex::new(None);
     let store = crate::jobs_cli::open_for_run(&args.store, registry, owner, &|reason: &str| {
         *why.lock().unwrap_or_else(|e| e.into_inner()) =
             format!("waiting for the job store: {reason}");
+        let mut starting = starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let (None, Some(b)) = (&*starting, bound) {
+            let _in_runtime = rt.enter();
+            let why = why.clone();
+            *starting =
+                Some(b.starting(move || why.lock().unwrap_or_else(|e| e.into_inner()).clone()));
+        }
     });
-    if let Some(s) = starting {
+    if let Some(s) = starting.into_inner().unwrap_or_else(|e| e.into_inner()) {
         rt.block_on(s.finish());
     }
     store

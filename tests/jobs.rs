@@ -347,7 +347,7 @@ fn leased_pids(db: &Path) -> Vec<u32> {
     })
     .unwrap()
     .iter()
-    .filter_map(|j| j.lease_owner.as_deref()?.split(':').nth(1)?.parse().ok())
+    .filter_map(|j| kit::lease_pid(j.lease_owner.as_deref()?))
     .collect()
 }
 

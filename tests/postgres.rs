@@ -272,7 +272,7 @@ fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
     );
 }
 
-/// The pids that hold a lease now (owners are `turnstile:PID:NONCE`).
+/// The pids that hold a lease now (owners are `ID/PID-NONCE`).
 fn leased_pids(server: &Server, url: &str) -> Vec<u32> {
     server
         .psql(
@@ -281,7 +281,7 @@ fn leased_pids(server: &Server, url: &str) -> Vec<u32> {
         )
         .unwrap()
         .lines()
-        .filter_map(|o| o.split(':').nth(1)?.parse().ok())
+        .filter_map(kit::lease_pid)
         .collect()
 }
 

@@ -264,6 +264,11 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// True when process `pid` no longer runs (gone, or a zombie waiting to be reaped).
+/// The process id in a lease owner (`ID/PID-NONCE`: `--instance-id` and the start).
+pub fn lease_pid(owner: &str) -> Option<u32> {
+    owner.rsplit_once('/')?.1.split('-').next()?.parse().ok()
+}
+
 pub fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
