@@ -32,6 +32,7 @@
 
 pub mod claim_loss;
 mod holds;
+mod job_json;
 mod location;
 mod options;
 pub mod persist;
@@ -46,6 +47,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
+pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode};
 pub use persist::Persister;
