@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::{
-    ListJobs, Location, NewJob, StateStore, Store, StoreError, StoreOptions, SyncMode, STATUSES,
+    new_job_from_json, Added, ListJobs, Location, NewJob, StateStore, Store, StoreError,
+    StoreOptions, SyncMode, Timestamp, MAX_BATCH, STATUSES,
 };
 use turnstile_engine::ActionRegistry;
 use turnstile_exporter::telemetry::Telemetry;
@@ -184,11 +185,16 @@ pub fn send_event(args: SendEventArgs) -> anyhow::Result<ExitCode> {
 /// `jobs` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// Add a pending job.
+    /// Add a pending job, or (--from-file) a batch of jobs in one transaction.
     Add {
-        /// Job type (what `check_database_queue`'s `job_type` selects).
-        #[arg(long = "type", value_name = "TYPE")]
-        job_type: String,
+        /// Job type (what `check_database_queue`'s `job_type` selects). Required unless
+        /// --from-file is given.
+        #[arg(
+            long = "type",
+            value_name = "TYPE",
+            required_unless_present = "from_file"
+        )]
+        job_type: Option<String>,
         /// The machine type it is meant for (default: any).
         #[arg(long)]
         machine_type: Option<String>,
@@ -204,9 +210,31 @@ pub enum JobsCommand {
         /// Attempts before it is dead-lettered (default: the worker's --job-max-attempts).
         #[arg(long)]
         max_attempts: Option<u32>,
-        /// W3C traceparent: the worker continues this trace.
+        /// W3C traceparent: the worker continues this trace (with --from-file: of every
+        /// job, over the jobs' own `traceparent` fields).
         #[arg(long, env = "TRACEPARENT")]
         traceparent: Option<String>,
+        /// Add nothing while a pending or processing job has this key (its id is printed
+        /// instead).
+        #[arg(long, value_name = "KEY")]
+        unique_key: Option<String>,
+        /// Not claimable before this RFC 3339 time (`2026-12-04T10:00:00Z`, or with an
+        /// offset).
+        #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+        run_after: Option<String>,
+        /// Not claimable for this many seconds from now.
+        #[arg(long, value_name = "SECS")]
+        delay: Option<f64>,
+        /// Add the jobs of this file (`-`: standard input): a JSON array of job objects, or
+        /// one object per line (the fields of `POST /jobs`). All or nothing; prints
+        /// `added ID` or `existing ID` per job, in order.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with_all = ["job_type", "machine_type", "data", "priority", "job_id",
+                "max_attempts", "unique_key", "run_after", "delay"]
+        )]
+        from_file: Option<PathBuf>,
         /// The store.
         #[command(flatten)]
         db: DbArg,
@@ -421,8 +449,21 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
             job_id,
             max_attempts,
             traceparent,
+            unique_key,
+            run_after,
+            delay,
+            from_file,
             db,
         } => {
+            if let Some(tp) = &traceparent {
+                if let Err(e) = turnstile_engine::TraceContext::parse(tp) {
+                    eprintln!("error: invalid traceparent: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            if let Some(file) = from_file {
+                return add_from_file(&file, traceparent, &db);
+            }
             let data = match data {
                 None => None,
                 Some(s) => match serde_json::from_str::<serde_json::Value>(&s) {
@@ -433,24 +474,49 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                     }
                 },
             };
-            if let Some(tp) = &traceparent {
-                if let Err(e) = turnstile_engine::TraceContext::parse(tp) {
-                    eprintln!("error: invalid traceparent: {e}");
-                    return Ok(ExitCode::from(2));
+            let run_after = match (run_after, delay) {
+                (Some(t), _) => match Timestamp::parse_rfc3339(&t) {
+                    Some(t) => Some(t),
+                    None => {
+                        eprintln!("error: --run-after must be an RFC 3339 time with its offset, like 2026-12-04T10:00:00Z");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+                (None, Some(secs)) => {
+                    let at = Duration::try_from_secs_f64(secs)
+                        .ok()
+                        .and_then(|d| std::time::SystemTime::now().checked_add(d));
+                    match at {
+                        Some(at) => Some(Timestamp::from(at)),
+                        None => {
+                            eprintln!("error: --delay must be a number of seconds, 0 or more");
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
                 }
-            }
+                (None, None) => None,
+            };
             let store = open_existing(&db)?;
-            let id = store.add_job(NewJob {
+            let added = store.add_job(NewJob {
                 job_id,
-                job_type,
+                job_type: job_type.unwrap_or_default(),
                 machine_type,
                 data,
                 priority: Some(priority),
                 max_attempts,
                 traceparent,
+                run_after,
+                unique_key,
                 ..NewJob::default()
-            })?;
-            outln!("{id}");
+            });
+            match added {
+                Ok(id) => outln!("{id}"),
+                Err(StoreError::Duplicate { job_id, unique_key }) => {
+                    eprintln!("job {job_id} with unique key `{unique_key}` is already pending or processing; nothing was added");
+                    outln!("{job_id}");
+                }
+                Err(e) => return Err(e.into()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::List {
@@ -496,6 +562,82 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The jobs of a `--from-file` file: a JSON array, or one JSON object per line (blank
+/// lines skipped). The error names the line, or the array element.
+fn read_jobs(text: &str, traceparent: Option<&String>) -> Result<Vec<NewJob>, String> {
+    let now = std::time::SystemTime::now();
+    let read = |v: &serde_json::Value, what: &dyn Fn() -> String| {
+        new_job_from_json(v, now, traceparent.cloned()).map_err(|e| format!("{}: {e}", what()))
+    };
+    let jobs = if text.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?;
+        if items.len() > MAX_BATCH {
+            return Err(format!(
+                "{} jobs; at most {MAX_BATCH} in one file",
+                items.len()
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| read(v, &|| format!("job {i} (counted from 0)")))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        let mut jobs = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if jobs.len() == MAX_BATCH {
+                return Err(format!("more than {MAX_BATCH} jobs in one file"));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("line {}: not JSON: {e}", n + 1))?;
+            jobs.push(read(&v, &|| format!("line {}", n + 1))?);
+        }
+        jobs
+    };
+    Ok(jobs)
+}
+
+/// `turnstile jobs add --from-file FILE`: every job or none; `added ID` or `existing ID`
+/// per job. A file that cannot be read or holds a bad job exits 2, adding nothing.
+fn add_from_file(
+    file: &std::path::Path,
+    traceparent: Option<String>,
+    db: &DbArg,
+) -> anyhow::Result<ExitCode> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let jobs = match read_jobs(&text, traceparent.as_ref()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {}: {e}; nothing was added", file.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let store = open_existing(db)?;
+    for a in store.add_jobs(jobs)? {
+        match a {
+            Added::Added { job_id } => outln!("added {job_id}"),
+            Added::Existing { job_id } => outln!("existing {job_id}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `turnstile machine-state`

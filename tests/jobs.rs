@@ -893,3 +893,110 @@ fn a_stopping_worker_gives_its_unfinished_job_back_at_once() {
         w.log()
     );
 }
+
+/// `turnstile jobs add`: `--from-file` (a JSON array, JSON lines, stdin) adds all jobs or
+/// none and prints each one's outcome; `--unique-key` prints the existing job;
+/// `--delay` / `--run-after` delay the job.
+#[test]
+fn jobs_add_from_file_unique_keys_and_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let dbs = db.to_str().unwrap();
+    let add = |args: &[&str], stdin: Option<&str>| {
+        let mut a = vec!["jobs", "add", "--db", dbs];
+        a.extend_from_slice(args);
+        let mut cmd = turnstile(&a);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            kit::text(&out.stdout),
+            kit::text(&out.stderr),
+        )
+    };
+    let first = jobs_add(&db, &["--type", "t", "--unique-key", "k", "--job-id", "k1"]);
+    assert_eq!(first, "k1");
+    // The key is held: exit 0, the existing id on stdout, a note on stderr.
+    let (code, out, err) = add(&["--type", "t", "--unique-key", "k"], None);
+    assert_eq!((code, out.trim()), (Some(0), "k1"), "{err}");
+    assert!(err.contains("already pending or processing"), "{err}");
+
+    let array = dir.path().join("jobs.json");
+    std::fs::write(
+        &array,
+        r#"[{"type": "t", "job_id": "a1"}, {"type": "t", "unique_key": "k"},
+            {"type": "t", "job_id": "a3", "delay_seconds": 3600}]"#,
+    )
+    .unwrap();
+    let (code, out, err) = add(&["--from-file", array.to_str().unwrap()], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "added a1\nexisting k1\nadded a3\n");
+    // JSON lines on stdin.
+    let lines = "{\"type\": \"t\", \"job_id\": \"l1\"}\n\n{\"type\": \"t\", \"job_id\": \"l2\"}\n";
+    let (code, out, err) = add(&["--from-file", "-"], Some(lines));
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "added l1\nadded l2\n"),
+        "{err}"
+    );
+    // A bad job: exit 2 naming it, nothing added.
+    let bad = "{\"type\": \"t\", \"job_id\": \"x1\"}\n{\"job_id\": \"x2\"}\n";
+    let (code, out, err) = add(&["--from-file", "-"], Some(bad));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("line 2") && err.contains("job_type"), "{err}");
+    // A duplicate id: an error, nothing added.
+    let dup = "{\"type\": \"t\", \"job_id\": \"x1\"}\n{\"type\": \"t\", \"job_id\": \"a1\"}\n";
+    let (code, _, err) = add(&["--from-file", "-"], Some(dup));
+    assert_eq!(code, Some(1), "{err}");
+    // Delays.
+    jobs_add(&db, &["--type", "t", "--job-id", "d1", "--delay", "60"]);
+    jobs_add(
+        &db,
+        &[
+            "--type",
+            "t",
+            "--job-id",
+            "d2",
+            "--run-after",
+            "2030-01-01T00:00:00Z",
+        ],
+    );
+    let (code, _, err) = add(&["--type", "t", "--run-after", "tomorrow"], None);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = add(
+        &[
+            "--type",
+            "t",
+            "--delay",
+            "1",
+            "--run-after",
+            "2030-01-01T00:00:00Z",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    let s = open_store(&db);
+    assert!(s.get_job("x1").unwrap().is_none());
+    let d2 = s.get_job("d2").unwrap().unwrap();
+    assert_eq!(
+        d2.next_attempt_at.map(|t| t.to_string()).as_deref(),
+        Some("2030-01-01T00:00:00.000Z")
+    );
+    assert!(s.get_job("d1").unwrap().unwrap().next_attempt_at.is_some());
+    assert!(s.get_job("a3").unwrap().unwrap().next_attempt_at.is_some());
+    let all = s
+        .list_jobs(&ListJobs {
+            limit: None,
+            ..ListJobs::default()
+        })
+        .unwrap();
+    assert_eq!(all.len(), 7, "{all:?}");
+}

@@ -1178,3 +1178,103 @@ fn the_port_answers_not_ready_while_the_job_store_is_awaited() {
     );
     assert!(p.log().contains("cannot open the job store"), "{}", p.log());
 }
+
+/// `POST /jobs`: delays, unique keys and batches; each refusal a 400/409/413 with a JSON
+/// error that says what was wrong, and a refused batch adds nothing.
+#[test]
+fn post_jobs_takes_delays_unique_keys_and_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let s = Server::start(&[IDLE], &["--db", db.to_str().unwrap()]);
+    let a = s.addr;
+    let post = |body: Json| post_json(a, "/jobs", &[], &body);
+    // Delays: a time or seconds, not both.
+    let r = post(json!({"job_type": "t", "job_id": "later", "delay_seconds": 3600}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = post(json!({"job_type": "t", "run_after": "2030-01-01T02:00:00+02:00"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let both = json!({"job_type": "t", "run_after": "2030-01-01T00:00:00Z", "delay_seconds": 1});
+    let e = assert_error(&post(both), 400);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("not both"),
+        "{e}"
+    );
+    for bad in [
+        json!({"job_type": "t", "run_after": "2030-01-01 00:00:00"}),
+        json!({"job_type": "t", "delay_seconds": -5}),
+        json!({"job_type": "t", "unique_key": 7}),
+    ] {
+        assert_error(&post(bad), 400);
+    }
+    // Unique keys: the second is a 409 naming the existing job.
+    let r = post(json!({"job_type": "t", "job_id": "k1", "unique_key": "nightly"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let e = assert_error(
+        &post(json!({"job_type": "t", "unique_key": "nightly"})),
+        409,
+    );
+    assert_eq!(e["error"]["job_id"], "k1", "{e}");
+    assert_eq!(e["error"]["unique_key"], "nightly", "{e}");
+    // A duplicate id is still a 409 without a job_id field.
+    let e = assert_error(&post(json!({"job_type": "t", "job_id": "k1"})), 409);
+    assert_eq!(e["error"].get("job_id"), None, "{e}");
+    // Arrays: per-job results, in order.
+    let r = post(json!([
+        {"job_type": "t", "job_id": "b1"},
+        {"job_type": "t", "job_id": "b2", "unique_key": "nightly"},
+        {"job_type": "t", "job_id": "b3", "unique_key": "fresh"},
+        {"job_type": "t", "job_id": "b4", "unique_key": "fresh"},
+    ]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"jobs": [
+            {"result": "added", "job_id": "b1"},
+            {"result": "existing", "job_id": "k1"},
+            {"result": "added", "job_id": "b3"},
+            {"result": "existing", "job_id": "b3"},
+        ]})
+    );
+    // A bad element: 400 naming its index, nothing added.
+    let e = assert_error(
+        &post(json!([{"job_type": "t", "job_id": "c1"}, {"job_id": "c2"}])),
+        400,
+    );
+    assert_eq!(e["error"]["index"], 1, "{e}");
+    // A duplicate id in a batch: 409, nothing added.
+    assert_error(
+        &post(json!([{"job_type": "t", "job_id": "c1"}, {"job_type": "t", "job_id": "b1"}])),
+        409,
+    );
+    // Too many jobs: 413.
+    let many: Vec<Json> = (0..10_001).map(|_| json!({"type": "t"})).collect();
+    assert_error(&post(Json::Array(many)), 413);
+    assert_error(&post(json!("task")), 400);
+    let listed = turnstile(&[
+        "jobs",
+        "list",
+        "--format",
+        "json",
+        "--db",
+        db.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let jobs: Json = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(!ids.contains(&"c1"), "a refused batch added a job: {ids:?}");
+    let later = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == "later")
+        .unwrap();
+    assert!(later["next_attempt_at"].is_string(), "{later}");
+    s.stop();
+}

@@ -97,9 +97,44 @@ fn a_fresh_database_has_statemachine_engines_columns_first() {
             "attempts",
             "max_attempts",
             "next_attempt_at",
-            "traceparent"
+            "traceparent",
+            "unique_key"
         ]
     );
+}
+
+/// The unique-key rule is the database's, not only the store's: a writer that does not
+/// look first (another tool, plain SQL) is refused too, and only while the holder is
+/// pending or processing.
+#[test]
+fn the_database_refuses_a_second_live_job_with_one_unique_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let s = SqliteStore::open(&db).unwrap();
+    s.add_job(NewJob {
+        job_id: Some("a".into()),
+        unique_key: Some("k".into()),
+        ..job("t")
+    })
+    .unwrap();
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let insert = |id: &str| {
+        c.execute(
+            "INSERT INTO jobs (job_id, job_type, status, unique_key) VALUES (?1, 't', 'pending', 'k')",
+            [id],
+        )
+    };
+    let e = insert("b").unwrap_err().to_string();
+    assert!(
+        e.contains("UNIQUE constraint failed: jobs.unique_key"),
+        "{e}"
+    );
+    c.execute(
+        "UPDATE jobs SET status = 'completed' WHERE job_id = 'a'",
+        [],
+    )
+    .unwrap();
+    insert("b").unwrap();
 }
 
 /// A database created by statemachine-engine 1.0.91's code gets Turnstile's columns added

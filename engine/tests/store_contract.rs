@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use support::postgres::Server;
 use turnstile_engine::store::{
-    Claim, Failed, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store, StoreOptions, DEAD,
-    PENDING, PROCESSING,
+    Added, Claim, Failed, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store, StoreError,
+    StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
 };
 
 /// Opens stores on one database of one backend.
@@ -74,6 +74,10 @@ contract!(
     a_write_by_another_store_object_wakes_a_waiter,
     transitions_and_states_are_saved_in_one_batch,
     abandoned_jobs_fail_and_released_ones_are_pending_again,
+    a_delayed_job_is_claimable_from_its_run_after,
+    a_unique_key_holds_while_its_job_is_pending_or_processing,
+    concurrent_adds_of_one_unique_key_add_one_job,
+    bulk_adds_are_atomic_and_report_each_job,
 );
 
 fn job(t: &str) -> NewJob {
@@ -497,4 +501,222 @@ fn abandoned_jobs_fail_and_released_ones_are_pending_again(b: &Backend) {
             ("t".into(), "pending".into(), 1)
         ]
     );
+}
+
+fn a_delayed_job_is_claimable_from_its_run_after(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let o = s.owner().to_owned();
+    let at = SystemTime::now() + Duration::from_millis(600);
+    let id = s
+        .add_job(NewJob {
+            run_after: Some(Timestamp::from(at)),
+            ..job("t")
+        })
+        .unwrap();
+    let stored = s.get_job(&id).unwrap().unwrap();
+    assert_eq!(stored.status, PENDING);
+    let next = stored.next_attempt_at.expect("run_after is stored");
+    assert!(
+        next.as_ms().abs_diff(Timestamp::from(at).as_ms()) <= 1,
+        "{next} vs {}",
+        Timestamp::from(at)
+    );
+    // Not claimable early, by either claim; the claimer learns when it is due.
+    match s.claim_next(&any(), &o).unwrap() {
+        Claim::Empty { next_due } => {
+            let due = next_due.expect("the delayed job is due at its run_after");
+            let off = due.duration_since(at).unwrap_or_else(|e| e.duration());
+            assert!(
+                off <= Duration::from_millis(1),
+                "next_due {due:?}, run_after {at:?}"
+            );
+        }
+        Claim::Job(j) => panic!("claimed a job before its run_after: {j:?}"),
+    }
+    // A job without a delay, added later, goes first.
+    let now = s.add_job(job("t")).unwrap();
+    assert_eq!(claimed(s.claim_next(&any(), &o).unwrap()).job_id, now);
+    std::thread::sleep(
+        at.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(20),
+    );
+    let j = claimed(s.claim_next(&any(), &o).unwrap());
+    assert_eq!((j.job_id.as_str(), j.attempts), (id.as_str(), 1));
+    // A run_after in the past is no delay.
+    let past = s
+        .add_job(NewJob {
+            run_after: Some(Timestamp::from(SystemTime::now() - Duration::from_secs(60))),
+            ..job("t")
+        })
+        .unwrap();
+    assert_eq!(claimed(s.claim_next(&any(), &o).unwrap()).job_id, past);
+}
+
+fn a_unique_key_holds_while_its_job_is_pending_or_processing(b: &Backend) {
+    let s = b.open(StoreOptions {
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(1),
+        ..StoreOptions::default()
+    });
+    let o = s.owner().to_owned();
+    let keyed = |k: &str| NewJob {
+        unique_key: Some(k.into()),
+        ..job("t")
+    };
+    let duplicate_of = |r: Result<String, StoreError>| match r {
+        Err(StoreError::Duplicate { job_id, unique_key }) => (job_id, unique_key),
+        other => panic!("expected a duplicate, got {other:?}"),
+    };
+    let first = s.add_job(keyed("k")).unwrap();
+    assert_eq!(
+        s.get_job(&first).unwrap().unwrap().unique_key.as_deref(),
+        Some("k")
+    );
+    // Pending: refused, naming the existing job.
+    assert_eq!(
+        duplicate_of(s.add_job(keyed("k"))),
+        (first.clone(), "k".into())
+    );
+    // Other keys and jobs without a key are not affected.
+    s.add_job(keyed("other")).unwrap();
+    s.add_job(job("t")).unwrap();
+    s.add_job(job("t")).unwrap();
+    // A duplicate job id is still an error of its own.
+    assert!(matches!(
+        s.add_job(NewJob {
+            job_id: Some(first.clone()),
+            ..keyed("fresh")
+        }),
+        Err(StoreError::Invalid(_))
+    ));
+    // Processing, and pending again after a failed attempt: still refused.
+    assert!(s.claim_job(&first, &o).unwrap());
+    assert_eq!(duplicate_of(s.add_job(keyed("k"))).0, first);
+    assert!(matches!(
+        s.fail_job(&first, "x").unwrap(),
+        Failed::Retry { .. }
+    ));
+    assert_eq!(duplicate_of(s.add_job(keyed("k"))).0, first);
+    // Completed: the key is free.
+    assert!(s.complete_job(&first, None).unwrap());
+    let second = s.add_job(keyed("k")).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(s.get_job(&first).unwrap().unwrap().status, COMPLETED);
+    // Dead: free too.
+    assert!(s.claim_job(&second, &o).unwrap());
+    assert!(matches!(
+        s.fail_job(&second, "x").unwrap(),
+        Failed::Retry { .. }
+    ));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(s.claim_job(&second, &o).unwrap());
+    assert_eq!(s.fail_job(&second, "y").unwrap(), Failed::Dead);
+    let third = s.add_job(keyed("k")).unwrap();
+    // Failed (abandoned): free too.
+    assert!(s.claim_job(&third, &o).unwrap());
+    assert!(s.abandon_job(&third, "gone").unwrap());
+    s.add_job(keyed("k")).unwrap();
+    let with_k = s
+        .list_jobs(&ListJobs::default())
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.unique_key.as_deref() == Some("k"))
+        .map(|j| j.status)
+        .collect::<Vec<_>>();
+    assert_eq!(with_k, vec!["pending", "failed", "dead", "completed"]);
+}
+
+fn concurrent_adds_of_one_unique_key_add_one_job(b: &Backend) {
+    let threads = 8;
+    for round in 0..3 {
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let b = b.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    // A store object per thread, as separate processes would have.
+                    let s = b.open(StoreOptions::default());
+                    barrier.wait();
+                    s.add_job(NewJob {
+                        job_id: Some(format!("r{round}-t{t}")),
+                        unique_key: Some(format!("key-{round}")),
+                        ..job("t")
+                    })
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let added: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(added.len(), 1, "round {round}: {results:?}");
+        for r in &results {
+            match r {
+                Ok(_) => {}
+                Err(StoreError::Duplicate { job_id, .. }) => assert_eq!(job_id, added[0]),
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+    }
+    let s = b.open(StoreOptions::default());
+    assert_eq!(s.pending_jobs(&any(), None).unwrap().len(), 3);
+}
+
+fn bulk_adds_are_atomic_and_report_each_job(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    assert_eq!(s.add_jobs(Vec::new()).unwrap(), Vec::new());
+    let held = s
+        .add_job(NewJob {
+            unique_key: Some("held".into()),
+            ..job("t")
+        })
+        .unwrap();
+    let with = |id: &str, key: Option<&str>| NewJob {
+        job_id: Some(id.into()),
+        unique_key: key.map(Into::into),
+        priority: Some(3),
+        data: Some(json!({"id": id})),
+        ..job("bulk")
+    };
+    let out = s
+        .add_jobs(vec![
+            with("a", None),
+            with("b", Some("k")),
+            with("c", Some("k")),
+            with("d", Some("held")),
+            NewJob {
+                job_id: None,
+                run_after: Some(Timestamp::from(SystemTime::now() + Duration::from_secs(60))),
+                ..job("bulk")
+            },
+        ])
+        .unwrap();
+    assert_eq!(out.len(), 5);
+    let added = |id: &str| Added::Added { job_id: id.into() };
+    let existing = |id: &str| Added::Existing { job_id: id.into() };
+    assert_eq!(
+        out[..4],
+        [added("a"), added("b"), existing("b"), existing(&held)]
+    );
+    assert!(matches!(&out[4], Added::Added { job_id } if !job_id.is_empty()));
+    let e = s.get_job(out[4].job_id()).unwrap().unwrap();
+    assert!(e.next_attempt_at.is_some());
+    let a = s.get_job("a").unwrap().unwrap();
+    assert_eq!((a.priority, a.data.clone()), (3, json!({"id": "a"})));
+    assert!(s.get_job("c").unwrap().is_none());
+    assert!(s.get_job("d").unwrap().is_none());
+    // A duplicate id anywhere: an error, and nothing of the batch is added.
+    for ids in [["x", "y", "a"], ["x", "y", "y"]] {
+        let r = s.add_jobs(ids.iter().map(|id| with(id, Some(id))).collect());
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{ids:?}: {r:?}");
+        assert!(s.get_job("x").unwrap().is_none(), "{ids:?}");
+    }
+    // A larger batch.
+    let many: Vec<NewJob> = (0..2000).map(|i| with(&format!("m{i}"), None)).collect();
+    let out = s.add_jobs(many).unwrap();
+    assert!(out.iter().all(|a| matches!(a, Added::Added { .. })));
+    assert_eq!(out[1999].job_id(), "m1999");
+    let bulk = JobFilter {
+        job_type: Some("bulk".into()),
+        machine_type: None,
+    };
+    assert_eq!(s.pending_jobs(&bulk, None).unwrap().len(), 2000 + 3);
 }

@@ -22,9 +22,18 @@
 //!   kills its workers does not kill them forever).
 //! - Job statuses: `pending`, `processing`, `completed`, `failed` (written by
 //!   statemachine-engine's own tools), `dead`.
+//! - A job added with [`NewJob::run_after`] is not claimable before that time (the same
+//!   column as a retry's backoff, `next_attempt_at`, so [`Claim::Empty`]'s `next_due`
+//!   counts it).
+//! - A job added with a [`NewJob::unique_key`] is not added while another job with that
+//!   key is `pending` or `processing`: the database's partial unique index decides, so two
+//!   processes adding the same key at once add one job. The adder learns the existing
+//!   job's id ([`Added::Existing`], [`StoreError::Duplicate`]). Once that job is
+//!   completed, failed or dead the key is free again.
 
 pub mod claim_loss;
 mod holds;
+mod job_json;
 mod location;
 mod options;
 pub mod persist;
@@ -39,6 +48,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
+pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode};
 pub use persist::Persister;
@@ -77,6 +87,42 @@ pub enum StoreError {
     /// no such database, a schema newer than this binary): trying again will not help.
     #[error("job store: {0}")]
     Config(String),
+    /// [`JobStore::add_job`] of a job whose unique key belongs to a job that is still
+    /// pending or processing: nothing was added.
+    #[error(
+        "job store: job `{job_id}` with unique key `{unique_key}` is already pending or processing"
+    )]
+    Duplicate {
+        /// The existing job's id.
+        job_id: String,
+        /// The key.
+        unique_key: String,
+    },
+}
+
+/// What adding one job did ([`JobStore::add_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Added {
+    /// The job was added with this id.
+    Added {
+        /// Its id.
+        job_id: String,
+    },
+    /// Its unique key belongs to this job, pending or processing: nothing was added.
+    Existing {
+        /// The existing job's id.
+        job_id: String,
+    },
+}
+
+impl Added {
+    /// The id of the job added, or of the existing one.
+    pub fn job_id(&self) -> &str {
+        match self {
+            Added::Added { job_id } | Added::Existing { job_id } => job_id,
+        }
+    }
 }
 
 /// A job to add.
@@ -100,6 +146,11 @@ pub struct NewJob {
     pub max_attempts: Option<u32>,
     /// W3C `traceparent` of whoever enqueued it: the worker continues that trace.
     pub traceparent: Option<String>,
+    /// Not claimable before this time (claimable at once when `None` or past).
+    pub run_after: Option<Timestamp>,
+    /// At most one job with this key is pending or processing at a time (see
+    /// [`JobStore::add_jobs`]).
+    pub unique_key: Option<String>,
 }
 
 /// A job as stored.
@@ -141,10 +192,12 @@ pub struct Job {
     pub attempts: i64,
     /// Attempts allowed.
     pub max_attempts: i64,
-    /// Not claimable before this time: retry backoff.
+    /// Not claimable before this time: its `run_after`, or a retry's backoff.
     pub next_attempt_at: Option<Timestamp>,
     /// Trace context of the enqueuer.
     pub traceparent: Option<String>,
+    /// Its unique key.
+    pub unique_key: Option<String>,
 }
 
 /// Which jobs a claim may take.
@@ -162,7 +215,8 @@ pub enum Claim {
     /// A job, now leased to the claimer.
     Job(Box<Job>),
     /// Nothing claimable now. `next_due` is when something may become claimable without
-    /// anyone adding a job: a retry's backoff ends or a lease expires.
+    /// anyone adding a job: a delayed job's `run_after` or a retry's backoff ends, or a
+    /// lease expires.
     Empty {
         /// The earliest such time, if any.
         next_due: Option<SystemTime>,
@@ -221,8 +275,26 @@ impl std::fmt::Debug for Holder {
 
 /// The durable job queue.
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Adds a pending job; returns its id. Wakes in-process waiters at once.
-    fn add_job(&self, job: NewJob) -> Result<String, StoreError>;
+    /// Adds a pending job; returns its id. Wakes in-process waiters at once. A duplicate
+    /// job id is [`StoreError::Invalid`]; a unique key that a pending or processing job
+    /// holds is [`StoreError::Duplicate`] (nothing added).
+    fn add_job(&self, job: NewJob) -> Result<String, StoreError> {
+        let key = job.unique_key.clone();
+        match self.add_jobs(vec![job])?.pop() {
+            Some(Added::Added { job_id }) => Ok(job_id),
+            Some(Added::Existing { job_id }) => Err(StoreError::Duplicate {
+                job_id,
+                unique_key: key.unwrap_or_default(),
+            }),
+            None => Err(StoreError::Db("adding a job reported nothing".into())),
+        }
+    }
+    /// Adds jobs in one transaction: all of them or, on an error, none. Answers one
+    /// [`Added`] per job, in order: a job whose unique key a pending or processing job
+    /// holds (one added earlier in the same call included) is not added and reports that
+    /// job. A duplicate job id is an error ([`StoreError::Invalid`]). Wakes in-process
+    /// waiters at once.
+    fn add_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Added>, StoreError>;
     /// Claims the next claimable job (priority, then age) for `owner`, atomically.
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError>;
     /// Claims one pending job by id; false when it is not pending (taken, finished, absent).
@@ -420,6 +492,23 @@ pub trait Store: JobStore + StateStore {
 /// The longest a waiter takes to notice a write by another process (see
 /// [`JobStore::notify`]).
 pub const FOREIGN_CHANGES: Duration = Duration::from_millis(250);
+
+/// Gives each job of a batch its id (a fresh one where none is given) and refuses a batch
+/// that gives one id twice, for the backends' [`JobStore::add_jobs`].
+pub(crate) fn with_ids(jobs: Vec<NewJob>) -> Result<Vec<(String, NewJob)>, StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let id = j.job_id.clone().unwrap_or_else(new_job_id);
+        if !seen.insert(id.clone()) {
+            return Err(StoreError::Invalid(format!(
+                "a job with id `{id}` already exists (the id is given twice)"
+            )));
+        }
+        out.push((id, j));
+    }
+    Ok(out)
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

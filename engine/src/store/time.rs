@@ -41,6 +41,46 @@ impl Timestamp {
     pub fn parse_sql(text: &str) -> Option<Self> {
         humantime::parse_rfc3339_weak(text.trim()).ok().map(Self)
     }
+
+    /// Reads an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS[.fff]` then `Z` or an offset
+    /// (`+02:00`, `-05:30`). `None` for anything else (a time without its offset
+    /// included: it would be read in some unknown zone).
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let (base, offset_secs) = if let Some(b) = text.strip_suffix(['Z', 'z']) {
+            (b, 0i64)
+        } else {
+            let at = text.len().checked_sub(6)?;
+            let (b, off) = (text.get(..at)?, text.get(at..)?.as_bytes());
+            let sign = match off[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let digits = |d: &[u8]| -> Option<i64> {
+                d.iter().try_fold(0i64, |n, c| {
+                    c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+                })
+            };
+            let (h, m) = (digits(&off[1..3])?, digits(&off[4..6])?);
+            if off[3] != b':' || h > 23 || m > 59 {
+                return None;
+            }
+            (b, sign * (h * 3600 + m * 60))
+        };
+        if !matches!(base.as_bytes().get(10), Some(b'T' | b't')) {
+            return None;
+        }
+        let base = format!("{}T{}", base.get(..10)?, base.get(11..)?);
+        let utc = humantime::parse_rfc3339_weak(&base).ok()?;
+        let shift = Duration::from_secs(offset_secs.unsigned_abs());
+        let t = if offset_secs >= 0 {
+            utc.checked_sub(shift)?
+        } else {
+            utc.checked_add(shift)?
+        };
+        Some(Self(t))
+    }
 }
 
 impl From<SystemTime> for Timestamp {
@@ -82,5 +122,29 @@ mod tests {
             serde_json::to_string(&Timestamp::from_ms(0)).unwrap(),
             "\"1970-01-01T00:00:00.000Z\""
         );
+    }
+
+    #[test]
+    fn rfc3339_times_need_their_offset() {
+        let z = Timestamp::parse_rfc3339("2026-12-04T10:00:01.250Z").unwrap();
+        assert_eq!(z.to_string(), "2026-12-04T10:00:01.250Z");
+        let plus = Timestamp::parse_rfc3339("2026-12-04T12:30:01.250+02:30").unwrap();
+        assert_eq!(plus, z);
+        let minus = Timestamp::parse_rfc3339("2026-12-04t05:00:01.250-05:00").unwrap();
+        assert_eq!(minus, z);
+        for bad in [
+            "2026-12-04 10:00:01Z",
+            "2026-12-04T10:00:01",
+            "2026-12-04T10:00:01+2:00",
+            "2026-12-04T10:00:01+02:60",
+            "2026-12-04T10:00:01+0200",
+            "2026-13-04T10:00:01Z",
+            "tomorrow",
+            "",
+            "+00:00",
+            "é2026-12-04T10:00:01+02:00",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -1,30 +1,44 @@
-//! `POST /jobs`: adds a job to the store the sidecar was given.
+//! `POST /jobs`: adds a job, or a batch of jobs, to the store the sidecar was given.
 //!
 //! Body: `{"job_type": "task", "machine_type": "worker", "data": {...}, "priority": 5,
-//! "job_id": "...", "metadata": {...}, "max_attempts": 3}` (`type` is accepted for
-//! `job_type`). A `traceparent` header (or field) is stored with the job so the worker
-//! continues that trace. Answers 201 `{"job_id": ...}`; 409 for a duplicate id. The body
-//! is parsed with the engine's bounded JSON parser ([`ingress::parse_json`]): 413 when it
-//! would take more than the parsed-size limit.
+//! "job_id": "...", "metadata": {...}, "max_attempts": 3, "unique_key": "...",
+//! "run_after": "2026-12-04T10:00:00Z" | "delay_seconds": 30}` (`type` is accepted for
+//! `job_type`; the fields are read by [`new_job_from_json`], as `turnstile jobs add
+//! --from-file` reads them). A `traceparent` header (or field) is stored with the job so
+//! the worker continues that trace. Answers 201 `{"job_id": ...}`; 409 for a duplicate id,
+//! and 409 with the existing job's `job_id` when a pending or processing job holds the
+//! unique key. A JSON array of such objects (at most [`MAX_BATCH`]) is added in one
+//! transaction: 201 `{"jobs": [{"result": "added"|"existing", "job_id": ...}, ...]}`, or
+//! nothing added and 400 naming the first bad element's `index`. The body is parsed with
+//! the engine's bounded JSON parser ([`ingress::parse_json`]): 413 when it would take more
+//! than the parsed-size limit.
+
+use std::time::SystemTime;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 use turnstile_engine::ingress;
-use turnstile_engine::store::{NewJob, StoreError};
-use turnstile_engine::TraceContext;
+use turnstile_engine::store::{new_job_from_json, NewJob, StoreError, MAX_BATCH};
 
 use super::response::{self, ApiError, Body};
 use super::state::State;
 use super::write::JsonPost;
 
-fn field_str(obj: &serde_json::Map<String, Json>, key: &str) -> Result<Option<String>, ApiError> {
-    match obj.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "`{key}` must be a non-empty string"
-        ))),
+/// A store error as an answer: 409 for a duplicate id or a held unique key (with the
+/// existing job's id), 503 for anything else.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, m),
+        StoreError::Duplicate { job_id, unique_key } => ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job `{job_id}` with unique key `{unique_key}` is already pending or processing"
+            ),
+        )
+        .field("job_id", json!(job_id))
+        .field("unique_key", json!(unique_key)),
+        e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -54,60 +68,44 @@ pub(super) async fn post_job(
             None => err,
         }
     })?;
-    let Json::Object(obj) = v else {
-        return Err(ApiError::bad_request(
-            "the body must be a JSON object like {\"job_type\": \"task\", \"data\": {...}}",
-        ));
-    };
-    let job_type = match field_str(&obj, "job_type")? {
-        Some(t) => t,
-        None => field_str(&obj, "type")?.ok_or_else(|| {
-            ApiError::bad_request("`job_type` is missing: {\"job_type\": \"task\", ...}")
-        })?,
-    };
-    let priority = match obj.get("priority") {
-        None | Some(Json::Null) => None,
-        Some(p) => Some(p.as_i64().ok_or_else(|| {
-            ApiError::bad_request("`priority` must be a whole number (1 = highest)")
-        })?),
-    };
-    let max_attempts = match obj.get("max_attempts") {
-        None | Some(Json::Null) => None,
-        Some(p) => Some(
-            p.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::bad_request("`max_attempts` must be a positive number"))?,
-        ),
-    };
-    let traceparent = match (header_tp, field_str(&obj, "traceparent")?) {
-        (Some(t), _) => Some(t),
-        (None, Some(t)) => {
-            TraceContext::parse(&t).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            Some(t)
+    let now = SystemTime::now();
+    match v {
+        Json::Array(items) => {
+            if items.len() > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{} jobs in one request; at most {MAX_BATCH} (send several requests)",
+                        items.len()
+                    ),
+                ));
+            }
+            let jobs = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    new_job_from_json(item, now, header_tp.clone()).map_err(|m| {
+                        ApiError::bad_request(format!("job {i}: {m}; nothing was added"))
+                            .field("index", json!(i))
+                    })
+                })
+                .collect::<Result<Vec<NewJob>, _>>()?;
+            let added = tokio::task::spawn_blocking(move || store.add_jobs(jobs))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(store_error)?;
+            Ok(response::json(StatusCode::CREATED, &json!({"jobs": added})))
         }
-        (None, None) => None,
-    };
-    let job = NewJob {
-        job_id: field_str(&obj, "job_id")?,
-        job_type,
-        machine_type: field_str(&obj, "machine_type")?,
-        source_job_id: field_str(&obj, "source_job_id")?,
-        data: obj.get("data").filter(|d| !d.is_null()).cloned(),
-        metadata: obj.get("metadata").filter(|d| !d.is_null()).cloned(),
-        priority,
-        max_attempts,
-        traceparent,
-    };
-    let added = tokio::task::spawn_blocking(move || store.add_job(job))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match added {
-        Ok(id) => Ok(response::json(StatusCode::CREATED, &json!({"job_id": id}))),
-        Err(StoreError::Invalid(m)) => Err(ApiError::new(StatusCode::CONFLICT, m)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
+        v @ Json::Object(_) => {
+            let job = new_job_from_json(&v, now, header_tp).map_err(ApiError::bad_request)?;
+            let added = tokio::task::spawn_blocking(move || store.add_job(job))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(store_error)?;
+            Ok(response::json(StatusCode::CREATED, &json!({"job_id": added})))
+        }
+        _ => Err(ApiError::bad_request(
+            "the body must be a JSON object like {\"job_type\": \"task\", \"data\": {...}}, or an array of them",
         )),
     }
 }

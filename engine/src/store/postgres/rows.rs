@@ -10,7 +10,7 @@ use crate::store::{Job, MachineRecord, Timestamp};
 /// The columns [`job`] reads, in order.
 pub(super) const JOB_COLUMNS: &str = "id, job_id, job_type, machine_type, source_job_id, data, \
      result, priority, status, created_at, started_at, completed_at, error_message, metadata, \
-     lease_owner, lease_until, attempts, max_attempts, next_attempt_at, traceparent";
+     lease_owner, lease_until, attempts, max_attempts, next_attempt_at, traceparent, unique_key";
 
 fn time(row: &Row, i: usize) -> Result<Option<Timestamp>, Error> {
     Ok(row
@@ -43,6 +43,7 @@ pub(super) fn job(row: &Row, default_max: i64) -> Result<Job, Error> {
         max_attempts: row.try_get::<_, Option<i64>>(17)?.unwrap_or(default_max),
         next_attempt_at: time(row, 18)?,
         traceparent: row.try_get(19)?,
+        unique_key: row.try_get(20)?,
     })
 }
 

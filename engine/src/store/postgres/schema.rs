@@ -18,7 +18,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 const MIGRATIONS: &[&str] = &[
@@ -81,6 +81,10 @@ const MIGRATIONS: &[&str] = &[
         created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
     );
     CREATE INDEX transitions_machine ON transitions (machine_name, id);",
+    // 2: unique keys: at most one pending or processing job per key.
+    "ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+        WHERE status IN ('pending', 'processing') AND unique_key IS NOT NULL;",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 use super::rows::{job_from_row, Cached, JOB_BY_ROWID, JOB_COLUMNS};
 use super::SqliteStore;
 use crate::store::{
-    from_ms, new_job_id, now_ms, Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore,
-    ListJobs, NewJob, StoreError,
+    from_ms, now_ms, with_ids, Added, Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore,
+    ListJobs, NewJob, StoreError, Timestamp,
 };
 
 /// Writes the attempts of claims that were answered but not committed (see
@@ -39,6 +39,65 @@ pub(super) fn count_lost(
         )?;
     }
     Ok(())
+}
+
+/// The pending or processing job that holds `key`.
+fn holder_of(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.row_cached(
+        "SELECT job_id FROM jobs INDEXED BY idx_jobs_unique_key
+         WHERE unique_key = ?1 AND status IN ('pending', 'processing')
+           AND unique_key IS NOT NULL",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Adds one job in the writer's transaction, unless a pending or processing job holds
+/// its unique key. The transaction holds SQLite's write lock, so no other process adds
+/// between the look-up and the insert; the partial unique index `idx_jobs_unique_key`
+/// enforces the rule for any other writer.
+fn insert_job(tx: &Connection, id: String, job: NewJob) -> Result<Added, StoreError> {
+    if let Some(key) = &job.unique_key {
+        if let Some(job_id) = holder_of(tx, key)? {
+            return Ok(Added::Existing { job_id });
+        }
+    }
+    let enc = |v: &Option<Json>| v.as_ref().map(Json::to_string);
+    tx.exec_cached(
+        "INSERT INTO jobs (job_id, job_type, machine_type, source_job_id, priority,
+            data, metadata, status, max_attempts, traceparent, next_attempt_at, unique_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11)",
+        params![
+            id,
+            job.job_type,
+            job.machine_type,
+            job.source_job_id,
+            job.priority.unwrap_or(5),
+            enc(&job.data),
+            enc(&job.metadata),
+            job.max_attempts,
+            job.traceparent,
+            job.run_after.map(Timestamp::as_ms),
+            job.unique_key,
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            if msg.as_deref().is_some_and(|m| m.contains("unique_key")) {
+                StoreError::Db(format!(
+                    "job `{id}`: its unique key is taken by a job this store did not see: {}",
+                    msg.unwrap_or_default()
+                ))
+            } else {
+                StoreError::Invalid(format!("a job with id `{id}` already exists"))
+            }
+        }
+        e => e.into(),
+    })?;
+    Ok(Added::Added { job_id: id })
 }
 
 /// The statement that picks the next job for `filter`. Only the filters given appear in
@@ -97,39 +156,20 @@ fn reap_expired(tx: &Connection, now: i64, default_max: i64) -> rusqlite::Result
 }
 
 impl JobStore for SqliteStore {
-    fn add_job(&self, job: NewJob) -> Result<String, StoreError> {
-        let job_id = job.job_id.clone().unwrap_or_else(new_job_id);
-        let id = job_id.clone();
-        self.write(move |tx| {
-            let enc = |v: &Option<Json>| v.as_ref().map(Json::to_string);
-            tx.exec_cached(
-                "INSERT INTO jobs (job_id, job_type, machine_type, source_job_id, priority,
-                    data, metadata, status, max_attempts, traceparent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
-                params![
-                    id,
-                    job.job_type,
-                    job.machine_type,
-                    job.source_job_id,
-                    job.priority.unwrap_or(5),
-                    enc(&job.data),
-                    enc(&job.metadata),
-                    job.max_attempts,
-                    job.traceparent,
-                ],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::Invalid(format!("a job with id `{id}` already exists"))
-                }
-                e => e.into(),
-            })?;
-            Ok(())
+    fn add_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Added>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jobs = with_ids(jobs)?;
+        let out = self.write(move |tx| {
+            jobs.into_iter()
+                .map(|(id, job)| insert_job(tx, id, job))
+                .collect::<Result<Vec<_>, _>>()
         })?;
-        self.inner.notify.notify_waiters();
-        Ok(job_id)
+        if out.iter().any(|a| matches!(a, Added::Added { .. })) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(out)
     }
 
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {

@@ -36,7 +36,7 @@ macro_rules! job_columns {
     () => {
         "id, job_id, job_type, machine_type, source_job_id, data, result, \
          priority, status, created_at, started_at, completed_at, error_message, metadata, \
-         lease_owner, lease_until, attempts, max_attempts, next_attempt_at, traceparent"
+         lease_owner, lease_until, attempts, max_attempts, next_attempt_at, traceparent, unique_key"
     };
 }
 pub(super) const JOB_COLUMNS: &str = job_columns!();
@@ -70,6 +70,7 @@ pub(super) fn job_from_row(row: &Row<'_>, default_max: i64) -> rusqlite::Result<
         max_attempts: row.get::<_, Option<i64>>(17)?.unwrap_or(default_max),
         next_attempt_at: ms_col(row, 18)?,
         traceparent: row.get(19)?,
+        unique_key: row.get(20)?,
     })
 }
 

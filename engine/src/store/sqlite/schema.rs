@@ -1,6 +1,7 @@
 //! The SQLite schema: statemachine-engine's tables, created by the same statements so
-//! that its tools and Turnstile share one file, and what Turnstile adds (lease and retry
-//! columns by `ALTER TABLE`, the audit table, partial indexes for claims). Applied at
+//! that its tools and Turnstile share one file, and what Turnstile adds (lease, retry and
+//! unique-key columns by `ALTER TABLE`, the audit table, partial indexes for claims, the
+//! partial unique index that keeps one pending or processing job per unique key). Applied at
 //! every open; each step is idempotent, so processes opening one file at once agree.
 
 use std::path::Path;
@@ -63,6 +64,7 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "max_attempts", "INTEGER"),
     ("jobs", "next_attempt_at", "INTEGER"),
     ("jobs", "traceparent", "TEXT"),
+    ("jobs", "unique_key", "TEXT"),
     ("machine_state", "context", "TEXT"),
 ];
 
@@ -86,6 +88,8 @@ CREATE INDEX IF NOT EXISTS idx_jobs_pending_machine ON jobs (machine_type, prior
 CREATE INDEX IF NOT EXISTS idx_jobs_pending ON jobs (priority, created_at)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS idx_jobs_leased ON jobs (lease_until) WHERE status = 'processing';
+CREATE UNIQUE INDEX IF NOT EXISTS idx_jobs_unique_key ON jobs (unique_key)
+    WHERE status IN ('pending', 'processing') AND unique_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS turnstile_health (
     id INTEGER PRIMARY KEY,
     checked_at INTEGER,
