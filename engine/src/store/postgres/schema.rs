@@ -21,7 +21,7 @@ const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 pub const VERSION: i32 = 2;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     // 1: the job queue, machine state, events, the transition audit.
     "CREATE TABLE jobs (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
