@@ -4,7 +4,10 @@
 # first add to the last completion (add, claim, complete, all durable).
 #
 #   bench/jobs_e2e.sh [N]        default 5000
-#   CASES="full normal procs sme"  the cases to run (default: all four, in that order)
+#   CASES="full normal procs sme"  the cases to run (default: these four, in that order;
+#                                  also `pg` and `pgprocs`: the first and third on PostgreSQL)
+#   PG_URL=postgres://...          the server for the `pg` cases (default: one started by
+#                                  bench/pg_server.sh in the temp dir, durable settings)
 #   LOG_LEVEL=warn,turnstile::store=debug  also prints the writes and transactions of each
 #                                          Turnstile process when it stops
 #
@@ -30,23 +33,36 @@ N=${1:-5000}
 PER=$(( (N + 3) / 4 ))
 N=$(( PER * 4 ))
 TMP=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
+  if [ -n "${PG_DIR:-}" ]; then bash bench/pg_server.sh stop "$PG_DIR/pg"; rm -rf "$PG_DIR"; fi
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
 
 for i in 1 2 3 4; do
   sed "s/machine_name: worker$/machine_name: worker$i/" bench/job_worker.yaml > "$TMP/w$i.yaml"
 done
 
-# Waits until N jobs are completed in DB; prints seconds since START (a float).
+# Waits until N jobs are completed in DB (a SQLite file or a postgres:// URL); prints
+# seconds since START (a float).
 wait_done() { # db start
   python3 - "$1" "$N" "$2" <<'EOF'
-import sqlite3, sys, time
+import sqlite3, subprocess, sys, time
 db, n, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def completed():
+    if db.startswith("postgres"):
+        out = subprocess.run(["psql", "-XAtq", db, "-c", "select count(*) from jobs where status = 'completed'"],
+                             capture_output=True, text=True)
+        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+    c = sqlite3.connect(db, timeout=30)
+    try:
+        return c.execute("select count(*) from jobs where status = 'completed'").fetchone()[0]
+    finally:
+        c.close()
 while True:
     try:
-        c = sqlite3.connect(db, timeout=30)
-        done = c.execute("select count(*) from jobs where status = 'completed'").fetchone()[0]
-        c.close()
+        done = completed()
     except sqlite3.OperationalError:
         done = 0
     if done >= n:
@@ -74,8 +90,15 @@ report() { # label seconds
   python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1\":<58} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
 }
 
-turnstile_one_process() { # sync
-  local db="$TMP/t-$1-$RANDOM$RANDOM.db" port
+# A fresh database on the PostgreSQL server; prints its URL.
+pg_database() {
+  local name="bench_$RANDOM$RANDOM"
+  psql -XAtq "$PG_URL" -c "CREATE DATABASE $name" >/dev/null
+  echo "${PG_URL%/*}/$name"
+}
+
+turnstile_one_process() { # sync [db]
+  local db="${2:-$TMP/t-$1-$RANDOM$RANDOM.db}" port
   port=$(free_port)
   "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
     --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
@@ -89,11 +112,14 @@ turnstile_one_process() { # sync
   t=$(wait_done "$db" "$start")
   kill "$wrk" "$pid" 2>/dev/null || true
   wait "$wrk" "$pid" 2>/dev/null || true
-  report "Turnstile, 1 process x 4 worker machines, --db-sync $1" "$t"
+  case $db in
+    postgres*) report "Turnstile, 1 process x 4 worker machines, PostgreSQL" "$t" ;;
+    *) report "Turnstile, 1 process x 4 worker machines, --db-sync $1" "$t" ;;
+  esac
 }
 
-turnstile_four_processes() {
-  local db="$TMP/t-procs-$RANDOM$RANDOM.db" pids=() port first=""
+turnstile_four_processes() { # [db]
+  local db="${1:-$TMP/t-procs-$RANDOM$RANDOM.db}" pids=() port first=""
   for i in 1 2 3 4; do
     port=$(free_port)
     "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP/w$i.yaml" --db "$db" --db-sync full \
@@ -110,7 +136,10 @@ turnstile_four_processes() {
   t=$(wait_done "$db" "$start")
   kill "$wrk" "${pids[@]}" 2>/dev/null || true
   wait "$wrk" "${pids[@]}" 2>/dev/null || true
-  report "Turnstile, 4 processes x 1 worker machine, --db-sync full" "$t"
+  case $db in
+    postgres*) report "Turnstile, 4 processes x 1 worker machine, PostgreSQL" "$t" ;;
+    *) report "Turnstile, 4 processes x 1 worker machine, --db-sync full" "$t" ;;
+  esac
 }
 
 sme() {
@@ -146,11 +175,21 @@ EOF
   echo "  (statemachine-engine workers logged $dup claims for $N jobs)"
 }
 
+case " ${CASES:-} " in
+  *" pg"*)
+    if [ -z "${PG_URL:-}" ]; then
+      # Its own folder: the server runs as nobody, who cannot enter $TMP.
+      PG_DIR=$(mktemp -d) && chmod 755 "$PG_DIR"
+      PG_URL=$(bash bench/pg_server.sh start "$PG_DIR/pg" "$(free_port)")
+    fi ;;
+esac
 echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in ${CASES:-full normal procs sme}; do
   case $c in
     full | normal) turnstile_one_process "$c" ;;
     procs) turnstile_four_processes ;;
+    pg) turnstile_one_process full "$(pg_database)" ;;
+    pgprocs) turnstile_four_processes "$(pg_database)" ;;
     sme) sme ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac
