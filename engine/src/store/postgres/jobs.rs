@@ -1,5 +1,5 @@
 //! The job queue on PostgreSQL. Each operation is one statement on a pooled connection
-//! (the claim reaps expired leases first, in a statement of its own; adding jobs is one
+//! (a claim may reap expired leases first, in a statement of its own; adding jobs is one
 //! transaction: a multi-row insert that skips jobs whose unique key is held, then the
 //! look-up of the holders); a change that can make a job claimable or finished sends
 //! `NOTIFY turnstile_jobs` in its transaction, so it is delivered when, and only if, the
@@ -298,26 +298,32 @@ impl JobStore for PgStore {
 
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
         let (pool, default_max, lease) = (
-            self.inner.pool.clone(),
+            self.inner.claims.clone(),
             self.default_max(),
             self.inner.opts.lease_ms() as f64,
         );
         let (filter, owner) = (filter.clone(), owner.to_owned());
+        let reap_first = self.reap_due();
         let claim = self.call(async move {
             let c = pool.get().await.map_err(pool_error)?;
             let reap = c.prepare_cached(REAP).await.map_err(pg_error)?;
-            c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
+            if reap_first {
+                c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
+            }
             let st = c
                 .prepare_cached(&claim_sql(&filter))
                 .await
                 .map_err(pg_error)?;
-            let row = c
-                .query_opt(
-                    &st,
-                    &[&owner, &lease, &filter.job_type, &filter.machine_type],
-                )
-                .await
-                .map_err(pg_error)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&owner, &lease, &filter.job_type, &filter.machine_type];
+            let mut row = c.query_opt(&st, &params).await.map_err(pg_error)?;
+            // Nothing claimable: an expired lease may be why.
+            if row.is_none()
+                && !reap_first
+                && c.execute(&reap, &[&default_max]).await.map_err(pg_error)? > 0
+            {
+                row = c.query_opt(&st, &params).await.map_err(pg_error)?;
+            }
             if let Some(row) = row {
                 let j = job(&row, default_max).map_err(pg_error)?;
                 return Ok(Claim::Job(Box::new(j)));
@@ -339,7 +345,7 @@ impl JobStore for PgStore {
 
     fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
         let (pool, default_max, lease) = (
-            self.inner.pool.clone(),
+            self.inner.claims.clone(),
             self.default_max(),
             self.inner.opts.lease_ms() as f64,
         );

@@ -10,8 +10,12 @@
 //!   advisory lock.
 //! - A claim is one statement: the next claimable job is picked with
 //!   `FOR UPDATE SKIP LOCKED` (claimers in other processes skip it instead of waiting)
-//!   and leased in the same `UPDATE`. Expired leases are reaped just before, in a
-//!   statement of their own on the same connection. Times are the database's clock.
+//!   and leased in the same `UPDATE`. Claims run on a second pool whose connections set
+//!   `synchronous_commit=off`: a claim does not wait for its WAL flush, and one a server
+//!   crash loses leaves its job pending (at-least-once allows the second run). Expired
+//!   leases are reaped before a claim (a statement of its own on the same connection) at
+//!   most once a second, and whenever a claim finds nothing. Times are the database's
+//!   clock.
 //! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
 //!   transaction; a connection of the store's own `LISTEN`s and wakes
 //!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
@@ -48,6 +52,9 @@ pub const POOL_SIZE: usize = 16;
 /// How long a connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a claim reaps expired leases first (a claim that finds nothing always does).
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
 /// First and longest claim backoff while the database is unreachable.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -58,6 +65,10 @@ struct Inner {
     rt: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     pool: Pool,
+    /// Connections for claims (`synchronous_commit=off`).
+    claims: Pool,
+    /// When expired leases were last reaped.
+    last_reap: Mutex<Option<Instant>>,
     config: tokio_postgres::Config,
     opts: StoreOptions,
     owner: String,
@@ -144,26 +155,24 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Db(format!("cannot start the store's runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(opts.busy_timeout))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Config(format!("PostgreSQL pool: {e}")))?;
+        let pool = build_pool(config.clone(), &opts)?;
+        // Claims need not wait for their WAL flush: a claim a server crash loses leaves its
+        // job pending, which at-least-once delivery allows (the job may run twice). Adds,
+        // completions and failures stay durable.
+        let mut fast = config.clone();
+        let options = match fast.get_options() {
+            Some(o) => format!("{o} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_owned(),
+        };
+        fast.options(&options);
+        let claims = build_pool(fast, &opts)?;
         let store = PgStore {
             inner: Arc::new(Inner {
                 handle: rt.handle().clone(),
                 rt: Some(rt),
                 pool,
+                claims,
+                last_reap: Mutex::new(None),
                 config,
                 owner: opts.owner.clone().unwrap_or_else(crate::store::owner_id),
                 notify: Arc::new(tokio::sync::Notify::new()),
@@ -289,6 +298,21 @@ impl PgStore {
         });
     }
 
+    /// True when expired leases should be reaped before the next claim (at most every
+    /// [`REAP_EVERY`]; a claim that finds nothing reaps anyway and tries again).
+    fn reap_due(&self) -> bool {
+        let mut last = self
+            .inner
+            .last_reap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= REAP_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
     fn backoff(&self) -> Option<Duration> {
         let u = *self
             .inner
@@ -304,6 +328,25 @@ impl PgStore {
                 .max(Duration::from_millis(10)),
         )
     }
+}
+
+/// A pool of at most [`POOL_SIZE`] connections to `config`.
+fn build_pool(config: tokio_postgres::Config, opts: &StoreOptions) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(opts.busy_timeout))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Config(format!("PostgreSQL pool: {e}")))
 }
 
 /// `postgres://user@host:port/db`, without the password.
