@@ -260,6 +260,17 @@ async fn run_machines(
         eprintln!("error: cannot start the machines: {e}");
         return Ok(ExitCode::from(EXIT_INVALID));
     }
+    // Listened for before the sidecar answers: once a client sees the sidecar, a SIGHUP
+    // reloads (it is handled by `supervise`) rather than ending the process.
+    let sighup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen for SIGHUP: {e}");
+            engine.shutdown();
+            engine.join().await;
+            return Ok(ExitCode::from(1));
+        }
+    };
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
@@ -279,7 +290,7 @@ async fn run_machines(
     };
     let code = supervise(
         &engine,
-        &reloader,
+        (&reloader, sighup),
         watch,
         opts.stop_timeout,
         opts.keep_serving,
@@ -302,7 +313,7 @@ async fn run_machines(
 /// `SIGHUP` reloads every config (as `POST /-/reload` does) and the wait goes on.
 async fn supervise(
     engine: &Engine,
-    reloader: &ConfigReloader,
+    (reloader, mut sighup): (&ConfigReloader, tokio::signal::unix::Signal),
     watch: Option<WatchOptions>,
     stop_timeout: Duration,
     keep_serving: bool,
@@ -323,8 +334,6 @@ async fn supervise(
     let watching = watcher.is_some();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")?;
     // Wait for every machine to stop by itself, or for a signal; then the same wait goes
     // on, bounded by --stop-timeout, while the machines shut down.
     let all_done = engine.join();
