@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use turnstile_engine::config;
 use turnstile_engine::instance::Instance;
 use turnstile_engine::observe::ErrorKind;
-use turnstile_engine::reload::{self, WatchOptions, WatchedConfig};
+use turnstile_engine::reload::{ConfigReloader, ReloadResult, WatchOptions, WatchedConfig};
 use turnstile_engine::{ActionRegistry, Engine, MachineDef};
 use turnstile_exporter::server;
 use turnstile_exporter::telemetry::Telemetry;
@@ -26,12 +26,13 @@ use crate::args::RunArgs;
 use crate::validate::print_diagnostics;
 use crate::EXIT_INVALID;
 
-/// `--watch`: what to watch, the registry to check changes with, and how.
-type Watch = (Vec<WatchedConfig>, ActionRegistry, WatchOptions);
+/// The configs to reload (on `SIGHUP`, `POST /-/reload` and, with `--watch`, when they
+/// change), the registry to check them with, and how to watch (`None` without `--watch`).
+type Reload = (Vec<WatchedConfig>, ActionRegistry, Option<WatchOptions>);
 
 /// What `run` needs besides the machines.
 struct RunOptions {
-    watch: Option<Watch>,
+    reload: Reload,
     queue_capacity: usize,
     stop_timeout: Duration,
     /// The sidecar, bound, not serving yet.
@@ -62,7 +63,7 @@ pub fn run(
     tracing::info!(target: "turnstile::run", instance = instance.id(), incarnation = instance.incarnation(), "instance");
     let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
         .context("--stop-timeout must be a number of seconds")?;
-    let watch = watch_options(&args, &defs, registry)?;
+    let reload = reload_options(&args, &defs, registry)?;
     let sidecar = match args.serve.sidecar_config() {
         Ok(s) => s,
         Err(e) => {
@@ -111,7 +112,7 @@ pub fn run(
         rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
     }
     let opts = RunOptions {
-        watch,
+        reload,
         queue_capacity: args.queue_capacity,
         stop_timeout,
         keep_serving: args.serve.keep_serving && bound.is_some(),
@@ -200,20 +201,13 @@ fn load_all(
     (!failed).then_some(defs)
 }
 
-/// What `--watch` watches (each config with the machine loaded from it) and how; `None`
-/// without `--watch`.
-fn watch_options(
+/// The configs to reload, each with the machine loaded from it, and how `--watch` watches
+/// them (`None` without `--watch`).
+fn reload_options(
     args: &RunArgs,
     defs: &[Arc<MachineDef>],
     registry: &ActionRegistry,
-) -> anyhow::Result<Option<Watch>> {
-    if !args.watch {
-        return Ok(None);
-    }
-    let rescan = Duration::try_from_secs_f64(args.watch_interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--watch-interval must be a positive number of seconds")?;
+) -> anyhow::Result<Reload> {
     let watched = args
         .configs
         .iter()
@@ -224,11 +218,18 @@ fn watch_options(
             def: def.clone(),
         })
         .collect();
+    if !args.watch {
+        return Ok((watched, registry.clone(), None));
+    }
+    let rescan = Duration::try_from_secs_f64(args.watch_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--watch-interval must be a positive number of seconds")?;
     let options = WatchOptions {
         rescan,
         ..WatchOptions::default()
     };
-    Ok(Some((watched, registry.clone(), options)))
+    Ok((watched, registry.clone(), Some(options)))
 }
 
 /// Starts the engine with the telemetry, the sidecar and the sockets, runs the machines
@@ -248,12 +249,28 @@ async fn run_machines(
     // The sidecar was bound before any machine runs and serves once every machine is
     // registered (no request sees a configured machine missing; early connections wait
     // in the backlog).
-    let bound = opts.bound;
+    let mut bound = opts.bound;
+    let (configs, registry, watch) = opts.reload;
+    let reloader = ConfigReloader::new(engine.clone(), registry, configs);
+    if let Some(b) = &mut bound {
+        b.set_reloader(Some(reloader.clone()));
+    }
     let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
     if let Err(e) = engine.spawn_all(defs) {
         eprintln!("error: cannot start the machines: {e}");
         return Ok(ExitCode::from(EXIT_INVALID));
     }
+    // Listened for before the sidecar answers: once a client sees the sidecar, a SIGHUP
+    // reloads (it is handled by `supervise`) rather than ending the process.
+    let sighup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen for SIGHUP: {e}");
+            engine.shutdown();
+            engine.join().await;
+            return Ok(ExitCode::from(1));
+        }
+    };
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
@@ -271,7 +288,14 @@ async fn run_machines(
         }
         None => None,
     };
-    let code = supervise(&engine, opts.watch, opts.stop_timeout, opts.keep_serving).await;
+    let code = supervise(
+        &engine,
+        (&reloader, sighup),
+        watch,
+        opts.stop_timeout,
+        opts.keep_serving,
+    )
+    .await;
     if let Some(s) = sidecar {
         s.shutdown().await;
     }
@@ -285,26 +309,26 @@ async fn run_machines(
     code
 }
 
-/// Runs the machines until they all stop by themselves or a signal arrives.
+/// Runs the machines until they all stop by themselves or `SIGINT`/`SIGTERM` arrives;
+/// `SIGHUP` reloads every config (as `POST /-/reload` does) and the wait goes on.
 async fn supervise(
     engine: &Engine,
-    watch: Option<Watch>,
+    (reloader, mut sighup): (&ConfigReloader, tokio::signal::unix::Signal),
+    watch: Option<WatchOptions>,
     stop_timeout: Duration,
     keep_serving: bool,
 ) -> anyhow::Result<ExitCode> {
     // Dropped on the way out: watching stops.
     let watcher = match watch {
-        Some((configs, registry, options)) => {
-            match reload::watch(engine.clone(), registry, configs, options) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    eprintln!("error: --watch: {e}");
-                    engine.shutdown();
-                    engine.join().await;
-                    return Ok(ExitCode::from(1));
-                }
+        Some(options) => match reloader.watch(options) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: --watch: {e}");
+                engine.shutdown();
+                engine.join().await;
+                return Ok(ExitCode::from(1));
             }
-        }
+        },
         None => None,
     };
     let watching = watcher.is_some();
@@ -314,29 +338,37 @@ async fn supervise(
     // on, bounded by --stop-timeout, while the machines shut down.
     let all_done = engine.join();
     tokio::pin!(all_done);
-    tokio::select! {
-        () = &mut all_done, if !watching => {
-            tracing::info!(target: "turnstile", "every machine reached a final state");
-            if keep_serving {
+    let mut finished = false;
+    loop {
+        tokio::select! {
+            () = &mut all_done, if !watching && !finished => {
+                tracing::info!(target: "turnstile", "every machine reached a final state");
+                if !keep_serving {
+                    return Ok(ExitCode::SUCCESS);
+                }
                 tracing::info!(
                     target: "turnstile",
                     "--keep-serving: the sidecar stays up until SIGINT/SIGTERM"
                 );
-                tokio::select! {
-                    r = tokio::signal::ctrl_c() => {
-                        r.context("cannot listen for SIGINT")?;
-                        tracing::info!(target: "turnstile", "SIGINT: stopping");
-                    }
-                    _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
-                }
+                finished = true;
             }
-            return Ok(ExitCode::SUCCESS);
+            _ = sighup.recv() => {
+                tracing::info!(target: "turnstile", "SIGHUP: reloading every config");
+                log_reload(&reloader.reload_all().await);
+            }
+            r = tokio::signal::ctrl_c() => {
+                r.context("cannot listen for SIGINT")?;
+                tracing::info!(target: "turnstile", "SIGINT: stopping");
+                break;
+            }
+            _ = sigterm.recv() => {
+                tracing::info!(target: "turnstile", "SIGTERM: stopping");
+                break;
+            }
         }
-        r = tokio::signal::ctrl_c() => {
-            r.context("cannot listen for SIGINT")?;
-            tracing::info!(target: "turnstile", "SIGINT: stopping");
-        }
-        _ = sigterm.recv() => tracing::info!(target: "turnstile", "SIGTERM: stopping"),
+    }
+    if finished {
+        return Ok(ExitCode::SUCCESS);
     }
     engine.shutdown();
     if tokio::time::timeout(stop_timeout, all_done).await.is_err() {
@@ -344,4 +376,24 @@ async fn supervise(
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One log line summing up a reload on `SIGHUP` (each config has its own lines already).
+fn log_reload(report: &turnstile_engine::reload::ReloadReport) {
+    let count =
+        |f: fn(&ReloadResult) -> bool| report.configs.iter().filter(|c| f(&c.outcome)).count();
+    let reloaded = count(|o| matches!(o, ReloadResult::Reloaded(_)));
+    let unchanged = count(|o| matches!(o, ReloadResult::Unchanged));
+    let refused = count(|o| matches!(o, ReloadResult::Rejected { .. }));
+    if refused == 0 {
+        tracing::info!(target: "turnstile::reload", reloaded, unchanged, "reload finished");
+    } else {
+        tracing::warn!(
+            target: "turnstile::reload",
+            reloaded,
+            unchanged,
+            refused,
+            "reload finished: {refused} config(s) refused, their previous config keeps running"
+        );
+    }
 }

@@ -503,7 +503,7 @@ fn promtool_checks_the_alert_rules() {
         Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]),
     );
     assert!(
-        text(&out.stdout).contains("SUCCESS: 7 rules found"),
+        text(&out.stdout).contains("SUCCESS: 8 rules found"),
         "{}",
         text(&out.stdout)
     );

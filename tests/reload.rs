@@ -4,6 +4,9 @@
 //! Also measured: the time from a write to the `config reloaded` log record. And what
 //! reading a config costs when the path is not a config (a device, a huge sparse file):
 //! `validate` and the watcher refuse it without reading it.
+//! Reloads on demand, without `--watch`: `SIGHUP` and `POST /-/reload` (with its answer, its
+//! diagnostics and the write checks), the `turnstile_config_last_reload_*` gauges, and the
+//! Prometheus-style probes `/-/healthy` and `/-/ready`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kit::http::{get_json, http, metric};
+use kit::http::{get, get_json, http, metric, request};
 use kit::{eventually, field, turnstile, Proc};
 use serde_json::Value as Json;
 
@@ -294,4 +297,205 @@ fn watch_refuses_a_config_replaced_by_a_device() {
     w.proc.signal("TERM");
     let (status, _) = w.proc.finish(LIMIT);
     assert!(status.success(), "{status:?}");
+}
+
+/// `turnstile run` of one config in a fresh directory, without `--watch`, with `extra`
+/// arguments; its sidecar answers once this returns.
+fn start_plain(text: &str, extra: &[&str]) -> Watched {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.display().to_string();
+    let mut args = vec!["run", &p, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut cmd = turnstile(&args);
+    for k in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "TURNSTILE_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    let mut proc = Proc::spawn(cmd);
+    let addr = proc.sidecar_addr(LIMIT);
+    // Answered once every machine runs (and SIGHUP is handled).
+    assert_eq!(state(addr, "m"), "idle");
+    Watched {
+        proc,
+        addr,
+        path,
+        _dir: dir,
+    }
+}
+
+/// The states `/machines/m` lists: they say which config runs.
+fn states(addr: SocketAddr) -> Vec<String> {
+    get_json(addr, "/machines/m")["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn last_ok(addr: SocketAddr) -> f64 {
+    metric(addr, "turnstile_config_last_reload_successful ").unwrap()
+}
+
+fn last_ok_time(addr: SocketAddr) -> f64 {
+    metric(
+        addr,
+        "turnstile_config_last_reload_success_timestamp_seconds ",
+    )
+    .unwrap()
+}
+
+const BROKEN: &str = "metadata: {machine_name: m}\ninitial_state: idle\nstates: [idle, busy\n";
+
+#[test]
+fn sighup_reloads_every_config_without_watch() {
+    let w = start_plain(&config("m", "v1"), &[]);
+    let addr = w.addr;
+    assert_eq!(last_ok(addr), 1.0);
+    let start_time = last_ok_time(addr);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start_time > now - 120.0 && start_time <= now + 1.0,
+        "{start_time}"
+    );
+
+    // A valid change is picked up on SIGHUP (nothing watches the file).
+    save(&w.path, &config("m", "v2"));
+    w.proc.signal("HUP");
+    eventually("v2 running", || {
+        states(addr).contains(&"v2".to_owned()).then_some(())
+    });
+    let (st, body) = http(addr, "POST", "/machines/m/events", r#"{"type":"jump"}"#);
+    assert_eq!(st, 202, "{body}");
+    eventually("in v2", || (state(addr, "m") == "v2").then_some(()));
+    assert_eq!(last_ok(addr), 1.0);
+    let after_good = last_ok_time(addr);
+    assert!(after_good > start_time, "{after_good} <= {start_time}");
+
+    // An invalid one is refused: the old config keeps running, the gauge says 0 and the
+    // time of the last success stays.
+    save(&w.path, BROKEN);
+    w.proc.signal("HUP");
+    eventually("the gauge at 0", || (last_ok(addr) == 0.0).then_some(()));
+    assert_eq!(last_ok_time(addr), after_good);
+    assert!(states(addr).contains(&"v2".to_owned()));
+    let (st, body) = http(addr, "POST", "/machines/m/events", r#"{"type":"back"}"#);
+    assert_eq!(st, 202, "{body}");
+    eventually("back in idle", || {
+        (state(addr, "m") == "idle").then_some(())
+    });
+    let errors = get_json(addr, "/errors?kind=config");
+    assert!(!errors.as_array().unwrap().is_empty(), "{errors}");
+
+    // Fixed: 1 again, and the time moves.
+    save(&w.path, &config("m", "v3"));
+    w.proc.signal("HUP");
+    eventually("the gauge at 1", || (last_ok(addr) == 1.0).then_some(()));
+    assert!(last_ok_time(addr) > after_good);
+    assert!(states(addr).contains(&"v3".to_owned()));
+    w.proc.signal("TERM");
+}
+
+#[test]
+fn post_reload_answers_what_it_did_and_refuses_bad_configs_with_diagnostics() {
+    let w = start_plain(&config("m", "v1"), &["--token", "s3cret"]);
+    let addr = w.addr;
+    let auth = [("Authorization", "Bearer s3cret")];
+    let reload = |headers: &[(&str, &str)]| request(addr, "POST", "/-/reload", headers, b"");
+
+    // A write: the token is needed.
+    let r = reload(&[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = reload(&[("Authorization", "Bearer wrong")]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(request(addr, "GET", "/-/reload", &[], b"").status, 405);
+
+    // Nothing changed: 200, unchanged.
+    let r = reload(&auth);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["status"], "success", "{j}");
+    assert_eq!(j["configs"][0]["result"], "unchanged", "{j}");
+    assert_eq!(j["configs"][0]["machine"], "m", "{j}");
+    assert_eq!(j["configs"][0]["path"], w.path.display().to_string(), "{j}");
+    let t0 = last_ok_time(addr);
+
+    // A valid change: reloaded when the answer comes.
+    save(&w.path, &config("m", "v2"));
+    let r = reload(&auth);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["configs"][0]["result"], "reloaded", "{j}");
+    assert!(states(addr).contains(&"v2".to_owned()));
+    assert_eq!(last_ok(addr), 1.0);
+    let t1 = last_ok_time(addr);
+    assert!(t1 > t0, "{t1} <= {t0}");
+
+    // An invalid one: 422 with the diagnostics; the old config keeps running.
+    save(&w.path, BROKEN);
+    let r = reload(&auth);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let j = r.json();
+    let e = &j["error"];
+    assert_eq!(e["status"], 422, "{j}");
+    let c = &e["configs"][0];
+    assert_eq!(c["result"], "refused", "{j}");
+    assert_eq!(c["machine"], "m", "{j}");
+    let d = &c["diagnostics"][0];
+    assert!(d["line"].as_u64().unwrap() >= 3, "{j}");
+    assert!(d["column"].as_u64().unwrap() >= 1, "{j}");
+    assert!(!d["code"].as_str().unwrap().is_empty(), "{j}");
+    assert!(!d["message"].as_str().unwrap().is_empty(), "{j}");
+    assert!(states(addr).contains(&"v2".to_owned()));
+    assert_eq!(last_ok(addr), 0.0);
+    assert_eq!(last_ok_time(addr), t1);
+    // The same bad file refused again, still with its diagnostics.
+    let r = reload(&auth);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.json()["error"]["configs"][0]["diagnostics"][0]["line"].is_u64());
+    // Counted as a config error, not as a bad request.
+    let bad = get_json(addr, "/errors?kind=bad_message");
+    assert!(!bad.to_string().contains("/-/reload: 422"), "{bad}");
+
+    // Fixed: 200, the gauge back at 1, the time moves.
+    save(&w.path, &config("m", "v3"));
+    let r = reload(&auth);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["configs"][0]["result"], "reloaded");
+    assert!(states(addr).contains(&"v3".to_owned()));
+    assert_eq!(last_ok(addr), 1.0);
+    assert!(last_ok_time(addr) > t1);
+    w.proc.signal("TERM");
+}
+
+#[test]
+fn read_only_refuses_reload_and_the_prometheus_style_probes_answer_as_the_others() {
+    let w = start_plain(&config("m", "v1"), &["--read-only"]);
+    let addr = w.addr;
+    save(&w.path, &config("m", "v2"));
+    let r = request(addr, "POST", "/-/reload", &[], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(!states(addr).contains(&"v2".to_owned()));
+
+    for (prom, ours) in [("/-/healthy", "/healthz"), ("/-/ready", "/readyz")] {
+        let a = get(addr, prom);
+        let b = get(addr, ours);
+        assert_eq!(a.status, 200, "{prom}: {}", a.text());
+        assert_eq!(a.status, b.status);
+        assert_eq!(a.json(), b.json(), "{prom} and {ours}");
+        assert_eq!(a.header("content-type"), b.header("content-type"));
+    }
+    let index = get(addr, "/").text();
+    for p in ["href=\"/-/healthy\"", "href=\"/-/ready\"", "POST /-/reload"] {
+        assert!(index.contains(p), "{p} not on the index page");
+    }
+    w.proc.signal("TERM");
 }

@@ -287,6 +287,10 @@ pub trait Observer: Send + Sync + 'static {
     fn config_reloaded(&self, path: &std::path::Path, machines: &[&str]) {}
     /// A config change was refused; the old config keeps running.
     fn config_rejected(&self, path: &std::path::Path, message: &str) {}
+    /// A reload ended (a pass of `--watch` that found a change, or a reload of every config
+    /// on `SIGHUP` or `POST /-/reload`), after its `config_reloaded` and `config_rejected`
+    /// calls. `success`: every config's latest content is the one running (none refused).
+    fn config_reload_finished(&self, success: bool) {}
     /// A plugin library changed on disk and its new version now serves (`previous` is the
     /// version it replaced).
     fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {}

@@ -25,6 +25,18 @@
 //! - A file that disappears stops nothing: the kubelet and some editors remove a file for a
 //!   moment; the machine keeps running and the next content that appears is checked.
 //!
+//!
+//! The same check also runs on demand, for every config at once and whether or not their
+//! content changed: [`ConfigReloader::reload_all`] is what `SIGHUP` and the sidecar's
+//! `POST /-/reload` call (with or without `--watch`). It answers a [`ReloadReport`], one
+//! entry per config: reloaded, unchanged (the content running already), or refused with its
+//! diagnostics. The watcher and these calls share one [`ConfigReloader`] (behind a lock),
+//! so they never check the same file at the same time.
+//!
+//! Every reload (a watcher pass that found a change, or a `reload_all`) ends with the
+//! observer's `config_reload_finished`: successful when every config's latest content is
+//! the one running (a file refused earlier and not fixed since still counts as a failure).
+//!
 //! [`StopReason::Removed`]: crate::observe::StopReason::Removed
 
 use std::collections::BTreeSet;
@@ -133,10 +145,114 @@ pub fn watch(
     configs: Vec<WatchedConfig>,
     options: WatchOptions,
 ) -> Result<ConfigWatcher, WatchError> {
-    let handle = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
-    let (tx, rx) = mpsc::unbounded_channel::<()>();
-    let mut debouncer =
-        new_debouncer(
+    ConfigReloader::new(engine, registry, configs).watch(options)
+}
+
+/// The configs a run loaded, ready to be reloaded: by the watcher ([`ConfigReloader::watch`])
+/// and on demand ([`ConfigReloader::reload_all`]). Cloning it gives another handle to the
+/// same configs.
+#[derive(Clone)]
+pub struct ConfigReloader {
+    inner: Arc<tokio::sync::Mutex<Reloader>>,
+}
+
+impl std::fmt::Debug for ConfigReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigReloader").finish_non_exhaustive()
+    }
+}
+
+/// What one [`ConfigReloader::reload_all`] did, one entry per config in command-line order.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// Each config and what became of it.
+    pub configs: Vec<ConfigReload>,
+}
+
+impl ReloadReport {
+    /// True when no config was refused.
+    pub fn is_success(&self) -> bool {
+        !self
+            .configs
+            .iter()
+            .any(|c| matches!(c.outcome, ReloadResult::Rejected { .. }))
+    }
+}
+
+/// One config of a [`ReloadReport`].
+#[derive(Debug, Clone)]
+pub struct ConfigReload {
+    /// The file, as given on the command line.
+    pub path: PathBuf,
+    /// The machine the file runs after the reload (the old one when it was refused).
+    pub machine: Arc<str>,
+    /// What happened.
+    pub outcome: ReloadResult,
+}
+
+/// What became of one config in a reload.
+#[derive(Debug, Clone)]
+pub enum ReloadResult {
+    /// The new content runs; the text says what happened to the machine (as logged).
+    Reloaded(String),
+    /// The content is the one running already: nothing was swapped.
+    Unchanged,
+    /// Refused; the previous config keeps running. `diagnostics` are the errors with their
+    /// line and column, when the config was read and checked; `message` says it all in one
+    /// text (also what the log and the observer get).
+    Rejected {
+        /// Every error, one per line.
+        message: String,
+        /// The errors found in the config (empty when it was not the content that failed,
+        /// e.g. a machine name already in use).
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+impl ConfigReloader {
+    /// The configs `configs` whose machines run in `engine`, checked with `registry` (the
+    /// one the run loaded them with). Nothing is read until a reload.
+    pub fn new(engine: Engine, registry: ActionRegistry, configs: Vec<WatchedConfig>) -> Self {
+        let files = configs
+            .into_iter()
+            .map(|c| File {
+                hash: Some(c.def.content_hash),
+                running: c.def.content_hash,
+                rejected: false,
+                machine: c.def.name.clone(),
+                path: c.path,
+                rename: c.rename,
+            })
+            .collect();
+        Self {
+            inner: Arc::new(tokio::sync::Mutex::new(Reloader {
+                engine,
+                registry: Arc::new(registry),
+                files,
+            })),
+        }
+    }
+
+    /// Reads and checks every config now, changed or not, and swaps in each valid one whose
+    /// content is not the one running; a refused one leaves its machine as it is. Waits for
+    /// a watcher pass in progress to end first.
+    pub async fn reload_all(&self) -> ReloadReport {
+        let mut r = self.inner.lock().await;
+        let mut configs = Vec::with_capacity(r.files.len());
+        for i in 0..r.files.len() {
+            if let Some(c) = r.check(i, true).await {
+                configs.push(c);
+            }
+        }
+        r.finished();
+        ReloadReport { configs }
+    }
+
+    /// Starts watching the configs' directories, reloading what changes.
+    pub fn watch(&self, options: WatchOptions) -> Result<ConfigWatcher, WatchError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
+        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let mut debouncer = new_debouncer(
             options.debounce,
             None,
             move |res: DebounceEventResult| match res {
@@ -158,48 +274,72 @@ pub fn watch(
             dir: PathBuf::from("."),
             source,
         })?;
-    let dirs: BTreeSet<PathBuf> = configs.iter().map(|c| parent_dir(&c.path)).collect();
-    for dir in dirs {
-        debouncer
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Watch {
-                dir: dir.clone(),
-                source,
-            })?;
-        tracing::info!(
-            target: "turnstile::reload",
-            dir = %dir.display(),
-            "watching for config changes"
-        );
-    }
-    let files = configs
-        .into_iter()
-        .map(|c| File {
-            hash: c.def.content_hash,
-            machine: c.def.name.clone(),
-            path: c.path,
-            rename: c.rename,
-        })
-        .collect();
-    let task = handle.spawn(
-        Reloader {
-            engine,
-            registry: Arc::new(registry),
-            files,
+        let dirs: BTreeSet<PathBuf> = match self.inner.try_lock() {
+            Ok(r) => r.files.iter().map(|f| parent_dir(&f.path)).collect(),
+            // Only a reload in progress holds the lock; watching starts before any.
+            Err(_) => BTreeSet::new(),
+        };
+        for dir in dirs {
+            debouncer
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError::Watch {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            tracing::info!(
+                target: "turnstile::reload",
+                dir = %dir.display(),
+                "watching for config changes"
+            );
         }
-        .run(rx, options.rescan),
-    );
-    Ok(ConfigWatcher {
-        task,
-        _debouncer: debouncer,
-    })
+        let task = handle.spawn(watch_loop(self.inner.clone(), rx, options.rescan));
+        Ok(ConfigWatcher {
+            task,
+            _debouncer: debouncer,
+        })
+    }
+}
+
+async fn watch_loop(
+    reloader: Arc<tokio::sync::Mutex<Reloader>>,
+    mut rx: mpsc::UnboundedReceiver<()>,
+    rescan: Duration,
+) {
+    let mut tick = tokio::time::interval(rescan.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                if m.is_none() {
+                    return;
+                }
+                // One check covers every notification queued so far.
+                while rx.try_recv().is_ok() {}
+            }
+            // The first tick is at once: a change made between loading and watching
+            // is caught too.
+            _ = tick.tick() => {}
+        }
+        let mut r = reloader.lock().await;
+        let mut changed = false;
+        for i in 0..r.files.len() {
+            changed |= r.check(i, false).await.is_some();
+        }
+        if changed {
+            r.finished();
+        }
+    }
 }
 
 struct File {
     path: PathBuf,
     rename: Option<String>,
-    /// Hash of the last content seen (accepted or rejected).
-    hash: u64,
+    /// Hash of the last content seen (accepted or rejected); `None`: check it next time.
+    hash: Option<u64>,
+    /// Hash of the content running.
+    running: u64,
+    /// The last content seen was refused.
+    rejected: bool,
     /// The machine this file runs now.
     machine: Arc<str>,
 }
@@ -211,60 +351,59 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<()>, rescan: Duration) {
-        let mut tick = tokio::time::interval(rescan.max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                m = rx.recv() => {
-                    if m.is_none() {
-                        return;
-                    }
-                    // One check covers every notification queued so far.
-                    while rx.try_recv().is_ok() {}
-                }
-                // The first tick is at once: a change made between loading and watching
-                // is caught too.
-                _ = tick.tick() => {}
-            }
-            for i in 0..self.files.len() {
-                self.check(i).await;
-            }
+    /// Tells the observer a reload ended: successful when no config's latest content was
+    /// refused.
+    fn finished(&self) {
+        if let Some(o) = self.engine.observer() {
+            o.config_reload_finished(!self.files.iter().any(|f| f.rejected));
         }
     }
 
-    async fn check(&mut self, i: usize) {
+    /// Checks config `i`. Without `force` (the watcher), only content that differs from
+    /// the last seen is checked and a file that is gone is skipped (`None`: nothing
+    /// happened). With `force` (an explicit reload), every file is read and checked: one
+    /// whose content runs already is [`ReloadResult::Unchanged`], a missing one is refused.
+    async fn check(&mut self, i: usize, force: bool) -> Option<ConfigReload> {
         let path = self.files[i].path.clone();
         let bytes = match config::read_config(&path) {
             Ok(b) => b,
-            Err(e) if e.kind == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind == std::io::ErrorKind::NotFound && !force => {
                 tracing::debug!(
                     target: "turnstile::reload",
                     path = %path.display(),
                     "config file is gone for now; its machine keeps running"
                 );
-                return;
+                return None;
             }
             Err(e) => {
-                let msg = e
-                    .into_loaded(&path)
-                    .errors()
-                    .map(short_diagnostic)
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let loaded = e.into_loaded(&path);
+                let diagnostics: Vec<Diagnostic> = loaded.errors().cloned().collect();
+                let msg = join(&diagnostics);
                 let hash = config::content_hash(&msg);
-                if self.files[i].hash != hash {
-                    self.files[i].hash = hash;
-                    self.reject(&path, &msg);
+                if force {
+                    // Checked again next time, whatever the file then holds.
+                    self.files[i].hash = None;
+                } else if self.files[i].hash == Some(hash) {
+                    return None;
+                } else {
+                    self.files[i].hash = Some(hash);
                 }
-                return;
+                return Some(self.reject(i, msg, diagnostics));
             }
         };
         let hash = hash_bytes(&bytes);
-        if hash == self.files[i].hash {
-            return;
+        if self.files[i].hash == Some(hash) && !force {
+            return None;
         }
-        self.files[i].hash = hash;
+        self.files[i].hash = Some(hash);
+        if force && hash == self.files[i].running {
+            self.files[i].rejected = false;
+            return Some(ConfigReload {
+                path,
+                machine: self.files[i].machine.clone(),
+                outcome: ReloadResult::Unchanged,
+            });
+        }
         let registry = self.registry.clone();
         let p = path.clone();
         let loaded =
@@ -273,18 +412,17 @@ impl Reloader {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    self.reject(&path, &format!("loading the config failed: {e}"));
-                    return;
+                    return Some(self.reject(
+                        i,
+                        format!("loading the config failed: {e}"),
+                        Vec::new(),
+                    ));
                 }
             };
         let Some(def) = loaded.def.clone() else {
-            let text = loaded
-                .errors()
-                .map(short_diagnostic)
-                .collect::<Vec<_>>()
-                .join("\n");
-            self.reject(&path, &text);
-            return;
+            let diagnostics: Vec<Diagnostic> = loaded.errors().cloned().collect();
+            let text = join(&diagnostics);
+            return Some(self.reject(i, text, diagnostics));
         };
         for w in loaded.warnings() {
             tracing::warn!(target: "turnstile::reload", "{w}");
@@ -305,15 +443,13 @@ impl Reloader {
                     def.name,
                     other.path.display()
                 );
-                self.reject(&path, &msg);
-                return;
+                return Some(self.reject(i, msg, Vec::new()));
             }
         }
         let outcome = match self.engine.reload(def.clone()).await {
             Ok(o) => o,
             Err(e) => {
-                self.reject(&path, &format!("cannot run the new config: {e}"));
-                return;
+                return Some(self.reject(i, format!("cannot run the new config: {e}"), Vec::new()));
             }
         };
         if def.name != old && self.engine.stop_machine(&old).await {
@@ -325,7 +461,10 @@ impl Reloader {
                 def.name
             );
         }
-        self.files[i].machine = def.name.clone();
+        let file = &mut self.files[i];
+        file.machine = def.name.clone();
+        file.running = hash;
+        file.rejected = false;
         if let Some(o) = self.engine.observer() {
             o.config_reloaded(&path, &[&def.name]);
         }
@@ -343,18 +482,44 @@ impl Reloader {
             hash = format_args!("{:016x}", def.content_hash),
             "config reloaded: machine {what}"
         );
+        Some(ConfigReload {
+            path,
+            machine: def.name.clone(),
+            outcome: ReloadResult::Reloaded(format!("machine {what}")),
+        })
     }
 
-    fn reject(&self, path: &Path, message: &str) {
+    /// Refuses config `i`'s new content: logged, told to the observer, marked refused.
+    fn reject(&mut self, i: usize, message: String, diagnostics: Vec<Diagnostic>) -> ConfigReload {
+        let file = &mut self.files[i];
+        file.rejected = true;
+        let path = file.path.clone();
         tracing::warn!(
             target: "turnstile::reload",
             path = %path.display(),
             "config change rejected, the previous config keeps running:\n{message}"
         );
         if let Some(o) = self.engine.observer() {
-            o.config_rejected(path, message);
+            o.config_rejected(&path, &message);
+        }
+        ConfigReload {
+            path,
+            machine: file.machine.clone(),
+            outcome: ReloadResult::Rejected {
+                message,
+                diagnostics,
+            },
         }
     }
+}
+
+/// Every diagnostic as [`short_diagnostic`], one per line.
+fn join(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(short_diagnostic)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `LINE:COLUMN: error[code]: message (hint: ...)`: the file's path is said once, by

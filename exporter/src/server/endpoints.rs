@@ -24,6 +24,7 @@ pub enum Handler {
     Machine,
     MachineEvents,
     Jobs,
+    Reload,
 }
 
 /// One endpoint.
@@ -113,6 +114,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
         doc: "readiness",
     },
     Endpoint {
+        path: "/-/healthy",
+        writes: false,
+        handler: Handler::Healthz,
+        doc: "liveness, as <code>/healthz</code> (Prometheus's name)",
+    },
+    Endpoint {
+        path: "/-/ready",
+        writes: false,
+        handler: Handler::Readyz,
+        doc: "readiness, as <code>/readyz</code> (Prometheus's name)",
+    },
+    Endpoint {
         path: "/machines",
         writes: false,
         handler: Handler::Machines,
@@ -136,6 +149,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         writes: true,
         handler: Handler::Jobs,
         doc: "add a job to the job store: <code>{\"job_type\": \"task\", \"data\": {...}}</code>",
+    },
+    Endpoint {
+        path: "/-/reload",
+        writes: true,
+        handler: Handler::Reload,
+        doc: "reload every config now (as <code>SIGHUP</code>); no body",
     },
     Endpoint {
         path: "/favicon.ico",
@@ -254,6 +273,9 @@ mod tests {
             assert!(page.contains(&shown), "{shown} is not on the index page");
         }
         assert!(page.contains("<code>POST /jobs</code>"), "{page}");
+        assert!(page.contains("<code>POST /-/reload</code>"), "{page}");
+        assert!(page.contains("<a href=\"/-/healthy\">"), "{page}");
+        assert!(page.contains("<a href=\"/-/ready\">"), "{page}");
         assert!(page.contains("<code>POST /machines/{name}/events</code>"));
     }
 

@@ -1,6 +1,6 @@
 //! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
-//! inspection and `POST /machines/{name}/events`, served with hyper on the engine's Tokio
-//! runtime.
+//! inspection, `POST /machines/{name}/events` and `POST /-/reload`, served with hyper on
+//! the engine's Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo(engine: turnstile_engine::Engine,
@@ -45,6 +45,7 @@
 mod conn;
 mod endpoints;
 mod jobs;
+mod reload;
 pub mod request;
 pub mod response;
 mod routes;
@@ -100,6 +101,8 @@ pub struct SidecarConfig {
     pub max_body_bytes: usize,
     /// The job store `POST /jobs` adds to (501 without one).
     pub jobs: Option<std::sync::Arc<dyn turnstile_engine::store::JobStore>>,
+    /// What `POST /-/reload` reloads (501 without it).
+    pub reloader: Option<turnstile_engine::reload::ConfigReloader>,
 }
 
 impl Default for SidecarConfig {
@@ -111,6 +114,7 @@ impl Default for SidecarConfig {
             read_only: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             jobs: None,
+            reloader: None,
         }
     }
 }
@@ -275,6 +279,11 @@ impl Bound {
         self.config.jobs = jobs;
     }
 
+    /// The configs `POST /-/reload` reloads (they need the engine, made after the bind).
+    pub fn set_reloader(&mut self, reloader: Option<turnstile_engine::reload::ConfigReloader>) {
+        self.config.reloader = reloader;
+    }
+
     /// Starts accepting connections.
     pub fn serve(self, engine: Engine, telemetry: Arc<Telemetry>) -> Sidecar {
         let Self {
@@ -290,6 +299,7 @@ impl Bound {
             read_only: config.read_only,
             max_body_bytes: config.max_body_bytes,
             jobs: config.jobs,
+            reloader: config.reloader,
             store_probe: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);

@@ -17,6 +17,7 @@ use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
 use super::endpoints::{self, resolve, Handler};
 use super::jobs;
+use super::reload;
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
 use super::state::State;
@@ -54,6 +55,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
 
 /// Bad requests and refused writes show up in `/errors` and `turnstile_errors_total`.
 fn report(state: &State, method: &Method, path: &str, e: &ApiError) {
+    if e.status == StatusCode::UNPROCESSABLE_ENTITY && e.message == reload::REFUSED {
+        // Counted as a `config` error, with its diagnostics, by the reload itself.
+        return;
+    }
     let kind = if e.status == StatusCode::SERVICE_UNAVAILABLE && e.machine.is_some() {
         ErrorKind::QueueFull
     } else if e.status.is_client_error() {
@@ -120,6 +125,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
         Handler::Jobs => jobs::post_job(state, req).await,
+        Handler::Reload => reload::post_reload(state, req).await,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// The job store behind `POST /jobs`.
     pub jobs: Option<Arc<dyn turnstile_engine::store::JobStore>>,
+    /// The configs behind `POST /-/reload`.
+    pub reloader: Option<turnstile_engine::reload::ConfigReloader>,
     /// A `/readyz` read of the job store is still running (one at a time, however often
     /// the probe comes).
     pub store_probe: Arc<AtomicBool>,

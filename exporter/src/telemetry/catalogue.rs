@@ -233,6 +233,22 @@ pub const CONFIG_RELOADS: Family = turnstile(
     "Config reloads, by result",
     &["result"],
 );
+/// `turnstile_config_last_reload_successful` (Prometheus's own name for it, prefixed).
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: Family = turnstile(
+    "config_last_reload_successful",
+    Gauge,
+    None,
+    "Whether the last config reload succeeded (1) or a config was refused (0)",
+    &[],
+);
+/// `turnstile_config_last_reload_success_timestamp_seconds`.
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: Family = turnstile(
+    "config_last_reload_success_timestamp",
+    Gauge,
+    Some(Unit::Seconds),
+    "Unix time of the last successful config reload (the start, before any)",
+    &[],
+);
 /// `turnstile_plugin_info`.
 pub const PLUGIN_INFO: Family = turnstile(
     "plugin_info",
@@ -362,6 +378,8 @@ pub const ALL: &[Family] = &[
     JOBS,
     JOB_CHANGES,
     CONFIG_RELOADS,
+    CONFIG_LAST_RELOAD_SUCCESSFUL,
+    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     PLUGIN_INFO,
     SPANS_EXPORTED,
     SPANS_DROPPED,

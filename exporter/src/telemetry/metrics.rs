@@ -131,6 +131,10 @@ pub struct Metrics {
     errors: Family<ErrorL, Counter>,
     state_duration: Family<StateL, LocalHistogram, fn() -> LocalHistogram>,
     config_reloads: Family<ResultL, Counter>,
+    /// 1 when the last reload succeeded, 0 when it refused a config.
+    last_reload_successful: Gauge,
+    /// Unix time of the last successful reload (the start before any).
+    last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) plugin_info: Family<PluginL, Gauge>,
     pub(crate) jobs: Family<JobsL, Gauge>,
     pub(crate) job_changes: Family<JobChangeL, Counter>,
@@ -160,6 +164,8 @@ impl Metrics {
             errors: Family::default(),
             state_duration: Family::new_with_constructor(state_histogram),
             config_reloads: Family::default(),
+            last_reload_successful: Gauge::default(),
+            last_reload_success: Gauge::default(),
             plugin_info: Family::default(),
             jobs: Family::default(),
             job_changes: Family::default(),
@@ -182,6 +188,11 @@ impl Metrics {
         catalogue::ERRORS.register(r, m.errors.clone());
         catalogue::STATE_DURATION.register(r, m.state_duration.clone());
         catalogue::CONFIG_RELOADS.register(r, m.config_reloads.clone());
+        catalogue::CONFIG_LAST_RELOAD_SUCCESSFUL.register(r, m.last_reload_successful.clone());
+        catalogue::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.register(r, m.last_reload_success.clone());
+        // As Prometheus does: loading the configs at the start counts as a successful reload
+        // (a process only starts with valid configs).
+        m.config_reload_finished(true);
         catalogue::PLUGIN_INFO.register(r, m.plugin_info.clone());
         catalogue::JOBS.register(r, m.jobs.clone());
         catalogue::JOB_CHANGES.register(r, m.job_changes.clone());
@@ -329,6 +340,17 @@ impl Metrics {
     /// Counts a config reload.
     pub fn config_reload(&self, result: ReloadResult) {
         self.config_reloads.get_or_create(&ResultL { result }).inc();
+    }
+
+    /// Sets the last-reload gauges: `success`, and its time when it succeeded.
+    pub fn config_reload_finished(&self, success: bool) {
+        self.last_reload_successful.set(i64::from(success));
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_reload_success.set(now);
+        }
     }
 
     /// Counts an error that belongs to no machine.

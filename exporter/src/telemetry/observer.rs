@@ -372,6 +372,10 @@ impl Observer for Telemetry {
         self.metrics.config_reload(ReloadResult::success);
     }
 
+    fn config_reload_finished(&self, success: bool) {
+        self.metrics.config_reload_finished(success);
+    }
+
     fn config_rejected(&self, path: &std::path::Path, message: &str) {
         self.metrics.config_reload(ReloadResult::failure);
         self.report_error(
