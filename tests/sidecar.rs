@@ -1139,7 +1139,8 @@ fn every_write_endpoint_checks_content_type_traceparent_and_size_alike() {
 /// A sidecar often starts before its database. While `run` waits for a job store it
 /// cannot reach (`--db-wait`), the port answers: alive (`/healthz` 200), not ready
 /// (`/readyz` 503, saying it waits for the job store and why), anything else 503; after
-/// the wait the process exits 1.
+/// the wait the process exits 1. (The wait is long enough for every request to be
+/// answered before the process ends, with both cores busy.)
 #[test]
 fn the_port_answers_not_ready_while_the_job_store_is_awaited() {
     // A port where nothing listens: the store is refused until the wait ends.
@@ -1151,7 +1152,7 @@ fn the_port_answers_not_ready_while_the_job_store_is_awaited() {
     let url = format!("postgres://turnstile:pw@127.0.0.1:{closed}/jobs");
     let config = kit::path("examples/controller_worker/worker.yaml");
     let t0 = Instant::now();
-    let mut p = Proc::start(&["run", &config, "--db", &url, "--db-wait", "4"]);
+    let mut p = Proc::start(&["run", &config, "--db", &url, "--db-wait", "8"]);
     let addr = p.sidecar_addr(Duration::from_secs(30));
     let health = get(addr, "/healthz");
     assert_eq!(health.status, 200, "{}", health.text());
@@ -1172,7 +1173,7 @@ fn the_port_answers_not_ready_while_the_job_store_is_awaited() {
     let (status, _) = p.finish(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{}", p.log());
     assert!(
-        t0.elapsed() >= Duration::from_secs(4),
+        t0.elapsed() >= Duration::from_secs(8),
         "exited before --db-wait ran out: {:?}",
         t0.elapsed()
     );
