@@ -431,6 +431,13 @@ pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
             }
             seen.extend(now);
         }
+        let s = store.clone();
+        if let Ok(Ok(health)) = tokio::task::spawn_blocking(move || s.queue_health()).await {
+            let mut types: Vec<String> = seen.iter().map(|(t, _)| t.clone()).collect();
+            types.sort();
+            types.dedup();
+            telemetry.set_queue_health(&health, &types);
+        }
         tokio::select! {
             () = notify.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
             () = tokio::time::sleep(JOB_METRICS_INTERVAL) => {}

@@ -132,8 +132,17 @@ fn simple_worker_processes_every_job_including_late_ones() {
             && m.contains(
                 "turnstile_job_changes_total{machine=\"simple_worker\",job_type=\"task\",change=\"claimed\"} 4",
             )
+            // The pending job's age (it was added above) and no pending events.
+            && m.lines()
+                .find_map(|l| {
+                    l.strip_prefix("turnstile_jobs_oldest_pending_age_seconds{job_type=\"task\"} ")
+                })
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|age| age > 0.0 && age < 600.0)
+            && m.contains("turnstile_store_events_pending 0")
         {
-            // `turnstile_jobs` and the job families are catalogued (and so documented).
+            // `turnstile_jobs` and the job and queue families are catalogued (and so
+            // documented).
             let problems = turnstile_exporter::telemetry::catalogue::uncatalogued(&m);
             assert!(problems.is_empty(), "not in the catalogue: {problems:#?}");
             break;

@@ -74,6 +74,7 @@ contract!(
     a_write_by_another_store_object_wakes_a_waiter,
     transitions_and_states_are_saved_in_one_batch,
     abandoned_jobs_fail_and_released_ones_are_pending_again,
+    queue_health_reports_the_oldest_pending_job_and_pending_events,
     a_delayed_job_is_claimable_from_its_run_after,
     a_unique_key_holds_while_its_job_is_pending_or_processing,
     concurrent_adds_of_one_unique_key_add_one_job,
@@ -719,4 +720,37 @@ fn bulk_adds_are_atomic_and_report_each_job(b: &Backend) {
         machine_type: None,
     };
     assert_eq!(s.pending_jobs(&bulk, None).unwrap().len(), 2000 + 3);
+}
+
+fn queue_health_reports_the_oldest_pending_job_and_pending_events(b: &Backend) {
+    let s = b.open(StoreOptions::default());
+    let empty = s.queue_health().unwrap();
+    assert!(empty.oldest_pending.is_empty(), "{empty:?}");
+    assert_eq!(empty.events_pending, 0);
+    let before = SystemTime::now() - Duration::from_secs(2);
+    s.add_job(job("a")).unwrap();
+    s.add_job(job("a")).unwrap();
+    s.add_job(job("b")).unwrap();
+    let taken = claimed(
+        s.claim_next(
+            &JobFilter {
+                job_type: Some("b".into()),
+                machine_type: None,
+            },
+            s.owner(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(taken.job_type, "b");
+    s.record_event(None, "m", "go", None, None).unwrap();
+    s.record_event(None, "m", "stop", None, None).unwrap();
+    s.clear_events("m", &["stop".into()]).unwrap();
+    let h = s.queue_health().unwrap();
+    let types: Vec<&str> = h.oldest_pending.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["a"], "only types with pending jobs: {h:?}");
+    assert!(h.oldest_pending[0].1.system_time() > before, "{h:?}");
+    assert_eq!(h.events_pending, 1);
+    if let Some((open, busy)) = h.connections {
+        assert!(open >= 1 && busy <= open, "{h:?}");
+    }
 }

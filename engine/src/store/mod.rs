@@ -366,6 +366,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<Job>, StoreError>;
     /// Job counts by (job_type, status).
     fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// How the queue is doing: its oldest pending job per type, the events not yet
+    /// processed, the backend's connections.
+    fn queue_health(&self) -> Result<QueueHealth, StoreError>;
     /// Checks the database for readiness probes: an error (or no answer) means jobs
     /// cannot be claimed or added now.
     fn ping(&self) -> Result<(), StoreError>;
@@ -476,6 +479,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         machine: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TransitionRecord>, StoreError>;
+}
+
+/// What [`JobStore::queue_health`] reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueHealth {
+    /// Per job type with pending jobs: when the oldest of them was added.
+    pub oldest_pending: Vec<(String, Timestamp)>,
+    /// Events recorded for machines (`machine_events`) and not processed yet.
+    pub events_pending: u64,
+    /// The backend's connections, open and in use; `None` for a backend without a pool.
+    pub connections: Option<(u64, u64)>,
 }
 
 /// Both halves of a store, as one backend serves them.

@@ -265,6 +265,30 @@ pub const JOBS: Family = turnstile(
     "Jobs in the job store, by type and status",
     &["job_type", "status"],
 );
+/// `turnstile_jobs_oldest_pending_age_seconds` (set from the job store).
+pub const JOBS_OLDEST_PENDING_AGE: Family = turnstile(
+    "jobs_oldest_pending_age",
+    Gauge,
+    Some(Unit::Seconds),
+    "Age of the oldest pending job, by type",
+    &["job_type"],
+);
+/// `turnstile_store_events_pending` (set from the job store).
+pub const STORE_EVENTS_PENDING: Family = turnstile(
+    "store_events_pending",
+    Gauge,
+    None,
+    "Events recorded in the store for machines and not processed yet",
+    &[],
+);
+/// `turnstile_store_connections` (set from the job store; backends with a pool).
+pub const STORE_CONNECTIONS: Family = turnstile(
+    "store_connections",
+    Gauge,
+    None,
+    "Connections of the job store's pool, open and in use",
+    &["state"],
+);
 /// `turnstile_job_changes_total`.
 pub const JOB_CHANGES: Family = turnstile(
     "job_changes",
@@ -376,6 +400,9 @@ pub const ALL: &[Family] = &[
     STATE_DURATION,
     EVENT_QUEUE_DEPTH,
     JOBS,
+    JOBS_OLDEST_PENDING_AGE,
+    STORE_EVENTS_PENDING,
+    STORE_CONNECTIONS,
     JOB_CHANGES,
     CONFIG_RELOADS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,

@@ -106,6 +106,14 @@ pub(crate) struct JobsL {
     pub status: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JobTypeL {
+    pub job_type: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ConnStateL {
+    pub state: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct JobChangeL {
     pub machine: Arc<str>,
     pub job_type: String,
@@ -137,6 +145,9 @@ pub struct Metrics {
     last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) plugin_info: Family<PluginL, Gauge>,
     pub(crate) jobs: Family<JobsL, Gauge>,
+    pub(crate) oldest_pending: Family<JobTypeL, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(crate) events_pending: Gauge,
+    pub(crate) store_connections: Family<ConnStateL, Gauge>,
     pub(crate) job_changes: Family<JobChangeL, Counter>,
     /// Spans dropped because the export queue was full or the export failed.
     pub(crate) spans_dropped: Counter,
@@ -168,6 +179,9 @@ impl Metrics {
             last_reload_success: Gauge::default(),
             plugin_info: Family::default(),
             jobs: Family::default(),
+            oldest_pending: Family::default(),
+            events_pending: Gauge::default(),
+            store_connections: Family::default(),
             job_changes: Family::default(),
             spans_dropped,
             spans_exported,
@@ -195,6 +209,9 @@ impl Metrics {
         m.config_reload_finished(true);
         catalogue::PLUGIN_INFO.register(r, m.plugin_info.clone());
         catalogue::JOBS.register(r, m.jobs.clone());
+        catalogue::JOBS_OLDEST_PENDING_AGE.register(r, m.oldest_pending.clone());
+        catalogue::STORE_EVENTS_PENDING.register(r, m.events_pending.clone());
+        catalogue::STORE_CONNECTIONS.register(r, m.store_connections.clone());
         catalogue::JOB_CHANGES.register(r, m.job_changes.clone());
         catalogue::SPANS_DROPPED.register(r, m.spans_dropped.clone());
         catalogue::SPANS_EXPORTED.register(r, m.spans_exported.clone());

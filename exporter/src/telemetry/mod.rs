@@ -218,6 +218,46 @@ impl Telemetry {
             .set(count);
     }
 
+    /// Sets the queue health gauges from the store's report: the age of each type's
+    /// oldest pending job (0 for `known_types` with none pending), the events not yet
+    /// processed, the pool's connections.
+    pub fn set_queue_health(
+        &self,
+        health: &turnstile_engine::store::QueueHealth,
+        known_types: &[String],
+    ) {
+        let now = SystemTime::now();
+        for t in known_types {
+            let age =
+                health
+                    .oldest_pending
+                    .iter()
+                    .find(|(ty, _)| ty == t)
+                    .map_or(0.0, |(_, at)| {
+                        now.duration_since(at.system_time())
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                    });
+            self.metrics
+                .oldest_pending
+                .get_or_create(&metrics::JobTypeL {
+                    job_type: t.clone(),
+                })
+                .set(age);
+        }
+        self.metrics
+            .events_pending
+            .set(i64::try_from(health.events_pending).unwrap_or(i64::MAX));
+        if let Some((open, busy)) = health.connections {
+            for (state, n) in [("open", open), ("in_use", busy)] {
+                self.metrics
+                    .store_connections
+                    .get_or_create(&metrics::ConnStateL { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// Records an error that belongs to no machine's event (bad requests, reloads, ...).
     pub fn report_error(&self, kind: ErrorKind, machine: Option<&str>, message: &str) {
         let slot = machine.and_then(|m| self.slots().into_iter().rev().find(|s| &*s.name == m));

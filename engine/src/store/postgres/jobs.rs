@@ -14,8 +14,8 @@ use super::error::{pg_error, pool_error};
 use super::rows::{job, JOB_COLUMNS};
 use super::PgStore;
 use crate::store::{
-    with_ids, Added, Claim, Failed, Holder, Job, JobFilter, JobStore, ListJobs, NewJob, StoreError,
-    Timestamp,
+    with_ids, Added, Claim, Failed, Holder, Job, JobFilter, JobStore, ListJobs, NewJob,
+    QueueHealth, StoreError, Timestamp,
 };
 
 /// Expired leases back to pending, or to `dead` after the last attempt. `$1`: the
@@ -500,6 +500,49 @@ impl JobStore for PgStore {
 
     fn queue_job_of(&self, machine: &str) -> Option<String> {
         self.inner.holds.queue_job_of(machine)
+    }
+
+    fn queue_health(&self) -> Result<QueueHealth, StoreError> {
+        let pool = self.inner.pool.clone();
+        let mut health = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT job_type, MIN(created_at) FROM jobs WHERE status = 'pending'
+                     GROUP BY job_type ORDER BY job_type",
+                )
+                .await
+                .map_err(pg_error)?;
+            let oldest = c
+                .query(&st, &[])
+                .await
+                .map_err(pg_error)?
+                .iter()
+                .map(|r| {
+                    let at: std::time::SystemTime = r.try_get(1)?;
+                    Ok((r.try_get(0)?, Timestamp::from(at)))
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                .map_err(pg_error)?;
+            let st = c
+                .prepare_cached("SELECT COUNT(*) FROM machine_events WHERE status = 'pending'")
+                .await
+                .map_err(pg_error)?;
+            let events: i64 = c
+                .query_one(&st, &[])
+                .await
+                .map_err(pg_error)?
+                .try_get(0)
+                .map_err(pg_error)?;
+            Ok(QueueHealth {
+                oldest_pending: oldest,
+                events_pending: u64::try_from(events).unwrap_or(0),
+                connections: None,
+            })
+        })?;
+        let (open, busy) = self.pool_status();
+        health.connections = Some((open as u64, busy as u64));
+        Ok(health)
     }
 
     fn claim_backoff(&self) -> Option<Duration> {

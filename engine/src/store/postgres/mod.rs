@@ -281,10 +281,14 @@ impl PgStore {
         })
     }
 
-    /// Connections the pool holds now and how many of them are in use.
+    /// Connections the pools hold now and how many of them are in use.
     pub fn pool_status(&self) -> (usize, usize) {
-        let s = self.inner.pool.status();
-        (s.size, s.size.saturating_sub(s.available))
+        [&self.inner.pool, &self.inner.claims]
+            .iter()
+            .map(|p| p.status())
+            .fold((0, 0), |(open, busy), s| {
+                (open + s.size, busy + s.size.saturating_sub(s.available))
+            })
     }
 
     /// Starts the listener once.

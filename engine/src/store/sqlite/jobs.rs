@@ -8,11 +8,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
 
-use super::rows::{job_from_row, Cached, JOB_BY_ROWID, JOB_COLUMNS};
+use super::rows::{job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
 use super::SqliteStore;
 use crate::store::{
     from_ms, now_ms, with_ids, Added, Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore,
-    ListJobs, NewJob, StoreError, Timestamp,
+    ListJobs, NewJob, QueueHealth, StoreError, Timestamp,
 };
 
 /// Writes the attempts of claims that were answered but not committed (see
@@ -495,6 +495,32 @@ impl JobStore for SqliteStore {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn queue_health(&self) -> Result<QueueHealth, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT job_type, MIN(created_at) FROM jobs WHERE status = 'pending'
+             GROUP BY job_type ORDER BY job_type",
+        )?;
+        let oldest = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, time_col(r, 1)?)))?
+            .filter_map(|r| match r {
+                Ok((t, Some(at))) => Some(Ok((t, at))),
+                Ok((_, None)) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let events: i64 = conn.row_cached(
+            "SELECT COUNT(*) FROM machine_events WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(QueueHealth {
+            oldest_pending: oldest,
+            events_pending: u64::try_from(events).unwrap_or(0),
+            connections: None,
+        })
     }
 
     fn claim_backoff(&self) -> Option<Duration> {
