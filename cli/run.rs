@@ -75,6 +75,15 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // SIGHUP reloads the configs once the machines run; before that (the store may be
+    // awaited for a minute) there is nothing to reload, and it must not end the process
+    // (its default action). Tokio's handler, once installed, stays for the process.
+    {
+        let _in_runtime = rt.enter();
+        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tracing::warn!(target: "turnstile::run", "cannot handle SIGHUP ({e}): it would end the process");
+        }
+    }
     // The sidecar binds first: a taken port fails before anything else, and while the
     // job store is awaited the port answers the probes (alive, not ready, why).
     let mut bound = match sidecar {

@@ -1279,3 +1279,29 @@ fn post_jobs_takes_delays_unique_keys_and_arrays() {
     assert!(later["next_attempt_at"].is_string(), "{later}");
     s.stop();
 }
+
+/// SIGHUP while `run` still waits for its job store does not end the process (its
+/// default action): there is nothing to reload yet, and the wait goes on.
+#[test]
+fn sighup_while_the_job_store_is_awaited_does_not_end_the_process() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://turnstile:pw@127.0.0.1:{closed}/jobs");
+    let config = kit::path("examples/controller_worker/worker.yaml");
+    let mut p = Proc::start(&["run", &config, "--db", &url, "--db-wait", "5"]);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    eventually("/readyz saying it waits for the job store", || {
+        let r = get(addr, "/readyz");
+        (r.status == 503 && r.text().contains("waiting for the job store")).then_some(())
+    });
+    p.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let health = get(addr, "/healthz");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let (status, _) = p.finish(Duration::from_secs(60));
+    // Ended by the store wait (exit 1), not by the signal.
+    assert_eq!(status.code(), Some(1), "{status:?}: {}", p.log());
+}
