@@ -725,6 +725,8 @@ fn compose_stack_is_wired_together() {
     let services = c["services"].as_object().unwrap();
     for s in [
         "turnstile",
+        "turnstile-2",
+        "postgres",
         "prometheus",
         "grafana",
         "otel-collector",
@@ -745,6 +747,18 @@ fn compose_stack_is_wired_together() {
             }
         }
     }
+    // The targets of Prometheus's `turnstile` scrape job.
+    let prom = yaml_docs(&root().join("deploy/prometheus/prometheus.yml"));
+    let prom_scrapes = |target: &str| {
+        prom[0]["scrape_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["job_name"] == "turnstile")
+            .flat_map(|j| j["static_configs"].as_array().unwrap())
+            .flat_map(|c| c["targets"].as_array().unwrap())
+            .any(|t| t == target)
+    };
     let ts = &services["turnstile"];
     let env = &ts["environment"];
     assert_eq!(env["TURNSTILE_LISTEN"], "0.0.0.0:8000");
@@ -766,16 +780,46 @@ fn compose_stack_is_wired_together() {
             .join(a.trim_start_matches("/etc/turnstile/"));
         assert!(f.is_file(), "{} is not in deploy/config", f.display());
     }
+    // PostgreSQL, checked healthy before the replicas start, which share it.
+    let pg = &services["postgres"];
+    assert!(
+        pg["image"].as_str().unwrap().starts_with("postgres:"),
+        "{}",
+        pg["image"]
+    );
+    assert_eq!(pg["healthcheck"]["test"][1], "pg_isready");
+    let password = pg["environment"]["POSTGRES_PASSWORD"].as_str().unwrap();
+    assert!(
+        password.starts_with("${") && password.contains("demo"),
+        "the database password is an env var with a demo default: {password}"
+    );
+    let mut ports = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["turnstile", "turnstile-2"] {
+        let s = &services[name];
+        assert_eq!(s["command"], ts["command"], "{name} runs the same machines");
+        let db = s["environment"]["TURNSTILE_DB"].as_str().unwrap();
+        assert!(
+            db.starts_with("postgres://turnstile:") && db.ends_with("@postgres:5432/turnstile"),
+            "{name}: TURNSTILE_DB {db}"
+        );
+        assert_eq!(
+            s["depends_on"]["postgres"]["condition"], "service_healthy",
+            "{name} waits for a healthy postgres"
+        );
+        ids.push(s["environment"]["TURNSTILE_INSTANCE_ID"].as_str().unwrap());
+        ports.push(s["ports"][0].as_str().unwrap());
+        assert!(
+            prom_scrapes(&format!("{name}:8000")),
+            "Prometheus scrapes {name}"
+        );
+    }
+    assert_ne!(ids[0], ids[1], "each replica its own instance id");
+    assert_ne!(ports[0], ports[1], "each replica its own sidecar port");
     let prom_cmd = services["prometheus"]["command"].to_string();
     assert!(
         prom_cmd.contains("--enable-feature=exemplar-storage"),
         "{prom_cmd}"
-    );
-    let prom_cfg =
-        std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
-    assert!(
-        prom_cfg.contains("turnstile:8000"),
-        "Prometheus scrapes the turnstile service"
     );
     let collector =
         std::fs::read_to_string(root().join("deploy/otel-collector/config.yaml")).unwrap();
