@@ -5,12 +5,16 @@
 //! (`\n`, `\r`, `\0`, `\u{1b}`), so that a value interpolated into a message (a `log`
 //! action, a command's output) cannot forge a log line or send terminal escapes; tabs are
 //! kept. JSON lines are escaped by the JSON encoding.
+//!
+//! `turnstile run` names its instance (`--instance-id`) on every JSON line (`"instance"`),
+//! so that the lines of many replicas shipped to one place can be told apart.
 
 use std::fmt;
 
 use clap::{Args, ValueEnum};
 use tracing::field::Field;
 use tracing_subscriber::field::MakeExt as _;
+
 use tracing_subscriber::fmt::format::{debug_fn, Writer};
 use tracing_subscriber::EnvFilter;
 
@@ -36,7 +40,8 @@ pub struct LogArgs {
 }
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.
-pub fn init(args: &LogArgs) {
+/// `instance`: the id JSON lines carry (`turnstile run`).
+pub fn init(args: &LogArgs, instance: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -48,7 +53,49 @@ pub fn init(args: &LogArgs) {
         LogFormat::Human => builder
             .fmt_fields(debug_fn(write_field).delimited(" "))
             .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format().json().flatten_event(true);
+            builder
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithInstance {
+                    inner: json,
+                    field: instance
+                        .map(|id| format!("\"instance\":{},", serde_json::Value::from(id))),
+                })
+                .init()
+        }
+    }
+}
+
+/// A JSON line format with `"instance":ID` first in every object.
+struct WithInstance<F> {
+    inner: F,
+    /// `"instance":"ID",` (`None`: lines as the inner format writes them).
+    field: Option<String>,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithInstance<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let Some(field) = &self.field else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{field}{rest}"),
+            None => writer.write_str(&line),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use turnstile_engine::instance::Instance;
 use turnstile_engine::ActionRegistry;
 
 use crate::args::{Cli, Command};
@@ -39,8 +40,19 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    logging::init(&args.log);
-    match dispatch(args) {
+    // `run` names its instance on its log lines, so it is known before logging starts.
+    let instance = match &args.command {
+        Command::Run(run) => match Instance::new(run.instance_id.as_deref()) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                eprintln!("error: --instance-id: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        },
+        _ => None,
+    };
+    logging::init(&args.log, instance.as_ref().map(Instance::id));
+    match dispatch(args, instance) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -54,11 +66,17 @@ fn main() -> ExitCode {
 }
 
 /// Runs the chosen command; the `ExitCode` is the process's.
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
     let mut registry = ActionRegistry::with_builtins();
     let plugin_errors = load_plugins(&mut registry, cli.command.plugins());
     match cli.command {
-        Command::Run(args) => run::run(args, &registry, &plugin_errors),
+        Command::Run(args) => {
+            let instance = match instance {
+                Some(i) => i,
+                None => Instance::new(args.instance_id.as_deref()).map_err(UsageError)?,
+            };
+            run::run(args, instance, &registry, &plugin_errors)
+        }
         Command::Validate(args) => Ok(validate::validate(
             &args,
             &registry,

@@ -48,6 +48,7 @@ struct RunOptions {
 /// reported to the telemetry as errors.
 pub fn run(
     args: RunArgs,
+    instance: Instance,
     registry: &ActionRegistry,
     plugin_errors: &[String],
 ) -> anyhow::Result<ExitCode> {
@@ -58,9 +59,7 @@ pub fn run(
     let Some(defs) = load_all(&args.configs, args.machine_name.as_deref(), registry) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
-    let instance = Instance::new(args.instance_id.as_deref())
-        .map_err(|e| crate::UsageError(format!("--instance-id: {e}")))?;
-    tracing::info!(target: "turnstile::run", instance = instance.id(), incarnation = instance.incarnation(), "instance");
+    tracing::info!(target: "turnstile::run", incarnation = instance.incarnation(), "instance {}", instance.id());
     let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
         .context("--stop-timeout must be a number of seconds")?;
     let reload = reload_options(&args, &defs, registry)?;

@@ -901,6 +901,12 @@ fn a_stopping_worker_gives_its_unfinished_job_back_at_once() {
         "{}",
         w.log()
     );
+    // Every JSON log line names the instance.
+    let records = w.records();
+    assert!(!records.is_empty());
+    for r in &records {
+        assert_eq!(r["instance"], "pod-7", "{r}");
+    }
 }
 
 /// `turnstile jobs add`: `--from-file` (a JSON array, JSON lines, stdin) adds all jobs or
