@@ -92,8 +92,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2.0, value_name = "SECS", requires = "watch")]
     pub watch_interval: f64,
     /// This process's id among the processes sharing a store: on job leases (with a
-    /// per-start incarnation), and as the spans' `service.instance.id`. Default: the host
-    /// name (in Kubernetes, the pod name).
+    /// per-start incarnation), on saved machine states, and as the spans'
+    /// `service.instance.id`. A given id belongs to one live process: with a store, a
+    /// second process started with an id a live one holds exits 2. Default: the host name
+    /// (in Kubernetes, the pod name), shared by processes on one host and not checked.
     #[arg(long, env = "TURNSTILE_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
     /// The HTTP sidecar and telemetry.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
+use turnstile_engine::instance::Instance;
 use turnstile_engine::store::{
     new_job_from_json, Added, ListJobs, Location, NewJob, StateStore, Store, StoreError,
     StoreOptions, SyncMode, Timestamp, MAX_BATCH, STATUSES,
@@ -309,12 +310,47 @@ fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
     open_waiting(&location, opts, Duration::ZERO, &|_| {})
 }
 
+/// Registers `instance` as live in `store` when its id was given (see
+/// [`Instance::chosen`]); the stale limit is the lease (`--job-lease`): a process that did
+/// not heartbeat for a whole lease is dead. An id a live process holds is a usage error
+/// (exit 2). Returns whether the id was registered.
+pub fn register_instance(
+    store: &dyn Store,
+    instance: &Instance,
+    args: &RunStoreArgs,
+) -> anyhow::Result<bool> {
+    if !instance.chosen() {
+        return Ok(false);
+    }
+    let lease = Duration::try_from_secs_f64(args.job_lease)
+        .context("--job-lease must be a positive number of seconds")?;
+    match store.register_instance(instance.id(), instance.incarnation(), lease) {
+        Ok(()) => {
+            tracing::info!(target: "turnstile::jobs", instance = instance.id(), "instance registered");
+            Ok(true)
+        }
+        Err(e @ StoreError::InstanceInUse(_)) => Err(crate::UsageError(format!(
+            "{e}: give this process another --instance-id, or stop that one"
+        ))
+        .into()),
+        Err(e) => Err(anyhow::anyhow!("cannot register the instance: {e}")),
+    }
+}
+
+/// Frees `instance`'s id at a clean exit (after the held jobs were given back).
+pub fn unregister_instance(store: &dyn Store, instance: &Instance) {
+    if let Err(e) = store.unregister_instance(instance.id(), instance.incarnation()) {
+        tracing::warn!(target: "turnstile::jobs", instance = instance.id(), "unregistering the instance failed ({e}): its id is free once its last heartbeat is a lease old");
+    }
+}
+
 /// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
-/// and hands it to the job actions.
+/// and hands it to the job actions. Its lease owner and the instance id written with saved
+/// machine states are `instance`'s.
 pub fn open_for_run(
     args: &RunStoreArgs,
     registry: &ActionRegistry,
-    owner: String,
+    instance: &Instance,
     waiting: &dyn Fn(&str),
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
     if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
@@ -331,7 +367,8 @@ pub fn open_for_run(
         max_attempts: args.job_max_attempts.max(1),
         backoff_base: secs(args.job_backoff, "--job-backoff")?,
         sync: args.db.db_sync.into(),
-        owner: Some(owner),
+        owner: Some(instance.owner()),
+        instance_id: Some(instance.id().to_owned()),
         ..StoreOptions::default()
     };
     let location = args.db.location()?;
@@ -655,19 +692,21 @@ pub fn machine_state(args: MachineStateArgs) -> anyhow::Result<ExitCode> {
         OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&machines)?),
         OutFormat::Text => {
             outln!(
-                "{:<24} {:<20} {:<24} PID",
+                "{:<24} {:<20} {:<24} {:<8} INSTANCE",
                 "MACHINE",
                 "STATE",
-                "LAST_ACTIVITY"
+                "LAST_ACTIVITY",
+                "PID"
             );
             for m in machines {
                 outln!(
-                    "{:<24} {:<20} {:<24} {}",
+                    "{:<24} {:<20} {:<24} {:<8} {}",
                     m.machine_name,
                     m.current_state.as_deref().unwrap_or("-"),
                     m.last_activity
                         .map_or_else(|| "-".into(), |t| t.to_string()),
-                    m.pid.map_or_else(|| "-".into(), |p| p.to_string())
+                    m.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    m.instance_id.as_deref().unwrap_or("-")
                 );
             }
         }

@@ -95,7 +95,13 @@ pub fn run(
         },
         None => None,
     };
-    let job_store = open_store(&rt, bound.as_ref(), &args, registry, instance.owner())?;
+    let job_store = open_store(&rt, bound.as_ref(), &args, registry, &instance)?;
+    // Right after the store opens, before any machine claims a job: a second live process
+    // with this id is refused (exit 2).
+    let registered = match &job_store {
+        Some(s) => crate::jobs_cli::register_instance(&**s, &instance, &args.store)?,
+        None => false,
+    };
     if let Some(b) = &mut bound {
         b.set_jobs(job_store.clone().map(|j| j as _));
     }
@@ -141,6 +147,9 @@ pub fn run(
                 tracing::warn!(target: "turnstile::jobs", "giving back unfinished jobs failed ({e}): they return to the queue when their leases expire")
             }
         }
+        if registered {
+            crate::jobs_cli::unregister_instance(&**s, &instance);
+        }
         // How well group commit shared transactions (`--log-level turnstile::store=debug`).
         let (writes, transactions) = turnstile_engine::store::Store::write_counts(&**s);
         tracing::debug!(target: "turnstile::store", writes, transactions, "job store writes");
@@ -162,11 +171,11 @@ fn open_store(
     bound: Option<&server::Bound>,
     args: &RunArgs,
     registry: &ActionRegistry,
-    owner: String,
+    instance: &Instance,
 ) -> anyhow::Result<Option<Arc<dyn turnstile_engine::store::Store>>> {
     let why = Arc::new(std::sync::Mutex::new(String::new()));
     let starting = std::sync::Mutex::new(None);
-    let store = crate::jobs_cli::open_for_run(&args.store, registry, owner, &|reason: &str| {
+    let store = crate::jobs_cli::open_for_run(&args.store, registry, instance, &|reason: &str| {
         *why.lock().unwrap_or_else(|e| e.into_inner()) =
             format!("waiting for the job store: {reason}");
         let mut starting = starting.lock().unwrap_or_else(|e| e.into_inner());

@@ -523,6 +523,77 @@ fn run_persist_restores_state_and_context_after_a_restart() {
     assert_eq!(states[0]["current_state"], "three", "{states:#}");
 }
 
+/// Waits until `p` says it registered its instance id.
+fn registered(p: &mut Proc) {
+    p.wait_for("instance registered", LIMIT, |j| {
+        field(j, "target") == "turnstile::jobs" && field(j, "message") == "instance registered"
+    });
+}
+
+#[test]
+fn a_second_live_process_with_the_same_instance_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let dbs = db.display().to_string();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let cfg = config.display().to_string();
+    let args = [
+        "run",
+        &cfg,
+        "--db",
+        &dbs,
+        "--persist",
+        "--instance-id",
+        "same",
+    ];
+
+    let mut first = Proc::start(&args);
+    // The sidecar binds before the store opens; the instance registers right after.
+    let addr = first.sidecar_addr(LIMIT);
+    registered(&mut first);
+    let (second, st) = kit::run_to_end(&args);
+    assert_eq!(st.code(), Some(2), "{}", second.log());
+    let pid = first.pid();
+    let log = second.log();
+    assert!(
+        log.contains(&format!(
+            "instance id `same` is in use by a live process (pid {pid} on host "
+        )) && log.contains("s ago): give this process another --instance-id, or stop that one"),
+        "{log}"
+    );
+    // The first goes on untouched, and the saved state names its instance.
+    let (status, body) = http(addr, "POST", "/machines/steps/events", r#"{"type": "go"}"#);
+    assert_eq!(status, 202, "{body}");
+    first.wait_for("one -> two", LIMIT, |j| {
+        kit::is_transition(j, "steps") && field(j, "to") == "two"
+    });
+    // Processes without --instance-id share the host name and are not refused.
+    let mut plain = Proc::start(&["run", &cfg, "--db", &dbs]);
+    plain.sidecar_addr(LIMIT);
+    first.signal("TERM");
+    let (st, _) = first.finish(LIMIT);
+    assert!(st.success(), "{}", first.log());
+    let states = cli_json(&["machine-state", "--db", &dbs, "--format", "json"]);
+    assert_eq!(states[0]["instance_id"], "same", "{states:#}");
+
+    // Stopped cleanly, it freed the id: a new process takes it at once.
+    let mut third = Proc::start(&args);
+    let addr = third.sidecar_addr(LIMIT);
+    registered(&mut third);
+    let (status, body) = http(addr, "POST", "/machines/steps/events", r#"{"type": "go"}"#);
+    assert_eq!(status, 202, "{body}");
+    third.wait_for("two -> three", LIMIT, |j| {
+        kit::is_transition(j, "steps") && field(j, "to") == "three"
+    });
+    third.signal("TERM");
+    let (st, _) = third.finish(LIMIT);
+    assert!(st.success(), "{}", third.log());
+    plain.signal("TERM");
+    let (st, _) = plain.finish(LIMIT);
+    assert!(st.success(), "{}", plain.log());
+}
+
 #[test]
 fn machines_take_events_from_their_unix_sockets() {
     use std::os::unix::fs::PermissionsExt as _;

@@ -4,7 +4,8 @@
 //! workers killed with SIGKILL lose no job; a server restart loses no job, the workers
 //! carry on by themselves and their `/readyz` says not ready while the server is down;
 //! bad `--db` settings exit with clear errors (2 for what no retry mends, 1 after
-//! `--db-wait` for a server that is not there), and a password is never printed.
+//! `--db-wait` for a server that is not there), and a password is never printed; a second
+//! live process with one `--instance-id` exits 2 and a clean exit frees the id.
 //!
 //! One server serves every test but the restart's, which has its own; each test has a
 //! fresh database. The counts are read with SQL ([`kit::postgres::Server::psql`]).
@@ -541,4 +542,37 @@ fn bad_settings_at_start_exit_with_clear_errors_and_no_password() {
     assert!(took < Duration::from_secs(30), "{took:?}");
     assert!(err.contains("Connection refused"), "{err}");
     assert!(!err.contains(secret), "the password shows: {err}");
+}
+
+#[test]
+fn a_second_live_process_with_the_same_instance_id_is_refused() {
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, WORKER).unwrap();
+    let cfg = config.display().to_string();
+
+    let mut first = worker(&config, &url, &["--instance-id", "pg-same"]);
+    let addr = first.sidecar_addr(LIMIT);
+    first.wait_for("instance registered", LIMIT, |j| {
+        field(j, "target") == "turnstile::jobs" && field(j, "message") == "instance registered"
+    });
+    kit::wait_until("ready", LIMIT, || readyz(addr).0 == 200);
+    let (code, err, _) = run(&["run", &cfg, "--db", &url, "--instance-id", "pg-same"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "instance id `pg-same` is in use by a live process (pid {} on host ",
+            first.pid()
+        )),
+        "{err}"
+    );
+    let rows = "SELECT count(*) FROM turnstile_instances WHERE instance_id = 'pg-same'";
+    assert_eq!(num(server, &url, rows), 1);
+    // A clean exit frees the id.
+    first.signal("TERM");
+    let (st, _) = first.finish(LIMIT);
+    assert!(st.success(), "{}", first.log());
+    assert_eq!(num(server, &url, rows), 0);
 }

@@ -3,6 +3,11 @@
 //! pod name) and an incarnation that is new each time a process starts. A lease's owner
 //! is both (`ID/INCARNATION`): two processes on one host, or a process and its restarted
 //! self, never renew each other's leases, and the id alone says which pod held a job.
+//!
+//! An id given explicitly is unique among live processes: `turnstile run` registers it in
+//! the store ([`crate::store::InstanceStore`]) and a second live process with that id is
+//! refused. The default id is not registered: several processes on one host (two local
+//! workers) share it, as their lease owners still differ by incarnation.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +19,8 @@ pub const MAX_LEN: usize = 128;
 pub struct Instance {
     id: String,
     incarnation: String,
+    /// The id was given (`--instance-id`, `TURNSTILE_INSTANCE_ID`), not the host name.
+    chosen: bool,
 }
 
 impl Instance {
@@ -21,6 +28,7 @@ impl Instance {
     /// than [`MAX_LEN`], or holds `/`, whitespace or control characters is refused (it
     /// appears in lease owners, logs and span attributes).
     pub fn new(id: Option<&str>) -> Result<Self, String> {
+        let chosen = id.is_some();
         let id = match id {
             Some(id) => id.to_owned(),
             None => host_name(),
@@ -45,12 +53,20 @@ impl Instance {
         Ok(Self {
             id,
             incarnation: format!("{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff),
+            chosen,
         })
     }
 
     /// The id (`--instance-id` or the host name).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// True when the id was given rather than defaulted to the host name. Only a given id
+    /// is registered as live in the store (one process per id): processes on one host
+    /// share the default id.
+    pub fn chosen(&self) -> bool {
+        self.chosen
     }
 
     /// This start of the process: `PID-NONCE`.
@@ -86,7 +102,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1));
         let b = Instance::new(Some("pod-a")).unwrap();
         assert_ne!(a.owner(), b.owner(), "a restarted process is another owner");
-        assert_eq!(Instance::new(None).unwrap().id(), host_name());
+        assert!(a.chosen());
+        let default = Instance::new(None).unwrap();
+        assert_eq!(default.id(), host_name());
+        assert!(!default.chosen());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use support::postgres::Server;
 use turnstile_engine::store::{
-    Added, Claim, Failed, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store, StoreError,
-    StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
+    Added, Claim, Failed, Heartbeat, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store,
+    StoreError, StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
 };
 
 /// Opens stores on one database of one backend.
@@ -79,6 +79,10 @@ contract!(
     a_unique_key_holds_while_its_job_is_pending_or_processing,
     concurrent_adds_of_one_unique_key_add_one_job,
     bulk_adds_are_atomic_and_report_each_job,
+    an_instance_id_is_held_by_one_live_process,
+    concurrent_registrations_of_one_instance_id_admit_one,
+    the_renewal_thread_heartbeats_a_registered_instance,
+    saved_states_name_the_instance_that_saved_them,
 );
 
 fn job(t: &str) -> NewJob {
@@ -753,4 +757,138 @@ fn queue_health_reports_the_oldest_pending_job_and_pending_events(b: &Backend) {
     if let Some((open, busy)) = h.connections {
         assert!(open >= 1 && busy <= open, "{h:?}");
     }
+}
+
+fn an_instance_id_is_held_by_one_live_process(b: &Backend) {
+    let stale = Duration::from_millis(1500);
+    let (a, other) = (b.open(no_renew(1500)), b.open(no_renew(1500)));
+    // Fresh: registered, with this process's pid and host.
+    a.register_instance("w1", "1-a", stale).unwrap();
+    let rows = a.instances().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].incarnation, "1-a");
+    assert_eq!(rows[0].pid, i64::from(std::process::id()));
+    assert!(!rows[0].host.is_empty() && rows[0].heartbeat_at.is_some());
+    // Registering again as the same incarnation is fine; another one is refused, named.
+    a.register_instance("w1", "1-a", stale).unwrap();
+    match other.register_instance("w1", "2-b", stale) {
+        Err(StoreError::InstanceInUse(h)) => {
+            assert_eq!(h.instance_id, "w1");
+            assert_eq!(h.incarnation, "1-a");
+            assert!(h.age < stale, "{h:?}");
+            let msg = StoreError::InstanceInUse(h).to_string();
+            assert!(
+                msg.starts_with("instance id `w1` is in use by a live process (pid "),
+                "{msg}"
+            );
+        }
+        r => panic!("a live holder's id was given away: {r:?}"),
+    }
+    // Another id is free.
+    other.register_instance("w2", "2-b", stale).unwrap();
+    // A heartbeat keeps it live past the stale limit.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(a.heartbeat_instance("w1", "1-a").unwrap(), Heartbeat::Ours);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(matches!(
+        other.register_instance("w1", "2-b", stale),
+        Err(StoreError::InstanceInUse(_))
+    ));
+    // Without heartbeats for the stale limit, it is dead: taken over.
+    std::thread::sleep(Duration::from_millis(1600));
+    other.register_instance("w1", "2-b", stale).unwrap();
+    // The old incarnation's heartbeat finds it taken; its unregister does nothing.
+    match a.heartbeat_instance("w1", "1-a").unwrap() {
+        Heartbeat::Taken(h) => assert_eq!(h.incarnation, "2-b"),
+        Heartbeat::Ours => panic!("a taken-over id heartbeats as the old incarnation's"),
+    }
+    assert!(!a.unregister_instance("w1", "1-a").unwrap());
+    // The holder's unregister frees the id at once.
+    assert!(other.unregister_instance("w1", "2-b").unwrap());
+    a.register_instance("w1", "3-c", stale).unwrap();
+    let ids: Vec<_> = a
+        .instances()
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.instance_id, i.incarnation))
+        .collect();
+    assert_eq!(
+        ids,
+        [("w1".into(), "3-c".into()), ("w2".into(), "2-b".into())]
+    );
+}
+
+fn concurrent_registrations_of_one_instance_id_admit_one(b: &Backend) {
+    const N: usize = 8;
+    let stores: Vec<_> = (0..N).map(|_| b.open(no_renew(30_000))).collect();
+    let barrier = Arc::new(Barrier::new(N));
+    let threads: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                match s.register_instance("shared", &format!("{i}-x"), Duration::from_secs(30)) {
+                    Ok(()) => true,
+                    Err(StoreError::InstanceInUse(_)) => false,
+                    Err(e) => panic!("registration failed: {e}"),
+                }
+            })
+        })
+        .collect();
+    let won = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|w| *w)
+        .count();
+    assert_eq!(won, 1, "{won} registrations of one id succeeded");
+}
+
+fn the_renewal_thread_heartbeats_a_registered_instance(b: &Backend) {
+    // Lease 600 ms: renewed (and heartbeaten) every 200 ms, with no job held.
+    let opts = StoreOptions {
+        lease: Duration::from_millis(600),
+        ..StoreOptions::default()
+    };
+    let s = b.open(opts);
+    s.register_instance("beats", "1-a", Duration::from_millis(600))
+        .unwrap();
+    let other = b.open(no_renew(600));
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            matches!(
+                other.register_instance("beats", "2-b", Duration::from_millis(600)),
+                Err(StoreError::InstanceInUse(_))
+            ),
+            "a heartbeaten id went stale"
+        );
+    }
+    // Unregistered: the heartbeats stop and the row is gone.
+    assert!(s.unregister_instance("beats", "1-a").unwrap());
+    std::thread::sleep(Duration::from_millis(450));
+    assert!(s.instances().unwrap().is_empty());
+}
+
+fn saved_states_name_the_instance_that_saved_them(b: &Backend) {
+    use turnstile_engine::store::SavedStates;
+    let s = b.open(StoreOptions {
+        instance_id: Some("pod-7".into()),
+        ..StoreOptions::default()
+    });
+    let ctx = serde_json::Map::new();
+    s.save_state("one", "a", &ctx).unwrap();
+    let mut states = SavedStates::new();
+    states.insert(Arc::from("two"), (Arc::from("b"), ctx.clone()));
+    s.persist_batch(&states, &[]).unwrap();
+    for m in s.machines().unwrap() {
+        assert_eq!(m.instance_id.as_deref(), Some("pod-7"), "{m:?}");
+    }
+    assert_eq!(s.machines().unwrap().len(), 2);
+    // A store opened without one writes none.
+    b.open(StoreOptions::default())
+        .save_state("one", "c", &ctx)
+        .unwrap();
+    assert_eq!(s.load_state("one").unwrap().unwrap().instance_id, None);
 }

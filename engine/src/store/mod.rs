@@ -33,6 +33,7 @@
 
 pub mod claim_loss;
 mod holds;
+pub mod instances;
 mod job_json;
 mod location;
 mod options;
@@ -48,6 +49,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
+pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode};
@@ -98,6 +100,13 @@ pub enum StoreError {
         /// The key.
         unique_key: String,
     },
+    /// [`InstanceStore::register_instance`] of an id a live process holds: nothing was
+    /// registered.
+    #[error(
+        "instance id `{}` is in use by a live process (pid {} on host {}, last seen {} s ago)",
+        .0.instance_id, .0.pid, .0.host, .0.age.as_secs()
+    )]
+    InstanceInUse(Box<LiveInstance>),
 }
 
 /// What adding one job did ([`JobStore::add_jobs`]).
@@ -393,6 +402,9 @@ pub struct MachineRecord {
     pub last_activity: Option<Timestamp>,
     /// The process that saved it.
     pub pid: Option<i64>,
+    /// The instance id of that process (`--instance-id`; `None` for a row written by
+    /// statemachine-engine or an older Turnstile, or by a store opened without one).
+    pub instance_id: Option<String>,
     /// Its context (Turnstile writes it; statemachine-engine leaves it empty).
     pub context: Option<Json>,
 }
@@ -492,8 +504,8 @@ pub struct QueueHealth {
     pub connections: Option<(u64, u64)>,
 }
 
-/// Both halves of a store, as one backend serves them.
-pub trait Store: JobStore + StateStore {
+/// Both halves of a store, and its live instances, as one backend serves them.
+pub trait Store: JobStore + StateStore + InstanceStore {
     /// Where the store is, for logs (a URL's password left out).
     fn describe(&self) -> String;
     /// Writes so far and the transactions they took (with group commit, fewer

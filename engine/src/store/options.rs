@@ -26,6 +26,9 @@ pub struct StoreOptions {
     /// The lease owner this store object writes (`--instance-id` and the process's
     /// incarnation: [`crate::instance::Instance::owner`]); `None`: [`owner_id`].
     pub owner: Option<String>,
+    /// The instance id written with every saved machine state (`machine_state.instance_id`;
+    /// [`crate::instance::Instance::id`]); `None`: none written.
+    pub instance_id: Option<String>,
 }
 
 /// When a commit reaches the disk.
@@ -53,6 +56,7 @@ impl Default for StoreOptions {
             sync: SyncMode::default(),
             renew: true,
             owner: None,
+            instance_id: None,
         }
     }
 }

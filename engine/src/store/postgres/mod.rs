@@ -19,12 +19,14 @@
 //! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
 //!   transaction; a connection of the store's own `LISTEN`s and wakes
 //!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
-//! - Leases are renewed like SQLite's ([`crate::store::holds`]).
+//! - Leases are renewed like SQLite's ([`crate::store::holds`]); the same thread
+//!   heartbeats the instance registered through the store ([`instances`]).
 //!
-//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`rows`] (rows
-//! to records), [`error`] (driver errors to [`StoreError`]s).
+//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
+//! (live instances), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
 
 mod error;
+mod instances;
 mod jobs;
 mod listen;
 mod rows;
@@ -41,6 +43,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use crate::store::holds::{spawn_renewal, Holds};
+use crate::store::instances::Registration;
 #[cfg(doc)]
 use crate::store::{JobStore, StateStore};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -76,6 +79,9 @@ struct Inner {
     /// The URL without its password, for logs.
     shown: String,
     holds: Holds,
+    /// The instance registered through this store object, heartbeaten by the lease
+    /// renewal thread.
+    registration: Registration,
     /// Dropping it stops the lease renewal thread.
     stop_renewal: OnceLock<std::sync::mpsc::Sender<()>>,
     /// Starts the listener once.
@@ -178,6 +184,7 @@ impl PgStore {
                 notify: Arc::new(tokio::sync::Notify::new()),
                 shown,
                 holds: Holds::default(),
+                registration: Registration::default(),
                 stop_renewal: OnceLock::new(),
                 listening: Once::new(),
                 unreachable: Mutex::new(None),
@@ -195,7 +202,11 @@ impl PgStore {
             let stop = spawn_renewal(
                 Arc::downgrade(&store.inner),
                 store.inner.opts.lease,
-                |inner| PgStore { inner }.renew_held(),
+                |inner| {
+                    let store = PgStore { inner };
+                    store.inner.registration.beat(&store);
+                    store.renew_held()
+                },
             )?;
             let _ = store.inner.stop_renewal.set(stop);
         }

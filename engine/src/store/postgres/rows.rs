@@ -48,7 +48,8 @@ pub(super) fn job(row: &Row, default_max: i64) -> Result<Job, Error> {
 }
 
 /// The columns [`machine`] reads, in order.
-pub(super) const MACHINE_COLUMNS: &str = "machine_name, current_state, last_activity, pid, context";
+pub(super) const MACHINE_COLUMNS: &str =
+    "machine_name, current_state, last_activity, pid, context, instance_id";
 
 /// A machine record from a row of [`MACHINE_COLUMNS`].
 pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
@@ -58,6 +59,7 @@ pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
         last_activity: time(row, 2)?,
         pid: row.try_get(3)?,
         context: row.try_get(4)?,
+        instance_id: row.try_get(5)?,
     })
 }
 

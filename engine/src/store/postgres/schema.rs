@@ -5,7 +5,7 @@
 //! new schema's readers misread.
 //!
 //! The tables keep the SQLite store's names and meanings (`jobs`, `machine_state`,
-//! `machine_events`, `transitions`), with PostgreSQL's types: `jsonb` for data, results
+//! `machine_events`, `transitions`, `turnstile_instances`), with PostgreSQL's types: `jsonb` for data, results
 //! and contexts, `timestamptz` for every time (the database's clock: every process on
 //! every host reads the same one).
 
@@ -18,7 +18,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -85,6 +85,17 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN unique_key TEXT;
     CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
         WHERE status IN ('pending', 'processing') AND unique_key IS NOT NULL;",
+    // 3: live instances (one process per instance id), and the instance that saved each
+    // machine state.
+    "CREATE TABLE turnstile_instances (
+        instance_id TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    ALTER TABLE machine_state ADD COLUMN instance_id TEXT;",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

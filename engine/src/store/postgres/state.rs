@@ -11,10 +11,12 @@ use crate::store::{
 };
 
 const SAVE_STATE: &str = "
-    INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
-    VALUES ($1, $2, clock_timestamp(), $3, $4)
+    INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context,
+        instance_id)
+    VALUES ($1, $2, clock_timestamp(), $3, $4, $5)
     ON CONFLICT (machine_name) DO UPDATE SET current_state = excluded.current_state,
-        last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context";
+        last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context,
+        instance_id = excluded.instance_id";
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -27,7 +29,7 @@ impl StateStore for PgStore {
         state: &str,
         context: &Map<String, Json>,
     ) -> Result<(), StoreError> {
-        let pool = self.inner.pool.clone();
+        let (pool, instance) = (self.inner.pool.clone(), self.inner.opts.instance_id.clone());
         let (m, s, ctx) = (
             machine_name.to_owned(),
             state.to_owned(),
@@ -36,9 +38,12 @@ impl StateStore for PgStore {
         self.call(async move {
             let c = pool.get().await.map_err(pool_error)?;
             let st = c.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
-            c.execute(&st, &[&m, &s, &i64::from(std::process::id()), &ctx])
-                .await
-                .map_err(pg_error)?;
+            c.execute(
+                &st,
+                &[&m, &s, &i64::from(std::process::id()), &ctx, &instance],
+            )
+            .await
+            .map_err(pg_error)?;
             Ok(())
         })
     }
@@ -165,7 +170,7 @@ impl StateStore for PgStore {
         states: &SavedStates,
         audit: &[TransitionRecord],
     ) -> Result<(), StoreError> {
-        let pool = self.inner.pool.clone();
+        let (pool, instance) = (self.inner.pool.clone(), self.inner.opts.instance_id.clone());
         // One row array per column: the whole batch is two statements, whatever its size.
         let (mut names, mut froms, mut tos, mut events, mut jobs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -199,7 +204,7 @@ impl StateStore for PgStore {
             let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
             let pid = i64::from(std::process::id());
             for (m, s, ctx) in &saved {
-                tx.execute(&st, &[m, s, &pid, ctx])
+                tx.execute(&st, &[m, s, &pid, ctx, &instance])
                     .await
                     .map_err(pg_error)?;
             }

@@ -17,11 +17,13 @@
 //! - Writes by other processes are noticed by a thread that reads `PRAGMA data_version`
 //!   ([`watch`]), started when someone first waits on [`JobStore::notify`].
 //!
-//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`rows`] (rows
-//! to records), [`file`] (the file is still the one opened).
+//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
+//! (live instances), [`rows`] (rows to records), [`file`] (the file is still the one
+//! opened).
 
 mod file;
 mod group_commit;
+mod instances;
 mod jobs;
 mod rows;
 pub mod schema;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use crate::store::holds::{spawn_renewal, Holds};
+use crate::store::instances::Registration;
 #[cfg(doc)]
 use crate::store::JobStore;
 use crate::store::{now_ms, ClaimLoss, Store, StoreError, StoreOptions};
@@ -61,6 +64,9 @@ struct Inner {
     /// machine that holds each (`None`: whoever called the store). Only these leases are
     /// renewed, and a machine's only while it runs.
     holds: Holds,
+    /// The instance registered through this store object, heartbeaten by the lease
+    /// renewal thread.
+    registration: Registration,
     /// Dropping it stops the lease renewal thread.
     stop_renewal: OnceLock<mpsc::Sender<()>>,
     /// Starts the foreign-write watch ([`watch`]) once.
@@ -120,6 +126,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 file,
                 holds: Holds::default(),
+                registration: Registration::default(),
                 stop_renewal: OnceLock::new(),
                 watching: Once::new(),
                 opts,
@@ -129,7 +136,11 @@ impl SqliteStore {
             let stop = spawn_renewal(
                 Arc::downgrade(&store.inner),
                 store.inner.opts.lease,
-                |inner| SqliteStore { inner }.renew_held(),
+                |inner| {
+                    let store = SqliteStore { inner };
+                    store.inner.registration.beat(&store);
+                    store.renew_held()
+                },
             )?;
             let _ = store.inner.stop_renewal.set(stop);
         }

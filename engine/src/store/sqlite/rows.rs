@@ -104,6 +104,10 @@ impl Cached for Connection {
     }
 }
 
+/// The columns of [`machine_from_row`], in order.
+pub(super) const MACHINE_COLUMNS: &str =
+    "machine_name, current_state, last_activity, pid, context, instance_id";
+
 pub(super) fn machine_from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
     Ok(MachineRecord {
         machine_name: r.get(0)?,
@@ -111,5 +115,6 @@ pub(super) fn machine_from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
         last_activity: time_col(r, 2)?,
         pid: r.get(3)?,
         context: json_col(r, 4)?,
+        instance_id: r.get(5)?,
     })
 }

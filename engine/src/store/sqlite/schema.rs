@@ -1,6 +1,7 @@
 //! The SQLite schema: statemachine-engine's tables, created by the same statements so
 //! that its tools and Turnstile share one file, and what Turnstile adds (lease, retry and
-//! unique-key columns by `ALTER TABLE`, the audit table, partial indexes for claims, the
+//! unique-key columns and `machine_state.instance_id` by `ALTER TABLE`, the audit table, the
+//! live instances (`turnstile_instances`, times in milliseconds), partial indexes for claims, the
 //! partial unique index that keeps one pending or processing job per unique key). Applied at
 //! every open; each step is idempotent, so processes opening one file at once agree.
 
@@ -66,6 +67,7 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "traceparent", "TEXT"),
     ("jobs", "unique_key", "TEXT"),
     ("machine_state", "context", "TEXT"),
+    ("machine_state", "instance_id", "TEXT"),
 ];
 
 const TURNSTILE_INDEXES: &str = "
@@ -90,6 +92,14 @@ CREATE INDEX IF NOT EXISTS idx_jobs_pending ON jobs (priority, created_at)
 CREATE INDEX IF NOT EXISTS idx_jobs_leased ON jobs (lease_until) WHERE status = 'processing';
 CREATE UNIQUE INDEX IF NOT EXISTS idx_jobs_unique_key ON jobs (unique_key)
     WHERE status IN ('pending', 'processing') AND unique_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS turnstile_instances (
+    instance_id TEXT PRIMARY KEY,
+    incarnation TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS turnstile_health (
     id INTEGER PRIMARY KEY,
     checked_at INTEGER,

@@ -4,11 +4,19 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value as Json};
 
-use super::rows::{json_col, machine_from_row, time_col, Cached};
+use super::rows::{json_col, machine_from_row, time_col, Cached, MACHINE_COLUMNS};
 use super::SqliteStore;
 use crate::store::{
     EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
 };
+
+/// Saves one machine's state, with the process and instance that saved it.
+const SAVE_STATE: &str = "INSERT INTO machine_state (machine_name, current_state, last_activity,
+        pid, context, instance_id)
+    VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4, ?5)
+    ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
+        last_activity = excluded.last_activity, pid = excluded.pid,
+        context = excluded.context, instance_id = excluded.instance_id";
 
 impl StateStore for SqliteStore {
     fn save_state(
@@ -20,12 +28,14 @@ impl StateStore for SqliteStore {
         let ctx = serde_json::to_string(context).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let conn = self.conn();
         conn.exec_cached(
-            "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
-             VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
-             ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
-                last_activity = excluded.last_activity, pid = excluded.pid,
-                context = excluded.context",
-            params![machine, state, i64::from(std::process::id()), ctx],
+            SAVE_STATE,
+            params![
+                machine,
+                state,
+                i64::from(std::process::id()),
+                ctx,
+                self.inner.opts.instance_id
+            ],
         )?;
         Ok(())
     }
@@ -34,8 +44,7 @@ impl StateStore for SqliteStore {
         Ok(self
             .conn()
             .row_cached(
-                "SELECT machine_name, current_state, last_activity, pid, context
-                 FROM machine_state WHERE machine_name = ?1",
+                &format!("SELECT {MACHINE_COLUMNS} FROM machine_state WHERE machine_name = ?1"),
                 [machine],
                 machine_from_row,
             )
@@ -44,10 +53,9 @@ impl StateStore for SqliteStore {
 
     fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(
-            "SELECT machine_name, current_state, last_activity, pid, context
-             FROM machine_state ORDER BY machine_name",
-        )?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machine_state ORDER BY machine_name"
+        ))?;
         let rows = st.query_map([], machine_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -122,18 +130,13 @@ impl StateStore for SqliteStore {
                     r.job_id
                 ])?;
             }
-            let mut up = tx.prepare_cached(
-                "INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context)
-                 VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4)
-                 ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
-                    last_activity = excluded.last_activity, pid = excluded.pid,
-                    context = excluded.context",
-            )?;
+            let mut up = tx.prepare_cached(SAVE_STATE)?;
             let pid = i64::from(std::process::id());
+            let instance = self.inner.opts.instance_id.as_deref();
             for (m, (state, ctx)) in states {
                 let ctx =
                     serde_json::to_string(ctx).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                up.execute(params![&**m, &**state, pid, ctx])?;
+                up.execute(params![&**m, &**state, pid, ctx, instance])?;
             }
         }
         tx.commit()?;
