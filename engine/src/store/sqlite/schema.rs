@@ -123,12 +123,53 @@ pub(super) fn connect(
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(opts.busy_timeout)?;
-    if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+    let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+    if !read_only {
+        // Switching a fresh file to WAL takes an exclusive lock and does not always wait
+        // through the busy handler: processes that open one new file at once try again.
+        retry_while_busy(opts.busy_timeout, || {
+            conn.pragma_update(None, "journal_mode", "WAL")
+        })?;
     }
     conn.pragma_update(None, "synchronous", sync_pragma(opts.sync))?;
-    migrate(&conn)?;
+    if read_only {
+        migrate(&conn)?;
+    } else {
+        // One immediate transaction: processes that open the file at once migrate one after
+        // the other (the busy handler waits for the lock), never interleaving a check and
+        // an ALTER, and never upgrading a read lock into a write lock (which SQLite refuses
+        // at once with "database is locked" when another connection waits to write).
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match migrate(&conn) {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
     Ok(conn)
+}
+
+/// Runs `f` again while SQLite answers busy or locked, for up to `limit`.
+fn retry_while_busy<T>(
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
