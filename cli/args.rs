@@ -15,7 +15,8 @@ use turnstile_exporter::server::SidecarConfig;
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
 use turnstile_exporter::telemetry::TelemetryConfig;
 
-use crate::jobs_cli::{EventsCommand, JobsCommand, MachineStateArgs, RunStoreArgs, SendEventArgs};
+use crate::db::RunStoreArgs;
+use crate::jobs_cli::{EventsCommand, JobsCommand, MachineStateArgs, SendEventArgs};
 use crate::logging::LogArgs;
 
 /// Turnstile: event-driven state machines declared in YAML.

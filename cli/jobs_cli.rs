@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use turnstile_engine::instance::Instance;
 use turnstile_engine::store::{
-    new_job_from_json, Added, ListJobs, Location, NewJob, StateStore, Store, StoreError,
-    StoreOptions, SyncMode, Timestamp, MAX_BATCH, STATUSES,
+    new_job_from_json, Added, ListJobs, NewJob, Store, StoreError, Timestamp, MAX_BATCH, STATUSES,
 };
-use turnstile_engine::ActionRegistry;
 use turnstile_exporter::telemetry::Telemetry;
+
+use crate::db::{open_existing, DbArg};
 
 /// `println!` that ignores a closed stdout (`turnstile jobs list | head`).
 macro_rules! outln {
@@ -24,97 +23,8 @@ macro_rules! outln {
     }};
 }
 
-/// The database file when neither `--db` nor `TURNSTILE_DB` says.
-pub const DEFAULT_DB: &str = "turnstile.db";
-
 /// How often `turnstile_jobs` is refreshed from the store (also after local changes).
 pub const JOB_METRICS_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Where the job store lives.
-#[derive(Debug, Clone, Args)]
-pub struct DbArg {
-    /// The job and state store: a SQLite file (created when missing; statemachine-engine's
-    /// `data/pipeline.db` works too), as a path or a sqlite://PATH URL, or a PostgreSQL
-    /// database, as a postgres://USER:PASSWORD@HOST:PORT/DB URL. A URL of a backend this
-    /// build does not have is refused. Default: ./turnstile.db.
-    #[arg(long, env = "TURNSTILE_DB", value_name = "PATH|URL")]
-    pub db: Option<String>,
-    /// When a commit reaches the disk: `full` fsyncs every commit (a job survives a power
-    /// loss; concurrent writes of this process share one fsync), `normal` only at
-    /// checkpoints (survives this process being killed, not the machine going down).
-    #[arg(long, env = "TURNSTILE_DB_SYNC", value_enum, default_value_t = DbSync::Full)]
-    pub db_sync: DbSync,
-}
-
-/// `--db-sync`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DbSync {
-    /// fsync at every commit.
-    Full,
-    /// fsync at checkpoints.
-    Normal,
-}
-
-impl From<DbSync> for SyncMode {
-    fn from(s: DbSync) -> Self {
-        match s {
-            DbSync::Full => SyncMode::Full,
-            DbSync::Normal => SyncMode::Normal,
-        }
-    }
-}
-
-impl DbArg {
-    /// Where the store is; a location this build cannot open is a usage error (read here
-    /// rather than by clap, whose message would repeat a URL's password).
-    fn location(&self) -> Result<Location, crate::UsageError> {
-        match &self.db {
-            None => Ok(Location::Sqlite(PathBuf::from(DEFAULT_DB))),
-            Some(s) => s
-                .parse()
-                .map_err(|e| crate::UsageError(format!("--db: {e}"))),
-        }
-    }
-}
-
-/// `run` options of the job store.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Job store")]
-pub struct RunStoreArgs {
-    /// The store. Opened when given, or when a config uses a job action.
-    #[command(flatten)]
-    pub db: DbArg,
-    /// Seconds a claimed job stays leased to this process without renewal (renewed every
-    /// third of it while the process lives; a dead worker's jobs are claimable again
-    /// after it).
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    pub job_lease: f64,
-    /// Attempts of a job before it is dead-lettered (jobs may say otherwise).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub job_max_attempts: u32,
-    /// First retry delay in seconds after a failed attempt (doubled each attempt).
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    pub job_backoff: f64,
-    /// Seconds to keep trying a store that cannot be reached at start (a sidecar often
-    /// starts before its database); then the process exits 1. A malformed URL or refused
-    /// credentials exit 2 at once.
-    #[arg(
-        long,
-        env = "TURNSTILE_DB_WAIT",
-        default_value_t = 60.0,
-        value_name = "SECS"
-    )]
-    pub db_wait: f64,
-    /// Save each machine's state and context after every transition (plus a transition
-    /// record) in the store, and start each machine in its saved state.
-    #[arg(long)]
-    pub persist: bool,
-    /// Serve a Unix datagram socket per machine in this private directory (created 0700;
-    /// sockets 0600) for statemachine-engine-style messages from other processes
-    /// (`turnstile send-event`).
-    #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR")]
-    pub socket_dir: Option<PathBuf>,
-}
 
 /// `send-event` arguments.
 #[derive(Debug, Args)]
@@ -298,145 +208,6 @@ pub enum OutFormat {
     Text,
     /// One JSON array.
     Json,
-}
-
-fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
-    let location = db.location()?;
-    let opts = StoreOptions {
-        renew: false,
-        sync: db.db_sync.into(),
-        ..StoreOptions::default()
-    };
-    open_waiting(&location, opts, Duration::ZERO, &|_| {})
-}
-
-/// Registers `instance` as live in `store` when its id was given (see
-/// [`Instance::chosen`]); the stale limit is the lease (`--job-lease`): a process that did
-/// not heartbeat for a whole lease is dead. An id a live process holds is a usage error
-/// (exit 2). Returns whether the id was registered.
-pub fn register_instance(
-    store: &dyn Store,
-    instance: &Instance,
-    args: &RunStoreArgs,
-) -> anyhow::Result<bool> {
-    if !instance.chosen() {
-        return Ok(false);
-    }
-    let lease = Duration::try_from_secs_f64(args.job_lease)
-        .context("--job-lease must be a positive number of seconds")?;
-    match store.register_instance(instance.id(), instance.incarnation(), lease) {
-        Ok(()) => {
-            tracing::info!(target: "turnstile::jobs", instance = instance.id(), "instance registered");
-            Ok(true)
-        }
-        Err(e @ StoreError::InstanceInUse(_)) => Err(crate::UsageError(format!(
-            "{e}: give this process another --instance-id, or stop that one"
-        ))
-        .into()),
-        Err(e) => Err(anyhow::anyhow!("cannot register the instance: {e}")),
-    }
-}
-
-/// Frees `instance`'s id at a clean exit (after the held jobs were given back).
-pub fn unregister_instance(store: &dyn Store, instance: &Instance) {
-    if let Err(e) = store.unregister_instance(instance.id(), instance.incarnation()) {
-        tracing::warn!(target: "turnstile::jobs", instance = instance.id(), "unregistering the instance failed ({e}): its id is free once its last heartbeat is a lease old");
-    }
-}
-
-/// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
-/// and hands it to the job actions. Its lease owner and the instance id written with saved
-/// machine states are `instance`'s.
-pub fn open_for_run(
-    args: &RunStoreArgs,
-    registry: &ActionRegistry,
-    instance: &Instance,
-    waiting: &dyn Fn(&str),
-) -> anyhow::Result<Option<Arc<dyn Store>>> {
-    if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
-        return Ok(None);
-    }
-    let secs = |v: f64, what: &str| {
-        Duration::try_from_secs_f64(v)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .with_context(|| format!("{what} must be a positive number of seconds"))
-    };
-    let opts = StoreOptions {
-        lease: secs(args.job_lease, "--job-lease")?,
-        max_attempts: args.job_max_attempts.max(1),
-        backoff_base: secs(args.job_backoff, "--job-backoff")?,
-        sync: args.db.db_sync.into(),
-        owner: Some(instance.owner()),
-        instance_id: Some(instance.id().to_owned()),
-        ..StoreOptions::default()
-    };
-    let location = args.db.location()?;
-    let wait = Duration::try_from_secs_f64(args.db_wait).map_err(|_| {
-        crate::UsageError("--db-wait must be a number of seconds, 0 or more".into())
-    })?;
-    let store = open_waiting(&location, opts, wait, waiting)?;
-    tracing::info!(target: "turnstile::jobs", db = %store.describe(), owner = store.owner(), "job store open");
-    registry.jobs().set(store.clone());
-    Ok(Some(store))
-}
-
-/// Opens the store, trying again for `wait` while it cannot be reached. Settings the
-/// database refuses are a usage error (exit 2); a store still unreachable after `wait`
-/// (or failing otherwise) is an error (exit 1).
-fn open_waiting(
-    location: &Location,
-    opts: StoreOptions,
-    wait: Duration,
-    waiting: &dyn Fn(&str),
-) -> anyhow::Result<Arc<dyn Store>> {
-    let deadline = std::time::Instant::now() + wait;
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match turnstile_engine::store::open(location, opts.clone()) {
-            Ok(store) => return Ok(store),
-            Err(StoreError::Config(why)) => {
-                return Err(crate::UsageError(format!(
-                    "cannot open the job store {location}: {why}"
-                ))
-                .into())
-            }
-            Err(StoreError::Unavailable(why)) if std::time::Instant::now() < deadline => {
-                waiting(&why);
-                let pause =
-                    delay.min(deadline.saturating_duration_since(std::time::Instant::now()));
-                tracing::warn!(target: "turnstile::jobs", db = %location, "the job store cannot be reached ({why}); trying again in {pause:?} (for up to {wait:?} in all, --db-wait)");
-                std::thread::sleep(pause);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(StoreError::Unavailable(why)) => {
-                let waited = if wait.is_zero() {
-                    String::new()
-                } else {
-                    format!("; gave up after {} s (--db-wait)", wait.as_secs_f64())
-                };
-                return Err(anyhow::anyhow!(
-                    "cannot open the job store {location}: it cannot be reached ({why}){waited}"
-                ));
-            }
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot open the job store {location}"))
-                )
-            }
-        }
-    }
-}
-
-/// The state persister `--persist` asks for.
-pub fn persister(
-    args: &RunStoreArgs,
-    store: Option<&Arc<dyn Store>>,
-) -> Option<turnstile_engine::store::Persister> {
-    let store = store.filter(|_| args.persist)?;
-    Some(turnstile_engine::store::Persister::new(
-        store.clone() as Arc<dyn StateStore>
-    ))
 }
 
 /// Keeps `turnstile_jobs{job_type, status}` current: every [`JOB_METRICS_INTERVAL`] and

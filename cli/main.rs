@@ -7,6 +7,7 @@
 //! from here is the exit status of a usage error ([`UsageError`], [`EXIT_INVALID`]).
 
 mod args;
+mod db;
 mod diagram;
 mod jobs_cli;
 mod logging;

@@ -99,7 +99,7 @@ pub fn run(
     // Right after the store opens, before any machine claims a job: a second live process
     // with this id is refused (exit 2).
     let registered = match &job_store {
-        Some(s) => crate::jobs_cli::register_instance(&**s, &instance, &args.store)?,
+        Some(s) => crate::db::register_instance(&**s, &instance, &args.store)?,
         None => false,
     };
     if let Some(b) = &mut bound {
@@ -131,7 +131,7 @@ pub fn run(
         stop_timeout,
         keep_serving: args.serve.keep_serving && bound.is_some(),
         bound,
-        persist: crate::jobs_cli::persister(&args.store, job_store.as_ref()),
+        persist: crate::db::persister(&args.store, job_store.as_ref()),
         sockets: args.store.socket_dir.clone(),
     };
     let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
@@ -148,7 +148,7 @@ pub fn run(
             }
         }
         if registered {
-            crate::jobs_cli::unregister_instance(&**s, &instance);
+            crate::db::unregister_instance(&**s, &instance);
         }
         // How well group commit shared transactions (`--log-level turnstile::store=debug`).
         let (writes, transactions) = turnstile_engine::store::Store::write_counts(&**s);
@@ -162,7 +162,7 @@ pub fn run(
     code
 }
 
-/// Opens the job store when one is needed (see [`crate::jobs_cli::open_for_run`]). Once
+/// Opens the job store when one is needed (see [`crate::db::open_for_run`]). Once
 /// the store turns out to be unreachable (the first attempt failed), the bound sidecar
 /// answers the probes while it is awaited: not ready, and the last reason. A store that
 /// opens at once leaves the port alone (connections wait in the backlog, as for any start).
@@ -175,7 +175,7 @@ fn open_store(
 ) -> anyhow::Result<Option<Arc<dyn turnstile_engine::store::Store>>> {
     let why = Arc::new(std::sync::Mutex::new(String::new()));
     let starting = std::sync::Mutex::new(None);
-    let store = crate::jobs_cli::open_for_run(&args.store, registry, instance, &|reason: &str| {
+    let store = crate::db::open_for_run(&args.store, registry, instance, &|reason: &str| {
         *why.lock().unwrap_or_else(|e| e.into_inner()) =
             format!("waiting for the job store: {reason}");
         let mut starting = starting.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,6 +25,7 @@
 //! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
 //! (live instances), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
 
+mod add;
 mod error;
 mod instances;
 mod jobs;
