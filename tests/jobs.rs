@@ -189,26 +189,6 @@ fn simple_worker_processes_every_job_including_late_ones() {
     assert_eq!(by_status.values().filter(|s| *s == "pending").count(), 1);
 }
 
-/// A statemachine-engine-style worker that completes its jobs.
-const WORKER: &str = r#"
-initial_state: waiting
-metadata:
-  machine_name: worker
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: waiting, event: job_completed}
-  - {from: processing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-"#;
-
 /// The test's own view of the workers' database (no lease renewal: it claims nothing).
 fn open_store(db: &Path) -> SqliteStore {
     SqliteStore::open_with(
@@ -294,7 +274,7 @@ fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
     let config = dir.path().join("worker.yaml");
-    std::fs::write(&config, WORKER).unwrap();
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
     let n = 5000;
     seed(&db, n, "j");
     let mut workers: Vec<Proc> = (0..4).map(|_| worker(&config, &db, &[])).collect();
@@ -323,31 +303,6 @@ fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
     eprintln!("4 workers: {n} jobs in {took:?} ({rate:.0} jobs/s), per worker {per_worker:?}");
 }
 
-/// A worker whose job takes a while (so that kills land mid-job).
-const SLOW_WORKER: &str = r#"
-initial_state: waiting
-metadata:
-  machine_name: slow_worker
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: finishing, event: done}
-  - {from: finishing, to: waiting, event: job_completed}
-  - {from: finishing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: sleep
-      duration: 0.15
-      success: done
-  finishing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-"#;
-
 fn leased_pids(db: &Path) -> Vec<u32> {
     let s = open_store(db);
     s.list_jobs(&ListJobs {
@@ -365,7 +320,7 @@ fn workers_killed_mid_job_20_times_lose_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chaos.db");
     let config = dir.path().join("slow.yaml");
-    std::fs::write(&config, SLOW_WORKER).unwrap();
+    std::fs::write(&config, kit::config::slow_job_worker(0.15)).unwrap();
     let n = 150;
     seed(&db, n, "c");
     let extra = ["--job-lease", "1", "--job-max-attempts", "100"];
@@ -428,7 +383,7 @@ fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
     add("sme-1");
     let db = dir.path().join("data/pipeline.db");
     let config = dir.path().join("worker.yaml");
-    std::fs::write(&config, WORKER).unwrap();
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
     let mut w = worker(&config, &db, &[]);
     wait_all_completed(&db, 1, "first python job", std::slice::from_mut(&mut w));
     // While Turnstile waits, statemachine-engine adds another to the same file.
@@ -928,7 +883,7 @@ fn a_stopping_worker_gives_its_unfinished_job_back_at_once() {
     let config = dir.path().join("slow.yaml");
     std::fs::write(
         &config,
-        WORKER.replace(
+        kit::config::JOB_WORKER.replace(
             "    - type: complete_job",
             "    - type: bash\n      command: sleep 60\n      success: job_completed\n    - type: complete_job",
         ),

@@ -48,51 +48,6 @@ fn num(server: &Server, url: &str, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: not a number ({e}): {out}"))
 }
 
-/// A worker that completes its jobs at once.
-const WORKER: &str = r#"
-initial_state: waiting
-metadata:
-  machine_name: worker
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: waiting, event: job_completed}
-  - {from: processing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-"#;
-
-/// A worker whose job takes a while (so that kills and the restart land mid-job).
-const SLOW_WORKER: &str = r#"
-initial_state: waiting
-metadata:
-  machine_name: slow_worker
-transitions:
-  - {from: waiting, to: processing, event: new_job}
-  - {from: processing, to: finishing, event: done}
-  - {from: finishing, to: waiting, event: job_completed}
-  - {from: finishing, to: waiting, event: job_done_elsewhere}
-actions:
-  waiting:
-    - type: check_database_queue
-      job_type: task
-  processing:
-    - type: sleep
-      duration: 0.1
-      success: done
-  finishing:
-    - type: complete_job
-      job_id: "{id}"
-      success: job_completed
-      error: job_done_elsewhere
-"#;
-
 /// `turnstile run CONFIG --db URL EXTRA` with its sidecar on a free port; job records at
 /// info, the rest at warn.
 fn worker(config: &Path, url: &str, extra: &[&str]) -> Proc {
@@ -200,7 +155,7 @@ fn four_worker_processes_complete_each_of_5000_jobs_exactly_once() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.yaml");
-    std::fs::write(&config, WORKER).unwrap();
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
     let mut workers: Vec<Proc> = (0..4).map(|_| worker(&config, &url, &[])).collect();
     let addrs: Vec<SocketAddr> = workers.iter_mut().map(|w| w.sidecar_addr(LIMIT)).collect();
     let t0 = Instant::now();
@@ -292,7 +247,7 @@ fn workers_killed_mid_job_20_times_lose_no_job() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("slow.yaml");
-    std::fs::write(&config, SLOW_WORKER).unwrap();
+    std::fs::write(&config, kit::config::slow_job_worker(0.1)).unwrap();
     let n = 400;
     add_jobs(&url, (0..n).map(|i| format!("c{i}")).collect(), 1);
     // Short enough to finish soon after the last kill, long enough (renewed every
@@ -345,7 +300,7 @@ fn a_server_restart_loses_no_job_and_the_workers_carry_on_by_themselves() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("slow.yaml");
-    std::fs::write(&config, SLOW_WORKER).unwrap();
+    std::fs::write(&config, kit::config::slow_job_worker(0.1)).unwrap();
     let n = 200;
     add_jobs(&url, (0..n).map(|i| format!("r{i}")).collect(), 1);
     let lease = 5;
@@ -449,7 +404,7 @@ fn bad_settings_at_start_exit_with_clear_errors_and_no_password() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.yaml");
-    std::fs::write(&config, WORKER).unwrap();
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
     let cfg = config.display().to_string();
     let port = server.port();
     let secret = "wrong-pw-7f3a9";
@@ -550,7 +505,7 @@ fn a_second_live_process_with_the_same_instance_id_is_refused() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.yaml");
-    std::fs::write(&config, WORKER).unwrap();
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
     let cfg = config.display().to_string();
 
     let mut first = worker(&config, &url, &["--instance-id", "pg-same"]);
