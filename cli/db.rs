@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::TypedValueParser;
 use clap::Args;
 use turnstile_engine::instance::Instance;
-use turnstile_engine::store::{Location, StateStore, Store, StoreError, StoreOptions, SyncMode};
+use turnstile_engine::store::{
+    Location, StateStore, Store, StoreError, StoreOptions, SyncMode, DEFAULT_POOL_SIZE,
+};
 use turnstile_engine::ActionRegistry;
 
 /// The database file when neither `--db` nor `TURNSTILE_DB` says.
@@ -92,6 +95,17 @@ pub struct RunStoreArgs {
         value_name = "SECS"
     )]
     pub db_wait: f64,
+    /// PostgreSQL: connections each of the store's two pools opens at most (one pool
+    /// claims jobs, the other does everything else; one more connection listens for
+    /// notifications), so a process holds at most 2 × N + 1. Ignored on SQLite.
+    #[arg(
+        long,
+        env = "TURNSTILE_DB_POOL",
+        default_value_t = DEFAULT_POOL_SIZE,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from)
+    )]
+    pub db_pool: usize,
     /// Save each machine's state and context after every transition (plus a transition
     /// record) in the store, and start each machine in its saved state.
     #[arg(long)]
@@ -219,6 +233,7 @@ pub fn open_for_run(
         sync: args.db.db_sync.into(),
         owner: Some(instance.owner()),
         instance_id: Some(instance.id().to_owned()),
+        pool_size: args.db_pool,
         ..StoreOptions::default()
     };
     let location = args.db.location()?;

@@ -531,3 +531,67 @@ fn a_second_live_process_with_the_same_instance_id_is_refused() {
     assert!(st.success(), "{}", first.log());
     assert_eq!(num(server, &url, rows), 0);
 }
+
+/// The most connections named `app` that the server holds while `busy` runs (sampled
+/// every 10 ms).
+fn most_connections(server: &Server, url: &str, app: &str, busy: impl FnOnce()) -> i64 {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(num(server, url, &sql));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most.max(num(server, url, &sql))
+        });
+        busy();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        counter.join().unwrap()
+    })
+}
+
+#[test]
+fn db_pool_bounds_the_connections_of_a_process() {
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, kit::config::JOB_WORKER).unwrap();
+    // The process names its connections, so that they can be counted.
+    let named = |app: &str| format!("{url}?application_name={app}");
+    // 16 clients adding jobs over HTTP at once, 25 each.
+    let load = |addr: SocketAddr, tag: &str| {
+        std::thread::scope(|s| {
+            for c in 0..16 {
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let body = json!({"job_type": "task", "job_id": format!("{tag}-{c}-{i}")});
+                        let (status, answer) = http(addr, "POST", "/jobs", &body.to_string());
+                        assert_eq!(status, 201, "{answer}");
+                    }
+                });
+            }
+        });
+    };
+    let mut seen = Vec::new();
+    for (app, pool) in [("pool-two", Some("2")), ("pool-default", None)] {
+        let extra: Vec<&str> = pool.map(|n| vec!["--db-pool", n]).unwrap_or_default();
+        let mut w = worker(&config, &named(app), &extra);
+        let addr = w.sidecar_addr(LIMIT);
+        kit::wait_until("ready", LIMIT, || readyz(addr).0 == 200);
+        seen.push(most_connections(server, &url, app, || load(addr, app)));
+        w.signal("TERM");
+        let (st, _) = w.finish(LIMIT);
+        assert!(st.success(), "{}", w.log());
+    }
+    // Two per pool and the listener; without the flag the adds open more than that.
+    eprintln!("connections at most, --db-pool 2 and the default: {seen:?}");
+    assert!((1..=5).contains(&seen[0]), "--db-pool 2: {seen:?}");
+    assert!(
+        seen[1] > 5,
+        "the default pool ({seen:?}) should have opened more"
+    );
+    assert_eq!(num(server, &url, "SELECT count(*) FROM jobs"), 800);
+}

@@ -52,7 +52,7 @@ pub use claim_loss::ClaimLoss;
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use location::{open, Location};
-pub use options::{new_job_id, owner_id, StoreOptions, SyncMode};
+pub use options::{new_job_id, owner_id, StoreOptions, SyncMode, DEFAULT_POOL_SIZE};
 pub use persist::Persister;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

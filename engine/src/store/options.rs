@@ -29,7 +29,13 @@ pub struct StoreOptions {
     /// The instance id written with every saved machine state (`machine_state.instance_id`;
     /// [`crate::instance::Instance::id`]); `None`: none written.
     pub instance_id: Option<String>,
+    /// PostgreSQL: connections each of the store's two pools (claims, everything else)
+    /// opens at most. Default [`DEFAULT_POOL_SIZE`]. SQLite ignores it.
+    pub pool_size: usize,
 }
+
+/// [`StoreOptions::pool_size`] by default.
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +63,7 @@ impl Default for StoreOptions {
             renew: true,
             owner: None,
             instance_id: None,
+            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 }

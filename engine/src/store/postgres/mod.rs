@@ -50,9 +50,6 @@ use crate::store::{JobStore, StateStore};
 use crate::store::{Store, StoreError, StoreOptions};
 use error::pool_error;
 
-/// Connections the pool keeps at most.
-pub const POOL_SIZE: usize = 16;
-
 /// How long a connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -346,7 +343,7 @@ impl PgStore {
     }
 }
 
-/// A pool of at most [`POOL_SIZE`] connections to `config`.
+/// A pool of at most [`StoreOptions::pool_size`] connections to `config`.
 fn build_pool(config: tokio_postgres::Config, opts: &StoreOptions) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config,
@@ -356,7 +353,7 @@ fn build_pool(config: tokio_postgres::Config, opts: &StoreOptions) -> Result<Poo
         },
     );
     Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(opts.pool_size.max(1))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(opts.busy_timeout))
         .create_timeout(Some(CONNECT_TIMEOUT))
