@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnstile_engine::instance::Instance;
+use turnstile_exporter::server::web::WebConfig;
 use turnstile_exporter::server::SidecarConfig;
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
 use turnstile_exporter::telemetry::TelemetryConfig;
@@ -164,8 +165,17 @@ pub struct ServeArgs {
     /// Refuse every write (POST) with 403; reads stay open.
     #[arg(long)]
     read_only: bool,
+    /// TLS, basic auth and response headers from a web configuration file in the format
+    /// of Prometheus's exporter-toolkit (tls_server_config, basic_auth_users,
+    /// http_server_config.headers); re-read when it or its certificate files change.
+    #[arg(long, env = "TURNSTILE_WEB_CONFIG", value_name = "FILE")]
+    web_config: Option<PathBuf>,
+    /// With basic_auth_users in --web-config, the health endpoints (/healthz, /readyz,
+    /// /-/healthy, /-/ready) need credentials too (they are open for probes otherwise).
+    #[arg(long, requires = "web_config")]
+    health_needs_auth: bool,
     /// Do not start the HTTP sidecar.
-    #[arg(long, conflicts_with_all = ["strict_port", "token", "read_only", "keep_serving"])]
+    #[arg(long, conflicts_with_all = ["strict_port", "token", "read_only", "keep_serving", "web_config"])]
     no_sidecar: bool,
     /// Keep the sidecar serving after every machine has stopped, until SIGINT/SIGTERM (to
     /// read the final metrics, traces and errors).
@@ -249,11 +259,17 @@ impl ServeArgs {
             Some(t) => Some(t.trim().to_owned()),
             None => None,
         };
+        let web = match &self.web_config {
+            Some(path) => Some(WebConfig::load(path).map_err(|e| format!("--web-config {e}"))?),
+            None => None,
+        };
         Ok(Some(SidecarConfig {
             listen: self.listen,
             strict_port: self.strict_port,
             token,
             read_only: self.read_only,
+            web,
+            health_needs_auth: self.health_needs_auth,
             ..SidecarConfig::default()
         }))
     }

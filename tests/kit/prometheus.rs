@@ -25,13 +25,20 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` every second and waits until it is ready. A
     /// port taken between choosing it and binding it is retried with another.
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, "")
+    }
+
+    /// [`Prometheus::start`] with more keys in the scrape config (`scheme`, `tls_config`,
+    /// `basic_auth`, ...; YAML at the job's indentation, four spaces, each line ending
+    /// with a newline).
+    pub fn start_with(target: SocketAddr, scrape: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for prometheus");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: turnstile\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: turnstile\n{scrape}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("write prometheus.yml");

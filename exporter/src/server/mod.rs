@@ -51,6 +51,7 @@ pub mod response;
 mod routes;
 mod starting;
 mod state;
+pub mod web;
 mod write;
 
 use std::convert::Infallible;
@@ -103,6 +104,11 @@ pub struct SidecarConfig {
     pub jobs: Option<std::sync::Arc<dyn turnstile_engine::store::JobStore>>,
     /// What `POST /-/reload` reloads (501 without it).
     pub reloader: Option<turnstile_engine::reload::ConfigReloader>,
+    /// TLS, basic auth and response headers (`--web-config`); `None`: plain HTTP, open
+    /// reads.
+    pub web: Option<Arc<web::WebConfig>>,
+    /// With basic auth configured, the health endpoints need credentials too.
+    pub health_needs_auth: bool,
 }
 
 impl Default for SidecarConfig {
@@ -115,6 +121,8 @@ impl Default for SidecarConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             jobs: None,
             reloader: None,
+            web: None,
+            health_needs_auth: false,
         }
     }
 }
@@ -220,6 +228,7 @@ pub struct Bound {
     listener: Arc<TcpListener>,
     config: SidecarConfig,
     addr: SocketAddr,
+    gate: Option<Arc<web::Gate>>,
 }
 
 impl Bound {
@@ -228,6 +237,17 @@ impl Bound {
     pub async fn bind(config: SidecarConfig) -> io::Result<Self> {
         let listener = bind(&config).await?;
         let addr = listener.local_addr()?;
+        let gate = config.web.clone().map(|w| {
+            Arc::new(web::Gate::new(
+                w,
+                config.token.is_some(),
+                config.health_needs_auth,
+            ))
+        });
+        let scheme = match &gate {
+            Some(g) if g.web.current().tls.is_some() => "https",
+            _ => "http",
+        };
         // Logged now: the port takes connections from here on (they wait in the backlog
         // until `serve`), and the line comes before anything the machines log.
         tracing::info!(
@@ -235,9 +255,12 @@ impl Bound {
             addr = %addr,
             read_only = config.read_only,
             token = config.token.is_some(),
-            "sidecar listening on http://{addr}"
+            "sidecar listening on {scheme}://{addr}"
         );
-        if !addr.ip().is_loopback() && config.token.is_none() && !config.read_only {
+        let basic_auth = gate
+            .as_ref()
+            .is_some_and(|g| !g.web.current().users.is_empty());
+        if !addr.ip().is_loopback() && config.token.is_none() && !config.read_only && !basic_auth {
             tracing::warn!(
                 target: "turnstile::sidecar",
                 addr = %addr,
@@ -248,6 +271,7 @@ impl Bound {
             listener: Arc::new(listener),
             config,
             addr,
+            gate,
         })
     }
 
@@ -265,6 +289,7 @@ impl Bound {
                 async move { starting::handle(&req, &*why) }
             },
             stop_rx,
+            self.gate.clone(),
         ));
         Starting { stop, task }
     }
@@ -290,6 +315,7 @@ impl Bound {
             listener,
             config,
             addr,
+            gate,
         } = self;
         let state = Arc::new(state::State {
             engine,
@@ -307,6 +333,7 @@ impl Bound {
             listener,
             move |req| routes::handle(state.clone(), req),
             stop_rx,
+            gate,
         ));
         Sidecar {
             addr,
@@ -339,9 +366,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts connections on `listener` and answers each request with `handle` until a stop
-/// is asked for; then lets requests in flight finish (up to [`SHUTDOWN_GRACE`]).
-async fn accept_loop<H, F>(listener: Arc<TcpListener>, handle: H, mut stop: watch::Receiver<bool>)
-where
+/// is asked for; then lets requests in flight finish (up to [`SHUTDOWN_GRACE`]). With a
+/// `gate`, a connection speaks TLS when the web config says so, and each request passes
+/// the gate first.
+async fn accept_loop<H, F>(
+    listener: Arc<TcpListener>,
+    handle: H,
+    mut stop: watch::Receiver<bool>,
+    gate: Option<Arc<web::Gate>>,
+) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<response::Body>> + Send + 'static,
 {
@@ -363,25 +396,25 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let gate = gate.clone();
         budget.admit(|slot| {
             conns.spawn(async move {
                 let io = conn::Tracked::new(stream, slot.progress(), WRITE_TIMEOUT);
                 let _slot = slot;
-                let service = service_fn(move |req| {
-                    let answer = handle(req);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(io), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = stopped(&mut stop) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                let tls = gate.as_ref().and_then(|g| g.web.current().tls.clone());
+                let result = match tls {
+                    None => connection(io, handle, stop, gate).await,
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
+                            Ok(Ok(io)) => connection(io, handle, stop, gate).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(target: "turnstile::sidecar", peer = %peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
                     }
                 };
                 if let Err(e) = result {
@@ -402,5 +435,49 @@ where
             "requests still running after {SHUTDOWN_GRACE:?}; closing them"
         );
         conns.abort_all();
+    }
+}
+
+/// Serves one connection's requests (plain or TLS) until it ends or a stop is asked for.
+async fn connection<IO, H, F>(
+    io: IO,
+    handle: H,
+    mut stop: watch::Receiver<bool>,
+    gate: Option<Arc<web::Gate>>,
+) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<response::Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handle = handle.clone();
+        let gate = gate.clone();
+        async move {
+            let Some(gate) = gate else {
+                return Ok::<_, Infallible>(handle(req).await);
+            };
+            let settings = gate.web.current();
+            let mut answer = match gate.admit(&settings, &req).await {
+                Ok(()) => handle(req).await,
+                Err(refused) => refused,
+            };
+            for (name, value) in &settings.headers {
+                answer.headers_mut().insert(name.clone(), value.clone());
+            }
+            Ok(answer)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
