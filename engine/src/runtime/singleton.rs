@@ -309,6 +309,9 @@ pub(crate) async fn supervise(engine: impl Host, cfg: Arc<Singletons>, slot: Arc
             cfg.holder().to_owned(),
         );
         let released = blocking(move || store.release_lease(&name, &holder, epoch)).await;
+        if let Some(Ok(false)) = released {
+            tracing::warn!(target: "turnstile::singleton", machine = %slot.name, epoch, "the store refused this copy's write under epoch {epoch}: the lease moved on (another process holds it)");
+        }
         if let Some(Err(e)) = released {
             tracing::warn!(target: "turnstile::singleton", machine = %slot.name, epoch, "cannot release the lease ({e}): another process takes over when it expires");
         }
