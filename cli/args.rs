@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// (in Kubernetes, the pod name), shared by processes on one host and not checked.
     #[arg(long, env = "TURNSTILE_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
+    /// Run machine NAME as a singleton (as `metadata.singleton: true` does): of the
+    /// processes sharing the store, exactly one runs it, holding a lease (--job-lease);
+    /// the others stand by and take over from its saved state. Repeatable.
+    #[arg(long = "singleton", value_name = "NAME")]
+    pub singletons: Vec<String>,
     /// The HTTP sidecar and telemetry.
     #[command(flatten)]
     pub serve: ServeArgs,

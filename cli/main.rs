@@ -12,6 +12,7 @@ mod diagram;
 mod jobs_cli;
 mod logging;
 mod run;
+mod singleton;
 mod validate;
 
 use std::path::PathBuf;

@@ -42,12 +42,14 @@ struct RunOptions {
     persist: Option<turnstile_engine::store::Persister>,
     /// `--socket-dir`: a Unix socket per machine there.
     sockets: Option<PathBuf>,
+    /// The singleton machines' lease store and persister (see [`crate::singleton`]).
+    singletons: Option<turnstile_engine::runtime::singleton::Singletons>,
 }
 
 /// `turnstile run`. `plugin_errors` are the `--plugins` libraries that failed to load,
 /// reported to the telemetry as errors.
 pub fn run(
-    args: RunArgs,
+    mut args: RunArgs,
     instance: Instance,
     registry: &ActionRegistry,
     plugin_errors: &[String],
@@ -59,6 +61,7 @@ pub fn run(
     let Some(defs) = load_all(&args.configs, args.machine_name.as_deref(), registry) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
+    let has_singletons = crate::singleton::check(&mut args, &defs)?;
     tracing::info!(target: "turnstile::run", incarnation = instance.incarnation(), "instance {}", instance.id());
     let stop_timeout = Duration::try_from_secs_f64(args.stop_timeout)
         .context("--stop-timeout must be a number of seconds")?;
@@ -125,14 +128,20 @@ pub fn run(
     if let Some(s) = &job_store {
         rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
     }
+    let persist = crate::db::persister(&args.store, job_store.as_ref());
+    let singletons = match (&job_store, has_singletons) {
+        (Some(store), true) => Some(crate::singleton::config(&args, store, persist.as_ref())?),
+        _ => None,
+    };
     let opts = RunOptions {
         reload,
         queue_capacity: args.queue_capacity,
         stop_timeout,
         keep_serving: args.serve.keep_serving && bound.is_some(),
         bound,
-        persist: crate::db::persister(&args.store, job_store.as_ref()),
+        persist,
         sockets: args.store.socket_dir.clone(),
+        singletons,
     };
     let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
     if let Some(s) = &job_store {
@@ -261,6 +270,9 @@ async fn run_machines(
     let mut builder = Engine::builder().queue_capacity(opts.queue_capacity);
     if let Some(p) = &opts.persist {
         builder = builder.persist(p.clone());
+    }
+    if let Some(s) = &opts.singletons {
+        builder = builder.singletons(s.clone());
     }
     let engine = telemetry.install(builder, plugins);
     // The sidecar was bound before any machine runs and serves once every machine is

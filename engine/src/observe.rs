@@ -209,6 +209,9 @@ pub enum StopReason {
     Shutdown,
     /// A config reload removed it.
     Removed,
+    /// A singleton's lease tenure ended (its deadline passed unrenewed, or another
+    /// process took the lease over): this copy stopped, the process stands by.
+    LeaseLost,
 }
 
 /// Receives everything the runtime does. Every method has an empty default.

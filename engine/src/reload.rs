@@ -474,6 +474,9 @@ impl Reloader {
                 format!("its state `{removed}` was removed: now in `{state}`")
             }
             ReloadOutcome::Started { .. } => "started".to_owned(),
+            ReloadOutcome::Standby { .. } => {
+                "a singleton on standby here: runs it when it takes over".to_owned()
+            }
         };
         tracing::info!(
             target: "turnstile::reload",

@@ -1416,3 +1416,25 @@ actions:
         );
     }
 }
+
+#[test]
+fn metadata_singleton_is_a_boolean() {
+    let ok = load(
+        "metadata:\n  machine_name: c\n  singleton: true\ntransitions:\n  - {from: waiting, to: done, event: go}\n",
+    );
+    assert!(ok.diagnostics.is_empty(), "{}", dump(&ok));
+    assert!(ok.def.as_ref().is_some_and(|d| d.singleton));
+    let plain = load("transitions:\n  - {from: waiting, to: done, event: go}\n");
+    assert!(plain.def.as_ref().is_some_and(|d| !d.singleton));
+    let bad = load(
+        "metadata:\n  singleton: yes\ntransitions:\n  - {from: waiting, to: done, event: go}\n",
+    );
+    only(
+        &bad,
+        Severity::Error,
+        "wrong-type",
+        (2, 14),
+        "`metadata.singleton` must be a boolean, found a string",
+        "singleton: true",
+    );
+}

@@ -83,6 +83,7 @@ contract!(
     concurrent_registrations_of_one_instance_id_admit_one,
     the_renewal_thread_heartbeats_a_registered_instance,
     saved_states_name_the_instance_that_saved_them,
+    a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
 );
 
 fn job(t: &str) -> NewJob {
@@ -891,4 +892,81 @@ fn saved_states_name_the_instance_that_saved_them(b: &Backend) {
         .save_state("one", "c", &ctx)
         .unwrap();
     assert_eq!(s.load_state("one").unwrap().unwrap().instance_id, None);
+}
+
+fn a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes(b: &Backend) {
+    use turnstile_engine::store::Acquired;
+    let lease = Duration::from_millis(300);
+    let (a, c) = (b.open(no_renew(300)), b.open(no_renew(300)));
+    // Acquire: free, epoch 1; the other holder is refused while it lasts.
+    assert_eq!(
+        a.acquire_lease("m", "A", lease).unwrap(),
+        Acquired::Held { epoch: 1 }
+    );
+    match c.acquire_lease("m", "C", lease).unwrap() {
+        Acquired::Taken {
+            holder,
+            epoch,
+            expires_in,
+        } => {
+            assert_eq!((holder.as_str(), epoch), ("A", 1));
+            assert!(expires_in <= lease, "{expires_in:?}");
+        }
+        other => panic!("taken by A, got {other:?}"),
+    }
+    // Renew: only the holder under its epoch.
+    assert!(a.renew_lease("m", "A", 1, lease).unwrap());
+    assert!(!c.renew_lease("m", "C", 1, lease).unwrap());
+    assert!(!a.renew_lease("m", "A", 2, lease).unwrap());
+    // Fenced writes pass while the epoch holds.
+    a.fence("m", 1);
+    let ctx = serde_json::Map::new();
+    a.save_state("m", "s1", &ctx).unwrap();
+    // Takeover after expiry moves the epoch on.
+    std::thread::sleep(lease + Duration::from_millis(100));
+    assert_eq!(
+        c.acquire_lease("m", "C", lease).unwrap(),
+        Acquired::Held { epoch: 2 }
+    );
+    c.fence("m", 2);
+    c.save_state("m", "s2", &ctx).unwrap();
+    // The stale holder: renewal refused, its writes refused (state and batch), nothing
+    // of it written; its release refused.
+    assert!(!a.renew_lease("m", "A", 1, lease).unwrap());
+    let refused = a.save_state("m", "stale", &ctx).unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Fenced { machine, epoch: 1 } if machine == "m"),
+        "{refused}"
+    );
+    let mut states = turnstile_engine::store::SavedStates::new();
+    states.insert("m".into(), ("stale".into(), ctx.clone()));
+    states.insert("other".into(), ("free".into(), ctx.clone()));
+    let err = a.persist_batch(&states, &[]).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(
+        a.load_state("m").unwrap().unwrap().current_state.as_deref(),
+        Some("s2")
+    );
+    // An unfenced machine of the same batch was written.
+    assert_eq!(
+        a.load_state("other")
+            .unwrap()
+            .unwrap()
+            .current_state
+            .as_deref(),
+        Some("free")
+    );
+    assert!(!a.release_lease("m", "A", 1).unwrap());
+    // Release by the holder frees it at once: taken again with the next epoch.
+    assert!(c.release_lease("m", "C", 2).unwrap());
+    assert_eq!(
+        a.acquire_lease("m", "A", lease).unwrap(),
+        Acquired::Held { epoch: 3 }
+    );
+    let leases = a.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].holder.as_deref(), leases[0].epoch),
+        (Some("A"), 3)
+    );
 }

@@ -517,6 +517,7 @@ pub fn compile(
         context_maps,
         plugins: spec.plugins.iter().map(|p| p.value.clone()).collect(),
         content_hash,
+        singleton: spec.singleton,
     })
 }
 

@@ -109,6 +109,8 @@ pub struct MachineSpec {
     pub metadata: Map<String, Json>,
     /// `plugins:`: plugin files or directories named by the config.
     pub plugins: Vec<Located<String>>,
+    /// `metadata.singleton` (a boolean; default false).
+    pub singleton: bool,
 }
 
 impl Default for Located<String> {
@@ -244,6 +246,20 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
                         let mkey = mk.scalar_text().unwrap_or_default();
                         if mkey == "machine_name" {
                             name_from_meta = expect_str(d, mv, "`metadata.machine_name`");
+                        }
+                        if mkey == "singleton" {
+                            match mv.value {
+                                Value::Bool(b) => spec.singleton = b,
+                                _ => d.error(
+                                    "wrong-type",
+                                    mv.loc,
+                                    format!(
+                                        "`metadata.singleton` must be a boolean, found {}",
+                                        mv.value.type_name()
+                                    ),
+                                    Some("write `singleton: true` or `singleton: false`".into()),
+                                ),
+                            }
                         }
                         spec.metadata.insert(mkey, mv.to_json());
                     }

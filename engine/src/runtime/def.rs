@@ -111,6 +111,9 @@ pub struct MachineDef {
     pub plugins: Vec<String>,
     /// Hash of the source text (for reload decisions and `/stats`).
     pub content_hash: u64,
+    /// `metadata.singleton: true`: one process of those sharing a store runs it
+    /// ([`crate::runtime::singleton`]).
+    pub singleton: bool,
 }
 
 impl MachineDef {

@@ -1,7 +1,7 @@
 //! The engine: hosts many machines in one process, routes events between them and
 //! reports through one [`Observer`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,8 @@ use super::def::MachineDef;
 use super::event::Event;
 use super::machine::{Control, Machine, Reloaded, Shared};
 use super::router::{DeliverError, Router};
+use super::singleton::{self, Role, SingletonStatus, Singletons, Slot};
+use super::tenure::Tenure;
 use crate::observe::{Observer, StopReason};
 
 /// Default capacity of each machine's event queue.
@@ -34,6 +36,10 @@ pub enum EngineError {
     /// The machine stopped while it was being reloaded.
     #[error("machine `{0}` stopped during the reload")]
     Stopped(String),
+    /// A singleton machine, but the engine has no store for its lease
+    /// ([`EngineBuilder::singletons`]).
+    #[error("machine `{0}` is a singleton: it needs a store for its lease (--db)")]
+    NoLeaseStore(String),
 }
 
 /// What [`Engine::reload`] did.
@@ -61,6 +67,12 @@ pub enum ReloadOutcome {
         /// Its id.
         id: usize,
     },
+    /// A singleton on standby in this process: it runs the new definition when it takes
+    /// over.
+    Standby {
+        /// Its id.
+        id: usize,
+    },
 }
 
 /// Why an event could not be delivered.
@@ -81,11 +93,21 @@ pub enum SendError {
 pub struct EngineBuilder {
     observer: Option<Arc<dyn Observer>>,
     persist: Option<crate::store::Persister>,
+    singletons: Option<Singletons>,
     queue_capacity: usize,
     livelock_limit: u32,
 }
 
 impl EngineBuilder {
+    /// Runs singleton machines (`metadata.singleton: true`, or named in
+    /// [`Singletons::names`]) under a lease in `s.store`: one process of those sharing the
+    /// store runs each (see [`super::singleton`]).
+    #[must_use]
+    pub fn singletons(mut self, s: Singletons) -> Self {
+        self.singletons = Some(s);
+        self
+    }
+
     /// Attaches the observer that receives every report (one per engine).
     #[must_use]
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -129,6 +151,9 @@ impl EngineBuilder {
                 queue_capacity: self.queue_capacity,
                 livelock_limit: self.livelock_limit,
                 persist: self.persist,
+                singletons: self.singletons.map(Arc::new),
+                slots: Arc::new(RwLock::new(Vec::new())),
+                next_id: AtomicUsize::new(0),
             }),
         }
     }
@@ -145,6 +170,11 @@ struct Inner {
     queue_capacity: usize,
     livelock_limit: u32,
     persist: Option<crate::store::Persister>,
+    singletons: Option<Arc<Singletons>>,
+    /// The singletons' supervisors (shared with every [`EngineStatus`]).
+    slots: Arc<RwLock<Vec<Arc<Slot>>>>,
+    /// The next machine id.
+    next_id: AtomicUsize,
 }
 
 /// Counts a machine task as running until it ends, however it ends (a panic included).
@@ -176,6 +206,7 @@ impl std::fmt::Debug for Engine {
 #[derive(Clone)]
 pub struct EngineStatus {
     machines: Arc<RwLock<Vec<Arc<Shared>>>>,
+    slots: Arc<RwLock<Vec<Arc<Slot>>>>,
 }
 
 impl std::fmt::Debug for EngineStatus {
@@ -194,6 +225,16 @@ impl EngineStatus {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|s| status_of(s))
+            .collect()
+    }
+
+    /// The singleton machines and their role in this process, in start order.
+    pub fn singletons(&self) -> Vec<SingletonStatus> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.status())
             .collect()
     }
 
@@ -250,6 +291,7 @@ impl Engine {
         EngineBuilder {
             observer: None,
             persist: None,
+            singletons: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             livelock_limit: DEFAULT_LIVELOCK_LIMIT,
         }
@@ -263,8 +305,120 @@ impl Engine {
 
     /// Starts several machines that may talk to each other: every one is reachable by name
     /// before any of them runs its first action. Returns their ids; on an error none starts.
+    /// Singletons ([`EngineBuilder::singletons`]) are not started but supervised: each
+    /// runs once this process takes its lease; their ids are the supervisors'.
     pub fn spawn_all(&self, defs: Vec<Arc<MachineDef>>) -> Result<Vec<usize>, EngineError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        let (singles, defs): (Vec<_>, Vec<_>) =
+            defs.into_iter().partition(|d| self.is_singleton(d));
+        if let Some(d) = singles.iter().find(|_| self.inner.singletons.is_none()) {
+            return Err(EngineError::NoLeaseStore(d.name.to_string()));
+        }
+        for (i, d) in singles.iter().enumerate() {
+            let clash = self
+                .inner
+                .router
+                .sender(&d.name)
+                .is_some_and(|t| !t.is_closed())
+                || self.supervised(&d.name).is_some()
+                || singles[..i].iter().any(|o| o.name == d.name)
+                || defs.iter().any(|o| o.name == d.name);
+            if clash {
+                return Err(EngineError::DuplicateName(d.name.to_string()));
+            }
+        }
+        let mut ids = self.spawn_plain(&handle, defs)?;
+        for def in singles {
+            ids.push(self.supervise(&handle, def));
+        }
+        Ok(ids)
+    }
+
+    fn is_singleton(&self, def: &MachineDef) -> bool {
+        def.singleton
+            || self
+                .inner
+                .singletons
+                .as_ref()
+                .is_some_and(|s| s.covers(def))
+    }
+
+    /// The supervisor of the singleton `name`, while it competes for the lease.
+    fn supervised(&self, name: &str) -> Option<Arc<Slot>> {
+        self.inner
+            .slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| &*s.name == name && s.role() != Role::Ended)
+            .cloned()
+    }
+
+    /// Starts the supervisor of a singleton; returns its id.
+    fn supervise(&self, handle: &tokio::runtime::Handle, def: Arc<MachineDef>) -> usize {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::new(id, def));
+        self.inner
+            .slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.clone());
+        if let Some(cfg) = self.inner.singletons.clone() {
+            self.inner.running.send_modify(|n| *n += 1);
+            let guard = RunningGuard(self.inner.running.clone());
+            let engine = self.clone();
+            handle.spawn(async move {
+                let _guard = guard;
+                singleton::supervise(engine, cfg, slot).await;
+            });
+        }
+        id
+    }
+
+    /// Registers one machine: reachable by name, in the status list; not running yet.
+    fn register(
+        &self,
+        machines: &mut Vec<Arc<Shared>>,
+        def: Arc<MachineDef>,
+    ) -> Result<Machine, EngineError> {
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        if !self.inner.router.insert(def.name.clone(), tx.clone()) {
+            return Err(EngineError::DuplicateName(def.name.to_string()));
+        }
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            state: def.initial.into(),
+            name: def.name.clone(),
+            def: RwLock::new(def),
+            since_ms: 0.into(),
+            transitions: 0.into(),
+            events: 0.into(),
+            errors: 0.into(),
+            running: true.into(),
+            tx,
+            ctl: ctl_tx,
+            stop_reason: Mutex::new(None),
+            last_context: Mutex::new(None),
+        });
+        machines.push(shared.clone());
+        Ok(Machine::new(
+            shared,
+            rx,
+            ctl_rx,
+            self.inner.router.clone(),
+            self.inner.observer.clone(),
+            self.inner.cancel.child_token(),
+            self.inner.livelock_limit,
+        ))
+    }
+
+    /// Starts machines that are not singletons (see [`Self::spawn_all`]).
+    fn spawn_plain(
+        &self,
+        handle: &tokio::runtime::Handle,
+        defs: Vec<Arc<MachineDef>>,
+    ) -> Result<Vec<usize>, EngineError> {
         let mut machines = self
             .inner
             .machines
@@ -282,7 +436,7 @@ impl Engine {
             }
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(Shared {
-                id: machines.len() + pending.len(),
+                id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
                 state: def.initial.into(),
                 name: def.name.clone(),
                 def: RwLock::new(def),
@@ -357,6 +511,7 @@ impl Engine {
     pub fn status_handle(&self) -> EngineStatus {
         EngineStatus {
             machines: self.inner.machines.clone(),
+            slots: self.inner.slots.clone(),
         }
     }
 
@@ -423,6 +578,11 @@ impl Engine {
     /// its context); when no machine of that name runs, a new one starts.
     pub async fn reload(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
         let name = def.name.to_string();
+        let slot = self.supervised(&name);
+        if let Some(slot) = &slot {
+            // The next tenure runs it; the copy running now (if any) reloads below.
+            *slot.def.write().unwrap_or_else(|e| e.into_inner()) = def.clone();
+        }
         if let Some(shared) = self.running_machine(&name) {
             let (tx, rx) = oneshot::channel();
             if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
@@ -447,6 +607,9 @@ impl Engine {
             }
             // It stopped in the meantime: start the new definition instead.
         }
+        if let Some(slot) = slot {
+            return Ok(ReloadOutcome::Standby { id: slot.id });
+        }
         let id = self.spawn(def)?;
         Ok(ReloadOutcome::Started { id })
     }
@@ -455,6 +618,10 @@ impl Engine {
     /// action is interrupted, the observer is told (`StopReason::Removed`) and the name is
     /// free again. Returns false when no machine of that name was running.
     pub async fn stop_machine(&self, name: &str) -> bool {
+        if let Some(slot) = self.supervised(name) {
+            // Its supervisor ends (after the running copy, if any, stops below).
+            slot.removed.cancel();
+        }
         let Some(shared) = self.running_machine(name) else {
             return false;
         };
@@ -502,6 +669,40 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+impl singleton::Host for Engine {
+    fn cancel_token(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    fn start_tenure(
+        &self,
+        def: Arc<MachineDef>,
+        tenure: Arc<Tenure>,
+        persister: crate::store::Persister,
+        restored: Option<(usize, Map<String, Json>)>,
+    ) -> Result<singleton::Run, String> {
+        let machine = {
+            let mut machines = self
+                .inner
+                .machines
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            self.register(&mut machines, def)
+                .map_err(|e| e.to_string())?
+        };
+        let machine = machine.persisted(persister, restored).tenured(tenure);
+        Ok(Box::pin(machine.run()))
+    }
+
+    fn forget_stopped(&self, name: &str) {
+        self.inner
+            .machines
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| &*s.name != name || s.running.load(Ordering::Acquire));
     }
 }
 

@@ -7,5 +7,7 @@ pub mod engine;
 pub mod event;
 mod machine;
 pub mod router;
+pub mod singleton;
 pub mod template;
+mod tenure;
 pub mod trace;

@@ -35,6 +35,7 @@ pub mod claim_loss;
 mod holds;
 pub mod instances;
 mod job_json;
+pub mod leases;
 mod location;
 mod options;
 pub mod persist;
@@ -51,6 +52,7 @@ use serde_json::{Map, Value as Json};
 pub use claim_loss::ClaimLoss;
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
+pub use leases::{Acquired, LeaseRecord, LeaseStore};
 pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode, DEFAULT_POOL_SIZE};
 pub use persist::Persister;
@@ -107,6 +109,17 @@ pub enum StoreError {
         .0.instance_id, .0.pid, .0.host, .0.age.as_secs()
     )]
     InstanceInUse(Box<LiveInstance>),
+    /// A state write of a singleton machine under an epoch its lease has moved on from
+    /// (another process took the machine over): nothing of that machine was written.
+    #[error(
+        "job store: write of machine `{machine}` refused: its lease moved on from epoch {epoch} (another process runs it now)"
+    )]
+    Fenced {
+        /// The machine.
+        machine: String,
+        /// The epoch the write carried.
+        epoch: i64,
+    },
 }
 
 /// What adding one job did ([`JobStore::add_jobs`]).
@@ -504,8 +517,9 @@ pub struct QueueHealth {
     pub connections: Option<(u64, u64)>,
 }
 
-/// Both halves of a store, and its live instances, as one backend serves them.
-pub trait Store: JobStore + StateStore + InstanceStore {
+/// Both halves of a store, its live instances and its machine leases, as one backend
+/// serves them.
+pub trait Store: JobStore + StateStore + InstanceStore + LeaseStore {
     /// Where the store is, for logs (a URL's password left out).
     fn describe(&self) -> String;
     /// Writes so far and the transactions they took (with group commit, fewer

@@ -118,10 +118,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Errors => errors(state, &req),
         Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
         Handler::Readyz => Ok(readyz(state).await),
-        Handler::Machines => Ok(response::json(
-            StatusCode::OK,
-            &Json::Array(state.engine.status().iter().map(machine_json).collect()),
-        )),
+        Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
         Handler::Jobs => jobs::post_job(state, req).await,
@@ -210,10 +207,15 @@ async fn probe_store(
 async fn readyz(state: &State) -> Response<Body> {
     let status = state.engine.status();
     let mut reasons: Vec<String> = Vec::new();
-    if status.is_empty() {
+    // A singleton on standby is not a machine that failed: it waits to take over.
+    if status.is_empty() && state.engine.status_handle().singletons().is_empty() {
         reasons.push("no machine has been started".to_owned());
     }
-    for m in status.iter().filter(|m| !m.running) {
+    let lost = Some(turnstile_engine::observe::StopReason::LeaseLost);
+    for m in status
+        .iter()
+        .filter(|m| !m.running && m.stop_reason != lost)
+    {
         let why = match m.stop_reason {
             Some(r) => format!(" ({r:?})"),
             None => String::new(),
@@ -261,6 +263,49 @@ async fn readyz(state: &State) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     response::json(code, &body)
+}
+
+/// `/machines`: every machine of the engine; a singleton's entry says its role here
+/// (`holder`), and a singleton this process stands by for is listed too (`standby`, not
+/// running).
+fn machines_json(state: &State) -> Json {
+    let singletons = state.engine.status_handle().singletons();
+    let mut list: Vec<Json> = state
+        .engine
+        .status()
+        .iter()
+        .map(|m| {
+            let mut v = machine_json(m);
+            if let (Some(s), Json::Object(o)) =
+                (singletons.iter().find(|s| s.name == m.name), &mut v)
+            {
+                let role = if m.running {
+                    s.role.as_str()
+                } else {
+                    "standby"
+                };
+                o.insert("singleton".into(), json!({"role": role, "epoch": s.epoch}));
+            }
+            v
+        })
+        .collect();
+    let listed = |name: &str| {
+        list.iter()
+            .any(|v| v.get("name").and_then(Json::as_str) == Some(name))
+    };
+    let standby: Vec<Json> = singletons
+        .iter()
+        .filter(|s| !listed(&s.name))
+        .map(|s| {
+            json!({
+                "name": &*s.name,
+                "running": false,
+                "singleton": {"role": s.role.as_str(), "epoch": s.epoch},
+            })
+        })
+        .collect();
+    list.extend(standby);
+    Json::Array(list)
 }
 
 fn machine_json(m: &MachineStatus) -> Json {

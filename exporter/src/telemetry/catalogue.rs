@@ -337,6 +337,14 @@ pub const MACHINE_STATE: Family = turnstile(
     "1 for the state a machine is in, 0 for its other states",
     &["machine", "state"],
 );
+/// `turnstile_singleton_holder` (read from the engine at scrape time).
+pub const SINGLETON_HOLDER: Family = turnstile(
+    "singleton_holder",
+    Gauge,
+    None,
+    "1 while this process runs a singleton machine (holds its lease), 0 while it stands by",
+    &["machine"],
+);
 /// `process_cpu_seconds_total`.
 pub const PROCESS_CPU: Family = process(
     "process_cpu",
@@ -399,6 +407,7 @@ pub const ALL: &[Family] = &[
     STATE_ENTERED_TIMESTAMP,
     STATE_DURATION,
     EVENT_QUEUE_DEPTH,
+    SINGLETON_HOLDER,
     JOBS,
     JOBS_OLDEST_PENDING_AGE,
     STORE_EVENTS_PENDING,

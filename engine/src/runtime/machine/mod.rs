@@ -22,6 +22,8 @@
 //!  +------------------------------------------------------------------------------------+
 //!
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
+//!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
+//!  before each action; Idle and Waiting wake at its deadline).
 //!  Pause, step, breakpoints (to come): a gate on the edges into Running --> [ Paused ].
 //! ```
 //!
@@ -139,6 +141,10 @@ pub(crate) struct Machine {
     livelock: Livelock,
     measure: Measure,
     persist: Persist,
+    /// The lease tenure of a singleton machine ([`crate::runtime::singleton`]): checked
+    /// before each action, and waited on while the machine parks; when it ends the
+    /// machine stops ([`StopReason::LeaseLost`]).
+    tenure: Option<Arc<crate::runtime::tenure::Tenure>>,
 }
 
 impl Machine {
@@ -175,7 +181,14 @@ impl Machine {
                 to: None,
                 dirty: false,
             },
+            tenure: None,
         }
+    }
+
+    /// Runs only while `tenure` holds (a singleton machine).
+    pub(crate) fn tenured(mut self, tenure: Arc<crate::runtime::tenure::Tenure>) -> Self {
+        self.tenure = Some(tenure);
+        self
     }
 
     /// The definition it runs.
@@ -199,8 +212,9 @@ impl Machine {
         self
     }
 
-    /// Runs the machine until it reaches a final state or the engine shuts down.
-    pub(crate) async fn run(mut self) {
+    /// Runs the machine until it reaches a final state or the engine shuts down; returns
+    /// why it stopped.
+    pub(crate) async fn run(mut self) -> StopReason {
         self.started();
         let mut phase = Phase::Running;
         let reason = loop {
@@ -219,6 +233,7 @@ impl Machine {
         if let Some(reply) = self.stop_reply.take() {
             let _ = reply.send(());
         }
+        reason
     }
 
     /// Saves the state again once its entry actions have run (their context changes).

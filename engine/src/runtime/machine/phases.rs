@@ -14,6 +14,7 @@ use super::timers::sleep_opt;
 use super::Machine;
 use crate::observe::StopReason;
 use crate::runtime::event::Event;
+use crate::runtime::tenure::Tenure;
 
 /// Action-driven events processed back to back before the task yields and lets one
 /// queued external event in.
@@ -96,6 +97,11 @@ impl Machine {
             return Phase::Waiting;
         }
         if self.has_next_action() {
+            if let Some(t) = &self.tenure {
+                if !t.holds() {
+                    return self.lease_lost();
+                }
+            }
             self.step();
             return Phase::Running;
         }
@@ -156,6 +162,7 @@ impl Machine {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Phase::Stopped(StopReason::Shutdown),
+            () = tenure_ended(&self.tenure), if self.tenure.is_some() => self.lease_lost(),
             Some(c) = self.ctl.recv() => match self.control(c) {
                 Some(reason) => Phase::Stopped(reason),
                 None => Phase::Running,
@@ -182,6 +189,22 @@ impl Machine {
         }
     }
 
+    /// A singleton's tenure ended: the machine stops (a waiting action is interrupted by
+    /// the stop: a command's process group is killed).
+    #[cold]
+    fn lease_lost(&mut self) -> Phase {
+        if let Some(t) = &self.tenure {
+            t.lose();
+            tracing::error!(
+                target: "turnstile::singleton",
+                machine = %self.def.name,
+                epoch = t.epoch(),
+                "lease tenure ended (deadline passed or lease taken over): stopping this copy"
+            );
+        }
+        Phase::Stopped(StopReason::LeaseLost)
+    }
+
     /// [`Phase::Yield`]: let other tasks run, then one queued event in. When it changes
     /// state, the chained event (of the state left) is dropped; otherwise it goes next.
     pub(super) async fn yield_to_queue(&mut self) -> Phase {
@@ -202,5 +225,13 @@ impl Machine {
             self.handle(ev);
         }
         Phase::Running
+    }
+}
+
+/// Completes when the tenure ends; never when there is none.
+async fn tenure_ended(t: &Option<std::sync::Arc<Tenure>>) {
+    match t {
+        Some(t) => t.ended().await,
+        None => std::future::pending().await,
     }
 }

@@ -23,12 +23,13 @@
 //!   heartbeats the instance registered through the store ([`instances`]).
 //!
 //! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
-//! (live instances), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
+//! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
 
 mod add;
 mod error;
 mod instances;
 mod jobs;
+mod leases;
 mod listen;
 mod rows;
 pub mod schema;
@@ -45,6 +46,7 @@ use tokio_postgres::NoTls;
 
 use crate::store::holds::{spawn_renewal, Holds};
 use crate::store::instances::Registration;
+use crate::store::leases::Fences;
 #[cfg(doc)]
 use crate::store::{JobStore, StateStore};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -80,6 +82,8 @@ struct Inner {
     /// The instance registered through this store object, heartbeaten by the lease
     /// renewal thread.
     registration: Registration,
+    /// The epochs state writes of singleton machines carry ([`crate::store::leases`]).
+    fences: Fences,
     /// Dropping it stops the lease renewal thread.
     stop_renewal: OnceLock<std::sync::mpsc::Sender<()>>,
     /// Starts the listener once.
@@ -183,6 +187,7 @@ impl PgStore {
                 shown,
                 holds: Holds::default(),
                 registration: Registration::default(),
+                fences: Fences::default(),
                 stop_renewal: OnceLock::new(),
                 listening: Once::new(),
                 unreachable: Mutex::new(None),

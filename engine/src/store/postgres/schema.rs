@@ -5,7 +5,7 @@
 //! new schema's readers misread.
 //!
 //! The tables keep the SQLite store's names and meanings (`jobs`, `machine_state`,
-//! `machine_events`, `transitions`, `turnstile_instances`), with PostgreSQL's types: `jsonb` for data, results
+//! `machine_events`, `transitions`, `turnstile_instances`, `turnstile_leases`), with PostgreSQL's types: `jsonb` for data, results
 //! and contexts, `timestamptz` for every time (the database's clock: every process on
 //! every host reads the same one).
 
@@ -18,7 +18,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -96,6 +96,13 @@ pub const MIGRATIONS: &[&str] = &[
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
     );
     ALTER TABLE machine_state ADD COLUMN instance_id TEXT;",
+    // 4: leases of singleton machines (which process runs each, under which epoch).
+    "CREATE TABLE turnstile_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT,
+        epoch BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

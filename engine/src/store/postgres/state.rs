@@ -1,11 +1,15 @@
 //! Machine state, events and the transition audit on PostgreSQL (the `machine_state`,
-//! `machine_events` and `transitions` tables of [`super::schema`]).
+//! `machine_events` and `transitions` tables of [`super::schema`]). The state writes of a
+//! fenced singleton machine are made only while its lease's epoch is the fenced one,
+//! checked in the same transaction ([`crate::store::leases`]).
 
 use serde_json::{Map, Value as Json};
 
 use super::error::{pg_error, pool_error};
+use super::leases::epoch_holds;
 use super::rows::{machine, time_col, MACHINE_COLUMNS};
 use super::PgStore;
+use crate::store::leases::fenced;
 use crate::store::{
     EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
 };
@@ -35,16 +39,23 @@ impl StateStore for PgStore {
             state.to_owned(),
             Json::Object(context.clone()),
         );
+        let fence = self.inner.fences.of(machine_name);
         self.call(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            let st = c.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
-            c.execute(
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(pg_error)?;
+            if let Some(epoch) = fence {
+                if !epoch_holds(&tx, &m, epoch).await? {
+                    return Err(fenced(&m, epoch));
+                }
+            }
+            let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
+            tx.execute(
                 &st,
                 &[&m, &s, &i64::from(std::process::id()), &ctx, &instance],
             )
             .await
             .map_err(pg_error)?;
-            Ok(())
+            tx.commit().await.map_err(pg_error)
         })
     }
 
@@ -171,6 +182,19 @@ impl StateStore for PgStore {
         audit: &[TransitionRecord],
     ) -> Result<(), StoreError> {
         let (pool, instance) = (self.inner.pool.clone(), self.inner.opts.instance_id.clone());
+        // The fenced machines of the batch, each once, with its epoch.
+        let mut fences: Vec<(String, i64)> = Vec::new();
+        for m in states
+            .keys()
+            .map(|m| &**m)
+            .chain(audit.iter().map(|r| r.machine_name.as_str()))
+        {
+            if let Some(epoch) = self.inner.fences.of(m) {
+                if !fences.iter().any(|(f, _)| f == m) {
+                    fences.push((m.to_owned(), epoch));
+                }
+            }
+        }
         // One row array per column: the whole batch is two statements, whatever its size.
         let (mut names, mut froms, mut tos, mut events, mut jobs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -188,6 +212,23 @@ impl StateStore for PgStore {
         self.call(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await.map_err(pg_error)?;
+            // Fenced machines whose lease moved on: nothing of theirs is written.
+            let mut stale = Vec::new();
+            for (m, epoch) in &fences {
+                if !epoch_holds(&tx, m, *epoch).await? {
+                    stale.push((m.clone(), *epoch));
+                }
+            }
+            let is_stale = |m: &str| stale.iter().any(|(s, _)| s == m);
+            if !stale.is_empty() {
+                let keep: Vec<usize> = (0..names.len()).filter(|&i| !is_stale(&names[i])).collect();
+                let pick = |v: &Vec<String>| keep.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+                let kept_jobs: Vec<Option<String>> =
+                    keep.iter().map(|&i| jobs[i].clone()).collect();
+                (names, froms, tos, events) =
+                    (pick(&names), pick(&froms), pick(&tos), pick(&events));
+                jobs = kept_jobs;
+            }
             if !names.is_empty() {
                 let st = tx
                     .prepare_cached(
@@ -203,12 +244,16 @@ impl StateStore for PgStore {
             }
             let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
             let pid = i64::from(std::process::id());
-            for (m, s, ctx) in &saved {
+            for (m, s, ctx) in saved.iter().filter(|(m, _, _)| !is_stale(m)) {
                 tx.execute(&st, &[m, s, &pid, ctx, &instance])
                     .await
                     .map_err(pg_error)?;
             }
-            tx.commit().await.map_err(pg_error)
+            tx.commit().await.map_err(pg_error)?;
+            match stale.first() {
+                Some((m, epoch)) => Err(fenced(m, *epoch)),
+                None => Ok(()),
+            }
         })
     }
 

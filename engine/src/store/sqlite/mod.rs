@@ -18,13 +18,14 @@
 //!   ([`watch`]), started when someone first waits on [`JobStore::notify`].
 //!
 //! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
-//! (live instances), [`rows`] (rows to records), [`file`] (the file is still the one
+//! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`file`] (the file is still the one
 //! opened).
 
 mod file;
 mod group_commit;
 mod instances;
 mod jobs;
+mod leases;
 mod rows;
 pub mod schema;
 mod state;
@@ -39,6 +40,7 @@ use rusqlite::{params, Connection};
 
 use crate::store::holds::{spawn_renewal, Holds};
 use crate::store::instances::Registration;
+use crate::store::leases::Fences;
 #[cfg(doc)]
 use crate::store::JobStore;
 use crate::store::{now_ms, ClaimLoss, Store, StoreError, StoreOptions};
@@ -67,6 +69,8 @@ struct Inner {
     /// The instance registered through this store object, heartbeaten by the lease
     /// renewal thread.
     registration: Registration,
+    /// The epochs state writes of singleton machines carry ([`crate::store::leases`]).
+    fences: Fences,
     /// Dropping it stops the lease renewal thread.
     stop_renewal: OnceLock<mpsc::Sender<()>>,
     /// Starts the foreign-write watch ([`watch`]) once.
@@ -127,6 +131,7 @@ impl SqliteStore {
                 file,
                 holds: Holds::default(),
                 registration: Registration::default(),
+                fences: Fences::default(),
                 stop_renewal: OnceLock::new(),
                 watching: Once::new(),
                 opts,

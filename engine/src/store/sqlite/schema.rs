@@ -1,7 +1,8 @@
 //! The SQLite schema: statemachine-engine's tables, created by the same statements so
 //! that its tools and Turnstile share one file, and what Turnstile adds (lease, retry and
 //! unique-key columns and `machine_state.instance_id` by `ALTER TABLE`, the audit table, the
-//! live instances (`turnstile_instances`, times in milliseconds), partial indexes for claims, the
+//! live instances (`turnstile_instances`, times in milliseconds), the singleton machines'
+//! leases (`turnstile_leases`, likewise), partial indexes for claims, the
 //! partial unique index that keeps one pending or processing job per unique key). Applied at
 //! every open; each step is idempotent, so processes opening one file at once agree.
 
@@ -99,6 +100,12 @@ CREATE TABLE IF NOT EXISTS turnstile_instances (
     pid INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
     heartbeat_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turnstile_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT,
+    epoch INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS turnstile_health (
     id INTEGER PRIMARY KEY,

@@ -1,11 +1,14 @@
 //! Machine state, events and the transition audit on SQLite (statemachine-engine's
-//! `machine_state` and `machine_events` tables, Turnstile's `transitions`).
+//! `machine_state` and `machine_events` tables, Turnstile's `transitions`). The state
+//! writes of a fenced singleton machine are made only while its lease's epoch is the
+//! fenced one, checked in the same transaction ([`crate::store::leases`]).
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value as Json};
 
 use super::rows::{json_col, machine_from_row, time_col, Cached, MACHINE_COLUMNS};
 use super::SqliteStore;
+use crate::store::leases::fenced;
 use crate::store::{
     EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
 };
@@ -26,8 +29,15 @@ impl StateStore for SqliteStore {
         context: &Map<String, Json>,
     ) -> Result<(), StoreError> {
         let ctx = serde_json::to_string(context).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let conn = self.conn();
-        conn.exec_cached(
+        let fence = self.inner.fences.of(machine);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(epoch) = fence {
+            if !epoch_holds(&tx, machine, epoch)? {
+                return Err(fenced(machine, epoch));
+            }
+        }
+        tx.exec_cached(
             SAVE_STATE,
             params![
                 machine,
@@ -37,6 +47,7 @@ impl StateStore for SqliteStore {
                 self.inner.opts.instance_id
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -116,12 +127,27 @@ impl StateStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Fenced machines whose lease moved on: nothing of theirs is written.
+        let mut refused: Option<(String, i64)> = None;
+        let mut stale = std::collections::HashSet::new();
+        let names = states
+            .keys()
+            .map(|m| &**m)
+            .chain(audit.iter().map(|r| r.machine_name.as_str()));
+        for m in names {
+            if let Some(epoch) = self.inner.fences.of(m) {
+                if !stale.contains(m) && !epoch_holds(&tx, m, epoch)? {
+                    stale.insert(m.to_owned());
+                    refused.get_or_insert((m.to_owned(), epoch));
+                }
+            }
+        }
         {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO transitions (machine_name, from_state, to_state, event, job_id)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for r in audit {
+            for r in audit.iter().filter(|r| !stale.contains(&r.machine_name)) {
                 ins.execute(params![
                     r.machine_name,
                     r.from_state,
@@ -133,14 +159,17 @@ impl StateStore for SqliteStore {
             let mut up = tx.prepare_cached(SAVE_STATE)?;
             let pid = i64::from(std::process::id());
             let instance = self.inner.opts.instance_id.as_deref();
-            for (m, (state, ctx)) in states {
+            for (m, (state, ctx)) in states.iter().filter(|(m, _)| !stale.contains(&***m)) {
                 let ctx =
                     serde_json::to_string(ctx).map_err(|e| StoreError::Invalid(e.to_string()))?;
                 up.execute(params![&**m, &**state, pid, ctx, instance])?;
             }
         }
         tx.commit()?;
-        Ok(())
+        match refused {
+            Some((m, epoch)) => Err(fenced(&m, epoch)),
+            None => Ok(()),
+        }
     }
 
     fn transitions(
@@ -185,4 +214,16 @@ impl StateStore for SqliteStore {
         tx.commit()?;
         Ok(n)
     }
+}
+
+/// Whether `machine`'s lease is still at `epoch` (read inside the write's transaction).
+fn epoch_holds(tx: &rusqlite::Connection, machine: &str, epoch: i64) -> rusqlite::Result<bool> {
+    let now: Option<i64> = tx
+        .row_cached(
+            "SELECT epoch FROM turnstile_leases WHERE name = ?1",
+            [machine],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(now == Some(epoch))
 }
