@@ -32,6 +32,8 @@
 //!   completed, failed or dead the key is free again.
 
 pub mod claim_loss;
+pub mod bridge;
+pub mod events;
 mod holds;
 pub mod instances;
 mod job_json;
@@ -48,7 +50,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+pub use bridge::EventBridge;
 pub use claim_loss::ClaimLoss;
+pub use events::{EventStore, MachineHost, NewEvent, StoredEvent};
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use location::{open, Location};
@@ -426,6 +430,8 @@ pub struct EventRecord {
     pub payload: Option<Json>,
     /// `pending` or `processed`.
     pub status: String,
+    /// The sender's trace context (events sent through [`EventStore::send_event`]).
+    pub traceparent: Option<String>,
     /// When it was recorded.
     pub created_at: Option<Timestamp>,
 }
@@ -484,6 +490,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         &self,
         states: &SavedStates,
         audit: &[TransitionRecord],
+    ) -> Result<(), StoreError> {
+        self.persist_processed(states, audit, &[])
+    }
+    /// [`Self::persist_batch`], and marks these events of the event table processed in
+    /// the same transaction (the machines handled them; see [`events`]).
+    fn persist_processed(
+        &self,
+        states: &SavedStates,
+        audit: &[TransitionRecord],
+        processed: &[i64],
     ) -> Result<(), StoreError>;
     /// Transition records, newest first.
     fn transitions(
@@ -504,8 +520,9 @@ pub struct QueueHealth {
     pub connections: Option<(u64, u64)>,
 }
 
-/// Both halves of a store, and its live instances, as one backend serves them.
-pub trait Store: JobStore + StateStore + InstanceStore {
+/// Both halves of a store, its live instances and its event delivery, as one backend
+/// serves them.
+pub trait Store: JobStore + StateStore + InstanceStore + EventStore {
     /// Where the store is, for logs (a URL's password left out).
     fn describe(&self) -> String;
     /// Writes so far and the transactions they took (with group commit, fewer

@@ -1,4 +1,7 @@
-//! `send_event`: delivers an event to another machine.
+//! `send_event`: delivers an event to another machine: of this engine, or, when the engine
+//! is bridged to a shared store ([`crate::store::EventBridge`]), of another process that
+//! runs it (through the store's event table; the success event once the row is written).
+//! A name no live process runs is the error event (`UnknownTarget`).
 
 use std::sync::Arc;
 
@@ -7,7 +10,7 @@ use serde_json::Value as Json;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
 use crate::error_kind::ErrorKind;
 use crate::runtime::event::Event;
-use crate::runtime::router::DeliverError;
+use crate::runtime::router::{DeliverError, ForwardError};
 use crate::runtime::template::{lookup_path, JsonTemplate, Template};
 
 struct SendEvent {
@@ -100,10 +103,32 @@ impl Action for SendEvent {
             Err(DeliverError::Closed) => {
                 Step::Done(fail(format!("machine `{target}` has stopped"), &self.error))
             }
-            Err(DeliverError::Unknown) => Step::Done(
-                fail(format!("no machine named `{target}`"), &self.error)
-                    .with_kind(ErrorKind::UnknownTarget),
-            ),
+            Err(DeliverError::Unknown(ev)) => match cx.router.remote() {
+                // Maybe another process sharing the store runs it.
+                Some(remote) => {
+                    let (remote, source) = (remote.clone(), cx.machine.to_owned());
+                    let (success, error) = (self.success.clone(), self.error.clone());
+                    Step::Wait(Box::pin(async move {
+                        let t = target.clone();
+                        let sent = tokio::task::spawn_blocking(move || {
+                            remote.forward(Some(&source), &t, &ev)
+                        })
+                        .await;
+                        match sent {
+                            Ok(Ok(_)) => Outcome::ok(success),
+                            Ok(Err(e @ ForwardError::Unknown(_))) => {
+                                fail(e.to_string(), &error).with_kind(ErrorKind::UnknownTarget)
+                            }
+                            Ok(Err(e)) => fail(e.to_string(), &error),
+                            Err(e) => fail(format!("sending to `{target}` panicked: {e}"), &error),
+                        }
+                    }))
+                }
+                None => Step::Done(
+                    fail(format!("no machine named `{target}`"), &self.error)
+                        .with_kind(ErrorKind::UnknownTarget),
+                ),
+            },
         }
     }
 }

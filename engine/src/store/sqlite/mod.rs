@@ -21,6 +21,7 @@
 //! (live instances), [`rows`] (rows to records), [`file`] (the file is still the one
 //! opened).
 
+mod events;
 mod file;
 mod group_commit;
 mod instances;
