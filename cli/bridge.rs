@@ -13,7 +13,6 @@ use turnstile_engine::store::{EventBridge, NewEvent, Persister, Store};
 use turnstile_engine::Engine;
 
 use crate::db::DbArg;
-use crate::jobs_cli::SendEventArgs;
 
 /// How `run` bridges its machines to the store: the store, this process, the lease.
 pub struct BridgeSetup {
@@ -59,7 +58,10 @@ pub async fn stop(bridge: Option<EventBridge>) {
 /// `turnstile send-event --db`: writes the event into the store's event table for the
 /// process that runs `--target`. Exit 2 for bad input, 1 when no live process runs the
 /// machine or the store fails.
-pub fn send_through_store(args: SendEventArgs, db: String) -> anyhow::Result<ExitCode> {
+pub fn send_through_store(
+    args: crate::jobs_cli::SendEventArgs,
+    db: String,
+) -> anyhow::Result<ExitCode> {
     let payload = match args.payload.as_deref().map(serde_json::from_str) {
         None => None,
         Some(Ok(v)) => Some(v),

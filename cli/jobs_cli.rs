@@ -46,7 +46,12 @@ pub struct SendEventArgs {
     pub traceparent: Option<String>,
     /// The directory the target's `turnstile run --socket-dir` serves (default:
     /// $XDG_RUNTIME_DIR/turnstile or /tmp/turnstile-UID).
-    #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR", conflicts_with = "db")]
+    #[arg(
+        long,
+        env = "TURNSTILE_SOCKET_DIR",
+        value_name = "DIR",
+        conflicts_with = "db"
+    )]
     pub socket_dir: Option<PathBuf>,
     /// Send through this store (a SQLite file or a PostgreSQL URL, as `run --db`) instead of
     /// a socket: the event goes into the store's event table for the process, on any host,
@@ -60,10 +65,7 @@ pub struct SendEventArgs {
 }
 
 /// `turnstile send-event`
-pub fn send_event(mut args: SendEventArgs) -> anyhow::Result<ExitCode> {
-    if let Some(db) = args.db.take() {
-        return crate::bridge::send_through_store(args, db);
-    }
+pub fn send_event(args: SendEventArgs) -> anyhow::Result<ExitCode> {
     let mut msg = serde_json::Map::new();
     msg.insert("type".into(), serde_json::Value::String(args.event));
     if let Some(p) = args.payload {

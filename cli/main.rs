@@ -88,7 +88,10 @@ fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => jobs_cli::jobs(cmd),
         Command::MachineState(args) => jobs_cli::machine_state(args),
         Command::Events(cmd) => jobs_cli::events(cmd),
-        Command::SendEvent(args) => jobs_cli::send_event(args),
+        Command::SendEvent(mut args) => match args.db.take() {
+            Some(db) => bridge::send_through_store(args, db),
+            None => jobs_cli::send_event(args),
+        },
     }
 }
 

@@ -38,8 +38,7 @@ pub enum ForwardError {
 pub trait Remote: Send + Sync {
     /// Sends `ev` from `source` to `target`, a machine another process runs; returns the
     /// event's id. Blocking (a store round trip): call it off the async threads.
-    fn forward(&self, source: Option<&str>, target: &str, ev: &Event)
-        -> Result<i64, ForwardError>;
+    fn forward(&self, source: Option<&str>, target: &str, ev: &Event) -> Result<i64, ForwardError>;
     /// Whether a live process runs a machine named `target`. Blocking.
     fn runs_elsewhere(&self, target: &str) -> Result<bool, ForwardError>;
     /// `machine` handled (transitioned on, or ignored) event `id` it received through the

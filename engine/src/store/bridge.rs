@@ -124,7 +124,11 @@ impl EventBridge {
                 tracing::warn!(target: "turnstile::events", "cannot mark {} handled events ({e}): they are delivered again", ids.len());
             }
         }
-        if let Err(e) = self.inner.store.unregister_machines(&self.inner.incarnation) {
+        if let Err(e) = self
+            .inner
+            .store
+            .unregister_machines(&self.inner.incarnation)
+        {
             tracing::warn!(target: "turnstile::events", "cannot unregister the machines ({e}): their registrations expire after a lease");
         }
     }
@@ -160,12 +164,7 @@ impl Inner {
 }
 
 impl Remote for AsRemote {
-    fn forward(
-        &self,
-        source: Option<&str>,
-        target: &str,
-        ev: &Event,
-    ) -> Result<i64, ForwardError> {
+    fn forward(&self, source: Option<&str>, target: &str, ev: &Event) -> Result<i64, ForwardError> {
         if !self.0.elsewhere(target)? {
             return Err(ForwardError::Unknown(target.to_owned()));
         }

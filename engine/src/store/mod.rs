@@ -31,8 +31,8 @@
 //!   job's id ([`Added::Existing`], [`StoreError::Duplicate`]). Once that job is
 //!   completed, failed or dead the key is free again.
 
-pub mod claim_loss;
 pub mod bridge;
+pub mod claim_loss;
 pub mod events;
 mod holds;
 pub mod instances;

@@ -421,8 +421,9 @@ async fn forward(
             }),
         )),
         Err(ForwardError::Unknown(_)) => Err(unknown_machine(name)),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            .header(RETRY_AFTER, "1")),
+        Err(e) => Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).header(RETRY_AFTER, "1"),
+        ),
     }
 }
 

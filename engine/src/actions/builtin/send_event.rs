@@ -1,6 +1,7 @@
 //! `send_event`: delivers an event to another machine: of this engine, or, when the engine
 //! is bridged to a shared store ([`crate::store::EventBridge`]), of another process that
-//! runs it (through the store's event table; the success event once the row is written).
+//! runs it (through the store's event table; the success event once the row is written,
+//! before the machine takes its next event, so sends to one target keep their order).
 //! A name no live process runs is the error event (`UnknownTarget`).
 
 use std::sync::Arc;
@@ -104,25 +105,18 @@ impl Action for SendEvent {
                 Step::Done(fail(format!("machine `{target}` has stopped"), &self.error))
             }
             Err(DeliverError::Unknown(ev)) => match cx.router.remote() {
-                // Maybe another process sharing the store runs it.
+                // Maybe another process sharing the store runs it. The send completes
+                // before the machine takes its next event, as a local one does: a
+                // machine's sends to one target keep their order.
                 Some(remote) => {
-                    let (remote, source) = (remote.clone(), cx.machine.to_owned());
-                    let (success, error) = (self.success.clone(), self.error.clone());
-                    Step::Wait(Box::pin(async move {
-                        let t = target.clone();
-                        let sent = tokio::task::spawn_blocking(move || {
-                            remote.forward(Some(&source), &t, &ev)
-                        })
-                        .await;
-                        match sent {
-                            Ok(Ok(_)) => Outcome::ok(success),
-                            Ok(Err(e @ ForwardError::Unknown(_))) => {
-                                fail(e.to_string(), &error).with_kind(ErrorKind::UnknownTarget)
-                            }
-                            Ok(Err(e)) => fail(e.to_string(), &error),
-                            Err(e) => fail(format!("sending to `{target}` panicked: {e}"), &error),
-                        }
-                    }))
+                    let sent = in_place(|| remote.forward(Some(cx.machine), &target, &ev));
+                    match sent {
+                        Ok(_) => Step::Done(Outcome::ok(self.success.clone())),
+                        Err(e @ ForwardError::Unknown(_)) => Step::Done(
+                            fail(e.to_string(), &self.error).with_kind(ErrorKind::UnknownTarget),
+                        ),
+                        Err(e) => Step::Done(fail(e.to_string(), &self.error)),
+                    }
                 }
                 None => Step::Done(
                     fail(format!("no machine named `{target}`"), &self.error)
@@ -130,5 +124,14 @@ impl Action for SendEvent {
                 ),
             },
         }
+    }
+}
+
+/// Runs a blocking store call on the machine's task: on a multi-threaded runtime the
+/// thread's other tasks move elsewhere meanwhile ([`tokio::task::block_in_place`]).
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

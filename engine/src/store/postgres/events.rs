@@ -104,10 +104,7 @@ impl EventStore for PgStore {
                 )
                 .await
                 .map_err(pg_error)?;
-            let rows = c
-                .query(&st, &[&machine, &stale])
-                .await
-                .map_err(pg_error)?;
+            let rows = c.query(&st, &[&machine, &stale]).await.map_err(pg_error)?;
             rows.iter()
                 .map(|r| {
                     Ok(MachineHost {
@@ -116,9 +113,7 @@ impl EventStore for PgStore {
                         incarnation: r.try_get(2)?,
                         host: r.try_get(3)?,
                         pid: r.try_get(4)?,
-                        heartbeat_at: r
-                            .try_get::<_, Option<SystemTime>>(5)?
-                            .map(Timestamp::from),
+                        heartbeat_at: r.try_get::<_, Option<SystemTime>>(5)?.map(Timestamp::from),
                     })
                 })
                 .collect::<Result<_, tokio_postgres::Error>>()

@@ -14,9 +14,7 @@ use super::SqliteStore;
 use crate::instance::host_name;
 use crate::store::events::payload_from_text;
 use crate::store::instances::ms;
-use crate::store::{
-    now_ms, EventStore, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp,
-};
+use crate::store::{now_ms, EventStore, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp};
 
 /// Takes or renews `target`'s consumer lease for `consumer`; false when another holds it.
 fn lease(tx: &Connection, target: &str, consumer: &str, lease: i64) -> rusqlite::Result<bool> {
@@ -83,8 +81,8 @@ impl EventStore for SqliteStore {
         );
         self.write(move |tx| {
             let now = now_ms();
-            let names_json = serde_json::to_string(&names)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let names_json =
+                serde_json::to_string(&names).map_err(|e| StoreError::Invalid(e.to_string()))?;
             tx.exec_cached(
                 "DELETE FROM turnstile_machines WHERE incarnation = ?1
                     AND machine_name NOT IN (SELECT value FROM json_each(?2))",
