@@ -47,7 +47,8 @@ pub enum Command {
     /// List events recorded in the store.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Send an event to a machine of another `turnstile run --socket-dir` process.
+    /// Send an event to a machine of another `turnstile run` process: through its
+    /// `--socket-dir` socket, or with --db through the store (any host).
     SendEvent(SendEventArgs),
 }
 

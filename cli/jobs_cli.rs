@@ -46,8 +46,22 @@ pub struct SendEventArgs {
     pub traceparent: Option<String>,
     /// The directory the target's `turnstile run --socket-dir` serves (default:
     /// $XDG_RUNTIME_DIR/turnstile or /tmp/turnstile-UID).
-    #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "TURNSTILE_SOCKET_DIR",
+        value_name = "DIR",
+        conflicts_with = "db"
+    )]
     pub socket_dir: Option<PathBuf>,
+    /// Send through this store (a SQLite file or a PostgreSQL URL, as `run --db`) instead of
+    /// a socket: the event goes into the store's event table for the process, on any host,
+    /// that runs the machine. Prints the event's id.
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: Option<String>,
+    /// With --db: a process whose registration is older than this many seconds is dead
+    /// (the `--job-lease` of the processes running the machine).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", requires = "db")]
+    pub stale_after: f64,
 }
 
 /// `turnstile send-event`

@@ -3,10 +3,11 @@
 //! This file parses the command line, loads the `--plugins` libraries that `run`,
 //! `validate` and `diagram` share, and hands each command to the file that carries it
 //! out: `args.rs` is the command line's shape, `run.rs`, `validate.rs`, `diagram.rs` and
-//! `jobs_cli.rs` the commands, `logging.rs` the log setup. What every command may need
+//! `jobs_cli.rs` the commands (`bridge.rs`: events across processes), `logging.rs` the log setup. What every command may need
 //! from here is the exit status of a usage error ([`UsageError`], [`EXIT_INVALID`]).
 
 mod args;
+mod bridge;
 mod db;
 mod diagram;
 mod jobs_cli;
@@ -88,7 +89,10 @@ fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => jobs_cli::jobs(cmd),
         Command::MachineState(args) => jobs_cli::machine_state(args),
         Command::Events(cmd) => jobs_cli::events(cmd),
-        Command::SendEvent(args) => jobs_cli::send_event(args),
+        Command::SendEvent(mut args) => match args.db.take() {
+            Some(db) => bridge::send_through_store(args, db),
+            None => jobs_cli::send_event(args),
+        },
     }
 }
 

@@ -44,6 +44,8 @@ struct RunOptions {
     sockets: Option<PathBuf>,
     /// The singleton machines' lease store and persister (see [`crate::singleton`]).
     singletons: Option<turnstile_engine::runtime::singleton::Singletons>,
+    /// With a store: the machines registered there, events from other processes.
+    bridge: Option<crate::bridge::BridgeSetup>,
 }
 
 /// `turnstile run`. `plugin_errors` are the `--plugins` libraries that failed to load,
@@ -142,6 +144,7 @@ pub fn run(
         persist,
         sockets: args.store.socket_dir.clone(),
         singletons,
+        bridge: bridge_setup(job_store.as_ref(), &instance, &args),
     };
     let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
     if let Some(s) = &job_store {
@@ -300,6 +303,8 @@ async fn run_machines(
             return Ok(ExitCode::from(1));
         }
     };
+    // Before the sidecar serves: a forwarded POST finds the bridge attached.
+    let bridge = crate::bridge::start(opts.bridge, &engine, &names, opts.persist.as_ref());
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
@@ -331,11 +336,25 @@ async fn run_machines(
     if let Some(s) = sockets {
         s.shutdown();
     }
+    crate::bridge::stop(bridge).await;
     if let Some(p) = &opts.persist {
         let p = p.clone();
         let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
     }
     code
+}
+
+/// What the event bridge needs when a store is open (see [`crate::bridge`]).
+fn bridge_setup(
+    store: Option<&Arc<dyn turnstile_engine::store::Store>>,
+    instance: &Instance,
+    args: &RunArgs,
+) -> Option<crate::bridge::BridgeSetup> {
+    Some(crate::bridge::BridgeSetup {
+        store: store?.clone(),
+        instance: instance.clone(),
+        lease: Duration::try_from_secs_f64(args.store.job_lease).ok()?,
+    })
 }
 
 /// Runs the machines until they all stop by themselves or `SIGINT`/`SIGTERM` arrives;

@@ -482,6 +482,18 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Attaches the way to machines of other processes (see
+    /// [`crate::runtime::router::Remote`]): `send_event` to a machine this engine does not
+    /// run goes there. Once per engine; false when one was attached.
+    pub fn set_remote(&self, remote: Arc<dyn crate::runtime::router::Remote>) -> bool {
+        self.inner.router.set_remote(remote)
+    }
+
+    /// The way to machines of other processes, if one is attached.
+    pub fn remote(&self) -> Option<Arc<dyn crate::runtime::router::Remote>> {
+        self.inner.router.remote().cloned()
+    }
+
     /// Delivers an event, waiting while the machine's queue is full (backpressure).
     pub async fn send(&self, target: &str, ev: Event) -> Result<(), SendError> {
         self.inner
@@ -730,7 +742,7 @@ fn status_of(s: &Shared) -> MachineStatus {
 
 fn map_deliver(target: &str, e: DeliverError) -> SendError {
     match e {
-        DeliverError::Unknown => SendError::UnknownMachine(target.to_owned()),
+        DeliverError::Unknown(_) => SendError::UnknownMachine(target.to_owned()),
         DeliverError::Closed => SendError::Stopped(target.to_owned()),
         DeliverError::Full(..) => SendError::QueueFull(target.to_owned()),
     }

@@ -33,6 +33,9 @@ pub struct Event {
     pub traceparent: Option<TraceContext>,
     /// Where it came from.
     pub origin: Origin,
+    /// Its id in the store's event table, when it came through it (another process sent
+    /// it): the machine reports it handled ([`super::router::Remote::handled`]).
+    pub store_id: Option<i64>,
 }
 
 impl Event {
@@ -44,6 +47,7 @@ impl Event {
             job_id: None,
             traceparent: None,
             origin: Origin::External,
+            store_id: None,
         }
     }
 

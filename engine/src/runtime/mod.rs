@@ -1,6 +1,7 @@
 //! The machine runtime: compiled definitions, events, the per-machine task, routing
 //! between machines, and the [`engine::Engine`] that hosts them.
 
+pub mod bridge;
 pub mod clock;
 pub mod def;
 pub mod engine;

@@ -1,6 +1,9 @@
-//! Delivery of events to machines by name, in one process.
+//! Delivery of events to machines by name, in one process; and, when a [`Remote`] is
+//! attached (a store shared with other processes, [`crate::runtime::bridge::EventBridge`]), to
+//! machines of other processes through it. The remote is consulted only for a name no
+//! machine of this process has, so local delivery stays a map lookup.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
@@ -15,14 +18,39 @@ pub enum DeliverError {
     Full(Event, mpsc::Sender<Event>),
     /// The target has stopped.
     Closed,
-    /// No machine has that name.
-    Unknown,
+    /// No machine has that name: the event is handed back (another process may run a
+    /// machine of that name, see [`Router::remote`]).
+    Unknown(Event),
+}
+
+/// Why [`Remote::forward`] did not send an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// No live process runs a machine of that name.
+    #[error("no machine named `{0}` runs in this process or any other sharing the store")]
+    Unknown(String),
+    /// The store failed.
+    #[error("cannot send to `{0}` through the store: {1}")]
+    Store(String, String),
+}
+
+/// Machines of other processes, reached through a shared store.
+pub trait Remote: Send + Sync {
+    /// Sends `ev` from `source` to `target`, a machine another process runs; returns the
+    /// event's id. Blocking (a store round trip): call it off the async threads.
+    fn forward(&self, source: Option<&str>, target: &str, ev: &Event) -> Result<i64, ForwardError>;
+    /// Whether a live process runs a machine named `target`. Blocking.
+    fn runs_elsewhere(&self, target: &str) -> Result<bool, ForwardError>;
+    /// `machine` handled (transitioned on, or ignored) event `id` it received through the
+    /// store. Called on the machine's task: must not block.
+    fn handled(&self, machine: &Arc<str>, id: i64);
 }
 
 /// Machine name -> queue. Read on every cross-machine send; written when machines start.
 #[derive(Default)]
 pub struct Router {
     routes: RwLock<FxHashMap<Arc<str>, mpsc::Sender<Event>>>,
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl Router {
@@ -39,6 +67,23 @@ impl Router {
         }
         map.insert(name, tx);
         true
+    }
+
+    /// Attaches the way to other processes' machines (once; false when one was attached).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> bool {
+        self.remote.set(remote).is_ok()
+    }
+
+    /// The way to other processes' machines, if one is attached.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
+    }
+
+    /// Reports that `machine` handled event `id` of the store (see [`Remote::handled`]).
+    pub(crate) fn handled(&self, machine: &Arc<str>, id: i64) {
+        if let Some(r) = self.remote.get() {
+            r.handled(machine, id);
+        }
     }
 
     /// Removes a machine.
@@ -62,7 +107,7 @@ impl Router {
     pub fn try_deliver(&self, target: &str, ev: Event) -> Result<(), DeliverError> {
         let map = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = map.get(target) else {
-            return Err(DeliverError::Unknown);
+            return Err(DeliverError::Unknown(ev));
         };
         match tx.try_send(ev) {
             Ok(()) => Ok(()),

@@ -32,6 +32,7 @@
 //!   completed, failed or dead the key is free again.
 
 pub mod claim_loss;
+pub mod events;
 mod holds;
 pub mod instances;
 mod job_json;
@@ -50,6 +51,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use claim_loss::ClaimLoss;
+pub use events::{EventStore, MachineHost, NewEvent, StoredEvent};
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use leases::{Acquired, LeaseRecord, LeaseStore};
@@ -439,6 +441,8 @@ pub struct EventRecord {
     pub payload: Option<Json>,
     /// `pending` or `processed`.
     pub status: String,
+    /// The sender's trace context (events sent through [`EventStore::send_event`]).
+    pub traceparent: Option<String>,
     /// When it was recorded.
     pub created_at: Option<Timestamp>,
 }
@@ -497,6 +501,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         &self,
         states: &SavedStates,
         audit: &[TransitionRecord],
+    ) -> Result<(), StoreError> {
+        self.persist_processed(states, audit, &[])
+    }
+    /// [`Self::persist_batch`], and marks these events of the event table processed in
+    /// the same transaction (the machines handled them; see [`events`]).
+    fn persist_processed(
+        &self,
+        states: &SavedStates,
+        audit: &[TransitionRecord],
+        processed: &[i64],
     ) -> Result<(), StoreError>;
     /// Transition records, newest first.
     fn transitions(
@@ -517,9 +531,9 @@ pub struct QueueHealth {
     pub connections: Option<(u64, u64)>,
 }
 
-/// Both halves of a store, its live instances and its machine leases, as one backend
-/// serves them.
-pub trait Store: JobStore + StateStore + InstanceStore + LeaseStore {
+/// Both halves of a store, its live instances, its machine leases and its event delivery,
+/// as one backend serves them.
+pub trait Store: JobStore + StateStore + InstanceStore + LeaseStore + EventStore {
     /// Where the store is, for logs (a URL's password left out).
     fn describe(&self) -> String;
     /// Writes so far and the transactions they took (with group commit, fewer

@@ -20,7 +20,16 @@ pub const AUDIT_BACKLOG: usize = 100_000;
 struct Pending {
     states: SavedStates,
     audit: Vec<TransitionRecord>,
+    /// Events of the store's event table the machines handled: marked processed in the
+    /// transaction that saves the states they led to.
+    processed: Vec<i64>,
     closed: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.audit.is_empty() && self.processed.is_empty()
+    }
 }
 
 struct Inner {
@@ -122,13 +131,24 @@ impl Persister {
         self.inner.wake.notify_one();
     }
 
+    /// Records that a machine handled event `id` of the store's event table, after it
+    /// handed over the state the event led to ([`Self::entered`]): the event is marked
+    /// processed in the transaction that saves that state (or a later one), so a process
+    /// that dies before the save redelivers it and one that dies after does not.
+    pub fn processed(&self, id: i64) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.processed.push(id);
+        drop(p);
+        self.inner.wake.notify_one();
+    }
+
     /// Waits (up to `limit`) until everything handed over so far is written.
     pub fn flush(&self, limit: Duration) -> bool {
         let p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (p, t) = self
             .inner
             .idle
-            .wait_timeout_while(p, limit, |p| !p.states.is_empty() || !p.audit.is_empty())
+            .wait_timeout_while(p, limit, |p| !p.is_empty())
             .unwrap_or_else(|e| e.into_inner());
         drop(p);
         !t.timed_out()
@@ -170,24 +190,28 @@ fn writer(inner: &Inner, store: &dyn StateStore) {
     loop {
         let batch = {
             let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            while p.states.is_empty() && p.audit.is_empty() && !p.closed {
+            while p.is_empty() && !p.closed {
                 p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
-            if p.closed && p.states.is_empty() && p.audit.is_empty() {
+            if p.closed && p.is_empty() {
                 return;
             }
-            (std::mem::take(&mut p.states), std::mem::take(&mut p.audit))
+            (
+                std::mem::take(&mut p.states),
+                std::mem::take(&mut p.audit),
+                std::mem::take(&mut p.processed),
+            )
         };
-        let (states, audit) = batch;
+        let (states, audit, processed) = batch;
         let n = states.len() + audit.len();
-        if n > 0 {
-            if let Err(e) = store.persist_batch(&states, &audit) {
+        if n > 0 || !processed.is_empty() {
+            if let Err(e) = store.persist_processed(&states, &audit, &processed) {
                 tracing::warn!(target: "turnstile::store", "cannot save machine state: {e}");
             }
             inner.written.fetch_add(n as u64, Ordering::Relaxed);
         }
         let p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.states.is_empty() && p.audit.is_empty() {
+        if p.is_empty() {
             inner.idle.notify_all();
         }
     }

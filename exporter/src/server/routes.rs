@@ -386,8 +386,11 @@ async fn post_event(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let known = state.engine.machine(name).is_some();
+    // A machine of another process sharing the store is asked for once the request is
+    // authorized and read (a name nobody runs is a 404 then).
+    let remote = if known { None } else { state.engine.remote() };
     let ((), post) = JsonPost::extract(state, req, known.then_some(name), || {
-        if known {
+        if known || remote.is_some() {
             Ok(())
         } else {
             Err(unknown_machine(name))
@@ -415,6 +418,9 @@ async fn post_event(
     let job_id = msg.job_id.clone();
     let mut ev = msg.into_event();
     ev.traceparent = traceparent;
+    if let Some(remote) = remote {
+        return forward(remote, name, ev).await;
+    }
     deliver(&state.engine, name, ev).await?;
     Ok(response::json(
         StatusCode::ACCEPTED,
@@ -426,6 +432,44 @@ async fn post_event(
             "trace_id": traceparent.map(|t| t.trace_id_hex()),
         }),
     ))
+}
+
+/// Sends the event through the store to the machine another process runs: 202 with the
+/// event's id; 404 when no live process runs it; 503 when the store fails.
+async fn forward(
+    remote: Arc<dyn turnstile_engine::runtime::router::Remote>,
+    name: &str,
+    ev: Event,
+) -> Result<Response<Body>, ApiError> {
+    use turnstile_engine::runtime::router::ForwardError;
+    let (kind, job_id, tp) = (ev.name.clone(), ev.job_id.clone(), ev.traceparent);
+    let target = name.to_owned();
+    let sent = tokio::task::spawn_blocking(move || remote.forward(None, &target, &ev))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ForwardError::Store(
+                String::new(),
+                format!("the send panicked: {e}"),
+            ))
+        });
+    match sent {
+        Ok(id) => Ok(response::json(
+            StatusCode::ACCEPTED,
+            &json!({
+                "accepted": true,
+                "machine": name,
+                "type": &*kind,
+                "job_id": job_id,
+                "trace_id": tp.map(|t| t.trace_id_hex()),
+                "event_id": id,
+                "elsewhere": true,
+            }),
+        )),
+        Err(ForwardError::Unknown(_)) => Err(unknown_machine(name)),
+        Err(e) => Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).header(RETRY_AFTER, "1"),
+        ),
+    }
 }
 
 /// Queues the event, waiting up to [`QUEUE_WAIT`] for room.

@@ -1,4 +1,8 @@
-//! `send_event`: delivers an event to another machine.
+//! `send_event`: delivers an event to another machine: of this engine, or, when the engine
+//! is bridged to a shared store ([`crate::runtime::bridge::EventBridge`]), of another process that
+//! runs it (through the store's event table; the success event once the row is written,
+//! before the machine takes its next event, so sends to one target keep their order).
+//! A name no live process runs is the error event (`UnknownTarget`).
 
 use std::sync::Arc;
 
@@ -7,7 +11,7 @@ use serde_json::Value as Json;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
 use crate::error_kind::ErrorKind;
 use crate::runtime::event::Event;
-use crate::runtime::router::DeliverError;
+use crate::runtime::router::{DeliverError, ForwardError};
 use crate::runtime::template::{lookup_path, JsonTemplate, Template};
 
 struct SendEvent {
@@ -100,10 +104,34 @@ impl Action for SendEvent {
             Err(DeliverError::Closed) => {
                 Step::Done(fail(format!("machine `{target}` has stopped"), &self.error))
             }
-            Err(DeliverError::Unknown) => Step::Done(
-                fail(format!("no machine named `{target}`"), &self.error)
-                    .with_kind(ErrorKind::UnknownTarget),
-            ),
+            Err(DeliverError::Unknown(ev)) => match cx.router.remote() {
+                // Maybe another process sharing the store runs it. The send completes
+                // before the machine takes its next event, as a local one does: a
+                // machine's sends to one target keep their order.
+                Some(remote) => {
+                    let sent = in_place(|| remote.forward(Some(cx.machine), &target, &ev));
+                    match sent {
+                        Ok(_) => Step::Done(Outcome::ok(self.success.clone())),
+                        Err(e @ ForwardError::Unknown(_)) => Step::Done(
+                            fail(e.to_string(), &self.error).with_kind(ErrorKind::UnknownTarget),
+                        ),
+                        Err(e) => Step::Done(fail(e.to_string(), &self.error)),
+                    }
+                }
+                None => Step::Done(
+                    fail(format!("no machine named `{target}`"), &self.error)
+                        .with_kind(ErrorKind::UnknownTarget),
+                ),
+            },
         }
+    }
+}
+
+/// Runs a blocking store call on the machine's task: on a multi-threaded runtime the
+/// thread's other tasks move elsewhere meanwhile ([`tokio::task::block_in_place`]).
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -224,6 +224,7 @@ impl Machine {
             job_id: job_id.or_else(|| cause.job_id.clone()),
             traceparent: traceparent.or(self.entry.trace),
             origin: Origin::Action,
+            store_id: None,
         });
     }
 

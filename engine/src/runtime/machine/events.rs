@@ -80,6 +80,19 @@ impl Machine {
     /// of taking the event from the queue and finding its rule. Timers do not use these
     /// readings.
     pub(super) fn handle(&mut self, ev: Event) -> bool {
+        match ev.store_id {
+            None => self.handle_event(ev),
+            Some(id) => {
+                let took = self.handle_event(ev);
+                self.router.handled(&self.def.name, id);
+                took
+            }
+        }
+    }
+
+    /// [`Self::handle`] of any event.
+    #[inline]
+    fn handle_event(&mut self, ev: Event) -> bool {
         self.shared.events.fetch_add(1, Ordering::Relaxed);
         let from = self.state;
         let def = self.def.clone();

@@ -27,6 +27,7 @@
 
 mod add;
 mod error;
+mod events;
 mod instances;
 mod jobs;
 mod leases;

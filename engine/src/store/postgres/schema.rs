@@ -5,7 +5,8 @@
 //! new schema's readers misread.
 //!
 //! The tables keep the SQLite store's names and meanings (`jobs`, `machine_state`,
-//! `machine_events`, `transitions`, `turnstile_instances`, `turnstile_leases`), with PostgreSQL's types: `jsonb` for data, results
+//! `machine_events`, `transitions`, `turnstile_instances`, `turnstile_leases`,
+//! `turnstile_machines`, `turnstile_event_consumers`), with PostgreSQL's types: `jsonb` for data, results
 //! and contexts, `timestamptz` for every time (the database's clock: every process on
 //! every host reads the same one).
 
@@ -18,7 +19,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -103,6 +104,25 @@ pub const MIGRATIONS: &[&str] = &[
         epoch BIGINT NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL
     );",
+    // 5: events across processes: which process runs which machine, who consumes a
+    // machine's events, the sender's trace context.
+    "CREATE TABLE turnstile_machines (
+        machine_name TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (machine_name, incarnation)
+    );
+    CREATE TABLE turnstile_event_consumers (
+        target_machine TEXT PRIMARY KEY,
+        consumer TEXT NOT NULL,
+        lease_until TIMESTAMPTZ NOT NULL
+    );
+    ALTER TABLE machine_events ADD COLUMN traceparent TEXT;
+    CREATE INDEX machine_events_pending ON machine_events (target_machine, id)
+        WHERE status = 'pending';",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

@@ -132,7 +132,7 @@ impl StateStore for PgStore {
             let st = c
                 .prepare_cached(
                     "SELECT id, source_machine, target_machine, event_type, job_id, payload,
-                        status, created_at
+                        status, created_at, traceparent
                      FROM machine_events WHERE ($1::text IS NULL OR target_machine = $1)
                      ORDER BY id DESC LIMIT $2",
                 )
@@ -153,6 +153,7 @@ impl StateStore for PgStore {
                         payload: r.try_get(5)?,
                         status: r.try_get(6)?,
                         created_at: time_col(r, 7)?,
+                        traceparent: r.try_get(8)?,
                     })
                 })
                 .collect::<Result<_, tokio_postgres::Error>>()
@@ -176,10 +177,11 @@ impl StateStore for PgStore {
         })
     }
 
-    fn persist_batch(
+    fn persist_processed(
         &self,
         states: &SavedStates,
         audit: &[TransitionRecord],
+        processed: &[i64],
     ) -> Result<(), StoreError> {
         let (pool, instance) = (self.inner.pool.clone(), self.inner.opts.instance_id.clone());
         // The fenced machines of the batch, each once, with its epoch.
@@ -195,6 +197,7 @@ impl StateStore for PgStore {
                 }
             }
         }
+        let processed = processed.to_vec();
         // One row array per column: the whole batch is two statements, whatever its size.
         let (mut names, mut froms, mut tos, mut events, mut jobs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -248,6 +251,13 @@ impl StateStore for PgStore {
                 tx.execute(&st, &[m, s, &pid, ctx, &instance])
                     .await
                     .map_err(pg_error)?;
+            }
+            if !processed.is_empty() {
+                let st = tx
+                    .prepare_cached(super::events::MARK)
+                    .await
+                    .map_err(pg_error)?;
+                tx.execute(&st, &[&processed]).await.map_err(pg_error)?;
             }
             tx.commit().await.map_err(pg_error)?;
             match stale.first() {

@@ -21,6 +21,7 @@
 //! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`file`] (the file is still the one
 //! opened).
 
+mod events;
 mod file;
 mod group_commit;
 mod instances;

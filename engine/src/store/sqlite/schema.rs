@@ -1,8 +1,10 @@
 //! The SQLite schema: statemachine-engine's tables, created by the same statements so
 //! that its tools and Turnstile share one file, and what Turnstile adds (lease, retry and
-//! unique-key columns and `machine_state.instance_id` by `ALTER TABLE`, the audit table, the
-//! live instances (`turnstile_instances`, times in milliseconds), the singleton machines'
-//! leases (`turnstile_leases`, likewise), partial indexes for claims, the
+//! unique-key columns, `machine_state.instance_id` and `machine_events.traceparent` by
+//! `ALTER TABLE`, the audit table, the live instances (`turnstile_instances`, times in
+//! milliseconds), the singleton machines' leases (`turnstile_leases`, likewise), the machine
+//! registry and event consumer leases (`turnstile_machines`, `turnstile_event_consumers`),
+//! partial indexes for claims and pending events, the
 //! partial unique index that keeps one pending or processing job per unique key). Applied at
 //! every open; each step is idempotent, so processes opening one file at once agree.
 
@@ -69,6 +71,7 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "unique_key", "TEXT"),
     ("machine_state", "context", "TEXT"),
     ("machine_state", "instance_id", "TEXT"),
+    ("machine_events", "traceparent", "TEXT"),
 ];
 
 const TURNSTILE_INDEXES: &str = "
@@ -107,6 +110,22 @@ CREATE TABLE IF NOT EXISTS turnstile_leases (
     epoch INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS turnstile_machines (
+    machine_name TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    PRIMARY KEY (machine_name, incarnation)
+);
+CREATE TABLE IF NOT EXISTS turnstile_event_consumers (
+    target_machine TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    lease_until INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_events_pending ON machine_events (target_machine, id)
+    WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS turnstile_health (
     id INTEGER PRIMARY KEY,
     checked_at INTEGER,

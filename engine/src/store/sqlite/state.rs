@@ -98,7 +98,7 @@ impl StateStore for SqliteStore {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
             "SELECT id, source_machine, target_machine, event_type, job_id, payload,
-                COALESCE(status, 'pending'), created_at
+                COALESCE(status, 'pending'), created_at, traceparent
              FROM machine_events WHERE (?1 IS NULL OR target_machine = ?1)
              ORDER BY id DESC LIMIT ?2",
         )?;
@@ -114,16 +114,18 @@ impl StateStore for SqliteStore {
                     payload: json_col(r, 5)?,
                     status: r.get(6)?,
                     created_at: time_col(r, 7)?,
+                    traceparent: r.get(8)?,
                 })
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn persist_batch(
+    fn persist_processed(
         &self,
         states: &SavedStates,
         audit: &[TransitionRecord],
+        processed: &[i64],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -165,6 +167,7 @@ impl StateStore for SqliteStore {
                 up.execute(params![&**m, &**state, pid, ctx, instance])?;
             }
         }
+        super::events::mark(&tx, processed)?;
         tx.commit()?;
         match refused {
             Some((m, epoch)) => Err(fenced(&m, epoch)),

@@ -1,0 +1,126 @@
+//! Events across processes: the machine registry (`turnstile_machines`: which process runs
+//! which machine) and delivery through the event table (`machine_events`).
+//!
+//! A trait of its own ([`EventStore`], required by [`super::Store`]), beside
+//! [`super::StateStore`]'s audit-style `record_event`/`events`/`clear_events`, because it
+//! carries a delivery protocol:
+//!
+//! - [`EventStore::register_machines`] records that an incarnation runs these machines
+//!   (written again every third of the lease as a heartbeat); a registration older than
+//!   the lease is stale (its process died); [`EventStore::unregister_machines`] deletes
+//!   them at a clean exit. [`EventStore::machine_hosts`] answers the live ones: "runs
+//!   elsewhere" is told apart from "does not exist".
+//! - [`EventStore::send_event`] appends a `pending` row (with the sender's
+//!   `traceparent`) and wakes the consumers at once (PostgreSQL: `NOTIFY turnstile_jobs`;
+//!   SQLite: the WAL watch of the consumer's store).
+//! - [`EventStore::take_events`] hands `target`'s pending rows in id order to the one
+//!   consumer that holds `target`'s consumer lease (`turnstile_event_consumers`; taken
+//!   when free, expired or already the caller's, renewed by every call): when several
+//!   processes run a machine of one name, one of them at a time receives its events, so
+//!   they keep their order. [`EventStore::mark_processed`] marks rows `processed` once
+//!   the receiving machine has handled them; [`super::StateStore::persist_processed`]
+//!   does it in the transaction that saves the state they led to (`--persist`), so a
+//!   process killed in between redelivers exactly the events whose effect was not saved.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{StoreError, Timestamp};
+
+/// An event to send through the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEvent {
+    /// The sending machine (`None`: the CLI, an HTTP client).
+    pub source: Option<String>,
+    /// The receiving machine.
+    pub target: String,
+    /// The event name.
+    pub event_type: String,
+    /// A job id carried with it.
+    pub job_id: Option<String>,
+    /// Its payload.
+    pub payload: Option<Json>,
+    /// The sender's W3C trace context: the receiver's span continues that trace.
+    pub traceparent: Option<String>,
+}
+
+/// A pending event as [`EventStore::take_events`] hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its id: increasing in insertion order; a redelivery has the same id.
+    pub id: i64,
+    /// The sender.
+    pub source: Option<String>,
+    /// The receiver.
+    pub target: String,
+    /// The event name.
+    pub event_type: String,
+    /// A job id carried with it.
+    pub job_id: Option<String>,
+    /// Its payload (a payload that is not JSON, as statemachine-engine's CLI may write,
+    /// is a JSON string).
+    pub payload: Option<Json>,
+    /// The sender's trace context.
+    pub traceparent: Option<String>,
+}
+
+/// A live registration of a machine ([`EventStore::machine_hosts`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MachineHost {
+    /// The machine.
+    pub machine_name: String,
+    /// The instance id of the process running it.
+    pub instance_id: String,
+    /// That process's incarnation.
+    pub incarnation: String,
+    /// Its host.
+    pub host: String,
+    /// Its pid.
+    pub pid: i64,
+    /// Its last heartbeat.
+    pub heartbeat_at: Option<Timestamp>,
+}
+
+/// The machine registry and the event table's delivery.
+pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Records that `incarnation` (of instance `instance_id`, this process) runs
+    /// `machines`, now: rows of this incarnation for other names are deleted. Called
+    /// again as the heartbeat.
+    fn register_machines(
+        &self,
+        instance_id: &str,
+        incarnation: &str,
+        machines: &[String],
+    ) -> Result<(), StoreError>;
+    /// Deletes `incarnation`'s registrations and gives up its consumer leases (a clean
+    /// exit).
+    fn unregister_machines(&self, incarnation: &str) -> Result<(), StoreError>;
+    /// The registrations of `machine` whose heartbeat is younger than `stale_after`.
+    fn machine_hosts(
+        &self,
+        machine: &str,
+        stale_after: Duration,
+    ) -> Result<Vec<MachineHost>, StoreError>;
+    /// Appends a pending event; returns its id. Wakes the target's consumer at once.
+    fn send_event(&self, ev: &NewEvent) -> Result<i64, StoreError>;
+    /// With `target`'s consumer lease (taken or renewed for `lease` when free, expired or
+    /// `consumer`'s): up to `limit` of its pending events in id order. `None` when
+    /// another consumer holds the lease.
+    fn take_events(
+        &self,
+        target: &str,
+        consumer: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError>;
+    /// Marks these events processed; returns how many were pending.
+    fn mark_processed(&self, ids: &[i64]) -> Result<usize, StoreError>;
+}
+
+/// A `payload` column's text as JSON: JSON when it parses, else the text as a string
+/// (statemachine-engine's CLI stores `--payload` as given).
+pub(crate) fn payload_from_text(text: Option<String>) -> Option<Json> {
+    text.map(|t| serde_json::from_str(&t).unwrap_or(Json::String(t)))
+}

@@ -1,0 +1,201 @@
+//! The machine registry and event delivery on SQLite (see [`crate::store::events`]).
+//! Registrations, sends, lease changes and marks are writes of the group-commit writer
+//! (one `BEGIN IMMEDIATE` transaction each, shared with this process's other writes);
+//! taking events reads first and writes only when the consumer lease must be taken or is
+//! past a third of its time, so a busy consumer does not commit on every look. Times are
+//! milliseconds of the writer's clock (every process sharing the file is on its host).
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::rows::Cached;
+use super::SqliteStore;
+use crate::instance::host_name;
+use crate::store::events::payload_from_text;
+use crate::store::instances::ms;
+use crate::store::{now_ms, EventStore, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp};
+
+/// Takes or renews `target`'s consumer lease for `consumer`; false when another holds it.
+fn lease(tx: &Connection, target: &str, consumer: &str, lease: i64) -> rusqlite::Result<bool> {
+    let now = now_ms();
+    let n = tx.exec_cached(
+        "INSERT INTO turnstile_event_consumers (target_machine, consumer, lease_until)
+         VALUES (?1, ?2, ?3)
+         ON CONFLICT (target_machine) DO UPDATE SET consumer = excluded.consumer,
+            lease_until = excluded.lease_until
+         WHERE turnstile_event_consumers.consumer = excluded.consumer
+            OR turnstile_event_consumers.lease_until < ?4",
+        params![target, consumer, now + lease, now],
+    )?;
+    Ok(n > 0)
+}
+
+fn pending(conn: &Connection, target: &str, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, source_machine, target_machine, event_type, job_id, payload, traceparent
+         FROM machine_events WHERE target_machine = ?1 AND status = 'pending'
+         ORDER BY id LIMIT ?2",
+    )?;
+    let rows = st.query_map(
+        params![target, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(StoredEvent {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                target: r.get(2)?,
+                event_type: r.get(3)?,
+                job_id: r.get(4)?,
+                payload: payload_from_text(r.get(5)?),
+                traceparent: r.get(6)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Marks `ids` processed in `tx`; how many were pending.
+pub(super) fn mark(tx: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for id in ids {
+        n += tx.exec_cached(
+            "UPDATE machine_events SET status = 'processed', processed_at = CURRENT_TIMESTAMP
+             WHERE id = ?1 AND status = 'pending'",
+            [id],
+        )?;
+    }
+    Ok(n)
+}
+
+impl EventStore for SqliteStore {
+    fn register_machines(
+        &self,
+        instance_id: &str,
+        incarnation: &str,
+        machines: &[String],
+    ) -> Result<(), StoreError> {
+        let (id, inc, names) = (
+            instance_id.to_owned(),
+            incarnation.to_owned(),
+            machines.to_vec(),
+        );
+        self.write(move |tx| {
+            let now = now_ms();
+            let names_json =
+                serde_json::to_string(&names).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            tx.exec_cached(
+                "DELETE FROM turnstile_machines WHERE incarnation = ?1
+                    AND machine_name NOT IN (SELECT value FROM json_each(?2))",
+                params![inc, names_json],
+            )?;
+            for m in &names {
+                tx.exec_cached(
+                    "INSERT OR REPLACE INTO turnstile_machines
+                        (machine_name, incarnation, instance_id, host, pid, heartbeat_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![m, inc, id, host_name(), i64::from(std::process::id()), now],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unregister_machines(&self, incarnation: &str) -> Result<(), StoreError> {
+        let inc = incarnation.to_owned();
+        self.write(move |tx| {
+            tx.exec_cached(
+                "DELETE FROM turnstile_machines WHERE incarnation = ?1",
+                [&inc],
+            )?;
+            tx.exec_cached(
+                "DELETE FROM turnstile_event_consumers WHERE consumer = ?1",
+                [&inc],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn machine_hosts(
+        &self,
+        machine: &str,
+        stale_after: Duration,
+    ) -> Result<Vec<MachineHost>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT machine_name, instance_id, incarnation, host, pid, heartbeat_at
+             FROM turnstile_machines WHERE machine_name = ?1 AND heartbeat_at >= ?2
+             ORDER BY heartbeat_at DESC",
+        )?;
+        let rows = st.query_map(params![machine, now_ms() - ms(stale_after)], |r| {
+            Ok(MachineHost {
+                machine_name: r.get(0)?,
+                instance_id: r.get(1)?,
+                incarnation: r.get(2)?,
+                host: r.get(3)?,
+                pid: r.get(4)?,
+                heartbeat_at: Some(Timestamp::from_ms(r.get(5)?)),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn send_event(&self, ev: &NewEvent) -> Result<i64, StoreError> {
+        let ev = ev.clone();
+        self.write(move |tx| {
+            tx.exec_cached(
+                "INSERT INTO machine_events (source_machine, target_machine, event_type, job_id,
+                    payload, status, traceparent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![
+                    ev.source,
+                    ev.target,
+                    ev.event_type,
+                    ev.job_id,
+                    ev.payload.as_ref().map(serde_json::Value::to_string),
+                    ev.traceparent
+                ],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn take_events(
+        &self,
+        target: &str,
+        consumer: &str,
+        lease_time: Duration,
+        limit: usize,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        let lease_ms = ms(lease_time);
+        // Held, with more than two thirds of its time left: read only.
+        let held: Option<(String, i64)> = self
+            .conn()
+            .row_cached(
+                "SELECT consumer, lease_until FROM turnstile_event_consumers
+                 WHERE target_machine = ?1",
+                [target],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let now = now_ms();
+        match held {
+            Some((c, until)) if c == consumer && until - now > lease_ms * 2 / 3 => {
+                return Ok(Some(pending(&self.conn(), target, limit)?));
+            }
+            Some((c, until)) if c != consumer && until >= now => return Ok(None),
+            _ => {}
+        }
+        let (target, consumer) = (target.to_owned(), consumer.to_owned());
+        self.write(move |tx| {
+            if !lease(tx, &target, &consumer, lease_ms)? {
+                return Ok(None);
+            }
+            Ok(Some(pending(tx, &target, limit)?))
+        })
+    }
+
+    fn mark_processed(&self, ids: &[i64]) -> Result<usize, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |tx| Ok(mark(tx, &ids)?))
+    }
+}
