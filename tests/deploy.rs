@@ -505,7 +505,7 @@ fn promtool_checks_the_alert_rules() {
         Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]),
     );
     assert!(
-        text(&out.stdout).contains("SUCCESS: 8 rules found"),
+        text(&out.stdout).contains("SUCCESS: 9 rules found"),
         "{}",
         text(&out.stdout)
     );
@@ -771,6 +771,60 @@ fn the_postgres_overlay_runs_three_replicas_on_a_database_from_a_secret() {
         "{}",
         sidecar["args"]
     );
+    // Connections bounded so that three replicas stay well under max_connections (100).
+    let pool: u32 = env("TURNSTILE_DB_POOL")["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(3 * (2 * pool + 1) <= 50, "--db-pool {pool}");
+
+    // The base's worker, the shared-queue reporter and the singleton scheduler run, from
+    // the merged ConfigMap, each a valid config; the scheduler is a singleton.
+    let args: Vec<&str> = sidecar["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for flag in ["run", "--watch", "--listen", "--plugins"] {
+        assert!(args.contains(&flag), "{flag} kept from the base: {args:?}");
+    }
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the generated ConfigMap");
+    let configs: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("/etc/turnstile/"))
+        .collect();
+    assert_eq!(configs, ["worker.yaml", "reporter.yaml", "scheduler.yaml"]);
+    let mut files = Vec::new();
+    for key in &configs {
+        let text = cm["data"][*key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is not in the ConfigMap"));
+        let file = dir.path().join(key);
+        std::fs::write(&file, text).unwrap();
+        files.push(file);
+    }
+    let out = run_ok(
+        "turnstile validate --strict (overlay configs)",
+        Command::new(kit::bin())
+            .arg("validate")
+            .arg("--strict")
+            .args(&files),
+    );
+    assert!(
+        text(&out.stdout).contains("0 error(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let scheduler = &yaml_docs(&files[2])[0];
+    assert_eq!(scheduler["metadata"]["singleton"], true);
+    assert!(yaml_docs(&files[1])[0]["metadata"]
+        .get("singleton")
+        .is_none());
 }
 
 // --- docker compose and the Dockerfile --------------------------------------------------
