@@ -50,6 +50,19 @@ pub enum Command {
     /// Send an event to a machine of another `turnstile run` process: through its
     /// `--socket-dir` socket, or with --db through the store (any host).
     SendEvent(SendEventArgs),
+    /// Print a bcrypt hash of a password read from stdin (its first line), for
+    /// `basic_auth_users` in a --web-config file.
+    HashPassword(HashPasswordArgs),
+}
+
+/// `hash-password`.
+#[derive(Debug, Args)]
+pub struct HashPasswordArgs {
+    /// bcrypt cost: each check takes 2^COST rounds (10: about 50 ms on one core). The
+    /// sidecar accepts 4 to 14.
+    #[arg(long, default_value_t = 10, value_name = "COST",
+          value_parser = clap::value_parser!(u32).range(4..=i64::from(turnstile_exporter::server::web::MAX_BCRYPT_COST)))]
+    pub cost: u32,
 }
 
 impl Command {
@@ -62,7 +75,8 @@ impl Command {
             Command::Jobs(_)
             | Command::MachineState(_)
             | Command::Events(_)
-            | Command::SendEvent(_) => &[],
+            | Command::SendEvent(_)
+            | Command::HashPassword(_) => &[],
         }
     }
 }

@@ -93,7 +93,27 @@ fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
             Some(db) => bridge::send_through_store(args, db),
             None => jobs_cli::send_event(args),
         },
+        Command::HashPassword(args) => hash_password(&args),
     }
+}
+
+/// `hash-password`: the first line of stdin, hashed.
+fn hash_password(args: &args::HashPasswordArgs) -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| UsageError(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(
+            UsageError("no password on stdin (an empty password is refused)".into()).into(),
+        );
+    }
+    let hash = turnstile_exporter::server::web::hash_password(password, args.cost)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads the `--plugins` libraries into the registry, printing each failure (the others

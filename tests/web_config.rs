@@ -98,9 +98,20 @@ fn cert(dir: &Path, name: &str, by: &str, client: bool) {
     );
 }
 
-/// A bcrypt hash of `pw` (cost 4: quick in debug builds).
+/// A bcrypt hash of `pw` by `turnstile hash-password` (cost 4: quick in debug builds).
 fn hash(pw: &str) -> String {
-    bcrypt::hash(pw, 4).unwrap()
+    use std::io::Write as _;
+    let mut child = kit::turnstile(&["hash-password", "--cost", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{pw}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "turnstile hash-password");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$2b$04$") && hash.len() == 60, "{hash}");
+    hash
 }
 
 /// What curl got: the status (0 when no HTTP answer came), the headers (lower case) and

@@ -33,6 +33,11 @@ pub use file::{Settings, MAX_BCRYPT_COST};
 
 use super::response::{ApiError, Body};
 
+/// A bcrypt hash of `password` at `cost` (what `basic_auth_users` takes).
+pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
+    bcrypt::hash(password, cost).map_err(|e| e.to_string())
+}
+
 /// What identifies a version of a file.
 type Stamp = Option<(SystemTime, u64, u64)>;
 
