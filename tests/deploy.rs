@@ -944,6 +944,53 @@ fn compose_stack_is_wired_together() {
         );
     }
     assert_ne!(ids[0], ids[1], "each replica its own instance id");
+    // HTTPS with basic auth from the files web-certs makes: the sidecars wait for it, read
+    // the web config from its volume and are probed over HTTPS; Prometheus scrapes with the
+    // CA and the password file from the same volume; the load generator writes with its
+    // own user.
+    for name in ["turnstile", "turnstile-2"] {
+        let s = &services[name];
+        assert_eq!(
+            s["environment"]["TURNSTILE_WEB_CONFIG"],
+            "/etc/turnstile-web/web.yml"
+        );
+        assert_eq!(
+            s["depends_on"]["web-certs"]["condition"],
+            "service_completed_successfully"
+        );
+        assert!(
+            s["volumes"]
+                .to_string()
+                .contains("web-config:/etc/turnstile-web:ro"),
+            "{name}"
+        );
+        let hc = s["healthcheck"]["test"].to_string();
+        assert!(
+            hc.contains("https://localhost:8000/readyz") && hc.contains("--cacert"),
+            "{hc}"
+        );
+    }
+    let job = prom[0]["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "turnstile")
+        .unwrap();
+    assert_eq!(job["scheme"], "https");
+    assert_eq!(job["tls_config"]["ca_file"], "/etc/turnstile-web/ca.crt");
+    assert_eq!(job["basic_auth"]["username"], "prometheus");
+    assert_eq!(
+        job["basic_auth"]["password_file"],
+        "/etc/turnstile-web/scrape-password"
+    );
+    assert!(services["prometheus"]["volumes"]
+        .to_string()
+        .contains("web-config:/etc/turnstile-web:ro"));
+    let loadgen = services["loadgen"]["command"].to_string();
+    assert!(
+        loadgen.contains("loadgen-password") && loadgen.contains("https://"),
+        "{loadgen}"
+    );
     assert_ne!(ports[0], ports[1], "each replica its own sidecar port");
     let prom_cmd = services["prometheus"]["command"].to_string();
     assert!(
@@ -1003,4 +1050,120 @@ fn dockerfile_passes_hadolint_and_builds_a_small_non_root_image() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// The compose stack's `web-certs` script, run for real in a temp dir (as root when the
+/// tests are, so that its `chown` works; otherwise `chown` is skipped): it makes a CA, a
+/// certificate, two passwords and a web config with which `turnstile run` serves HTTPS,
+/// Prometheus's password opens `/metrics`, the load generator's opens `POST` writes, and a
+/// second run changes nothing.
+#[test]
+fn the_compose_web_certs_script_makes_a_working_web_config() {
+    let docs = yaml_docs(&root().join("deploy/docker-compose.yml"));
+    let script = docs[0]["services"]["web-certs"]["command"][0]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    // Compose's `$$` is a `$`; the volume's mount point is the temp dir.
+    let mut script = script
+        .replace("$$", "$")
+        .replace("/web", &web.display().to_string());
+    let root_user = text(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0";
+    if !root_user {
+        script = format!("chown() {{ :; }}\n{script}");
+    }
+    let bin_dir = Path::new(kit::bin())
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let run = || {
+        run_ok(
+            "the web-certs script",
+            Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .env("PATH", &path),
+        )
+    };
+    run();
+    let web_yml = std::fs::read_to_string(web.join("web.yml")).unwrap();
+    run();
+    assert_eq!(
+        std::fs::read_to_string(web.join("web.yml")).unwrap(),
+        web_yml,
+        "kept"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |f: &str| std::fs::metadata(web.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("server.key"), 0o600);
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("loadgen-password"), 0o600);
+    assert_eq!(mode("scrape-password"), 0o644);
+    assert_eq!(mode("ca.crt"), 0o644);
+
+    let config = dir.path().join("idle.yaml");
+    std::fs::write(&config, "initial_state: idle\nmetadata:\n  machine_name: idle\ntransitions:\n  - {from: idle, to: done, event: finish}\n").unwrap();
+    let db = dir.path().join("jobs.db").display().to_string();
+    let web_arg = web.join("web.yml").display().to_string();
+    let mut p = Proc::start(&[
+        "run",
+        &config.display().to_string(),
+        "--web-config",
+        &web_arg,
+        "--db",
+        &db,
+    ]);
+    let addr = p.sidecar_addr(Duration::from_secs(60));
+    let ca = web.join("ca.crt").display().to_string();
+    let url = |path: &str| format!("https://localhost:{}{path}", addr.port());
+    let status = |extra: &[&str], path: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                &ca,
+            ])
+            .args(extra)
+            .arg(url(path))
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let scrape = format!(
+        "prometheus:{}",
+        std::fs::read_to_string(web.join("scrape-password"))
+            .unwrap()
+            .trim()
+    );
+    let writer = format!(
+        "loadgen:{}",
+        std::fs::read_to_string(web.join("loadgen-password"))
+            .unwrap()
+            .trim()
+    );
+    assert_eq!(status(&[], "/readyz"), "200");
+    assert_eq!(status(&[], "/metrics"), "401");
+    assert_eq!(status(&["-u", &scrape], "/metrics"), "200");
+    let post = [
+        "-H",
+        "content-type: application/json",
+        "--data",
+        "{\"job_type\": \"index\"}",
+    ];
+    assert_eq!(
+        status(&[&post[..], &["-u", &writer]].concat(), "/jobs"),
+        "201"
+    );
+    assert_eq!(status(&post, "/jobs"), "401");
+    p.signal("TERM");
+    let (st, _) = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "{}", p.log());
 }
