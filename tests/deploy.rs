@@ -614,6 +614,123 @@ fn validate_strictly(kustomization: &str) {
     }
 }
 
+/// The sidecar serves HTTPS with basic auth from Secrets the user provides (none rendered):
+/// the web config and the certificate mounted as whole directories, the write token from
+/// a Secret; the application calls it over HTTPS with the token and the CA; the PodMonitor
+/// scrapes with the CA, a name the certificate carries and basic auth from a Secret.
+fn web_config_from_secrets(docs: &[Json], spec: &Json, sidecar: &Json) {
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Secret"),
+        "no Secret is committed"
+    );
+    let args = sidecar["args"].to_string();
+    assert!(
+        args.contains("\"--web-config\",\"/etc/turnstile-web/web.yml\""),
+        "{args}"
+    );
+    let secret_of = |mount_path: &str, container: &Json| -> String {
+        let m = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == mount_path)
+            .unwrap_or_else(|| panic!("{mount_path} mounted in {}", container["name"]));
+        assert!(m.get("subPath").is_none(), "subPath hides Secret updates");
+        let v = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        v["secret"]["secretName"]
+            .as_str()
+            .expect("a Secret volume")
+            .to_owned()
+    };
+    assert_eq!(secret_of("/etc/turnstile-web", sidecar), "turnstile-web");
+    assert_eq!(secret_of("/etc/turnstile-tls", sidecar), "turnstile-tls");
+    let token_from = |c: &Json| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TURNSTILE_TOKEN")
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+    };
+    assert_eq!(
+        token_from(sidecar),
+        Some(json!({"name": "turnstile-web", "key": "token"}))
+    );
+    let app = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .unwrap();
+    assert_eq!(token_from(app), token_from(sidecar));
+    assert_eq!(secret_of("/etc/turnstile-tls", app), "turnstile-tls");
+    let cmd = app["command"].to_string();
+    assert!(
+        cmd.contains("https://localhost:8000/")
+            && cmd.contains("--cacert /etc/turnstile-tls/ca.crt")
+            && cmd.contains("Bearer $TURNSTILE_TOKEN"),
+        "{cmd}"
+    );
+    let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["scheme"], "https");
+    assert_eq!(
+        ep["tlsConfig"]["ca"]["secret"],
+        json!({"name": "turnstile-tls", "key": "ca.crt"})
+    );
+    assert_eq!(ep["basicAuth"]["username"]["name"], "turnstile-scrape");
+    assert_eq!(ep["basicAuth"]["password"]["name"], "turnstile-scrape");
+    // The certificate cert-manager makes is the Secret the pods mount, for the names the
+    // application and the PodMonitor check.
+    let dir = tempfile::tempdir().unwrap();
+    let cm = yaml_docs(&render_k8s(dir.path(), "deploy/k8s/cert-manager"));
+    let cert = cm
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["metadata"]["name"] == "turnstile-tls")
+        .unwrap();
+    assert_eq!(cert["spec"]["secretName"], "turnstile-tls");
+    let names = cert["spec"]["dnsNames"].to_string();
+    assert!(names.contains("\"localhost\""), "{names}");
+    assert!(
+        names.contains(&ep["tlsConfig"]["serverName"].to_string()),
+        "{names}"
+    );
+}
+
+#[test]
+fn the_cert_manager_example_validates_against_the_cert_manager_crds() {
+    need_node_modules();
+    let dir = tempfile::tempdir().unwrap();
+    let file = render_k8s(dir.path(), "deploy/k8s/cert-manager");
+    let out = run_ok(
+        "node deploy/checks/crds.mjs (cert-manager resources)",
+        Command::new("node")
+            .arg("deploy/checks/crds.mjs")
+            .arg(&file),
+    );
+    let report = text(&out.stdout);
+    for r in [
+        "Certificate/turnstile-tls",
+        "Certificate/turnstile-ca",
+        "Issuer/turnstile-ca",
+        "Issuer/turnstile-selfsigned",
+    ] {
+        assert!(
+            report.contains(&format!("{r}: valid against the cert-manager CRD schema")),
+            "{report}"
+        );
+    }
+    assert!(
+        report.contains("4 resource(s): no unknown fields"),
+        "{report}"
+    );
+}
+
 #[test]
 fn the_prometheus_rule_holds_the_alert_rules() {
     let rules = yaml_docs(&root().join("deploy/prometheus/alerts.yml"));
@@ -652,6 +769,10 @@ fn sidecar_shape(kustomization: &str) {
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(sidecar[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+    web_config_from_secrets(&docs, spec, sidecar);
     let sc = &sidecar["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["runAsNonRoot"], true);
@@ -787,7 +908,7 @@ fn the_postgres_overlay_runs_three_replicas_on_a_database_from_a_secret() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    for flag in ["run", "--watch", "--listen", "--plugins"] {
+    for flag in ["run", "--watch", "--listen", "--plugins", "--web-config"] {
         assert!(args.contains(&flag), "{flag} kept from the base: {args:?}");
     }
     let cm = docs
