@@ -265,6 +265,43 @@ fn tls_basic_auth_and_headers_guard_the_sidecar_and_prometheus_scrapes_through_t
         g.error
     );
 
+    // Python's ssl module negotiates TLS 1.2 and TLS 1.3 with the test CA and reads an
+    // answer over each.
+    for version in ["TLSv1_2", "TLSv1_3"] {
+        let script = format!(
+            "import ssl, socket, base64\n\
+             ctx = ssl.create_default_context(cafile={ca:?})\n\
+             ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.{version}\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='localhost')\n\
+             auth = base64.b64encode(b'prom:pw').decode()\n\
+             s.sendall(('GET /stats HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Basic ' + auth + '\\r\\nConnection: close\\r\\n\\r\\n').encode())\n\
+             data = b''\n\
+             while True:\n\
+             \x20   chunk = s.recv(65536)\n\
+             \x20   if not chunk: break\n\
+             \x20   data += chunk\n\
+             print(s.version(), data.split(b'\\r\\n')[0].decode())\n",
+            port = s.addr.port()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = version.replace('_', ".");
+        assert_eq!(
+            said.trim(),
+            format!("{expected} HTTP/1.1 200 OK"),
+            "{version}"
+        );
+    }
+
     // Prometheus scrapes over TLS with basic auth.
     let prom = Prometheus::start_with(
         s.addr,
