@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     };
     for name in &args.redact {
         if let Err(why) = turnstile_engine::redact::check_name(name) {
-            eprintln!("error: --redact: {why}");
+            eprintln!("error: --redact (or TURNSTILE_REDACT): {why}; give field names, e.g. `--redact iban,pin`");
             return ExitCode::from(EXIT_INVALID);
         }
     }
