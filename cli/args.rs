@@ -27,6 +27,18 @@ pub struct Cli {
     /// Logging options.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Also redact fields whose names contain NAME (case-insensitively) wherever data is
+    /// shown: added to the default list (password, passwd, secret, token, api_key, apikey,
+    /// authorization, cookie, private_key) and to the configs' `redact:` lists. Repeat it,
+    /// or give a comma-separated list.
+    #[arg(
+        long = "redact",
+        global = true,
+        env = "TURNSTILE_REDACT",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub redact: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -1,5 +1,9 @@
 //! The job store on the command line: `run --db`, `jobs add|list`, `machine-state`,
 //! `events list`, and the `turnstile_jobs` gauge.
+//!
+//! What they print goes through the process's redactor (`turnstile_engine::redact`):
+//! jobs' data, results and metadata and machines' contexts show sensitive fields as
+//! `"[redacted]"`; the store keeps the real values.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::{
-    new_job_from_json, Added, ListJobs, NewJob, Store, StoreError, Timestamp, MAX_BATCH, STATUSES,
+    new_job_from_json, Added, Job, ListJobs, MachineRecord, NewJob, Store, StoreError, Timestamp,
+    MAX_BATCH, STATUSES,
 };
 use turnstile_exporter::telemetry::Telemetry;
 
@@ -363,7 +368,7 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                 limit: Some(limit),
             })?;
             match format {
-                OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&jobs)?),
+                OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&shown_jobs(jobs))?),
                 OutFormat::Text => {
                     outln!(
                         "{:<28} {:<14} {:<16} {:<10} {:>8} {:>3}  ERROR",
@@ -469,12 +474,40 @@ fn add_from_file(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Jobs as `jobs list` shows them: the sensitive fields of their data, result and
+/// metadata redacted (the store keeps the real values).
+fn shown_jobs(mut jobs: Vec<Job>) -> Vec<Job> {
+    let redactor = turnstile_engine::redact::global();
+    for j in &mut jobs {
+        redactor.redact_owned(&mut j.data);
+        for v in [j.result.as_mut(), j.metadata.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            redactor.redact_owned(v);
+        }
+    }
+    jobs
+}
+
 /// `turnstile machine-state`
 pub fn machine_state(args: MachineStateArgs) -> anyhow::Result<ExitCode> {
     let store = open_existing(&args.db)?;
     let machines = store.machines()?;
     match args.format {
-        OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&machines)?),
+        OutFormat::Json => {
+            let redactor = turnstile_engine::redact::global();
+            let machines: Vec<MachineRecord> = machines
+                .into_iter()
+                .map(|mut m| {
+                    if let Some(c) = m.context.as_mut() {
+                        redactor.redact_owned(c);
+                    }
+                    m
+                })
+                .collect();
+            outln!("{}", serde_json::to_string_pretty(&machines)?)
+        }
         OutFormat::Text => {
             outln!(
                 "{:<24} {:<20} {:<24} {:<8} INSTANCE",

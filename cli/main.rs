@@ -54,6 +54,13 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    for name in &args.redact {
+        if let Err(why) = turnstile_engine::redact::check_name(name) {
+            eprintln!("error: --redact (or TURNSTILE_REDACT): {why}; give field names, e.g. `--redact iban,pin`");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    }
+    turnstile_engine::redact::extend_global(&args.redact);
     logging::init(&args.log, instance.as_ref().map(Instance::id));
     match dispatch(args, instance) {
         Ok(code) => code,

@@ -27,6 +27,7 @@ pub mod error_kind;
 pub mod ingress;
 pub mod instance;
 pub mod observe;
+pub mod redact;
 pub mod reload;
 pub mod runtime;
 pub mod sockets;

@@ -1438,3 +1438,43 @@ fn metadata_singleton_is_a_boolean() {
         "singleton: true",
     );
 }
+
+#[test]
+fn redact_is_a_list_of_field_names() {
+    let ok =
+        load("redact: [iban, Card_PIN]\ntransitions:\n  - {from: waiting, to: done, event: go}\n");
+    assert!(ok.diagnostics.is_empty(), "{}", dump(&ok));
+    assert_eq!(
+        ok.def.as_ref().map(|d| d.redact.clone()),
+        Some(vec!["iban".to_owned(), "Card_PIN".to_owned()])
+    );
+    let not_a_list = load("redact: iban\ntransitions:\n  - {from: waiting, to: done, event: go}\n");
+    only(
+        &not_a_list,
+        Severity::Error,
+        "wrong-type",
+        (1, 9),
+        "`redact` must be a list, found a string",
+        "YAML list",
+    );
+    let bad = load(
+        "redact:\n  - iban\n  - \"\"\n  - {a: 1}\ntransitions:\n  - {from: waiting, to: done, event: go}\n",
+    );
+    expect(
+        &bad,
+        Severity::Error,
+        "bad-redact-name",
+        (3, 5),
+        "`redact`: an empty name would redact every field",
+        "iban",
+    );
+    expect(
+        &bad,
+        Severity::Error,
+        "wrong-type",
+        (4, 5),
+        "a field name in `redact` must be a string, found a mapping",
+        "plain name",
+    );
+    assert!(bad.def.is_none());
+}

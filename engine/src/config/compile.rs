@@ -518,6 +518,7 @@ pub fn compile(
         plugins: spec.plugins.iter().map(|p| p.value.clone()).collect(),
         content_hash,
         singleton: spec.singleton,
+        redact: spec.redact.iter().map(|n| n.value.clone()).collect(),
     })
 }
 

@@ -111,6 +111,9 @@ pub struct MachineSpec {
     pub plugins: Vec<Located<String>>,
     /// `metadata.singleton` (a boolean; default false).
     pub singleton: bool,
+    /// `redact:`: field names added to the process's list of sensitive names
+    /// ([`crate::redact`]).
+    pub redact: Vec<Located<String>>,
 }
 
 impl Default for Located<String> {
@@ -131,6 +134,7 @@ const TOP_KEYS: &[&str] = &[
     "final_states",
     "context",
     "plugins",
+    "redact",
     "template",
     "version",
 ];
@@ -331,6 +335,24 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
                     for it in items {
                         if let Some(s) = expect_str(d, it, "a plugin path") {
                             spec.plugins.push(s);
+                        }
+                    }
+                }
+            }
+            "redact" => {
+                if let Some(items) = seq_items(d, v, "`redact`") {
+                    for it in items {
+                        let Some(s) = expect_str(d, it, "a field name in `redact`") else {
+                            continue;
+                        };
+                        match crate::redact::check_name(&s.value) {
+                            Ok(()) => spec.redact.push(s),
+                            Err(why) => d.error(
+                                "bad-redact-name",
+                                s.loc,
+                                format!("`redact`: {why}"),
+                                Some("list field names (or parts of them) such as `iban`".into()),
+                            ),
                         }
                     }
                 }

@@ -114,6 +114,9 @@ pub struct MachineDef {
     /// `metadata.singleton: true`: one process of those sharing a store runs it
     /// ([`crate::runtime::singleton`]).
     pub singleton: bool,
+    /// `redact:`: field names the process adds to its list of sensitive names when it runs
+    /// this definition ([`crate::redact::extend_global`]).
+    pub redact: Vec<String>,
 }
 
 impl MachineDef {

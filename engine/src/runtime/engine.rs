@@ -308,6 +308,8 @@ impl Engine {
     /// Singletons ([`EngineBuilder::singletons`]) are not started but supervised: each
     /// runs once this process takes its lease; their ids are the supervisors'.
     pub fn spawn_all(&self, defs: Vec<Arc<MachineDef>>) -> Result<Vec<usize>, EngineError> {
+        // What the configs add to the sensitive names is shown redacted from now on.
+        crate::redact::extend_global(defs.iter().flat_map(|d| d.redact.iter()));
         let handle = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
         let (singles, defs): (Vec<_>, Vec<_>) =
             defs.into_iter().partition(|d| self.is_singleton(d));
@@ -589,6 +591,7 @@ impl Engine {
     /// between two events (keeping its state when the new definition still has it, and
     /// its context); when no machine of that name runs, a new one starts.
     pub async fn reload(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
+        crate::redact::extend_global(&def.redact);
         let name = def.name.to_string();
         let slot = self.supervised(&name);
         if let Some(slot) = &slot {

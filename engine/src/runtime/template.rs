@@ -5,11 +5,17 @@
 //! `trim`, `json`, `int`. A string that is exactly one placeholder keeps the value's JSON type;
 //! an unknown placeholder stays as written. Text such as `{"a": 1}` that is not a valid
 //! placeholder is left alone.
+//!
+//! Text that is shown rather than used (a logged message) is rendered a second way,
+//! [`Template::render_shown`], which puts `[redacted]` where a value comes from a
+//! sensitive field ([`crate::redact`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::Value as Json;
+
+use crate::redact::{Redactor, REDACTED};
 
 /// A filter applied to a placeholder's value.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +235,40 @@ impl Template {
             }
         }
     }
+
+    /// Renders to text as logs and records show it (a `log` message, a job's error
+    /// message): the same text as [`Template::render_string`], except that values read
+    /// from sensitive fields show as `[redacted]` ([`push_shown`]). The action itself uses
+    /// the real rendering.
+    pub fn render_shown(&self, scope: &dyn Scope, redactor: &Redactor) -> Cow<'_, str> {
+        if self.is_literal() {
+            return self.render_string(scope);
+        }
+        let mut out = String::new();
+        for s in &self.segments {
+            match s {
+                Segment::Lit(l) => out.push_str(l),
+                Segment::Var(ph) => push_shown(&mut out, ph, scope, redactor),
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// Appends a placeholder's text as it is shown in logs and records: `[redacted]` when
+/// its path goes through a sensitive field (see [`crate::redact`]), else its value with
+/// the sensitive fields inside it redacted before the filters apply (or the raw
+/// placeholder when it does not resolve).
+pub fn push_shown(out: &mut String, ph: &Placeholder, scope: &dyn Scope, redactor: &Redactor) {
+    if redactor.path_is_sensitive(&ph.path) {
+        out.push_str(REDACTED);
+        return;
+    }
+    let found = find(ph, scope).map(|v| redactor.redact_json(v));
+    match apply_filters(ph, found).ok().flatten() {
+        Some(v) => push_text(out, &v),
+        None => out.push_str(&ph.raw),
+    }
 }
 
 /// Appends a placeholder's text (or the raw placeholder when it does not resolve).
@@ -305,16 +345,28 @@ pub fn resolve_checked<'a>(
     ph: &Placeholder,
     scope: &'a dyn Scope,
 ) -> Result<Option<Cow<'a, Json>>, String> {
+    apply_filters(ph, find(ph, scope).map(Cow::Borrowed))
+}
+
+/// The value a placeholder's path reaches, before filters (null counts as not set).
+fn find<'a>(ph: &Placeholder, scope: &'a dyn Scope) -> Option<&'a Json> {
     let found = ph
         .path
         .split_first()
         .and_then(|(first, rest)| scope.root(first).and_then(|r| lookup_path(r, rest)));
     // As in statemachine-engine, null counts as "not set": the placeholder stays.
-    let found = found.filter(|v| !v.is_null());
+    found.filter(|v| !v.is_null())
+}
+
+/// Applies a placeholder's filters to the value its path reached (see [`resolve_checked`]).
+fn apply_filters<'a>(
+    ph: &Placeholder,
+    found: Option<Cow<'a, Json>>,
+) -> Result<Option<Cow<'a, Json>>, String> {
     if ph.filters.is_empty() {
-        return Ok(found.map(Cow::Borrowed));
+        return Ok(found);
     }
-    let mut cur: Option<Json> = found.cloned();
+    let mut cur: Option<Json> = found.map(Cow::into_owned);
     for f in &ph.filters {
         cur = match (f, cur) {
             (Filter::Default(d), None) => Some(d.clone()),
@@ -474,6 +526,35 @@ mod tests {
             Template::parse("n={s|int}").unwrap().render_string(&c),
             "n={s|int}"
         );
+    }
+
+    #[test]
+    fn shown_rendering_redacts_sensitive_paths_and_values() {
+        let c = json!({
+            "payload": {"api_token": "T0K", "user": "ann", "nested": {"password": "pw", "n": 1}},
+            "db_password": "S3", "id": 7,
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let r = Redactor::default();
+        let t = Template::parse(
+            "u={payload.user} t={payload.api_token} p={db_password|upper} n={payload.nested} j={payload.nested|json} l={db_password|length} m={missing} i={id}",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render_string(&c),
+            r#"u=ann t=T0K p=S3 n={"password":"pw","n":1} j={"password":"pw","n":1} l=2 m={missing} i=7"#
+        );
+        assert_eq!(
+            t.render_shown(&c, &r),
+            r#"u=ann t=[redacted] p=[redacted] n={"password":"[redacted]","n":1} j={"password":"[redacted]","n":1} l=[redacted] m={missing} i=7"#
+        );
+        let lit = Template::parse("no placeholder").unwrap();
+        assert!(matches!(
+            lit.render_shown(&c, &r),
+            Cow::Borrowed("no placeholder")
+        ));
     }
 
     #[test]

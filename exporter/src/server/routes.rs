@@ -1,5 +1,8 @@
 //! The handlers, one per endpoint of [`super::endpoints::ENDPOINTS`], and the dispatch
 //! from a request to its handler.
+//!
+//! Data shown here goes through the process's redactor (`turnstile_engine::redact`): a
+//! machine's context shows the values of sensitive fields as `"[redacted]"`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -337,7 +340,10 @@ async fn machine(state: &State, name: &str) -> Result<Response<Body>, ApiError> 
         match snap {
             Ok(Some(s)) => {
                 o.insert("state".into(), json!(&*s.state));
-                o.insert("context".into(), Json::Object(s.context));
+                // Shown redacted; the machine keeps the real values.
+                let mut context = Json::Object(s.context);
+                turnstile_engine::redact::global().redact_owned(&mut context);
+                o.insert("context".into(), context);
             }
             Ok(None) => {
                 o.insert("context".into(), Json::Null);

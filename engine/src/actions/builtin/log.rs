@@ -1,4 +1,7 @@
 //! `log`: writes a message to the log.
+//!
+//! The message is written as logs show data: a placeholder that reads a sensitive field
+//! (`{payload.api_token}`) shows `[redacted]` ([`crate::redact`]).
 
 use std::sync::Arc;
 
@@ -56,7 +59,7 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
 impl Action for Log {
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let scope = cx.scope();
-        let msg = self.message.render_string(&scope);
+        let msg = self.message.render_shown(&scope, &crate::redact::global());
         let (machine, state) = (cx.machine, cx.state);
         match self.level {
             Level::Debug => tracing::debug!(target: "turnstile::log", machine, state, "{msg}"),

@@ -4,7 +4,7 @@
 //! context) and refuse an id that renders empty or with an unresolved placeholder.
 //! `complete_job` stores an optional `result` and returns `success`; a job that is not
 //! pending or processing is an error. `fail_job` records `error_message` (default: the
-//! last error) and returns `success` (`job_failed`) when the job will be retried, `dead`
+//! last error; placeholders reading sensitive fields show `[redacted]` in it) and returns `success` (`job_failed`) when the job will be retried, `dead`
 //! (default: the same event) when that was its last attempt, with `job_status` in the
 //! context. They share one file and the `job_id` parameter (`job_id_param`).
 
@@ -137,7 +137,12 @@ impl Action for FailJob {
                 Some(self.error.clone()),
             ));
         };
-        let message = self.message.render_string(&cx.scope()).into_owned();
+        // A message the store records and `jobs list` shows: values read from sensitive
+        // fields are redacted in it ([`crate::redact`]).
+        let message = self
+            .message
+            .render_shown(&cx.scope(), &crate::redact::global())
+            .into_owned();
         let (retry, dead, error) = (self.retry.clone(), self.dead.clone(), self.error.clone());
         let job_type = known_job_type(cx, &id);
         Step::Wait(Box::pin(async move {
