@@ -3,7 +3,10 @@
 # one run: two `turnstile run` processes on the same 50 machines x 20 states
 # (bench/gen_many.py), one plain and one with TLS (ECDSA P-256 certificate from a test CA
 # made here by openssl) and basic auth (a bcrypt hash of cost 10, as `htpasswd -B` makes),
-# scraped in turn by wrk (keep-alive connections, as Prometheus scrapes), ROUNDS times each.
+# scraped in turn by wrk (keep-alive connections, as Prometheus scrapes), ROUNDS times each,
+# then scraped one at a time by curl on one keep-alive connection while the server's CPU
+# time is counted (what TLS and basic auth cost the sidecar, apart from the client, which
+# shares the two cores under wrk).
 #
 #   bench/metrics_tls.sh                 # builds the release binary first
 #   TURNSTILE=/path/to/turnstile bench/metrics_tls.sh
@@ -114,6 +117,40 @@ def load(f):
 print(f"median requests/s: plain {prps:.0f}, tls+basic {trps:.0f} (tls/plain {trps/prps:.2f})")
 print(f"median of median latency: plain {plat:.2f} ms, tls+basic {tlat:.2f} ms (tls/plain {tlat/plat:.2f})")
 EOF
+# What the server spends per scrape, apart from the client: one keep-alive connection
+# (as Prometheus scrapes), SCRAPES scrapes in a row by curl, the process's CPU time
+# (utime + stime from /proc) before and after, divided by the scrapes. The machines'
+# own work while it runs is counted too, the same for both.
+SCRAPES=${SCRAPES:-300}
+cpu_per_scrape() { # PID URL [CURL ARGS...]
+  local pid=$1 url=$2; shift 2
+  python3 -c '
+import os, subprocess, sys
+pid, url, n, ca, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+tick = os.sysconf("SC_CLK_TCK")
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+args = ["curl", "-s", "--cacert", ca] + extra
+for _ in range(n):
+    args += ["-o", "/dev/null", url]
+c0 = cpu(); subprocess.run(args, check=True); c1 = cpu()
+print(f"{(c1 - c0) / n * 1000:.3f}")
+' "$pid" "$url" "$SCRAPES" "$work/ca.crt" "$@"
+}
+: > "$work/cpu.res"
+for r in $(seq 1 "$ROUNDS"); do
+  p=$(cpu_per_scrape "${pids[0]}" "$plain_url")
+  t=$(cpu_per_scrape "${pids[1]}" "$tls_url" -H "$auth")
+  echo "round $r: server CPU per scrape, plain $p ms | tls+basic $t ms"
+  echo "$p $t" >> "$work/cpu.res"
+done
+python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+p, t = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+print(f"median server CPU per scrape: plain {p:.2f} ms, tls+basic {t:.2f} ms (tls/plain {t/p:.2f})")
+' "$work/cpu.res"
 for n in plain tls; do
   echo "$n: RSS $(grep VmRSS /proc/"${pids[$([ $n = plain ] && echo 0 || echo 1)]}"/status | awk '{print $2, $3}')"
 done
