@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     match &socket {
         Ok(m) => {
             assert!(ingress::check_event_type(&m.event).is_ok());
-            assert!(m.job_id.as_deref().is_none_or(|j| ingress::check_job_id(j).is_ok()));
+            assert!(m
+                .job_id
+                .as_deref()
+                .is_none_or(|j| ingress::check_job_id(j).is_ok()));
         }
         Err(e) => {
             if data.len() > Limits::SOCKET.max_bytes {

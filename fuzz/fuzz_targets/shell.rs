@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 use turnstile_engine::actions::shell::ShellTemplate;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(cmd) = std::str::from_utf8(data) else { return };
+    let Ok(cmd) = std::str::from_utf8(data) else {
+        return;
+    };
     match ShellTemplate::compile(cmd) {
         Ok(t) => {
             let mut scope: Map<String, Value> = Map::new();
