@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod fuzzing;
 pub mod http;
 pub mod machine;
 pub mod plugin_build;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
+use super::reply::{preview, reply_json};
 use super::{CallError, LoadError};
 
 /// The plugin ABI version this host speaks.
@@ -154,21 +155,12 @@ impl Library {
             // SAFETY: non-null, and the ABI says it is a NUL-terminated string owned by the
             // library until it is passed to `free`, which happens below, after this use.
             let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
-            match std::str::from_utf8(bytes) {
-                Ok(text) => serde_json::from_str::<Json>(text).map_err(|e| {
-                    CallError::NotJson(format!("{e}; it starts with {:?}", preview(text)))
-                }),
-                Err(e) => Err(CallError::NotUtf8(e.to_string())),
-            }
+            reply_json(bytes)
         };
         // SAFETY: `ptr` was returned by this library's `invoke` and is freed exactly once.
         unsafe { (self.free)(ptr) };
         parsed
     }
-}
-
-fn preview(text: &str) -> String {
-    text.chars().take(60).collect()
 }
 
 /// Validates a manifest: `{name, version, actions: [name | {name, params}]}`.

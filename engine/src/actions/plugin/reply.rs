@@ -21,7 +21,28 @@ pub struct PluginReply {
     pub error: Option<(String, String)>,
 }
 
+/// The first characters of a text, for messages.
+pub(super) fn preview(text: &str) -> String {
+    text.chars().take(60).collect()
+}
+
+/// Reads the text a plugin's `invoke` returned (the bytes before its NUL) as JSON.
+pub(super) fn reply_json(bytes: &[u8]) -> Result<Json, CallError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str::<Json>(text)
+            .map_err(|e| CallError::NotJson(format!("{e}; it starts with {:?}", preview(text)))),
+        Err(e) => Err(CallError::NotUtf8(e.to_string())),
+    }
+}
+
 impl PluginReply {
+    /// Reads the bytes a plugin's `invoke` returned, as a call does: UTF-8 JSON, then
+    /// [`PluginReply::from_json`]. (Calls go through the two steps apart; this is the
+    /// whole path in one, for tests and fuzzing.)
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CallError> {
+        Self::from_json(reply_json(bytes)?)
+    }
+
     /// Reads `{"event", "context", "log"}` or `{"error": {"type", "message"}, ...}`.
     pub fn from_json(v: Json) -> Result<Self, CallError> {
         let Json::Object(mut m) = v else {

@@ -108,6 +108,15 @@ impl Lexer<'_> {
         let Some(w) = words.get(k) else { return };
         self.mark_word(w, COMMAND_NAME);
         let Some(name) = w.text.as_deref().map(basename) else {
+            // An unquoted expansion (`$x`, `${x@P}`, `$(cmd)`, backticks) may expand to
+            // nothing, and the word is gone: the next word may be the command
+            // (`$EMPTY read {x}` is `read {x}`).
+            if matches!(self.b.get(w.start), Some(b'`'))
+                || (self.b.get(w.start) == Some(&b'$')
+                    && !matches!(self.b.get(w.start + 1), Some(b'\'' | b'"')))
+            {
+                self.simple(words, k + 1, input);
+            }
             return;
         };
         let args = &words[k + 1..];
@@ -191,7 +200,7 @@ impl Lexer<'_> {
             b"nice" => self.wrapped(words, k, input, b"n", false),
             b"stdbuf" => self.wrapped(words, k, input, b"ioe", false),
             b"sudo" | b"doas" => self.wrapped(words, k, input, b"ugCDhprtUTa", false),
-            b"xargs" => self.wrapped(words, k, input, b"IinPdELsa", false),
+            b"xargs" => self.xargs(words, k, input),
             b"timeout" => {
                 let j = skip_options(args, b"sk");
                 // The duration, then the command.
@@ -316,39 +325,42 @@ impl Lexer<'_> {
         }
     }
 
+    /// `xargs`: runs the command after its options with what it reads as more arguments.
+    /// When that command is a shell whose script those arguments would be (no command
+    /// string after `-c`, no script file) or be put into (`-I`/`-i`/`--replace`), what
+    /// `xargs` reads is code, as for a shell reading its standard input.
+    pub(super) fn xargs(&mut self, words: &[Word], k: usize, input: &Input) {
+        let args = &words[k + 1..];
+        let j = skip_options(args, b"IinPdELsa");
+        self.simple(words, k + 1 + j, input);
+        let replace = args[..j.min(args.len())].iter().any(|a| {
+            a.text.as_deref().is_some_and(|t| {
+                t.starts_with(b"-I") || t.starts_with(b"-i") || t.starts_with(b"--replace")
+            })
+        });
+        let Some(cmd) = args.get(j) else { return };
+        if !cmd
+            .text
+            .as_deref()
+            .is_some_and(|t| SHELLS.contains(&basename(t)))
+        {
+            return;
+        }
+        let shell_args = &args[j + 1..];
+        let (c_flag, s_flag, n) = shell_options(shell_args);
+        let script_from_items = if c_flag {
+            shell_args.get(n).is_none()
+        } else {
+            !s_flag && shell_args.get(n).is_none()
+        };
+        if replace || script_from_items {
+            self.mark_input(input, words[k].start);
+        }
+    }
+
     /// `sh`/`bash`/...: `-c STRING`, a script file, or a script on standard input.
     pub(super) fn shell(&mut self, args: &[Word], input: &Input, cmd_start: usize) {
-        let (mut c_flag, mut s_flag) = (false, false);
-        let mut j = 0;
-        while let Some(a) = args.get(j) {
-            let Some(t) = a.text.as_deref() else { break };
-            if t == b"--" || t == b"-" {
-                j += 1;
-                break;
-            }
-            if t.starts_with(b"--") {
-                j += if t == b"--rcfile" || t == b"--init-file" {
-                    2
-                } else {
-                    1
-                };
-                continue;
-            }
-            if t.len() > 1 && (t[0] == b'-' || t[0] == b'+') {
-                if t[0] == b'-' && t.contains(&b'c') {
-                    c_flag = true;
-                }
-                if t.contains(&b's') {
-                    s_flag = true;
-                }
-                j += 1;
-                if t.ends_with(b"o") || t.ends_with(b"O") {
-                    j += 1;
-                }
-                continue;
-            }
-            break;
-        }
+        let (c_flag, s_flag, j) = shell_options(args);
         if c_flag {
             if let Some(a) = args.get(j) {
                 self.mark_word(a, SHELL_C);
@@ -363,6 +375,48 @@ impl Lexer<'_> {
         }
         self.mark_input(input, cmd_start);
     }
+}
+
+/// The shells whose arguments [`Lexer::shell`] reads.
+const SHELLS: &[&[u8]] = &[
+    b"sh", b"bash", b"dash", b"zsh", b"ksh", b"mksh", b"ash", b"rbash",
+];
+
+/// A shell's options: whether `-c` and `-s` are given, and the index of the first
+/// argument after them.
+fn shell_options(args: &[Word]) -> (bool, bool, usize) {
+    let (mut c_flag, mut s_flag) = (false, false);
+    let mut j = 0;
+    while let Some(a) = args.get(j) {
+        let Some(t) = a.text.as_deref() else { break };
+        if t == b"--" || t == b"-" {
+            j += 1;
+            break;
+        }
+        if t.starts_with(b"--") {
+            j += if t == b"--rcfile" || t == b"--init-file" {
+                2
+            } else {
+                1
+            };
+            continue;
+        }
+        if t.len() > 1 && (t[0] == b'-' || t[0] == b'+') {
+            if t[0] == b'-' && t.contains(&b'c') {
+                c_flag = true;
+            }
+            if t.contains(&b's') {
+                s_flag = true;
+            }
+            j += 1;
+            if t.ends_with(b"o") || t.ends_with(b"O") {
+                j += 1;
+            }
+            continue;
+        }
+        break;
+    }
+    (c_flag, s_flag, j)
 }
 
 /// Index of the first argument after the options (`-x`, `-x ARG` for letters in

@@ -128,3 +128,32 @@ fn data_places_are_accepted() {
         );
     }
 }
+
+/// Found by the quoting oracle (`engine/tests/fuzz_shell.rs`): `xargs` running a shell whose
+/// script is what `xargs` reads, and a command word that expands to nothing.
+#[test]
+fn xargs_into_a_shell_and_vanishing_command_words_are_refused() {
+    for cmd in [
+        "xargs -0 bash -c <<EOF\n{x}\nEOF",
+        "printf '%s' {x} | xargs -0 bash -c",
+        "echo {x} | xargs sh",
+        "echo {x} | xargs -I% sh -c %",
+        "echo {x} | xargs -I % sh -c 'echo %'",
+        "xargs bash -c <<< {x}",
+        "${x@P} read {x}",
+        "$EMPTY eval {x}",
+        "`true` let n={x}",
+    ] {
+        assert_eq!(refused(cmd), Some(UNSAFE_CODE), "accepted: {cmd:?}");
+    }
+    // The value as an argument after the command string, or as data: accepted.
+    for cmd in [
+        "printf '%s\\0' {x} | xargs -0 bash -c 'echo \"$@\"' _",
+        "echo {x} | xargs echo",
+        "echo {x} | xargs bash script.sh",
+        "\"$CMD\" read -r v <<< {x}",
+        "$CMD echo {x}",
+    ] {
+        assert_eq!(refused(cmd), None, "refused: {cmd:?}");
+    }
+}
