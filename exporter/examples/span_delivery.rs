@@ -1,0 +1,107 @@
+//! The highest sustained event rate at which every span reaches the OTLP receiver: for
+//! each offered rate, `go` events are sent to the ping-pong machine at that rate for
+//! `SECS` seconds (a span per event at 100 % sampling, the default span settings
+//! `turnstile run` uses: a queue of 2,048, batches of 512, every second), then the
+//! telemetry is shut down (which flushes the queue) and the spans created, exported,
+//! dropped and received are compared. The receiver (`exporter/tests/support/otlp.rs`)
+//! decodes every request with `opentelemetry-proto` in this process, on the same cores.
+//!
+//! ```text
+//! cargo build --release -p turnstile-exporter --example span_delivery
+//! target/release/examples/span_delivery 60 1000,2000,5000,10000,20000
+//! ```
+//!
+//! Prints one line per rate: events sent, spans exported, dropped and received, and
+//! whether every span arrived.
+
+#[path = "../tests/support/otlp.rs"]
+mod otlp;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use turnstile_engine::{config, ActionRegistry, Engine, Event};
+use turnstile_exporter::telemetry::spans::SpanSettings;
+use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(60);
+    let rates: Vec<u64> = args
+        .next()
+        .unwrap_or_else(|| "1000,2000,5000,10000,20000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    println!("{secs} s per rate; default span settings (queue 2048, batch 512, every 1 s)");
+    for rate in rates {
+        run(rate, Duration::from_secs(secs));
+    }
+}
+
+fn run(rate: u64, secs: Duration) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/pingpong_external.yaml");
+    let def = config::load_path(&path, &ActionRegistry::with_builtins())
+        .def
+        .expect("bench/pingpong_external.yaml loads");
+    let name = def.name.clone();
+    let receiver = otlp::Receiver::start_counting();
+    let telemetry = Telemetry::new(TelemetryConfig {
+        spans: Some(SpanSettings {
+            endpoint: Some(receiver.endpoint()),
+            ..SpanSettings::default()
+        }),
+        ..TelemetryConfig::default()
+    })
+    .expect("telemetry");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::builder().observer(telemetry.clone()).build();
+    rt.block_on(async { engine.spawn(def) }).expect("spawn");
+    let go: std::sync::Arc<str> = "go".into();
+    let sent = rt.block_on(async {
+        // Events go out every millisecond, as many as the rate asks for by then.
+        let t0 = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut sent = 0u64;
+        while t0.elapsed() < secs {
+            tick.tick().await;
+            let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                engine.send(&name, Event::new(go.clone())).await.expect("send");
+                sent += 1;
+            }
+        }
+        sent
+    });
+    engine.shutdown();
+    rt.block_on(engine.join());
+    telemetry.shutdown();
+    let rendered = telemetry.render_metrics(false);
+    let get = |metric: &str| -> u64 {
+        rendered
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let (exported, dropped) = (
+        get("turnstile_spans_exported_total"),
+        get("turnstile_spans_dropped_total"),
+    );
+    // The receiver may still be decoding the last request.
+    let t0 = Instant::now();
+    while (receiver.count() as u64) < exported && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = receiver.count() as u64;
+    let all = dropped == 0 && received == sent;
+    println!(
+        "rate {rate}/s: events {sent}, spans exported {exported}, dropped {dropped}, received {received}: {}",
+        if all { "every span delivered" } else { "spans lost" }
+    );
+}
