@@ -86,8 +86,30 @@ wait_ready() { # port
   return 1
 }
 
+# Adds the N jobs to the sidecar on PORT, in the background: one job per request by wrk (4
+# connections), or, with ADDS=bulk, in arrays of 1000 jobs per request (one transaction
+# each) from one client. Sets ADDER to its pid.
+add_jobs() { # port
+  if [ "${ADDS:-each}" = bulk ]; then
+    python3 - "$1" "$N" > "$TMP/wrk.out" 2>&1 <<'EOF' &
+import json, sys, urllib.request
+port, n = sys.argv[1], int(sys.argv[2])
+for lo in range(0, n, 1000):
+    body = json.dumps([{"job_type": "task", "data": {"n": i}} for i in range(lo, min(n, lo + 1000))])
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/jobs", body.encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        if r.status != 201:
+            print("POST /jobs:", r.status, file=sys.stderr)
+EOF
+  else
+    JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$1/jobs" > "$TMP/wrk.out" 2>&1 &
+  fi
+  ADDER=$!
+}
+
 report() { # label seconds
-  python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1\":<58} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
+  python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1, adds ${ADDS:-each}\":<72} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
 }
 
 # A fresh database on the PostgreSQL server; prints its URL.
@@ -106,8 +128,8 @@ turnstile_one_process() { # sync [db]
   wait_ready "$port"
   local start
   start=$(date +%s.%N)
-  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$port/jobs" > "$TMP/wrk.out" 2>&1 &
-  local wrk=$!
+  add_jobs "$port"
+  local wrk=$ADDER
   local t
   t=$(wait_done "$db" "$start")
   kill "$wrk" "$pid" 2>/dev/null || true
@@ -130,8 +152,8 @@ turnstile_four_processes() { # [db]
   done
   local start
   start=$(date +%s.%N)
-  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$first/jobs" > "$TMP/wrk.out" 2>&1 &
-  local wrk=$!
+  add_jobs "$first"
+  local wrk=$ADDER
   local t
   t=$(wait_done "$db" "$start")
   kill "$wrk" "${pids[@]}" 2>/dev/null || true

@@ -29,6 +29,12 @@ pub struct StoreOptions {
     /// The instance id written with every saved machine state (`machine_state.instance_id`;
     /// [`crate::instance::Instance::id`]); `None`: none written.
     pub instance_id: Option<String>,
+    /// Jobs one claim of `claim_next` may take at once (`turnstile run --claim-batch`):
+    /// above 1, a claim that finds this store object's buffer empty takes up to this many
+    /// more than the machines waiting, hands one out and keeps the rest for the next
+    /// claims of the same filter (see [`crate::store::prefetch`]). Default 1: one job
+    /// per claim.
+    pub claim_batch: usize,
 }
 
 /// When a commit reaches the disk.
@@ -57,6 +63,7 @@ impl Default for StoreOptions {
             renew: true,
             owner: None,
             instance_id: None,
+            claim_batch: 1,
         }
     }
 }
