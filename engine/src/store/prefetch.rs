@@ -13,7 +13,8 @@
 //!   process, renewed by its lease thread, given back by `release_held`.
 //! - A buffered job is handed out only while its lease is known to be good for a third of
 //!   the lease more (its claim or last renewal, see [`Prefetch::renewed`]); one whose
-//!   renewal did not find it under this owner (its lease was lost) is dropped at once.
+//!   renewal did not find it under this owner (its lease was lost) is dropped at once, and
+//!   one whose renewals failed waits (held) for the next renewal that answers.
 //! - Fairness: a buffered job no machine of this process took within [`Prefetch::hold`] (a
 //!   third of the lease, at least 1 s) is given back to the queue at the next renewal, so
 //!   that jobs prefetched behind busy machines go to other processes.
@@ -57,6 +58,9 @@ pub(crate) struct Prefetch {
     batch: usize,
     lease: Duration,
     slots: Mutex<HashMap<JobFilter, Slot>>,
+    /// Stale jobs whose giving back failed (the database did not answer): still held,
+    /// given back at the next renewal.
+    retry: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Prefetch {
@@ -86,6 +90,7 @@ impl Prefetch {
             batch: batch.clamp(1, MAX_CLAIM_BATCH),
             lease,
             slots: Mutex::default(),
+            retry: Mutex::default(),
         }
     }
 
@@ -112,29 +117,26 @@ impl Prefetch {
         self.slots().values().map(|s| s.jobs.len()).sum()
     }
 
-    /// A buffered job whose lease is still good, if any; expired ones are dropped (and no
-    /// longer held).
-    fn take(&self, filter: &JobFilter, holds: &Holds) -> Option<Job> {
+    /// The first buffered job whose lease is known to be good. One whose lease is not
+    /// (its renewals failed: the database did not answer) stays buffered and held until a
+    /// renewal finds it still this process's ([`Self::renewed`]) or not.
+    fn take(&self, filter: &JobFilter) -> Option<Job> {
         let now = Instant::now();
         let mut slots = self.slots();
         let slot = slots.get_mut(filter)?;
-        while let Some(b) = slot.jobs.pop_front() {
-            if b.good_until > now {
-                return Some(b.job);
-            }
-            tracing::warn!(target: "turnstile::store", job = %b.job.job_id, "a prefetched job's lease was not renewed in time: not handed out (it returns to the queue when its lease expires)");
-            holds.release(&b.job.job_id);
-        }
-        None
+        let i = slot.jobs.iter().position(|b| b.good_until > now)?;
+        slot.jobs.remove(i).map(|b| b.job)
     }
 
     /// Claims for `filter`: from the buffer when it holds a job, else by `claim` (called
     /// with how many to take) whose first job goes to the caller and the rest to the
-    /// buffer. Every job `claim` returns must already be in `holds`.
+    /// buffer. Every job `claim` returns must already be in `holds`. `writable`: false
+    /// while the store's writes fail, when nothing is handed out of the buffer (the
+    /// machine could not complete it either) and the claim goes to the database.
     pub(crate) fn claim(
         &self,
         filter: &JobFilter,
-        holds: &Holds,
+        writable: bool,
         claim: impl FnOnce(usize) -> Result<Batch, StoreError>,
     ) -> Result<Claim, StoreError> {
         let claiming = {
@@ -144,12 +146,12 @@ impl Prefetch {
             slot.claiming.clone()
         };
         let _asking = Asking(self, filter);
-        if let Some(j) = self.take(filter, holds) {
+        if let Some(j) = writable.then(|| self.take(filter)).flatten() {
             return Ok(Claim::Job(Box::new(j)));
         }
         let _one = claiming.lock().unwrap_or_else(|e| e.into_inner());
         // Another asker's batch may have filled the buffer meanwhile.
-        if let Some(j) = self.take(filter, holds) {
+        if let Some(j) = writable.then(|| self.take(filter)).flatten() {
             return Ok(Claim::Job(Box::new(j)));
         }
         let asking = self.slots().get(filter).map_or(1, |s| s.asking.max(1));
@@ -171,13 +173,23 @@ impl Prefetch {
         Ok(Claim::Job(Box::new(first)))
     }
 
-    /// Takes out the buffered jobs no machine took within [`Self::hold`], to give back.
+    /// A stale job could not be given back: it stays held (renewed) and is given back at
+    /// the next renewal ([`Self::take_stale`]).
+    pub(crate) fn give_back_later(&self, job_id: String, holds: &Holds) {
+        holds.claimed(&job_id);
+        self.retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job_id);
+    }
+
+    /// Takes out the buffered jobs no machine took within [`Self::hold`] (and those whose
+    /// giving back failed before), to give back.
     pub(crate) fn take_stale(&self) -> Vec<String> {
-        let cutoff = Instant::now().checked_sub(self.hold());
-        let Some(cutoff) = cutoff else {
-            return Vec::new();
+        let mut out = std::mem::take(&mut *self.retry.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(cutoff) = Instant::now().checked_sub(self.hold()) else {
+            return out;
         };
-        let mut out = Vec::new();
         for slot in self.slots().values_mut() {
             slot.jobs.retain(|b| {
                 let stale = b.since <= cutoff;

@@ -216,9 +216,12 @@ impl JobStore for PgStore {
 
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
         if self.inner.prefetch.on() && owner == self.inner.owner {
-            return self.inner.prefetch.claim(filter, &self.inner.holds, |n| {
-                self.claim_up_to(filter, owner, n)
-            });
+            return self
+                .inner
+                .prefetch
+                .claim(filter, self.backoff().is_none(), |n| {
+                    self.claim_up_to(filter, owner, n)
+                });
         }
         let (jobs, next_due) = self.claim_up_to(filter, owner, 1)?;
         Ok(match jobs.into_iter().next() {

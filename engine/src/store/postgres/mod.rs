@@ -278,7 +278,10 @@ impl PgStore {
     /// [`crate::store::prefetch`]).
     pub fn renew_held(&self) -> Result<usize, StoreError> {
         for id in self.inner.prefetch.take_stale() {
-            crate::store::JobStore::release_job(self, &id, &self.inner.owner)?;
+            if let Err(e) = crate::store::JobStore::release_job(self, &id, &self.inner.owner) {
+                tracing::warn!(target: "turnstile::store", job = %id, "could not give back a prefetched job no machine took ({e}): trying again at the next renewal");
+                self.inner.prefetch.give_back_later(id, &self.inner.holds);
+            }
         }
         let ids = self.inner.holds.renewable();
         if ids.is_empty() {

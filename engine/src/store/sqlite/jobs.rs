@@ -252,9 +252,12 @@ impl JobStore for SqliteStore {
     ) -> Result<(Claim, Option<ClaimLoss>), StoreError> {
         if self.inner.prefetch.on() && owner == self.inner.owner {
             // Batches are answered after their commit: no claim of theirs can be lost.
-            let claim = self.inner.prefetch.claim(filter, &self.inner.holds, |n| {
-                self.claim_up_to(filter, owner, n)
-            })?;
+            let claim = self
+                .inner
+                .prefetch
+                .claim(filter, self.claim_backoff().is_none(), |n| {
+                    self.claim_up_to(filter, owner, n)
+                })?;
             return Ok((claim, None));
         }
         let default_max = i64::from(self.inner.opts.max_attempts);
