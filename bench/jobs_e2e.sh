@@ -5,7 +5,11 @@
 #
 #   bench/jobs_e2e.sh [N]        default 5000
 #   CASES="full normal procs sme"  the cases to run (default: these four, in that order;
-#                                  also `pg` and `pgprocs`: the first and third on PostgreSQL)
+#                                  also `pg` and `pgprocs`: the first and third on PostgreSQL,
+#                                  and `graphile`: graphile-worker on the same server)
+#   ADDS=bulk                      adds in arrays of 1000 jobs per request (default: one job
+#                                  per request, by wrk over 4 connections)
+#   CLAIM_BATCH=N                  `turnstile run --claim-batch N` (default: run's default)
 #   PG_URL=postgres://...          the server for the `pg` cases (default: one started by
 #                                  bench/pg_server.sh in the temp dir, durable settings)
 #   LOG_LEVEL=warn,turnstile::store=debug  also prints the writes and transactions of each
@@ -123,7 +127,7 @@ turnstile_one_process() { # sync [db]
   local db="${2:-$TMP/t-$1-$RANDOM$RANDOM.db}" port
   port=$(free_port)
   "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
-    --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+    --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 ${CLAIM_BATCH:+--claim-batch $CLAIM_BATCH} &
   local pid=$!
   wait_ready "$port"
   local start
@@ -145,7 +149,7 @@ turnstile_four_processes() { # [db]
   for i in 1 2 3 4; do
     port=$(free_port)
     "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP/w$i.yaml" --db "$db" --db-sync full \
-      --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+      --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 ${CLAIM_BATCH:+--claim-batch $CLAIM_BATCH} &
     pids+=($!)
     wait_ready "$port"
     [ -z "$first" ] && first=$port
@@ -197,8 +201,35 @@ EOF
   echo "  (statemachine-engine workers logged $dup claims for $N jobs)"
 }
 
+# graphile-worker 0.17.3 (npm; bench/graphile, installed there by `npm ci` when missing) on
+# the same PostgreSQL server: four `node worker.js` processes, concurrency 1 each, a no-op
+# task; the N jobs are added in batches of 1000 by its addJobs (one statement each). The
+# figure is N divided by the time from the first add to its jobs table emptying.
+graphile() {
+  local db gw=bench/graphile pids=()
+  db=$(pg_database)
+  [ -d "$gw/node_modules" ] || (cd "$gw" && npm ci --no-audit --no-fund >/dev/null)
+  node "$gw/worker.js" "$db" add 0 # the schema
+  for i in 1 2 3 4; do
+    node "$gw/worker.js" "$db" 1 > "$TMP/gw$i.log" 2>&1 &
+    pids+=($!)
+  done
+  sleep 2 # Node start-up
+  local start
+  start=$(date +%s.%N)
+  node "$gw/worker.js" "$db" add "$N"
+  while [ "$(psql -XAtq "$db" -c "select count(*) from graphile_worker._private_jobs")" != 0 ]; do
+    sleep 0.01
+  done
+  local t
+  t=$(python3 -c "import time; print(f'{time.time() - $start:.3f}')")
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  ADDS=bulk report "graphile-worker 0.17.3, 4 processes x concurrency 1, PostgreSQL" "$t"
+}
+
 case " ${CASES:-} " in
-  *" pg"*)
+  *" graphile"* | *" pg"*)
     if [ -z "${PG_URL:-}" ]; then
       # Its own folder: the server runs as nobody, who cannot enter $TMP.
       PG_DIR=$(mktemp -d) && chmod 755 "$PG_DIR"
@@ -213,6 +244,7 @@ for c in ${CASES:-full normal procs sme}; do
     pg) turnstile_one_process full "$(pg_database)" ;;
     pgprocs) turnstile_four_processes "$(pg_database)" ;;
     sme) sme ;;
+    graphile) graphile ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac
 done

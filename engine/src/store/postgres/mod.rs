@@ -23,7 +23,8 @@
 //!   heartbeats the instance registered through the store ([`instances`]).
 //!
 //! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
-//! (live instances), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
+//! (live instances), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s),
+//! [`finish`] (group-committed completions).
 
 mod add;
 mod error;
