@@ -48,20 +48,24 @@ for i in 1 2 3 4; do
   sed "s/machine_name: worker$/machine_name: worker$i/" bench/job_worker.yaml > "$TMP/w$i.yaml"
 done
 
-# Waits until N jobs are completed in DB (a SQLite file or a postgres:// URL); prints
-# seconds since START (a float).
-wait_done() { # db start
-  python3 - "$1" "$N" "$2" <<'EOF'
+# Waits until N jobs are completed in DB (a SQLite file or a postgres:// URL; QUERY, when
+# given, counts them instead); prints seconds since START (a float). PostgreSQL is asked
+# through one psql process that stays open (starting psql every 10 ms took a core).
+wait_done() { # db start [query]
+  python3 - "$1" "$N" "$2" "${3:-select count(*) from jobs where status = 'completed'}" <<'EOF'
 import sqlite3, subprocess, sys, time
-db, n, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+db, n, start, query = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+psql = None
+if db.startswith("postgres"):
+    psql = subprocess.Popen(["psql", "-XAtq", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 def completed():
-    if db.startswith("postgres"):
-        out = subprocess.run(["psql", "-XAtq", db, "-c", "select count(*) from jobs where status = 'completed'"],
-                             capture_output=True, text=True)
-        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+    if psql:
+        psql.stdin.write(query + ";\n")
+        psql.stdin.flush()
+        return int(psql.stdout.readline().strip() or 0)
     c = sqlite3.connect(db, timeout=30)
     try:
-        return c.execute("select count(*) from jobs where status = 'completed'").fetchone()[0]
+        return c.execute(query).fetchone()[0]
     finally:
         c.close()
 while True:
@@ -76,6 +80,9 @@ while True:
         print("timeout")
         break
     time.sleep(0.01)
+if psql:
+    psql.stdin.close()
+    psql.wait()
 EOF
 }
 
@@ -218,11 +225,8 @@ graphile() {
   local start
   start=$(date +%s.%N)
   node "$gw/worker.js" "$db" add "$N"
-  while [ "$(psql -XAtq "$db" -c "select count(*) from graphile_worker._private_jobs")" != 0 ]; do
-    sleep 0.01
-  done
   local t
-  t=$(python3 -c "import time; print(f'{time.time() - $start:.3f}')")
+  t=$(wait_done "$db" "$start" "select $N - count(*) from graphile_worker._private_jobs")
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   ADDS=bulk report "graphile-worker 0.17.3, 4 processes x concurrency 1, PostgreSQL" "$t"
