@@ -5,7 +5,11 @@
 #
 #   bench/jobs_e2e.sh [N]        default 5000
 #   CASES="full normal procs sme"  the cases to run (default: these four, in that order;
-#                                  also `pg` and `pgprocs`: the first and third on PostgreSQL)
+#                                  also `pg` and `pgprocs`: the first and third on PostgreSQL,
+#                                  and `graphile`: graphile-worker on the same server)
+#   ADDS=bulk                      adds in arrays of 1000 jobs per request (default: one job
+#                                  per request, by wrk over 4 connections)
+#   CLAIM_BATCH=N                  `turnstile run --claim-batch N` (default: run's default)
 #   PG_URL=postgres://...          the server for the `pg` cases (default: one started by
 #                                  bench/pg_server.sh in the temp dir, durable settings)
 #   LOG_LEVEL=warn,turnstile::store=debug  also prints the writes and transactions of each
@@ -44,20 +48,24 @@ for i in 1 2 3 4; do
   sed "s/machine_name: worker$/machine_name: worker$i/" bench/job_worker.yaml > "$TMP/w$i.yaml"
 done
 
-# Waits until N jobs are completed in DB (a SQLite file or a postgres:// URL); prints
-# seconds since START (a float).
-wait_done() { # db start
-  python3 - "$1" "$N" "$2" <<'EOF'
+# Waits until N jobs are completed in DB (a SQLite file or a postgres:// URL; QUERY, when
+# given, counts them instead); prints seconds since START (a float). PostgreSQL is asked
+# through one psql process that stays open (starting psql every 10 ms took a core).
+wait_done() { # db start [query]
+  python3 - "$1" "$N" "$2" "${3:-select count(*) from jobs where status = 'completed'}" <<'EOF'
 import sqlite3, subprocess, sys, time
-db, n, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+db, n, start, query = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+psql = None
+if db.startswith("postgres"):
+    psql = subprocess.Popen(["psql", "-XAtq", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 def completed():
-    if db.startswith("postgres"):
-        out = subprocess.run(["psql", "-XAtq", db, "-c", "select count(*) from jobs where status = 'completed'"],
-                             capture_output=True, text=True)
-        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+    if psql:
+        psql.stdin.write(query + ";\n")
+        psql.stdin.flush()
+        return int(psql.stdout.readline().strip() or 0)
     c = sqlite3.connect(db, timeout=30)
     try:
-        return c.execute("select count(*) from jobs where status = 'completed'").fetchone()[0]
+        return c.execute(query).fetchone()[0]
     finally:
         c.close()
 while True:
@@ -72,6 +80,9 @@ while True:
         print("timeout")
         break
     time.sleep(0.01)
+if psql:
+    psql.stdin.close()
+    psql.wait()
 EOF
 }
 
@@ -86,8 +97,30 @@ wait_ready() { # port
   return 1
 }
 
+# Adds the N jobs to the sidecar on PORT, in the background: one job per request by wrk (4
+# connections), or, with ADDS=bulk, in arrays of 1000 jobs per request (one transaction
+# each) from one client. Sets ADDER to its pid.
+add_jobs() { # port
+  if [ "${ADDS:-each}" = bulk ]; then
+    python3 - "$1" "$N" > "$TMP/wrk.out" 2>&1 <<'EOF' &
+import json, sys, urllib.request
+port, n = sys.argv[1], int(sys.argv[2])
+for lo in range(0, n, 1000):
+    body = json.dumps([{"job_type": "task", "data": {"n": i}} for i in range(lo, min(n, lo + 1000))])
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/jobs", body.encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        if r.status != 201:
+            print("POST /jobs:", r.status, file=sys.stderr)
+EOF
+  else
+    JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$1/jobs" > "$TMP/wrk.out" 2>&1 &
+  fi
+  ADDER=$!
+}
+
 report() { # label seconds
-  python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1\":<58} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
+  python3 -c "import sys; n=$N; t=float('$2'); print(f'{\"$1, adds ${ADDS:-each}\":<72} {n} jobs in {t:6.2f} s = {n/t:7.0f} jobs/s')"
 }
 
 # A fresh database on the PostgreSQL server; prints its URL.
@@ -101,13 +134,13 @@ turnstile_one_process() { # sync [db]
   local db="${2:-$TMP/t-$1-$RANDOM$RANDOM.db}" port
   port=$(free_port)
   "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP"/w{1,2,3,4}.yaml --db "$db" --db-sync "$1" \
-    --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+    --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 ${CLAIM_BATCH:+--claim-batch $CLAIM_BATCH} &
   local pid=$!
   wait_ready "$port"
   local start
   start=$(date +%s.%N)
-  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$port/jobs" > "$TMP/wrk.out" 2>&1 &
-  local wrk=$!
+  add_jobs "$port"
+  local wrk=$ADDER
   local t
   t=$(wait_done "$db" "$start")
   kill "$wrk" "$pid" 2>/dev/null || true
@@ -123,15 +156,15 @@ turnstile_four_processes() { # [db]
   for i in 1 2 3 4; do
     port=$(free_port)
     "$BIN" --log-level "${LOG_LEVEL:-warn}" run "$TMP/w$i.yaml" --db "$db" --db-sync full \
-      --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 &
+      --listen "127.0.0.1:$port" --strict-port --trace-buffer 0 ${CLAIM_BATCH:+--claim-batch $CLAIM_BATCH} &
     pids+=($!)
     wait_ready "$port"
     [ -z "$first" ] && first=$port
   done
   local start
   start=$(date +%s.%N)
-  JOBS_PER_THREAD=$PER wrk -t4 -c4 -d600s -s "$LUA" "http://127.0.0.1:$first/jobs" > "$TMP/wrk.out" 2>&1 &
-  local wrk=$!
+  add_jobs "$first"
+  local wrk=$ADDER
   local t
   t=$(wait_done "$db" "$start")
   kill "$wrk" "${pids[@]}" 2>/dev/null || true
@@ -175,8 +208,32 @@ EOF
   echo "  (statemachine-engine workers logged $dup claims for $N jobs)"
 }
 
+# graphile-worker 0.17.3 (npm; bench/graphile, installed there by `npm ci` when missing) on
+# the same PostgreSQL server: four `node worker.js` processes, concurrency 1 each, a no-op
+# task; the N jobs are added in batches of 1000 by its addJobs (one statement each). The
+# figure is N divided by the time from the first add to its jobs table emptying.
+graphile() {
+  local db gw=bench/graphile pids=()
+  db=$(pg_database)
+  [ -d "$gw/node_modules" ] || (cd "$gw" && npm ci --no-audit --no-fund >/dev/null)
+  node "$gw/worker.js" "$db" add 0 # the schema
+  for i in 1 2 3 4; do
+    node "$gw/worker.js" "$db" 1 > "$TMP/gw$i.log" 2>&1 &
+    pids+=($!)
+  done
+  sleep 2 # Node start-up
+  local start
+  start=$(date +%s.%N)
+  node "$gw/worker.js" "$db" add "$N"
+  local t
+  t=$(wait_done "$db" "$start" "select $N - count(*) from graphile_worker._private_jobs")
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  ADDS=bulk report "graphile-worker 0.17.3, 4 processes x concurrency 1, PostgreSQL" "$t"
+}
+
 case " ${CASES:-} " in
-  *" pg"*)
+  *" graphile"* | *" pg"*)
     if [ -z "${PG_URL:-}" ]; then
       # Its own folder: the server runs as nobody, who cannot enter $TMP.
       PG_DIR=$(mktemp -d) && chmod 755 "$PG_DIR"
@@ -191,6 +248,7 @@ for c in ${CASES:-full normal procs sme}; do
     pg) turnstile_one_process full "$(pg_database)" ;;
     pgprocs) turnstile_four_processes "$(pg_database)" ;;
     sme) sme ;;
+    graphile) graphile ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac
 done

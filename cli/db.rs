@@ -85,6 +85,15 @@ pub struct RunStoreArgs {
     /// First retry delay in seconds after a failed attempt (doubled each attempt).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub job_backoff: f64,
+    /// Jobs one claim takes at most (1 to 1000): when a machine asks for a job and none
+    /// is prefetched, this process claims up to N-1 more than its machines waiting, in
+    /// one statement, and keeps the rest for its next askers of the same queue (leased,
+    /// renewed, given back at exit, or when no machine took them within a third of the
+    /// lease). Prefetched jobs wait behind this process's machines; 1 claims one job at
+    /// a time.
+    #[arg(long, default_value_t = 32, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub claim_batch: u16,
     /// Seconds to keep trying a store that cannot be reached at start (a sidecar often
     /// starts before its database); then the process exits 1. A malformed URL or refused
     /// credentials exit 2 at once.
@@ -231,6 +240,7 @@ pub fn open_for_run(
         max_attempts: args.job_max_attempts.max(1),
         backoff_base: secs(args.job_backoff, "--job-backoff")?,
         sync: args.db.db_sync.into(),
+        claim_batch: usize::from(args.claim_batch),
         owner: Some(instance.owner()),
         instance_id: Some(instance.id().to_owned()),
         pool_size: args.db_pool,

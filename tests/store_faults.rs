@@ -38,11 +38,13 @@ fn can_unshare(test: &str) -> bool {
     ok
 }
 
-/// Starts `turnstile run CONFIG --db DB` after `setup` (shell commands) in a new mount
-/// namespace; returns it and its sidecar's address.
+/// Starts `turnstile run CONFIG --db DB --claim-batch 1` after `setup` (shell commands)
+/// in a new mount namespace; returns it and its sidecar's address. One job per claim: these
+/// tests are about claims answered before their commit, which is how single claims are
+/// answered (batched claims are answered after their commit, so none is ever lost).
 fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAddr) {
     let script = format!(
-        "set -e; {setup}; exec \"{bin}\" --log-format json --log-level info run \"{cfg}\" --db \"{db}\"",
+        "set -e; {setup}; exec \"{bin}\" --log-format json --log-level info run \"{cfg}\" --db \"{db}\" --claim-batch 1",
         bin = bin(),
         cfg = config.display(),
         db = db.display()

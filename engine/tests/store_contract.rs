@@ -84,6 +84,11 @@ contract!(
     the_renewal_thread_heartbeats_a_registered_instance,
     saved_states_name_the_instance_that_saved_them,
     a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
+    batch_claims_take_each_job_once_across_racing_stores,
+    buffered_jobs_are_held_renewed_and_given_back_by_release_held,
+    buffered_jobs_of_a_dead_process_are_claimable_after_their_lease,
+    buffered_jobs_no_machine_took_go_back_to_the_queue,
+    batched_claims_keep_backoff_and_dead_letters,
 );
 
 fn job(t: &str) -> NewJob {
@@ -969,4 +974,197 @@ fn a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes(b: &Backe
         (leases[0].holder.as_deref(), leases[0].epoch),
         (Some("A"), 3)
     );
+}
+
+fn batched(n: usize, lease_ms: u64) -> StoreOptions {
+    StoreOptions {
+        lease: Duration::from_millis(lease_ms),
+        claim_batch: n,
+        ..StoreOptions::default()
+    }
+}
+
+/// Jobs by status and lease owner, read by `s`.
+fn by_status(s: &Arc<dyn Store>, status: &str) -> Vec<turnstile_engine::store::Job> {
+    s.list_jobs(&ListJobs {
+        status: Some(status.into()),
+        ..ListJobs::default()
+    })
+    .unwrap()
+}
+
+fn batch_claims_take_each_job_once_across_racing_stores(b: &Backend) {
+    let n = 2000;
+    {
+        let s = b.open(StoreOptions::default());
+        let jobs = (0..n)
+            .map(|i| NewJob {
+                job_id: Some(format!("j{i}")),
+                ..job("task")
+            })
+            .collect();
+        s.add_jobs(jobs).unwrap();
+    }
+    // Two store objects (two processes), three claimers (machines) each.
+    let stores = [b.open(batched(8, 30_000)), b.open(batched(8, 30_000))];
+    let barrier = Arc::new(Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|t| {
+            let s = stores[t % 2].clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut got = Vec::new();
+                loop {
+                    match s.claim_next(&any(), s.owner()).unwrap() {
+                        Claim::Job(j) => {
+                            assert_eq!(j.status, PROCESSING);
+                            assert_eq!(j.lease_owner.as_deref(), Some(s.owner()));
+                            std::thread::sleep(Duration::from_micros(500));
+                            assert!(s.complete_job(&j.job_id, None).unwrap());
+                            got.push(j.job_id.clone());
+                        }
+                        Claim::Empty { .. } => return got,
+                    }
+                }
+            })
+        })
+        .collect();
+    let per_thread: Vec<Vec<String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    drop(stores);
+    let all: Vec<&String> = per_thread.iter().flatten().collect();
+    let unique: HashSet<&&String> = all.iter().collect();
+    assert_eq!(all.len(), n);
+    assert_eq!(unique.len(), n);
+    let per_store = [
+        per_thread[0].len() + per_thread[2].len() + per_thread[4].len(),
+        per_thread[1].len() + per_thread[3].len() + per_thread[5].len(),
+    ];
+    assert!(per_store.iter().all(|&c| c > 0), "{per_store:?}");
+    let s = b.open(StoreOptions::default());
+    assert_eq!(
+        s.counts().unwrap(),
+        vec![("task".into(), COMPLETED.into(), n as u64)]
+    );
+}
+
+fn buffered_jobs_are_held_renewed_and_given_back_by_release_held(b: &Backend) {
+    let s = b.open(batched(5, 300));
+    let other = b.open(no_renew(300));
+    for i in 0..5 {
+        s.add_job(NewJob {
+            job_id: Some(format!("j{i}")),
+            ..job("t")
+        })
+        .unwrap();
+    }
+    let first = claimed(s.claim_next(&any(), s.owner()).unwrap());
+    // One claim took all five: held by this owner, one handed out.
+    let held = by_status(&other, PROCESSING);
+    assert_eq!(held.len(), 5);
+    assert!(held
+        .iter()
+        .all(|j| j.lease_owner.as_deref() == Some(s.owner())));
+    // Past the first lease: the buffered jobs were renewed, nobody else can take them.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { .. }
+    ));
+    let now = Timestamp::from(SystemTime::now());
+    assert!(by_status(&other, PROCESSING)
+        .iter()
+        .all(|j| j.lease_until.is_some_and(|t| t > now)));
+    // The next asker is served from the buffer, in claim order.
+    let second = claimed(s.claim_next(&any(), s.owner()).unwrap());
+    assert_ne!(second.job_id, first.job_id);
+    assert_eq!(by_status(&other, PROCESSING).len(), 5);
+    // Stopping: every held job goes back at once, attempts not counted.
+    assert_eq!(s.release_held().unwrap(), 5);
+    let pending = by_status(&other, PENDING);
+    assert_eq!(pending.len(), 5);
+    assert!(pending
+        .iter()
+        .all(|j| j.attempts == 0 && j.lease_owner.is_none()));
+    // The buffer is empty: the next claim reads the queue again.
+    let again = claimed(s.claim_next(&any(), s.owner()).unwrap());
+    assert_eq!(again.attempts, 1);
+}
+
+fn buffered_jobs_of_a_dead_process_are_claimable_after_their_lease(b: &Backend) {
+    let dead = b.open(StoreOptions {
+        renew: false,
+        ..batched(4, 150)
+    });
+    let other = b.open(no_renew(150));
+    for _ in 0..4 {
+        dead.add_job(job("t")).unwrap();
+    }
+    let _first = claimed(dead.claim_next(&any(), dead.owner()).unwrap());
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { next_due: Some(_) }
+    ));
+    std::thread::sleep(Duration::from_millis(250));
+    for _ in 0..4 {
+        let j = claimed(other.claim_next(&any(), "other").unwrap());
+        assert_eq!(j.attempts, 2);
+    }
+    // The dead process's buffer is stale: none of its jobs is handed out again.
+    assert!(matches!(
+        dead.claim_next(&any(), dead.owner()).unwrap(),
+        Claim::Empty { .. }
+    ));
+}
+
+fn buffered_jobs_no_machine_took_go_back_to_the_queue(b: &Backend) {
+    // Lease 300 ms: buffered jobs wait at most a second (the prefetch hold) for a machine.
+    let s = b.open(batched(3, 300));
+    let other = b.open(no_renew(300));
+    for _ in 0..3 {
+        s.add_job(job("t")).unwrap();
+    }
+    let _first = claimed(s.claim_next(&any(), s.owner()).unwrap());
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { .. }
+    ));
+    std::thread::sleep(Duration::from_millis(1600));
+    let a = claimed(other.claim_next(&any(), "other").unwrap());
+    let c = claimed(other.claim_next(&any(), "other").unwrap());
+    // Given back without counting the attempt.
+    assert_eq!((a.attempts, c.attempts), (1, 1));
+}
+
+fn batched_claims_keep_backoff_and_dead_letters(b: &Backend) {
+    let s = b.open(StoreOptions {
+        backoff_base: Duration::from_millis(100),
+        max_attempts: 2,
+        ..batched(8, 30_000)
+    });
+    let o = s.owner().to_owned();
+    let id = s.add_job(job("t")).unwrap();
+    let j = claimed(s.claim_next(&any(), &o).unwrap());
+    assert_eq!(j.attempts, 1);
+    let Failed::Retry { at, attempts: 1 } = s.fail_job(&id, "boom 1").unwrap() else {
+        panic!("expected a retry");
+    };
+    // In its backoff: not claimable, and the backoff's end is the next due time.
+    match s.claim_next(&any(), &o).unwrap() {
+        Claim::Empty { next_due } => {
+            let due = Timestamp::from(next_due.expect("the backoff's end is due")).as_ms();
+            assert!(
+                (due - Timestamp::from(at).as_ms()).abs() <= 5,
+                "{due} vs {at:?}"
+            );
+        }
+        Claim::Job(j) => panic!("claimed during its backoff: {j:?}"),
+    }
+    std::thread::sleep(
+        at.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(10),
+    );
+    let j = claimed(s.claim_next(&any(), &o).unwrap());
+    assert_eq!(j.attempts, 2);
+    assert_eq!(s.fail_job(&id, "boom 2").unwrap(), Failed::Dead);
+    assert_eq!(s.get_job(&id).unwrap().unwrap().status, DEAD);
 }

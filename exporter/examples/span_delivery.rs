@@ -71,7 +71,10 @@ fn run(rate: u64, secs: Duration) {
             tick.tick().await;
             let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                engine.send(&name, Event::new(go.clone())).await.expect("send");
+                engine
+                    .send(&name, Event::new(go.clone()))
+                    .await
+                    .expect("send");
                 sent += 1;
             }
         }

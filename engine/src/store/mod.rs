@@ -41,6 +41,7 @@ mod location;
 mod options;
 pub mod persist;
 pub mod postgres;
+pub mod prefetch;
 pub mod sqlite;
 mod time;
 
@@ -59,6 +60,7 @@ pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode, DEFAULT_POOL_SIZE};
 pub use persist::Persister;
 pub use postgres::PgStore;
+pub use prefetch::MAX_CLAIM_BATCH;
 pub use sqlite::SqliteStore;
 pub use time::Timestamp;
 
@@ -225,7 +227,7 @@ pub struct Job {
 }
 
 /// Which jobs a claim may take.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct JobFilter {
     /// Only this type (any when `None`).
     pub job_type: Option<String>,

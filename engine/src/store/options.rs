@@ -32,6 +32,12 @@ pub struct StoreOptions {
     /// PostgreSQL: connections each of the store's two pools (claims, everything else)
     /// opens at most. Default [`DEFAULT_POOL_SIZE`]. SQLite ignores it.
     pub pool_size: usize,
+    /// Jobs one claim of `claim_next` may take at once (`turnstile run --claim-batch`):
+    /// above 1, a claim that finds this store object's buffer empty takes up to this many
+    /// more than the machines waiting, hands one out and keeps the rest for the next
+    /// claims of the same filter (see [`crate::store::prefetch`]). Default 1: one job
+    /// per claim.
+    pub claim_batch: usize,
 }
 
 /// [`StoreOptions::pool_size`] by default.
@@ -64,6 +70,7 @@ impl Default for StoreOptions {
             owner: None,
             instance_id: None,
             pool_size: DEFAULT_POOL_SIZE,
+            claim_batch: 1,
         }
     }
 }

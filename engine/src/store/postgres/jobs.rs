@@ -14,6 +14,7 @@ use super::add;
 use super::error::{pg_error, pool_error};
 use super::rows::{job, JOB_COLUMNS};
 use super::PgStore;
+use crate::store::prefetch::Batch;
 use crate::store::{
     Added, Claim, Failed, Holder, Job, JobFilter, JobStore, ListJobs, NewJob, QueueHealth,
     StoreError, Timestamp,
@@ -40,8 +41,8 @@ const REAP: &str = "
 
 /// The claim for a filter: only the filters given appear, so the planner can walk the
 /// matching partial index in claim order. `$1` owner, `$2` lease in ms, `$3` job type,
-/// `$4` machine type.
-fn claim_sql(filter: &JobFilter) -> String {
+/// `$4` machine type; `batched`: up to `$5` jobs, else one.
+fn claim_sql(filter: &JobFilter, batched: bool) -> String {
     let by_type = if filter.job_type.is_some() {
         "job_type = $3"
     } else {
@@ -52,16 +53,23 @@ fn claim_sql(filter: &JobFilter) -> String {
     } else {
         "$4::text IS NULL"
     };
+    // A batch: `id = ANY(ARRAY(...))`, which walks the primary key (`id IN (...)` was
+    // planned as a hash join over every row of the table).
+    let (pick, limit, close) = if batched {
+        ("= ANY(ARRAY", "$5", ")")
+    } else {
+        ("=", "1", "")
+    };
     format!(
         "UPDATE jobs SET status = 'processing', started_at = clock_timestamp(),
             lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond',
             attempts = attempts + 1, next_attempt_at = NULL
-         WHERE id = (
+         WHERE id {pick} (
             SELECT id FROM jobs
              WHERE status = 'pending' AND {by_type} AND {by_machine}
                AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
              ORDER BY priority, created_at, id
-             LIMIT 1 FOR UPDATE SKIP LOCKED)
+             LIMIT {limit} FOR UPDATE SKIP LOCKED){close}
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -123,6 +131,68 @@ impl PgStore {
     fn default_max(&self) -> i64 {
         i64::from(self.inner.opts.max_attempts)
     }
+
+    /// Claims up to `n` jobs for `owner` in one statement (one: the single-job statement);
+    /// they are held by this store object. Jobs in claim order.
+    fn claim_up_to(&self, filter: &JobFilter, owner: &str, n: usize) -> Result<Batch, StoreError> {
+        let (pool, default_max, lease) = (
+            self.inner.claims.clone(),
+            self.default_max(),
+            self.inner.opts.lease_ms() as f64,
+        );
+        let (filter, owner) = (filter.clone(), owner.to_owned());
+        let reap_first = self.reap_due();
+        let claim = self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let reap = c.prepare_cached(REAP).await.map_err(pg_error)?;
+            if reap_first {
+                c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
+            }
+            let st = c
+                .prepare_cached(&claim_sql(&filter, n > 1))
+                .await
+                .map_err(pg_error)?;
+            let limit = i64::try_from(n).unwrap_or(1);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                &owner,
+                &lease,
+                &filter.job_type,
+                &filter.machine_type,
+                &limit,
+            ];
+            let params = if n > 1 { &params[..] } else { &params[..4] };
+            let mut rows = c.query(&st, params).await.map_err(pg_error)?;
+            // Nothing claimable: an expired lease may be why.
+            if rows.is_empty()
+                && !reap_first
+                && c.execute(&reap, &[&default_max]).await.map_err(pg_error)? > 0
+            {
+                rows = c.query(&st, params).await.map_err(pg_error)?;
+            }
+            if !rows.is_empty() {
+                let mut jobs = rows
+                    .iter()
+                    .map(|r| job(r, default_max))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(pg_error)?;
+                // `RETURNING` keeps no order.
+                jobs.sort_by_key(|j| (j.priority, j.created_at, j.id));
+                return Ok((jobs, None));
+            }
+            let st = c.prepare_cached(NEXT_DUE).await.map_err(pg_error)?;
+            let due: Option<std::time::SystemTime> = c
+                .query_one(&st, &[&filter.job_type, &filter.machine_type])
+                .await
+                .map_err(pg_error)?
+                .try_get(0)
+                .map_err(pg_error)?;
+            Ok((Vec::new(), due))
+        })?;
+        for j in &claim.0 {
+            self.inner.holds.claimed(&j.job_id);
+        }
+        Ok(claim)
+    }
 }
 
 impl JobStore for PgStore {
@@ -145,50 +215,19 @@ impl JobStore for PgStore {
     }
 
     fn claim_next(&self, filter: &JobFilter, owner: &str) -> Result<Claim, StoreError> {
-        let (pool, default_max, lease) = (
-            self.inner.claims.clone(),
-            self.default_max(),
-            self.inner.opts.lease_ms() as f64,
-        );
-        let (filter, owner) = (filter.clone(), owner.to_owned());
-        let reap_first = self.reap_due();
-        let claim = self.call(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            let reap = c.prepare_cached(REAP).await.map_err(pg_error)?;
-            if reap_first {
-                c.execute(&reap, &[&default_max]).await.map_err(pg_error)?;
-            }
-            let st = c
-                .prepare_cached(&claim_sql(&filter))
-                .await
-                .map_err(pg_error)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&owner, &lease, &filter.job_type, &filter.machine_type];
-            let mut row = c.query_opt(&st, &params).await.map_err(pg_error)?;
-            // Nothing claimable: an expired lease may be why.
-            if row.is_none()
-                && !reap_first
-                && c.execute(&reap, &[&default_max]).await.map_err(pg_error)? > 0
-            {
-                row = c.query_opt(&st, &params).await.map_err(pg_error)?;
-            }
-            if let Some(row) = row {
-                let j = job(&row, default_max).map_err(pg_error)?;
-                return Ok(Claim::Job(Box::new(j)));
-            }
-            let st = c.prepare_cached(NEXT_DUE).await.map_err(pg_error)?;
-            let due: Option<std::time::SystemTime> = c
-                .query_one(&st, &[&filter.job_type, &filter.machine_type])
-                .await
-                .map_err(pg_error)?
-                .try_get(0)
-                .map_err(pg_error)?;
-            Ok(Claim::Empty { next_due: due })
-        })?;
-        if let Claim::Job(j) = &claim {
-            self.inner.holds.claimed(&j.job_id);
+        if self.inner.prefetch.on() && owner == self.inner.owner {
+            return self
+                .inner
+                .prefetch
+                .claim(filter, self.backoff().is_none(), |n| {
+                    self.claim_up_to(filter, owner, n)
+                });
         }
-        Ok(claim)
+        let (jobs, next_due) = self.claim_up_to(filter, owner, 1)?;
+        Ok(match jobs.into_iter().next() {
+            Some(j) => Claim::Job(Box::new(j)),
+            None => Claim::Empty { next_due },
+        })
     }
 
     fn claim_job(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
@@ -242,15 +281,36 @@ impl JobStore for PgStore {
 
     fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError> {
         self.inner.holds.release(job_id);
-        let done = self.changed(
-            "WITH r AS (
-                UPDATE jobs SET status = 'completed', completed_at = clock_timestamp(),
-                    lease_owner = NULL, lease_until = NULL, result = COALESCE($2, result)
-                 WHERE job_id = $1 AND status IN ('pending', 'processing')
-                 RETURNING job_id)
-             SELECT pg_notify('turnstile_jobs', job_id) FROM r",
-            vec![Box::new(job_id.to_owned()), Box::new(result.cloned())],
-        )?;
+        // Group-committed with the process's other completions (see [`super::finish`]),
+        // answered after the commit.
+        let queue = self
+            .inner
+            .completions
+            .get_or_init(|| {
+                // With batched claims on, completions are answered before their WAL flush
+                // (see [`super::finish`]).
+                let pool = if self.inner.prefetch.on() {
+                    &self.inner.claims
+                } else {
+                    &self.inner.pool
+                };
+                super::finish::start(&self.inner.handle, pool.clone())
+            })
+            .clone();
+        let (job_id, result) = (job_id.to_owned(), result.cloned());
+        let done = self.call(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            queue
+                .send(super::finish::Req {
+                    job_id,
+                    result,
+                    reply,
+                })
+                .map_err(|_| StoreError::Db("the completion batcher stopped".into()))?;
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Db("the completion batcher stopped".into())))
+        })?;
         if done {
             self.inner.notify.notify_waiters();
         }
@@ -333,6 +393,8 @@ impl JobStore for PgStore {
     }
 
     fn release_held(&self) -> Result<usize, StoreError> {
+        // Prefetched jobs first, so that no machine takes one meanwhile.
+        self.inner.prefetch.drain();
         let mut n = 0;
         for id in self.inner.holds.all() {
             if self.release_job(&id, &self.inner.owner)? {

@@ -23,11 +23,13 @@
 //!   heartbeats the instance registered through the store ([`instances`]).
 //!
 //! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
-//! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s).
+//! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s),
+//! [`finish`] (group-committed completions).
 
 mod add;
 mod error;
 mod events;
+mod finish;
 mod instances;
 mod jobs;
 mod leases;
@@ -48,6 +50,7 @@ use tokio_postgres::NoTls;
 use crate::store::holds::{spawn_renewal, Holds};
 use crate::store::instances::Registration;
 use crate::store::leases::Fences;
+use crate::store::prefetch::Prefetch;
 #[cfg(doc)]
 use crate::store::{JobStore, StateStore};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -80,6 +83,10 @@ struct Inner {
     /// The URL without its password, for logs.
     shown: String,
     holds: Holds,
+    /// Jobs claimed ahead for this process's machines (`claim_batch` above 1).
+    prefetch: Prefetch,
+    /// The completion batcher's queue, started with the first completion.
+    completions: OnceLock<finish::Queue>,
     /// The instance registered through this store object, heartbeaten by the lease
     /// renewal thread.
     registration: Registration,
@@ -187,6 +194,8 @@ impl PgStore {
                 notify: Arc::new(tokio::sync::Notify::new()),
                 shown,
                 holds: Holds::default(),
+                prefetch: Prefetch::new(opts.claim_batch, opts.lease),
+                completions: OnceLock::new(),
                 registration: Registration::default(),
                 fences: Fences::default(),
                 stop_renewal: OnceLock::new(),
@@ -268,8 +277,16 @@ impl PgStore {
         }
     }
 
-    /// Extends the leases of the jobs held in this process.
+    /// Extends the leases of the jobs held in this process; prefetched jobs no machine
+    /// took within the prefetch hold go back to the queue instead (see
+    /// [`crate::store::prefetch`]).
     pub fn renew_held(&self) -> Result<usize, StoreError> {
+        for id in self.inner.prefetch.take_stale() {
+            if let Err(e) = crate::store::JobStore::release_job(self, &id, &self.inner.owner) {
+                tracing::warn!(target: "turnstile::store", job = %id, "could not give back a prefetched job no machine took ({e}): trying again at the next renewal");
+                self.inner.prefetch.give_back_later(id, &self.inner.holds);
+            }
+        }
         let ids = self.inner.holds.renewable();
         if ids.is_empty() {
             return Ok(0);
@@ -279,21 +296,31 @@ impl PgStore {
             self.inner.owner.clone(),
             self.inner.opts.lease_ms(),
         );
-        self.call(async move {
+        let started = Instant::now();
+        let asked = ids.clone();
+        let renewed: std::collections::HashSet<String> = self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let st = client
                 .prepare_cached(
                     "UPDATE jobs SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
-                     WHERE job_id = ANY($1) AND status = 'processing' AND lease_owner = $2",
+                     WHERE job_id = ANY($1) AND status = 'processing' AND lease_owner = $2
+                     RETURNING job_id",
                 )
                 .await
                 .map_err(error::pg_error)?;
-            let n = client
-                .execute(&st, &[&ids, &owner, &(lease as f64)])
+            let rows = client
+                .query(&st, &[&ids, &owner, &(lease as f64)])
                 .await
                 .map_err(error::pg_error)?;
-            Ok(n as usize)
-        })
+            rows.iter()
+                .map(|r| r.try_get::<_, String>(0))
+                .collect::<Result<_, _>>()
+                .map_err(error::pg_error)
+        })?;
+        self.inner
+            .prefetch
+            .renewed(started, &asked, &renewed, &self.inner.holds);
+        Ok(renewed.len())
     }
 
     /// Connections the pools hold now and how many of them are in use.

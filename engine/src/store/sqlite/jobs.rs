@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 
 use super::rows::{job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
 use super::SqliteStore;
+use crate::store::prefetch::Batch;
 use crate::store::{
     from_ms, now_ms, with_ids, Added, Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore,
     ListJobs, NewJob, QueueHealth, StoreError, Timestamp,
@@ -155,6 +156,74 @@ fn reap_expired(tx: &Connection, now: i64, default_max: i64) -> rusqlite::Result
     Ok(dead + back)
 }
 
+impl SqliteStore {
+    /// Claims up to `n` jobs for `owner` in one transaction through the writer, answered
+    /// after its commit; they are held by this store object. Jobs in claim order.
+    fn claim_up_to(&self, filter: &JobFilter, owner: &str, n: usize) -> Result<Batch, StoreError> {
+        let default_max = i64::from(self.inner.opts.max_attempts);
+        let lease_ms = self.lease_ms();
+        let (filter, owner) = (filter.clone(), owner.to_owned());
+        let shared = self.inner.group.shared().clone();
+        let limit = i64::try_from(n).unwrap_or(1);
+        let batch = self.write(move |tx| {
+            let now = now_ms();
+            reap_expired(tx, now, default_max)?;
+            let pick = pick_sql(&filter).replace("LIMIT 1", "LIMIT ?4");
+            let ids: Vec<i64> = {
+                let mut st = tx.prepare_cached(&pick)?;
+                let rows = st.query_map(
+                    params![now, filter.job_type, filter.machine_type, limit],
+                    |r| r.get(0),
+                )?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut jobs = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.exec_cached(
+                    "UPDATE jobs SET status = 'processing', started_at = CURRENT_TIMESTAMP,
+                        lease_owner = ?2, lease_until = ?3, attempts = COALESCE(attempts, 0) + 1,
+                        next_attempt_at = NULL
+                     WHERE id = ?1",
+                    params![id, owner, now + lease_ms],
+                )?;
+                let job = tx.row_cached(JOB_BY_ROWID, [id], |r| job_from_row(r, default_max))?;
+                shared.lost().take_refusal(&job.job_id);
+                jobs.push(job);
+            }
+            if !jobs.is_empty() {
+                return Ok((jobs, None));
+            }
+            Ok((Vec::new(), next_due(tx, &filter)?))
+        })?;
+        for j in &batch.0 {
+            self.inner.holds.claimed(&j.job_id);
+        }
+        Ok(batch)
+    }
+}
+
+/// When something for `filter` may become claimable without anyone adding a job.
+fn next_due(
+    tx: &Connection,
+    filter: &JobFilter,
+) -> rusqlite::Result<Option<std::time::SystemTime>> {
+    let due: Option<i64> = tx.row_cached(
+        "SELECT MIN(t) FROM (
+        SELECT MIN(next_attempt_at) AS t FROM jobs
+         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+           AND (?1 IS NULL OR job_type = ?1)
+           AND (?2 IS NULL OR machine_type = ?2)
+        UNION ALL
+        SELECT MIN(lease_until) FROM jobs
+         WHERE status = 'processing' AND lease_until IS NOT NULL
+           AND (?1 IS NULL OR job_type = ?1)
+           AND (?2 IS NULL OR machine_type = ?2))",
+        params![filter.job_type, filter.machine_type],
+        |r| r.get(0),
+    )?;
+    Ok(due.map(from_ms))
+}
+
 impl JobStore for SqliteStore {
     fn add_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Added>, StoreError> {
         if jobs.is_empty() {
@@ -181,6 +250,16 @@ impl JobStore for SqliteStore {
         filter: &JobFilter,
         owner: &str,
     ) -> Result<(Claim, Option<ClaimLoss>), StoreError> {
+        if self.inner.prefetch.on() && owner == self.inner.owner {
+            // Batches are answered after their commit: no claim of theirs can be lost.
+            let claim = self
+                .inner
+                .prefetch
+                .claim(filter, self.claim_backoff().is_none(), |n| {
+                    self.claim_up_to(filter, owner, n)
+                })?;
+            return Ok((claim, None));
+        }
         let default_max = i64::from(self.inner.opts.max_attempts);
         let lease_ms = self.lease_ms();
         let (filter, owner) = (filter.clone(), owner.to_owned());
@@ -216,22 +295,8 @@ impl JobStore for SqliteStore {
                     shared.lost().take_refusal(&job.job_id);
                     return Ok(Claim::Job(Box::new(job)));
                 }
-                let due: Option<i64> = tx.row_cached(
-                    "SELECT MIN(t) FROM (
-                    SELECT MIN(next_attempt_at) AS t FROM jobs
-                     WHERE status = 'pending' AND next_attempt_at IS NOT NULL
-                       AND (?1 IS NULL OR job_type = ?1)
-                       AND (?2 IS NULL OR machine_type = ?2)
-                    UNION ALL
-                    SELECT MIN(lease_until) FROM jobs
-                     WHERE status = 'processing' AND lease_until IS NOT NULL
-                       AND (?1 IS NULL OR job_type = ?1)
-                       AND (?2 IS NULL OR machine_type = ?2))",
-                    params![filter.job_type, filter.machine_type],
-                    |r| r.get(0),
-                )?;
                 Ok(Claim::Empty {
-                    next_due: due.map(from_ms),
+                    next_due: next_due(tx, &filter)?,
                 })
             },
             |c| match c {
@@ -313,7 +378,7 @@ impl JobStore for SqliteStore {
         let job_id = job_id.to_owned();
         let result = result.map(Json::to_string);
         let shared = self.inner.group.shared().clone();
-        let done = self.write(move |tx| {
+        let done = self.finish_write(move |tx| {
             // In the writer: a claim of this job whose commit failed is known by now.
             if let Some(why) = shared.lost().take_refusal(&job_id) {
                 return Err(StoreError::Db(format!(
@@ -341,7 +406,7 @@ impl JobStore for SqliteStore {
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         let opts = self.inner.opts.clone();
         let shared = self.inner.group.shared().clone();
-        let out = self.write(move |tx| {
+        let out = self.finish_write(move |tx| {
             // A lost claim's attempt is counted in front of this transaction already.
             shared.lost().take_refusal(&job_id);
             let row: Option<(i64, Option<i64>)> = tx
@@ -416,6 +481,8 @@ impl JobStore for SqliteStore {
     }
 
     fn release_held(&self) -> Result<usize, StoreError> {
+        // Prefetched jobs first, so that no machine takes one meanwhile.
+        self.inner.prefetch.drain();
         let mut n = 0;
         for id in self.inner.holds.all() {
             if self.release_job(&id, &self.inner.owner)? {

@@ -42,6 +42,7 @@ use rusqlite::{params, Connection};
 use crate::store::holds::{spawn_renewal, Holds};
 use crate::store::instances::Registration;
 use crate::store::leases::Fences;
+use crate::store::prefetch::Prefetch;
 #[cfg(doc)]
 use crate::store::JobStore;
 use crate::store::{now_ms, ClaimLoss, Store, StoreError, StoreOptions};
@@ -67,6 +68,8 @@ struct Inner {
     /// machine that holds each (`None`: whoever called the store). Only these leases are
     /// renewed, and a machine's only while it runs.
     holds: Holds,
+    /// Jobs claimed ahead for this process's machines (`claim_batch` above 1).
+    prefetch: Prefetch,
     /// The instance registered through this store object, heartbeaten by the lease
     /// renewal thread.
     registration: Registration,
@@ -131,6 +134,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 file,
                 holds: Holds::default(),
+                prefetch: Prefetch::new(opts.claim_batch, opts.lease),
                 registration: Registration::default(),
                 fences: Fences::default(),
                 stop_renewal: OnceLock::new(),
@@ -175,6 +179,23 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.group.write(Ack::Committed, f)
+    }
+
+    /// [`Self::write`] for completions and failures. With batched claims on
+    /// ([`StoreOptions::claim_batch`] above 1) and while writes commit, answered once `f`
+    /// has run in the open transaction, before the commit: the caller knows whether the
+    /// job was completed (or failed), and a commit that then fails leaves the job
+    /// processing until its lease expires and it runs again (at-least-once). Else after
+    /// the commit.
+    fn finish_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let early =
+            self.inner.prefetch.on() && self.inner.group.shared().health().failing.is_none();
+        let ack = if early { Ack::Executed } else { Ack::Committed };
+        self.inner.group.write(ack, f)
     }
 
     /// [`Self::write`] for claims: returns once `f` has run in the open transaction,
@@ -222,26 +243,43 @@ impl SqliteStore {
     }
 
     /// Extends the leases of the jobs held in this process (see [`Holds`]): a job a
-    /// machine holds only while that machine runs. Returns how many were extended.
+    /// machine holds only while that machine runs; prefetched jobs no machine took within
+    /// the prefetch hold go back to the queue instead (see [`crate::store::prefetch`]).
+    /// Returns how many were extended.
     pub fn renew_held(&self) -> Result<usize, StoreError> {
+        for id in self.inner.prefetch.take_stale() {
+            if let Err(e) = crate::store::JobStore::release_job(self, &id, &self.inner.owner) {
+                tracing::warn!(target: "turnstile::store", job = %id, "could not give back a prefetched job no machine took ({e}): trying again at the next renewal");
+                self.inner.prefetch.give_back_later(id, &self.inner.holds);
+            }
+        }
         let ids = self.inner.holds.renewable();
         if ids.is_empty() {
             return Ok(0);
         }
         let owner = self.inner.owner.clone();
         let lease_ms = self.lease_ms();
-        self.write(move |tx| {
+        let started = std::time::Instant::now();
+        let asked = ids.clone();
+        let renewed: std::collections::HashSet<String> = self.write(move |tx| {
             let until = now_ms() + lease_ms;
-            let mut n = 0;
-            for id in &ids {
-                n += tx.exec_cached(
+            let mut renewed = std::collections::HashSet::new();
+            for id in ids {
+                if tx.exec_cached(
                     "UPDATE jobs SET lease_until = ?3
                      WHERE job_id = ?1 AND status = 'processing' AND lease_owner = ?2",
                     params![id, owner, until],
-                )?;
+                )? > 0
+                {
+                    renewed.insert(id);
+                }
             }
-            Ok(n)
-        })
+            Ok(renewed)
+        })?;
+        self.inner
+            .prefetch
+            .renewed(started, &asked, &renewed, &self.inner.holds);
+        Ok(renewed.len())
     }
 
     fn lease_ms(&self) -> i64 {

@@ -1,0 +1,106 @@
+//! Group-committed completions on PostgreSQL: `complete_job` calls of one store object
+//! that arrive while a batch is committing share the next statement, one
+//! `UPDATE ... FROM UNNEST(...)` (one commit, one WAL flush) for all of them instead of
+//! one each.
+//!
+//! A task on the store's runtime takes everything queued (up to [`MAX_BATCH`] jobs, each
+//! job once per statement: a second completion of the same job waits for the next one),
+//! runs the statement on the durable pool and answers every caller after its commit:
+//! `true` when its job was pending or processing and is now completed, `false` when not,
+//! or the statement's error for all of them (none completed). One batch is in flight at
+//! a time; the next forms while it commits.
+
+use std::collections::HashSet;
+
+use deadpool_postgres::Pool;
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{pg_error, pool_error};
+use crate::store::StoreError;
+
+/// The most completions one statement carries.
+const MAX_BATCH: usize = 1000;
+
+/// Completes every listed job that is pending or processing; `$1` job ids, `$2` results
+/// (NULL: keep the stored one). Notifies once per statement.
+const COMPLETE: &str = "
+    WITH u AS (SELECT * FROM UNNEST($1::text[], $2::jsonb[]) AS u(job_id, result)),
+    r AS (
+        UPDATE jobs j SET status = 'completed', completed_at = clock_timestamp(),
+            lease_owner = NULL, lease_until = NULL, result = COALESCE(u.result, j.result)
+          FROM u WHERE j.job_id = u.job_id AND j.status IN ('pending', 'processing')
+        RETURNING j.job_id)
+    SELECT r.job_id, (SELECT pg_notify('turnstile_jobs', 'completed')) FROM r";
+
+/// One completion waiting for its batch.
+pub(super) struct Req {
+    pub(super) job_id: String,
+    pub(super) result: Option<Json>,
+    pub(super) reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Where completions are queued.
+pub(super) type Queue = mpsc::UnboundedSender<Req>;
+
+/// Starts the batcher on `handle`; it ends when the queue's senders are gone.
+pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
+    handle.spawn(async move {
+        let mut queued: Vec<Req> = Vec::new();
+        loop {
+            if queued.is_empty() {
+                match rx.recv().await {
+                    Some(r) => queued.push(r),
+                    None => return,
+                }
+            }
+            while queued.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => queued.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<Req>, Vec<Req>) = queued
+                .drain(..)
+                .partition(|r| seen.insert(r.job_id.clone()));
+            queued = later;
+            run(&pool, round).await;
+        }
+    });
+    tx
+}
+
+async fn run(pool: &Pool, round: Vec<Req>) {
+    let ids: Vec<&str> = round.iter().map(|r| r.job_id.as_str()).collect();
+    let results: Vec<Option<&Json>> = round.iter().map(|r| r.result.as_ref()).collect();
+    let out: Result<HashSet<String>, StoreError> = async {
+        let c = pool.get().await.map_err(pool_error)?;
+        let st = c.prepare_cached(COMPLETE).await.map_err(pg_error)?;
+        let rows = c.query(&st, &[&ids, &results]).await.map_err(pg_error)?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<_, _>>()
+            .map_err(pg_error)
+    }
+    .await;
+    for r in round {
+        let answer = match &out {
+            Ok(done) => Ok(done.contains(&r.job_id)),
+            Err(e) => Err(copy(e)),
+        };
+        let _ = r.reply.send(answer);
+    }
+}
+
+/// The same error for another caller of the batch.
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::Config(s) => StoreError::Config(s.clone()),
+        StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+        StoreError::Db(s) => StoreError::Db(s.clone()),
+        other => StoreError::Db(other.to_string()),
+    }
+}
