@@ -17,8 +17,10 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use kit::http::{get_json, post_json};
 use kit::postgres::Server;
 use kit::Proc;
+use serde_json::{json, Value as Json};
 use turnstile_engine::store::{NewEvent, Store, StoreOptions, SyncMode};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -73,7 +75,13 @@ fn open(db: &str) -> Arc<dyn Store> {
 fn run(config: &Path, db: &str) -> Proc {
     let mut cmd = Command::new(kit::bin());
     cmd.current_dir(kit::root())
-        .args(["--log-format", "json", "--log-level", "warn", "run"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn,turnstile::sidecar=info",
+            "run",
+        ])
         .arg(config)
         .args([
             "--db",
@@ -295,4 +303,180 @@ fn ping_pong_through_sqlite_10000_events() {
 fn a_receiver_killed_mid_stream_loses_nothing_and_saves_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     ping_pong(&shared().database(), dir.path(), 2_000, true);
+}
+
+const SINK: &str = r#"
+initial_state: idle
+metadata:
+  machine_name: sink
+transitions:
+  - {from: [idle, got], to: got, event: poke}
+"#;
+
+/// Its `call` runs a `send_event` to `ghost`, which no process runs: the error event.
+const CALLER: &str = r#"
+initial_state: idle
+metadata:
+  machine_name: caller
+transitions:
+  - {from: idle, to: calling, event: call}
+  - {from: calling, to: refused, event: call_failed}
+  - {from: calling, to: sent, event: call_sent}
+  - {from: [refused, sent], to: idle, event: reset}
+actions:
+  calling:
+    - type: send_event
+      target_machine: ghost
+      event_type: boo
+      success: call_sent
+      error: call_failed
+"#;
+
+/// `turnstile send-event ARGS`: exit code, stdout, stderr.
+fn send_event_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(kit::bin())
+        .current_dir(kit::root())
+        .arg("send-event")
+        .args(args)
+        .env_remove("TURNSTILE_DB")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        kit::text(&out.stdout),
+        kit::text(&out.stderr),
+    )
+}
+
+/// The `poke` job ids `sink` has handled (its audit, `--persist`).
+fn pokes(store: &dyn Store) -> Vec<String> {
+    let mut t = store.transitions(Some("sink"), 1000).unwrap();
+    t.reverse();
+    t.into_iter()
+        .filter(|r| r.event == "poke")
+        .filter_map(|r| r.job_id)
+        .collect()
+}
+
+/// Process R runs `sink`, process S runs `caller` (one SQLite file): S's sidecar forwards
+/// `POST /machines/sink/events` through the store (202 with the event id; R handles it,
+/// and R's `/trace` record carries the sender's trace id), answers 404 for a name no
+/// process runs; `send-event --db` reaches `sink` (exit 0), fails for a name no process
+/// runs (exit 1) and for a payload that is not JSON (exit 2); `caller`'s `send_event` to
+/// a name no process runs takes its error event.
+#[test]
+fn the_sidecar_send_event_db_and_send_event_reach_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let db = db.to_str().unwrap();
+    let (sink_cfg, caller_cfg) = (dir.path().join("sink.yaml"), dir.path().join("caller.yaml"));
+    std::fs::write(&sink_cfg, SINK).unwrap();
+    std::fs::write(&caller_cfg, CALLER).unwrap();
+    let store = open(db);
+    let mut r = run(&sink_cfg, db);
+    let mut s = run(&caller_cfg, db);
+    let (r_addr, s_addr) = (r.sidecar_addr(LIMIT), s.sidecar_addr(LIMIT));
+    wait_registered(&*store, "sink", &mut [&mut r, &mut s]);
+
+    // Through S's sidecar, with the sender's trace.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+    let resp = post_json(
+        s_addr,
+        "/machines/sink/events",
+        &[("traceparent", &tp)],
+        &json!({"type": "poke", "job_id": "via-http"}),
+    );
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    let body = resp.json();
+    assert!(body["event_id"].as_i64().unwrap() > 0, "{body}");
+    assert_eq!(body["elsewhere"], json!(true), "{body}");
+    assert_eq!(body["trace_id"], json!(trace), "{body}");
+    wait_or_logs("the forwarded event handled", &mut [&mut r, &mut s], || {
+        pokes(&*store) == ["via-http"]
+    });
+    // The receiver's span continues the sender's trace.
+    let records = get_json(r_addr, &format!("/trace?machine=sink&trace_id={trace}"));
+    let rec = records.as_array().unwrap();
+    assert_eq!(rec.len(), 1, "{records}");
+    assert_eq!(rec[0]["data"]["trace_id"], json!(trace), "{records}");
+    assert_eq!(rec[0]["data"]["job_id"], json!("via-http"), "{records}");
+    assert_eq!(
+        rec[0]["data"]["outcome"],
+        json!("transitioned"),
+        "{records}"
+    );
+
+    // A name no process runs: 404 with a JSON error.
+    let resp = post_json(
+        s_addr,
+        "/machines/nowhere/events",
+        &[],
+        &json!({"type": "poke"}),
+    );
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    let err = resp.json();
+    assert!(
+        err.to_string().contains("no machine named `nowhere`"),
+        "{err}"
+    );
+
+    // send-event --db.
+    let (code, out, err) = send_event_cli(&[
+        "--db",
+        db,
+        "--target",
+        "sink",
+        "--type",
+        "poke",
+        "--job-id",
+        "via-cli",
+        "--payload",
+        r#"{"k": 1}"#,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let sent: Json = serde_json::from_str(out.trim()).unwrap();
+    assert!(sent["event_id"].as_i64().unwrap() > 0, "{sent}");
+    assert_eq!(sent["target"], json!("sink"), "{sent}");
+    wait_or_logs("the CLI's event handled", &mut [&mut r, &mut s], || {
+        pokes(&*store) == ["via-http", "via-cli"]
+    });
+    let (code, out, err) = send_event_cli(&["--db", db, "--target", "nowhere", "--type", "poke"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("no live process runs a machine named `nowhere`"),
+        "{err}"
+    );
+    let (code, out, err) = send_event_cli(&[
+        "--db",
+        db,
+        "--target",
+        "sink",
+        "--type",
+        "poke",
+        "--payload",
+        "{not json",
+    ]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("--payload is not JSON"), "{err}");
+
+    // send_event to a name no process runs: its error event.
+    let resp = post_json(
+        s_addr,
+        "/machines/caller/events",
+        &[],
+        &json!({"type": "call"}),
+    );
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    wait_or_logs("caller refused", &mut [&mut r, &mut s], || {
+        get_json(s_addr, "/machines/caller")["state"] == json!("refused")
+    });
+    // Nothing was written for `ghost`, and nothing is left pending.
+    assert!(store.events(Some("ghost"), 10).unwrap().is_empty());
+    assert_eq!(store.queue_health().unwrap().events_pending, 0);
+    for p in [&mut r, &mut s] {
+        p.signal("TERM");
+        let (st, _) = p.finish(LIMIT);
+        assert!(st.success(), "{}", p.log());
+    }
 }
