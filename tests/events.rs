@@ -480,3 +480,173 @@ fn the_sidecar_send_event_db_and_send_event_reach_another_process() {
         assert!(st.success(), "{}", p.log());
     }
 }
+
+const TALLY: &str = r#"
+initial_state: idle
+metadata:
+  machine_name: tally
+  singleton: true
+transitions:
+  - {from: [idle, counted], to: counted, event: add}
+"#;
+
+/// Two processes run the singleton `tally` (PostgreSQL, a 2 s lease); the test posts 300
+/// `add` events to the standby's sidecar, one after another, and SIGKILLs the holder after
+/// the 100th. Before the survivor takes over, the standby forwards them into the event
+/// table (202 with an event id, even while the dead holder's lease runs out); once it
+/// holds the lease, it consumes them from the first one the dead holder did not mark, and
+/// later posts go to its copy directly. Each event is handled once (the audit of a
+/// `--persist` transition is written with its mark), none is lost.
+#[test]
+fn a_singletons_events_reach_the_survivor_of_a_sigkilled_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = shared().database();
+    let cfg = dir.path().join("tally.yaml");
+    std::fs::write(&cfg, TALLY).unwrap();
+    let store = open(&db);
+    let run2 = |cfg: &Path| {
+        let mut cmd = Command::new(kit::bin());
+        cmd.current_dir(kit::root())
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "warn,turnstile::sidecar=info",
+            ])
+            .arg("run")
+            .arg(cfg)
+            .args([
+                "--db",
+                &db,
+                "--persist",
+                "--job-lease",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("RUST_LOG")
+            .env_remove("TURNSTILE_DB")
+            .env_remove("TURNSTILE_LISTEN")
+            .stdin(std::process::Stdio::null());
+        Proc::spawn(cmd)
+    };
+    let mut a = run2(&cfg);
+    let mut b = run2(&cfg);
+    let (a_addr, b_addr) = (a.sidecar_addr(LIMIT), b.sidecar_addr(LIMIT));
+    wait_registered(&*store, "tally", &mut [&mut a, &mut b]);
+    // Only the holder registers a singleton.
+    let hosts = store
+        .machine_hosts("tally", Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let (mut holder, mut standby, addr) = if hosts[0].pid == i64::from(a.pid()) {
+        (a, b, b_addr)
+    } else {
+        assert_eq!(hosts[0].pid, i64::from(b.pid()), "{hosts:?}");
+        (b, a, a_addr)
+    };
+    let n = 300;
+    let mut through_store = 0;
+    for i in 0..n {
+        if i == 100 {
+            holder.signal("KILL");
+            holder.finish(LIMIT);
+        }
+        let resp = post_json(
+            addr,
+            "/machines/tally/events",
+            &[],
+            &json!({"type": "add", "job_id": i.to_string()}),
+        );
+        assert_eq!(resp.status, 202, "event {i}: {}", resp.text());
+        if resp.json().get("event_id").is_some() {
+            through_store += 1;
+        }
+    }
+    assert!(
+        through_store > 100,
+        "only {through_store} went through the store"
+    );
+    let seqs = || -> Vec<i64> {
+        let mut t = store.transitions(Some("tally"), 100_000).unwrap();
+        t.reverse();
+        t.iter()
+            .filter(|r| r.event == "add")
+            .map(|r| r.job_id.as_deref().unwrap().parse().unwrap())
+            .collect()
+    };
+    wait_or_logs("every add handled", &mut [&mut standby], || {
+        seqs().len() >= n
+    });
+    let got = seqs();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    same(
+        &sorted,
+        &(0..n as i64).collect::<Vec<_>>(),
+        "adds handled (sorted)",
+    );
+    // The survivor is the registered runner now.
+    let hosts = store
+        .machine_hosts("tally", Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(
+        hosts.iter().map(|h| h.pid).collect::<Vec<_>>(),
+        [i64::from(standby.pid())]
+    );
+    assert_eq!(store.queue_health().unwrap().events_pending, 0);
+    standby.signal("TERM");
+    let (st, _) = standby.finish(LIMIT);
+    assert!(st.success(), "{}", standby.log());
+}
+
+/// statemachine-engine's own CLI (`statemachine-db send-event`, 1.0.91, which always
+/// writes `./data/pipeline.db`) writes a `machine_events` row for a machine Turnstile runs
+/// on that file: it is delivered and marked processed (its payload, stored as the text
+/// given, reads back as JSON).
+#[test]
+fn statemachine_engines_own_send_event_reaches_a_turnstile_machine() {
+    let out = Command::new("sh")
+        .args(["-c", "command -v statemachine-db"])
+        .output()
+        .unwrap();
+    let sme = kit::text(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !sme.is_empty(),
+        "statemachine-db (statemachine-engine 1.0.91) is not installed: .ci/install.sh \
+         installs it (pip install statemachine-engine==1.0.91)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let db = dir.path().join("data/pipeline.db");
+    let db = db.to_str().unwrap();
+    let cfg = dir.path().join("sink.yaml");
+    std::fs::write(&cfg, SINK).unwrap();
+    let store = open(db);
+    let mut r = run(&cfg, db);
+    wait_registered(&*store, "sink", &mut [&mut r]);
+    kit::run_ok(
+        "statemachine-db send-event",
+        Command::new(&sme).current_dir(dir.path()).args([
+            "send-event",
+            "--target",
+            "sink",
+            "--type",
+            "poke",
+            "--job-id",
+            "from-python",
+            "--payload",
+            r#"{"n": 7}"#,
+        ]),
+    );
+    wait_or_logs("the python row handled", &mut [&mut r], || {
+        pokes(&*store) == ["from-python"]
+    });
+    let ev = store.events(Some("sink"), 10).unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].status, "processed", "{ev:?}");
+    assert_eq!(ev[0].payload, Some(json!({"n": 7})), "{ev:?}");
+    r.signal("TERM");
+    let (st, _) = r.finish(LIMIT);
+    assert!(st.success(), "{}", r.log());
+}
