@@ -15,11 +15,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[cfg(doc)]
-use turnstile_engine::runtime::router::Remote;
 use turnstile_engine::observe::{Observer, TransitionReport};
 use turnstile_engine::runtime::bridge::EventBridge;
 use turnstile_engine::runtime::event::Event;
+#[cfg(doc)]
+use turnstile_engine::runtime::router::Remote;
 use turnstile_engine::store::{open, Location, StoreOptions};
 use turnstile_engine::{config, ActionRegistry, Engine};
 
@@ -120,7 +120,10 @@ fn main() {
     let offered = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(30);
     while lat.seen.lock().map(|s| s.len()).unwrap_or(0) < n as usize {
-        assert!(Instant::now() < deadline, "not every event arrived within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "not every event arrived within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut v = std::mem::take(&mut *lat.seen.lock().unwrap_or_else(|e| e.into_inner()));
