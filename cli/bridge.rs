@@ -22,21 +22,23 @@ pub struct BridgeSetup {
     pub lease: Duration,
 }
 
-/// Starts the bridge for `machines` of `engine` (on the current runtime); a failure is
-/// logged and the machines run without it (events to and from other processes fail).
+/// Starts the bridge for `machines` of `engine` (on the current runtime), before they
+/// start; `singletons` are registered by the process that holds them, when it takes the
+/// lease. A failure is logged and the machines run without it (events to and from other
+/// processes fail).
 pub fn start(
     setup: Option<BridgeSetup>,
     engine: &Engine,
-    machines: &[Arc<str>],
+    (machines, singletons): (&[Arc<str>], &[Arc<str>]),
     persist: Option<&Persister>,
 ) -> Option<EventBridge> {
     let s = setup?;
-    let names = machines.iter().map(|m| m.to_string()).collect();
+    let names = |v: &[Arc<str>]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
     match EventBridge::start(
         s.store,
         engine,
         (s.instance.id(), s.instance.incarnation()),
-        names,
+        (names(machines), names(singletons)),
         s.lease,
         persist.cloned(),
     ) {

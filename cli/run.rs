@@ -288,8 +288,22 @@ async fn run_machines(
         b.set_reloader(Some(reloader.clone()));
     }
     let names: Vec<Arc<str>> = defs.iter().map(|d| d.name.clone()).collect();
+    let (singles, plain): (Vec<_>, Vec<_>) = defs
+        .iter()
+        .partition(|d| opts.singletons.as_ref().is_some_and(|s| s.covers(d)));
+    let singles: Vec<Arc<str>> = singles.iter().map(|d| d.name.clone()).collect();
+    let plain: Vec<Arc<str>> = plain.iter().map(|d| d.name.clone()).collect();
+    // Before the machines start: their first actions may send to other processes, and a
+    // singleton that takes its lease at once registers through it.
+    let bridge = crate::bridge::start(
+        opts.bridge,
+        &engine,
+        (&plain, &singles),
+        opts.persist.as_ref(),
+    );
     if let Err(e) = engine.spawn_all(defs) {
         eprintln!("error: cannot start the machines: {e}");
+        crate::bridge::stop(bridge).await;
         return Ok(ExitCode::from(EXIT_INVALID));
     }
     // Listened for before the sidecar answers: once a client sees the sidecar, a SIGHUP
@@ -300,11 +314,10 @@ async fn run_machines(
             eprintln!("error: cannot listen for SIGHUP: {e}");
             engine.shutdown();
             engine.join().await;
+            crate::bridge::stop(bridge).await;
             return Ok(ExitCode::from(1));
         }
     };
-    // Before the sidecar serves: a forwarded POST finds the bridge attached.
-    let bridge = crate::bridge::start(opts.bridge, &engine, &names, opts.persist.as_ref());
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
@@ -316,6 +329,7 @@ async fn run_machines(
                     eprintln!("error: {e}");
                     engine.shutdown();
                     engine.join().await;
+                    crate::bridge::stop(bridge).await;
                     return Ok(ExitCode::from(1));
                 }
             }

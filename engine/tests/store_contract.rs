@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use support::postgres::Server;
 use turnstile_engine::store::{
-    Added, Claim, Failed, Heartbeat, JobFilter, ListJobs, NewJob, PgStore, SqliteStore, Store,
-    StoreError, StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
+    Added, Claim, Failed, Heartbeat, JobFilter, ListJobs, NewEvent, NewJob, PgStore, SqliteStore,
+    Store, StoreError, StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
 };
 
 /// Opens stores on one database of one backend.
@@ -63,6 +63,9 @@ macro_rules! contract {
 }
 
 contract!(
+    the_machine_registry_tells_live_stale_and_unregistered_apart,
+    events_are_taken_in_order_by_one_consumer_until_marked,
+    an_event_sent_by_another_store_object_wakes_the_consumer,
     concurrent_claimers_never_double_claim,
     claims_follow_priority_then_age_and_filters,
     an_expired_lease_returns_the_job_to_pending,
@@ -1167,4 +1170,144 @@ fn batched_claims_keep_backoff_and_dead_letters(b: &Backend) {
     assert_eq!(j.attempts, 2);
     assert_eq!(s.fail_job(&id, "boom 2").unwrap(), Failed::Dead);
     assert_eq!(s.get_job(&id).unwrap().unwrap().status, DEAD);
+}
+
+fn ev(target: &str, ty: &str, job: &str) -> NewEvent {
+    NewEvent {
+        source: Some("sender".into()),
+        target: target.into(),
+        event_type: ty.into(),
+        job_id: Some(job.into()),
+        payload: Some(json!({"job": job})),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    }
+}
+
+fn the_machine_registry_tells_live_stale_and_unregistered_apart(b: &Backend) {
+    let s = b.open(no_renew(60_000));
+    let names = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    s.register_machines("inst-a", "inc-a", &names(&["m1", "m2"]))
+        .unwrap();
+    s.register_machines("inst-b", "inc-b", &names(&["m1"]))
+        .unwrap();
+    let hosts = s.machine_hosts("m1", Duration::from_secs(60)).unwrap();
+    let mut incs: Vec<_> = hosts.iter().map(|h| h.incarnation.as_str()).collect();
+    incs.sort_unstable();
+    assert_eq!(incs, ["inc-a", "inc-b"]);
+    let a = hosts.iter().find(|h| h.incarnation == "inc-a").unwrap();
+    assert_eq!(a.instance_id, "inst-a");
+    assert_eq!(a.pid, i64::from(std::process::id()));
+    assert!(a.heartbeat_at.is_some());
+    assert!(s
+        .machine_hosts("nobody", Duration::from_secs(60))
+        .unwrap()
+        .is_empty());
+    // A registration older than `stale_after` is not live.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s
+        .machine_hosts("m2", Duration::from_millis(100))
+        .unwrap()
+        .is_empty());
+    // The heartbeat writes it again; names left out are deleted.
+    s.register_machines("inst-a", "inc-a", &names(&["m2"]))
+        .unwrap();
+    assert_eq!(
+        s.machine_hosts("m2", Duration::from_millis(100))
+            .unwrap()
+            .len(),
+        1
+    );
+    let m1 = s.machine_hosts("m1", Duration::from_secs(60)).unwrap();
+    assert_eq!(m1.len(), 1, "{m1:?}");
+    assert_eq!(m1[0].incarnation, "inc-b");
+    // A clean exit deletes them.
+    s.unregister_machines("inc-b").unwrap();
+    assert!(s
+        .machine_hosts("m1", Duration::from_secs(60))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.machine_hosts("m2", Duration::from_secs(60))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn events_are_taken_in_order_by_one_consumer_until_marked(b: &Backend) {
+    let s = b.open(no_renew(60_000));
+    let other = b.open(no_renew(60_000));
+    let ids: Vec<i64> = (0..5)
+        .map(|i| s.send_event(&ev("m", "go", &i.to_string())).unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    s.send_event(&ev("elsewhere", "go", "x")).unwrap();
+    let lease = Duration::from_millis(400);
+    // The first consumer takes the lease; the events come in id order, with what was sent.
+    let got = s.take_events("m", "c1", lease, 3).unwrap().unwrap();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!(got[0].event_type, "go");
+    assert_eq!(got[0].target, "m");
+    assert_eq!(got[0].source.as_deref(), Some("sender"));
+    assert_eq!(got[0].job_id.as_deref(), Some("0"));
+    assert_eq!(got[0].payload, Some(json!({"job": "0"})));
+    assert_eq!(
+        got[0].traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    // Another consumer gets nothing while the lease holds.
+    assert_eq!(other.take_events("m", "c2", lease, 10).unwrap(), None);
+    // Unmarked events are handed over again (a redelivery has the same id).
+    let again = s.take_events("m", "c1", lease, 10).unwrap().unwrap();
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    // Marked ones are not; marking twice counts once.
+    assert_eq!(s.mark_processed(&ids[..2]).unwrap(), 2);
+    assert_eq!(s.mark_processed(&ids[..2]).unwrap(), 0);
+    let rest = s.take_events("m", "c1", lease, 10).unwrap().unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    // After the lease expires, another consumer continues from the first unmarked event.
+    std::thread::sleep(lease + Duration::from_millis(200));
+    let taken = other.take_events("m", "c2", lease, 10).unwrap().unwrap();
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    assert_eq!(s.take_events("m", "c1", lease, 10).unwrap(), None);
+    // A registration without `m` drops c2's consumer lease at once (a singleton given up).
+    other.register_machines("i", "c2", &[]).unwrap();
+    assert!(s.take_events("m", "c1", lease, 10).unwrap().is_some());
+    assert_eq!(s.queue_health().unwrap().events_pending, 4);
+}
+
+fn an_event_sent_by_another_store_object_wakes_the_consumer(b: &Backend) {
+    let consumer = b.open(StoreOptions::default());
+    let sender = b.open(StoreOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let notify = consumer.notify().clone();
+    // Let the backend's watch start (SQLite's first reading, PostgreSQL's LISTEN).
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..3 {
+        let woke = rt.block_on(async {
+            let n = notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            let t0 = std::time::Instant::now();
+            let s = sender.clone();
+            let t = std::thread::spawn(move || s.send_event(&ev("m", "go", "1")).unwrap());
+            let woke = tokio::time::timeout(Duration::from_secs(5), n)
+                .await
+                .is_ok();
+            t.join().unwrap();
+            woke.then(|| t0.elapsed())
+        });
+        let waited = woke.unwrap_or_else(|| {
+            panic!("round {round}: an event sent by another store object did not wake the consumer within 5 s")
+        });
+        assert!(waited < Duration::from_secs(2), "round {round}: {waited:?}");
+    }
+    let got = consumer
+        .take_events("m", "c", Duration::from_secs(5), 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 3);
 }

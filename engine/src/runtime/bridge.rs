@@ -22,6 +22,15 @@
 //!   once).
 //! - The registry rows are written at start and every third of the lease (the
 //!   heartbeat), and deleted by [`EventBridge::stop`].
+//! - Singletons ([`crate::runtime::singleton`]): a singleton is registered, and its events
+//!   consumed, only by the process that holds its lease: the supervisor calls
+//!   [`Remote::hold`] when it takes the lease and [`Remote::release`] when the tenure
+//!   ends (the registration and the consumer lease go at once, so the next holder
+//!   consumes from the first event not marked). In a process where a configured
+//!   singleton stands by, an event for it always goes to the event table (it waits there
+//!   for the holder, also while the lease passes from a dead holder to a survivor).
+//! - The bridge is attached before the machines start (a machine's first actions may send
+//!   to other processes); a consumer that finds its machine not started yet looks again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -31,7 +40,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::engine::Engine;
+use crate::runtime::engine::{Engine, SendError};
 use crate::runtime::event::Event;
 use crate::runtime::router::{ForwardError, Remote};
 use crate::runtime::trace::TraceContext;
@@ -52,6 +61,13 @@ struct Inner {
     handled_wake: Notify,
     /// Remote targets known to run elsewhere, and since when.
     elsewhere: Mutex<FxHashMap<String, Instant>>,
+    /// The machines registered for this process (singletons while held), and the
+    /// cancellation of each one's consumer task.
+    local: Mutex<FxHashMap<String, CancellationToken>>,
+    /// Singletons configured here: events for them go through the store when this
+    /// process does not run them.
+    singletons: HashSet<String>,
+    runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -59,13 +75,12 @@ struct Inner {
 #[derive(Clone)]
 pub struct EventBridge {
     inner: Arc<Inner>,
-    machines: Vec<String>,
 }
 
 impl std::fmt::Debug for EventBridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventBridge")
-            .field("machines", &self.machines)
+            .field("machines", &self.inner.registered())
             .finish_non_exhaustive()
     }
 }
@@ -73,15 +88,17 @@ impl std::fmt::Debug for EventBridge {
 struct AsRemote(Arc<Inner>);
 
 impl EventBridge {
-    /// Registers `machines` (the engine's) for `incarnation` of `instance_id`, attaches
-    /// the bridge to `engine` and starts its tasks on the current Tokio runtime. `lease`
-    /// is the store's lease time: registrations and consumer leases older than that are
-    /// stale. `persist`: the engine's persister, when states are saved.
+    /// Registers `machines` (the engine's, singletons left out) for `incarnation` of
+    /// `instance_id`, attaches the bridge to `engine` and starts its tasks on the current
+    /// Tokio runtime. `singletons`: the singletons configured here (registered while
+    /// held, see the module docs). `lease` is the store's lease time: registrations and
+    /// consumer leases older than that are stale. `persist`: the engine's persister, when
+    /// states are saved.
     pub fn start(
         store: Arc<dyn Store>,
         engine: &Engine,
         (instance_id, incarnation): (&str, &str),
-        machines: Vec<String>,
+        (machines, singletons): (Vec<String>, Vec<String>),
         lease: Duration,
         persist: Option<Persister>,
     ) -> Result<Self, StoreError> {
@@ -96,6 +113,9 @@ impl EventBridge {
             handled: Mutex::new(Vec::new()),
             handled_wake: Notify::new(),
             elsewhere: Mutex::new(FxHashMap::default()),
+            local: Mutex::new(FxHashMap::default()),
+            singletons: singletons.into_iter().collect(),
+            runtime: tokio::runtime::Handle::current(),
             cancel: CancellationToken::new(),
         });
         if !engine.set_remote(Arc::new(AsRemote(inner.clone()))) {
@@ -103,14 +123,14 @@ impl EventBridge {
                 "the engine is already bridged to other processes".into(),
             ));
         }
-        tokio::spawn(heartbeat(inner.clone(), machines.clone()));
+        tokio::spawn(heartbeat(inner.clone()));
         if inner.persist.is_none() {
             tokio::spawn(mark_handled(inner.clone()));
         }
-        for m in &machines {
-            tokio::spawn(consume(inner.clone(), Arc::from(m.as_str())));
+        for m in machines {
+            inner.start_consumer(m);
         }
-        Ok(Self { inner, machines })
+        Ok(Self { inner })
     }
 
     /// Stops the tasks and deletes the registrations (a clean exit): other processes find
@@ -139,8 +159,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// Whether another live process runs `target` (remembered for a third of the lease).
+    /// The machines registered for this process, sorted.
+    fn registered(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.local).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Starts (or restarts) `machine`'s consumer task; it ends when the bridge stops or
+    /// [`Self::stop_consumer`] is called.
+    fn start_consumer(self: &Arc<Self>, machine: String) {
+        let token = self.cancel.child_token();
+        if let Some(old) = lock(&self.local).insert(machine.clone(), token.clone()) {
+            old.cancel();
+        }
+        self.runtime
+            .spawn(consume(self.clone(), Arc::from(machine.as_str()), token));
+    }
+
+    /// Stops `machine`'s consumer task; true when there was one.
+    fn stop_consumer(&self, machine: &str) -> bool {
+        match lock(&self.local).remove(machine) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the registrations (and drops the consumer leases of machines no longer
+    /// registered). Blocking.
+    fn register(&self) -> Result<(), StoreError> {
+        self.store
+            .register_machines(&self.instance_id, &self.incarnation, &self.registered())
+    }
+
+    /// Whether another live process runs `target` (remembered for a third of the lease);
+    /// always for a singleton configured here (it is not running here when this is asked).
     fn elsewhere(&self, target: &str) -> Result<bool, ForwardError> {
+        if self.singletons.contains(target) {
+            return Ok(true);
+        }
         let fresh = self.lease / 3;
         if lock(&self.elsewhere)
             .get(target)
@@ -186,6 +246,24 @@ impl Remote for AsRemote {
         self.0.elsewhere(target)
     }
 
+    fn hold(&self, machine: &str) {
+        if self.0.cancel.is_cancelled() {
+            return;
+        }
+        self.0.start_consumer(machine.to_owned());
+        if let Err(e) = self.0.register() {
+            tracing::warn!(target: "turnstile::events", machine, "cannot register the singleton this process took over ({e}): the next heartbeat tries again");
+        }
+    }
+
+    fn release(&self, machine: &str) {
+        if self.0.stop_consumer(machine) && !self.0.cancel.is_cancelled() {
+            if let Err(e) = self.0.register() {
+                tracing::warn!(target: "turnstile::events", machine, "cannot unregister the singleton this process gave up ({e}): its registration and consumer lease expire after a lease");
+            }
+        }
+    }
+
     fn handled(&self, _machine: &Arc<str>, id: i64) {
         match &self.0.persist {
             Some(p) => p.processed(id),
@@ -207,19 +285,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Writes the registrations again every third of the lease.
-async fn heartbeat(inner: Arc<Inner>, machines: Vec<String>) {
+async fn heartbeat(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             () = inner.cancel.cancelled() => return,
             () = tokio::time::sleep(inner.lease / 3) => {}
         }
-        let (s, id, inc, m) = (
-            inner.store.clone(),
-            inner.instance_id.clone(),
-            inner.incarnation.clone(),
-            machines.clone(),
-        );
-        if let Err(e) = blocking(move || s.register_machines(&id, &inc, &m)).await {
+        let i = inner.clone();
+        if let Err(e) = blocking(move || i.register()).await {
             tracing::warn!(target: "turnstile::events", "machine registry heartbeat failed: {e}");
         }
     }
@@ -261,7 +334,7 @@ fn to_event(e: StoredEvent) -> Event {
 
 /// Takes `machine`'s pending events and queues them into it, in id order, for as long
 /// as the bridge runs (see the module docs).
-async fn consume(inner: Arc<Inner>, machine: Arc<str>) {
+async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken) {
     let notify = inner.store.notify().clone();
     // Queued into the machine, not seen marked yet.
     let mut queued: HashSet<i64> = HashSet::new();
@@ -278,6 +351,7 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>) {
             inner.lease,
         );
         let mut again = false;
+        let mut not_started = false;
         match blocking(move || s.take_events(&m, &c, lease, limit)).await {
             Ok(None) => idle_wait = inner.lease / 3,
             Ok(Some(events)) => {
@@ -295,10 +369,19 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>) {
                         break;
                     }
                     let id = e.id;
-                    if inner.engine.send(&machine, to_event(e)).await.is_err() {
-                        // Stopped: the events stay pending for the next consumer.
-                        tracing::debug!(target: "turnstile::events", machine = %machine, "machine stopped: its store events are left pending");
-                        return;
+                    match inner.engine.send(&machine, to_event(e)).await {
+                        Ok(()) => {}
+                        Err(SendError::UnknownMachine(_)) => {
+                            // Not started yet (the bridge is attached first): this event
+                            // and the rest are taken again.
+                            not_started = true;
+                            break;
+                        }
+                        Err(_) => {
+                            // Stopped: the events stay pending for the next consumer.
+                            tracing::debug!(target: "turnstile::events", machine = %machine, "machine stopped: its store events are left pending");
+                            return;
+                        }
                     }
                     queued.insert(id);
                 }
@@ -315,15 +398,16 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>) {
                 idle_wait = Duration::from_secs(1).min(inner.lease / 3);
             }
         }
-        if again {
+        if again || not_started {
+            let pause = Duration::from_millis(if again { 5 } else { 20 });
             tokio::select! {
-                () = inner.cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
             }
             continue;
         }
         tokio::select! {
-            () = inner.cancel.cancelled() => return,
+            () = cancel.cancelled() => return,
             () = &mut notified => {}
             () = tokio::time::sleep(idle_wait) => {}
         }

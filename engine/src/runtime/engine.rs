@@ -712,6 +712,10 @@ impl singleton::Host for Engine {
         Ok(Box::pin(machine.run()))
     }
 
+    fn remote(&self) -> Option<Arc<dyn crate::runtime::router::Remote>> {
+        Engine::remote(self)
+    }
+
     fn forget_stopped(&self, name: &str) {
         self.inner
             .machines

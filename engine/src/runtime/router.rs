@@ -44,6 +44,11 @@ pub trait Remote: Send + Sync {
     /// `machine` handled (transitioned on, or ignored) event `id` it received through the
     /// store. Called on the machine's task: must not block.
     fn handled(&self, machine: &Arc<str>, id: i64);
+    /// This process now runs singleton `machine` (it took the lease): other processes'
+    /// events for it come here. Blocking.
+    fn hold(&self, _machine: &str) {}
+    /// This process no longer runs singleton `machine` (its tenure ended). Blocking.
+    fn release(&self, _machine: &str) {}
 }
 
 /// Machine name -> queue. Read on every cross-machine send; written when machines start.

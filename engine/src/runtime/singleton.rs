@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use serde_json::{Map, Value as Json};
 
 use super::def::MachineDef;
+use super::router::Remote;
 use super::tenure::Tenure;
 use crate::observe::StopReason;
 use crate::store::{Acquired, Persister, Store};
@@ -58,6 +59,9 @@ pub(crate) trait Host: Send + Sync + 'static {
     /// Removes the stopped copies of `name` from the engine's status (a copy that lost its
     /// lease: the process stands by).
     fn forget_stopped(&self, name: &str);
+    /// The way to other processes (the event bridge), when one is attached: told when a
+    /// tenure starts and ends, so that the holder receives the singleton's events.
+    fn remote(&self) -> Option<Arc<dyn Remote>>;
 }
 
 /// What an engine needs to run singleton machines: the store holding the leases and the
@@ -289,9 +293,17 @@ pub(crate) async fn supervise(engine: impl Host, cfg: Arc<Singletons>, slot: Arc
         let def = slot.current_def();
         let (p, d) = (cfg.persister.clone(), def.clone());
         let restored = blocking(move || p.restored(&d)).await.flatten();
+        let remote = engine.remote();
         let reason = match engine.start_tenure(def, tenure.clone(), cfg.persister.clone(), restored)
         {
-            Ok(run) => run.await,
+            Ok(run) => {
+                // Once the copy is routable: the events of other processes come here now.
+                if let Some(r) = remote.clone() {
+                    let name = slot.name.clone();
+                    blocking(move || r.hold(&name)).await;
+                }
+                run.await
+            }
             Err(e) => {
                 tracing::error!(target: "turnstile::singleton", machine = %slot.name, "cannot start the singleton: {e}");
                 StopReason::Shutdown
@@ -299,6 +311,10 @@ pub(crate) async fn supervise(engine: impl Host, cfg: Arc<Singletons>, slot: Arc
         };
         tenure.lose();
         renewal.abort();
+        if let Some(r) = remote {
+            let name = slot.name.clone();
+            blocking(move || r.release(&name)).await;
+        }
         // What the copy saved reaches the store before the lease is given up, so the
         // successor restores it (a stale copy's writes are refused anyway).
         let p = cfg.persister.clone();

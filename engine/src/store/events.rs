@@ -86,8 +86,9 @@ pub struct MachineHost {
 /// The machine registry and the event table's delivery.
 pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     /// Records that `incarnation` (of instance `instance_id`, this process) runs
-    /// `machines`, now: rows of this incarnation for other names are deleted. Called
-    /// again as the heartbeat.
+    /// `machines`, now: rows of this incarnation for other names are deleted, and so are
+    /// its consumer leases of other names (a singleton this process no longer holds: its
+    /// next holder consumes at once). Called again as the heartbeat.
     fn register_machines(
         &self,
         instance_id: &str,

@@ -102,14 +102,23 @@ impl Persister {
 
     /// Records that `machine` entered `state` with `context` (through `event` from
     /// `from`; `None` for the machine's start).
+    ///
+    /// `processed`: the id of the store event (the event table's) that led there: it is
+    /// marked processed in the transaction that writes this transition's audit row, so a
+    /// process killed before that transaction handles it again and one killed after does
+    /// not (handing it over separately, [`Self::processed`], could split the two).
     pub fn entered(
         &self,
         machine: &Arc<str>,
         state: &Arc<str>,
         context: &Map<String, Json>,
         from: Option<(&str, &str, Option<&str>)>,
+        processed: Option<i64>,
     ) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = processed {
+            p.processed.push(id);
+        }
         p.states
             .insert(machine.clone(), (state.clone(), context.clone()));
         if let Some((from, event, job_id)) = from {

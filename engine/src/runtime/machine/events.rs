@@ -83,8 +83,15 @@ impl Machine {
         match ev.store_id {
             None => self.handle_event(ev),
             Some(id) => {
+                // With a persister, the transition's save carries the mark; otherwise
+                // (no transition, or no persister) it is handed over here.
+                if self.persist.to.is_some() {
+                    self.persist.handling = Some(id);
+                }
                 let took = self.handle_event(ev);
-                self.router.handled(&self.def.name, id);
+                if self.persist.to.is_none() || self.persist.handling.take().is_some() {
+                    self.router.handled(&self.def.name, id);
+                }
                 took
             }
         }

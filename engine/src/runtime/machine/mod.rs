@@ -111,6 +111,9 @@ struct Persist {
     /// A transition happened since the state was last saved with its context as the
     /// entry actions left it.
     dirty: bool,
+    /// The store event (of the event table) being handled: its mark goes with the save
+    /// of the transition it causes ([`crate::store::Persister::entered`]).
+    handling: Option<i64>,
 }
 
 pub(crate) struct Machine {
@@ -180,6 +183,7 @@ impl Machine {
             persist: Persist {
                 to: None,
                 dirty: false,
+                handling: None,
             },
             tenure: None,
         }
@@ -244,14 +248,21 @@ impl Machine {
         self.save(None);
     }
 
-    /// Saves the current state and context, with the transition that led there.
-    fn save(&self, from: Option<(&str, &str, Option<&str>)>) {
+    /// Saves the current state and context, with the transition that led there (and the
+    /// mark of the store event that caused it).
+    fn save(&mut self, from: Option<(&str, &str, Option<&str>)>) {
+        let processed = if from.is_some() {
+            self.persist.handling.take()
+        } else {
+            None
+        };
         if let Some(p) = &self.persist.to {
             p.entered(
                 &self.def.name,
                 &self.def.states[self.state].name,
                 &self.context,
                 from,
+                processed,
             );
         }
     }

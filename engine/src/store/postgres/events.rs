@@ -45,6 +45,13 @@ impl EventStore for PgStore {
             .await
             .map_err(pg_error)?;
             tx.execute(
+                "DELETE FROM turnstile_event_consumers WHERE consumer = $1
+                    AND NOT (target_machine = ANY($2))",
+                &[&inc, &names],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.execute(
                 "INSERT INTO turnstile_machines
                     (machine_name, incarnation, instance_id, host, pid, heartbeat_at)
                  SELECT m, $2, $3, $4, $5, clock_timestamp() FROM UNNEST($1::text[]) AS m

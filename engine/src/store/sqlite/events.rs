@@ -88,6 +88,11 @@ impl EventStore for SqliteStore {
                     AND machine_name NOT IN (SELECT value FROM json_each(?2))",
                 params![inc, names_json],
             )?;
+            tx.exec_cached(
+                "DELETE FROM turnstile_event_consumers WHERE consumer = ?1
+                    AND target_machine NOT IN (SELECT value FROM json_each(?2))",
+                params![inc, names_json],
+            )?;
             for m in &names {
                 tx.exec_cached(
                     "INSERT OR REPLACE INTO turnstile_machines
