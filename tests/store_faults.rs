@@ -44,7 +44,7 @@ fn can_unshare(test: &str) -> bool {
 /// answered (batched claims are answered after their commit, so none is ever lost).
 fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAddr) {
     let script = format!(
-        "set -e; {setup}; exec \"{bin}\" --log-format json --log-level info run \"{cfg}\" --db \"{db}\" --claim-batch 1",
+        "set -e; {setup}; exec \"{bin}\" --log-format json --log-level info,turnstile::events=debug run \"{cfg}\" --db \"{db}\" --claim-batch 1",
         bin = bin(),
         cfg = config.display(),
         db = db.display()
@@ -321,6 +321,12 @@ fn a_lost_claim_cancels_the_command_it_started() {
     );
     let (mut p, _addr) = start_in_namespace(&setup, &cfg, &db);
     let pid = p.pid();
+    // The start's own writes (the machine's registration and the consumer lease of its
+    // store events) are done once the machine consumes its store events: the disk filled
+    // from here on fails the claim's commit first, not one of the start's.
+    p.wait_for("the machine consuming its store events", LIMIT, |j| {
+        field(j, "message") == "consuming the machine's store events"
+    });
     // Fill the tmpfs, then let the worker claim L1: the claim is answered before its
     // commit, which fails.
     let filler = inside(pid, &mnt.join("filler"));

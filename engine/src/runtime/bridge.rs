@@ -338,6 +338,7 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken
     let notify = inner.store.notify().clone();
     // Queued into the machine, not seen marked yet.
     let mut queued: HashSet<i64> = HashSet::new();
+    let mut consuming = false;
     loop {
         let idle_wait: Duration;
         let notified = notify.notified();
@@ -355,6 +356,10 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken
         match blocking(move || s.take_events(&m, &c, lease, limit)).await {
             Ok(None) => idle_wait = inner.lease / 3,
             Ok(Some(events)) => {
+                if !consuming {
+                    consuming = true;
+                    tracing::debug!(target: "turnstile::events", machine = %machine, "consuming the machine's store events");
+                }
                 // Forget queued ids the store no longer lists as pending (marked).
                 let complete = events.len() < limit;
                 let last = events.last().map_or(i64::MIN, |e| e.id);
