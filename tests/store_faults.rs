@@ -59,6 +59,16 @@ fn start_in_namespace(setup: &str, config: &Path, db: &Path) -> (Proc, SocketAdd
     (p, addr)
 }
 
+/// Waits until the worker consumes its store events: the start's own writes (the
+/// machine's registration and the consumer lease of its store events) are done, so a disk
+/// filled from here on fails the claim's commit first, not one of the start's (which would
+/// make the store wait for commits before answering claims, and no claim would be lost).
+fn consuming_store_events(p: &mut Proc) {
+    p.wait_for("the machine consuming its store events", LIMIT, |j| {
+        field(j, "message") == "consuming the machine's store events"
+    });
+}
+
 /// Writes `filler` until the 2 MB tmpfs it is on is full. Bounded: past 8 MB the file is
 /// not on the tmpfs (the mount failed?), and filling the real disk is the last thing a test
 /// may do.
@@ -187,6 +197,7 @@ fn a_full_disk_stops_claims_and_loses_nothing() {
     );
     let (mut p, addr) = start_in_namespace(&setup, &cfg, &db);
     let pid = p.pid();
+    consuming_store_events(&mut p);
     assert_eq!(http(addr, "GET", "/readyz", "").0, 200);
     // Fill the tmpfs, then let the worker claim J1.
     let filler = inside(pid, &mnt.join("filler"));
@@ -321,12 +332,7 @@ fn a_lost_claim_cancels_the_command_it_started() {
     );
     let (mut p, _addr) = start_in_namespace(&setup, &cfg, &db);
     let pid = p.pid();
-    // The start's own writes (the machine's registration and the consumer lease of its
-    // store events) are done once the machine consumes its store events: the disk filled
-    // from here on fails the claim's commit first, not one of the start's.
-    p.wait_for("the machine consuming its store events", LIMIT, |j| {
-        field(j, "message") == "consuming the machine's store events"
-    });
+    consuming_store_events(&mut p);
     // Fill the tmpfs, then let the worker claim L1: the claim is answered before its
     // commit, which fails.
     let filler = inside(pid, &mnt.join("filler"));
