@@ -586,13 +586,23 @@ fn a_singletons_events_reach_the_survivor_of_a_sigkilled_holder() {
         &(0..n as i64).collect::<Vec<_>>(),
         "adds handled (sorted)",
     );
-    // The survivor is the registered runner now.
-    let hosts = store
-        .machine_hosts("tally", Duration::from_secs(2))
-        .unwrap();
-    assert_eq!(
-        hosts.iter().map(|h| h.pid).collect::<Vec<_>>(),
-        [i64::from(standby.pid())]
+    // The survivor is the registered runner now, and the only one once the dead holder's
+    // registration is older than the lease (2 s after its last heartbeat: the adds may
+    // all be handled sooner).
+    let runners = || -> Vec<i64> {
+        store
+            .machine_hosts("tally", Duration::from_secs(2))
+            .unwrap()
+            .iter()
+            .map(|h| h.pid)
+            .collect()
+    };
+    let survivor = i64::from(standby.pid());
+    assert!(runners().contains(&survivor), "{:?}", runners());
+    wait_or_logs(
+        "the dead holder's registration stale",
+        &mut [&mut standby],
+        || runners() == [survivor],
     );
     assert_eq!(store.queue_health().unwrap().events_pending, 0);
     standby.signal("TERM");
