@@ -921,6 +921,26 @@ fn unreachable_state() {
 }
 
 #[test]
+fn unreachable_states_named_only_by_transitions_or_final_states_are_located() {
+    // Found by the config property test: such states were reported at line 0, column 0.
+    let l = load("initial_state: a\nfinal_states: [z]\ntransitions:\n  - {from: a, to: b, event: go}\n  - {from: q, to: a, event: back}\n");
+    let mut got: Vec<(String, u32, u32)> = l
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "unreachable-state")
+        .map(|d| (d.message.clone(), d.loc.line, d.loc.column))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("state `q` cannot be reached from `a`".to_owned(), 5, 12),
+            ("state `z` cannot be reached from `a`".to_owned(), 2, 16),
+        ]
+    );
+}
+
+#[test]
 fn action_event_that_no_transition_accepts() {
     let l = load("initial_state: a\nstates: [a, b]\ntransitions:\n  - from: a\n    to: b\n    event: go\nactions:\n  a:\n    - type: set_context\n      key: k\n      value: 1\n      success: nope\n");
     only(

@@ -411,16 +411,27 @@ pub fn compile(
                 }
             }
         }
-        let declared_at: HashMap<&str, Loc> = spec
-            .states
+        // Where a state is named: its `actions:` entry, else `states:`, else the first
+        // transition that names it (a state known only from `from:` or `to:`), else
+        // `final_states:`. Found by the config property test: a state named only in a
+        // `from:` was reported at line 0, column 0.
+        let mut declared_at: HashMap<&str, Loc> = HashMap::new();
+        let named = spec
+            .entry_actions
             .iter()
-            .map(|s| (s.value.as_str(), s.loc))
-            .chain(
-                spec.entry_actions
-                    .iter()
-                    .map(|(s, _)| (s.value.as_str(), s.loc)),
-            )
-            .collect();
+            .map(|(s, _)| s)
+            .chain(spec.states.iter())
+            .chain(spec.transitions.iter().flat_map(|t| {
+                let from: &[Located<String>] = match &t.from {
+                    FromStates::States(v) => v,
+                    FromStates::Any => &[],
+                };
+                from.iter().chain(std::iter::once(&t.to))
+            }))
+            .chain(spec.final_states.iter().flatten());
+        for s in named {
+            declared_at.entry(s.value.as_str()).or_insert(s.loc);
+        }
         for (i, ok) in seen.iter().enumerate() {
             if !ok {
                 d.warn(
