@@ -377,6 +377,30 @@ impl Engine {
         id
     }
 
+    /// A machine's shared half, as it starts: a fresh id, the initial state, no counts.
+    fn new_shared(
+        &self,
+        def: Arc<MachineDef>,
+        tx: mpsc::Sender<Event>,
+        ctl: mpsc::UnboundedSender<Control>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            state: def.initial.into(),
+            name: def.name.clone(),
+            def: RwLock::new(def),
+            since_ms: 0.into(),
+            transitions: 0.into(),
+            events: 0.into(),
+            errors: 0.into(),
+            running: true.into(),
+            tx,
+            ctl,
+            stop_reason: Mutex::new(None),
+            last_context: Mutex::new(None),
+        })
+    }
+
     /// Registers one machine: reachable by name, in the status list; not running yet.
     fn register(
         &self,
@@ -388,21 +412,7 @@ impl Engine {
             return Err(EngineError::DuplicateName(def.name.to_string()));
         }
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            state: def.initial.into(),
-            name: def.name.clone(),
-            def: RwLock::new(def),
-            since_ms: 0.into(),
-            transitions: 0.into(),
-            events: 0.into(),
-            errors: 0.into(),
-            running: true.into(),
-            tx,
-            ctl: ctl_tx,
-            stop_reason: Mutex::new(None),
-            last_context: Mutex::new(None),
-        });
+        let shared = self.new_shared(def, tx, ctl_tx);
         machines.push(shared.clone());
         Ok(Machine::new(
             shared,
@@ -437,21 +447,7 @@ impl Engine {
                 return Err(EngineError::DuplicateName(def.name.to_string()));
             }
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-            let shared = Arc::new(Shared {
-                id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-                state: def.initial.into(),
-                name: def.name.clone(),
-                def: RwLock::new(def),
-                since_ms: 0.into(),
-                transitions: 0.into(),
-                events: 0.into(),
-                errors: 0.into(),
-                running: true.into(),
-                tx,
-                ctl: ctl_tx,
-                stop_reason: Mutex::new(None),
-                last_context: Mutex::new(None),
-            });
+            let shared = self.new_shared(def, tx, ctl_tx);
             pending.push((shared, rx, ctl_rx));
         }
         let mut ids = Vec::with_capacity(pending.len());
