@@ -306,12 +306,13 @@ async fn run_machines(
         crate::bridge::stop(bridge).await;
         return Ok(ExitCode::from(EXIT_INVALID));
     }
-    // Listened for before the sidecar answers: once a client sees the sidecar, a SIGHUP
-    // reloads (it is handled by `supervise`) rather than ending the process.
-    let sighup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    // Listened for before the sidecar answers and the sockets listen: once a client (or
+    // Kubernetes) can see the process, SIGHUP reloads and SIGTERM/SIGINT stop it cleanly
+    // (handled by `supervise`) rather than ending it by their default action.
+    let signals = match Signals::listen() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot listen for SIGHUP: {e}");
+            eprintln!("error: {e:#}");
             engine.shutdown();
             engine.join().await;
             crate::bridge::stop(bridge).await;
@@ -338,7 +339,7 @@ async fn run_machines(
     };
     let code = supervise(
         &engine,
-        (&reloader, sighup),
+        (&reloader, signals),
         watch,
         opts.stop_timeout,
         opts.keep_serving,
@@ -371,11 +372,30 @@ fn bridge_setup(
     })
 }
 
+/// The signals `supervise` handles, listened for from before anything outside can see the
+/// process: a signal that arrives earlier than `supervise` waits is kept, not fatal.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+}
+
 /// Runs the machines until they all stop by themselves or `SIGINT`/`SIGTERM` arrives;
 /// `SIGHUP` reloads every config (as `POST /-/reload` does) and the wait goes on.
 async fn supervise(
     engine: &Engine,
-    (reloader, mut sighup): (&ConfigReloader, tokio::signal::unix::Signal),
+    (reloader, mut signals): (&ConfigReloader, Signals),
     watch: Option<WatchOptions>,
     stop_timeout: Duration,
     keep_serving: bool,
@@ -394,8 +414,6 @@ async fn supervise(
         None => None,
     };
     let watching = watcher.is_some();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
     // Wait for every machine to stop by itself, or for a signal; then the same wait goes
     // on, bounded by --stop-timeout, while the machines shut down.
     let all_done = engine.join();
@@ -414,16 +432,15 @@ async fn supervise(
                 );
                 finished = true;
             }
-            _ = sighup.recv() => {
+            _ = signals.hup.recv() => {
                 tracing::info!(target: "turnstile", "SIGHUP: reloading every config");
                 log_reload(&reloader.reload_all().await);
             }
-            r = tokio::signal::ctrl_c() => {
-                r.context("cannot listen for SIGINT")?;
+            _ = signals.int.recv() => {
                 tracing::info!(target: "turnstile", "SIGINT: stopping");
                 break;
             }
-            _ = sigterm.recv() => {
+            _ = signals.term.recv() => {
                 tracing::info!(target: "turnstile", "SIGTERM: stopping");
                 break;
             }
