@@ -1498,3 +1498,68 @@ fn redact_is_a_list_of_field_names() {
     );
     assert!(bad.def.is_none());
 }
+
+#[test]
+fn send_event_takes_target_as_an_alias_of_target_machine_but_not_both() {
+    use Severity::Error;
+    let both = load(
+        "initial_state: a
+transitions:
+  - {from: a, to: b, event: event_sent}
+actions:
+  a:
+    - type: send_event
+      target_machine: w
+      target: w
+      event_type: go
+",
+    );
+    assert!(both.def.is_none(), "{}", dump(&both));
+    assert!(
+        !both.diagnostics.iter().any(|d| d.code == "parameter"),
+        "neither name is reported as unknown: {}",
+        dump(&both)
+    );
+    expect(
+        &both,
+        Error,
+        "bad-parameter",
+        (8, 15),
+        "both `target_machine` and `target` are given",
+        "keep one",
+    );
+    let neither = load(
+        "initial_state: a
+transitions:
+  - {from: a, to: b, event: event_sent}
+actions:
+  a:
+    - {type: send_event, event_type: go}
+",
+    );
+    assert!(neither.def.is_none(), "{}", dump(&neither));
+    assert!(
+        neither
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("missing parameter `target_machine`")
+                && d.hint.as_deref().unwrap_or("").contains("`target:`")),
+        "{}",
+        dump(&neither)
+    );
+    let alias = load(
+        "initial_state: a
+transitions:
+  - {from: a, to: b, event: event_sent}
+actions:
+  a:
+    - {type: send_event, target: w, event_type: go}
+",
+    );
+    assert!(alias.def.is_some(), "{}", dump(&alias));
+    assert!(
+        !alias.diagnostics.iter().any(|d| d.code == "parameter"),
+        "`target` is not reported as unknown: {}",
+        dump(&alias)
+    );
+}

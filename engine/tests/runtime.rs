@@ -356,7 +356,8 @@ transitions:
 actions:
   working:
     - {type: set_context, key: got, value: "{payload.job}"}
-    - {type: send_event, target_machine: controller, event_type: finished}
+    # `target`, as statemachine-engine's README writes it: an alias of `target_machine`.
+    - {type: send_event, target: controller, event_type: finished}
 "#);
     engine.spawn_all(vec![controller, worker]).unwrap();
     tokio::time::timeout(WAIT, engine.join())

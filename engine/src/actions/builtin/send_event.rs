@@ -24,14 +24,7 @@ struct SendEvent {
 }
 
 pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
-    let target = p.template("target_machine");
-    if target.is_none() && !p.spec().params.contains_key("target_machine") {
-        p.error(
-            "target_machine",
-            "missing parameter `target_machine`".into(),
-            Some("add `target_machine: <machine name>`".into()),
-        );
-    }
+    let target = target(p);
     let event_type = p.template("event_type");
     if event_type.is_none() && !p.spec().params.contains_key("event_type") {
         p.error(
@@ -62,6 +55,34 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
         }),
         waits: false,
     })
+}
+
+/// `target_machine`, or `target` as statemachine-engine's README writes it (an alias:
+/// one of the two, not both).
+fn target(p: &mut Params<'_>) -> Option<Template> {
+    let has = |k: &str| p.spec().params.contains_key(k);
+    match (has("target_machine"), has("target")) {
+        (true, true) => {
+            p.raw("target");
+            p.raw("target_machine");
+            p.error(
+                "target",
+                "both `target_machine` and `target` are given".into(),
+                Some("`target` is another name for `target_machine`: keep one".into()),
+            );
+            None
+        }
+        (false, true) => p.template("target"),
+        (true, false) => p.template("target_machine"),
+        (false, false) => {
+            p.error(
+                "target_machine",
+                "missing parameter `target_machine`".into(),
+                Some("add `target_machine: <machine name>` (or its alias `target:`)".into()),
+            );
+            None
+        }
+    }
 }
 
 impl Action for SendEvent {
