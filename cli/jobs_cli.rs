@@ -366,6 +366,7 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                 job_type,
                 machine_type: None,
                 limit: Some(limit),
+                after: None,
             })?;
             match format {
                 OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&shown_jobs(jobs))?),
