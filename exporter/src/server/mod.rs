@@ -44,7 +44,9 @@
 
 mod conn;
 mod endpoints;
+mod job_admin;
 mod jobs;
+mod openapi;
 mod reload;
 pub mod request;
 pub mod response;

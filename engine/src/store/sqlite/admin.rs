@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::jobs::holder_of;
-use super::rows::{job_from_row, Cached, JOB_COLUMNS};
+use super::rows::{holder_of, job_from_row, Cached, JOB_COLUMNS};
 use super::SqliteStore;
 use crate::store::admin::{CANCELLABLE, PURGE_CHUNK, RETRYABLE};
 use crate::store::{JobChange, StoreError, PENDING};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
 
-use super::rows::{job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
+use super::rows::{holder_of, job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
 use super::SqliteStore;
 use crate::store::prefetch::Batch;
 use crate::store::{
@@ -40,18 +40,6 @@ pub(super) fn count_lost(
         )?;
     }
     Ok(())
-}
-
-/// The pending or processing job that holds `key`.
-pub(super) fn holder_of(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    tx.row_cached(
-        "SELECT job_id FROM jobs INDEXED BY idx_jobs_unique_key
-         WHERE unique_key = ?1 AND status IN ('pending', 'processing')
-           AND unique_key IS NOT NULL",
-        [key],
-        |r| r.get(0),
-    )
-    .optional()
 }
 
 /// Adds one job in the writer's transaction, unless a pending or processing job holds
