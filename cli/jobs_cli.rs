@@ -315,6 +315,35 @@ pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
     }
 }
 
+/// How often `--job-retention` purges: a tenth of the retention, within these bounds.
+const PURGE_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// `--job-retention`: deletes completed, cancelled and dead-lettered jobs older than
+/// `retention` now and then every tenth of it (see [`PURGE_EVERY`]); logs what it deleted
+/// and warns when the store fails (the next round tries again).
+pub async fn purge_finished(store: Arc<dyn Store>, retention: Duration) {
+    let every = (retention / 10).clamp(PURGE_EVERY.0, PURGE_EVERY.1);
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_jobs(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                target: "turnstile::jobs",
+                purged = n,
+                retention = %humantime::format_duration(retention),
+                "purged finished jobs older than the retention (--job-retention)"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                target: "turnstile::jobs",
+                "purging finished jobs failed ({e}); trying again in {}",
+                humantime::format_duration(every)
+            ),
+            Err(e) => tracing::warn!(target: "turnstile::jobs", "the purge stopped: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// `turnstile jobs ...`
 pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
     match cmd {

@@ -1352,3 +1352,61 @@ fn operators_list_show_retry_and_cancel_jobs_over_http_and_the_cli() {
     assert!(err.contains("read-only"), "{err}");
     assert_eq!(status_in(&db, "cancelled"), "cancelled");
 }
+
+#[test]
+fn job_retention_purges_finished_jobs_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let dbs = db.display().to_string();
+    let config = dir.path().join("waiter.yaml");
+    std::fs::write(&config, WAITER).unwrap();
+    let cfg = config.display().to_string();
+    seed_every_status(&db);
+    for bad in ["0s", "soon"] {
+        let out = turnstile(&["run", &cfg, "--db", &dbs, "--job-retention", bad])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad}: {}",
+            kit::text(&out.stderr)
+        );
+        assert!(kit::text(&out.stderr).contains("--job-retention"));
+    }
+    // Finished jobs are at most a second old: a retention of an hour keeps them.
+    let mut keep = Proc::start(&["run", &cfg, "--db", &dbs, "--job-retention", "1h"]);
+    keep.wait_started(1, LIMIT);
+    keep.signal("TERM");
+    assert!(keep.finish(LIMIT).0.success(), "{}", keep.log());
+    assert_eq!(
+        open_store(&db)
+            .list_jobs(&ListJobs::default())
+            .unwrap()
+            .len(),
+        5
+    );
+    // SQLite's completion times have whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--job-retention", "1s"]);
+    let rec = p.wait_for("the purge", LIMIT, |j| {
+        field(j, "target") == "turnstile::jobs" && j.get("purged").is_some()
+    });
+    assert_eq!(rec["purged"], 3, "{rec}");
+    let mut left: Vec<(String, String)> = open_store(&db)
+        .list_jobs(&ListJobs::default())
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.job_id, j.status))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ("claimed".to_owned(), "processing".to_owned()),
+            ("pending".to_owned(), "pending".to_owned())
+        ]
+    );
+    p.signal("TERM");
+    assert!(p.finish(LIMIT).0.success(), "{}", p.log());
+}
