@@ -1,7 +1,8 @@
-//! The sidecar's endpoints, declared once: method, path, whether it writes, the handler
-//! that serves it and what the index page says of it. Path resolution and the `/` index
-//! page are both made from [`ENDPOINTS`], so an endpoint cannot be served and left off the
-//! page.
+//! The sidecar's endpoints, declared once: method (every method but GET writes), path,
+//! query parameters, the handler that serves it and what the index page says of it.
+//! Routing ([`route`]: one path may have several methods), the `/` index page and
+//! `/openapi.json` (`openapi.rs`) are all made from [`ENDPOINTS`], so an endpoint cannot
+//! be served and left off either.
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
