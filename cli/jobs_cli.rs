@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand, ValueEnum};
 use turnstile_engine::store::admin::Op;
 use turnstile_engine::store::{
@@ -182,9 +181,8 @@ pub enum JobsCommand {
         /// Only this type.
         #[arg(long = "type", value_name = "TYPE")]
         job_type: Option<String>,
-        /// At most this many (1 to 1000).
-        #[arg(long, default_value_t = 100,
-              value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+        /// At most this many (with --url: 1 to 1000, the sidecar's page).
+        #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Only jobs older than the job with this row id (the next page of a listing).
         #[arg(long, value_name = "ID")]

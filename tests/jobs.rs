@@ -3,7 +3,8 @@
 //! processes every job (including jobs added long after it started, by another process,
 //! over HTTP and by statemachine-engine's own CLI), several worker processes share one
 //! queue and complete each job exactly once, and workers killed with SIGKILL mid-job lose
-//! no job.
+//! no job; operators list, show, retry and cancel jobs over HTTP and with the CLI (on the
+//! store and through the sidecar), and `--job-retention` purges old finished jobs.
 
 mod kit;
 
