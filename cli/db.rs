@@ -115,6 +115,12 @@ pub struct RunStoreArgs {
         value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from)
     )]
     pub db_pool: usize,
+    /// Delete completed, cancelled and dead-lettered jobs that finished longer ago than
+    /// this (`30d`, `12h`, `90m`): at start, then every tenth of it (at least every second,
+    /// at most every hour). Default: they are kept.
+    #[arg(long, env = "TURNSTILE_JOB_RETENTION", value_name = "DURATION",
+          value_parser = parse_retention)]
+    pub job_retention: Option<Duration>,
     /// Save each machine's state and context after every transition (plus a transition
     /// record) in the store, and start each machine in its saved state.
     #[arg(long)]
@@ -124,6 +130,15 @@ pub struct RunStoreArgs {
     /// (`turnstile send-event`).
     #[arg(long, env = "TURNSTILE_SOCKET_DIR", value_name = "DIR")]
     pub socket_dir: Option<PathBuf>,
+}
+
+/// `--job-retention`: a duration of humantime's form, more than zero.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(e) => Err(format!("{e} (write e.g. 30d, 12h or 90m)")),
+    }
 }
 
 pub fn open_existing(db: &DbArg) -> anyhow::Result<Arc<dyn Store>> {
@@ -217,7 +232,8 @@ pub fn unregister_instance(store: &dyn Store, instance: &Instance) {
     }
 }
 
-/// Opens the store for `run` when `--db` was given or a loaded config uses a job action,
+/// Opens the store for `run` when `--db`, `--persist` or `--job-retention` was given or a
+/// loaded config uses a job action,
 /// and hands it to the job actions. Its lease owner and the instance id written with saved
 /// machine states are `instance`'s.
 pub fn open_for_run(
@@ -226,7 +242,11 @@ pub fn open_for_run(
     instance: &Instance,
     waiting: &dyn Fn(&str),
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
-    if args.db.db.is_none() && !args.persist && !registry.jobs().used() {
+    if args.db.db.is_none()
+        && !args.persist
+        && args.job_retention.is_none()
+        && !registry.jobs().used()
+    {
         return Ok(None);
     }
     let secs = |v: f64, what: &str| {

@@ -1,5 +1,7 @@
-//! The job store on the command line: `run --db`, `jobs add|list`, `machine-state`,
-//! `events list`, and the `turnstile_jobs` gauge.
+//! The job store on the command line: `run --db`, `jobs add`, the `jobs` subcommands'
+//! arguments (`list`, `show`, `retry` and `cancel` are carried out by `jobs_admin.rs`, on a
+//! store or through a sidecar), `machine-state`, `events list`, and the `turnstile_jobs`
+//! gauge.
 //!
 //! What they print goes through the process's redactor (`turnstile_engine::redact`):
 //! jobs' data, results and metadata and machines' contexts show sensitive fields as
@@ -12,13 +14,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
+use turnstile_engine::store::admin::Op;
 use turnstile_engine::store::{
-    new_job_from_json, Added, Job, ListJobs, MachineRecord, NewJob, Store, StoreError, Timestamp,
+    new_job_from_json, Added, ListJobs, MachineRecord, NewJob, Store, StoreError, Timestamp,
     MAX_BATCH, STATUSES,
 };
 use turnstile_exporter::telemetry::Telemetry;
 
 use crate::db::{open_existing, DbArg};
+use crate::jobs_admin::{self, Target};
 
 /// `println!` that ignores a closed stdout (`turnstile jobs list | head`).
 macro_rules! outln {
@@ -169,23 +173,60 @@ pub enum JobsCommand {
         #[command(flatten)]
         db: DbArg,
     },
-    /// List jobs, newest first.
+    /// List jobs, newest first (a page: `--after` the id printed at its end goes on).
     List {
-        /// Only this status (pending, processing, completed, failed, dead).
+        /// Only this status (pending, processing, completed, failed, dead, cancelled).
         #[arg(long)]
         status: Option<String>,
         /// Only this type.
         #[arg(long = "type", value_name = "TYPE")]
         job_type: Option<String>,
-        /// At most this many.
+        /// At most this many (with --url: 1 to 1000, the sidecar's page).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only jobs older than the job with this row id (the next page of a listing).
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutFormat::Text)]
         format: OutFormat,
-        /// The store.
+        /// The store, or the sidecar.
         #[command(flatten)]
-        db: DbArg,
+        target: Target,
+    },
+    /// Show one job: status, attempts, last error, lease holder, trace id, data (redacted).
+    Show {
+        /// The job's id.
+        job_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+        /// The store, or the sidecar.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put a dead-lettered or cancelled job back to pending (its attempts counted from 0).
+    Retry {
+        /// The job's id.
+        job_id: String,
+        /// Output format of the job as it is now.
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+        /// The store, or the sidecar.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a pending job: status `cancelled`, kept and listed, never claimed (a claimed
+    /// job is refused).
+    Cancel {
+        /// The job's id.
+        job_id: String,
+        /// Output format of the job as it is now.
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+        /// The store, or the sidecar.
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -269,6 +310,35 @@ pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
             () = notify.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
             () = tokio::time::sleep(JOB_METRICS_INTERVAL) => {}
         }
+    }
+}
+
+/// How often `--job-retention` purges: a tenth of the retention, within these bounds.
+const PURGE_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// `--job-retention`: deletes completed, cancelled and dead-lettered jobs older than
+/// `retention` now and then every tenth of it (see [`PURGE_EVERY`]); logs what it deleted
+/// and warns when the store fails (the next round tries again).
+pub async fn purge_finished(store: Arc<dyn Store>, retention: Duration) {
+    let every = (retention / 10).clamp(PURGE_EVERY.0, PURGE_EVERY.1);
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_jobs(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                target: "turnstile::jobs",
+                purged = n,
+                retention = %humantime::format_duration(retention),
+                "purged finished jobs older than the retention (--job-retention)"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                target: "turnstile::jobs",
+                "purging finished jobs failed ({e}); trying again in {}",
+                humantime::format_duration(every)
+            ),
+            Err(e) => tracing::warn!(target: "turnstile::jobs", "the purge stopped: {e}"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -357,44 +427,43 @@ pub fn jobs(cmd: JobsCommand) -> anyhow::Result<ExitCode> {
             status,
             job_type,
             limit,
+            after,
             format,
-            db,
+            target,
         } => {
-            let store = open_existing(&db)?;
-            let jobs = store.list_jobs(&ListJobs {
+            if let Some(st) = &status {
+                if !STATUSES.contains(&st.as_str()) {
+                    return Err(crate::UsageError(format!(
+                        "--status: unknown status `{st}` (one of {})",
+                        STATUSES.join(", ")
+                    ))
+                    .into());
+                }
+            }
+            let q = ListJobs {
                 status,
                 job_type,
                 machine_type: None,
                 limit: Some(limit),
-            })?;
-            match format {
-                OutFormat::Json => outln!("{}", serde_json::to_string_pretty(&shown_jobs(jobs))?),
-                OutFormat::Text => {
-                    outln!(
-                        "{:<28} {:<14} {:<16} {:<10} {:>8} {:>3}  ERROR",
-                        "JOB_ID",
-                        "TYPE",
-                        "MACHINE_TYPE",
-                        "STATUS",
-                        "ATTEMPTS",
-                        "PRI"
-                    );
-                    for j in jobs {
-                        outln!(
-                            "{:<28} {:<14} {:<16} {:<10} {:>8} {:>3}  {}",
-                            j.job_id,
-                            j.job_type,
-                            j.machine_type.as_deref().unwrap_or("-"),
-                            j.status,
-                            format!("{}/{}", j.attempts, j.max_attempts),
-                            j.priority,
-                            j.error_message.as_deref().unwrap_or("")
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+                after,
+            };
+            jobs_admin::list(&q, format == OutFormat::Json, &target)
         }
+        JobsCommand::Show {
+            job_id,
+            format,
+            target,
+        } => jobs_admin::show(&job_id, format == OutFormat::Json, &target),
+        JobsCommand::Retry {
+            job_id,
+            format,
+            target,
+        } => jobs_admin::change(Op::Retry, &job_id, format == OutFormat::Json, &target),
+        JobsCommand::Cancel {
+            job_id,
+            format,
+            target,
+        } => jobs_admin::change(Op::Cancel, &job_id, format == OutFormat::Json, &target),
     }
 }
 
@@ -472,22 +541,6 @@ fn add_from_file(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Jobs as `jobs list` shows them: the sensitive fields of their data, result and
-/// metadata redacted (the store keeps the real values).
-fn shown_jobs(mut jobs: Vec<Job>) -> Vec<Job> {
-    let redactor = turnstile_engine::redact::global();
-    for j in &mut jobs {
-        redactor.redact_owned(&mut j.data);
-        for v in [j.result.as_mut(), j.metadata.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            redactor.redact_owned(v);
-        }
-    }
-    jobs
 }
 
 /// `turnstile machine-state`

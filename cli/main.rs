@@ -3,16 +3,19 @@
 //! This file parses the command line, loads the `--plugins` libraries that `run`,
 //! `validate` and `diagram` share, and hands each command to the file that carries it
 //! out: `args.rs` is the command line's shape, `run.rs`, `validate.rs`, `diagram.rs` and
-//! `jobs_cli.rs` the commands (`bridge.rs`: events across processes), `logging.rs` the log setup. What every command may need
+//! `jobs_cli.rs` the commands (`jobs_admin.rs`: `jobs list|show|retry|cancel`, on a
+//! store or, with `sidecar_client.rs`, through a sidecar; `bridge.rs`: events across processes), `logging.rs` the log setup. What every command may need
 //! from here is the exit status of a usage error ([`UsageError`], [`EXIT_INVALID`]).
 
 mod args;
 mod bridge;
 mod db;
 mod diagram;
+mod jobs_admin;
 mod jobs_cli;
 mod logging;
 mod run;
+mod sidecar_client;
 mod singleton;
 mod validate;
 

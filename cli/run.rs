@@ -129,6 +129,9 @@ pub fn run(
     }
     if let Some(s) = &job_store {
         rt.spawn(crate::jobs_cli::job_metrics(s.clone(), telemetry.clone()));
+        if let Some(retention) = args.store.job_retention {
+            rt.spawn(crate::jobs_cli::purge_finished(s.clone(), retention));
+        }
     }
     let persist = crate::db::persister(&args.store, job_store.as_ref());
     let singletons = match (&job_store, has_singletons) {

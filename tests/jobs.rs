@@ -3,7 +3,8 @@
 //! processes every job (including jobs added long after it started, by another process,
 //! over HTTP and by statemachine-engine's own CLI), several worker processes share one
 //! queue and complete each job exactly once, and workers killed with SIGKILL mid-job lose
-//! no job.
+//! no job; operators list, show, retry and cancel jobs over HTTP and with the CLI (on the
+//! store and through the sidecar), and `--job-retention` purges old finished jobs.
 
 mod kit;
 
@@ -1040,4 +1041,373 @@ fn jobs_add_from_file_unique_keys_and_delays() {
         })
         .unwrap();
     assert_eq!(all.len(), 7, "{all:?}");
+}
+
+/// A machine that waits for ever (the sidecar of a process with a store and no job actions:
+/// nothing claims the test's jobs).
+const WAITER: &str = r#"
+metadata: {machine_name: waiter}
+initial_state: waiting
+states: [waiting, done]
+transitions:
+  - {from: waiting, to: done, event: stop}
+final_states: [done]
+"#;
+
+const OPS_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const OPS_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A store with one job of each status an operator meets: `pending`, `claimed` (held by
+/// another process, with a trace), `completed`, `cancelled`, `dead` (with its error).
+fn seed_every_status(db: &Path) {
+    let s = SqliteStore::open_with(
+        db,
+        StoreOptions {
+            renew: false,
+            lease: Duration::from_secs(600),
+            max_attempts: 1,
+            owner: Some("other-host:1".into()),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for id in ["pending", "claimed", "completed", "cancelled", "dead"] {
+        s.add_job(NewJob {
+            job_id: Some(id.into()),
+            job_type: if id == "pending" { "other" } else { "task" }.into(),
+            data: Some(json!({"password": "hunter2", "n": id})),
+            traceparent: (id == "claimed").then(|| OPS_TRACEPARENT.into()),
+            ..NewJob::default()
+        })
+        .unwrap();
+    }
+    for id in ["claimed", "completed", "dead"] {
+        assert!(s.claim_job(id, "other-host:1").unwrap());
+    }
+    assert!(s.complete_job("completed", None).unwrap());
+    s.fail_job("dead", "boom").unwrap();
+    assert!(matches!(
+        s.cancel_job("cancelled").unwrap(),
+        turnstile_engine::store::JobChange::Changed(_)
+    ));
+}
+
+fn status_in(db: &Path, id: &str) -> String {
+    open_store(db).get_job(id).unwrap().unwrap().status
+}
+
+/// `turnstile jobs ARGS` with `env`; its exit code, stdout and stderr.
+fn jobs_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut a = vec!["jobs"];
+    a.extend_from_slice(args);
+    let mut cmd = turnstile(&a);
+    cmd.env_remove("TURNSTILE_TOKEN").env_remove("TURNSTILE_DB");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        kit::text(&out.stdout),
+        kit::text(&out.stderr),
+    )
+}
+
+#[test]
+fn operators_list_show_retry_and_cancel_jobs_over_http_and_the_cli() {
+    use kit::http::{get, get_json, request};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ops.db");
+    let dbs = db.display().to_string();
+    let config = dir.path().join("waiter.yaml");
+    std::fs::write(&config, WAITER).unwrap();
+    let cfg = config.display().to_string();
+    seed_every_status(&db);
+    let receiver = kit::otlp::Receiver::start();
+    let endpoint = receiver.endpoint();
+    let mut p = Proc::start(&[
+        "run",
+        &cfg,
+        "--db",
+        &dbs,
+        "--token",
+        "s3cret",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    let addr = p.sidecar_addr(LIMIT);
+    let auth = [("Authorization", "Bearer s3cret")];
+
+    // Listing: newest first, redacted, with trace ids; pages by `after`.
+    let all = get_json(addr, "/jobs");
+    let ids: Vec<&str> = all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["dead", "cancelled", "completed", "claimed", "pending"]
+    );
+    assert_eq!(all["next"], Json::Null);
+    for j in all["jobs"].as_array().unwrap() {
+        assert_eq!(j["data"]["password"], "[redacted]", "{j}");
+        assert_eq!(
+            j["status"],
+            j["job_id"]
+                .as_str()
+                .unwrap()
+                .replace("claimed", "processing")
+        );
+    }
+    let mut paged = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page = get_json(addr, &format!("/jobs?limit=2{next}"));
+        paged.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["job_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_i64() {
+            Some(n) => next = format!("&after={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids);
+    let dead = get_json(addr, "/jobs?status=dead&type=task");
+    assert_eq!(dead["jobs"][0]["job_id"], "dead");
+    assert_eq!(dead["jobs"].as_array().unwrap().len(), 1);
+    let r = get(addr, "/jobs?status=nope");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+
+    // One job: attempts, last error, lease holder, trace id.
+    let claimed = get_json(addr, "/jobs/claimed");
+    assert_eq!(claimed["attempts"], 1);
+    assert_eq!(claimed["lease_owner"], "other-host:1");
+    assert_eq!(claimed["trace_id"], OPS_TRACE_ID);
+    assert_eq!(claimed["data"]["password"], "[redacted]");
+    let d = get_json(addr, "/jobs/dead");
+    assert_eq!(
+        (d["status"].as_str(), d["error_message"].as_str()),
+        (Some("dead"), Some("boom"))
+    );
+    assert_eq!(get(addr, "/jobs/nope").status, 404);
+
+    // Cancel: the token first; a claimed job is refused and nothing changes.
+    let r = request(addr, "DELETE", "/jobs/pending", &[], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(status_in(&db, "pending"), "pending");
+    let r = request(addr, "DELETE", "/jobs/claimed", &auth, b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], 409);
+    assert_eq!(r.json()["error"]["job_status"], "processing");
+    assert!(r.text().contains("claimed (processing)"), "{}", r.text());
+    assert_eq!(status_in(&db, "claimed"), "processing");
+    assert_eq!(
+        request(addr, "DELETE", "/jobs/nope", &auth, b"").status,
+        404
+    );
+    let r = request(addr, "DELETE", "/jobs/pending", &auth, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "cancelled");
+    assert_eq!(status_in(&db, "pending"), "cancelled");
+
+    // Retry: dead and cancelled jobs back to pending, with a trace; others refused.
+    let mut h = auth.to_vec();
+    h.push(("traceparent", OPS_TRACEPARENT));
+    let r = request(addr, "POST", "/jobs/dead/retry", &h, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let retried = r.json();
+    assert_eq!(
+        (retried["status"].as_str(), retried["attempts"].as_i64()),
+        (Some("pending"), Some(0))
+    );
+    assert_eq!(retried["error_message"], "boom", "the last error is kept");
+    let r = request(addr, "POST", "/jobs/completed/retry", &auth, b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], 409);
+    assert_eq!(status_in(&db, "completed"), "completed");
+    let r = request(
+        addr,
+        "POST",
+        "/jobs/dead/retry",
+        &[("traceparent", "junk")],
+        b"",
+    );
+    assert_eq!(r.status, 401, "the token is checked first: {}", r.text());
+
+    // Each write is logged and recorded as a span, a child of its traceparent.
+    p.wait_for("the cancel logged", LIMIT, |j| {
+        field(j, "target") == "turnstile::sidecar"
+            && field(j, "message") == "job cancelled"
+            && field(j, "job_id") == "pending"
+    });
+    let spans = receiver.wait_for(LIMIT, |s| {
+        s.iter()
+            .any(|s| s.name == "POST /jobs/{id}/retry" && s.trace_id == OPS_TRACE_ID)
+            && s.iter()
+                .any(|s| s.name == "DELETE /jobs/{id}" && s.status == "STATUS_CODE_ERROR")
+    });
+    let retry = spans
+        .iter()
+        .find(|s| s.name == "POST /jobs/{id}/retry" && s.trace_id == OPS_TRACE_ID)
+        .unwrap();
+    assert_eq!(retry.attr("turnstile.job.id"), Some("dead"));
+    assert_eq!(retry.attr("http.response.status_code"), Some("200"));
+    assert_eq!(retry.parent_span_id, "00f067aa0ba902b7");
+
+    // The same through the CLI: through the sidecar ...
+    let url = format!("http://{addr}");
+    let (code, out, err) = jobs_cli(&["list", "--url", &url, "--format", "json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 5);
+    assert!(!out.contains("hunter2"), "{out}");
+    let (code, out, err) = jobs_cli(&["list", "--url", &url, "--limit", "2"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dead") && out.contains("cancelled") && !out.contains("claimed"),
+        "{out}"
+    );
+    assert!(err.contains("--after "), "{err}");
+    let (code, out, err) = jobs_cli(&["show", "claimed", "--url", &url], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("other-host:1") && out.contains(OPS_TRACE_ID),
+        "{out}"
+    );
+    assert!(
+        out.contains("[redacted]") && !out.contains("hunter2"),
+        "{out}"
+    );
+    let (code, _, err) = jobs_cli(&["show", "nope", "--url", &url], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no job with id `nope`"), "{err}");
+    let (code, _, err) = jobs_cli(&["retry", "cancelled", "--url", &url], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("needs a token") && err.contains("TURNSTILE_TOKEN"),
+        "{err}"
+    );
+    let (code, _, err) = jobs_cli(
+        &["retry", "cancelled", "--url", &url],
+        &[("TURNSTILE_TOKEN", "wrong")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("refused the token"), "{err}");
+    assert_eq!(status_in(&db, "cancelled"), "cancelled");
+    let (code, _, err) = jobs_cli(
+        &["cancel", "claimed", "--url", &url],
+        &[("TURNSTILE_TOKEN", "s3cret")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("claimed (processing)"), "{err}");
+    let (code, out, err) = jobs_cli(
+        &["retry", "cancelled", "--url", &url, "--format", "json"],
+        &[("TURNSTILE_TOKEN", "s3cret")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Json>(&out).unwrap()["status"],
+        "pending"
+    );
+    assert_eq!(status_in(&db, "cancelled"), "pending");
+
+    // ... and on the store, with the same words.
+    let (code, _, err) = jobs_cli(&["cancel", "claimed", "--db", &dbs], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("claimed (processing)"), "{err}");
+    let (code, _, err) = jobs_cli(&["retry", "nope", "--db", &dbs], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no job with id `nope`"), "{err}");
+    let (code, out, err) = jobs_cli(&["cancel", "cancelled", "--db", &dbs], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let (code, out, err) = jobs_cli(&["show", "dead", "--db", &dbs, "--format", "json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["data"]["password"], "[redacted]");
+    assert_eq!(shown["status"], "pending");
+    let (code, _, err) = jobs_cli(&["list", "--db", &dbs, "--status", "nope"], &[]);
+    assert_eq!(code, 2, "{err}");
+
+    // A read-only sidecar refuses every change, and the CLI says so.
+    let mut ro = Proc::start(&["run", &cfg, "--db", &dbs, "--read-only"]);
+    let ro_addr = ro.sidecar_addr(LIMIT);
+    assert_eq!(get(ro_addr, "/jobs/claimed").status, 200);
+    let r = request(ro_addr, "DELETE", "/jobs/cancelled", &[], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let (code, _, err) = jobs_cli(
+        &["cancel", "cancelled", "--url", &format!("http://{ro_addr}")],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(status_in(&db, "cancelled"), "cancelled");
+}
+
+#[test]
+fn job_retention_purges_finished_jobs_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let dbs = db.display().to_string();
+    let config = dir.path().join("waiter.yaml");
+    std::fs::write(&config, WAITER).unwrap();
+    let cfg = config.display().to_string();
+    seed_every_status(&db);
+    for bad in ["0s", "soon"] {
+        let out = turnstile(&["run", &cfg, "--db", &dbs, "--job-retention", bad])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad}: {}",
+            kit::text(&out.stderr)
+        );
+        assert!(kit::text(&out.stderr).contains("--job-retention"));
+    }
+    // Finished jobs are at most a second old: a retention of an hour keeps them.
+    let mut keep = Proc::start(&["run", &cfg, "--db", &dbs, "--job-retention", "1h"]);
+    keep.wait_started(1, LIMIT);
+    keep.signal("TERM");
+    assert!(keep.finish(LIMIT).0.success(), "{}", keep.log());
+    assert_eq!(
+        open_store(&db)
+            .list_jobs(&ListJobs::default())
+            .unwrap()
+            .len(),
+        5
+    );
+    // SQLite's completion times have whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut p = Proc::start(&["run", &cfg, "--db", &dbs, "--job-retention", "1s"]);
+    let rec = p.wait_for("the purge", LIMIT, |j| {
+        field(j, "target") == "turnstile::jobs" && j.get("purged").is_some()
+    });
+    assert_eq!(rec["purged"], 3, "{rec}");
+    let mut left: Vec<(String, String)> = open_store(&db)
+        .list_jobs(&ListJobs::default())
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.job_id, j.status))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ("claimed".to_owned(), "processing".to_owned()),
+            ("pending".to_owned(), "pending".to_owned())
+        ]
+    );
+    p.signal("TERM");
+    assert!(p.finish(LIMIT).0.success(), "{}", p.log());
 }

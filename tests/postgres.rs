@@ -5,7 +5,8 @@
 //! carry on by themselves and their `/readyz` says not ready while the server is down;
 //! bad `--db` settings exit with clear errors (2 for what no retry mends, 1 after
 //! `--db-wait` for a server that is not there), and a password is never printed; a second
-//! live process with one `--instance-id` exits 2 and a clean exit frees the id.
+//! live process with one `--instance-id` exits 2 and a clean exit frees the id; operators
+//! list, retry and cancel jobs through the sidecar and with `jobs ... --db URL`.
 //!
 //! One server serves every test but the restart's, which has its own; each test has a
 //! fresh database. The counts are read with SQL ([`kit::postgres::Server::psql`]).
@@ -608,4 +609,117 @@ fn db_pool_bounds_the_connections_of_a_process() {
         "the default pool ({seen:?}) should have opened more"
     );
     assert_eq!(num(server, &url, "SELECT count(*) FROM jobs"), 800);
+}
+
+/// A machine that only waits: its process serves the store's jobs and claims none.
+const WAITER: &str = r#"
+metadata: {machine_name: waiter}
+initial_state: waiting
+states: [waiting, done]
+transitions:
+  - {from: waiting, to: done, event: stop}
+final_states: [done]
+"#;
+
+#[test]
+fn operators_list_retry_and_cancel_jobs_on_postgresql_over_http_and_the_cli() {
+    let server = shared();
+    let url = server.database();
+    let s = PgStore::open(
+        &url,
+        StoreOptions {
+            renew: false,
+            max_attempts: 1,
+            lease: Duration::from_secs(600),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for id in ["pending", "claimed", "completed", "dead"] {
+        s.add_job(NewJob {
+            job_id: Some(id.into()),
+            job_type: "task".into(),
+            data: Some(json!({"api_key": "k-123"})),
+            ..NewJob::default()
+        })
+        .unwrap();
+    }
+    for id in ["claimed", "completed", "dead"] {
+        assert!(s.claim_job(id, "elsewhere:1").unwrap());
+    }
+    assert!(s.complete_job("completed", None).unwrap());
+    s.fail_job("dead", "boom").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waiter.yaml");
+    std::fs::write(&config, WAITER).unwrap();
+    let mut p = worker(&config, &url, &[]);
+    let addr = p.sidecar_addr(LIMIT);
+
+    let (status, body) = http(addr, "GET", "/jobs?limit=3", "");
+    assert_eq!(status, 200, "{body}");
+    let page: Json = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dead", "completed", "claimed"]);
+    assert!(!body.contains("k-123"), "{body}");
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/jobs?limit=3&after={}", page["next"]),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"pending\"") && body.contains("\"next\":null"),
+        "{body}"
+    );
+    let (status, body) = http(addr, "GET", "/jobs/claimed", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"lease_owner\":\"elsewhere:1\""), "{body}");
+
+    let (status, body) = http(addr, "DELETE", "/jobs/claimed", "");
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(addr, "DELETE", "/jobs/pending", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"cancelled\""), "{body}");
+    let (status, body) = http(addr, "POST", "/jobs/dead/retry", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"status\":\"pending\"") && body.contains("\"attempts\":0"),
+        "{body}"
+    );
+    let statuses = "SELECT string_agg(job_id || '=' || status, ',' ORDER BY job_id) FROM jobs";
+    let out = server.psql(db_name(&url), statuses).unwrap();
+    assert_eq!(
+        out,
+        "claimed=processing,completed=completed,dead=pending,pending=cancelled"
+    );
+
+    // The CLI on the database, with the sidecar's words.
+    let cli = |args: &[&str]| {
+        let mut a = vec!["jobs"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--db", &url]);
+        let out = turnstile(&a).env_remove("TURNSTILE_DB").output().unwrap();
+        (
+            out.status.code(),
+            kit::text(&out.stdout),
+            kit::text(&out.stderr),
+        )
+    };
+    let (code, _, err) = cli(&["cancel", "claimed"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("claimed (processing)"), "{err}");
+    let (code, out, err) = cli(&["retry", "pending", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"status\": \"pending\""), "{out}");
+    let (code, out, err) = cli(&["show", "dead"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("boom") && out.contains("[redacted]"), "{out}");
+    p.signal("TERM");
+    assert!(p.finish(LIMIT).0.success(), "{}", p.log());
 }

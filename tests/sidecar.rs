@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kit::http::{connect, get, parse, post_json, request, Resp, IO_LIMIT};
+use kit::http::{connect, get, get_json, parse, post_json, request, Resp, IO_LIMIT};
 use kit::{eventually, field, turnstile, Proc};
 use serde_json::{json, Value as Json};
 
@@ -406,6 +406,17 @@ fn writes_need_the_token_and_read_only_mode_refuses_them() {
         );
     }
     assert_error(&request(a, "POST", "/jobs", &[], b"{}"), 401);
+    assert_error(&request(a, "POST", "/jobs/j1/retry", &[], b""), 401);
+    assert_error(&request(a, "DELETE", "/jobs/j1", &[], b""), 401);
+    let bearer = [("Authorization", "Bearer s3cret-token")];
+    for (method, job_path) in [("POST", "/jobs/j1/retry"), ("DELETE", "/jobs/j1")] {
+        let v = assert_error(&request(a, method, job_path, &bearer, b""), 501);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("job store"));
+    }
+    assert_error(&get(a, "/jobs"), 501);
     let r = post_json(a, path, &[("Authorization", "Bearer s3cret-token")], &ev);
     assert_eq!(r.status, 202, "{}", r.text());
     let r = post_json(a, path, &[("authorization", "bearer s3cret-token")], &ev);
@@ -451,6 +462,9 @@ fn writes_need_the_token_and_read_only_mode_refuses_them() {
         "{v}"
     );
     assert_error(&post_json(a, "/jobs", &[], &ev), 403);
+    let bearer = [("Authorization", "Bearer t0ken")];
+    assert_error(&request(a, "POST", "/jobs/j1/retry", &bearer, b""), 403);
+    assert_error(&request(a, "DELETE", "/jobs/j1", &bearer, b""), 403);
     assert_eq!(get(a, "/stats").status, 200);
     assert_eq!(get(a, "/machines").status, 200);
     assert!(get(a, "/").text().contains("read-only"));
@@ -481,6 +495,9 @@ fn bad_requests_get_json_errors_and_show_in_errors() {
     assert_error(&r, 405);
     assert_eq!(r.header("allow"), Some("POST"));
     let r = request(a, "PUT", "/jobs", &[], b"");
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+    let r = get(a, "/jobs/j1/retry");
     assert_error(&r, 405);
     assert_eq!(r.header("allow"), Some("POST"));
     assert_error(&get(a, "/machines/%ff"), 400);
@@ -1304,4 +1321,73 @@ fn sighup_while_the_job_store_is_awaited_does_not_end_the_process() {
     let (status, _) = p.finish(Duration::from_secs(60));
     // Ended by the store wait (exit 1), not by the signal.
     assert_eq!(status.code(), Some(1), "{status:?}: {}", p.log());
+}
+
+/// `/openapi.json` describes every endpoint the index page lists (the index is made from
+/// the endpoint table, as the document is), and is a valid OpenAPI 3.1 document for
+/// openapi-spec-validator.
+#[test]
+fn the_api_description_lists_every_endpoint_and_is_valid_openapi() {
+    let s = Server::start(&[IDLE], &[]);
+    let doc = get_json(s.addr, "/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let index = get(s.addr, "/").text();
+    let mut listed = Vec::new();
+    for line in index.lines().filter(|l| l.starts_with("<li>")) {
+        let (method, path) = if let Some(rest) = line.strip_prefix("<li><a href=\"") {
+            ("get", rest.split('"').next().unwrap())
+        } else {
+            let code = line
+                .strip_prefix("<li><code>")
+                .and_then(|r| r.split("</code>").next())
+                .unwrap();
+            let (m, p) = code.split_once(' ').unwrap();
+            (
+                if m == "GET" {
+                    "get"
+                } else if m == "POST" {
+                    "post"
+                } else {
+                    "delete"
+                },
+                p,
+            )
+        };
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not in /openapi.json"
+        );
+        listed.push((method, path));
+    }
+    let described: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(described, listed.len(), "{listed:?}");
+    for (method, path) in [
+        ("get", "/jobs"),
+        ("post", "/jobs"),
+        ("get", "/jobs/{id}"),
+        ("post", "/jobs/{id}/retry"),
+        ("delete", "/jobs/{id}"),
+        ("get", "/openapi.json"),
+    ] {
+        assert!(listed.contains(&(method, path)), "{method} {path}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new("openapi-spec-validator")
+        .arg(&file)
+        .output()
+        .expect("openapi-spec-validator (pip install openapi-spec-validator; .ci/install.sh does)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use support::postgres::Server;
 use turnstile_engine::store::{
-    Added, Claim, Failed, Heartbeat, JobFilter, ListJobs, NewEvent, NewJob, PgStore, SqliteStore,
-    Store, StoreError, StoreOptions, Timestamp, COMPLETED, DEAD, PENDING, PROCESSING,
+    Added, Claim, Failed, Heartbeat, JobChange, JobFilter, ListJobs, NewEvent, NewJob, PgStore,
+    SqliteStore, Store, StoreError, StoreOptions, Timestamp, CANCELLED, COMPLETED, DEAD, FAILED,
+    PENDING, PROCESSING,
 };
 
 /// Opens stores on one database of one backend.
@@ -92,6 +93,10 @@ contract!(
     buffered_jobs_of_a_dead_process_are_claimable_after_their_lease,
     buffered_jobs_no_machine_took_go_back_to_the_queue,
     batched_claims_keep_backoff_and_dead_letters,
+    jobs_are_listed_by_pages_and_filters,
+    a_pending_job_is_cancelled_and_a_claimed_one_refused,
+    dead_and_cancelled_jobs_are_retried_and_others_refused,
+    finished_jobs_older_than_the_retention_are_purged,
 );
 
 fn job(t: &str) -> NewJob {
@@ -1310,4 +1315,240 @@ fn an_event_sent_by_another_store_object_wakes_the_consumer(b: &Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(got.len(), 3);
+}
+
+/// A store holding one job of each status an operator meets: `pending`, `claimed`
+/// (processing, with a traceparent), `completed`, `cancelled`, `dead` (with its error), and
+/// `failed` (abandoned).
+fn every_status(b: &Backend) -> Arc<dyn Store> {
+    let s = b.open(StoreOptions {
+        max_attempts: 1,
+        ..StoreOptions::default()
+    });
+    let o = s.owner().to_owned();
+    for id in [
+        "pending",
+        "claimed",
+        "completed",
+        "cancelled",
+        "dead",
+        "failed",
+    ] {
+        s.add_job(NewJob {
+            job_id: Some(id.into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            data: Some(json!({"password": "hunter2", "n": id})),
+            ..job(if id == "pending" { "other" } else { "task" })
+        })
+        .unwrap();
+    }
+    for id in ["claimed", "completed", "dead", "failed"] {
+        assert!(s.claim_job(id, &o).unwrap(), "{id}");
+    }
+    assert!(s
+        .complete_job("completed", Some(&json!({"ok": true})))
+        .unwrap());
+    assert_eq!(s.fail_job("dead", "boom").unwrap(), Failed::Dead);
+    assert!(s.abandon_job("failed", "given up").unwrap());
+    assert!(matches!(
+        s.cancel_job("cancelled").unwrap(),
+        JobChange::Changed(_)
+    ));
+    s
+}
+
+fn status_of(s: &Arc<dyn Store>, id: &str) -> String {
+    s.get_job(id).unwrap().unwrap().status
+}
+
+fn jobs_are_listed_by_pages_and_filters(b: &Backend) {
+    let s = every_status(b);
+    let ids = |q: ListJobs| -> Vec<String> {
+        s.list_jobs(&q)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect()
+    };
+    let newest_first = [
+        "failed",
+        "dead",
+        "cancelled",
+        "completed",
+        "claimed",
+        "pending",
+    ];
+    assert_eq!(ids(ListJobs::default()), newest_first);
+    // Pages of two, each after the last row id of the one before, cover every job once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list_jobs(&ListJobs {
+                limit: Some(2),
+                after,
+                ..ListJobs::default()
+            })
+            .unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.into_iter().map(|j| j.job_id));
+    }
+    assert_eq!(seen, newest_first);
+    for status in [PENDING, PROCESSING, COMPLETED, CANCELLED, DEAD, FAILED] {
+        let listed = s
+            .list_jobs(&ListJobs {
+                status: Some(status.into()),
+                ..ListJobs::default()
+            })
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{status}");
+        assert_eq!(listed[0].status, status);
+    }
+    assert_eq!(
+        ids(ListJobs {
+            job_type: Some("other".into()),
+            ..ListJobs::default()
+        }),
+        ["pending"]
+    );
+    let claimed = s.get_job("claimed").unwrap().unwrap();
+    assert_eq!(claimed.attempts, 1);
+    assert_eq!(claimed.lease_owner.as_deref(), Some(s.owner()));
+    assert!(claimed.traceparent.is_some());
+    let dead = s.get_job("dead").unwrap().unwrap();
+    assert_eq!(dead.error_message.as_deref(), Some("boom"));
+    assert!(dead.lease_owner.is_none());
+    assert!(s.get_job("nope").unwrap().is_none());
+}
+
+fn a_pending_job_is_cancelled_and_a_claimed_one_refused(b: &Backend) {
+    let s = every_status(b);
+    let o = s.owner().to_owned();
+    let cancelled = s.get_job("cancelled").unwrap().unwrap();
+    assert_eq!(cancelled.status, CANCELLED);
+    assert!(cancelled.completed_at.is_some());
+    // Kept, listed, never claimed.
+    assert_eq!(claimed(s.claim_next(&any(), &o).unwrap()).job_id, "pending");
+    assert!(matches!(
+        s.claim_next(&any(), &o).unwrap(),
+        Claim::Empty { .. }
+    ));
+    assert!(!s.claim_job("cancelled", &o).unwrap());
+    // Only a pending job is cancelled; nothing else changes.
+    for (id, status) in [
+        ("claimed", PROCESSING),
+        ("pending", PROCESSING),
+        ("completed", COMPLETED),
+        ("dead", DEAD),
+        ("failed", FAILED),
+        ("cancelled", CANCELLED),
+    ] {
+        assert_eq!(
+            s.cancel_job(id).unwrap(),
+            JobChange::Refused {
+                status: status.into()
+            },
+            "{id}"
+        );
+        assert_eq!(status_of(&s, id), status, "{id}");
+    }
+    assert_eq!(s.cancel_job("nope").unwrap(), JobChange::NotFound);
+    // A cancelled job frees its unique key.
+    let first = s
+        .add_job(NewJob {
+            unique_key: Some("k".into()),
+            ..job("task")
+        })
+        .unwrap();
+    assert!(matches!(
+        s.cancel_job(&first).unwrap(),
+        JobChange::Changed(_)
+    ));
+    let second = s
+        .add_job(NewJob {
+            unique_key: Some("k".into()),
+            ..job("task")
+        })
+        .unwrap();
+    assert_ne!(first, second);
+    // ... and its retry is refused while another job holds the key.
+    assert_eq!(
+        s.retry_job(&first).unwrap(),
+        JobChange::KeyHeld {
+            job_id: second.clone(),
+            unique_key: "k".into()
+        }
+    );
+    assert_eq!(status_of(&s, &first), CANCELLED);
+}
+
+fn dead_and_cancelled_jobs_are_retried_and_others_refused(b: &Backend) {
+    let s = every_status(b);
+    let o = s.owner().to_owned();
+    for (id, status) in [
+        ("pending", PENDING),
+        ("claimed", PROCESSING),
+        ("completed", COMPLETED),
+        ("failed", FAILED),
+    ] {
+        assert_eq!(
+            s.retry_job(id).unwrap(),
+            JobChange::Refused {
+                status: status.into()
+            },
+            "{id}"
+        );
+        assert_eq!(status_of(&s, id), status, "{id}");
+    }
+    assert_eq!(s.retry_job("nope").unwrap(), JobChange::NotFound);
+    for id in ["dead", "cancelled"] {
+        let JobChange::Changed(j) = s.retry_job(id).unwrap() else {
+            panic!("{id} was not retried");
+        };
+        assert_eq!(j.status, PENDING, "{id}");
+        assert_eq!(j.attempts, 0, "{id}");
+        assert!(
+            j.completed_at.is_none() && j.next_attempt_at.is_none(),
+            "{j:?}"
+        );
+        assert_eq!(*j, s.get_job(id).unwrap().unwrap());
+    }
+    // The last error is kept.
+    assert_eq!(
+        s.get_job("dead").unwrap().unwrap().error_message.as_deref(),
+        Some("boom")
+    );
+    // Claimable at once, with a fresh budget of attempts.
+    let mut got: Vec<String> = (0..3)
+        .map(|_| claimed(s.claim_next(&any(), &o).unwrap()))
+        .map(|j| {
+            assert_eq!(j.attempts, 1);
+            j.job_id
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["cancelled", "dead", "pending"]);
+}
+
+fn finished_jobs_older_than_the_retention_are_purged(b: &Backend) {
+    let s = every_status(b);
+    assert_eq!(s.purge_jobs(Duration::from_secs(3600)).unwrap(), 0);
+    assert_eq!(s.list_jobs(&ListJobs::default()).unwrap().len(), 6);
+    // SQLite's `CURRENT_TIMESTAMP` has whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(s.purge_jobs(Duration::from_millis(500)).unwrap(), 3);
+    let mut left: Vec<String> = s
+        .list_jobs(&ListJobs::default())
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["claimed", "failed", "pending"]);
+    for gone in turnstile_engine::store::admin::PURGEABLE {
+        assert!(by_status(&s, gone).is_empty(), "{gone}");
+    }
+    assert_eq!(s.purge_jobs(Duration::ZERO).unwrap(), 0);
 }

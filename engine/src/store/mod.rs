@@ -21,7 +21,9 @@
 //!   A job whose lease expired after its last attempt is dead-lettered too (a job that
 //!   kills its workers does not kill them forever).
 //! - Job statuses: `pending`, `processing`, `completed`, `failed` (written by
-//!   statemachine-engine's own tools), `dead`.
+//!   statemachine-engine's own tools), `dead`, `cancelled` (a pending job an operator
+//!   cancelled: kept, never claimed; [`JobStore::retry_job`] makes a dead or cancelled job
+//!   pending again, [`JobStore::purge_jobs`] deletes old finished ones; see [`admin`]).
 //! - A job added with [`NewJob::run_after`] is not claimable before that time (the same
 //!   column as a retry's backoff, `next_attempt_at`, so [`Claim::Empty`]'s `next_due`
 //!   counts it).
@@ -29,8 +31,9 @@
 //!   key is `pending` or `processing`: the database's partial unique index decides, so two
 //!   processes adding the same key at once add one job. The adder learns the existing
 //!   job's id ([`Added::Existing`], [`StoreError::Duplicate`]). Once that job is
-//!   completed, failed or dead the key is free again.
+//!   completed, failed, dead or cancelled the key is free again.
 
+pub mod admin;
 pub mod claim_loss;
 pub mod events;
 mod holds;
@@ -51,6 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+pub use admin::JobChange;
 pub use claim_loss::ClaimLoss;
 pub use events::{EventStore, MachineHost, NewEvent, StoredEvent};
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
@@ -74,9 +78,11 @@ pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
 /// Dead letter: a job that failed `max_attempts` times.
 pub const DEAD: &str = "dead";
+/// A pending job an operator cancelled ([`JobStore::cancel_job`]).
+pub const CANCELLED: &str = "cancelled";
 
 /// Every job status, in lifecycle order (for listings and metrics).
-pub const STATUSES: &[&str] = &[PENDING, PROCESSING, COMPLETED, FAILED, DEAD];
+pub const STATUSES: &[&str] = &[PENDING, PROCESSING, COMPLETED, FAILED, DEAD, CANCELLED];
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +282,9 @@ pub struct ListJobs {
     pub machine_type: Option<String>,
     /// At most this many (newest first).
     pub limit: Option<usize>,
+    /// Only jobs older than this one: row ids below it (the `id` of the last job of the
+    /// previous page), for keyset pagination.
+    pub after: Option<i64>,
 }
 
 /// A machine of this process that holds a claimed job (see [`JobStore::set_holder`]).
@@ -382,8 +391,18 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     }
     /// One job.
     fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
-    /// Jobs, newest first.
+    /// Jobs, newest first (row id descending).
     fn list_jobs(&self, q: &ListJobs) -> Result<Vec<Job>, StoreError>;
+    /// Makes a dead-lettered or cancelled job pending again, claimable at once, with its
+    /// attempts counted from 0 (its last error is kept). Refused for any other status, and
+    /// while another pending or processing job holds its unique key.
+    fn retry_job(&self, job_id: &str) -> Result<JobChange, StoreError>;
+    /// Cancels a pending job: status `cancelled`, kept (and listed) until purged, never
+    /// claimed. A job in any other status (a claimed one included) is refused.
+    fn cancel_job(&self, job_id: &str) -> Result<JobChange, StoreError>;
+    /// Deletes completed, cancelled and dead-lettered jobs that finished more than `age`
+    /// ago; returns how many.
+    fn purge_jobs(&self, age: Duration) -> Result<u64, StoreError>;
     /// Pending jobs in claim order (priority, then age), not claimed.
     fn pending_jobs(
         &self,

@@ -1,7 +1,8 @@
-//! The sidecar's endpoints, declared once: method, path, whether it writes, the handler
-//! that serves it and what the index page says of it. Path resolution and the `/` index
-//! page are both made from [`ENDPOINTS`], so an endpoint cannot be served and left off the
-//! page.
+//! The sidecar's endpoints, declared once: method (every method but GET writes), path,
+//! query parameters, the handler that serves it and what the index page says of it.
+//! Routing ([`route`]: one path may have several methods), the `/` index page and
+//! `/openapi.json` (`openapi.rs`) are all made from [`ENDPOINTS`], so an endpoint cannot
+//! be served and left off either.
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
@@ -24,181 +25,314 @@ pub enum Handler {
     Machine,
     MachineEvents,
     Jobs,
+    JobList,
+    Job,
+    JobRetry,
+    JobCancel,
+    OpenApi,
     Reload,
+}
+
+/// The method an endpoint takes (GET endpoints take HEAD too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Verb {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    /// True when a request's method `m` is served by an endpoint of this verb.
+    pub fn accepts(self, m: &Method) -> bool {
+        match self {
+            Verb::Get => m == Method::GET || m == Method::HEAD,
+            Verb::Post => m == Method::POST,
+            Verb::Delete => m == Method::DELETE,
+        }
+    }
 }
 
 /// One endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// The path; a `{name}` segment matches one percent-encoded machine name.
+    /// Its method. Every method but GET writes: the token, read-only mode and the other
+    /// checks of `server/write.rs` apply.
+    pub method: Verb,
+    /// The path; a `{name}` segment matches one percent-encoded machine name, an `{id}`
+    /// segment one percent-encoded job id.
     pub path: &'static str,
-    /// POST endpoints write (token, read-only mode, JSON body); the others take GET and
-    /// HEAD.
-    pub writes: bool,
+    /// The query parameters it reads (any other is refused).
+    pub query: &'static [&'static str],
     pub handler: Handler,
-    /// What the index page says of it (HTML).
+    /// What the index page and `/openapi.json` say of it (HTML).
     pub doc: &'static str,
 }
 
 impl Endpoint {
-    /// The value of an `Allow` header for this endpoint.
-    pub fn allow(&self) -> &'static str {
-        if self.writes {
-            "POST"
-        } else {
-            "GET, HEAD"
-        }
+    /// True for a write (any method but GET).
+    pub fn writes(&self) -> bool {
+        self.method != Verb::Get
     }
 
     /// True when `m` is a method this endpoint takes.
     pub fn accepts(&self, m: &Method) -> bool {
-        if self.writes {
-            m == Method::POST
-        } else {
-            m == Method::GET || m == Method::HEAD
-        }
+        self.method.accepts(m)
     }
 
     /// The method shown on the index page.
     pub fn method(&self) -> &'static str {
-        if self.writes {
-            "POST"
-        } else {
-            "GET"
-        }
+        self.method.as_str()
+    }
+
+    /// The path parameter's name (`name`, `id`), if the path has one.
+    pub fn param(&self) -> Option<&'static str> {
+        self.path
+            .split('/')
+            .find_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
     }
 }
 
 /// Every endpoint the sidecar serves, in the order of the index page.
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
+        method: Verb::Get,
         path: "/",
-        writes: false,
+        query: &[],
         handler: Handler::Index,
         doc: "this page",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/metrics",
-        writes: false,
+        query: &[],
         handler: Handler::Metrics,
         doc: "Prometheus text; OpenMetrics with exemplars on request",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/stats",
-        writes: false,
+        query: &[],
         handler: Handler::Stats,
         doc: "processed events, timings, machines",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/trace",
-        writes: false,
+        query: &["limit", "machine", "trace_id"],
         handler: Handler::Trace,
-        doc: "recent events, newest first (<code>?limit=&amp;machine=&amp;trace_id=</code>)",
+        doc: "recent events, newest first",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/errors",
-        writes: false,
+        query: &["limit", "machine", "kind"],
         handler: Handler::Errors,
-        doc: "recent errors, newest first (<code>?limit=&amp;machine=&amp;kind=</code>)",
+        doc: "recent errors, newest first",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/healthz",
-        writes: false,
+        query: &[],
         handler: Handler::Healthz,
         doc: "liveness",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/readyz",
-        writes: false,
+        query: &[],
         handler: Handler::Readyz,
         doc: "readiness",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/-/healthy",
-        writes: false,
+        query: &[],
         handler: Handler::Healthz,
         doc: "liveness, as <code>/healthz</code> (Prometheus's name)",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/-/ready",
-        writes: false,
+        query: &[],
         handler: Handler::Readyz,
         doc: "readiness, as <code>/readyz</code> (Prometheus's name)",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/machines",
-        writes: false,
+        query: &[],
         handler: Handler::Machines,
         doc: "every machine",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/machines/{name}",
-        writes: false,
+        query: &[],
         handler: Handler::Machine,
         doc: "one machine, with its context",
     },
     Endpoint {
+        method: Verb::Post,
         path: "/machines/{name}/events",
-        writes: true,
+        query: &[],
         handler: Handler::MachineEvents,
         doc:
             "send an event: <code>{\"type\": \"...\", \"payload\": ..., \"job_id\": \"...\"}</code>",
     },
     Endpoint {
+        method: Verb::Post,
         path: "/jobs",
-        writes: true,
+        query: &[],
         handler: Handler::Jobs,
         doc: "add a job to the job store: <code>{\"job_type\": \"task\", \"data\": {...}}</code>",
     },
+    // The job store's jobs, for operators.
     Endpoint {
+        method: Verb::Get,
+        path: "/jobs",
+        query: &["status", "type", "limit", "after"],
+        handler: Handler::JobList,
+        doc: "jobs of the job store, newest first; <code>after</code>: the <code>next</code> of the previous page",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/jobs/{id}",
+        query: &[],
+        handler: Handler::Job,
+        doc: "one job: status, attempts, last error, lease holder, trace id",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/jobs/{id}/retry",
+        query: &[],
+        handler: Handler::JobRetry,
+        doc: "a dead-lettered or cancelled job back to pending; no body",
+    },
+    Endpoint {
+        method: Verb::Delete,
+        path: "/jobs/{id}",
+        query: &[],
+        handler: Handler::JobCancel,
+        doc: "cancel a pending job (status <code>cancelled</code>, kept); a claimed one is refused (409)",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/openapi.json",
+        query: &[],
+        handler: Handler::OpenApi,
+        doc: "this API as an OpenAPI 3.1 document",
+    },
+    // End of the job endpoints.
+    Endpoint {
+        method: Verb::Post,
         path: "/-/reload",
-        writes: true,
+        query: &[],
         handler: Handler::Reload,
         doc: "reload every config now (as <code>SIGHUP</code>); no body",
     },
     Endpoint {
+        method: Verb::Get,
         path: "/favicon.ico",
-        writes: false,
+        query: &[],
         handler: Handler::Favicon,
         doc: "an empty icon",
     },
 ];
 
-/// Resolves a path to its endpoint and, for `{name}` paths, the percent-decoded machine
-/// name (`None`: no such endpoint).
-pub fn resolve(path: &str) -> Result<Option<(&'static Endpoint, Option<String>)>, ApiError> {
+/// Where a request's path and method lead.
+#[derive(Debug)]
+pub enum Route {
+    /// The endpoint, and the percent-decoded value of its path parameter, if it has one.
+    Found(&'static Endpoint, Option<String>),
+    /// The path exists, not with this method: the `Allow` header's value.
+    WrongMethod(String),
+    /// No endpoint has this path.
+    NotFound,
+}
+
+/// The endpoints whose path matches `path`, each with the raw value of its `{...}`
+/// segment.
+fn matching(path: &str) -> impl Iterator<Item = (&'static Endpoint, Option<&str>)> {
     let given: Vec<&str> = path.split('/').collect();
-    for e in ENDPOINTS {
-        let pattern: Vec<&str> = e.path.split('/').collect();
-        if pattern.len() != given.len() {
-            continue;
+    ENDPOINTS.iter().filter_map(move |e| {
+        let pattern = e.path.split('/');
+        if pattern.clone().count() != given.len() {
+            return None;
         }
-        let mut name = None;
-        let mut matched = true;
-        for (p, g) in pattern.iter().zip(&given) {
-            if *p == "{name}" {
+        let mut value = None;
+        for (p, g) in pattern.zip(&given) {
+            if p.starts_with('{') {
                 if g.is_empty() {
-                    matched = false;
-                    break;
+                    return None;
                 }
-                name = Some(*g);
-            } else if p != g {
-                matched = false;
-                break;
+                value = Some(*g);
+            } else if p != *g {
+                return None;
             }
         }
-        if !matched {
-            continue;
+        Some((e, value))
+    })
+}
+
+/// Decodes a path parameter's value.
+fn decode(e: &Endpoint, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let what = match e.param() {
+        Some("name") => "machine name",
+        _ => "job id",
+    };
+    raw.map(|v| {
+        request::percent_decode(v, false)
+            .map_err(|err| ApiError::bad_request(format!("bad {what} in the path: {err}")))
+    })
+    .transpose()
+}
+
+/// Resolves a request's method and path to its endpoint. A path parameter that does not
+/// decode is a 400.
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let mut allow: Vec<&str> = Vec::new();
+    for (e, raw) in matching(path) {
+        if e.accepts(method) {
+            return Ok(Route::Found(e, decode(e, raw)?));
         }
-        let name = match name {
-            None => None,
-            Some(n) => Some(request::percent_decode(n, false).map_err(|e| {
-                ApiError::bad_request(format!("bad machine name in the path: {e}"))
-            })?),
-        };
-        return Ok(Some((e, name)));
+        match e.method {
+            Verb::Get => allow.extend(["GET", "HEAD"]),
+            v => allow.push(v.as_str()),
+        }
     }
-    Ok(None)
+    if allow.is_empty() {
+        return Ok(Route::NotFound);
+    }
+    allow.sort_unstable();
+    allow.dedup();
+    Ok(Route::WrongMethod(allow.join(", ")))
+}
+
+/// Resolves a path to its first endpoint (in table order) and the decoded value of its
+/// path parameter (`None`: no such endpoint), whatever the method.
+pub fn resolve(path: &str) -> Result<Option<(&'static Endpoint, Option<String>)>, ApiError> {
+    match matching(path).next() {
+        Some((e, raw)) => Ok(Some((e, decode(e, raw)?))),
+        None => Ok(None),
+    }
+}
+
+/// `?a=&b=` for the index page.
+fn query_hint(e: &Endpoint) -> String {
+    if e.query.is_empty() {
+        return String::new();
+    }
+    let q: Vec<String> = e.query.iter().map(|k| format!("{k}=")).collect();
+    format!(" (<code>?{}</code>)", q.join("&amp;"))
 }
 
 /// The `/` page: every endpoint of [`ENDPOINTS`], GET paths without a name as links.
@@ -212,18 +346,20 @@ pub fn index_page(version: &str, read_only: bool, token: bool) -> Response<Body>
     };
     let mut items = String::new();
     for e in ENDPOINTS {
-        let line = if !e.writes && !e.path.contains('{') {
+        let line = if !e.writes() && !e.path.contains('{') {
             format!(
-                "<li><a href=\"{p}\">{p}</a>: {doc}</li>\n",
+                "<li><a href=\"{p}\">{p}</a>: {doc}{q}</li>\n",
                 p = e.path,
-                doc = e.doc
+                doc = e.doc,
+                q = query_hint(e)
             )
         } else {
             format!(
-                "<li><code>{} {}</code>: {}</li>\n",
+                "<li><code>{} {}</code>: {}{}</li>\n",
                 e.method(),
                 e.path,
-                e.doc
+                e.doc,
+                query_hint(e)
             )
         };
         items.push_str(&line);
@@ -265,7 +401,7 @@ mod tests {
     async fn the_index_lists_every_endpoint_of_the_table() {
         let page = page().await;
         for e in ENDPOINTS {
-            let shown = if !e.writes && !e.path.contains('{') {
+            let shown = if !e.writes() && !e.path.contains('{') {
                 format!("<a href=\"{}\">", e.path)
             } else {
                 format!("<code>{} {}</code>", e.method(), e.path)
@@ -280,14 +416,39 @@ mod tests {
     }
 
     #[test]
-    fn every_endpoint_resolves_to_itself_and_writes_take_post() {
+    fn every_endpoint_routes_to_itself_and_only_get_reads() {
         for e in ENDPOINTS {
-            let path = e.path.replace("{name}", "a%20b");
-            let (found, name) = resolve(&path).unwrap().unwrap();
+            let path = e.path.replace("{name}", "a%20b").replace("{id}", "a%20b");
+            let method = Method::from_bytes(e.method().as_bytes()).unwrap();
+            let Route::Found(found, value) = route(&method, &path).unwrap() else {
+                panic!("{} {path} does not route", e.method());
+            };
             assert_eq!(found.handler, e.handler, "{path}");
-            assert_eq!(name.is_some(), e.path.contains("{name}"));
-            assert_eq!(e.accepts(&Method::POST), e.writes);
+            assert_eq!(value.as_deref(), e.param().map(|_| "a b"), "{path}");
+            assert_eq!(e.writes(), !e.accepts(&Method::GET), "{path}");
         }
+        // One path, several methods: each goes to its own handler; others get the list.
+        let to = |m: Method, p: &str| match route(&m, p).unwrap() {
+            Route::Found(e, _) => Some(e.handler),
+            _ => None,
+        };
+        assert_eq!(to(Method::GET, "/jobs"), Some(Handler::JobList));
+        assert_eq!(to(Method::POST, "/jobs"), Some(Handler::Jobs));
+        assert_eq!(to(Method::DELETE, "/jobs/j1"), Some(Handler::JobCancel));
+        assert_eq!(to(Method::HEAD, "/jobs/j1"), Some(Handler::Job));
+        assert!(matches!(
+            route(&Method::PUT, "/jobs").unwrap(),
+            Route::WrongMethod(a) if a == "GET, HEAD, POST"
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/jobs/j1/retry").unwrap(),
+            Route::WrongMethod(a) if a == "POST"
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/jobs/").unwrap(),
+            Route::NotFound
+        ));
+        assert!(route(&Method::GET, "/jobs/%ff").is_err());
         assert_eq!(
             resolve("/machines/a%20b").unwrap().unwrap().1.unwrap(),
             "a b"

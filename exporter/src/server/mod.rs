@@ -1,6 +1,6 @@
 //! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
-//! inspection, `POST /machines/{name}/events` and `POST /-/reload`, served with hyper on
-//! the engine's Tokio runtime.
+//! inspection, `POST /machines/{name}/events`, the job store's jobs (`/jobs`),
+//! `POST /-/reload` and `/openapi.json`, served with hyper on the engine's Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo(engine: turnstile_engine::Engine,
@@ -44,7 +44,9 @@
 
 mod conn;
 mod endpoints;
+mod job_admin;
 mod jobs;
+mod openapi;
 mod reload;
 pub mod request;
 pub mod response;

@@ -82,6 +82,13 @@ impl ApiError {
         self
     }
 
+    /// Adds a response header whose value is made at run time.
+    #[must_use]
+    pub fn header_value(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     /// Adds a member to the `error` object.
     #[must_use]
     pub fn field(mut self, key: &str, value: Json) -> Self {

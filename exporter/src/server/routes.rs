@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
@@ -18,8 +18,10 @@ use turnstile_engine::ingress;
 use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
-use super::endpoints::{self, resolve, Handler};
+use super::endpoints::{self, route, Handler, Route};
+use super::job_admin;
 use super::jobs;
+use super::openapi;
 use super::reload;
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
@@ -81,25 +83,29 @@ fn report(state: &State, method: &Method, path: &str, e: &ApiError) {
 }
 
 async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some((endpoint, name)) = resolve(req.uri().path())? else {
-        return Err(ApiError::not_found(format!(
-            "no endpoint `{}`; see / for the list",
-            cut(req.uri().path(), 200)
-        )));
+    let (endpoint, name) = match route(req.method(), req.uri().path())? {
+        Route::Found(e, name) => (e, name),
+        Route::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "no endpoint `{}`; see / for the list",
+                cut(req.uri().path(), 200)
+            )))
+        }
+        Route::WrongMethod(allow) => {
+            let header = HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static(""));
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{} is not allowed on {}; use {allow}",
+                    cut(req.method().as_str(), 20),
+                    cut(req.uri().path(), 200),
+                ),
+            )
+            .header_value(ALLOW, header));
+        }
     };
-    if !endpoint.accepts(req.method()) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{} is not allowed on {}; use {}",
-                cut(req.method().as_str(), 20),
-                cut(req.uri().path(), 200),
-                endpoint.allow()
-            ),
-        )
-        .header(ALLOW, endpoint.allow()));
-    }
-    // `resolve` gives a name exactly for the endpoints whose path has `{name}`.
+    // `route` gives a value exactly for the endpoints whose path has a `{...}` segment: a
+    // machine's name or a job's id.
     let name = name.unwrap_or_default();
     match endpoint.handler {
         Handler::Index => Ok(endpoints::index_page(
@@ -125,6 +131,11 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
         Handler::Jobs => jobs::post_job(state, req).await,
+        Handler::JobList => job_admin::list(state, &req).await,
+        Handler::Job => job_admin::show(state, &name).await,
+        Handler::JobRetry => job_admin::retry(state, &name, req).await,
+        Handler::JobCancel => job_admin::cancel(state, &name, req).await,
+        Handler::OpenApi => Ok(response::json(StatusCode::OK, &openapi::document())),
         Handler::Reload => reload::post_reload(state, req).await,
     }
 }
@@ -561,6 +572,7 @@ mod tests {
 
     #[test]
     fn routes() {
+        use super::endpoints::resolve;
         let route = |p: &str| resolve(p).map(|r| r.map(|(e, name)| (e.handler, name)));
         assert_eq!(route("/").unwrap(), Some((Handler::Index, None)));
         assert_eq!(route("/metrics").unwrap(), Some((Handler::Metrics, None)));
@@ -578,17 +590,13 @@ mod tests {
         assert_eq!(route("/nope").unwrap(), None);
         assert_eq!(route("/metrics/").unwrap(), None);
         assert!(route("/machines/%ff").is_err());
-        assert_eq!(resolve("/jobs").unwrap().map(|r| r.0.allow()), Some("POST"));
-        assert_eq!(
-            resolve("/stats").unwrap().map(|r| r.0.allow()),
-            Some("GET, HEAD")
-        );
     }
 
     #[test]
     fn methods() {
+        use super::endpoints::resolve;
         let get = resolve("/stats").unwrap().unwrap().0;
-        let post = resolve("/jobs").unwrap().unwrap().0;
+        let post = resolve("/machines/m/events").unwrap().unwrap().0;
         assert!(get.accepts(&Method::HEAD));
         assert!(!get.accepts(&Method::POST));
         assert!(post.accepts(&Method::POST));

@@ -1,6 +1,8 @@
-//! What every write (every POST endpoint) goes through before its handler looks at the
-//! body: [`JsonPost::extract`] checks the token and read-only mode, the body size, the
-//! content type and the `traceparent` header, then reads the body.
+//! What every write (every endpoint but the GET ones) goes through before its handler
+//! looks at the body: [`JsonPost::extract`] checks the token and read-only mode, the body
+//! size, the content type and the `traceparent` header, then reads the body;
+//! [`bodiless`], for writes that take no body (a job's retry or cancel), checks the token,
+//! read-only mode and the `traceparent` header.
 
 use std::time::Duration;
 
@@ -64,17 +66,7 @@ impl JsonPost {
                 ),
             )));
         }
-        let (traceparent, traceparent_header) = match req.headers().get("traceparent") {
-            None => (None, None),
-            Some(v) => {
-                let s = v
-                    .to_str()
-                    .map_err(|_| label(ApiError::bad_request("invalid traceparent: not ASCII")))?;
-                let t = TraceContext::parse(s)
-                    .map_err(|e| label(ApiError::bad_request(e.to_string())))?;
-                (Some(t), Some(s.to_owned()))
-            }
-        };
+        let (traceparent, traceparent_header) = traceparent_of(&req).map_err(label)?;
         let body = read_body(req.into_body(), state.max_body_bytes)
             .await
             .map_err(label)?;
@@ -87,6 +79,29 @@ impl JsonPost {
             },
         ))
     }
+}
+
+/// The `traceparent` header, parsed and as sent (400 when it is malformed).
+fn traceparent_of(
+    req: &Request<Incoming>,
+) -> Result<(Option<TraceContext>, Option<String>), ApiError> {
+    match req.headers().get("traceparent") {
+        None => Ok((None, None)),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("invalid traceparent: not ASCII"))?;
+            let t = TraceContext::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok((Some(t), Some(s.to_owned())))
+        }
+    }
+}
+
+/// A write without a body: writes allowed and the bearer token (403, 401), then the
+/// `traceparent` header (400); its parsed value. A body, if one is sent, is not read.
+pub fn bodiless(state: &State, req: &Request<Incoming>) -> Result<Option<TraceContext>, ApiError> {
+    authorize(state, req)?;
+    Ok(traceparent_of(req)?.0)
 }
 
 /// Writes are off in read-only mode (403 for everyone), and need the token when one is

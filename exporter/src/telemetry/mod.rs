@@ -20,6 +20,7 @@ mod event;
 mod local;
 pub mod metrics;
 mod observer;
+pub mod operations;
 mod process;
 mod queue_depth;
 pub mod records;

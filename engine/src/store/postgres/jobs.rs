@@ -16,8 +16,8 @@ use super::rows::{job, JOB_COLUMNS};
 use super::PgStore;
 use crate::store::prefetch::Batch;
 use crate::store::{
-    Added, Claim, Failed, Holder, Job, JobFilter, JobStore, ListJobs, NewJob, QueueHealth,
-    StoreError, Timestamp,
+    Added, Claim, Failed, Holder, Job, JobChange, JobFilter, JobStore, ListJobs, NewJob,
+    QueueHealth, StoreError, Timestamp,
 };
 
 /// Expired leases back to pending, or to `dead` after the last attempt. `$1`: the
@@ -487,19 +487,44 @@ impl JobStore for PgStore {
                     "SELECT {JOB_COLUMNS} FROM jobs
                      WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR job_type = $2)
                        AND ($3::text IS NULL OR machine_type = $3)
+                       AND ($5::bigint IS NULL OR id < $5)
                      ORDER BY id DESC LIMIT $4"
                 ))
                 .await
                 .map_err(pg_error)?;
             let limit = q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
             let rows = c
-                .query(&st, &[&q.status, &q.job_type, &q.machine_type, &limit])
+                .query(
+                    &st,
+                    &[&q.status, &q.job_type, &q.machine_type, &limit, &q.after],
+                )
                 .await
                 .map_err(pg_error)?;
             rows.iter()
                 .map(|r| job(r, default_max).map_err(pg_error))
                 .collect()
         })
+    }
+
+    fn retry_job(&self, job_id: &str) -> Result<JobChange, StoreError> {
+        let change = super::admin::retry(self, job_id)?;
+        if matches!(change, JobChange::Changed(_)) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(change)
+    }
+
+    fn cancel_job(&self, job_id: &str) -> Result<JobChange, StoreError> {
+        // `wait_for_jobs` waiters: a cancelled job counts as failed.
+        let change = super::admin::cancel(self, job_id)?;
+        if matches!(change, JobChange::Changed(_)) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(change)
+    }
+
+    fn purge_jobs(&self, age: Duration) -> Result<u64, StoreError> {
+        super::admin::purge(self, age)
     }
 
     fn pending_jobs(

@@ -22,11 +22,12 @@
 //! - Leases are renewed like SQLite's ([`crate::store::holds`]); the same thread
 //!   heartbeats the instance registered through the store ([`instances`]).
 //!
-//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
+//! Files: [`jobs`] (the queue), [`admin`] (operators' retries, cancels and purges), [`state`] (machine state, events, audit), [`instances`]
 //! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`error`] (driver errors to [`StoreError`]s),
 //! [`finish`] (group-committed completions).
 
 mod add;
+mod admin;
 mod error;
 mod events;
 mod finish;

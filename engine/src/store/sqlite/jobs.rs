@@ -8,12 +8,12 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
 
-use super::rows::{job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
+use super::rows::{holder_of, job_from_row, time_col, Cached, JOB_BY_ROWID, JOB_COLUMNS};
 use super::SqliteStore;
 use crate::store::prefetch::Batch;
 use crate::store::{
-    from_ms, now_ms, with_ids, Added, Claim, ClaimLoss, Failed, Holder, Job, JobFilter, JobStore,
-    ListJobs, NewJob, QueueHealth, StoreError, Timestamp,
+    from_ms, now_ms, with_ids, Added, Claim, ClaimLoss, Failed, Holder, Job, JobChange, JobFilter,
+    JobStore, ListJobs, NewJob, QueueHealth, StoreError, Timestamp,
 };
 
 /// Writes the attempts of claims that were answered but not committed (see
@@ -40,18 +40,6 @@ pub(super) fn count_lost(
         )?;
     }
     Ok(())
-}
-
-/// The pending or processing job that holds `key`.
-fn holder_of(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    tx.row_cached(
-        "SELECT job_id FROM jobs INDEXED BY idx_jobs_unique_key
-         WHERE unique_key = ?1 AND status IN ('pending', 'processing')
-           AND unique_key IS NOT NULL",
-        [key],
-        |r| r.get(0),
-    )
-    .optional()
 }
 
 /// Adds one job in the writer's transaction, unless a pending or processing job holds
@@ -518,14 +506,36 @@ impl JobStore for SqliteStore {
         let mut st = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR job_type = ?2)
-               AND (?3 IS NULL OR machine_type = ?3)
+               AND (?3 IS NULL OR machine_type = ?3) AND (?5 IS NULL OR id < ?5)
              ORDER BY id DESC LIMIT ?4"
         ))?;
         let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let rows = st.query_map(params![q.status, q.job_type, q.machine_type, limit], |r| {
-            job_from_row(r, default_max)
-        })?;
+        let rows = st.query_map(
+            params![q.status, q.job_type, q.machine_type, limit, q.after],
+            |r| job_from_row(r, default_max),
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn retry_job(&self, job_id: &str) -> Result<JobChange, StoreError> {
+        let change = super::admin::retry(self, job_id)?;
+        if matches!(change, JobChange::Changed(_)) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(change)
+    }
+
+    fn cancel_job(&self, job_id: &str) -> Result<JobChange, StoreError> {
+        // `wait_for_jobs` waiters: a cancelled job counts as failed.
+        let change = super::admin::cancel(self, job_id)?;
+        if matches!(change, JobChange::Changed(_)) {
+            self.inner.notify.notify_waiters();
+        }
+        Ok(change)
+    }
+
+    fn purge_jobs(&self, age: Duration) -> Result<u64, StoreError> {
+        super::admin::purge(self, age)
     }
 
     fn pending_jobs(

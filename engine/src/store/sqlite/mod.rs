@@ -17,10 +17,11 @@
 //! - Writes by other processes are noticed by a thread that reads `PRAGMA data_version`
 //!   ([`watch`]), started when someone first waits on [`JobStore::notify`].
 //!
-//! Files: [`jobs`] (the queue), [`state`] (machine state, events, audit), [`instances`]
+//! Files: [`jobs`] (the queue), [`admin`] (operators' retries, cancels and purges), [`state`] (machine state, events, audit), [`instances`]
 //! (live instances), [`leases`] (singleton machines' leases), [`rows`] (rows to records), [`file`] (the file is still the one
 //! opened).
 
+mod admin;
 mod events;
 mod file;
 mod group_commit;

@@ -2,7 +2,7 @@
 //! text and millisecond columns to [`Timestamp`]s, `rusqlite` errors to [`StoreError`]),
 //! and the statement cache every query goes through.
 
-use rusqlite::{Connection, Row};
+use rusqlite::{Connection, OptionalExtension, Row};
 use serde_json::Value as Json;
 
 use crate::store::{Job, MachineRecord, StoreError, Timestamp, PENDING};
@@ -102,6 +102,18 @@ impl Cached for Connection {
     ) -> rusqlite::Result<T> {
         self.prepare_cached(sql)?.query_row(p, f)
     }
+}
+
+/// The pending or processing job that holds `key` (adding a job, retrying one).
+pub(super) fn holder_of(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.row_cached(
+        "SELECT job_id FROM jobs INDEXED BY idx_jobs_unique_key
+         WHERE unique_key = ?1 AND status IN ('pending', 'processing')
+           AND unique_key IS NOT NULL",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// The columns of [`machine_from_row`], in order.

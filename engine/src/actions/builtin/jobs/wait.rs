@@ -1,5 +1,5 @@
 //! `wait_for_jobs`: waits until every job listed in the context under `tracked_jobs_key`
-//! (default `spawned_jobs`) is completed, failed or dead, and returns `all_jobs_complete`
+//! (default `spawned_jobs`) is completed, failed, dead or cancelled (counted as failed), and returns `all_jobs_complete`
 //! with `completed_jobs`, `failed_jobs` and `pending_jobs` in the context; `no_jobs_tracked`
 //! when the list is empty. With a `timeout_event`, it returns that event with the same
 //! lists once `timeout` (default 300 s) has passed.
@@ -105,7 +105,7 @@ impl Action for WaitForJobs {
                     let id = Json::String(id.clone());
                     match st.as_deref() {
                         Some("completed") => done.push(id),
-                        Some("failed" | "dead") => failed.push(id),
+                        Some("failed" | "dead" | "cancelled") => failed.push(id),
                         _ => pending.push(id),
                     }
                 }
