@@ -1100,11 +1100,17 @@ fn buffered_jobs_are_held_renewed_and_given_back_by_release_held(b: &Backend) {
 }
 
 fn buffered_jobs_of_a_dead_process_are_claimable_after_their_lease(b: &Backend) {
+    // Lease 400 ms: the check that the buffered jobs are held must run inside it, on a
+    // busy machine too (each store's first statement, which may connect, comes first).
     let dead = b.open(StoreOptions {
         renew: false,
-        ..batched(4, 150)
+        ..batched(4, 400)
     });
-    let other = b.open(no_renew(150));
+    let other = b.open(no_renew(400));
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { .. }
+    ));
     for _ in 0..4 {
         dead.add_job(job("t")).unwrap();
     }
@@ -1113,7 +1119,7 @@ fn buffered_jobs_of_a_dead_process_are_claimable_after_their_lease(b: &Backend) 
         other.claim_next(&any(), "other").unwrap(),
         Claim::Empty { next_due: Some(_) }
     ));
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(600));
     for _ in 0..4 {
         let j = claimed(other.claim_next(&any(), "other").unwrap());
         assert_eq!(j.attempts, 2);
