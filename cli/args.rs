@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnstile_engine::instance::Instance;
+use turnstile_engine::MetricsDetail;
 use turnstile_exporter::server::web::WebConfig;
 use turnstile_exporter::server::SidecarConfig;
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
@@ -219,6 +220,13 @@ pub struct ServeArgs {
     /// Error records kept for /errors.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     error_buffer: usize,
+    /// Metric breakdowns shown for every machine beyond the default series, a comma list of
+    /// `states` (state durations by state, a state gauge per declared state),
+    /// `transitions` (transitions by rule, events by name), `actions` (action durations by
+    /// type and outcome), `all` or `none`; a config's `metrics: {detail: ...}` adds to it
+    /// for its machine (docs/metrics.md lists the series each one costs).
+    #[arg(long, env = "TURNSTILE_METRICS_DETAIL", value_name = "LIST", default_value = "none", value_parser = MetricsDetail::parse_list)]
+    metrics_detail: MetricsDetail,
     /// Export spans over OTLP/HTTP to this URL (`http://collector:4318` gets `/v1/traces`
     /// appended). Without it, spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
@@ -275,6 +283,7 @@ impl ServeArgs {
             trace_buffer: self.trace_buffer,
             error_buffer: self.error_buffer,
             spans,
+            metrics_detail: self.metrics_detail,
             ..TelemetryConfig::default()
         }
     }

@@ -11,6 +11,12 @@
 //!   `opentelemetry-proto`, so the export does real work on the same two cores).
 //!
 //! Run: `cargo bench -p turnstile-exporter --bench telemetry_overhead -- --noplot`.
+//!
+//! Instructions per event (repeatable on a busy machine): with `OVERHEAD_EVENTS=N` and
+//! `OVERHEAD_VARIANT=none|metrics` set, the binary sends N events through that variant
+//! once, without criterion, and exits; run it under `valgrind --tool=callgrind` for two
+//! values of N and divide the difference of the instruction counts by the difference of
+//! the Ns (setup cost cancels out). `bench/callgrind_overhead.sh` does that.
 
 #[path = "../tests/support/otlp.rs"]
 mod otlp;
@@ -19,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef, Observer};
 use turnstile_exporter::telemetry::spans::SpanSettings;
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
@@ -49,6 +55,36 @@ async fn produce(engine: Engine, name: Arc<str>, go: Arc<str>, n: u64, base: u64
     while transitions(&engine, &name) < base + n {
         tokio::task::yield_now().await;
     }
+}
+
+/// `OVERHEAD_EVENTS` events through one variant, once (for callgrind).
+fn fixed_count(events: u64, label: &str) {
+    let observer: Option<Arc<dyn Observer>> = match label {
+        "none" => None,
+        "metrics" => Some(
+            Telemetry::new(TelemetryConfig {
+                trace_buffer: 0,
+                ..TelemetryConfig::default()
+            })
+            .expect("telemetry"),
+        ),
+        other => panic!("OVERHEAD_VARIANT: `{other}` is not none or metrics"),
+    };
+    let def = load("pingpong_external.yaml");
+    let name = def.name.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut b = Engine::builder();
+    if let Some(o) = observer {
+        b = b.observer(o);
+    }
+    let engine = b.build();
+    rt.block_on(async { engine.spawn(def) }).expect("spawn");
+    rt.block_on(produce(engine.clone(), name, Arc::from("go"), events, 0));
+    engine.shutdown();
+    rt.block_on(engine.join());
 }
 
 fn variant(c: &mut Criterion, label: &str, observer: Option<Arc<dyn Observer>>) {
@@ -138,4 +174,13 @@ criterion_group! {
         .sample_size(30);
     targets = all
 }
-criterion_main!(benches);
+fn main() {
+    if let Ok(n) = std::env::var("OVERHEAD_EVENTS") {
+        let n: u64 = n.parse().expect("OVERHEAD_EVENTS: a number");
+        let v = std::env::var("OVERHEAD_VARIANT").unwrap_or_else(|_| "metrics".to_owned());
+        fixed_count(n, &v);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -29,7 +29,7 @@ impl Telemetry {
     #[inline]
     pub(super) fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
         slot.metrics
-            .transition(r.from.id, r.event_id, nanos(r.time_in_from));
+            .transition(r.from.id, r.event_id, Some(nanos(r.time_in_from)));
         // The current state is only needed for the next span's `turnstile.state.from`.
         if self.spans.is_none() {
             return;

@@ -71,7 +71,7 @@ impl Observer for Telemetry {
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
+            metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             live: Mutex::new(Live {
@@ -101,10 +101,17 @@ impl Observer for Telemetry {
                 .action
                 .take()
         });
+        let detail = self.detail(m.def);
+        if let Some(o) = old {
+            if o.metrics.detail != detail {
+                self.metrics
+                    .forget_level(previous.def, o.metrics.detail, detail);
+            }
+        }
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
+            metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
             live: Mutex::new(Live {

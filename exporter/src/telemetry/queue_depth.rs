@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::gauge::ConstGauge;
-use turnstile_engine::EngineStatus;
+use turnstile_engine::{EngineStatus, MetricsDetail};
 
 use super::catalogue;
 
@@ -16,7 +16,12 @@ use super::catalogue;
 /// scrape time: a machine stuck in a long action still shows its queue growing, and the
 /// hot path pays nothing for them.
 #[derive(Debug)]
-pub(super) struct QueueDepth(pub(super) Arc<OnceLock<EngineStatus>>);
+pub(super) struct QueueDepth(
+    pub(super) Arc<OnceLock<EngineStatus>>,
+    /// The process's `--metrics-detail`: with `states` (or a config's own), every declared
+    /// state has a `turnstile_machine_state` series; without, only the current one.
+    pub(super) MetricsDetail,
+);
 
 impl prometheus_client::collector::Collector for QueueDepth {
     fn encode(
@@ -45,10 +50,15 @@ impl prometheus_client::collector::Collector for QueueDepth {
         }
         let mut me = catalogue::MACHINE_STATE.describe(&mut encoder)?;
         for m in &status {
-            for s in &m.def.states {
-                let g = ConstGauge::new(i64::from(s.name == m.state));
-                let labels = [("machine", &*m.name), ("state", &*s.name)];
-                g.encode(me.encode_family(&labels)?)?;
+            if self.1.union(m.def.metrics_detail).states {
+                for s in &m.def.states {
+                    let g = ConstGauge::new(i64::from(s.name == m.state));
+                    let labels = [("machine", &*m.name), ("state", &*s.name)];
+                    g.encode(me.encode_family(&labels)?)?;
+                }
+            } else {
+                let labels = [("machine", &*m.name), ("state", &*m.state)];
+                ConstGauge::new(1).encode(me.encode_family(&labels)?)?;
             }
         }
         let mut me = catalogue::SINGLETON_HOLDER.describe(&mut encoder)?;

@@ -63,7 +63,7 @@ impl QuickObserver for Slot {
     ) {
         self.count(duration_ns);
         self.metrics
-            .transition_finished(from, event_id, time_in_from_ns, duration_ns);
+            .transition_finished(from, event_id, Some(time_in_from_ns), Some(duration_ns));
     }
 }
 
