@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Instructions per event of the telemetry_overhead ping-pong machine, without an observer
 # and with the metrics only, counted by callgrind: repeatable on a busy machine, where
-# wall times are not. Each variant runs twice (N1 and N2 events); the difference of the
-# instruction counts over N2 - N1 is the cost per event (start-up cancels out).
+# wall times are not. Only the sending and processing of the events is counted (after a
+# warm-up: start-up and the clock's calibration are left out); each variant runs twice
+# (N1 and N2 events), and the difference of the counts over N2 - N1 is the cost per event.
 #
 #   bench/callgrind_overhead.sh                     # builds the bench first
 #   BENCH=/path/to/telemetry_overhead-binary bench/callgrind_overhead.sh
 #
-# Settings (environment): N1 (20000), N2 (120000). Needs valgrind.
+# Settings (environment): N1 (20000), N2 (120000), OVERHEAD_TIMING_SAMPLE (the metrics
+# variant's --metrics-timing-sample, 16). Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-20000}
@@ -25,7 +27,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 count() { # variant events -> instructions
   (cd exporter && OVERHEAD_VARIANT=$1 OVERHEAD_EVENTS=$2 valgrind --tool=callgrind \
-    --callgrind-out-file="$work/cg.out" "$BENCH" >/dev/null 2>"$work/log") || { cat "$work/log" >&2; exit 1; }
+    --collect-atstart=no --toggle-collect='*overhead_measured*' --callgrind-out-file="$work/cg.out" "$BENCH" >/dev/null 2>"$work/log") || { cat "$work/log" >&2; exit 1; }
   grep -o 'Collected : [0-9]*' "$work/log" | awk '{print $3}'
 }
 declare -A per

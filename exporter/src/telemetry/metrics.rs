@@ -76,7 +76,7 @@ fn encode_labels(
 
 /// `turnstile_transitions_total`: by machine, and by rule with the `transitions` detail.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct TransitionL {
+pub(super) struct TransitionL {
     machine: Arc<str>,
     /// (from, to, event).
     rule: Option<(Arc<str>, Arc<str>, Arc<str>)>,
@@ -98,7 +98,7 @@ impl EncodeLabelSet for TransitionL {
 /// `turnstile_events_total`: by machine and outcome, and by event with the `transitions`
 /// detail.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct EventL {
+pub(super) struct EventL {
     machine: Arc<str>,
     event: Option<Arc<str>>,
     outcome: &'static str,
@@ -203,8 +203,8 @@ pub enum ReloadResult {
 
 /// Every metric family, registered once.
 pub struct Metrics {
-    transitions: Family<TransitionL, LocalCounter>,
-    events: Family<EventL, LocalCounter>,
+    pub(super) transitions: Family<TransitionL, LocalCounter>,
+    pub(super) events: Family<EventL, LocalCounter>,
     event_duration: DurationFamily<MachineL>,
     action_duration: DurationFamily<ActionL>,
     errors: Family<ErrorL, Counter>,
@@ -266,8 +266,8 @@ impl Metrics {
             .set(1);
         let r = registry;
         catalogue::BUILD_INFO.register(r, build_info);
-        catalogue::TRANSITIONS.register(r, m.transitions.clone());
-        catalogue::EVENTS.register(r, m.events.clone());
+        // `transitions` and `events` are written by the scrape-time collector
+        // (`queue_depth.rs`), which adds the engine's own counts for the default level.
         m.event_duration.register(r, &catalogue::EVENT_DURATION);
         m.action_duration.register(r, &catalogue::ACTION_DURATION);
         catalogue::ERRORS.register(r, m.errors.clone());
@@ -310,25 +310,10 @@ impl Metrics {
         let n_events = def.events.len();
         let mut transitions: Vec<Option<u32>> = vec![None; def.states.len() * n_events];
         let mut transition_counters: Vec<CounterWriter> = Vec::new();
+        // Without the detail, the engine's own count of the machine's transitions is the
+        // series (read at scrape time): nothing to count here.
         if detail.transitions {
             self.rule_counters(def, &mut transitions, &mut transition_counters);
-        } else {
-            // One series for the machine: every rule counts in it.
-            transition_counters.push(
-                self.transitions
-                    .get_or_create(&TransitionL {
-                        machine: machine.clone(),
-                        rule: None,
-                    })
-                    .writer(),
-            );
-            for (si, _) in def.states.iter().enumerate() {
-                for (e, name) in def.events.iter().enumerate() {
-                    if def.route(si, name).is_some() {
-                        transitions[si * n_events + e] = Some(0);
-                    }
-                }
-            }
         }
         let event_names: Vec<Option<Arc<str>>> = if detail.transitions {
             def.events
@@ -344,13 +329,16 @@ impl Metrics {
             .into_iter()
             .map(|event| {
                 EVENT_OUTCOMES.map(|outcome| {
-                    self.events
-                        .get_or_create(&EventL {
-                            machine: machine.clone(),
-                            event: event.clone(),
-                            outcome,
-                        })
-                        .writer()
+                    // Without the detail, transitioned events are the engine's count.
+                    (event.is_some() || outcome != EVENT_OUTCOMES[0]).then(|| {
+                        self.events
+                            .get_or_create(&EventL {
+                                machine: machine.clone(),
+                                event: event.clone(),
+                                outcome,
+                            })
+                            .writer()
+                    })
                 })
             })
             .collect();
@@ -500,8 +488,6 @@ impl Metrics {
                         }
                     }
                 }
-            } else {
-                t.push(None);
             }
             for rule in t {
                 self.transitions.remove(&TransitionL {
@@ -614,9 +600,10 @@ pub struct MachineMetrics {
     /// One per series: the machine's one (default level), or one per rule (a wildcard
     /// rule's is shared by every state it applies in).
     transition_counters: Vec<CounterWriter>,
-    /// `[event_id]` x [`EVENT_OUTCOMES`]: one row at the default level, else one per event
-    /// and a last one for [`OTHER_EVENT`].
-    events: Vec<[CounterWriter; 3]>,
+    /// `[event_id]` x [`EVENT_OUTCOMES`]: one row at the default level (whose
+    /// `transitioned` is the engine's count, read at scrape time: `None`), else one per
+    /// event and a last one for [`OTHER_EVENT`].
+    events: Vec<[Option<CounterWriter>; 3]>,
     event_duration: DurationSeries,
     actions: Actions,
     errors: [Counter; ErrorKind::ALL.len()],
@@ -627,7 +614,7 @@ pub struct MachineMetrics {
 impl MachineMetrics {
     /// The row of `events` for an event id (`None`: a name the config never mentions).
     #[inline]
-    fn event_row(&self, event_id: Option<usize>) -> Option<&[CounterWriter; 3]> {
+    fn event_row(&self, event_id: Option<usize>) -> Option<&[Option<CounterWriter>; 3]> {
         let last = self.events.len().checked_sub(1)?;
         let i = event_id.filter(|&i| i < self.n_events).unwrap_or(last);
         self.events.get(i.min(last))
@@ -662,8 +649,8 @@ impl MachineMetrics {
         ns: Option<u64>,
     ) {
         self.transition(from, event_id, time_in_from_ns);
-        if let Some(c) = self.event_row(Some(event_id)) {
-            c[0].inc();
+        if let Some(Some(c)) = self.event_row(Some(event_id)).map(|r| &r[0]) {
+            c.inc();
         }
         if let Some(ns) = ns {
             self.event_duration.observe_nanos_with(ns, None);
@@ -679,7 +666,7 @@ impl MachineMetrics {
         ns: Option<u64>,
         exemplar: Option<TraceExemplar>,
     ) {
-        if let Some(c) = self.event_row(event_id).and_then(|o| o.get(outcome)) {
+        if let Some(Some(c)) = self.event_row(event_id).and_then(|o| o.get(outcome)) {
             c.inc();
         }
         if let Some(ns) = ns {
@@ -750,6 +737,7 @@ mod tests {
         let e7 = def.event_index("e7").unwrap();
         mm.transition(3, e7, Some(0));
         mm.transition(500, e7, None);
+        catalogue::TRANSITIONS.register(&mut registry, m.transitions.clone());
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
         let series: Vec<&str> = page

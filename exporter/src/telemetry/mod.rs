@@ -33,7 +33,7 @@ use std::time::{Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json};
-use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::observe::{ErrorKind, QuickTiming};
 use turnstile_engine::{
     ActionRegistry, Engine, EngineBuilder, EngineStatus, MachineDef, MetricsDetail,
 };
@@ -43,6 +43,9 @@ use queue_depth::QueueDepth;
 use records::{ErrorRecord, Ring, TraceRecord};
 use slot::Slot;
 use spans::{SpanSettings, Spans};
+
+/// [`TelemetryConfig::timing_sample`] by default.
+pub const DEFAULT_TIMING_SAMPLE: u32 = 16;
 
 /// What to collect.
 #[derive(Debug, Clone)]
@@ -58,6 +61,10 @@ pub struct TelemetryConfig {
     /// Metric breakdowns shown for every machine beyond the default series
     /// (`--metrics-detail`); a config's own `metrics:` key adds to it for its machine.
     pub metrics_detail: MetricsDetail,
+    /// With the metrics only (no records, no spans), one action-less event in this many
+    /// is timed (`--metrics-timing-sample`; 1: every one). Counts stay exact; events with
+    /// actions are always timed.
+    pub timing_sample: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -68,6 +75,7 @@ impl Default for TelemetryConfig {
             spans: None,
             output_limit: 1024,
             metrics_detail: MetricsDetail::NONE,
+            timing_sample: DEFAULT_TIMING_SAMPLE,
         }
     }
 }
@@ -115,7 +123,12 @@ impl Telemetry {
         registry.register_collector(Box::new(process::ProcessCollector));
         let sub = registry.sub_registry_with_prefix("turnstile");
         let metrics = Metrics::new(sub, spans_exported, spans_dropped, spans.is_some());
-        sub.register_collector(Box::new(QueueDepth(engine.clone(), config.metrics_detail)));
+        sub.register_collector(Box::new(QueueDepth {
+            engine: engine.clone(),
+            detail: config.metrics_detail,
+            transitions: metrics.transitions.clone(),
+            events: metrics.events.clone(),
+        }));
         Ok(Arc::new(Telemetry {
             errors: Ring::new(config.error_buffer),
             config,
@@ -315,7 +328,9 @@ impl Telemetry {
     /// `/stats`.
     pub fn stats(&self, listen: Option<&str>) -> Json {
         let slots = self.slots();
-        let processed: u64 = slots
+        // Timed events (weighted: action-less events may be sampled) give the average;
+        // the engine counts every event.
+        let timed: u64 = slots
             .iter()
             .map(|s| s.processed.load(Ordering::Relaxed))
             .sum();
@@ -323,11 +338,14 @@ impl Telemetry {
             .iter()
             .map(|s| s.busy_ns.load(Ordering::Relaxed))
             .sum();
-        let avg_ms = if processed == 0 {
+        let avg_ms = if timed == 0 {
             0.0
         } else {
-            busy_ns as f64 / processed as f64 / 1e6
+            busy_ns as f64 / timed as f64 / 1e6
         };
+        let processed = self.engine.get().map_or(timed, |e| {
+            e.machines().iter().map(|m| m.events).sum::<u64>()
+        });
         let machines: serde_json::Map<String, Json> = self
             .engine
             .get()
@@ -369,6 +387,19 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How a machine's action-less events are timed and reported to its slot: sampled
+    /// with the metrics only, each one reported when the counts are per rule.
+    fn quick_timing(&self, def: &MachineDef) -> QuickTiming {
+        QuickTiming {
+            every: if self.metrics_only() {
+                self.config.timing_sample.max(1)
+            } else {
+                1
+            },
+            report_untimed: self.detail(def).transitions,
+        }
     }
 
     /// The level of a machine's metrics: the process's, with its config's own.
@@ -554,6 +585,57 @@ mod tests {
             );
             promtool_check(name, &page);
         }
+    }
+
+    /// A reload that changes a config's `metrics:` key: the machine's series of the old
+    /// level go, those of the new one come, and the page keeps to the budget of each.
+    #[tokio::test]
+    async fn a_reload_that_changes_the_level_replaces_the_series() {
+        let plugins = ActionRegistry::with_builtins();
+        let t = Telemetry::new(TelemetryConfig::default()).unwrap();
+        let engine = t.install(Engine::builder(), &plugins);
+        let load = |key: &str| {
+            turnstile_engine::config::load_str(&budget_config("m", key), None, &plugins)
+                .def
+                .unwrap()
+        };
+        engine.spawn(load("")).unwrap();
+        engine
+            .send("m", Event::new(Arc::from("next")))
+            .await
+            .unwrap();
+        while engine.machine("m").map_or(0, |s| s.transitions) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let before = t.render_metrics(false);
+        assert_eq!(samples_of(&before, "m"), 74);
+        engine
+            .reload(load("metrics: {detail: all}\n"))
+            .await
+            .unwrap();
+        engine
+            .send("m", Event::new(Arc::from("next")))
+            .await
+            .unwrap();
+        while engine.machine("m").map_or(0, |s| s.transitions) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let after = t.render_metrics(false);
+        assert!(samples_of(&after, "m") > 74 * 4, "{after}");
+        for gone in [
+            "turnstile_state_duration_seconds_count{machine=\"m\"} ",
+            "turnstile_action_duration_seconds_count{machine=\"m\"} ",
+            "turnstile_transitions_total{machine=\"m\"} ",
+            "turnstile_events_total{machine=\"m\",outcome=\"ignored\"} ",
+        ] {
+            assert!(!after.contains(gone), "`{gone}` is left:\n{after}");
+        }
+        assert!(after.contains("turnstile_transitions_total{machine=\"m\",from=\"s01\",to=\"s02\",event=\"next\"} 1\n"), "{after}");
+        engine.reload(load("")).await.unwrap();
+        let back = t.render_metrics(false);
+        assert_eq!(samples_of(&back, "m"), 74, "{back}");
+        engine.shutdown();
+        engine.join().await;
     }
 
     /// `promtool check metrics` on a page (skipped, saying so, when promtool is missing;

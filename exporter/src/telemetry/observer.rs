@@ -17,7 +17,7 @@ use turnstile_engine::observe::{
 };
 use turnstile_engine::{Event, TraceContext};
 
-use super::event::nanos;
+use super::event::{nanos, timed};
 use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
@@ -74,6 +74,7 @@ impl Observer for Telemetry {
             metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            timing: self.quick_timing(m.def),
             live: Mutex::new(Live {
                 state: s.id,
                 ..Live::default()
@@ -114,6 +115,7 @@ impl Observer for Telemetry {
             metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
+            timing: self.quick_timing(m.def),
             live: Mutex::new(Live {
                 state: s.id,
                 event: None,
@@ -219,7 +221,7 @@ impl Observer for Telemetry {
                 r.from.id,
                 r.to.id,
                 r.event_id,
-                nanos(r.time_in_from),
+                timed(r.time_in_from).unwrap_or(u64::MAX),
                 nanos(duration),
             );
             return;
