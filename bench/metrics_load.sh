@@ -6,7 +6,9 @@
 #   TURNSTILE=/path/to/turnstile bench/metrics_load.sh
 #
 # Settings (environment): MACHINES (50), STATES (20), DURATION (20s), THREADS (2),
-# CONNECTIONS (8), WARMUP seconds before measuring (5). Needs wrk and python3.
+# CONNECTIONS (8), WARMUP seconds before measuring (5), DETAIL (passed as
+# --metrics-detail when set, e.g. `all`; unset: the default level, and a binary older than
+# the flag works). Needs wrk and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +34,10 @@ cleanup() {
 trap cleanup EXIT
 
 python3 bench/gen_many.py --machines "$MACHINES" --states "$STATES" --out "$work/configs" >/dev/null
+detail=()
+[ -n "${DETAIL:-}" ] && detail=(--metrics-detail "$DETAIL")
 "$TURNSTILE" --log-format json --log-level warn,turnstile::sidecar=info run "$work"/configs/*.yaml \
-  --listen 127.0.0.1:0 2>"$work/log" &
+  --listen 127.0.0.1:0 "${detail[@]}" 2>"$work/log" &
 pid=$!
 addr=
 for _ in $(seq 1 100); do
@@ -50,7 +54,7 @@ text_bytes=$(curl -s "$url" | wc -c)
 om_bytes=$(curl -s -H "$om" "$url" | wc -c)
 text_lines=$(curl -s "$url" | wc -l)
 series=$(curl -s "$url" | grep -vc '^#')
-echo "machines=$MACHINES states=$STATES turnstile=$TURNSTILE pid=$pid"
+echo "machines=$MACHINES states=$STATES detail=${DETAIL:-default} turnstile=$TURNSTILE pid=$pid"
 echo "exposition: text $text_bytes bytes ($text_lines lines, $series samples), openmetrics $om_bytes bytes"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

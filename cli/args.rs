@@ -11,10 +11,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnstile_engine::instance::Instance;
+use turnstile_engine::MetricsDetail;
 use turnstile_exporter::server::web::WebConfig;
 use turnstile_exporter::server::SidecarConfig;
 use turnstile_exporter::telemetry::spans::{self, SpanSettings};
-use turnstile_exporter::telemetry::TelemetryConfig;
+use turnstile_exporter::telemetry::{TelemetryConfig, DEFAULT_TIMING_SAMPLE};
 
 use crate::db::RunStoreArgs;
 use crate::jobs_cli::{EventsCommand, JobsCommand, MachineStateArgs, SendEventArgs};
@@ -219,6 +220,18 @@ pub struct ServeArgs {
     /// Error records kept for /errors.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     error_buffer: usize,
+    /// Metric breakdowns shown for every machine beyond the default series, a comma list of
+    /// `states` (state durations by state, a state gauge per declared state),
+    /// `transitions` (transitions by rule, events by name), `actions` (action durations by
+    /// type and outcome), `all` or `none`; a config's `metrics: {detail: ...}` adds to it
+    /// for its machine (docs/metrics.md lists the series each one costs).
+    #[arg(long, env = "TURNSTILE_METRICS_DETAIL", value_name = "LIST", default_value = "none", value_parser = MetricsDetail::parse_list)]
+    metrics_detail: MetricsDetail,
+    /// With the metrics only (--trace-buffer 0, no spans), time one event in N of those that
+    /// run no action, to keep the clock off the hot path (1: time every one). Counts stay
+    /// exact; events with actions are always timed.
+    #[arg(long, env = "TURNSTILE_METRICS_TIMING_SAMPLE", value_name = "N", default_value_t = DEFAULT_TIMING_SAMPLE, value_parser = clap::value_parser!(u32).range(1..))]
+    metrics_timing_sample: u32,
     /// Export spans over OTLP/HTTP to this URL (`http://collector:4318` gets `/v1/traces`
     /// appended). Without it, spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
@@ -275,6 +288,8 @@ impl ServeArgs {
             trace_buffer: self.trace_buffer,
             error_buffer: self.error_buffer,
             spans,
+            metrics_detail: self.metrics_detail,
+            timing_sample: self.metrics_timing_sample,
             ..TelemetryConfig::default()
         }
     }

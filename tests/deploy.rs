@@ -299,7 +299,18 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
 }
 
 #[test]
-fn every_dashboard_query_returns_data_from_a_real_turnstile() {
+fn every_dashboard_query_returns_data_from_a_real_turnstile_at_the_default_metrics_level() {
+    dashboard_queries_return_data("none");
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_turnstile_with_every_metrics_detail() {
+    dashboard_queries_return_data("all");
+}
+
+/// Runs the demo configs with `--metrics-detail detail`, has Prometheus scrape them, and
+/// runs every dashboard query.
+fn dashboard_queries_return_data(detail: &str) {
     need("prometheus", "Debian's package prometheus");
     let plugin = kit::plugins::rust_plugin("greet");
     // The demo configs, copied so that the test can edit them under `--watch`.
@@ -316,6 +327,8 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         // A job store, for the jobs panels.
         "--db".to_owned(),
         configs.path().join("jobs.db").display().to_string(),
+        "--metrics-detail".to_owned(),
+        detail.to_owned(),
     ];
     for f in DEMO_CONFIGS {
         let to = configs.path().join(f);
@@ -382,9 +395,10 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     }
 
     // Wait until the run has shown every outcome the panels plot.
-    let ready = [
-        "sum(rate(turnstile_action_duration_seconds_count{outcome=\"timeout\"}[1m])) > 0",
-        "sum(rate(turnstile_action_duration_seconds_count{outcome=\"error\"}[1m])) > 0",
+    let mut ready = vec![
+        "sum(increase(turnstile_errors_total{kind=\"action_timeout\"}[1m])) > 0",
+        "sum(increase(turnstile_errors_total{kind=\"action\"}[1m])) > 0",
+        "sum(rate(turnstile_action_duration_seconds_count[1m])) > 0",
         "sum(rate(turnstile_state_duration_seconds_count{machine=\"worker\"}[1m])) > 0",
         "sum(increase(turnstile_spans_dropped_total[1m])) > 0",
         "sum(increase(turnstile_config_reloads_total{result=\"failure\"}[1m])) > 0",
@@ -393,6 +407,21 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
         "sum(turnstile_jobs{status=\"dead\"}) > 0",
         "sum(turnstile_jobs{status=\"completed\"}) > 0",
     ];
+    // The detail labels are there exactly when asked for.
+    let detailed = [
+        "count(turnstile_transitions_total{from!=\"\"})",
+        "count(turnstile_events_total{event!=\"\"})",
+        "count(turnstile_state_duration_seconds_count{state!=\"\"})",
+        "count(turnstile_action_duration_seconds_count{outcome!=\"\"})",
+        "count(turnstile_machine_state == 0)",
+    ];
+    if detail == "all" {
+        ready.extend([
+            "sum(rate(turnstile_action_duration_seconds_count{outcome=\"timeout\"}[1m])) > 0",
+            "sum(rate(turnstile_action_duration_seconds_count{outcome=\"error\"}[1m])) > 0",
+        ]);
+        ready.extend(detailed);
+    }
     let deadline = Instant::now() + Duration::from_secs(45);
     for q in ready {
         loop {
@@ -405,6 +434,13 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
                 ts.log()
             );
             thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    if detail == "none" {
+        for q in detailed {
+            let r = prom.query(q).unwrap();
+            assert!(r.is_empty(), "`{q}` at the default level: {r:?}");
         }
     }
 
@@ -479,7 +515,7 @@ fn every_dashboard_query_returns_data_from_a_real_turnstile() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {checked} panel queries failed:\n{}",
+        "--metrics-detail {detail}: {} of {checked} panel queries failed:\n{}",
         failures.len(),
         failures.join("\n")
     );

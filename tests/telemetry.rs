@@ -14,7 +14,7 @@ use std::time::Duration;
 use kit::config::def;
 use kit::engine_wait::wait_for_state;
 use kit::otlp::Receiver;
-use turnstile_engine::{ActionRegistry, Engine, Event, TraceContext};
+use turnstile_engine::{ActionRegistry, Engine, Event, MetricsDetail, TraceContext};
 use turnstile_exporter::telemetry::spans::SpanSettings;
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
@@ -95,7 +95,12 @@ fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_the_design_table_and_pass_promtool() {
-    let telemetry = Telemetry::new(TelemetryConfig::default()).unwrap();
+    // Every detail level, for the per-rule, per-state and per-action series.
+    let telemetry = Telemetry::new(TelemetryConfig {
+        metrics_detail: MetricsDetail::ALL,
+        ..TelemetryConfig::default()
+    })
+    .unwrap();
     let engine = telemetry.install(Engine::builder(), &ActionRegistry::with_builtins());
     telemetry.set_plugins(&[("greet".into(), "1.2.3".into())]);
     engine
@@ -388,17 +393,22 @@ fn counts(text: &str) -> Vec<String> {
 
 /// Metrics only (the runtime hands action-less events straight to the machine's slot)
 /// counts what the full observer counts, keeps counting across a reload, and feeds
-/// `/stats`.
+/// `/stats` (every event timed, every detail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_only_counts_what_the_full_observer_counts() {
     let mut events = vec!["go"; 10];
     events.extend(["work", "nonsense", "go", "go"]);
-    let only = TelemetryConfig {
-        trace_buffer: 0,
+    let all = TelemetryConfig {
+        metrics_detail: MetricsDetail::ALL,
         ..TelemetryConfig::default()
     };
+    let only = TelemetryConfig {
+        trace_buffer: 0,
+        timing_sample: 1,
+        ..all.clone()
+    };
     let (quick, quick_engine) = ping_pong(only, &events).await;
-    let (full, full_engine) = ping_pong(TelemetryConfig::default(), &events).await;
+    let (full, full_engine) = ping_pong(all, &events).await;
     let text = quick.render_metrics(false);
     assert_eq!(counts(&text), counts(&full.render_metrics(false)));
     let has = |text: &str, line: &str| {
@@ -441,6 +451,51 @@ async fn metrics_only_counts_what_the_full_observer_counts() {
     );
     assert_eq!(quick.stats(None)["processed_events"], 16);
     for engine in [quick_engine, full_engine] {
+        engine.shutdown();
+        engine.join().await;
+    }
+}
+
+/// Metrics only with sampled durations (the default): counts are exact at every level
+/// (the engine's own at the default level, every event reported with the `transitions`
+/// detail), one action-less event in N is timed, and events with actions always are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_durations_keep_exact_counts() {
+    let mut events = vec!["go"; 12];
+    events.extend(["work", "go"]);
+    for detail in [MetricsDetail::NONE, MetricsDetail::ALL] {
+        let config = TelemetryConfig {
+            trace_buffer: 0,
+            timing_sample: 4,
+            metrics_detail: detail,
+            ..TelemetryConfig::default()
+        };
+        let (t, engine) = ping_pong(config, &events).await;
+        let text = t.render_metrics(false);
+        let has = |line: &str| {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no `{line}` in
+{text}"
+            );
+        };
+        if detail.transitions {
+            has(r#"turnstile_transitions_total{machine="pp",from="ping",to="pong",event="go"} 6"#);
+            has(r#"turnstile_events_total{machine="pp",event="go",outcome="transitioned"} 13"#);
+        } else {
+            has(r#"turnstile_transitions_total{machine="pp"} 14"#);
+            has(r#"turnstile_events_total{machine="pp",outcome="transitioned"} 14"#);
+        }
+        // 12 action-less `go`: 1, 5, 9 timed; `work` (actions) timed; the `go` leaving
+        // `busy` is action-less again and the count goes on (13: timed).
+        has(r#"turnstile_event_duration_seconds_count{machine="pp"} 5"#);
+        assert_eq!(t.stats(None)["processed_events"], 14);
+        assert!(
+            t.stats(None)["average_processing_time_ms"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
         engine.shutdown();
         engine.join().await;
     }

@@ -26,6 +26,7 @@ pub mod diagram;
 pub mod error_kind;
 pub mod ingress;
 pub mod instance;
+pub mod metrics_detail;
 pub mod observe;
 pub mod redact;
 pub mod reload;
@@ -34,6 +35,7 @@ pub mod sockets;
 pub mod store;
 
 pub use actions::ActionRegistry;
+pub use metrics_detail::MetricsDetail;
 pub use observe::Observer;
 pub use runtime::def::MachineDef;
 pub use runtime::engine::{

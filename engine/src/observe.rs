@@ -117,6 +117,8 @@ pub struct TransitionReport<'a> {
     /// the transition into `from` to this one's. A transition's instant is read from the
     /// clock, or, for an event taken from the queue without waiting right after an
     /// action-less one, is that event's end (one clock reading per event under load).
+    /// [`NOT_TIMED`] when `from` was entered by an action-less event that was not timed
+    /// ([`QuickTiming::every`]).
     pub time_in_from: Duration,
 }
 
@@ -305,6 +307,37 @@ pub trait Observer: Send + Sync + 'static {
     fn job_failed(&self, machine: MachineRef<'_>, job_type: &str, job_id: &str, message: &str) {}
 }
 
+/// [`TransitionReport::time_in_from`] of a state whose entry was not timed.
+pub const NOT_TIMED: Duration = Duration::MAX;
+
+/// How the runtime reports a machine's action-less events to its [`QuickObserver`]
+/// ([`QuickObserver::timing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuickTiming {
+    /// One action-less event in `every` is timed and reported with
+    /// [`QuickObserver::transition_finished`]; for the others no clock is read (1: every
+    /// one is timed). To time one, the runtime also reads the clock at the transition
+    /// before it, so its time in the state it leaves is exact.
+    pub every: u32,
+    /// The events not timed are reported with [`QuickObserver::transition_untimed`]
+    /// (`false`: not at all; the engine's own counts, [`MachineStatus::transitions`] and
+    /// [`MachineStatus::events`], still count them).
+    ///
+    /// [`MachineStatus::transitions`]: crate::runtime::engine::MachineStatus::transitions
+    /// [`MachineStatus::events`]: crate::runtime::engine::MachineStatus::events
+    pub report_untimed: bool,
+}
+
+impl Default for QuickTiming {
+    /// Every action-less event timed and reported.
+    fn default() -> Self {
+        QuickTiming {
+            every: 1,
+            report_untimed: false,
+        }
+    }
+}
+
 /// One machine's receiver for the events that trigger no action, handed to the runtime by
 /// [`Observer::quick_observer`]: it replaces [`Observer::transition_finished`] for that
 /// machine so the call carries only what metrics use. Called from the machine's own task
@@ -312,8 +345,9 @@ pub trait Observer: Send + Sync + 'static {
 pub trait QuickObserver: Send + Sync + 'static {
     /// The machine left state `from` for `to` on event `event_id` (indexes into the
     /// definition it had when this receiver was handed over), after `time_in_from_ns`
-    /// nanoseconds in `from` (`TransitionReport::time_in_from`); the event's processing
-    /// took `duration_ns` (`EventReport::duration`) and ended with the transition.
+    /// nanoseconds in `from` (`TransitionReport::time_in_from`; `u64::MAX` when `from`'s
+    /// entry was not timed); the event's processing took `duration_ns`
+    /// (`EventReport::duration`) and ended with the transition.
     fn transition_finished(
         &self,
         from: usize,
@@ -322,4 +356,14 @@ pub trait QuickObserver: Send + Sync + 'static {
         time_in_from_ns: u64,
         duration_ns: u64,
     );
+    /// How the runtime times and reports this machine's action-less events; asked once,
+    /// when the receiver is handed over. The default times and reports every one.
+    fn timing(&self) -> QuickTiming {
+        QuickTiming::default()
+    }
+    /// An action-less event that was not timed ([`QuickTiming::every`]), when
+    /// [`QuickTiming::report_untimed`] asks for them.
+    fn transition_untimed(&self, from: usize, to: usize, event_id: usize) {
+        let _ = (from, to, event_id);
+    }
 }

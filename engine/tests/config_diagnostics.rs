@@ -1460,6 +1460,63 @@ fn metadata_singleton_is_a_boolean() {
 }
 
 #[test]
+fn metrics_detail_is_a_name_or_a_list_of_names() {
+    let rules = "transitions:\n  - {from: waiting, to: done, event: go}\n";
+    let one = load(&format!("metrics: {{detail: states}}\n{rules}"));
+    assert!(one.diagnostics.is_empty(), "{}", dump(&one));
+    let d = one
+        .def
+        .as_ref()
+        .map(|d| d.metrics_detail)
+        .unwrap_or_default();
+    assert!(d.states && !d.transitions && !d.actions);
+    let list = load(&format!(
+        "metrics:\n  detail: [transitions, actions]\n{rules}"
+    ));
+    assert!(list.diagnostics.is_empty(), "{}", dump(&list));
+    let d = list
+        .def
+        .as_ref()
+        .map(|d| d.metrics_detail)
+        .unwrap_or_default();
+    assert!(!d.states && d.transitions && d.actions);
+    let plain = load(rules);
+    assert_eq!(
+        plain.def.as_ref().map(|d| d.metrics_detail),
+        Some(turnstile_engine::MetricsDetail::NONE)
+    );
+    let typo = load(&format!(
+        "metrics:\n  detail: [states, transitons]\n{rules}"
+    ));
+    only(
+        &typo,
+        Severity::Error,
+        "bad-metrics-detail",
+        (2, 20),
+        "unknown metrics detail `transitons`",
+        "transitions",
+    );
+    let key = load(&format!("metrics:\n  level: all\n{rules}"));
+    only(
+        &key,
+        Severity::Error,
+        "unknown-key",
+        (2, 3),
+        "unknown key `level` in `metrics`",
+        "detail",
+    );
+    let not_a_map = load(&format!("metrics: all\n{rules}"));
+    assert!(
+        not_a_map
+            .diagnostics
+            .iter()
+            .any(|d| d.code == "wrong-type" && d.loc.line == 1 && d.message.contains("`metrics`")),
+        "{}",
+        dump(&not_a_map)
+    );
+}
+
+#[test]
 fn redact_is_a_list_of_field_names() {
     let ok =
         load("redact: [iban, Card_PIN]\ntransitions:\n  - {from: waiting, to: done, event: go}\n");

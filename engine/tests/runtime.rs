@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use turnstile_engine::observe::{
     ActionOutcome, ErrorKind, EventOutcome, EventReport, MachineRef, Observer, QuickObserver,
-    StopReason, TransitionReport,
+    QuickTiming, StopReason, TransitionReport,
 };
 use turnstile_engine::{Engine, Event, SendError, TraceContext};
 
@@ -662,6 +662,10 @@ struct QuickLog {
     reports: Mutex<Vec<String>>,
     /// Receivers handed out.
     asked: AtomicUsize,
+    /// What the receivers answer to `timing` (the default when `None`).
+    timing: Option<QuickTiming>,
+    /// Untimed quick calls: (from, to, event_id).
+    untimed: Mutex<Vec<(usize, usize, usize)>>,
 }
 
 struct QuickSink {
@@ -673,6 +677,12 @@ impl QuickObserver for QuickSink {
     fn transition_finished(&self, from: usize, to: usize, event_id: usize, t: u64, d: u64) {
         let call = (self.receiver, from, to, event_id, t, d);
         self.log.calls.lock().unwrap().push(call);
+    }
+    fn timing(&self) -> QuickTiming {
+        self.log.timing.unwrap_or_default()
+    }
+    fn transition_untimed(&self, from: usize, to: usize, event_id: usize) {
+        self.log.untimed.lock().unwrap().push((from, to, event_id));
     }
 }
 
@@ -692,6 +702,10 @@ impl Observer for WithQuick {
     fn transition(&self, r: &TransitionReport<'_>) {
         let line = format!("transition {}->{}", r.from.name, r.to.name);
         self.0.reports.lock().unwrap().push(line);
+        if r.time_in_from == turnstile_engine::observe::NOT_TIMED {
+            let line = format!("not timed in {}", r.from.name);
+            self.0.reports.lock().unwrap().push(line);
+        }
     }
     fn transition_finished(&self, r: &TransitionReport<'_>, _d: Duration) {
         let line = format!("transition_finished {}", r.event.name);
@@ -796,6 +810,70 @@ actions:
         .unwrap()
         .iter()
         .any(|r| r.starts_with("transition_finished")));
+    engine.shutdown();
+    engine.join().await;
+}
+
+/// With `QuickTiming { every: 3 }` one action-less event in three is timed (its time in
+/// the state it leaves is exact: the one before it notes when that state was entered),
+/// the others are reported without durations when asked for; a state entered by an
+/// untimed event and left by one with actions has no time in it (`NOT_TIMED`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_quick_observer_may_time_one_event_in_n() {
+    let log = Arc::new(QuickLog {
+        timing: Some(QuickTiming {
+            every: 3,
+            report_untimed: true,
+        }),
+        ..QuickLog::default()
+    });
+    let engine = Engine::builder()
+        .observer(Arc::new(WithQuick(log.clone())))
+        .build();
+    let yaml = r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: a, event: back}
+  - {from: a, to: c, event: work}
+  - {from: c, to: a, event: back}
+actions:
+  c:
+    - {type: log, message: hi}
+"#;
+    let d = def(yaml);
+    let (a, b) = (d.state_index("a").unwrap(), d.state_index("b").unwrap());
+    let (go, back) = (d.event_index("go").unwrap(), d.event_index("back").unwrap());
+    engine.spawn(d).unwrap();
+    for (i, e) in ["go", "back", "go", "back", "go", "back", "go"]
+        .iter()
+        .enumerate()
+    {
+        engine.send("m", Event::new(*e)).await.unwrap();
+        wait_transitions(&engine, "m", i as u64 + 1).await;
+    }
+    let calls = log.calls.lock().unwrap().clone();
+    let timed: Vec<_> = calls.iter().map(|c| (c.1, c.2, c.3)).collect();
+    // Events 1, 4 and 7 timed; 2, 3, 5 and 6 not.
+    assert_eq!(timed, [(a, b, go), (b, a, back), (a, b, go)]);
+    assert!(calls.iter().all(|c| c.4 != u64::MAX), "{calls:?}");
+    assert_eq!(
+        *log.untimed.lock().unwrap(),
+        [(b, a, back), (a, b, go), (a, b, go), (b, a, back)]
+    );
+    // Event 8 (untimed) enters `a`; `work` leaves it with actions: no time in `a`.
+    engine.send("m", Event::new("back")).await.unwrap();
+    wait_transitions(&engine, "m", 8).await;
+    engine.send("m", Event::new("work")).await.unwrap();
+    wait_transitions(&engine, "m", 9).await;
+    let reports = log.reports.lock().unwrap().clone();
+    assert_eq!(
+        reports[..2],
+        ["transition a->c", "not timed in a"],
+        "{reports:?}"
+    );
+    assert_eq!(engine.machine("m").unwrap().transitions, 9);
     engine.shutdown();
     engine.join().await;
 }

@@ -530,6 +530,7 @@ pub fn compile(
         content_hash,
         singleton: spec.singleton,
         redact: spec.redact.iter().map(|n| n.value.clone()).collect(),
+        metrics_detail: spec.metrics_detail,
     })
 }
 

@@ -114,6 +114,8 @@ pub struct MachineSpec {
     /// `redact:`: field names added to the process's list of sensitive names
     /// ([`crate::redact`]).
     pub redact: Vec<Located<String>>,
+    /// `metrics: {detail: ...}` ([`crate::MetricsDetail`]; default: none).
+    pub metrics_detail: crate::MetricsDetail,
 }
 
 impl Default for Located<String> {
@@ -135,6 +137,7 @@ const TOP_KEYS: &[&str] = &[
     "context",
     "plugins",
     "redact",
+    "metrics",
     "template",
     "version",
 ];
@@ -208,6 +211,53 @@ fn seq_items<'a>(d: &mut Diagnostics, node: &'a Node, what: &str) -> Option<&'a 
             None
         }
     }
+}
+
+/// `metrics:`: a mapping whose one key, `detail`, is a detail name or a list of them
+/// (`states`, `transitions`, `actions`, `all`, `none`).
+fn read_metrics(d: &mut Diagnostics, node: &Node) -> crate::MetricsDetail {
+    use crate::MetricsDetail;
+    let mut detail = MetricsDetail::NONE;
+    let Some(pairs) = map_pairs(d, node, "`metrics`") else {
+        return detail;
+    };
+    for (k, v) in pairs {
+        let key = k.scalar_text().unwrap_or_default();
+        if key != "detail" {
+            d.error(
+                "unknown-key",
+                k.loc,
+                format!("unknown key `{key}` in `metrics`"),
+                Some("`metrics` has one key, `detail` (e.g. `metrics: {detail: [states]}`)".into()),
+            );
+            continue;
+        }
+        let items: Vec<&Node> = match &v.value {
+            Value::Seq(items) => items.iter().collect(),
+            Value::Null => Vec::new(),
+            _ => vec![v],
+        };
+        for it in items {
+            let Some(name) = expect_str(d, it, "a metrics detail") else {
+                continue;
+            };
+            match MetricsDetail::item(&name.value) {
+                Some(x) => detail = detail.union(x),
+                None => {
+                    let hint = suggest(&name.value, MetricsDetail::NAMES.iter().copied(), || {
+                        format!("known details: {}", MetricsDetail::NAMES.join(", "))
+                    });
+                    d.error(
+                        "bad-metrics-detail",
+                        name.loc,
+                        format!("unknown metrics detail `{}`", name.value),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+    }
+    detail
 }
 
 /// Reads a machine spec out of a parsed YAML tree, recording every problem in `d`.
@@ -357,6 +407,7 @@ pub fn read_machine(d: &mut Diagnostics, root: &Node, path: Option<&Path>) -> Ma
                     }
                 }
             }
+            "metrics" => spec.metrics_detail = read_metrics(d, v),
             _ => {
                 let hint = suggest(&key, TOP_KEYS.iter().copied(), || {
                     format!("known keys: {}", TOP_KEYS.join(", "))

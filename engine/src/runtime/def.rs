@@ -117,6 +117,9 @@ pub struct MachineDef {
     /// `redact:`: field names the process adds to its list of sensitive names when it runs
     /// this definition ([`crate::redact::extend_global`]).
     pub redact: Vec<String>,
+    /// `metrics: {detail: ...}`: the breakdowns an exporter shows for this machine beyond
+    /// its default series (added to the process's `--metrics-detail`).
+    pub metrics_detail: crate::MetricsDetail,
 }
 
 impl MachineDef {

@@ -516,7 +516,12 @@ mod tests {
             .expect("docs/metrics.md has a `## Prometheus metrics` section");
         let mut out = BTreeMap::new();
         let mut header_seen = false;
-        for line in section.lines().filter(|l| l.starts_with('|')) {
+        // The section's first table (the detail levels' table follows it).
+        let table = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'));
+        for line in table {
             let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
             if !header_seen {
                 assert_eq!(

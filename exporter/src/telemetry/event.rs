@@ -24,12 +24,19 @@ pub(super) fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// [`nanos`] of a time in a state, `None` when it was not measured
+/// ([`NOT_TIMED`](turnstile_engine::observe::NOT_TIMED)).
+#[inline]
+pub(super) fn timed(d: std::time::Duration) -> Option<u64> {
+    (d != turnstile_engine::observe::NOT_TIMED).then(|| nanos(d))
+}
+
 impl Telemetry {
     /// The transition's metrics (and, with spans, the running span's target state).
     #[inline]
     pub(super) fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
         slot.metrics
-            .transition(r.from.id, r.event_id, nanos(r.time_in_from));
+            .transition(r.from.id, r.event_id, timed(r.time_in_from));
         // The current state is only needed for the next span's `turnstile.state.from`.
         if self.spans.is_none() {
             return;
@@ -45,7 +52,7 @@ impl Telemetry {
     #[inline]
     pub(super) fn finished(&self, slot: &Slot, r: &EventReport<'_>) {
         let ns = nanos(r.duration);
-        slot.count(ns);
+        slot.count(ns, 1);
         let outcome = event_outcome_index(r.outcome);
         let transitioned = r.outcome == EventOutcome::Transitioned;
         let ns = transitioned.then_some(ns);

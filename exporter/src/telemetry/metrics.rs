@@ -14,13 +14,15 @@ mod durations;
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{
+    EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use turnstile_engine::observe::ErrorKind;
-use turnstile_engine::MachineDef;
+use turnstile_engine::{MachineDef, MetricsDetail};
 
 use super::catalogue;
 use super::local::{CounterWriter, HistogramWriter, LocalCounter, LocalHistogram};
@@ -58,34 +60,103 @@ pub struct TraceExemplar {
 struct MachineL {
     machine: Arc<str>,
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransitionL {
-    machine: Arc<str>,
-    from: Arc<str>,
-    to: Arc<str>,
-    event: Arc<str>,
+/// Writes `(name, value)` labels, skipping the `None` ones: a family whose series have
+/// fewer labels at the default level than with detail (docs/metrics.md).
+fn encode_labels(
+    encoder: &mut LabelSetEncoder,
+    labels: &[(&'static str, Option<&str>)],
+) -> Result<(), std::fmt::Error> {
+    for (name, value) in labels {
+        if let Some(v) = value {
+            (*name, *v).encode(encoder.encode_label())?;
+        }
+    }
+    Ok(())
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventL {
+
+/// `turnstile_transitions_total`: by machine, and by rule with the `transitions` detail.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(super) struct TransitionL {
     machine: Arc<str>,
-    event: Arc<str>,
+    /// (from, to, event).
+    rule: Option<(Arc<str>, Arc<str>, Arc<str>)>,
+}
+impl EncodeLabelSet for TransitionL {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let r = self.rule.as_ref();
+        encode_labels(
+            encoder,
+            &[
+                ("machine", Some(&*self.machine)),
+                ("from", r.map(|r| &*r.0)),
+                ("to", r.map(|r| &*r.1)),
+                ("event", r.map(|r| &*r.2)),
+            ],
+        )
+    }
+}
+/// `turnstile_events_total`: by machine and outcome, and by event with the `transitions`
+/// detail.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(super) struct EventL {
+    machine: Arc<str>,
+    event: Option<Arc<str>>,
     outcome: &'static str,
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+impl EncodeLabelSet for EventL {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_labels(
+            encoder,
+            &[
+                ("machine", Some(&*self.machine)),
+                ("event", self.event.as_deref()),
+                ("outcome", Some(self.outcome)),
+            ],
+        )
+    }
+}
+/// `turnstile_action_duration_seconds`: by machine, and by action type and outcome with
+/// the `actions` detail.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ActionL {
     machine: Arc<str>,
-    action: Arc<str>,
-    outcome: &'static str,
+    /// (action type, outcome).
+    action: Option<(Arc<str>, &'static str)>,
+}
+impl EncodeLabelSet for ActionL {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let a = self.action.as_ref();
+        encode_labels(
+            encoder,
+            &[
+                ("machine", Some(&*self.machine)),
+                ("action", a.map(|a| &*a.0)),
+                ("outcome", a.map(|a| a.1)),
+            ],
+        )
+    }
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorL {
     machine: Arc<str>,
     kind: &'static str,
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `turnstile_state_duration_seconds`: by machine, and by state with the `states` detail.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct StateL {
     machine: Arc<str>,
-    state: Arc<str>,
+    state: Option<Arc<str>>,
+}
+impl EncodeLabelSet for StateL {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_labels(
+            encoder,
+            &[
+                ("machine", Some(&*self.machine)),
+                ("state", self.state.as_deref()),
+            ],
+        )
+    }
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultL {
@@ -132,8 +203,8 @@ pub enum ReloadResult {
 
 /// Every metric family, registered once.
 pub struct Metrics {
-    transitions: Family<TransitionL, LocalCounter>,
-    events: Family<EventL, LocalCounter>,
+    pub(super) transitions: Family<TransitionL, LocalCounter>,
+    pub(super) events: Family<EventL, LocalCounter>,
     event_duration: DurationFamily<MachineL>,
     action_duration: DurationFamily<ActionL>,
     errors: Family<ErrorL, Counter>,
@@ -195,8 +266,8 @@ impl Metrics {
             .set(1);
         let r = registry;
         catalogue::BUILD_INFO.register(r, build_info);
-        catalogue::TRANSITIONS.register(r, m.transitions.clone());
-        catalogue::EVENTS.register(r, m.events.clone());
+        // `transitions` and `events` are written by the scrape-time collector
+        // (`queue_depth.rs`), which adds the engine's own counts for the default level.
         m.event_duration.register(r, &catalogue::EVENT_DURATION);
         m.action_duration.register(r, &catalogue::ACTION_DURATION);
         catalogue::ERRORS.register(r, m.errors.clone());
@@ -233,17 +304,126 @@ impl Metrics {
         Metrics { global_errors, ..m }
     }
 
-    /// Creates every series of a machine and returns their handles.
-    pub fn machine(&self, def: &MachineDef) -> MachineMetrics {
+    /// Creates every series of a machine at the level `detail` and returns their handles.
+    pub fn machine(&self, def: &MachineDef, detail: MetricsDetail) -> MachineMetrics {
         let machine: Arc<str> = def.name.clone();
         let n_events = def.events.len();
-        // A `from: "*"` rule's transitions are counted in one series, `from="*"`, whatever
-        // state they leave: one series per rule, not per state, so the series stay linear
-        // in the config's size (1,000 states x 1,000 wildcard rules: 1,000 series, not a
-        // million).
-        let wildcard: Arc<str> = Arc::from(WILDCARD_FROM);
         let mut transitions: Vec<Option<u32>> = vec![None; def.states.len() * n_events];
         let mut transition_counters: Vec<CounterWriter> = Vec::new();
+        // Without the detail, the engine's own count of the machine's transitions is the
+        // series (read at scrape time): nothing to count here.
+        if detail.transitions {
+            self.rule_counters(def, &mut transitions, &mut transition_counters);
+        }
+        let event_names: Vec<Option<Arc<str>>> = if detail.transitions {
+            def.events
+                .iter()
+                .cloned()
+                .chain([Arc::from(OTHER_EVENT)])
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let events = event_names
+            .into_iter()
+            .map(|event| {
+                EVENT_OUTCOMES.map(|outcome| {
+                    // Without the detail, transitioned events are the engine's count.
+                    (event.is_some() || outcome != EVENT_OUTCOMES[0]).then(|| {
+                        self.events
+                            .get_or_create(&EventL {
+                                machine: machine.clone(),
+                                event: event.clone(),
+                                outcome,
+                            })
+                            .writer()
+                    })
+                })
+            })
+            .collect();
+        let mut kinds: Vec<Arc<str>> = def
+            .states
+            .iter()
+            .flat_map(|s| s.entry.iter())
+            .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
+            .map(|a| a.kind.clone())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let actions = if detail.actions {
+            Actions::ByKind(
+                kinds
+                    .iter()
+                    .map(|kind| {
+                        ACTION_OUTCOMES.map(|outcome| {
+                            self.action_duration.series(&ActionL {
+                                machine: machine.clone(),
+                                action: Some((kind.clone(), outcome)),
+                            })
+                        })
+                    })
+                    .collect(),
+                kinds,
+            )
+        } else {
+            Actions::All(self.action_duration.series(&ActionL {
+                machine: machine.clone(),
+                action: None,
+            }))
+        };
+        let errors = ErrorKind::ALL.map(|k| {
+            self.errors
+                .get_or_create(&ErrorL {
+                    machine: machine.clone(),
+                    kind: k.as_str(),
+                })
+                .clone()
+        });
+        let states: Vec<Option<Arc<str>>> = if detail.states {
+            def.states.iter().map(|s| Some(s.name.clone())).collect()
+        } else {
+            vec![None]
+        };
+        let state_duration = states
+            .into_iter()
+            .map(|state| {
+                self.state_duration
+                    .get_or_create(&StateL {
+                        machine: machine.clone(),
+                        state,
+                    })
+                    .writer()
+            })
+            .collect();
+        let event_duration = self.event_duration.series(&MachineL {
+            machine: machine.clone(),
+        });
+        MachineMetrics {
+            detail,
+            n_events,
+            transitions,
+            transition_counters,
+            events,
+            event_duration,
+            actions,
+            errors,
+            state_duration,
+        }
+    }
+
+    /// The `transitions` detail: a series per (state, event) a rule with `from:` states
+    /// applies in, and one per `from: "*"` rule, `from="*"`, whatever state it leaves (so
+    /// the series stay linear in the config's size: 1,000 states x 1,000 wildcard rules are
+    /// 1,000 series, not a million).
+    fn rule_counters(
+        &self,
+        def: &MachineDef,
+        transitions: &mut [Option<u32>],
+        counters: &mut Vec<CounterWriter>,
+    ) {
+        let n_events = def.events.len();
+        let wildcard: Arc<str> = Arc::from(WILDCARD_FROM);
         // Wildcard rule (by address) -> its counter.
         let mut of_wildcard: std::collections::HashMap<
             *const turnstile_engine::runtime::def::Rule,
@@ -261,18 +441,20 @@ impl Metrics {
                         continue;
                     }
                 }
-                let ix = u32::try_from(transition_counters.len()).unwrap_or(u32::MAX);
-                transition_counters.push(
+                let ix = u32::try_from(counters.len()).unwrap_or(u32::MAX);
+                counters.push(
                     self.transitions
                         .get_or_create(&TransitionL {
-                            machine: machine.clone(),
-                            from: if wild {
-                                wildcard.clone()
-                            } else {
-                                s.name.clone()
-                            },
-                            to: def.states[rule.to].name.clone(),
-                            event: def.events[e].clone(),
+                            machine: def.name.clone(),
+                            rule: Some((
+                                if wild {
+                                    wildcard.clone()
+                                } else {
+                                    s.name.clone()
+                                },
+                                def.states[rule.to].name.clone(),
+                                def.events[e].clone(),
+                            )),
                         })
                         .writer(),
                 );
@@ -282,75 +464,95 @@ impl Metrics {
                 transitions[si * n_events + e] = Some(ix);
             }
         }
-        let event_names = def.events.iter().cloned().chain([Arc::from(OTHER_EVENT)]);
-        let events = event_names
-            .map(|event| {
-                EVENT_OUTCOMES.map(|outcome| {
-                    self.events
-                        .get_or_create(&EventL {
-                            machine: machine.clone(),
-                            event: event.clone(),
-                            outcome,
-                        })
-                        .writer()
-                })
-            })
-            .collect();
-        let mut kinds: Vec<Arc<str>> = def
-            .states
-            .iter()
-            .flat_map(|s| s.entry.iter())
-            .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
-            .map(|a| a.kind.clone())
-            .collect();
-        kinds.sort();
-        kinds.dedup();
-        let actions = kinds
-            .iter()
-            .map(|kind| {
-                ACTION_OUTCOMES.map(|outcome| {
-                    self.action_duration.series(&ActionL {
-                        machine: machine.clone(),
-                        action: kind.clone(),
-                        outcome,
-                    })
-                })
-            })
-            .collect();
-        let errors = ErrorKind::ALL.map(|k| {
-            self.errors
-                .get_or_create(&ErrorL {
+    }
+
+    /// Removes the series a machine had at level `old` that it no longer has at level `new`
+    /// (a reload changed its `metrics:` key): a family shows a machine at one level only,
+    /// so that sums over it count each event once.
+    pub fn forget_level(&self, def: &MachineDef, old: MetricsDetail, new: MetricsDetail) {
+        let machine = &def.name;
+        if old.transitions != new.transitions {
+            let mut t = Vec::new();
+            if old.transitions {
+                let wildcard: Arc<str> = Arc::from(WILDCARD_FROM);
+                for (si, s) in def.states.iter().enumerate() {
+                    for e in &def.events {
+                        if let Some(rule) = def.route(si, e) {
+                            let from = if rule.from.is_none() {
+                                wildcard.clone()
+                            } else {
+                                s.name.clone()
+                            };
+                            let to = def.states[rule.to].name.clone();
+                            t.push(Some((from, to, e.clone())));
+                        }
+                    }
+                }
+            }
+            for rule in t {
+                self.transitions.remove(&TransitionL {
                     machine: machine.clone(),
-                    kind: k.as_str(),
-                })
-                .clone()
-        });
-        let state_l = |s: &Arc<str>| StateL {
-            machine: machine.clone(),
-            state: s.clone(),
-        };
-        let state_duration = def
-            .states
-            .iter()
-            .map(|s| {
-                self.state_duration
-                    .get_or_create(&state_l(&s.name))
-                    .writer()
-            })
-            .collect();
-        let event_duration = self.event_duration.series(&MachineL {
-            machine: machine.clone(),
-        });
-        MachineMetrics {
-            n_events,
-            transitions,
-            transition_counters,
-            events,
-            event_duration,
-            action_kinds: kinds,
-            actions,
-            errors,
-            state_duration,
+                    rule,
+                });
+            }
+            let events: Vec<Option<Arc<str>>> = if old.transitions {
+                def.events
+                    .iter()
+                    .cloned()
+                    .chain([Arc::from(OTHER_EVENT)])
+                    .map(Some)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for event in events {
+                for outcome in EVENT_OUTCOMES {
+                    self.events.remove(&EventL {
+                        machine: machine.clone(),
+                        event: event.clone(),
+                        outcome,
+                    });
+                }
+            }
+        }
+        if old.states != new.states {
+            let states: Vec<Option<Arc<str>>> = if old.states {
+                def.states.iter().map(|s| Some(s.name.clone())).collect()
+            } else {
+                vec![None]
+            };
+            for state in states {
+                self.state_duration.remove(&StateL {
+                    machine: machine.clone(),
+                    state,
+                });
+            }
+        }
+        if old.actions != new.actions {
+            let mut labels = vec![ActionL {
+                machine: machine.clone(),
+                action: None,
+            }];
+            if old.actions {
+                labels.clear();
+                let kinds = def
+                    .states
+                    .iter()
+                    .flat_map(|s| s.entry.iter())
+                    .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
+                    .map(|a| a.kind.clone());
+                for kind in kinds {
+                    for outcome in ACTION_OUTCOMES {
+                        labels.push(ActionL {
+                            machine: machine.clone(),
+                            action: Some((kind.clone(), outcome)),
+                        });
+                    }
+                }
+            }
+            for l in &labels {
+                self.action_duration.remove(l);
+            }
         }
     }
 
@@ -378,38 +580,60 @@ impl Metrics {
     }
 }
 
+/// A machine's action duration series.
+enum Actions {
+    /// One for every action (the default level).
+    All(DurationSeries),
+    /// `[kind]` x [`ACTION_OUTCOMES`] (the `actions` detail), and the kinds.
+    ByKind(Vec<[DurationSeries; 4]>, Vec<Arc<str>>),
+}
+
 /// One machine's series. Everything but the error counters may only be updated from the
 /// machine's own task.
 pub struct MachineMetrics {
+    /// The level they were created at.
+    pub(super) detail: MetricsDetail,
     n_events: usize,
     /// `[from * n_events + event_id]`: index in `transition_counters`; `None` where no
     /// rule exists.
     transitions: Vec<Option<u32>>,
-    /// One per series (a wildcard rule's is shared by every state it applies in).
+    /// One per series: the machine's one (default level), or one per rule (a wildcard
+    /// rule's is shared by every state it applies in).
     transition_counters: Vec<CounterWriter>,
-    /// `[event_id]` (the last entry is [`OTHER_EVENT`]) x [`EVENT_OUTCOMES`].
-    events: Vec<[CounterWriter; 3]>,
+    /// `[event_id]` x [`EVENT_OUTCOMES`]: one row at the default level (whose
+    /// `transitioned` is the engine's count, read at scrape time: `None`), else one per
+    /// event and a last one for [`OTHER_EVENT`].
+    events: Vec<[Option<CounterWriter>; 3]>,
     event_duration: DurationSeries,
-    action_kinds: Vec<Arc<str>>,
-    /// `[kind]` x [`ACTION_OUTCOMES`].
-    actions: Vec<[DurationSeries; 4]>,
+    actions: Actions,
     errors: [Counter; ErrorKind::ALL.len()],
-    /// `[state]`.
+    /// One (default level), or `[state]`.
     state_duration: Vec<HistogramWriter>,
 }
 
 impl MachineMetrics {
-    /// A transition from `from` on `event_id`, after `time_in_from_ns` nanoseconds in
-    /// `from`.
+    /// The row of `events` for an event id (`None`: a name the config never mentions).
     #[inline]
-    pub fn transition(&self, from: usize, event_id: usize, time_in_from_ns: u64) {
+    fn event_row(&self, event_id: Option<usize>) -> Option<&[Option<CounterWriter>; 3]> {
+        let last = self.events.len().checked_sub(1)?;
+        let i = event_id.filter(|&i| i < self.n_events).unwrap_or(last);
+        self.events.get(i.min(last))
+    }
+
+    /// A transition from `from` on `event_id`, after `time_in_from_ns` nanoseconds in
+    /// `from` (`None`: not timed).
+    #[inline]
+    pub fn transition(&self, from: usize, event_id: usize, time_in_from_ns: Option<u64>) {
         if let Some(Some(ix)) = self.transitions.get(from * self.n_events + event_id) {
             if let Some(c) = self.transition_counters.get(*ix as usize) {
                 c.inc();
             }
         }
-        if let Some(h) = self.state_duration.get(from) {
-            h.observe_nanos(time_in_from_ns);
+        if let Some(ns) = time_in_from_ns {
+            let last = self.state_duration.len().saturating_sub(1);
+            if let Some(h) = self.state_duration.get(from.min(last)) {
+                h.observe_nanos(ns);
+            }
         }
     }
 
@@ -417,12 +641,20 @@ impl MachineMetrics {
     /// `ns` nanoseconds: [`Self::transition`] and [`Self::event`] (transitioned, no
     /// exemplar).
     #[inline]
-    pub fn transition_finished(&self, from: usize, event_id: usize, time_in_from_ns: u64, ns: u64) {
+    pub fn transition_finished(
+        &self,
+        from: usize,
+        event_id: usize,
+        time_in_from_ns: Option<u64>,
+        ns: Option<u64>,
+    ) {
         self.transition(from, event_id, time_in_from_ns);
-        if let Some(c) = self.events.get(event_id.min(self.n_events)) {
-            c[0].inc();
+        if let Some(Some(c)) = self.event_row(Some(event_id)).map(|r| &r[0]) {
+            c.inc();
         }
-        self.event_duration.observe_nanos_with(ns, None);
+        if let Some(ns) = ns {
+            self.event_duration.observe_nanos_with(ns, None);
+        }
     }
 
     /// An event ended (after `ns` nanoseconds, observed when given).
@@ -434,10 +666,7 @@ impl MachineMetrics {
         ns: Option<u64>,
         exemplar: Option<TraceExemplar>,
     ) {
-        let i = event_id
-            .filter(|&i| i < self.n_events)
-            .unwrap_or(self.n_events);
-        if let Some(c) = self.events.get(i).and_then(|o| o.get(outcome)) {
+        if let Some(Some(c)) = self.event_row(event_id).and_then(|o| o.get(outcome)) {
             c.inc();
         }
         if let Some(ns) = ns {
@@ -454,9 +683,14 @@ impl MachineMetrics {
         seconds: f64,
         exemplar: Option<TraceExemplar>,
     ) {
-        if let Some(k) = self.action_kinds.iter().position(|k| &**k == kind) {
-            if let Some(h) = self.actions[k].get(outcome) {
-                h.observe(seconds, exemplar);
+        match &self.actions {
+            Actions::All(h) => h.observe(seconds, exemplar),
+            Actions::ByKind(series, kinds) => {
+                if let Some(k) = kinds.iter().position(|k| &**k == kind) {
+                    if let Some(h) = series[k].get(outcome) {
+                        h.observe(seconds, exemplar);
+                    }
+                }
             }
         }
     }
@@ -498,11 +732,12 @@ mod tests {
         let def = loaded.def.unwrap();
         let mut registry = Registry::with_prefix("turnstile");
         let m = Metrics::new(&mut registry, Counter::default(), Counter::default(), false);
-        let mm = m.machine(&def);
+        let mm = m.machine(&def, MetricsDetail::ALL);
         // e7 from two different states: both counted in the rule's one series.
         let e7 = def.event_index("e7").unwrap();
-        mm.transition(3, e7, 0);
-        mm.transition(500, e7, 0);
+        mm.transition(3, e7, Some(0));
+        mm.transition(500, e7, None);
+        catalogue::TRANSITIONS.register(&mut registry, m.transitions.clone());
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
         let series: Vec<&str> = page

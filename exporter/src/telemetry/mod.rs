@@ -34,14 +34,19 @@ use std::time::{Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json};
-use turnstile_engine::observe::ErrorKind;
-use turnstile_engine::{ActionRegistry, Engine, EngineBuilder, EngineStatus};
+use turnstile_engine::observe::{ErrorKind, QuickTiming};
+use turnstile_engine::{
+    ActionRegistry, Engine, EngineBuilder, EngineStatus, MachineDef, MetricsDetail,
+};
 
 use metrics::Metrics;
 use queue_depth::QueueDepth;
 use records::{ErrorRecord, Ring, TraceRecord};
 use slot::Slot;
 use spans::{SpanSettings, Spans};
+
+/// [`TelemetryConfig::timing_sample`] by default.
+pub const DEFAULT_TIMING_SAMPLE: u32 = 16;
 
 /// What to collect.
 #[derive(Debug, Clone)]
@@ -54,6 +59,13 @@ pub struct TelemetryConfig {
     pub spans: Option<SpanSettings>,
     /// Output captured from actions kept per `/trace` record, in bytes.
     pub output_limit: usize,
+    /// Metric breakdowns shown for every machine beyond the default series
+    /// (`--metrics-detail`); a config's own `metrics:` key adds to it for its machine.
+    pub metrics_detail: MetricsDetail,
+    /// With the metrics only (no records, no spans), one action-less event in this many
+    /// is timed (`--metrics-timing-sample`; 1: every one). Counts stay exact; events with
+    /// actions are always timed.
+    pub timing_sample: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -63,6 +75,8 @@ impl Default for TelemetryConfig {
             error_buffer: 1000,
             spans: None,
             output_limit: 1024,
+            metrics_detail: MetricsDetail::NONE,
+            timing_sample: DEFAULT_TIMING_SAMPLE,
         }
     }
 }
@@ -110,7 +124,12 @@ impl Telemetry {
         registry.register_collector(Box::new(process::ProcessCollector));
         let sub = registry.sub_registry_with_prefix("turnstile");
         let metrics = Metrics::new(sub, spans_exported, spans_dropped, spans.is_some());
-        sub.register_collector(Box::new(QueueDepth(engine.clone())));
+        sub.register_collector(Box::new(QueueDepth {
+            engine: engine.clone(),
+            detail: config.metrics_detail,
+            transitions: metrics.transitions.clone(),
+            events: metrics.events.clone(),
+        }));
         Ok(Arc::new(Telemetry {
             errors: Ring::new(config.error_buffer),
             config,
@@ -310,7 +329,9 @@ impl Telemetry {
     /// `/stats`.
     pub fn stats(&self, listen: Option<&str>) -> Json {
         let slots = self.slots();
-        let processed: u64 = slots
+        // Timed events (weighted: action-less events may be sampled) give the average;
+        // the engine counts every event.
+        let timed: u64 = slots
             .iter()
             .map(|s| s.processed.load(Ordering::Relaxed))
             .sum();
@@ -318,11 +339,14 @@ impl Telemetry {
             .iter()
             .map(|s| s.busy_ns.load(Ordering::Relaxed))
             .sum();
-        let avg_ms = if processed == 0 {
+        let avg_ms = if timed == 0 {
             0.0
         } else {
-            busy_ns as f64 / processed as f64 / 1e6
+            busy_ns as f64 / timed as f64 / 1e6
         };
+        let processed = self.engine.get().map_or(timed, |e| {
+            e.machines().iter().map(|m| m.events).sum::<u64>()
+        });
         let machines: serde_json::Map<String, Json> = self
             .engine
             .get()
@@ -366,6 +390,24 @@ impl Telemetry {
             .clone()
     }
 
+    /// How a machine's action-less events are timed and reported to its slot: sampled
+    /// with the metrics only, each one reported when the counts are per rule.
+    fn quick_timing(&self, def: &MachineDef) -> QuickTiming {
+        QuickTiming {
+            every: if self.metrics_only() {
+                self.config.timing_sample.max(1)
+            } else {
+                1
+            },
+            report_untimed: self.detail(def).transitions,
+        }
+    }
+
+    /// The level of a machine's metrics: the process's, with its config's own.
+    fn detail(&self, def: &MachineDef) -> MetricsDetail {
+        self.config.metrics_detail.union(def.metrics_detail)
+    }
+
     /// Neither `/trace` records nor spans: events and actions only update metrics.
     #[inline]
     fn metrics_only(&self) -> bool {
@@ -377,7 +419,7 @@ impl Telemetry {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use turnstile_engine::Observer;
+    use turnstile_engine::{Event, Observer};
 
     /// The telemetry keeps a status handle, not the engine: dropping the engine (and the
     /// registry whose plugin host it observes) leaves the telemetry with one owner, and the
@@ -407,6 +449,224 @@ mod tests {
             "something still owns the telemetry"
         );
         assert_eq!(t.stats(None)["machines"]["m"]["state"], "a");
+    }
+
+    /// 20 states in a ring on `next`, and one more rule per state on an event of its own
+    /// (`reset{i}` back to `s00`): 40 rules, 21 events; entry actions of two types.
+    fn budget_config(name: &str, metrics: &str) -> String {
+        let mut y = format!(
+            "metadata: {{machine_name: {name}}}\ninitial_state: s00\n{metrics}transitions:\n"
+        );
+        for i in 0..20 {
+            y.push_str(&format!(
+                "  - {{from: s{i:02}, to: s{:02}, event: next}}\n  - {{from: s{i:02}, to: s00, event: reset{i}}}\n",
+                (i + 1) % 20
+            ));
+        }
+        y.push_str("actions:\n  s01:\n    - {type: log, message: hi}\n  s02:\n    - {type: set_context, key: a, value: 1}\n");
+        y
+    }
+
+    /// The samples of machine `m` in a Prometheus text page.
+    fn samples_of(page: &str, m: &str) -> usize {
+        let label = format!("machine=\"{m}\"");
+        page.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .count()
+    }
+
+    /// Runs the budget machine at each level (the process's flag, or the config's key)
+    /// and returns the pages.
+    async fn pages_at_each_level() -> Vec<(&'static str, MetricsDetail, usize, String)> {
+        let plugins = ActionRegistry::with_builtins();
+        let mut out = Vec::new();
+        for (name, flag, key) in [
+            ("default", MetricsDetail::NONE, ""),
+            ("states", MetricsDetail::parse_list("states").unwrap(), ""),
+            (
+                "transitions",
+                MetricsDetail::NONE,
+                "metrics: {detail: transitions}\n",
+            ),
+            (
+                "actions",
+                MetricsDetail::NONE,
+                "metrics: {detail: [actions]}\n",
+            ),
+            ("all", MetricsDetail::ALL, ""),
+        ] {
+            let t = Telemetry::new(TelemetryConfig {
+                metrics_detail: flag,
+                ..TelemetryConfig::default()
+            })
+            .unwrap();
+            let engine = t.install(Engine::builder(), &plugins);
+            let loaded =
+                turnstile_engine::config::load_str(&budget_config("m", key), None, &plugins);
+            let def = loaded
+                .def
+                .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+            let level = flag.union(def.metrics_detail);
+            // The rules' events, and any an action may return.
+            let events = def.events.len();
+            engine.spawn(def).unwrap();
+            for ev in ["next", "next", "reset2", "next", "nonsense"] {
+                engine.send("m", Event::new(Arc::from(ev))).await.unwrap();
+            }
+            while engine.machine("m").map_or(0, |s| s.events) < 5 {
+                tokio::task::yield_now().await;
+            }
+            out.push((name, level, events, t.render_metrics(false)));
+            engine.shutdown();
+            engine.join().await;
+        }
+        out
+    }
+
+    /// The series budget (docs/metrics.md): at the default level a machine shows 74
+    /// samples whatever its size (a 20-state, 40-rule one here), each detail adds what the
+    /// docs say it costs, and every level passes `promtool check metrics` when it is
+    /// installed.
+    #[tokio::test]
+    async fn the_series_budget_holds_and_each_level_costs_what_the_docs_say() {
+        let (states, rule_series, kinds) = (20, 40, 2);
+        for (name, level, events, page) in pages_at_each_level().await {
+            assert!(events >= 21, "{events}");
+            let mut expected = 74;
+            if level.states {
+                expected += 13 * states - 13;
+            }
+            if level.transitions {
+                expected += rule_series - 1 + 3 * (events + 1) - 3;
+            }
+            if level.actions {
+                expected += 88 * kinds - 22;
+            }
+            assert_eq!(samples_of(&page, "m"), expected, "{name}:\n{page}");
+            if level == MetricsDetail::NONE {
+                assert!(expected <= 100);
+                assert!(
+                    page.contains("turnstile_transitions_total{machine=\"m\"} 4\n"),
+                    "{page}"
+                );
+                assert!(
+                    page.contains(
+                        "turnstile_events_total{machine=\"m\",outcome=\"transitioned\"} 4\n"
+                    ),
+                    "{page}"
+                );
+                assert!(
+                    page.contains("turnstile_machine_state{machine=\"m\",state=\"s01\"} 1\n"),
+                    "{page}"
+                );
+                assert!(
+                    page.contains("turnstile_state_duration_seconds_count{machine=\"m\"} 4\n"),
+                    "{page}"
+                );
+            }
+            if level.transitions {
+                assert!(page.contains("turnstile_transitions_total{machine=\"m\",from=\"s02\",to=\"s00\",event=\"reset2\"} 1\n"), "{page}");
+            }
+            if level.states {
+                assert!(
+                    page.contains(
+                        "turnstile_state_duration_seconds_count{machine=\"m\",state=\"s00\"} 2\n"
+                    ),
+                    "{page}"
+                );
+                assert!(
+                    page.contains("turnstile_machine_state{machine=\"m\",state=\"s02\"} 0\n"),
+                    "{page}"
+                );
+            }
+            assert_eq!(
+                catalogue::uncatalogued(&page),
+                Vec::<String>::new(),
+                "{name}"
+            );
+            promtool_check(name, &page);
+        }
+    }
+
+    /// A reload that changes a config's `metrics:` key: the machine's series of the old
+    /// level go, those of the new one come, and the page keeps to the budget of each.
+    #[tokio::test]
+    async fn a_reload_that_changes_the_level_replaces_the_series() {
+        let plugins = ActionRegistry::with_builtins();
+        let t = Telemetry::new(TelemetryConfig::default()).unwrap();
+        let engine = t.install(Engine::builder(), &plugins);
+        let load = |key: &str| {
+            turnstile_engine::config::load_str(&budget_config("m", key), None, &plugins)
+                .def
+                .unwrap()
+        };
+        engine.spawn(load("")).unwrap();
+        engine
+            .send("m", Event::new(Arc::from("next")))
+            .await
+            .unwrap();
+        while engine.machine("m").map_or(0, |s| s.transitions) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let before = t.render_metrics(false);
+        assert_eq!(samples_of(&before, "m"), 74);
+        engine
+            .reload(load("metrics: {detail: all}\n"))
+            .await
+            .unwrap();
+        engine
+            .send("m", Event::new(Arc::from("next")))
+            .await
+            .unwrap();
+        while engine.machine("m").map_or(0, |s| s.transitions) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let after = t.render_metrics(false);
+        assert!(samples_of(&after, "m") > 74 * 4, "{after}");
+        for gone in [
+            "turnstile_state_duration_seconds_count{machine=\"m\"} ",
+            "turnstile_action_duration_seconds_count{machine=\"m\"} ",
+            "turnstile_transitions_total{machine=\"m\"} ",
+            "turnstile_events_total{machine=\"m\",outcome=\"ignored\"} ",
+        ] {
+            assert!(!after.contains(gone), "`{gone}` is left:\n{after}");
+        }
+        assert!(after.contains("turnstile_transitions_total{machine=\"m\",from=\"s01\",to=\"s02\",event=\"next\"} 1\n"), "{after}");
+        engine.reload(load("")).await.unwrap();
+        let back = t.render_metrics(false);
+        assert_eq!(samples_of(&back, "m"), 74, "{back}");
+        engine.shutdown();
+        engine.join().await;
+    }
+
+    /// `promtool check metrics` on a page (skipped, saying so, when promtool is missing;
+    /// tests/deploy.rs requires it).
+    fn promtool_check(level: &str, page: &str) {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let Ok(mut child) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool is not installed: `promtool check metrics` skipped");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics at level {level}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

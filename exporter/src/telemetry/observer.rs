@@ -17,7 +17,7 @@ use turnstile_engine::observe::{
 };
 use turnstile_engine::{Event, TraceContext};
 
-use super::event::nanos;
+use super::event::{nanos, timed};
 use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
@@ -71,9 +71,10 @@ impl Observer for Telemetry {
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
+            metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            timing: self.quick_timing(m.def),
             live: Mutex::new(Live {
                 state: s.id,
                 ..Live::default()
@@ -101,12 +102,20 @@ impl Observer for Telemetry {
                 .action
                 .take()
         });
+        let detail = self.detail(m.def);
+        if let Some(o) = old {
+            if o.metrics.detail != detail {
+                self.metrics
+                    .forget_level(previous.def, o.metrics.detail, detail);
+            }
+        }
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            metrics: self.metrics.machine(m.def),
+            metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
+            timing: self.quick_timing(m.def),
             live: Mutex::new(Live {
                 state: s.id,
                 event: None,
@@ -212,7 +221,7 @@ impl Observer for Telemetry {
                 r.from.id,
                 r.to.id,
                 r.event_id,
-                nanos(r.time_in_from),
+                timed(r.time_in_from).unwrap_or(u64::MAX),
                 nanos(duration),
             );
             return;

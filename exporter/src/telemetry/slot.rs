@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use turnstile_engine::observe::QuickObserver;
+use turnstile_engine::observe::{QuickObserver, QuickTiming};
 use turnstile_engine::TraceContext;
 
 use super::metrics::MachineMetrics;
@@ -23,25 +23,32 @@ pub(super) struct Slot {
     pub(super) name: Arc<str>,
     pub(super) states: Vec<Arc<str>>,
     pub(super) metrics: MachineMetrics,
-    /// Events processed (all outcomes) and their total processing time, for `/stats`.
+    /// Events timed (all outcomes; an action-less one timed for every
+    /// [`QuickTiming::every`] counts that many) and their total processing time (likewise
+    /// weighted), for the average of `/stats`.
     pub(super) processed: AtomicU64,
     pub(super) busy_ns: AtomicU64,
+    /// How the machine's action-less events are timed and reported.
+    pub(super) timing: QuickTiming,
     pub(super) live: Mutex<Live>,
     /// Shared with the slot that replaces this one after a config reload.
     pub(super) trace: Arc<Ring<TraceRecord>>,
 }
 
 impl Slot {
-    /// One more event processed, in `ns` nanoseconds (for `/stats`).
+    /// `weight` more events processed in `ns` nanoseconds each (for `/stats`).
     #[inline]
-    pub(super) fn count(&self, ns: u64) {
+    pub(super) fn count(&self, ns: u64, weight: u32) {
         // Only this machine's task writes these: a plain load and store, no locked add.
+        let w = u64::from(weight);
         self.processed.store(
-            self.processed.load(Ordering::Relaxed) + 1,
+            self.processed.load(Ordering::Relaxed) + w,
             Ordering::Relaxed,
         );
         self.busy_ns.store(
-            self.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
+            self.busy_ns
+                .load(Ordering::Relaxed)
+                .saturating_add(ns.saturating_mul(w)),
             Ordering::Relaxed,
         );
     }
@@ -61,9 +68,19 @@ impl QuickObserver for Slot {
         time_in_from_ns: u64,
         duration_ns: u64,
     ) {
-        self.count(duration_ns);
+        self.count(duration_ns, self.timing.every);
+        let timed = (time_in_from_ns != u64::MAX).then_some(time_in_from_ns);
         self.metrics
-            .transition_finished(from, event_id, time_in_from_ns, duration_ns);
+            .transition_finished(from, event_id, timed, Some(duration_ns));
+    }
+
+    fn timing(&self) -> QuickTiming {
+        self.timing
+    }
+
+    #[inline]
+    fn transition_untimed(&self, from: usize, _to: usize, event_id: usize) {
+        self.metrics.transition_finished(from, event_id, None, None);
     }
 }
 
@@ -83,6 +100,15 @@ impl QuickObserver for QuickSlot {
     ) {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
+    }
+
+    fn timing(&self) -> QuickTiming {
+        self.0.timing
+    }
+
+    #[inline]
+    fn transition_untimed(&self, from: usize, to: usize, event_id: usize) {
+        self.0.transition_untimed(from, to, event_id);
     }
 }
 

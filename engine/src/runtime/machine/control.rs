@@ -136,7 +136,7 @@ impl Machine {
             };
             o.machine_reloaded(self.mref(), previous, self.sref(state));
             // Indexes of the new definition, a new slot: ask again.
-            self.measure.quick = o.quick_observer(self.mref());
+            self.measure.set_quick(o.quick_observer(self.mref()));
         }
         let removed = mapped.is_none().then_some(old_name);
         match &removed {

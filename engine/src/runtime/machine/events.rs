@@ -185,7 +185,7 @@ impl Machine {
         // An event that triggers no action ends here: reported once, further down.
         let quick =
             self.observer.is_some() && rule.actions.is_empty() && def.states[to].entry.is_empty();
-        let mark = self.measure.transition();
+        let mark = self.measure.transition(quick);
         match &mark {
             Some(m) => {
                 self.shared.since_ms.store(m.unix_ms, Ordering::Relaxed);
@@ -221,11 +221,21 @@ impl Machine {
             self.persist.dirty = true;
         }
         match (&self.observer, mark, quick) {
+            // An action-less event not timed: counted by the engine alone, or reported
+            // without durations.
+            (Some(_), None, true) => {
+                if let Some(q) = &self.measure.quick {
+                    if self.measure.timing.report_untimed {
+                        q.transition_untimed(from, to, rule.event_id);
+                    }
+                }
+            }
             (Some(o), Some(m), true) => {
                 let duration = self.measure.quick_end(m.at);
                 match &self.measure.quick {
                     Some(q) => {
-                        q.transition_finished(from, to, rule.event_id, m.time_in_from, duration);
+                        let t = m.time_in_from.unwrap_or(u64::MAX);
+                        q.transition_finished(from, to, rule.event_id, t, duration);
                     }
                     None => o.transition_finished(
                         &self.transition_report(from, to, &ev, rule.event_id, m.time_in_from),
@@ -254,7 +264,7 @@ impl Machine {
         to: usize,
         event: &'a Event,
         event_id: usize,
-        time_in_from: u64,
+        time_in_from: Option<u64>,
     ) -> TransitionReport<'a> {
         TransitionReport {
             machine: self.mref(),
@@ -262,7 +272,7 @@ impl Machine {
             to: self.sref(to),
             event,
             event_id,
-            time_in_from: Duration::from_nanos(time_in_from),
+            time_in_from: time_in_from.map_or(crate::observe::NOT_TIMED, Duration::from_nanos),
         }
     }
 

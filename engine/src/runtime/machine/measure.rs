@@ -5,11 +5,12 @@
 //! action-less event: the end of one such event is the start of the next when the task
 //! took it from its queue right away ([`Measure::forget_end`] is called whenever the task
 //! does anything else first). The "in this state since" wall time comes from the same
-//! reading ([`WallAnchor`]).
+//! reading ([`WallAnchor`]). An observer may ask for one action-less event in N to be
+//! timed ([`QuickTiming`]): the others read no clock at all.
 
 use std::time::Duration;
 
-use crate::observe::QuickObserver;
+use crate::observe::{QuickObserver, QuickTiming};
 use crate::runtime::clock::{Ticks, WallAnchor};
 
 pub(super) struct Measure {
@@ -33,8 +34,12 @@ pub(super) struct Measure {
     pub(super) starts: bool,
     /// What the observer handed back for action-less events
     /// ([`Observer::quick_observer`](crate::observe::Observer::quick_observer)), asked
-    /// again after each reload.
+    /// again after each reload ([`Measure::set_quick`]).
     pub(super) quick: Option<Box<dyn QuickObserver>>,
+    /// Its [`QuickTiming`].
+    pub(super) timing: QuickTiming,
+    /// Action-less events to go before the next timed one (0: this one is timed).
+    countdown: u32,
 }
 
 /// The instant of a transition, with what follows from it.
@@ -42,8 +47,8 @@ pub(super) struct Measure {
 pub(super) struct Mark {
     /// The reading (or the previous event's end).
     pub(super) at: u64,
-    /// Nanoseconds spent in the state left.
-    pub(super) time_in_from: u64,
+    /// Nanoseconds spent in the state left (`None`: its entry was not timed).
+    pub(super) time_in_from: Option<u64>,
     /// Unix milliseconds at `at`.
     pub(super) unix_ms: u64,
 }
@@ -57,7 +62,17 @@ impl Measure {
             entered: None,
             starts,
             quick: None,
+            timing: QuickTiming::default(),
+            countdown: 0,
         }
+    }
+
+    /// The receiver for action-less events (and its timing), after a start or a reload.
+    pub(super) fn set_quick(&mut self, quick: Option<Box<dyn QuickObserver>>) {
+        self.timing = quick.as_ref().map(|q| q.timing()).unwrap_or_default();
+        self.timing.every = self.timing.every.max(1);
+        self.countdown = 0;
+        self.quick = quick;
     }
 
     /// The task started with an observer: from now on durations are measured.
@@ -90,13 +105,28 @@ impl Measure {
 
     /// A transition happens now: its instant (the previous event's end when that is still
     /// valid, else a reading), which becomes the state's entry time. `None` when not
-    /// measuring.
+    /// measuring, and for an action-less event (`quick`) that is not timed
+    /// ([`QuickTiming::every`]): no clock is read then, except at the one before a timed
+    /// one, which notes the instant its state is entered.
     #[inline]
-    pub(super) fn transition(&mut self) -> Option<Mark> {
+    pub(super) fn transition(&mut self, quick: bool) -> Option<Mark> {
         let t = self.ticks.as_ref()?;
+        if quick && self.timing.every > 1 {
+            if self.countdown > 0 {
+                self.countdown -= 1;
+                self.entered = if self.countdown == 0 {
+                    Some(self.last_end.take().unwrap_or_else(|| t.now()))
+                } else {
+                    self.last_end = None;
+                    None
+                };
+                return None;
+            }
+            self.countdown = self.timing.every - 1;
+        }
         let at = self.last_end.take().unwrap_or_else(|| t.now());
         let unix_ms = self.wall.unix_ms(at);
-        let time_in_from = self.entered.map_or(0, |e| Ticks::nanos(e, at));
+        let time_in_from = self.entered.map(|e| Ticks::nanos(e, at));
         self.entered = Some(at);
         Some(Mark {
             at,

@@ -68,7 +68,7 @@ impl Machine {
         if let Some(o) = &self.observer {
             self.measure.start();
             o.machine_started(self.mref(), self.sref(self.state));
-            self.measure.quick = o.quick_observer(self.mref());
+            self.measure.set_quick(o.quick_observer(self.mref()));
         }
         tracing::info!(
             target: "turnstile::machine",

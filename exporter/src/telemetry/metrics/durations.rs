@@ -54,6 +54,17 @@ where
         }
     }
 
+    pub(super) fn remove(&self, labels: &L) {
+        match self {
+            DurationFamily::Exemplars(f) => {
+                f.remove(labels);
+            }
+            DurationFamily::Local(f) => {
+                f.remove(labels);
+            }
+        }
+    }
+
     pub(super) fn series(&self, labels: &L) -> DurationSeries {
         match self {
             DurationFamily::Exemplars(f) => {
