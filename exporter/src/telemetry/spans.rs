@@ -54,9 +54,10 @@ impl Default for SpanSettings {
             endpoint: None,
             service_name: "turnstile".into(),
             instance_id: None,
-            // 2048 (the OTel default, 41 ms at 50,000 spans/s) dropped spans at 50,000
-            // events/s on a busy two-core machine when a thread stalled; 16,384 did not
-            // (BENCHMARKS.md, "Every span delivered"). Memory: see docs/metrics.md.
+            // 2048 (the OTel default, 41 ms at 50,000 spans/s) dropped spans in three of
+            // five 60 s runs at 50,000 events/s on a busy two-core machine, when a thread
+            // stalled; 16,384 in one of four, beside a build (BENCHMARKS.md, "Every span
+            // delivered"). Memory: see docs/metrics.md.
             max_queue_size: 16_384,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(1000),
