@@ -10,6 +10,11 @@
 #
 #   bench/metrics_tls.sh                 # builds the release binary first
 #   TURNSTILE=/path/to/turnstile bench/metrics_tls.sh
+#   BASELINE=/path/to/old/turnstile bench/metrics_tls.sh   # before/after in one run
+#
+# With BASELINE, a third process runs that binary with the same web config, measured in
+# the same rounds (`tls+basic before`), so a change to the TLS or auth path is compared
+# with what it replaced on the same load.
 #
 # Settings (environment): MACHINES (50), STATES (20), DURATION (10s per wrk run),
 # THREADS (2), CONNECTIONS (8), ROUNDS (3). Prints each run and the medians of requests/s
@@ -78,12 +83,20 @@ tls=$ADDR
 port=${tls##*:}
 plain_url="http://$plain/metrics"
 tls_url="https://localhost:$port/metrics"
+base_url=
+if [ -n "${BASELINE:-}" ]; then
+  ours=$TURNSTILE
+  TURNSTILE=$(realpath "$BASELINE")
+  start before --web-config "$work/web.yml"
+  TURNSTILE=$ours
+  base_url="https://localhost:${ADDR##*:}/metrics"
+fi
 auth="Authorization: Basic $(printf 'prometheus:bench-password' | base64)"
 sleep 3
 
 code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$work/ca.crt" -H "$auth" "$tls_url")
 [ "$code" = 200 ] || { echo "the TLS scrape answered $code" >&2; exit 1; }
-echo "machines=$MACHINES states=$STATES turnstile=$TURNSTILE"
+echo "machines=$MACHINES states=$STATES turnstile=$TURNSTILE${BASELINE:+ baseline=$BASELINE}"
 echo "exposition: $(curl -s "$plain_url" | wc -c) bytes"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -101,21 +114,32 @@ run() {
 
 : > "$work/plain.res"
 : > "$work/tls.res"
+: > "$work/before.res"
 for r in $(seq 1 "$ROUNDS"); do
   p=$(run "$plain_url")
   t=$(run "$tls_url" -H "$auth")
-  echo "round $r: plain $p | tls+basic $t   (requests/s, median latency ms)"
+  b=
+  if [ -n "$base_url" ]; then
+    b=$(run "$base_url" -H "$auth")
+    echo "$b" >> "$work/before.res"
+  fi
+  echo "round $r: plain $p | tls+basic $t${b:+ | tls+basic before $b}   (requests/s, median latency ms)"
   echo "$p" >> "$work/plain.res"
   echo "$t" >> "$work/tls.res"
 done
-python3 - "$work/plain.res" "$work/tls.res" <<'EOF'
+python3 - "$work/plain.res" "$work/tls.res" "$work/before.res" <<'EOF'
 import statistics, sys
 def load(f):
     rows = [list(map(float, l.split())) for l in open(f) if l.strip()]
+    if not rows:
+        return None
     return statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-(prps, plat), (trps, tlat) = load(sys.argv[1]), load(sys.argv[2])
+(prps, plat), (trps, tlat), before = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 print(f"median requests/s: plain {prps:.0f}, tls+basic {trps:.0f} (tls/plain {trps/prps:.2f})")
 print(f"median of median latency: plain {plat:.2f} ms, tls+basic {tlat:.2f} ms (tls/plain {tlat/plat:.2f})")
+if before:
+    brps, blat = before
+    print(f"before: tls+basic {brps:.0f} requests/s (tls/plain {brps/prps:.2f}), median latency {blat:.2f} ms (tls/plain {blat/plat:.2f})")
 EOF
 # What the server spends per scrape, apart from the client: one keep-alive connection
 # (as Prometheus scrapes), SCRAPES scrapes in a row by curl, the process's CPU time
@@ -142,15 +166,23 @@ print(f"{(c1 - c0) / n * 1000:.3f}")
 for r in $(seq 1 "$ROUNDS"); do
   p=$(cpu_per_scrape "${pids[0]}" "$plain_url")
   t=$(cpu_per_scrape "${pids[1]}" "$tls_url" -H "$auth")
-  echo "round $r: server CPU per scrape, plain $p ms | tls+basic $t ms"
-  echo "$p $t" >> "$work/cpu.res"
+  b=
+  if [ -n "$base_url" ]; then
+    b=$(cpu_per_scrape "${pids[2]}" "$base_url" -H "$auth")
+  fi
+  echo "round $r: server CPU per scrape, plain $p ms | tls+basic $t ms${b:+ | tls+basic before $b ms}"
+  echo "$p $t $b" >> "$work/cpu.res"
 done
 python3 -c '
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 p, t = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
 print(f"median server CPU per scrape: plain {p:.2f} ms, tls+basic {t:.2f} ms (tls/plain {t/p:.2f})")
+if all(len(r) > 2 for r in rows):
+    b = statistics.median(r[2] for r in rows)
+    print(f"before: tls+basic {b:.2f} ms (tls/plain {b/p:.2f})")
 ' "$work/cpu.res"
-for n in plain tls; do
-  echo "$n: RSS $(grep VmRSS /proc/"${pids[$([ $n = plain ] && echo 0 || echo 1)]}"/status | awk '{print $2, $3}')"
+names=(plain tls before)
+for i in "${!pids[@]}"; do
+  echo "${names[$i]}: RSS $(grep VmRSS /proc/"${pids[$i]}"/status | awk '{print $2, $3}')"
 done

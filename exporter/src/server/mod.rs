@@ -410,7 +410,10 @@ async fn accept_loop<H, F>(
                     Some(tls) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                         match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
-                            Ok(Ok(io)) => connection(io, handle, stop, gate).await,
+                            Ok(Ok(mut io)) => {
+                                web::tune_connection(io.get_mut().1);
+                                connection(io, handle, stop, gate).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(target: "turnstile::sidecar", peer = %peer, "TLS handshake failed: {e}");
                                 return;

@@ -37,7 +37,8 @@ pub struct SpanSettings {
     /// `service.instance.id` (`--instance-id`); `None`: the pod or host name and the
     /// process id.
     pub instance_id: Option<String>,
-    /// Spans kept waiting for export before new ones are dropped.
+    /// Spans kept waiting for export before new ones are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`
+    /// wins).
     pub max_queue_size: usize,
     /// Spans per export request.
     pub max_export_batch_size: usize,
@@ -53,7 +54,11 @@ impl Default for SpanSettings {
             endpoint: None,
             service_name: "turnstile".into(),
             instance_id: None,
-            max_queue_size: 2048,
+            // 2048 (the OTel default, 41 ms at 50,000 spans/s) dropped spans in three of
+            // five 60 s runs at 50,000 events/s on a busy two-core machine, when a thread
+            // stalled; 16,384 in one of four, beside a build (BENCHMARKS.md, "Every span
+            // delivered"). Memory: see docs/metrics.md.
+            max_queue_size: 16_384,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(1000),
             export_timeout: Duration::from_secs(5),

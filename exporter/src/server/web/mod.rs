@@ -30,6 +30,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 pub use basic::{credentials, BasicAuth};
 pub use file::{Settings, MAX_BCRYPT_COST};
+pub use tls::{tune_connection, SEND_BUFFER};
 
 use super::response::{ApiError, Body};
 
