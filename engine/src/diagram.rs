@@ -77,7 +77,9 @@ pub fn mermaid_marked(def: &MachineDef, current: usize, paused: bool) -> String 
     out.push_str("    classDef current fill:#ffd54f,stroke:#e65100,stroke-width:3px\n");
     let _ = writeln!(out, "    class {sid} current");
     if paused {
-        out.push_str("    classDef paused fill:#ef9a9a,stroke:#b71c1c,stroke-width:3px,stroke-dasharray:4\n");
+        out.push_str(
+            "    classDef paused fill:#ef9a9a,stroke:#b71c1c,stroke-width:3px,stroke-dasharray:4\n",
+        );
         let _ = writeln!(out, "    class {sid} paused");
         let _ = writeln!(out, "    note right of {sid} : paused");
     }

@@ -23,17 +23,39 @@ pub enum Handler {
     Machines,
     Machine,
     MachineEvents,
+    MachinePause,
+    MachineResume,
+    MachineStep,
+    MachineStop,
+    MachineRestart,
+    MachineContext,
+    MachineBreakpoints,
+    MachineBreakpointAdd,
+    MachineBreakpointDelete,
+    MachineDiagram,
     Jobs,
     Reload,
+}
+
+impl Handler {
+    /// The method of a write that is not a POST.
+    fn write_method(self) -> Option<&'static str> {
+        match self {
+            Handler::MachineContext => Some("PATCH"),
+            Handler::MachineBreakpointDelete => Some("DELETE"),
+            _ => None,
+        }
+    }
 }
 
 /// One endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// The path; a `{name}` segment matches one percent-encoded machine name.
+    /// The path; a `{name}` segment matches one percent-encoded machine name, an `{id}`
+    /// segment any one segment (the handler reads it).
     pub path: &'static str,
-    /// POST endpoints write (token, read-only mode, JSON body); the others take GET and
-    /// HEAD.
+    /// Writes (token, read-only mode, JSON body) take POST, or the method their handler
+    /// names (PATCH, DELETE); the others take GET and HEAD.
     pub writes: bool,
     pub handler: Handler,
     /// What the index page says of it (HTML).
@@ -44,7 +66,7 @@ impl Endpoint {
     /// The value of an `Allow` header for this endpoint.
     pub fn allow(&self) -> &'static str {
         if self.writes {
-            "POST"
+            self.method()
         } else {
             "GET, HEAD"
         }
@@ -53,7 +75,7 @@ impl Endpoint {
     /// True when `m` is a method this endpoint takes.
     pub fn accepts(&self, m: &Method) -> bool {
         if self.writes {
-            m == Method::POST
+            m.as_str() == self.method()
         } else {
             m == Method::GET || m == Method::HEAD
         }
@@ -61,10 +83,10 @@ impl Endpoint {
 
     /// The method shown on the index page.
     pub fn method(&self) -> &'static str {
-        if self.writes {
-            "POST"
-        } else {
-            "GET"
+        match (self.writes, self.handler.write_method()) {
+            (true, Some(m)) => m,
+            (true, None) => "POST",
+            (false, _) => "GET",
         }
     }
 }
@@ -144,6 +166,67 @@ pub const ENDPOINTS: &[Endpoint] = &[
         doc:
             "send an event: <code>{\"type\": \"...\", \"payload\": ..., \"job_id\": \"...\"}</code>",
     },
+    // Live operations (exporter/src/server/live.rs).
+    Endpoint {
+        path: "/machines/{name}/pause",
+        writes: true,
+        handler: Handler::MachinePause,
+        doc: "pause: the machine holds at its next event (a running action goes on); no body",
+    },
+    Endpoint {
+        path: "/machines/{name}/resume",
+        writes: true,
+        handler: Handler::MachineResume,
+        doc: "resume a paused machine (the held event first); no body",
+    },
+    Endpoint {
+        path: "/machines/{name}/step",
+        writes: true,
+        handler: Handler::MachineStep,
+        doc: "while paused, process exactly one event (409 when none is held or queued); no body",
+    },
+    Endpoint {
+        path: "/machines/{name}/stop",
+        writes: true,
+        handler: Handler::MachineStop,
+        doc: "stop the machine as if it reached a final state; no body",
+    },
+    Endpoint {
+        path: "/machines/{name}/restart",
+        writes: true,
+        handler: Handler::MachineRestart,
+        doc: "back to the initial state and context, queue cleared, entry actions run; no body",
+    },
+    Endpoint {
+        path: "/machines/{name}/context",
+        writes: true,
+        handler: Handler::MachineContext,
+        doc: "a JSON merge patch of the context (while paused or idle; 409 while an action runs)",
+    },
+    Endpoint {
+        path: "/machines/{name}/breakpoints",
+        writes: false,
+        handler: Handler::MachineBreakpoints,
+        doc: "the machine's breakpoints, with hit counts",
+    },
+    Endpoint {
+        path: "/machines/{name}/breakpoints",
+        writes: true,
+        handler: Handler::MachineBreakpointAdd,
+        doc: "set a breakpoint: <code>{\"on\": \"enter\"|\"event\"|\"transition\"|\"error\", \"state\": ..., \"event\": ..., \"when\": \"attempts &gt; 3\"}</code>",
+    },
+    Endpoint {
+        path: "/machines/{name}/breakpoints/{id}",
+        writes: true,
+        handler: Handler::MachineBreakpointDelete,
+        doc: "remove a breakpoint",
+    },
+    Endpoint {
+        path: "/machines/{name}/diagram",
+        writes: false,
+        handler: Handler::MachineDiagram,
+        doc: "Mermaid <code>stateDiagram-v2</code> with the current state marked (and paused shown)",
+    },
     Endpoint {
         path: "/jobs",
         writes: true,
@@ -165,40 +248,71 @@ pub const ENDPOINTS: &[Endpoint] = &[
 ];
 
 /// Resolves a path to its endpoint and, for `{name}` paths, the percent-decoded machine
-/// name (`None`: no such endpoint).
+/// name (`None`: no such endpoint). Of the endpoints of one path, the first one.
 pub fn resolve(path: &str) -> Result<Option<(&'static Endpoint, Option<String>)>, ApiError> {
+    resolve_method(None, path)
+}
+
+/// [`resolve`], preferring, of the endpoints of one path, the one that takes `method`.
+pub fn resolve_method(
+    method: Option<&Method>,
+    path: &str,
+) -> Result<Option<(&'static Endpoint, Option<String>)>, ApiError> {
+    let mut first = None;
+    for (e, name) in matching(path) {
+        if method.is_none_or(|m| e.accepts(m)) {
+            return Ok(Some((e, decode_name(name)?)));
+        }
+        first.get_or_insert((e, name));
+    }
+    match first {
+        Some((e, name)) => Ok(Some((e, decode_name(name)?))),
+        None => Ok(None),
+    }
+}
+
+/// Every method the endpoints of `e`'s path take, for an `Allow` header.
+pub fn allow_all(e: &Endpoint) -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    for other in ENDPOINTS.iter().filter(|o| o.path == e.path) {
+        if !methods.contains(&other.allow()) {
+            methods.push(other.allow());
+        }
+    }
+    methods.join(", ")
+}
+
+fn decode_name(name: Option<&str>) -> Result<Option<String>, ApiError> {
+    name.map(|n| {
+        request::percent_decode(n, false)
+            .map_err(|e| ApiError::bad_request(format!("bad machine name in the path: {e}")))
+    })
+    .transpose()
+}
+
+/// The endpoints whose path matches, with the raw `{name}` segment.
+fn matching(path: &str) -> impl Iterator<Item = (&'static Endpoint, Option<&str>)> {
     let given: Vec<&str> = path.split('/').collect();
-    for e in ENDPOINTS {
+    ENDPOINTS.iter().filter_map(move |e| {
         let pattern: Vec<&str> = e.path.split('/').collect();
         if pattern.len() != given.len() {
-            continue;
+            return None;
         }
         let mut name = None;
-        let mut matched = true;
         for (p, g) in pattern.iter().zip(&given) {
-            if *p == "{name}" {
+            if *p == "{name}" || *p == "{id}" {
                 if g.is_empty() {
-                    matched = false;
-                    break;
+                    return None;
                 }
-                name = Some(*g);
+                if *p == "{name}" {
+                    name = Some(*g);
+                }
             } else if p != g {
-                matched = false;
-                break;
+                return None;
             }
         }
-        if !matched {
-            continue;
-        }
-        let name = match name {
-            None => None,
-            Some(n) => Some(request::percent_decode(n, false).map_err(|e| {
-                ApiError::bad_request(format!("bad machine name in the path: {e}"))
-            })?),
-        };
-        return Ok(Some((e, name)));
-    }
-    Ok(None)
+        Some((e, name))
+    })
 }
 
 /// The `/` page: every endpoint of [`ENDPOINTS`], GET paths without a name as links.
@@ -282,12 +396,29 @@ mod tests {
     #[test]
     fn every_endpoint_resolves_to_itself_and_writes_take_post() {
         for e in ENDPOINTS {
-            let path = e.path.replace("{name}", "a%20b");
-            let (found, name) = resolve(&path).unwrap().unwrap();
+            let path = e.path.replace("{name}", "a%20b").replace("{id}", "7");
+            let method = Method::from_bytes(e.method().as_bytes()).unwrap();
+            let (found, name) = resolve_method(Some(&method), &path).unwrap().unwrap();
             assert_eq!(found.handler, e.handler, "{path}");
             assert_eq!(name.is_some(), e.path.contains("{name}"));
-            assert_eq!(e.accepts(&Method::POST), e.writes);
+            assert_eq!(e.accepts(&Method::GET), !e.writes);
+            assert_eq!(
+                e.accepts(&Method::POST),
+                e.writes && e.handler.write_method().is_none()
+            );
         }
+        let bp = "/machines/m/breakpoints";
+        let get = resolve_method(Some(&Method::GET), bp).unwrap().unwrap().0;
+        let post = resolve_method(Some(&Method::POST), bp).unwrap().unwrap().0;
+        assert_eq!(
+            (get.handler, post.handler),
+            (Handler::MachineBreakpoints, Handler::MachineBreakpointAdd)
+        );
+        assert_eq!(allow_all(get), "GET, HEAD, POST");
+        let put = resolve_method(Some(&Method::PUT), bp).unwrap().unwrap().0;
+        assert!(!put.accepts(&Method::PUT));
+        let patch = resolve_method(Some(&Method::PATCH), "/machines/m/context");
+        assert_eq!(patch.unwrap().unwrap().0.allow(), "PATCH");
         assert_eq!(
             resolve("/machines/a%20b").unwrap().unwrap().1.unwrap(),
             "a b"

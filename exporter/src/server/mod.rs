@@ -45,6 +45,7 @@
 mod conn;
 mod endpoints;
 mod jobs;
+mod live;
 mod reload;
 pub mod request;
 pub mod response;

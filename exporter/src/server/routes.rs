@@ -16,10 +16,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 use turnstile_engine::ingress;
 use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::runtime::live::LiveOp;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
-use super::endpoints::{self, resolve, Handler};
+use super::endpoints::{self, resolve_method, Handler};
 use super::jobs;
+use super::live;
 use super::reload;
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
@@ -81,23 +83,26 @@ fn report(state: &State, method: &Method, path: &str, e: &ApiError) {
 }
 
 async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some((endpoint, name)) = resolve(req.uri().path())? else {
+    let Some((endpoint, name)) = resolve_method(Some(req.method()), req.uri().path())? else {
         return Err(ApiError::not_found(format!(
             "no endpoint `{}`; see / for the list",
             cut(req.uri().path(), 200)
         )));
     };
     if !endpoint.accepts(req.method()) {
-        return Err(ApiError::new(
+        let allow = endpoints::allow_all(endpoint);
+        let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
-                "{} is not allowed on {}; use {}",
+                "{} is not allowed on {}; use {allow}",
                 cut(req.method().as_str(), 20),
                 cut(req.uri().path(), 200),
-                endpoint.allow()
             ),
-        )
-        .header(ALLOW, endpoint.allow()));
+        );
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&allow) {
+            e.headers.push((ALLOW, v));
+        }
+        return Err(e);
     }
     // `resolve` gives a name exactly for the endpoints whose path has `{name}`.
     let name = name.unwrap_or_default();
@@ -124,6 +129,16 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
+        Handler::MachinePause => live::post_control(state, &name, req, LiveOp::Pause).await,
+        Handler::MachineResume => live::post_control(state, &name, req, LiveOp::Resume).await,
+        Handler::MachineStep => live::post_control(state, &name, req, LiveOp::Step).await,
+        Handler::MachineStop => live::post_control(state, &name, req, LiveOp::Stop).await,
+        Handler::MachineRestart => live::post_control(state, &name, req, LiveOp::Restart).await,
+        Handler::MachineContext => live::patch_context(state, &name, req).await,
+        Handler::MachineBreakpoints => live::list_breakpoints(state, &name).await,
+        Handler::MachineBreakpointAdd => live::add_breakpoint(state, &name, req).await,
+        Handler::MachineBreakpointDelete => live::delete_breakpoint(state, &name, req).await,
+        Handler::MachineDiagram => live::diagram(state, &name),
         Handler::Jobs => jobs::post_job(state, req).await,
         Handler::Reload => reload::post_reload(state, req).await,
     }
@@ -321,6 +336,7 @@ fn machine_json(m: &MachineStatus) -> Json {
         "errors": m.errors,
         "queue_depth": m.queue_depth,
         "running": m.running,
+        "paused": m.paused,
         "stop_reason": m.stop_reason.map(|r| format!("{r:?}")),
     })
 }
@@ -517,6 +533,7 @@ fn send_error(name: &str, e: &SendError) -> ApiError {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::endpoints::resolve;
     use super::*;
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The gauges read from the engine's status when `/metrics` is rendered rather than fed
 //! by the observer: `turnstile_event_queue_depth`, `turnstile_state_entered_timestamp_seconds`
-//! `turnstile_machine_state` and `turnstile_singleton_holder`.
+//! `turnstile_machine_state`, `turnstile_machine_paused` and `turnstile_singleton_holder`.
 //!
 //! Its own file because this collector reads the engine's [`EngineStatus`], not the
 //! machines' slots, and runs only at scrape time, apart from everything the observer does.
@@ -50,6 +50,12 @@ impl prometheus_client::collector::Collector for QueueDepth {
                 let labels = [("machine", &*m.name), ("state", &*s.name)];
                 g.encode(me.encode_family(&labels)?)?;
             }
+        }
+        let mut me = catalogue::MACHINE_PAUSED.describe(&mut encoder)?;
+        for m in &status {
+            let labels = [("machine", &*m.name)];
+            let paused = m.paused && m.running;
+            ConstGauge::new(i64::from(paused)).encode(me.encode_family(&labels)?)?;
         }
         let mut me = catalogue::SINGLETON_HOLDER.describe(&mut encoder)?;
         for s in engine.singletons() {
