@@ -257,8 +257,11 @@ impl Parser<'_> {
     }
 
     fn error_at(&self, at: usize, message: impl Into<String>) -> ConditionError {
-        let at = at.min(self.src.len());
-        let column = self.src.get(..at).map_or(at, |s| s.chars().count()) + 1;
+        let mut at = at.min(self.src.len());
+        while !self.src.is_char_boundary(at) {
+            at -= 1;
+        }
+        let column = self.src[..at].chars().count() + 1;
         ConditionError {
             column,
             message: message.into(),
