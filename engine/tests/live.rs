@@ -340,3 +340,42 @@ transitions:
     let m = engine.machine("m").unwrap();
     assert_eq!((m.transitions, m.events, m.paused), (N, N, false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_reload_and_a_stop_work_while_paused() {
+    let (engine, _rec) = started(WORKER);
+    wait_for_state(&engine, "m", "idle", WAIT).await;
+    done(&engine, LiveOp::Pause).await;
+    engine.send("m", Event::new("go")).await.unwrap();
+    eventually("the event queued", || {
+        engine.machine("m").unwrap().queue_depth == 1
+    })
+    .await;
+    // The new definition sends `go` elsewhere; the queued event is routed by it.
+    let reloaded = WORKER
+        .replace("to: working, event: go", "to: elsewhere, event: go")
+        .replace("final_states: [done]", "final_states: [done, elsewhere]");
+    engine.reload(def(&reloaded)).await.unwrap();
+    let m = engine.machine("m").unwrap();
+    assert_eq!((&*m.state, m.paused), ("idle", true));
+    done(&engine, LiveOp::Resume).await;
+    engine.join().await;
+    assert_eq!(&*engine.machine("m").unwrap().state, "elsewhere");
+
+    // A stop of a paused machine, an event held at a breakpoint.
+    let (engine, _rec) = started(WORKER);
+    op(&engine, bp(On::Event, None, Some("go"), None))
+        .await
+        .unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    eventually("the event held", || engine.machine("m").unwrap().paused).await;
+    assert_eq!(engine.machine("m").unwrap().queue_depth, 0);
+    let s = done(&engine, LiveOp::Stop).await;
+    assert!(s.stopped);
+    engine.join().await;
+    let m = engine.machine("m").unwrap();
+    assert_eq!(
+        (&*m.state, m.stop_reason),
+        ("idle", Some(StopReason::Requested))
+    );
+}

@@ -731,7 +731,7 @@ impl singleton::Host for Engine {
         def: Arc<MachineDef>,
         tenure: Arc<Tenure>,
         persister: crate::store::Persister,
-        restored: Option<(usize, Map<String, Json>)>,
+        restored: Option<crate::store::Restored>,
     ) -> Result<singleton::Run, String> {
         let machine = {
             let mut machines = self

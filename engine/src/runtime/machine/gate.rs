@@ -259,6 +259,12 @@ impl Machine {
         }
     }
 
+    /// Saved paused (`--persist`): the machine starts paused. As on any restore, its
+    /// state's entry actions run; the events they return, and its queued ones, wait.
+    pub(super) fn start_paused(&mut self) {
+        self.pause_now();
+    }
+
     fn hold(&mut self, ev: Event) {
         self.pause_now();
         self.gate.held = Some(ev);
@@ -270,6 +276,10 @@ impl Machine {
             self.gate.paused = true;
             self.shared.paused.store(true, Ordering::Relaxed);
             self.timers.pause(tokio::time::Instant::now());
+            // With `--persist`, a paused machine starts paused again.
+            if self.persist.to.is_some() {
+                self.save(None);
+            }
         }
         self.shared.gate.store(true, Ordering::Relaxed);
     }
@@ -312,6 +322,9 @@ impl Machine {
                 self.gate.paused = false;
                 self.shared.paused.store(false, Ordering::Relaxed);
                 self.timers.resume(tokio::time::Instant::now());
+                if self.persist.to.is_some() {
+                    self.save(None);
+                }
                 let held = self.gate.held.take();
                 self.report_control(ControlAction::Resume, held.as_ref());
                 send(reply, Ok(LiveAnswer::Done(self.live_state())));

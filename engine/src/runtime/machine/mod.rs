@@ -226,16 +226,19 @@ impl Machine {
     }
 
     /// Persists this machine's state after each transition, starting from `restored`
-    /// (a saved state index and context) when given.
+    /// (a saved state index, context and pause) when given.
     pub(crate) fn persisted(
         mut self,
         p: crate::store::Persister,
-        restored: Option<(usize, Map<String, Json>)>,
+        restored: Option<crate::store::Restored>,
     ) -> Self {
-        if let Some((state, context)) = restored {
-            self.state = state;
-            self.context = context;
-            self.shared.state.store(state, Ordering::Relaxed);
+        if let Some(r) = restored {
+            self.state = r.state;
+            self.context = r.context;
+            self.shared.state.store(r.state, Ordering::Relaxed);
+            if r.paused {
+                self.start_paused();
+            }
         }
         self.persist.to = Some(p);
         self
@@ -290,6 +293,7 @@ impl Machine {
                 &self.context,
                 from,
                 processed,
+                self.gate.paused,
             );
         }
     }
