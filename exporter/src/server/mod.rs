@@ -1,6 +1,7 @@
 //! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
-//! inspection, `POST /machines/{name}/events` and `POST /-/reload`, served with hyper on
-//! the engine's Tokio runtime.
+//! inspection, `POST /machines/{name}/events`, live operations on a machine (`live.rs`:
+//! pause, step, breakpoints, ...) and `POST /-/reload`, served with hyper on the engine's
+//! Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo(engine: turnstile_engine::Engine,
