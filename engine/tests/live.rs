@@ -379,3 +379,52 @@ async fn a_hot_reload_and_a_stop_work_while_paused() {
         ("idle", Some(StopReason::Requested))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transition_and_enter_breakpoints_hold_only_the_events_they_name() {
+    let (engine, rec) = started(WORKER);
+    wait_for_state(&engine, "m", "idle", WAIT).await;
+    // Never: no rule takes `nobody` in `idle`; `working` is never left by `go`.
+    op(
+        &engine,
+        bp(On::Transition, Some("idle"), Some("nobody"), None),
+    )
+    .await
+    .unwrap();
+    op(
+        &engine,
+        bp(On::Transition, Some("working"), Some("go"), None),
+    )
+    .await
+    .unwrap();
+    // Holds `wake_up` (the transition out of `working`) and then `fail` (entering `failing`).
+    op(&engine, bp(On::Transition, Some("working"), None, None))
+        .await
+        .unwrap();
+    op(&engine, bp(On::Enter, Some("failing"), None, None))
+        .await
+        .unwrap();
+    engine.send("m", Event::new("nobody")).await.unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    eventually("held before leaving working", || {
+        engine.machine("m").unwrap().paused
+    })
+    .await;
+    assert_eq!(&*engine.machine("m").unwrap().state, "working");
+    assert!(rec
+        .lines()
+        .contains(&"control m breakpoint_hit working paused=true event=wake_up".to_owned()));
+    done(&engine, LiveOp::Resume).await;
+    wait_for_state(&engine, "m", "idle", WAIT).await;
+    engine.send("m", Event::new("fail")).await.unwrap();
+    eventually("held before entering failing", || {
+        engine.machine("m").unwrap().paused
+    })
+    .await;
+    assert_eq!(&*engine.machine("m").unwrap().state, "idle");
+    let LiveAnswer::Breakpoints(list) = op(&engine, LiveOp::Breakpoints).await.unwrap() else {
+        panic!()
+    };
+    let hits: Vec<u64> = list.iter().map(|b| b.hits).collect();
+    assert_eq!(hits, [0, 0, 1, 1]);
+}

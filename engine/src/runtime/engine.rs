@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::def::MachineDef;
 use super::event::Event;
 use super::live::{LiveAnswer, LiveError, LiveOp};
-use super::machine::{Control, Inbox, LiveRequest, Machine, Reloaded, Shared};
+use super::machine::{Control, Inbox, LiveRequest, Machine, Reloaded, Shared, REQUEST};
 use super::router::{DeliverError, Router};
 use super::singleton::{self, Role, SingletonStatus, Singletons, Slot};
 use super::tenure::Tenure;
@@ -401,7 +401,7 @@ impl Engine {
             tx,
             ctl,
             live,
-            gate: false.into(),
+            gate: 0.into(),
             paused: false.into(),
             stop_reason: Mutex::new(None),
             last_context: Mutex::new(None),
@@ -615,7 +615,7 @@ impl Engine {
         }
         // After the send: the task clears the flag before it reads the channel, so it
         // either sees this request now or finds the flag set at its next event.
-        shared.gate.store(true, Ordering::Release);
+        shared.gate.fetch_or(REQUEST, Ordering::Release);
         answer
             .await
             .unwrap_or_else(|_| Err(LiveError::Stopped(name.to_owned())))

@@ -3,12 +3,16 @@
 //!
 //! Every event a machine processes comes through one of a few doors (its queue, a
 //! returned event, a timer), and each door goes through [`Machine::admit`]. When nothing
-//! is paused and no breakpoint is set, `admit` costs one relaxed load of
-//! [`Shared::gate`](super::Shared) and one branch. When the flag is set, the slow path
-//! ([`Machine::at_gate`]) serves the live requests waiting in the machine's channel, then
-//! holds the event (paused, or a breakpoint matches it) or lets it through. A held event
-//! parks the task in [`Phase::Paused`], which waits for requests (and the action still
-//! waiting, if any) only: no queued event is taken and no `timeout(N)` timer fires there.
+//! is paused, no breakpoint is set and no request waits, `admit` costs one relaxed load
+//! of [`Shared::gate`](super::Shared) and one branch. Its flags: [`REQUEST`] (set by the
+//! engine after it sends a live request) makes the slow path ([`Machine::at_gate`]) serve
+//! the requests waiting in the machine's channel; [`ARMED`] (set by the task while it is
+//! paused or has breakpoints) makes it check the event: held (paused, or a breakpoint
+//! matches it) or let through. Breakpoints are indexed by state (those that can match an
+//! event in that state), so a breakpoint elsewhere costs an event nothing but the look
+//! at an empty list. A held event parks the task in [`Phase::Paused`], which waits for
+//! requests (and the action still waiting, if any) only: no queued event is taken and no
+//! `timeout(N)` timer fires there.
 //!
 //! Semantics (docs/operations.md, "Live operations"):
 //! - Pause does not interrupt an action: a running or waiting action goes on; the machine
@@ -26,9 +30,8 @@
 //! - While an event is held, a waiting action's end is not looked at (the held event, had
 //!   it been processed, might have interrupted it): it is, once the machine goes on.
 //!
-//! The flag is cleared by the task before it drains the channel, and set by the engine
-//! after it sends a request (and by the task while paused or while breakpoints are set),
-//! so a request is never left unseen at the gate.
+//! [`REQUEST`] is cleared by the task before it drains the channel and set by the engine
+//! after it sends a request, so a request is never left unseen at the gate.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -47,6 +50,12 @@ use crate::runtime::live::{LiveAnswer, LiveError, LiveOp, LiveState};
 
 /// Breakpoints one machine may have at once.
 pub(crate) const MAX_BREAKPOINTS: usize = 100;
+
+/// [`Shared::gate`](super::Shared) flag: a live request waits in the channel.
+pub(crate) const REQUEST: u8 = 1;
+/// [`Shared::gate`](super::Shared) flag: paused, breakpoints set, or an `error` hit to
+/// act on.
+pub(crate) const ARMED: u8 = 2;
 
 /// Where the answer to a live request goes.
 pub(crate) type LiveReply = oneshot::Sender<Result<LiveAnswer, LiveError>>;
@@ -83,6 +92,9 @@ pub(super) struct Gate {
     /// The event held at the gate; only while in [`Phase::Paused`].
     held: Option<Event>,
     breakpoints: Vec<Breakpoint>,
+    /// Per state of the definition: the breakpoints (indexes) that can match an event
+    /// arriving in it ([`Machine::index_breakpoints`]).
+    by_state: Vec<Vec<usize>>,
     next_id: u64,
     /// A step's answer, given when the machine holds again.
     step_reply: Option<LiveReply>,
@@ -113,28 +125,45 @@ enum Served {
 }
 
 impl Machine {
-    /// The gate's flag: a pause or a breakpoint may concern the next event.
+    /// The gate's flags: a request, a pause or a breakpoint may concern the next event.
     #[inline]
     pub(super) fn gated(&self) -> bool {
-        self.shared.gate.load(Ordering::Relaxed)
+        self.shared.gate.load(Ordering::Relaxed) != 0
     }
 
     /// Processes `ev` unless the gate holds it.
     #[inline]
     pub(super) fn admit(&mut self, ev: Event) -> Phase {
-        if self.gated() {
-            return match self.at_gate(ev) {
-                Admit::Go(ev) => {
-                    self.handle(ev);
-                    Phase::Running
-                }
-                Admit::Hold => Phase::Paused,
-                Admit::Stop(r) => Phase::Stopped(r),
-                Admit::Dropped => Phase::Running,
-            };
+        let flags = self.shared.gate.load(Ordering::Relaxed);
+        if flags != 0 {
+            return self.admit_flagged(ev, flags);
         }
         self.handle(ev);
         Phase::Running
+    }
+
+    /// [`Self::admit`] with a flag set. Breakpoints alone (the common case while any is
+    /// set) take the short way: the breakpoints of the current state, then the event.
+    #[inline(never)]
+    fn admit_flagged(&mut self, ev: Event, flags: u8) -> Phase {
+        if flags & REQUEST == 0 && !self.gate.paused && self.gate.error_hit.get().is_none() {
+            if let Some(id) = self.breakpoint_for(&ev) {
+                self.hold(ev);
+                self.breakpoint_hit(id);
+                return Phase::Paused;
+            }
+            self.handle(ev);
+            return Phase::Running;
+        }
+        match self.at_gate(ev) {
+            Admit::Go(ev) => {
+                self.handle(ev);
+                Phase::Running
+            }
+            Admit::Hold => Phase::Paused,
+            Admit::Stop(r) => Phase::Stopped(r),
+            Admit::Dropped => Phase::Running,
+        }
     }
 
     #[cold]
@@ -205,29 +234,65 @@ impl Machine {
     /// Serves every waiting request, unless one asks to process an event or to stop.
     fn drain(&mut self, in_hand: &mut Option<Event>) -> Served {
         // Cleared before the channel is read: a request sent after this sets it again.
-        self.shared.gate.swap(false, Ordering::AcqRel);
+        self.shared.gate.fetch_and(!REQUEST, Ordering::AcqRel);
         while let Ok(req) = self.live.try_recv() {
             match self.serve(req, in_hand) {
                 Served::Nothing | Served::Run => {}
                 other => {
                     // Requests may be left in the channel: look again at the next event.
-                    self.shared.gate.store(true, Ordering::Relaxed);
+                    self.shared.gate.fetch_or(REQUEST, Ordering::Relaxed);
                     return other;
                 }
             }
         }
-        self.rearm_gate();
         Served::Nothing
     }
 
-    /// Sets the flag again while something at the gate needs looking at.
+    /// [`ARMED`] set exactly while something at the gate needs looking at.
     fn rearm_gate(&self) {
-        if self.gate.paused
+        let armed = self.gate.paused
             || !self.gate.breakpoints.is_empty()
-            || self.gate.error_hit.get().is_some()
-        {
-            self.shared.gate.store(true, Ordering::Relaxed);
+            || self.gate.error_hit.get().is_some();
+        if armed {
+            self.shared.gate.fetch_or(ARMED, Ordering::Relaxed);
+        } else {
+            self.shared.gate.fetch_and(!ARMED, Ordering::Relaxed);
         }
+    }
+
+    /// Rebuilds [`Gate::by_state`] (breakpoints changed, or the definition did): for each
+    /// state, the breakpoints that can match an event there. `event` and `transition`
+    /// ones in their state (or every state); `enter` ones in the states with a rule into
+    /// theirs; those with an event filter (but `event` ones, which also see events no
+    /// rule takes) only where a rule takes that event. `error` ones are matched where
+    /// errors are reported.
+    pub(super) fn index_breakpoints(&mut self) {
+        let def = &self.def;
+        let mut by_state = vec![Vec::new(); def.states.len()];
+        for (i, b) in self.gate.breakpoints.iter().enumerate() {
+            let s = &b.spec;
+            for (si, st) in def.states.iter().enumerate() {
+                let named =
+                    |want: &Option<String>, name: &str| want.as_deref().is_none_or(|w| w == name);
+                let routes = || {
+                    def.routes_from(si)
+                        .filter(|(_, e)| named(&s.event, e))
+                        .map(|(r, _)| r)
+                };
+                let fits = match s.on {
+                    On::Event => named(&s.state, &st.name),
+                    On::Transition => named(&s.state, &st.name) && routes().next().is_some(),
+                    On::Enter => {
+                        routes().any(|r| named(&s.state, &def.states[def.rules[r].to].name))
+                    }
+                    On::Error => false,
+                };
+                if fits {
+                    by_state[si].push(i);
+                }
+            }
+        }
+        self.gate.by_state = by_state;
     }
 
     /// [`Phase::Paused`]: waits for a request, shutdown, the end of the singleton's
@@ -272,6 +337,7 @@ impl Machine {
     }
 
     fn pause_now(&mut self) {
+        self.shared.gate.fetch_or(ARMED, Ordering::Relaxed);
         if !self.gate.paused {
             self.gate.paused = true;
             self.shared.paused.store(true, Ordering::Relaxed);
@@ -281,7 +347,6 @@ impl Machine {
                 self.save(None);
             }
         }
-        self.shared.gate.store(true, Ordering::Relaxed);
     }
 
     /// Where the machine is.
@@ -306,6 +371,12 @@ impl Machine {
     }
 
     fn serve(&mut self, req: LiveRequest, in_hand: &mut Option<Event>) -> Served {
+        let served = self.serve_op(req, in_hand);
+        self.rearm_gate();
+        served
+    }
+
+    fn serve_op(&mut self, req: LiveRequest, in_hand: &mut Option<Event>) -> Served {
         let LiveRequest { op, reply } = req;
         match op {
             LiveOp::Pause => {
@@ -402,7 +473,7 @@ impl Machine {
                 };
                 let info = bp.info();
                 self.gate.breakpoints.push(bp);
-                self.shared.gate.store(true, Ordering::Relaxed);
+                self.index_breakpoints();
                 self.report_control(ControlAction::BreakpointSet(info.id), None);
                 send(reply, Ok(LiveAnswer::Breakpoint(info)));
                 Served::Nothing
@@ -411,6 +482,7 @@ impl Machine {
                 match self.gate.breakpoints.iter().position(|b| b.id == id) {
                     Some(i) => {
                         let bp = self.gate.breakpoints.remove(i);
+                        self.index_breakpoints();
                         self.report_control(ControlAction::BreakpointRemoved(id), None);
                         send(reply, Ok(LiveAnswer::Breakpoint(bp.info())));
                     }
@@ -487,28 +559,44 @@ impl Machine {
     }
 
     /// The first breakpoint on `enter`, `event` or `transition` that `ev` meets here.
+    #[inline]
     fn breakpoint_for(&self, ev: &Event) -> Option<u64> {
-        if self.gate.breakpoints.is_empty() {
+        let candidates = self.gate.by_state.get(self.state)?;
+        if candidates.is_empty() {
             return None;
         }
-        let here = &*self.def.states[self.state].name;
-        let rule = self.def.route_index(self.state, &ev.name);
+        self.first_match(candidates, ev)
+    }
+
+    /// Of `candidates` (indexed for the current state: their state filters hold), the
+    /// first that `ev` matches.
+    #[inline(never)]
+    fn first_match(&self, candidates: &[usize], ev: &Event) -> Option<u64> {
         let is = |want: &Option<String>, name: &str| want.as_deref().is_none_or(|w| w == name);
-        self.gate
-            .breakpoints
+        let mut rule = None;
+        candidates
             .iter()
+            .filter_map(|&i| self.gate.breakpoints.get(i))
             .find(|b| {
                 let s = &b.spec;
+                if !is(&s.event, &ev.name) {
+                    return false;
+                }
                 let place = match s.on {
-                    On::Event => is(&s.state, here),
-                    On::Transition => rule.is_some() && is(&s.state, here),
-                    On::Enter => rule
-                        .is_some_and(|r| is(&s.state, &self.def.states[self.def.rules[r].to].name)),
+                    On::Event => true,
+                    On::Transition | On::Enter => {
+                        let r =
+                            *rule.get_or_insert_with(|| self.def.route_index(self.state, &ev.name));
+                        match (s.on, r) {
+                            (On::Enter, Some(r)) => {
+                                is(&s.state, &self.def.states[self.def.rules[r].to].name)
+                            }
+                            (_, r) => r.is_some(),
+                        }
+                    }
                     On::Error => false,
                 };
-                place
-                    && is(&s.event, &ev.name)
-                    && s.when.as_ref().is_none_or(|c| c.eval(&self.context))
+                place && s.when.as_ref().is_none_or(|c| c.eval(&self.context))
             })
             .map(|b| b.id)
     }
@@ -532,7 +620,7 @@ impl Machine {
         });
         if let Some(b) = hit {
             self.gate.error_hit.set(Some(b.id));
-            self.shared.gate.store(true, Ordering::Relaxed);
+            self.shared.gate.fetch_or(ARMED, Ordering::Relaxed);
         }
     }
 

@@ -65,7 +65,7 @@ mod measure;
 mod phases;
 mod timers;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value as Json};
@@ -73,7 +73,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use control::{Control, Reloaded};
-pub(crate) use gate::LiveRequest;
+pub(crate) use gate::{LiveRequest, REQUEST};
 
 use super::def::MachineDef;
 use super::event::Event;
@@ -105,9 +105,10 @@ pub(crate) struct Shared {
     pub ctl: mpsc::UnboundedSender<Control>,
     /// Live operations ([`LiveRequest`]): served at the gate, or wherever the task waits.
     pub live: mpsc::UnboundedSender<LiveRequest>,
-    /// The gate's flag: set while the machine is paused or has breakpoints, and after a
-    /// live request is sent; one relaxed load per event when clear ([`gate`]).
-    pub gate: AtomicBool,
+    /// The gate's flags: [`gate::REQUEST`] after a live request is sent, [`gate::ARMED`]
+    /// while the machine is paused or has breakpoints; one relaxed load per event when
+    /// clear ([`gate`]).
+    pub gate: AtomicU8,
     /// Paused (by request or a breakpoint).
     pub paused: AtomicBool,
     pub stop_reason: Mutex<Option<StopReason>>,
