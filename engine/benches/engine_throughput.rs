@@ -85,11 +85,10 @@ async fn produce(engine: Engine, name: Arc<str>, go: Arc<str>, n: u64, base: u64
 }
 
 /// Ten breakpoints on the ping-pong machines (states `ping` and `pong`, event `go`) that
-/// never match, of every kind the gate looks at: three that see each event in `pong`
-/// (an `event` filter to compare), one that sees each event in `ping` (a `when` to
-/// evaluate on the context: the path is missing), one that sees every transition (the
-/// rule looked up, then a `when`), and five that the per-state index leaves out (events
-/// no rule takes, an `error` breakpoint).
+/// never match, of every kind: four `event` ones whose event filter is compared with
+/// each event in their state, and six that the per-state index leaves out (events no
+/// rule takes, an `error` breakpoint). None sees `go`, so no `when` is evaluated (that
+/// costs a context lookup per path and event: `engine/examples/action_cost.rs bpwhen`).
 fn ten_breakpoints() -> Vec<LiveOp> {
     let spec = |on, state: Option<&str>, event: Option<&str>, when: Option<&str>| {
         LiveOp::AddBreakpoint(BreakpointSpec {
@@ -103,8 +102,13 @@ fn ten_breakpoints() -> Vec<LiveOp> {
         spec(On::Event, Some("pong"), Some("halt"), None),
         spec(On::Event, Some("pong"), Some("reset"), None),
         spec(On::Event, Some("pong"), Some("stop"), None),
-        spec(On::Event, Some("ping"), None, Some("attempts > 3")),
-        spec(On::Transition, None, Some("go"), Some("exists(order.id)")),
+        spec(On::Event, Some("ping"), Some("halt"), Some("attempts > 3")),
+        spec(
+            On::Transition,
+            None,
+            Some("reset"),
+            Some("exists(order.id)"),
+        ),
         spec(On::Transition, Some("ping"), Some("reset"), None),
         spec(On::Transition, None, Some("halt"), None),
         spec(On::Enter, Some("pong"), Some("reset"), None),

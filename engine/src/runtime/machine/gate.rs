@@ -131,8 +131,9 @@ impl Machine {
         self.shared.gate.load(Ordering::Relaxed) != 0
     }
 
-    /// Processes `ev` unless the gate holds it.
-    #[inline]
+    /// Processes `ev` unless the gate holds it. Inlined into each door, as `handle` was
+    /// before the gate: a call here costs the hot path more than the check itself.
+    #[inline(always)]
     pub(super) fn admit(&mut self, ev: Event) -> Phase {
         let flags = self.shared.gate.load(Ordering::Relaxed);
         if flags != 0 {
@@ -585,8 +586,7 @@ impl Machine {
                 let place = match s.on {
                     On::Event => true,
                     On::Transition | On::Enter => {
-                        let r =
-                            *rule.get_or_insert_with(|| self.def.route_index(self.state, &ev.name));
+                        let r = *rule.get_or_insert_with(|| self.rule_for(&ev.name));
                         match (s.on, r) {
                             (On::Enter, Some(r)) => {
                                 is(&s.state, &self.def.states[self.def.rules[r].to].name)
@@ -599,6 +599,15 @@ impl Machine {
                 place && s.when.as_ref().is_none_or(|c| c.eval(&self.context))
             })
             .map(|b| b.id)
+    }
+
+    /// The rule `event` takes here: what `MachineDef::route_index` finds, looked up apart
+    /// from it, so that the one the event's handling calls stays small enough to inline.
+    fn rule_for(&self, event: &str) -> Option<usize> {
+        let own = &self.def.states.get(self.state)?.routes;
+        own.get_key_value(event)
+            .or_else(|| self.def.wildcard.get_key_value(event))
+            .map(|(_, &r)| r)
     }
 
     /// Where an error is reported: an `error` breakpoint that matches pauses the machine
