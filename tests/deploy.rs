@@ -541,7 +541,7 @@ fn promtool_checks_the_alert_rules() {
         Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]),
     );
     assert!(
-        text(&out.stdout).contains("SUCCESS: 9 rules found"),
+        text(&out.stdout).contains("SUCCESS: 10 rules found"),
         "{}",
         text(&out.stdout)
     );

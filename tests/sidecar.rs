@@ -189,6 +189,7 @@ fn read_endpoints_answer_with_their_documented_shapes() {
         "errors",
         "queue_depth",
         "running",
+        "paused",
     ] {
         assert!(m.get(k).is_some(), "no `{k}` in {m}");
     }

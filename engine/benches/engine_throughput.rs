@@ -13,6 +13,9 @@
 //!   started. One iteration is one transition (with its entry action).
 //! * `engine_throughput/external_16x2t` — (a) with 16 machines (one producer each) on a
 //!   two-worker multi-thread runtime. One iteration is one transition of any machine.
+//! * `engine_throughput/external_10bp`, `engine_throughput/action_10bp` — (a) and (b) with
+//!   ten breakpoints set that never match ([`ten_breakpoints`]): the cost of the gate
+//!   when breakpoints are set (without any, it is one relaxed load per event).
 //!
 //! (a) and (b) run on a `current_thread` runtime, i.e. on one thread: the machine and the
 //! producer share it, as they would share a core. Nothing else (no observer, no polling
@@ -28,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::runtime::Runtime;
+use turnstile_engine::breakpoint::{BreakpointSpec, Condition, On};
+use turnstile_engine::runtime::live::LiveOp;
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 
 /// Queue capacity of each machine (the engine's default).
@@ -79,8 +84,58 @@ async fn produce(engine: Engine, name: Arc<str>, go: Arc<str>, n: u64, base: u64
     }
 }
 
+/// Ten breakpoints on the ping-pong machines (states `ping` and `pong`, event `go`) that
+/// never match, of every kind: four `event` ones whose event filter is compared with
+/// each event in their state, and six that the per-state index leaves out (events no
+/// rule takes, an `error` breakpoint). None sees `go`, so no `when` is evaluated (that
+/// costs a context lookup per path and event: `engine/examples/action_cost.rs bpwhen`).
+fn ten_breakpoints() -> Vec<LiveOp> {
+    let spec = |on, state: Option<&str>, event: Option<&str>, when: Option<&str>| {
+        LiveOp::AddBreakpoint(BreakpointSpec {
+            on,
+            state: state.map(str::to_owned),
+            event: event.map(str::to_owned),
+            when: when.map(|w| Condition::parse(w).expect("a valid condition")),
+        })
+    };
+    vec![
+        spec(On::Event, Some("pong"), Some("halt"), None),
+        spec(On::Event, Some("pong"), Some("reset"), None),
+        spec(On::Event, Some("pong"), Some("stop"), None),
+        spec(On::Event, Some("ping"), Some("halt"), Some("attempts > 3")),
+        spec(
+            On::Transition,
+            None,
+            Some("reset"),
+            Some("exists(order.id)"),
+        ),
+        spec(On::Transition, Some("ping"), Some("reset"), None),
+        spec(On::Transition, None, Some("halt"), None),
+        spec(On::Enter, Some("pong"), Some("reset"), None),
+        spec(On::Enter, None, Some("stop"), None),
+        spec(On::Error, None, None, None),
+    ]
+}
+
+/// Sets `breakpoints` on machine `name`.
+fn set_breakpoints(rt: &Runtime, engine: &Engine, name: &str, breakpoints: Vec<LiveOp>) {
+    rt.block_on(async {
+        for b in breakpoints {
+            engine
+                .control(name, b)
+                .await
+                .expect("the breakpoint is set");
+        }
+    });
+}
+
 /// (a) external events, one machine, one thread.
 fn external(c: &mut Criterion) {
+    external_with(c, "external", Vec::new());
+    external_with(c, "external_10bp", ten_breakpoints());
+}
+
+fn external_with(c: &mut Criterion, label: &str, breakpoints: Vec<LiveOp>) {
     let def = load("pingpong_external.yaml");
     let name = def.name.clone();
     let go: Arc<str> = Arc::from("go");
@@ -88,10 +143,11 @@ fn external(c: &mut Criterion) {
     let engine = Engine::builder().queue_capacity(QUEUE).build();
     rt.block_on(async { engine.spawn(def) })
         .expect("spawn the machine");
+    set_breakpoints(&rt, &engine, &name, breakpoints);
 
     let mut g = c.benchmark_group("engine_throughput");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("external", |b| {
+    g.bench_function(label, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let base = transitions(&engine, &name);
@@ -124,16 +180,22 @@ fn external(c: &mut Criterion) {
 /// (elapsed × iters / seen): the machine ran at a steady rate over the whole window, so
 /// the overshoot of the last look does not bias the result.
 fn action(c: &mut Criterion) {
+    action_with(c, "action", Vec::new());
+    action_with(c, "action_10bp", ten_breakpoints());
+}
+
+fn action_with(c: &mut Criterion, label: &str, breakpoints: Vec<LiveOp>) {
     let def = load("pingpong_action.yaml");
     let name = def.name.clone();
     let rt = one_thread();
     let engine = Engine::builder().queue_capacity(QUEUE).build();
     rt.block_on(async { engine.spawn(def) })
         .expect("spawn the machine");
+    set_breakpoints(&rt, &engine, &name, breakpoints);
 
     let mut g = c.benchmark_group("engine_throughput");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("action", |b| {
+    g.bench_function(label, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let base = transitions(&engine, &name);

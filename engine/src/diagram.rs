@@ -1,4 +1,6 @@
-//! Mermaid `stateDiagram-v2` text for a machine, for docs and code review.
+//! Mermaid `stateDiagram-v2` text for a machine, for docs and code review
+//! (`turnstile diagram`), and of a running machine with its current state marked
+//! (`GET /machines/{name}/diagram`).
 
 use std::fmt::Write as _;
 
@@ -60,6 +62,26 @@ pub fn mermaid(def: &MachineDef) -> String {
         if s.is_final {
             let _ = writeln!(out, "    {} --> [*]", id(&s.name));
         }
+    }
+    out
+}
+
+/// [`mermaid`] with state `current` marked (class `current`), and, when `paused`, shown
+/// paused (class `paused` and a note).
+pub fn mermaid_marked(def: &MachineDef, current: usize, paused: bool) -> String {
+    let mut out = mermaid(def);
+    let Some(s) = def.states.get(current) else {
+        return out;
+    };
+    let sid = id(&s.name);
+    out.push_str("    classDef current fill:#ffd54f,stroke:#e65100,stroke-width:3px\n");
+    let _ = writeln!(out, "    class {sid} current");
+    if paused {
+        out.push_str(
+            "    classDef paused fill:#ef9a9a,stroke:#b71c1c,stroke-width:3px,stroke-dasharray:4\n",
+        );
+        let _ = writeln!(out, "    class {sid} paused");
+        let _ = writeln!(out, "    note right of {sid} : paused");
     }
     out
 }

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod actions;
+pub mod breakpoint;
 pub mod config;
 pub mod diagram;
 pub mod error_kind;

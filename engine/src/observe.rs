@@ -214,6 +214,79 @@ pub enum StopReason {
     /// A singleton's lease tenure ended (its deadline passed unrenewed, or another
     /// process took the lease over): this copy stopped, the process stands by.
     LeaseLost,
+    /// Stopped by request (`POST /machines/{name}/stop`), as if it had reached a final
+    /// state.
+    Requested,
+}
+
+impl StopReason {
+    /// Why, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::FinalState => "reached a final state",
+            StopReason::Shutdown => "the engine shut down",
+            StopReason::Removed => "a config reload removed it",
+            StopReason::LeaseLost => "the singleton lease was lost",
+            StopReason::Requested => "stopped by request",
+        }
+    }
+}
+
+/// A live operation on a machine, or a breakpoint that paused it ([`Observer::control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    /// Pause asked for: the machine holds at its next event.
+    Pause,
+    /// The machine resumed (the held event, if any, is processed now).
+    Resume,
+    /// One event processed while paused (reported as it starts).
+    Step,
+    /// Stopped by request (reported before `machine_stopped`).
+    Stop,
+    /// Back to the initial state and context, its queue cleared.
+    Restart,
+    /// Its context changed by a merge patch.
+    ContextPatch,
+    /// A breakpoint was set (its id).
+    BreakpointSet(u64),
+    /// A breakpoint was removed (its id).
+    BreakpointRemoved(u64),
+    /// A breakpoint paused the machine (its id and kind); `event` is the event held.
+    BreakpointHit(u64, crate::breakpoint::On),
+}
+
+impl ControlAction {
+    /// A short name (`pause`, `breakpoint_hit`, ...), for logs, spans and the stream.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+            ControlAction::Step => "step",
+            ControlAction::Stop => "stop",
+            ControlAction::Restart => "restart",
+            ControlAction::ContextPatch => "context_patch",
+            ControlAction::BreakpointSet(_) => "breakpoint_set",
+            ControlAction::BreakpointRemoved(_) => "breakpoint_removed",
+            ControlAction::BreakpointHit(..) => "breakpoint_hit",
+        }
+    }
+}
+
+/// What [`Observer::control`] is told: the action and the machine as it is then.
+#[derive(Debug)]
+pub struct ControlReport<'a> {
+    /// The machine.
+    pub machine: MachineRef<'a>,
+    /// What happened.
+    pub action: ControlAction,
+    /// Its state now.
+    pub state: StateRef<'a>,
+    /// Its context now (the real values: redact before showing it).
+    pub context: &'a serde_json::Map<String, serde_json::Value>,
+    /// Paused after this.
+    pub paused: bool,
+    /// The event concerned: the one held (a breakpoint hit), the one stepped.
+    pub event: Option<&'a Event>,
 }
 
 /// Receives everything the runtime does. Every method has an empty default.
@@ -288,6 +361,10 @@ pub trait Observer: Send + Sync + 'static {
     fn action_finished(&self, report: &ActionReport<'_>, end: &ActionEnd<'_>) {}
     /// Something went wrong.
     fn error(&self, report: &ErrorReport<'_>) {}
+    /// A live operation changed a machine (pause, resume, step, stop, restart, a context
+    /// patch, a breakpoint set or removed), or a breakpoint paused it. Called on the
+    /// machine's task, after the change.
+    fn control(&self, report: &ControlReport<'_>) {}
     /// A config was reloaded (`machines` names the machines it defines).
     fn config_reloaded(&self, path: &std::path::Path, machines: &[&str]) {}
     /// A config change was refused; the old config keeps running.

@@ -467,7 +467,7 @@ fn transitions_and_states_are_saved_in_one_batch(b: &Backend) {
     let mut states = SavedStates::new();
     let mut ctx = serde_json::Map::new();
     ctx.insert("k".into(), json!("v"));
-    states.insert(Arc::from("m1"), (Arc::from("b"), ctx));
+    states.insert(Arc::from("m1"), (Arc::from("b"), ctx, true));
     s.persist_batch(&states, &[rec("m1", "a", "b"), rec("m2", "x", "y")])
         .unwrap();
     let all = s.transitions(None, 10).unwrap();
@@ -483,6 +483,10 @@ fn transitions_and_states_are_saved_in_one_batch(b: &Backend) {
     assert_eq!(m1.current_state.as_deref(), Some("b"));
     assert_eq!(m1.context, Some(json!({"k": "v"})));
     assert!(m1.last_activity.is_some());
+    // Saved paused; a plain save is not.
+    assert!(m1.paused);
+    s.save_state("m1", "c", &serde_json::Map::new()).unwrap();
+    assert!(!s.load_state("m1").unwrap().unwrap().paused);
     assert_eq!(s.load_state("nope").unwrap(), None);
 }
 
@@ -894,7 +898,7 @@ fn saved_states_name_the_instance_that_saved_them(b: &Backend) {
     let ctx = serde_json::Map::new();
     s.save_state("one", "a", &ctx).unwrap();
     let mut states = SavedStates::new();
-    states.insert(Arc::from("two"), (Arc::from("b"), ctx.clone()));
+    states.insert(Arc::from("two"), (Arc::from("b"), ctx.clone(), false));
     s.persist_batch(&states, &[]).unwrap();
     for m in s.machines().unwrap() {
         assert_eq!(m.instance_id.as_deref(), Some("pod-7"), "{m:?}");
@@ -952,8 +956,8 @@ fn a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes(b: &Backe
         "{refused}"
     );
     let mut states = turnstile_engine::store::SavedStates::new();
-    states.insert("m".into(), ("stale".into(), ctx.clone()));
-    states.insert("other".into(), ("free".into(), ctx.clone()));
+    states.insert("m".into(), ("stale".into(), ctx.clone(), false));
+    states.insert("other".into(), ("free".into(), ctx.clone(), false));
     let err = a.persist_batch(&states, &[]).unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert_eq!(

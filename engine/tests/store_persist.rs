@@ -173,3 +173,36 @@ transitions:
     );
     eprintln!("{n} persisted transitions in {sent:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_machine_is_still_paused_after_a_restart() {
+    use turnstile_engine::runtime::live::LiveOp;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def(STEPS)).unwrap();
+    go(&engine, 1).await;
+    wait_for_state(&engine, "steps", "two", WAIT).await;
+    engine.control("steps", LiveOp::Pause).await.unwrap();
+    engine.shutdown();
+    engine.join().await;
+    assert!(p.flush(WAIT));
+    assert!(store.load_state("steps").unwrap().unwrap().paused);
+
+    // Restarted: in `two`, paused; an event waits until the resume.
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def(STEPS)).unwrap();
+    let m = engine.machine("steps").unwrap();
+    assert_eq!((m.state.as_ref(), m.paused), ("two", true));
+    go(&engine, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(engine.machine("steps").unwrap().state.as_ref(), "two");
+    engine.control("steps", LiveOp::Resume).await.unwrap();
+    wait_for_state(&engine, "steps", "three", WAIT).await;
+    engine.shutdown();
+    engine.join().await;
+    assert!(p.flush(WAIT));
+    assert!(!store.load_state("steps").unwrap().unwrap().paused);
+}

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::def::MachineDef;
 use super::event::Event;
-use super::machine::{Control, Machine, Reloaded, Shared};
+use super::live::{LiveAnswer, LiveError, LiveOp};
+use super::machine::{Control, Inbox, LiveRequest, Machine, Reloaded, Shared, REQUEST};
 use super::router::{DeliverError, Router};
 use super::singleton::{self, Role, SingletonStatus, Singletons, Slot};
 use super::tenure::Tenure;
@@ -270,6 +271,8 @@ pub struct MachineStatus {
     pub queue_depth: usize,
     /// False once it stopped.
     pub running: bool,
+    /// Paused (by request or a breakpoint).
+    pub paused: bool,
     /// Why it stopped, once it has.
     pub stop_reason: Option<StopReason>,
     /// The definition it runs.
@@ -383,6 +386,7 @@ impl Engine {
         def: Arc<MachineDef>,
         tx: mpsc::Sender<Event>,
         ctl: mpsc::UnboundedSender<Control>,
+        live: mpsc::UnboundedSender<LiveRequest>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -396,6 +400,9 @@ impl Engine {
             running: true.into(),
             tx,
             ctl,
+            live,
+            gate: 0.into(),
+            paused: false.into(),
             stop_reason: Mutex::new(None),
             last_context: Mutex::new(None),
         })
@@ -412,12 +419,16 @@ impl Engine {
             return Err(EngineError::DuplicateName(def.name.to_string()));
         }
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let shared = self.new_shared(def, tx, ctl_tx);
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let shared = self.new_shared(def, tx, ctl_tx, live_tx);
         machines.push(shared.clone());
         Ok(Machine::new(
             shared,
-            rx,
-            ctl_rx,
+            Inbox {
+                rx,
+                ctl: ctl_rx,
+                live: live_rx,
+            },
             self.inner.router.clone(),
             self.inner.observer.clone(),
             self.inner.cancel.child_token(),
@@ -440,25 +451,29 @@ impl Engine {
         for def in defs {
             let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
             if !self.inner.router.insert(def.name.clone(), tx.clone()) {
-                for (shared, _, _) in &pending {
+                for (shared, _, _, _) in &pending {
                     let shared: &Arc<Shared> = shared;
                     self.inner.router.remove(&shared.name);
                 }
                 return Err(EngineError::DuplicateName(def.name.to_string()));
             }
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-            let shared = self.new_shared(def, tx, ctl_tx);
-            pending.push((shared, rx, ctl_rx));
+            let (live_tx, live_rx) = mpsc::unbounded_channel();
+            let shared = self.new_shared(def, tx, ctl_tx, live_tx);
+            pending.push((shared, rx, ctl_rx, live_rx));
         }
         let mut ids = Vec::with_capacity(pending.len());
         self.inner.running.send_modify(|n| *n += pending.len());
-        for (shared, rx, ctl_rx) in pending {
+        for (shared, rx, ctl_rx, live_rx) in pending {
             machines.push(shared.clone());
             ids.push(shared.id);
             let machine = Machine::new(
                 shared,
-                rx,
-                ctl_rx,
+                Inbox {
+                    rx,
+                    ctl: ctl_rx,
+                    live: live_rx,
+                },
                 self.inner.router.clone(),
                 self.inner.observer.clone(),
                 self.inner.cancel.child_token(),
@@ -583,6 +598,29 @@ impl Engine {
             .cloned()
     }
 
+    /// A live operation on the running machine `name` ([`LiveOp`]: pause, resume, step,
+    /// stop, restart, a context patch, breakpoints), served by its task between two
+    /// events; the answer says where the machine is afterwards. A refused operation
+    /// changes nothing.
+    pub async fn control(&self, name: &str, op: LiveOp) -> Result<LiveAnswer, LiveError> {
+        let Some(shared) = self.running_machine(name) else {
+            return Err(match self.machine(name) {
+                Some(_) => LiveError::Stopped(name.to_owned()),
+                None => LiveError::UnknownMachine(name.to_owned()),
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        if shared.live.send(LiveRequest { op, reply }).is_err() {
+            return Err(LiveError::Stopped(name.to_owned()));
+        }
+        // After the send: the task clears the flag before it reads the channel, so it
+        // either sees this request now or finds the flag set at its next event.
+        shared.gate.fetch_or(REQUEST, Ordering::Release);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(LiveError::Stopped(name.to_owned())))
+    }
+
     /// Runs `def` from now on: the running machine of that name swaps its definition
     /// between two events (keeping its state when the new definition still has it, and
     /// its context); when no machine of that name runs, a new one starts.
@@ -693,7 +731,7 @@ impl singleton::Host for Engine {
         def: Arc<MachineDef>,
         tenure: Arc<Tenure>,
         persister: crate::store::Persister,
-        restored: Option<(usize, Map<String, Json>)>,
+        restored: Option<crate::store::Restored>,
     ) -> Result<singleton::Run, String> {
         let machine = {
             let mut machines = self
@@ -738,6 +776,7 @@ fn status_of(s: &Shared) -> MachineStatus {
         errors: s.errors.load(Ordering::Relaxed),
         queue_depth: s.tx.max_capacity() - s.tx.capacity(),
         running: s.running.load(Ordering::Acquire),
+        paused: s.paused.load(Ordering::Relaxed),
         stop_reason: *s.stop_reason.lock().unwrap_or_else(|e| e.into_inner()),
         def: def.clone(),
     }

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod def;
 pub mod engine;
 pub mod event;
+pub mod live;
 mod machine;
 pub mod router;
 pub mod singleton;

@@ -31,8 +31,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use serde_json::{Map, Value as Json};
-
 use super::def::MachineDef;
 use super::router::Remote;
 use super::tenure::Tenure;
@@ -54,7 +52,7 @@ pub(crate) trait Host: Send + Sync + 'static {
         def: Arc<MachineDef>,
         tenure: Arc<Tenure>,
         persister: Persister,
-        restored: Option<(usize, Map<String, Json>)>,
+        restored: Option<crate::store::Restored>,
     ) -> Result<Run, String>;
     /// Removes the stopped copies of `name` from the engine's status (a copy that lost its
     /// lease: the process stands by).

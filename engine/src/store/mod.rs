@@ -62,7 +62,7 @@ pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use leases::{Acquired, LeaseRecord, LeaseStore};
 pub use location::{open, Location};
 pub use options::{new_job_id, owner_id, StoreOptions, SyncMode, DEFAULT_POOL_SIZE};
-pub use persist::Persister;
+pub use persist::{Persister, Restored};
 pub use postgres::PgStore;
 pub use prefetch::MAX_CLAIM_BATCH;
 pub use sqlite::SqliteStore;
@@ -443,6 +443,9 @@ pub struct MachineRecord {
     pub instance_id: Option<String>,
     /// Its context (Turnstile writes it; statemachine-engine leaves it empty).
     pub context: Option<Json>,
+    /// It was paused (`POST /machines/{name}/pause`, a breakpoint) when saved: it starts
+    /// paused again.
+    pub paused: bool,
 }
 
 /// An event kept for audit or for a machine that reads events from the store.
@@ -468,8 +471,8 @@ pub struct EventRecord {
     pub created_at: Option<Timestamp>,
 }
 
-/// Machine name -> (state, context): the latest state of each machine to save.
-pub type SavedStates = std::collections::HashMap<Arc<str>, (Arc<str>, Map<String, Json>)>;
+/// Machine name -> (state, context, paused): the latest state of each machine to save.
+pub type SavedStates = std::collections::HashMap<Arc<str>, (Arc<str>, Map<String, Json>, bool)>;
 
 /// One transition, as kept in the audit table (`transitions`).
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -54,6 +54,17 @@ impl Drop for Closer {
     }
 }
 
+/// A machine's saved state, as it starts from it ([`Persister::restored`]).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The state's index in the definition.
+    pub state: usize,
+    /// The context.
+    pub context: Map<String, Json>,
+    /// It was paused: it starts paused (its queued events wait for a resume).
+    pub paused: bool,
+}
+
 /// Writes machine states and transition records to a [`StateStore`] in the background.
 #[derive(Clone)]
 pub struct Persister {
@@ -101,7 +112,8 @@ impl Persister {
     }
 
     /// Records that `machine` entered `state` with `context` (through `event` from
-    /// `from`; `None` for the machine's start).
+    /// `from`; `None` for the machine's start, a pause, a resume, a context patch), and
+    /// whether it is paused.
     ///
     /// `processed`: the id of the store event (the event table's) that led there: it is
     /// marked processed in the transaction that writes this transition's audit row, so a
@@ -114,13 +126,14 @@ impl Persister {
         context: &Map<String, Json>,
         from: Option<(&str, &str, Option<&str>)>,
         processed: Option<i64>,
+        paused: bool,
     ) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = processed {
             p.processed.push(id);
         }
         p.states
-            .insert(machine.clone(), (state.clone(), context.clone()));
+            .insert(machine.clone(), (state.clone(), context.clone(), paused));
         if let Some((from, event, job_id)) = from {
             if p.audit.len() < AUDIT_BACKLOG {
                 p.audit.push(TransitionRecord {
@@ -163,9 +176,9 @@ impl Persister {
         !t.timed_out()
     }
 
-    /// The saved state (index) and context of `def`'s machine, when there is one, its
-    /// state still exists and is not final.
-    pub fn restored(&self, def: &MachineDef) -> Option<(usize, Map<String, Json>)> {
+    /// The saved state (index), context and pause of `def`'s machine, when there is one,
+    /// its state still exists and is not final.
+    pub fn restored(&self, def: &MachineDef) -> Option<Restored> {
         let rec = match self.store.load_state(&def.name) {
             Ok(r) => r?,
             Err(e) => {
@@ -185,8 +198,12 @@ impl Persister {
             Some(Json::Object(m)) => m,
             _ => def.context.clone(),
         };
-        tracing::info!(target: "turnstile::store", machine = %def.name, state = %name, "restored the saved state");
-        Some((ix, context))
+        tracing::info!(target: "turnstile::store", machine = %def.name, state = %name, paused = rec.paused, "restored the saved state");
+        Some(Restored {
+            state: ix,
+            context,
+            paused: rec.paused,
+        })
     }
 
     /// Audit rows dropped because the writer was behind.

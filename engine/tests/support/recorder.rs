@@ -13,7 +13,8 @@ use turnstile_engine::{Event, TraceContext};
 /// Records every observer call as a line of text, in order (`started m a`, `event m go`,
 /// `transition m a->b on go`, `action m b log#0`, `done m log#0 ok None`,
 /// `finished m go transitioned a->b`, `error m action …`, `reloaded m b`,
-/// `config_reloaded m`, `stopped m b FinalState`), and keeps errors, action outputs,
+/// `config_reloaded m`, `stopped m b FinalState`,
+/// `control m pause b paused=true event=-`), and keeps errors, action outputs,
 /// plugin swaps, config reloads and rejections apart as well.
 #[derive(Default)]
 pub struct Recorder {
@@ -123,6 +124,16 @@ impl Observer for Recorder {
             r.message
         ));
         lock(&self.errors).push((r.kind, r.message.to_owned()));
+    }
+    fn control(&self, r: &turnstile_engine::observe::ControlReport<'_>) {
+        self.push(format!(
+            "control {} {} {} paused={} event={}",
+            r.machine.name,
+            r.action.as_str(),
+            r.state.name,
+            r.paused,
+            r.event.map_or("-", |e| &*e.name)
+        ));
     }
     fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
         lock(&self.swaps).push(format!("{name} {previous} -> {version}"));

@@ -24,6 +24,16 @@ pub enum Handler {
     Machines,
     Machine,
     MachineEvents,
+    MachinePause,
+    MachineResume,
+    MachineStep,
+    MachineStop,
+    MachineRestart,
+    MachineContext,
+    MachineBreakpoints,
+    MachineBreakpointAdd,
+    MachineBreakpointDelete,
+    MachineDiagram,
     Jobs,
     JobList,
     Job,
@@ -38,6 +48,7 @@ pub enum Handler {
 pub enum Verb {
     Get,
     Post,
+    Patch,
     Delete,
 }
 
@@ -47,6 +58,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Patch => "PATCH",
             Verb::Delete => "DELETE",
         }
     }
@@ -56,6 +68,7 @@ impl Verb {
         match self {
             Verb::Get => m == Method::GET || m == Method::HEAD,
             Verb::Post => m == Method::POST,
+            Verb::Patch => m == Method::PATCH,
             Verb::Delete => m == Method::DELETE,
         }
     }
@@ -93,11 +106,19 @@ impl Endpoint {
         self.method.as_str()
     }
 
-    /// The path parameter's name (`name`, `id`), if the path has one.
+    /// The first path parameter's name (`name`, `id`), if the path has one.
+    /// The first one is the value routing gives the handler (`{name}` for a machine's
+    /// paths, `{id}` for a job's); a handler reads any later one (a breakpoint's `{id}`)
+    /// from the path itself.
     pub fn param(&self) -> Option<&'static str> {
+        self.params().next()
+    }
+
+    /// Every path parameter's name, in path order.
+    pub fn params(&self) -> impl Iterator<Item = &'static str> {
         self.path
             .split('/')
-            .find_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
     }
 }
 
@@ -188,6 +209,77 @@ pub const ENDPOINTS: &[Endpoint] = &[
         doc:
             "send an event: <code>{\"type\": \"...\", \"payload\": ..., \"job_id\": \"...\"}</code>",
     },
+    // Live operations (exporter/src/server/live.rs).
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/pause",
+        query: &[],
+        handler: Handler::MachinePause,
+        doc: "pause: the machine holds at its next event (a running action goes on); no body",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/resume",
+        query: &[],
+        handler: Handler::MachineResume,
+        doc: "resume a paused machine (the held event first); no body",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/step",
+        query: &[],
+        handler: Handler::MachineStep,
+        doc: "while paused, process exactly one event (409 when none is held or queued); no body",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/stop",
+        query: &[],
+        handler: Handler::MachineStop,
+        doc: "stop the machine as if it reached a final state; no body",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/restart",
+        query: &[],
+        handler: Handler::MachineRestart,
+        doc: "back to the initial state and context, queue cleared, entry actions run; no body",
+    },
+    Endpoint {
+        method: Verb::Patch,
+        path: "/machines/{name}/context",
+        query: &[],
+        handler: Handler::MachineContext,
+        doc: "a JSON merge patch of the context (while paused or idle; 409 while an action runs)",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/machines/{name}/breakpoints",
+        query: &[],
+        handler: Handler::MachineBreakpoints,
+        doc: "the machine's breakpoints, with hit counts",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines/{name}/breakpoints",
+        query: &[],
+        handler: Handler::MachineBreakpointAdd,
+        doc: "set a breakpoint: <code>{\"on\": \"enter\"|\"event\"|\"transition\"|\"error\", \"state\": ..., \"event\": ..., \"when\": \"attempts &gt; 3\"}</code>",
+    },
+    Endpoint {
+        method: Verb::Delete,
+        path: "/machines/{name}/breakpoints/{id}",
+        query: &[],
+        handler: Handler::MachineBreakpointDelete,
+        doc: "remove a breakpoint",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/machines/{name}/diagram",
+        query: &[],
+        handler: Handler::MachineDiagram,
+        doc: "Mermaid <code>stateDiagram-v2</code> with the current state marked (and paused shown)",
+    },
     Endpoint {
         method: Verb::Post,
         path: "/jobs",
@@ -274,7 +366,8 @@ fn matching(path: &str) -> impl Iterator<Item = (&'static Endpoint, Option<&str>
                 if g.is_empty() {
                     return None;
                 }
-                value = Some(*g);
+                // The first parameter: see `Endpoint::param`.
+                value = value.or(Some(*g));
             } else if p != *g {
                 return None;
             }

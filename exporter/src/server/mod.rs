@@ -1,6 +1,7 @@
 //! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
-//! inspection, `POST /machines/{name}/events`, the job store's jobs (`/jobs`),
-//! `POST /-/reload` and `/openapi.json`, served with hyper on the engine's Tokio runtime.
+//! inspection, `POST /machines/{name}/events`, live operations on a machine (`live.rs`:
+//! pause, step, breakpoints, ...), the job store's jobs (`/jobs`), `POST /-/reload` and
+//! `/openapi.json`, served with hyper on the engine's Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo(engine: turnstile_engine::Engine,
@@ -46,6 +47,7 @@ mod conn;
 mod endpoints;
 mod job_admin;
 mod jobs;
+mod live;
 mod openapi;
 mod reload;
 pub mod request;

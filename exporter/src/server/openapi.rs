@@ -47,7 +47,13 @@ pub fn operation_id(e: &Endpoint) -> String {
 
 /// Handlers whose write reads a JSON body.
 fn takes_json(h: Handler) -> bool {
-    matches!(h, Handler::MachineEvents | Handler::Jobs)
+    matches!(
+        h,
+        Handler::MachineEvents
+            | Handler::Jobs
+            | Handler::MachineContext
+            | Handler::MachineBreakpointAdd
+    )
 }
 
 fn error_answer(what: &str) -> Json {
@@ -59,11 +65,11 @@ fn error_answer(what: &str) -> Json {
 
 fn operation(e: &Endpoint) -> Json {
     let mut params = Vec::new();
-    if let Some(p) = e.param() {
-        let what = if p == "name" {
-            "the machine's name"
-        } else {
-            "the job's id"
+    for p in e.params() {
+        let what = match p {
+            "name" => "the machine's name",
+            _ if e.path.starts_with("/machines/") => "the breakpoint's id",
+            _ => "the job's id",
         };
         params.push(json!({
             "name": p, "in": "path", "required": true, "description": what,
@@ -128,6 +134,7 @@ pub fn document() -> Json {
         let method = match e.method {
             Verb::Get => "get",
             Verb::Post => "post",
+            Verb::Patch => "patch",
             Verb::Delete => "delete",
         };
         if let Json::Object(o) = item {
@@ -178,10 +185,7 @@ mod tests {
             assert!(ids.insert(operation_id(e)), "{} twice", operation_id(e));
             assert_eq!(op["summary"], plain(e.doc));
             let params = op["parameters"].as_array().unwrap();
-            assert_eq!(
-                params.len(),
-                e.query.len() + usize::from(e.param().is_some())
-            );
+            assert_eq!(params.len(), e.query.len() + e.params().count());
             assert_eq!(op.get("security").is_some(), e.writes(), "{}", e.path);
             assert!(!op["summary"].as_str().unwrap().contains('<'), "{}", e.path);
         }

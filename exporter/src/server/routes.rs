@@ -16,11 +16,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 use turnstile_engine::ingress;
 use turnstile_engine::observe::ErrorKind;
+use turnstile_engine::runtime::live::LiveOp;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
 use super::endpoints::{self, route, Handler, Route};
 use super::job_admin;
 use super::jobs;
+use super::live;
 use super::openapi;
 use super::reload;
 use super::request::{self, cut};
@@ -130,6 +132,16 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
+        Handler::MachinePause => live::post_control(state, &name, req, LiveOp::Pause).await,
+        Handler::MachineResume => live::post_control(state, &name, req, LiveOp::Resume).await,
+        Handler::MachineStep => live::post_control(state, &name, req, LiveOp::Step).await,
+        Handler::MachineStop => live::post_control(state, &name, req, LiveOp::Stop).await,
+        Handler::MachineRestart => live::post_control(state, &name, req, LiveOp::Restart).await,
+        Handler::MachineContext => live::patch_context(state, &name, req).await,
+        Handler::MachineBreakpoints => live::list_breakpoints(state, &name).await,
+        Handler::MachineBreakpointAdd => live::add_breakpoint(state, &name, req).await,
+        Handler::MachineBreakpointDelete => live::delete_breakpoint(state, &name, req).await,
+        Handler::MachineDiagram => live::diagram(state, &name),
         Handler::Jobs => jobs::post_job(state, req).await,
         Handler::JobList => job_admin::list(state, &req).await,
         Handler::Job => job_admin::show(state, &name).await,
@@ -332,6 +344,7 @@ fn machine_json(m: &MachineStatus) -> Json {
         "errors": m.errors,
         "queue_depth": m.queue_depth,
         "running": m.running,
+        "paused": m.paused,
         "stop_reason": m.stop_reason.map(|r| format!("{r:?}")),
     })
 }
@@ -528,6 +541,7 @@ fn send_error(name: &str, e: &SendError) -> ApiError {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::endpoints::resolve;
     use super::*;
 
     #[tokio::test]

@@ -337,6 +337,14 @@ pub const MACHINE_STATE: Family = turnstile(
     "1 for the state a machine is in, 0 for its other states",
     &["machine", "state"],
 );
+/// `turnstile_machine_paused` (read from the engine at scrape time).
+pub const MACHINE_PAUSED: Family = turnstile(
+    "machine_paused",
+    Gauge,
+    None,
+    "1 while a machine is paused (by request or a breakpoint), 0 otherwise",
+    &["machine"],
+);
 /// `turnstile_singleton_holder` (read from the engine at scrape time).
 pub const SINGLETON_HOLDER: Family = turnstile(
     "singleton_holder",
@@ -407,6 +415,7 @@ pub const ALL: &[Family] = &[
     STATE_ENTERED_TIMESTAMP,
     STATE_DURATION,
     EVENT_QUEUE_DEPTH,
+    MACHINE_PAUSED,
     SINGLETON_HOLDER,
     JOBS,
     JOBS_OLDEST_PENDING_AGE,

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
 use turnstile_engine::observe::{
-    ActionEnd, ActionOutcome, ActionReport, ErrorKind, ErrorReport, EventReport, MachineRef,
-    Observer, QuickObserver, StateRef, StopReason, TransitionReport,
+    ActionEnd, ActionOutcome, ActionReport, ControlAction, ControlReport, ErrorKind, ErrorReport,
+    EventReport, MachineRef, Observer, QuickObserver, StateRef, StopReason, TransitionReport,
 };
 use turnstile_engine::{Event, TraceContext};
 
@@ -354,6 +354,44 @@ impl Observer for Telemetry {
                     .map(|t| t.trace_id_hex())
             }),
         });
+    }
+
+    /// A live operation or a breakpoint hit: a span of its own (no duration: the machine
+    /// did it between two events), and the slot follows a restart's jump to the initial
+    /// state. The log line is the engine's.
+    fn control(&self, r: &ControlReport<'_>) {
+        if let Some(slot) = self.slot(&r.machine) {
+            slot.live.lock().unwrap_or_else(|e| e.into_inner()).state = r.state.id;
+        }
+        let Some(sp) = &self.spans else {
+            return;
+        };
+        let at = SystemTime::now();
+        let mut attrs = vec![
+            KeyValue::new("turnstile.machine", r.machine.name.to_owned()),
+            KeyValue::new("turnstile.control", r.action.as_str()),
+            KeyValue::new("turnstile.state", r.state.name.to_owned()),
+            KeyValue::new("turnstile.paused", r.paused),
+        ];
+        if let Some(e) = r.event {
+            attrs.push(KeyValue::new("turnstile.event", e.name.to_string()));
+        }
+        match r.action {
+            ControlAction::BreakpointSet(id)
+            | ControlAction::BreakpointRemoved(id)
+            | ControlAction::BreakpointHit(id, _) => {
+                attrs.push(KeyValue::new(
+                    "turnstile.breakpoint.id",
+                    i64::try_from(id).unwrap_or(i64::MAX),
+                ));
+            }
+            _ => {}
+        }
+        let parent = r.event.and_then(|e| e.traceparent);
+        let name = format!("{} {}", r.machine.name, r.action.as_str());
+        if let Some(span) = sp.start_event(name, parent, attrs, at) {
+            span.end(at);
+        }
     }
 
     fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {

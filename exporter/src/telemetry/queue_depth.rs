@@ -1,8 +1,8 @@
 //! The series read from the engine's status when `/metrics` is rendered rather than fed
 //! by the observer: `turnstile_event_queue_depth`, `turnstile_state_entered_timestamp_seconds`
-//! `turnstile_machine_state` and `turnstile_singleton_holder`, and the default level's
-//! counts of transitions and transitioned events (in the families of
-//! `turnstile_transitions_total` and `turnstile_events_total`, with the observer's own
+//! `turnstile_machine_state`, `turnstile_machine_paused` and `turnstile_singleton_holder`,
+//! and the default level's counts of transitions and transitioned events (in the families
+//! of `turnstile_transitions_total` and `turnstile_events_total`, with the observer's own
 //! series of those).
 //!
 //! Its own file because this collector reads the engine's [`EngineStatus`], not the
@@ -99,6 +99,12 @@ impl prometheus_client::collector::Collector for QueueDepth {
                 let labels = [("machine", &*m.name), ("state", &*m.state)];
                 ConstGauge::new(1).encode(me.encode_family(&labels)?)?;
             }
+        }
+        let mut me = catalogue::MACHINE_PAUSED.describe(&mut encoder)?;
+        for m in &status {
+            let labels = [("machine", &*m.name)];
+            let paused = m.paused && m.running;
+            ConstGauge::new(i64::from(paused)).encode(me.encode_family(&labels)?)?;
         }
         let mut me = catalogue::SINGLETON_HOLDER.describe(&mut encoder)?;
         for s in engine.singletons() {

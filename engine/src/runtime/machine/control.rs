@@ -110,6 +110,8 @@ impl Machine {
             }
         };
         self.state = state;
+        // Breakpoints name states: found again in the new definition.
+        self.index_breakpoints();
         for (k, v) in &new.context {
             if !self.context.contains_key(k) {
                 self.context.insert(k.clone(), v.clone());

@@ -24,7 +24,9 @@
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
 //!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
 //!  before each action; Idle and Waiting wake at its deadline).
-//!  Pause, step, breakpoints (to come): a gate on the edges into Running --> [ Paused ].
+//!  Every event goes through the gate ([`gate`]) on its way into Running: paused, or a
+//!  breakpoint matching it --> [ Paused ]  hold it; wait for requests (resume, step,
+//!  stop, ...) and the action still waiting; then Running again.
 //! ```
 //!
 //! Rules the phases keep (docs/config.md "Events and the order of things"):
@@ -39,29 +41,31 @@
 //!   or every [`phases::FAIRNESS`] steps of a chain, in [`Phase::Yield`]. A busy machine
 //!   takes queued events without `select!` ([`phases::FAST_BUDGET`] in a row).
 //!
-//! Pause, step and breakpoints (not there yet) are a gate in the loop of
-//! [`Machine::run`], not a flag inside the phases: a `Paused` phase that the loop enters
-//! instead of [`Phase::Running`] when a pause was asked for or a breakpoint matches the
-//! step about to run, which waits only for requests ([`Control`]: resume, step once,
-//! snapshot, stop) and shutdown, and then hands back the phase it held. Every step of a
-//! machine starts in `Running`, so holding that edge holds the machine; a waiting action
-//! keeps waiting meanwhile, and an action cancelled from outside is one more way out of
+//! Pause, step and breakpoints are a gate in front of every event, not a flag inside the
+//! phases ([`gate`]): each door an event comes in by (the queue, an action's returned
+//! event, a timer) calls [`Machine::admit`](gate), which costs one relaxed load and one
+//! branch while nothing is paused and no breakpoint is set. A held event parks the task
+//! in [`Phase::Paused`], which waits only for requests ([`Control`] and the live
+//! operations) and shutdown, and for the action still waiting: pause never interrupts an
+//! action, and an action cancelled from outside is one more way out of
 //! [`Phase::Waiting`]: one such is the loss of the job claim the machine holds (its
 //! commit failed), which ends the waiting action as an error ([`actions`]).
 //!
 //! The parts: [`phases`] (the loop's phases), [`events`] (an event: its rule, the
 //! transition, the livelock guard), [`actions`] (running and waiting for actions),
 //! [`measure`] (clock readings for the observer), [`timers`] (`timeout(N)`), [`control`]
-//! (requests: snapshot, reload, stop).
+//! (requests: snapshot, reload, stop), [`gate`] (pause, step, breakpoints and the live
+//! operations).
 
 mod actions;
 mod control;
 mod events;
+mod gate;
 mod measure;
 mod phases;
 mod timers;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value as Json};
@@ -69,6 +73,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use control::{Control, Reloaded};
+pub(crate) use gate::{LiveRequest, REQUEST};
 
 use super::def::MachineDef;
 use super::event::Event;
@@ -78,6 +83,7 @@ use crate::observe::{
 };
 use actions::Waiting;
 use events::{Entry, Livelock};
+use gate::Gate;
 use measure::Measure;
 use phases::{Chain, Phase};
 use timers::Timers;
@@ -97,9 +103,24 @@ pub(crate) struct Shared {
     pub running: AtomicBool,
     pub tx: mpsc::Sender<Event>,
     pub ctl: mpsc::UnboundedSender<Control>,
+    /// Live operations ([`LiveRequest`]): served at the gate, or wherever the task waits.
+    pub live: mpsc::UnboundedSender<LiveRequest>,
+    /// The gate's flags: [`gate::REQUEST`] after a live request is sent, [`gate::ARMED`]
+    /// while the machine is paused or has breakpoints; one relaxed load per event when
+    /// clear ([`gate`]).
+    pub gate: AtomicU8,
+    /// Paused (by request or a breakpoint).
+    pub paused: AtomicBool,
     pub stop_reason: Mutex<Option<StopReason>>,
     /// State and context at the moment the machine stopped.
     pub last_context: Mutex<Option<StateAndContext>>,
+}
+
+/// The receiving ends of a machine's channels: events, requests, live operations.
+pub(crate) struct Inbox {
+    pub rx: mpsc::Receiver<Event>,
+    pub ctl: mpsc::UnboundedReceiver<Control>,
+    pub live: mpsc::UnboundedReceiver<LiveRequest>,
 }
 
 /// A state's name and a context.
@@ -128,6 +149,9 @@ pub(crate) struct Machine {
     context: Map<String, Json>,
     rx: mpsc::Receiver<Event>,
     ctl: mpsc::UnboundedReceiver<Control>,
+    live: mpsc::UnboundedReceiver<LiveRequest>,
+    /// Pause, the held event, breakpoints.
+    gate: Gate,
     cancel: CancellationToken,
     /// Who asked the machine to stop ([`Control::Stop`]), told once it has.
     stop_reply: Option<oneshot::Sender<()>>,
@@ -153,14 +177,14 @@ pub(crate) struct Machine {
 impl Machine {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Event>,
-        ctl: mpsc::UnboundedReceiver<Control>,
+        inbox: Inbox,
         router: Arc<Router>,
         observer: Option<Arc<dyn Observer>>,
         cancel: CancellationToken,
         livelock_limit: u32,
     ) -> Self {
         let def = shared.def.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Inbox { rx, ctl, live } = inbox;
         Self {
             state: def.initial,
             context: def.context.clone(),
@@ -170,6 +194,8 @@ impl Machine {
             shared,
             rx,
             ctl,
+            live,
+            gate: Gate::default(),
             router,
             measure: Measure::new(observer.as_ref().is_some_and(|o| o.observes_starts())),
             observer,
@@ -201,16 +227,19 @@ impl Machine {
     }
 
     /// Persists this machine's state after each transition, starting from `restored`
-    /// (a saved state index and context) when given.
+    /// (a saved state index, context and pause) when given.
     pub(crate) fn persisted(
         mut self,
         p: crate::store::Persister,
-        restored: Option<(usize, Map<String, Json>)>,
+        restored: Option<crate::store::Restored>,
     ) -> Self {
-        if let Some((state, context)) = restored {
-            self.state = state;
-            self.context = context;
-            self.shared.state.store(state, Ordering::Relaxed);
+        if let Some(r) = restored {
+            self.state = r.state;
+            self.context = r.context;
+            self.shared.state.store(r.state, Ordering::Relaxed);
+            if r.paused {
+                self.start_paused();
+            }
         }
         self.persist.to = Some(p);
         self
@@ -230,6 +259,7 @@ impl Machine {
                 },
                 Phase::Waiting => self.park().await,
                 Phase::Yield => self.yield_to_queue().await,
+                Phase::Paused => self.paused_phase().await,
                 Phase::Stopped(reason) => break reason,
             };
         };
@@ -237,6 +267,7 @@ impl Machine {
         if let Some(reply) = self.stop_reply.take() {
             let _ = reply.send(());
         }
+        self.answer_stop();
         reason
     }
 
@@ -263,6 +294,7 @@ impl Machine {
                 &self.context,
                 from,
                 processed,
+                self.gate.paused,
             );
         }
     }
@@ -289,6 +321,7 @@ impl Machine {
 
     fn report_error(&self, kind: ErrorKind, event: Option<&Event>, message: &str) {
         self.shared.errors.fetch_add(1, Ordering::Relaxed);
+        self.error_breakpoint(event);
         let state = &*self.def.states[self.state].name;
         if let Some(o) = &self.observer {
             o.error(&ErrorReport {

@@ -35,6 +35,9 @@ pub(super) enum Phase {
     /// A chain of returned events ran [`FAIRNESS`] steps: yield to the scheduler and let
     /// one queued event in before the chain goes on.
     Yield,
+    /// Paused (by request or a breakpoint), an event held or none: wait for requests
+    /// only, and for the action still waiting (see [`super::gate`]).
+    Paused,
     /// Done; [`Machine::stop`] reports why.
     Stopped(StopReason),
 }
@@ -56,6 +59,12 @@ impl Chain {
             count: 0,
             fast: FAST_BUDGET,
         }
+    }
+
+    /// The task waits: the counts start again.
+    pub(super) fn parked(&mut self) {
+        self.count = 0;
+        self.fast = FAST_BUDGET;
     }
 }
 
@@ -89,7 +98,7 @@ impl Machine {
                 return Phase::Yield;
             }
             if let Some(ev) = self.chain.next.take() {
-                self.handle(ev);
+                return self.admit(ev);
             }
             return Phase::Running;
         }
@@ -137,8 +146,7 @@ impl Machine {
                 self.chain.count = 0;
                 // Taken without waiting: after an action-less event, its transition is
                 // timed at that event's end (`last_end`).
-                self.handle(ev);
-                Some(Phase::Running)
+                Some(self.admit(ev))
             }
             Err(mpsc::error::TryRecvError::Empty) => None,
             Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -152,6 +160,11 @@ impl Machine {
     /// (only while an action waits; see [`super::actions`]), a timer), in that order of
     /// priority.
     pub(super) async fn park(&mut self) -> Phase {
+        if self.gated() {
+            if let Some(p) = self.gate_parked() {
+                return p;
+            }
+        }
         // This is where the task parks (or runs out of coop budget): the count of events
         // chained without a yield starts again.
         self.chain.count = 0;
@@ -167,11 +180,9 @@ impl Machine {
                 Some(reason) => Phase::Stopped(reason),
                 None => Phase::Running,
             },
+            Some(req) = self.live.recv() => self.serve_one(req),
             ev = self.rx.recv() => match ev {
-                Some(ev) => {
-                    self.handle(ev);
-                    Phase::Running
-                }
+                Some(ev) => self.admit(ev),
                 None => Phase::Stopped(StopReason::Shutdown),
             },
             out = wait_action(&mut self.waiting), if self.waiting.is_some() => {
@@ -182,17 +193,17 @@ impl Machine {
                 self.cancel_for_lost_claim(why);
                 Phase::Running
             }
-            () = sleep_opt(deadline), if deadline.is_some() => {
-                self.fire_timer();
-                Phase::Running
-            }
+            () = sleep_opt(deadline), if deadline.is_some() => match self.fire_timer() {
+                Some(ev) => self.admit(ev),
+                None => Phase::Running,
+            },
         }
     }
 
     /// A singleton's tenure ended: the machine stops (a waiting action is interrupted by
     /// the stop: a command's process group is killed).
     #[cold]
-    fn lease_lost(&mut self) -> Phase {
+    pub(super) fn lease_lost(&mut self) -> Phase {
         if let Some(t) = &self.tenure {
             t.lose();
             tracing::error!(
@@ -216,20 +227,26 @@ impl Machine {
             return Phase::Stopped(StopReason::Shutdown);
         }
         if let Ok(ext) = self.rx.try_recv() {
+            if self.gated() {
+                // The chained event goes next, through the gate in turn (a transition
+                // drops it).
+                self.chain.next = chained;
+                return self.admit(ext);
+            }
             if self.handle(ext) {
                 // The state the chained event belonged to was left.
                 return Phase::Running;
             }
         }
-        if let Some(ev) = chained {
-            self.handle(ev);
+        match chained {
+            Some(ev) => self.admit(ev),
+            None => Phase::Running,
         }
-        Phase::Running
     }
 }
 
 /// Completes when the tenure ends; never when there is none.
-async fn tenure_ended(t: &Option<std::sync::Arc<Tenure>>) {
+pub(super) async fn tenure_ended(t: &Option<std::sync::Arc<Tenure>>) {
     match t {
         Some(t) => t.ended().await,
         None => std::future::pending().await,

@@ -14,6 +14,9 @@ pub(super) struct Timers {
     base: tokio::time::Instant,
     /// Index of the next timer to fire in the state's list; `usize::MAX` when none is left.
     next: usize,
+    /// Since when the machine is paused: timers stop, and resume with the time they had
+    /// left (`base` moves on by the pause).
+    paused_at: Option<tokio::time::Instant>,
 }
 
 impl Timers {
@@ -21,6 +24,21 @@ impl Timers {
         Self {
             base: tokio::time::Instant::now(),
             next: usize::MAX,
+            paused_at: None,
+        }
+    }
+
+    /// The machine paused at `now`.
+    pub(super) fn pause(&mut self, now: tokio::time::Instant) {
+        if self.paused_at.is_none() {
+            self.paused_at = Some(now);
+        }
+    }
+
+    /// The machine resumed at `now`: the timers go on with the time they had left.
+    pub(super) fn resume(&mut self, now: tokio::time::Instant) {
+        if let Some(p) = self.paused_at.take() {
+            self.base += now.saturating_duration_since(p);
         }
     }
 
@@ -37,8 +55,13 @@ impl Machine {
         if self.def.states[self.state].timers.is_empty() {
             self.timers.next = usize::MAX;
         } else {
-            self.timers.base = tokio::time::Instant::now();
+            let now = tokio::time::Instant::now();
+            self.timers.base = now;
             self.timers.next = 0;
+            if self.timers.paused_at.is_some() {
+                // Entered while paused (a step, a restart): its time runs from the resume.
+                self.timers.paused_at = Some(now);
+            }
         }
     }
 
@@ -48,17 +71,15 @@ impl Machine {
         Some(self.timers.base + t.0)
     }
 
-    /// The armed timer's deadline passed: its event is handled, the next one armed.
-    pub(super) fn fire_timer(&mut self) {
+    /// The armed timer's deadline passed: its event (to process next), the next one armed.
+    pub(super) fn fire_timer(&mut self) -> Option<Event> {
         let timers = &self.def.states[self.state].timers;
-        let Some((_, name)) = timers.get(self.timers.next).cloned() else {
-            return;
-        };
+        let (_, name) = timers.get(self.timers.next).cloned()?;
         self.timers.next += 1;
         if self.timers.next >= timers.len() {
             self.timers.next = usize::MAX;
         }
-        self.handle(Event::new(name).with_origin(Origin::Timer));
+        Some(Event::new(name).with_origin(Origin::Timer))
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) fn job(row: &Row, default_max: i64) -> Result<Job, Error> {
 
 /// The columns [`machine`] reads, in order.
 pub(super) const MACHINE_COLUMNS: &str =
-    "machine_name, current_state, last_activity, pid, context, instance_id";
+    "machine_name, current_state, last_activity, pid, context, instance_id, paused";
 
 /// A machine record from a row of [`MACHINE_COLUMNS`].
 pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
@@ -60,6 +60,7 @@ pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
         pid: row.try_get(3)?,
         context: row.try_get(4)?,
         instance_id: row.try_get(5)?,
+        paused: row.try_get(6)?,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 5;
+pub const VERSION: i32 = 6;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -123,6 +123,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE machine_events ADD COLUMN traceparent TEXT;
     CREATE INDEX machine_events_pending ON machine_events (target_machine, id)
         WHERE status = 'pending';",
+    // 6: a machine saved while paused starts paused again.
+    "ALTER TABLE machine_state ADD COLUMN paused BOOLEAN NOT NULL DEFAULT false;",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

@@ -16,11 +16,11 @@ use crate::store::{
 
 const SAVE_STATE: &str = "
     INSERT INTO machine_state (machine_name, current_state, last_activity, pid, context,
-        instance_id)
-    VALUES ($1, $2, clock_timestamp(), $3, $4, $5)
+        instance_id, paused)
+    VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6)
     ON CONFLICT (machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context,
-        instance_id = excluded.instance_id";
+        instance_id = excluded.instance_id, paused = excluded.paused";
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -51,7 +51,14 @@ impl StateStore for PgStore {
             let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
             tx.execute(
                 &st,
-                &[&m, &s, &i64::from(std::process::id()), &ctx, &instance],
+                &[
+                    &m,
+                    &s,
+                    &i64::from(std::process::id()),
+                    &ctx,
+                    &instance,
+                    &false,
+                ],
             )
             .await
             .map_err(pg_error)?;
@@ -208,9 +215,16 @@ impl StateStore for PgStore {
             events.push(r.event.clone());
             jobs.push(r.job_id.clone());
         }
-        let saved: Vec<(String, String, Json)> = states
+        let saved: Vec<(String, String, Json, bool)> = states
             .iter()
-            .map(|(m, (s, ctx))| (m.to_string(), s.to_string(), Json::Object(ctx.clone())))
+            .map(|(m, (s, ctx, paused))| {
+                (
+                    m.to_string(),
+                    s.to_string(),
+                    Json::Object(ctx.clone()),
+                    *paused,
+                )
+            })
             .collect();
         self.call(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
@@ -247,8 +261,8 @@ impl StateStore for PgStore {
             }
             let st = tx.prepare_cached(SAVE_STATE).await.map_err(pg_error)?;
             let pid = i64::from(std::process::id());
-            for (m, s, ctx) in saved.iter().filter(|(m, _, _)| !is_stale(m)) {
-                tx.execute(&st, &[m, s, &pid, ctx, &instance])
+            for (m, s, ctx, paused) in saved.iter().filter(|(m, ..)| !is_stale(m)) {
+                tx.execute(&st, &[m, s, &pid, ctx, &instance, paused])
                     .await
                     .map_err(pg_error)?;
             }

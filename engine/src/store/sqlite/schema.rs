@@ -71,6 +71,7 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "unique_key", "TEXT"),
     ("machine_state", "context", "TEXT"),
     ("machine_state", "instance_id", "TEXT"),
+    ("machine_state", "paused", "INTEGER NOT NULL DEFAULT 0"),
     ("machine_events", "traceparent", "TEXT"),
 ];
 

@@ -15,11 +15,12 @@ use crate::store::{
 
 /// Saves one machine's state, with the process and instance that saved it.
 const SAVE_STATE: &str = "INSERT INTO machine_state (machine_name, current_state, last_activity,
-        pid, context, instance_id)
-    VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4, ?5)
+        pid, context, instance_id, paused)
+    VALUES (?1, ?2, CURRENT_TIMESTAMP, ?3, ?4, ?5, ?6)
     ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid,
-        context = excluded.context, instance_id = excluded.instance_id";
+        context = excluded.context, instance_id = excluded.instance_id,
+        paused = excluded.paused";
 
 impl StateStore for SqliteStore {
     fn save_state(
@@ -44,7 +45,8 @@ impl StateStore for SqliteStore {
                 state,
                 i64::from(std::process::id()),
                 ctx,
-                self.inner.opts.instance_id
+                self.inner.opts.instance_id,
+                false
             ],
         )?;
         tx.commit()?;
@@ -161,10 +163,10 @@ impl StateStore for SqliteStore {
             let mut up = tx.prepare_cached(SAVE_STATE)?;
             let pid = i64::from(std::process::id());
             let instance = self.inner.opts.instance_id.as_deref();
-            for (m, (state, ctx)) in states.iter().filter(|(m, _)| !stale.contains(&***m)) {
+            for (m, (state, ctx, paused)) in states.iter().filter(|(m, _)| !stale.contains(&***m)) {
                 let ctx =
                     serde_json::to_string(ctx).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                up.execute(params![&**m, &**state, pid, ctx, instance])?;
+                up.execute(params![&**m, &**state, pid, ctx, instance, paused])?;
             }
         }
         super::events::mark(&tx, processed)?;
