@@ -541,7 +541,6 @@ fn send_error(name: &str, e: &SendError) -> ApiError {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::endpoints::resolve;
     use super::*;
 
     #[tokio::test]
