@@ -24,12 +24,24 @@ const MAX_BATCH: usize = 1000;
 
 /// Completes every listed job that is pending or processing; `$1` job ids, `$2` results
 /// (NULL: keep the stored one). Notifies once per statement.
+///
+/// Each job is found by its id alone, one look-up of the unique index per job (the
+/// lateral subquery, locked and checked for its status there), and updated by primary
+/// key. A join of the ids with `jobs` on `job_id` and `status IN (...)` was planned, with
+/// the statistics of a queue that had few unfinished jobs, as a scan of every pending and
+/// processing job (the `jobs_status` index) per statement: 2 ms a completion with 1,000
+/// jobs queued, growing with the queue.
 const COMPLETE: &str = "
     WITH u AS (SELECT * FROM UNNEST($1::text[], $2::jsonb[]) AS u(job_id, result)),
+    t AS MATERIALIZED (
+        SELECT x.id, u.result FROM u CROSS JOIN LATERAL (
+            SELECT id FROM jobs
+             WHERE jobs.job_id = u.job_id AND status IN ('pending', 'processing')
+             FOR UPDATE) x),
     r AS (
         UPDATE jobs j SET status = 'completed', completed_at = clock_timestamp(),
-            lease_owner = NULL, lease_until = NULL, result = COALESCE(u.result, j.result)
-          FROM u WHERE j.job_id = u.job_id AND j.status IN ('pending', 'processing')
+            lease_owner = NULL, lease_until = NULL, result = COALESCE(t.result, j.result)
+          FROM t WHERE j.id = t.id
         RETURNING j.job_id)
     SELECT r.job_id, (SELECT pg_notify('turnstile_jobs', 'completed')) FROM r";
 
@@ -72,7 +84,9 @@ pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
     tx
 }
 
-async fn run(pool: &Pool, round: Vec<Req>) {
+async fn run(pool: &Pool, mut round: Vec<Req>) {
+    // In id order: concurrent batches of several processes lock their rows in one order.
+    round.sort_by(|a, b| a.job_id.cmp(&b.job_id));
     let ids: Vec<&str> = round.iter().map(|r| r.job_id.as_str()).collect();
     let results: Vec<Option<&Json>> = round.iter().map(|r| r.result.as_ref()).collect();
     let out: Result<HashSet<String>, StoreError> = async {
