@@ -1298,7 +1298,7 @@ fn an_event_sent_by_another_store_object_wakes_the_consumer(b: &Backend) {
         .enable_all()
         .build()
         .unwrap();
-    let notify = consumer.notify().clone();
+    let notify = consumer.event_notify().clone();
     // Let the backend's watch start (SQLite's first reading, PostgreSQL's LISTEN).
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..3 {

@@ -335,7 +335,7 @@ fn to_event(e: StoredEvent) -> Event {
 /// Takes `machine`'s pending events and queues them into it, in id order, for as long
 /// as the bridge runs (see the module docs).
 async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken) {
-    let notify = inner.store.notify().clone();
+    let notify = inner.store.event_notify().clone();
     // Queued into the machine, not seen marked yet.
     let mut queued: HashSet<i64> = HashSet::new();
     let mut consuming = false;

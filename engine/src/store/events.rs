@@ -11,8 +11,9 @@
 //!   them at a clean exit. [`EventStore::machine_hosts`] answers the live ones: "runs
 //!   elsewhere" is told apart from "does not exist".
 //! - [`EventStore::send_event`] appends a `pending` row (with the sender's
-//!   `traceparent`) and wakes the consumers at once (PostgreSQL: `NOTIFY turnstile_jobs`;
-//!   SQLite: the WAL watch of the consumer's store).
+//!   `traceparent`) and wakes the consumers at once ([`EventStore::event_notify`];
+//!   PostgreSQL: `NOTIFY turnstile_jobs` with payload `event:NAME`; SQLite: the WAL watch
+//!   of the consumer's store).
 //! - [`EventStore::take_events`] hands `target`'s pending rows in id order to the one
 //!   consumer that holds `target`'s consumer lease (`turnstile_event_consumers`; taken
 //!   when free, expired or already the caller's, renewed by every call): when several
@@ -118,6 +119,10 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<Vec<StoredEvent>>, StoreError>;
     /// Marks these events processed; returns how many were pending.
     fn mark_processed(&self, ids: &[i64]) -> Result<usize, StoreError>;
+    /// Notified when an event may have been sent to a machine: at once for a send
+    /// through this store object, soon after one by another process. Consumers wait on
+    /// it; a wake-up may find nothing new.
+    fn event_notify(&self) -> &std::sync::Arc<tokio::sync::Notify>;
 }
 
 /// A `payload` column's text as JSON: JSON when it parses, else the text as a string

@@ -421,8 +421,15 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// completed or failed through this store object, and soon after another process
     /// (or another store object) writes to the database ([`FOREIGN_CHANGES`] at most on
     /// SQLite). Waiting claimers and `wait_for_jobs` wake up and look again; a wake-up
-    /// may find nothing new.
+    /// may find nothing new. A backend may tell completions only to
+    /// [`Self::finish_notify`] (PostgreSQL does: a completion makes nothing claimable).
     fn notify(&self) -> &Arc<tokio::sync::Notify>;
+    /// Notified when a job may have been completed (here or in another process, as
+    /// [`Self::notify`]). Whoever waits for jobs to finish waits on both. The default:
+    /// [`Self::notify`], which is then told completions too.
+    fn finish_notify(&self) -> &Arc<tokio::sync::Notify> {
+        self.notify()
+    }
     /// The lease owner id of this process.
     fn owner(&self) -> &str;
 }

@@ -217,6 +217,11 @@ impl EventStore for PgStore {
             Ok(c.execute(&st, &[&ids]).await.map_err(pg_error)? as usize)
         })
     }
+
+    fn event_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        self.listen();
+        &self.inner.events
+    }
 }
 
 /// Marks events processed (`$1`: their ids).

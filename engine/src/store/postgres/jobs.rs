@@ -74,15 +74,18 @@ fn claim_sql(filter: &JobFilter, batched: bool) -> String {
     )
 }
 
-/// When something for the filter may become claimable without anyone adding a job.
+/// When something for the filter may become claimable without anyone adding a job, and
+/// whether a lease of its jobs has expired (by the database's clock).
 const NEXT_DUE: &str = "
-    SELECT LEAST(
+    SELECT LEAST(d.retry, d.lease), COALESCE(d.lease < clock_timestamp(), false) FROM (SELECT
         (SELECT MIN(next_attempt_at) FROM jobs
           WHERE status = 'pending' AND next_attempt_at IS NOT NULL
-            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2)),
+            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2))
+          AS retry,
         (SELECT MIN(lease_until) FROM jobs
           WHERE status = 'processing' AND lease_until IS NOT NULL
-            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2)))";
+            AND ($1::text IS NULL OR job_type = $1) AND ($2::text IS NULL OR machine_type = $2))
+          AS lease) d";
 
 /// A failure: dead after the last attempt, else pending again after the backoff
 /// (`$4` base and `$5` longest delay in ms, doubled per attempt as
@@ -161,13 +164,28 @@ impl PgStore {
                 &limit,
             ];
             let params = if n > 1 { &params[..] } else { &params[..4] };
+            let next_due = c.prepare_cached(NEXT_DUE).await.map_err(pg_error)?;
+            let due = || async {
+                let r = c
+                    .query_one(&next_due, &[&filter.job_type, &filter.machine_type])
+                    .await
+                    .map_err(pg_error)?;
+                let at: Option<std::time::SystemTime> = r.try_get(0).map_err(pg_error)?;
+                let expired: bool = r.try_get(1).map_err(pg_error)?;
+                Ok::<_, StoreError>((at, expired))
+            };
             let mut rows = c.query(&st, params).await.map_err(pg_error)?;
-            // Nothing claimable: an expired lease may be why.
-            if rows.is_empty()
-                && !reap_first
-                && c.execute(&reap, &[&default_max]).await.map_err(pg_error)? > 0
-            {
-                rows = c.query(&st, params).await.map_err(pg_error)?;
+            let mut empty_due = None;
+            // Nothing claimable: an expired lease of this queue may be why. Claimers of
+            // every process wake when a job is added and all but one find nothing: they
+            // reap only when a lease of the queue has expired.
+            if rows.is_empty() && !reap_first {
+                let (at, expired) = due().await?;
+                empty_due = Some(at);
+                if expired && c.execute(&reap, &[&default_max]).await.map_err(pg_error)? > 0 {
+                    rows = c.query(&st, params).await.map_err(pg_error)?;
+                    empty_due = None;
+                }
             }
             if !rows.is_empty() {
                 let mut jobs = rows
@@ -179,14 +197,10 @@ impl PgStore {
                 jobs.sort_by_key(|j| (j.priority, j.created_at, j.id));
                 return Ok((jobs, None));
             }
-            let st = c.prepare_cached(NEXT_DUE).await.map_err(pg_error)?;
-            let due: Option<std::time::SystemTime> = c
-                .query_one(&st, &[&filter.job_type, &filter.machine_type])
-                .await
-                .map_err(pg_error)?
-                .try_get(0)
-                .map_err(pg_error)?;
-            Ok((Vec::new(), due))
+            match empty_due {
+                Some(at) => Ok((Vec::new(), at)),
+                None => Ok((Vec::new(), due().await?.0)),
+            }
         })?;
         for j in &claim.0 {
             self.inner.holds.claimed(&j.job_id);
@@ -312,7 +326,8 @@ impl JobStore for PgStore {
                 .unwrap_or_else(|_| Err(StoreError::Db("the completion batcher stopped".into())))
         })?;
         if done {
-            self.inner.notify.notify_waiters();
+            // Nothing became claimable: claimers need not look.
+            self.inner.finished.notify_waiters();
         }
         Ok(done)
     }
@@ -590,6 +605,11 @@ impl JobStore for PgStore {
     fn notify(&self) -> &Arc<tokio::sync::Notify> {
         self.listen();
         &self.inner.notify
+    }
+
+    fn finish_notify(&self) -> &Arc<tokio::sync::Notify> {
+        self.listen();
+        &self.inner.finished
     }
 
     fn owner(&self) -> &str {

@@ -12,13 +12,18 @@
 //!   `FOR UPDATE SKIP LOCKED` (claimers in other processes skip it instead of waiting)
 //!   and leased in the same `UPDATE`. Claims run on a second pool whose connections set
 //!   `synchronous_commit=off`: a claim does not wait for its WAL flush, and one a server
-//!   crash loses leaves its job pending (at-least-once allows the second run). Expired
-//!   leases are reaped before a claim (a statement of its own on the same connection) at
-//!   most once a second, and whenever a claim finds nothing. Times are the database's
-//!   clock.
+//!   crash loses leaves its job pending (at-least-once allows the second run); they also
+//!   plan each statement once (`plan_cache_mode=force_generic_plan`) and only through
+//!   indexes (no sequential or bitmap scans, hash or merge joins), so that a plan made
+//!   while the table was small still suits it large. Expired leases are reaped before a
+//!   claim (a statement of its own on the same connection) at most once a second, and
+//!   when a claim finds nothing while a lease of its queue has expired. Times are the
+//!   database's clock.
 //! - Jobs added, given back, failed or completed send `NOTIFY turnstile_jobs` in their
 //!   transaction; a connection of the store's own `LISTEN`s and wakes
-//!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once.
+//!   [`JobStore::notify`] ([`listen`]), so waiting claimers in every process wake at once
+//!   (completions wake [`JobStore::finish_notify`] instead, and events sent
+//!   [`crate::store::EventStore::event_notify`]).
 //! - Leases are renewed like SQLite's ([`crate::store::holds`]); the same thread
 //!   heartbeats the instance registered through the store ([`instances`]).
 //!
@@ -60,7 +65,8 @@ use error::pool_error;
 /// How long a connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a claim reaps expired leases first (a claim that finds nothing always does).
+/// How often a claim reaps expired leases first (a claim that finds nothing while a lease
+/// of its queue has expired always does).
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// First and longest claim backoff while the database is unreachable.
@@ -73,7 +79,7 @@ struct Inner {
     rt: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     pool: Pool,
-    /// Connections for claims (`synchronous_commit=off`).
+    /// Connections for claims (`synchronous_commit=off`, generic plans through indexes).
     claims: Pool,
     /// When expired leases were last reaped.
     last_reap: Mutex<Option<Instant>>,
@@ -81,6 +87,10 @@ struct Inner {
     opts: StoreOptions,
     owner: String,
     notify: Arc<tokio::sync::Notify>,
+    /// Woken by completions ([`crate::store::JobStore::finish_notify`]).
+    finished: Arc<tokio::sync::Notify>,
+    /// Woken by events sent ([`crate::store::EventStore::event_notify`]).
+    events: Arc<tokio::sync::Notify>,
     /// The URL without its password, for logs.
     shown: String,
     holds: Holds,
@@ -176,10 +186,21 @@ impl PgStore {
         // Claims need not wait for their WAL flush: a claim a server crash loses leaves its
         // job pending, which at-least-once delivery allows (the job may run twice). Adds,
         // completions and failures stay durable.
+        // Their statements (claims, expired leases, completions with batched claims) are
+        // planned once per connection: with the server's default, a completion of a few
+        // jobs was planned again at every call (its generic plan, costed for an array of 10
+        // ids, never looked cheaper than a custom one for 1), and planning took twice its
+        // execution. A plan made once must suit the table at every size it grows to (a
+        // plan made when it held a few pages scanned all of it at every call later, until
+        // an ANALYZE): each of these statements finds its rows through an index, so scans
+        // of the whole table and hash or merge joins (over whole-table scans) are off.
         let mut fast = config.clone();
+        const FAST: &str = "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan \
+            -c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off \
+            -c enable_mergejoin=off";
         let options = match fast.get_options() {
-            Some(o) => format!("{o} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_owned(),
+            Some(o) => format!("{o} {FAST}"),
+            None => FAST.to_owned(),
         };
         fast.options(&options);
         let claims = build_pool(fast, &opts)?;
@@ -193,6 +214,8 @@ impl PgStore {
                 config,
                 owner: opts.owner.clone().unwrap_or_else(crate::store::owner_id),
                 notify: Arc::new(tokio::sync::Notify::new()),
+                finished: Arc::new(tokio::sync::Notify::new()),
+                events: Arc::new(tokio::sync::Notify::new()),
                 shown,
                 holds: Holds::default(),
                 prefetch: Prefetch::new(opts.claim_batch, opts.lease),
@@ -273,6 +296,8 @@ impl PgStore {
                     tracing::warn!(target: "turnstile::store", "PostgreSQL answers again (after {n} failed call(s))");
                     // Whatever was added meanwhile: look again.
                     self.inner.notify.notify_waiters();
+                    self.inner.finished.notify_waiters();
+                    self.inner.events.notify_waiters();
                 }
             }
         }
@@ -340,13 +365,18 @@ impl PgStore {
             listen::start(
                 &self.inner.handle,
                 self.inner.config.clone(),
-                Arc::downgrade(&self.inner.notify),
+                listen::Wakes {
+                    jobs: Arc::downgrade(&self.inner.notify),
+                    finished: Arc::downgrade(&self.inner.finished),
+                    events: Arc::downgrade(&self.inner.events),
+                },
             );
         });
     }
 
     /// True when expired leases should be reaped before the next claim (at most every
-    /// [`REAP_EVERY`]; a claim that finds nothing reaps anyway and tries again).
+    /// [`REAP_EVERY`]; a claim that finds nothing while a lease of its queue has expired reaps
+    /// anyway and tries again).
     fn reap_due(&self) -> bool {
         let mut last = self
             .inner

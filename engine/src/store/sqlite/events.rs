@@ -203,4 +203,9 @@ impl EventStore for SqliteStore {
         let ids = ids.to_vec();
         self.write(move |tx| Ok(mark(tx, &ids)?))
     }
+
+    fn event_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        // The WAL watch cannot tell which table another process wrote.
+        crate::store::JobStore::notify(self)
+    }
 }

@@ -6,8 +6,9 @@
 //!
 //! statemachine-engine re-checks every `poll_interval` seconds through the machine;
 //! Turnstile waits instead (a [`Step::Wait`] future) and is woken by the store's
-//! [`notify`](crate::store::JobStore::notify) when jobs change, here or, noticed by the
-//! store, in another process.
+//! [`notify`](crate::store::JobStore::notify) or
+//! [`finish_notify`](crate::store::JobStore::finish_notify) when jobs change, here or,
+//! noticed by the store, in another process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,11 +84,14 @@ impl Action for WaitForJobs {
             self.error.clone(),
         );
         Step::Wait(Box::pin(async move {
-            let notify = store.notify().clone();
+            // Completions may wake only the second (see `JobStore::finish_notify`).
+            let (notify, finished) = (store.notify().clone(), store.finish_notify().clone());
             loop {
-                let notified = notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
+                let changed = notify.notified();
+                let finishing = finished.notified();
+                tokio::pin!(changed, finishing);
+                changed.as_mut().enable();
+                finishing.as_mut().enable();
                 let s = store.clone();
                 let ids2 = ids.clone();
                 let statuses = blocking(move || {
@@ -131,11 +135,15 @@ impl Action for WaitForJobs {
                 // or for the deadline when there is a timeout event.
                 if timeout_event.is_some() {
                     tokio::select! {
-                        () = &mut notified => {}
+                        () = &mut changed => {}
+                        () = &mut finishing => {}
                         () = tokio::time::sleep_until(deadline) => {}
                     }
                 } else {
-                    notified.as_mut().await;
+                    tokio::select! {
+                        () = &mut changed => {}
+                        () = &mut finishing => {}
+                    }
                 }
             }
         }))
