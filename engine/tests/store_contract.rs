@@ -252,8 +252,14 @@ fn claims_follow_priority_then_age_and_filters(b: &Backend) {
 }
 
 fn an_expired_lease_returns_the_job_to_pending(b: &Backend) {
-    let dead_worker = b.open(no_renew(150));
-    let other = b.open(no_renew(150));
+    // Lease 400 ms, and the other store's first statement (which may connect) before the
+    // claim: the check that the job is held runs inside the lease on a busy machine too.
+    let dead_worker = b.open(no_renew(400));
+    let other = b.open(no_renew(400));
+    assert!(matches!(
+        other.claim_next(&any(), "other").unwrap(),
+        Claim::Empty { .. }
+    ));
     dead_worker.add_job(job("t")).unwrap();
     let j = claimed(dead_worker.claim_next(&any(), "dead").unwrap());
     match other.claim_next(&any(), "other").unwrap() {
@@ -263,7 +269,7 @@ fn an_expired_lease_returns_the_job_to_pending(b: &Backend) {
         }
         Claim::Job(j) => panic!("claimed a leased job {j:?}"),
     }
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(600));
     let again = claimed(other.claim_next(&any(), "other").unwrap());
     assert_eq!(again.job_id, j.job_id);
     assert_eq!(again.attempts, 2);
