@@ -1343,16 +1343,14 @@ fn the_api_description_lists_every_endpoint_and_is_valid_openapi() {
                 .and_then(|r| r.split("</code>").next())
                 .unwrap();
             let (m, p) = code.split_once(' ').unwrap();
-            (
-                if m == "GET" {
-                    "get"
-                } else if m == "POST" {
-                    "post"
-                } else {
-                    "delete"
-                },
-                p,
-            )
+            let m = match m {
+                "GET" => "get",
+                "POST" => "post",
+                "PATCH" => "patch",
+                "DELETE" => "delete",
+                other => panic!("the index shows a method {other}"),
+            };
+            (m, p)
         };
         assert!(
             doc["paths"][path][method].is_object(),
