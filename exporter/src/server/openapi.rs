@@ -78,6 +78,13 @@ fn operation(e: &Endpoint) -> Json {
         };
         params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": ty}}));
     }
+    if e.handler == Handler::Events {
+        params.push(json!({
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "resume after this record id",
+            "schema": {"type": "integer"},
+        }));
+    }
     let mut responses = Map::new();
     let ok = if e.writes() {
         "done (201 for a job added, 202 for an event accepted)"
@@ -180,7 +187,9 @@ mod tests {
             let params = op["parameters"].as_array().unwrap();
             assert_eq!(
                 params.len(),
-                e.query.len() + usize::from(e.param().is_some())
+                e.query.len()
+                    + usize::from(e.param().is_some())
+                    + usize::from(e.handler == Handler::Events)
             );
             assert_eq!(op.get("security").is_some(), e.writes(), "{}", e.path);
             assert!(!op["summary"].as_str().unwrap().contains('<'), "{}", e.path);

@@ -6,8 +6,8 @@ use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-/// The body type of every response.
-pub type Body = Full<Bytes>;
+/// The body type of every response: a whole body, or the stream of `GET /events`.
+pub type Body = http_body_util::Either<Full<Bytes>, super::events::EventBody>;
 
 /// Content type of JSON responses.
 pub const JSON: &str = "application/json";
@@ -18,7 +18,7 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A response with a body and a content type; never cached.
 pub fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

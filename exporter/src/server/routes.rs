@@ -19,6 +19,7 @@ use turnstile_engine::observe::ErrorKind;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
 use super::endpoints::{self, route, Handler, Route};
+use super::events;
 use super::job_admin;
 use super::jobs;
 use super::openapi;
@@ -125,6 +126,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         )),
         Handler::Trace => trace(state, &req),
         Handler::Errors => errors(state, &req),
+        Handler::Events => events::events(state, &req),
         Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
         Handler::Readyz => Ok(readyz(state).await),
         Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),

@@ -26,6 +26,7 @@ mod queue_depth;
 pub mod records;
 mod slot;
 pub mod spans;
+pub mod stream;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,6 +83,8 @@ pub struct Telemetry {
     /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
     pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 2],
     last_page_size: std::sync::atomic::AtomicUsize,
+    /// The live record stream (`GET /events`).
+    stream: Arc<stream::Stream>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -111,6 +114,9 @@ impl Telemetry {
         let sub = registry.sub_registry_with_prefix("turnstile");
         let metrics = Metrics::new(sub, spans_exported, spans_dropped, spans.is_some());
         sub.register_collector(Box::new(QueueDepth(engine.clone())));
+        let stream = Arc::new(stream::Stream::default());
+        catalogue::STREAM_CLIENTS.register(sub, stream.clients_gauge.clone());
+        catalogue::STREAM_DROPPED.register(sub, stream.dropped.clone());
         Ok(Arc::new(Telemetry {
             errors: Ring::new(config.error_buffer),
             config,
@@ -123,6 +129,7 @@ impl Telemetry {
             started_at: SystemTime::now(),
             pages: Default::default(),
             last_page_size: std::sync::atomic::AtomicUsize::new(64 * 1024),
+            stream,
         }))
     }
 
@@ -266,7 +273,7 @@ impl Telemetry {
             Some(s) => s.metrics.error(kind),
             None => self.metrics.global_error(kind),
         }
-        self.errors.push(ErrorRecord {
+        let record = ErrorRecord {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: kind.as_str(),
             message: message.to_owned(),
@@ -274,7 +281,11 @@ impl Telemetry {
             state: None,
             event: None,
             trace_id: None,
-        });
+        };
+        if self.stream.active() {
+            self.stream_error(&record);
+        }
+        self.errors.push(record);
     }
 
     /// `/trace`: newest first.

@@ -22,6 +22,7 @@ use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
 use super::spans::LiveSpan;
+use super::stream::QuickFeed;
 use super::Telemetry;
 
 impl Telemetry {
@@ -46,7 +47,7 @@ impl Telemetry {
     }
 }
 
-fn truncate(s: &str, limit: usize) -> String {
+pub(super) fn truncate(s: &str, limit: usize) -> String {
     if s.len() <= limit {
         return s.to_owned();
     }
@@ -136,7 +137,10 @@ impl Observer for Telemetry {
             return None;
         }
         let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
-        Some(Box::new(QuickSlot(slot.clone())))
+        Some(Box::new(QuickSlot(
+            slot.clone(),
+            QuickFeed::new(&self.stream, m.def),
+        )))
     }
 
     /// Event and action starts only matter to `/trace` records and spans.
@@ -206,6 +210,9 @@ impl Observer for Telemetry {
             return;
         };
         if self.metrics_only() {
+            if self.stream.active() {
+                self.stream_transition(slot, r);
+            }
             // Metrics only: what `transitioned` and `finished` do, without the report.
             QuickObserver::transition_finished(
                 slot,
@@ -255,6 +262,9 @@ impl Observer for Telemetry {
         let Some(slot) = self.slot(&r.machine) else {
             return;
         };
+        if self.stream.active() {
+            self.stream_action(slot, r, end);
+        }
         let outcome = action_outcome_index(end.outcome);
         let secs = end.duration.as_secs_f64();
         if self.metrics_only() {
@@ -332,7 +342,7 @@ impl Observer for Telemetry {
                 .and_then(|e| e.trace)
                 .map(|t| t.trace_id_hex())
         });
-        self.errors.push(ErrorRecord {
+        let record = ErrorRecord {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: r.kind.as_str(),
             message: r.message.to_owned(),
@@ -344,7 +354,11 @@ impl Observer for Telemetry {
                     .and_then(|e| e.traceparent)
                     .map(|t| t.trace_id_hex())
             }),
-        });
+        };
+        if self.stream.active() {
+            self.stream_error(&record);
+        }
+        self.errors.push(record);
     }
 
     fn plugin_swapped(&self, name: &str, version: &str, previous: &str) {
@@ -356,16 +370,19 @@ impl Observer for Telemetry {
         self.set_plugins(&[(name.to_owned(), version.to_owned())]);
     }
 
-    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str) {
         self.job_change(m, job_type, "claimed");
+        self.stream_job(m, "claimed", job_type, job_id, None);
     }
 
-    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str) {
         self.job_change(m, job_type, "completed");
+        self.stream_job(m, "completed", job_type, job_id, None);
     }
 
-    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str, _message: &str) {
+    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str, message: &str) {
         self.job_change(m, job_type, "failed");
+        self.stream_job(m, "failed", job_type, job_id, Some(message));
     }
 
     fn config_reloaded(&self, _path: &std::path::Path, _machines: &[&str]) {
