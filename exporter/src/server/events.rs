@@ -8,7 +8,9 @@
 //! (`: heartbeat`) is sent every [`HEARTBEAT`] so proxies and clients see the connection
 //! alive. A client that falls behind by more than the ring holds gets
 //! `{"kind": "cut_off", "missed": N}` and the stream ends (counted in
-//! `turnstile_stream_dropped_total`); it may reconnect with `Last-Event-ID`.
+//! `turnstile_stream_dropped_total`); it may reconnect with `Last-Event-ID`. One whose
+//! connection takes nothing at all is cut off as soon as the ring passes it (without the
+//! note, which it would not read).
 //!
 //! Its own file because the answer is not a whole body: each client has a task that reads
 //! its [`Subscriber`] and hands SSE chunks to the connection through a small channel
@@ -45,6 +47,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 const BATCH: usize = 512;
 /// Chunks waiting for the connection to write them, per client.
 const CHUNKS: usize = 8;
+/// How often a client whose connection takes nothing is checked for falling behind.
+const LAG_CHECK: Duration = Duration::from_millis(100);
 
 /// What a request knows of its connection (a request extension set by the server).
 #[derive(Clone)]
@@ -253,7 +257,21 @@ async fn follow(
             () = tx.closed() => break,
         };
         heartbeat.reset();
-        if tx.send(Bytes::from(chunk)).await.is_err() || last {
+        // While the connection has not taken the chunk, the ring goes on: a client that
+        // falls behind it is cut off now (nothing more is built for it), not when its
+        // connection's write timeout ends it.
+        let send = tx.send(Bytes::from(chunk));
+        tokio::pin!(send);
+        let mut check = tokio::time::interval(LAG_CHECK);
+        let sent = loop {
+            tokio::select! {
+                r = &mut send => break r.is_ok(),
+                _ = check.tick() => if sub.cut_off_if_behind().is_some() {
+                    break false;
+                },
+            }
+        };
+        if !sent || last {
             break;
         }
     }

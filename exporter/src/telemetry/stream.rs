@@ -355,6 +355,18 @@ impl Subscriber {
         self.next.saturating_sub(1)
     }
 
+    /// When the ring has dropped records this subscriber has not seen (it fell behind):
+    /// how many, counted as a client cut off. For a client whose connection is not taking
+    /// what it was given: it is cut off without waiting for it.
+    pub fn cut_off_if_behind(&mut self) -> Option<u64> {
+        let oldest = self.stream.ring().oldest();
+        if self.next >= oldest {
+            return None;
+        }
+        self.stream.dropped.inc();
+        Some(oldest - self.next)
+    }
+
     /// Takes up to `max` records not yet seen, or None when there is none.
     fn take(&mut self, max: usize) -> Option<Batch> {
         if let Some(m) = self.missed.take() {
