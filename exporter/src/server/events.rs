@@ -14,21 +14,18 @@
 //!
 //! Its own file because the answer is not a whole body: each client has a task that reads
 //! its [`Subscriber`] and hands SSE chunks to the connection through a small channel
-//! ([`EventBody`]); when the client goes, the body is dropped and the task ends. A client
+//! (the response's [`EventBody`]); when the client goes, the body is dropped and the task ends. A client
 //! that reads nothing for the sidecar's write timeout is closed like any connection. The
 //! connection is marked as streaming, so the connection budget never sheds it (see
 //! `conn.rs`); the stream's own limit ([`crate::telemetry::stream::MAX_CLIENTS`]) bounds
 //! them, with a 503 beyond it.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -36,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::conn::Progress;
 use super::request::{self, cut};
-use super::response::{ApiError, Body};
+use super::response::{ApiError, Body, EventBody};
 use super::state::State;
 use crate::telemetry::records;
 use crate::telemetry::stream::{Batch, Kind, Subscriber, TooManyClients};
@@ -57,33 +54,6 @@ pub(super) struct ConnInfo {
     pub(super) progress: Arc<Progress>,
     /// Set when the sidecar stops: the stream ends.
     pub(super) stop: watch::Receiver<bool>,
-}
-
-/// The body of a `GET /events` answer: the chunks its task sends, until the task ends.
-pub struct EventBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl std::fmt::Debug for EventBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBody").finish_non_exhaustive()
-    }
-}
-
-impl hyper::body::Body for EventBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 /// The filters of a stream request.
@@ -180,7 +150,7 @@ pub(super) fn events(state: &State, req: &Request<Incoming>) -> Result<Response<
     let info = req.extensions().get::<ConnInfo>().cloned();
     let (tx, rx) = mpsc::channel(CHUNKS);
     tokio::spawn(follow(sub, filter, tx, info));
-    *r.body_mut() = http_body_util::Either::Right(EventBody { rx });
+    *r.body_mut() = http_body_util::Either::Right(EventBody::new(rx));
     Ok(r)
 }
 

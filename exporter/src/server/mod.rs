@@ -1,4 +1,4 @@
-//! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
+//! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, `/events`, health probes, machine
 //! inspection, `POST /machines/{name}/events`, the job store's jobs (`/jobs`),
 //! `POST /-/reload` and `/openapi.json`, served with hyper on the engine's Tokio runtime.
 //!

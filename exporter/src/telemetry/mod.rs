@@ -27,6 +27,7 @@ pub mod records;
 mod slot;
 pub mod spans;
 pub mod stream;
+mod stream_feed;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};

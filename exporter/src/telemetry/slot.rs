@@ -84,7 +84,7 @@ impl QuickObserver for QuickSlot {
     ) {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
-        self.1.transition(&self.0, from, to, event_id);
+        self.1.transition(from, to, event_id);
     }
 }
 

@@ -29,11 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::Notify;
 
-use turnstile_engine::observe::{ActionEnd, ActionReport, MachineRef, TransitionReport};
-
 use super::records;
-use super::slot::Slot;
-use super::Telemetry;
 
 /// Records the ring holds: how far a client may fall behind before it is cut off, and how
 /// far back `Last-Event-ID` resumes.
@@ -420,10 +416,12 @@ impl Drop for Subscriber {
     }
 }
 
-/// A machine's stream feed on the metrics-only path ([`super::slot::QuickSlot`]): the
-/// event names of its definition, to name the events it reports by index.
+/// A machine's stream feed on the metrics-only path (the telemetry's quick observer):
+/// the names of its definition's states and events, to name what it reports by index.
 pub(super) struct QuickFeed {
     stream: Arc<Stream>,
+    machine: Arc<str>,
+    states: Arc<[Arc<str>]>,
     events: Arc<[Arc<str>]>,
 }
 
@@ -431,119 +429,34 @@ impl QuickFeed {
     pub(super) fn new(stream: &Arc<Stream>, def: &turnstile_engine::MachineDef) -> Self {
         Self {
             stream: stream.clone(),
+            machine: def.name.clone(),
+            states: def.states.iter().map(|s| s.name.clone()).collect(),
             events: def.events.iter().cloned().collect(),
         }
     }
 
     /// A transition reported by indexes (the event's payload is not known here).
     #[inline]
-    pub(super) fn transition(&self, slot: &Slot, from: usize, to: usize, event_id: usize) {
+    pub(super) fn transition(&self, from: usize, to: usize, event_id: usize) {
         if self.stream.active() {
-            self.push(slot, from, to, event_id);
+            self.push(from, to, event_id);
         }
     }
 
     #[inline(never)]
-    fn push(&self, slot: &Slot, from: usize, to: usize, event_id: usize) {
+    fn push(&self, from: usize, to: usize, event_id: usize) {
         let name = |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
         self.stream.push(
             Kind::Transition,
-            Some(slot.name.clone()),
+            Some(self.machine.clone()),
             Fields::Transition {
                 event: name(&self.events, event_id),
-                from: name(&slot.states, from),
-                to: name(&slot.states, to),
+                from: name(&self.states, from),
+                to: name(&self.states, to),
                 payload: None,
                 job_id: None,
             },
         );
-    }
-}
-
-/// The observer's records (called from `observer.rs` and `event.rs`, each behind
-/// [`Stream::active`]).
-impl Telemetry {
-    /// The live record stream (`GET /events`).
-    pub fn stream(&self) -> &Arc<Stream> {
-        &self.stream
-    }
-
-    #[inline(never)]
-    pub(super) fn stream_transition(&self, slot: &Slot, r: &TransitionReport<'_>) {
-        let state = |i: usize, n: &str| slot.states.get(i).cloned().unwrap_or_else(|| Arc::from(n));
-        self.stream.push(
-            Kind::Transition,
-            Some(slot.name.clone()),
-            Fields::Transition {
-                event: r.event.name.clone(),
-                from: state(r.from.id, r.from.name),
-                to: state(r.to.id, r.to.name),
-                payload: r.event.payload.clone(),
-                job_id: r.event.job_id.clone(),
-            },
-        );
-    }
-
-    #[inline(never)]
-    pub(super) fn stream_action(&self, slot: &Slot, r: &ActionReport<'_>, end: &ActionEnd<'_>) {
-        let limit = self.config.output_limit;
-        let mut m = Map::new();
-        m.insert("state".into(), json!(r.state.name));
-        m.insert("action".into(), json!(r.kind));
-        m.insert("index".into(), json!(r.index));
-        m.insert("outcome".into(), json!(end.outcome.as_str()));
-        m.insert(
-            "duration_ms".into(),
-            json!(end.duration.as_secs_f64() * 1e3),
-        );
-        if let Some(e) = end.event {
-            m.insert("event".into(), json!(e));
-        }
-        if let Some(e) = end.error {
-            m.insert("error".into(), json!(super::observer::truncate(e, limit)));
-        }
-        self.stream
-            .push(Kind::Action, Some(slot.name.clone()), Fields::Json(m));
-    }
-
-    #[inline(never)]
-    pub(super) fn stream_error(&self, r: &records::ErrorRecord) {
-        let mut m = Map::new();
-        m.insert("error_type".into(), json!(r.error_type));
-        m.insert("message".into(), json!(r.message));
-        if let Some(s) = &r.state {
-            m.insert("state".into(), json!(s));
-        }
-        if let Some(e) = &r.event {
-            m.insert("event".into(), json!(e));
-        }
-        if let Some(t) = &r.trace_id {
-            m.insert("trace_id".into(), json!(t));
-        }
-        self.stream.push(
-            Kind::Error,
-            r.machine.as_deref().map(Arc::from),
-            Fields::Json(m),
-        );
-    }
-
-    /// A job change seen by a machine (`claimed`, `completed`, `failed`).
-    #[inline(never)]
-    pub(super) fn stream_job(
-        &self,
-        m: MachineRef<'_>,
-        change: &str,
-        job_type: &str,
-        job_id: &str,
-        message: Option<&str>,
-    ) {
-        self.stream.publish(Kind::Job, Some(m.name), || {
-            let mut v = json!({"change": change, "job_type": job_type, "job_id": job_id});
-            if let (Some(msg), Some(o)) = (message, v.as_object_mut()) {
-                o.insert("message".into(), json!(msg));
-            }
-            v
-        });
     }
 }
 
