@@ -38,7 +38,7 @@ actions:
 struct Server {
     _proc: Proc,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -60,7 +60,7 @@ impl Server {
         Self {
             _proc: proc,
             addr,
-            _dir: dir,
+            _dir: Some(dir),
         }
     }
 
@@ -411,4 +411,69 @@ fn turnstile_tail_in_a_terminal_shows_one_colored_line_per_record() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind `nope`"));
+}
+
+/// `tail` outlives its sidecar: when the process restarts on the same port, it reconnects
+/// (with `Last-Event-ID`), says that records before were lost with the old process, and
+/// goes on.
+#[test]
+fn turnstile_tail_reconnects_when_the_sidecar_restarts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.yaml");
+    std::fs::write(&file, IDLE).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || {
+        let mut cmd = turnstile(&[
+            "run",
+            &file.display().to_string(),
+            "--listen",
+            &listen,
+            "--strict-port",
+        ]);
+        cmd.env_remove("TURNSTILE_TOKEN");
+        let mut proc = Proc::spawn(cmd);
+        let addr = proc.sidecar_addr(LIMIT);
+        proc.wait_started(1, LIMIT);
+        Server {
+            _proc: proc,
+            addr,
+            _dir: None,
+        }
+    };
+    let s = start();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "tail",
+        "--kind",
+        "transition",
+        "--url",
+        &format!("http://{listen}"),
+    ]);
+    let (_tail, lines) = lines_of(cmd);
+    wait_until("tail is connected", LIMIT, || s.clients() == 1.0);
+    s.send("go", json!({"n": 1}));
+    let first = lines.recv_timeout(LIMIT).unwrap();
+    assert!(
+        first.ends_with("idle transition waiting -> working  on go  {\"n\":1}"),
+        "{first}"
+    );
+    drop(s);
+    let s = start();
+    wait_until("tail is connected again", LIMIT, || s.clients() == 1.0);
+    let note = lines.recv_timeout(LIMIT).unwrap();
+    assert!(
+        note.ends_with("-- the sidecar restarted: records before this are unknown"),
+        "{note}"
+    );
+    s.send("go", json!({"n": 2}));
+    let next = lines.recv_timeout(LIMIT).unwrap();
+    assert!(
+        next.ends_with("idle transition waiting -> working  on go  {\"n\":2}"),
+        "{next}"
+    );
 }
