@@ -378,6 +378,27 @@ mod tests {
         for t in &tasks {
             assert!(!t.is_finished());
         }
+        // A streaming connection is never the one shed, however idle: the first one is
+        // now idle the longest, yet the third goes.
+        progress[0].set_streaming(true);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        progress[2].touch();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        budget.admit(|slot| {
+            let t = tokio::spawn(async move {
+                let _slot = slot;
+                std::future::pending::<()>().await;
+            });
+            let a = t.abort_handle();
+            tasks.push(t);
+            a
+        });
+        // tasks: [first (streaming), third, fourth, fifth]; the fourth (admitted above,
+        // never touched since) is the idle one among those that are not streaming.
+        let fourth = tasks.remove(2);
+        assert!(fourth.await.unwrap_err().is_cancelled());
+        assert!(!tasks[0].is_finished() && !tasks[1].is_finished());
+        assert_eq!(budget.len(), 3);
         // A connection that ends frees its slot.
         tasks[0].abort();
         tokio::task::yield_now().await;
