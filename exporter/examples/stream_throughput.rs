@@ -281,7 +281,7 @@ fn http(config: TelemetryConfig) {
             .all(|l| l != format!("turnstile_stream_clients {want}"))
         {
             rig.rt
-                .block_on(tokio::time::sleep(Duration::from_millis(10)));
+                .block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
             assert!(t0.elapsed() < Duration::from_secs(10), "no client");
         }
     };
@@ -292,7 +292,7 @@ fn http(config: TelemetryConfig) {
     let n = 200_000;
     let rate = rig.drive(n, Some(100));
     rig.rt
-        .block_on(tokio::time::sleep(Duration::from_millis(500)));
+        .block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
     stop.store(true, Ordering::Relaxed);
     let (got, _, consecutive) = client.join().expect("client");
     println!("http: paced at {rate:.0} events/s: the client received {got} of {n} records, ids consecutive: {consecutive}");
