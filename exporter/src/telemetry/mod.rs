@@ -10,7 +10,9 @@
 //! This file holds what all machines share: [`TelemetryConfig`], [`Telemetry`] (building
 //! it, wiring it to an engine, rendering `/metrics`) and what the sidecar reads (`/trace`,
 //! `/errors`, `/stats`). The [`Observer`] calls are in `observer.rs`, the end of an event
-//! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`.
+//! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`, the
+//! live record stream behind `GET /events` in `stream.rs` (the ring and its readers) and
+//! `stream_feed.rs` (the records the observer puts on it).
 //!
 //! [`Observer`]: turnstile_engine::Observer
 //! [`ObserverSlot`]: turnstile_engine::observe::ObserverSlot

@@ -1,5 +1,6 @@
 //! The [`Observer`] implementation: each report of the engine goes to the machine's slot
-//! ([`super::slot`]), the metrics, the spans and the `/trace` and `/errors` records.
+//! ([`super::slot`]), the metrics, the spans and the `/trace` and `/errors` records, and,
+//! while someone follows it, the live record stream (`stream_feed.rs`).
 //!
 //! Its own file because this is the write side, called from the machines' tasks (and from
 //! the engine for reloads, plugins and jobs), apart from [`super::Telemetry`]'s own methods:
