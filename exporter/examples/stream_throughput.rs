@@ -8,7 +8,8 @@
 //!
 //! 1. **full speed**: a producer sends as fast as the machine takes them; events/s with no
 //!    stream client and with one subscriber following everything on another thread (it
-//!    turns every record into its JSON, as the sidecar does), rounds alternating, medians;
+//!    turns every record into its JSON with the sidecar's encoder), rounds alternating,
+//!    medians;
 //! 2. **100,000 events/s**: the producer paced to 100 events per millisecond for 2 s; the
 //!    subscriber must receive every record (no cut-off);
 //! 3. **HTTP**: the same two runs with a real client of the sidecar's `GET /events` (a
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 use turnstile_exporter::server::{serve, SidecarConfig};
-use turnstile_exporter::telemetry::stream::Batch;
+use turnstile_exporter::telemetry::stream::{Batch, Encoder};
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
 const ROUNDS: usize = 7;
@@ -138,12 +139,16 @@ impl Follower {
                 .expect("runtime");
             rt.block_on(async move {
                 let mut bytes = 0usize;
+                let mut encoder = Encoder::default();
+                let mut out = String::new();
                 while !s.load(Ordering::Relaxed) {
                     let next = tokio::time::timeout(Duration::from_millis(50), sub.next(512)).await;
                     match next {
                         Ok(Batch::Records(records)) => {
                             for rec in &records {
-                                bytes += rec.to_json().to_string().len();
+                                out.clear();
+                                encoder.write(rec, &mut out);
+                                bytes += out.len();
                             }
                             r.fetch_add(records.len() as u64, Ordering::Relaxed);
                         }

@@ -36,7 +36,7 @@ use super::request::{self, cut};
 use super::response::{ApiError, Body, EventBody};
 use super::state::State;
 use crate::telemetry::records;
-use crate::telemetry::stream::{Batch, Kind, Subscriber, TooManyClients};
+use crate::telemetry::stream::{Batch, Encoder, Kind, Subscriber, TooManyClients};
 
 /// How often a quiet stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -185,6 +185,7 @@ async fn follow(
     {
         return;
     }
+    let mut encoder = Encoder::default();
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
@@ -201,7 +202,9 @@ async fn follow(
                 Batch::Records(records) => {
                     let mut out = String::new();
                     for r in records.iter().filter(|r| filter.wants(r)) {
-                        let _ = write!(out, "id: {}\ndata: {}\n\n", r.id, r.to_json());
+                        let _ = write!(out, "id: {}\ndata: ", r.id);
+                        encoder.write(r, &mut out);
+                        out.push_str("\n\n");
                     }
                     if out.is_empty() {
                         continue;

@@ -20,6 +20,7 @@
 //! shown as `"[redacted]"` in the records' JSON.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -156,6 +157,94 @@ impl Record {
             }
         }
         Json::Object(o)
+    }
+}
+
+/// Writes records as [`Record::to_json`] shows them, one line each, without building a
+/// JSON value for the commonest kind (transitions) and formatting each millisecond's
+/// timestamp once: the sidecar turns every record into text for every client.
+pub struct Encoder {
+    redactor: Arc<turnstile_engine::redact::Redactor>,
+    time: Option<(SystemTime, String)>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self {
+            redactor: turnstile_engine::redact::global(),
+            time: None,
+        }
+    }
+}
+
+/// `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
+}
+
+impl Encoder {
+    /// Appends `r`'s JSON (no newline) to `out`.
+    pub fn write(&mut self, r: &Record, out: &mut String) {
+        let Fields::Transition {
+            event,
+            from,
+            to,
+            payload,
+            job_id,
+        } = &r.fields
+        else {
+            let _ = write!(out, "{}", r.to_json());
+            return;
+        };
+        let time = match &self.time {
+            Some((t, s)) if *t == r.time => s,
+            _ => {
+                let s = records::timestamp(r.time);
+                &self.time.insert((r.time, s)).1
+            }
+        };
+        let _ = write!(
+            out,
+            "{{\"id\":{},\"time\":\"{time}\",\"kind\":\"transition\",\"machine\":",
+            r.id
+        );
+        match &r.machine {
+            Some(m) => push_json_str(out, m),
+            None => out.push_str("null"),
+        }
+        for (key, value) in [("event", event), ("from", from), ("to", to)] {
+            let _ = write!(out, ",\"{key}\":");
+            push_json_str(out, value);
+        }
+        if let Some(p) = payload {
+            out.push_str(",\"payload\":");
+            let _ = write!(out, "{}", self.redactor.redact_json(p));
+        }
+        if let Some(j) = job_id {
+            out.push_str(",\"job_id\":");
+            push_json_str(out, j);
+        }
+        out.push('}');
     }
 }
 
@@ -544,6 +633,50 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, vec![1]);
+    }
+
+    #[test]
+    fn the_encoder_writes_what_to_json_shows() {
+        let mut enc = Encoder::default();
+        for (machine, payload, job) in [
+            (
+                Some("m \"1\""),
+                Some(json!({"a\nb": [1, {"token": "t"}], "x": "\u{1}\\"})),
+                Some("j\t1\u{8}\u{c}"),
+            ),
+            (None, None, None),
+        ] {
+            let r = Record {
+                id: 7,
+                time: SystemTime::now(),
+                kind: Kind::Transition,
+                machine: machine.map(Arc::from),
+                fields: Fields::Transition {
+                    event: Arc::from("go\u{7f}é"),
+                    from: Arc::from("a"),
+                    to: Arc::from("b\\"),
+                    payload: payload.map(Arc::new),
+                    job_id: job.map(str::to_owned),
+                },
+            };
+            for _ in 0..2 {
+                let mut out = String::new();
+                enc.write(&r, &mut out);
+                let back: Json = serde_json::from_str(&out).unwrap();
+                assert_eq!(back, r.to_json(), "{out}");
+                assert_eq!(out, r.to_json().to_string());
+            }
+        }
+        let r = Record {
+            id: 8,
+            time: SystemTime::now(),
+            kind: Kind::Control,
+            machine: None,
+            fields: Fields::Json(Map::new()),
+        };
+        let mut out = String::new();
+        enc.write(&r, &mut out);
+        assert_eq!(out, r.to_json().to_string());
     }
 
     #[test]
