@@ -37,6 +37,9 @@ use super::records;
 pub const RING_CAPACITY: usize = 65_536;
 /// Stream clients served at once (more are refused).
 pub const MAX_CLIENTS: usize = 64;
+/// How long a subscriber that has just been given records waits before it looks again
+/// (instead of asking to be woken by the next record).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What a record reports (its `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +406,7 @@ impl Stream {
             stream: self.clone(),
             next,
             missed: (missed > 0).then_some(missed),
+            busy: false,
         })
     }
 }
@@ -432,6 +436,8 @@ pub struct Subscriber {
     next: u64,
     /// Records missed before it started (`u64::MAX`: unknown), reported first.
     missed: Option<u64>,
+    /// The last call found records: more are likely to follow.
+    busy: bool,
 }
 
 impl Subscriber {
@@ -482,7 +488,16 @@ impl Subscriber {
     pub async fn next(&mut self, max: usize) -> Batch {
         loop {
             if let Some(b) = self.take(max) {
+                self.busy = true;
                 return b;
+            }
+            if std::mem::take(&mut self.busy) {
+                // Records came a moment ago: a short pause gathers the next ones into one
+                // batch, and while records keep coming the publishers never have to wake
+                // this subscriber (a wake-up per record would cost them more than the
+                // record).
+                tokio::time::sleep(GATHER).await;
+                continue;
             }
             let stream = self.stream.clone();
             let notified = stream.notify.notified();
