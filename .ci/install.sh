@@ -25,6 +25,9 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgre
 # tests/deploy.rs).
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# tmux: tests/stream.rs runs `turnstile tail` in a tmux pane and reads it with
+# `capture-pane`, as a person would see it.
+command -v tmux >/dev/null || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y --no-install-recommends "${need_apt[@]}"

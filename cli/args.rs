@@ -63,6 +63,9 @@ pub enum Command {
     /// Send an event to a machine of another `turnstile run` process: through its
     /// `--socket-dir` socket, or with --db through the store (any host).
     SendEvent(SendEventArgs),
+    /// Follow a running sidecar's live records (`GET /events`), one line each: transitions,
+    /// action results, errors, job changes, control actions, breakpoint hits.
+    Tail(crate::tail::TailArgs),
     /// Print a bcrypt hash of a password read from stdin (its first line), for
     /// `basic_auth_users` in a --web-config file.
     HashPassword(HashPasswordArgs),
@@ -89,6 +92,7 @@ impl Command {
             | Command::MachineState(_)
             | Command::Events(_)
             | Command::SendEvent(_)
+            | Command::Tail(_)
             | Command::HashPassword(_) => &[],
         }
     }

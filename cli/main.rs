@@ -17,6 +17,7 @@ mod logging;
 mod run;
 mod sidecar_client;
 mod singleton;
+mod tail;
 mod validate;
 
 use std::path::PathBuf;
@@ -103,6 +104,7 @@ fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
             Some(db) => bridge::send_through_store(args, db),
             None => jobs_cli::send_event(args),
         },
+        Command::Tail(args) => tail::tail(args),
         Command::HashPassword(args) => hash_password(&args),
     }
 }

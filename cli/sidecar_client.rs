@@ -156,6 +156,49 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// The URL as given, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// `GET path` whose answer is read as it comes (`turnstile tail`): its head, its body,
+    /// and the task driving the connection (abort it when done with the body). `headers`
+    /// are added to the request.
+    pub async fn open(
+        &self,
+        path: &str,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<(
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority).await?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base))
+            .header(HOST, &self.authority)
+            .body(Full::new(Bytes::new()))?;
+        for (name, value) in headers {
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| anyhow!("`{value}` cannot be sent in a header"))?;
+            req.headers_mut().insert(*name, v);
+        }
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, driver)),
+            Err(e) => {
+                driver.abort();
+                Err(e.into())
+            }
+        }
+    }
+}
+
 /// Percent-encodes a path segment or a query value (all but `A-Z a-z 0-9 - _ . ~`).
 pub fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -9,6 +9,10 @@
 //! once, is always served, even when every client comes from the same address (so a cap
 //! per client address would lock the probe out with the crowd, and is not used).
 //!
+//! A connection serving `GET /events` is marked ([`Progress::set_streaming`]) and never
+//! shed: a quiet stream moves a byte only every heartbeat, yet is a client doing what it
+//! should; stream clients are bounded by their own limit instead.
+//!
 //! [`Tracked`] wraps a connection's stream: it records the time of the last byte read or
 //! written, and fails a write that has made no progress for its write timeout, so a
 //! client that stops reading cannot hold a response (and its slot) for ever.
@@ -17,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +35,9 @@ use tokio::time::Sleep;
 pub(super) struct Progress {
     base: tokio::time::Instant,
     last_ms: AtomicU64,
+    /// The connection serves `GET /events` now: it is never the one shed (stream clients
+    /// have their own limit), however long it goes between records.
+    streaming: AtomicBool,
 }
 
 impl Progress {
@@ -44,6 +51,11 @@ impl Progress {
 
     fn last(&self) -> u64 {
         self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as serving a stream (or no longer).
+    pub(super) fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::Relaxed);
     }
 }
 
@@ -93,6 +105,7 @@ impl Budget {
         let progress = Arc::new(Progress {
             base: self.base,
             last_ms: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
         });
         progress.touch();
         let mut shed = None;
@@ -103,6 +116,7 @@ impl Budget {
                 let victim = t
                     .conns
                     .iter()
+                    .filter(|(_, e)| !e.progress.streaming.load(Ordering::Relaxed))
                     .min_by_key(|(id, e)| (e.progress.last(), **id))
                     .map(|(id, _)| *id);
                 if let Some(e) = victim.and_then(|id| t.conns.remove(&id)) {
@@ -297,6 +311,7 @@ mod tests {
         let progress = Arc::new(Progress {
             base: budget.base,
             last_ms: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
         });
         let timeout = Duration::from_millis(300);
         let mut t = Tracked::new(a, progress.clone(), timeout);
@@ -363,6 +378,27 @@ mod tests {
         for t in &tasks {
             assert!(!t.is_finished());
         }
+        // A streaming connection is never the one shed, however idle: the first one is
+        // now idle the longest, yet the third goes.
+        progress[0].set_streaming(true);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        progress[2].touch();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        budget.admit(|slot| {
+            let t = tokio::spawn(async move {
+                let _slot = slot;
+                std::future::pending::<()>().await;
+            });
+            let a = t.abort_handle();
+            tasks.push(t);
+            a
+        });
+        // tasks: [first (streaming), third, fourth, fifth]; the fourth (admitted above,
+        // never touched since) is the idle one among those that are not streaming.
+        let fourth = tasks.remove(2);
+        assert!(fourth.await.unwrap_err().is_cancelled());
+        assert!(!tasks[0].is_finished() && !tasks[1].is_finished());
+        assert_eq!(budget.len(), 3);
         // A connection that ends frees its slot.
         tasks[0].abort();
         tokio::task::yield_now().await;

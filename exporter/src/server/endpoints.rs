@@ -19,6 +19,7 @@ pub enum Handler {
     Stats,
     Trace,
     Errors,
+    Events,
     Healthz,
     Readyz,
     Machines,
@@ -158,6 +159,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         query: &["limit", "machine", "kind"],
         handler: Handler::Errors,
         doc: "recent errors, newest first",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/events",
+        query: &["machine", "kind"],
+        handler: Handler::Events,
+        doc: "live records (transitions, actions, errors, jobs, control, breakpoints) as server-sent events; <code>Last-Event-ID</code> resumes",
     },
     Endpoint {
         method: Verb::Get,

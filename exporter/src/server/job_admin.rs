@@ -27,6 +27,7 @@ use super::response::{self, ApiError, Body};
 use super::state::State;
 use super::write;
 use crate::telemetry::operations::Operation;
+use crate::telemetry::stream::Kind;
 
 /// Jobs a page holds when the request does not say.
 pub const DEFAULT_PAGE: usize = 100;
@@ -178,6 +179,14 @@ impl Write {
         }
     }
 
+    /// The `change` of its stream record.
+    fn change(self) -> &'static str {
+        match self {
+            Write::Retry => "retried",
+            Write::Cancel => "cancelled",
+        }
+    }
+
     fn done(self) -> &'static str {
         match self {
             Write::Retry => "job retried",
@@ -264,7 +273,19 @@ async fn change(
     .await?;
     let why = changed.refusal(what.op(), &cut(id, 100));
     match (changed, why) {
-        (JobChange::Changed(job), _) => Ok(response::json(StatusCode::OK, &admin::shown(*job))),
+        (JobChange::Changed(job), _) => {
+            let shown = admin::shown(*job);
+            state.telemetry.stream().publish(Kind::Job, None, || {
+                json!({
+                    "change": what.change(),
+                    "job_id": id,
+                    "job_type": shown.get("job_type"),
+                    "status": shown.get("status"),
+                    "by": "operator",
+                })
+            });
+            Ok(response::json(StatusCode::OK, &shown))
+        }
         (JobChange::NotFound, _) => Err(unknown_job(id)),
         (JobChange::Refused { status }, why) => {
             Err(ApiError::new(StatusCode::CONFLICT, why.unwrap_or_default())

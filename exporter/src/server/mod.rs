@@ -1,7 +1,7 @@
-//! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, health probes, machine
-//! inspection, `POST /machines/{name}/events`, live operations on a machine (`live.rs`:
-//! pause, step, breakpoints, ...), the job store's jobs (`/jobs`), `POST /-/reload` and
-//! `/openapi.json`, served with hyper on the engine's Tokio runtime.
+//! The HTTP sidecar: `/metrics`, `/stats`, `/trace`, `/errors`, `/events`, health probes,
+//! machine inspection, `POST /machines/{name}/events`, live operations on a machine
+//! (`live.rs`: pause, step, breakpoints, ...), the job store's jobs (`/jobs`),
+//! `POST /-/reload` and `/openapi.json`, served with hyper on the engine's Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo(engine: turnstile_engine::Engine,
@@ -39,12 +39,15 @@
 //!   its buffer (~400 KB) ahead: a client that pipelines requests and reads nothing holds
 //!   at most about two answers until [`WRITE_TIMEOUT`] closes it.
 //!
-//! A long-lived stream (none is served yet) would hold a slot like any connection and,
-//! writing steadily, would not be the one shed; the header timeout applies only between
-//! requests, so it would not end it either.
+//! `GET /events`, a long-lived stream, holds a slot like any connection but is never the
+//! one shed (it may write nothing but a heartbeat for 15 s); at most
+//! [`crate::telemetry::stream::MAX_CLIENTS`] are served at once, more get 503. The header
+//! timeout applies only between requests, so it does not end a stream; the write timeout
+//! does close a stream whose client reads nothing (see `events.rs`).
 
 mod conn;
 mod endpoints;
+mod events;
 mod job_admin;
 mod jobs;
 mod live;
@@ -404,17 +407,18 @@ async fn accept_loop<H, F>(
         let gate = gate.clone();
         budget.admit(|slot| {
             conns.spawn(async move {
-                let io = conn::Tracked::new(stream, slot.progress(), WRITE_TIMEOUT);
+                let progress = slot.progress();
+                let io = conn::Tracked::new(stream, progress.clone(), WRITE_TIMEOUT);
                 let _slot = slot;
                 let tls = gate.as_ref().and_then(|g| g.web.current().tls.clone());
                 let result = match tls {
-                    None => connection(io, handle, stop, gate).await,
+                    None => connection(io, handle, stop, gate, progress).await,
                     Some(tls) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                         match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
                             Ok(Ok(mut io)) => {
                                 web::tune_connection(io.get_mut().1);
-                                connection(io, handle, stop, gate).await
+                                connection(io, handle, stop, gate, progress).await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(target: "turnstile::sidecar", peer = %peer, "TLS handshake failed: {e}");
@@ -451,13 +455,20 @@ async fn connection<IO, H, F>(
     handle: H,
     mut stop: watch::Receiver<bool>,
     gate: Option<Arc<web::Gate>>,
+    progress: Arc<conn::Progress>,
 ) -> Result<(), hyper::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<response::Body>> + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let info = events::ConnInfo {
+        progress,
+        stop: stop.clone(),
+    };
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // What a stream needs of its connection (`GET /events`).
+        req.extensions_mut().insert(info.clone());
         let handle = handle.clone();
         let gate = gate.clone();
         async move {

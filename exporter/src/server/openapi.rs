@@ -84,6 +84,13 @@ fn operation(e: &Endpoint) -> Json {
         };
         params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": ty}}));
     }
+    if e.handler == Handler::Events {
+        params.push(json!({
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "resume after this record id",
+            "schema": {"type": "integer"},
+        }));
+    }
     let mut responses = Map::new();
     let ok = if e.writes() {
         "done (201 for a job added, 202 for an event accepted)"
@@ -185,7 +192,10 @@ mod tests {
             assert!(ids.insert(operation_id(e)), "{} twice", operation_id(e));
             assert_eq!(op["summary"], plain(e.doc));
             let params = op["parameters"].as_array().unwrap();
-            assert_eq!(params.len(), e.query.len() + e.params().count());
+            assert_eq!(
+                params.len(),
+                e.query.len() + e.params().count() + usize::from(e.handler == Handler::Events)
+            );
             assert_eq!(op.get("security").is_some(), e.writes(), "{}", e.path);
             assert!(!op["summary"].as_str().unwrap().contains('<'), "{}", e.path);
         }

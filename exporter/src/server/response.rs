@@ -6,8 +6,44 @@ use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-/// The body type of every response.
-pub type Body = Full<Bytes>;
+/// The body type of every response: a whole body, or the stream of `GET /events`.
+pub type Body = http_body_util::Either<Full<Bytes>, EventBody>;
+
+/// The body of a `GET /events` answer: the chunks its task sends, until the task ends.
+pub struct EventBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl EventBody {
+    /// The body of the chunks `rx` receives; it ends when their sender is gone.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self { rx }
+    }
+}
+
+impl std::fmt::Debug for EventBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBody").finish_non_exhaustive()
+    }
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::default()
+    }
+}
 
 /// Content type of JSON responses.
 pub const JSON: &str = "application/json";
@@ -18,7 +54,7 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A response with a body and a content type; never cached.
 pub fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -20,6 +20,7 @@ use turnstile_engine::runtime::live::LiveOp;
 use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
 use super::endpoints::{self, route, Handler, Route};
+use super::events;
 use super::job_admin;
 use super::jobs;
 use super::live;
@@ -127,6 +128,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         )),
         Handler::Trace => trace(state, &req),
         Handler::Errors => errors(state, &req),
+        Handler::Events => events::events(state, &req),
         Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
         Handler::Readyz => Ok(readyz(state).await),
         Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),

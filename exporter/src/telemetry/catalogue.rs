@@ -297,6 +297,22 @@ pub const JOB_CHANGES: Family = turnstile(
     "Jobs claimed, completed and failed by this process's machines",
     &["machine", "job_type", "change"],
 );
+/// `turnstile_stream_clients`.
+pub const STREAM_CLIENTS: Family = turnstile(
+    "stream_clients",
+    Gauge,
+    None,
+    "Clients following the live record stream (GET /events)",
+    &[],
+);
+/// `turnstile_stream_dropped_total`.
+pub const STREAM_DROPPED: Family = turnstile(
+    "stream_dropped",
+    Counter,
+    None,
+    "Stream clients cut off for falling behind the ring of records",
+    &[],
+);
 /// `turnstile_spans_dropped_total`.
 pub const SPANS_DROPPED: Family = turnstile(
     "spans_dropped",
@@ -428,6 +444,8 @@ pub const ALL: &[Family] = &[
     PLUGIN_INFO,
     SPANS_EXPORTED,
     SPANS_DROPPED,
+    STREAM_CLIENTS,
+    STREAM_DROPPED,
     PROCESS_CPU,
     PROCESS_RESIDENT_MEMORY,
     PROCESS_VIRTUAL_MEMORY,

@@ -37,6 +37,9 @@ impl Telemetry {
     pub(super) fn transitioned(&self, slot: &Slot, r: &TransitionReport<'_>) {
         slot.metrics
             .transition(r.from.id, r.event_id, timed(r.time_in_from));
+        if self.stream.active() {
+            self.stream_transition(slot, r);
+        }
         // The current state is only needed for the next span's `turnstile.state.from`.
         if self.spans.is_none() {
             return;

@@ -10,7 +10,9 @@
 //! This file holds what all machines share: [`TelemetryConfig`], [`Telemetry`] (building
 //! it, wiring it to an engine, rendering `/metrics`) and what the sidecar reads (`/trace`,
 //! `/errors`, `/stats`). The [`Observer`] calls are in `observer.rs`, the end of an event
-//! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`.
+//! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`, the
+//! live record stream behind `GET /events` in `stream.rs` (the ring and its readers) and
+//! `stream_feed.rs` (the records the observer puts on it).
 //!
 //! [`Observer`]: turnstile_engine::Observer
 //! [`ObserverSlot`]: turnstile_engine::observe::ObserverSlot
@@ -26,6 +28,8 @@ mod queue_depth;
 pub mod records;
 mod slot;
 pub mod spans;
+pub mod stream;
+mod stream_feed;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -96,6 +100,8 @@ pub struct Telemetry {
     /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
     pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 2],
     last_page_size: std::sync::atomic::AtomicUsize,
+    /// The live record stream (`GET /events`).
+    stream: Arc<stream::Stream>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -130,6 +136,9 @@ impl Telemetry {
             transitions: metrics.transitions.clone(),
             events: metrics.events.clone(),
         }));
+        let stream = Arc::new(stream::Stream::default());
+        catalogue::STREAM_CLIENTS.register(sub, stream.clients_gauge.clone());
+        catalogue::STREAM_DROPPED.register(sub, stream.dropped.clone());
         Ok(Arc::new(Telemetry {
             errors: Ring::new(config.error_buffer),
             config,
@@ -142,6 +151,7 @@ impl Telemetry {
             started_at: SystemTime::now(),
             pages: Default::default(),
             last_page_size: std::sync::atomic::AtomicUsize::new(64 * 1024),
+            stream,
         }))
     }
 
@@ -285,7 +295,7 @@ impl Telemetry {
             Some(s) => s.metrics.error(kind),
             None => self.metrics.global_error(kind),
         }
-        self.errors.push(ErrorRecord {
+        let record = ErrorRecord {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: kind.as_str(),
             message: message.to_owned(),
@@ -293,7 +303,11 @@ impl Telemetry {
             state: None,
             event: None,
             trace_id: None,
-        });
+        };
+        if self.stream.active() {
+            self.stream_error(&record);
+        }
+        self.errors.push(record);
     }
 
     /// `/trace`: newest first.

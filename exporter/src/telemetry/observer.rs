@@ -1,5 +1,6 @@
 //! The [`Observer`] implementation: each report of the engine goes to the machine's slot
-//! ([`super::slot`]), the metrics, the spans and the `/trace` and `/errors` records.
+//! ([`super::slot`]), the metrics, the spans and the `/trace` and `/errors` records, and,
+//! while someone follows it, the live record stream (`stream_feed.rs`).
 //!
 //! Its own file because this is the write side, called from the machines' tasks (and from
 //! the engine for reloads, plugins and jobs), apart from [`super::Telemetry`]'s own methods:
@@ -22,6 +23,7 @@ use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
 use super::spans::LiveSpan;
+use super::stream::QuickFeed;
 use super::Telemetry;
 
 impl Telemetry {
@@ -46,7 +48,7 @@ impl Telemetry {
     }
 }
 
-fn truncate(s: &str, limit: usize) -> String {
+pub(super) fn truncate(s: &str, limit: usize) -> String {
     if s.len() <= limit {
         return s.to_owned();
     }
@@ -145,7 +147,10 @@ impl Observer for Telemetry {
             return None;
         }
         let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
-        Some(Box::new(QuickSlot(slot.clone())))
+        Some(Box::new(QuickSlot(
+            slot.clone(),
+            QuickFeed::new(&self.stream, m.def),
+        )))
     }
 
     /// Event and action starts only matter to `/trace` records and spans.
@@ -215,6 +220,9 @@ impl Observer for Telemetry {
             return;
         };
         if self.metrics_only() {
+            if self.stream.active() {
+                self.stream_transition(slot, r);
+            }
             // Metrics only: what `transitioned` and `finished` do, without the report.
             QuickObserver::transition_finished(
                 slot,
@@ -264,6 +272,9 @@ impl Observer for Telemetry {
         let Some(slot) = self.slot(&r.machine) else {
             return;
         };
+        if self.stream.active() {
+            self.stream_action(slot, r, end);
+        }
         let outcome = action_outcome_index(end.outcome);
         let secs = end.duration.as_secs_f64();
         if self.metrics_only() {
@@ -341,7 +352,7 @@ impl Observer for Telemetry {
                 .and_then(|e| e.trace)
                 .map(|t| t.trace_id_hex())
         });
-        self.errors.push(ErrorRecord {
+        let record = ErrorRecord {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: r.kind.as_str(),
             message: r.message.to_owned(),
@@ -353,7 +364,11 @@ impl Observer for Telemetry {
                     .and_then(|e| e.traceparent)
                     .map(|t| t.trace_id_hex())
             }),
-        });
+        };
+        if self.stream.active() {
+            self.stream_error(&record);
+        }
+        self.errors.push(record);
     }
 
     /// A live operation or a breakpoint hit: a span of its own (no duration: the machine
@@ -362,6 +377,9 @@ impl Observer for Telemetry {
     fn control(&self, r: &ControlReport<'_>) {
         if let Some(slot) = self.slot(&r.machine) {
             slot.live.lock().unwrap_or_else(|e| e.into_inner()).state = r.state.id;
+        }
+        if self.stream.active() {
+            self.stream_control(r);
         }
         let Some(sp) = &self.spans else {
             return;
@@ -403,16 +421,19 @@ impl Observer for Telemetry {
         self.set_plugins(&[(name.to_owned(), version.to_owned())]);
     }
 
-    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+    fn job_claimed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str) {
         self.job_change(m, job_type, "claimed");
+        self.stream_job(m, "claimed", job_type, job_id, None);
     }
 
-    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str) {
+    fn job_completed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str) {
         self.job_change(m, job_type, "completed");
+        self.stream_job(m, "completed", job_type, job_id, None);
     }
 
-    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, _job_id: &str, _message: &str) {
+    fn job_failed(&self, m: MachineRef<'_>, job_type: &str, job_id: &str, message: &str) {
         self.job_change(m, job_type, "failed");
+        self.stream_job(m, "failed", job_type, job_id, Some(message));
     }
 
     fn config_reloaded(&self, _path: &std::path::Path, _machines: &[&str]) {

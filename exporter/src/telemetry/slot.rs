@@ -17,6 +17,7 @@ use turnstile_engine::TraceContext;
 use super::metrics::MachineMetrics;
 use super::records::{ActionRecord, Ring, TraceRecord};
 use super::spans::LiveSpan;
+use super::stream::QuickFeed;
 
 /// One machine's telemetry.
 pub(super) struct Slot {
@@ -86,7 +87,7 @@ impl QuickObserver for Slot {
 
 /// A machine's slot as its [`QuickObserver`] (boxed by the runtime: a trait object of
 /// this, not of `Arc<Slot>`, keeps the call's `self` at a fixed offset).
-pub(super) struct QuickSlot(pub(super) Arc<Slot>);
+pub(super) struct QuickSlot(pub(super) Arc<Slot>, pub(super) QuickFeed);
 
 impl QuickObserver for QuickSlot {
     #[inline]
@@ -100,6 +101,7 @@ impl QuickObserver for QuickSlot {
     ) {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
+        self.1.transition(from, to, event_id);
     }
 
     fn timing(&self) -> QuickTiming {

@@ -1,0 +1,724 @@
+//! The live record stream behind `GET /events`: transitions, action results, errors, job
+//! changes, control actions and breakpoint hits, one [`Record`] each, with increasing ids.
+//!
+//! Its own file because it is both sides of a queue: the observer calls (on the machines'
+//! tasks) publish, the sidecar's stream clients read. A machine never waits for a client:
+//!
+//! - **No client**: a publisher's whole cost is one relaxed atomic load
+//!   ([`Stream::active`]); no record is built.
+//! - **Clients**: records go into one bounded ring ([`RING_CAPACITY`] records; the oldest
+//!   goes when it is full), each with the next id. Publishing is a short lock; clients
+//!   copy what they have not seen yet out of the ring at their own pace, each with its own
+//!   cursor ([`Subscriber`]), and turn it into JSON on their own task.
+//! - **A client that falls behind** by more than the ring holds finds its next record gone:
+//!   it is cut off ([`Batch::CutOff`]) and counted in `turnstile_stream_dropped_total`.
+//! - **Resuming**: a subscriber may start after an id it saw before (`Last-Event-ID`); the
+//!   ring serves what it still holds, and a [`Batch::Missed`] first says how many records
+//!   went in between.
+//!
+//! Values of sensitive fields (the process's redactor, `turnstile_engine::redact`) are
+//! shown as `"[redacted]"` in the records' JSON.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::Notify;
+
+use super::records;
+
+/// Records the ring holds: how far a client may fall behind before it is cut off, and how
+/// far back `Last-Event-ID` resumes.
+pub const RING_CAPACITY: usize = 65_536;
+/// Stream clients served at once (more are refused).
+pub const MAX_CLIENTS: usize = 64;
+/// How long a subscriber that has just been given records waits before it looks again
+/// (instead of asking to be woken by the next record).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What a record reports (its `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A machine changed state.
+    Transition,
+    /// An action ended.
+    Action,
+    /// An error (as `/errors` records it).
+    Error,
+    /// A job was claimed, completed, failed, retried or cancelled.
+    Job,
+    /// An operator acted on a machine (pause, resume, step, stop, restart, context patch).
+    Control,
+    /// A machine reached a breakpoint.
+    Breakpoint,
+}
+
+impl Kind {
+    /// Every kind, in the order docs/operations.md lists them.
+    pub const ALL: [Kind; 6] = [
+        Kind::Transition,
+        Kind::Action,
+        Kind::Error,
+        Kind::Job,
+        Kind::Control,
+        Kind::Breakpoint,
+    ];
+
+    /// The `kind` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Transition => "transition",
+            Kind::Action => "action",
+            Kind::Error => "error",
+            Kind::Job => "job",
+            Kind::Control => "control",
+            Kind::Breakpoint => "breakpoint",
+        }
+    }
+
+    /// The kind of this name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// What a record says beyond `id`, `time`, `kind` and `machine`.
+#[derive(Debug)]
+pub enum Fields {
+    /// `event`, `from`, `to` and, when the report carried them, the event's `payload`
+    /// (redacted when shown) and `job_id`.
+    Transition {
+        /// The event's name.
+        event: Arc<str>,
+        /// The state left.
+        from: Arc<str>,
+        /// The state entered.
+        to: Arc<str>,
+        /// The event's payload.
+        payload: Option<Arc<Json>>,
+        /// The job the event belongs to.
+        job_id: Option<String>,
+    },
+    /// Any other kind: its fields as JSON (redacted when shown).
+    Json(Map<String, Json>),
+}
+
+/// One record of the stream.
+#[derive(Debug)]
+pub struct Record {
+    /// Increasing, from 1, for the process's lifetime.
+    pub id: u64,
+    /// When it was published.
+    pub time: SystemTime,
+    /// What it reports.
+    pub kind: Kind,
+    /// The machine it is about, if any.
+    pub machine: Option<Arc<str>>,
+    /// The rest.
+    pub fields: Fields,
+}
+
+impl Record {
+    /// The record as JSON, one line: `{id, time, kind, machine, ...}`; sensitive fields
+    /// redacted.
+    pub fn to_json(&self) -> Json {
+        let redactor = turnstile_engine::redact::global();
+        let mut o = Map::new();
+        o.insert("id".into(), json!(self.id));
+        o.insert("time".into(), json!(records::timestamp(self.time)));
+        o.insert("kind".into(), json!(self.kind.as_str()));
+        o.insert("machine".into(), json!(self.machine.as_deref()));
+        match &self.fields {
+            Fields::Transition {
+                event,
+                from,
+                to,
+                payload,
+                job_id,
+            } => {
+                o.insert("event".into(), json!(&**event));
+                o.insert("from".into(), json!(&**from));
+                o.insert("to".into(), json!(&**to));
+                if let Some(p) = payload {
+                    o.insert("payload".into(), redactor.redact_json(p).into_owned());
+                }
+                if let Some(j) = job_id {
+                    o.insert("job_id".into(), json!(j));
+                }
+            }
+            Fields::Json(m) => {
+                for (k, v) in redactor.redact_map(m).iter() {
+                    if !o.contains_key(k) {
+                        o.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        Json::Object(o)
+    }
+}
+
+/// Writes records as [`Record::to_json`] shows them, one line each, without building a
+/// JSON value for the commonest kind (transitions) and formatting each millisecond's
+/// timestamp once: the sidecar turns every record into text for every client.
+pub struct Encoder {
+    redactor: Arc<turnstile_engine::redact::Redactor>,
+    time: Option<(SystemTime, String)>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self {
+            redactor: turnstile_engine::redact::global(),
+            time: None,
+        }
+    }
+}
+
+/// `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
+}
+
+impl Encoder {
+    /// Appends `r`'s JSON (no newline) to `out`.
+    pub fn write(&mut self, r: &Record, out: &mut String) {
+        let Fields::Transition {
+            event,
+            from,
+            to,
+            payload,
+            job_id,
+        } = &r.fields
+        else {
+            let _ = write!(out, "{}", r.to_json());
+            return;
+        };
+        let time = match &self.time {
+            Some((t, s)) if *t == r.time => s,
+            _ => {
+                let s = records::timestamp(r.time);
+                &self.time.insert((r.time, s)).1
+            }
+        };
+        let _ = write!(
+            out,
+            "{{\"id\":{},\"time\":\"{time}\",\"kind\":\"transition\",\"machine\":",
+            r.id
+        );
+        match &r.machine {
+            Some(m) => push_json_str(out, m),
+            None => out.push_str("null"),
+        }
+        for (key, value) in [("event", event), ("from", from), ("to", to)] {
+            let _ = write!(out, ",\"{key}\":");
+            push_json_str(out, value);
+        }
+        if let Some(p) = payload {
+            out.push_str(",\"payload\":");
+            let _ = write!(out, "{}", self.redactor.redact_json(p));
+        }
+        if let Some(j) = job_id {
+            out.push_str(",\"job_id\":");
+            push_json_str(out, j);
+        }
+        out.push('}');
+    }
+}
+
+struct Ring {
+    records: VecDeque<Arc<Record>>,
+    /// The id the next record gets.
+    next_id: u64,
+}
+
+impl Ring {
+    /// The id of the oldest record held (`next_id` when empty).
+    fn oldest(&self) -> u64 {
+        self.records.front().map_or(self.next_id, |r| r.id)
+    }
+}
+
+/// The stream: the ring, its clients and their metrics.
+pub struct Stream {
+    /// Subscribers now: publishers build records only when this is above 0.
+    clients: AtomicUsize,
+    ring: Mutex<Ring>,
+    /// A subscriber is waiting for the next record (so a publish wakes it).
+    waiting: AtomicBool,
+    notify: Notify,
+    capacity: usize,
+    max_clients: usize,
+    /// `turnstile_stream_clients`.
+    pub(crate) clients_gauge: Gauge,
+    /// `turnstile_stream_dropped_total`.
+    pub(crate) dropped: Counter,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("clients", &self.clients.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Self::new(RING_CAPACITY, MAX_CLIENTS)
+    }
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyClients(pub usize);
+
+impl Stream {
+    /// A stream whose ring holds `capacity` records (at least 1) and that serves at most
+    /// `max_clients` subscribers.
+    pub fn new(capacity: usize, max_clients: usize) -> Self {
+        Self {
+            clients: AtomicUsize::new(0),
+            ring: Mutex::new(Ring {
+                records: VecDeque::new(),
+                next_id: 1,
+            }),
+            waiting: AtomicBool::new(false),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+            max_clients,
+            clients_gauge: Gauge::default(),
+            dropped: Counter::default(),
+        }
+    }
+
+    /// True when someone follows the stream: check before building a record.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.clients.load(Ordering::Relaxed) > 0
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a record (when someone follows the stream); never waits for a client.
+    pub fn push(&self, kind: Kind, machine: Option<Arc<str>>, fields: Fields) {
+        if !self.active() {
+            return;
+        }
+        let time = records::coarse_now();
+        let evicted = {
+            let mut ring = self.ring();
+            let id = ring.next_id;
+            ring.next_id += 1;
+            let evicted = if ring.records.len() >= self.capacity {
+                ring.records.pop_front()
+            } else {
+                None
+            };
+            ring.records.push_back(Arc::new(Record {
+                id,
+                time,
+                kind,
+                machine,
+                fields,
+            }));
+            evicted
+        };
+        // Dropped outside the lock.
+        drop(evicted);
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Publishes a record of `kind` whose fields are `fields` (a JSON object's members;
+    /// `id`, `time`, `kind` and `machine` are set here). For the reports that are not the
+    /// observer's own: control actions and breakpoint hits (`Kind::Control`,
+    /// `Kind::Breakpoint`, with an `action` field saying what was done), an operator's job
+    /// writes. Free when nobody follows the stream.
+    pub fn publish(&self, kind: Kind, machine: Option<&str>, fields: impl FnOnce() -> Json) {
+        if !self.active() {
+            return;
+        }
+        let fields = match fields() {
+            Json::Object(m) => m,
+            other => {
+                let mut m = Map::new();
+                m.insert("value".into(), other);
+                m
+            }
+        };
+        self.push(kind, machine.map(Arc::from), Fields::Json(fields));
+    }
+
+    /// A subscriber that sees the records published from now on or, with `after` (a
+    /// `Last-Event-ID`), those after that id still in the ring. Refused beyond the stream's
+    /// client limit.
+    pub fn subscribe(self: &Arc<Self>, after: Option<u64>) -> Result<Subscriber, TooManyClients> {
+        let max = self.max_clients;
+        self.clients
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| TooManyClients(max))?;
+        self.clients_gauge.inc();
+        let ring = self.ring();
+        let (next, missed) = match after {
+            None => (ring.next_id, 0),
+            // An id this process never gave: the stream restarted since (ids start at 1
+            // again); what went before is unknown, the ring is served from its start.
+            Some(a) if a >= ring.next_id => (ring.oldest(), u64::MAX),
+            Some(a) => {
+                let want = a + 1;
+                let oldest = ring.oldest();
+                (want.max(oldest), oldest.saturating_sub(want))
+            }
+        };
+        drop(ring);
+        Ok(Subscriber {
+            stream: self.clone(),
+            next,
+            missed: (missed > 0).then_some(missed),
+            busy: false,
+        })
+    }
+}
+
+/// What a subscriber gets next.
+#[derive(Debug)]
+pub enum Batch {
+    /// Records in id order (at least one).
+    Records(Vec<Arc<Record>>),
+    /// Records went before the subscriber could see them (`Last-Event-ID` older than the
+    /// ring's oldest record); `None`: an id this process never gave (it restarted), how
+    /// many is unknown. Comes first, then the ring's records.
+    Missed(Option<u64>),
+    /// The subscriber fell behind by more than the ring holds: it is cut off (and
+    /// counted); `missed` records went unseen.
+    CutOff {
+        /// Records it did not see.
+        missed: u64,
+    },
+}
+
+/// One client's cursor in the ring. Dropping it ends the subscription.
+#[derive(Debug)]
+pub struct Subscriber {
+    stream: Arc<Stream>,
+    /// The id of the next record it wants.
+    next: u64,
+    /// Records missed before it started (`u64::MAX`: unknown), reported first.
+    missed: Option<u64>,
+    /// The last call found records: more are likely to follow.
+    busy: bool,
+}
+
+impl Subscriber {
+    /// The id of the last record this subscriber was given (0: none yet).
+    pub fn last_id(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
+    /// When the ring has dropped records this subscriber has not seen (it fell behind):
+    /// how many, counted as a client cut off. For a client whose connection is not taking
+    /// what it was given: it is cut off without waiting for it.
+    pub fn cut_off_if_behind(&mut self) -> Option<u64> {
+        let oldest = self.stream.ring().oldest();
+        if self.next >= oldest {
+            return None;
+        }
+        self.stream.dropped.inc();
+        Some(oldest - self.next)
+    }
+
+    /// Takes up to `max` records not yet seen, or None when there is none.
+    fn take(&mut self, max: usize) -> Option<Batch> {
+        if let Some(m) = self.missed.take() {
+            return Some(Batch::Missed((m != u64::MAX).then_some(m)));
+        }
+        let ring = self.stream.ring();
+        let oldest = ring.oldest();
+        if self.next < oldest {
+            let missed = oldest - self.next;
+            drop(ring);
+            self.stream.dropped.inc();
+            return Some(Batch::CutOff { missed });
+        }
+        if self.next >= ring.next_id {
+            return None;
+        }
+        let skip = usize::try_from(self.next - oldest).unwrap_or(usize::MAX);
+        let out: Vec<Arc<Record>> = ring.records.iter().skip(skip).take(max).cloned().collect();
+        drop(ring);
+        if let Some(last) = out.last() {
+            self.next = last.id + 1;
+        }
+        Some(Batch::Records(out))
+    }
+
+    /// Waits for what comes next: up to `max` records, a [`Batch::Missed`] or a
+    /// [`Batch::CutOff`] (after which the subscriber gives nothing more).
+    pub async fn next(&mut self, max: usize) -> Batch {
+        loop {
+            if let Some(b) = self.take(max) {
+                self.busy = true;
+                return b;
+            }
+            if std::mem::take(&mut self.busy) {
+                // Records came a moment ago: a short pause gathers the next ones into one
+                // batch, and while records keep coming the publishers never have to wake
+                // this subscriber (a wake-up per record would cost them more than the
+                // record).
+                tokio::time::sleep(GATHER).await;
+                continue;
+            }
+            let stream = self.stream.clone();
+            let notified = stream.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            stream.waiting.store(true, Ordering::SeqCst);
+            // A record published before `waiting` was set did not wake us: look again.
+            if let Some(b) = self.take(max) {
+                return b;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stream.clients.fetch_sub(1, Ordering::SeqCst);
+        self.stream.clients_gauge.dec();
+    }
+}
+
+/// A machine's stream feed on the metrics-only path (the telemetry's quick observer):
+/// the names of its definition's states and events, to name what it reports by index.
+pub(super) struct QuickFeed {
+    stream: Arc<Stream>,
+    machine: Arc<str>,
+    states: Arc<[Arc<str>]>,
+    events: Arc<[Arc<str>]>,
+}
+
+impl QuickFeed {
+    pub(super) fn new(stream: &Arc<Stream>, def: &turnstile_engine::MachineDef) -> Self {
+        Self {
+            stream: stream.clone(),
+            machine: def.name.clone(),
+            states: def.states.iter().map(|s| s.name.clone()).collect(),
+            events: def.events.iter().cloned().collect(),
+        }
+    }
+
+    /// A transition reported by indexes (the event's payload is not known here).
+    #[inline]
+    pub(super) fn transition(&self, from: usize, to: usize, event_id: usize) {
+        if self.stream.active() {
+            self.push(from, to, event_id);
+        }
+    }
+
+    #[inline(never)]
+    fn push(&self, from: usize, to: usize, event_id: usize) {
+        let name = |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
+        self.stream.push(
+            Kind::Transition,
+            Some(self.machine.clone()),
+            Fields::Transition {
+                event: name(&self.events, event_id),
+                from: name(&self.states, from),
+                to: name(&self.states, to),
+                payload: None,
+                job_id: None,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn push(s: &Stream, n: u64) {
+        s.publish(
+            Kind::Control,
+            Some("m"),
+            || json!({"action": "pause", "n": n}),
+        );
+    }
+
+    fn ids(b: Batch) -> Vec<u64> {
+        match b {
+            Batch::Records(r) => r.iter().map(|r| r.id).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_kept_without_a_client_and_ids_increase() {
+        let s = Arc::new(Stream::new(4, 2));
+        push(&s, 0);
+        assert!(!s.active());
+        let mut sub = s.subscribe(None).unwrap();
+        assert_eq!(s.clients_gauge.get(), 1);
+        push(&s, 1);
+        push(&s, 2);
+        assert_eq!(ids(sub.next(10).await), vec![1, 2]);
+        let r = s.ring().records[0].to_json();
+        assert_eq!(r["kind"], "control");
+        assert_eq!(r["machine"], "m");
+        assert_eq!(r["action"], "pause");
+        drop(sub);
+        assert!(!s.active());
+        assert_eq!(s.clients_gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn resuming_serves_the_ring_and_says_what_was_missed() {
+        let s = Arc::new(Stream::new(4, 2));
+        let _keep = s.subscribe(None).unwrap();
+        for n in 0..6 {
+            push(&s, n);
+        }
+        // Ids 3..=6 are held.
+        let mut sub = s.subscribe(Some(4)).unwrap();
+        assert_eq!(ids(sub.next(10).await), vec![5, 6]);
+        drop(sub);
+        let mut sub = s.subscribe(Some(0)).unwrap();
+        assert!(matches!(sub.next(10).await, Batch::Missed(Some(2))));
+        assert_eq!(ids(sub.next(10).await), vec![3, 4, 5, 6]);
+        drop(sub);
+        // An id never given: a restart; the ring from its start.
+        let mut sub = s.subscribe(Some(99)).unwrap();
+        assert!(matches!(sub.next(10).await, Batch::Missed(None)));
+        assert_eq!(ids(sub.next(2).await), vec![3, 4]);
+        assert!(matches!(s.subscribe(None), Err(TooManyClients(2))));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_cut_off_and_counted() {
+        let s = Arc::new(Stream::new(4, 2));
+        let mut sub = s.subscribe(None).unwrap();
+        for n in 0..10 {
+            push(&s, n);
+        }
+        assert!(matches!(sub.next(10).await, Batch::CutOff { missed: 6 }));
+        assert_eq!(s.dropped.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_subscriber_is_woken_by_a_publish() {
+        let s = Arc::new(Stream::new(16, 2));
+        let mut sub = s.subscribe(None).unwrap();
+        let waiter = tokio::spawn(async move { ids(sub.next(10).await) });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        push(&s, 0);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, vec![1]);
+    }
+
+    #[test]
+    fn the_encoder_writes_what_to_json_shows() {
+        let mut enc = Encoder::default();
+        for (machine, payload, job) in [
+            (
+                Some("m \"1\""),
+                Some(json!({"a\nb": [1, {"token": "t"}], "x": "\u{1}\\"})),
+                Some("j\t1\u{8}\u{c}"),
+            ),
+            (None, None, None),
+        ] {
+            let r = Record {
+                id: 7,
+                time: SystemTime::now(),
+                kind: Kind::Transition,
+                machine: machine.map(Arc::from),
+                fields: Fields::Transition {
+                    event: Arc::from("go\u{7f}é"),
+                    from: Arc::from("a"),
+                    to: Arc::from("b\\"),
+                    payload: payload.map(Arc::new),
+                    job_id: job.map(str::to_owned),
+                },
+            };
+            for _ in 0..2 {
+                let mut out = String::new();
+                enc.write(&r, &mut out);
+                let back: Json = serde_json::from_str(&out).unwrap();
+                assert_eq!(back, r.to_json(), "{out}");
+                assert_eq!(out, r.to_json().to_string());
+            }
+        }
+        let r = Record {
+            id: 8,
+            time: SystemTime::now(),
+            kind: Kind::Control,
+            machine: None,
+            fields: Fields::Json(Map::new()),
+        };
+        let mut out = String::new();
+        enc.write(&r, &mut out);
+        assert_eq!(out, r.to_json().to_string());
+    }
+
+    #[test]
+    fn sensitive_fields_are_redacted() {
+        let r = Record {
+            id: 1,
+            time: SystemTime::now(),
+            kind: Kind::Transition,
+            machine: Some(Arc::from("m")),
+            fields: Fields::Transition {
+                event: Arc::from("go"),
+                from: Arc::from("a"),
+                to: Arc::from("b"),
+                payload: Some(Arc::new(json!({"user": "x", "api_token": "s3cret"}))),
+                job_id: None,
+            },
+        };
+        let j = r.to_json();
+        assert_eq!(j["payload"]["api_token"], "[redacted]");
+        assert_eq!(j["payload"]["user"], "x");
+        let mut m = Map::new();
+        m.insert("password".into(), json!("p"));
+        let r = Record {
+            fields: Fields::Json(m),
+            kind: Kind::Control,
+            ..r
+        };
+        assert_eq!(r.to_json()["password"], "[redacted]");
+    }
+}
