@@ -10,15 +10,14 @@
 //! unique key. A JSON array of such objects (at most [`MAX_BATCH`]) is added in one
 //! transaction: 201 `{"jobs": [{"result": "added"|"existing", "job_id": ...}, ...]}`, or
 //! nothing added and 400 naming the first bad element's `index`. The body is parsed with
-//! the engine's bounded JSON parser ([`ingress::parse_json`]): 413 when it would take more
-//! than the parsed-size limit.
+//! the engine's bounded JSON parser (`write::json_value`, as every write's JSON body): 413
+//! when it would take more than the parsed-size limit.
 
 use std::time::SystemTime;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
-use turnstile_engine::ingress;
 use turnstile_engine::store::{new_job_from_json, NewJob, StoreError, MAX_BATCH};
 
 use super::response::{self, ApiError, Body};
@@ -56,18 +55,7 @@ pub(super) async fn post_job(
     })
     .await?;
     let (header_tp, body) = (post.traceparent_header, post.body);
-    let v = ingress::parse_json(&body, &state.ingress_limits()).map_err(|e| {
-        if e.is_too_large() {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
-        }
-        let err = ApiError::bad_request(format!("the body is not JSON: {e}"));
-        match e.position() {
-            Some((line, column)) => err
-                .field("line", json!(line))
-                .field("column", json!(column)),
-            None => err,
-        }
-    })?;
+    let v = super::write::json_value(&body, state)?;
     let now = SystemTime::now();
     match v {
         Json::Array(items) => {

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
 use turnstile_engine::breakpoint::{BreakpointInfo, BreakpointSpec, Condition, On};
-use turnstile_engine::ingress;
 use turnstile_engine::runtime::live::{LiveAnswer, LiveError, LiveOp, LiveState};
 
 use super::request::cut;
@@ -127,22 +126,7 @@ async fn json_body(state: &State, name: &str, req: Request<Incoming>) -> Result<
         }
     })
     .await?;
-    parse_json(&post.body, state).map_err(|e| e.machine(name))
-}
-
-fn parse_json(body: &Bytes, state: &State) -> Result<Json, ApiError> {
-    ingress::parse_json(body, &state.ingress_limits()).map_err(|e| {
-        if e.is_too_large() {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
-        }
-        let err = ApiError::bad_request(format!("the body is not JSON: {e}"));
-        match e.position() {
-            Some((line, column)) => err
-                .field("line", json!(line))
-                .field("column", json!(column)),
-            None => err,
-        }
-    })
+    write::json_value(&post.body, state).map_err(|e| e.machine(name))
 }
 
 /// `PATCH /machines/{name}/context`.

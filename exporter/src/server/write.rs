@@ -164,3 +164,21 @@ async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
         ))),
     }
 }
+
+/// A write's body as JSON, parsed by the engine's bounded parser
+/// ([`turnstile_engine::ingress::parse_json`]): 413 when it would take more than the
+/// limits, else 400 with the line and column of the fault.
+pub(super) fn json_value(body: &Bytes, state: &State) -> Result<serde_json::Value, ApiError> {
+    turnstile_engine::ingress::parse_json(body, &state.ingress_limits()).map_err(|e| {
+        if e.is_too_large() {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
+        let err = ApiError::bad_request(format!("the body is not JSON: {e}"));
+        match e.position() {
+            Some((line, column)) => err
+                .field("line", json!(line))
+                .field("column", json!(column)),
+            None => err,
+        }
+    })
+}
