@@ -315,17 +315,7 @@ impl Metrics {
         if detail.transitions {
             self.rule_counters(def, &mut transitions, &mut transition_counters);
         }
-        let event_names: Vec<Option<Arc<str>>> = if detail.transitions {
-            def.events
-                .iter()
-                .cloned()
-                .chain([Arc::from(OTHER_EVENT)])
-                .map(Some)
-                .collect()
-        } else {
-            vec![None]
-        };
-        let events = event_names
+        let events = event_labels(def, detail.transitions)
             .into_iter()
             .map(|event| {
                 EVENT_OUTCOMES.map(|outcome| {
@@ -495,17 +485,7 @@ impl Metrics {
                     rule,
                 });
             }
-            let events: Vec<Option<Arc<str>>> = if old.transitions {
-                def.events
-                    .iter()
-                    .cloned()
-                    .chain([Arc::from(OTHER_EVENT)])
-                    .map(Some)
-                    .collect()
-            } else {
-                vec![None]
-            };
-            for event in events {
+            for event in event_labels(def, old.transitions) {
                 for outcome in EVENT_OUTCOMES {
                     self.events.remove(&EventL {
                         machine: machine.clone(),
@@ -701,6 +681,22 @@ impl MachineMetrics {
         if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
             self.errors[i].inc();
         }
+    }
+}
+
+/// The `event` label values of a machine's `turnstile_events_total` series: each event
+/// name of its config and `_other` with the transitions detail, one series without the
+/// label otherwise.
+fn event_labels(def: &MachineDef, transitions: bool) -> Vec<Option<Arc<str>>> {
+    if transitions {
+        def.events
+            .iter()
+            .cloned()
+            .chain([Arc::from(OTHER_EVENT)])
+            .map(Some)
+            .collect()
+    } else {
+        vec![None]
     }
 }
 
