@@ -131,7 +131,7 @@ impl Lexer<'_> {
                 let j = usize::from(args.first().is_some_and(|a| a.is(b"--")));
                 if let Some(a) = args.get(j) {
                     self.mark_word(a, SOURCE);
-                    if a.is(b"/dev/stdin") {
+                    if is_stdin(a) {
                         self.mark_input(input, w.start);
                     }
                 }
@@ -370,11 +370,22 @@ impl Lexer<'_> {
         if !s_flag {
             if let Some(a) = args.get(j) {
                 self.mark_word(a, SHELL_SCRIPT);
-                return;
+                // `bash /dev/stdin` reads its script from standard input after all.
+                if !is_stdin(a) {
+                    return;
+                }
             }
         }
         self.mark_input(input, cmd_start);
     }
+}
+
+/// Whether a word names the process's own standard input, which a shell or `source`
+/// given it as a script file reads as code.
+fn is_stdin(w: &Word) -> bool {
+    [&b"/dev/stdin"[..], b"/dev/fd/0", b"/proc/self/fd/0"]
+        .iter()
+        .any(|p| w.is(p))
 }
 
 /// The shells whose arguments [`Lexer::shell`] reads.
