@@ -104,17 +104,45 @@ impl Lexer<'_> {
     }
 
     /// The command whose name is `words[k]`, with its arguments after it.
+    ///
+    /// An argument that may expand to nothing is gone after expansion, and the words after
+    /// it move up a place (`sh -c $EMPTY {x}` is `sh -c {x}`): the rules are applied with
+    /// and without each such word (up to [`MAX_VANISHING`] of them; marks only add up).
     pub(super) fn simple(&mut self, words: &[Word], k: usize, input: &Input) {
+        self.simple_from(words, k, k + 1, input, 0);
+    }
+
+    /// [`Self::simple`], for the words from `from` on kept or dropped when they may vanish.
+    fn simple_from(&mut self, words: &[Word], k: usize, from: usize, input: &Input, n: usize) {
+        let next = (from..words.len()).find(|&i| self.may_vanish(&words[i]));
+        match next {
+            Some(i) if n < MAX_VANISHING => {
+                self.simple_from(words, k, i + 1, input, n + 1);
+                let mut without = words.to_vec();
+                without.remove(i);
+                self.simple_from(&without, k, i, input, n + 1);
+            }
+            _ => self.command_rules(words, k, input),
+        }
+    }
+
+    /// Whether a word is an unquoted expansion alone (`$x`, `${x@P}`, `$(cmd)`,
+    /// backticks), which may expand to nothing.
+    fn may_vanish(&self, w: &Word) -> bool {
+        w.text.is_none()
+            && (matches!(self.b.get(w.start), Some(b'`'))
+                || (self.b.get(w.start) == Some(&b'$')
+                    && !matches!(self.b.get(w.start + 1), Some(b'\'' | b'"'))))
+    }
+
+    /// The rules of the command named `words[k]`, its arguments taken as they stand.
+    fn command_rules(&mut self, words: &[Word], k: usize, input: &Input) {
         let Some(w) = words.get(k) else { return };
         self.mark_word(w, COMMAND_NAME);
         let Some(name) = w.text.as_deref().map(basename) else {
-            // An unquoted expansion (`$x`, `${x@P}`, `$(cmd)`, backticks) may expand to
-            // nothing, and the word is gone: the next word may be the command
+            // A vanished command word: the next word may be the command
             // (`$EMPTY read {x}` is `read {x}`).
-            if matches!(self.b.get(w.start), Some(b'`'))
-                || (self.b.get(w.start) == Some(&b'$')
-                    && !matches!(self.b.get(w.start + 1), Some(b'\'' | b'"')))
-            {
+            if self.may_vanish(w) {
                 self.simple(words, k + 1, input);
             }
             return;
@@ -387,6 +415,9 @@ fn is_stdin(w: &Word) -> bool {
         .iter()
         .any(|p| w.is(p))
 }
+
+/// How many arguments that may vanish [`Lexer::simple`] tries both ways (2^n variants).
+const MAX_VANISHING: usize = 6;
 
 /// The shells whose arguments [`Lexer::shell`] reads.
 const SHELLS: &[&[u8]] = &[
