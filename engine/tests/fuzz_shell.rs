@@ -240,7 +240,7 @@ fn template() -> impl Strategy<Value = String> {
         1 => proptest::sample::select(PLACEHOLDERS).prop_map(str::to_owned),
     ];
     let sep = proptest::sample::select(&[" ", " ", " ", "", "; ", "\n"][..]);
-    proptest::collection::vec((piece, sep), 1..12).prop_map(|parts| {
+    proptest::collection::vec((piece, sep), 1..8).prop_map(|parts| {
         let mut t = String::new();
         for (p, s) in parts {
             t.push_str(&p);
@@ -359,7 +359,7 @@ fn random_templates_refuse_or_never_run_values() {
     let marker = dir.path().join("marker");
     let f = marker.display().to_string();
     let mut runner = TestRunner::new(Config {
-        cases: cases(1000),
+        cases: cases(3000),
         failure_persistence: None,
         ..Config::default()
     });
@@ -375,10 +375,11 @@ fn random_templates_refuse_or_never_run_values() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    // Both outcomes are common: the property is tested on both sides.
+    // Both outcomes are common: the property is tested on both sides. (Most random
+    // templates do not parse, and a command with placeholders must: about one in ten runs.)
     let (ran, refused) = (ran.get(), refused.get());
     assert!(
-        ran * 10 >= ran + refused && refused * 10 >= ran + refused,
+        ran * 20 >= ran + refused && refused * 20 >= ran + refused,
         "ran {ran}, refused {refused}"
     );
 }

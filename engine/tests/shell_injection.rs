@@ -634,7 +634,9 @@ fn scripts_reference_variables_in_every_context() {
     ];
     for (cmd, script) in cases {
         let t = ShellTemplate::compile(cmd).unwrap();
-        assert_eq!(t.script(), script, "{cmd}");
+        let (prelude, body) = t.script().split_once("; ").unwrap();
+        assert!(prelude.starts_with("export -n TURNSTILE_ARG_0"), "{cmd}");
+        assert_eq!(body, script, "{cmd}");
     }
     assert!(ShellTemplate::compile("cat <<'EOF'\n{a}\nEOF").is_err());
     assert!(ShellTemplate::compile("cat <<\"EOF\"\n{a}\nEOF").is_err());

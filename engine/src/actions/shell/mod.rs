@@ -15,7 +15,10 @@
 //!
 //! The shell does not parse an expanded variable again, so quotes, `$(...)`, backticks,
 //! `;` or newlines in a value are printed, not run. A wrong guess of the quoting context
-//! could only change how the value is shown (word splitting), never run it.
+//! could only change how the value is shown (word splitting), never run it. The script
+//! starts with `export -n` of its variables: they reach bash through its environment but
+//! are not passed on to the commands it runs, so a command that prints its environment
+//! (`env | bash`) cannot hand a value to a shell as code.
 //!
 //! Some places evaluate a word *after* expansion, so a variable does not help there: bash
 //! evaluates arithmetic (`$(( ))`, `(( ))`, `$[ ]`, `let`, `declare -i` variables, the
@@ -32,7 +35,8 @@
 //! config; the checks look at where each placeholder itself stands.
 //!
 //! A here-document with a quoted delimiter (`<<'EOF'`) expands nothing, so a placeholder in
-//! it is a config error too. `${NAME}` is shell syntax and is left alone; `#` comments are
+//! it is a config error too. A command with placeholders must parse (`bash -n`, see
+//! [`syntax`]): after a syntax error bash resumes where the lexer cannot follow it. `${NAME}` is shell syntax and is left alone; `#` comments are
 //! skipped (a `#` starts one only at the beginning of a word, as in bash).
 
 mod expansions;
@@ -40,6 +44,7 @@ mod lexer;
 mod places;
 mod rules;
 mod run;
+mod syntax;
 #[cfg(test)]
 mod tests;
 
@@ -189,6 +194,26 @@ impl ShellTemplate {
         }
         if !issues.is_empty() {
             return Err(issues);
+        }
+        if !args.is_empty() {
+            if let Some(e) = syntax::bash_error(&script) {
+                return Err(vec![ShellIssue {
+                    code: UNSAFE_CODE,
+                    message: format!(
+                        "bash cannot parse this command ({e}); after a syntax error bash goes on with the next line, where what a placeholder stands in cannot be checked"
+                    ),
+                    hint: "a command with placeholders must be valid bash: check it with `bash -n -c '...'`".into(),
+                    placeholder: None,
+                }]);
+            }
+            // The values stay shell variables, not exported: a child process does not
+            // inherit them (`env | bash` would otherwise print them as code).
+            let mut prelude = String::from("export -n");
+            for n in 0..args.len() {
+                prelude.push_str(&format!(" {ARG_PREFIX}{n}"));
+            }
+            prelude.push_str("; ");
+            script.insert_str(0, &prelude);
         }
         Ok(Self {
             script,

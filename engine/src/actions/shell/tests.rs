@@ -7,6 +7,8 @@ fn contexts_are_recognised() {
     assert_eq!(
         t.script(),
         concat!(
+            "export -n TURNSTILE_ARG_0 TURNSTILE_ARG_1 TURNSTILE_ARG_2 TURNSTILE_ARG_3 ",
+            "TURNSTILE_ARG_4 TURNSTILE_ARG_5; ",
             r#"echo "${TURNSTILE_ARG_0}" "${TURNSTILE_ARG_1}" ''"${TURNSTILE_ARG_2}"'' "#,
             r#"$''"${TURNSTILE_ARG_3}"$'' $(echo "${TURNSTILE_ARG_4}") "#,
             r#"`echo "${TURNSTILE_ARG_5}"` ${HOME}"#
@@ -165,4 +167,30 @@ fn xargs_into_a_shell_and_vanishing_command_words_are_refused() {
     ] {
         assert_eq!(refused(cmd), None, "refused: {cmd:?}");
     }
+}
+
+#[test]
+fn commands_with_placeholders_must_parse() {
+    // bash reports the error on line 1 and runs line 2, which the lexer read as array
+    // elements.
+    let e = ShellTemplate::compile("a=(; echo\nsh -c {x}").unwrap_err();
+    assert_eq!(e[0].code, UNSAFE_CODE);
+    assert!(e[0].message.contains("syntax error"), "{}", e[0].message);
+    assert!(ShellTemplate::compile("echo {x}; if true; then echo {y}").is_err());
+    // Without placeholders nothing can be injected: no check.
+    assert!(ShellTemplate::compile("a=(; echo").is_ok());
+    assert!(ShellTemplate::compile("echo {x}\nif true; then echo ok; fi").is_ok());
+}
+
+#[test]
+fn values_are_not_exported_to_children() {
+    let t = ShellTemplate::compile("echo {x} >/dev/null; env | grep -c TURNSTILE_ARG_ || true")
+        .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(t.script())
+        .env("TURNSTILE_ARG_0", "$(echo ran)")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
