@@ -271,11 +271,14 @@ pub enum OutFormat {
 }
 
 /// Keeps `turnstile_jobs{job_type, status}` current: every [`JOB_METRICS_INTERVAL`] and
-/// soon after a job is added in this process.
+/// soon after a job is added in this process. The counts scan the job table, so they are
+/// taken at most once per [`COUNT_COST_FACTOR`] times their own duration: on a large table
+/// the gauges lag rather than keep a core busy counting.
 pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
     let notify = store.notify().clone();
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
     loop {
+        let started = std::time::Instant::now();
         let s = store.clone();
         if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || s.counts()).await {
             let mut now = std::collections::HashSet::new();
@@ -306,12 +309,18 @@ pub async fn job_metrics(store: Arc<dyn Store>, telemetry: Arc<Telemetry>) {
             types.dedup();
             telemetry.set_queue_health(&health, &types);
         }
+        let spacing = started.elapsed() * COUNT_COST_FACTOR;
         tokio::select! {
-            () = notify.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
-            () = tokio::time::sleep(JOB_METRICS_INTERVAL) => {}
+            () = notify.notified() => {
+                tokio::time::sleep(spacing.max(Duration::from_millis(200))).await;
+            }
+            () = tokio::time::sleep(JOB_METRICS_INTERVAL.max(spacing)) => {}
         }
     }
 }
+
+/// The job gauges spend at most one part in this many of a thread on their counts.
+const COUNT_COST_FACTOR: u32 = 20;
 
 /// How often `--job-retention` purges: a tenth of the retention, within these bounds.
 const PURGE_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
