@@ -314,7 +314,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TURNSTILE_WEB_CONFIG", value_name = "FILE")]
     web_config: Option<PathBuf>,
     /// With basic_auth_users in --web-config, the health endpoints (/healthz, /readyz,
-    /// /-/healthy, /-/ready) need credentials too (they are open for probes otherwise).
+    /// /-/healthy, /-/ready, /healthz/machines) need credentials too (they are open for
+    /// probes otherwise).
     #[arg(long, requires = "web_config")]
     health_needs_auth: bool,
     /// Do not start the HTTP sidecar.
