@@ -140,18 +140,34 @@ pub enum CtlCommand {
         context: Option<String>,
     },
     /// Pause: the machine holds at its next event (a running action goes on).
-    Pause { machine: String },
+    Pause {
+        /// The machine.
+        machine: String,
+    },
     /// Resume a paused machine (its held event first).
-    Resume { machine: String },
+    Resume {
+        /// The machine.
+        machine: String,
+    },
     /// While paused, process exactly one held or queued event and stay paused.
-    Step { machine: String },
+    Step {
+        /// The machine.
+        machine: String,
+    },
     /// Stop the machine as if it reached a final state.
-    Stop { machine: String },
+    Stop {
+        /// The machine.
+        machine: String,
+    },
     /// Back to the initial state and context, queue cleared, entry actions run.
-    Restart { machine: String },
+    Restart {
+        /// The machine.
+        machine: String,
+    },
     /// Print the machine's context, or (--set, --file) change it with a JSON merge patch
     /// (RFC 7396) and print it as it is now.
     Context {
+        /// The machine.
         machine: String,
         /// A JSON merge patch: `{"attempts": 0, "stale": null}` sets `attempts` and
         /// removes `stale`.
@@ -165,7 +181,10 @@ pub enum CtlCommand {
     #[command(subcommand)]
     Break(BreakCommand),
     /// Print the machine as a Mermaid `stateDiagram-v2`, its current state marked.
-    Diagram { machine: String },
+    Diagram {
+        /// The machine.
+        machine: String,
+    },
 }
 
 /// `ctl break` operations.
@@ -174,6 +193,7 @@ pub enum BreakCommand {
     /// Set a breakpoint: a hit pauses the machine before the step (after the error is
     /// recorded, for `error`).
     Add {
+        /// The machine.
         machine: String,
         /// What it stops at: enter (a state), event (before any event is processed),
         /// transition (before a rule's transition), error (after one is recorded).
@@ -191,9 +211,17 @@ pub enum BreakCommand {
         when: Option<String>,
     },
     /// List the machine's breakpoints, with their hit counts.
-    List { machine: String },
+    List {
+        /// The machine.
+        machine: String,
+    },
     /// Remove a breakpoint by its id.
-    Rm { machine: String, id: u64 },
+    Rm {
+        /// The machine.
+        machine: String,
+        /// The breakpoint's id (`ctl break list` shows them).
+        id: u64,
+    },
 }
 
 /// `ctl break add --on`: a breakpoint kind, as the engine names them.
