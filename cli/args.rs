@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use turnstile_engine::breakpoint::On;
 use turnstile_engine::instance::Instance;
 use turnstile_engine::MetricsDetail;
 use turnstile_exporter::server::web::WebConfig;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Follow a running sidecar's live records (`GET /events`), one line each: transitions,
     /// action results, errors, job changes, control actions, breakpoint hits.
     Tail(crate::tail::TailArgs),
+    /// Drive a running sidecar's machines: pause, resume, step, stop, restart, context,
+    /// breakpoints, diagram, start.
+    Ctl(CtlArgs),
     /// Print a bcrypt hash of a password read from stdin (its first line), for
     /// `basic_auth_users` in a --web-config file.
     HashPassword(HashPasswordArgs),
@@ -93,9 +97,139 @@ impl Command {
             | Command::Events(_)
             | Command::SendEvent(_)
             | Command::Tail(_)
+            | Command::Ctl(_)
             | Command::HashPassword(_) => &[],
         }
     }
+}
+
+/// `ctl`: the sidecar to drive, the output format, and the operation.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The sidecar (`http://HOST:PORT`).
+    #[arg(
+        long,
+        global = true,
+        env = "TURNSTILE_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+    /// The bearer token the sidecar's writes need (prefer the environment variable, which
+    /// `ps` does not show).
+    #[arg(long, global = true, env = "TURNSTILE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format: text, or the sidecar's JSON answer.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `ctl` operations.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Start an instance of a definition (`POST /machines`); prints its name.
+    Start {
+        /// The definition to start an instance of, as `POST /machines` takes it.
+        definition: String,
+        /// The instance's name (default: one the sidecar picks).
+        #[arg(long)]
+        name: Option<String>,
+        /// Its initial context, a JSON object (merged over the definition's).
+        #[arg(long, value_name = "JSON")]
+        context: Option<String>,
+    },
+    /// Pause: the machine holds at its next event (a running action goes on).
+    Pause {
+        /// The machine.
+        machine: String,
+    },
+    /// Resume a paused machine (its held event first).
+    Resume {
+        /// The machine.
+        machine: String,
+    },
+    /// While paused, process exactly one held or queued event and stay paused.
+    Step {
+        /// The machine.
+        machine: String,
+    },
+    /// Stop the machine as if it reached a final state.
+    Stop {
+        /// The machine.
+        machine: String,
+    },
+    /// Back to the initial state and context, queue cleared, entry actions run.
+    Restart {
+        /// The machine.
+        machine: String,
+    },
+    /// Print the machine's context, or (--set, --file) change it with a JSON merge patch
+    /// (RFC 7396) and print it as it is now.
+    Context {
+        /// The machine.
+        machine: String,
+        /// A JSON merge patch: `{"attempts": 0, "stale": null}` sets `attempts` and
+        /// removes `stale`.
+        #[arg(long, value_name = "JSON", conflicts_with = "file")]
+        set: Option<String>,
+        /// Read the merge patch from this file (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Breakpoints: add, list, remove.
+    #[command(subcommand)]
+    Break(BreakCommand),
+    /// Print the machine as a Mermaid `stateDiagram-v2`, its current state marked.
+    Diagram {
+        /// The machine.
+        machine: String,
+    },
+}
+
+/// `ctl break` operations.
+#[derive(Debug, Subcommand)]
+pub enum BreakCommand {
+    /// Set a breakpoint: a hit pauses the machine before the step (after the error is
+    /// recorded, for `error`).
+    Add {
+        /// The machine.
+        machine: String,
+        /// What it stops at: enter (a state), event (before any event is processed),
+        /// transition (before a rule's transition), error (after one is recorded).
+        #[arg(long, value_name = "KIND", value_parser = parse_on)]
+        on: On,
+        /// Only in (for `enter`: into) this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only for this event.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only when this condition on the context holds, e.g.
+        /// `attempts > 3 && exists(order.id)`.
+        #[arg(long, value_name = "EXPR")]
+        when: Option<String>,
+    },
+    /// List the machine's breakpoints, with their hit counts.
+    List {
+        /// The machine.
+        machine: String,
+    },
+    /// Remove a breakpoint by its id.
+    Rm {
+        /// The machine.
+        machine: String,
+        /// The breakpoint's id (`ctl break list` shows them).
+        id: u64,
+    },
+}
+
+/// `ctl break add --on`: a breakpoint kind, as the engine names them.
+fn parse_on(s: &str) -> Result<On, String> {
+    On::parse(s.trim()).ok_or_else(|| {
+        let all: Vec<&str> = On::ALL.iter().map(|o| o.as_str()).collect();
+        format!("unknown breakpoint kind `{s}` (one of {})", all.join(", "))
+    })
 }
 
 /// `run` arguments.
@@ -162,8 +296,8 @@ pub struct ValidateArgs {
     pub plugins: Vec<PathBuf>,
 }
 
-/// `validate --format`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// `validate --format`, `ctl --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
     Json,
@@ -208,7 +342,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TURNSTILE_WEB_CONFIG", value_name = "FILE")]
     web_config: Option<PathBuf>,
     /// With basic_auth_users in --web-config, the health endpoints (/healthz, /readyz,
-    /// /-/healthy, /-/ready) need credentials too (they are open for probes otherwise).
+    /// /-/healthy, /-/ready, /healthz/machines) need credentials too (they are open for
+    /// probes otherwise).
     #[arg(long, requires = "web_config")]
     health_needs_auth: bool,
     /// Do not start the HTTP sidecar.
@@ -369,6 +504,13 @@ mod tests {
         for bad in ["collector:4318", "http://", "http:///v1/traces", "ftp://x"] {
             assert!(parse_otlp_endpoint(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn breakpoint_kinds() {
+        assert_eq!(parse_on("transition").unwrap(), On::Transition);
+        let e = parse_on("later").unwrap_err();
+        assert!(e.contains("one of enter, event, transition, error"), "{e}");
     }
 
     #[test]

@@ -50,7 +50,9 @@ enum Source {
 impl Source {
     fn open(t: &Target) -> anyhow::Result<Self> {
         Ok(match &t.url {
-            Some(url) => Source::Sidecar(Sidecar::new(url, t.token.clone())?),
+            Some(url) => Source::Sidecar(Sidecar::new(url, t.token.clone())?.read_only_hint(
+                "change the job through a sidecar that takes writes, or with --db on its store",
+            )),
             None => Source::Store(open_existing(&t.db)?),
         })
     }

@@ -4,11 +4,13 @@
 //! `validate` and `diagram` share, and hands each command to the file that carries it
 //! out: `args.rs` is the command line's shape, `run.rs`, `validate.rs`, `diagram.rs` and
 //! `jobs_cli.rs` the commands (`jobs_admin.rs`: `jobs list|show|retry|cancel`, on a
-//! store or, with `sidecar_client.rs`, through a sidecar; `bridge.rs`: events across processes), `logging.rs` the log setup. What every command may need
+//! store or, with `sidecar_client.rs`, through a sidecar; `tail.rs` and `ctl.rs`: a
+//! sidecar's stream and its live operations; `bridge.rs`: events across processes), `logging.rs` the log setup. What every command may need
 //! from here is the exit status of a usage error ([`UsageError`], [`EXIT_INVALID`]).
 
 mod args;
 mod bridge;
+mod ctl;
 mod db;
 mod diagram;
 mod jobs_admin;
@@ -105,6 +107,7 @@ fn dispatch(cli: Cli, instance: Option<Instance>) -> anyhow::Result<ExitCode> {
             None => jobs_cli::send_event(args),
         },
         Command::Tail(args) => tail::tail(args),
+        Command::Ctl(args) => ctl::ctl(args),
         Command::HashPassword(args) => hash_password(&args),
     }
 }

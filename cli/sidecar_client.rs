@@ -1,8 +1,10 @@
-//! A client of a running sidecar for `turnstile jobs ... --url`: one HTTP/1.1 request per
-//! call (hyper's client over a Tokio TCP connection, on a runtime of its own), the answer
-//! read whole and parsed as JSON. The sidecar's error answers (`{"error": {"status",
-//! "message"}}`) become errors that say what to do: a token refused (401, with or without
-//! `TURNSTILE_TOKEN`), read-only mode (403), anything else with the sidecar's message.
+//! A client of a running sidecar for `turnstile jobs ... --url`, `turnstile ctl` and
+//! `turnstile tail`: one HTTP/1.1 request per call (hyper's client over a Tokio TCP
+//! connection, on a runtime of its own), the answer read whole and parsed as JSON (or
+//! taken as text: [`Sidecar::get_text`]). The sidecar's error answers (`{"error":
+//! {"status", "message"}}`) become [`Refused`] errors that say what to do: a token
+//! refused (401, with or without `TURNSTILE_TOKEN`), read-only mode (403), anything else
+//! with the sidecar's message; a sidecar that cannot be reached is an [`Unreachable`].
 //! Plain `http://` only: a sidecar behind TLS (`--web-config`) is reached through
 //! something that terminates it (a port-forward, a proxy).
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
@@ -29,6 +31,8 @@ pub struct Sidecar {
     /// The URL as given, for messages.
     shown: String,
     token: Option<String>,
+    /// Said after a 403 (read-only mode): what to do instead.
+    read_only_hint: Option<&'static str>,
 }
 
 /// A sidecar's answer that is not a success: its status and message.
@@ -45,6 +49,26 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// The sidecar could not be reached, or did not answer in time: the request
+/// (`METHOD URL`) and why.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub request: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: cannot reach the sidecar: {}",
+            self.request, self.why
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 impl Sidecar {
     /// Reads `http://HOST:PORT[/PATH]`; `token`: the bearer token writes send.
@@ -81,35 +105,67 @@ impl Sidecar {
             base: base.to_owned(),
             shown: url.to_owned(),
             token: token.filter(|t| !t.is_empty()),
+            read_only_hint: None,
         })
+    }
+
+    /// What a 403 (read-only mode) message goes on to advise.
+    pub fn read_only_hint(mut self, hint: &'static str) -> Self {
+        self.read_only_hint = Some(hint);
+        self
     }
 
     /// `GET path` (with its query); the answer's JSON.
     pub fn get(&self, path_and_query: &str) -> anyhow::Result<Json> {
-        self.call(Method::GET, path_and_query)
+        self.call(Method::GET, path_and_query, None)
     }
 
     /// A write without a body (`POST`, `DELETE`), with the token when there is one.
     pub fn write(&self, method: Method, path: &str) -> anyhow::Result<Json> {
-        self.call(method, path)
+        self.call(method, path, None)
     }
 
-    fn call(&self, method: Method, path: &str) -> anyhow::Result<Json> {
+    /// A write with a JSON body (`POST`, `PATCH`), with the token when there is one.
+    pub fn write_json(&self, method: Method, path: &str, body: &Json) -> anyhow::Result<Json> {
+        self.call(method, path, Some(body))
+    }
+
+    /// `GET path` whose answer is text (`/machines/{name}/diagram`).
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let body = self.exchange(Method::GET, path, None)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<&Json>) -> anyhow::Result<Json> {
+        let what = format!("{method} {}{path}", self.shown.trim_end_matches('/'));
+        let body = self.exchange(method, path, body)?;
+        serde_json::from_slice(&body).map_err(|_| anyhow!("{what}: the answer is not JSON"))
+    }
+
+    /// One request; a success's body, or the error ([`Refused`], [`Unreachable`]).
+    fn exchange(&self, method: Method, path: &str, body: Option<&Json>) -> anyhow::Result<Bytes> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the HTTP client's runtime")?;
-        let what = format!("{method} {}{path}", self.shown.trim_end_matches('/'));
+        let body = match body {
+            Some(b) => Some(Bytes::from(serde_json::to_vec(b)?)),
+            None => None,
+        };
+        let request = format!("{method} {}{path}", self.shown.trim_end_matches('/'));
         let answer = rt.block_on(async {
-            tokio::time::timeout(TIMEOUT, self.send(method.clone(), path))
+            tokio::time::timeout(TIMEOUT, self.send(method.clone(), path, body))
                 .await
                 .map_err(|_| anyhow!("no answer within {} s", TIMEOUT.as_secs()))?
         });
-        let (status, body) = answer.with_context(|| format!("{what}: cannot reach the sidecar"))?;
-        let json: Option<Json> = serde_json::from_slice(&body).ok();
+        let (status, body) = answer.map_err(|e| Unreachable {
+            request,
+            why: format!("{e:#}"),
+        })?;
         if status.is_success() {
-            return json.ok_or_else(|| anyhow!("{what}: the answer is not JSON"));
+            return Ok(body);
         }
+        let json: Option<Json> = serde_json::from_slice(&body).ok();
         let message = json
             .as_ref()
             .and_then(|j| j["error"]["message"].as_str())
@@ -124,23 +180,36 @@ impl Sidecar {
             StatusCode::UNAUTHORIZED => format!(
                 "the sidecar refused the token (TURNSTILE_TOKEN or --token): {message}"
             ),
-            StatusCode::FORBIDDEN => format!(
-                "the sidecar runs read-only (--read-only) and refuses every change ({message}); change the job through a sidecar that takes writes, or with --db on its store"
-            ),
+            StatusCode::FORBIDDEN => match self.read_only_hint {
+                Some(hint) => format!(
+                    "the sidecar runs read-only (--read-only) and refuses every change ({message}); {hint}"
+                ),
+                None => format!(
+                    "the sidecar runs read-only (--read-only) and refuses every change ({message})"
+                ),
+            },
             _ => message,
         };
         Err(Refused { status, message }.into())
     }
 
-    async fn send(&self, method: Method, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let tcp = tokio::net::TcpStream::connect(&self.authority).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         let driver = tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("{}{path}", self.base))
-            .header(HOST, &self.authority)
-            .body(Full::new(Bytes::new()))?;
+            .header(HOST, &self.authority);
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let mut req = req.body(Full::new(body.unwrap_or_default()))?;
         if method != Method::GET {
             if let Some(t) = &self.token {
                 let v = HeaderValue::from_str(&format!("Bearer {t}"))

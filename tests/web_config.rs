@@ -225,7 +225,13 @@ fn tls_basic_auth_and_headers_guard_the_sidecar_and_prometheus_scrapes_through_t
         g.headers
     );
     // Probes stay open; the headers apply to them too.
-    for probe in ["/healthz", "/readyz", "/-/healthy", "/-/ready"] {
+    for probe in [
+        "/healthz",
+        "/readyz",
+        "/-/healthy",
+        "/-/ready",
+        "/healthz/machines?stale_after=1h",
+    ] {
         let g = curl(tls, &s.url(probe));
         assert_eq!(g.status, 200, "{probe}: {}", g.body);
         assert!(
@@ -410,11 +416,13 @@ fn client_certificates_are_required_and_health_can_be_closed() {
         "--key",
         key.as_str(),
     ];
-    assert_eq!(
-        curl(&with_cert, &s.url("/healthz")).status,
-        401,
-        "--health-needs-auth"
-    );
+    for probe in ["/healthz", "/healthz/machines"] {
+        assert_eq!(
+            curl(&with_cert, &s.url(probe)).status,
+            401,
+            "--health-needs-auth: {probe}"
+        );
+    }
     assert_eq!(
         curl(
             &[&with_cert[..], &["-u", "al:pw"]].concat(),

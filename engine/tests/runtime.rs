@@ -877,3 +877,56 @@ actions:
     engine.shutdown();
     engine.join().await;
 }
+
+/// `MachineStatus::last_active`: the start, then each event processed and each action
+/// finished (stamped when the machine waits again); reading the machine is not activity,
+/// nor is waiting in an action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_activity_follows_events_and_finished_actions_not_reads_or_waiting() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let engine = Engine::builder().build();
+    engine
+        .spawn(def(r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: a, event: back}
+actions:
+  b:
+    - {type: sleep, duration: 0.6}
+"#))
+        .unwrap();
+    let active = || engine.machine("m").unwrap().last_active;
+    let until_after = |t: SystemTime, what: &'static str| {
+        let active = &active;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while active() <= t {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            active()
+        }
+    };
+    let started = until_after(UNIX_EPOCH, "the start").await;
+    // The coarse clock ticks every few milliseconds: let it move on.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(engine.snapshot("m").await.is_some());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(active(), started, "a read is not activity");
+
+    engine.send("m", Event::new("nothing")).await.unwrap();
+    let ignored = until_after(started, "an ignored event").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    engine.send("m", Event::new("go")).await.unwrap();
+    let entered = until_after(ignored, "the transition").await;
+    assert_eq!(&*engine.machine("m").unwrap().state, "b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(active(), entered, "waiting in the sleep is not activity");
+
+    let done = until_after(entered, "the sleep finished").await;
+    let waited = done.duration_since(entered).unwrap();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+}

@@ -5,6 +5,8 @@
 //!   log lines are read as they come;
 //! * [`logs`]: fields, transitions and stops in those log records;
 //! * [`http`]: a tiny HTTP/1.1 client (the sidecar, Prometheus);
+//! * [`sidecar`]: `turnstile run` with its sidecar on a free port, and a client command of
+//!   it (`turnstile ctl`);
 //! * [`wait`]: polling until something holds ([`eventually`], [`wait_until`]);
 //! * [`config`]: machine definitions for the tests that run the engine in-process;
 //! * [`engine_wait`]: waiting for an in-process engine's machine to reach a state
@@ -38,6 +40,7 @@ pub mod plugins;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;
+pub mod sidecar;
 #[path = "../../engine/tests/support/upstream.rs"]
 pub mod upstream;
 pub mod wait;

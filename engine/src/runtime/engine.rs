@@ -261,6 +261,10 @@ pub struct MachineStatus {
     pub state: Arc<str>,
     /// When it entered that state.
     pub since: SystemTime,
+    /// Its last activity: when it last stopped to wait (for its queue, a timer, an
+    /// action, a resume) after processing an event or finishing an action; its start
+    /// until then. Within a few milliseconds (the coarse clock).
+    pub last_active: SystemTime,
     /// Transitions taken so far.
     pub transitions: u64,
     /// Events processed so far (including ignored ones).
@@ -394,6 +398,7 @@ impl Engine {
             name: def.name.clone(),
             def: RwLock::new(def),
             since_ms: 0.into(),
+            active_ms: 0.into(),
             transitions: 0.into(),
             events: 0.into(),
             errors: 0.into(),
@@ -771,6 +776,7 @@ fn status_of(s: &Shared) -> MachineStatus {
             .get(state)
             .map_or_else(|| Arc::from(""), |st| st.name.clone()),
         since: UNIX_EPOCH + Duration::from_millis(s.since_ms.load(Ordering::Relaxed)),
+        last_active: UNIX_EPOCH + Duration::from_millis(s.active_ms.load(Ordering::Relaxed)),
         transitions: s.transitions.load(Ordering::Relaxed),
         events: s.events.load(Ordering::Relaxed),
         errors: s.errors.load(Ordering::Relaxed),

@@ -22,6 +22,7 @@ pub enum Handler {
     Events,
     Healthz,
     Readyz,
+    HealthzMachines,
     Machines,
     Machine,
     MachineEvents,
@@ -180,6 +181,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         query: &[],
         handler: Handler::Readyz,
         doc: "readiness",
+    },
+    Endpoint {
+        method: Verb::Get,
+        path: "/healthz/machines",
+        query: &["stale_after"],
+        handler: Handler::HealthzMachines,
+        doc: "503 listing the running machines with no activity for longer than <code>stale_after</code> (a duration: <code>60s</code>, <code>5m</code>, <code>1h30m</code>; default 60s), 200 otherwise",
     },
     Endpoint {
         method: Verb::Get,

@@ -56,6 +56,7 @@ mod reload;
 pub mod request;
 pub mod response;
 mod routes;
+mod stale;
 mod starting;
 mod state;
 pub mod web;

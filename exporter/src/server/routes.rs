@@ -28,6 +28,7 @@ use super::openapi;
 use super::reload;
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
+use super::stale;
 use super::state::State;
 use super::write::JsonPost;
 use crate::telemetry::records::timestamp;
@@ -131,6 +132,7 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Events => events::events(state, &req),
         Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
         Handler::Readyz => Ok(readyz(state).await),
+        Handler::HealthzMachines => stale::healthz_machines(state, &req),
         Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,

@@ -149,6 +149,7 @@ impl Machine {
             traceparent,
             job,
         } = out;
+        self.actions_finished += 1;
         if let Some(j) = job {
             if let Some(o) = &self.observer {
                 let m = self.mref();

@@ -97,6 +97,10 @@ pub(crate) struct Shared {
     pub def: RwLock<Arc<MachineDef>>,
     pub state: AtomicUsize,
     pub since_ms: AtomicU64,
+    /// Unix milliseconds of the machine's last activity ([`Machine::note_activity`]):
+    /// written by its task when it stops to wait after having done something, so at
+    /// most once per wait, not once per event.
+    pub active_ms: AtomicU64,
     pub transitions: AtomicU64,
     pub events: AtomicU64,
     pub errors: AtomicU64,
@@ -172,6 +176,10 @@ pub(crate) struct Machine {
     /// before each action, and waited on while the machine parks; when it ends the
     /// machine stops ([`StopReason::LeaseLost`]).
     tenure: Option<Arc<crate::runtime::tenure::Tenure>>,
+    /// Actions finished so far (quick or waiting), for [`Machine::note_activity`].
+    actions_finished: u64,
+    /// Events processed plus actions finished when the activity was last noted.
+    activity_seen: u64,
 }
 
 impl Machine {
@@ -212,6 +220,8 @@ impl Machine {
                 handling: None,
             },
             tenure: None,
+            actions_finished: 0,
+            activity_seen: 0,
         }
     }
 
@@ -259,7 +269,10 @@ impl Machine {
                 },
                 Phase::Waiting => self.park().await,
                 Phase::Yield => self.yield_to_queue().await,
-                Phase::Paused => self.paused_phase().await,
+                Phase::Paused => {
+                    self.note_activity();
+                    self.paused_phase().await
+                }
                 Phase::Stopped(reason) => break reason,
             };
         };
@@ -269,6 +282,26 @@ impl Machine {
         }
         self.answer_stop();
         reason
+    }
+
+    /// The machine is about to wait (parked, paused, or yielding in a long chain): when it
+    /// processed an event or finished an action since the last time, now is its last
+    /// activity (`Shared::active_ms`, `/healthz/machines`). One comparison while nothing
+    /// happened; one coarse clock reading and one relaxed store otherwise, so a busy
+    /// machine pays it once per wait (at most every [`phases::FAST_BUDGET`] events), not
+    /// per event.
+    fn note_activity(&mut self) {
+        let done = self
+            .shared
+            .events
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.actions_finished);
+        if done != self.activity_seen {
+            self.activity_seen = done;
+            self.shared
+                .active_ms
+                .store(crate::runtime::clock::coarse_unix_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Saves the state again once its entry actions have run (their context changes).

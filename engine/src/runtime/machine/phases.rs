@@ -71,9 +71,11 @@ impl Chain {
 impl Machine {
     /// Before the first phase: the machine is announced and saved, its timers armed.
     pub(super) fn started(&mut self) {
-        self.shared
-            .since_ms
-            .store(crate::runtime::clock::coarse_unix_ms(), Ordering::Relaxed);
+        let now = crate::runtime::clock::coarse_unix_ms();
+        self.shared.since_ms.store(now, Ordering::Relaxed);
+        // Starting counts as activity: a machine that never does anything is as old as
+        // its start.
+        self.shared.active_ms.store(now, Ordering::Relaxed);
         if let Some(o) = &self.observer {
             self.measure.start();
             o.machine_started(self.mref(), self.sref(self.state));
@@ -165,6 +167,7 @@ impl Machine {
                 return p;
             }
         }
+        self.note_activity();
         // This is where the task parks (or runs out of coop budget): the count of events
         // chained without a yield starts again.
         self.chain.count = 0;
@@ -219,6 +222,7 @@ impl Machine {
     /// [`Phase::Yield`]: let other tasks run, then one queued event in. When it changes
     /// state, the chained event (of the state left) is dropped; otherwise it goes next.
     pub(super) async fn yield_to_queue(&mut self) -> Phase {
+        self.note_activity();
         self.chain.count = 0;
         self.measure.forget_end();
         let chained = self.chain.next.take();

@@ -12,8 +12,8 @@
 //!
 //! **Who may do what** ([`Gate::admit`]), once `basic_auth_users` is set: every request
 //! needs valid basic credentials, except the health endpoints (`/healthz`, `/readyz`,
-//! `/-/healthy`, `/-/ready`), which stay open for probes unless the gate is told to close
-//! them; and writes (any method but `GET`/`HEAD`) need the bearer token instead when one
+//! `/-/healthy`, `/-/ready`, `/healthz/machines`), which stay open for probes unless the
+//! gate is told to close them; and writes (any method but `GET`/`HEAD`) need the bearer token instead when one
 //! is set (the routes check it), since one `Authorization` header cannot carry both.
 
 mod basic;
@@ -117,7 +117,13 @@ impl WebConfig {
 }
 
 /// The endpoints probes use, open without credentials unless closed.
-const HEALTH: [&str; 4] = ["/healthz", "/readyz", "/-/healthy", "/-/ready"];
+const HEALTH: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/-/healthy",
+    "/-/ready",
+    "/healthz/machines",
+];
 
 /// Decides whether a request may go on, by the web config's users and the token.
 #[derive(Debug)]
