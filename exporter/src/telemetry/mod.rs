@@ -21,6 +21,7 @@ pub mod catalogue;
 mod event;
 mod local;
 pub mod metrics;
+mod native;
 mod observer;
 pub mod operations;
 mod process;
@@ -51,6 +52,18 @@ use spans::{SpanSettings, Spans};
 
 /// [`TelemetryConfig::timing_sample`] by default.
 pub const DEFAULT_TIMING_SAMPLE: u32 = 16;
+
+/// The formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text 0.0.4.
+    Text = 0,
+    /// OpenMetrics 1.0 text, with exemplars.
+    OpenMetrics = 1,
+    /// Prometheus protobuf (`io.prometheus.client.MetricFamily`, length-delimited), with
+    /// native histograms and exemplars.
+    Protobuf = 2,
+}
 
 /// What to collect.
 #[derive(Debug, Clone)]
@@ -97,8 +110,9 @@ pub struct Telemetry {
     engine: Arc<OnceLock<EngineStatus>>,
     started: Instant,
     started_at: SystemTime,
-    /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
-    pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 2],
+    /// The last `/metrics` page per format (indexed by [`Exposition`]) and when it was
+    /// finished.
+    pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 3],
     last_page_size: std::sync::atomic::AtomicUsize,
     /// The live record stream (`GET /events`).
     stream: Arc<stream::Stream>,
@@ -186,9 +200,9 @@ impl Telemetry {
     /// while a page is being rendered share it (single flight): a page is at most one
     /// render old (a few milliseconds), and a burst of scrapes costs one render instead of
     /// one each, so scraping never starves the machines.
-    pub async fn metrics_page(self: &Arc<Self>, openmetrics: bool) -> bytes::Bytes {
+    pub async fn metrics_page(self: &Arc<Self>, format: Exposition) -> bytes::Bytes {
         let arrived = Instant::now();
-        let slot = &self.pages[usize::from(openmetrics)];
+        let slot = &self.pages[format as usize];
         let mut last = slot.lock().await;
         if let Some((finished, page)) = &*last {
             if *finished >= arrived {
@@ -196,8 +210,13 @@ impl Telemetry {
             }
         }
         let me = self.clone();
-        let page = match tokio::task::spawn_blocking(move || me.render_metrics(openmetrics)).await {
-            Ok(text) => bytes::Bytes::from(text),
+        let render = move || match format {
+            Exposition::Text => me.render_metrics(false).into_bytes(),
+            Exposition::OpenMetrics => me.render_metrics(true).into_bytes(),
+            Exposition::Protobuf => me.render_protobuf(),
+        };
+        let page = match tokio::task::spawn_blocking(render).await {
+            Ok(page) => bytes::Bytes::from(page),
             Err(e) => {
                 tracing::error!(target: "turnstile::metrics", "rendering metrics failed: {e}");
                 bytes::Bytes::new()
@@ -222,6 +241,17 @@ impl Telemetry {
         }
         self.last_page_size.store(out.len(), Ordering::Relaxed);
         out
+    }
+
+    /// The protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`
+    /// messages): every family, the duration histograms with their native buckets beside
+    /// the classic ones (docs/metrics.md).
+    pub fn render_protobuf(&self) -> Vec<u8> {
+        let (page, error) = native::encode_protobuf(&self.registry);
+        if let Some(e) = error {
+            tracing::error!(target: "turnstile::metrics", "{e}");
+        }
+        page
     }
 
     /// Shows loaded plugins in `turnstile_plugin_info`.
