@@ -567,6 +567,85 @@ mod tests {
         out
     }
 
+    /// The protobuf page has every family of the text page, and the duration histograms
+    /// have native buckets that count what the classic ones count.
+    #[tokio::test]
+    async fn the_protobuf_page_has_every_family_and_native_histograms() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
+        use prost::Message as _;
+        let plugins = ActionRegistry::with_builtins();
+        let t = Telemetry::new(TelemetryConfig {
+            metrics_detail: MetricsDetail::ALL,
+            ..TelemetryConfig::default()
+        })
+        .unwrap();
+        let engine = t.install(Engine::builder(), &plugins);
+        let loaded = turnstile_engine::config::load_str(&budget_config("m", ""), None, &plugins);
+        engine.spawn(loaded.def.unwrap()).unwrap();
+        for ev in ["next", "next", "reset2", "next", "nonsense"] {
+            engine.send("m", Event::new(Arc::from(ev))).await.unwrap();
+        }
+        while engine.machine("m").map_or(0, |s| s.events) < 5 {
+            tokio::task::yield_now().await;
+        }
+        let text = t.render_metrics(false);
+        let page = t.render_protobuf();
+        engine.shutdown();
+        engine.join().await;
+        let mut buf = &page[..];
+        let mut families = Vec::new();
+        while !buf.is_empty() {
+            families.push(pb::MetricFamily::decode_length_delimited(&mut buf).unwrap());
+        }
+        let mut in_text: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut in_pb: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        in_text.sort_unstable();
+        in_pb.sort_unstable();
+        assert_eq!(in_pb, in_text);
+        // The text `_count` of each duration family, summed, against the native buckets.
+        let (mut histograms, mut observed) = (0, 0);
+        for f in families
+            .iter()
+            .filter(|f| f.r#type == pb::MetricType::Histogram as i32)
+        {
+            let classic: f64 = series_values(&text, &format!("{}_count", f.name));
+            let mut native = 0;
+            for m in &f.metric {
+                let h = m.histogram.as_ref().unwrap();
+                assert_eq!(h.schema, 3, "{}", f.name);
+                assert!(h.zero_threshold > 0.0);
+                let buckets: i64 = h
+                    .positive_delta
+                    .iter()
+                    .scan(0i64, |c, d| {
+                        *c += d;
+                        Some(*c)
+                    })
+                    .sum();
+                assert_eq!(buckets as u64 + h.zero_count, h.sample_count, "{}", f.name);
+                native += h.sample_count;
+                histograms += 1;
+            }
+            assert_eq!(native as f64, classic, "{}", f.name);
+            observed += native;
+        }
+        assert!(observed >= 8, "{observed}");
+        // Event, action (by type and outcome), state (by state) durations.
+        assert!(histograms > 20, "{histograms}");
+    }
+
+    /// The sum of the values of the series `name` in a text page.
+    fn series_values(page: &str, name: &str) -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The series budget (docs/metrics.md): at the default level a machine shows 75
     /// samples whatever its size (a 20-state, 40-rule one here), each detail adds what the
     /// docs say it costs, and every level passes `promtool check metrics` when it is
