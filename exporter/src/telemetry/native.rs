@@ -5,12 +5,14 @@
 //! Buckets follow Prometheus's schema 3: bucket `i` holds the values in
 //! `(2^((i-1)/8), 2^(i/8)]`, so each is about 9 % wide whatever the scale, and a quantile
 //! read from them is within a few percent from 1 ns to years with no bounds to choose. A
-//! value's bucket comes from the bits of its `f64` (the exponent, and the mantissa against
-//! the seven bounds between two powers of two), no logarithm. The buckets are a dense
-//! array of counters per series, [`SLOTS`] of them: slot 0 is the zero bucket (values up to
-//! [`ZERO_THRESHOLD`], about 0.93 ns, and the values no duration has: negative and NaN, as
-//! Prometheus's Go client does with NaN), the others the buckets from just above 2^-30 s to
-//! 2^26 s (776 days), the last one also taking anything longer.
+//! value's bucket comes from the bits of its `f64`, no logarithm: the exponent gives the
+//! power of two, and the top 8 bits of the mantissa pick a cell of a table that says how
+//! many of the seven bounds inside a power of two lie below, up to one more comparison
+//! (the observation's cost is measured in BENCHMARKS.md). The buckets are a dense array of
+//! counters per series, [`SLOTS`] of them: slot 0 is the zero bucket (values up to
+//! [`ZERO_THRESHOLD`], about 0.93 ns, and the values no duration has, negative and NaN, so
+//! that the buckets still add up to the count), the others the buckets from just above
+//! 2^-30 s to 2^26 s (776 days), the last one also taking anything longer.
 //!
 //! prometheus-client (feature `prometheus_protobuf`, built with protox: no `protoc`) turns
 //! the registry into the protobuf `MetricFamily` messages, classic buckets and exemplars
@@ -44,7 +46,7 @@ pub const SLOTS: usize = (MAX_INDEX - MIN_INDEX) as usize + 1;
 
 const MANTISSA: u64 = (1 << 52) - 1;
 /// The mantissa bits of `2^(k/8)`, `k` in `0..8`: the bounds between the buckets of one
-/// power of two (the values of Prometheus's Go client, doubled).
+/// power of two (`2^(k/8)` to the nearest `f64`, checked against `exp2` below).
 const BOUNDS: [u64; 8] = [
     0,
     1.0905077326652577_f64.to_bits() & MANTISSA,
