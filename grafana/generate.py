@@ -290,13 +290,29 @@ def dashboard(uid, title, desc, panels, variables):
     }
 
 
+def quantile(q, metric, by, sel):
+    """The q-quantile of a duration histogram, by the labels `by` (a comma list, may be
+    empty): from the classic `_bucket` series, or from the native histogram when Prometheus
+    scrapes with `--enable-feature=native-histograms` (it then keeps no `_bucket` series)."""
+    classic = f"sum by (le, {by})" if by else "sum by (le)"
+    native = f"sum by ({by})" if by else "sum"
+    return (f"histogram_quantile({q}, {classic} (rate({metric}_bucket{{{sel}}}[{RI}])))"
+            f" or histogram_quantile({q}, {native} (rate({metric}{{{sel}}}[{RI}])))")
+
+
+def observations_per_second(metric, by, sel):
+    """Observations per second of a histogram: its classic `_count`, or the native
+    histogram's count."""
+    return (f"sum by ({by}) (rate({metric}_count{{{sel}}}[{RI}]))"
+            f" or sum by ({by}) (histogram_count(rate({metric}{{{sel}}}[{RI}])))")
+
+
 def quantiles(metric, by, sel, legend_prefix, exemplar=True):
     out = []
     for i, q in enumerate(("0.5", "0.95", "0.99")):
         name = "p" + q[2:].ljust(2, "0") if q != "0.5" else "p50"
-        out.append(target(
-            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
-            f"{legend_prefix} {name}", chr(ord("A") + i), exemplar=exemplar))
+        out.append(target(quantile(q, metric, by, sel),
+                          f"{legend_prefix} {name}", chr(ord("A") + i), exemplar=exemplar))
     return out
 
 
@@ -426,13 +442,13 @@ def machine():
         [
             (timeseries("Action latency p95 by action",
                         "95th and 50th percentile of action run time (turnstile_action_duration_seconds), by action type with the `actions` metrics detail, all actions together otherwise. Exemplar points link to the trace of a recent run in Tempo.",
-                        "s", targets((f"histogram_quantile(0.95, sum by (le, action) (rate(turnstile_action_duration_seconds_bucket{{{MSEL}}}[{RI}])))", "{{action}} p95"),
-                                     (f"histogram_quantile(0.5, sum by (le, action) (rate(turnstile_action_duration_seconds_bucket{{{MSEL}}}[{RI}])))", "{{action}} p50"),
+                        "s", targets((quantile("0.95", "turnstile_action_duration_seconds", "action", MSEL), "{{action}} p95"),
+                                     (quantile("0.5", "turnstile_action_duration_seconds", "action", MSEL), "{{action}} p50"),
                                      exemplar=True),
                         legend_calcs=["mean", "max"]), 12, 9),
             (timeseries("Actions/s by action and outcome",
                         "Actions finished per second; by type and outcome (ok, error, timeout, interrupted) with the `actions` metrics detail, all together otherwise (failures are also in Errors/s by kind).",
-                        "ops", targets((f"sum by (action, outcome) (rate(turnstile_action_duration_seconds_count{{{MSEL}}}[{RI}]))", "{{action}} {{outcome}}")),
+                        "ops", targets((observations_per_second("turnstile_action_duration_seconds", "action, outcome", MSEL), "{{action}} {{outcome}}")),
                         stack=True, legend_calcs=["mean"]), 12, 9),
         ],
         [
@@ -442,8 +458,8 @@ def machine():
                         stack=True, legend_calcs=["mean", "max"]), 12, 8),
             (timeseries("Event duration with exemplars",
                         "p99 and p50 of event processing time for this machine; the exemplar dots are sampled events, each linked to its trace in Tempo.",
-                        "s", targets((f"histogram_quantile(0.99, sum by (le) (rate(turnstile_event_duration_seconds_bucket{{{MSEL}}}[{RI}])))", "p99"),
-                                     (f"histogram_quantile(0.5, sum by (le) (rate(turnstile_event_duration_seconds_bucket{{{MSEL}}}[{RI}])))", "p50"),
+                        "s", targets((quantile("0.99", "turnstile_event_duration_seconds", "", MSEL), "p99"),
+                                     (quantile("0.5", "turnstile_event_duration_seconds", "", MSEL), "p50"),
                                      exemplar=True),
                         legend_calcs=["mean", "max"]), 12, 8),
         ],

@@ -8,7 +8,9 @@
 //!   Debian's Prometheus scraping a real `turnstile run` of the demo machines
 //!   (`deploy/config/`, with the `greet` plugin): successes, failing and timed-out `bash`
 //!   actions, many states, events queued over HTTP, spans sent to a collector that is not
-//!   there (dropped); panels that show exemplars get exemplars;
+//!   there (dropped); panels that show exemplars get exemplars; at the default level, every
+//!   detail level, and with Prometheus scraping native histograms (protobuf; the quantile
+//!   panels then read the native series);
 //! - `promtool check config`, `check rules` and `test rules` on `deploy/prometheus/`;
 //! - `kubectl kustomize` of `deploy/k8s` (the base) and of `deploy/k8s/overlays/postgres`
 //!   through `kubernetes-validate --strict -k 1.33.0`, the PodMonitor and PrometheusRule
@@ -300,17 +302,22 @@ fn post_events(sidecar: SocketAddr, machine: &str, event: &str, n: usize) {
 
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_turnstile_at_the_default_metrics_level() {
-    dashboard_queries_return_data("none");
+    dashboard_queries_return_data("none", false);
 }
 
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_turnstile_with_every_metrics_detail() {
-    dashboard_queries_return_data("all");
+    dashboard_queries_return_data("all", false);
 }
 
-/// Runs the demo configs with `--metrics-detail detail`, has Prometheus scrape them, and
-/// runs every dashboard query.
-fn dashboard_queries_return_data(detail: &str) {
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_turnstile_scraped_with_native_histograms() {
+    dashboard_queries_return_data("none", true);
+}
+
+/// Runs the demo configs with `--metrics-detail detail`, has Prometheus scrape them (with
+/// native histograms when `native`), and runs every dashboard query.
+fn dashboard_queries_return_data(detail: &str, native: bool) {
     need("prometheus", "Debian's package prometheus");
     let plugin = kit::plugins::rust_plugin("greet");
     // The demo configs, copied so that the test can edit them under `--watch`.
@@ -342,7 +349,19 @@ fn dashboard_queries_return_data(detail: &str) {
     });
     let sidecar: SocketAddr = field(&rec, "addr").parse().unwrap();
     need("prometheus", "Debian's package prometheus");
-    let prom = Prometheus::start(sidecar);
+    let prom = if native {
+        Prometheus::start_native(sidecar)
+    } else {
+        Prometheus::start(sidecar)
+    };
+    // The observations of a histogram: `_count`, or the count of the native histogram
+    // (Prometheus keeps no `_count` series of those).
+    let counted = |metric: &str, sel: &str, rate: bool| match (native, rate) {
+        (false, true) => format!("rate({metric}_count{{{sel}}}[1m])"),
+        (false, false) => format!("{metric}_count{{{sel}}}"),
+        (true, true) => format!("histogram_count(rate({metric}{{{sel}}}[1m]))"),
+        (true, false) => format!("histogram_count({metric}{{{sel}}})"),
+    };
 
     // Changes must come after Prometheus's first scrape, or it never sees the counters
     // at 0 and `increase()` stays 0.
@@ -395,35 +414,72 @@ fn dashboard_queries_return_data(detail: &str) {
     }
 
     // Wait until the run has shown every outcome the panels plot.
-    let mut ready = vec![
+    let mut ready: Vec<String> = [
         "sum(increase(turnstile_errors_total{kind=\"action_timeout\"}[1m])) > 0",
         "sum(increase(turnstile_errors_total{kind=\"action\"}[1m])) > 0",
-        "sum(rate(turnstile_action_duration_seconds_count[1m])) > 0",
-        "sum(rate(turnstile_state_duration_seconds_count{machine=\"worker\"}[1m])) > 0",
         "sum(increase(turnstile_spans_dropped_total[1m])) > 0",
         "sum(increase(turnstile_config_reloads_total{result=\"failure\"}[1m])) > 0",
         "sum(increase(turnstile_config_reloads_total{result=\"success\"}[1m])) > 0",
         "count(turnstile_plugin_info) > 0",
         "sum(turnstile_jobs{status=\"dead\"}) > 0",
         "sum(turnstile_jobs{status=\"completed\"}) > 0",
-    ];
+    ]
+    .map(str::to_owned)
+    .into();
+    ready.extend([
+        format!(
+            "sum({}) > 0",
+            counted("turnstile_action_duration_seconds", "", true)
+        ),
+        format!(
+            "sum({}) > 0",
+            counted(
+                "turnstile_state_duration_seconds",
+                "machine=\"worker\"",
+                true
+            )
+        ),
+    ]);
     // The detail labels are there exactly when asked for.
     let detailed = [
-        "count(turnstile_transitions_total{from!=\"\"})",
-        "count(turnstile_events_total{event!=\"\"})",
-        "count(turnstile_state_duration_seconds_count{state!=\"\"})",
-        "count(turnstile_action_duration_seconds_count{outcome!=\"\"})",
-        "count(turnstile_machine_state == 0)",
+        "count(turnstile_transitions_total{from!=\"\"})".to_owned(),
+        "count(turnstile_events_total{event!=\"\"})".to_owned(),
+        format!(
+            "count({})",
+            counted("turnstile_state_duration_seconds", "state!=\"\"", false)
+        ),
+        format!(
+            "count({})",
+            counted("turnstile_action_duration_seconds", "outcome!=\"\"", false)
+        ),
+        "count(turnstile_machine_state == 0)".to_owned(),
     ];
     if detail == "all" {
-        ready.extend([
-            "sum(rate(turnstile_action_duration_seconds_count{outcome=\"timeout\"}[1m])) > 0",
-            "sum(rate(turnstile_action_duration_seconds_count{outcome=\"error\"}[1m])) > 0",
-        ]);
-        ready.extend(detailed);
+        for outcome in ["timeout", "error"] {
+            let sel = format!("outcome=\"{outcome}\"");
+            ready.push(format!(
+                "sum({}) > 0",
+                counted("turnstile_action_duration_seconds", &sel, true)
+            ));
+        }
+        ready.extend(detailed.iter().cloned());
+    }
+    // With native histograms, the scrape was protobuf: no classic series of the durations,
+    // so the quantile panels below read the native ones.
+    if native {
+        for classic in [
+            "turnstile_event_duration_seconds_bucket",
+            "turnstile_action_duration_seconds_count",
+        ] {
+            let r = prom.query(&format!("count({classic})")).unwrap();
+            assert!(
+                r.is_empty(),
+                "{classic} scraped with native histograms: {r:?}"
+            );
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(45);
-    for q in ready {
+    for q in &ready {
         loop {
             if prom.query(q).map(|r| has_finite(&r)).unwrap_or(false) {
                 break;
@@ -438,7 +494,7 @@ fn dashboard_queries_return_data(detail: &str) {
     }
 
     if detail == "none" {
-        for q in detailed {
+        for q in &detailed {
             let r = prom.query(q).unwrap();
             assert!(r.is_empty(), "`{q}` at the default level: {r:?}");
         }
@@ -515,7 +571,7 @@ fn dashboard_queries_return_data(detail: &str) {
     }
     assert!(
         failures.is_empty(),
-        "--metrics-detail {detail}: {} of {checked} panel queries failed:\n{}",
+        "--metrics-detail {detail} (native histograms: {native}): {} of {checked} panel queries failed:\n{}",
         failures.len(),
         failures.join("\n")
     );

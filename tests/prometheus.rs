@@ -14,6 +14,10 @@
 //! have the design's names, attributes and parent links, and the POSTed trace crosses
 //! both machines. Both processes are killed when the test ends, however it ends.
 //!
+//! A second test runs the same machines with Prometheus in native-histogram mode: it scrapes
+//! the protobuf exposition, and `histogram_quantile` over the native series (no `_bucket`)
+//! gives the worker's event time, while the text exposition keeps the classic buckets.
+//!
 //! Needs `prometheus` on `PATH` (`.ci/install.sh` installs Debian's package).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -26,7 +30,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kit::http::{enc, get_json, post_json};
+use kit::http::{enc, get_json, post_json, request};
 use kit::otlp::{Receiver, RecvSpan};
 use kit::prometheus::Prometheus;
 use kit::{eventually_or, field, turnstile, Proc};
@@ -580,4 +584,110 @@ fn an_ignored_event_leaves_the_span_of_the_event_in_progress_alone() {
     proc.signal("TERM");
     let (status, _) = proc.finish(LIMIT);
     assert_eq!(status.code(), Some(0), "{}", proc.log());
+}
+
+/// Prometheus with `--enable-feature=native-histograms` asks for protobuf first: the
+/// duration histograms arrive as native histograms (one series each, no `_bucket`), with
+/// the exemplars of their spans, and `histogram_quantile` reads them. The text exposition
+/// still has the classic buckets.
+#[test]
+fn prometheus_in_native_histogram_mode_reads_quantiles_from_the_native_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let (mut turnstile, sidecar) = start_turnstile(dir.path(), &receiver);
+    let since = unix_now();
+    let prom = Prometheus::start_native(sidecar);
+    start_traced_round(sidecar);
+    let up = r#"up{job="turnstile"}"#;
+    eventually_or(
+        "up = 1 in Prometheus",
+        || (prom.scalar(up)? == 1.0).then_some(()),
+        || {
+            format!(
+                "targets: {}\nlog:\n{}",
+                prom.api("/api/v1/targets"),
+                prom.log_text()
+            )
+        },
+    );
+    // The worker's `task` takes its 0.1 s sleep; its three other events take a few
+    // milliseconds at most. So the 0.9 quantile of its event time is in the native bucket
+    // of 0.1 s, (2^(-27/8), 2^(-26/8)] = (0.0971, 0.1051] (or the next one up on a busy
+    // machine).
+    let p90 = r#"histogram_quantile(0.9, rate(turnstile_event_duration_seconds{job="turnstile",machine="worker"}[1m]))"#;
+    let v = eventually_or(
+        "a 0.9 quantile of the native series",
+        || prom.scalar(p90).filter(|v| v.is_finite()),
+        || format!("{p90}: {:?}\nlog:\n{}", prom.scalar(p90), prom.log_text()),
+    );
+    assert!((0.09..0.12).contains(&v), "{p90} = {v}");
+    // Summed over the machines, as the dashboards do.
+    let sum = r#"histogram_quantile(0.9, sum(rate(turnstile_action_duration_seconds{job="turnstile"}[1m])))"#;
+    eventually_or(
+        "a quantile of the summed native action series",
+        || prom.scalar(sum).filter(|v| v.is_finite() && *v > 0.0),
+        || format!("{sum}: {:?}", prom.scalar(sum)),
+    );
+    let count =
+        r#"sum(histogram_count(rate(turnstile_state_duration_seconds{job="turnstile"}[1m])))"#;
+    eventually_or(
+        "the native state durations counted",
+        || prom.scalar(count).filter(|v| *v > 0.0),
+        || format!("{count}: {:?}", prom.scalar(count)),
+    );
+    // Native only: the scrape was protobuf, Prometheus made no classic series of them.
+    for classic in [
+        "turnstile_event_duration_seconds_bucket",
+        "turnstile_state_duration_seconds_count",
+    ] {
+        let q = format!(r#"count({classic}{{job="turnstile"}})"#);
+        assert_eq!(prom.scalar(&q), None, "{q}");
+    }
+    // The other families came in the same protobuf scrape.
+    let total = r#"sum(turnstile_transitions_total{job="turnstile"})"#;
+    assert!(prom.scalar(total).is_some_and(|v| v > 0.0), "{total}");
+    // Exemplars of the native series name spans the receiver got.
+    let target = format!(
+        "/api/v1/query_exemplars?query={}&start={:.3}&end={:.3}",
+        enc(r#"turnstile_event_duration_seconds{job="turnstile"}"#),
+        since - 60.0,
+        unix_now() + 60.0
+    );
+    let trace_ids: Vec<String> = eventually_or(
+        "exemplars of the native event durations",
+        || {
+            let ids: Vec<String> = prom
+                .api(&target)
+                .as_array()?
+                .iter()
+                .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+                .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        },
+        || format!("{}", prom.api(&target)),
+    );
+    receiver.wait_for(LIMIT, |spans| {
+        spans.iter().any(|s| trace_ids.contains(&s.trace_id))
+    });
+
+    // The text exposition keeps the classic buckets; protobuf is served when asked for.
+    let text = request(sidecar, "GET", "/metrics", &[("Accept", "text/plain")], b"");
+    assert!(
+        text.text()
+            .contains("turnstile_event_duration_seconds_bucket{"),
+        "{}",
+        text.text()
+    );
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+    let pb = request(sidecar, "GET", "/metrics", &[("Accept", accept)], b"");
+    assert_eq!(pb.status, 200);
+    assert_eq!(
+        pb.header("content-type"),
+        Some("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited")
+    );
+    assert!(!pb.body.is_empty() && !pb.text().contains("# TYPE"));
+    turnstile.signal("TERM");
+    let (status, _) = turnstile.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", turnstile.log());
 }

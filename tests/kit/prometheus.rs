@@ -1,5 +1,6 @@
 //! Debian's Prometheus, started for a test: it scrapes one target every second, keeps
-//! exemplars, and is killed when dropped (also when the test panics).
+//! exemplars, and is killed when dropped (also when the test panics). With native
+//! histograms on ([`Prometheus::start_native`]) it asks for the protobuf exposition first.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,17 @@ impl Prometheus {
     /// `basic_auth`, ...; YAML at the job's indentation, four spaces, each line ending
     /// with a newline).
     pub fn start_with(target: SocketAddr, scrape: &str) -> Self {
+        Self::launch(target, scrape, "exemplar-storage")
+    }
+
+    /// [`Prometheus::start`] with `--enable-feature=native-histograms`: it scrapes in the
+    /// protobuf format and keeps a histogram that has native buckets as one native series
+    /// (no `_bucket`, `_sum`, `_count`).
+    pub fn start_native(target: SocketAddr) -> Self {
+        Self::launch(target, "", "exemplar-storage,native-histograms")
+    }
+
+    fn launch(target: SocketAddr, scrape: &str, features: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for prometheus");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -57,7 +69,7 @@ impl Prometheus {
                     dir.path().join("data").display()
                 ))
                 .arg(format!("--web.listen-address={addr}"))
-                .arg("--enable-feature=exemplar-storage")
+                .arg(format!("--enable-feature={features}"))
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().expect("clone the log file"))
                 .stderr(out)

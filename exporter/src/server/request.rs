@@ -9,6 +9,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 pub use turnstile_engine::ingress::{MAX_EVENT_TYPE_LEN, MAX_JOB_ID_LEN};
 
+use crate::telemetry::Exposition;
+
 /// Decodes `%XX` escapes (and `+` as a space when `plus_as_space`); the result must be
 /// UTF-8.
 pub fn percent_decode(s: &str, plus_as_space: bool) -> Result<String, String> {
@@ -169,6 +171,63 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     }
 }
 
+/// The `q` of the best `Accept` entry for the Prometheus protobuf exposition:
+/// `application/vnd.google.protobuf` with `proto=io.prometheus.client.MetricFamily` and
+/// `encoding=delimited` (what Prometheus puts first when native histograms are on).
+fn protobuf_q(accept: &str) -> Option<f32> {
+    let mut best = None::<f32>;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        if !parts.next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/vnd.google.protobuf")
+        }) {
+            continue;
+        }
+        let (mut proto, mut delimited, mut q) = (false, false, 1.0f32);
+        for param in parts {
+            let Some((k, v)) = param.split_once('=') else {
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+            if k.eq_ignore_ascii_case("proto") {
+                proto = v == "io.prometheus.client.MetricFamily";
+            } else if k.eq_ignore_ascii_case("encoding") {
+                delimited = v.eq_ignore_ascii_case("delimited");
+            } else if k.eq_ignore_ascii_case("q") {
+                q = v.parse().unwrap_or(0.0);
+            }
+        }
+        if proto && delimited {
+            best = Some(best.map_or(q, |b| b.max(q)));
+        }
+    }
+    best
+}
+
+/// The format of a `/metrics` answer: protobuf when the scraper asks for it (above) with a
+/// non-zero `q` not ranked below a text format it also accepts, else OpenMetrics or text as
+/// [`wants_openmetrics`] says.
+pub fn metrics_format(accept: Option<&str>) -> Exposition {
+    if let Some(pq) = accept.and_then(protobuf_q).filter(|q| *q > 0.0) {
+        let text_q = accept
+            .map(|a| {
+                media_ranges(a)
+                    .filter(|(ty, _)| ty == "application/openmetrics-text" || ty == "text/plain")
+                    .fold(0.0f32, |m, (_, q)| m.max(q))
+            })
+            .unwrap_or(0.0);
+        if pq >= text_q {
+            return Exposition::Protobuf;
+        }
+    }
+    if wants_openmetrics(accept) {
+        Exposition::OpenMetrics
+    } else {
+        Exposition::Text
+    }
+}
+
 /// True when a request body's `Content-Type` is JSON: `application/json`, any
 /// `application/*+json`, or no header at all (curl without `-H`, many scripts).
 pub fn is_json_content_type(content_type: Option<&str>) -> bool {
@@ -303,6 +362,49 @@ mod tests {
             "application/openmetrics-text;q=0.2, text/plain;q=0.9"
         )));
         assert!(!wants_openmetrics(Some(",;,;q")));
+    }
+
+    #[test]
+    fn metrics_formats() {
+        use Exposition::*;
+        assert_eq!(metrics_format(None), Text);
+        assert_eq!(metrics_format(Some("*/*")), Text);
+        // What Prometheus 2.42 sends with `--enable-feature=native-histograms`.
+        assert_eq!(
+            metrics_format(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Protobuf
+        );
+        // ... and without it.
+        assert_eq!(
+            metrics_format(Some(
+                "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+            )),
+            OpenMetrics
+        );
+        assert_eq!(
+            metrics_format(Some(
+                "Application/Vnd.Google.Protobuf; proto=\"io.prometheus.client.MetricFamily\"; encoding=delimited"
+            )),
+            Protobuf
+        );
+        // Not the delimited MetricFamily stream: not ours to give.
+        for other in [
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily",
+            "application/vnd.google.protobuf;encoding=delimited",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0",
+        ] {
+            assert_eq!(metrics_format(Some(other)), Text, "{other}");
+        }
+        // Ranked below a text format.
+        assert_eq!(
+            metrics_format(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.3,text/plain;q=0.9"
+            )),
+            Text
+        );
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub const JSON: &str = "application/json";
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text exposition.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of the Prometheus protobuf exposition (with native histograms).
+pub const PROMETHEUS_PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// A response with a body and a content type; never cached.
 pub fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {

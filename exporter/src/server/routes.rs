@@ -32,6 +32,7 @@ use super::stale;
 use super::state::State;
 use super::write::JsonPost;
 use crate::telemetry::records::timestamp;
+use crate::telemetry::Exposition;
 
 /// How long a `POST .../events` waits for room in a full queue before answering 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
@@ -161,14 +162,14 @@ fn header_str(req: &Request<Incoming>, name: HeaderName) -> Option<&str> {
 }
 
 async fn metrics(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    let om = request::wants_openmetrics(header_str(req, ACCEPT));
-    let text = state.telemetry.metrics_page(om).await;
-    let ct = if om {
-        response::OPENMETRICS
-    } else {
-        response::PROMETHEUS_TEXT
+    let format = request::metrics_format(header_str(req, ACCEPT));
+    let page = state.telemetry.metrics_page(format).await;
+    let ct = match format {
+        Exposition::Text => response::PROMETHEUS_TEXT,
+        Exposition::OpenMetrics => response::OPENMETRICS,
+        Exposition::Protobuf => response::PROMETHEUS_PROTOBUF,
     };
-    response::with_body(StatusCode::OK, ct, text)
+    response::with_body(StatusCode::OK, ct, page)
 }
 
 fn trace(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {

@@ -11,7 +11,8 @@
 //!
 //! The exposition is prometheus-client's own (`encode_counter`, `encode_histogram`), with
 //! the same buckets (the `+Inf` one added the same way), so the text is the same as with
-//! its `Counter` and `Histogram`. A histogram's `_count` is the sum of its buckets, as in
+//! its `Counter` and `Histogram`. A histogram also counts each observation in its native
+//! buckets (`native.rs`), read only for the protobuf exposition. A histogram's `_count` is the sum of its buckets, as in
 //! prometheus-client. A scrape that runs while an observation is being made may see the
 //! observation in the buckets but not yet in `_sum` (or the reverse): at most one
 //! observation per writer, gone by the next scrape.
@@ -22,6 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::{MetricType, TypedMetric};
+
+use super::native;
 
 /// Adds `n` to a cell only this thread writes.
 #[inline]
@@ -121,6 +124,8 @@ struct HistogramCell {
     sum_ns: AtomicU64,
     /// Not cumulative: observations whose first matching bound is this one.
     buckets: Box<[AtomicU64]>,
+    /// The same observations in native buckets.
+    native: native::Buckets,
 }
 
 #[derive(Debug)]
@@ -132,6 +137,7 @@ struct HistogramParts {
     /// What writers that are gone observed.
     retired_sum: f64,
     retired: Vec<u64>,
+    retired_native: Vec<u64>,
     live: Vec<Arc<HistogramCell>>,
 }
 
@@ -153,6 +159,7 @@ impl LocalHistogram {
         LocalHistogram {
             parts: Arc::new(Mutex::new(HistogramParts {
                 retired: vec![0; bounds.len()],
+                retired_native: vec![0; native::SLOTS],
                 retired_sum: 0.0,
                 limits: bounds.iter().map(|b| nanos_limit(*b)).collect(),
                 bounds,
@@ -168,6 +175,7 @@ impl LocalHistogram {
             sum: AtomicU64::new(0.0_f64.to_bits()),
             sum_ns: AtomicU64::new(0),
             buckets: p.bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            native: native::Buckets::default(),
         });
         p.live.push(cell.clone());
         HistogramWriter {
@@ -193,6 +201,16 @@ impl LocalHistogram {
         let buckets = p.bounds.iter().copied().zip(counts).collect();
         (sum, count, buckets)
     }
+
+    /// The native buckets.
+    fn native_snapshot(&self) -> native::Snapshot {
+        let p = lock(&self.parts);
+        let mut counts = p.retired_native.clone();
+        for c in &p.live {
+            c.native.add_to(&mut counts);
+        }
+        native::Snapshot { counts }
+    }
 }
 
 impl TypedMetric for LocalHistogram {
@@ -202,7 +220,9 @@ impl TypedMetric for LocalHistogram {
 impl EncodeMetric for LocalHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let (sum, count, buckets) = self.snapshot();
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        native::offer(|| self.native_snapshot());
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
@@ -238,6 +258,9 @@ impl HistogramWriter {
         if let Some(b) = self.cell.buckets.get(i) {
             bump(b, 1);
         }
+        if let Some(b) = self.cell.native.cell(v) {
+            bump(b, 1);
+        }
         self.add_to_sum(v);
     }
 
@@ -250,6 +273,9 @@ impl HistogramWriter {
         let last = self.limits.len().saturating_sub(1);
         let i = self.limits.iter().position(|l| ns < *l).unwrap_or(last);
         if let Some(b) = self.cell.buckets.get(i) {
+            bump(b, 1);
+        }
+        if let Some(b) = self.cell.native.cell_nanos(ns) {
             bump(b, 1);
         }
         let s = &self.cell.sum_ns;
@@ -299,6 +325,7 @@ impl Drop for HistogramWriter {
         for (t, b) in p.retired.iter_mut().zip(self.cell.buckets.iter()) {
             *t = t.wrapping_add(b.load(Ordering::Relaxed));
         }
+        self.cell.native.add_to(&mut p.retired_native);
         p.live.retain(|c| !Arc::ptr_eq(c, &self.cell));
     }
 }
@@ -407,10 +434,18 @@ mod tests {
             buckets.iter().map(|b| b.1).collect::<Vec<_>>(),
             [0, 1, 0, 0, 2]
         );
+        let native = |h: &LocalHistogram| {
+            let n = h.native_snapshot().counts;
+            [0, native::slot(0.002), native::slot(5.0)].map(|s| n[s])
+        };
+        // NaN in the zero bucket.
+        assert_eq!(native(&h), [1, 1, 1]);
         drop(b);
         drop(hb);
         assert_eq!(c.get(), 3);
         assert_eq!(h.snapshot().1, 3);
+        assert_eq!(native(&h), [1, 1, 1]);
+        assert_eq!(h.native_snapshot().counts.iter().sum::<u64>(), 3);
         assert!(c.parts.lock().expect("lock").live.is_empty());
     }
 }

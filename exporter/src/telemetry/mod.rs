@@ -21,6 +21,7 @@ pub mod catalogue;
 mod event;
 mod local;
 pub mod metrics;
+mod native;
 mod observer;
 pub mod operations;
 mod process;
@@ -51,6 +52,18 @@ use spans::{SpanSettings, Spans};
 
 /// [`TelemetryConfig::timing_sample`] by default.
 pub const DEFAULT_TIMING_SAMPLE: u32 = 16;
+
+/// The formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text 0.0.4.
+    Text = 0,
+    /// OpenMetrics 1.0 text, with exemplars.
+    OpenMetrics = 1,
+    /// Prometheus protobuf (`io.prometheus.client.MetricFamily`, length-delimited), with
+    /// native histograms and exemplars.
+    Protobuf = 2,
+}
 
 /// What to collect.
 #[derive(Debug, Clone)]
@@ -97,8 +110,9 @@ pub struct Telemetry {
     engine: Arc<OnceLock<EngineStatus>>,
     started: Instant,
     started_at: SystemTime,
-    /// The last `/metrics` page per format (text, OpenMetrics) and when it was finished.
-    pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 2],
+    /// The last `/metrics` page per format (indexed by [`Exposition`]) and when it was
+    /// finished.
+    pages: [tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>; 3],
     last_page_size: std::sync::atomic::AtomicUsize,
     /// The live record stream (`GET /events`).
     stream: Arc<stream::Stream>,
@@ -186,9 +200,9 @@ impl Telemetry {
     /// while a page is being rendered share it (single flight): a page is at most one
     /// render old (a few milliseconds), and a burst of scrapes costs one render instead of
     /// one each, so scraping never starves the machines.
-    pub async fn metrics_page(self: &Arc<Self>, openmetrics: bool) -> bytes::Bytes {
+    pub async fn metrics_page(self: &Arc<Self>, format: Exposition) -> bytes::Bytes {
         let arrived = Instant::now();
-        let slot = &self.pages[usize::from(openmetrics)];
+        let slot = &self.pages[format as usize];
         let mut last = slot.lock().await;
         if let Some((finished, page)) = &*last {
             if *finished >= arrived {
@@ -196,8 +210,13 @@ impl Telemetry {
             }
         }
         let me = self.clone();
-        let page = match tokio::task::spawn_blocking(move || me.render_metrics(openmetrics)).await {
-            Ok(text) => bytes::Bytes::from(text),
+        let render = move || match format {
+            Exposition::Text => me.render_metrics(false).into_bytes(),
+            Exposition::OpenMetrics => me.render_metrics(true).into_bytes(),
+            Exposition::Protobuf => me.render_protobuf(),
+        };
+        let page = match tokio::task::spawn_blocking(render).await {
+            Ok(page) => bytes::Bytes::from(page),
             Err(e) => {
                 tracing::error!(target: "turnstile::metrics", "rendering metrics failed: {e}");
                 bytes::Bytes::new()
@@ -222,6 +241,17 @@ impl Telemetry {
         }
         self.last_page_size.store(out.len(), Ordering::Relaxed);
         out
+    }
+
+    /// The protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`
+    /// messages): every family, the duration histograms with their native buckets beside
+    /// the classic ones (docs/metrics.md).
+    pub fn render_protobuf(&self) -> Vec<u8> {
+        let (page, error) = native::encode_protobuf(&self.registry);
+        if let Some(e) = error {
+            tracing::error!(target: "turnstile::metrics", "{e}");
+        }
+        page
     }
 
     /// Shows loaded plugins in `turnstile_plugin_info`.
@@ -535,6 +565,85 @@ mod tests {
             engine.join().await;
         }
         out
+    }
+
+    /// The protobuf page has every family of the text page, and the duration histograms
+    /// have native buckets that count what the classic ones count.
+    #[tokio::test]
+    async fn the_protobuf_page_has_every_family_and_native_histograms() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
+        use prost::Message as _;
+        let plugins = ActionRegistry::with_builtins();
+        let t = Telemetry::new(TelemetryConfig {
+            metrics_detail: MetricsDetail::ALL,
+            ..TelemetryConfig::default()
+        })
+        .unwrap();
+        let engine = t.install(Engine::builder(), &plugins);
+        let loaded = turnstile_engine::config::load_str(&budget_config("m", ""), None, &plugins);
+        engine.spawn(loaded.def.unwrap()).unwrap();
+        for ev in ["next", "next", "reset2", "next", "nonsense"] {
+            engine.send("m", Event::new(Arc::from(ev))).await.unwrap();
+        }
+        while engine.machine("m").map_or(0, |s| s.events) < 5 {
+            tokio::task::yield_now().await;
+        }
+        let text = t.render_metrics(false);
+        let page = t.render_protobuf();
+        engine.shutdown();
+        engine.join().await;
+        let mut buf = &page[..];
+        let mut families = Vec::new();
+        while !buf.is_empty() {
+            families.push(pb::MetricFamily::decode_length_delimited(&mut buf).unwrap());
+        }
+        let mut in_text: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut in_pb: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        in_text.sort_unstable();
+        in_pb.sort_unstable();
+        assert_eq!(in_pb, in_text);
+        // The text `_count` of each duration family, summed, against the native buckets.
+        let (mut histograms, mut observed) = (0, 0);
+        for f in families
+            .iter()
+            .filter(|f| f.r#type == pb::MetricType::Histogram as i32)
+        {
+            let classic: f64 = series_values(&text, &format!("{}_count", f.name));
+            let mut native = 0;
+            for m in &f.metric {
+                let h = m.histogram.as_ref().unwrap();
+                assert_eq!(h.schema, 3, "{}", f.name);
+                assert!(h.zero_threshold > 0.0);
+                let buckets: i64 = h
+                    .positive_delta
+                    .iter()
+                    .scan(0i64, |c, d| {
+                        *c += d;
+                        Some(*c)
+                    })
+                    .sum();
+                assert_eq!(buckets as u64 + h.zero_count, h.sample_count, "{}", f.name);
+                native += h.sample_count;
+                histograms += 1;
+            }
+            assert_eq!(native as f64, classic, "{}", f.name);
+            observed += native;
+        }
+        assert!(observed >= 8, "{observed}");
+        // Event, action (by type and outcome), state (by state) durations.
+        assert!(histograms > 20, "{histograms}");
+    }
+
+    /// The sum of the values of the series `name` in a text page.
+    fn series_values(page: &str, name: &str) -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The series budget (docs/metrics.md): at the default level a machine shows 75

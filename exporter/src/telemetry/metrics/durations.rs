@@ -2,23 +2,63 @@
 //! spans are exported and so there are trace ids to attach) or without ([`LocalHistogram`],
 //! written by one machine's task with no lock).
 //!
+//! Both also count each observation in native buckets (`native.rs`), for the protobuf
+//! exposition: [`LocalHistogram`] in its writers' cells, [`ExemplarHistogram`] beside
+//! prometheus-client's histogram, which has no way to hold both native buckets and
+//! exemplars.
+//!
 //! Its own file because the choice between the two, made once per family when the
 //! metrics are built, and the dispatch on it for each observation are one job apart from
 //! declaring the families and the per-machine handles ([`super`]).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::super::catalogue;
 use super::super::local::{HistogramWriter, LocalHistogram};
+use super::super::native;
 use super::{TraceExemplar, FAST_BUCKETS, STATE_BUCKETS};
 
-type ExemplarHistogram = HistogramWithExemplars<TraceExemplar>;
+/// prometheus-client's histogram with exemplars, and native buckets beside it.
+#[derive(Clone, Debug)]
+pub(super) struct ExemplarHistogram {
+    classic: HistogramWithExemplars<TraceExemplar>,
+    native: Arc<native::Buckets>,
+}
+
+impl ExemplarHistogram {
+    fn observe(&self, seconds: f64, exemplar: Option<TraceExemplar>) {
+        self.classic.observe(seconds, exemplar, None);
+        self.native.observe_shared(seconds);
+    }
+}
+
+impl TypedMetric for ExemplarHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ExemplarHistogram {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.classic.encode(encoder)?;
+        native::offer(|| self.native.snapshot());
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 fn fast_histogram() -> ExemplarHistogram {
-    HistogramWithExemplars::new(FAST_BUCKETS.iter().copied())
+    ExemplarHistogram {
+        classic: HistogramWithExemplars::new(FAST_BUCKETS.iter().copied()),
+        native: Arc::default(),
+    }
 }
 fn fast_local_histogram() -> LocalHistogram {
     LocalHistogram::new(FAST_BUCKETS.iter().copied())
@@ -102,5 +142,5 @@ impl DurationSeries {
 
 #[inline(never)]
 fn observe_with_exemplar(h: &ExemplarHistogram, seconds: f64, exemplar: Option<TraceExemplar>) {
-    h.observe(seconds, exemplar, None);
+    h.observe(seconds, exemplar);
 }
