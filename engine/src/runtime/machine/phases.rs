@@ -81,7 +81,7 @@ impl Machine {
         }
         tracing::info!(
             target: "turnstile::machine",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state = %self.def.states[self.state].name,
             "machine started"
         );
@@ -208,7 +208,7 @@ impl Machine {
             t.lose();
             tracing::error!(
                 target: "turnstile::singleton",
-                machine = %self.def.name,
+                machine = %self.shared.name,
                 epoch = t.epoch(),
                 "lease tenure ended (deadline passed or lease taken over): stopping this copy"
             );
