@@ -114,9 +114,9 @@ fn missing_actions(file: &str) -> (Option<i32>, BTreeSet<String>, serde_json::Va
     (out.status.code(), missing, j)
 }
 
-/// The other fixtures need actions this build does not have (process
-/// spawning, plugins): `validate` exits 2 and names exactly those action types, nothing
-/// else as an error. Update the lists when these actions arrive.
+/// The other fixtures need actions this build does not have (plugins, an action
+/// statemachine-engine does not have either): `validate` exits 2 and names exactly those
+/// action types, nothing else as an error. Update the lists when these actions arrive.
 #[test]
 fn validate_names_exactly_the_missing_action_types() {
     let cases: &[(&str, &[&str])] = &[
@@ -125,10 +125,6 @@ fn validate_names_exactly_the_missing_action_types() {
             &["check_events"],
         ),
         ("custom_actions/config/worker.yaml", &["calculate", "greet"]),
-        (
-            "patient_records/config/concurrent-controller.yaml",
-            &["start_fsm"],
-        ),
     ];
     // These load with no error (the job actions are built in).
     let clean = [
@@ -144,6 +140,9 @@ fn validate_names_exactly_the_missing_action_types() {
         assert_eq!(code, Some(0), "{file}: {j:#}");
         assert!(missing.is_empty(), "{file}: {j:#}");
     }
+    // Its `start_fsm`'s `yaml_path` is relative to upstream's repository root (where its
+    // demo runs): checked from there in `concurrent_controller_validates_from_upstreams_root`.
+    assert!(all.remove("patient_records/config/concurrent-controller.yaml"));
     let covered: BTreeSet<String> = cases.iter().map(|(f, _)| (*f).to_owned()).collect();
     assert_eq!(all, covered, "a compat fixture is not covered");
 
@@ -164,18 +163,54 @@ fn validate_names_exactly_the_missing_action_types() {
     }
 
     // The text output names the file, line and column of each, with a hint.
-    let file = fixture("patient_records/config/concurrent-controller.yaml");
+    let file = fixture("controller_worker/config/controller.yaml");
     let out = turnstile(&["validate", &file])
         .output()
         .expect("run validate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "{file}:139:13: error[unknown-action]: unknown action type `start_fsm`"
+            "{file}:66:13: error[unknown-action]: unknown action type `check_events`"
         )),
         "{stdout}"
     );
     assert!(stdout.contains("hint:"), "{stdout}");
+}
+
+/// `start_fsm` is built in: the concurrent controller validates where its `yaml_path`
+/// resolves (upstream's repository root, its demo's working directory), and elsewhere
+/// the file not found is an error at the line and column of `yaml_path`, with a hint.
+#[test]
+fn concurrent_controller_validates_from_upstreams_root() {
+    let file = fixture("patient_records/config/concurrent-controller.yaml");
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let out = turnstile(&["validate", &file])
+        .current_dir(&root)
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+
+    let (code, missing, j) = missing_actions(&file);
+    assert_eq!(code, Some(2), "{j:#}");
+    assert!(missing.is_empty(), "{j:#}");
+    let out = turnstile(&["validate", &file])
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{file}:140:18: error[bad-parameter]: `start_fsm` action: no file `examples/patient_records/config/patient-records.yaml`"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("relative to the working directory"),
+        "{stdout}"
+    );
 }
 
 /// The list actions used by the concurrent controller are built in: they are not among

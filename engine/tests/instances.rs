@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
-use turnstile_engine::{Engine, Event, StartError};
+use turnstile_engine::{config, ActionRegistry, Engine, Event, StartError};
 
 mod support;
 
@@ -237,4 +237,161 @@ async fn paging_walks_every_instance_once() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     engine.shutdown();
     engine.join().await;
+}
+
+// --- start_fsm --------------------------------------------------------------------------
+
+/// A controller that starts one `job` instance per `spawn` event, named from the payload,
+/// with two context values copied, and records the outcome in its own state.
+const CONTROLLER: &str = r#"
+metadata: {machine_name: controller}
+initial_state: idle
+context: {order: {id: 42, customer: {name: Ada}}}
+states: [idle, spawning, spawned, failed]
+events: [spawn, started, spawn_failed, again]
+transitions:
+  - {from: [idle, spawned, failed], to: spawning, event: spawn}
+  - {from: spawning, to: spawned, event: started}
+  - {from: spawning, to: failed, event: spawn_failed}
+actions:
+  spawning:
+    - type: start_fsm
+      yaml_path: job.yaml
+      machine_name: "job_{payload.n}"
+      context_vars:
+        - order.id as order_id
+        - order.customer.name as customer
+        - payload.n as n
+        - order
+      success: started
+      error: spawn_failed
+      store_pid: true
+"#;
+
+const JOB: &str = r#"
+metadata: {machine_name: job}
+initial_state: working
+context: {order_id: 0}
+states: [working, done]
+events: [finish]
+transitions:
+  - {from: working, to: done, event: finish}
+"#;
+
+fn load(dir: &std::path::Path, file: &str, text: &str) -> config::Loaded {
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    config::load_path(&path, &ActionRegistry::with_builtins())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fsm_starts_instances_of_the_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.yaml"), JOB).unwrap();
+    let loaded = load(dir.path(), "controller.yaml", CONTROLLER);
+    let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let engine = Engine::builder().build();
+    engine.spawn(loaded.def.unwrap()).unwrap();
+
+    let spawn = |n: i64| Event::new("spawn").with_payload(json!({"n": n}));
+    engine.send("controller", spawn(1)).await.unwrap();
+    wait_for_state(&engine, "controller", "spawned", WAIT).await;
+    let job = engine.machine("job_1").expect("job_1 started");
+    assert!(job.instance && job.running);
+    assert_eq!(&*job.def.name, "job");
+    let snap = engine.snapshot("job_1").await.unwrap();
+    assert_eq!(
+        Json::Object(snap.context),
+        json!({"order_id": 42, "customer": "Ada", "n": 1, "order": {"id": 42, "customer": {"name": "Ada"}}})
+    );
+    // The definition is the engine's from the first start on: the second instance shares it.
+    engine.send("controller", spawn(2)).await.unwrap();
+    eventually("job_2 starts", || engine.machine("job_2").is_some()).await;
+    assert!(Arc::ptr_eq(
+        &engine.machine("job_1").unwrap().def,
+        &engine.machine("job_2").unwrap().def
+    ));
+    assert!(Arc::ptr_eq(
+        &engine.machine("job_2").unwrap().def,
+        &engine.definition("job").unwrap()
+    ));
+
+    // A name taken: the error event, the reason in the context, the engine goes on.
+    engine.send("controller", spawn(1)).await.unwrap();
+    wait_for_state(&engine, "controller", "failed", WAIT).await;
+    let snap = engine.snapshot("controller").await.unwrap();
+    let why = snap.context["last_error"].as_str().unwrap();
+    assert!(why.contains("`job_1` is already running"), "{why}");
+    assert_eq!(snap.context["last_error_action"], "start_fsm");
+    assert!(engine.machine("job_1").unwrap().running);
+
+    // Instances retire on their own; the controller starts more afterwards.
+    engine.send("job_1", Event::new("finish")).await.unwrap();
+    eventually("job_1 retires", || {
+        !engine.machine("job_1").unwrap().running
+    })
+    .await;
+    engine.send("controller", spawn(1)).await.unwrap();
+    wait_for_state(&engine, "controller", "spawned", WAIT).await;
+    assert!(engine.machine("job_1").unwrap().running);
+    engine.shutdown();
+    engine.join().await;
+}
+
+#[test]
+fn start_fsm_parameters_are_checked_with_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let diag = |loaded: &config::Loaded| -> Vec<String> {
+        loaded.errors().map(ToString::to_string).collect()
+    };
+    // No such file: named, with the line and column of `yaml_path`.
+    let l = load(dir.path(), "c1.yaml", CONTROLLER);
+    let e = diag(&l);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains(":14:18: error[bad-parameter]"), "{e:#?}");
+    assert!(e[0].contains("no file `job.yaml`"), "{e:#?}");
+
+    // A file that does not validate: its first error is quoted.
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "initial_state: nowhere\nstates: [a]\n",
+    )
+    .unwrap();
+    let e = diag(&load(dir.path(), "c2.yaml", CONTROLLER));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("does not validate (1 error"), "{e:#?}");
+    assert!(e[0].contains("nowhere"), "{e:#?}");
+
+    // A placeholder in yaml_path, bad context_vars entries, a file that starts itself.
+    std::fs::write(dir.path().join("job.yaml"), JOB).unwrap();
+    let bad = CONTROLLER
+        .replace("yaml_path: job.yaml", "yaml_path: \"{which}.yaml\"")
+        .replace("- order.id as order_id", "- order..id as order_id")
+        .replace("- order.customer.name as customer", "- order as a b");
+    let e = diag(&load(dir.path(), "c3.yaml", &bad));
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(e[0].contains("holds a placeholder"), "{e:#?}");
+    assert!(
+        e[1].contains(":17:11: error[bad-parameter]") && e[1].contains("empty segment"),
+        "{e:#?}"
+    );
+    assert!(e[2].contains("`order as a b`"), "{e:#?}");
+    let own = CONTROLLER.replace("yaml_path: job.yaml", "yaml_path: self.yaml");
+    let e = diag(&load(dir.path(), "self.yaml", &own));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("starts itself"), "{e:#?}");
+    let e = diag(&load(
+        dir.path(),
+        "c4.yaml",
+        &CONTROLLER.replace(
+            "      context_vars:\n",
+            "      context_vars: oops\n      unused:\n",
+        ),
+    ));
+    assert!(
+        e.iter()
+            .any(|x| x.contains("`context_vars` must be a list")),
+        "{e:#?}"
+    );
 }

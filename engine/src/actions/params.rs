@@ -44,6 +44,10 @@ pub struct Params<'a> {
     all_read: bool,
     issues: Vec<ParamIssue>,
     written_events: Vec<(String, Loc)>,
+    /// The config file the action is in, when known.
+    config: Option<&'a std::path::Path>,
+    /// The registry the action is built with (to compile a file the action names).
+    registry: Option<&'a super::ActionRegistry>,
 }
 
 impl<'a> Params<'a> {
@@ -55,7 +59,31 @@ impl<'a> Params<'a> {
             all_read: false,
             issues: Vec::new(),
             written_events: Vec::new(),
+            config: None,
+            registry: None,
         }
+    }
+
+    /// Says which config file the action is in and which registry builds it.
+    #[must_use]
+    pub fn in_config(
+        mut self,
+        config: Option<&'a std::path::Path>,
+        registry: &'a super::ActionRegistry,
+    ) -> Self {
+        self.config = config;
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The config file the action is in, when known.
+    pub fn config_file(&self) -> Option<&'a std::path::Path> {
+        self.config
+    }
+
+    /// The registry building the action, when known.
+    pub fn registry(&self) -> Option<&'a super::ActionRegistry> {
+        self.registry
     }
 
     /// The action type.

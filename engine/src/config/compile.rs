@@ -560,7 +560,7 @@ fn build_action(
     }
     let mut issues = Vec::new();
     let mut written = Vec::new();
-    let built: Option<Built> = registry.build(a, &mut issues, &mut written);
+    let built: Option<Built> = registry.build(a, d.file(), &mut issues, &mut written);
     for i in issues {
         let loc = match &i.near {
             Some((text, nth)) => d.locate(i.loc, text, *nth),
