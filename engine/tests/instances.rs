@@ -293,6 +293,13 @@ async fn start_fsm_starts_instances_of_the_file_beside_the_config() {
     assert!(errors.is_empty(), "{errors:#?}");
     let engine = Engine::builder().build();
     engine.spawn(loaded.def.unwrap()).unwrap();
+    // The definition `start_fsm` names is known from the start (`POST /machines` can start it).
+    let names: Vec<String> = engine.definitions().iter().map(|d| d.to_string()).collect();
+    assert_eq!(names, ["controller", "job"]);
+    let early = engine
+        .start_instance("job", Some("early"), Map::new())
+        .unwrap();
+    assert_eq!(&*early, "early");
 
     let spawn = |n: i64| Event::new("spawn").with_payload(json!({"n": n}));
     engine.send("controller", spawn(1)).await.unwrap();
@@ -316,6 +323,10 @@ async fn start_fsm_starts_instances_of_the_file_beside_the_config() {
         &engine.machine("job_2").unwrap().def,
         &engine.definition("job").unwrap()
     ));
+    assert!(Arc::ptr_eq(
+        &engine.machine("early").unwrap().def,
+        &engine.definition("job").unwrap()
+    ));
 
     // A name taken: the error event, the reason in the context, the engine goes on.
     engine.send("controller", spawn(1)).await.unwrap();
@@ -335,6 +346,29 @@ async fn start_fsm_starts_instances_of_the_file_beside_the_config() {
     engine.send("controller", spawn(1)).await.unwrap();
     wait_for_state(&engine, "controller", "spawned", WAIT).await;
     assert!(engine.machine("job_1").unwrap().running);
+
+    // The file changes and the controller's config is reloaded: its `start_fsm` compiles
+    // the file again, and the running instances take the new definition.
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        JOB.replace("states: [working, done]", "states: [working, done, spare]")
+            .replace("events: [finish]", "events: [finish, park]")
+            .replace(
+                "  - {from: working, to: done, event: finish}",
+                "  - {from: working, to: done, event: finish}\n  - {from: working, to: spare, event: park}\n  - {from: spare, to: working, event: finish}",
+            ),
+    )
+    .unwrap();
+    let again = config::load_path(
+        &dir.path().join("controller.yaml"),
+        &ActionRegistry::with_builtins(),
+    );
+    engine.reload(again.def.unwrap()).await.unwrap();
+    let job = engine.definition("job").unwrap();
+    assert!(job.state_index("spare").is_some());
+    for n in ["job_1", "job_2", "early"] {
+        assert!(Arc::ptr_eq(&engine.machine(n).unwrap().def, &job), "{n}");
+    }
     engine.shutdown();
     engine.join().await;
 }

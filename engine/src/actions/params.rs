@@ -32,6 +32,14 @@ pub struct ParamIssue {
 const PLACEHOLDER_HINT: &str =
     "placeholders look like `{name}`, `{a.b}` or `{name|default:0}`; filters: length, default, upper, lower, trim, json";
 
+/// A compiled definition as an action holds it (an `Arc<MachineDef>`, typed as `Any`: the
+/// actions cannot name `MachineDef` without an import cycle).
+pub type Seed = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// How an action compiles a config file it names (`start_fsm`'s `yaml_path`): the
+/// definition, or the file's errors as text. The config compiler provides it.
+pub type Loader<'a> = &'a dyn Fn(&std::path::Path) -> Result<Seed, Vec<String>>;
+
 /// Parameters accepted by every action and ignored (statemachine-engine compatibility).
 pub(crate) const COMMON: &[&str] = &["repeatable", "run_policy"];
 
@@ -46,8 +54,8 @@ pub struct Params<'a> {
     written_events: Vec<(String, Loc)>,
     /// The config file the action is in, when known.
     config: Option<&'a std::path::Path>,
-    /// The registry the action is built with (to compile a file the action names).
-    registry: Option<&'a super::ActionRegistry>,
+    /// How to compile a config file the action names.
+    loader: Option<Loader<'a>>,
 }
 
 impl<'a> Params<'a> {
@@ -60,19 +68,15 @@ impl<'a> Params<'a> {
             issues: Vec::new(),
             written_events: Vec::new(),
             config: None,
-            registry: None,
+            loader: None,
         }
     }
 
-    /// Says which config file the action is in and which registry builds it.
+    /// Says which config file the action is in and how it compiles a file it names.
     #[must_use]
-    pub fn in_config(
-        mut self,
-        config: Option<&'a std::path::Path>,
-        registry: &'a super::ActionRegistry,
-    ) -> Self {
+    pub fn in_config(mut self, config: Option<&'a std::path::Path>, loader: Loader<'a>) -> Self {
         self.config = config;
-        self.registry = Some(registry);
+        self.loader = Some(loader);
         self
     }
 
@@ -81,9 +85,9 @@ impl<'a> Params<'a> {
         self.config
     }
 
-    /// The registry building the action, when known.
-    pub fn registry(&self) -> Option<&'a super::ActionRegistry> {
-        self.registry
+    /// How to compile a config file the action names, when known.
+    pub fn loader(&self) -> Option<Loader<'a>> {
+        self.loader
     }
 
     /// The action type.

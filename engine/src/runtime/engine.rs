@@ -188,11 +188,18 @@ struct Inner {
     next_id: AtomicUsize,
     /// The definitions instances can be started from, by name: those of the machines the
     /// engine was started with (and their reloads), and those `start_fsm` brought in.
-    definitions: RwLock<rustc_hash::FxHashMap<Arc<str>, Arc<MachineDef>>>,
+    definitions: RwLock<rustc_hash::FxHashMap<Arc<str>, Defined>>,
     /// The instances started at run time (shared with every [`EngineStatus`]).
     instances: Arc<RwLock<Instances>>,
     /// The number in the next generated instance name.
     next_instance: AtomicU64,
+}
+
+/// A definition the engine can start instances of.
+struct Defined {
+    def: Arc<MachineDef>,
+    /// A machine the engine was started with runs it (else a `start_fsm` brought it in).
+    config: bool,
 }
 
 /// The engine as the router hands it to actions ([`Starter`]): held weakly, so that the
@@ -325,6 +332,7 @@ impl EngineStatus {
                     events: 0,
                     errors: 0,
                     counts: InstanceCounts::default(),
+                    detail: Some(def.metrics_detail),
                 });
                 out.len() - 1
             });
@@ -350,6 +358,7 @@ impl EngineStatus {
                     events: 0,
                     errors: 0,
                     counts: InstanceCounts::default(),
+                    detail: None,
                 });
                 out.len() - 1
             });
@@ -391,6 +400,9 @@ pub struct DefinitionInstances {
     pub errors: u64,
     /// Started and retired so far.
     pub counts: InstanceCounts,
+    /// The metric detail of the definition its running instances run (`None` when none
+    /// runs).
+    pub detail: Option<crate::MetricsDetail>,
 }
 
 /// What is known about a machine at a moment.
@@ -483,7 +495,7 @@ impl Engine {
         for def in singles {
             ids.push(self.supervise(&handle, def));
         }
-        self.define(&defined);
+        let _ = self.define(&defined);
         Ok(ids)
     }
 
@@ -772,16 +784,59 @@ impl Engine {
             .cloned()
     }
 
-    /// Keeps `defs` as the definitions of those names (instances start from them).
-    fn define(&self, defs: &[Arc<MachineDef>]) {
+    /// Keeps `defs` as the definitions of those names (instances start from them), and
+    /// the definitions their `start_fsm` actions start (recursively) where the engine has
+    /// none of that name, or one that a `start_fsm` brought in and that changed since.
+    /// Returns the latter (their instances are to take them).
+    fn define(&self, defs: &[Arc<MachineDef>]) -> Vec<Arc<MachineDef>> {
         let mut m = self
             .inner
             .definitions
             .write()
             .unwrap_or_else(|e| e.into_inner());
         for d in defs {
-            m.insert(d.name.clone(), d.clone());
+            m.insert(
+                d.name.clone(),
+                Defined {
+                    def: d.clone(),
+                    config: true,
+                },
+            );
         }
+        let mut changed = Vec::new();
+        let mut todo: Vec<Arc<MachineDef>> = defs.iter().flat_map(|d| seeds(d)).collect();
+        let mut seen = 0;
+        while let Some(seed) = todo.pop() {
+            // Cycles are refused when configs compile; this bounds a pathological chain.
+            seen += 1;
+            if seen > 10_000 {
+                break;
+            }
+            let replace = match m.get(&seed.name) {
+                None => true,
+                Some(have) => {
+                    !have.config
+                        && have.def.content_hash != seed.content_hash
+                        && have.def.source == seed.source
+                }
+            };
+            if !replace {
+                continue;
+            }
+            crate::redact::extend_global(&seed.redact);
+            todo.extend(seeds(&seed));
+            if m.contains_key(&seed.name) {
+                changed.push(seed.clone());
+            }
+            m.insert(
+                seed.name.clone(),
+                Defined {
+                    def: seed,
+                    config: false,
+                },
+            );
+        }
+        changed
     }
 
     /// Adds `def` as a definition unless the engine has one of that name (a `start_fsm`'s
@@ -794,7 +849,7 @@ impl Engine {
             .definitions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        match m.get(&def.name) {
+        match m.get(&def.name).map(|d| &d.def) {
             Some(have) => match (&have.source, &def.source) {
                 (Some(a), Some(b)) if a != b && !same_file(a, b) => {
                     Err(StartError::DefinitionClash {
@@ -807,7 +862,13 @@ impl Engine {
             },
             None => {
                 crate::redact::extend_global(&def.redact);
-                m.insert(def.name.clone(), def.clone());
+                m.insert(
+                    def.name.clone(),
+                    Defined {
+                        def: def.clone(),
+                        config: false,
+                    },
+                );
                 Ok(())
             }
         }
@@ -820,7 +881,7 @@ impl Engine {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .cloned()
+            .map(|d| d.def.clone())
     }
 
     /// The names of the definitions instances can be started from, sorted.
@@ -961,10 +1022,17 @@ impl Engine {
     /// The definition of that name becomes `def` for the instances started from now on,
     /// and every running instance of it swaps its definition likewise (each between two
     /// of its events).
+    ///
+    /// A definition the reloaded config's `start_fsm` actions start (their `yaml_path`,
+    /// compiled again with the config) is reloaded likewise when it changed, unless a
+    /// machine the engine was started with runs it (its own file's reload does).
     pub async fn reload(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
         crate::redact::extend_global(&def.redact);
-        self.define(std::slice::from_ref(&def));
+        let changed = self.define(std::slice::from_ref(&def));
         self.reload_instances(&def).await;
+        for seed in changed {
+            self.reload_instances(&seed).await;
+        }
         self.reload_machine(def).await
     }
 
@@ -1151,6 +1219,21 @@ fn status_of(s: &Shared) -> MachineStatus {
         def: def.clone(),
         instance: s.instance,
     }
+}
+
+/// The definitions `def`'s `start_fsm` actions start.
+fn seeds(def: &MachineDef) -> Vec<Arc<MachineDef>> {
+    def.states
+        .iter()
+        .flat_map(|s| s.entry.iter())
+        .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
+        .filter_map(|a| {
+            a.action
+                .starts()?
+                .downcast_ref::<Arc<MachineDef>>()
+                .cloned()
+        })
+        .collect()
 }
 
 /// True when both paths name one file (a config named on the command line and the same

@@ -4,9 +4,9 @@
 //! - `yaml_path`: the definition's config file, relative to the working directory (as
 //!   statemachine-engine), else to the folder of the config that names it. It is loaded
 //!   and compiled once, with that config (a file that does not load or does not validate
-//!   is a diagnostic of that config), and becomes the engine's definition of its name at
-//!   the first start; the engine's definition of that name runs from then on (its
-//!   reloads included; a config machine's own when it is one).
+//!   is a diagnostic of that config), and becomes the engine's definition of its name
+//!   when the engine runs that config (unless it has one: a config machine's own, which
+//!   then runs, with its reloads; see [`Action::starts`]).
 //! - `machine_name`: the instance's name, with placeholders (`patient_{current_job.id}`);
 //!   a generated one (`DEFINITION-N`) when absent.
 //! - `context_vars`: entries `a.b.c as name` (the value at that path of the context, else
@@ -29,13 +29,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
+use crate::actions::params::Seed;
 use crate::actions::{Action, ActionCx, Built, Outcome, Params, Step};
-use crate::runtime::def::MachineDef;
 use crate::runtime::template::{lookup_path, Scope, Template};
 
 struct StartFsm {
     /// The compiled definition (an `Arc<MachineDef>`, handed to the engine as it is).
-    seed: Arc<dyn Any + Send + Sync>,
+    seed: Seed,
     machine_name: Option<Template>,
     /// (path in the scope, name in the instance's context).
     vars: Vec<(Vec<String>, String)>,
@@ -65,7 +65,7 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
             .chain([error.to_string()])
             .collect(),
         action: Arc::new(StartFsm {
-            seed: Arc::new(def),
+            seed: def,
             machine_name,
             vars: vars?,
             success,
@@ -76,7 +76,7 @@ pub(super) fn build(p: &mut Params<'_>) -> Option<Built> {
 }
 
 /// Finds, loads and compiles `yaml_path`.
-fn definition(p: &mut Params<'_>) -> Option<Arc<MachineDef>> {
+fn definition(p: &mut Params<'_>) -> Option<Seed> {
     let written = p.required_string("yaml_path", "\"config/worker.yaml\"")?;
     if written.contains('{') {
         p.error(
@@ -105,10 +105,10 @@ fn definition(p: &mut Params<'_>) -> Option<Arc<MachineDef>> {
         );
         return None;
     };
-    let Some(registry) = p.registry() else {
+    let Some(loader) = p.loader() else {
         p.error(
             "yaml_path",
-            "`yaml_path` cannot be loaded here (no action registry)".into(),
+            "`yaml_path` cannot be loaded here (no config compiler)".into(),
             None,
         );
         return None;
@@ -129,14 +129,13 @@ fn definition(p: &mut Params<'_>) -> Option<Arc<MachineDef>> {
         return None;
     }
     LOADING.with(|l| l.borrow_mut().push(key));
-    let loaded = crate::config::load_path(&path, registry);
+    let loaded = loader(&path);
     LOADING.with(|l| {
         l.borrow_mut().pop();
     });
-    match loaded.def {
-        Some(def) => Some(def),
-        None => {
-            let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+    match loaded {
+        Ok(def) => Some(def),
+        Err(errors) => {
             let first = errors.first().cloned().unwrap_or_default();
             p.error(
                 "yaml_path",
@@ -228,6 +227,10 @@ fn parse_var(s: &str) -> Result<(Vec<String>, String), String> {
 }
 
 impl Action for StartFsm {
+    fn starts(&self) -> Option<&(dyn Any + Send + Sync)> {
+        Some(&*self.seed)
+    }
+
     fn run(&self, cx: &mut ActionCx<'_>) -> Step {
         let scope = cx.scope();
         let name = self
