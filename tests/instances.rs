@@ -64,11 +64,18 @@ struct Run {
 /// `turnstile run controller.yaml` in a temp dir holding `job.yaml`; the machines' and
 /// transitions' own log lines are left out (thousands of instances).
 fn start() -> Run {
+    start_with(&[])
+}
+
+/// [`start`] with more arguments for `run`.
+fn start_with(more: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("controller.yaml"), CONTROLLER).unwrap();
     std::fs::write(dir.path().join("job.yaml"), JOB).unwrap();
     let config = dir.path().join("controller.yaml").display().to_string();
-    let mut cmd = turnstile(&["run", &config, "--listen", "127.0.0.1:0"]);
+    let mut args = vec!["run", &config, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(more);
+    let mut cmd = turnstile(&args);
     cmd.env(
         "RUST_LOG",
         "info,turnstile::machine=warn,turnstile::transition=warn,turnstile::sidecar=info",
@@ -384,4 +391,41 @@ fn bad_start_fsm_parameters_are_config_errors() {
         .map(|l| l.split("error[").nth(1).unwrap_or(""))
         .collect();
     assert_eq!(names.len(), 2, "{stdout}");
+}
+
+/// An instance's spans carry its definition as `turnstile.machine` (and in the span name)
+/// and its own name as `turnstile.instance`; a config machine's have no `turnstile.instance`.
+#[test]
+fn spans_name_the_instance() {
+    let otlp = kit::otlp::Receiver::start();
+    let endpoint = otlp.endpoint();
+    let mut run = start_with(&["--otlp-endpoint", &endpoint]);
+    let addr = run.addr;
+    let (s, _) = post(
+        addr,
+        "/machines",
+        &json!({"definition": "job", "name": "span-me"}),
+    );
+    assert_eq!(s, 201);
+    let (s, _) = post(addr, "/machines/span-me/events", &json!({"type": "finish"}));
+    assert_eq!(s, 202);
+    let (s, _) = post(
+        addr,
+        "/machines/controller/events",
+        &json!({"type": "spawn", "payload": {"n": 3}}),
+    );
+    assert_eq!(s, 202);
+    let spans = otlp.wait_for(LIMIT, |spans| {
+        spans.iter().any(|s| s.name == "job finish")
+            && spans.iter().any(|s| s.name == "controller spawn")
+    });
+    let job = spans.iter().find(|s| s.name == "job finish").unwrap();
+    assert_eq!(job.attr("turnstile.machine"), Some("job"));
+    assert_eq!(job.attr("turnstile.instance"), Some("span-me"));
+    let ctl = spans.iter().find(|s| s.name == "controller spawn").unwrap();
+    assert_eq!(ctl.attr("turnstile.machine"), Some("controller"));
+    assert_eq!(ctl.attr("turnstile.instance"), None);
+    run.proc.signal("TERM");
+    let (st, _) = run.proc.finish(LIMIT);
+    assert!(st.success(), "{}", run.proc.log());
 }
