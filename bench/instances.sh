@@ -4,15 +4,18 @@
 # from /proc/PID/status with no instance, then after POST /machines started N instances
 # of it (one keep-alive HTTP connection; each instance idle in its initial state, with an
 # empty context beyond the definition's one key). Prints both and the difference per
-# instance.
+# instance. With FINISH=1 it then sends each one the event to its final state and times
+# until every one is retired.
 #
 #   bench/instances.sh                  # builds the release binary first; N=100000
 #   N=10000 TURNSTILE=/path/to/turnstile bench/instances.sh
+#   N=40000 FINISH=1 bench/instances.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-100000}
 PORT=${PORT:-18431}
+FINISH=${FINISH:-0}
 
 if [ -z "${TURNSTILE:-}" ]; then
   cargo build --release -p turnstile --bin turnstile >&2
@@ -43,9 +46,9 @@ pid=$!
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
 
-python3 - "$PORT" "$pid" "$N" <<'EOF'
+python3 - "$PORT" "$pid" "$N" "$FINISH" <<'EOF'
 import http.client, json, sys, time
-port, pid, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, pid, n, finish = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 
 def rss_kb():
     with open(f"/proc/{pid}/status") as f:
@@ -85,4 +88,17 @@ assert running == n, running
 print(f"instances: {n} started in {took:.1f} s ({n / took:.0f}/s), all idle")
 print(f"VmRSS: {before} kB with none, {after} kB with {n}")
 print(f"per instance: {(after - before) * 1024 / n:.0f} bytes")
+if finish:
+    t0 = time.time()
+    for i in range(n):
+        c.request("POST", f"/machines/w{i:06d}/events", json.dumps({"type": "finish"}), headers)
+        r = c.getresponse(); body = r.read()
+        if r.status != 202:
+            sys.exit(f"POST /machines/w{i:06d}/events: {r.status} {body!r}")
+    while True:
+        c.request("GET", "/stats"); s = json.loads(c.getresponse().read())
+        if s["instances"]["job"]["retired"] == n:
+            break
+        time.sleep(0.05)
+    print(f"finished and retired: {n} in {time.time() - t0:.1f} s")
 EOF
