@@ -129,6 +129,9 @@ async fn an_instance_in_a_final_state_is_retired_and_the_engine_goes_on() {
     let counts = &engine.status_handle().instance_counts()[0];
     assert_eq!(counts.running, 0);
     assert_eq!((counts.counts.started, counts.transitions), (1, 2));
+    // With none running, every state is still listed, at zero.
+    let states: Vec<(&str, u64)> = counts.states.iter().map(|(s, n)| (&**s, *n)).collect();
+    assert_eq!(states, [("waiting", 0), ("working", 0), ("done", 0)]);
     // Kept for /machines, its name free again.
     let (page, _) = engine.status_handle().instances_page(None, 10, None, None);
     assert_eq!(page.len(), 1);

@@ -350,9 +350,13 @@ impl EngineStatus {
         }
         for (name, c) in instances.counts() {
             let i = *at.entry(name.clone()).or_insert_with(|| {
+                // None runs: its states (at zero) as the last one retired knew them.
+                let states = instances.last_def(name).map_or_else(Vec::new, |d| {
+                    d.states.iter().map(|x| (x.name.clone(), 0)).collect()
+                });
                 out.push(DefinitionInstances {
                     definition: name.clone(),
-                    states: Vec::new(),
+                    states,
                     running: 0,
                     transitions: 0,
                     events: 0,

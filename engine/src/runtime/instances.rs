@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::def::MachineDef;
 use super::machine::Shared;
 
 /// How many retired instances `/machines` keeps at most (the most recently retired).
@@ -54,6 +55,9 @@ pub(crate) struct Instances {
     /// was replaced by a later retirement of the same name).
     order: VecDeque<(Arc<str>, Instant)>,
     counts: FxHashMap<Arc<str>, InstanceCounts>,
+    /// The definition the last retired instance of each ran (its states are listed, at
+    /// zero, once none runs).
+    last_def: FxHashMap<Arc<str>, Arc<MachineDef>>,
 }
 
 impl Instances {
@@ -73,17 +77,13 @@ impl Instances {
             return;
         }
         self.live.remove(&shared.name);
-        let definition = shared
-            .def
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .name
-            .clone();
-        let c = self.counts.entry(definition).or_default();
+        let def = shared.def.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let c = self.counts.entry(def.name.clone()).or_default();
         c.retired += 1;
         c.retired_transitions += shared.transitions.load(Ordering::Relaxed);
         c.retired_events += shared.events.load(Ordering::Relaxed);
         c.retired_errors += shared.errors.load(Ordering::Relaxed);
+        self.last_def.insert(def.name.clone(), def);
         let now = Instant::now();
         self.order.push_back((shared.name.clone(), now));
         self.retired.insert(
@@ -134,6 +134,11 @@ impl Instances {
     /// Counts per definition.
     pub(crate) fn counts(&self) -> &FxHashMap<Arc<str>, InstanceCounts> {
         &self.counts
+    }
+
+    /// The definition the last retired instance of `definition` ran.
+    pub(crate) fn last_def(&self, definition: &str) -> Option<&Arc<MachineDef>> {
+        self.last_def.get(definition)
     }
 
     /// Instances after `after` in name order (running, else retired, one per name) that
