@@ -223,3 +223,67 @@ fn list_actions_are_built_in() {
     assert!(!missing.contains("pop_from_list"), "{j:#}");
     assert!(!missing.contains("add_to_list"), "{j:#}");
 }
+
+/// statemachine-engine's `patient_records` demo, unchanged, from upstream's root: the
+/// concurrent controller takes the pending jobs and its `start_fsm` starts one
+/// patient-records instance per job in this process, named from the job and with the
+/// job's values in its context.
+#[test]
+fn concurrent_controller_starts_a_patient_record_per_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("jobs.db");
+    for i in 1..=2 {
+        let data = format!(
+            r#"{{"report_id": "r{i}", "report_title": "Report {i}", "summary_text": "text {i}"}}"#
+        );
+        kit::jobs_add(
+            &db,
+            &[
+                "--type",
+                "patient_records",
+                "--machine-type",
+                "patient_records",
+                "--job-id",
+                &format!("rep{i}"),
+                "--data",
+                &data,
+            ],
+        );
+    }
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let dbs = db.display().to_string();
+    let mut cmd = turnstile(&[
+        "run",
+        "examples/patient_records/config/concurrent-controller.yaml",
+        "--db",
+        &dbs,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.current_dir(&root);
+    let mut p = Proc::spawn(cmd);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    for i in 1..=2 {
+        let name = format!("patient_record_rep{i}");
+        let m = kit::eventually(&format!("{name} to start"), || {
+            let r = kit::http::get(addr, &format!("/machines/{name}"));
+            (r.status == 200).then(|| r.json())
+        });
+        assert_eq!(m["definition"], "patient-records", "{m}");
+        assert_eq!(m["instance"], true, "{m}");
+        assert_eq!(m["state"], "summarizing", "{m}");
+        assert_eq!(
+            m["context"],
+            serde_json::json!({"job_id": format!("rep{i}"), "report_id": format!("r{i}"),
+                               "report_title": format!("Report {i}"), "summary_text": format!("text {i}")}),
+        );
+    }
+    let page = kit::http::get_json(addr, "/machines?definition=patient-records");
+    assert_eq!(page["machines"].as_array().map(Vec::len), Some(2), "{page}");
+    p.signal("TERM");
+    let (st, _) = p.finish(Duration::from_secs(30));
+    assert!(st.success(), "{}", p.log());
+}
