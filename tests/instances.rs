@@ -396,7 +396,8 @@ fn bad_start_fsm_parameters_are_config_errors() {
 }
 
 /// An instance's spans carry its definition as `turnstile.machine` (and in the span name)
-/// and its own name as `turnstile.instance`; a config machine's have no `turnstile.instance`.
+/// and its own name as `turnstile.instance`; a config machine's have no `turnstile.instance`;
+/// `POST /machines` is a span of its own.
 #[test]
 fn spans_name_the_instance() {
     let otlp = kit::otlp::Receiver::start();
@@ -417,10 +418,30 @@ fn spans_name_the_instance() {
         &json!({"type": "spawn", "payload": {"n": 3}}),
     );
     assert_eq!(s, 202);
+    let (s, _) = post(addr, "/machines", &json!({"definition": "nope"}));
+    assert_eq!(s, 404);
     let spans = otlp.wait_for(LIMIT, |spans| {
         spans.iter().any(|s| s.name == "job finish")
             && spans.iter().any(|s| s.name == "controller spawn")
+            && spans.iter().filter(|s| s.name == "POST /machines").count() == 2
     });
+    // The write itself is a span: the definition and the instance it started, or why not.
+    let writes: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "POST /machines")
+        .collect();
+    let ok = writes
+        .iter()
+        .find(|s| s.attr("turnstile.instance").is_some())
+        .unwrap();
+    assert_eq!(ok.attr("turnstile.instance"), Some("span-me"));
+    assert_eq!(ok.attr("turnstile.machine"), Some("job"));
+    let refused = writes
+        .iter()
+        .find(|s| s.attr("turnstile.instance").is_none())
+        .unwrap();
+    assert_eq!(refused.attr("turnstile.machine"), Some("nope"));
+    assert_eq!(refused.status, "STATUS_CODE_ERROR");
     let job = spans.iter().find(|s| s.name == "job finish").unwrap();
     assert_eq!(job.attr("turnstile.machine"), Some("job"));
     assert_eq!(job.attr("turnstile.instance"), Some("span-me"));

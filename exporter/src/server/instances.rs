@@ -5,7 +5,8 @@
 //! (`name` and `context` optional; no other key) through the write checks of
 //! [`write`], and answers 201 `{"name": ..., "definition": ...}`; 404 for an unknown
 //! definition, 409 for a name a running machine has (or a singleton definition), 400 for a
-//! bad body (with its line and column when it is not JSON) or name.
+//! bad body (with its line and column when it is not JSON) or name. Each is logged and
+//! recorded as a span (`POST /machines`, with `turnstile.machine` and `turnstile.instance`).
 //!
 //! `GET /machines` without a query is the list it always was (the machines the process
 //! was started with, which are few). With any of `limit`, `after`, `state`, `definition`
@@ -17,12 +18,13 @@
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
-use turnstile_engine::{MachineStatus, StartError};
+use turnstile_engine::{MachineStatus, StartError, TraceContext};
 
 use super::request::{self, cut};
 use super::response::{self, ApiError, Body};
 use super::state::State;
 use super::write::{self, JsonPost};
+use crate::telemetry::operations::Operation;
 
 /// Machines a page holds when the request does not say.
 pub const DEFAULT_PAGE: usize = 100;
@@ -217,38 +219,79 @@ fn start_error(e: &StartError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-/// `POST /machines`.
+/// `POST /machines`: logged, and recorded as a span (an operator's write, as the job
+/// endpoints' are: [`Operation`]).
 pub(super) async fn post_machine(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let start = std::time::SystemTime::now();
+    // As `write` reads it; a malformed header is refused there (the span then has no
+    // parent).
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| TraceContext::parse(s).ok());
+    let mut asked: Option<String> = None;
+    let result = start_one(state, req, &mut asked).await;
+    let definition = asked.as_deref().map(|d| cut(d, 100));
+    let (status, error, started) = match &result {
+        Ok((_, name)) => (StatusCode::CREATED.as_u16(), None, Some(name.clone())),
+        Err(e) => (e.status.as_u16(), Some(e.message.as_str()), None),
+    };
+    match (&started, error) {
+        (Some(name), _) => tracing::info!(
+            target: "turnstile::sidecar",
+            machine = %name,
+            definition = definition.as_deref().unwrap_or(""),
+            "POST /machines: instance started"
+        ),
+        (None, why) => tracing::info!(
+            target: "turnstile::sidecar",
+            definition = definition.as_deref().unwrap_or(""),
+            status,
+            "POST /machines refused: {}",
+            why.unwrap_or("")
+        ),
+    }
+    let mut attributes = Vec::new();
+    if let Some(d) = &definition {
+        attributes.push(("turnstile.machine", d.clone()));
+    }
+    if let Some(n) = &started {
+        attributes.push(("turnstile.instance", n.to_string()));
+    }
+    state.telemetry.record_operation(Operation {
+        method: "POST",
+        route: "/machines",
+        parent,
+        start,
+        status,
+        error,
+        attributes,
+    });
+    result.map(|(r, _)| r)
+}
+
+/// Checks the request and starts the instance; `asked` gets the definition asked for.
+async fn start_one(
+    state: &State,
+    req: Request<Incoming>,
+    asked: &mut Option<String>,
+) -> Result<(Response<Body>, std::sync::Arc<str>), ApiError> {
     let ((), post) = JsonPost::extract(state, req, None, || Ok(())).await?;
     let r = start_request(write::json_value(&post.body, state)?)?;
-    match state
+    *asked = Some(r.definition.clone());
+    let name = state
         .engine
         .start_instance(&r.definition, r.name.as_deref(), r.context)
-    {
-        Ok(name) => {
-            tracing::info!(
-                target: "turnstile::sidecar",
-                machine = %name,
-                definition = %r.definition,
-                "POST /machines: instance started"
-            );
-            Ok(response::json(
-                StatusCode::CREATED,
-                &json!({"name": &*name, "definition": r.definition}),
-            ))
-        }
-        Err(e) => {
-            tracing::info!(
-                target: "turnstile::sidecar",
-                definition = %cut(&r.definition, 100),
-                "POST /machines refused: {e}"
-            );
-            Err(start_error(&e))
-        }
-    }
+        .map_err(|e| start_error(&e))?;
+    let answer = response::json(
+        StatusCode::CREATED,
+        &json!({"name": &*name, "definition": r.definition}),
+    );
+    Ok((answer, name))
 }
 
 #[cfg(test)]
