@@ -50,12 +50,14 @@ url="http://$addr/metrics"
 sleep "$WARMUP"
 
 om='Accept: application/openmetrics-text'
+pb='Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3'
 text_bytes=$(curl -s "$url" | wc -c)
 om_bytes=$(curl -s -H "$om" "$url" | wc -c)
+pb_bytes=$(curl -s -H "$pb" "$url" | wc -c)
 text_lines=$(curl -s "$url" | wc -l)
 series=$(curl -s "$url" | grep -vc '^#')
 echo "machines=$MACHINES states=$STATES detail=${DETAIL:-default} turnstile=$TURNSTILE pid=$pid"
-echo "exposition: text $text_bytes bytes ($text_lines lines, $series samples), openmetrics $om_bytes bytes"
+echo "exposition: text $text_bytes bytes ($text_lines lines, $series samples), openmetrics $om_bytes bytes, protobuf $pb_bytes bytes"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== Prometheus text (wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url)"
@@ -63,6 +65,9 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url"
 echo
 echo "== OpenMetrics (-H '$om')"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$om" "$url"
+echo
+echo "== protobuf, native histograms (-H '$pb')"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$pb" "$url"
 echo
 echo "transitions during the run: $(curl -s "http://$addr/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["processed_events"], "events,", round(s["uptime_seconds"]), "s uptime")')"
 echo "RSS at the end: $(grep VmRSS /proc/$pid/status | awk '{print $2, $3}')"

@@ -114,9 +114,9 @@ fn missing_actions(file: &str) -> (Option<i32>, BTreeSet<String>, serde_json::Va
     (out.status.code(), missing, j)
 }
 
-/// The other fixtures need actions this build does not have (process
-/// spawning, plugins): `validate` exits 2 and names exactly those action types, nothing
-/// else as an error. Update the lists when these actions arrive.
+/// The other fixtures need actions this build does not have (plugins, an action
+/// statemachine-engine does not have either): `validate` exits 2 and names exactly those
+/// action types, nothing else as an error. Update the lists when these actions arrive.
 #[test]
 fn validate_names_exactly_the_missing_action_types() {
     let cases: &[(&str, &[&str])] = &[
@@ -125,10 +125,6 @@ fn validate_names_exactly_the_missing_action_types() {
             &["check_events"],
         ),
         ("custom_actions/config/worker.yaml", &["calculate", "greet"]),
-        (
-            "patient_records/config/concurrent-controller.yaml",
-            &["start_fsm"],
-        ),
     ];
     // These load with no error (the job actions are built in).
     let clean = [
@@ -144,6 +140,9 @@ fn validate_names_exactly_the_missing_action_types() {
         assert_eq!(code, Some(0), "{file}: {j:#}");
         assert!(missing.is_empty(), "{file}: {j:#}");
     }
+    // Its `start_fsm`'s `yaml_path` is relative to upstream's repository root (where its
+    // demo runs): checked from there in `concurrent_controller_validates_from_upstreams_root`.
+    assert!(all.remove("patient_records/config/concurrent-controller.yaml"));
     let covered: BTreeSet<String> = cases.iter().map(|(f, _)| (*f).to_owned()).collect();
     assert_eq!(all, covered, "a compat fixture is not covered");
 
@@ -164,18 +163,54 @@ fn validate_names_exactly_the_missing_action_types() {
     }
 
     // The text output names the file, line and column of each, with a hint.
-    let file = fixture("patient_records/config/concurrent-controller.yaml");
+    let file = fixture("controller_worker/config/controller.yaml");
     let out = turnstile(&["validate", &file])
         .output()
         .expect("run validate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "{file}:139:13: error[unknown-action]: unknown action type `start_fsm`"
+            "{file}:66:13: error[unknown-action]: unknown action type `check_events`"
         )),
         "{stdout}"
     );
     assert!(stdout.contains("hint:"), "{stdout}");
+}
+
+/// `start_fsm` is built in: the concurrent controller validates where its `yaml_path`
+/// resolves (upstream's repository root, its demo's working directory), and elsewhere
+/// the file not found is an error at the line and column of `yaml_path`, with a hint.
+#[test]
+fn concurrent_controller_validates_from_upstreams_root() {
+    let file = fixture("patient_records/config/concurrent-controller.yaml");
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let out = turnstile(&["validate", &file])
+        .current_dir(&root)
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+
+    let (code, missing, j) = missing_actions(&file);
+    assert_eq!(code, Some(2), "{j:#}");
+    assert!(missing.is_empty(), "{j:#}");
+    let out = turnstile(&["validate", &file])
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{file}:140:18: error[bad-parameter]: `start_fsm` action: no file `examples/patient_records/config/patient-records.yaml`"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("relative to the working directory"),
+        "{stdout}"
+    );
 }
 
 /// The list actions used by the concurrent controller are built in: they are not among
@@ -187,4 +222,68 @@ fn list_actions_are_built_in() {
     ));
     assert!(!missing.contains("pop_from_list"), "{j:#}");
     assert!(!missing.contains("add_to_list"), "{j:#}");
+}
+
+/// statemachine-engine's `patient_records` demo, unchanged, from upstream's root: the
+/// concurrent controller takes the pending jobs and its `start_fsm` starts one
+/// patient-records instance per job in this process, named from the job and with the
+/// job's values in its context.
+#[test]
+fn concurrent_controller_starts_a_patient_record_per_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("jobs.db");
+    for i in 1..=2 {
+        let data = format!(
+            r#"{{"report_id": "r{i}", "report_title": "Report {i}", "summary_text": "text {i}"}}"#
+        );
+        kit::jobs_add(
+            &db,
+            &[
+                "--type",
+                "patient_records",
+                "--machine-type",
+                "patient_records",
+                "--job-id",
+                &format!("rep{i}"),
+                "--data",
+                &data,
+            ],
+        );
+    }
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let dbs = db.display().to_string();
+    let mut cmd = turnstile(&[
+        "run",
+        "examples/patient_records/config/concurrent-controller.yaml",
+        "--db",
+        &dbs,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.current_dir(&root);
+    let mut p = Proc::spawn(cmd);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    for i in 1..=2 {
+        let name = format!("patient_record_rep{i}");
+        let m = kit::eventually(&format!("{name} to start"), || {
+            let r = kit::http::get(addr, &format!("/machines/{name}"));
+            (r.status == 200).then(|| r.json())
+        });
+        assert_eq!(m["definition"], "patient-records", "{m}");
+        assert_eq!(m["instance"], true, "{m}");
+        assert_eq!(m["state"], "summarizing", "{m}");
+        assert_eq!(
+            m["context"],
+            serde_json::json!({"job_id": format!("rep{i}"), "report_id": format!("r{i}"),
+                               "report_title": format!("Report {i}"), "summary_text": format!("text {i}")}),
+        );
+    }
+    let page = kit::http::get_json(addr, "/machines?definition=patient-records");
+    assert_eq!(page["machines"].as_array().map(Vec::len), Some(2), "{page}");
+    p.signal("TERM");
+    let (st, _) = p.finish(Duration::from_secs(30));
+    assert!(st.success(), "{}", p.log());
 }

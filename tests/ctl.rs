@@ -1,9 +1,10 @@
 //! End to end: `turnstile ctl` as a subprocess against the real binary's sidecar: pause,
 //! step (refused with nothing queued, then one event), resume, context read and patched
 //! (`--set`, `--file`), breakpoints added, listed and removed, the diagram, restart and
-//! stop, each checked through `GET /machines/{name}`; a refused or missing token, `start`
-//! on a sidecar without `POST /machines`, an unreachable sidecar and usage errors, with
-//! their messages and exit codes.
+//! stop, each checked through `GET /machines/{name}`; instances started (`start`, with a
+//! name and context, or a generated name), a name taken and an unknown definition; a
+//! refused or missing token, an unreachable sidecar and usage errors, with their messages
+//! and exit codes.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -249,14 +250,42 @@ fn ctl_pauses_steps_patches_breaks_draws_restarts_and_stops_a_machine() {
     );
     assert_eq!(machine(&s)["paused"], json!(false));
 
-    // `start` on a sidecar without run-time instances: said plainly, exit 1.
-    let err = failed(&ctl(&s, &["start", "worker", "--name", "w2"]), 1);
+    // `start`: an instance of the worker's definition, with its own context.
+    let said = ok(&ctl(
+        &s,
+        &[
+            "start",
+            "worker",
+            "--name",
+            "w2",
+            "--context",
+            r#"{"note":"second"}"#,
+        ],
+    ));
+    assert_eq!(said.trim(), "w2");
+    let w2 = get_json(s.addr, "/machines/w2");
+    assert_eq!(w2["instance"], json!(true), "{w2}");
+    assert_eq!(w2["definition"], json!("worker"), "{w2}");
+    assert_eq!(w2["context"]["note"], json!("second"), "{w2}");
+    assert_eq!(w2["context"]["attempts"], json!(0), "{w2}");
+    let out = ctl(&s, &["start", "worker", "--format", "json"]);
+    let started: Json = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(started["definition"], json!("worker"), "{started}");
+    let name = started["name"].as_str().unwrap().to_owned();
     assert_eq!(
-        err,
-        format!(
-            "turnstile: ctl start worker: the sidecar at {} cannot start machines: it has no POST /machines (a Turnstile without run-time instances); start the definition with `turnstile run` instead, or upgrade the sidecar\n",
-            s.url()
-        )
+        get_json(s.addr, &format!("/machines/{name}"))["state"],
+        json!("idle")
+    );
+    // The same name again, an unknown definition: the sidecar's answers, exit 1.
+    let err = failed(&ctl(&s, &["start", "worker", "--name", "w2"]), 1);
+    assert!(
+        err.starts_with("turnstile: ctl start worker: 409 "),
+        "{err}"
+    );
+    let err = failed(&ctl(&s, &["start", "nosuch"]), 1);
+    assert!(
+        err.starts_with("turnstile: ctl start nosuch: 404 "),
+        "{err}"
     );
 
     // An unknown machine.

@@ -40,7 +40,8 @@ pub use metrics_detail::MetricsDetail;
 pub use observe::Observer;
 pub use runtime::def::MachineDef;
 pub use runtime::engine::{
-    Engine, EngineBuilder, EngineError, EngineStatus, MachineStatus, ReloadOutcome, SendError,
+    DefinitionInstances, Engine, EngineBuilder, EngineError, EngineStatus, InstanceCounts,
+    MachineStatus, ReloadOutcome, SendError, StartError,
 };
 pub use runtime::event::{Event, Origin};
 pub use runtime::trace::TraceContext;

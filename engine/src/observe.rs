@@ -33,6 +33,10 @@ pub struct MachineRef<'a> {
     /// The observer's own per-machine storage. Empty in an [`ErrorReport`] made off the
     /// machine's task (a bad message on the machine's socket): find the machine by name.
     pub slot: &'a ObserverSlot,
+    /// An instance started at run time (`start_fsm`, `POST /machines`): `name` is its
+    /// own, `def.name` its definition's, under which it counts in metrics (label values
+    /// stay bounded by the configs).
+    pub instance: bool,
 }
 
 impl std::fmt::Debug for MachineRef<'_> {

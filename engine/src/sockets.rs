@@ -254,6 +254,7 @@ async fn serve(
                             name: &machine,
                             def: &s.def,
                             slot: &empty,
+                            instance: s.instance,
                         }),
                         state: None,
                         event: None,

@@ -1178,6 +1178,7 @@ fn compat_examples_load_with_only_the_missing_action_types() {
             .filter(|k| registry.get(k).is_none())
             .collect();
         let mut unknown = BTreeSet::new();
+        let mut not_found = false;
         for d in &l.diagnostics {
             assert_eq!(d.file.as_deref(), Some(path.as_path()));
             match (d.severity, d.code) {
@@ -1197,6 +1198,15 @@ fn compat_examples_load_with_only_the_missing_action_types() {
                         && registry.get("claim_job").is_some()
                         && d.message
                             .contains("`job_taken` returned by its own `claim_job`") => {}
+                // `yaml_path` is relative to the working directory (upstream's repository
+                // root, where its demo runs), then to the config's folder: from here it is
+                // not found (tests/compat.rs validates it from upstream's root).
+                (Error, "bad-parameter")
+                    if file == "patient_records/config/concurrent-controller.yaml"
+                        && d.message.contains("`start_fsm` action: no file `examples/patient_records/config/patient-records.yaml`") =>
+                {
+                    not_found = true;
+                }
                 // These workers take jobs and never complete them (upstream's jobs stay
                 // `processing` for ever): Turnstile warns that each is abandoned.
                 (Warning, "job-never-finished")
@@ -1214,7 +1224,7 @@ fn compat_examples_load_with_only_the_missing_action_types() {
             }
         }
         assert_eq!(unknown, missing, "{file}:\n{}", dump(&l));
-        if missing.is_empty() {
+        if missing.is_empty() && !not_found {
             assert!(l.def.is_some(), "{file}");
         }
     }

@@ -210,4 +210,12 @@ pub trait Action: Send + Sync + 'static {
     fn settles_jobs(&self) -> bool {
         false
     }
+
+    /// The definition this action starts instances of (`start_fsm`), compiled with its
+    /// config: an `Arc<MachineDef>`, typed as `Any` because this file cannot name
+    /// `MachineDef` without an import cycle. The engine adds it to its definitions when it
+    /// runs the config, so that `POST /machines` can start it before the action ran.
+    fn starts(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
 }

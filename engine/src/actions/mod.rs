@@ -214,14 +214,18 @@ impl ActionRegistry {
     /// Builds one action spec; problems go to `issues`, and the events written in the
     /// config (`success:`, `error:`, ...) to `written_events`. `None` when the type is
     /// unknown or the parameters are unusable.
+    /// `config` is the file the spec is in (actions that load files name them relative
+    /// to it: `start_fsm`), `loader` how such an action compiles a config file.
     pub fn build(
         &self,
         spec: &ActionSpec,
+        config: Option<&Path>,
+        loader: params::Loader<'_>,
         issues: &mut Vec<ParamIssue>,
         written_events: &mut Vec<(String, crate::config::yaml::Loc)>,
     ) -> Option<Built> {
         let reg = self.get(&spec.kind.value)?;
-        let mut p = Params::new(spec);
+        let mut p = Params::new(spec).in_config(config, loader);
         let built = reg.factory.build(&mut p);
         let (i, w) = p.finish();
         issues.extend(i);

@@ -32,6 +32,14 @@ pub struct ParamIssue {
 const PLACEHOLDER_HINT: &str =
     "placeholders look like `{name}`, `{a.b}` or `{name|default:0}`; filters: length, default, upper, lower, trim, json";
 
+/// A compiled definition as an action holds it (an `Arc<MachineDef>`, typed as `Any`: the
+/// actions cannot name `MachineDef` without an import cycle).
+pub type Seed = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// How an action compiles a config file it names (`start_fsm`'s `yaml_path`): the
+/// definition, or the file's errors as text. The config compiler provides it.
+pub type Loader<'a> = &'a dyn Fn(&std::path::Path) -> Result<Seed, Vec<String>>;
+
 /// Parameters accepted by every action and ignored (statemachine-engine compatibility).
 pub(crate) const COMMON: &[&str] = &["repeatable", "run_policy"];
 
@@ -44,6 +52,10 @@ pub struct Params<'a> {
     all_read: bool,
     issues: Vec<ParamIssue>,
     written_events: Vec<(String, Loc)>,
+    /// The config file the action is in, when known.
+    config: Option<&'a std::path::Path>,
+    /// How to compile a config file the action names.
+    loader: Option<Loader<'a>>,
 }
 
 impl<'a> Params<'a> {
@@ -55,7 +67,27 @@ impl<'a> Params<'a> {
             all_read: false,
             issues: Vec::new(),
             written_events: Vec::new(),
+            config: None,
+            loader: None,
         }
+    }
+
+    /// Says which config file the action is in and how it compiles a file it names.
+    #[must_use]
+    pub fn in_config(mut self, config: Option<&'a std::path::Path>, loader: Loader<'a>) -> Self {
+        self.config = config;
+        self.loader = Some(loader);
+        self
+    }
+
+    /// The config file the action is in, when known.
+    pub fn config_file(&self) -> Option<&'a std::path::Path> {
+        self.config
+    }
+
+    /// How to compile a config file the action names, when known.
+    pub fn loader(&self) -> Option<Loader<'a>> {
+        self.loader
     }
 
     /// The action type.

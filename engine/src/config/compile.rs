@@ -560,7 +560,16 @@ fn build_action(
     }
     let mut issues = Vec::new();
     let mut written = Vec::new();
-    let built: Option<Built> = registry.build(a, &mut issues, &mut written);
+    // How an action loads a config it names (`start_fsm`'s `yaml_path`): the actions
+    // cannot import this module (it imports them).
+    let loader = |path: &std::path::Path| -> Result<crate::actions::params::Seed, Vec<String>> {
+        let loaded = super::load_path(path, registry);
+        match loaded.def {
+            Some(def) => Ok(Arc::new(def)),
+            None => Err(loaded.errors().map(ToString::to_string).collect()),
+        }
+    };
+    let built: Option<Built> = registry.build(a, d.file(), &loader, &mut issues, &mut written);
     for i in issues {
         let loc = match &i.near {
             Some((text, nth)) => d.locate(i.loc, text, *nth),

@@ -59,6 +59,11 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
+    /// The file these diagnostics are about, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
     /// An empty collection for `file`.
     pub fn new(file: Option<&Path>) -> Self {
         Self {

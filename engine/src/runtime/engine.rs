@@ -1,7 +1,7 @@
 //! The engine: hosts many machines in one process, routes events between them and
 //! reports through one [`Observer`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,10 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::def::MachineDef;
 use super::event::Event;
+use super::instances::Instances;
+pub use super::instances::{InstanceCounts, RETIRED_FOR, RETIRED_KEEP};
 use super::live::{LiveAnswer, LiveError, LiveOp};
 use super::machine::{Control, Inbox, LiveRequest, Machine, Reloaded, Shared, REQUEST};
 use super::router::{DeliverError, Router};
 use super::singleton::{self, Role, SingletonStatus, Singletons, Slot};
+pub use super::start::StartError;
+use super::start::Starter;
 use super::tenure::Tenure;
 use crate::observe::{Observer, StopReason};
 
@@ -142,9 +146,11 @@ impl EngineBuilder {
 
     /// Builds the engine; machines are added with [`Engine::spawn`].
     pub fn build(self) -> Engine {
-        Engine {
-            inner: Arc::new(Inner {
-                router: Arc::new(Router::new()),
+        let router = Arc::new(Router::new());
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            router.set_starter(Arc::new(Link(weak.clone())));
+            Inner {
+                router: router.clone(),
                 machines: Arc::new(RwLock::new(Vec::new())),
                 observer: self.observer,
                 cancel: CancellationToken::new(),
@@ -155,8 +161,12 @@ impl EngineBuilder {
                 singletons: self.singletons.map(Arc::new),
                 slots: Arc::new(RwLock::new(Vec::new())),
                 next_id: AtomicUsize::new(0),
-            }),
-        }
+                definitions: RwLock::new(rustc_hash::FxHashMap::default()),
+                instances: Arc::new(RwLock::new(Instances::default())),
+                next_instance: AtomicU64::new(1),
+            }
+        });
+        Engine { inner }
     }
 }
 
@@ -176,6 +186,42 @@ struct Inner {
     slots: Arc<RwLock<Vec<Arc<Slot>>>>,
     /// The next machine id.
     next_id: AtomicUsize,
+    /// The definitions instances can be started from, by name: those of the machines the
+    /// engine was started with (and their reloads), and those `start_fsm` brought in.
+    definitions: RwLock<rustc_hash::FxHashMap<Arc<str>, Defined>>,
+    /// The instances started at run time (shared with every [`EngineStatus`]).
+    instances: Arc<RwLock<Instances>>,
+    /// The number in the next generated instance name.
+    next_instance: AtomicU64,
+}
+
+/// A definition the engine can start instances of.
+struct Defined {
+    def: Arc<MachineDef>,
+    /// A machine the engine was started with runs it (else a `start_fsm` brought it in).
+    config: bool,
+}
+
+/// The engine as the router hands it to actions ([`Starter`]): held weakly, so that the
+/// router (which the engine owns) makes no ownership cycle.
+struct Link(std::sync::Weak<Inner>);
+
+impl Starter for Link {
+    fn start(
+        &self,
+        seed: &(dyn std::any::Any + Send + Sync),
+        name: Option<&str>,
+        context: Map<String, Json>,
+    ) -> Result<Arc<str>, StartError> {
+        let def = seed
+            .downcast_ref::<Arc<MachineDef>>()
+            .ok_or(StartError::NotADefinition)?;
+        let engine = Engine {
+            inner: self.0.upgrade().ok_or(StartError::NotRunning)?,
+        };
+        engine.adopt_definition(def)?;
+        engine.start_instance(&def.name, name, context)
+    }
 }
 
 /// Counts a machine task as running until it ends, however it ends (a panic included).
@@ -208,6 +254,7 @@ impl std::fmt::Debug for Engine {
 pub struct EngineStatus {
     machines: Arc<RwLock<Vec<Arc<Shared>>>>,
     slots: Arc<RwLock<Vec<Arc<Slot>>>>,
+    instances: Arc<RwLock<Instances>>,
 }
 
 impl std::fmt::Debug for EngineStatus {
@@ -239,6 +286,96 @@ impl EngineStatus {
             .collect()
     }
 
+    /// Instances started at run time (not in [`Self::machines`]), after `after` in name
+    /// order (running ones, and the retired ones still kept: [`RETIRED_KEEP`],
+    /// [`RETIRED_FOR`]), in state `state` and of definition `definition` when given, at
+    /// most `limit`; and whether more follow.
+    pub fn instances_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        state: Option<&str>,
+        definition: Option<&str>,
+    ) -> (Vec<MachineStatus>, bool) {
+        let instances = self.instances.read().unwrap_or_else(|e| e.into_inner());
+        let (page, more) = instances.page(after, limit, |s| {
+            if state.is_none() && definition.is_none() {
+                return true;
+            }
+            let def = s.def.read().unwrap_or_else(|e| e.into_inner());
+            definition.is_none_or(|d| &*def.name == d)
+                && state.is_none_or(|st| {
+                    def.states
+                        .get(s.state.load(Ordering::Relaxed))
+                        .is_some_and(|x| &*x.name == st)
+                })
+        });
+        drop(instances);
+        (page.iter().map(|s| status_of(s)).collect(), more)
+    }
+
+    /// Per definition with instances: what its instances did so far
+    /// ([`InstanceCounts`]), and how many of the running ones are in each state (every
+    /// state of the definition, zeros included), in the order of its states.
+    pub fn instance_counts(&self) -> Vec<DefinitionInstances> {
+        let instances = self.instances.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<DefinitionInstances> = Vec::new();
+        let mut at: rustc_hash::FxHashMap<Arc<str>, usize> = rustc_hash::FxHashMap::default();
+        for s in instances.all_live() {
+            let def = s.def.read().unwrap_or_else(|e| e.into_inner());
+            let i = *at.entry(def.name.clone()).or_insert_with(|| {
+                out.push(DefinitionInstances {
+                    definition: def.name.clone(),
+                    states: def.states.iter().map(|x| (x.name.clone(), 0)).collect(),
+                    running: 0,
+                    transitions: 0,
+                    events: 0,
+                    errors: 0,
+                    counts: InstanceCounts::default(),
+                    detail: Some(def.metrics_detail),
+                });
+                out.len() - 1
+            });
+            let d = &mut out[i];
+            d.running += 1;
+            d.transitions += s.transitions.load(Ordering::Relaxed);
+            d.events += s.events.load(Ordering::Relaxed);
+            d.errors += s.errors.load(Ordering::Relaxed);
+            if let Some(st) = def.states.get(s.state.load(Ordering::Relaxed)) {
+                match d.states.iter_mut().find(|(n, _)| *n == st.name) {
+                    Some((_, n)) => *n += 1,
+                    None => d.states.push((st.name.clone(), 1)),
+                }
+            }
+        }
+        for (name, c) in instances.counts() {
+            let i = *at.entry(name.clone()).or_insert_with(|| {
+                // None runs: its states (at zero) as the last one retired knew them.
+                let states = instances.last_def(name).map_or_else(Vec::new, |d| {
+                    d.states.iter().map(|x| (x.name.clone(), 0)).collect()
+                });
+                out.push(DefinitionInstances {
+                    definition: name.clone(),
+                    states,
+                    running: 0,
+                    transitions: 0,
+                    events: 0,
+                    errors: 0,
+                    counts: InstanceCounts::default(),
+                    detail: None,
+                });
+                out.len() - 1
+            });
+            let d = &mut out[i];
+            d.transitions += c.retired_transitions;
+            d.events += c.retired_events;
+            d.errors += c.retired_errors;
+            d.counts = c.clone();
+        }
+        out.sort_by(|a, b| a.definition.cmp(&b.definition));
+        out
+    }
+
     /// Number of machines still running ([`Engine::running`]).
     pub fn running(&self) -> usize {
         self.machines
@@ -248,6 +385,28 @@ impl EngineStatus {
             .filter(|s| s.running.load(Ordering::Acquire))
             .count()
     }
+}
+
+/// The instances of one definition, as [`EngineStatus::instance_counts`] reports them.
+#[derive(Debug, Clone)]
+pub struct DefinitionInstances {
+    /// The definition's name.
+    pub definition: Arc<str>,
+    /// Running instances per state.
+    pub states: Vec<(Arc<str>, u64)>,
+    /// Running instances.
+    pub running: u64,
+    /// Transitions taken by its instances, running and retired (never goes down).
+    pub transitions: u64,
+    /// Events processed by its instances, running and retired.
+    pub events: u64,
+    /// Errors of its instances, running and retired.
+    pub errors: u64,
+    /// Started and retired so far.
+    pub counts: InstanceCounts,
+    /// The metric detail of the definition its running instances run (`None` when none
+    /// runs).
+    pub detail: Option<crate::MetricsDetail>,
 }
 
 /// What is known about a machine at a moment.
@@ -279,8 +438,11 @@ pub struct MachineStatus {
     pub paused: bool,
     /// Why it stopped, once it has.
     pub stop_reason: Option<StopReason>,
-    /// The definition it runs.
+    /// The definition it runs (`def.name` is the definition's name).
     pub def: Arc<MachineDef>,
+    /// An instance started at run time ([`Engine::start_instance`]), not one the engine
+    /// was started with.
+    pub instance: bool,
 }
 
 /// A machine's state and context, read from its own task.
@@ -318,6 +480,7 @@ impl Engine {
         // What the configs add to the sensitive names is shown redacted from now on.
         crate::redact::extend_global(defs.iter().flat_map(|d| d.redact.iter()));
         let handle = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        let defined = defs.clone();
         let (singles, defs): (Vec<_>, Vec<_>) =
             defs.into_iter().partition(|d| self.is_singleton(d));
         if let Some(d) = singles.iter().find(|_| self.inner.singletons.is_none()) {
@@ -340,6 +503,7 @@ impl Engine {
         for def in singles {
             ids.push(self.supervise(&handle, def));
         }
+        let _ = self.define(&defined);
         Ok(ids)
     }
 
@@ -388,6 +552,7 @@ impl Engine {
     fn new_shared(
         &self,
         def: Arc<MachineDef>,
+        instance: Option<Arc<str>>,
         tx: mpsc::Sender<Event>,
         ctl: mpsc::UnboundedSender<Control>,
         live: mpsc::UnboundedSender<LiveRequest>,
@@ -395,7 +560,8 @@ impl Engine {
         Arc::new(Shared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             state: def.initial.into(),
-            name: def.name.clone(),
+            instance: instance.is_some(),
+            name: instance.unwrap_or_else(|| def.name.clone()),
             def: RwLock::new(def),
             since_ms: 0.into(),
             active_ms: 0.into(),
@@ -425,7 +591,7 @@ impl Engine {
         }
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (live_tx, live_rx) = mpsc::unbounded_channel();
-        let shared = self.new_shared(def, tx, ctl_tx, live_tx);
+        let shared = self.new_shared(def, None, tx, ctl_tx, live_tx);
         machines.push(shared.clone());
         Ok(Machine::new(
             shared,
@@ -464,7 +630,7 @@ impl Engine {
             }
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
             let (live_tx, live_rx) = mpsc::unbounded_channel();
-            let shared = self.new_shared(def, tx, ctl_tx, live_tx);
+            let shared = self.new_shared(def, None, tx, ctl_tx, live_tx);
             pending.push((shared, rx, ctl_rx, live_rx));
         }
         let mut ids = Vec::with_capacity(pending.len());
@@ -542,25 +708,19 @@ impl Engine {
         EngineStatus {
             machines: self.inner.machines.clone(),
             slots: self.inner.slots.clone(),
+            instances: self.inner.instances.clone(),
         }
     }
 
     /// The status of one machine (the most recent one of that name).
     pub fn machine(&self, name: &str) -> Option<MachineStatus> {
-        self.inner
-            .machines
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .rev()
-            .find(|s| &*s.name == name)
-            .map(|s| status_of(s))
+        self.find(name).map(|s| status_of(&s))
     }
 
-    /// The state and context of a machine: read on its own task while it runs, or as it
-    /// was when it stopped.
-    pub async fn snapshot(&self, name: &str) -> Option<MachineSnapshot> {
-        let shared = self
+    /// The machine of that name: a running one (started with the engine, else an
+    /// instance), else a stopped one (started with the engine, else a retired instance).
+    fn find(&self, name: &str) -> Option<Arc<Shared>> {
+        let config = self
             .inner
             .machines
             .read()
@@ -568,7 +728,31 @@ impl Engine {
             .iter()
             .rev()
             .find(|s| &*s.name == name)
-            .cloned()?;
+            .cloned();
+        if config
+            .as_ref()
+            .is_some_and(|s| s.running.load(Ordering::Acquire))
+        {
+            return config;
+        }
+        let instance = self
+            .inner
+            .instances
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .find(name)
+            .cloned();
+        match (config, instance) {
+            (_, Some(i)) if i.running.load(Ordering::Acquire) => Some(i),
+            (Some(c), _) => Some(c),
+            (None, i) => i,
+        }
+    }
+
+    /// The state and context of a machine: read on its own task while it runs, or as it
+    /// was when it stopped.
+    pub async fn snapshot(&self, name: &str) -> Option<MachineSnapshot> {
+        let shared = self.find(name)?;
         let (tx, rx) = oneshot::channel();
         let live = match shared.ctl.send(Control::Snapshot(tx)) {
             Ok(()) => rx.await.ok(),
@@ -593,6 +777,12 @@ impl Engine {
 
     /// The running machine of that name, if any.
     fn running_machine(&self, name: &str) -> Option<Arc<Shared>> {
+        self.find(name)
+            .filter(|s| s.running.load(Ordering::Acquire))
+    }
+
+    /// The running machine of that name the engine was started with (not an instance).
+    fn running_config_machine(&self, name: &str) -> Option<Arc<Shared>> {
         self.inner
             .machines
             .read()
@@ -601,6 +791,214 @@ impl Engine {
             .rev()
             .find(|s| &*s.name == name && s.running.load(Ordering::Acquire))
             .cloned()
+    }
+
+    /// Keeps `defs` as the definitions of those names (instances start from them), and
+    /// the definitions their `start_fsm` actions start (recursively) where the engine has
+    /// none of that name, or one that a `start_fsm` brought in and that changed since.
+    /// Returns the latter (their instances are to take them).
+    fn define(&self, defs: &[Arc<MachineDef>]) -> Vec<Arc<MachineDef>> {
+        let mut m = self
+            .inner
+            .definitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for d in defs {
+            m.insert(
+                d.name.clone(),
+                Defined {
+                    def: d.clone(),
+                    config: true,
+                },
+            );
+        }
+        let mut changed = Vec::new();
+        let mut todo: Vec<Arc<MachineDef>> = defs.iter().flat_map(|d| seeds(d)).collect();
+        let mut seen = 0;
+        while let Some(seed) = todo.pop() {
+            // Cycles are refused when configs compile; this bounds a pathological chain.
+            seen += 1;
+            if seen > 10_000 {
+                break;
+            }
+            let replace = match m.get(&seed.name) {
+                None => true,
+                Some(have) => {
+                    !have.config
+                        && have.def.content_hash != seed.content_hash
+                        && have.def.source == seed.source
+                }
+            };
+            if !replace {
+                continue;
+            }
+            crate::redact::extend_global(&seed.redact);
+            todo.extend(seeds(&seed));
+            if m.contains_key(&seed.name) {
+                changed.push(seed.clone());
+            }
+            m.insert(
+                seed.name.clone(),
+                Defined {
+                    def: seed,
+                    config: false,
+                },
+            );
+        }
+        changed
+    }
+
+    /// Adds `def` as a definition unless the engine has one of that name (a `start_fsm`'s
+    /// `yaml_path`, compiled with its config): the engine's own is the one that runs (a
+    /// config machine's, or the first start's, with its reloads). One of that name from
+    /// another file is refused.
+    fn adopt_definition(&self, def: &Arc<MachineDef>) -> Result<(), StartError> {
+        let mut m = self
+            .inner
+            .definitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match m.get(&def.name).map(|d| &d.def) {
+            Some(have) => match (&have.source, &def.source) {
+                (Some(a), Some(b)) if a != b && !same_file(a, b) => {
+                    Err(StartError::DefinitionClash {
+                        name: def.name.to_string(),
+                        existing: a.display().to_string(),
+                        wanted: b.display().to_string(),
+                    })
+                }
+                _ => Ok(()),
+            },
+            None => {
+                crate::redact::extend_global(&def.redact);
+                m.insert(
+                    def.name.clone(),
+                    Defined {
+                        def: def.clone(),
+                        config: false,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The definition of that name, if the engine has one.
+    pub fn definition(&self, name: &str) -> Option<Arc<MachineDef>> {
+        self.inner
+            .definitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|d| d.def.clone())
+    }
+
+    /// The names of the definitions instances can be started from, sorted.
+    pub fn definitions(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self
+            .inner
+            .definitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Starts an instance of the definition `definition` named `name` (else a generated
+    /// name, `DEFINITION-N`), with `context` merged over the definition's initial context
+    /// (top-level keys replace the definition's). The instance shares the compiled
+    /// definition (and its reloads) with the machine of that name and every other
+    /// instance; it has its own name, queue, context and state, and is reachable by name
+    /// like any machine. With a persister its state is saved under its name after each
+    /// transition (it starts from the initial state: no saved state is restored). When it
+    /// reaches a final state it is retired ([`RETIRED_KEEP`], [`RETIRED_FOR`]). It does not
+    /// count for [`Self::status`] (nor so for readiness).
+    pub fn start_instance(
+        &self,
+        definition: &str,
+        name: Option<&str>,
+        context: Map<String, Json>,
+    ) -> Result<Arc<str>, StartError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NotRunning)?;
+        if self.inner.cancel.is_cancelled() {
+            return Err(StartError::NotRunning);
+        }
+        let def = self
+            .definition(definition)
+            .ok_or_else(|| StartError::UnknownDefinition(definition.to_owned()))?;
+        if self.is_singleton(&def) {
+            return Err(StartError::Singleton(definition.to_owned()));
+        }
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let name = match name {
+            Some(n) => {
+                StartError::check_name(n)?;
+                let n: Arc<str> = Arc::from(n);
+                if self.supervised(&n).is_some() || !self.inner.router.insert(n.clone(), tx.clone())
+                {
+                    return Err(StartError::NameTaken(n.to_string()));
+                }
+                n
+            }
+            None => self.generated_name(&def.name, &tx),
+        };
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let def_name = def.name.clone();
+        let shared = self.new_shared(def, Some(name.clone()), tx, ctl_tx, live_tx);
+        self.inner
+            .instances
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&def_name, shared.clone());
+        let machine = Machine::new(
+            shared.clone(),
+            Inbox {
+                rx,
+                ctl: ctl_rx,
+                live: live_rx,
+            },
+            self.inner.router.clone(),
+            self.inner.observer.clone(),
+            self.inner.cancel.child_token(),
+            self.inner.livelock_limit,
+        )
+        .with_context(context);
+        let machine = match &self.inner.persist {
+            Some(p) => machine.persisted(p.clone(), None),
+            None => machine,
+        };
+        self.inner.running.send_modify(|n| *n += 1);
+        let guard = RunningGuard(self.inner.running.clone());
+        let instances = self.inner.instances.clone();
+        let router = self.inner.router.clone();
+        handle.spawn(async move {
+            let _guard = guard;
+            machine.run().await;
+            // Retired: the name and the queue are free, the status kept for a while.
+            router.remove_if_same(&shared.name, &shared.tx);
+            instances
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retire(&shared);
+        });
+        Ok(name)
+    }
+
+    /// A free name for an instance of `definition` (`definition-N`), routed to `tx`.
+    fn generated_name(&self, definition: &str, tx: &mpsc::Sender<Event>) -> Arc<str> {
+        loop {
+            let n = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
+            let name: Arc<str> = Arc::from(format!("{definition}-{n}"));
+            if self.supervised(&name).is_none()
+                && self.inner.router.insert(name.clone(), tx.clone())
+            {
+                return name;
+            }
+        }
     }
 
     /// A live operation on the running machine `name` ([`LiveOp`]: pause, resume, step,
@@ -629,15 +1027,59 @@ impl Engine {
     /// Runs `def` from now on: the running machine of that name swaps its definition
     /// between two events (keeping its state when the new definition still has it, and
     /// its context); when no machine of that name runs, a new one starts.
+    ///
+    /// The definition of that name becomes `def` for the instances started from now on,
+    /// and every running instance of it swaps its definition likewise (each between two
+    /// of its events).
+    ///
+    /// A definition the reloaded config's `start_fsm` actions start (their `yaml_path`,
+    /// compiled again with the config) is reloaded likewise when it changed, unless a
+    /// machine the engine was started with runs it (its own file's reload does).
     pub async fn reload(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
         crate::redact::extend_global(&def.redact);
+        let changed = self.define(std::slice::from_ref(&def));
+        self.reload_instances(&def).await;
+        for seed in changed {
+            self.reload_instances(&seed).await;
+        }
+        self.reload_machine(def).await
+    }
+
+    /// Every running instance of `def.name` takes `def` (all asked at once, then waited
+    /// for); returns how many did.
+    async fn reload_instances(&self, def: &Arc<MachineDef>) -> usize {
+        let running = self
+            .inner
+            .instances
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .of(&def.name);
+        let mut answers = Vec::with_capacity(running.len());
+        for shared in running {
+            let (tx, rx) = oneshot::channel();
+            if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
+                answers.push(rx);
+            }
+        }
+        let mut n = 0;
+        for rx in answers {
+            n += usize::from(rx.await.is_ok());
+        }
+        if n > 0 {
+            tracing::info!(target: "turnstile::reload", definition = %def.name, instances = n, "running instances took the new definition");
+        }
+        n
+    }
+
+    /// [`Self::reload`] for the machine the engine was started with.
+    async fn reload_machine(&self, def: Arc<MachineDef>) -> Result<ReloadOutcome, EngineError> {
         let name = def.name.to_string();
         let slot = self.supervised(&name);
         if let Some(slot) = &slot {
             // The next tenure runs it; the copy running now (if any) reloads below.
             *slot.def.write().unwrap_or_else(|e| e.into_inner()) = def.clone();
         }
-        if let Some(shared) = self.running_machine(&name) {
+        if let Some(shared) = self.running_config_machine(&name) {
             let (tx, rx) = oneshot::channel();
             if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
                 return match rx.await {
@@ -785,6 +1227,31 @@ fn status_of(s: &Shared) -> MachineStatus {
         paused: s.paused.load(Ordering::Relaxed),
         stop_reason: *s.stop_reason.lock().unwrap_or_else(|e| e.into_inner()),
         def: def.clone(),
+        instance: s.instance,
+    }
+}
+
+/// The definitions `def`'s `start_fsm` actions start.
+fn seeds(def: &MachineDef) -> Vec<Arc<MachineDef>> {
+    def.states
+        .iter()
+        .flat_map(|s| s.entry.iter())
+        .chain(def.rules.iter().flat_map(|r| r.actions.iter()))
+        .filter_map(|a| {
+            a.action
+                .starts()?
+                .downcast_ref::<Arc<MachineDef>>()
+                .cloned()
+        })
+        .collect()
+}
+
+/// True when both paths name one file (a config named on the command line and the same
+/// file reached through a `start_fsm`'s `yaml_path`, written another way).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 

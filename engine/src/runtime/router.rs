@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use super::event::Event;
+use super::start::Starter;
 
 /// Why an event could not be delivered at once.
 #[derive(Debug)]
@@ -56,6 +57,8 @@ pub trait Remote: Send + Sync {
 pub struct Router {
     routes: RwLock<FxHashMap<Arc<str>, mpsc::Sender<Event>>>,
     remote: OnceLock<Arc<dyn Remote>>,
+    /// How actions start instances (`start_fsm`): a link to the engine, which it holds weakly.
+    starter: OnceLock<Arc<dyn Starter>>,
 }
 
 impl Router {
@@ -82,6 +85,25 @@ impl Router {
     /// The way to other processes' machines, if one is attached.
     pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
         self.remote.get()
+    }
+
+    /// Installs the way actions start instances (once; the engine does it when built).
+    pub(crate) fn set_starter(&self, starter: Arc<dyn Starter>) {
+        let _ = self.starter.set(starter);
+    }
+
+    /// The way to start instances (it fails once the engine that installed it is gone).
+    pub fn starter(&self) -> Option<&Arc<dyn Starter>> {
+        self.starter.get()
+    }
+
+    /// Removes `name` if its queue is `tx`'s (an instance retired; a newer machine of that
+    /// name keeps its route).
+    pub(crate) fn remove_if_same(&self, name: &str, tx: &mpsc::Sender<Event>) {
+        let mut map = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(name).is_some_and(|t| t.same_channel(tx)) {
+            map.remove(name);
+        }
     }
 
     /// Reports that `machine` handled event `id` of the store (see [`Remote::handled`]).

@@ -24,6 +24,7 @@ pub enum Handler {
     Readyz,
     HealthzMachines,
     Machines,
+    MachineStart,
     Machine,
     MachineEvents,
     MachinePause,
@@ -206,9 +207,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: Verb::Get,
         path: "/machines",
-        query: &[],
+        query: &["limit", "after", "state", "definition"],
         handler: Handler::Machines,
-        doc: "every machine",
+        doc: "the machines the process started with; with any parameter, a page of every machine, instances included, in name order: <code>{\"machines\": [...], \"next\": NAME}</code>",
+    },
+    Endpoint {
+        method: Verb::Post,
+        path: "/machines",
+        query: &[],
+        handler: Handler::MachineStart,
+        doc: "start an instance of a definition: <code>{\"definition\": \"...\", \"name\": \"...\", \"context\": {...}}</code> → 201 <code>{\"name\": ...}</code>",
     },
     Endpoint {
         method: Verb::Get,

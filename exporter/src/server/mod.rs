@@ -48,6 +48,7 @@
 mod conn;
 mod endpoints;
 mod events;
+mod instances;
 mod job_admin;
 mod jobs;
 mod live;

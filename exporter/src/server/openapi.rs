@@ -50,6 +50,7 @@ fn takes_json(h: Handler) -> bool {
     matches!(
         h,
         Handler::MachineEvents
+            | Handler::MachineStart
             | Handler::Jobs
             | Handler::MachineContext
             | Handler::MachineBreakpointAdd

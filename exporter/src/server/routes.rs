@@ -21,6 +21,7 @@ use turnstile_engine::{Engine, Event, MachineStatus, SendError};
 
 use super::endpoints::{self, route, Handler, Route};
 use super::events;
+use super::instances;
 use super::job_admin;
 use super::jobs;
 use super::live;
@@ -134,7 +135,15 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> Result<Response<Body
         Handler::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
         Handler::Readyz => Ok(readyz(state).await),
         Handler::HealthzMachines => stale::healthz_machines(state, &req),
-        Handler::Machines => Ok(response::json(StatusCode::OK, &machines_json(state))),
+        Handler::Machines => match instances::page_query(req.uri().query()) {
+            Ok(None) => Ok(response::json(StatusCode::OK, &machines_json(state))),
+            Ok(Some(q)) => Ok(response::json(
+                StatusCode::OK,
+                &instances::page(state, &q, machine_json),
+            )),
+            Err(e) => Err(ApiError::bad_request(e)),
+        },
+        Handler::MachineStart => instances::post_machine(state, req).await,
         Handler::Machine => machine(state, &name).await,
         Handler::MachineEvents => post_event(state, &name, req).await,
         Handler::MachinePause => live::post_control(state, &name, req, LiveOp::Pause).await,
@@ -351,6 +360,8 @@ fn machine_json(m: &MachineStatus) -> Json {
         "running": m.running,
         "paused": m.paused,
         "stop_reason": m.stop_reason.map(|r| format!("{r:?}")),
+        "definition": &*m.def.name,
+        "instance": m.instance,
     })
 }
 

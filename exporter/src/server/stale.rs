@@ -72,7 +72,12 @@ pub(super) fn healthz_machines(
 
 /// The answer for these machines at `now`.
 fn judge(machines: &[MachineStatus], now: SystemTime, limit: Duration) -> (StatusCode, Json) {
-    let running: Vec<&MachineStatus> = machines.iter().filter(|m| m.running).collect();
+    // Instances started at run time wait for their entity as long as it takes (an order
+    // waiting for its payment): only the machines the process was started with count.
+    let running: Vec<&MachineStatus> = machines
+        .iter()
+        .filter(|m| m.running && !m.instance)
+        .collect();
     let idle_for = |m: &MachineStatus| now.duration_since(m.last_active).unwrap_or_default();
     let mut stale: Vec<(&MachineStatus, Duration)> = running
         .iter()

@@ -361,6 +361,14 @@ pub const MACHINE_PAUSED: Family = turnstile(
     "1 while a machine is paused (by request or a breakpoint), 0 otherwise",
     &["machine"],
 );
+/// `turnstile_machine_instances` (read from the engine at scrape time).
+pub const MACHINE_INSTANCES: Family = turnstile(
+    "machine_instances",
+    Gauge,
+    None,
+    "Running instances of a definition started at run time (start_fsm, POST /machines), by state",
+    &["machine", "state"],
+);
 /// `turnstile_singleton_holder` (read from the engine at scrape time).
 pub const SINGLETON_HOLDER: Family = turnstile(
     "singleton_holder",
@@ -432,6 +440,7 @@ pub const ALL: &[Family] = &[
     STATE_DURATION,
     EVENT_QUEUE_DEPTH,
     MACHINE_PAUSED,
+    MACHINE_INSTANCES,
     SINGLETON_HOLDER,
     JOBS,
     JOBS_OLDEST_PENDING_AGE,

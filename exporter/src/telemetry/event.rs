@@ -121,6 +121,7 @@ impl Telemetry {
                 at,
                 event: r.event.name.clone(),
                 machine: slot.name.clone(),
+                instance: slot.instance.clone(),
                 from: slot
                     .states
                     .get(r.from.id)

@@ -105,6 +105,9 @@ pub struct Telemetry {
     metrics: Metrics,
     spans: Option<Spans>,
     machines: Mutex<Vec<Arc<Slot>>>,
+    /// The `/trace` records of run-time instances: one ring per definition, shared by its
+    /// instances (their slots are not in `machines`: there may be 100,000).
+    instance_traces: Mutex<std::collections::HashMap<Arc<str>, Arc<Ring<TraceRecord>>>>,
     errors: Ring<ErrorRecord>,
     /// The engine's read-only status handle, set by [`Telemetry::install`].
     engine: Arc<OnceLock<EngineStatus>>,
@@ -160,6 +163,7 @@ impl Telemetry {
             metrics,
             spans,
             machines: Mutex::new(Vec::new()),
+            instance_traces: Mutex::default(),
             engine,
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -330,6 +334,7 @@ impl Telemetry {
             error_type: kind.as_str(),
             message: message.to_owned(),
             machine: machine.map(str::to_owned),
+            instance: None,
             state: None,
             event: None,
             trace_id: None,
@@ -352,6 +357,20 @@ impl Telemetry {
                 trace_id.is_none_or(|t| r.trace_id.as_deref() == Some(t))
             }));
         }
+        // Instances: `machine` is their definition or their own name.
+        let rings: Vec<Arc<Ring<TraceRecord>>> = self
+            .instance_traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for ring in rings {
+            all.extend(ring.newest(limit, |r| {
+                machine.is_none_or(|m| *r.machine == *m || r.instance.as_deref() == Some(m))
+                    && trace_id.is_none_or(|t| r.trace_id.as_deref() == Some(t))
+            }));
+        }
         all.sort_by_key(|r| std::cmp::Reverse(r.at));
         all.truncate(limit);
         all.iter().map(TraceRecord::to_json).collect()
@@ -365,7 +384,8 @@ impl Telemetry {
         kind: Option<&str>,
     ) -> Vec<ErrorRecord> {
         self.errors.newest(limit, |e| {
-            machine.is_none_or(|m| e.machine.as_deref() == Some(m))
+            machine
+                .is_none_or(|m| e.machine.as_deref() == Some(m) || e.instance.as_deref() == Some(m))
                 && kind.is_none_or(|k| e.error_type == k)
         })
     }
@@ -388,8 +408,14 @@ impl Telemetry {
         } else {
             busy_ns as f64 / timed as f64 / 1e6
         };
+        let definitions = self
+            .engine
+            .get()
+            .map(EngineStatus::instance_counts)
+            .unwrap_or_default();
         let processed = self.engine.get().map_or(timed, |e| {
             e.machines().iter().map(|m| m.events).sum::<u64>()
+                + definitions.iter().map(|d| d.events).sum::<u64>()
         });
         let machines: serde_json::Map<String, Json> = self
             .engine
@@ -414,6 +440,26 @@ impl Telemetry {
                     .collect()
             })
             .unwrap_or_default();
+        // Instances started at run time, per definition (never one entry per instance).
+        let instances: serde_json::Map<String, Json> = definitions
+            .into_iter()
+            .map(|d| {
+                let states: serde_json::Map<String, Json> = d
+                    .states
+                    .iter()
+                    .map(|(s, n)| (s.to_string(), json!(n)))
+                    .collect();
+                (
+                    d.definition.to_string(),
+                    json!({
+                        "running": d.running,
+                        "started": d.counts.started,
+                        "retired": d.counts.retired,
+                        "states": states,
+                    }),
+                )
+            })
+            .collect();
         json!({
             "processed_events": processed,
             "average_processing_time_ms": avg_ms,
@@ -424,6 +470,7 @@ impl Telemetry {
             "listen": listen,
             "spans": self.spans.is_some(),
             "machines": machines,
+            "instances": instances,
         })
     }
 

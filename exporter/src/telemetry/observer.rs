@@ -27,6 +27,20 @@ use super::stream::QuickFeed;
 use super::Telemetry;
 
 impl Telemetry {
+    /// The `/trace` ring of a machine's slot: its own for a config machine, its
+    /// definition's (shared by all its instances) for an instance.
+    fn trace_ring(&self, m: &MachineRef<'_>) -> Arc<Ring<records::TraceRecord>> {
+        if !m.instance {
+            return Arc::new(Ring::new(self.config.trace_buffer));
+        }
+        self.instance_traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(m.def.name.clone())
+            .or_insert_with(|| Arc::new(Ring::new(self.config.trace_buffer)))
+            .clone()
+    }
+
     fn slot<'a>(&self, m: &MachineRef<'a>) -> Option<&'a Slot> {
         m.slot
             .get()
@@ -72,6 +86,7 @@ impl Observer for Telemetry {
     fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
+            instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
             metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
@@ -81,12 +96,14 @@ impl Observer for Telemetry {
                 state: s.id,
                 ..Live::default()
             }),
-            trace: Arc::new(Ring::new(self.config.trace_buffer)),
+            trace: self.trace_ring(&m),
         });
-        self.machines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot.clone());
+        if !m.instance {
+            self.machines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot.clone());
+        }
         let _ = m.slot.set(Box::new(slot));
     }
 
@@ -113,6 +130,7 @@ impl Observer for Telemetry {
         }
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
+            instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
             metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
@@ -123,12 +141,9 @@ impl Observer for Telemetry {
                 event: None,
                 action,
             }),
-            trace: old.map_or_else(
-                || Arc::new(Ring::new(self.config.trace_buffer)),
-                |o| o.trace.clone(),
-            ),
+            trace: old.map_or_else(|| self.trace_ring(&m), |o| o.trace.clone()),
         });
-        {
+        if !m.instance {
             let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
             let at = old.and_then(|o| machines.iter().position(|x| std::ptr::eq(&**x, o)));
             match at {
@@ -187,6 +202,9 @@ impl Observer for Telemetry {
                 KeyValue::new("turnstile.event", event.name.to_string()),
                 KeyValue::new("turnstile.state.from", from.to_string()),
             ];
+            if let Some(i) = &slot.instance {
+                attrs.push(KeyValue::new("turnstile.instance", i.to_string()));
+            }
             if let Some(j) = &event.job_id {
                 attrs.push(KeyValue::new("turnstile.job.id", j.clone()));
             }
@@ -356,7 +374,8 @@ impl Observer for Telemetry {
             timestamp: records::timestamp(SystemTime::now()),
             error_type: r.kind.as_str(),
             message: r.message.to_owned(),
-            machine: r.machine.map(|m| m.name.to_owned()),
+            machine: r.machine.map(|m| m.def.name.to_string()),
+            instance: r.machine.filter(|m| m.instance).map(|m| m.name.to_owned()),
             state: r.state.map(str::to_owned),
             event: r.event.map(|e| e.name.to_string()),
             trace_id: trace_id.or_else(|| {

@@ -1,6 +1,6 @@
-//! Spans of operators' writes through the sidecar (retrying or cancelling a job): what the
-//! design asks of every write besides events, which have spans of their own. One span per
-//! write, named as OpenTelemetry's HTTP conventions name a server span
+//! Spans of operators' writes through the sidecar (retrying or cancelling a job, starting
+//! an instance): what the design asks of every write besides events, which have spans of
+//! their own. One span per write, named as OpenTelemetry's HTTP conventions name a server span
 //! (`"{method} {route}"`), a child of the request's `traceparent` when it has one; a
 //! refused or failed write is marked failed with the answer's status. No spans when span
 //! export is off.

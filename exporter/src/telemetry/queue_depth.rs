@@ -1,9 +1,11 @@
 //! The series read from the engine's status when `/metrics` is rendered rather than fed
 //! by the observer: `turnstile_event_queue_depth`, `turnstile_state_entered_timestamp_seconds`
-//! `turnstile_machine_state`, `turnstile_machine_paused` and `turnstile_singleton_holder`,
-//! and the default level's counts of transitions and transitioned events (in the families
-//! of `turnstile_transitions_total` and `turnstile_events_total`, with the observer's own
-//! series of those).
+//! `turnstile_machine_state`, `turnstile_machine_paused`, `turnstile_machine_instances` and
+//! `turnstile_singleton_holder`, and the default level's counts of transitions and
+//! transitioned events (in the families of `turnstile_transitions_total` and
+//! `turnstile_events_total`, with the observer's own series of those). Run-time instances
+//! count there under their definition's name, added to the machine of that name when the
+//! process runs one (one series per label set), never one series per instance.
 //!
 //! Its own file because this collector reads the engine's [`EngineStatus`], not the
 //! machines' slots, and runs only at scrape time, apart from everything the observer does.
@@ -57,16 +59,37 @@ impl prometheus_client::collector::Collector for QueueDepth {
         let counted = |m: &&turnstile_engine::MachineStatus| {
             !self.detail.union(m.def.metrics_detail).transitions
         };
+        let definitions = self
+            .engine
+            .get()
+            .map(EngineStatus::instance_counts)
+            .unwrap_or_default();
+        // Per machine label: the machine's transitions plus its definition's instances'
+        // (at the default level, where the observer does not count them).
+        let mut totals: Vec<(&str, u64)> = status
+            .iter()
+            .filter(counted)
+            .map(|m| (&*m.name, m.transitions))
+            .collect();
+        for d in &definitions {
+            if self.detail.union(d_detail(&status, d)).transitions {
+                continue;
+            }
+            match totals.iter_mut().find(|(n, _)| *n == &*d.definition) {
+                Some((_, t)) => *t += d.transitions,
+                None => totals.push((&d.definition, d.transitions)),
+            }
+        }
         let mut me = catalogue::TRANSITIONS.describe(&mut encoder)?;
-        for m in status.iter().filter(counted) {
-            let labels = [("machine", &*m.name)];
-            ConstCounter::new(m.transitions).encode(me.encode_family(&labels)?)?;
+        for (name, n) in &totals {
+            let labels = [("machine", *name)];
+            ConstCounter::new(*n).encode(me.encode_family(&labels)?)?;
         }
         self.transitions.encode(me)?;
         let mut me = catalogue::EVENTS.describe(&mut encoder)?;
-        for m in status.iter().filter(counted) {
-            let labels = [("machine", &*m.name), ("outcome", EVENT_OUTCOMES[0])];
-            ConstCounter::new(m.transitions).encode(me.encode_family(&labels)?)?;
+        for (name, n) in &totals {
+            let labels = [("machine", *name), ("outcome", EVENT_OUTCOMES[0])];
+            ConstCounter::new(*n).encode(me.encode_family(&labels)?)?;
         }
         self.events.encode(me)?;
         let Some(engine) = self.engine.get() else {
@@ -106,6 +129,14 @@ impl prometheus_client::collector::Collector for QueueDepth {
             let paused = m.paused && m.running;
             ConstGauge::new(i64::from(paused)).encode(me.encode_family(&labels)?)?;
         }
+        let mut me = catalogue::MACHINE_INSTANCES.describe(&mut encoder)?;
+        for d in &definitions {
+            for (state, n) in &d.states {
+                let labels = [("machine", &*d.definition), ("state", &**state)];
+                let g = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
+                g.encode(me.encode_family(&labels)?)?;
+            }
+        }
         let mut me = catalogue::SINGLETON_HOLDER.describe(&mut encoder)?;
         for s in engine.singletons() {
             let g = ConstGauge::new(i64::from(
@@ -116,4 +147,18 @@ impl prometheus_client::collector::Collector for QueueDepth {
         }
         Ok(())
     }
+}
+
+/// The metric detail of a definition's own config: the running machine's of that name, else
+/// the one its instances run (the latest, with its reloads).
+fn d_detail(
+    status: &[turnstile_engine::MachineStatus],
+    d: &turnstile_engine::DefinitionInstances,
+) -> MetricsDetail {
+    status
+        .iter()
+        .find(|m| m.name == d.definition)
+        .map(|m| m.def.metrics_detail)
+        .or(d.detail)
+        .unwrap_or(MetricsDetail::NONE)
 }

@@ -82,8 +82,10 @@ pub struct TraceRecord {
     pub at: SystemTime,
     /// The event name.
     pub event: Arc<str>,
-    /// The machine.
+    /// The machine (an instance's definition).
     pub machine: Arc<str>,
+    /// The instance's name, for an instance started at run time.
+    pub instance: Option<Arc<str>>,
     /// State before.
     pub from: Arc<str>,
     /// State after.
@@ -117,6 +119,7 @@ impl TraceRecord {
             "event": &*self.event,
             "data": {
                 "machine": &*self.machine,
+                "instance": self.instance.as_deref(),
                 "from": &*self.from,
                 "to": &*self.to,
                 "duration_ms": self.duration_ms,
@@ -146,8 +149,10 @@ pub struct ErrorRecord {
     pub error_type: &'static str,
     /// What went wrong.
     pub message: String,
-    /// The machine, if any.
+    /// The machine, if any (an instance's definition).
     pub machine: Option<String>,
+    /// The instance's name, for an instance started at run time.
+    pub instance: Option<String>,
     /// Its state at the time, if any.
     pub state: Option<String>,
     /// The event being processed, if any.

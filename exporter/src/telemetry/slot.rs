@@ -21,7 +21,11 @@ use super::stream::QuickFeed;
 
 /// One machine's telemetry.
 pub(super) struct Slot {
+    /// The machine's definition's name (its `machine` label; a config machine's own name).
     pub(super) name: Arc<str>,
+    /// An instance started at run time: its own name (records and spans name it; metrics
+    /// count it under `name`).
+    pub(super) instance: Option<Arc<str>>,
     pub(super) states: Vec<Arc<str>>,
     pub(super) metrics: MachineMetrics,
     /// Events timed (all outcomes; an action-less one timed for every

@@ -7,6 +7,7 @@ mod log;
 mod send_event;
 mod set_context;
 mod sleep;
+mod start_fsm;
 
 use std::sync::Arc;
 
@@ -14,10 +15,10 @@ use super::ActionRegistry;
 
 /// Action types that statemachine-engine configs use and that other parts of Turnstile
 /// provide (jobs, plugins); validation names them precisely when they are missing.
-const ELSEWHERE: &[(&str, &str)] = &[
-    ("start_fsm", "statemachine-engine's process-spawning action; Turnstile runs every machine of a process with `turnstile run A.yaml B.yaml` instead"),
-    ("check_events", "statemachine-engine has no such action either: remove it, events arrive by themselves"),
-];
+const ELSEWHERE: &[(&str, &str)] = &[(
+    "check_events",
+    "statemachine-engine has no such action either: remove it, events arrive by themselves",
+)];
 
 /// Registers every built-in action.
 pub fn register(r: &mut ActionRegistry) {
@@ -26,6 +27,7 @@ pub fn register(r: &mut ActionRegistry) {
     r.register("sleep", "builtin", Arc::new(sleep::build));
     r.register("set_context", "builtin", Arc::new(set_context::build));
     r.register("send_event", "builtin", Arc::new(send_event::build));
+    r.register("start_fsm", "builtin", Arc::new(start_fsm::build));
     r.register("add_to_list", "builtin", Arc::new(list::build_add));
     r.register("pop_from_list", "builtin", Arc::new(list::build_pop));
     let slot = r.jobs().clone();

@@ -101,7 +101,7 @@ impl Machine {
         };
         let started = self.measure.tick();
         let mut cx = ActionCx {
-            machine: &def.name,
+            machine: &self.shared.name,
             state: &def.states[self.state].name,
             context: &mut self.context,
             event: &self.entry.cause,
@@ -212,7 +212,7 @@ impl Machine {
         if self.def.states[self.state].is_final {
             tracing::debug!(
                 target: "turnstile::event",
-                machine = %self.def.name,
+                machine = %self.shared.name,
                 event = %name,
                 "final state: the event returned by its action is not processed"
             );
@@ -276,7 +276,7 @@ impl Machine {
         }
         tracing::debug!(
             target: "turnstile::action",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             action = %w.action.kind,
             "waiting action interrupted by a transition"
         );

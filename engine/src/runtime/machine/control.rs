@@ -132,9 +132,10 @@ impl Machine {
         if let Some(o) = &self.observer {
             let previous = MachineRef {
                 id: self.shared.id,
-                name: &old_def.name,
+                name: &self.shared.name,
                 def: &old_def,
                 slot: &old_slot,
+                instance: self.shared.instance,
             };
             o.machine_reloaded(self.mref(), previous, self.sref(state));
             // Indexes of the new definition, a new slot: ask again.
@@ -186,7 +187,7 @@ impl Machine {
         }
         tracing::info!(
             target: "turnstile::machine",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state = %self.def.states[self.state].name,
             reason = ?reason,
             "machine stopped"

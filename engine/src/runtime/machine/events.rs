@@ -90,7 +90,7 @@ impl Machine {
                 }
                 let took = self.handle_event(ev);
                 if self.persist.to.is_none() || self.persist.handling.take().is_some() {
-                    self.router.handled(&self.def.name, id);
+                    self.router.handled(&self.shared.name, id);
                 }
                 took
             }
@@ -126,7 +126,7 @@ impl Machine {
         self.unrouted(ev, EventOutcome::Ignored);
         tracing::debug!(
             target: "turnstile::event",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state = %self.def.states[self.state].name,
             event = %ev.name,
             "event ignored: no transition for it in this state"
@@ -206,7 +206,7 @@ impl Machine {
         }
         tracing::info!(
             target: "turnstile::transition",
-            machine = %def.name,
+            machine = %self.shared.name,
             from = %def.states[from].name,
             to = %def.states[to].name,
             event = %ev.name,

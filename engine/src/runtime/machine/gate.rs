@@ -411,7 +411,7 @@ impl Machine {
                         reply,
                         Err(LiveError::Conflict(format!(
                             "machine `{}` is not paused: pause it before stepping",
-                            self.def.name
+                            self.shared.name
                         ))),
                     );
                     return Served::Nothing;
@@ -431,7 +431,7 @@ impl Machine {
                             reply,
                             Err(LiveError::Conflict(format!(
                                 "machine `{}` has no event to step: none is held or queued",
-                                self.def.name
+                                self.shared.name
                             ))),
                         );
                         Served::Nothing
@@ -461,7 +461,7 @@ impl Machine {
                         reply,
                         Err(LiveError::Conflict(format!(
                             "machine `{}` has {MAX_BREAKPOINTS} breakpoints, the most it may have",
-                            self.def.name
+                            self.shared.name
                         ))),
                     );
                     return Served::Nothing;
@@ -489,7 +489,7 @@ impl Machine {
                     }
                     None => send(
                         reply,
-                        Err(LiveError::NoBreakpoint(self.def.name.to_string(), id)),
+                        Err(LiveError::NoBreakpoint(self.shared.name.to_string(), id)),
                     ),
                 }
                 Served::Nothing
@@ -508,7 +508,7 @@ impl Machine {
         if self.waiting.is_some() {
             return Err(LiveError::Conflict(format!(
                 "machine `{}` is running an action: patch its context while it is paused or idle",
-                self.def.name
+                self.shared.name
             )));
         }
         let Json::Object(p) = patch else {
@@ -555,7 +555,7 @@ impl Machine {
     /// An event dropped on purpose: one of the store's event table is marked handled.
     fn discard(&self, ev: Event) {
         if let Some(id) = ev.store_id {
-            self.router.handled(&self.def.name, id);
+            self.router.handled(&self.shared.name, id);
         }
     }
 
@@ -668,7 +668,7 @@ impl Machine {
         };
         tracing::info!(
             target: "turnstile::control",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state,
             action = action.as_str(),
             paused = self.gate.paused,

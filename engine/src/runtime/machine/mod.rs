@@ -92,7 +92,11 @@ use timers::Timers;
 pub(crate) struct Shared {
     pub id: usize,
     /// The machine's name (never changes: a config that renames a machine starts another).
+    /// For a config machine, its definition's name; for an instance started at run time,
+    /// its own (the definition's name stays `def.name`, shared by all its instances).
     pub name: Arc<str>,
+    /// Started at run time as an instance of its definition ([`crate::runtime::engine::Engine::start_instance`]).
+    pub instance: bool,
     /// The definition it runs; replaced by a reload, together with `state`, under the lock.
     pub def: RwLock<Arc<MachineDef>>,
     pub state: AtomicUsize,
@@ -225,6 +229,13 @@ impl Machine {
         }
     }
 
+    /// Starts with `context` merged over the definition's (an instance's initial context:
+    /// its top-level keys replace the definition's).
+    pub(crate) fn with_context(mut self, context: Map<String, Json>) -> Self {
+        self.context.extend(context);
+        self
+    }
+
     /// Runs only while `tenure` holds (a singleton machine).
     pub(crate) fn tenured(mut self, tenure: Arc<crate::runtime::tenure::Tenure>) -> Self {
         self.tenure = Some(tenure);
@@ -322,7 +333,7 @@ impl Machine {
         };
         if let Some(p) = &self.persist.to {
             p.entered(
-                &self.def.name,
+                &self.shared.name,
                 &self.def.states[self.state].name,
                 &self.context,
                 from,
@@ -335,9 +346,10 @@ impl Machine {
     fn mref(&self) -> MachineRef<'_> {
         MachineRef {
             id: self.shared.id,
-            name: &self.def.name,
+            name: &self.shared.name,
             def: &self.def,
             slot: &self.slot,
+            instance: self.shared.instance,
         }
     }
 
@@ -367,7 +379,7 @@ impl Machine {
         }
         tracing::warn!(
             target: "turnstile::error",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state,
             kind = kind.as_str(),
             "{message}"

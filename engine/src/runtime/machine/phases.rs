@@ -83,7 +83,7 @@ impl Machine {
         }
         tracing::info!(
             target: "turnstile::machine",
-            machine = %self.def.name,
+            machine = %self.shared.name,
             state = %self.def.states[self.state].name,
             "machine started"
         );
@@ -211,7 +211,7 @@ impl Machine {
             t.lose();
             tracing::error!(
                 target: "turnstile::singleton",
-                machine = %self.def.name,
+                machine = %self.shared.name,
                 epoch = t.epoch(),
                 "lease tenure ended (deadline passed or lease taken over): stopping this copy"
             );
