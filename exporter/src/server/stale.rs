@@ -181,6 +181,7 @@ mod tests {
         .unwrap();
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
         let m = |name: &str, active: u64, running: bool, paused: bool| MachineStatus {
+            instance: name.starts_with("inst"),
             id: 0,
             name: name.into(),
             state: "a".into(),
@@ -201,6 +202,8 @@ mod tests {
             m("old", 100, true, false),
             m("older", 10, true, true),
             m("done", 0, false, false),
+            // A run-time instance idle for long is not judged.
+            m("inst-1", 0, true, false),
         ];
         let (code, v) = judge(&all, now, Duration::from_secs(60));
         assert_eq!(code, 503);
