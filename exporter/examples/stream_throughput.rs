@@ -136,6 +136,8 @@ struct Follower {
     stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
     cut: Arc<AtomicU64>,
+    /// The CPU time its thread spent, in ns (set when it ends).
+    cpu: Arc<AtomicU64>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -145,8 +147,10 @@ impl Follower {
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(AtomicU64::new(0));
-        let (s, r, c) = (stop.clone(), received.clone(), cut.clone());
+        let cpu = Arc::new(AtomicU64::new(0));
+        let (s, r, c, spent) = (stop.clone(), received.clone(), cut.clone(), cpu.clone());
         let thread = thread::spawn(move || {
+            let cpu0 = thread_cpu_ns();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -175,21 +179,25 @@ impl Follower {
                 }
                 std::hint::black_box(bytes);
             });
+            spent.store(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
         });
         Self {
             stop,
             received,
             cut,
+            cpu,
             thread,
         }
     }
 
-    fn finish(self) -> (u64, u64) {
+    /// Records received, cut-offs, CPU ns spent.
+    fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("follower");
         (
             self.received.load(Ordering::Relaxed),
             self.cut.load(Ordering::Relaxed),
+            self.cpu.load(Ordering::Relaxed),
         )
     }
 }
@@ -213,7 +221,7 @@ fn full_speed(label: &str, config: TelemetryConfig) {
     rig.drive(EVENTS_PER_ROUND / 4, None); // warm up
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
-    let (mut received, mut cut, mut published) = (0, 0, 0);
+    let (mut received, mut cut, mut published, mut client_cpu) = (0, 0, 0, 0);
     for _ in 0..ROUNDS {
         let (rate, cpu) = rig.drive_cpu(EVENTS_PER_ROUND, None);
         without.push(rate);
@@ -223,17 +231,19 @@ fn full_speed(label: &str, config: TelemetryConfig) {
         with.push(rate);
         cpu_with.push(cpu);
         thread::sleep(Duration::from_millis(100));
-        let (r, c) = f.finish();
+        let (r, c, ns) = f.finish();
         received += r;
         cut += c;
+        client_cpu += ns;
         published += EVENTS_PER_ROUND;
     }
     let (a, b) = (median(without), median(with));
     let (ca, cb) = (median(cpu_without), median(cpu_with));
     println!(
-        "{label}: full speed, events/s median of {ROUNDS}: no client {a:.0}, one client {b:.0}, ratio {:.3}; the machine's thread, CPU ns per event: no client {ca:.1}, one client {cb:.1}, ratio of the speeds {:.3}; client received {received} of {published} records, cut off {cut} times",
+        "{label}: full speed, events/s median of {ROUNDS}: no client {a:.0}, one client {b:.0}, ratio {:.3}; the machine's thread, CPU ns per event: no client {ca:.1}, one client {cb:.1}, ratio of the speeds {:.3}; client received {received} of {published} records ({:.1} ns of CPU each), cut off {cut} times",
         b / a,
-        ca / cb
+        ca / cb,
+        client_cpu as f64 / received.max(1) as f64
     );
 }
 
@@ -243,7 +253,7 @@ fn paced(label: &str, config: TelemetryConfig) {
     let n = 200_000;
     let rate = rig.drive(n, Some(100));
     thread::sleep(Duration::from_millis(200));
-    let (received, cut) = f.finish();
+    let (received, cut, _) = f.finish();
     println!(
         "{label}: paced at {rate:.0} events/s: client received {received} of {n} records, cut off {cut} times"
     );

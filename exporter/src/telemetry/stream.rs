@@ -185,6 +185,23 @@ impl Default for Encoder {
     }
 }
 
+/// `n` in decimal, without the formatting machinery (one per record, for each client).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
 /// `s` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -231,17 +248,21 @@ impl Encoder {
                 &self.time.insert((r.time, s)).1
             }
         };
-        let _ = write!(
-            out,
-            "{{\"id\":{},\"time\":\"{time}\",\"kind\":\"transition\",\"machine\":",
-            r.id
-        );
+        out.push_str("{\"id\":");
+        push_u64(out, r.id);
+        out.push_str(",\"time\":\"");
+        out.push_str(time);
+        out.push_str("\",\"kind\":\"transition\",\"machine\":");
         match &r.machine {
             Some(m) => push_json_str(out, m),
             None => out.push_str("null"),
         }
-        for (key, value) in [("event", event), ("from", from), ("to", to)] {
-            let _ = write!(out, ",\"{key}\":");
+        for (key, value) in [
+            (",\"event\":", event),
+            (",\"from\":", from),
+            (",\"to\":", to),
+        ] {
+            out.push_str(key);
             push_json_str(out, value);
         }
         if let Some(p) = payload {
@@ -844,7 +865,7 @@ mod tests {
             (None, None, None),
         ] {
             let r = Record {
-                id: 7,
+                id: 1_234_567_890,
                 time: SystemTime::now(),
                 kind: Kind::Transition,
                 machine: machine.map(Arc::from),
