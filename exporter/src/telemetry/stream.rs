@@ -296,6 +296,16 @@ impl Names {
         })
     }
 
+    /// A copy with names of its own.
+    fn copy(&self) -> Arc<Self> {
+        let own = |s: &Arc<str>| Arc::<str>::from(&**s);
+        Arc::new(Self {
+            machine: own(&self.machine),
+            states: self.states.iter().map(own).collect(),
+            events: self.events.iter().map(own).collect(),
+        })
+    }
+
     /// The three indexes as the ring keeps them, when each names something here.
     fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u32; 3]> {
         let fits = |i: usize, n: usize| u32::try_from(i).ok().filter(|_| i < n);
@@ -559,6 +569,7 @@ impl Stream {
             missed: (missed > 0).then_some(missed),
             busy: false,
             copied: Vec::new(),
+            local: Vec::new(),
         })
     }
 }
@@ -592,7 +603,15 @@ pub struct Subscriber {
     busy: bool,
     /// Kept for the next call (its allocation).
     copied: Vec<Copied>,
+    /// The subscriber's own copies of the [`Names`] it has seen (keyed by the ring's):
+    /// the records it builds clone and drop names for every record, and the reference
+    /// counts of the definition's own names share cache lines with what the machine
+    /// reads as it routes its events. At most [`LOCAL_NAMES`].
+    local: Vec<(Arc<Names>, Arc<Names>)>,
 }
+
+/// Machines whose names a subscriber keeps copies of (more: it starts over).
+const LOCAL_NAMES: usize = 64;
 
 impl Subscriber {
     /// The id of the last record this subscriber was given (0: none yet).
@@ -656,6 +675,9 @@ impl Subscriber {
         }
         drop(ring);
         self.next = end;
+        for n in &mut names {
+            *n = self.local_names(n);
+        }
         let out = copied
             .drain(..)
             .map(|c| match c {
@@ -695,6 +717,19 @@ impl Subscriber {
             .collect();
         self.copied = copied;
         Some(Batch::Records(out))
+    }
+
+    /// This subscriber's copy of `n`.
+    fn local_names(&mut self, n: &Arc<Names>) -> Arc<Names> {
+        if let Some((_, l)) = self.local.iter().find(|(k, _)| Arc::ptr_eq(k, n)) {
+            return l.clone();
+        }
+        if self.local.len() >= LOCAL_NAMES {
+            self.local.clear();
+        }
+        let l = n.copy();
+        self.local.push((n.clone(), l.clone()));
+        l
     }
 
     /// Waits for what comes next: up to `max` records, a [`Batch::Missed`] or a
@@ -826,6 +861,51 @@ mod tests {
         assert!(matches!(sub.next(10).await, Batch::Missed(None)));
         assert_eq!(ids(sub.next(2).await), vec![3, 4]);
         assert!(matches!(s.subscribe(None), Err(TooManyClients(2))));
+    }
+
+    /// Transitions by index, from more machines than a subscriber keeps names for, and
+    /// written over in the ring by other machines' records: each is named after its own.
+    #[tokio::test]
+    async fn indexed_transitions_are_named_after_their_machine() {
+        let s = Arc::new(Stream::new(16, 2));
+        let mut sub = s.subscribe(None).unwrap();
+        let machines: Vec<Arc<Names>> = (0..LOCAL_NAMES + 6)
+            .map(|i| {
+                Arc::new(Names {
+                    machine: Arc::from(format!("m{i}")),
+                    states: vec![Arc::from("a"), Arc::from(format!("s{i}"))].into(),
+                    events: vec![Arc::from("go")].into(),
+                })
+            })
+            .collect();
+        let mut seen = 0;
+        for round in 0..3 {
+            for (i, names) in machines.iter().enumerate() {
+                s.push_transition(names, [0, 1, 0], None, (round == 1).then(|| "j".into()));
+                // Out of range: named "" (as before the ring kept indexes).
+                s.push_transition(names, [0, 7, 0], None, None);
+                let Batch::Records(got) = sub.next(10).await else {
+                    panic!("records expected")
+                };
+                assert_eq!(got.len(), 2);
+                for (k, r) in got.iter().enumerate() {
+                    seen += 1;
+                    assert_eq!(r.id, seen);
+                    assert_eq!(r.machine.as_deref(), Some(&*format!("m{i}")));
+                    let Fields::Transition { to, job_id, .. } = &r.fields else {
+                        panic!("{r:?}")
+                    };
+                    let want = if k == 0 {
+                        format!("s{i}")
+                    } else {
+                        String::new()
+                    };
+                    assert_eq!(&**to, want);
+                    assert_eq!(job_id.is_some(), k == 0 && round == 1);
+                }
+            }
+        }
+        assert!(sub.local.len() <= LOCAL_NAMES);
     }
 
     #[tokio::test]
