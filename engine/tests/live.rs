@@ -428,3 +428,33 @@ async fn transition_and_enter_breakpoints_hold_only_the_events_they_name() {
     let hits: Vec<u64> = list.iter().map(|b| b.hits).collect();
     assert_eq!(hits, [0, 0, 1, 1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_breakpoint_holds_only_its_event_among_names_alike() {
+    let (engine, _rec) = started(WORKER);
+    wait_for_state(&engine, "m", "idle", WAIT).await;
+    // `ping` and `pong` share their length and first byte (and the gate's quick look at
+    // names cannot tell them apart): only `pong` is held, after the exact comparison.
+    op(&engine, bp(On::Event, Some("idle"), Some("pong"), None))
+        .await
+        .unwrap();
+    engine.send("m", Event::new("ping")).await.unwrap();
+    engine.send("m", Event::new("pong")).await.unwrap();
+    eventually("held at pong", || engine.machine("m").unwrap().paused).await;
+    let m = engine.machine("m").unwrap();
+    assert_eq!((&*m.state, m.events), ("idle", 1));
+    // Removed, the breakpoint holds nothing more: the held event and the next ones go on.
+    let LiveAnswer::Breakpoints(list) = op(&engine, LiveOp::Breakpoints).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(list.len(), 1);
+    op(&engine, LiveOp::RemoveBreakpoint(list[0].id))
+        .await
+        .unwrap();
+    done(&engine, LiveOp::Resume).await;
+    engine.send("m", Event::new("pong")).await.unwrap();
+    engine.send("m", Event::new("go")).await.unwrap();
+    wait_for_state(&engine, "m", "working", WAIT).await;
+    let m = engine.machine("m").unwrap();
+    assert_eq!((m.events, m.paused), (4, false));
+}

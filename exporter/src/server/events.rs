@@ -20,7 +20,6 @@
 //! `conn.rs`); the stream's own limit ([`crate::telemetry::stream::MAX_CLIENTS`]) bounds
 //! them, with a 503 beyond it.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use super::request::{self, cut};
 use super::response::{ApiError, Body, EventBody};
 use super::state::State;
 use crate::telemetry::records;
-use crate::telemetry::stream::{Batch, Encoder, Kind, Subscriber, TooManyClients};
+use crate::telemetry::stream::{push_u64, Batch, Encoder, Kind, Subscriber, TooManyClients};
 
 /// How often a quiet stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -202,7 +201,9 @@ async fn follow(
                 Batch::Records(records) => {
                     let mut out = String::new();
                     for r in records.iter().filter(|r| filter.wants(r)) {
-                        let _ = write!(out, "id: {}\ndata: ", r.id);
+                        out.push_str("id: ");
+                        push_u64(&mut out, r.id);
+                        out.push_str("\ndata: ");
                         encoder.write(r, &mut out);
                         out.push_str("\n\n");
                     }

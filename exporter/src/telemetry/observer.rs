@@ -23,7 +23,7 @@ use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
 use super::spans::LiveSpan;
-use super::stream::QuickFeed;
+use super::stream::{Names, QuickFeed};
 use super::Telemetry;
 
 impl Telemetry {
@@ -88,6 +88,7 @@ impl Observer for Telemetry {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
+            names: Names::new(m.def),
             metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
@@ -132,6 +133,7 @@ impl Observer for Telemetry {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
+            names: Names::new(m.def),
             metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),

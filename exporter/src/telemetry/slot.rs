@@ -17,7 +17,7 @@ use turnstile_engine::TraceContext;
 use super::metrics::MachineMetrics;
 use super::records::{ActionRecord, Ring, TraceRecord};
 use super::spans::LiveSpan;
-use super::stream::QuickFeed;
+use super::stream::{Names, QuickFeed};
 
 /// One machine's telemetry.
 pub(super) struct Slot {
@@ -27,6 +27,8 @@ pub(super) struct Slot {
     /// count it under `name`).
     pub(super) instance: Option<Arc<str>>,
     pub(super) states: Vec<Arc<str>>,
+    /// Its names as its stream records give them by index.
+    pub(super) names: Arc<Names>,
     pub(super) metrics: MachineMetrics,
     /// Events timed (all outcomes; an action-less one timed for every
     /// [`QuickTiming::every`] counts that many) and their total processing time (likewise
@@ -108,13 +110,21 @@ impl QuickObserver for QuickSlot {
         self.1.transition(from, to, event_id);
     }
 
+    /// The untimed transitions are reported too, whatever the metrics need: each goes on
+    /// the stream while someone follows it.
     fn timing(&self) -> QuickTiming {
-        self.0.timing
+        QuickTiming {
+            report_untimed: true,
+            ..self.0.timing
+        }
     }
 
     #[inline]
     fn transition_untimed(&self, from: usize, to: usize, event_id: usize) {
-        self.0.transition_untimed(from, to, event_id);
+        if self.0.timing.report_untimed {
+            self.0.transition_untimed(from, to, event_id);
+        }
+        self.1.transition(from, to, event_id);
     }
 }
 

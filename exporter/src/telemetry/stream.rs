@@ -10,6 +10,12 @@
 //!   goes when it is full), each with the next id. Publishing is a short lock; clients
 //!   copy what they have not seen yet out of the ring at their own pace, each with its own
 //!   cursor ([`Subscriber`]), and turn it into JSON on their own task.
+//! - **What a publish costs the machine**: the ring's slots are written in place once it
+//!   is full (no allocation or free per record), and a transition, the record a busy
+//!   machine publishes most, is written as three indexes into its machine's [`Names`]
+//!   (the slot keeps the `Arc` of the last machine that wrote it, so a machine writing
+//!   over its own records touches no reference count). The names are looked up, and the
+//!   record built and turned into JSON, by the reader, on its own thread.
 //! - **A client that falls behind** by more than the ring holds finds its next record gone:
 //!   it is cut off ([`Batch::CutOff`]) and counted in `turnstile_stream_dropped_total`.
 //! - **Resuming**: a subscriber may start after an id it saw before (`Last-Event-ID`); the
@@ -19,7 +25,6 @@
 //! Values of sensitive fields (the process's redactor, `turnstile_engine::redact`) are
 //! shown as `"[redacted]"` in the records' JSON.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,7 +93,7 @@ impl Kind {
 }
 
 /// What a record says beyond `id`, `time`, `kind` and `machine`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Fields {
     /// `event`, `from`, `to` and, when the report carried them, the event's `payload`
     /// (redacted when shown) and `job_id`.
@@ -104,8 +109,8 @@ pub enum Fields {
         /// The job the event belongs to.
         job_id: Option<String>,
     },
-    /// Any other kind: its fields as JSON (redacted when shown).
-    Json(Map<String, Json>),
+    /// Any other kind: its fields as JSON (redacted when shown), shared by the readers.
+    Json(Arc<Map<String, Json>>),
 }
 
 /// One record of the stream.
@@ -180,6 +185,23 @@ impl Default for Encoder {
     }
 }
 
+/// `n` in decimal, without the formatting machinery (one per record, for each client).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
 /// `s` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -226,17 +248,21 @@ impl Encoder {
                 &self.time.insert((r.time, s)).1
             }
         };
-        let _ = write!(
-            out,
-            "{{\"id\":{},\"time\":\"{time}\",\"kind\":\"transition\",\"machine\":",
-            r.id
-        );
+        out.push_str("{\"id\":");
+        push_u64(out, r.id);
+        out.push_str(",\"time\":\"");
+        out.push_str(time);
+        out.push_str("\",\"kind\":\"transition\",\"machine\":");
         match &r.machine {
             Some(m) => push_json_str(out, m),
             None => out.push_str("null"),
         }
-        for (key, value) in [("event", event), ("from", from), ("to", to)] {
-            let _ = write!(out, ",\"{key}\":");
+        for (key, value) in [
+            (",\"event\":", event),
+            (",\"from\":", from),
+            (",\"to\":", to),
+        ] {
+            out.push_str(key);
             push_json_str(out, value);
         }
         if let Some(p) = payload {
@@ -251,8 +277,79 @@ impl Encoder {
     }
 }
 
+/// A machine's name and the names of its definition's states and events: its
+/// transitions are published by index into these.
+#[derive(Debug)]
+pub struct Names {
+    machine: Arc<str>,
+    states: Box<[Arc<str>]>,
+    events: Box<[Arc<str>]>,
+}
+
+impl Names {
+    /// The names of `def`.
+    pub fn new(def: &turnstile_engine::MachineDef) -> Arc<Self> {
+        Arc::new(Self {
+            machine: def.name.clone(),
+            states: def.states.iter().map(|s| s.name.clone()).collect(),
+            events: def.events.iter().cloned().collect(),
+        })
+    }
+
+    /// A copy with names of its own.
+    fn copy(&self) -> Arc<Self> {
+        let own = |s: &Arc<str>| Arc::<str>::from(&**s);
+        Arc::new(Self {
+            machine: own(&self.machine),
+            states: self.states.iter().map(own).collect(),
+            events: self.events.iter().map(own).collect(),
+        })
+    }
+
+    /// The three indexes as the ring keeps them, when each names something here.
+    fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u32; 3]> {
+        let fits = |i: usize, n: usize| u32::try_from(i).ok().filter(|_| i < n);
+        Some([
+            fits(from, self.states.len())?,
+            fits(to, self.states.len())?,
+            fits(event, self.events.len())?,
+        ])
+    }
+}
+
+/// A transition's payload and job id, when it has either (rare at full speed).
+type Extra = (Option<Arc<Json>>, Option<String>);
+
+/// What a slot holds beyond its id, time and kind.
+enum Body {
+    /// A transition by indexes (`from`, `to`, `event`) into the slot's [`Names`].
+    Indexed([u32; 3], Option<Arc<Extra>>),
+    /// Any other record: its machine and fields (shared with the readers that copy it).
+    Other(Arc<(Option<Arc<str>>, Fields)>),
+}
+
+/// One place in the ring, written over when the ring is full.
+struct Slot {
+    id: u64,
+    time: SystemTime,
+    kind: Kind,
+    /// The names of the last machine that published an indexed transition here (kept
+    /// while the same machine writes over its own records).
+    names: Option<Arc<Names>>,
+    body: Body,
+}
+
+/// A slot as a reader copies it under the lock (reference counts only for what is
+/// rare): made into a [`Record`] after.
+#[derive(Debug)]
+enum Copied {
+    Indexed(u64, SystemTime, [u32; 3], usize, Option<Arc<Extra>>),
+    Other(u64, SystemTime, Kind, Arc<(Option<Arc<str>>, Fields)>),
+}
+
 struct Ring {
-    records: VecDeque<Arc<Record>>,
+    /// Record `id` is at `(id - 1) % capacity`; grows to the capacity, then written over.
+    slots: Vec<Slot>,
     /// The id the next record gets.
     next_id: u64,
 }
@@ -260,7 +357,13 @@ struct Ring {
 impl Ring {
     /// The id of the oldest record held (`next_id` when empty).
     fn oldest(&self) -> u64 {
-        self.records.front().map_or(self.next_id, |r| r.id)
+        self.next_id - self.slots.len() as u64
+    }
+
+    /// Where record `id` is, in a ring of `capacity` slots.
+    fn at(&self, id: u64, capacity: usize) -> Option<&Slot> {
+        let i = (id - 1) % capacity.max(1) as u64;
+        self.slots.get(usize::try_from(i).ok()?)
     }
 }
 
@@ -305,7 +408,7 @@ impl Stream {
         Self {
             clients: AtomicUsize::new(0),
             ring: Mutex::new(Ring {
-                records: VecDeque::new(),
+                slots: Vec::new(),
                 next_id: 1,
             }),
             waiting: AtomicBool::new(false),
@@ -332,27 +435,85 @@ impl Stream {
         if !self.active() {
             return;
         }
+        self.put(kind, None, Body::Other(Arc::new((machine, fields))));
+    }
+
+    /// Adds a transition of the machine named by `names`, by the indexes of its states and
+    /// event there (when someone follows the stream). Indexes that name nothing there are
+    /// published as `""`, as a record with names would show them.
+    pub fn push_transition(
+        &self,
+        names: &Arc<Names>,
+        [from, to, event]: [usize; 3],
+        payload: Option<Arc<Json>>,
+        job_id: Option<String>,
+    ) {
+        if !self.active() {
+            return;
+        }
+        let extra = (payload.is_some() || job_id.is_some()).then(|| Arc::new((payload, job_id)));
+        match names.indexes(from, to, event) {
+            Some(ix) => self.put(Kind::Transition, Some(names), Body::Indexed(ix, extra)),
+            None => {
+                let name =
+                    |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
+                let (payload, job_id) = match extra.map(Arc::try_unwrap) {
+                    Some(Ok(e)) => e,
+                    _ => (None, None),
+                };
+                let fields = Fields::Transition {
+                    event: name(&names.events, event),
+                    from: name(&names.states, from),
+                    to: name(&names.states, to),
+                    payload,
+                    job_id,
+                };
+                self.put(
+                    Kind::Transition,
+                    None,
+                    Body::Other(Arc::new((Some(names.machine.clone()), fields))),
+                );
+            }
+        }
+    }
+
+    /// Writes a record into the ring: the next slot while it grows, else the oldest one's.
+    fn put(&self, kind: Kind, names: Option<&Arc<Names>>, body: Body) {
         let time = records::coarse_now();
-        let evicted = {
+        let replaced = {
             let mut ring = self.ring();
             let id = ring.next_id;
             ring.next_id += 1;
-            let evicted = if ring.records.len() >= self.capacity {
-                ring.records.pop_front()
-            } else {
+            if ring.slots.len() < self.capacity {
+                if ring.slots.capacity() == 0 {
+                    ring.slots.reserve_exact(self.capacity);
+                }
+                ring.slots.push(Slot {
+                    id,
+                    time,
+                    kind,
+                    names: names.cloned(),
+                    body,
+                });
                 None
-            };
-            ring.records.push_back(Arc::new(Record {
-                id,
-                time,
-                kind,
-                machine,
-                fields,
-            }));
-            evicted
+            } else {
+                let i = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
+                let slot = &mut ring.slots[i];
+                slot.id = id;
+                slot.time = time;
+                slot.kind = kind;
+                let names = match names {
+                    Some(n) if !slot.names.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) => {
+                        slot.names.replace(n.clone())
+                    }
+                    _ => None,
+                };
+                Some((std::mem::replace(&mut slot.body, body), names))
+            }
         };
-        // Dropped outside the lock.
-        drop(evicted);
+        // What the slot held is dropped outside the lock (nothing, for a transition
+        // without payload written over another by the same machine).
+        drop(replaced);
         if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
@@ -375,7 +536,7 @@ impl Stream {
                 m
             }
         };
-        self.push(kind, machine.map(Arc::from), Fields::Json(fields));
+        self.push(kind, machine.map(Arc::from), Fields::Json(Arc::new(fields)));
     }
 
     /// A subscriber that sees the records published from now on or, with `after` (a
@@ -407,6 +568,8 @@ impl Stream {
             next,
             missed: (missed > 0).then_some(missed),
             busy: false,
+            copied: Vec::new(),
+            local: Vec::new(),
         })
     }
 }
@@ -415,7 +578,7 @@ impl Stream {
 #[derive(Debug)]
 pub enum Batch {
     /// Records in id order (at least one).
-    Records(Vec<Arc<Record>>),
+    Records(Vec<Record>),
     /// Records went before the subscriber could see them (`Last-Event-ID` older than the
     /// ring's oldest record); `None`: an id this process never gave (it restarted), how
     /// many is unknown. Comes first, then the ring's records.
@@ -438,7 +601,17 @@ pub struct Subscriber {
     missed: Option<u64>,
     /// The last call found records: more are likely to follow.
     busy: bool,
+    /// Kept for the next call (its allocation).
+    copied: Vec<Copied>,
+    /// The subscriber's own copies of the [`Names`] it has seen (keyed by the ring's):
+    /// the records it builds clone and drop names for every record, and the reference
+    /// counts of the definition's own names share cache lines with what the machine
+    /// reads as it routes its events. At most [`LOCAL_NAMES`].
+    local: Vec<(Arc<Names>, Arc<Names>)>,
 }
+
+/// Machines whose names a subscriber keeps copies of (more: it starts over).
+const LOCAL_NAMES: usize = 64;
 
 impl Subscriber {
     /// The id of the last record this subscriber was given (0: none yet).
@@ -474,13 +647,89 @@ impl Subscriber {
         if self.next >= ring.next_id {
             return None;
         }
-        let skip = usize::try_from(self.next - oldest).unwrap_or(usize::MAX);
-        let out: Vec<Arc<Record>> = ring.records.iter().skip(skip).take(max).cloned().collect();
-        drop(ring);
-        if let Some(last) = out.last() {
-            self.next = last.id + 1;
+        let end = ring
+            .next_id
+            .min(self.next.saturating_add(max.max(1) as u64));
+        let mut copied = std::mem::take(&mut self.copied);
+        let mut names: Vec<Arc<Names>> = Vec::new();
+        for id in self.next..end {
+            let Some(slot) = ring.at(id, self.stream.capacity) else {
+                break;
+            };
+            copied.push(match &slot.body {
+                Body::Indexed(ix, extra) => {
+                    // The names of consecutive records are mostly the same machine's.
+                    let n = match (&slot.names, names.last()) {
+                        (Some(s), Some(l)) if Arc::ptr_eq(s, l) => names.len() - 1,
+                        (Some(s), _) => {
+                            names.push(s.clone());
+                            names.len() - 1
+                        }
+                        // Never: an indexed transition is put with its names.
+                        (None, _) => continue,
+                    };
+                    Copied::Indexed(slot.id, slot.time, *ix, n, extra.clone())
+                }
+                Body::Other(o) => Copied::Other(slot.id, slot.time, slot.kind, o.clone()),
+            });
         }
+        drop(ring);
+        self.next = end;
+        for n in &mut names {
+            *n = self.local_names(n);
+        }
+        let out = copied
+            .drain(..)
+            .map(|c| match c {
+                Copied::Indexed(id, time, [from, to, event], n, extra) => {
+                    let names = &names[n];
+                    let name = |v: &[Arc<str>], i: u32| {
+                        v.get(i as usize).cloned().unwrap_or_else(|| Arc::from(""))
+                    };
+                    let (payload, job_id) = extra
+                        .map(|e| (e.0.clone(), e.1.clone()))
+                        .unwrap_or_default();
+                    Record {
+                        id,
+                        time,
+                        kind: Kind::Transition,
+                        machine: Some(names.machine.clone()),
+                        fields: Fields::Transition {
+                            event: name(&names.events, event),
+                            from: name(&names.states, from),
+                            to: name(&names.states, to),
+                            payload,
+                            job_id,
+                        },
+                    }
+                }
+                Copied::Other(id, time, kind, o) => {
+                    let (machine, fields) = (*o).clone();
+                    Record {
+                        id,
+                        time,
+                        kind,
+                        machine,
+                        fields,
+                    }
+                }
+            })
+            .collect();
+        self.copied = copied;
         Some(Batch::Records(out))
+    }
+
+    /// This subscriber's copy of `n`.
+    fn local_names(&mut self, n: &Arc<Names>) -> Arc<Names> {
+        if let Some((_, l)) = self.local.iter().find(|(k, _)| Arc::ptr_eq(k, n)) {
+            return l.clone();
+        }
+        if self.local.len() >= LOCAL_NAMES {
+            self.local.clear();
+        }
+        let l = n.copy();
+        self.local.push((n.clone(), l.clone()));
+        l
     }
 
     /// Waits for what comes next: up to `max` records, a [`Batch::Missed`] or a
@@ -524,18 +773,14 @@ impl Drop for Subscriber {
 /// the names of its definition's states and events, to name what it reports by index.
 pub(super) struct QuickFeed {
     stream: Arc<Stream>,
-    machine: Arc<str>,
-    states: Arc<[Arc<str>]>,
-    events: Arc<[Arc<str>]>,
+    names: Arc<Names>,
 }
 
 impl QuickFeed {
     pub(super) fn new(stream: &Arc<Stream>, def: &turnstile_engine::MachineDef) -> Self {
         Self {
             stream: stream.clone(),
-            machine: def.name.clone(),
-            states: def.states.iter().map(|s| s.name.clone()).collect(),
-            events: def.events.iter().cloned().collect(),
+            names: Names::new(def),
         }
     }
 
@@ -549,18 +794,8 @@ impl QuickFeed {
 
     #[inline(never)]
     fn push(&self, from: usize, to: usize, event_id: usize) {
-        let name = |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
-        self.stream.push(
-            Kind::Transition,
-            Some(self.machine.clone()),
-            Fields::Transition {
-                event: name(&self.events, event_id),
-                from: name(&self.states, from),
-                to: name(&self.states, to),
-                payload: None,
-                job_id: None,
-            },
-        );
+        self.stream
+            .push_transition(&self.names, [from, to, event_id], None, None);
     }
 }
 
@@ -593,8 +828,11 @@ mod tests {
         assert_eq!(s.clients_gauge.get(), 1);
         push(&s, 1);
         push(&s, 2);
-        assert_eq!(ids(sub.next(10).await), vec![1, 2]);
-        let r = s.ring().records[0].to_json();
+        let Batch::Records(got) = sub.next(10).await else {
+            panic!("records expected")
+        };
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+        let r = got[0].to_json();
         assert_eq!(r["kind"], "control");
         assert_eq!(r["machine"], "m");
         assert_eq!(r["action"], "pause");
@@ -623,6 +861,51 @@ mod tests {
         assert!(matches!(sub.next(10).await, Batch::Missed(None)));
         assert_eq!(ids(sub.next(2).await), vec![3, 4]);
         assert!(matches!(s.subscribe(None), Err(TooManyClients(2))));
+    }
+
+    /// Transitions by index, from more machines than a subscriber keeps names for, and
+    /// written over in the ring by other machines' records: each is named after its own.
+    #[tokio::test]
+    async fn indexed_transitions_are_named_after_their_machine() {
+        let s = Arc::new(Stream::new(16, 2));
+        let mut sub = s.subscribe(None).unwrap();
+        let machines: Vec<Arc<Names>> = (0..LOCAL_NAMES + 6)
+            .map(|i| {
+                Arc::new(Names {
+                    machine: Arc::from(format!("m{i}")),
+                    states: vec![Arc::from("a"), Arc::from(format!("s{i}"))].into(),
+                    events: vec![Arc::from("go")].into(),
+                })
+            })
+            .collect();
+        let mut seen = 0;
+        for round in 0..3 {
+            for (i, names) in machines.iter().enumerate() {
+                s.push_transition(names, [0, 1, 0], None, (round == 1).then(|| "j".into()));
+                // Out of range: named "" (as before the ring kept indexes).
+                s.push_transition(names, [0, 7, 0], None, None);
+                let Batch::Records(got) = sub.next(10).await else {
+                    panic!("records expected")
+                };
+                assert_eq!(got.len(), 2);
+                for (k, r) in got.iter().enumerate() {
+                    seen += 1;
+                    assert_eq!(r.id, seen);
+                    assert_eq!(r.machine.as_deref(), Some(&*format!("m{i}")));
+                    let Fields::Transition { to, job_id, .. } = &r.fields else {
+                        panic!("{r:?}")
+                    };
+                    let want = if k == 0 {
+                        format!("s{i}")
+                    } else {
+                        String::new()
+                    };
+                    assert_eq!(&**to, want);
+                    assert_eq!(job_id.is_some(), k == 0 && round == 1);
+                }
+            }
+        }
+        assert!(sub.local.len() <= LOCAL_NAMES);
     }
 
     #[tokio::test]
@@ -662,7 +945,7 @@ mod tests {
             (None, None, None),
         ] {
             let r = Record {
-                id: 7,
+                id: 1_234_567_890,
                 time: SystemTime::now(),
                 kind: Kind::Transition,
                 machine: machine.map(Arc::from),
@@ -687,7 +970,7 @@ mod tests {
             time: SystemTime::now(),
             kind: Kind::Control,
             machine: None,
-            fields: Fields::Json(Map::new()),
+            fields: Fields::Json(Arc::new(Map::new())),
         };
         let mut out = String::new();
         enc.write(&r, &mut out);
@@ -715,7 +998,7 @@ mod tests {
         let mut m = Map::new();
         m.insert("password".into(), json!("p"));
         let r = Record {
-            fields: Fields::Json(m),
+            fields: Fields::Json(Arc::new(m)),
             kind: Kind::Control,
             ..r
         };

@@ -30,17 +30,11 @@ impl Telemetry {
 
     #[inline(never)]
     pub(super) fn stream_transition(&self, slot: &Slot, r: &TransitionReport<'_>) {
-        let state = |i: usize, n: &str| slot.states.get(i).cloned().unwrap_or_else(|| Arc::from(n));
-        self.stream.push(
-            Kind::Transition,
-            Some(slot.name.clone()),
-            Fields::Transition {
-                event: r.event.name.clone(),
-                from: state(r.from.id, r.from.name),
-                to: state(r.to.id, r.to.name),
-                payload: r.event.payload.clone(),
-                job_id: r.event.job_id.clone(),
-            },
+        self.stream.push_transition(
+            &slot.names,
+            [r.from.id, r.to.id, r.event_id],
+            r.event.payload.clone(),
+            r.event.job_id.clone(),
         );
     }
 
@@ -62,8 +56,11 @@ impl Telemetry {
         if let Some(e) = end.error {
             m.insert("error".into(), json!(truncate(e, limit)));
         }
-        self.stream
-            .push(Kind::Action, Some(slot.name.clone()), Fields::Json(m));
+        self.stream.push(
+            Kind::Action,
+            Some(slot.name.clone()),
+            Fields::Json(Arc::new(m)),
+        );
     }
 
     #[inline(never)]
@@ -83,7 +80,7 @@ impl Telemetry {
         self.stream.push(
             Kind::Error,
             r.machine.as_deref().map(Arc::from),
-            Fields::Json(m),
+            Fields::Json(Arc::new(m)),
         );
     }
 
@@ -141,5 +138,83 @@ impl Telemetry {
             }
             serde_json::Value::Object(m)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use turnstile_engine::{ActionRegistry, Engine, Event};
+
+    use super::super::stream::{Batch, Fields};
+    use super::super::TelemetryConfig;
+    use super::*;
+
+    /// Every transition is on the stream, in order and named, on the metrics-only path
+    /// (whose untimed transitions the metrics do not see one by one) and with `/trace`
+    /// records; a payload and a job id come along on the second.
+    #[tokio::test]
+    async fn a_follower_gets_every_transition_on_either_path() {
+        for trace_buffer in [0, 100] {
+            let t = Telemetry::new(TelemetryConfig {
+                trace_buffer,
+                ..TelemetryConfig::default()
+            })
+            .unwrap();
+            let plugins = ActionRegistry::with_builtins();
+            let engine = t.install(Engine::builder(), &plugins);
+            let yaml = "metadata: {machine_name: m}\ninitial_state: a\nstates: [a, b]\n\
+                        transitions:\n  - {from: a, to: b, event: go}\n  - {from: b, to: a, event: back}\n";
+            let def = turnstile_engine::config::load_str(yaml, None, &plugins)
+                .def
+                .unwrap();
+            engine.spawn(def).unwrap();
+            let mut sub = t.stream().subscribe(None).unwrap();
+            let n = 200u64;
+            for i in 0..n {
+                let ev = if i % 2 == 0 {
+                    Event::new("go").with_payload(json!({"i": i}))
+                } else {
+                    Event::new("back")
+                };
+                engine.send("m", ev).await.unwrap();
+            }
+            let mut got = Vec::new();
+            while (got.len() as u64) < n {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), sub.next(64))
+                    .await
+                    .unwrap()
+                {
+                    Batch::Records(r) => got.extend(r),
+                    other => panic!("{other:?}"),
+                }
+            }
+            for (i, r) in got.iter().enumerate() {
+                assert_eq!(r.id, i as u64 + 1);
+                assert_eq!(r.machine.as_deref(), Some("m"));
+                let Fields::Transition {
+                    event,
+                    from,
+                    to,
+                    payload,
+                    ..
+                } = &r.fields
+                else {
+                    panic!("{r:?}")
+                };
+                let want = if i % 2 == 0 {
+                    ("go", "a", "b")
+                } else {
+                    ("back", "b", "a")
+                };
+                assert_eq!((&**event, &**from, &**to), want, "record {i}");
+                if trace_buffer > 0 && i % 2 == 0 {
+                    assert_eq!(payload.as_deref(), Some(&json!({"i": i})));
+                }
+            }
+            engine.shutdown();
+            engine.join().await;
+        }
     }
 }

@@ -7,10 +7,14 @@
 //! of [`Shared::gate`](super::Shared) and one branch. Its flags: [`REQUEST`] (set by the
 //! engine after it sends a live request) makes the slow path ([`Machine::at_gate`]) serve
 //! the requests waiting in the machine's channel; [`ARMED`] (set by the task while it is
-//! paused or has breakpoints) makes it check the event: held (paused, or a breakpoint
-//! matches it) or let through. Breakpoints are indexed by state (those that can match an
-//! event in that state), so a breakpoint elsewhere costs an event nothing but the look
-//! at an empty list. A held event parks the task in [`Phase::Paused`], which waits for
+//! paused or an `error` breakpoint matched) makes it hold the event; [`BREAKPOINTS`] (set
+//! by the task while it has breakpoints) makes it check the event against them.
+//! Breakpoints are indexed by state (those that can match an event in that state), and
+//! each state's entry has a 64-bit mask of the event names its breakpoints filter on
+//! ([`name_bit`]): with breakpoints alone, an event whose bit is clear (most events, when
+//! the breakpoints name other events or states) goes on after a look at that mask, inline,
+//! and only the others take the out-of-line path that compares names and evaluates `when`
+//! conditions. A held event parks the task in [`Phase::Paused`], which waits for
 //! requests (and the action still waiting, if any) only: no queued event is taken and no
 //! `timeout(N)` timer fires there.
 //!
@@ -53,9 +57,10 @@ pub(crate) const MAX_BREAKPOINTS: usize = 100;
 
 /// [`Shared::gate`](super::Shared) flag: a live request waits in the channel.
 pub(crate) const REQUEST: u8 = 1;
-/// [`Shared::gate`](super::Shared) flag: paused, breakpoints set, or an `error` hit to
-/// act on.
+/// [`Shared::gate`](super::Shared) flag: paused, or an `error` hit to act on.
 pub(crate) const ARMED: u8 = 2;
+/// [`Shared::gate`](super::Shared) flag: breakpoints are set.
+pub(crate) const BREAKPOINTS: u8 = 4;
 
 /// Where the answer to a live request goes.
 pub(crate) type LiveReply = oneshot::Sender<Result<LiveAnswer, LiveError>>;
@@ -92,9 +97,9 @@ pub(super) struct Gate {
     /// The event held at the gate; only while in [`Phase::Paused`].
     held: Option<Event>,
     breakpoints: Vec<Breakpoint>,
-    /// Per state of the definition: the breakpoints (indexes) that can match an event
-    /// arriving in it ([`Machine::index_breakpoints`]).
-    by_state: Vec<Vec<usize>>,
+    /// Per state of the definition: the breakpoints that can match an event arriving in
+    /// it ([`Machine::index_breakpoints`]).
+    by_state: Vec<StateBreakpoints>,
     next_id: u64,
     /// A step's answer, given when the machine holds again.
     step_reply: Option<LiveReply>,
@@ -103,6 +108,39 @@ pub(super) struct Gate {
     /// An `error` breakpoint matched (its id): the machine pauses at its next event.
     /// Set where errors are reported, which only reads the machine.
     error_hit: Cell<Option<u64>>,
+}
+
+/// The breakpoints that can match an event in one state.
+#[derive(Default, Clone)]
+struct StateBreakpoints {
+    /// The [`name_bit`]s of their event filters; every bit when one has none. An event
+    /// whose bit is clear meets none of them.
+    names: u64,
+    /// Their indexes in [`Gate::breakpoints`], in the order they were set.
+    list: Vec<usize>,
+}
+
+/// An event name's bit in [`StateBreakpoints::names`]: from its length and its first and
+/// last bytes, which is cheap and tells most names apart (a collision only costs the
+/// exact comparison).
+#[inline(always)]
+fn name_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let first = b.first().copied().unwrap_or(0) as u32;
+    let last = b.last().copied().unwrap_or(0) as u32;
+    let h = (b.len() as u32).wrapping_mul(17) ^ first ^ last.rotate_left(3);
+    1u64 << (h & 63)
+}
+
+impl Gate {
+    /// Whether a breakpoint may match an event named `name` in state `state`: `false`
+    /// means surely not.
+    #[inline(always)]
+    fn may_match(&self, state: usize, name: &str) -> bool {
+        self.by_state
+            .get(state)
+            .is_some_and(|s| s.names & name_bit(name) != 0)
+    }
 }
 
 /// What the gate does with an event.
@@ -132,15 +170,17 @@ impl Machine {
     }
 
     /// Processes `ev` unless the gate holds it. Inlined into each door, as `handle` was
-    /// before the gate: a call here costs the hot path more than the check itself.
+    /// before the gate: a call here costs the hot path more than the check itself. With
+    /// breakpoints alone, an event that none of the current state's can match (its name's
+    /// bit is clear) is let through here, without the call.
     #[inline(always)]
     pub(super) fn admit(&mut self, ev: Event) -> Phase {
         let flags = self.shared.gate.load(Ordering::Relaxed);
-        if flags != 0 {
-            return self.admit_flagged(ev, flags);
+        if flags == 0 || (flags == BREAKPOINTS && !self.gate.may_match(self.state, &ev.name)) {
+            self.handle(ev);
+            return Phase::Running;
         }
-        self.handle(ev);
-        Phase::Running
+        self.admit_flagged(ev, flags)
     }
 
     /// [`Self::admit`] with a flag set. Breakpoints alone (the common case while any is
@@ -249,16 +289,21 @@ impl Machine {
         Served::Nothing
     }
 
-    /// [`ARMED`] set exactly while something at the gate needs looking at.
+    /// [`ARMED`] set exactly while the machine is paused or an `error` hit waits,
+    /// [`BREAKPOINTS`] while it has breakpoints.
     fn rearm_gate(&self) {
-        let armed = self.gate.paused
-            || !self.gate.breakpoints.is_empty()
-            || self.gate.error_hit.get().is_some();
-        if armed {
-            self.shared.gate.fetch_or(ARMED, Ordering::Relaxed);
-        } else {
-            self.shared.gate.fetch_and(!ARMED, Ordering::Relaxed);
-        }
+        let flag = |on: bool, flag: u8| {
+            if on {
+                self.shared.gate.fetch_or(flag, Ordering::Relaxed);
+            } else {
+                self.shared.gate.fetch_and(!flag, Ordering::Relaxed);
+            }
+        };
+        flag(
+            self.gate.paused || self.gate.error_hit.get().is_some(),
+            ARMED,
+        );
+        flag(!self.gate.breakpoints.is_empty(), BREAKPOINTS);
     }
 
     /// Rebuilds [`Gate::by_state`] (breakpoints changed, or the definition did): for each
@@ -266,10 +311,11 @@ impl Machine {
     /// ones in their state (or every state); `enter` ones in the states with a rule into
     /// theirs; those with an event filter (but `event` ones, which also see events no
     /// rule takes) only where a rule takes that event. `error` ones are matched where
-    /// errors are reported.
+    /// errors are reported. Each state's mask gets the [`name_bit`] of the event filter of
+    /// each of its breakpoints, or every bit for one without.
     pub(super) fn index_breakpoints(&mut self) {
         let def = &self.def;
-        let mut by_state = vec![Vec::new(); def.states.len()];
+        let mut by_state = vec![StateBreakpoints::default(); def.states.len()];
         for (i, b) in self.gate.breakpoints.iter().enumerate() {
             let s = &b.spec;
             for (si, st) in def.states.iter().enumerate() {
@@ -289,7 +335,9 @@ impl Machine {
                     On::Error => false,
                 };
                 if fits {
-                    by_state[si].push(i);
+                    let here = &mut by_state[si];
+                    here.list.push(i);
+                    here.names |= s.event.as_deref().map_or(u64::MAX, name_bit);
                 }
             }
         }
@@ -562,11 +610,11 @@ impl Machine {
     /// The first breakpoint on `enter`, `event` or `transition` that `ev` meets here.
     #[inline]
     fn breakpoint_for(&self, ev: &Event) -> Option<u64> {
-        let candidates = self.gate.by_state.get(self.state)?;
-        if candidates.is_empty() {
+        let here = self.gate.by_state.get(self.state)?;
+        if here.names & name_bit(&ev.name) == 0 {
             return None;
         }
-        self.first_match(candidates, ev)
+        self.first_match(&here.list, ev)
     }
 
     /// Of `candidates` (indexed for the current state: their state filters hold), the
@@ -715,6 +763,17 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn names_alike_share_a_bit_and_others_do_not() {
+        // engine/tests/live.rs relies on `ping` and `pong` sharing one (the exact
+        // comparison then tells them apart); the benchmark's names have bits of their own.
+        assert_eq!(name_bit("ping"), name_bit("pong"));
+        for other in ["halt", "reset", "stop"] {
+            assert_ne!(name_bit("go"), name_bit(other), "{other}");
+        }
+        assert_eq!(name_bit("").count_ones(), 1);
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {

@@ -114,8 +114,8 @@ pub(crate) struct Shared {
     /// Live operations ([`LiveRequest`]): served at the gate, or wherever the task waits.
     pub live: mpsc::UnboundedSender<LiveRequest>,
     /// The gate's flags: [`gate::REQUEST`] after a live request is sent, [`gate::ARMED`]
-    /// while the machine is paused or has breakpoints; one relaxed load per event when
-    /// clear ([`gate`]).
+    /// while the machine is paused, [`gate::BREAKPOINTS`] while it has breakpoints; one
+    /// relaxed load per event when clear ([`gate`]).
     pub gate: AtomicU8,
     /// Paused (by request or a breakpoint).
     pub paused: AtomicBool,
