@@ -393,7 +393,7 @@ pub const NOT_TIMED: Duration = Duration::MAX;
 
 /// How the runtime reports a machine's action-less events to its [`QuickObserver`]
 /// ([`QuickObserver::timing`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct QuickTiming {
     /// One action-less event in `every` is timed and reported with
     /// [`QuickObserver::transition_finished`]; for the others no clock is read (1: every
@@ -407,6 +407,22 @@ pub struct QuickTiming {
     /// [`MachineStatus::transitions`]: crate::runtime::engine::MachineStatus::transitions
     /// [`MachineStatus::events`]: crate::runtime::engine::MachineStatus::events
     pub report_untimed: bool,
+    /// Besides, while this count is above zero (for example, clients following a live
+    /// stream), the events not timed are reported too: one relaxed load per such event
+    /// instead of a call that does nothing when nobody follows.
+    pub report_untimed_while: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl QuickTiming {
+    /// Whether an event not timed is to be reported now.
+    #[inline]
+    pub fn wants_untimed(&self) -> bool {
+        self.report_untimed
+            || self
+                .report_untimed_while
+                .as_ref()
+                .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    }
 }
 
 impl Default for QuickTiming {
@@ -415,6 +431,7 @@ impl Default for QuickTiming {
         QuickTiming {
             every: 1,
             report_untimed: false,
+            report_untimed_while: None,
         }
     }
 }

@@ -679,7 +679,7 @@ impl QuickObserver for QuickSink {
         self.log.calls.lock().unwrap().push(call);
     }
     fn timing(&self) -> QuickTiming {
-        self.log.timing.unwrap_or_default()
+        self.log.timing.clone().unwrap_or_default()
     }
     fn transition_untimed(&self, from: usize, to: usize, event_id: usize) {
         self.log.untimed.lock().unwrap().push((from, to, event_id));
@@ -814,6 +814,51 @@ actions:
     engine.join().await;
 }
 
+/// `QuickTiming::report_untimed_while`: the events not timed are reported only while the
+/// count is above zero (a stream followed), read at each event.
+#[tokio::test(flavor = "current_thread")]
+async fn untimed_events_are_reported_while_a_count_is_above_zero() {
+    let followers = Arc::new(AtomicUsize::new(0));
+    let log = Arc::new(QuickLog {
+        timing: Some(QuickTiming {
+            every: 1000,
+            report_untimed: false,
+            report_untimed_while: Some(followers.clone()),
+        }),
+        ..QuickLog::default()
+    });
+    let engine = Engine::builder()
+        .observer(Arc::new(WithQuick(log.clone())))
+        .build();
+    let yaml = r#"
+metadata: {machine_name: m}
+initial_state: a
+transitions:
+  - {from: a, to: b, event: go}
+  - {from: b, to: a, event: back}
+"#;
+    let d = def(yaml);
+    let (a, b) = (d.state_index("a").unwrap(), d.state_index("b").unwrap());
+    let back = d.event_index("back").unwrap();
+    engine.spawn(d).unwrap();
+    // Event 1 is timed; 2 and 3 are not, with nobody following: not reported.
+    for (i, e) in ["go", "back", "go"].iter().enumerate() {
+        engine.send("m", Event::new(*e)).await.unwrap();
+        wait_transitions(&engine, "m", i as u64 + 1).await;
+    }
+    assert!(log.untimed.lock().unwrap().is_empty());
+    followers.store(1, Ordering::Relaxed);
+    engine.send("m", Event::new("back")).await.unwrap();
+    wait_transitions(&engine, "m", 4).await;
+    followers.store(0, Ordering::Relaxed);
+    engine.send("m", Event::new("go")).await.unwrap();
+    wait_transitions(&engine, "m", 5).await;
+    assert_eq!(*log.untimed.lock().unwrap(), [(b, a, back)]);
+    assert_eq!(log.calls.lock().unwrap().len(), 1);
+    engine.shutdown();
+    engine.join().await;
+}
+
 /// With `QuickTiming { every: 3 }` one action-less event in three is timed (its time in
 /// the state it leaves is exact: the one before it notes when that state was entered),
 /// the others are reported without durations when asked for; a state entered by an
@@ -824,6 +869,7 @@ async fn a_quick_observer_may_time_one_event_in_n() {
         timing: Some(QuickTiming {
             every: 3,
             report_untimed: true,
+            report_untimed_while: None,
         }),
         ..QuickLog::default()
     });

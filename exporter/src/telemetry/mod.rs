@@ -491,6 +491,7 @@ impl Telemetry {
                 1
             },
             report_untimed: self.detail(def).transitions,
+            report_untimed_while: None,
         }
     }
 

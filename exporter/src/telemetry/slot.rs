@@ -82,7 +82,7 @@ impl QuickObserver for Slot {
     }
 
     fn timing(&self) -> QuickTiming {
-        self.timing
+        self.timing.clone()
     }
 
     #[inline]
@@ -110,12 +110,12 @@ impl QuickObserver for QuickSlot {
         self.1.transition(from, to, event_id);
     }
 
-    /// The untimed transitions are reported too, whatever the metrics need: each goes on
-    /// the stream while someone follows it.
+    /// The untimed transitions are reported too while someone follows the stream (each
+    /// goes on it), whatever the metrics need.
     fn timing(&self) -> QuickTiming {
         QuickTiming {
-            report_untimed: true,
-            ..self.0.timing
+            report_untimed_while: Some(self.1.followers()),
+            ..self.0.timing.clone()
         }
     }
 

@@ -369,8 +369,9 @@ impl Ring {
 
 /// The stream: the ring, its clients and their metrics.
 pub struct Stream {
-    /// Subscribers now: publishers build records only when this is above 0.
-    clients: AtomicUsize,
+    /// Subscribers now: publishers build records only when this is above 0 (shared with
+    /// the runtime, which reports untimed transitions only then).
+    clients: Arc<AtomicUsize>,
     ring: Mutex<Ring>,
     /// A subscriber is waiting for the next record (so a publish wakes it).
     waiting: AtomicBool,
@@ -406,7 +407,7 @@ impl Stream {
     /// `max_clients` subscribers.
     pub fn new(capacity: usize, max_clients: usize) -> Self {
         Self {
-            clients: AtomicUsize::new(0),
+            clients: Arc::new(AtomicUsize::new(0)),
             ring: Mutex::new(Ring {
                 slots: Vec::new(),
                 next_id: 1,
@@ -782,6 +783,13 @@ impl QuickFeed {
             stream: stream.clone(),
             names: Names::new(def),
         }
+    }
+
+    /// The stream's count of followers (see [`QuickTiming::report_untimed_while`]).
+    ///
+    /// [`QuickTiming::report_untimed_while`]: turnstile_engine::observe::QuickTiming::report_untimed_while
+    pub(super) fn followers(&self) -> Arc<AtomicUsize> {
+        self.stream.clients.clone()
     }
 
     /// A transition reported by indexes (the event's payload is not known here).

@@ -225,7 +225,7 @@ impl Machine {
             // without durations.
             (Some(_), None, true) => {
                 if let Some(q) = &self.measure.quick {
-                    if self.measure.timing.report_untimed {
+                    if self.measure.timing.wants_untimed() {
                         q.transition_untimed(from, to, rule.event_id);
                     }
                 }
