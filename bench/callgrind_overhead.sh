@@ -9,7 +9,7 @@
 #   BENCH=/path/to/telemetry_overhead-binary bench/callgrind_overhead.sh
 #
 # Settings (environment): N1 (20000), N2 (120000), OVERHEAD_TIMING_SAMPLE (the metrics
-# variant's --metrics-timing-sample, 16). Needs valgrind.
+# variant's --metrics-timing-sample, 32). Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-20000}

@@ -4,7 +4,7 @@
 //!
 //! * `none`: no observer;
 //! * `metrics`: the Prometheus metrics only (no `/trace` records, no spans), one
-//!   action-less event in 16 timed (`--metrics-timing-sample`'s default);
+//!   action-less event in 32 timed (`--metrics-timing-sample`'s default);
 //! * `metrics_every_event_timed`: the same with every event timed
 //!   (`--metrics-timing-sample 1`);
 //! * `metrics_records`: metrics and the `/trace` ring buffer (what `turnstile run` does

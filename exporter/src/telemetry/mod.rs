@@ -51,7 +51,7 @@ use slot::Slot;
 use spans::{SpanSettings, Spans};
 
 /// [`TelemetryConfig::timing_sample`] by default.
-pub const DEFAULT_TIMING_SAMPLE: u32 = 16;
+pub const DEFAULT_TIMING_SAMPLE: u32 = 32;
 
 /// The formats `/metrics` answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
