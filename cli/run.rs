@@ -309,6 +309,9 @@ async fn run_machines(
         crate::bridge::stop(bridge).await;
         return Ok(ExitCode::from(EXIT_INVALID));
     }
+    // With `--persist`: the instances started at run time before a restart, live again
+    // (of the definitions just loaded).
+    engine.restore_instances();
     // Listened for before the sidecar answers and the sockets listen: once a client (or
     // Kubernetes) can see the process, SIGHUP reloads and SIGTERM/SIGINT stop it cleanly
     // (handled by `supervise`) rather than ending it by their default action.

@@ -452,3 +452,160 @@ fn spans_name_the_instance() {
     let (st, _) = run.proc.finish(LIMIT);
     assert!(st.success(), "{}", run.proc.log());
 }
+
+/// A definition with a state between its initial and its final one, and an action that
+/// writes the context.
+const WORK: &str = r#"
+metadata: {machine_name: work}
+initial_state: waiting
+context: {n: 0}
+states: [waiting, working, done]
+events: [go, finish]
+transitions:
+  - {from: waiting, to: working, event: go}
+  - {from: working, to: done, event: finish}
+actions:
+  working:
+    - type: set_context
+      key: visited_working
+      value: true
+"#;
+
+/// `turnstile run CONFIG --db DB --persist`, its sidecar's address.
+fn persisted(config: &std::path::Path, db: &std::path::Path) -> (Proc, SocketAddr) {
+    let (config, db) = (config.display().to_string(), db.display().to_string());
+    let mut p = Proc::start(&[
+        "run",
+        &config,
+        "--db",
+        &db,
+        "--persist",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = p.sidecar_addr(LIMIT);
+    (p, addr)
+}
+
+fn stop(mut p: Proc) {
+    p.signal("TERM");
+    let (st, _) = p.finish(LIMIT);
+    assert!(st.success(), "{}", p.log());
+}
+
+/// `GET /machines/NAME`: (status, body).
+fn machine(addr: SocketAddr, name: &str) -> (u16, Json) {
+    let r = get(addr, &format!("/machines/{}", enc(name)));
+    let j = serde_json::from_str(&r.text()).unwrap_or(Json::Null);
+    (r.status, j)
+}
+
+/// The store's rows (`turnstile machine-state --format json`), by name.
+fn saved(db: &std::path::Path) -> std::collections::BTreeMap<String, Json> {
+    let db = db.display().to_string();
+    let args = ["machine-state", "--db", &db, "--format", "json"];
+    let out = kit::run_ok("turnstile machine-state", &mut turnstile(&args));
+    let rows: Json = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["machine_name"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+#[test]
+fn persisted_instances_are_back_in_their_states_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let config = dir.path().join("work.yaml");
+    std::fs::write(&config, WORK).unwrap();
+
+    let (p, addr) = persisted(&config, &db);
+    for (name, n) in [("a", 1), ("b", 2), ("c", 3)] {
+        let (status, body) = post(
+            addr,
+            "/machines",
+            &json!({"definition": "work", "name": name, "context": {"n": n}}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = post(addr, "/machines", &json!({"definition": "work"}));
+    assert_eq!(status, 201, "{body}");
+    let generated = body["name"].as_str().unwrap().to_owned();
+    // b and the generated one to `working`; c to its final state (retired).
+    for (name, ev) in [
+        ("b", "go"),
+        (&*generated, "go"),
+        ("c", "go"),
+        ("c", "finish"),
+    ] {
+        let (status, body) = post(
+            addr,
+            &format!("/machines/{}/events", enc(name)),
+            &json!({"type": ev}),
+        );
+        assert_eq!(status, 202, "{name} {ev}: {body}");
+    }
+    wait_until("b and the generated one working, c retired", LIMIT, || {
+        machine(addr, "b").1["state"] == "working"
+            && machine(addr, &generated).1["state"] == "working"
+            && machine(addr, "c").1["state"] == "done"
+    });
+    stop(p);
+    // Every instance's row names its definition; only c is retired.
+    let rows = saved(&db);
+    for name in ["a", "b", "c", &generated] {
+        assert_eq!(rows[name]["definition"], "work", "{name}: {rows:#?}");
+        assert_eq!(rows[name]["retired"], name == "c", "{name}: {rows:#?}");
+    }
+    assert_eq!(rows["work"]["definition"], Json::Null, "{rows:#?}");
+
+    // Restarted: a, b and the generated one are back in their states with their
+    // contexts; c is not started again.
+    let (p, addr) = persisted(&config, &db);
+    let expect = [
+        ("a", "waiting", json!({"n": 1})),
+        ("b", "working", json!({"n": 2, "visited_working": true})),
+        (
+            &*generated,
+            "working",
+            json!({"n": 0, "visited_working": true}),
+        ),
+    ];
+    for (name, state, context) in &expect {
+        let (status, m) = machine(addr, name);
+        assert_eq!(status, 200, "{name}: {m}");
+        assert_eq!(m["state"], *state, "{name}: {m:#}");
+        assert_eq!(m["context"], *context, "{name}: {m:#}");
+        assert_eq!(m["running"], true, "{name}: {m:#}");
+    }
+    assert_eq!(machine(addr, "c").0, 404);
+    let stats = get_json(addr, "/stats");
+    assert_eq!(stats["instances"]["work"]["running"], 3, "{stats:#}");
+    // They go on from there: b to its end (retired in the store too).
+    let (status, _) = post(addr, "/machines/b/events", &json!({"type": "finish"}));
+    assert_eq!(status, 202);
+    wait_until("b done", LIMIT, || machine(addr, "b").1["state"] == "done");
+    stop(p);
+    let rows = saved(&db);
+    assert_eq!(rows["b"]["retired"], true, "{rows:#?}");
+    assert_eq!(rows["a"]["retired"], false, "{rows:#?}");
+
+    // Restarted without the definition: a clear warning, the records kept, the process
+    // runs; with it again, the live ones are back.
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, JOB).unwrap();
+    let (mut p, addr) = persisted(&other, &db);
+    let warned = |j: &Json| j.to_string().contains("definition is not loaded");
+    if !p.records().iter().any(warned) {
+        p.wait_for("the warning about a's definition", LIMIT, warned);
+    }
+    assert_eq!(machine(addr, "a").0, 404);
+    assert_eq!(get(addr, "/readyz").status, 200);
+    stop(p);
+    assert_eq!(saved(&db)["a"]["retired"], false);
+    let (p, addr) = persisted(&config, &db);
+    assert_eq!(machine(addr, "a").1["state"], "waiting");
+    assert_eq!(machine(addr, "b").0, 404);
+    stop(p);
+}

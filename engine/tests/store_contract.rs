@@ -87,6 +87,7 @@ contract!(
     concurrent_registrations_of_one_instance_id_admit_one,
     the_renewal_thread_heartbeats_a_registered_instance,
     saved_states_name_the_instance_that_saved_them,
+    instances_are_marked_live_then_retired_apart_from_their_state,
     a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
     batch_claims_take_each_job_once_across_racing_stores,
     buffered_jobs_are_held_renewed_and_given_back_by_release_held,
@@ -893,6 +894,75 @@ fn the_renewal_thread_heartbeats_a_registered_instance(b: &Backend) {
     assert!(s.unregister_instance("beats", "1-a").unwrap());
     std::thread::sleep(Duration::from_millis(450));
     assert!(s.instances().unwrap().is_empty());
+}
+
+fn instances_are_marked_live_then_retired_apart_from_their_state(b: &Backend) {
+    use turnstile_engine::store::{InstanceMark, SavedStates};
+    let s = b.open(StoreOptions::default());
+    let mark = |m: &str, d: &str, retired| InstanceMark {
+        machine: Arc::from(m),
+        definition: Arc::from(d),
+        retired,
+    };
+    // A config machine's row has no definition: never listed.
+    s.save_state("config", "a", &serde_json::Map::new())
+        .unwrap();
+    // Marked before any state is saved (the row is created), then saved.
+    s.mark_instances(&[mark("i1", "job", false), mark("i2", "job", false)])
+        .unwrap();
+    let mut states = SavedStates::new();
+    let ctx = |v: serde_json::Value| v.as_object().unwrap().clone();
+    states.insert(
+        Arc::from("i1"),
+        (Arc::from("working"), ctx(json!({"n": 1})), false),
+    );
+    states.insert(
+        Arc::from("i2"),
+        (Arc::from("waiting"), ctx(json!({"n": 2})), true),
+    );
+    s.persist_batch(&states, &[]).unwrap();
+    // Saved first, marked after: the state is kept.
+    s.save_state("i3", "waiting", &ctx(json!({"n": 3})))
+        .unwrap();
+    s.mark_instances(&[mark("i3", "other", false)]).unwrap();
+    let live = s.live_instances().unwrap();
+    let names: Vec<_> = live.iter().map(|r| r.machine_name.as_str()).collect();
+    assert_eq!(names, ["i1", "i2", "i3"]);
+    assert_eq!(live[0].definition.as_deref(), Some("job"));
+    assert_eq!(live[0].current_state.as_deref(), Some("working"));
+    assert_eq!(live[0].context, Some(json!({"n": 1})));
+    assert!(!live[0].paused && live[1].paused && !live[0].retired);
+    assert_eq!(live[2].definition.as_deref(), Some("other"));
+    assert_eq!(live[2].current_state.as_deref(), Some("waiting"));
+    // A state save leaves the marks alone.
+    s.save_state("i1", "done", &ctx(json!({"n": 9}))).unwrap();
+    assert_eq!(s.live_instances().unwrap().len(), 3);
+    // Retired (in order: the later mark of a name wins): kept, not live.
+    s.mark_instances(&[
+        mark("i1", "job", true),
+        mark("i2", "job", true),
+        mark("i2", "job", false),
+        mark("i3", "other", false),
+        mark("i3", "other", true),
+    ])
+    .unwrap();
+    let live = s.live_instances().unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|r| r.machine_name.as_str())
+            .collect::<Vec<_>>(),
+        ["i2"]
+    );
+    let i1 = s.load_state("i1").unwrap().unwrap();
+    assert!(i1.retired);
+    assert_eq!(i1.definition.as_deref(), Some("job"));
+    assert_eq!(i1.current_state.as_deref(), Some("done"));
+    assert_eq!(i1.context, Some(json!({"n": 9})));
+    let config = s.load_state("config").unwrap().unwrap();
+    assert_eq!((config.definition, config.retired), (None, false));
+    assert_eq!(s.machines().unwrap().len(), 4);
+    // Nothing to mark: nothing written.
+    s.mark_instances(&[]).unwrap();
 }
 
 fn saved_states_name_the_instance_that_saved_them(b: &Backend) {

@@ -206,3 +206,81 @@ async fn a_paused_machine_is_still_paused_after_a_restart() {
     assert!(p.flush(WAIT));
     assert!(!store.load_state("steps").unwrap().unwrap().paused);
 }
+
+/// `STEPS` under another name, for a definition that is not loaded after the restart.
+const OTHER: &str = r#"
+initial_state: one
+metadata:
+  machine_name: other
+transitions:
+  - {from: one, to: two, event: go}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_instances_are_started_again_and_retired_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let ctx = |v: serde_json::Value| v.as_object().unwrap().clone();
+
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def(STEPS)).unwrap();
+    engine.spawn(def(OTHER)).unwrap();
+    engine
+        .start_instance("steps", Some("a"), ctx(json!({"k": "a"})))
+        .unwrap();
+    engine
+        .start_instance("steps", Some("b"), ctx(json!({"k": "b"})))
+        .unwrap();
+    engine
+        .start_instance("other", Some("o"), ctx(json!({})))
+        .unwrap();
+    engine
+        .send("a", Event::new("go").with_payload(json!({"n": 5})))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        engine.send("b", Event::new("go")).await.unwrap();
+    }
+    wait_for_state(&engine, "a", "two", WAIT).await;
+    support::wait::eventually("b retired", || {
+        engine.machine("b").is_some_and(|m| !m.running)
+    })
+    .await;
+    engine.shutdown();
+    engine.join().await;
+    assert!(p.flush(WAIT));
+    drop(engine);
+
+    // Restarted with `steps` only: `a` is back in `two` with its context; `b` reached its
+    // final state (retired) and `o`'s definition is not loaded: neither starts, both
+    // records are kept.
+    let p = Persister::new(store.clone());
+    let engine = Engine::builder().persist(p.clone()).build();
+    engine.spawn(def(STEPS)).unwrap();
+    assert_eq!(engine.restore_instances(), vec![Arc::<str>::from("a")]);
+    let m = engine.machine("a").unwrap();
+    assert!(m.instance && m.running);
+    assert_eq!(&*m.state, "two");
+    let snap = engine.snapshot("a").await.unwrap();
+    // The saved context, `event_data` of the event that led to `two` included.
+    assert_eq!(snap.context["k"], json!("a"));
+    assert_eq!(snap.context["n"], json!(5));
+    assert_eq!(snap.context["entered_two"], json!(5));
+    assert_eq!(snap.context["event_data"]["payload"], json!({"n": 5}));
+    assert!(engine.machine("b").is_none());
+    assert!(engine.machine("o").is_none());
+    let live: Vec<String> = store
+        .live_instances()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.machine_name)
+        .collect();
+    assert_eq!(live, ["a", "o"]);
+    assert!(store.load_state("b").unwrap().unwrap().retired);
+    // It goes on from there.
+    engine.send("a", Event::new("go")).await.unwrap();
+    wait_for_state(&engine, "a", "three", WAIT).await;
+    engine.shutdown();
+    engine.join().await;
+}

@@ -913,14 +913,74 @@ impl Engine {
     /// definition (and its reloads) with the machine of that name and every other
     /// instance; it has its own name, queue, context and state, and is reachable by name
     /// like any machine. With a persister its state is saved under its name after each
-    /// transition (it starts from the initial state: no saved state is restored). When it
-    /// reaches a final state it is retired ([`RETIRED_KEEP`], [`RETIRED_FOR`]). It does not
-    /// count for [`Self::status`] (nor so for readiness).
+    /// transition (it starts from the initial state: a saved state of that name is not
+    /// restored), and the store records it as a live instance of its definition until it
+    /// is retired ([`Self::restore_instances`] starts the live ones after a restart). When
+    /// it reaches a final state (or is stopped) it is retired ([`RETIRED_KEEP`],
+    /// [`RETIRED_FOR`]). It does not count for [`Self::status`] (nor so for readiness).
     pub fn start_instance(
         &self,
         definition: &str,
         name: Option<&str>,
         context: Map<String, Json>,
+    ) -> Result<Arc<str>, StartError> {
+        self.launch_instance(definition, name, context, None)
+    }
+
+    /// With a persister: starts again every instance the store records as live (started,
+    /// not retired), by name, each with its definition, saved state, context and pause, as
+    /// [`Self::start_instance`] would have left it. Called once at start, after the
+    /// machines of the config files started (their definitions are the ones loaded). An
+    /// instance whose definition is not loaded, whose name is taken, or whose saved state
+    /// is final or no longer in its definition is left in the store as it is, with a
+    /// warning (a final one: started again it would retire at once). Returns the names
+    /// started.
+    pub fn restore_instances(&self) -> Vec<Arc<str>> {
+        let Some(p) = &self.inner.persist else {
+            return Vec::new();
+        };
+        let records = match p.live_instances() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target: "turnstile::store", "cannot read the saved instances: {e}");
+                return Vec::new();
+            }
+        };
+        let mut started = Vec::new();
+        for rec in records {
+            let Some(definition) = rec.definition.clone() else {
+                continue;
+            };
+            let name = rec.machine_name.clone();
+            let Some(def) = self.definition(&definition) else {
+                tracing::warn!(target: "turnstile::store", machine = %name, %definition, "a saved instance's definition is not loaded: not started (its record is kept)");
+                continue;
+            };
+            let Some(restored) = crate::store::Persister::restored_from(&def, rec) else {
+                tracing::warn!(target: "turnstile::store", machine = %name, %definition, "a saved instance has no state to start from (none saved, final, or no longer in the definition): not started (its record is kept)");
+                continue;
+            };
+            match self.launch_instance(&definition, Some(&name), Map::new(), Some(restored)) {
+                Ok(n) => started.push(n),
+                Err(e) => {
+                    tracing::warn!(target: "turnstile::store", machine = %name, %definition, "a saved instance could not be started again: {e} (its record is kept)");
+                }
+            }
+        }
+        if !started.is_empty() {
+            tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
+        }
+        started
+    }
+
+    /// [`Self::start_instance`], from `restored` when given (then `context` is not used:
+    /// the saved context is the instance's).
+    fn launch_instance(
+        &self,
+        definition: &str,
+        name: Option<&str>,
+        context: Map<String, Json>,
+        restored: Option<crate::store::Restored>,
     ) -> Result<Arc<str>, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NotRunning)?;
         if self.inner.cancel.is_cancelled() {
@@ -967,8 +1027,12 @@ impl Engine {
             self.inner.livelock_limit,
         )
         .with_context(context);
-        let machine = match &self.inner.persist {
-            Some(p) => machine.persisted(p.clone(), None),
+        let persist = self.inner.persist.clone();
+        let machine = match &persist {
+            Some(p) => {
+                p.instance_started(&name, &def_name);
+                machine.persisted(p.clone(), restored)
+            }
             None => machine,
         };
         self.inner.running.send_modify(|n| *n += 1);
@@ -977,8 +1041,14 @@ impl Engine {
         let router = self.inner.router.clone();
         handle.spawn(async move {
             let _guard = guard;
-            machine.run().await;
-            // Retired: the name and the queue are free, the status kept for a while.
+            let reason = machine.run().await;
+            // Retired: the name and the queue are free, the status kept for a while. An
+            // engine that shuts down leaves its instances live in the store.
+            if let Some(p) = &persist {
+                if reason != crate::observe::StopReason::Shutdown {
+                    p.instance_retired(&shared.name, &def_name);
+                }
+            }
             router.remove_if_same(&shared.name, &shared.tx);
             instances
                 .write()

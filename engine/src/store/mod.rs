@@ -453,6 +453,24 @@ pub struct MachineRecord {
     /// It was paused (`POST /machines/{name}/pause`, a breakpoint) when saved: it starts
     /// paused again.
     pub paused: bool,
+    /// For an instance started at run time: the definition it runs (`None` for a machine
+    /// the process was started with, and for rows statemachine-engine wrote).
+    pub definition: Option<String>,
+    /// An instance that reached a final state or was stopped: its record is kept, it is
+    /// not started again after a restart.
+    pub retired: bool,
+}
+
+/// What the store records of an instance besides its state: its definition, and whether it
+/// is retired ([`StateStore::mark_instances`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMark {
+    /// The instance's name (its `machine_state` row).
+    pub machine: Arc<str>,
+    /// The definition it runs.
+    pub definition: Arc<str>,
+    /// `false` when it starts, `true` when it is retired.
+    pub retired: bool,
 }
 
 /// An event kept for audit or for a machine that reads events from the store.
@@ -549,6 +567,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         machine: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TransitionRecord>, StoreError>;
+    /// Records, in this order, the definition of instances and whether they are retired,
+    /// in one transaction: the row of each is created (with no state yet) when missing,
+    /// and only these two columns are written (a state save leaves them alone).
+    fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError>;
+    /// The instances recorded as live (a definition, not retired), by name.
+    fn live_instances(&self) -> Result<Vec<MachineRecord>, StoreError>;
 }
 
 /// What [`JobStore::queue_health`] reports.

@@ -3,6 +3,12 @@
 //! waits for the disk). States are coalesced (only the latest state of each machine is
 //! written); the transition audit rows are kept up to [`AUDIT_BACKLOG`] unwritten rows,
 //! beyond which new rows are dropped and counted.
+//!
+//! An instance started at run time is also marked in the store with its definition when it
+//! starts and as retired when it reaches a final state or is stopped
+//! ([`Persister::instance_started`], [`Persister::instance_retired`]), in the same
+//! background writes, so that the engine can start the live ones again after a restart
+//! ([`Persister::live_instances`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
 
-use super::{SavedStates, StateStore, TransitionRecord};
+use super::{InstanceMark, MachineRecord, SavedStates, StateStore, TransitionRecord};
 use crate::runtime::def::MachineDef;
 
 /// Audit rows kept in memory while the writer is behind.
@@ -23,12 +29,17 @@ struct Pending {
     /// Events of the store's event table the machines handled: marked processed in the
     /// transaction that saves the states they led to.
     processed: Vec<i64>,
+    /// Instances started and retired, in order.
+    marks: Vec<InstanceMark>,
     closed: bool,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.audit.is_empty() && self.processed.is_empty()
+        self.states.is_empty()
+            && self.audit.is_empty()
+            && self.processed.is_empty()
+            && self.marks.is_empty()
     }
 }
 
@@ -186,9 +197,17 @@ impl Persister {
                 return None;
             }
         };
+        Self::restored_from(def, rec)
+    }
+
+    /// What a machine running `def` starts from, given its record `rec` (its name is the
+    /// record's): `None` when no state was saved, the state no longer exists in `def`
+    /// (with a warning) or is final.
+    pub fn restored_from(def: &MachineDef, rec: MachineRecord) -> Option<Restored> {
+        let machine = rec.machine_name;
         let name = rec.current_state?;
         let Some(ix) = def.states.iter().position(|s| *s.name == *name) else {
-            tracing::warn!(target: "turnstile::store", machine = %def.name, state = %name, "the saved state no longer exists: starting from the initial state");
+            tracing::warn!(target: "turnstile::store", %machine, definition = %def.name, state = %name, "the saved state no longer exists: starting from the initial state");
             return None;
         };
         if def.states[ix].is_final {
@@ -198,12 +217,40 @@ impl Persister {
             Some(Json::Object(m)) => m,
             _ => def.context.clone(),
         };
-        tracing::info!(target: "turnstile::store", machine = %def.name, state = %name, paused = rec.paused, "restored the saved state");
+        tracing::info!(target: "turnstile::store", %machine, state = %name, paused = rec.paused, "restored the saved state");
         Some(Restored {
             state: ix,
             context,
             paused: rec.paused,
         })
+    }
+
+    /// Records that the instance `machine` of `definition` started (it is live: started
+    /// again after a restart while it is not retired).
+    pub fn instance_started(&self, machine: &Arc<str>, definition: &Arc<str>) {
+        self.mark(machine, definition, false);
+    }
+
+    /// Records that the instance `machine` of `definition` is retired (a final state, or
+    /// stopped): its record is kept, it is not started again after a restart.
+    pub fn instance_retired(&self, machine: &Arc<str>, definition: &Arc<str>) {
+        self.mark(machine, definition, true);
+    }
+
+    fn mark(&self, machine: &Arc<str>, definition: &Arc<str>, retired: bool) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.marks.push(InstanceMark {
+            machine: machine.clone(),
+            definition: definition.clone(),
+            retired,
+        });
+        drop(p);
+        self.inner.wake.notify_one();
+    }
+
+    /// The instances the store records as live (a definition, not retired), by name.
+    pub fn live_instances(&self) -> Result<Vec<MachineRecord>, super::StoreError> {
+        self.store.live_instances()
     }
 
     /// Audit rows dropped because the writer was behind.
@@ -226,9 +273,17 @@ fn writer(inner: &Inner, store: &dyn StateStore) {
                 std::mem::take(&mut p.states),
                 std::mem::take(&mut p.audit),
                 std::mem::take(&mut p.processed),
+                std::mem::take(&mut p.marks),
             )
         };
-        let (states, audit, processed) = batch;
+        let (states, audit, processed, marks) = batch;
+        // Only the definition and retirement columns: independent of the state writes,
+        // in either order.
+        if !marks.is_empty() {
+            if let Err(e) = store.mark_instances(&marks) {
+                tracing::warn!(target: "turnstile::store", "cannot record instances: {e}");
+            }
+        }
         let n = states.len() + audit.len();
         if n > 0 || !processed.is_empty() {
             if let Err(e) = store.persist_processed(&states, &audit, &processed) {

@@ -16,8 +16,14 @@
 //! prometheus-client. A scrape that runs while an observation is being made may see the
 //! observation in the buckets but not yet in `_sum` (or the reverse): at most one
 //! observation per writer, gone by the next scrape.
+//!
+//! A series lists its live cells in a `Vec`, and each cell knows its index in that list
+//! (kept under the series' lock), so that dropping a writer removes its cell with a
+//! `swap_remove` (the moved cell is told its new index): constant time, however many
+//! writers the series has. Run-time instances share their definition's series, so a
+//! series may have 100,000 writers, and a retiring instance drops its writers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -39,13 +45,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A live cell that knows its index in its series' list of live cells. The index is read
+/// and written only with the series' lock held.
+trait Indexed {
+    fn index(&self) -> &AtomicUsize;
+}
+
+/// Appends `cell` to `live`, recording its index.
+fn push_live<C: Indexed>(live: &mut Vec<Arc<C>>, cell: Arc<C>) {
+    cell.index().store(live.len(), Ordering::Relaxed);
+    live.push(cell);
+}
+
+/// Removes `cell` from `live` in constant time: the last cell takes its place and is told
+/// its new index.
+fn remove_live<C: Indexed>(live: &mut Vec<Arc<C>>, cell: &Arc<C>) {
+    let i = cell.index().load(Ordering::Relaxed);
+    if !live.get(i).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+        // Not where it says it is (cannot happen: the index is kept under the lock);
+        // find it the slow way rather than remove another writer's cell.
+        live.retain(|c| !Arc::ptr_eq(c, cell));
+        for (j, c) in live.iter().enumerate() {
+            c.index().store(j, Ordering::Relaxed);
+        }
+        return;
+    }
+    live.swap_remove(i);
+    if let Some(moved) = live.get(i) {
+        moved.index().store(i, Ordering::Relaxed);
+    }
+}
+
 // --- counters --------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct CounterCell {
+    value: AtomicU64,
+    /// Its index in [`CounterParts::live`].
+    index: AtomicUsize,
+}
+
+impl Indexed for CounterCell {
+    fn index(&self) -> &AtomicUsize {
+        &self.index
+    }
+}
 
 #[derive(Debug, Default)]
 struct CounterParts {
     /// What writers that are gone counted.
     retired: u64,
-    live: Vec<Arc<AtomicU64>>,
+    live: Vec<Arc<CounterCell>>,
 }
 
 /// A counter series whose increments come from [`CounterWriter`]s.
@@ -57,8 +107,8 @@ pub struct LocalCounter {
 impl LocalCounter {
     /// A new writer (for one machine's task).
     pub fn writer(&self) -> CounterWriter {
-        let cell = Arc::new(AtomicU64::new(0));
-        lock(&self.parts).live.push(cell.clone());
+        let cell = Arc::new(CounterCell::default());
+        push_live(&mut lock(&self.parts).live, cell.clone());
         CounterWriter {
             cell,
             parts: self.parts.clone(),
@@ -68,9 +118,9 @@ impl LocalCounter {
     /// The total.
     pub fn get(&self) -> u64 {
         let p = lock(&self.parts);
-        p.live
-            .iter()
-            .fold(p.retired, |t, c| t.wrapping_add(c.load(Ordering::Relaxed)))
+        p.live.iter().fold(p.retired, |t, c| {
+            t.wrapping_add(c.value.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -93,7 +143,7 @@ impl EncodeMetric for LocalCounter {
 /// [`CounterWriter::inc`] (the machine's task).
 #[derive(Debug)]
 pub struct CounterWriter {
-    cell: Arc<AtomicU64>,
+    cell: Arc<CounterCell>,
     parts: Arc<Mutex<CounterParts>>,
 }
 
@@ -101,15 +151,17 @@ impl CounterWriter {
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
-        bump(&self.cell, 1);
+        bump(&self.cell.value, 1);
     }
 }
 
 impl Drop for CounterWriter {
     fn drop(&mut self) {
         let mut p = lock(&self.parts);
-        p.retired = p.retired.wrapping_add(self.cell.load(Ordering::Relaxed));
-        p.live.retain(|c| !Arc::ptr_eq(c, &self.cell));
+        p.retired = p
+            .retired
+            .wrapping_add(self.cell.value.load(Ordering::Relaxed));
+        remove_live(&mut p.live, &self.cell);
     }
 }
 
@@ -126,6 +178,14 @@ struct HistogramCell {
     buckets: Box<[AtomicU64]>,
     /// The same observations in native buckets.
     native: native::Buckets,
+    /// Its index in [`HistogramParts::live`].
+    index: AtomicUsize,
+}
+
+impl Indexed for HistogramCell {
+    fn index(&self) -> &AtomicUsize {
+        &self.index
+    }
 }
 
 #[derive(Debug)]
@@ -176,8 +236,9 @@ impl LocalHistogram {
             sum_ns: AtomicU64::new(0),
             buckets: p.bounds.iter().map(|_| AtomicU64::new(0)).collect(),
             native: native::Buckets::default(),
+            index: AtomicUsize::new(0),
         });
-        p.live.push(cell.clone());
+        push_live(&mut p.live, cell.clone());
         HistogramWriter {
             bounds: p.bounds.clone(),
             limits: p.limits.clone(),
@@ -326,7 +387,7 @@ impl Drop for HistogramWriter {
             *t = t.wrapping_add(b.load(Ordering::Relaxed));
         }
         self.cell.native.add_to(&mut p.retired_native);
-        p.live.retain(|c| !Arc::ptr_eq(c, &self.cell));
+        remove_live(&mut p.live, &self.cell);
     }
 }
 
@@ -447,5 +508,41 @@ mod tests {
         assert_eq!(native(&h), [1, 1, 1]);
         assert_eq!(h.native_snapshot().counts.iter().sum::<u64>(), 3);
         assert!(c.parts.lock().expect("lock").live.is_empty());
+    }
+
+    #[test]
+    fn writers_dropped_in_any_order_leave_the_others_counting() {
+        let c = LocalCounter::default();
+        let h = LocalHistogram::new(BOUNDS);
+        let mut ws: Vec<_> = (0..10).map(|_| (c.writer(), h.writer())).collect();
+        for (i, (w, hw)) in ws.iter().enumerate() {
+            for _ in 0..=i {
+                w.inc();
+                hw.observe(0.002);
+            }
+        }
+        // 1 + 2 + ... + 10 = 55. Drop the first, a middle one, the last, then the rest.
+        let mut total = 55;
+        for i in [0, 4, 7, 0, 3, 2, 1, 0, 1, 0] {
+            let (w, hw) = ws.remove(i);
+            drop((w, hw));
+            assert_eq!(c.get(), total);
+            assert_eq!(h.snapshot().1, total);
+            // The survivors still count where the series reads them.
+            for (w, hw) in &ws {
+                w.inc();
+                hw.observe(0.002);
+            }
+            total += ws.len() as u64;
+            assert_eq!(c.get(), total);
+            assert_eq!(h.snapshot().1, total);
+            let p = c.parts.lock().expect("lock");
+            assert_eq!(p.live.len(), ws.len());
+            for (j, cell) in p.live.iter().enumerate() {
+                assert_eq!(cell.index.load(Ordering::Relaxed), j);
+            }
+        }
+        assert!(c.parts.lock().expect("lock").live.is_empty());
+        assert!(h.parts.lock().expect("lock").live.is_empty());
     }
 }

@@ -49,7 +49,8 @@ pub(super) fn job(row: &Row, default_max: i64) -> Result<Job, Error> {
 
 /// The columns [`machine`] reads, in order.
 pub(super) const MACHINE_COLUMNS: &str =
-    "machine_name, current_state, last_activity, pid, context, instance_id, paused";
+    "machine_name, current_state, last_activity, pid, context, instance_id, paused, definition,
+    retired";
 
 /// A machine record from a row of [`MACHINE_COLUMNS`].
 pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
@@ -61,6 +62,8 @@ pub(super) fn machine(row: &Row) -> Result<MachineRecord, Error> {
         context: row.try_get(4)?,
         instance_id: row.try_get(5)?,
         paused: row.try_get(6)?,
+        definition: row.try_get(7)?,
+        retired: row.try_get(8)?,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 6;
+pub const VERSION: i32 = 7;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -125,6 +125,10 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE status = 'pending';",
     // 6: a machine saved while paused starts paused again.
     "ALTER TABLE machine_state ADD COLUMN paused BOOLEAN NOT NULL DEFAULT false;",
+    // 7: an instance started at run time records its definition, and that it is retired,
+    // so that the live ones are started again after a restart.
+    "ALTER TABLE machine_state ADD COLUMN definition TEXT;
+    ALTER TABLE machine_state ADD COLUMN retired BOOLEAN NOT NULL DEFAULT false;",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

@@ -11,7 +11,7 @@ use super::rows::{machine, time_col, MACHINE_COLUMNS};
 use super::PgStore;
 use crate::store::leases::fenced;
 use crate::store::{
-    EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
+    EventRecord, InstanceMark, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
 };
 
 const SAVE_STATE: &str = "
@@ -26,7 +26,50 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Records an instance's definition and whether it is retired (its state left alone).
+const MARK_INSTANCE: &str = "
+    INSERT INTO machine_state (machine_name, definition, retired) VALUES ($1, $2, $3)
+    ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
+        retired = excluded.retired";
+
 impl StateStore for PgStore {
+    fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let pool = self.inner.pool.clone();
+        let marks: Vec<(String, String, bool)> = marks
+            .iter()
+            .map(|m| (m.machine.to_string(), m.definition.to_string(), m.retired))
+            .collect();
+        self.call(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(pg_error)?;
+            let st = tx.prepare_cached(MARK_INSTANCE).await.map_err(pg_error)?;
+            // In order: a later mark of one name wins.
+            for (m, d, r) in &marks {
+                tx.execute(&st, &[m, d, r]).await.map_err(pg_error)?;
+            }
+            tx.commit().await.map_err(pg_error)
+        })
+    }
+
+    fn live_instances(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let pool = self.inner.pool.clone();
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machine_state
+                     WHERE definition IS NOT NULL AND NOT retired ORDER BY machine_name"
+                ))
+                .await
+                .map_err(pg_error)?;
+            let rows = c.query(&st, &[]).await.map_err(pg_error)?;
+            rows.iter().map(|r| machine(r).map_err(pg_error)).collect()
+        })
+    }
+
     fn save_state(
         &self,
         machine_name: &str,

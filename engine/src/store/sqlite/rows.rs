@@ -118,7 +118,8 @@ pub(super) fn holder_of(tx: &Connection, key: &str) -> rusqlite::Result<Option<S
 
 /// The columns of [`machine_from_row`], in order.
 pub(super) const MACHINE_COLUMNS: &str =
-    "machine_name, current_state, last_activity, pid, context, instance_id, paused";
+    "machine_name, current_state, last_activity, pid, context, instance_id, paused, definition,
+    retired";
 
 pub(super) fn machine_from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
     Ok(MachineRecord {
@@ -129,5 +130,7 @@ pub(super) fn machine_from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
         context: json_col(r, 4)?,
         instance_id: r.get(5)?,
         paused: r.get::<_, Option<i64>>(6)?.unwrap_or(0) != 0,
+        definition: r.get(7)?,
+        retired: r.get::<_, Option<i64>>(8)?.unwrap_or(0) != 0,
     })
 }

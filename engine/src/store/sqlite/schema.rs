@@ -72,6 +72,8 @@ const EXTRA_COLUMNS: &[(&str, &str, &str)] = &[
     ("machine_state", "context", "TEXT"),
     ("machine_state", "instance_id", "TEXT"),
     ("machine_state", "paused", "INTEGER NOT NULL DEFAULT 0"),
+    ("machine_state", "definition", "TEXT"),
+    ("machine_state", "retired", "INTEGER NOT NULL DEFAULT 0"),
     ("machine_events", "traceparent", "TEXT"),
 ];
 

@@ -10,7 +10,7 @@ use super::rows::{json_col, machine_from_row, time_col, Cached, MACHINE_COLUMNS}
 use super::SqliteStore;
 use crate::store::leases::fenced;
 use crate::store::{
-    EventRecord, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
+    EventRecord, InstanceMark, MachineRecord, SavedStates, StateStore, StoreError, TransitionRecord,
 };
 
 /// Saves one machine's state, with the process and instance that saved it.
@@ -22,7 +22,39 @@ const SAVE_STATE: &str = "INSERT INTO machine_state (machine_name, current_state
         context = excluded.context, instance_id = excluded.instance_id,
         paused = excluded.paused";
 
+/// Records an instance's definition and whether it is retired (its state left alone).
+const MARK_INSTANCE: &str = "INSERT INTO machine_state (machine_name, definition, retired)
+    VALUES (?1, ?2, ?3)
+    ON CONFLICT(machine_name) DO UPDATE SET definition = excluded.definition,
+        retired = excluded.retired";
+
 impl StateStore for SqliteStore {
+    fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for m in marks {
+            tx.exec_cached(
+                MARK_INSTANCE,
+                params![&*m.machine, &*m.definition, m.retired],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn live_instances(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machine_state
+             WHERE definition IS NOT NULL AND retired = 0 ORDER BY machine_name"
+        ))?;
+        let rows = st.query_map([], machine_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn save_state(
         &self,
         machine: &str,
