@@ -287,3 +287,97 @@ fn concurrent_controller_starts_a_patient_record_per_job() {
     let (st, _) = p.finish(Duration::from_secs(30));
     assert!(st.success(), "{}", p.log());
 }
+
+/// Issue 14's run of the `patient_records` demo, unchanged: jobs added with
+/// statemachine-engine's own `statemachine-db add-job` (as its `run-demo.sh` does), the
+/// concurrent controller starting one patient-record instance per job, and every instance
+/// going to its final state (`shutdown`): driven past its two 30 s timeouts by the events
+/// its config documents (`summary_complete`, `validation_passed`), then by its own
+/// actions (`complete_job`, a `bash` that returns `stop`). Every job ends completed.
+#[test]
+fn patient_records_jobs_from_statemachine_db_end_in_final_states() {
+    let sme = kit::upstream::statemachine_db();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = ["job_001", "job_002", "job_003"];
+    for (i, id) in ids.iter().enumerate() {
+        let payload = format!(
+            r#"{{"report_id":"report_{i}","report_title":"Patient Report {i}","summary_text":"Processing report {i}"}}"#
+        );
+        // Its CLI always writes ./data/pipeline.db.
+        kit::run_ok(
+            "statemachine-db add-job",
+            std::process::Command::new(&sme)
+                .current_dir(dir.path())
+                .args([
+                    "add-job",
+                    id,
+                    "--type",
+                    "patient_records",
+                    "--payload",
+                    &payload,
+                ]),
+        );
+    }
+    let db = dir.path().join("data/pipeline.db");
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let dbs = db.display().to_string();
+    let mut cmd = turnstile(&[
+        "run",
+        "examples/patient_records/config/concurrent-controller.yaml",
+        "--db",
+        &dbs,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.current_dir(&root);
+    let mut p = Proc::spawn(cmd);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    for id in ids {
+        let name = format!("patient_record_{id}");
+        kit::eventually(&format!("{name} to start"), || {
+            let r = kit::http::get(addr, &format!("/machines/{name}"));
+            (r.status == 200 && r.json()["state"] == "summarizing").then_some(())
+        });
+        for ev in ["summary_complete", "validation_passed"] {
+            let r = kit::http::post_json(
+                addr,
+                &format!("/machines/{name}/events"),
+                &[],
+                &serde_json::json!({ "type": ev }),
+            );
+            assert_eq!(r.status, 202, "{name} {ev}: {}", r.text());
+        }
+    }
+    let page = kit::eventually("every instance retired in `shutdown`", || {
+        let page = kit::http::get_json(addr, "/machines?definition=patient-records");
+        let ms = page["machines"].as_array()?.clone();
+        (ms.len() == ids.len()
+            && ms
+                .iter()
+                .all(|m| m["state"] == "shutdown" && m["running"] == false))
+        .then_some(page)
+    });
+    for m in page["machines"].as_array().expect("a page") {
+        assert_eq!(m["instance"], true, "{m}");
+        assert_eq!(m["stop_reason"], "FinalState", "{m}");
+    }
+    p.signal("TERM");
+    let (st, _) = p.finish(Duration::from_secs(30));
+    assert!(st.success(), "{}", p.log());
+    let out = kit::run_ok(
+        "turnstile jobs list",
+        &mut turnstile(&["jobs", "list", "--db", &dbs, "--format", "json"]),
+    );
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let done: BTreeSet<&str> = jobs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|j| j["status"] == "completed")
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    assert_eq!(done, ids.into_iter().collect(), "{jobs:#}");
+}

@@ -616,16 +616,7 @@ fn a_singletons_events_reach_the_survivor_of_a_sigkilled_holder() {
 /// given, reads back as JSON).
 #[test]
 fn statemachine_engines_own_send_event_reaches_a_turnstile_machine() {
-    let out = Command::new("sh")
-        .args(["-c", "command -v statemachine-db"])
-        .output()
-        .unwrap();
-    let sme = kit::text(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && !sme.is_empty(),
-        "statemachine-db (statemachine-engine 1.0.91) is not installed: .ci/install.sh \
-         installs it (pip install statemachine-engine==1.0.91)"
-    );
+    let sme = kit::upstream::statemachine_db();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
     let db = dir.path().join("data/pipeline.db");

@@ -9,7 +9,7 @@
 mod kit;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -355,21 +355,9 @@ fn workers_killed_mid_job_20_times_lose_no_job() {
     }
 }
 
-fn statemachine_db() -> Option<PathBuf> {
-    let out = Command::new("sh")
-        .args(["-c", "command -v statemachine-db"])
-        .output()
-        .ok()?;
-    let p = String::from_utf8(out.stdout).ok()?;
-    (!p.trim().is_empty() && out.status.success()).then(|| PathBuf::from(p.trim()))
-}
-
 #[test]
 fn jobs_added_by_statemachine_engines_own_cli_are_processed() {
-    let sme = statemachine_db().expect(
-        "statemachine-db (statemachine-engine 1.0.91) is not installed: .ci/install.sh \
-         installs it (pip install statemachine-engine==1.0.91)",
-    );
+    let sme = kit::upstream::statemachine_db();
     let dir = tempfile::tempdir().unwrap();
     // Its CLI always writes ./data/pipeline.db.
     let add = |id: &str| {

@@ -67,3 +67,20 @@ pub fn all_configs() -> BTreeSet<String> {
     }
     all
 }
+
+/// statemachine-engine's own CLI, `statemachine-db` (1.0.91), on the `PATH`; panics with
+/// how to install it when it is not. It always writes `./data/pipeline.db`.
+#[allow(dead_code)] // not every test binary uses it
+pub fn statemachine_db() -> std::path::PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v statemachine-db"])
+        .output()
+        .expect("sh runs");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !p.is_empty(),
+        "statemachine-db (statemachine-engine 1.0.91) is not installed: .ci/install.sh \
+         installs it (pip install statemachine-engine==1.0.91)"
+    );
+    std::path::PathBuf::from(p)
+}
