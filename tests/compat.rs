@@ -224,6 +224,28 @@ fn list_actions_are_built_in() {
     assert!(!missing.contains("add_to_list"), "{j:#}");
 }
 
+/// Upstream's `patient_records` concurrent controller, unchanged, run from upstream's root
+/// (its `start_fsm`'s `yaml_path` is relative to it) on the job store `db`, with its
+/// sidecar's address.
+fn patient_records_controller(db: &str) -> (Proc, std::net::SocketAddr) {
+    let root = kit::upstream::examples_dir()
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf();
+    let mut cmd = turnstile(&[
+        "run",
+        "examples/patient_records/config/concurrent-controller.yaml",
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.current_dir(&root);
+    let mut p = Proc::spawn(cmd);
+    let addr = p.sidecar_addr(Duration::from_secs(30));
+    (p, addr)
+}
+
 /// statemachine-engine's `patient_records` demo, unchanged, from upstream's root: the
 /// concurrent controller takes the pending jobs and its `start_fsm` starts one
 /// patient-records instance per job in this process, named from the job and with the
@@ -250,22 +272,8 @@ fn concurrent_controller_starts_a_patient_record_per_job() {
             ],
         );
     }
-    let root = kit::upstream::examples_dir()
-        .parent()
-        .expect("examples/ has a parent")
-        .to_path_buf();
     let dbs = db.display().to_string();
-    let mut cmd = turnstile(&[
-        "run",
-        "examples/patient_records/config/concurrent-controller.yaml",
-        "--db",
-        &dbs,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    cmd.current_dir(&root);
-    let mut p = Proc::spawn(cmd);
-    let addr = p.sidecar_addr(Duration::from_secs(30));
+    let (mut p, addr) = patient_records_controller(&dbs);
     for i in 1..=2 {
         let name = format!("patient_record_rep{i}");
         let m = kit::eventually(&format!("{name} to start"), || {
@@ -319,22 +327,8 @@ fn patient_records_jobs_from_statemachine_db_end_in_final_states() {
         );
     }
     let db = dir.path().join("data/pipeline.db");
-    let root = kit::upstream::examples_dir()
-        .parent()
-        .expect("examples/ has a parent")
-        .to_path_buf();
     let dbs = db.display().to_string();
-    let mut cmd = turnstile(&[
-        "run",
-        "examples/patient_records/config/concurrent-controller.yaml",
-        "--db",
-        &dbs,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    cmd.current_dir(&root);
-    let mut p = Proc::spawn(cmd);
-    let addr = p.sidecar_addr(Duration::from_secs(30));
+    let (mut p, addr) = patient_records_controller(&dbs);
     for id in ids {
         let name = format!("patient_record_{id}");
         kit::eventually(&format!("{name} to start"), || {

@@ -7,11 +7,11 @@
 
 mod kit;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use kit::field;
 use kit::http::{get, get_json, metric, post_json, request, Resp};
-use kit::{field, turnstile, Proc};
+use kit::sidecar::Sidecar as Server;
 use serde_json::{json, Value as Json};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -50,42 +50,7 @@ transitions:
   - {from: a, to: a, event: tick}
 "#;
 
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
-    fn start(yamls: &[&str], args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut all: Vec<String> = vec!["run".into()];
-        for (i, y) in yamls.iter().enumerate() {
-            let p = dir.path().join(format!("m{i}.yaml"));
-            std::fs::write(&p, y).unwrap();
-            all.push(p.display().to_string());
-        }
-        all.extend(["--listen", "127.0.0.1:0"].map(String::from));
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut cmd = turnstile(&all);
-        for k in [
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "TURNSTILE_TOKEN",
-        ] {
-            cmd.env_remove(k);
-        }
-        let mut proc = Proc::spawn(cmd);
-        let addr = proc.sidecar_addr(LIMIT);
-        proc.wait_started(yamls.len(), LIMIT);
-        Self {
-            proc,
-            addr,
-            _dir: dir,
-        }
-    }
-
     /// A write with the token: POST (no body), PATCH or POST with a JSON body, DELETE.
     fn write(&self, method: &str, path: &str, body: Option<&Json>) -> Resp {
         let body = body.map(Json::to_string).unwrap_or_default();
