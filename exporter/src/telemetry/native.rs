@@ -24,6 +24,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::prometheus_protobuf::{self, prometheus_data_model as pb};
 use prometheus_client::registry::Registry;
@@ -124,27 +125,41 @@ pub fn slot_nanos(ns: u64) -> usize {
     slot(ns as f64 / 1e9)
 }
 
-/// A series' native buckets: one counter per [`SLOTS`].
-#[derive(Debug)]
-pub struct Buckets(Box<[AtomicU64]>);
+/// Counters per chunk of [`Buckets`].
+const CHUNK: usize = 32;
 
-impl Default for Buckets {
-    fn default() -> Self {
-        Buckets((0..SLOTS).map(|_| AtomicU64::new(0)).collect())
-    }
-}
+/// Chunks of [`Buckets`].
+const CHUNKS: usize = SLOTS.div_ceil(CHUNK);
+
+/// A series' native buckets: one counter per [`SLOTS`], in chunks of [`CHUNK`] allocated
+/// when a value first falls in one. The durations of a series usually span a few
+/// neighbouring buckets, so a series holds one or two chunks (256 bytes each) rather than
+/// all 449 counters (3.6 KB), and one that never observes (an idle run-time instance's)
+/// holds none: the empty chunk table is 15 pointers' worth.
+#[derive(Debug, Default)]
+pub struct Buckets([OnceLock<Box<[AtomicU64; CHUNK]>>; CHUNKS]);
 
 impl Buckets {
+    /// The counter of bucket slot `i`, its chunk allocated if it was not.
+    #[inline]
+    fn at(&self, i: usize) -> Option<&AtomicU64> {
+        let chunk = self
+            .0
+            .get(i / CHUNK)?
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        chunk.get(i % CHUNK)
+    }
+
     /// The counter of an observation of `v`.
     #[inline]
     pub fn cell(&self, v: f64) -> Option<&AtomicU64> {
-        self.0.get(slot(v))
+        self.at(slot(v))
     }
 
     /// The counter of a duration of `ns` nanoseconds.
     #[inline]
     pub fn cell_nanos(&self, ns: u64) -> Option<&AtomicU64> {
-        self.0.get(slot_nanos(ns))
+        self.at(slot_nanos(ns))
     }
 
     /// Adds one for `v`, from any thread.
@@ -157,8 +172,12 @@ impl Buckets {
 
     /// Adds the counts to `into` (of [`SLOTS`] counts).
     pub fn add_to(&self, into: &mut [u64]) {
-        for (t, c) in into.iter_mut().zip(self.0.iter()) {
-            *t = t.wrapping_add(c.load(Ordering::Relaxed));
+        for (k, chunk) in self.0.iter().enumerate() {
+            let Some(chunk) = chunk.get() else { continue };
+            let start = (k * CHUNK).min(into.len());
+            for (t, c) in into[start..].iter_mut().zip(chunk.iter()) {
+                *t = t.wrapping_add(c.load(Ordering::Relaxed));
+            }
         }
     }
 
@@ -316,6 +335,30 @@ mod tests {
     /// The Prometheus bucket index of `v` (above the zero bucket).
     fn index(v: f64) -> i32 {
         MIN_INDEX + slot(v) as i32
+    }
+
+    #[test]
+    fn chunks_are_allocated_where_values_fall_and_counted_in_place() {
+        let b = Buckets::default();
+        assert!(
+            b.0.iter().all(|c| c.get().is_none()),
+            "nothing allocated before a value"
+        );
+        let mut none = vec![0; SLOTS];
+        b.add_to(&mut none);
+        assert!(none.iter().all(|&n| n == 0));
+        for v in [0.0, 1e-9, 0.003, 0.003, 2.5, 1e12] {
+            b.observe_shared(v);
+        }
+        let allocated = b.0.iter().filter(|c| c.get().is_some()).count();
+        assert!(allocated <= 5, "{allocated} chunks");
+        let counts = b.snapshot().counts;
+        assert_eq!(counts.len(), SLOTS);
+        for (v, n) in [(0.0, 1), (1e-9, 1), (0.003, 2), (2.5, 1), (1e12, 1)] {
+            assert_eq!(counts[slot(v)], n, "{v}");
+        }
+        assert_eq!(counts.iter().sum::<u64>(), 6);
+        assert_eq!(slot(1e12), SLOTS - 1, "the last slot is in the last chunk");
     }
 
     #[test]
