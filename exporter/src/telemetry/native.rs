@@ -8,8 +8,9 @@
 //! value's bucket comes from the bits of its `f64`, no logarithm: the exponent gives the
 //! power of two, and the top 8 bits of the mantissa pick a cell of a table that says how
 //! many of the seven bounds inside a power of two lie below, up to one more comparison
-//! (the observation's cost is measured in BENCHMARKS.md). The buckets are a dense array of
-//! counters per series, [`SLOTS`] of them: slot 0 is the zero bucket (values up to
+//! (the observation's cost is measured in BENCHMARKS.md). The buckets are [`SLOTS`]
+//! counters per series, in chunks allocated where values fall ([`Buckets`]): slot 0 is the
+//! zero bucket (values up to
 //! [`ZERO_THRESHOLD`], about 0.93 ns, and the values no duration has, negative and NaN, so
 //! that the buckets still add up to the count), the others the buckets from just above
 //! 2^-30 s to 2^26 s (776 days), the last one also taking anything longer.
