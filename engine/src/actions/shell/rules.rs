@@ -214,10 +214,17 @@ impl Lexer<'_> {
                 }
             }
             b"command" | b"builtin" => {
-                if args.iter().any(|a| a.is(b"-v") || a.is(b"-V")) {
+                let j = first_plain().unwrap_or(args.len());
+                // `command -v NAME` describes NAME instead of running it; only the options
+                // before the command count (`command test -v {x}` runs `test -v`).
+                let describes = args[..j].iter().any(|a| {
+                    a.text.as_deref().is_some_and(|t| {
+                        t.len() > 1 && t[0] == b'-' && (t.contains(&b'v') || t.contains(&b'V'))
+                    })
+                });
+                if describes {
                     return;
                 }
-                let j = first_plain().unwrap_or(args.len());
                 self.simple(words, k + 1 + j, input);
             }
             b"exec" => self.wrapped(words, k, input, b"a", false),

@@ -77,6 +77,8 @@ fn evaluated_places_are_refused() {
         "bash -- /proc/self/fd/0 <<< {x}",
         "source /dev/stdin <<< {x}",
         "sh -c ${x@P} {x} ",
+        "command test -v  {x}",
+        "builtin printf -v {x} x",
         "bash -c $(true) {x}",
         "eval `true` {x}",
         "trap $E $F {x}",
@@ -166,6 +168,14 @@ fn xargs_into_a_shell_and_vanishing_command_words_are_refused() {
         "$CMD echo {x}",
     ] {
         assert_eq!(refused(cmd), None, "refused: {cmd:?}");
+    }
+}
+
+#[test]
+fn command_v_describes_and_does_not_run() {
+    // `command -v NAME` only looks NAME up: nothing runs, nothing to refuse.
+    for cmd in ["command -v {x}", "command -pV {x}", "command -v eval {x}"] {
+        assert!(ShellTemplate::compile(cmd).is_ok(), "{cmd}");
     }
 }
 
