@@ -46,6 +46,8 @@ struct RunOptions {
     singletons: Option<turnstile_engine::runtime::singleton::Singletons>,
     /// With a store: the machines registered there, events from other processes.
     bridge: Option<crate::bridge::BridgeSetup>,
+    /// SIGHUP, SIGTERM and SIGINT, listened for since the store opened.
+    signals: Signals,
 }
 
 /// `turnstile run`. `plugin_errors` are the `--plugins` libraries that failed to load,
@@ -110,6 +112,21 @@ pub fn run(
     if let Some(b) = &mut bound {
         b.set_jobs(job_store.clone().map(|j| j as _));
     }
+    // Listened for before anything outside can see the process work (the store's purge
+    // and gauges below, the machines, the sidecar serving, the sockets): from here
+    // SIGHUP reloads and SIGTERM/SIGINT stop it cleanly (handled by `supervise`) rather
+    // than ending it by their default action. (While the store is awaited, SIGTERM still
+    // ends the process at once: nothing runs yet.)
+    let signals = {
+        let _in_runtime = rt.enter();
+        match Signals::listen() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
     // Built outside the async runtime: the span exporter has a blocking HTTP client.
     let telemetry = match Telemetry::new(args.serve.telemetry_config(&instance)) {
         Ok(t) => t,
@@ -148,6 +165,7 @@ pub fn run(
         sockets: args.store.socket_dir.clone(),
         singletons,
         bridge: bridge_setup(job_store.as_ref(), &instance, &args),
+        signals,
     };
     let code = rt.block_on(run_machines(defs, opts, &telemetry, registry));
     if let Some(s) = &job_store {
@@ -312,19 +330,7 @@ async fn run_machines(
     // With `--persist`: the instances started at run time before a restart, live again
     // (of the definitions just loaded).
     engine.restore_instances();
-    // Listened for before the sidecar answers and the sockets listen: once a client (or
-    // Kubernetes) can see the process, SIGHUP reloads and SIGTERM/SIGINT stop it cleanly
-    // (handled by `supervise`) rather than ending it by their default action.
-    let signals = match Signals::listen() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            engine.shutdown();
-            engine.join().await;
-            crate::bridge::stop(bridge).await;
-            return Ok(ExitCode::from(1));
-        }
-    };
+    let signals = opts.signals;
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
         Some(dir) => {
