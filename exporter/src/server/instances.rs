@@ -54,18 +54,7 @@ pub(super) fn page_query(query: Option<&str>) -> Result<Option<PageQuery>, Strin
         }
         match k.as_str() {
             "limit" => {
-                let n = v
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "`limit` must be a whole number from 1 to {MAX_PAGE}, not `{}`",
-                            cut(&v, 40)
-                        )
-                    })?;
-                q.limit = Some(n);
+                q.limit = Some(request::page_limit(&v, MAX_PAGE)?);
             }
             "after" => q.after = Some(v),
             "state" => q.state = Some(v),

@@ -84,18 +84,7 @@ fn list_query(query: Option<&str>) -> Result<ListJobs, String> {
             }
             "type" => q.job_type = Some(v),
             "limit" => {
-                let n = v
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "`limit` must be a whole number from 1 to {MAX_PAGE}, not `{}`",
-                            cut(&v, 40)
-                        )
-                    })?;
-                q.limit = Some(n);
+                q.limit = Some(request::page_limit(&v, MAX_PAGE)?);
             }
             "after" => {
                 let id = v

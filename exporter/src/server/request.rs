@@ -113,6 +113,21 @@ pub fn list_params(query: Option<&str>, filter_key: &str) -> Result<ListParams, 
     Ok(p)
 }
 
+/// A page's `limit` query parameter: a whole number from 1 to `max`, or the message
+/// that says so.
+pub fn page_limit(v: &str, max: usize) -> Result<usize, String> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "`limit` must be a whole number from 1 to {max}, not `{}`",
+                cut(v, 40)
+            )
+        })
+}
+
 /// Checks a `trace_id` filter: 32 hex digits, returned in lowercase as records hold it.
 pub fn trace_id_filter(v: &str) -> Result<String, String> {
     let t = v.trim().to_ascii_lowercase();
