@@ -18,7 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kit::http::{get, get_json, http, metric, request};
-use kit::{eventually, field, turnstile, Proc};
+use kit::sidecar::{configs, run_command};
+use kit::{eventually, field, Proc};
 use serde_json::Value as Json;
 
 /// Generous: the machine may share its two cores with builds and other tests.
@@ -53,18 +54,8 @@ struct Watched {
 }
 
 fn start(text: &str) -> Watched {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.yaml");
-    std::fs::write(&path, text).unwrap();
-    let p = path.display().to_string();
-    let mut cmd = turnstile(&["run", &p, "--watch", "--listen", "127.0.0.1:0"]);
-    for k in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "TURNSTILE_TOKEN",
-    ] {
-        cmd.env_remove(k);
-    }
+    let (dir, paths) = configs(&[text]);
+    let cmd = run_command(&paths, &["--watch", "--listen", "127.0.0.1:0"]);
     let mut proc = Proc::spawn(cmd);
     let addr = proc.sidecar_addr(LIMIT);
     proc.wait_for("the watcher", LIMIT, |j| {
@@ -74,7 +65,7 @@ fn start(text: &str) -> Watched {
     Watched {
         proc,
         addr,
-        path,
+        path: paths[0].clone().into(),
         _dir: dir,
     }
 }
@@ -302,20 +293,10 @@ fn watch_refuses_a_config_replaced_by_a_device() {
 /// `turnstile run` of one config in a fresh directory, without `--watch`, with `extra`
 /// arguments; its sidecar answers once this returns.
 fn start_plain(text: &str, extra: &[&str]) -> Watched {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.yaml");
-    std::fs::write(&path, text).unwrap();
-    let p = path.display().to_string();
-    let mut args = vec!["run", &p, "--listen", "127.0.0.1:0"];
+    let (dir, paths) = configs(&[text]);
+    let mut args = vec!["--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut cmd = turnstile(&args);
-    for k in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "TURNSTILE_TOKEN",
-    ] {
-        cmd.env_remove(k);
-    }
+    let cmd = run_command(&paths, &args);
     let mut proc = Proc::spawn(cmd);
     let addr = proc.sidecar_addr(LIMIT);
     // Answered once every machine runs (and SIGHUP is handled).
@@ -323,7 +304,7 @@ fn start_plain(text: &str, extra: &[&str]) -> Watched {
     Watched {
         proc,
         addr,
-        path,
+        path: paths[0].clone().into(),
         _dir: dir,
     }
 }

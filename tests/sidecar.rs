@@ -10,12 +10,12 @@ mod kit;
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kit::http::{connect, get, get_json, parse, post_json, request, Resp, IO_LIMIT};
+use kit::sidecar::{configs, run_command, stop_cleanly, Sidecar as Server};
 use kit::{eventually, field, turnstile, Proc};
 use serde_json::{json, Value as Json};
 
@@ -62,88 +62,6 @@ fn assert_error(r: &Resp, status: u16) -> Json {
     let msg = v["error"]["message"].as_str().unwrap_or("");
     assert!(!msg.is_empty(), "no message: {v}");
     v
-}
-
-// --- processes ------------------------------------------------------------------------
-
-/// A running `turnstile run` with its sidecar.
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-/// Writes the configs into a temp dir and returns the dir and their paths.
-fn configs(yamls: &[&str]) -> (tempfile::TempDir, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let paths = yamls
-        .iter()
-        .enumerate()
-        .map(|(i, y)| {
-            let p: PathBuf = dir.path().join(format!("m{i}.yaml"));
-            std::fs::write(&p, y).unwrap();
-            p.display().to_string()
-        })
-        .collect();
-    (dir, paths)
-}
-
-/// The `turnstile run` command for `configs` with `args`; no span export unless asked.
-fn run_command(paths: &[String], args: &[&str]) -> std::process::Command {
-    let mut all: Vec<&str> = vec!["run"];
-    all.extend(paths.iter().map(String::as_str));
-    all.extend_from_slice(args);
-    let mut cmd = turnstile(&all);
-    for k in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "TURNSTILE_TOKEN",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd
-}
-
-impl Server {
-    fn start(yamls: &[&str], args: &[&str]) -> Self {
-        Self::start_with(yamls, args, |_| {})
-    }
-
-    fn start_with(
-        yamls: &[&str],
-        args: &[&str],
-        env: impl FnOnce(&mut std::process::Command),
-    ) -> Self {
-        let (dir, paths) = configs(yamls);
-        let mut all = vec!["--listen", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        let mut cmd = run_command(&paths, &all);
-        env(&mut cmd);
-        let mut proc = Proc::spawn(cmd);
-        let addr = proc.sidecar_addr(LIMIT);
-        // The machines' tasks log their start before or after the sidecar's line.
-        proc.wait_started(yamls.len(), LIMIT);
-        Self {
-            proc,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// SIGTERM, then the exit status (must be 0) and the log.
-    fn stop(mut self) {
-        self.proc.signal("TERM");
-        let (st, _) = self.proc.finish(LIMIT);
-        assert_eq!(st.code(), Some(0), "{}", self.proc.log());
-        assert!(
-            self.proc
-                .records()
-                .iter()
-                .any(|j| field(j, "message") == "sidecar stopped"),
-            "{}",
-            self.proc.log()
-        );
-    }
 }
 
 // --- tests ----------------------------------------------------------------------------
@@ -1059,12 +977,7 @@ fn a_taken_port_falls_back_to_the_next_unless_strict() {
     );
     assert_eq!(get(addr, "/healthz").status, 200);
     assert_eq!(get(addr, "/stats").json()["listen"], addr.to_string());
-    Server {
-        proc,
-        addr,
-        _dir: tempfile::tempdir().unwrap(),
-    }
-    .stop();
+    stop_cleanly(&mut proc);
 
     // Strict: a clear error, exit code 1, no machine started.
     let mut proc = Proc::spawn(run_command(&paths, &["--listen", &listen, "--strict-port"]));

@@ -5,8 +5,8 @@
 //!   log lines are read as they come;
 //! * [`logs`]: fields, transitions and stops in those log records;
 //! * [`http`]: a tiny HTTP/1.1 client (the sidecar, Prometheus);
-//! * [`sidecar`]: `turnstile run` with its sidecar on a free port, and a client command of
-//!   it (`turnstile ctl`);
+//! * [`sidecar`]: `turnstile run` with its sidecar on a free port (its configs and command
+//!   line, a clean stop), and a client command of it (`turnstile ctl`);
 //! * [`wait`]: polling until something holds ([`eventually`], [`wait_until`]);
 //! * [`config`]: machine definitions for the tests that run the engine in-process;
 //! * [`engine_wait`]: waiting for an in-process engine's machine to reach a state
