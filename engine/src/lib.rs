@@ -20,6 +20,10 @@
 //! # Ok(()) }
 //! ```
 
+// Module docs are written for contributors too: they link to the private items they
+// explain (rendered with `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod actions;
 pub mod breakpoint;
 pub mod config;

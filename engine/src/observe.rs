@@ -51,7 +51,7 @@ impl std::fmt::Debug for MachineRef<'_> {
 /// A state, by index in its machine definition and by name.
 #[derive(Debug, Clone, Copy)]
 pub struct StateRef<'a> {
-    /// Index in [`crate::runtime::MachineDef::states`].
+    /// Index in [`crate::MachineDef::states`].
     pub id: usize,
     /// The state's name.
     pub name: &'a str,

@@ -8,5 +8,9 @@
 //!
 //! [`Observer`]: turnstile_engine::Observer
 
+// Module docs are written for contributors too: they link to the private items they
+// explain (rendered with `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod server;
 pub mod telemetry;

@@ -286,7 +286,7 @@ impl Bound {
 
     /// Answers on the port until [`Starting::finish`]: `/healthz` 200,
     /// `/readyz` 503 with `why()`, anything else 503 (see
-    /// [`starting`](self::starting)). For a host that waits for something before its
+    /// [`starting`]). For a host that waits for something before its
     /// machines can start (a job store that is not reachable yet).
     pub fn starting(&self, why: impl Fn() -> String + Send + Sync + 'static) -> Starting {
         let why: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(why);

@@ -66,7 +66,7 @@ impl PluginHost {
     }
 
     /// Sends plugin failures that belong to no machine (a refused new version) to
-    /// `observer` as [`ErrorKind::Plugin`] errors. Load failures are returned to the
+    /// `observer` as [`crate::error_kind::ErrorKind::Plugin`] errors. Load failures are returned to the
     /// caller instead, who may pass them to [`PluginHost::report`].
     pub fn set_observer(&self, observer: Arc<dyn Observer>) {
         *self
