@@ -8,7 +8,8 @@
 //!
 //! 1. **full speed**: a producer sends as fast as the machine takes them; events/s with no
 //!    stream client and with one subscriber following everything on another thread (it
-//!    turns every record into its JSON with the sidecar's encoder), rounds alternating,
+//!    writes every record as the sidecar's `GET /events` does, `Subscriber::next_sse`),
+//!    rounds alternating,
 //!    medians; and the CPU time the machine's thread spent per event (the producer's
 //!    included), which the other threads of a busy machine do not move: on a machine
 //!    whose cores are all taken, the client's thread takes CPU time from the machine's, and
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 use turnstile_exporter::server::{serve, SidecarConfig};
-use turnstile_exporter::telemetry::stream::{Batch, Encoder};
+use turnstile_exporter::telemetry::stream::{Encoder, Kind, Step};
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
 const ROUNDS: usize = 7;
@@ -160,21 +161,20 @@ impl Follower {
                 let mut encoder = Encoder::default();
                 let mut out = String::new();
                 while !s.load(Ordering::Relaxed) {
-                    let next = tokio::time::timeout(Duration::from_millis(50), sub.next(512)).await;
-                    match next {
-                        Ok(Batch::Records(records)) => {
-                            for rec in &records {
-                                out.clear();
-                                encoder.write(rec, &mut out);
-                                bytes += out.len();
-                            }
-                            r.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let before = sub.last_id();
+                    let keep = |_: Kind, _: Option<&str>| true;
+                    let next = sub.next_sse(512, keep, &mut encoder, &mut out);
+                    match tokio::time::timeout(Duration::from_millis(50), next).await {
+                        Ok(Step::Written) => {
+                            bytes += out.len();
+                            out.clear();
+                            r.fetch_add(sub.last_id() - before, Ordering::Relaxed);
                         }
-                        Ok(Batch::CutOff { .. }) => {
+                        Ok(Step::CutOff { .. }) => {
                             c.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Ok(Batch::Missed(_)) | Err(_) => {}
+                        Ok(Step::Missed(_)) | Err(_) => {}
                     }
                 }
                 std::hint::black_box(bytes);
