@@ -15,7 +15,10 @@
 //!   machine publishes most, is written as three indexes into its machine's [`Names`]
 //!   (the slot keeps the `Arc` of the last machine that wrote it, so a machine writing
 //!   over its own records touches no reference count). The names are looked up, and the
-//!   record built and turned into JSON, by the reader, on its own thread.
+//!   record built and turned into JSON, by the reader, on its own thread; the sidecar's
+//!   reader ([`Subscriber::next_sse`]) writes a transition's server-sent event straight
+//!   from its copy of the slot, with its machine's names kept as JSON strings, without
+//!   building a [`Record`].
 //! - **A client that falls behind** by more than the ring holds finds its next record gone:
 //!   it is cut off ([`Batch::CutOff`]) and counted in `turnstile_stream_dropped_total`.
 //! - **Resuming**: a subscriber may start after an id it saw before (`Last-Event-ID`); the
@@ -296,6 +299,11 @@ impl Encoder {
     }
 }
 
+/// A slot's time (Unix milliseconds) as the record's: what [`records::coarse_now`] gives.
+fn at(unix_ms: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)
+}
+
 /// A server-sent event's start: `id: N\ndata: `.
 fn sse_head(id: u64, out: &mut String) {
     out.push_str("id: ");
@@ -332,9 +340,10 @@ impl Names {
         })
     }
 
-    /// The three indexes as the ring keeps them, when each names something here.
-    fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u32; 3]> {
-        let fits = |i: usize, n: usize| u32::try_from(i).ok().filter(|_| i < n);
+    /// The three indexes as the ring keeps them, when each names something here (and
+    /// fits in 16 bits: a transition of a larger definition is kept with its names).
+    fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u16; 3]> {
+        let fits = |i: usize, n: usize| u16::try_from(i).ok().filter(|_| i < n);
         Some([
             fits(from, self.states.len())?,
             fits(to, self.states.len())?,
@@ -346,19 +355,21 @@ impl Names {
 /// A transition's payload and job id, when it has either (rare at full speed).
 type Extra = (Option<Arc<Json>>, Option<String>);
 
-/// What a slot holds beyond its id, time and kind.
+/// What a slot holds beyond its time.
 enum Body {
     /// A transition by indexes (`from`, `to`, `event`) into the slot's [`Names`].
-    Indexed([u32; 3], Option<Arc<Extra>>),
-    /// Any other record: its machine and fields (shared with the readers that copy it).
-    Other(Arc<(Option<Arc<str>>, Fields)>),
+    Indexed([u16; 3], Option<Arc<Extra>>),
+    /// Any other record: its kind, machine and fields (shared with the readers that copy
+    /// it).
+    Other(Kind, Arc<(Option<Arc<str>>, Fields)>),
 }
 
-/// One place in the ring, written over when the ring is full.
+/// One place in the ring, written over when the ring is full: 32 bytes, two to a cache
+/// line (the publisher writes a line the ring last touched 65,536 records ago). Its
+/// record's id is where it is.
 struct Slot {
-    id: u64,
-    time: SystemTime,
-    kind: Kind,
+    /// When it was published, in Unix milliseconds (the coarse clock's).
+    time: u64,
     /// The names of the last machine that published an indexed transition here (kept
     /// while the same machine writes over its own records).
     names: Option<Arc<Names>>,
@@ -369,8 +380,8 @@ struct Slot {
 /// rare): made into a [`Record`] after.
 #[derive(Debug)]
 enum Copied {
-    Indexed(u64, SystemTime, [u32; 3], usize, Option<Arc<Extra>>),
-    Other(u64, SystemTime, Kind, Arc<(Option<Arc<str>>, Fields)>),
+    Indexed(u64, u64, [u16; 3], usize, Option<Arc<Extra>>),
+    Other(u64, u64, Kind, Arc<(Option<Arc<str>>, Fields)>),
 }
 
 struct Ring {
@@ -378,6 +389,9 @@ struct Ring {
     slots: Vec<Slot>,
     /// The id the next record gets.
     next_id: u64,
+    /// Once the ring is full, where the next record goes (`(next_id - 1) % capacity`,
+    /// kept as it goes round instead of divided for each record).
+    head: usize,
 }
 
 impl Ring {
@@ -387,9 +401,8 @@ impl Ring {
     }
 
     /// Where record `id` is, in a ring of `capacity` slots.
-    fn at(&self, id: u64, capacity: usize) -> Option<&Slot> {
-        let i = (id - 1) % capacity.max(1) as u64;
-        self.slots.get(usize::try_from(i).ok()?)
+    fn index(id: u64, capacity: usize) -> usize {
+        usize::try_from((id - 1) % capacity.max(1) as u64).unwrap_or(0)
     }
 }
 
@@ -437,6 +450,7 @@ impl Stream {
             ring: Mutex::new(Ring {
                 slots: Vec::new(),
                 next_id: 1,
+                head: 0,
             }),
             waiting: AtomicBool::new(false),
             notify: Notify::new(),
@@ -462,7 +476,7 @@ impl Stream {
         if !self.active() {
             return;
         }
-        self.put(kind, None, Body::Other(Arc::new((machine, fields))));
+        self.put(None, Body::Other(kind, Arc::new((machine, fields))));
     }
 
     /// Adds a transition of the machine named by `names`, by the indexes of its states and
@@ -480,7 +494,7 @@ impl Stream {
         }
         let extra = (payload.is_some() || job_id.is_some()).then(|| Arc::new((payload, job_id)));
         match names.indexes(from, to, event) {
-            Some(ix) => self.put(Kind::Transition, Some(names), Body::Indexed(ix, extra)),
+            Some(ix) => self.put(Some(names), Body::Indexed(ix, extra)),
             None => {
                 let name =
                     |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
@@ -496,39 +510,37 @@ impl Stream {
                     job_id,
                 };
                 self.put(
-                    Kind::Transition,
                     None,
-                    Body::Other(Arc::new((Some(names.machine.clone()), fields))),
+                    Body::Other(
+                        Kind::Transition,
+                        Arc::new((Some(names.machine.clone()), fields)),
+                    ),
                 );
             }
         }
     }
 
     /// Writes a record into the ring: the next slot while it grows, else the oldest one's.
-    fn put(&self, kind: Kind, names: Option<&Arc<Names>>, body: Body) {
-        let time = records::coarse_now();
+    fn put(&self, names: Option<&Arc<Names>>, body: Body) {
+        let time = turnstile_engine::runtime::clock::coarse_unix_ms();
         let replaced = {
             let mut ring = self.ring();
-            let id = ring.next_id;
             ring.next_id += 1;
             if ring.slots.len() < self.capacity {
                 if ring.slots.capacity() == 0 {
                     ring.slots.reserve_exact(self.capacity);
                 }
                 ring.slots.push(Slot {
-                    id,
                     time,
-                    kind,
                     names: names.cloned(),
                     body,
                 });
                 None
             } else {
-                let i = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
+                let i = ring.head;
+                ring.head = if i + 1 == self.capacity { 0 } else { i + 1 };
                 let slot = &mut ring.slots[i];
-                slot.id = id;
                 slot.time = time;
-                slot.kind = kind;
                 let names = match names {
                     Some(n) if !slot.names.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) => {
                         slot.names.replace(n.clone())
@@ -841,10 +853,13 @@ impl Subscriber {
             .min(self.next.saturating_add(max.max(1) as u64));
         let mut copied = std::mem::take(&mut self.copied);
         let mut names: Vec<Arc<Names>> = Vec::new();
+        let capacity = self.stream.capacity;
+        let mut i = Ring::index(self.next, capacity);
         for id in self.next..end {
-            let Some(slot) = ring.at(id, self.stream.capacity) else {
+            let Some(slot) = ring.slots.get(i) else {
                 break;
             };
+            i = if i + 1 == capacity { 0 } else { i + 1 };
             copied.push(match &slot.body {
                 Body::Indexed(ix, extra) => {
                     // The names of consecutive records are mostly the same machine's.
@@ -857,9 +872,9 @@ impl Subscriber {
                         // Never: an indexed transition is put with its names.
                         (None, _) => continue,
                     };
-                    Copied::Indexed(slot.id, slot.time, *ix, n, extra.clone())
+                    Copied::Indexed(id, slot.time, *ix, n, extra.clone())
                 }
-                Body::Other(o) => Copied::Other(slot.id, slot.time, slot.kind, o.clone()),
+                Body::Other(kind, o) => Copied::Other(id, slot.time, *kind, o.clone()),
             });
         }
         drop(ring);
@@ -868,9 +883,10 @@ impl Subscriber {
         for c in copied.drain(..) {
             match c {
                 Copied::Indexed(id, time, ix, n, extra) => {
-                    sink.indexed(id, time, &local[n], ix, extra.as_deref());
+                    let ix = ix.map(u32::from);
+                    sink.indexed(id, at(time), &local[n], ix, extra.as_deref());
                 }
-                Copied::Other(id, time, kind, o) => sink.other(id, time, kind, &o),
+                Copied::Other(id, time, kind, o) => sink.other(id, at(time), kind, &o),
             }
         }
         self.copied = copied;
@@ -1164,6 +1180,41 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.matches("\n\n").count(), 6);
+    }
+
+    /// Two slots to a cache line; a definition whose indexes do not fit the slot's 16
+    /// bits has its transitions published with their names.
+    #[tokio::test]
+    async fn slots_are_small_and_large_definitions_are_named() {
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        let s = Arc::new(Stream::new(8, 1));
+        let mut sub = s.subscribe(None).unwrap();
+        let n = usize::from(u16::MAX) + 3;
+        let names = Arc::new(Names {
+            machine: Arc::from("big"),
+            states: (0..n).map(|i| Arc::from(format!("s{i}"))).collect(),
+            events: vec![Arc::from("go")].into(),
+        });
+        s.push_transition(&names, [n - 1, 1, 0], None, None);
+        s.push_transition(&names, [1, n - 2, 0], None, None);
+        let Batch::Records(got) = sub.next(10).await else {
+            panic!("records expected")
+        };
+        let named: Vec<(u64, String, String)> = got
+            .iter()
+            .map(|r| match &r.fields {
+                Fields::Transition { from, to, .. } => (r.id, from.to_string(), to.to_string()),
+                Fields::Json(_) => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (1, format!("s{}", n - 1), "s1".to_owned()),
+                (2, "s1".to_owned(), format!("s{}", n - 2)),
+            ]
+        );
     }
 
     #[tokio::test]
