@@ -18,7 +18,9 @@
 //!    subscriber must receive every record (no cut-off);
 //! 3. **HTTP**: the same two runs with a real client of the sidecar's `GET /events` (a
 //!    socket read as fast as it comes, counting records) instead of the in-process
-//!    subscriber.
+//!    subscriber; and the CPU time of the whole process per event (the producer, the
+//!    machine, the sidecar and the client): where the cores are all busy, events/s with a
+//!    client can be no more than that ratio of the speed without.
 //!
 //! Run: `cargo run --release -p turnstile-exporter --example stream_throughput [PART...]`,
 //! where a part is `metrics_records`, `metrics` (the two full-speed runs), `paced` or
@@ -211,6 +213,18 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU time of every thread of this process so far, in ns (each one's
+/// `/proc/self/task/*/schedstat`; threads that ended before are not counted).
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -345,12 +359,17 @@ fn http(config: TelemetryConfig) {
     // Full speed, with and without the client.
     rig.drive(EVENTS_PER_ROUND / 4, None);
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        let cpu0 = process_cpu_ns();
         without.push(rig.drive(EVENTS_PER_ROUND, None));
+        cpu_without.push((process_cpu_ns() - cpu0) as f64 / EVENTS_PER_ROUND as f64);
         let stop = Arc::new(AtomicBool::new(false));
         let client = http_client(addr, stop.clone());
         connected(1);
+        let cpu0 = process_cpu_ns();
         with.push(rig.drive(EVENTS_PER_ROUND, None));
+        cpu_with.push((process_cpu_ns() - cpu0) as f64 / EVENTS_PER_ROUND as f64);
         stop.store(true, Ordering::Relaxed);
         let _ = client.join();
         connected(0);
@@ -363,9 +382,11 @@ fn http(config: TelemetryConfig) {
         .find(|l| l.starts_with("turnstile_stream_dropped_total "))
         .map(str::to_owned)
         .unwrap_or_default();
+    let (ca, cb) = (median(cpu_without), median(cpu_with));
     println!(
-        "http: full speed, events/s median of {ROUNDS}: no client {a:.0}, one HTTP client {b:.0}, ratio {:.3}; {dropped}",
-        b / a
+        "http: full speed, events/s median of {ROUNDS}: no client {a:.0}, one HTTP client {b:.0}, ratio {:.3}; the process's CPU ns per event (every thread: producer, machine, sidecar, client): no client {ca:.1}, one client {cb:.1}, ratio {:.3}; {dropped}",
+        b / a,
+        ca / cb
     );
     rig.rt.block_on(sidecar.shutdown());
 }
