@@ -8,7 +8,8 @@
 //!
 //! 1. **full speed**: a producer sends as fast as the machine takes them; events/s with no
 //!    stream client and with one subscriber following everything on another thread (it
-//!    turns every record into its JSON with the sidecar's encoder), rounds alternating,
+//!    writes every record as the sidecar's `GET /events` does, `Subscriber::next_sse`),
+//!    rounds alternating,
 //!    medians; and the CPU time the machine's thread spent per event (the producer's
 //!    included), which the other threads of a busy machine do not move: on a machine
 //!    whose cores are all taken, the client's thread takes CPU time from the machine's, and
@@ -17,7 +18,9 @@
 //!    subscriber must receive every record (no cut-off);
 //! 3. **HTTP**: the same two runs with a real client of the sidecar's `GET /events` (a
 //!    socket read as fast as it comes, counting records) instead of the in-process
-//!    subscriber.
+//!    subscriber; and the CPU time of the whole process per event (the producer, the
+//!    machine, the sidecar and the client): where the cores are all busy, events/s with a
+//!    client can be no more than that ratio of the speed without.
 //!
 //! Run: `cargo run --release -p turnstile-exporter --example stream_throughput [PART...]`,
 //! where a part is `metrics_records`, `metrics` (the two full-speed runs), `paced` or
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use turnstile_engine::{config, ActionRegistry, Engine, Event, MachineDef};
 use turnstile_exporter::server::{serve, SidecarConfig};
-use turnstile_exporter::telemetry::stream::{Batch, Encoder};
+use turnstile_exporter::telemetry::stream::{Encoder, Kind, Step};
 use turnstile_exporter::telemetry::{Telemetry, TelemetryConfig};
 
 const ROUNDS: usize = 7;
@@ -160,21 +163,20 @@ impl Follower {
                 let mut encoder = Encoder::default();
                 let mut out = String::new();
                 while !s.load(Ordering::Relaxed) {
-                    let next = tokio::time::timeout(Duration::from_millis(50), sub.next(512)).await;
-                    match next {
-                        Ok(Batch::Records(records)) => {
-                            for rec in &records {
-                                out.clear();
-                                encoder.write(rec, &mut out);
-                                bytes += out.len();
-                            }
-                            r.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let before = sub.last_id();
+                    let keep = |_: Kind, _: Option<&str>| true;
+                    let next = sub.next_sse(512, keep, &mut encoder, &mut out);
+                    match tokio::time::timeout(Duration::from_millis(50), next).await {
+                        Ok(Step::Written) => {
+                            bytes += out.len();
+                            out.clear();
+                            r.fetch_add(sub.last_id() - before, Ordering::Relaxed);
                         }
-                        Ok(Batch::CutOff { .. }) => {
+                        Ok(Step::CutOff { .. }) => {
                             c.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Ok(Batch::Missed(_)) | Err(_) => {}
+                        Ok(Step::Missed(_)) | Err(_) => {}
                     }
                 }
                 std::hint::black_box(bytes);
@@ -209,6 +211,18 @@ fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The CPU time of every thread of this process so far, in ns (each one's
+/// `/proc/self/task/*/schedstat`; threads that ended before are not counted).
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -345,12 +359,17 @@ fn http(config: TelemetryConfig) {
     // Full speed, with and without the client.
     rig.drive(EVENTS_PER_ROUND / 4, None);
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        let cpu0 = process_cpu_ns();
         without.push(rig.drive(EVENTS_PER_ROUND, None));
+        cpu_without.push((process_cpu_ns() - cpu0) as f64 / EVENTS_PER_ROUND as f64);
         let stop = Arc::new(AtomicBool::new(false));
         let client = http_client(addr, stop.clone());
         connected(1);
+        let cpu0 = process_cpu_ns();
         with.push(rig.drive(EVENTS_PER_ROUND, None));
+        cpu_with.push((process_cpu_ns() - cpu0) as f64 / EVENTS_PER_ROUND as f64);
         stop.store(true, Ordering::Relaxed);
         let _ = client.join();
         connected(0);
@@ -363,9 +382,11 @@ fn http(config: TelemetryConfig) {
         .find(|l| l.starts_with("turnstile_stream_dropped_total "))
         .map(str::to_owned)
         .unwrap_or_default();
+    let (ca, cb) = (median(cpu_without), median(cpu_with));
     println!(
-        "http: full speed, events/s median of {ROUNDS}: no client {a:.0}, one HTTP client {b:.0}, ratio {:.3}; {dropped}",
-        b / a
+        "http: full speed, events/s median of {ROUNDS}: no client {a:.0}, one HTTP client {b:.0}, ratio {:.3}; the process's CPU ns per event (every thread: producer, machine, sidecar, client): no client {ca:.1}, one client {cb:.1}, ratio {:.3}; {dropped}",
+        b / a,
+        ca / cb
     );
     rig.rt.block_on(sidecar.shutdown());
 }

@@ -35,7 +35,7 @@ use super::request::{self, cut};
 use super::response::{ApiError, Body, EventBody};
 use super::state::State;
 use crate::telemetry::records;
-use crate::telemetry::stream::{push_u64, Batch, Encoder, Kind, Subscriber, TooManyClients};
+use crate::telemetry::stream::{Encoder, Kind, Step, Subscriber, TooManyClients};
 
 /// How often a quiet stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -100,11 +100,10 @@ impl Filter {
         Ok(f)
     }
 
-    fn wants(&self, r: &crate::telemetry::stream::Record) -> bool {
-        self.machine
-            .as_deref()
-            .is_none_or(|m| r.machine.as_deref() == Some(m))
-            && self.kinds.as_ref().is_none_or(|k| k.contains(&r.kind))
+    /// Whether a record of `kind` about `machine` is wanted.
+    fn wants(&self, kind: Kind, machine: Option<&str>) -> bool {
+        self.machine.as_deref().is_none_or(|m| machine == Some(m))
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
     }
 }
 
@@ -185,6 +184,7 @@ async fn follow(
         return;
     }
     let mut encoder = Encoder::default();
+    let mut out = String::new();
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
@@ -196,37 +196,33 @@ async fn follow(
                 None => std::future::pending().await,
             }
         };
+        let keep = |kind: Kind, machine: Option<&str>| filter.wants(kind, machine);
         let (chunk, last) = tokio::select! {
-            b = sub.next(BATCH) => match b {
-                Batch::Records(records) => {
-                    let mut out = String::new();
-                    for r in records.iter().filter(|r| filter.wants(r)) {
-                        out.push_str("id: ");
-                        push_u64(&mut out, r.id);
-                        out.push_str("\ndata: ");
-                        encoder.write(r, &mut out);
-                        out.push_str("\n\n");
-                    }
+            step = sub.next_sse(BATCH, keep, &mut encoder, &mut out) => match step {
+                Step::Written => {
                     if out.is_empty() {
                         continue;
                     }
-                    (out, false)
+                    // A chunk of its own size; `out` keeps its room for the next batch.
+                    let chunk = Bytes::copy_from_slice(out.as_bytes());
+                    out.clear();
+                    (chunk, false)
                 }
-                Batch::Missed(n) => {
+                Step::Missed(n) => {
                     let note = json!({"kind": "missed", "missed": n, "time": records::timestamp(records::coarse_now())});
-                    (format!("data: {note}\n\n"), false)
+                    (Bytes::from(format!("data: {note}\n\n")), false)
                 }
-                Batch::CutOff { missed } => {
+                Step::CutOff { missed } => {
                     let note = json!({
                         "kind": "cut_off",
                         "missed": missed,
                         "after": sub.last_id(),
                         "time": records::timestamp(records::coarse_now()),
                     });
-                    (format!("data: {note}\n\n"), true)
+                    (Bytes::from(format!("data: {note}\n\n")), true)
                 }
             },
-            _ = heartbeat.tick() => (": heartbeat\n\n".to_owned(), false),
+            _ = heartbeat.tick() => (Bytes::from_static(b": heartbeat\n\n"), false),
             () = stopping => break,
             () = tx.closed() => break,
         };
@@ -234,7 +230,7 @@ async fn follow(
         // While the connection has not taken the chunk, the ring goes on: a client that
         // falls behind it is cut off now (nothing more is built for it), not when its
         // connection's write timeout ends it.
-        let send = tx.send(Bytes::from(chunk));
+        let send = tx.send(chunk);
         tokio::pin!(send);
         let mut check = tokio::time::interval(LAG_CHECK);
         let sent = loop {

@@ -15,7 +15,10 @@
 //!   machine publishes most, is written as three indexes into its machine's [`Names`]
 //!   (the slot keeps the `Arc` of the last machine that wrote it, so a machine writing
 //!   over its own records touches no reference count). The names are looked up, and the
-//!   record built and turned into JSON, by the reader, on its own thread.
+//!   record built and turned into JSON, by the reader, on its own thread; the sidecar's
+//!   reader ([`Subscriber::next_sse`]) writes a transition's server-sent event straight
+//!   from its copy of the slot, with its machine's names kept as JSON strings, without
+//!   building a [`Record`].
 //! - **A client that falls behind** by more than the ring holds finds its next record gone:
 //!   it is cut off ([`Batch::CutOff`]) and counted in `turnstile_stream_dropped_total`.
 //! - **Resuming**: a subscriber may start after an id it saw before (`Last-Event-ID`); the
@@ -241,18 +244,7 @@ impl Encoder {
             let _ = write!(out, "{}", r.to_json());
             return;
         };
-        let time = match &self.time {
-            Some((t, s)) if *t == r.time => s,
-            _ => {
-                let s = records::timestamp(r.time);
-                &self.time.insert((r.time, s)).1
-            }
-        };
-        out.push_str("{\"id\":");
-        push_u64(out, r.id);
-        out.push_str(",\"time\":\"");
-        out.push_str(time);
-        out.push_str("\",\"kind\":\"transition\",\"machine\":");
+        self.transition_head(r.id, r.time, out);
         match &r.machine {
             Some(m) => push_json_str(out, m),
             None => out.push_str("null"),
@@ -265,6 +257,36 @@ impl Encoder {
             out.push_str(key);
             push_json_str(out, value);
         }
+        self.transition_tail(payload.as_ref(), job_id.as_deref(), out);
+    }
+
+    /// Appends `r` as one server-sent event: its `id:` line, a `data:` line of its JSON
+    /// and the blank line that ends the message.
+    pub fn write_sse(&mut self, r: &Record, out: &mut String) {
+        sse_head(r.id, out);
+        self.write(r, out);
+        out.push_str("\n\n");
+    }
+
+    /// A transition's JSON up to its machine's value: `{"id":..,"time":"..",
+    /// "kind":"transition","machine":`.
+    fn transition_head(&mut self, id: u64, time: SystemTime, out: &mut String) {
+        let time = match &self.time {
+            Some((t, s)) if *t == time => s,
+            _ => {
+                let s = records::timestamp(time);
+                &self.time.insert((time, s)).1
+            }
+        };
+        out.push_str("{\"id\":");
+        push_u64(out, id);
+        out.push_str(",\"time\":\"");
+        out.push_str(time);
+        out.push_str("\",\"kind\":\"transition\",\"machine\":");
+    }
+
+    /// A transition's JSON after its `to`: the payload (redacted), the job id, the `}`.
+    fn transition_tail(&self, payload: Option<&Arc<Json>>, job_id: Option<&str>, out: &mut String) {
         if let Some(p) = payload {
             out.push_str(",\"payload\":");
             let _ = write!(out, "{}", self.redactor.redact_json(p));
@@ -275,6 +297,18 @@ impl Encoder {
         }
         out.push('}');
     }
+}
+
+/// A slot's time (Unix milliseconds) as the record's: what [`records::coarse_now`] gives.
+fn at(unix_ms: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)
+}
+
+/// A server-sent event's start: `id: N\ndata: `.
+fn sse_head(id: u64, out: &mut String) {
+    out.push_str("id: ");
+    push_u64(out, id);
+    out.push_str("\ndata: ");
 }
 
 /// A machine's name and the names of its definition's states and events: its
@@ -306,9 +340,10 @@ impl Names {
         })
     }
 
-    /// The three indexes as the ring keeps them, when each names something here.
-    fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u32; 3]> {
-        let fits = |i: usize, n: usize| u32::try_from(i).ok().filter(|_| i < n);
+    /// The three indexes as the ring keeps them, when each names something here (and
+    /// fits in 16 bits: a transition of a larger definition is kept with its names).
+    fn indexes(&self, from: usize, to: usize, event: usize) -> Option<[u16; 3]> {
+        let fits = |i: usize, n: usize| u16::try_from(i).ok().filter(|_| i < n);
         Some([
             fits(from, self.states.len())?,
             fits(to, self.states.len())?,
@@ -320,19 +355,21 @@ impl Names {
 /// A transition's payload and job id, when it has either (rare at full speed).
 type Extra = (Option<Arc<Json>>, Option<String>);
 
-/// What a slot holds beyond its id, time and kind.
+/// What a slot holds beyond its time.
 enum Body {
     /// A transition by indexes (`from`, `to`, `event`) into the slot's [`Names`].
-    Indexed([u32; 3], Option<Arc<Extra>>),
-    /// Any other record: its machine and fields (shared with the readers that copy it).
-    Other(Arc<(Option<Arc<str>>, Fields)>),
+    Indexed([u16; 3], Option<Arc<Extra>>),
+    /// Any other record: its kind, machine and fields (shared with the readers that copy
+    /// it).
+    Other(Kind, Arc<(Option<Arc<str>>, Fields)>),
 }
 
-/// One place in the ring, written over when the ring is full.
+/// One place in the ring, written over when the ring is full: 32 bytes, two to a cache
+/// line (the publisher writes a line the ring last touched 65,536 records ago). Its
+/// record's id is where it is.
 struct Slot {
-    id: u64,
-    time: SystemTime,
-    kind: Kind,
+    /// When it was published, in Unix milliseconds (the coarse clock's).
+    time: u64,
     /// The names of the last machine that published an indexed transition here (kept
     /// while the same machine writes over its own records).
     names: Option<Arc<Names>>,
@@ -343,8 +380,8 @@ struct Slot {
 /// rare): made into a [`Record`] after.
 #[derive(Debug)]
 enum Copied {
-    Indexed(u64, SystemTime, [u32; 3], usize, Option<Arc<Extra>>),
-    Other(u64, SystemTime, Kind, Arc<(Option<Arc<str>>, Fields)>),
+    Indexed(u64, u64, [u16; 3], usize, Option<Arc<Extra>>),
+    Other(u64, u64, Kind, Arc<(Option<Arc<str>>, Fields)>),
 }
 
 struct Ring {
@@ -352,6 +389,9 @@ struct Ring {
     slots: Vec<Slot>,
     /// The id the next record gets.
     next_id: u64,
+    /// Once the ring is full, where the next record goes (`(next_id - 1) % capacity`,
+    /// kept as it goes round instead of divided for each record).
+    head: usize,
 }
 
 impl Ring {
@@ -361,9 +401,8 @@ impl Ring {
     }
 
     /// Where record `id` is, in a ring of `capacity` slots.
-    fn at(&self, id: u64, capacity: usize) -> Option<&Slot> {
-        let i = (id - 1) % capacity.max(1) as u64;
-        self.slots.get(usize::try_from(i).ok()?)
+    fn index(id: u64, capacity: usize) -> usize {
+        usize::try_from((id - 1) % capacity.max(1) as u64).unwrap_or(0)
     }
 }
 
@@ -411,6 +450,7 @@ impl Stream {
             ring: Mutex::new(Ring {
                 slots: Vec::new(),
                 next_id: 1,
+                head: 0,
             }),
             waiting: AtomicBool::new(false),
             notify: Notify::new(),
@@ -436,7 +476,7 @@ impl Stream {
         if !self.active() {
             return;
         }
-        self.put(kind, None, Body::Other(Arc::new((machine, fields))));
+        self.put(None, Body::Other(kind, Arc::new((machine, fields))));
     }
 
     /// Adds a transition of the machine named by `names`, by the indexes of its states and
@@ -454,7 +494,7 @@ impl Stream {
         }
         let extra = (payload.is_some() || job_id.is_some()).then(|| Arc::new((payload, job_id)));
         match names.indexes(from, to, event) {
-            Some(ix) => self.put(Kind::Transition, Some(names), Body::Indexed(ix, extra)),
+            Some(ix) => self.put(Some(names), Body::Indexed(ix, extra)),
             None => {
                 let name =
                     |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
@@ -470,39 +510,37 @@ impl Stream {
                     job_id,
                 };
                 self.put(
-                    Kind::Transition,
                     None,
-                    Body::Other(Arc::new((Some(names.machine.clone()), fields))),
+                    Body::Other(
+                        Kind::Transition,
+                        Arc::new((Some(names.machine.clone()), fields)),
+                    ),
                 );
             }
         }
     }
 
     /// Writes a record into the ring: the next slot while it grows, else the oldest one's.
-    fn put(&self, kind: Kind, names: Option<&Arc<Names>>, body: Body) {
-        let time = records::coarse_now();
+    fn put(&self, names: Option<&Arc<Names>>, body: Body) {
+        let time = turnstile_engine::runtime::clock::coarse_unix_ms();
         let replaced = {
             let mut ring = self.ring();
-            let id = ring.next_id;
             ring.next_id += 1;
             if ring.slots.len() < self.capacity {
                 if ring.slots.capacity() == 0 {
                     ring.slots.reserve_exact(self.capacity);
                 }
                 ring.slots.push(Slot {
-                    id,
                     time,
-                    kind,
                     names: names.cloned(),
                     body,
                 });
                 None
             } else {
-                let i = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
+                let i = ring.head;
+                ring.head = if i + 1 == self.capacity { 0 } else { i + 1 };
                 let slot = &mut ring.slots[i];
-                slot.id = id;
                 slot.time = time;
-                slot.kind = kind;
                 let names = match names {
                     Some(n) if !slot.names.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) => {
                         slot.names.replace(n.clone())
@@ -592,6 +630,20 @@ pub enum Batch {
     },
 }
 
+/// What [`Subscriber::next_sse`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It took records (at least one) and wrote those wanted (maybe none).
+    Written,
+    /// As [`Batch::Missed`]; nothing written.
+    Missed(Option<u64>),
+    /// As [`Batch::CutOff`]; nothing written.
+    CutOff {
+        /// Records it did not see.
+        missed: u64,
+    },
+}
+
 /// One client's cursor in the ring. Dropping it ends the subscription.
 #[derive(Debug)]
 pub struct Subscriber {
@@ -608,11 +660,159 @@ pub struct Subscriber {
     /// the records it builds clone and drop names for every record, and the reference
     /// counts of the definition's own names share cache lines with what the machine
     /// reads as it routes its events. At most [`LOCAL_NAMES`].
-    local: Vec<(Arc<Names>, Arc<Names>)>,
+    local: Vec<(Arc<Names>, Arc<Local>)>,
 }
 
 /// Machines whose names a subscriber keeps copies of (more: it starts over).
 const LOCAL_NAMES: usize = 64;
+
+/// A subscriber's copy of a machine's [`Names`], and each name as a JSON string: an
+/// indexed transition is written as server-sent event by copying these, without building
+/// a [`Record`] or escaping a name per record.
+#[derive(Debug)]
+struct Local {
+    names: Arc<Names>,
+    machine: String,
+    states: Box<[String]>,
+    events: Box<[String]>,
+}
+
+impl Local {
+    fn new(n: &Names) -> Self {
+        let json = |s: &Arc<str>| {
+            let mut o = String::with_capacity(s.len() + 2);
+            push_json_str(&mut o, s);
+            o
+        };
+        Self {
+            names: n.copy(),
+            machine: json(&n.machine),
+            states: n.states.iter().map(json).collect(),
+            events: n.events.iter().map(json).collect(),
+        }
+    }
+
+    /// Name `i` of `v` as JSON: `""` when out of range, as a [`Record`] names it.
+    fn json(v: &[String], i: u32) -> &str {
+        v.get(i as usize).map_or("\"\"", String::as_str)
+    }
+}
+
+/// What a subscriber took: records given to its [`Sink`], or a note.
+enum Took {
+    Records,
+    Missed(Option<u64>),
+    CutOff { missed: u64 },
+}
+
+/// Where [`Subscriber::take`] puts the records it takes, in id order.
+trait Sink {
+    /// An indexed transition of the machine named by `names`.
+    fn indexed(
+        &mut self,
+        id: u64,
+        time: SystemTime,
+        names: &Local,
+        ix: [u32; 3],
+        extra: Option<&Extra>,
+    );
+    /// Any other record.
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields));
+}
+
+/// [`Subscriber::next`]: the records built.
+impl Sink for Vec<Record> {
+    fn indexed(
+        &mut self,
+        id: u64,
+        time: SystemTime,
+        l: &Local,
+        [from, to, event]: [u32; 3],
+        extra: Option<&Extra>,
+    ) {
+        let names = &l.names;
+        let name =
+            |v: &[Arc<str>], i: u32| v.get(i as usize).cloned().unwrap_or_else(|| Arc::from(""));
+        let (payload, job_id) = extra.cloned().unwrap_or_default();
+        self.push(Record {
+            id,
+            time,
+            kind: Kind::Transition,
+            machine: Some(names.machine.clone()),
+            fields: Fields::Transition {
+                event: name(&names.events, event),
+                from: name(&names.states, from),
+                to: name(&names.states, to),
+                payload,
+                job_id,
+            },
+        });
+    }
+
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields)) {
+        let (machine, fields) = o.clone();
+        self.push(Record {
+            id,
+            time,
+            kind,
+            machine,
+            fields,
+        });
+    }
+}
+
+/// [`Subscriber::next_sse`]: the records `keep` wants, as server-sent events.
+struct Sse<'a, F> {
+    keep: F,
+    encoder: &'a mut Encoder,
+    out: &'a mut String,
+}
+
+impl<F: Fn(Kind, Option<&str>) -> bool> Sink for Sse<'_, F> {
+    fn indexed(
+        &mut self,
+        id: u64,
+        time: SystemTime,
+        l: &Local,
+        [from, to, event]: [u32; 3],
+        extra: Option<&Extra>,
+    ) {
+        if !(self.keep)(Kind::Transition, Some(&l.names.machine)) {
+            return;
+        }
+        let out = &mut *self.out;
+        sse_head(id, out);
+        self.encoder.transition_head(id, time, out);
+        out.push_str(&l.machine);
+        out.push_str(",\"event\":");
+        out.push_str(Local::json(&l.events, event));
+        out.push_str(",\"from\":");
+        out.push_str(Local::json(&l.states, from));
+        out.push_str(",\"to\":");
+        out.push_str(Local::json(&l.states, to));
+        let (payload, job_id) = match extra {
+            Some((p, j)) => (p.as_ref(), j.as_deref()),
+            None => (None, None),
+        };
+        self.encoder.transition_tail(payload, job_id, out);
+        out.push_str("\n\n");
+    }
+
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields)) {
+        if !(self.keep)(kind, o.0.as_deref()) {
+            return;
+        }
+        let (machine, fields) = o.clone();
+        let r = Record {
+            id,
+            time,
+            kind,
+            machine,
+            fields,
+        };
+        self.encoder.write_sse(&r, self.out);
+    }
+}
 
 impl Subscriber {
     /// The id of the last record this subscriber was given (0: none yet).
@@ -632,10 +832,10 @@ impl Subscriber {
         Some(oldest - self.next)
     }
 
-    /// Takes up to `max` records not yet seen, or None when there is none.
-    fn take(&mut self, max: usize) -> Option<Batch> {
+    /// Takes up to `max` records not yet seen into `sink`, or None when there is none.
+    fn take(&mut self, max: usize, sink: &mut impl Sink) -> Option<Took> {
         if let Some(m) = self.missed.take() {
-            return Some(Batch::Missed((m != u64::MAX).then_some(m)));
+            return Some(Took::Missed((m != u64::MAX).then_some(m)));
         }
         let ring = self.stream.ring();
         let oldest = ring.oldest();
@@ -643,7 +843,7 @@ impl Subscriber {
             let missed = oldest - self.next;
             drop(ring);
             self.stream.dropped.inc();
-            return Some(Batch::CutOff { missed });
+            return Some(Took::CutOff { missed });
         }
         if self.next >= ring.next_id {
             return None;
@@ -653,10 +853,13 @@ impl Subscriber {
             .min(self.next.saturating_add(max.max(1) as u64));
         let mut copied = std::mem::take(&mut self.copied);
         let mut names: Vec<Arc<Names>> = Vec::new();
+        let capacity = self.stream.capacity;
+        let mut i = Ring::index(self.next, capacity);
         for id in self.next..end {
-            let Some(slot) = ring.at(id, self.stream.capacity) else {
+            let Some(slot) = ring.slots.get(i) else {
                 break;
             };
+            i = if i + 1 == capacity { 0 } else { i + 1 };
             copied.push(match &slot.body {
                 Body::Indexed(ix, extra) => {
                     // The names of consecutive records are mostly the same machine's.
@@ -669,66 +872,36 @@ impl Subscriber {
                         // Never: an indexed transition is put with its names.
                         (None, _) => continue,
                     };
-                    Copied::Indexed(slot.id, slot.time, *ix, n, extra.clone())
+                    Copied::Indexed(id, slot.time, *ix, n, extra.clone())
                 }
-                Body::Other(o) => Copied::Other(slot.id, slot.time, slot.kind, o.clone()),
+                Body::Other(kind, o) => Copied::Other(id, slot.time, *kind, o.clone()),
             });
         }
         drop(ring);
         self.next = end;
-        for n in &mut names {
-            *n = self.local_names(n);
+        let local: Vec<Arc<Local>> = names.iter().map(|n| self.local_names(n)).collect();
+        for c in copied.drain(..) {
+            match c {
+                Copied::Indexed(id, time, ix, n, extra) => {
+                    let ix = ix.map(u32::from);
+                    sink.indexed(id, at(time), &local[n], ix, extra.as_deref());
+                }
+                Copied::Other(id, time, kind, o) => sink.other(id, at(time), kind, &o),
+            }
         }
-        let out = copied
-            .drain(..)
-            .map(|c| match c {
-                Copied::Indexed(id, time, [from, to, event], n, extra) => {
-                    let names = &names[n];
-                    let name = |v: &[Arc<str>], i: u32| {
-                        v.get(i as usize).cloned().unwrap_or_else(|| Arc::from(""))
-                    };
-                    let (payload, job_id) = extra
-                        .map(|e| (e.0.clone(), e.1.clone()))
-                        .unwrap_or_default();
-                    Record {
-                        id,
-                        time,
-                        kind: Kind::Transition,
-                        machine: Some(names.machine.clone()),
-                        fields: Fields::Transition {
-                            event: name(&names.events, event),
-                            from: name(&names.states, from),
-                            to: name(&names.states, to),
-                            payload,
-                            job_id,
-                        },
-                    }
-                }
-                Copied::Other(id, time, kind, o) => {
-                    let (machine, fields) = (*o).clone();
-                    Record {
-                        id,
-                        time,
-                        kind,
-                        machine,
-                        fields,
-                    }
-                }
-            })
-            .collect();
         self.copied = copied;
-        Some(Batch::Records(out))
+        Some(Took::Records)
     }
 
     /// This subscriber's copy of `n`.
-    fn local_names(&mut self, n: &Arc<Names>) -> Arc<Names> {
+    fn local_names(&mut self, n: &Arc<Names>) -> Arc<Local> {
         if let Some((_, l)) = self.local.iter().find(|(k, _)| Arc::ptr_eq(k, n)) {
             return l.clone();
         }
         if self.local.len() >= LOCAL_NAMES {
             self.local.clear();
         }
-        let l = n.copy();
+        let l = Arc::new(Local::new(n));
         self.local.push((n.clone(), l.clone()));
         l
     }
@@ -736,8 +909,37 @@ impl Subscriber {
     /// Waits for what comes next: up to `max` records, a [`Batch::Missed`] or a
     /// [`Batch::CutOff`] (after which the subscriber gives nothing more).
     pub async fn next(&mut self, max: usize) -> Batch {
+        let mut records = Vec::new();
+        match self.wait(max, &mut records).await {
+            Took::Records => Batch::Records(records),
+            Took::Missed(m) => Batch::Missed(m),
+            Took::CutOff { missed } => Batch::CutOff { missed },
+        }
+    }
+
+    /// As [`Subscriber::next`], but the records taken are written to `out` as
+    /// server-sent events (each one's `id:` and `data:` lines, as
+    /// [`Encoder::write_sse`] writes it), those that `keep` wants by their kind and
+    /// machine: the sidecar's `GET /events` writes the commonest records, transitions,
+    /// straight from the ring's copies, without a [`Record`] each.
+    pub async fn next_sse(
+        &mut self,
+        max: usize,
+        keep: impl Fn(Kind, Option<&str>) -> bool,
+        encoder: &mut Encoder,
+        out: &mut String,
+    ) -> Step {
+        let mut sink = Sse { keep, encoder, out };
+        match self.wait(max, &mut sink).await {
+            Took::Records => Step::Written,
+            Took::Missed(m) => Step::Missed(m),
+            Took::CutOff { missed } => Step::CutOff { missed },
+        }
+    }
+
+    async fn wait(&mut self, max: usize, sink: &mut impl Sink) -> Took {
         loop {
-            if let Some(b) = self.take(max) {
+            if let Some(b) = self.take(max, sink) {
                 self.busy = true;
                 return b;
             }
@@ -755,7 +957,7 @@ impl Subscriber {
             notified.as_mut().enable();
             stream.waiting.store(true, Ordering::SeqCst);
             // A record published before `waiting` was set did not wake us: look again.
-            if let Some(b) = self.take(max) {
+            if let Some(b) = self.take(max, sink) {
                 return b;
             }
             notified.await;
@@ -914,6 +1116,105 @@ mod tests {
             }
         }
         assert!(sub.local.len() <= LOCAL_NAMES);
+    }
+
+    /// The server-sent events written from the ring's copies are those of the records
+    /// [`Subscriber::next`] builds, as [`Encoder::write_sse`] writes them, for the records
+    /// the filter keeps: indexed transitions (with names to escape, out of range, with a
+    /// payload and job id) and other kinds.
+    #[tokio::test]
+    async fn sse_from_the_ring_is_what_the_records_show() {
+        let s = Arc::new(Stream::new(64, 3));
+        let mut records = s.subscribe(None).unwrap();
+        let mut sse = s.subscribe(None).unwrap();
+        let names = Arc::new(Names {
+            machine: Arc::from("m \"1\""),
+            states: vec![Arc::from("a"), Arc::from("b\\\n")].into(),
+            events: vec![Arc::from("go\u{1}")].into(),
+        });
+        let other = Arc::new(Names {
+            machine: Arc::from("n"),
+            states: vec![Arc::from("x")].into(),
+            events: vec![Arc::from("e")].into(),
+        });
+        s.push_transition(&names, [0, 1, 0], None, None);
+        s.push_transition(&names, [0, 9, 0], None, None);
+        let payload = Arc::new(json!({"k": 1, "api_token": "s"}));
+        s.push_transition(&names, [1, 0, 0], Some(payload), Some("j\"1".into()));
+        s.push_transition(&other, [0, 0, 0], None, None);
+        push(&s, 7);
+        s.publish(Kind::Control, Some("n"), || json!({"action": "pause"}));
+        let Batch::Records(got) = records.next(100).await else {
+            panic!("records expected")
+        };
+        assert_eq!(got.len(), 6);
+        for keep_machine in [None, Some("n"), Some("m \"1\"")] {
+            for keep_kind in [None, Some(Kind::Transition), Some(Kind::Control)] {
+                let keep = |kind: Kind, machine: Option<&str>| {
+                    keep_machine.is_none_or(|m| machine == Some(m))
+                        && keep_kind.is_none_or(|k| k == kind)
+                };
+                let mut want = String::new();
+                let mut enc = Encoder::default();
+                for r in got.iter().filter(|r| keep(r.kind, r.machine.as_deref())) {
+                    enc.write_sse(r, &mut want);
+                }
+                let mut sub = s.subscribe(Some(0)).unwrap();
+                let mut out = String::new();
+                let step = sub
+                    .next_sse(100, keep, &mut Encoder::default(), &mut out)
+                    .await;
+                assert_eq!(step, Step::Written);
+                assert_eq!(out, want);
+                assert_eq!(sub.last_id(), 6);
+            }
+        }
+        let mut out = String::new();
+        let step = sse
+            .next_sse(100, |_, _| true, &mut Encoder::default(), &mut out)
+            .await;
+        assert_eq!(step, Step::Written);
+        assert!(out.starts_with("id: 1\ndata: {\"id\":1,"), "{out}");
+        assert!(
+            out.contains("\"to\":\"\"}") && out.contains("\"[redacted]\""),
+            "{out}"
+        );
+        assert_eq!(out.matches("\n\n").count(), 6);
+    }
+
+    /// Two slots to a cache line; a definition whose indexes do not fit the slot's 16
+    /// bits has its transitions published with their names.
+    #[tokio::test]
+    async fn slots_are_small_and_large_definitions_are_named() {
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        let s = Arc::new(Stream::new(8, 1));
+        let mut sub = s.subscribe(None).unwrap();
+        let n = usize::from(u16::MAX) + 3;
+        let names = Arc::new(Names {
+            machine: Arc::from("big"),
+            states: (0..n).map(|i| Arc::from(format!("s{i}"))).collect(),
+            events: vec![Arc::from("go")].into(),
+        });
+        s.push_transition(&names, [n - 1, 1, 0], None, None);
+        s.push_transition(&names, [1, n - 2, 0], None, None);
+        let Batch::Records(got) = sub.next(10).await else {
+            panic!("records expected")
+        };
+        let named: Vec<(u64, String, String)> = got
+            .iter()
+            .map(|r| match &r.fields {
+                Fields::Transition { from, to, .. } => (r.id, from.to_string(), to.to_string()),
+                Fields::Json(_) => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (1, format!("s{}", n - 1), "s1".to_owned()),
+                (2, "s1".to_owned(), format!("s{}", n - 2)),
+            ]
+        );
     }
 
     #[tokio::test]
