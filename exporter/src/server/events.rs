@@ -100,10 +100,12 @@ impl Filter {
         Ok(f)
     }
 
+    /// `machine` names a machine the process was started with, a definition (all its
+    /// instances started at run time) or one instance.
     fn wants(&self, r: &crate::telemetry::stream::Record) -> bool {
         self.machine
             .as_deref()
-            .is_none_or(|m| r.machine.as_deref() == Some(m))
+            .is_none_or(|m| r.machine.as_deref() == Some(m) || r.instance.as_deref() == Some(m))
             && self.kinds.as_ref().is_none_or(|k| k.contains(&r.kind))
     }
 }

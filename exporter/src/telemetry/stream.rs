@@ -122,15 +122,17 @@ pub struct Record {
     pub time: SystemTime,
     /// What it reports.
     pub kind: Kind,
-    /// The machine it is about, if any.
+    /// The machine it is about, if any (an instance's definition).
     pub machine: Option<Arc<str>>,
+    /// The instance's name, for an instance started at run time.
+    pub instance: Option<Arc<str>>,
     /// The rest.
     pub fields: Fields,
 }
 
 impl Record {
-    /// The record as JSON, one line: `{id, time, kind, machine, ...}`; sensitive fields
-    /// redacted.
+    /// The record as JSON, one line: `{id, time, kind, machine, instance, ...}`; sensitive
+    /// fields redacted.
     pub fn to_json(&self) -> Json {
         let redactor = turnstile_engine::redact::global();
         let mut o = Map::new();
@@ -138,6 +140,7 @@ impl Record {
         o.insert("time".into(), json!(records::timestamp(self.time)));
         o.insert("kind".into(), json!(self.kind.as_str()));
         o.insert("machine".into(), json!(self.machine.as_deref()));
+        o.insert("instance".into(), json!(self.instance.as_deref()));
         match &self.fields {
             Fields::Transition {
                 event,
@@ -257,6 +260,11 @@ impl Encoder {
             Some(m) => push_json_str(out, m),
             None => out.push_str("null"),
         }
+        out.push_str(",\"instance\":");
+        match &r.instance {
+            Some(i) => push_json_str(out, i),
+            None => out.push_str("null"),
+        }
         for (key, value) in [
             (",\"event\":", event),
             (",\"from\":", from),
@@ -277,20 +285,24 @@ impl Encoder {
     }
 }
 
-/// A machine's name and the names of its definition's states and events: its
-/// transitions are published by index into these.
+/// A machine's name (its definition's, and its own for an instance started at run time)
+/// and the names of its definition's states and events: its transitions are published by
+/// index into these.
 #[derive(Debug)]
 pub struct Names {
     machine: Arc<str>,
+    instance: Option<Arc<str>>,
     states: Box<[Arc<str>]>,
     events: Box<[Arc<str>]>,
 }
 
 impl Names {
-    /// The names of `def`.
-    pub fn new(def: &turnstile_engine::MachineDef) -> Arc<Self> {
+    /// The names of `def`, for the instance `instance` of it (`None`: a machine the
+    /// process was started with).
+    pub fn new(def: &turnstile_engine::MachineDef, instance: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Self {
             machine: def.name.clone(),
+            instance,
             states: def.states.iter().map(|s| s.name.clone()).collect(),
             events: def.events.iter().cloned().collect(),
         })
@@ -301,6 +313,7 @@ impl Names {
         let own = |s: &Arc<str>| Arc::<str>::from(&**s);
         Arc::new(Self {
             machine: own(&self.machine),
+            instance: self.instance.as_ref().map(own),
             states: self.states.iter().map(own).collect(),
             events: self.events.iter().map(own).collect(),
         })
@@ -324,9 +337,14 @@ type Extra = (Option<Arc<Json>>, Option<String>);
 enum Body {
     /// A transition by indexes (`from`, `to`, `event`) into the slot's [`Names`].
     Indexed([u32; 3], Option<Arc<Extra>>),
-    /// Any other record: its machine and fields (shared with the readers that copy it).
-    Other(Arc<(Option<Arc<str>>, Fields)>),
+    /// Any other record: its machine, instance and fields (shared with the readers that
+    /// copy it).
+    Other(Arc<Other>),
 }
+
+/// A record that is not an indexed transition: its machine and instance (as in
+/// [`Record`]) and its fields.
+type Other = (Option<Arc<str>>, Option<Arc<str>>, Fields);
 
 /// One place in the ring, written over when the ring is full.
 struct Slot {
@@ -344,7 +362,7 @@ struct Slot {
 #[derive(Debug)]
 enum Copied {
     Indexed(u64, SystemTime, [u32; 3], usize, Option<Arc<Extra>>),
-    Other(u64, SystemTime, Kind, Arc<(Option<Arc<str>>, Fields)>),
+    Other(u64, SystemTime, Kind, Arc<Other>),
 }
 
 struct Ring {
@@ -431,12 +449,23 @@ impl Stream {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a record (when someone follows the stream); never waits for a client.
-    pub fn push(&self, kind: Kind, machine: Option<Arc<str>>, fields: Fields) {
+    /// Adds a record about `machine` (a definition's name) and, for an instance started
+    /// at run time, `instance` (when someone follows the stream); never waits for a client.
+    pub fn push(
+        &self,
+        kind: Kind,
+        machine: Option<Arc<str>>,
+        instance: Option<Arc<str>>,
+        fields: Fields,
+    ) {
         if !self.active() {
             return;
         }
-        self.put(kind, None, Body::Other(Arc::new((machine, fields))));
+        self.put(
+            kind,
+            None,
+            Body::Other(Arc::new((machine, instance, fields))),
+        );
     }
 
     /// Adds a transition of the machine named by `names`, by the indexes of its states and
@@ -472,7 +501,11 @@ impl Stream {
                 self.put(
                     Kind::Transition,
                     None,
-                    Body::Other(Arc::new((Some(names.machine.clone()), fields))),
+                    Body::Other(Arc::new((
+                        Some(names.machine.clone()),
+                        names.instance.clone(),
+                        fields,
+                    ))),
                 );
             }
         }
@@ -521,11 +554,17 @@ impl Stream {
     }
 
     /// Publishes a record of `kind` whose fields are `fields` (a JSON object's members;
-    /// `id`, `time`, `kind` and `machine` are set here). For the reports that are not the
-    /// observer's own: control actions and breakpoint hits (`Kind::Control`,
+    /// `id`, `time`, `kind`, `machine` and `instance` are set here). For the reports that
+    /// are not the observer's own: control actions and breakpoint hits (`Kind::Control`,
     /// `Kind::Breakpoint`, with an `action` field saying what was done), an operator's job
-    /// writes. Free when nobody follows the stream.
-    pub fn publish(&self, kind: Kind, machine: Option<&str>, fields: impl FnOnce() -> Json) {
+    /// writes. `machine`: a definition's name, and an instance's for an instance started
+    /// at run time. Free when nobody follows the stream.
+    pub fn publish(
+        &self,
+        kind: Kind,
+        machine: Option<(&str, Option<&str>)>,
+        fields: impl FnOnce() -> Json,
+    ) {
         if !self.active() {
             return;
         }
@@ -537,7 +576,12 @@ impl Stream {
                 m
             }
         };
-        self.push(kind, machine.map(Arc::from), Fields::Json(Arc::new(fields)));
+        self.push(
+            kind,
+            machine.map(|(m, _)| Arc::from(m)),
+            machine.and_then(|(_, i)| i).map(Arc::from),
+            Fields::Json(Arc::new(fields)),
+        );
     }
 
     /// A subscriber that sees the records published from now on or, with `after` (a
@@ -695,6 +739,7 @@ impl Subscriber {
                         time,
                         kind: Kind::Transition,
                         machine: Some(names.machine.clone()),
+                        instance: names.instance.clone(),
                         fields: Fields::Transition {
                             event: name(&names.events, event),
                             from: name(&names.states, from),
@@ -705,12 +750,13 @@ impl Subscriber {
                     }
                 }
                 Copied::Other(id, time, kind, o) => {
-                    let (machine, fields) = (*o).clone();
+                    let (machine, instance, fields) = (*o).clone();
                     Record {
                         id,
                         time,
                         kind,
                         machine,
+                        instance,
                         fields,
                     }
                 }
@@ -778,10 +824,14 @@ pub(super) struct QuickFeed {
 }
 
 impl QuickFeed {
-    pub(super) fn new(stream: &Arc<Stream>, def: &turnstile_engine::MachineDef) -> Self {
+    pub(super) fn new(
+        stream: &Arc<Stream>,
+        def: &turnstile_engine::MachineDef,
+        instance: Option<Arc<str>>,
+    ) -> Self {
         Self {
             stream: stream.clone(),
-            names: Names::new(def),
+            names: Names::new(def, instance),
         }
     }
 
@@ -815,7 +865,7 @@ mod tests {
     fn push(s: &Stream, n: u64) {
         s.publish(
             Kind::Control,
-            Some("m"),
+            Some(("m", None)),
             || json!({"action": "pause", "n": n}),
         );
     }
@@ -843,6 +893,7 @@ mod tests {
         let r = got[0].to_json();
         assert_eq!(r["kind"], "control");
         assert_eq!(r["machine"], "m");
+        assert_eq!(r["instance"], Json::Null);
         assert_eq!(r["action"], "pause");
         drop(sub);
         assert!(!s.active());
@@ -881,6 +932,7 @@ mod tests {
             .map(|i| {
                 Arc::new(Names {
                     machine: Arc::from(format!("m{i}")),
+                    instance: (i % 2 == 1).then(|| Arc::from(format!("i{i}"))),
                     states: vec![Arc::from("a"), Arc::from(format!("s{i}"))].into(),
                     events: vec![Arc::from("go")].into(),
                 })
@@ -900,6 +952,8 @@ mod tests {
                     seen += 1;
                     assert_eq!(r.id, seen);
                     assert_eq!(r.machine.as_deref(), Some(&*format!("m{i}")));
+                    let instance = format!("i{i}");
+                    assert_eq!(r.instance.as_deref(), (i % 2 == 1).then_some(&*instance));
                     let Fields::Transition { to, job_id, .. } = &r.fields else {
                         panic!("{r:?}")
                     };
@@ -944,19 +998,22 @@ mod tests {
     #[test]
     fn the_encoder_writes_what_to_json_shows() {
         let mut enc = Encoder::default();
-        for (machine, payload, job) in [
+        for (machine, instance, payload, job) in [
             (
                 Some("m \"1\""),
+                Some("i-\"1\""),
                 Some(json!({"a\nb": [1, {"token": "t"}], "x": "\u{1}\\"})),
                 Some("j\t1\u{8}\u{c}"),
             ),
-            (None, None, None),
+            (Some("m"), None, None, None),
+            (None, None, None, None),
         ] {
             let r = Record {
                 id: 1_234_567_890,
                 time: SystemTime::now(),
                 kind: Kind::Transition,
                 machine: machine.map(Arc::from),
+                instance: instance.map(Arc::from),
                 fields: Fields::Transition {
                     event: Arc::from("go\u{7f}é"),
                     from: Arc::from("a"),
@@ -978,6 +1035,7 @@ mod tests {
             time: SystemTime::now(),
             kind: Kind::Control,
             machine: None,
+            instance: None,
             fields: Fields::Json(Arc::new(Map::new())),
         };
         let mut out = String::new();
@@ -992,6 +1050,7 @@ mod tests {
             time: SystemTime::now(),
             kind: Kind::Transition,
             machine: Some(Arc::from("m")),
+            instance: None,
             fields: Fields::Transition {
                 event: Arc::from("go"),
                 from: Arc::from("a"),
