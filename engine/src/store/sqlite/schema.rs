@@ -181,6 +181,20 @@ pub(super) fn connect(
     Ok(conn)
 }
 
+/// A second connection to a database [`connect`] opened, for reads: no migration, the
+/// same busy handling.
+pub(super) fn connect_reader(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    wait_when_busy(&mut conn, opts.busy_timeout)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
 /// How long a connection waiting for a lock looks again every [`FINE_STEP`] before it
 /// looks every [`COARSE_STEP`].
 const FINE_WAIT: Duration = Duration::from_millis(50);
