@@ -30,7 +30,7 @@ const SILENCE: Duration = Duration::from_secs(45);
 /// `tail` arguments.
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Only records of this machine.
+    /// Only records of this machine (a definition: all its instances; or one instance).
     #[arg(long)]
     pub machine: Option<String>,
     /// Only records of these kinds: transition, action, error, job, control, breakpoint
@@ -291,7 +291,7 @@ fn rest(r: &Json, skip: &[&str]) -> String {
     };
     let parts: Vec<String> = o
         .iter()
-        .filter(|(k, _)| !["id", "time", "kind", "machine"].contains(&k.as_str()))
+        .filter(|(k, _)| !["id", "time", "kind", "machine", "instance"].contains(&k.as_str()))
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .map(|(k, v)| match v {
             Json::String(s) => format!("{k}={s}"),
@@ -312,7 +312,12 @@ fn render(r: &Json, color: bool) -> String {
     };
     let kind = s(r, "kind");
     let time = paint(DIM, clock(s(r, "time")));
-    let machine = r.get("machine").and_then(Json::as_str).unwrap_or("-");
+    // An instance started at run time by its own name (its definition's is `machine`).
+    let machine = r
+        .get("instance")
+        .and_then(Json::as_str)
+        .or_else(|| r.get("machine").and_then(Json::as_str))
+        .unwrap_or("-");
     let (label, what) = match kind {
         "transition" => {
             let mut what = format!("{} -> {}  on {}", s(r, "from"), s(r, "to"), s(r, "event"));
@@ -426,8 +431,12 @@ mod tests {
             render(&r, false),
             "07:33:54.011 -- 3 records missed (no longer held by the sidecar)"
         );
-        let r = json!({"id": 2, "time": "t", "kind": "control", "machine": "m", "action": "pause"});
+        let r = json!({"id": 2, "time": "t", "kind": "control", "machine": "m", "instance": null,
+            "action": "pause"});
         assert_eq!(render(&r, false), "t m control action=pause");
+        let r = json!({"id": 3, "time": "t", "kind": "control", "machine": "m", "instance": "m-7",
+            "action": "pause"});
+        assert_eq!(render(&r, false), "t m-7 control action=pause");
         assert!(parse_kind("nope").is_err());
         assert_eq!(parse_kind("job").unwrap(), "job");
     }

@@ -519,3 +519,87 @@ fn live_operations_and_breakpoint_hits_are_on_the_stream_with_state_and_redacted
     assert!(hit["context"].is_object(), "{hit}");
     assert!(!hit.to_string().contains("s3cr3t-value"), "{hit}");
 }
+
+/// An instance started at run time (`POST /machines`) is named on the stream as in
+/// `/trace`: `machine` its definition's name, `instance` its own (null for the machine the
+/// process was started with); `?machine=` takes the definition's name (all of them) or the
+/// instance's (that one alone).
+#[test]
+fn records_of_an_instance_started_at_run_time_name_it_and_filter_by_either_name() {
+    let s = Server::start(Some(IDLE));
+    let a = s.addr;
+    let (_all, all_rx) = curl(a, "", &[]);
+    let (_def, def_rx) = curl(a, "?machine=idle", &[]);
+    let (_one, one_rx) = curl(a, "?machine=idle-2", &[]);
+    wait_until("the clients are counted", LIMIT, || s.clients() == 3.0);
+    let r = post_json(
+        a,
+        "/machines",
+        &[],
+        &json!({"definition": "idle", "name": "idle-2"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = post_json(a, "/machines/idle-2/pause", &[], &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_json(a, "/machines/idle-2/resume", &[], &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_json(
+        a,
+        "/machines/idle-2/events",
+        &[],
+        &json!({"type": "go", "payload": {"n": 2}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    s.send("go", json!({"n": 1}));
+    // Transitions, log actions and control actions of both machines.
+    let both = |r: &[(Option<u64>, Json)]| {
+        let n = |instance: Json, kind: &str| {
+            r.iter()
+                .filter(|(_, j)| j["kind"] == kind && j["instance"] == instance)
+                .count()
+        };
+        n(json!("idle-2"), "transition") == 1
+            && n(json!("idle-2"), "action") == 1
+            && n(json!("idle-2"), "control") == 2
+            && n(Json::Null, "transition") == 1
+            && n(Json::Null, "action") == 1
+    };
+    let all = read_records(&all_rx, LIMIT, both);
+    assert!(both(&all), "{all:?}");
+    for (_, r) in &all {
+        // Every record has both fields; the instance's are named after its definition.
+        assert_eq!(r["machine"], "idle", "{r}");
+        assert!(r.as_object().unwrap().contains_key("instance"), "{r}");
+        assert!(r["instance"] == "idle-2" || r["instance"].is_null(), "{r}");
+    }
+    let t = |got: &[(Option<u64>, Json)], instance: Json| {
+        got.iter()
+            .find(|(_, j)| j["kind"] == "transition" && j["instance"] == instance)
+            .map(|(_, j)| j.clone())
+            .unwrap()
+    };
+    let inst = t(&all, json!("idle-2"));
+    assert_eq!(
+        (&inst["event"], &inst["payload"]["n"]),
+        (&json!("go"), &json!(2))
+    );
+    let conf = t(&all, Json::Null);
+    assert_eq!(
+        (&conf["event"], &conf["payload"]["n"]),
+        (&json!("go"), &json!(1))
+    );
+    // The definition's name: the same records.
+    let by_def = read_records(&def_rx, LIMIT, both);
+    assert_eq!(by_def, all);
+    // The instance's name: its records alone (its transition, action and control
+    // actions), then nothing of the other machine.
+    let alone = |r: &[(Option<u64>, Json)]| r.len() >= 4;
+    let mut by_one = read_records(&one_rx, LIMIT, alone);
+    by_one.extend(read_records(&one_rx, Duration::from_millis(500), |_| false));
+    let want: Vec<_> = all
+        .iter()
+        .filter(|(_, j)| j["instance"] == "idle-2")
+        .cloned()
+        .collect();
+    assert_eq!(by_one, want);
+}

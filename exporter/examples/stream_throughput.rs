@@ -164,7 +164,7 @@ impl Follower {
                 let mut out = String::new();
                 while !s.load(Ordering::Relaxed) {
                     let before = sub.last_id();
-                    let keep = |_: Kind, _: Option<&str>| true;
+                    let keep = |_: Kind, _: Option<&str>, _: Option<&str>| true;
                     let next = sub.next_sse(512, keep, &mut encoder, &mut out);
                     match tokio::time::timeout(Duration::from_millis(50), next).await {
                         Ok(Step::Written) => {

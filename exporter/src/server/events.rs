@@ -100,9 +100,13 @@ impl Filter {
         Ok(f)
     }
 
-    /// Whether a record of `kind` about `machine` is wanted.
-    fn wants(&self, kind: Kind, machine: Option<&str>) -> bool {
-        self.machine.as_deref().is_none_or(|m| machine == Some(m))
+    /// Whether a record of `kind` about `machine` (for an instance started at run time:
+    /// its definition) and `instance` is wanted: the filter's `machine` names a machine
+    /// the process was started with, a definition (all its instances) or one instance.
+    fn wants(&self, kind: Kind, machine: Option<&str>, instance: Option<&str>) -> bool {
+        self.machine
+            .as_deref()
+            .is_none_or(|m| machine == Some(m) || instance == Some(m))
             && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
     }
 }
@@ -196,7 +200,9 @@ async fn follow(
                 None => std::future::pending().await,
             }
         };
-        let keep = |kind: Kind, machine: Option<&str>| filter.wants(kind, machine);
+        let keep = |kind: Kind, machine: Option<&str>, instance: Option<&str>| {
+            filter.wants(kind, machine, instance)
+        };
         let (chunk, last) = tokio::select! {
             step = sub.next_sse(BATCH, keep, &mut encoder, &mut out) => match step {
                 Step::Written => {

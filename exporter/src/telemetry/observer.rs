@@ -88,7 +88,7 @@ impl Observer for Telemetry {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            names: Names::new(m.def),
+            names: Names::new(m.def, m.instance.then(|| Arc::from(m.name))),
             metrics: self.metrics.machine(m.def, self.detail(m.def)),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
@@ -133,7 +133,7 @@ impl Observer for Telemetry {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
             states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            names: Names::new(m.def),
+            names: Names::new(m.def, m.instance.then(|| Arc::from(m.name))),
             metrics: self.metrics.machine(m.def, detail),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
@@ -166,7 +166,7 @@ impl Observer for Telemetry {
         let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
         Some(Box::new(QuickSlot(
             slot.clone(),
-            QuickFeed::new(&self.stream, m.def),
+            QuickFeed::new(&self.stream, m.def, slot.instance.clone()),
         )))
     }
 

@@ -125,15 +125,17 @@ pub struct Record {
     pub time: SystemTime,
     /// What it reports.
     pub kind: Kind,
-    /// The machine it is about, if any.
+    /// The machine it is about, if any (an instance's definition).
     pub machine: Option<Arc<str>>,
+    /// The instance's name, for an instance started at run time.
+    pub instance: Option<Arc<str>>,
     /// The rest.
     pub fields: Fields,
 }
 
 impl Record {
-    /// The record as JSON, one line: `{id, time, kind, machine, ...}`; sensitive fields
-    /// redacted.
+    /// The record as JSON, one line: `{id, time, kind, machine, instance, ...}`; sensitive
+    /// fields redacted.
     pub fn to_json(&self) -> Json {
         let redactor = turnstile_engine::redact::global();
         let mut o = Map::new();
@@ -141,6 +143,7 @@ impl Record {
         o.insert("time".into(), json!(records::timestamp(self.time)));
         o.insert("kind".into(), json!(self.kind.as_str()));
         o.insert("machine".into(), json!(self.machine.as_deref()));
+        o.insert("instance".into(), json!(self.instance.as_deref()));
         match &self.fields {
             Fields::Transition {
                 event,
@@ -245,9 +248,12 @@ impl Encoder {
             return;
         };
         self.transition_head(r.id, r.time, out);
-        match &r.machine {
-            Some(m) => push_json_str(out, m),
-            None => out.push_str("null"),
+        for (key, value) in [("", &r.machine), (",\"instance\":", &r.instance)] {
+            out.push_str(key);
+            match value {
+                Some(v) => push_json_str(out, v),
+                None => out.push_str("null"),
+            }
         }
         for (key, value) in [
             (",\"event\":", event),
@@ -311,20 +317,24 @@ fn sse_head(id: u64, out: &mut String) {
     out.push_str("\ndata: ");
 }
 
-/// A machine's name and the names of its definition's states and events: its
-/// transitions are published by index into these.
+/// A machine's name (its definition's, and its own for an instance started at run time)
+/// and the names of its definition's states and events: its transitions are published by
+/// index into these.
 #[derive(Debug)]
 pub struct Names {
     machine: Arc<str>,
+    instance: Option<Arc<str>>,
     states: Box<[Arc<str>]>,
     events: Box<[Arc<str>]>,
 }
 
 impl Names {
-    /// The names of `def`.
-    pub fn new(def: &turnstile_engine::MachineDef) -> Arc<Self> {
+    /// The names of `def`, for the instance `instance` of it (`None`: a machine the
+    /// process was started with).
+    pub fn new(def: &turnstile_engine::MachineDef, instance: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Self {
             machine: def.name.clone(),
+            instance,
             states: def.states.iter().map(|s| s.name.clone()).collect(),
             events: def.events.iter().cloned().collect(),
         })
@@ -335,6 +345,7 @@ impl Names {
         let own = |s: &Arc<str>| Arc::<str>::from(&**s);
         Arc::new(Self {
             machine: own(&self.machine),
+            instance: self.instance.as_ref().map(own),
             states: self.states.iter().map(own).collect(),
             events: self.events.iter().map(own).collect(),
         })
@@ -359,10 +370,14 @@ type Extra = (Option<Arc<Json>>, Option<String>);
 enum Body {
     /// A transition by indexes (`from`, `to`, `event`) into the slot's [`Names`].
     Indexed([u16; 3], Option<Arc<Extra>>),
-    /// Any other record: its kind, machine and fields (shared with the readers that copy
-    /// it).
-    Other(Kind, Arc<(Option<Arc<str>>, Fields)>),
+    /// Any other record: its kind, and its machine, instance and fields (shared with the
+    /// readers that copy it).
+    Other(Kind, Arc<Other>),
 }
+
+/// A record that is not an indexed transition: its machine and instance (as in
+/// [`Record`]) and its fields.
+type Other = (Option<Arc<str>>, Option<Arc<str>>, Fields);
 
 /// One place in the ring, written over when the ring is full: 32 bytes, two to a cache
 /// line (the publisher writes a line the ring last touched 65,536 records ago). Its
@@ -381,7 +396,7 @@ struct Slot {
 #[derive(Debug)]
 enum Copied {
     Indexed(u64, u64, [u16; 3], usize, Option<Arc<Extra>>),
-    Other(u64, u64, Kind, Arc<(Option<Arc<str>>, Fields)>),
+    Other(u64, u64, Kind, Arc<Other>),
 }
 
 struct Ring {
@@ -471,12 +486,22 @@ impl Stream {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a record (when someone follows the stream); never waits for a client.
-    pub fn push(&self, kind: Kind, machine: Option<Arc<str>>, fields: Fields) {
+    /// Adds a record about `machine` (a definition's name) and, for an instance started
+    /// at run time, `instance` (when someone follows the stream); never waits for a client.
+    pub fn push(
+        &self,
+        kind: Kind,
+        machine: Option<Arc<str>>,
+        instance: Option<Arc<str>>,
+        fields: Fields,
+    ) {
         if !self.active() {
             return;
         }
-        self.put(None, Body::Other(kind, Arc::new((machine, fields))));
+        self.put(
+            None,
+            Body::Other(kind, Arc::new((machine, instance, fields))),
+        );
     }
 
     /// Adds a transition of the machine named by `names`, by the indexes of its states and
@@ -513,7 +538,7 @@ impl Stream {
                     None,
                     Body::Other(
                         Kind::Transition,
-                        Arc::new((Some(names.machine.clone()), fields)),
+                        Arc::new((Some(names.machine.clone()), names.instance.clone(), fields)),
                     ),
                 );
             }
@@ -559,11 +584,17 @@ impl Stream {
     }
 
     /// Publishes a record of `kind` whose fields are `fields` (a JSON object's members;
-    /// `id`, `time`, `kind` and `machine` are set here). For the reports that are not the
-    /// observer's own: control actions and breakpoint hits (`Kind::Control`,
+    /// `id`, `time`, `kind`, `machine` and `instance` are set here). For the reports that
+    /// are not the observer's own: control actions and breakpoint hits (`Kind::Control`,
     /// `Kind::Breakpoint`, with an `action` field saying what was done), an operator's job
-    /// writes. Free when nobody follows the stream.
-    pub fn publish(&self, kind: Kind, machine: Option<&str>, fields: impl FnOnce() -> Json) {
+    /// writes. `machine`: a definition's name, and an instance's for an instance started
+    /// at run time. Free when nobody follows the stream.
+    pub fn publish(
+        &self,
+        kind: Kind,
+        machine: Option<(&str, Option<&str>)>,
+        fields: impl FnOnce() -> Json,
+    ) {
         if !self.active() {
             return;
         }
@@ -575,7 +606,12 @@ impl Stream {
                 m
             }
         };
-        self.push(kind, machine.map(Arc::from), Fields::Json(Arc::new(fields)));
+        self.push(
+            kind,
+            machine.map(|(m, _)| Arc::from(m)),
+            machine.and_then(|(_, i)| i).map(Arc::from),
+            Fields::Json(Arc::new(fields)),
+        );
     }
 
     /// A subscriber that sees the records published from now on or, with `after` (a
@@ -673,6 +709,8 @@ const LOCAL_NAMES: usize = 64;
 struct Local {
     names: Arc<Names>,
     machine: String,
+    /// The instance's name as JSON, `null` for a machine the process was started with.
+    instance: String,
     states: Box<[String]>,
     events: Box<[String]>,
 }
@@ -687,6 +725,7 @@ impl Local {
         Self {
             names: n.copy(),
             machine: json(&n.machine),
+            instance: n.instance.as_ref().map_or_else(|| "null".to_owned(), json),
             states: n.states.iter().map(json).collect(),
             events: n.events.iter().map(json).collect(),
         }
@@ -717,7 +756,7 @@ trait Sink {
         extra: Option<&Extra>,
     );
     /// Any other record.
-    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields));
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &Other);
 }
 
 /// [`Subscriber::next`]: the records built.
@@ -739,6 +778,7 @@ impl Sink for Vec<Record> {
             time,
             kind: Kind::Transition,
             machine: Some(names.machine.clone()),
+            instance: names.instance.clone(),
             fields: Fields::Transition {
                 event: name(&names.events, event),
                 from: name(&names.states, from),
@@ -749,13 +789,14 @@ impl Sink for Vec<Record> {
         });
     }
 
-    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields)) {
-        let (machine, fields) = o.clone();
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &Other) {
+        let (machine, instance, fields) = o.clone();
         self.push(Record {
             id,
             time,
             kind,
             machine,
+            instance,
             fields,
         });
     }
@@ -768,7 +809,7 @@ struct Sse<'a, F> {
     out: &'a mut String,
 }
 
-impl<F: Fn(Kind, Option<&str>) -> bool> Sink for Sse<'_, F> {
+impl<F: Fn(Kind, Option<&str>, Option<&str>) -> bool> Sink for Sse<'_, F> {
     fn indexed(
         &mut self,
         id: u64,
@@ -777,13 +818,16 @@ impl<F: Fn(Kind, Option<&str>) -> bool> Sink for Sse<'_, F> {
         [from, to, event]: [u32; 3],
         extra: Option<&Extra>,
     ) {
-        if !(self.keep)(Kind::Transition, Some(&l.names.machine)) {
+        let instance = l.names.instance.as_deref();
+        if !(self.keep)(Kind::Transition, Some(&l.names.machine), instance) {
             return;
         }
         let out = &mut *self.out;
         sse_head(id, out);
         self.encoder.transition_head(id, time, out);
         out.push_str(&l.machine);
+        out.push_str(",\"instance\":");
+        out.push_str(&l.instance);
         out.push_str(",\"event\":");
         out.push_str(Local::json(&l.events, event));
         out.push_str(",\"from\":");
@@ -798,16 +842,17 @@ impl<F: Fn(Kind, Option<&str>) -> bool> Sink for Sse<'_, F> {
         out.push_str("\n\n");
     }
 
-    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &(Option<Arc<str>>, Fields)) {
-        if !(self.keep)(kind, o.0.as_deref()) {
+    fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &Other) {
+        if !(self.keep)(kind, o.0.as_deref(), o.1.as_deref()) {
             return;
         }
-        let (machine, fields) = o.clone();
+        let (machine, instance, fields) = o.clone();
         let r = Record {
             id,
             time,
             kind,
             machine,
+            instance,
             fields,
         };
         self.encoder.write_sse(&r, self.out);
@@ -919,13 +964,13 @@ impl Subscriber {
 
     /// As [`Subscriber::next`], but the records taken are written to `out` as
     /// server-sent events (each one's `id:` and `data:` lines, as
-    /// [`Encoder::write_sse`] writes it), those that `keep` wants by their kind and
-    /// machine: the sidecar's `GET /events` writes the commonest records, transitions,
+    /// [`Encoder::write_sse`] writes it), those that `keep` wants by their kind, machine
+    /// and instance: the sidecar's `GET /events` writes the commonest records, transitions,
     /// straight from the ring's copies, without a [`Record`] each.
     pub async fn next_sse(
         &mut self,
         max: usize,
-        keep: impl Fn(Kind, Option<&str>) -> bool,
+        keep: impl Fn(Kind, Option<&str>, Option<&str>) -> bool,
         encoder: &mut Encoder,
         out: &mut String,
     ) -> Step {
@@ -980,10 +1025,14 @@ pub(super) struct QuickFeed {
 }
 
 impl QuickFeed {
-    pub(super) fn new(stream: &Arc<Stream>, def: &turnstile_engine::MachineDef) -> Self {
+    pub(super) fn new(
+        stream: &Arc<Stream>,
+        def: &turnstile_engine::MachineDef,
+        instance: Option<Arc<str>>,
+    ) -> Self {
         Self {
             stream: stream.clone(),
-            names: Names::new(def),
+            names: Names::new(def, instance),
         }
     }
 
@@ -1017,7 +1066,7 @@ mod tests {
     fn push(s: &Stream, n: u64) {
         s.publish(
             Kind::Control,
-            Some("m"),
+            Some(("m", None)),
             || json!({"action": "pause", "n": n}),
         );
     }
@@ -1083,6 +1132,7 @@ mod tests {
             .map(|i| {
                 Arc::new(Names {
                     machine: Arc::from(format!("m{i}")),
+                    instance: (i % 2 == 1).then(|| Arc::from(format!("i{i}"))),
                     states: vec![Arc::from("a"), Arc::from(format!("s{i}"))].into(),
                     events: vec![Arc::from("go")].into(),
                 })
@@ -1102,6 +1152,8 @@ mod tests {
                     seen += 1;
                     assert_eq!(r.id, seen);
                     assert_eq!(r.machine.as_deref(), Some(&*format!("m{i}")));
+                    let instance = format!("i{i}");
+                    assert_eq!(r.instance.as_deref(), (i % 2 == 1).then_some(&*instance));
                     let Fields::Transition { to, job_id, .. } = &r.fields else {
                         panic!("{r:?}")
                     };
@@ -1129,11 +1181,13 @@ mod tests {
         let mut sse = s.subscribe(None).unwrap();
         let names = Arc::new(Names {
             machine: Arc::from("m \"1\""),
+            instance: Some(Arc::from("i \"1\"")),
             states: vec![Arc::from("a"), Arc::from("b\\\n")].into(),
             events: vec![Arc::from("go\u{1}")].into(),
         });
         let other = Arc::new(Names {
             machine: Arc::from("n"),
+            instance: None,
             states: vec![Arc::from("x")].into(),
             events: vec![Arc::from("e")].into(),
         });
@@ -1143,20 +1197,30 @@ mod tests {
         s.push_transition(&names, [1, 0, 0], Some(payload), Some("j\"1".into()));
         s.push_transition(&other, [0, 0, 0], None, None);
         push(&s, 7);
-        s.publish(Kind::Control, Some("n"), || json!({"action": "pause"}));
+        s.publish(
+            Kind::Control,
+            Some(("n", None)),
+            || json!({"action": "pause"}),
+        );
+        s.publish(
+            Kind::Control,
+            Some(("m \"1\"", Some("i \"1\""))),
+            || json!({"action": "resume"}),
+        );
         let Batch::Records(got) = records.next(100).await else {
             panic!("records expected")
         };
-        assert_eq!(got.len(), 6);
-        for keep_machine in [None, Some("n"), Some("m \"1\"")] {
+        assert_eq!(got.len(), 7);
+        for keep_machine in [None, Some("n"), Some("m \"1\""), Some("i \"1\"")] {
             for keep_kind in [None, Some(Kind::Transition), Some(Kind::Control)] {
-                let keep = |kind: Kind, machine: Option<&str>| {
-                    keep_machine.is_none_or(|m| machine == Some(m))
+                let keep = |kind: Kind, machine: Option<&str>, instance: Option<&str>| {
+                    keep_machine.is_none_or(|m| machine == Some(m) || instance == Some(m))
                         && keep_kind.is_none_or(|k| k == kind)
                 };
                 let mut want = String::new();
                 let mut enc = Encoder::default();
-                for r in got.iter().filter(|r| keep(r.kind, r.machine.as_deref())) {
+                let kept = |r: &&Record| keep(r.kind, r.machine.as_deref(), r.instance.as_deref());
+                for r in got.iter().filter(kept) {
                     enc.write_sse(r, &mut want);
                 }
                 let mut sub = s.subscribe(Some(0)).unwrap();
@@ -1166,12 +1230,12 @@ mod tests {
                     .await;
                 assert_eq!(step, Step::Written);
                 assert_eq!(out, want);
-                assert_eq!(sub.last_id(), 6);
+                assert_eq!(sub.last_id(), 7);
             }
         }
         let mut out = String::new();
         let step = sse
-            .next_sse(100, |_, _| true, &mut Encoder::default(), &mut out)
+            .next_sse(100, |_, _, _| true, &mut Encoder::default(), &mut out)
             .await;
         assert_eq!(step, Step::Written);
         assert!(out.starts_with("id: 1\ndata: {\"id\":1,"), "{out}");
@@ -1179,7 +1243,8 @@ mod tests {
             out.contains("\"to\":\"\"}") && out.contains("\"[redacted]\""),
             "{out}"
         );
-        assert_eq!(out.matches("\n\n").count(), 6);
+        assert!(out.contains("\"instance\":\"i \\\"1\\\"\""), "{out}");
+        assert_eq!(out.matches("\n\n").count(), 7);
     }
 
     /// Two slots to a cache line; a definition whose indexes do not fit the slot's 16
@@ -1193,6 +1258,7 @@ mod tests {
         let n = usize::from(u16::MAX) + 3;
         let names = Arc::new(Names {
             machine: Arc::from("big"),
+            instance: None,
             states: (0..n).map(|i| Arc::from(format!("s{i}"))).collect(),
             events: vec![Arc::from("go")].into(),
         });
@@ -1245,19 +1311,22 @@ mod tests {
     #[test]
     fn the_encoder_writes_what_to_json_shows() {
         let mut enc = Encoder::default();
-        for (machine, payload, job) in [
+        for (machine, instance, payload, job) in [
             (
                 Some("m \"1\""),
+                Some("i-\"1\""),
                 Some(json!({"a\nb": [1, {"token": "t"}], "x": "\u{1}\\"})),
                 Some("j\t1\u{8}\u{c}"),
             ),
-            (None, None, None),
+            (Some("m"), None, None, None),
+            (None, None, None, None),
         ] {
             let r = Record {
                 id: 1_234_567_890,
                 time: SystemTime::now(),
                 kind: Kind::Transition,
                 machine: machine.map(Arc::from),
+                instance: instance.map(Arc::from),
                 fields: Fields::Transition {
                     event: Arc::from("go\u{7f}é"),
                     from: Arc::from("a"),
@@ -1279,6 +1348,7 @@ mod tests {
             time: SystemTime::now(),
             kind: Kind::Control,
             machine: None,
+            instance: None,
             fields: Fields::Json(Arc::new(Map::new())),
         };
         let mut out = String::new();
@@ -1293,6 +1363,7 @@ mod tests {
             time: SystemTime::now(),
             kind: Kind::Transition,
             machine: Some(Arc::from("m")),
+            instance: None,
             fields: Fields::Transition {
                 event: Arc::from("go"),
                 from: Arc::from("a"),

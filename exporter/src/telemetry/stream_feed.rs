@@ -59,6 +59,7 @@ impl Telemetry {
         self.stream.push(
             Kind::Action,
             Some(slot.name.clone()),
+            slot.instance.clone(),
             Fields::Json(Arc::new(m)),
         );
     }
@@ -80,6 +81,7 @@ impl Telemetry {
         self.stream.push(
             Kind::Error,
             r.machine.as_deref().map(Arc::from),
+            r.instance.as_deref().map(Arc::from),
             Fields::Json(Arc::new(m)),
         );
     }
@@ -94,13 +96,15 @@ impl Telemetry {
         job_id: &str,
         message: Option<&str>,
     ) {
-        self.stream.publish(Kind::Job, Some(m.name), || {
-            let mut v = json!({"change": change, "job_type": job_type, "job_id": job_id});
-            if let (Some(msg), Some(o)) = (message, v.as_object_mut()) {
-                o.insert("message".into(), json!(msg));
-            }
-            v
-        });
+        let instance = m.instance.then_some(m.name);
+        self.stream
+            .publish(Kind::Job, Some((&m.def.name, instance)), || {
+                let mut v = json!({"change": change, "job_type": job_type, "job_id": job_id});
+                if let (Some(msg), Some(o)) = (message, v.as_object_mut()) {
+                    o.insert("message".into(), json!(msg));
+                }
+                v
+            });
     }
 
     /// A live operation on a machine (`control`) or a breakpoint hit (`breakpoint`), with
@@ -111,33 +115,36 @@ impl Telemetry {
             ControlAction::BreakpointHit(..) => Kind::Breakpoint,
             _ => Kind::Control,
         };
-        self.stream.publish(kind, Some(r.machine.name), || {
-            let mut m = Map::new();
-            m.insert("action".into(), json!(r.action.as_str()));
-            m.insert("state".into(), json!(r.state.name));
-            m.insert("paused".into(), json!(r.paused));
-            m.insert(
-                "context".into(),
-                serde_json::Value::Object(r.context.clone()),
-            );
-            match r.action {
-                ControlAction::BreakpointSet(id) | ControlAction::BreakpointRemoved(id) => {
-                    m.insert("breakpoint".into(), json!(id));
+        let m = &r.machine;
+        let instance = m.instance.then_some(m.name);
+        self.stream
+            .publish(kind, Some((&m.def.name, instance)), || {
+                let mut m = Map::new();
+                m.insert("action".into(), json!(r.action.as_str()));
+                m.insert("state".into(), json!(r.state.name));
+                m.insert("paused".into(), json!(r.paused));
+                m.insert(
+                    "context".into(),
+                    serde_json::Value::Object(r.context.clone()),
+                );
+                match r.action {
+                    ControlAction::BreakpointSet(id) | ControlAction::BreakpointRemoved(id) => {
+                        m.insert("breakpoint".into(), json!(id));
+                    }
+                    ControlAction::BreakpointHit(id, on) => {
+                        m.insert("breakpoint".into(), json!(id));
+                        m.insert("on".into(), json!(on.as_str()));
+                    }
+                    _ => {}
                 }
-                ControlAction::BreakpointHit(id, on) => {
-                    m.insert("breakpoint".into(), json!(id));
-                    m.insert("on".into(), json!(on.as_str()));
+                if let Some(e) = r.event {
+                    m.insert("event".into(), json!(&*e.name));
+                    if let Some(p) = &e.payload {
+                        m.insert("payload".into(), (**p).clone());
+                    }
                 }
-                _ => {}
-            }
-            if let Some(e) = r.event {
-                m.insert("event".into(), json!(&*e.name));
-                if let Some(p) = &e.payload {
-                    m.insert("payload".into(), (**p).clone());
-                }
-            }
-            serde_json::Value::Object(m)
-        });
+                serde_json::Value::Object(m)
+            });
     }
 }
 

@@ -2,7 +2,9 @@
 //! Registrations, sends, lease changes and marks are writes of the group-commit writer
 //! (one `BEGIN IMMEDIATE` transaction each, shared with this process's other writes);
 //! taking events reads first and writes only when the consumer lease must be taken or is
-//! past a third of its time, so a busy consumer does not commit on every look. Times are
+//! past a third of its time, so a busy consumer does not commit on every look; those reads
+//! (and the registry's) go through the store's second connection, so that they never wait
+//! for the writer's commit or for its wait for another process's write lock. Times are
 //! milliseconds of the writer's clock (every process sharing the file is on its host).
 
 use std::time::Duration;
@@ -125,7 +127,7 @@ impl EventStore for SqliteStore {
         machine: &str,
         stale_after: Duration,
     ) -> Result<Vec<MachineHost>, StoreError> {
-        let conn = self.conn();
+        let conn = self.event_reads();
         let mut st = conn.prepare_cached(
             "SELECT machine_name, instance_id, incarnation, host, pid, heartbeat_at
              FROM turnstile_machines WHERE machine_name = ?1 AND heartbeat_at >= ?2
@@ -174,7 +176,7 @@ impl EventStore for SqliteStore {
         let lease_ms = ms(lease_time);
         // Held, with more than two thirds of its time left: read only.
         let held: Option<(String, i64)> = self
-            .conn()
+            .event_reads()
             .row_cached(
                 "SELECT consumer, lease_until FROM turnstile_event_consumers
                  WHERE target_machine = ?1",
@@ -185,7 +187,7 @@ impl EventStore for SqliteStore {
         let now = now_ms();
         match held {
             Some((c, until)) if c == consumer && until - now > lease_ms * 2 / 3 => {
-                return Ok(Some(pending(&self.conn(), target, limit)?));
+                return Ok(Some(pending(&self.event_reads(), target, limit)?));
             }
             Some((c, until)) if c != consumer && until >= now => return Ok(None),
             _ => {}
@@ -207,5 +209,53 @@ impl EventStore for SqliteStore {
     fn event_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
         // The WAL watch cannot tell which table another process wrote.
         crate::store::JobStore::notify(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// A take whose lease is fresh reads through the second connection: it is answered
+    /// while the store's own connection is held (as by the writer during a commit).
+    #[test]
+    fn a_take_does_not_wait_for_the_store_s_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            renew: false,
+            ..StoreOptions::default()
+        };
+        let store = SqliteStore::open_with(&dir.path().join("e.db"), opts).unwrap();
+        let lease = Duration::from_secs(30);
+        store
+            .send_event(&NewEvent {
+                target: "m".into(),
+                event_type: "go".into(),
+                ..NewEvent::default()
+            })
+            .unwrap();
+        // The first take writes the consumer lease.
+        assert_eq!(
+            store
+                .take_events("m", "c", lease, 10)
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
+        let held = store.inner.conn.lock().unwrap();
+        let s = store.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                s.take_events("m", "c", lease, 10)
+                    .map(|e| e.map(|e| e.len())),
+            );
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        drop(held);
+        assert_eq!(got.unwrap().unwrap(), Some(1));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - WAL journal, `synchronous=FULL` by default ([`crate::store::SyncMode`]), a busy
 //!   timeout; one connection per store object, behind a mutex, written by one writer
-//!   thread (one writer per process; SQLite serialises writers across processes).
+//!   thread (one writer per process; SQLite serialises writers across processes), and a
+//!   second one, opened when first needed, for the event consumers' reads (a take does
+//!   not wait for the writer's commit).
 //! - Every write runs in a `BEGIN IMMEDIATE` transaction, shared with the process's other
 //!   waiting writes (group commit, [`group_commit`]), so a claim (reap expired leases,
 //!   pick one job, lease it) cannot interleave with another process's claim. Claims are
@@ -80,6 +82,9 @@ struct Inner {
     stop_renewal: OnceLock<mpsc::Sender<()>>,
     /// Starts the foreign-write watch ([`watch`]) once.
     watching: Once,
+    /// A connection of its own for the event consumers' reads, opened at the first
+    /// ([`SqliteStore::event_reads`]); `None` when it could not open.
+    event_reader: OnceLock<Option<Mutex<Connection>>>,
 }
 
 /// A SQLite job and state store. Cheap to clone; clones share one connection.
@@ -140,6 +145,7 @@ impl SqliteStore {
                 fences: Fences::default(),
                 stop_renewal: OnceLock::new(),
                 watching: Once::new(),
+                event_reader: OnceLock::new(),
                 opts,
             }),
         };
@@ -170,6 +176,26 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection for the event consumers' reads (taking events, finding a machine's
+    /// hosts): one of its own, so that a take never waits for this store's writer, whose
+    /// commit (its fsync) or wait for another process's write lock holds the store's
+    /// connection; that connection when the second one cannot open.
+    fn event_reads(&self) -> MutexGuard<'_, Connection> {
+        let reader = self.inner.event_reader.get_or_init(|| {
+            match schema::connect_reader(&self.inner.path, &self.inner.opts) {
+                Ok(c) => Some(Mutex::new(c)),
+                Err(e) => {
+                    tracing::debug!(target: "turnstile::store", "cannot open a connection for event reads ({e}): they share the store's");
+                    None
+                }
+            }
+        });
+        match reader {
+            Some(r) => r.lock().unwrap_or_else(|e| e.into_inner()),
+            None => self.conn(),
+        }
     }
 
     /// Runs `f` in a committed write transaction shared with this process's other waiting

@@ -9,6 +9,7 @@
 //! every open; each step is idempotent, so processes opening one file at once agree.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -149,9 +150,9 @@ pub(super) fn connect(
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let conn = Connection::open_with_flags(path, flags)
+    let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(opts.busy_timeout)?;
+    wait_when_busy(&mut conn, opts.busy_timeout)?;
     let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
     if !read_only {
         // Switching a fresh file to WAL takes an exclusive lock and does not always wait
@@ -178,6 +179,55 @@ pub(super) fn connect(
         }
     }
     Ok(conn)
+}
+
+/// A second connection to a database [`connect`] opened, for reads: no migration, the
+/// same busy handling.
+pub(super) fn connect_reader(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    wait_when_busy(&mut conn, opts.busy_timeout)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// How long a connection waiting for a lock looks again every [`FINE_STEP`] before it
+/// looks every [`COARSE_STEP`].
+const FINE_WAIT: Duration = Duration::from_millis(50);
+/// The pause between two tries for a lock during the first [`FINE_WAIT`].
+const FINE_STEP: Duration = Duration::from_micros(100);
+/// The pause between two tries for a lock after [`FINE_WAIT`].
+const COARSE_STEP: Duration = Duration::from_millis(2);
+
+/// Makes `conn` wait up to `limit` for a lock another connection holds, trying again
+/// every 100 µs for the first 50 ms. SQLite's own busy timeout sleeps 1, 2, 5, 10, 15,
+/// 20, 25... ms between tries: a process that writes often (a sender of events: a commit
+/// per millisecond, each holding the write lock for its fsync) finds the lock free in the
+/// gaps, while the other waits out ever longer sleeps, seconds at worst; and a store's
+/// writer waits holding its connection, which its reads need too (the event consumer's
+/// takes, the WAL watch).
+fn wait_when_busy(conn: &mut Connection, limit: Duration) -> rusqlite::Result<()> {
+    let mut since = Instant::now();
+    conn.busy_handler(Some(move |count: i32| {
+        if count == 0 {
+            since = Instant::now();
+        }
+        let waited = since.elapsed();
+        if waited >= limit {
+            return false;
+        }
+        let step = if waited < FINE_WAIT {
+            FINE_STEP
+        } else {
+            COARSE_STEP
+        };
+        std::thread::sleep(step.min(limit - waited));
+        true
+    }))
 }
 
 /// Runs `f` again while SQLite answers busy or locked, for up to `limit`.
@@ -227,5 +277,56 @@ pub(super) fn sync_pragma(mode: SyncMode) -> &'static str {
     match mode {
         SyncMode::Full => "FULL",
         SyncMode::Normal => "NORMAL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A connection waiting for the write lock gets it soon after a writer that takes it
+    /// again and again lets it go, and gives up after its busy timeout, not before.
+    #[test]
+    fn a_busy_connection_gets_the_lock_in_a_gap_and_gives_up_after_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let opts = StoreOptions {
+            busy_timeout: Duration::from_millis(300),
+            renew: false,
+            ..StoreOptions::default()
+        };
+        let holder = connect(&path, &opts, true).unwrap();
+        let waiter = connect(&path, &opts, false).unwrap();
+        // Held for 1 s: the waiter gives up after its 300 ms.
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let t0 = Instant::now();
+        let e = waiter.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+        let waited = t0.elapsed();
+        assert!(e.to_string().contains("locked"), "{e}");
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        holder.execute_batch("COMMIT").unwrap();
+        // Taken again 1 ms after each release, for 20 ms at a time: the waiter gets it in
+        // one of the gaps (SQLite's own busy timeout waits 1, 2, 5, 10, 15, 20, 25... ms
+        // between tries, and may miss them all).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let busy = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                holder.execute_batch("COMMIT").unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(10));
+        let got = waiter.execute_batch("BEGIN IMMEDIATE");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        got.unwrap();
+        waiter.execute_batch("COMMIT").unwrap();
+        busy.join().unwrap();
     }
 }

@@ -10,11 +10,20 @@
 //! process adds wakes a waiting worker within milliseconds. The WAL is written before
 //! the commit is visible (its fsync, then the shared-memory index, which changes through
 //! `mmap` and makes no event), so after an event that shows no new commit yet the thread
-//! reads again after 1, 2, 4, ... up to [`FOLLOW_UP`] ms. It also reads it every
-//! [`FOREIGN_CHANGES`] whatever the watch says (a file system without change events, a
-//! watch that could not start), which bounds the wake-up time everywhere. Bursts of
+//! reads again after [`FIRST_PAUSE`], then twice as long each time up to [`FOLLOW_UP`];
+//! a further change event (another commit on its way) during a pause ends it and starts
+//! the pauses over, so a commit is not left unseen for the rest of a long pause. It also
+//! reads it every [`FOREIGN_CHANGES`] whatever the watch says (a file system without
+//! change events, a watch that could not start), which bounds the wake-up time
+//! everywhere. Bursts of
 //! change events (this process's own commits make them too) are read at most once per
 //! [`MIN_GAP`], so a busy writer does not make the thread compete for the connection.
+//!
+//! The pauses are short because a commit is usually visible well within a millisecond of
+//! its event (an fsync of the WAL), and the time between the commit and the read is
+//! latency added to every event another process sends (`event_latency` in
+//! BENCHMARKS.md): with pauses of 1, 2, 4 ms and a gap of 2 ms, a send was noticed about
+//! 2 ms after its commit.
 //!
 //! The thread starts when someone first asks for the notification (a one-shot
 //! `turnstile jobs add` never does) and ends with the store.
@@ -35,7 +44,10 @@ use crate::store::JobStore;
 use crate::store::FOREIGN_CHANGES;
 
 /// The shortest time between two reads of `data_version` prompted by change events.
-pub const MIN_GAP: Duration = Duration::from_millis(2);
+pub const MIN_GAP: Duration = Duration::from_micros(500);
+
+/// The first pause after a change event that showed no new commit yet.
+pub const FIRST_PAUSE: Duration = Duration::from_micros(250);
 
 /// How long after a change event the thread keeps looking for the commit it announced.
 pub const FOLLOW_UP: Duration = Duration::from_millis(64);
@@ -115,8 +127,9 @@ pub(super) fn start(inner: &Arc<Inner>) {
                         false
                     }
                 };
-                // After an event, look again with a growing pause until the commit shows.
-                let mut pause = Duration::from_millis(1);
+                // After an event, look again with a growing pause until the commit shows,
+                // and soon after a newer event.
+                let mut pause = FIRST_PAUSE;
                 loop {
                     let Some(inner) = inner.upgrade() else { return };
                     let now = data_version(&inner.conn);
@@ -129,8 +142,16 @@ pub(super) fn start(inner: &Arc<Inner>) {
                     if !event || pause > FOLLOW_UP {
                         break;
                     }
-                    std::thread::sleep(pause);
-                    pause *= 2;
+                    match rx.recv_timeout(pause) {
+                        // Another commit on its way: look once it may show (at most one
+                        // read per first pause while events keep coming).
+                        Ok(()) => {
+                            std::thread::sleep(FIRST_PAUSE);
+                            pause = FIRST_PAUSE * 2;
+                        }
+                        Err(RecvTimeoutError::Timeout) => pause *= 2,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 std::thread::sleep(MIN_GAP);
             }
