@@ -94,6 +94,7 @@ contract!(
     buffered_jobs_of_a_dead_process_are_claimable_after_their_lease,
     buffered_jobs_no_machine_took_go_back_to_the_queue,
     batched_claims_keep_backoff_and_dead_letters,
+    completions_of_held_jobs_are_queued_and_written_before_release_held_returns,
     jobs_are_listed_by_pages_and_filters,
     a_pending_job_is_cancelled_and_a_claimed_one_refused,
     dead_and_cancelled_jobs_are_retried_and_others_refused,
@@ -1228,6 +1229,44 @@ fn buffered_jobs_no_machine_took_go_back_to_the_queue(b: &Backend) {
     let c = claimed(other.claim_next(&any(), "other").unwrap());
     // Given back without counting the attempt.
     assert_eq!((a.attempts, c.attempts), (1, 1));
+}
+
+fn completions_of_held_jobs_are_queued_and_written_before_release_held_returns(b: &Backend) {
+    let s = b.open(batched(4, 30_000));
+    let other = b.open(StoreOptions::default());
+    for i in 0..4 {
+        s.add_job(NewJob {
+            job_id: Some(format!("j{i}")),
+            ..job("t")
+        })
+        .unwrap();
+    }
+    let first = claimed(s.claim_next(&any(), s.owner()).unwrap());
+    assert_eq!(first.job_id, "j0");
+    // Not queued: a job not held here, or by a store without batched claims.
+    assert!(!s.complete_held("absent", None));
+    assert!(!other.complete_held(&first.job_id, None));
+    assert!(other.claim_buffered(&any()).is_none());
+    assert!(s.complete_held(&first.job_id, Some(&json!({"ok": 1}))));
+    // No longer held: a second completion is not queued.
+    assert!(!s.complete_held(&first.job_id, None));
+    // The other three were claimed with the first: handed out in claim order, no claim.
+    let rest: Vec<String> = std::iter::from_fn(|| s.claim_buffered(&any()))
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(rest, ["j1", "j2", "j3"]);
+    assert!(s.claim_buffered(&any()).is_none());
+    for id in &rest {
+        assert!(s.complete_held(id, None));
+    }
+    // Stopping: the queued completions are written before release_held returns, and
+    // nothing is left to give back.
+    assert_eq!(s.release_held().unwrap(), 0);
+    assert_eq!(by_status(&other, COMPLETED).len(), 4);
+    assert_eq!(
+        other.get_job("j0").unwrap().unwrap().result,
+        Some(json!({"ok": 1}))
+    );
 }
 
 fn batched_claims_keep_backoff_and_dead_letters(b: &Backend) {

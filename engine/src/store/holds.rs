@@ -8,16 +8,40 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use serde_json::Value as Json;
+
 use super::{Holder, StoreError};
 
 /// Jobs claimed through one store object, by id, with their holder (`None`: whoever
 /// called the store, until it completes, fails or releases the job).
 #[derive(Debug, Default)]
-pub(crate) struct Holds(Mutex<HashMap<String, Option<Holder>>>);
+pub(crate) struct Holds {
+    held: Mutex<HashMap<String, Option<Holder>>>,
+    /// Completions answered before their write ([`super::JobStore::complete_held`]) whose
+    /// write failed, with their results: held again (renewed) and written again at the
+    /// next renewal.
+    unwritten: Mutex<Vec<(String, Option<Json>)>>,
+}
 
 impl Holds {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Option<Holder>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A completion answered before its write could not be written: the job is held
+    /// again, and its completion kept for [`Self::take_unwritten`].
+    pub(crate) fn unwritten(&self, job_id: String, result: Option<Json>) {
+        self.claimed(&job_id);
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((job_id, result));
+    }
+
+    /// The completions to write again (still held: the caller takes each hold as it
+    /// queues the completion).
+    pub(crate) fn take_unwritten(&self) -> Vec<(String, Option<Json>)> {
+        std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A job was claimed.
@@ -35,6 +59,11 @@ impl Holds {
     /// The job is finished or given back: no more renewal.
     pub(crate) fn release(&self, job_id: &str) {
         self.map().remove(job_id);
+    }
+
+    /// [`Self::release`]; true when the job was held.
+    pub(crate) fn take(&self, job_id: &str) -> bool {
+        self.map().remove(job_id).is_some()
     }
 
     /// The job `machine` took with `check_database_queue` and still holds.

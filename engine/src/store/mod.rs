@@ -358,6 +358,28 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Marks a job completed (with an optional result); false when it was not pending or
     /// processing.
     fn complete_job(&self, job_id: &str, result: Option<&Json>) -> Result<bool, StoreError>;
+    /// Completes a job this store object claimed and still holds without waiting for the
+    /// write: with batched claims on ([`StoreOptions::claim_batch`] above 1) and while
+    /// writes succeed, the completion is queued to be written with this process's next
+    /// batch of writes and `true` is returned at once. It commits a moment later (until
+    /// then readers see the job `processing`). When its write fails, that is logged, the
+    /// job is held again (its lease renewed) and the completion written again at each
+    /// lease renewal until it is written; `release_held` writes what is queued first.
+    /// When the job is no longer pending or processing by then (its lease was lost and
+    /// another process finished it), that is logged. A process that dies first leaves
+    /// the job to run again once its lease expires (at-least-once). False when nothing
+    /// was queued (batching off, the job not held here, writes failing): call
+    /// [`Self::complete_job`] instead. The default queues nothing.
+    fn complete_held(&self, _job_id: &str, _result: Option<&Json>) -> bool {
+        false
+    }
+    /// A job from this store object's claim-ahead buffer for `filter` (batched claims,
+    /// [`StoreOptions::claim_batch`]), taken without asking the database; `None` when the
+    /// buffer holds none that may be handed out, or while writes fail (then
+    /// [`Self::claim_next`] decides). The default has no buffer.
+    fn claim_buffered(&self, _filter: &JobFilter) -> Option<Job> {
+        None
+    }
     /// Records a failure: retry with backoff, or dead letter after the last attempt.
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError>;
     /// Extends every lease `owner` holds; returns how many.
@@ -432,6 +454,31 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The lease owner id of this process.
     fn owner(&self) -> &str;
+}
+
+/// What became of a completion queued by [`JobStore::complete_held`] (its caller heard
+/// `true` already): logged unless it was written; true when it failed and is to be
+/// written again.
+pub(crate) fn behind_failed(job_id: &str, r: &Result<bool, StoreError>) -> bool {
+    match r {
+        Ok(true) => false,
+        Ok(false) => {
+            tracing::warn!(
+                target: "turnstile::store",
+                job = %job_id,
+                "a completion answered before its write found the job no longer pending or processing (its lease was lost and another process finished it, or an operator did): not completed here"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                target: "turnstile::store",
+                job = %job_id,
+                "a completion answered before its write could not be written ({e}): the job stays held here and the completion is written again at the next lease renewal"
+            );
+            true
+        }
+    }
 }
 
 /// A machine's persisted state.

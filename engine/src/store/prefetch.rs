@@ -128,6 +128,15 @@ impl Prefetch {
         slot.jobs.remove(i).map(|b| b.job)
     }
 
+    /// A buffered job for `filter` that may be handed out now, when writes succeed
+    /// (`writable`); the caller's [`Self::claim`] asks the database otherwise.
+    pub(crate) fn take_ready(&self, filter: &JobFilter, writable: bool) -> Option<Job> {
+        if !writable || !self.on() {
+            return None;
+        }
+        self.take(filter)
+    }
+
     /// Claims for `filter`: from the buffer when it holds a job, else by `claim` (called
     /// with how many to take) whose first job goes to the caller and the rest to the
     /// buffer. Every job `claim` returns must already be in `holds`. `writable`: false

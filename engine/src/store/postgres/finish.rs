@@ -8,7 +8,11 @@
 //! runs the statement on the durable pool and answers every caller after its commit:
 //! `true` when its job was pending or processing and is now completed, `false` when not,
 //! or the statement's error for all of them (none completed). One batch is in flight at
-//! a time; the next forms while it commits.
+//! a time; the next forms while it commits. A completion queued by
+//! [`crate::store::JobStore::complete_held`] has no caller waiting: its answer is logged
+//! when it is not `true` ([`crate::store::behind_completed`]). A [`Msg::Flush`] is
+//! answered once every completion queued before it has run (a process giving its jobs
+//! back at exit waits for it).
 //!
 //! Other processes learn of completions (their `wait_for_jobs`) by `NOTIFY`, sent by a
 //! batch's statement at most every [`NOTIFY_EVERY`]: completions that commit sooner after
@@ -60,21 +64,34 @@ const COMPLETE: &str = "
         RETURNING j.job_id)
     SELECT r.job_id, (SELECT pg_notify('turnstile_jobs', 'completed') WHERE $3) FROM r";
 
+/// Receives a completion's answer.
+pub(super) type Reply = Box<dyn FnOnce(Result<bool, StoreError>) + Send>;
+
 /// One completion waiting for its batch.
 pub(super) struct Req {
     pub(super) job_id: String,
     pub(super) result: Option<Json>,
-    pub(super) reply: oneshot::Sender<Result<bool, StoreError>>,
+    pub(super) reply: Reply,
+}
+
+/// What the batcher is sent.
+pub(super) enum Msg {
+    /// A completion.
+    Complete(Req),
+    /// Answered once every completion queued before it has run.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Where completions are queued.
-pub(super) type Queue = mpsc::UnboundedSender<Req>;
+pub(super) type Queue = mpsc::UnboundedSender<Msg>;
 
 /// Starts the batcher on `handle`; it ends when the queue's senders are gone.
 pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     handle.spawn(async move {
         let mut queued: Vec<Req> = Vec::new();
+        // Flushes answered once `queued` is empty.
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         // When other processes were last told, and whether completions committed since.
         let mut told: Option<tokio::time::Instant> = None;
         let mut owed = false;
@@ -97,7 +114,11 @@ pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
                     _ => rx.recv().await,
                 };
                 match next {
-                    Some(r) => queued.push(r),
+                    Some(Msg::Complete(r)) => queued.push(r),
+                    Some(Msg::Flush(f)) => {
+                        let _ = f.send(());
+                        continue;
+                    }
                     None => {
                         if owed {
                             tell(&pool).await;
@@ -108,7 +129,8 @@ pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
             }
             while queued.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(r) => queued.push(r),
+                    Ok(Msg::Complete(r)) => queued.push(r),
+                    Ok(Msg::Flush(f)) => flushes.push(f),
                     Err(_) => break,
                 }
             }
@@ -123,6 +145,11 @@ pub(super) fn start(handle: &tokio::runtime::Handle, pool: Pool) -> Queue {
                     (told, owed) = (Some(tokio::time::Instant::now()), false);
                 } else {
                     owed = true;
+                }
+            }
+            if queued.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
                 }
             }
         }
@@ -170,7 +197,7 @@ async fn run(pool: &Pool, mut round: Vec<Req>, notify: bool) -> bool {
             Ok(done) => Ok(done.contains(&r.job_id)),
             Err(e) => Err(copy(e)),
         };
-        let _ = r.reply.send(answer);
+        (r.reply)(answer);
     }
     completed
 }

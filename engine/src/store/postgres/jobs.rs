@@ -209,6 +209,68 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The queue of this store object's completion batcher (started at the first use).
+    fn completions(&self) -> super::finish::Queue {
+        self.inner
+            .completions
+            .get_or_init(|| {
+                // With batched claims on, completions are answered before their WAL flush
+                // (see [`super::finish`]).
+                let pool = if self.inner.prefetch.on() {
+                    &self.inner.claims
+                } else {
+                    &self.inner.pool
+                };
+                super::finish::start(&self.inner.handle, pool.clone())
+            })
+            .clone()
+    }
+}
+
+impl PgStore {
+    /// Queues the completion of a job whose hold was taken, without waiting (see
+    /// [`JobStore::complete_held`]); false (held again) when the batcher is gone.
+    pub(super) fn queue_behind(&self, job_id: String, result: Option<Json>) -> bool {
+        let store = Arc::downgrade(&self.inner);
+        let (id, keep) = (job_id.clone(), result.clone());
+        let reply: super::finish::Reply = Box::new(move |r| {
+            let Some(inner) = store.upgrade() else { return };
+            let store = PgStore { inner };
+            // Keeps the claimers' backoff current: nothing is handed out of the buffer
+            // while completions cannot be written.
+            store.note(&r);
+            if crate::store::behind_failed(&id, &r) {
+                store.inner.holds.unwritten(id, keep);
+            } else if matches!(r, Ok(true)) {
+                store.inner.finished.notify_waiters();
+            }
+        });
+        let req = super::finish::Req {
+            job_id: job_id.clone(),
+            result,
+            reply,
+        };
+        if self
+            .completions()
+            .send(super::finish::Msg::Complete(req))
+            .is_err()
+        {
+            self.inner.holds.claimed(&job_id);
+            return false;
+        }
+        true
+    }
+
+    /// Writes the completions answered before a write that failed again.
+    pub(super) fn rewrite_unwritten(&self) {
+        for (id, result) in self.inner.holds.take_unwritten() {
+            self.inner.holds.release(&id);
+            self.queue_behind(id, result);
+        }
+    }
+}
+
 impl JobStore for PgStore {
     fn add_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Added>, StoreError> {
         if jobs.is_empty() {
@@ -297,29 +359,19 @@ impl JobStore for PgStore {
         self.inner.holds.release(job_id);
         // Group-committed with the process's other completions (see [`super::finish`]),
         // answered after the commit.
-        let queue = self
-            .inner
-            .completions
-            .get_or_init(|| {
-                // With batched claims on, completions are answered before their WAL flush
-                // (see [`super::finish`]).
-                let pool = if self.inner.prefetch.on() {
-                    &self.inner.claims
-                } else {
-                    &self.inner.pool
-                };
-                super::finish::start(&self.inner.handle, pool.clone())
-            })
-            .clone();
+        let queue = self.completions();
         let (job_id, result) = (job_id.to_owned(), result.cloned());
         let done = self.call(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
+            let reply: super::finish::Reply = Box::new(move |r| {
+                let _ = reply.send(r);
+            });
             queue
-                .send(super::finish::Req {
+                .send(super::finish::Msg::Complete(super::finish::Req {
                     job_id,
                     result,
                     reply,
-                })
+                }))
                 .map_err(|_| StoreError::Db("the completion batcher stopped".into()))?;
             answer
                 .await
@@ -330,6 +382,19 @@ impl JobStore for PgStore {
             self.inner.finished.notify_waiters();
         }
         Ok(done)
+    }
+
+    fn complete_held(&self, job_id: &str, result: Option<&Json>) -> bool {
+        if !self.inner.prefetch.on() || self.backoff().is_some() || !self.inner.holds.take(job_id) {
+            return false;
+        }
+        self.queue_behind(job_id.to_owned(), result.cloned())
+    }
+
+    fn claim_buffered(&self, filter: &JobFilter) -> Option<Job> {
+        self.inner
+            .prefetch
+            .take_ready(filter, self.backoff().is_none())
     }
 
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
@@ -410,6 +475,18 @@ impl JobStore for PgStore {
     fn release_held(&self) -> Result<usize, StoreError> {
         // Prefetched jobs first, so that no machine takes one meanwhile.
         self.inner.prefetch.drain();
+        // Completions answered before their write (`complete_held`) are written first,
+        // those whose write failed tried once more.
+        self.rewrite_unwritten();
+        if let Some(queue) = self.inner.completions.get().cloned() {
+            self.call(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if queue.send(super::finish::Msg::Flush(tx)).is_ok() {
+                    let _ = rx.await;
+                }
+                Ok(())
+            })?;
+        }
         let mut n = 0;
         for id in self.inner.holds.all() {
             if self.release_job(&id, &self.inner.owner)? {

@@ -307,6 +307,7 @@ impl PgStore {
     /// took within the prefetch hold go back to the queue instead (see
     /// [`crate::store::prefetch`]).
     pub fn renew_held(&self) -> Result<usize, StoreError> {
+        self.rewrite_unwritten();
         for id in self.inner.prefetch.take_stale() {
             if let Err(e) = crate::store::JobStore::release_job(self, &id, &self.inner.owner) {
                 tracing::warn!(target: "turnstile::store", job = %id, "could not give back a prefetched job no machine took ({e}): trying again at the next renewal");

@@ -212,6 +212,49 @@ fn next_due(
     Ok(due.map(from_ms))
 }
 
+impl SqliteStore {
+    /// Queues the completion of a job whose hold was taken, without waiting (see
+    /// [`JobStore::complete_held`]); false (held again) when the writer is gone.
+    pub(super) fn queue_behind(&self, job_id: String, result: Option<Json>) -> bool {
+        let shared = self.inner.group.shared().clone();
+        let (id, text) = (job_id.clone(), result.as_ref().map(Json::to_string));
+        let complete = move |tx: &Connection| {
+            // In the writer: a claim of this job whose commit failed is known by now.
+            if let Some(why) = shared.lost().take_refusal(&id) {
+                tracing::warn!(target: "turnstile::store", job = %id, "a completion answered before its write is dropped: the job's claim did not commit ({why}), so the job went back to the queue");
+                return Ok(true);
+            }
+            let n = tx.exec_cached(
+                "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
+                    lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
+                 WHERE job_id = ?1 AND status IN ('pending', 'processing')",
+                params![id, text],
+            )?;
+            Ok(n > 0)
+        };
+        let inner = Arc::downgrade(&self.inner);
+        let id = job_id.clone();
+        let keep = result.clone();
+        let done = move |r: Result<bool, StoreError>| {
+            let Some(inner) = inner.upgrade() else { return };
+            if crate::store::behind_failed(&id, &r) {
+                inner.holds.unwritten(id, keep);
+            } else if matches!(r, Ok(true)) {
+                // `wait_for_jobs` waiters.
+                inner.notify.notify_waiters();
+            }
+        };
+        match self.inner.group.write_behind(complete, done) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(target: "turnstile::store", job = %job_id, "completion not queued ({e})");
+                self.inner.holds.claimed(&job_id);
+                false
+            }
+        }
+    }
+}
+
 impl JobStore for SqliteStore {
     fn add_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Added>, StoreError> {
         if jobs.is_empty() {
@@ -388,6 +431,22 @@ impl JobStore for SqliteStore {
         Ok(done)
     }
 
+    fn complete_held(&self, job_id: &str, result: Option<&Json>) -> bool {
+        if !self.inner.prefetch.on()
+            || self.claim_backoff().is_some()
+            || !self.inner.holds.take(job_id)
+        {
+            return false;
+        }
+        self.queue_behind(job_id.to_owned(), result.cloned())
+    }
+
+    fn claim_buffered(&self, filter: &JobFilter) -> Option<Job> {
+        self.inner
+            .prefetch
+            .take_ready(filter, self.claim_backoff().is_none())
+    }
+
     fn fail_job(&self, job_id: &str, error: &str) -> Result<Failed, StoreError> {
         self.inner.holds.release(job_id);
         let default_max = i64::from(self.inner.opts.max_attempts);
@@ -471,6 +530,13 @@ impl JobStore for SqliteStore {
     fn release_held(&self) -> Result<usize, StoreError> {
         // Prefetched jobs first, so that no machine takes one meanwhile.
         self.inner.prefetch.drain();
+        // Completions answered before their write (`complete_held`) are committed first
+        // (the writer runs writes in order), those whose write failed tried once more.
+        for (id, result) in self.inner.holds.take_unwritten() {
+            self.inner.holds.release(&id);
+            self.queue_behind(id, result);
+        }
+        let _ = self.write(|_| Ok(()));
         let mut n = 0;
         for id in self.inner.holds.all() {
             if self.release_job(&id, &self.inner.owner)? {

@@ -10,20 +10,26 @@
 //! process adds wakes a waiting worker within milliseconds. The WAL is written before
 //! the commit is visible (its fsync, then the shared-memory index, which changes through
 //! `mmap` and makes no event), so after an event that shows no new commit yet the thread
-//! reads again after [`FIRST_PAUSE`], then twice as long each time up to [`FOLLOW_UP`];
-//! a further change event (another commit on its way) during a pause ends it and starts
-//! the pauses over, so a commit is not left unseen for the rest of a long pause. It also
-//! reads it every [`FOREIGN_CHANGES`] whatever the watch says (a file system without
-//! change events, a watch that could not start), which bounds the wake-up time
-//! everywhere. Bursts of
-//! change events (this process's own commits make them too) are read at most once per
-//! [`MIN_GAP`], so a busy writer does not make the thread compete for the connection.
+//! reads again after [`FIRST_PAUSE`], then twice as long each time up to [`FOLLOW_UP`].
+//! It also reads it every [`FOREIGN_CHANGES`] whatever the watch says (a file system
+//! without change events, a watch that could not start), which bounds the wake-up time
+//! everywhere. Bursts of change events (this process's own commits make them too) are
+//! read at most once per [`MIN_GAP`], so a busy writer does not make the thread compete
+//! for the connection.
 //!
 //! The pauses are short because a commit is usually visible well within a millisecond of
 //! its event (an fsync of the WAL), and the time between the commit and the read is
 //! latency added to every event another process sends (`event_latency` in
 //! BENCHMARKS.md): with pauses of 1, 2, 4 ms and a gap of 2 ms, a send was noticed about
 //! 2 ms after its commit.
+//!
+//! On Linux the thread reads the inotify descriptor itself (`nix`), and only when it is
+//! ready for the next reading: the change events of a burst of commits queue up (and
+//! merge) in the kernel meanwhile, and a commit wakes no one. Through the `notify`
+//! crate's own thread, which reads every event as it comes, four processes sharing a
+//! file spent about a third of their CPU in that thread and a sixth in the writers'
+//! `pwrite` waking it (the WAL is written one `pwrite` per page, each an event). Other
+//! systems use the `notify` crate.
 //!
 //! The thread starts when someone first asks for the notification (a one-shot
 //! `turnstile jobs add` never does) and ends with the store.
@@ -69,8 +75,133 @@ fn watched_names(db: &Path) -> Vec<OsString> {
     vec![name.to_os_string(), wal]
 }
 
+/// What the thread waits on for change events.
+enum Changes {
+    /// Linux: the inotify descriptor, read by the thread itself.
+    #[cfg(target_os = "linux")]
+    Inotify(linux::Files),
+    /// Elsewhere: events sent by the `notify` crate's thread (kept alive here).
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    Channel(mpsc::Receiver<()>, notify::RecommendedWatcher),
+    /// No watch could start: the periodic read alone.
+    None,
+}
+
+impl Changes {
+    #[cfg(target_os = "linux")]
+    fn start(db: &Path) -> Self {
+        match linux::Files::start(db) {
+            Ok(f) => Self::Inotify(f),
+            Err(e) => {
+                tracing::debug!(target: "turnstile::store", db = %db.display(), "cannot watch the database's folder ({e}): other processes' writes are noticed within {FOREIGN_CHANGES:?}");
+                Self::None
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start(db: &Path) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        match watch_files(db, tx) {
+            Some(w) => Self::Channel(rx, w),
+            None => Self::None,
+        }
+    }
+
+    /// Waits up to `timeout` for a change of the database or its WAL; true on one.
+    fn wait(&self, timeout: Duration) -> bool {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Inotify(f) => f.wait(timeout),
+            Self::Channel(rx, _) => match rx.recv_timeout(timeout) {
+                Ok(()) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(timeout);
+                    false
+                }
+            },
+            Self::None => {
+                std::thread::sleep(timeout);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::ffi::OsString;
+    use std::os::fd::AsFd;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// An inotify watch of the database's folder, read only in [`Files::wait`].
+    pub(super) struct Files {
+        fd: Inotify,
+        names: Vec<OsString>,
+    }
+
+    impl Files {
+        pub(super) fn start(db: &Path) -> nix::Result<Self> {
+            let dir = match db.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let fd = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+            fd.add_watch(
+                dir,
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+            )?;
+            Ok(Self {
+                fd,
+                names: super::watched_names(db),
+            })
+        }
+
+        /// Events queued since the last call: true when one names a watched file.
+        fn drain(&self) -> bool {
+            let mut ours = false;
+            // Non-blocking: an error is EAGAIN (nothing queued) or a read that failed,
+            // after which the next poll tells again.
+            while let Ok(events) = self.fd.read_events() {
+                if events.is_empty() {
+                    break;
+                }
+                ours |= events
+                    .iter()
+                    .any(|e| e.name.as_ref().is_some_and(|n| self.names.contains(n)));
+            }
+            ours
+        }
+
+        pub(super) fn wait(&self, timeout: Duration) -> bool {
+            let until = Instant::now() + timeout;
+            loop {
+                if self.drain() {
+                    return true;
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, ms).is_err() {
+                    // Interrupted or failing: wait out the time as without a watch.
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                }
+            }
+        }
+    }
+}
+
 /// Watches `db`'s folder; sends on `tx` when the database or its WAL changes. `None`
 /// (and a debug log) when the watch cannot start: the periodic read remains.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
 fn watch_files(db: &Path, tx: mpsc::SyncSender<()>) -> Option<notify::RecommendedWatcher> {
     let dir: PathBuf = match db.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -109,26 +240,15 @@ fn watch_files(db: &Path, tx: mpsc::SyncSender<()>) -> Option<notify::Recommende
 /// before the caller waits: a write committed after this call always wakes it.
 pub(super) fn start(inner: &Arc<Inner>) {
     let mut seen = data_version(&inner.conn);
-    let (tx, rx) = mpsc::sync_channel::<()>(1);
-    let watcher = watch_files(&inner.path, tx);
+    let changes = Changes::start(&inner.path);
     let inner = Arc::downgrade(inner);
     let spawned = std::thread::Builder::new()
         .name("turnstile-watch".into())
         .spawn(move || {
-            // Lives as long as the thread: dropping it ends the watch.
-            let _watcher = watcher;
             loop {
-                let event = match rx.recv_timeout(FOREIGN_CHANGES) {
-                    Ok(()) => true,
-                    Err(RecvTimeoutError::Timeout) => false,
-                    // No watch (it could not start): the periodic read alone.
-                    Err(RecvTimeoutError::Disconnected) => {
-                        std::thread::sleep(FOREIGN_CHANGES);
-                        false
-                    }
-                };
-                // After an event, look again with a growing pause until the commit shows,
-                // and soon after a newer event.
+                // Lives as long as the thread: dropping it ends the watch.
+                let event = changes.wait(FOREIGN_CHANGES);
+                // After an event, look again with a growing pause until the commit shows.
                 let mut pause = FIRST_PAUSE;
                 loop {
                     let Some(inner) = inner.upgrade() else { return };
@@ -142,16 +262,8 @@ pub(super) fn start(inner: &Arc<Inner>) {
                     if !event || pause > FOLLOW_UP {
                         break;
                     }
-                    match rx.recv_timeout(pause) {
-                        // Another commit on its way: look once it may show (at most one
-                        // read per first pause while events keep coming).
-                        Ok(()) => {
-                            std::thread::sleep(FIRST_PAUSE);
-                            pause = FIRST_PAUSE * 2;
-                        }
-                        Err(RecvTimeoutError::Timeout) => pause *= 2,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                    std::thread::sleep(pause);
+                    pause *= 2;
                 }
                 std::thread::sleep(MIN_GAP);
             }

@@ -24,7 +24,7 @@ use serde_json::{Map, Value as Json};
 
 use super::{blocking, holder, no_store, opt_string, store_error, JobsSlot};
 use crate::actions::{Action, ActionCx, Built, JobChange, Outcome, Params, Step};
-use crate::store::{Claim, ClaimLoss, Job, JobFilter, JobStore, StoreError};
+use crate::store::{Claim, ClaimLoss, Holder, Job, JobFilter, JobStore, StoreError};
 
 struct CheckQueue {
     slot: JobsSlot,
@@ -86,6 +86,29 @@ async fn claim(
         .unwrap_or_else(|_| Err(StoreError::Db("the claim thread ended".into())))
 }
 
+/// The outcome of a claimed job: `holder` holds it, `new_job` with the job in the context.
+fn claimed(
+    store: &dyn JobStore,
+    j: &Job,
+    holder: Holder,
+    loss: Option<ClaimLoss>,
+    new_job: &Arc<str>,
+) -> Outcome {
+    store.set_holder(&j.job_id, holder);
+    tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
+    let mut o = Outcome::ok(Some(new_job.clone()))
+        .with_job(JobChange::Claimed, j.job_type.clone(), j.job_id.clone())
+        .with_claim_loss(loss);
+    o.context = job_context(j);
+    o.job_id = Some(j.job_id.clone());
+    // The worker's processing continues the enqueuer's trace.
+    o.traceparent = j
+        .traceparent
+        .as_deref()
+        .and_then(|t| crate::runtime::trace::TraceContext::parse(t).ok());
+    o
+}
+
 pub(super) fn build(slot: &JobsSlot, p: &mut Params<'_>) -> Option<Built> {
     slot.mark_used();
     let job_type = opt_string(p, "job_type");
@@ -127,8 +150,14 @@ impl Action for CheckQueue {
         // A machine holds one job from the queue at a time: back here without having
         // completed or failed the last one, it has given that one up.
         let abandoned = store.queue_job_of(cx.machine);
-        let machine = cx.machine.to_owned();
         let holder = holder(cx, true);
+        // A job this process claimed ahead for this queue: taken at once, no thread hop.
+        if abandoned.is_none() {
+            if let Some(j) = store.claim_buffered(&self.filter) {
+                return Step::Done(claimed(&*store, &j, holder, None, &self.new_job));
+            }
+        }
+        let machine = cx.machine.to_owned();
         let filter = self.filter.clone();
         let (wait, new_job, no_jobs, error) = (
             self.wait,
@@ -177,19 +206,7 @@ impl Action for CheckQueue {
                     }
                     Err(e) => return store_error("check_database_queue", &e, &error),
                     Ok((Claim::Job(j), loss)) => {
-                        store.set_holder(&j.job_id, holder);
-                        tracing::info!(target: "turnstile::jobs", job = %j.job_id, job_type = %j.job_type, attempt = j.attempts, "job claimed");
-                        let mut o = Outcome::ok(Some(new_job))
-                            .with_job(JobChange::Claimed, j.job_type.clone(), j.job_id.clone())
-                            .with_claim_loss(loss);
-                        o.context = job_context(&j);
-                        o.job_id = Some(j.job_id.clone());
-                        // The worker's processing continues the enqueuer's trace.
-                        o.traceparent = j
-                            .traceparent
-                            .as_deref()
-                            .and_then(|t| crate::runtime::trace::TraceContext::parse(t).ok());
-                        return o;
+                        return claimed(&*store, &j, holder, loss, &new_job);
                     }
                     Ok((Claim::Empty { next_due }, _)) => next_due,
                 };

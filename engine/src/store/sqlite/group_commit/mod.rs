@@ -52,7 +52,7 @@ mod op;
 mod writer;
 
 pub(crate) use health::Shared;
-use op::{JobOf, Op, WriteOp};
+use op::{JobOf, Op, Reply, WriteOp};
 use writer::Writer;
 
 /// When a write's caller gets its result (see the module documentation).
@@ -183,22 +183,58 @@ impl GroupCommit {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = sync_channel(1);
+        let reply: Reply<T> = Box::new(move |r| {
+            // The caller may have given up (it cannot: it blocks until this arrives).
+            let _ = tx.send(r);
+        });
+        self.queue_op(ack, f, job_of, loss, reply)?;
+        rx.recv().unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Queues `f` to run in the next transaction without waiting for it: `done` gets its
+    /// result on the writer thread, after the commit (or the error that undid it).
+    pub(crate) fn write_behind<T, F>(
+        &self,
+        f: F,
+        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue_op(Ack::Committed, f, None, None, Box::new(done))
+    }
+
+    fn queue_op<T, F>(
+        &self,
+        ack: Ack,
+        f: F,
+        job_of: Option<JobOf<T>>,
+        loss: Option<ClaimLoss>,
+        reply: Reply<T>,
+    ) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let op = Box::new(Op {
             f: Some(f),
             ack,
             job_of,
             loss,
             result: None,
-            reply: tx,
+            reply,
         });
-        let gone = || StoreError::Db("the store's writer thread is gone".into());
         self.queue
             .as_ref()
             .ok_or_else(gone)?
             .send(op)
-            .map_err(|_| gone())?;
-        rx.recv().unwrap_or_else(|_| Err(gone()))
+            .map_err(|_| gone())
     }
+}
+
+fn gone() -> StoreError {
+    StoreError::Db("the store's writer thread is gone".into())
 }
 
 impl Drop for GroupCommit {

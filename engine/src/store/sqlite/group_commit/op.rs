@@ -1,8 +1,9 @@
-//! One queued write: the caller's closure, when its caller hears back, and the reply
-//! channel. Type-erased ([`WriteOp`]) so that one queue carries writes of any result type.
+//! One queued write: the caller's closure, when its caller hears back, and what receives
+//! the result (the waiting caller's channel, or, for a write nobody waits for, a callback
+//! run by the writer). Type-erased ([`WriteOp`]) so that one queue carries writes of any
+//! result type.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::SyncSender;
 
 use rusqlite::Connection;
 
@@ -26,6 +27,9 @@ pub(super) trait WriteOp: Send {
 /// Says which job a claim's result took.
 pub(super) type JobOf<T> = Box<dyn Fn(&T) -> Option<String> + Send>;
 
+/// Receives an operation's result (on the writer thread).
+pub(super) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
 pub(super) struct Op<T, F> {
     pub(super) f: Option<F>,
     pub(super) ack: Ack,
@@ -33,7 +37,7 @@ pub(super) struct Op<T, F> {
     /// A claim answered early: fired if its commit fails.
     pub(super) loss: Option<ClaimLoss>,
     pub(super) result: Option<Result<T, StoreError>>,
-    pub(super) reply: SyncSender<Result<T, StoreError>>,
+    pub(super) reply: Reply<T>,
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -79,7 +83,6 @@ where
             (None, Some(ok)) => ok,
             (None, None) => Err(StoreError::Db("a write operation did not run".into())),
         };
-        // The caller may have given up (it cannot: it blocks until this arrives).
-        let _ = self.reply.send(r);
+        (self.reply)(r);
     }
 }
