@@ -1205,6 +1205,13 @@ impl Engine {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
+    /// The running instance `name` is parked without a task (for the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn parked(&self, name: &str) -> bool {
+        self.running_machine(name)
+            .is_some_and(|s| s.mailbox.is_parked())
+    }
+
     /// Waits until `name` is in `state`, up to `timeout`. For the engine's own unit tests;
     /// integration tests have `wait_for_state` in `engine/tests/support/wait.rs`, built on
     /// [`Engine::machine`].

@@ -135,3 +135,169 @@ impl Resume for Task {
         handle.spawn(self.drive(false));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use serde_json::{json, Map};
+
+    use crate::runtime::engine::Engine;
+    use crate::runtime::event::Event;
+    use crate::runtime::live::{LiveAnswer, LiveOp};
+    use crate::{config, ActionRegistry};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn def(yaml: &str) -> std::sync::Arc<crate::MachineDef> {
+        let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
+        let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        loaded.def.unwrap()
+    }
+
+    /// `a` to `b` on `flip`, back on `flop` (in any other order some are ignored); `go` from `a` to `timed`, which goes on to `a` after 0.3 s;
+    /// `end` to the final state `done`. Entering `b` sets `seen`.
+    const FLIP: &str = r#"
+metadata: {machine_name: flip}
+initial_state: a
+context: {n: 0}
+states: [a, b, timed, done]
+events: [flip, flop, go, end, "timeout(0.3)"]
+transitions:
+  - {from: a, to: b, event: flip}
+  - {from: b, to: a, event: flop}
+  - {from: a, to: timed, event: go}
+  - {from: timed, to: a, event: "timeout(0.3)"}
+  - {from: "*", to: done, event: end}
+actions:
+  b:
+    - {type: set_context, key: seen, value: true}
+"#;
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not in time: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn started(engine: &Engine, name: &str) {
+        engine.spawn(def(FLIP)).unwrap();
+        engine
+            .start_instance("flip", Some(name), Map::new())
+            .unwrap();
+        until("the instance parks", || engine.parked(name)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_instance_is_resumed_by_events_in_order_and_parks_again() {
+        // A queue of 2: the senders wait for room (backpressure) while it drains.
+        let engine = Engine::builder().queue_capacity(2).build();
+        started(&engine, "i").await;
+        for i in 0..101 {
+            let name = if i % 2 == 0 { "flip" } else { "flop" };
+            engine.send("i", Event::new(name)).await.unwrap();
+        }
+        // Alternating: one taken out of order would be ignored (no transition).
+        until("101 transitions", || {
+            engine.machine("i").is_some_and(|m| m.transitions == 101)
+        })
+        .await;
+        until("parked again", || engine.parked("i")).await;
+        let m = engine.machine("i").unwrap();
+        assert_eq!(&*m.state, "b");
+        assert_eq!(m.queue_depth, 0);
+        // A snapshot (an engine request) resumes it too, and it parks again.
+        let snap = engine.snapshot("i").await.unwrap();
+        assert_eq!(&*snap.state, "b");
+        assert_eq!(snap.context["seen"], json!(true));
+        until("parked after the snapshot", || engine.parked("i")).await;
+        engine.shutdown();
+        tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_instance_holds_its_events_with_its_task_and_parks_once_resumed() {
+        let engine = Engine::builder().build();
+        started(&engine, "p").await;
+        let LiveAnswer::Done(s) = engine.control("p", LiveOp::Pause).await.unwrap() else {
+            panic!("pause answered otherwise")
+        };
+        assert!(s.paused);
+        engine.send("p", Event::new("flip")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = engine.machine("p").unwrap();
+        assert!(m.paused);
+        assert_eq!((&*m.state, m.transitions), ("a", 0), "held while paused");
+        assert!(!engine.parked("p"), "a paused instance keeps its task");
+        engine.control("p", LiveOp::Resume).await.unwrap();
+        until("the held event processed", || {
+            engine.machine("p").is_some_and(|m| &*m.state == "b")
+        })
+        .await;
+        until("parked once resumed", || engine.parked("p")).await;
+        // A context patch (a live request) on the parked instance.
+        let LiveAnswer::Context(_, ctx) = engine
+            .control("p", LiveOp::PatchContext(json!({"x": 1})))
+            .await
+            .unwrap()
+        else {
+            panic!("patch answered otherwise")
+        };
+        assert_eq!(ctx["x"], json!(1));
+        until("parked after the patch", || engine.parked("p")).await;
+        engine.shutdown();
+        tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_with_a_timer_armed_keeps_its_task_until_the_timer_fires() {
+        let engine = Engine::builder().build();
+        started(&engine, "t").await;
+        engine.send("t", Event::new("go")).await.unwrap();
+        until("in the timed state", || {
+            engine.machine("t").is_some_and(|m| &*m.state == "timed")
+        })
+        .await;
+        assert!(!engine.parked("t"), "its timer is armed");
+        until("the timer fired", || {
+            engine.machine("t").is_some_and(|m| &*m.state == "a")
+        })
+        .await;
+        until("parked after the timer", || engine.parked("t")).await;
+        engine.shutdown();
+        tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_instances_stop_at_shutdown_and_retire_at_a_final_state() {
+        let engine = Engine::builder().build();
+        started(&engine, "x").await;
+        engine
+            .start_instance("flip", Some("y"), Map::new())
+            .unwrap();
+        until("y parks", || engine.parked("y")).await;
+        engine.send("x", Event::new("end")).await.unwrap();
+        until("x retired", || {
+            engine.machine("x").is_some_and(|m| !m.running)
+        })
+        .await;
+        assert_eq!(
+            engine.machine("x").unwrap().stop_reason,
+            Some(crate::observe::StopReason::FinalState)
+        );
+        assert!(engine.try_send("x", Event::new("flip")).is_err());
+        engine.shutdown();
+        tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+        let y = engine.machine("y").unwrap();
+        assert!(!y.running);
+        assert_eq!(y.stop_reason, Some(crate::observe::StopReason::Shutdown));
+    }
+}

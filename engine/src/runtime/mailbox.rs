@@ -284,6 +284,12 @@ impl<C, L> Mailbox<C, L> {
         }
     }
 
+    /// A machine is parked here.
+    #[cfg(test)]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.lock().parked.is_some()
+    }
+
     /// Takes the parked machine out without resuming it (the engine is dropped: this
     /// breaks the cycle between the machine and its own status).
     pub(crate) fn take_parked(&self) -> Option<Box<dyn Resume>> {
