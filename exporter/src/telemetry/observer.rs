@@ -51,7 +51,7 @@ impl Telemetry {
     ) -> (Arc<[Arc<str>]>, Arc<Names>, SlotMetrics) {
         let states = || m.def.states.iter().map(|s| s.name.clone()).collect();
         if !m.instance {
-            let metrics = SlotMetrics::Now(self.metrics.machine(m.def, detail));
+            let metrics = SlotMetrics::Now(Box::new(self.metrics.machine(m.def, detail)));
             return (states(), Names::new(m.def), metrics);
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());

@@ -21,6 +21,10 @@
 //!  |                              queued event in, then the chain goes on --------------+
 //!  +------------------------------------------------------------------------------------+
 //!
+//!  Idle --> [ Park ]: an instance with nothing queued, no timer armed, no action
+//!  waiting, not paused: the loop returns ([`Outcome::Park`]) and the machine parks in
+//!  its mailbox without a task; the next event or request resumes it in Idle
+//!  (`runtime/launch.rs`).
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
 //!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
 //!  before each action; Idle and Waiting wake at its deadline).
@@ -36,7 +40,8 @@
 //! - Quick actions run inline, one per [`Phase::Running`] step; an action that waits is a
 //!   future polled in [`Phase::Waiting`] together with the queue, requests and the
 //!   `timeout(N)` timer, so an event that triggers a transition interrupts it. An idle
-//!   machine is parked in `select!`: it uses no CPU.
+//!   machine waits in `select!` (it uses no CPU), or, an instance, parks without a task.
+//! - Its events and requests come through one mailbox (`runtime/mailbox.rs`).
 //! - Queued events get in only in [`Phase::Idle`] (between chains of returned events),
 //!   or every [`phases::FAIRNESS`] steps of a chain, in [`Phase::Yield`]. A busy machine
 //!   takes queued events without `select!` ([`phases::FAST_BUDGET`] in a row).
