@@ -71,9 +71,20 @@ impl Task {
         })
     }
 
-    /// Starts the machine on a task of its own.
+    /// Starts the machine on a task of its own: a config machine keeps it until it stops;
+    /// an instance parks when it has nothing to do.
     pub(crate) fn start(self: Box<Self>) {
         let handle = self.handle.clone();
+        if self.retire.is_none() {
+            let Task {
+                machine, _running, ..
+            } = *self;
+            handle.spawn(async move {
+                let _running = _running;
+                machine.run().await;
+            });
+            return;
+        }
         handle.spawn(self.drive(true));
     }
 

@@ -145,6 +145,15 @@ impl EventQueue for Shared {
     }
 }
 
+/// What the loop over the phases waits for next, or how it ends.
+enum Wait {
+    /// [`Machine::wait`] (Idle, Waiting).
+    Park,
+    Yield,
+    Paused,
+    Stop(Outcome),
+}
+
 /// How a machine's phases ended ([`Machine::phases`]).
 pub(crate) enum Outcome {
     /// It stopped; [`Machine::finish`] is to be called.
@@ -310,44 +319,75 @@ impl Machine {
     /// why it stopped.
     pub(crate) async fn run(mut self) -> StopReason {
         self.parkable = false;
-        let Outcome::Stopped(reason) = self.begin().await else {
+        self.started();
+        let Outcome::Stopped(reason) = self.phases(Phase::Running).await else {
             unreachable!("a machine that may not park parked")
         };
         self.finish(reason);
         reason
     }
 
-    /// Starts the machine: announced, saved, its timers armed, its initial state's entry
-    /// actions run; then its phases, until it stops or parks.
+    /// Starts a parkable machine: announced, saved, its timers armed, its initial state's
+    /// entry actions run; then its phases, until it stops or parks.
     pub(crate) async fn begin(&mut self) -> Outcome {
         self.started();
-        self.phases(Phase::Running).await
+        self.phases_boxed(Phase::Running).await
     }
 
     /// Resumes a parked machine: its phases from [`Phase::Idle`] (the event or request
     /// that resumed it is in its mailbox).
     pub(crate) async fn resume(&mut self) -> Outcome {
-        self.phases(Phase::Idle).await
+        self.phases_boxed(Phase::Idle).await
     }
 
     /// The loop over the phases, from `phase`, until the machine stops or parks.
+    ///
+    /// A parkable machine (an instance, whose task is spawned again each time it is
+    /// resumed) runs [`Self::phases_boxed`] instead ([`Self::begin`], [`Self::resume`]).
     async fn phases(&mut self, mut phase: Phase) -> Outcome {
         loop {
-            phase = match phase {
-                Phase::Running => self.running(),
-                Phase::Idle => match self.take_queued() {
-                    Some(next) => next,
-                    None => self.park().await,
-                },
-                Phase::Waiting => self.park().await,
-                Phase::Yield => self.yield_to_queue().await,
-                Phase::Paused => {
-                    self.note_activity();
-                    self.paused_phase().await
-                }
-                Phase::Park => return Outcome::Park,
-                Phase::Stopped(reason) => return Outcome::Stopped(reason),
+            phase = match self.next_sync(phase) {
+                Ok(next) => next,
+                Err(Wait::Stop(outcome)) => return outcome,
+                Err(Wait::Park) => self.wait().await,
+                Err(Wait::Yield) => self.yield_to_queue().await,
+                Err(Wait::Paused) => self.paused_phase().await,
             };
+        }
+    }
+
+    /// [`Self::phases`] with each wait boxed: the future of a parkable machine's task is
+    /// then a few words, not the kilobyte or so of the `select!`s, which it would allocate
+    /// each time it is resumed; it allocates only when it really waits.
+    async fn phases_boxed(&mut self, mut phase: Phase) -> Outcome {
+        loop {
+            phase = match self.next_sync(phase) {
+                Ok(next) => next,
+                Err(Wait::Stop(outcome)) => return outcome,
+                Err(Wait::Park) => Box::pin(self.wait()).await,
+                Err(Wait::Yield) => Box::pin(self.yield_to_queue()).await,
+                Err(Wait::Paused) => Box::pin(self.paused_phase()).await,
+            };
+        }
+    }
+
+    /// One step of the loop that needs no waiting, else what to wait for.
+    #[inline]
+    fn next_sync(&mut self, phase: Phase) -> Result<Phase, Wait> {
+        match phase {
+            Phase::Running => Ok(self.running()),
+            Phase::Idle => match self.take_queued() {
+                Some(next) => Ok(next),
+                None => self.before_wait().ok_or(Wait::Park),
+            },
+            Phase::Waiting => self.before_wait().ok_or(Wait::Park),
+            Phase::Yield => Err(Wait::Yield),
+            Phase::Paused => {
+                self.note_activity();
+                Err(Wait::Paused)
+            }
+            Phase::Park => Err(Wait::Stop(Outcome::Park)),
+            Phase::Stopped(reason) => Err(Wait::Stop(Outcome::Stopped(reason))),
         }
     }
 

@@ -171,10 +171,13 @@ impl Machine {
     /// request, an event, the waiting action, the loss of the job claim the machine holds
     /// (only while an action waits; see [`super::actions`]), a timer), in that order of
     /// priority.
-    pub(super) async fn park(&mut self) -> Phase {
+    ///
+    /// Split in two: [`Machine::before_wait`], what is done before waiting (and may find
+    /// the machine is to park without a task instead), and [`Machine::wait`], the wait.
+    pub(super) fn before_wait(&mut self) -> Option<Phase> {
         if self.gated() {
             if let Some(p) = self.gate_parked() {
-                return p;
+                return Some(p);
             }
         }
         self.note_activity();
@@ -185,8 +188,13 @@ impl Machine {
         // The task may wait here: the next event's start is read from the clock.
         self.measure.forget_end();
         if self.may_park() {
-            return Phase::Park;
+            return Some(Phase::Park);
         }
+        None
+    }
+
+    /// The wait of [`Phase::Idle`] and [`Phase::Waiting`], after [`Machine::before_wait`].
+    pub(super) async fn wait(&mut self) -> Phase {
         let deadline = self.deadline();
         tokio::select! {
             biased;
