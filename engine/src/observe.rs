@@ -7,7 +7,7 @@
 //! runtime pays one branch per call site. Implementations must not block.
 
 use std::any::Any;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::runtime::def::MachineDef;
@@ -29,7 +29,7 @@ pub struct MachineRef<'a> {
     /// The machine's name.
     pub name: &'a str,
     /// The definition it runs (states, events and rules by index).
-    pub def: &'a MachineDef,
+    pub def: &'a Arc<MachineDef>,
     /// The observer's own per-machine storage. Empty in an [`ErrorReport`] made off the
     /// machine's task (a bad message on the machine's socket): find the machine by name.
     pub slot: &'a ObserverSlot,

@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value as Json};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::def::MachineDef;
 use super::event::Event;
 use super::instances::Instances;
 pub use super::instances::{InstanceCounts, RETIRED_FOR, RETIRED_KEEP};
+use super::launch::{Retire, RunningGuard, Task};
 use super::live::{LiveAnswer, LiveError, LiveOp};
-use super::machine::{Control, Inbox, LiveRequest, Machine, Reloaded, Shared, REQUEST};
+use super::machine::{Control, LiveRequest, Machine, Reloaded, Shared, REQUEST};
+use super::mailbox::Mailbox;
 use super::router::{DeliverError, Router};
 use super::singleton::{self, Role, SingletonStatus, Singletons, Slot};
 pub use super::start::StartError;
@@ -195,6 +197,20 @@ struct Inner {
     next_instance: AtomicU64,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A parked instance is held by its own status (in its mailbox): taken out, so
+        // that an engine dropped without a shutdown frees it.
+        let instances = self.instances.read().unwrap_or_else(|e| e.into_inner());
+        let parked: Vec<_> = instances
+            .all_live()
+            .filter_map(|s| s.mailbox.take_parked())
+            .collect();
+        drop(instances);
+        drop(parked);
+    }
+}
+
 /// A definition the engine can start instances of.
 struct Defined {
     def: Arc<MachineDef>,
@@ -221,15 +237,6 @@ impl Starter for Link {
         };
         engine.adopt_definition(def)?;
         engine.start_instance(&def.name, name, context)
-    }
-}
-
-/// Counts a machine task as running until it ends, however it ends (a panic included).
-struct RunningGuard(watch::Sender<usize>);
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -548,20 +555,14 @@ impl Engine {
         id
     }
 
-    /// A machine's shared half, as it starts: a fresh id, the initial state, no counts.
-    fn new_shared(
-        &self,
-        def: Arc<MachineDef>,
-        instance: Option<Arc<str>>,
-        tx: mpsc::Sender<Event>,
-        ctl: mpsc::UnboundedSender<Control>,
-        live: mpsc::UnboundedSender<LiveRequest>,
-    ) -> Arc<Shared> {
+    /// A machine's shared half, as it starts: a fresh id, the initial state, no counts,
+    /// an empty mailbox.
+    fn new_shared(&self, def: Arc<MachineDef>, name: Arc<str>, instance: bool) -> Arc<Shared> {
         Arc::new(Shared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             state: def.initial.into(),
-            instance: instance.is_some(),
-            name: instance.unwrap_or_else(|| def.name.clone()),
+            instance,
+            name,
             def: RwLock::new(def),
             since_ms: 0.into(),
             active_ms: 0.into(),
@@ -569,14 +570,42 @@ impl Engine {
             events: 0.into(),
             errors: 0.into(),
             running: true.into(),
-            tx,
-            ctl,
-            live,
+            mailbox: Mailbox::new(self.inner.queue_capacity),
             gate: 0.into(),
             paused: false.into(),
             stop_reason: Mutex::new(None),
             last_context: Mutex::new(None),
         })
+    }
+
+    /// Makes a machine named `name` (a config machine's is its definition's) reachable by
+    /// that name; `None` when a running machine has it.
+    fn route(&self, def: &Arc<MachineDef>, name: Arc<str>, instance: bool) -> Option<Arc<Shared>> {
+        self.inner
+            .router
+            .insert_with(name, |name| self.new_shared(def.clone(), name, instance))
+    }
+
+    /// The machine of `shared` (routed), not running yet; with `--persist`, saved from its
+    /// start (config machines start from their saved state here; instances from
+    /// `restored`).
+    fn new_machine(&self, shared: Arc<Shared>) -> Machine {
+        Machine::new(
+            shared,
+            self.inner.router.clone(),
+            self.inner.observer.clone(),
+            // Machines only watch the engine's token (a clone shares it: no node per
+            // machine, as a child token would allocate).
+            self.inner.cancel.clone(),
+            self.inner.livelock_limit,
+        )
+    }
+
+    /// Runs `machine` on a task ([`Task`]); an instance (`retire`) may park without one.
+    fn launch(&self, handle: &tokio::runtime::Handle, machine: Machine, retire: Option<Retire>) {
+        self.inner.running.send_modify(|n| *n += 1);
+        let running = RunningGuard(self.inner.running.clone());
+        Task::new(machine, handle.clone(), running, retire).start();
     }
 
     /// Registers one machine: reachable by name, in the status list; not running yet.
@@ -585,26 +614,11 @@ impl Engine {
         machines: &mut Vec<Arc<Shared>>,
         def: Arc<MachineDef>,
     ) -> Result<Machine, EngineError> {
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        if !self.inner.router.insert(def.name.clone(), tx.clone()) {
-            return Err(EngineError::DuplicateName(def.name.to_string()));
-        }
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let (live_tx, live_rx) = mpsc::unbounded_channel();
-        let shared = self.new_shared(def, None, tx, ctl_tx, live_tx);
+        let shared = self
+            .route(&def, def.name.clone(), false)
+            .ok_or_else(|| EngineError::DuplicateName(def.name.to_string()))?;
         machines.push(shared.clone());
-        Ok(Machine::new(
-            shared,
-            Inbox {
-                rx,
-                ctl: ctl_rx,
-                live: live_rx,
-            },
-            self.inner.router.clone(),
-            self.inner.observer.clone(),
-            self.inner.cancel.child_token(),
-            self.inner.livelock_limit,
-        ))
+        Ok(self.new_machine(shared))
     }
 
     /// Starts machines that are not singletons (see [`Self::spawn_all`]).
@@ -618,38 +632,21 @@ impl Engine {
             .machines
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let mut pending = Vec::with_capacity(defs.len());
+        let mut pending: Vec<Arc<Shared>> = Vec::with_capacity(defs.len());
         for def in defs {
-            let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-            if !self.inner.router.insert(def.name.clone(), tx.clone()) {
-                for (shared, _, _, _) in &pending {
-                    let shared: &Arc<Shared> = shared;
+            let Some(shared) = self.route(&def, def.name.clone(), false) else {
+                for shared in &pending {
                     self.inner.router.remove(&shared.name);
                 }
                 return Err(EngineError::DuplicateName(def.name.to_string()));
-            }
-            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-            let (live_tx, live_rx) = mpsc::unbounded_channel();
-            let shared = self.new_shared(def, None, tx, ctl_tx, live_tx);
-            pending.push((shared, rx, ctl_rx, live_rx));
+            };
+            pending.push(shared);
         }
         let mut ids = Vec::with_capacity(pending.len());
-        self.inner.running.send_modify(|n| *n += pending.len());
-        for (shared, rx, ctl_rx, live_rx) in pending {
+        for shared in pending {
             machines.push(shared.clone());
             ids.push(shared.id);
-            let machine = Machine::new(
-                shared,
-                Inbox {
-                    rx,
-                    ctl: ctl_rx,
-                    live: live_rx,
-                },
-                self.inner.router.clone(),
-                self.inner.observer.clone(),
-                self.inner.cancel.child_token(),
-                self.inner.livelock_limit,
-            );
+            let machine = self.new_machine(shared);
             let machine = match &self.inner.persist {
                 Some(p) => {
                     let def = machine.def().clone();
@@ -657,11 +654,7 @@ impl Engine {
                 }
                 None => machine,
             };
-            let guard = RunningGuard(self.inner.running.clone());
-            handle.spawn(async move {
-                let _guard = guard;
-                machine.run().await;
-            });
+            self.launch(handle, machine, None);
         }
         Ok(ids)
     }
@@ -754,7 +747,7 @@ impl Engine {
     pub async fn snapshot(&self, name: &str) -> Option<MachineSnapshot> {
         let shared = self.find(name)?;
         let (tx, rx) = oneshot::channel();
-        let live = match shared.ctl.send(Control::Snapshot(tx)) {
+        let live = match shared.mailbox.control(Control::Snapshot(tx)) {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
@@ -992,41 +985,26 @@ impl Engine {
         if self.is_singleton(&def) {
             return Err(StartError::Singleton(definition.to_owned()));
         }
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        let name = match name {
+        let shared = match name {
             Some(n) => {
                 StartError::check_name(n)?;
                 let n: Arc<str> = Arc::from(n);
-                if self.supervised(&n).is_some() || !self.inner.router.insert(n.clone(), tx.clone())
-                {
-                    return Err(StartError::NameTaken(n.to_string()));
+                let taken = || StartError::NameTaken(n.to_string());
+                if self.supervised(&n).is_some() {
+                    return Err(taken());
                 }
-                n
+                self.route(&def, n.clone(), true).ok_or_else(taken)?
             }
-            None => self.generated_name(&def.name, &tx),
+            None => self.generated(&def),
         };
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let name = shared.name.clone();
         let def_name = def.name.clone();
-        let shared = self.new_shared(def, Some(name.clone()), tx, ctl_tx, live_tx);
         self.inner
             .instances
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .add(&def_name, shared.clone());
-        let machine = Machine::new(
-            shared.clone(),
-            Inbox {
-                rx,
-                ctl: ctl_rx,
-                live: live_rx,
-            },
-            self.inner.router.clone(),
-            self.inner.observer.clone(),
-            self.inner.cancel.child_token(),
-            self.inner.livelock_limit,
-        )
-        .with_context(context);
+        let machine = self.new_machine(shared).with_context(context);
         let persist = self.inner.persist.clone();
         let machine = match &persist {
             Some(p) => {
@@ -1035,38 +1013,24 @@ impl Engine {
             }
             None => machine,
         };
-        self.inner.running.send_modify(|n| *n += 1);
-        let guard = RunningGuard(self.inner.running.clone());
-        let instances = self.inner.instances.clone();
-        let router = self.inner.router.clone();
-        handle.spawn(async move {
-            let _guard = guard;
-            let reason = machine.run().await;
-            // Retired: the name and the queue are free, the status kept for a while. An
-            // engine that shuts down leaves its instances live in the store.
-            if let Some(p) = &persist {
-                if reason != crate::observe::StopReason::Shutdown {
-                    p.instance_retired(&shared.name, &def_name);
-                }
-            }
-            router.remove_if_same(&shared.name, &shared.tx);
-            instances
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retire(&shared);
-        });
+        let retire = Retire {
+            instances: self.inner.instances.clone(),
+            persist,
+        };
+        self.launch(&handle, machine, Some(retire));
         Ok(name)
     }
 
-    /// A free name for an instance of `definition` (`definition-N`), routed to `tx`.
-    fn generated_name(&self, definition: &str, tx: &mpsc::Sender<Event>) -> Arc<str> {
+    /// An instance of `def` under a free generated name (`definition-N`), routed.
+    fn generated(&self, def: &Arc<MachineDef>) -> Arc<Shared> {
         loop {
             let n = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
-            let name: Arc<str> = Arc::from(format!("{definition}-{n}"));
-            if self.supervised(&name).is_none()
-                && self.inner.router.insert(name.clone(), tx.clone())
-            {
-                return name;
+            let name: Arc<str> = Arc::from(format!("{}-{n}", def.name));
+            if self.supervised(&name).is_some() {
+                continue;
+            }
+            if let Some(shared) = self.route(def, name, true) {
+                return shared;
             }
         }
     }
@@ -1083,7 +1047,7 @@ impl Engine {
             });
         };
         let (reply, answer) = oneshot::channel();
-        if shared.live.send(LiveRequest { op, reply }).is_err() {
+        if shared.mailbox.live(LiveRequest { op, reply }).is_err() {
             return Err(LiveError::Stopped(name.to_owned()));
         }
         // After the send: the task clears the flag before it reads the channel, so it
@@ -1127,7 +1091,11 @@ impl Engine {
         let mut answers = Vec::with_capacity(running.len());
         for shared in running {
             let (tx, rx) = oneshot::channel();
-            if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
+            if shared
+                .mailbox
+                .control(Control::Reload(def.clone(), tx))
+                .is_ok()
+            {
                 answers.push(rx);
             }
         }
@@ -1151,7 +1119,11 @@ impl Engine {
         }
         if let Some(shared) = self.running_config_machine(&name) {
             let (tx, rx) = oneshot::channel();
-            if shared.ctl.send(Control::Reload(def.clone(), tx)).is_ok() {
+            if shared
+                .mailbox
+                .control(Control::Reload(def.clone(), tx))
+                .is_ok()
+            {
                 return match rx.await {
                     Ok(Reloaded {
                         state,
@@ -1193,8 +1165,8 @@ impl Engine {
         };
         let (tx, rx) = oneshot::channel();
         if shared
-            .ctl
-            .send(Control::Stop(StopReason::Removed, tx))
+            .mailbox
+            .control(Control::Stop(StopReason::Removed, tx))
             .is_err()
         {
             return false;
@@ -1210,6 +1182,19 @@ impl Engine {
     /// Asks every machine to stop: waiting actions are cancelled (commands killed).
     pub fn shutdown(&self) {
         self.inner.cancel.cancel();
+        // Parked instances are resumed to see it (none parks from now on: see
+        // `runtime/launch.rs`).
+        let live: Vec<Arc<Shared>> = self
+            .inner
+            .instances
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .all_live()
+            .cloned()
+            .collect();
+        for s in live {
+            s.mailbox.unpark();
+        }
     }
 
     /// Waits until every machine has stopped (final states or [`Engine::shutdown`]).
@@ -1218,6 +1203,13 @@ impl Engine {
         let mut rx = self.inner.running.subscribe();
         // The sender lives in `self`, so this only ends when the count reaches zero.
         let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// The running instance `name` is parked without a task (for the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn parked(&self, name: &str) -> bool {
+        self.running_machine(name)
+            .is_some_and(|s| s.mailbox.is_parked())
     }
 
     /// Waits until `name` is in `state`, up to `timeout`. For the engine's own unit tests;
@@ -1292,7 +1284,7 @@ fn status_of(s: &Shared) -> MachineStatus {
         transitions: s.transitions.load(Ordering::Relaxed),
         events: s.events.load(Ordering::Relaxed),
         errors: s.errors.load(Ordering::Relaxed),
-        queue_depth: s.tx.max_capacity() - s.tx.capacity(),
+        queue_depth: s.mailbox.len(),
         running: s.running.load(Ordering::Acquire),
         paused: s.paused.load(Ordering::Relaxed),
         stop_reason: *s.stop_reason.lock().unwrap_or_else(|e| e.into_inner()),

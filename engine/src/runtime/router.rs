@@ -6,17 +6,61 @@
 use std::sync::{Arc, OnceLock, RwLock};
 
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::event::Event;
+pub use super::mailbox::TrySendError;
 use super::start::Starter;
+
+/// A machine's event queue as senders see it (the machine's mailbox, `runtime/mailbox.rs`).
+pub trait EventQueue: Send + Sync {
+    /// Queues `ev` if there is room (waking the machine).
+    fn try_send(&self, ev: Event) -> Result<(), TrySendError>;
+    /// Notified when room is made in the full queue, and when the machine stops.
+    fn space(&self) -> &Notify;
+    /// The machine has stopped.
+    fn is_closed(&self) -> bool;
+}
+
+/// A machine's event queue, shared.
+pub type Queue = Arc<dyn EventQueue>;
+
+impl std::fmt::Debug for dyn EventQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventQueue")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Queues `ev`, waiting while the queue is full (backpressure); the event is handed back
+/// when the machine has stopped.
+pub async fn send_waiting(q: &dyn EventQueue, mut ev: Event) -> Result<(), Event> {
+    loop {
+        let room = q.space().notified();
+        tokio::pin!(room);
+        // Enabled before the attempt: room made after a failed attempt is not missed.
+        room.as_mut().enable();
+        match q.try_send(ev) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(e)) => return Err(e),
+            Err(TrySendError::Full(e)) => ev = e,
+        }
+        room.await;
+    }
+}
+
+/// The same queue (the address of the mailbox, not of the vtable).
+fn same_queue(a: &Queue, b: &Queue) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
 
 /// Why an event could not be delivered at once.
 #[derive(Debug)]
 pub enum DeliverError {
     /// The target's queue is full: the event and a sender to wait on are handed back, so
     /// the caller can wait (backpressure) instead of dropping it.
-    Full(Event, mpsc::Sender<Event>),
+    Full(Event, Queue),
     /// The target has stopped.
     Closed,
     /// No machine has that name: the event is handed back (another process may run a
@@ -55,7 +99,7 @@ pub trait Remote: Send + Sync {
 /// Machine name -> queue. Read on every cross-machine send; written when machines start.
 #[derive(Default)]
 pub struct Router {
-    routes: RwLock<FxHashMap<Arc<str>, mpsc::Sender<Event>>>,
+    routes: RwLock<FxHashMap<Arc<str>, Queue>>,
     remote: OnceLock<Arc<dyn Remote>>,
     /// How actions start instances (`start_fsm`): a link to the engine, which it holds weakly.
     starter: OnceLock<Arc<dyn Starter>>,
@@ -68,13 +112,29 @@ impl Router {
     }
 
     /// Adds a machine; returns false when the name is taken by a running machine.
-    pub fn insert(&self, name: Arc<str>, tx: mpsc::Sender<Event>) -> bool {
+    pub fn insert(&self, name: Arc<str>, tx: Queue) -> bool {
         let mut map = self.routes.write().unwrap_or_else(|e| e.into_inner());
         if map.get(&name).is_some_and(|t| !t.is_closed()) {
             return false;
         }
         map.insert(name, tx);
         true
+    }
+
+    /// Adds a machine whose queue `make` builds (under the lock: the name is its own from
+    /// then on) unless the name is taken by a running machine; returns the queue's owner.
+    pub(crate) fn insert_with<T: EventQueue + 'static>(
+        &self,
+        name: Arc<str>,
+        make: impl FnOnce(Arc<str>) -> Arc<T>,
+    ) -> Option<Arc<T>> {
+        let mut map = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(&name).is_some_and(|t| !t.is_closed()) {
+            return None;
+        }
+        let owner = make(name.clone());
+        map.insert(name, owner.clone());
+        Some(owner)
     }
 
     /// Attaches the way to other processes' machines (once; false when one was attached).
@@ -99,9 +159,9 @@ impl Router {
 
     /// Removes `name` if its queue is `tx`'s (an instance retired; a newer machine of that
     /// name keeps its route).
-    pub(crate) fn remove_if_same(&self, name: &str, tx: &mpsc::Sender<Event>) {
+    pub(crate) fn remove_if_same(&self, name: &str, tx: &Queue) {
         let mut map = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(name).is_some_and(|t| t.same_channel(tx)) {
+        if map.get(name).is_some_and(|t| same_queue(t, tx)) {
             map.remove(name);
         }
     }
@@ -122,7 +182,7 @@ impl Router {
     }
 
     /// The sender of a machine's queue.
-    pub fn sender(&self, name: &str) -> Option<mpsc::Sender<Event>> {
+    pub fn sender(&self, name: &str) -> Option<Queue> {
         self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -138,15 +198,17 @@ impl Router {
         };
         match tx.try_send(ev) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(ev)) => Err(DeliverError::Full(ev, tx.clone())),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliverError::Closed),
+            Err(TrySendError::Full(ev)) => Err(DeliverError::Full(ev, tx.clone())),
+            Err(TrySendError::Closed(_)) => Err(DeliverError::Closed),
         }
     }
 
     /// Delivers, waiting for room in the target's queue (backpressure).
     pub async fn deliver(&self, target: &str, ev: Event) -> Result<(), DeliverError> {
         match self.try_deliver(target, ev) {
-            Err(DeliverError::Full(ev, tx)) => tx.send(ev).await.map_err(|_| DeliverError::Closed),
+            Err(DeliverError::Full(ev, tx)) => send_waiting(&*tx, ev)
+                .await
+                .map_err(|_| DeliverError::Closed),
             other => other,
         }
     }

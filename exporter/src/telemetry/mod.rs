@@ -102,12 +102,15 @@ impl Default for TelemetryConfig {
 pub struct Telemetry {
     config: TelemetryConfig,
     registry: Registry,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     spans: Option<Spans>,
     machines: Mutex<Vec<Arc<Slot>>>,
     /// The `/trace` records of run-time instances: one ring per definition, shared by its
     /// instances (their slots are not in `machines`: there may be 100,000).
     instance_traces: Mutex<std::collections::HashMap<Arc<str>, Arc<Ring<TraceRecord>>>>,
+    /// What the slots of run-time instances share, per definition (the definition they
+    /// run: replaced after a reload).
+    recipes: Mutex<std::collections::HashMap<Arc<str>, Arc<slot::Recipe>>>,
     errors: Ring<ErrorRecord>,
     /// The engine's read-only status handle, set by [`Telemetry::install`].
     engine: Arc<OnceLock<EngineStatus>>,
@@ -160,10 +163,11 @@ impl Telemetry {
             errors: Ring::new(config.error_buffer),
             config,
             registry,
-            metrics,
+            metrics: Arc::new(metrics),
             spans,
             machines: Mutex::new(Vec::new()),
             instance_traces: Mutex::default(),
+            recipes: Mutex::default(),
             engine,
             started: Instant::now(),
             started_at: SystemTime::now(),

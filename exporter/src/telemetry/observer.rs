@@ -8,7 +8,7 @@
 //! hot path, is in [`super::event`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -21,7 +21,7 @@ use turnstile_engine::{Event, TraceContext};
 use super::event::{nanos, timed};
 use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
-use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Slot};
+use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Recipe, Slot, SlotMetrics};
 use super::spans::LiveSpan;
 use super::stream::{Names, QuickFeed};
 use super::Telemetry;
@@ -39,6 +39,42 @@ impl Telemetry {
             .entry(m.def.name.clone())
             .or_insert_with(|| Arc::new(Ring::new(self.config.trace_buffer)))
             .clone()
+    }
+
+    /// The state names, stream names and metric writers of a new slot: a config
+    /// machine's own (its writers made now); an instance's shared with the other
+    /// instances of its definition, its writers made when it first reports.
+    fn slot_parts(
+        &self,
+        m: &MachineRef<'_>,
+        detail: turnstile_engine::MetricsDetail,
+    ) -> (Arc<[Arc<str>]>, Arc<Names>, SlotMetrics) {
+        let states = || m.def.states.iter().map(|s| s.name.clone()).collect();
+        if !m.instance {
+            let metrics = SlotMetrics::Now(Box::new(self.metrics.machine(m.def, detail)));
+            return (states(), Names::new(m.def, None), metrics);
+        }
+        let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
+        let recipe = match recipes.get(&m.def.name) {
+            Some(r) if Arc::ptr_eq(&r.def, m.def) && r.detail == detail => r.clone(),
+            _ => {
+                let r = Arc::new(Recipe {
+                    families: self.metrics.clone(),
+                    def: m.def.clone(),
+                    detail,
+                    states: states(),
+                    names: Names::new(m.def, None),
+                });
+                recipes.insert(m.def.name.clone(), r.clone());
+                r
+            }
+        };
+        drop(recipes);
+        (
+            recipe.states.clone(),
+            recipe.names.clone(),
+            SlotMetrics::Later(OnceLock::new(), recipe),
+        )
     }
 
     fn slot<'a>(&self, m: &MachineRef<'a>) -> Option<&'a Slot> {
@@ -84,12 +120,14 @@ fn action_outcome_index(o: ActionOutcome) -> usize {
 
 impl Observer for Telemetry {
     fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
+        let (states, names, metrics) = self.slot_parts(&m, self.detail(m.def));
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
-            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            names: Names::new(m.def, m.instance.then(|| Arc::from(m.name))),
-            metrics: self.metrics.machine(m.def, self.detail(m.def)),
+            states,
+            names,
+            metrics,
+            instance_names: OnceLock::new(),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             timing: self.quick_timing(m.def),
@@ -124,17 +162,19 @@ impl Observer for Telemetry {
         });
         let detail = self.detail(m.def);
         if let Some(o) = old {
-            if o.metrics.detail != detail {
+            if o.metrics.detail() != detail {
                 self.metrics
-                    .forget_level(previous.def, o.metrics.detail, detail);
+                    .forget_level(previous.def, o.metrics.detail(), detail);
             }
         }
+        let (states, names, metrics) = self.slot_parts(&m, detail);
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
-            states: m.def.states.iter().map(|s| s.name.clone()).collect(),
-            names: Names::new(m.def, m.instance.then(|| Arc::from(m.name))),
-            metrics: self.metrics.machine(m.def, detail),
+            states,
+            names,
+            metrics,
+            instance_names: OnceLock::new(),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
             timing: self.quick_timing(m.def),
@@ -166,7 +206,7 @@ impl Observer for Telemetry {
         let slot = m.slot.get()?.downcast_ref::<Arc<Slot>>()?;
         Some(Box::new(QuickSlot(
             slot.clone(),
-            QuickFeed::new(&self.stream, m.def, slot.instance.clone()),
+            QuickFeed::new(&self.stream),
         )))
     }
 

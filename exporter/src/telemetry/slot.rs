@@ -7,14 +7,15 @@
 //! ([`super::observer`]) and the end of an event ([`super::event`]) both use them without
 //! using each other.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use turnstile_engine::observe::{QuickObserver, QuickTiming};
-use turnstile_engine::TraceContext;
+use turnstile_engine::{MachineDef, MetricsDetail, TraceContext};
 
-use super::metrics::MachineMetrics;
+use super::metrics::{MachineMetrics, Metrics};
 use super::records::{ActionRecord, Ring, TraceRecord};
 use super::spans::LiveSpan;
 use super::stream::{Names, QuickFeed};
@@ -26,10 +27,15 @@ pub(super) struct Slot {
     /// An instance started at run time: its own name (records and spans name it; metrics
     /// count it under `name`).
     pub(super) instance: Option<Arc<str>>,
-    pub(super) states: Vec<Arc<str>>,
-    /// Its names as its stream records give them by index.
+    /// Its definition's (shared by the instances of one definition).
+    pub(super) states: Arc<[Arc<str>]>,
+    /// Its definition's names as its stream records give them by index (shared likewise;
+    /// see [`Slot::stream_names`]).
     pub(super) names: Arc<Names>,
-    pub(super) metrics: MachineMetrics,
+    /// An instance's own names, made from `names` when it first publishes to the stream
+    /// (an idle instance has none).
+    pub(super) instance_names: OnceLock<Arc<Names>>,
+    pub(super) metrics: SlotMetrics,
     /// Events timed (all outcomes; an action-less one timed for every
     /// [`QuickTiming::every`] counts that many) and their total processing time (likewise
     /// weighted), for the average of `/stats`.
@@ -43,6 +49,17 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// The names its stream records give: its definition's for a config machine, its own
+    /// for an instance started at run time.
+    pub(super) fn stream_names(&self) -> &Arc<Names> {
+        match &self.instance {
+            None => &self.names,
+            Some(i) => self
+                .instance_names
+                .get_or_init(|| self.names.for_instance(i.clone())),
+        }
+    }
+
     /// `weight` more events processed in `ns` nanoseconds each (for `/stats`).
     #[inline]
     pub(super) fn count(&self, ns: u64, weight: u32) {
@@ -59,6 +76,51 @@ impl Slot {
             Ordering::Relaxed,
         );
     }
+}
+
+/// A machine's metric writers. A config machine's are made when it starts (its series
+/// show from then on); an instance's when it first reports something, from its
+/// definition's [`Recipe`]: its series are its definition's (made by the definition's
+/// config machine, or by the first instance that reports), and an idle instance, of which
+/// there may be 100,000, holds none (they were about 1.5 KB each). Boxed either way: the
+/// writers' table inline would take 300 bytes of every idle instance's slot.
+pub(super) enum SlotMetrics {
+    Now(Box<MachineMetrics>),
+    Later(OnceLock<Box<MachineMetrics>>, Arc<Recipe>),
+}
+
+impl SlotMetrics {
+    /// The level they are made at.
+    pub(super) fn detail(&self) -> MetricsDetail {
+        match self {
+            SlotMetrics::Now(m) => m.detail,
+            SlotMetrics::Later(_, r) => r.detail,
+        }
+    }
+}
+
+impl Deref for SlotMetrics {
+    type Target = MachineMetrics;
+
+    #[inline]
+    fn deref(&self) -> &MachineMetrics {
+        match self {
+            SlotMetrics::Now(m) => m,
+            SlotMetrics::Later(m, r) => {
+                m.get_or_init(|| Box::new(r.families.machine(&r.def, r.detail)))
+            }
+        }
+    }
+}
+
+/// What the instances of one definition share in their slots: how their writers are
+/// made, their state names, their stream names.
+pub(super) struct Recipe {
+    pub(super) families: Arc<Metrics>,
+    pub(super) def: Arc<MachineDef>,
+    pub(super) detail: MetricsDetail,
+    pub(super) states: Arc<[Arc<str>]>,
+    pub(super) names: Arc<Names>,
 }
 
 /// Metrics only (no `/trace` records, no spans): what [`Observer::transition_finished`]
@@ -107,7 +169,8 @@ impl QuickObserver for QuickSlot {
     ) {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
-        self.1.transition(from, to, event_id);
+        self.1
+            .transition(|| self.0.stream_names().clone(), from, to, event_id);
     }
 
     /// The untimed transitions are reported too while someone follows the stream (each
@@ -124,7 +187,8 @@ impl QuickObserver for QuickSlot {
         if self.0.timing.report_untimed {
             self.0.transition_untimed(from, to, event_id);
         }
-        self.1.transition(from, to, event_id);
+        self.1
+            .transition(|| self.0.stream_names().clone(), from, to, event_id);
     }
 }
 

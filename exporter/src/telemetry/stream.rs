@@ -324,8 +324,9 @@ fn sse_head(id: u64, out: &mut String) {
 pub struct Names {
     machine: Arc<str>,
     instance: Option<Arc<str>>,
-    states: Box<[Arc<str>]>,
-    events: Box<[Arc<str>]>,
+    /// Shared by the names of a definition's instances.
+    states: Arc<[Arc<str>]>,
+    events: Arc<[Arc<str>]>,
 }
 
 impl Names {
@@ -337,6 +338,16 @@ impl Names {
             instance,
             states: def.states.iter().map(|s| s.name.clone()).collect(),
             events: def.events.iter().cloned().collect(),
+        })
+    }
+
+    /// These names for the instance `instance` (the state and event names shared).
+    pub fn for_instance(&self, instance: Arc<str>) -> Arc<Self> {
+        Arc::new(Self {
+            machine: self.machine.clone(),
+            instance: Some(instance),
+            states: self.states.clone(),
+            events: self.events.clone(),
         })
     }
 
@@ -1017,22 +1028,16 @@ impl Drop for Subscriber {
     }
 }
 
-/// A machine's stream feed on the metrics-only path (the telemetry's quick observer):
-/// the names of its definition's states and events, to name what it reports by index.
+/// A machine's stream feed on the metrics-only path (the telemetry's quick observer): it
+/// publishes what the machine reports by index, named by the machine's [`Names`].
 pub(super) struct QuickFeed {
     stream: Arc<Stream>,
-    names: Arc<Names>,
 }
 
 impl QuickFeed {
-    pub(super) fn new(
-        stream: &Arc<Stream>,
-        def: &turnstile_engine::MachineDef,
-        instance: Option<Arc<str>>,
-    ) -> Self {
+    pub(super) fn new(stream: &Arc<Stream>) -> Self {
         Self {
             stream: stream.clone(),
-            names: Names::new(def, instance),
         }
     }
 
@@ -1043,18 +1048,25 @@ impl QuickFeed {
         self.stream.clients.clone()
     }
 
-    /// A transition reported by indexes (the event's payload is not known here).
+    /// A transition of the machine `names` names, reported by indexes (the event's payload
+    /// is not known here).
     #[inline]
-    pub(super) fn transition(&self, from: usize, to: usize, event_id: usize) {
+    pub(super) fn transition(
+        &self,
+        names: impl FnOnce() -> Arc<Names>,
+        from: usize,
+        to: usize,
+        event_id: usize,
+    ) {
         if self.stream.active() {
-            self.push(from, to, event_id);
+            self.push(&names(), from, to, event_id);
         }
     }
 
     #[inline(never)]
-    fn push(&self, from: usize, to: usize, event_id: usize) {
+    fn push(&self, names: &Arc<Names>, from: usize, to: usize, event_id: usize) {
         self.stream
-            .push_transition(&self.names, [from, to, event_id], None, None);
+            .push_transition(names, [from, to, event_id], None, None);
     }
 }
 

@@ -31,7 +31,7 @@ impl Telemetry {
     #[inline(never)]
     pub(super) fn stream_transition(&self, slot: &Slot, r: &TransitionReport<'_>) {
         self.stream.push_transition(
-            &slot.names,
+            slot.stream_names(),
             [r.from.id, r.to.id, r.event_id],
             r.event.payload.clone(),
             r.event.job_id.clone(),

@@ -116,7 +116,7 @@ impl Action for SendEvent {
             Err(DeliverError::Full(ev, sender)) => {
                 let (success, error) = (self.success.clone(), self.error.clone());
                 Step::Wait(Box::pin(async move {
-                    match sender.send(ev).await {
+                    match crate::runtime::router::send_waiting(&*sender, ev).await {
                         Ok(()) => Outcome::ok(success),
                         Err(_) => fail(format!("machine `{target}` has stopped"), &error),
                     }

@@ -178,9 +178,9 @@ impl Machine {
                 std::mem::take(&mut self.context),
             ));
         }
-        self.rx.close();
-        // Snapshot requests already queued are answered from `last_context` by the engine.
-        self.ctl.close();
+        // Requests already queued are dropped: snapshots are answered from `last_context`
+        // by the engine.
+        self.shared.mailbox.close();
         self.shared.running.store(false, Ordering::Release);
         if let Some(o) = &self.observer {
             o.machine_stopped(self.mref(), self.sref(self.state), reason);

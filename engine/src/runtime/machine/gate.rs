@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 use super::actions::{claim_lost, wait_action};
 use super::events::Entry;
 use super::phases::{tenure_ended, Phase};
-use super::Machine;
+use super::{Machine, Msg};
 use crate::breakpoint::{BreakpointInfo, BreakpointSpec, On};
 use crate::observe::{ControlAction, ControlReport, StopReason};
 use crate::runtime::event::{Event, Origin};
@@ -257,6 +257,12 @@ impl Machine {
         self.gate.paused.then_some(Phase::Paused)
     }
 
+    /// Not paused, no `error` hit to act on, no live request waiting: nothing at the gate
+    /// would keep the machine from parking.
+    pub(super) fn gate_open(&self) -> bool {
+        !self.gate.paused && self.shared.gate.load(Ordering::Acquire) & (ARMED | REQUEST) == 0
+    }
+
     /// A live request that arrived while the task waited (in `select!`).
     pub(super) fn serve_one(&mut self, req: LiveRequest) -> Phase {
         let mut none = None;
@@ -276,7 +282,7 @@ impl Machine {
     fn drain(&mut self, in_hand: &mut Option<Event>) -> Served {
         // Cleared before the channel is read: a request sent after this sets it again.
         self.shared.gate.fetch_and(!REQUEST, Ordering::AcqRel);
-        while let Ok(req) = self.live.try_recv() {
+        while let Some(req) = self.shared.mailbox.try_recv_live() {
             match self.serve(req, in_hand) {
                 Served::Nothing | Served::Run => {}
                 other => {
@@ -357,11 +363,15 @@ impl Machine {
             biased;
             () = self.cancel.cancelled() => Phase::Stopped(StopReason::Shutdown),
             () = tenure_ended(&self.tenure), if self.tenure.is_some() => self.lease_lost(),
-            Some(c) = self.ctl.recv() => match self.control(c) {
-                Some(reason) => Phase::Stopped(reason),
-                None => Phase::Paused,
+            msg = self.shared.mailbox.recv(false) => match msg {
+                Msg::Control(c) => match self.control(c) {
+                    Some(reason) => Phase::Stopped(reason),
+                    None => Phase::Paused,
+                },
+                Msg::Live(req) => self.serve_one(req),
+                // Not asked for: events wait in the queue while paused.
+                Msg::Event(ev) => self.admit(ev),
             },
-            Some(req) = self.live.recv() => self.serve_one(req),
             out = wait_action(&mut self.waiting), if poll_action => {
                 self.finish_waiting(out);
                 Phase::Running
@@ -405,7 +415,7 @@ impl Machine {
             paused: self.gate.paused,
             held: self.gate.held.as_ref().map(|e| e.name.clone()),
             action_running: self.waiting.is_some(),
-            queue_depth: self.rx.len(),
+            queue_depth: self.shared.mailbox.len(),
             stopped: false,
         }
     }
@@ -467,7 +477,7 @@ impl Machine {
                 let next = in_hand
                     .take()
                     .or_else(|| self.gate.held.take())
-                    .or_else(|| self.rx.try_recv().ok());
+                    .or_else(|| self.shared.mailbox.try_recv());
                 match next {
                     Some(ev) => {
                         self.report_control(ControlAction::Step, Some(&ev));
@@ -580,7 +590,7 @@ impl Machine {
         if let Some(ev) = self.gate.held.take() {
             self.discard(ev);
         }
-        while let Ok(ev) = self.rx.try_recv() {
+        while let Some(ev) = self.shared.mailbox.try_recv() {
             self.discard(ev);
         }
         self.claim = None;

@@ -21,6 +21,10 @@
 //!  |                              queued event in, then the chain goes on --------------+
 //!  +------------------------------------------------------------------------------------+
 //!
+//!  Idle --> [ Park ]: an instance with nothing queued, no timer armed, no action
+//!  waiting, not paused: the loop returns ([`Outcome::Park`]) and the machine parks in
+//!  its mailbox without a task; the next event or request resumes it in Idle
+//!  (`runtime/launch.rs`).
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
 //!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
 //!  before each action; Idle and Waiting wake at its deadline).
@@ -36,7 +40,8 @@
 //! - Quick actions run inline, one per [`Phase::Running`] step; an action that waits is a
 //!   future polled in [`Phase::Waiting`] together with the queue, requests and the
 //!   `timeout(N)` timer, so an event that triggers a transition interrupts it. An idle
-//!   machine is parked in `select!`: it uses no CPU.
+//!   machine waits in `select!` (it uses no CPU), or, an instance, parks without a task.
+//! - Its events and requests come through one mailbox (`runtime/mailbox.rs`).
 //! - Queued events get in only in [`Phase::Idle`] (between chains of returned events),
 //!   or every [`phases::FAIRNESS`] steps of a chain, in [`Phase::Yield`]. A busy machine
 //!   takes queued events without `select!` ([`phases::FAST_BUDGET`] in a row).
@@ -69,7 +74,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value as Json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use control::{Control, Reloaded};
@@ -77,7 +82,9 @@ pub(crate) use gate::{LiveRequest, REQUEST};
 
 use super::def::MachineDef;
 use super::event::Event;
-use super::router::Router;
+use super::mailbox::{Mailbox, TrySendError};
+pub(crate) type Msg = super::mailbox::Msg<Control, LiveRequest>;
+use super::router::{EventQueue, Router};
 use crate::observe::{
     ErrorKind, ErrorReport, MachineRef, Observer, ObserverSlot, StateRef, StopReason,
 };
@@ -109,10 +116,10 @@ pub(crate) struct Shared {
     pub events: AtomicU64,
     pub errors: AtomicU64,
     pub running: AtomicBool,
-    pub tx: mpsc::Sender<Event>,
-    pub ctl: mpsc::UnboundedSender<Control>,
-    /// Live operations ([`LiveRequest`]): served at the gate, or wherever the task waits.
-    pub live: mpsc::UnboundedSender<LiveRequest>,
+    /// Its events, engine requests ([`Control`]) and live operations ([`LiveRequest`]:
+    /// served at the gate, or wherever the task waits); the machine itself while it is
+    /// parked without a task.
+    pub mailbox: Mailbox<Control, LiveRequest>,
     /// The gate's flags: [`gate::REQUEST`] after a live request is sent, [`gate::ARMED`]
     /// while the machine is paused, [`gate::BREAKPOINTS`] while it has breakpoints; one
     /// relaxed load per event when clear ([`gate`]).
@@ -124,11 +131,37 @@ pub(crate) struct Shared {
     pub last_context: Mutex<Option<StateAndContext>>,
 }
 
-/// The receiving ends of a machine's channels: events, requests, live operations.
-pub(crate) struct Inbox {
-    pub rx: mpsc::Receiver<Event>,
-    pub ctl: mpsc::UnboundedReceiver<Control>,
-    pub live: mpsc::UnboundedReceiver<LiveRequest>,
+impl EventQueue for Shared {
+    fn try_send(&self, ev: Event) -> Result<(), TrySendError> {
+        self.mailbox.try_send(ev)
+    }
+
+    fn space(&self) -> &tokio::sync::Notify {
+        self.mailbox.space()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.mailbox.is_closed()
+    }
+}
+
+/// What the loop over the phases waits for next, or how it ends.
+enum Wait {
+    /// [`Machine::wait`] (Idle, Waiting).
+    Park,
+    Yield,
+    Paused,
+    Stop(Outcome),
+}
+
+/// How a machine's phases ended ([`Machine::phases`]).
+pub(crate) enum Outcome {
+    /// It stopped; [`Machine::finish`] is to be called.
+    Stopped(StopReason),
+    /// Nothing to do, nothing queued, no timer armed, no action running, not paused: it
+    /// may park without a task until its next event or request (only when
+    /// [`Machine::parkable`]).
+    Park,
 }
 
 /// A state's name and a context.
@@ -155,9 +188,6 @@ pub(crate) struct Machine {
     router: Arc<Router>,
     state: usize,
     context: Map<String, Json>,
-    rx: mpsc::Receiver<Event>,
-    ctl: mpsc::UnboundedReceiver<Control>,
-    live: mpsc::UnboundedReceiver<LiveRequest>,
     /// Pause, the held event, breakpoints.
     gate: Gate,
     cancel: CancellationToken,
@@ -184,19 +214,19 @@ pub(crate) struct Machine {
     actions_finished: u64,
     /// Events processed plus actions finished when the activity was last noted.
     activity_seen: u64,
+    /// May park without a task when idle ([`Outcome::Park`]): run by `runtime/launch.rs`.
+    parkable: bool,
 }
 
 impl Machine {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        inbox: Inbox,
         router: Arc<Router>,
         observer: Option<Arc<dyn Observer>>,
         cancel: CancellationToken,
         livelock_limit: u32,
     ) -> Self {
         let def = shared.def.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Inbox { rx, ctl, live } = inbox;
         Self {
             state: def.initial,
             context: def.context.clone(),
@@ -204,9 +234,6 @@ impl Machine {
             slot: ObserverSlot::new(),
             stop_reply: None,
             shared,
-            rx,
-            ctl,
-            live,
             gate: Gate::default(),
             router,
             measure: Measure::new(observer.as_ref().is_some_and(|o| o.observes_starts())),
@@ -226,6 +253,7 @@ impl Machine {
             tenure: None,
             actions_finished: 0,
             activity_seen: 0,
+            parkable: false,
         }
     }
 
@@ -245,6 +273,27 @@ impl Machine {
     /// The definition it runs.
     pub(crate) fn def(&self) -> &Arc<MachineDef> {
         &self.def
+    }
+
+    /// The router it sends through.
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Its shared status (and mailbox).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// May park without a task when it has nothing to do ([`Outcome::Park`]).
+    pub(crate) fn parkable(mut self) -> Self {
+        self.parkable = true;
+        self
+    }
+
+    /// The engine is shutting down.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Persists this machine's state after each transition, starting from `restored`
@@ -269,30 +318,87 @@ impl Machine {
     /// Runs the machine until it reaches a final state or the engine shuts down; returns
     /// why it stopped.
     pub(crate) async fn run(mut self) -> StopReason {
+        self.parkable = false;
         self.started();
-        let mut phase = Phase::Running;
-        let reason = loop {
-            phase = match phase {
-                Phase::Running => self.running(),
-                Phase::Idle => match self.take_queued() {
-                    Some(next) => next,
-                    None => self.park().await,
-                },
-                Phase::Waiting => self.park().await,
-                Phase::Yield => self.yield_to_queue().await,
-                Phase::Paused => {
-                    self.note_activity();
-                    self.paused_phase().await
-                }
-                Phase::Stopped(reason) => break reason,
-            };
+        let Outcome::Stopped(reason) = self.phases(Phase::Running).await else {
+            unreachable!("a machine that may not park parked")
         };
+        self.finish(reason);
+        reason
+    }
+
+    /// Starts a parkable machine: announced, saved, its timers armed, its initial state's
+    /// entry actions run; then its phases, until it stops or parks.
+    pub(crate) async fn begin(&mut self) -> Outcome {
+        self.started();
+        self.phases_boxed(Phase::Running).await
+    }
+
+    /// Resumes a parked machine: its phases from [`Phase::Idle`] (the event or request
+    /// that resumed it is in its mailbox).
+    pub(crate) async fn resume(&mut self) -> Outcome {
+        self.phases_boxed(Phase::Idle).await
+    }
+
+    /// The loop over the phases, from `phase`, until the machine stops or parks.
+    ///
+    /// A parkable machine (an instance, whose task is spawned again each time it is
+    /// resumed) runs [`Self::phases_boxed`] instead ([`Self::begin`], [`Self::resume`]).
+    async fn phases(&mut self, mut phase: Phase) -> Outcome {
+        loop {
+            phase = match self.next_sync(phase) {
+                Ok(next) => next,
+                Err(Wait::Stop(outcome)) => return outcome,
+                Err(Wait::Park) => self.wait().await,
+                Err(Wait::Yield) => self.yield_to_queue().await,
+                Err(Wait::Paused) => self.paused_phase().await,
+            };
+        }
+    }
+
+    /// [`Self::phases`] with each wait boxed: the future of a parkable machine's task is
+    /// then a few words, not the kilobyte or so of the `select!`s, which it would allocate
+    /// each time it is resumed; it allocates only when it really waits.
+    async fn phases_boxed(&mut self, mut phase: Phase) -> Outcome {
+        loop {
+            phase = match self.next_sync(phase) {
+                Ok(next) => next,
+                Err(Wait::Stop(outcome)) => return outcome,
+                Err(Wait::Park) => Box::pin(self.wait()).await,
+                Err(Wait::Yield) => Box::pin(self.yield_to_queue()).await,
+                Err(Wait::Paused) => Box::pin(self.paused_phase()).await,
+            };
+        }
+    }
+
+    /// One step of the loop that needs no waiting, else what to wait for.
+    #[inline]
+    fn next_sync(&mut self, phase: Phase) -> Result<Phase, Wait> {
+        match phase {
+            Phase::Running => Ok(self.running()),
+            Phase::Idle => match self.take_queued() {
+                Some(next) => Ok(next),
+                None => self.before_wait().ok_or(Wait::Park),
+            },
+            Phase::Waiting => self.before_wait().ok_or(Wait::Park),
+            Phase::Yield => Err(Wait::Yield),
+            Phase::Paused => {
+                self.note_activity();
+                Err(Wait::Paused)
+            }
+            Phase::Park => Err(Wait::Stop(Outcome::Park)),
+            Phase::Stopped(reason) => Err(Wait::Stop(Outcome::Stopped(reason))),
+        }
+    }
+
+    /// The machine stopped (`reason`): reported, its last state kept, its mailbox closed,
+    /// whoever asked it to stop told.
+    pub(crate) fn finish(&mut self, reason: StopReason) {
         self.stop(reason);
         if let Some(reply) = self.stop_reply.take() {
             let _ = reply.send(());
         }
         self.answer_stop();
-        reason
     }
 
     /// The machine is about to wait (parked, paused, or yielding in a long chain): when it
@@ -361,7 +467,7 @@ impl Machine {
     }
 
     fn queue_depth(&self) -> usize {
-        self.rx.len()
+        self.shared.mailbox.len()
     }
 
     fn report_error(&self, kind: ErrorKind, event: Option<&Event>, message: &str) {

@@ -7,11 +7,9 @@
 
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
-
 use super::actions::{claim_lost, wait_action};
 use super::timers::sleep_opt;
-use super::Machine;
+use super::{Machine, Msg};
 use crate::observe::StopReason;
 use crate::runtime::event::Event;
 use crate::runtime::tenure::Tenure;
@@ -38,6 +36,9 @@ pub(super) enum Phase {
     /// Paused (by request or a breakpoint), an event held or none: wait for requests
     /// only, and for the action still waiting (see [`super::gate`]).
     Paused,
+    /// Nothing to do and nothing queued: the machine parks without a task
+    /// ([`super::Outcome::Park`]; only a parkable one, see [`Machine::may_park`]).
+    Park,
     /// Done; [`Machine::stop`] reports why.
     Stopped(StopReason),
 }
@@ -140,31 +141,43 @@ impl Machine {
         if !self.timers.idle() || self.chain.fast == 0 {
             return None;
         }
-        match self.rx.try_recv() {
-            Ok(ev) => {
-                self.chain.fast -= 1;
-                // A new chain may start from this event: the fairness count is per
-                // chain, so a short chain is never cut into.
-                self.chain.count = 0;
-                // Taken without waiting: after an action-less event, its transition is
-                // timed at that event's end (`last_end`).
-                Some(self.admit(ev))
-            }
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                Some(Phase::Stopped(StopReason::Shutdown))
-            }
-        }
+        let ev = self.shared.mailbox.try_recv()?;
+        self.chain.fast -= 1;
+        // A new chain may start from this event: the fairness count is per chain, so a
+        // short chain is never cut into.
+        self.chain.count = 0;
+        // Taken without waiting: after an action-less event, its transition is timed at
+        // that event's end (`last_end`).
+        Some(self.admit(ev))
+    }
+
+    /// Nothing would wake the machine but its mailbox: no action waits (nor a job claim
+    /// with it), no timer is armed, no event is chained or held, it is not paused and no
+    /// live request waits, it has no lease tenure to watch, the engine is not shutting
+    /// down, and nothing is queued. Only a parkable machine ([`Machine::parkable`]).
+    fn may_park(&self) -> bool {
+        self.parkable
+            && self.waiting.is_none()
+            && self.claim.is_none()
+            && self.timers.idle()
+            && self.chain.next.is_none()
+            && self.tenure.is_none()
+            && self.gate_open()
+            && !self.cancel.is_cancelled()
+            && self.shared.mailbox.is_idle()
     }
 
     /// [`Phase::Idle`] and [`Phase::Waiting`]: wait for whatever comes first (shutdown, a
     /// request, an event, the waiting action, the loss of the job claim the machine holds
     /// (only while an action waits; see [`super::actions`]), a timer), in that order of
     /// priority.
-    pub(super) async fn park(&mut self) -> Phase {
+    ///
+    /// Split in two: [`Machine::before_wait`], what is done before waiting (and may find
+    /// the machine is to park without a task instead), and [`Machine::wait`], the wait.
+    pub(super) fn before_wait(&mut self) -> Option<Phase> {
         if self.gated() {
             if let Some(p) = self.gate_parked() {
-                return p;
+                return Some(p);
             }
         }
         self.note_activity();
@@ -174,19 +187,26 @@ impl Machine {
         self.chain.fast = FAST_BUDGET;
         // The task may wait here: the next event's start is read from the clock.
         self.measure.forget_end();
+        if self.may_park() {
+            return Some(Phase::Park);
+        }
+        None
+    }
+
+    /// The wait of [`Phase::Idle`] and [`Phase::Waiting`], after [`Machine::before_wait`].
+    pub(super) async fn wait(&mut self) -> Phase {
         let deadline = self.deadline();
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Phase::Stopped(StopReason::Shutdown),
             () = tenure_ended(&self.tenure), if self.tenure.is_some() => self.lease_lost(),
-            Some(c) = self.ctl.recv() => match self.control(c) {
-                Some(reason) => Phase::Stopped(reason),
-                None => Phase::Running,
-            },
-            Some(req) = self.live.recv() => self.serve_one(req),
-            ev = self.rx.recv() => match ev {
-                Some(ev) => self.admit(ev),
-                None => Phase::Stopped(StopReason::Shutdown),
+            msg = self.shared.mailbox.recv(true) => match msg {
+                Msg::Control(c) => match self.control(c) {
+                    Some(reason) => Phase::Stopped(reason),
+                    None => Phase::Running,
+                },
+                Msg::Live(req) => self.serve_one(req),
+                Msg::Event(ev) => self.admit(ev),
             },
             out = wait_action(&mut self.waiting), if self.waiting.is_some() => {
                 self.finish_waiting(out);
@@ -230,7 +250,7 @@ impl Machine {
         if self.cancel.is_cancelled() {
             return Phase::Stopped(StopReason::Shutdown);
         }
-        if let Ok(ext) = self.rx.try_recv() {
+        if let Some(ext) = self.shared.mailbox.try_recv() {
             if self.gated() {
                 // The chained event goes next, through the gate in turn (a transition
                 // drops it).
