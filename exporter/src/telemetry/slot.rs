@@ -170,7 +170,7 @@ impl QuickObserver for QuickSlot {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
         self.1
-            .transition(|| self.0.stream_names().clone(), from, to, event_id);
+            .transition(|| self.0.stream_names(), from, to, event_id);
     }
 
     /// The untimed transitions are reported too while someone follows the stream (each
@@ -188,7 +188,7 @@ impl QuickObserver for QuickSlot {
             self.0.transition_untimed(from, to, event_id);
         }
         self.1
-            .transition(|| self.0.stream_names().clone(), from, to, event_id);
+            .transition(|| self.0.stream_names(), from, to, event_id);
     }
 }
 

@@ -1051,15 +1051,15 @@ impl QuickFeed {
     /// A transition of the machine `names` names, reported by indexes (the event's payload
     /// is not known here).
     #[inline]
-    pub(super) fn transition(
+    pub(super) fn transition<'a>(
         &self,
-        names: impl FnOnce() -> Arc<Names>,
+        names: impl FnOnce() -> &'a Arc<Names>,
         from: usize,
         to: usize,
         event_id: usize,
     ) {
         if self.stream.active() {
-            self.push(&names(), from, to, event_id);
+            self.push(names(), from, to, event_id);
         }
     }
 
