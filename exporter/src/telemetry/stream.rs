@@ -134,6 +134,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a ring slot that is not an indexed transition.
+    fn other(id: u64, time: SystemTime, kind: Kind, (machine, instance, fields): &Other) -> Self {
+        Self {
+            id,
+            time,
+            kind,
+            machine: machine.clone(),
+            instance: instance.clone(),
+            fields: fields.clone(),
+        }
+    }
+
     /// The record as JSON, one line: `{id, time, kind, machine, instance, ...}`; sensitive
     /// fields redacted.
     pub fn to_json(&self) -> Json {
@@ -801,15 +813,7 @@ impl Sink for Vec<Record> {
     }
 
     fn other(&mut self, id: u64, time: SystemTime, kind: Kind, o: &Other) {
-        let (machine, instance, fields) = o.clone();
-        self.push(Record {
-            id,
-            time,
-            kind,
-            machine,
-            instance,
-            fields,
-        });
+        self.push(Record::other(id, time, kind, o));
     }
 }
 
@@ -857,16 +861,8 @@ impl<F: Fn(Kind, Option<&str>, Option<&str>) -> bool> Sink for Sse<'_, F> {
         if !(self.keep)(kind, o.0.as_deref(), o.1.as_deref()) {
             return;
         }
-        let (machine, instance, fields) = o.clone();
-        let r = Record {
-            id,
-            time,
-            kind,
-            machine,
-            instance,
-            fields,
-        };
-        self.encoder.write_sse(&r, self.out);
+        self.encoder
+            .write_sse(&Record::other(id, time, kind, o), self.out);
     }
 }
 

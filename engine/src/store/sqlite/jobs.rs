@@ -144,6 +144,12 @@ fn reap_expired(tx: &Connection, now: i64, default_max: i64) -> rusqlite::Result
     Ok(dead + back)
 }
 
+/// Marks job `?1` completed with result `?2` (kept when `NULL`), when it is still
+/// pending or processing: 0 rows when it was finished elsewhere.
+const COMPLETE: &str = "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
+        lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
+     WHERE job_id = ?1 AND status IN ('pending', 'processing')";
+
 impl SqliteStore {
     /// Claims up to `n` jobs for `owner` in one transaction through the writer, answered
     /// after its commit; they are held by this store object. Jobs in claim order.
@@ -224,12 +230,7 @@ impl SqliteStore {
                 tracing::warn!(target: "turnstile::store", job = %id, "a completion answered before its write is dropped: the job's claim did not commit ({why}), so the job went back to the queue");
                 return Ok(true);
             }
-            let n = tx.exec_cached(
-                "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
-                    lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
-                 WHERE job_id = ?1 AND status IN ('pending', 'processing')",
-                params![id, text],
-            )?;
+            let n = tx.exec_cached(COMPLETE, params![id, text])?;
             Ok(n > 0)
         };
         let inner = Arc::downgrade(&self.inner);
@@ -417,9 +418,7 @@ impl JobStore for SqliteStore {
                 )));
             }
             let n = tx.exec_cached(
-                "UPDATE jobs SET status = 'completed', completed_at = CURRENT_TIMESTAMP,
-                    lease_owner = NULL, lease_until = NULL, result = COALESCE(?2, result)
-                 WHERE job_id = ?1 AND status IN ('pending', 'processing')",
+                COMPLETE,
                 params![job_id, result],
             )?;
             Ok(n > 0)
