@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kit::http::{get_json, metric, post_json};
-use kit::{bin, eventually, path, turnstile, wait_until, Proc};
+use kit::sidecar::{configs, run_command};
+use kit::{bin, eventually, path, wait_until, Proc};
 use serde_json::{json, Value as Json};
 
 /// Generous: the machine may share its two cores with builds and other tests.
@@ -43,18 +44,14 @@ struct Server {
 
 impl Server {
     fn start(config: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let file = match config {
-            Some(yaml) => {
-                let p = dir.path().join("m.yaml");
-                std::fs::write(&p, yaml).unwrap();
-                p.display().to_string()
-            }
-            None => path("bench/pingpong_action.yaml"),
+        let (dir, files) = match config {
+            Some(yaml) => configs(&[yaml]),
+            None => (
+                tempfile::tempdir().unwrap(),
+                vec![path("bench/pingpong_action.yaml")],
+            ),
         };
-        let mut cmd = turnstile(&["run", &file, "--listen", "127.0.0.1:0"]);
-        cmd.env_remove("TURNSTILE_TOKEN");
-        let mut proc = Proc::spawn(cmd);
+        let mut proc = Proc::spawn(run_command(&files, &["--listen", "127.0.0.1:0"]));
         let addr = proc.sidecar_addr(LIMIT);
         proc.wait_started(1, LIMIT);
         Self {
@@ -423,20 +420,10 @@ fn turnstile_tail_reconnects_when_the_sidecar_restarts() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.yaml");
-    std::fs::write(&file, IDLE).unwrap();
+    let (_dir, files) = configs(&[IDLE]);
     let listen = format!("127.0.0.1:{port}");
     let start = || {
-        let mut cmd = turnstile(&[
-            "run",
-            &file.display().to_string(),
-            "--listen",
-            &listen,
-            "--strict-port",
-        ]);
-        cmd.env_remove("TURNSTILE_TOKEN");
-        let mut proc = Proc::spawn(cmd);
+        let mut proc = Proc::spawn(run_command(&files, &["--listen", &listen, "--strict-port"]));
         let addr = proc.sidecar_addr(LIMIT);
         proc.wait_started(1, LIMIT);
         Server {
