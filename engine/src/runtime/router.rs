@@ -111,16 +111,6 @@ impl Router {
         Self::default()
     }
 
-    /// Adds a machine; returns false when the name is taken by a running machine.
-    pub fn insert(&self, name: Arc<str>, tx: Queue) -> bool {
-        let mut map = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(&name).is_some_and(|t| !t.is_closed()) {
-            return false;
-        }
-        map.insert(name, tx);
-        true
-    }
-
     /// Adds a machine whose queue `make` builds (under the lock: the name is its own from
     /// then on) unless the name is taken by a running machine; returns the queue's owner.
     pub(crate) fn insert_with<T: EventQueue + 'static>(

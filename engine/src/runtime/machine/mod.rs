@@ -147,8 +147,8 @@ impl EventQueue for Shared {
 
 /// What the loop over the phases waits for next, or how it ends.
 enum Wait {
-    /// [`Machine::wait`] (Idle, Waiting).
-    Park,
+    /// [`Machine::wait`]'s `select!` (Idle, Waiting).
+    Select,
     Yield,
     Paused,
     Stop(Outcome),
@@ -349,7 +349,7 @@ impl Machine {
             phase = match self.next_sync(phase) {
                 Ok(next) => next,
                 Err(Wait::Stop(outcome)) => return outcome,
-                Err(Wait::Park) => self.wait().await,
+                Err(Wait::Select) => self.wait().await,
                 Err(Wait::Yield) => self.yield_to_queue().await,
                 Err(Wait::Paused) => self.paused_phase().await,
             };
@@ -364,7 +364,7 @@ impl Machine {
             phase = match self.next_sync(phase) {
                 Ok(next) => next,
                 Err(Wait::Stop(outcome)) => return outcome,
-                Err(Wait::Park) => Box::pin(self.wait()).await,
+                Err(Wait::Select) => Box::pin(self.wait()).await,
                 Err(Wait::Yield) => Box::pin(self.yield_to_queue()).await,
                 Err(Wait::Paused) => Box::pin(self.paused_phase()).await,
             };
@@ -378,9 +378,9 @@ impl Machine {
             Phase::Running => Ok(self.running()),
             Phase::Idle => match self.take_queued() {
                 Some(next) => Ok(next),
-                None => self.before_wait().ok_or(Wait::Park),
+                None => self.before_wait().ok_or(Wait::Select),
             },
-            Phase::Waiting => self.before_wait().ok_or(Wait::Park),
+            Phase::Waiting => self.before_wait().ok_or(Wait::Select),
             Phase::Yield => Err(Wait::Yield),
             Phase::Paused => {
                 self.note_activity();
