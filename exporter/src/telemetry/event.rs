@@ -123,12 +123,12 @@ impl Telemetry {
                 machine: slot.name.clone(),
                 instance: slot.instance.clone(),
                 from: slot
-                    .states
+                    .states()
                     .get(r.from.id)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(r.from.name)),
                 to: slot
-                    .states
+                    .states()
                     .get(r.to.id)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(r.to.name)),

@@ -41,18 +41,17 @@ impl Telemetry {
             .clone()
     }
 
-    /// The state names, stream names and metric writers of a new slot: a config
+    /// The names and metric writers of a new slot: a config
     /// machine's own (its writers made now); an instance's shared with the other
     /// instances of its definition, its writers made when it first reports.
     fn slot_parts(
         &self,
         m: &MachineRef<'_>,
         detail: turnstile_engine::MetricsDetail,
-    ) -> (Arc<[Arc<str>]>, Arc<Names>, SlotMetrics) {
-        let states = || m.def.states.iter().map(|s| s.name.clone()).collect();
+    ) -> (Arc<Names>, SlotMetrics) {
         if !m.instance {
             let metrics = SlotMetrics::Now(Box::new(self.metrics.machine(m.def, detail)));
-            return (states(), Names::new(m.def, None), metrics);
+            return (Names::new(m.def, None), metrics);
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
         let recipe = match recipes.get(&m.def.name) {
@@ -62,7 +61,6 @@ impl Telemetry {
                     families: self.metrics.clone(),
                     def: m.def.clone(),
                     detail,
-                    states: states(),
                     names: Names::new(m.def, None),
                 });
                 recipes.insert(m.def.name.clone(), r.clone());
@@ -71,7 +69,6 @@ impl Telemetry {
         };
         drop(recipes);
         (
-            recipe.states.clone(),
             recipe.names.clone(),
             SlotMetrics::Later(OnceLock::new(), recipe),
         )
@@ -120,11 +117,10 @@ fn action_outcome_index(o: ActionOutcome) -> usize {
 
 impl Observer for Telemetry {
     fn machine_started(&self, m: MachineRef<'_>, s: StateRef<'_>) {
-        let (states, names, metrics) = self.slot_parts(&m, self.detail(m.def));
+        let (names, metrics) = self.slot_parts(&m, self.detail(m.def));
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
-            states,
             names,
             metrics,
             instance_names: OnceLock::new(),
@@ -167,11 +163,10 @@ impl Observer for Telemetry {
                     .forget_level(previous.def, o.metrics.detail(), detail);
             }
         }
-        let (states, names, metrics) = self.slot_parts(&m, detail);
+        let (names, metrics) = self.slot_parts(&m, detail);
         let slot = Arc::new(Slot {
             name: m.def.name.clone(),
             instance: m.instance.then(|| Arc::from(m.name)),
-            states,
             names,
             metrics,
             instance_names: OnceLock::new(),
@@ -235,7 +230,7 @@ impl Observer for Telemetry {
         let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
         let span = self.spans.as_ref().and_then(|sp| {
             let from = slot
-                .states
+                .states()
                 .get(live.state)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(""));

@@ -27,9 +27,8 @@ pub(super) struct Slot {
     /// An instance started at run time: its own name (records and spans name it; metrics
     /// count it under `name`).
     pub(super) instance: Option<Arc<str>>,
-    /// Its definition's (shared by the instances of one definition).
-    pub(super) states: Arc<[Arc<str>]>,
-    /// Its definition's names as its stream records give them by index (shared likewise;
+    /// Its definition's names (its states' among them, [`Slot::states`]) as its stream
+    /// records give them by index (shared by the instances of one definition;
     /// see [`Slot::stream_names`]).
     pub(super) names: Arc<Names>,
     /// An instance's own names, made from `names` when it first publishes to the stream
@@ -49,6 +48,11 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// Its definition's state names, by index.
+    pub(super) fn states(&self) -> &[Arc<str>] {
+        self.names.states()
+    }
+
     /// The names its stream records give: its definition's for a config machine, its own
     /// for an instance started at run time.
     pub(super) fn stream_names(&self) -> &Arc<Names> {
@@ -114,12 +118,11 @@ impl Deref for SlotMetrics {
 }
 
 /// What the instances of one definition share in their slots: how their writers are
-/// made, their state names, their stream names.
+/// made, their names.
 pub(super) struct Recipe {
     pub(super) families: Arc<Metrics>,
     pub(super) def: Arc<MachineDef>,
     pub(super) detail: MetricsDetail,
-    pub(super) states: Arc<[Arc<str>]>,
     pub(super) names: Arc<Names>,
 }
 

@@ -353,6 +353,29 @@ impl Names {
         })
     }
 
+    /// A transition's fields by the indexes of its states and event here; an index that
+    /// names nothing here is named `""`.
+    fn transition(
+        &self,
+        [from, to, event]: [usize; 3],
+        payload: Option<Arc<Json>>,
+        job_id: Option<String>,
+    ) -> Fields {
+        let name = |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
+        Fields::Transition {
+            event: name(&self.events, event),
+            from: name(&self.states, from),
+            to: name(&self.states, to),
+            payload,
+            job_id,
+        }
+    }
+
+    /// The definition's state names, by index.
+    pub fn states(&self) -> &[Arc<str>] {
+        &self.states
+    }
+
     /// These names for the instance `instance` (the state and event names shared).
     pub fn for_instance(&self, instance: Arc<str>) -> Arc<Self> {
         Arc::new(Self {
@@ -544,19 +567,11 @@ impl Stream {
         match names.indexes(from, to, event) {
             Some(ix) => self.put(Some(names), Body::Indexed(ix, extra)),
             None => {
-                let name =
-                    |v: &[Arc<str>], i: usize| v.get(i).cloned().unwrap_or_else(|| Arc::from(""));
                 let (payload, job_id) = match extra.map(Arc::try_unwrap) {
                     Some(Ok(e)) => e,
                     _ => (None, None),
                 };
-                let fields = Fields::Transition {
-                    event: name(&names.events, event),
-                    from: name(&names.states, from),
-                    to: name(&names.states, to),
-                    payload,
-                    job_id,
-                };
+                let fields = names.transition([from, to, event], payload, job_id);
                 self.put(
                     None,
                     Body::Other(
@@ -793,22 +808,15 @@ impl Sink for Vec<Record> {
         extra: Option<&Extra>,
     ) {
         let names = &l.names;
-        let name =
-            |v: &[Arc<str>], i: u32| v.get(i as usize).cloned().unwrap_or_else(|| Arc::from(""));
         let (payload, job_id) = extra.cloned().unwrap_or_default();
+        let ix = [from, to, event].map(|i| i as usize);
         self.push(Record {
             id,
             time,
             kind: Kind::Transition,
             machine: Some(names.machine.clone()),
             instance: names.instance.clone(),
-            fields: Fields::Transition {
-                event: name(&names.events, event),
-                from: name(&names.states, from),
-                to: name(&names.states, to),
-                payload,
-                job_id,
-            },
+            fields: names.transition(ix, payload, job_id),
         });
     }
 
