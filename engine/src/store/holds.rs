@@ -29,7 +29,7 @@ impl Holds {
     }
 
     /// A completion answered before its write could not be written: the job is held
-    /// again, and its completion kept for [`Self::take_unwritten`].
+    /// again, and its completion kept for [`Self::write_again`].
     pub(crate) fn unwritten(&self, job_id: String, result: Option<Json>) {
         self.claimed(&job_id);
         self.unwritten
@@ -38,10 +38,15 @@ impl Holds {
             .push((job_id, result));
     }
 
-    /// The completions to write again (still held: the caller takes each hold as it
-    /// queues the completion).
-    pub(crate) fn take_unwritten(&self) -> Vec<(String, Option<Json>)> {
-        std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Hands each completion whose write failed to `queue` again, its hold taken (the
+    /// backend's `queue_behind`, which holds the job again if it cannot queue it).
+    pub(crate) fn write_again(&self, mut queue: impl FnMut(String, Option<Json>) -> bool) {
+        let unwritten =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+        for (id, result) in unwritten {
+            self.release(&id);
+            queue(id, result);
+        }
     }
 
     /// A job was claimed.

@@ -264,10 +264,9 @@ impl PgStore {
 
     /// Writes the completions answered before a write that failed again.
     pub(super) fn rewrite_unwritten(&self) {
-        for (id, result) in self.inner.holds.take_unwritten() {
-            self.inner.holds.release(&id);
-            self.queue_behind(id, result);
-        }
+        self.inner
+            .holds
+            .write_again(|id, result| self.queue_behind(id, result));
     }
 }
 

@@ -531,10 +531,9 @@ impl JobStore for SqliteStore {
         self.inner.prefetch.drain();
         // Completions answered before their write (`complete_held`) are committed first
         // (the writer runs writes in order), those whose write failed tried once more.
-        for (id, result) in self.inner.holds.take_unwritten() {
-            self.inner.holds.release(&id);
-            self.queue_behind(id, result);
-        }
+        self.inner
+            .holds
+            .write_again(|id, result| self.queue_behind(id, result));
         let _ = self.write(|_| Ok(()));
         let mut n = 0;
         for id in self.inner.holds.all() {

@@ -275,10 +275,9 @@ impl SqliteStore {
     /// Returns how many were extended.
     pub fn renew_held(&self) -> Result<usize, StoreError> {
         // Completions answered before a write that failed: written again.
-        for (id, result) in self.inner.holds.take_unwritten() {
-            self.inner.holds.release(&id);
-            self.queue_behind(id, result);
-        }
+        self.inner
+            .holds
+            .write_again(|id, result| self.queue_behind(id, result));
         for id in self.inner.prefetch.take_stale() {
             if let Err(e) = crate::store::JobStore::release_job(self, &id, &self.inner.owner) {
                 tracing::warn!(target: "turnstile::store", job = %id, "could not give back a prefetched job no machine took ({e}): trying again at the next renewal");

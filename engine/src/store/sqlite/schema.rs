@@ -143,16 +143,7 @@ pub(super) fn connect(
     opts: &StoreOptions,
     create: bool,
 ) -> Result<Connection, StoreError> {
-    use rusqlite::OpenFlags;
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
-    let mut conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-    wait_when_busy(&mut conn, opts.busy_timeout)?;
+    let conn = open(path, opts, create)?;
     let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
     if !read_only {
         // Switching a fresh file to WAL takes an exclusive lock and does not always wait
@@ -184,14 +175,23 @@ pub(super) fn connect(
 /// A second connection to a database [`connect`] opened, for reads: no migration, the
 /// same busy handling.
 pub(super) fn connect_reader(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
+    let conn = open(path, opts, false)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Opens `path` (created when `create` and missing) with the store's busy handling.
+fn open(path: &Path, opts: &StoreOptions, create: bool) -> Result<Connection, StoreError> {
     use rusqlite::OpenFlags;
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
     wait_when_busy(&mut conn, opts.busy_timeout)?;
-    conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }
 
