@@ -244,9 +244,9 @@ pub(super) fn start(inner: &Arc<Inner>) {
     let inner = Arc::downgrade(inner);
     let spawned = std::thread::Builder::new()
         .name("turnstile-watch".into())
+        // `changes` lives as long as the thread: dropping it ends the watch.
         .spawn(move || {
             loop {
-                // Lives as long as the thread: dropping it ends the watch.
                 let event = changes.wait(FOREIGN_CHANGES);
                 // After an event, look again with a growing pause until the commit shows.
                 let mut pause = FIRST_PAUSE;
@@ -270,5 +270,63 @@ pub(super) fn start(inner: &Arc<Inner>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(target: "turnstile::store", "cannot start the thread that notices other processes' writes ({e}): jobs they add wait for a local change");
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+
+    use super::linux::Files;
+
+    fn append(path: &std::path::Path) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(b"x").unwrap();
+    }
+
+    /// The inotify watch read by the thread itself: a write to the WAL (or the database)
+    /// ends a wait at once; a write to another file of the folder does not, and the wait
+    /// lasts its time.
+    #[test]
+    fn a_write_to_the_wal_ends_a_wait_and_other_files_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        let files = Files::start(&db).unwrap();
+        append(&dir.path().join("other.txt"));
+        let t0 = Instant::now();
+        assert!(
+            !files.wait(Duration::from_millis(200)),
+            "another file woke it"
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        for name in ["q.db-wal", "q.db"] {
+            let writer = {
+                let path = dir.path().join(name);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    append(&path);
+                })
+            };
+            let t0 = Instant::now();
+            assert!(
+                files.wait(Duration::from_secs(10)),
+                "{name}: no change seen"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{name}: {:?}",
+                t0.elapsed()
+            );
+            writer.join().unwrap();
+        }
+        // Changes that came while nobody waited are seen by the next wait.
+        append(&dir.path().join("q.db-wal"));
+        assert!(files.wait(Duration::from_millis(1)));
     }
 }
