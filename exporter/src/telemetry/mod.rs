@@ -12,7 +12,8 @@
 //! `/errors`, `/stats`). The [`Observer`] calls are in `observer.rs`, the end of an event
 //! (the hot path) in `event.rs`, the gauges read at scrape time in `queue_depth.rs`, the
 //! live record stream behind `GET /events` in `stream.rs` (the ring and its readers) and
-//! `stream_feed.rs` (the records the observer puts on it).
+//! `stream_feed.rs` (the records the observer puts on it) and `stream_lane.rs` (a busy
+//! machine's own buffer in front of the ring, written without a lock).
 //!
 //! [`Observer`]: turnstile_engine::Observer
 //! [`ObserverSlot`]: turnstile_engine::observe::ObserverSlot
@@ -31,6 +32,7 @@ mod slot;
 pub mod spans;
 pub mod stream;
 mod stream_feed;
+mod stream_lane;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};

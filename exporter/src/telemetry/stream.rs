@@ -10,6 +10,12 @@
 //!   goes when it is full), each with the next id. Publishing is a short lock; clients
 //!   copy what they have not seen yet out of the ring at their own pace, each with its own
 //!   cursor ([`Subscriber`]), and turn it into JSON on their own task.
+//! - **Lanes**: on the metrics-only path a busy machine's transitions go first into a
+//!   buffer of its own (`stream_lane.rs`, at most [`LANES`] machines at once), written
+//!   without a lock; whoever takes the ring's lock next (a reader looking, a record put
+//!   directly, the machine when its lane is full) moves them to the ring, where they get
+//!   their ids. A machine's records keep its order; across machines, ids follow the order
+//!   records reach the ring.
 //! - **What a publish costs the machine**: the ring's slots are written in place once it
 //!   is full (no allocation or free per record), and a transition, the record a busy
 //!   machine publishes most, is written as three indexes into its machine's [`Names`]
@@ -39,6 +45,7 @@ use serde_json::{json, Map, Value as Json};
 use tokio::sync::Notify;
 
 use super::records;
+use super::stream_lane::{Lane, Line, Writer};
 
 /// Records the ring holds: how far a client may fall behind before it is cut off, and how
 /// far back `Last-Event-ID` resumes.
@@ -48,6 +55,9 @@ pub const MAX_CLIENTS: usize = 64;
 /// How long a subscriber that has just been given records waits before it looks again
 /// (instead of asking to be woken by the next record).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a subscriber waiting for a record waits at most before it looks again (see
+/// [`Subscriber::next`]'s wait).
+const BACKSTOP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What a record reports (its `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,9 +463,74 @@ struct Ring {
     /// Once the ring is full, where the next record goes (`(next_id - 1) % capacity`,
     /// kept as it goes round instead of divided for each record).
     head: usize,
+    /// The machines' lanes (`stream_lane.rs`), in the order they were made; their records
+    /// are moved here (and given ids) before anything else is put or read. At most
+    /// [`LANES`].
+    lanes: Vec<Arc<LaneOf>>,
 }
 
+/// A machine's lane and the names its transitions are indexes into.
+struct LaneOf {
+    lane: Lane,
+    names: Arc<Names>,
+}
+
+/// Machines that publish through a lane of their own at once (each 256 KB, made when the
+/// machine first publishes while someone follows the stream, kept while its feed lives);
+/// the others take the ring's lock for each record.
+const LANES: usize = 8;
+
 impl Ring {
+    /// Writes a record: into the next slot while the ring grows, else over the oldest
+    /// one. Gives back what the slot held, to be dropped outside the lock.
+    fn put(
+        &mut self,
+        capacity: usize,
+        time: u64,
+        names: Option<&Arc<Names>>,
+        body: Body,
+    ) -> Option<(Body, Option<Arc<Names>>)> {
+        self.next_id += 1;
+        if self.slots.len() < capacity {
+            if self.slots.capacity() == 0 {
+                self.slots.reserve_exact(capacity);
+            }
+            self.slots.push(Slot {
+                time,
+                names: names.cloned(),
+                body,
+            });
+            return None;
+        }
+        let i = self.head;
+        self.head = if i + 1 == capacity { 0 } else { i + 1 };
+        let slot = &mut self.slots[i];
+        slot.time = time;
+        let names = match names {
+            Some(n) if !slot.names.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) => {
+                slot.names.replace(n.clone())
+            }
+            _ => None,
+        };
+        Some((std::mem::replace(&mut slot.body, body), names))
+    }
+
+    /// Moves the records waiting in the machines' lanes into the ring, lane by lane (a
+    /// machine's records stay in its order).
+    fn drain_lanes(&mut self, capacity: usize) {
+        if self.lanes.is_empty() {
+            return;
+        }
+        let lanes = std::mem::take(&mut self.lanes);
+        for l in &lanes {
+            l.lane.drain(|time, packed| {
+                let ix = unpack(packed);
+                drop(self.put(capacity, time, Some(&l.names), Body::Indexed(ix, None)));
+            });
+        }
+        self.lanes = lanes;
+    }
+
     /// The id of the oldest record held (`next_id` when empty).
     fn oldest(&self) -> u64 {
         self.next_id - self.slots.len() as u64
@@ -473,8 +548,9 @@ pub struct Stream {
     /// the runtime, which reports untimed transitions only then).
     clients: Arc<AtomicUsize>,
     ring: Mutex<Ring>,
-    /// A subscriber is waiting for the next record (so a publish wakes it).
-    waiting: AtomicBool,
+    /// A subscriber is waiting for the next record (so a publish wakes it). On a line of
+    /// its own: the lanes' writers read it with every record.
+    waiting: Line<AtomicBool>,
     notify: Notify,
     capacity: usize,
     max_clients: usize,
@@ -512,8 +588,9 @@ impl Stream {
                 slots: Vec::new(),
                 next_id: 1,
                 head: 0,
+                lanes: Vec::new(),
             }),
-            waiting: AtomicBool::new(false),
+            waiting: Line(AtomicBool::new(false)),
             notify: Notify::new(),
             capacity: capacity.max(1),
             max_clients,
@@ -583,42 +660,57 @@ impl Stream {
         }
     }
 
-    /// Writes a record into the ring: the next slot while it grows, else the oldest one's.
+    /// Writes a record into the ring (after what the lanes hold): the next slot while it
+    /// grows, else the oldest one's.
     fn put(&self, names: Option<&Arc<Names>>, body: Body) {
         let time = turnstile_engine::runtime::clock::coarse_unix_ms();
         let replaced = {
             let mut ring = self.ring();
-            ring.next_id += 1;
-            if ring.slots.len() < self.capacity {
-                if ring.slots.capacity() == 0 {
-                    ring.slots.reserve_exact(self.capacity);
-                }
-                ring.slots.push(Slot {
-                    time,
-                    names: names.cloned(),
-                    body,
-                });
-                None
-            } else {
-                let i = ring.head;
-                ring.head = if i + 1 == self.capacity { 0 } else { i + 1 };
-                let slot = &mut ring.slots[i];
-                slot.time = time;
-                let names = match names {
-                    Some(n) if !slot.names.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) => {
-                        slot.names.replace(n.clone())
-                    }
-                    _ => None,
-                };
-                Some((std::mem::replace(&mut slot.body, body), names))
-            }
+            ring.drain_lanes(self.capacity);
+            ring.put(self.capacity, time, names, body)
         };
         // What the slot held is dropped outside the lock (nothing, for a transition
         // without payload written over another by the same machine).
         drop(replaced);
-        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+        self.wake();
+    }
+
+    /// Wakes a subscriber that waits for the next record.
+    #[inline]
+    fn wake(&self) {
+        if self.waiting.0.load(Ordering::SeqCst) && self.waiting.0.swap(false, Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
+    }
+
+    /// [`Stream::wake`] for a lane's writer: no fence between its record and the look at
+    /// `waiting` (see the subscriber's `BACKSTOP`).
+    #[inline]
+    fn wake_relaxed(&self) {
+        if self.waiting.0.load(Ordering::Relaxed) {
+            self.wake();
+        }
+    }
+
+    /// A lane of its own for the machine named by `names` (None when [`LANES`] are taken).
+    fn lane(&self, names: &Arc<Names>) -> Option<Arc<LaneOf>> {
+        let mut ring = self.ring();
+        if ring.lanes.len() >= LANES {
+            return None;
+        }
+        let l = Arc::new(LaneOf {
+            lane: Lane::new(),
+            names: names.clone(),
+        });
+        ring.lanes.push(l.clone());
+        Some(l)
+    }
+
+    /// Moves what `lane` holds into the ring and gives it up (its machine's feed ends).
+    fn release(&self, lane: &Arc<LaneOf>) {
+        let mut ring = self.ring();
+        ring.drain_lanes(self.capacity);
+        ring.lanes.retain(|l| !Arc::ptr_eq(l, lane));
     }
 
     /// Publishes a record of `kind` whose fields are `fields` (a JSON object's members;
@@ -663,7 +755,9 @@ impl Stream {
             })
             .map_err(|_| TooManyClients(max))?;
         self.clients_gauge.inc();
-        let ring = self.ring();
+        let mut ring = self.ring();
+        // What the lanes hold was published before: it gets its ids now.
+        ring.drain_lanes(self.capacity);
         let (next, missed) = match after {
             None => (ring.next_id, 0),
             // An id this process never gave: the stream restarted since (ids start at 1
@@ -884,7 +978,11 @@ impl Subscriber {
     /// how many, counted as a client cut off. For a client whose connection is not taking
     /// what it was given: it is cut off without waiting for it.
     pub fn cut_off_if_behind(&mut self) -> Option<u64> {
-        let oldest = self.stream.ring().oldest();
+        let oldest = {
+            let mut ring = self.stream.ring();
+            ring.drain_lanes(self.stream.capacity);
+            ring.oldest()
+        };
         if self.next >= oldest {
             return None;
         }
@@ -897,7 +995,8 @@ impl Subscriber {
         if let Some(m) = self.missed.take() {
             return Some(Took::Missed((m != u64::MAX).then_some(m)));
         }
-        let ring = self.stream.ring();
+        let mut ring = self.stream.ring();
+        ring.drain_lanes(self.stream.capacity);
         let oldest = ring.oldest();
         if self.next < oldest {
             let missed = oldest - self.next;
@@ -1015,12 +1114,16 @@ impl Subscriber {
             let notified = stream.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            stream.waiting.store(true, Ordering::SeqCst);
+            stream.waiting.0.store(true, Ordering::SeqCst);
             // A record published before `waiting` was set did not wake us: look again.
             if let Some(b) = self.take(max, sink) {
                 return b;
             }
-            notified.await;
+            // A lane's writer reads `waiting` without a fence (a locked instruction per
+            // record is what the lanes spare it): in the moment its record is not yet seen
+            // here, it may not see `waiting` set either. Looking again after `BACKSTOP`
+            // bounds how late that record can be.
+            let _ = tokio::time::timeout(BACKSTOP, notified).await;
         }
     }
 }
@@ -1033,15 +1136,20 @@ impl Drop for Subscriber {
 }
 
 /// A machine's stream feed on the metrics-only path (the telemetry's quick observer): it
-/// publishes what the machine reports by index, named by the machine's [`Names`].
+/// publishes what the machine reports by index, named by the machine's [`Names`], through
+/// a lane of its own (`stream_lane.rs`) when one is free.
 pub(super) struct QuickFeed {
     stream: Arc<Stream>,
+    /// Made when the machine first publishes (`None`: no lane was free; the machine puts
+    /// its records in the ring itself).
+    lane: std::sync::OnceLock<Option<(Arc<LaneOf>, Writer)>>,
 }
 
 impl QuickFeed {
     pub(super) fn new(stream: &Arc<Stream>) -> Self {
         Self {
             stream: stream.clone(),
+            lane: std::sync::OnceLock::new(),
         }
     }
 
@@ -1069,9 +1177,43 @@ impl QuickFeed {
 
     #[inline(never)]
     fn push(&self, names: &Arc<Names>, from: usize, to: usize, event_id: usize) {
+        let lane = self.lane.get_or_init(|| {
+            let l = self.stream.lane(names)?;
+            Some((l, Writer::new()))
+        });
+        if let (Some((l, w)), Some(ix)) = (lane, names.indexes(from, to, event_id)) {
+            if Arc::ptr_eq(&l.names, names) {
+                let time = turnstile_engine::runtime::clock::coarse_unix_ms();
+                if w.push(&l.lane, time, pack(ix)) {
+                    self.stream.wake_relaxed();
+                    return;
+                }
+                // Full (no reader looked for a while): the ring takes the lane's records
+                // and this one, under its lock.
+            }
+        }
         self.stream
             .push_transition(names, [from, to, event_id], None, None);
     }
+}
+
+impl Drop for QuickFeed {
+    /// The lane's records go to the ring, and the lane to the next machine that asks.
+    fn drop(&mut self) {
+        if let Some(Some((l, _))) = self.lane.get() {
+            self.stream.release(l);
+        }
+    }
+}
+
+/// A transition's indexes as a lane keeps them (one word).
+fn pack([from, to, event]: [u16; 3]) -> u64 {
+    u64::from(from) | u64::from(to) << 16 | u64::from(event) << 32
+}
+
+/// The indexes [`pack`] packed.
+fn unpack(w: u64) -> [u16; 3] {
+    [w as u16, (w >> 16) as u16, (w >> 32) as u16]
 }
 
 #[cfg(test)]
@@ -1297,6 +1439,77 @@ mod tests {
                 (2, "s1".to_owned(), format!("s{}", n - 2)),
             ]
         );
+    }
+
+    /// A machine's transitions through its lane keep their order with the records put in
+    /// the ring directly, whoever moves them; a subscriber sees only what was published
+    /// after it came, whatever was still in a lane; a full lane loses nothing; a feed
+    /// that ends gives its lane back.
+    #[tokio::test]
+    async fn a_lane_keeps_the_machines_order() {
+        let s = Arc::new(Stream::new(4 * super::super::stream_lane::LANE_SLOTS, 3));
+        let names = Arc::new(Names {
+            machine: Arc::from("m"),
+            instance: None,
+            states: vec![Arc::from("a"), Arc::from("b")].into(),
+            events: vec![Arc::from("go")].into(),
+        });
+        let feed = QuickFeed::new(&s);
+        feed.transition(|| &names, 0, 1, 0);
+        assert!(
+            feed.lane.get().is_none(),
+            "nothing published without a client"
+        );
+        let mut sub = s.subscribe(None).unwrap();
+        feed.transition(|| &names, 0, 1, 0);
+        push(&s, 1);
+        feed.transition(|| &names, 1, 0, 0);
+        let mut late = s.subscribe(None).unwrap();
+        feed.transition(|| &names, 0, 1, 0);
+        let shown = |b: Batch| -> Vec<(u64, String)> {
+            let Batch::Records(r) = b else {
+                panic!("records expected")
+            };
+            r.iter()
+                .map(|r| match &r.fields {
+                    Fields::Transition { to, .. } => (r.id, to.to_string()),
+                    Fields::Json(_) => (r.id, r.kind.as_str().to_owned()),
+                })
+                .collect()
+        };
+        let want = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+            v.iter().map(|(i, t)| (*i, (*t).to_owned())).collect()
+        };
+        assert_eq!(
+            shown(sub.next(10).await),
+            want(&[(1, "b"), (2, "control"), (3, "a"), (4, "b")])
+        );
+        assert_eq!(shown(late.next(10).await), want(&[(4, "b")]));
+        drop(late);
+        // More than a lane holds, with nobody looking: the machine moves it to the ring.
+        let n = super::super::stream_lane::LANE_SLOTS as u64 + 5;
+        for i in 0..n {
+            feed.transition(|| &names, 0, (i % 2) as usize, 0);
+        }
+        let mut seen = 4;
+        while seen < 4 + n {
+            let Batch::Records(r) = sub.next(1000).await else {
+                panic!("records expected")
+            };
+            for r in r {
+                seen += 1;
+                assert_eq!(r.id, seen);
+                let Fields::Transition { to, .. } = &r.fields else {
+                    panic!("{r:?}")
+                };
+                assert_eq!(&**to, if (seen - 5) % 2 == 0 { "a" } else { "b" });
+            }
+        }
+        assert_eq!(s.ring().lanes.len(), 1);
+        feed.transition(|| &names, 0, 1, 0);
+        drop(feed);
+        assert!(s.ring().lanes.is_empty());
+        assert_eq!(shown(sub.next(10).await), want(&[(seen + 1, "b")]));
     }
 
     #[tokio::test]
