@@ -23,7 +23,7 @@ use super::metrics::{self, ReloadResult};
 use super::records::{self, ActionRecord, ErrorRecord, Ring};
 use super::slot::{Live, LiveAction, LiveEvent, QuickSlot, Recipe, Slot, SlotMetrics};
 use super::spans::LiveSpan;
-use super::stream::{Names, QuickFeed};
+use super::stream::{LaneCell, Names, QuickFeed};
 use super::Telemetry;
 
 impl Telemetry {
@@ -124,6 +124,7 @@ impl Observer for Telemetry {
             names,
             metrics,
             instance_names: OnceLock::new(),
+            lane: LaneCell::default(),
             processed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             timing: self.quick_timing(m.def),
@@ -170,6 +171,7 @@ impl Observer for Telemetry {
             names,
             metrics,
             instance_names: OnceLock::new(),
+            lane: LaneCell::default(),
             processed: AtomicU64::new(old.map_or(0, |o| o.processed.load(Ordering::Relaxed))),
             busy_ns: AtomicU64::new(old.map_or(0, |o| o.busy_ns.load(Ordering::Relaxed))),
             timing: self.quick_timing(m.def),

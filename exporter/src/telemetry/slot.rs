@@ -18,7 +18,7 @@ use turnstile_engine::{MachineDef, MetricsDetail, TraceContext};
 use super::metrics::{MachineMetrics, Metrics};
 use super::records::{ActionRecord, Ring, TraceRecord};
 use super::spans::LiveSpan;
-use super::stream::{Names, QuickFeed};
+use super::stream::{LaneCell, Names, QuickFeed};
 
 /// One machine's telemetry.
 pub(super) struct Slot {
@@ -34,6 +34,9 @@ pub(super) struct Slot {
     /// An instance's own names, made from `names` when it first publishes to the stream
     /// (an idle instance has none).
     pub(super) instance_names: OnceLock<Arc<Names>>,
+    /// Its lane in front of the stream's ring (its transitions go there while someone
+    /// follows the stream).
+    pub(super) lane: LaneCell,
     pub(super) metrics: SlotMetrics,
     /// Events timed (all outcomes; an action-less one timed for every
     /// [`QuickTiming::every`] counts that many) and their total processing time (likewise
@@ -173,7 +176,7 @@ impl QuickObserver for QuickSlot {
         self.0
             .transition_finished(from, to, event_id, time_in_from_ns, duration_ns);
         self.1
-            .transition(|| self.0.stream_names(), from, to, event_id);
+            .transition(&self.0.lane, || self.0.stream_names(), from, to, event_id);
     }
 
     /// The untimed transitions are reported too while someone follows the stream (each
@@ -191,7 +194,7 @@ impl QuickObserver for QuickSlot {
             self.0.transition_untimed(from, to, event_id);
         }
         self.1
-            .transition(|| self.0.stream_names(), from, to, event_id);
+            .transition(&self.0.lane, || self.0.stream_names(), from, to, event_id);
     }
 }
 

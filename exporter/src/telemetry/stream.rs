@@ -525,6 +525,24 @@ impl Ring {
         for l in &lanes {
             l.lane.drain(|time, packed| {
                 let ix = unpack(packed);
+                // The commonest case first: the ring is full and the slot held another
+                // of this machine's transitions (nothing to free, no count to move).
+                if self.slots.len() == capacity {
+                    let slot = &mut self.slots[self.head];
+                    if let (Body::Indexed(old, None), Some(n)) = (&mut slot.body, &slot.names) {
+                        if Arc::ptr_eq(n, &l.names) {
+                            *old = ix;
+                            slot.time = time;
+                            self.next_id += 1;
+                            self.head = if self.head + 1 == capacity {
+                                0
+                            } else {
+                                self.head + 1
+                            };
+                            return;
+                        }
+                    }
+                }
                 drop(self.put(capacity, time, Some(&l.names), Body::Indexed(ix, None)));
             });
         }
@@ -1135,21 +1153,88 @@ impl Drop for Subscriber {
     }
 }
 
+/// A machine's lane (`stream_lane.rs`), kept in its telemetry slot: made when the machine
+/// first publishes a transition while someone follows the stream (`None`: no lane was
+/// free; the machine puts its records in the ring itself), given back when the slot goes.
+/// One per machine, whichever path publishes its transitions, so that they keep its order.
+#[derive(Default)]
+pub(super) struct LaneCell(std::sync::OnceLock<Option<Box<Held>>>);
+
+/// A lane held by a machine.
+struct Held {
+    stream: Arc<Stream>,
+    lane: Arc<LaneOf>,
+    writer: Writer,
+}
+
+impl Drop for Held {
+    /// The lane's records go to the ring, and the lane to the next machine that asks.
+    fn drop(&mut self) {
+        self.stream.release(&self.lane);
+    }
+}
+
+impl Stream {
+    /// [`Stream::push_transition`] for the machine whose lane `cell` keeps: a transition
+    /// without payload or job id goes through the lane when it has one.
+    pub(super) fn push_transition_in(
+        self: &Arc<Self>,
+        cell: &LaneCell,
+        names: &Arc<Names>,
+        [from, to, event]: [usize; 3],
+        payload: Option<Arc<Json>>,
+        job_id: Option<String>,
+    ) {
+        if !self.active() {
+            return;
+        }
+        if payload.is_none() && job_id.is_none() && self.lane_push(cell, names, [from, to, event]) {
+            return;
+        }
+        self.push_transition(names, [from, to, event], payload, job_id);
+    }
+
+    /// Writes a transition into `cell`'s lane; false when it has none, or is full (the
+    /// caller puts it in the ring, which takes the lane's records first).
+    #[inline]
+    fn lane_push(self: &Arc<Self>, cell: &LaneCell, names: &Arc<Names>, ix: [usize; 3]) -> bool {
+        let held = cell.0.get_or_init(|| {
+            let lane = self.lane(names)?;
+            Some(Box::new(Held {
+                stream: self.clone(),
+                lane,
+                writer: Writer::new(),
+            }))
+        });
+        let Some(h) = held else {
+            return false;
+        };
+        let Some(ix) = names.indexes(ix[0], ix[1], ix[2]) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&h.lane.names, names) {
+            return false;
+        }
+        let time = turnstile_engine::runtime::clock::coarse_unix_ms();
+        if !h.writer.push(&h.lane.lane, time, pack(ix)) {
+            return false;
+        }
+        self.wake_relaxed();
+        true
+    }
+}
+
 /// A machine's stream feed on the metrics-only path (the telemetry's quick observer): it
 /// publishes what the machine reports by index, named by the machine's [`Names`], through
-/// a lane of its own (`stream_lane.rs`) when one is free.
+/// the machine's lane.
 pub(super) struct QuickFeed {
     stream: Arc<Stream>,
-    /// Made when the machine first publishes (`None`: no lane was free; the machine puts
-    /// its records in the ring itself).
-    lane: std::sync::OnceLock<Option<(Arc<LaneOf>, Writer)>>,
 }
 
 impl QuickFeed {
     pub(super) fn new(stream: &Arc<Stream>) -> Self {
         Self {
             stream: stream.clone(),
-            lane: std::sync::OnceLock::new(),
         }
     }
 
@@ -1160,49 +1245,26 @@ impl QuickFeed {
         self.stream.clients.clone()
     }
 
-    /// A transition of the machine `names` names, reported by indexes (the event's payload
-    /// is not known here).
+    /// A transition of the machine `names` names, whose lane `cell` keeps, reported by
+    /// indexes (the event's payload is not known here).
     #[inline]
     pub(super) fn transition<'a>(
         &self,
+        cell: &LaneCell,
         names: impl FnOnce() -> &'a Arc<Names>,
         from: usize,
         to: usize,
         event_id: usize,
     ) {
         if self.stream.active() {
-            self.push(names(), from, to, event_id);
+            self.push(cell, names(), from, to, event_id);
         }
     }
 
     #[inline(never)]
-    fn push(&self, names: &Arc<Names>, from: usize, to: usize, event_id: usize) {
-        let lane = self.lane.get_or_init(|| {
-            let l = self.stream.lane(names)?;
-            Some((l, Writer::new()))
-        });
-        if let (Some((l, w)), Some(ix)) = (lane, names.indexes(from, to, event_id)) {
-            if Arc::ptr_eq(&l.names, names) {
-                let time = turnstile_engine::runtime::clock::coarse_unix_ms();
-                if w.push(&l.lane, time, pack(ix)) {
-                    self.stream.wake_relaxed();
-                    return;
-                }
-                // Full (no reader looked for a while): the ring takes the lane's records
-                // and this one, under its lock.
-            }
-        }
+    fn push(&self, cell: &LaneCell, names: &Arc<Names>, from: usize, to: usize, event_id: usize) {
         self.stream
-            .push_transition(names, [from, to, event_id], None, None);
-    }
-}
-
-impl Drop for QuickFeed {
-    /// The lane's records go to the ring, and the lane to the next machine that asks.
-    fn drop(&mut self) {
-        if let Some(Some((l, _))) = self.lane.get() {
-            self.stream.release(l);
-        }
+            .push_transition_in(cell, names, [from, to, event_id], None, None);
     }
 }
 
@@ -1455,17 +1517,16 @@ mod tests {
             events: vec![Arc::from("go")].into(),
         });
         let feed = QuickFeed::new(&s);
-        feed.transition(|| &names, 0, 1, 0);
-        assert!(
-            feed.lane.get().is_none(),
-            "nothing published without a client"
-        );
+        let cell = LaneCell::default();
+        feed.transition(&cell, || &names, 0, 1, 0);
+        assert!(cell.0.get().is_none(), "nothing published without a client");
         let mut sub = s.subscribe(None).unwrap();
-        feed.transition(|| &names, 0, 1, 0);
+        feed.transition(&cell, || &names, 0, 1, 0);
         push(&s, 1);
-        feed.transition(|| &names, 1, 0, 0);
+        // With a job id: put in the ring directly, after what the lane holds.
+        s.push_transition_in(&cell, &names, [1, 0, 0], None, Some("j".into()));
         let mut late = s.subscribe(None).unwrap();
-        feed.transition(|| &names, 0, 1, 0);
+        feed.transition(&cell, || &names, 0, 1, 0);
         let shown = |b: Batch| -> Vec<(u64, String)> {
             let Batch::Records(r) = b else {
                 panic!("records expected")
@@ -1489,7 +1550,7 @@ mod tests {
         // More than a lane holds, with nobody looking: the machine moves it to the ring.
         let n = super::super::stream_lane::LANE_SLOTS as u64 + 5;
         for i in 0..n {
-            feed.transition(|| &names, 0, (i % 2) as usize, 0);
+            feed.transition(&cell, || &names, 0, (i % 2) as usize, 0);
         }
         let mut seen = 4;
         while seen < 4 + n {
@@ -1506,8 +1567,8 @@ mod tests {
             }
         }
         assert_eq!(s.ring().lanes.len(), 1);
-        feed.transition(|| &names, 0, 1, 0);
-        drop(feed);
+        feed.transition(&cell, || &names, 0, 1, 0);
+        drop(cell);
         assert!(s.ring().lanes.is_empty());
         assert_eq!(shown(sub.next(10).await), want(&[(seen + 1, "b")]));
     }

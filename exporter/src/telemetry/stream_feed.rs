@@ -30,7 +30,8 @@ impl Telemetry {
 
     #[inline(never)]
     pub(super) fn stream_transition(&self, slot: &Slot, r: &TransitionReport<'_>) {
-        self.stream.push_transition(
+        self.stream.push_transition_in(
+            &slot.lane,
             slot.stream_names(),
             [r.from.id, r.to.id, r.event_id],
             r.event.payload.clone(),
