@@ -214,19 +214,35 @@ impl Default for Encoder {
 }
 
 /// `n` in decimal, without the formatting machinery (one per record, for each client).
-pub(crate) fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+pub(crate) fn push_u64(out: &mut String, n: u64) {
+    out.push_str(Decimal::new(n).as_str());
+}
+
+/// A number's decimal digits, on the stack: a record's id is written twice per record
+/// (`id:` line and JSON), formatted once.
+struct Decimal {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Self { buf, start: i }
     }
-    for &b in &buf[i..] {
-        out.push(char::from(b));
+
+    fn as_str(&self) -> &str {
+        // Always ASCII digits; never the fallback.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
     }
 }
 
@@ -269,7 +285,7 @@ impl Encoder {
             let _ = write!(out, "{}", r.to_json());
             return;
         };
-        self.transition_head(r.id, r.time, out);
+        self.transition_head(&Decimal::new(r.id), r.time, out);
         for (key, value) in [("", &r.machine), (",\"instance\":", &r.instance)] {
             out.push_str(key);
             match value {
@@ -291,14 +307,14 @@ impl Encoder {
     /// Appends `r` as one server-sent event: its `id:` line, a `data:` line of its JSON
     /// and the blank line that ends the message.
     pub fn write_sse(&mut self, r: &Record, out: &mut String) {
-        sse_head(r.id, out);
+        sse_head(&Decimal::new(r.id), out);
         self.write(r, out);
         out.push_str("\n\n");
     }
 
     /// A transition's JSON up to its machine's value: `{"id":..,"time":"..",
     /// "kind":"transition","machine":`.
-    fn transition_head(&mut self, id: u64, time: SystemTime, out: &mut String) {
+    fn transition_head(&mut self, id: &Decimal, time: SystemTime, out: &mut String) {
         let time = match &self.time {
             Some((t, s)) if *t == time => s,
             _ => {
@@ -307,7 +323,7 @@ impl Encoder {
             }
         };
         out.push_str("{\"id\":");
-        push_u64(out, id);
+        out.push_str(id.as_str());
         out.push_str(",\"time\":\"");
         out.push_str(time);
         out.push_str("\",\"kind\":\"transition\",\"machine\":");
@@ -333,9 +349,9 @@ fn at(unix_ms: u64) -> SystemTime {
 }
 
 /// A server-sent event's start: `id: N\ndata: `.
-fn sse_head(id: u64, out: &mut String) {
+fn sse_head(id: &Decimal, out: &mut String) {
     out.push_str("id: ");
-    push_u64(out, id);
+    out.push_str(id.as_str());
     out.push_str("\ndata: ");
 }
 
@@ -958,8 +974,9 @@ impl<F: Fn(Kind, Option<&str>, Option<&str>) -> bool> Sink for Sse<'_, F> {
             return;
         }
         let out = &mut *self.out;
-        sse_head(id, out);
-        self.encoder.transition_head(id, time, out);
+        let id = Decimal::new(id);
+        sse_head(&id, out);
+        self.encoder.transition_head(&id, time, out);
         out.push_str(&l.machine);
         out.push_str(",\"instance\":");
         out.push_str(&l.instance);
