@@ -213,13 +213,8 @@ impl Default for Encoder {
     }
 }
 
-/// `n` in decimal, without the formatting machinery (one per record, for each client).
-pub(crate) fn push_u64(out: &mut String, n: u64) {
-    out.push_str(Decimal::new(n).as_str());
-}
-
-/// A number's decimal digits, on the stack: a record's id is written twice per record
-/// (`id:` line and JSON), formatted once.
+/// A number's decimal digits, on the stack, without the formatting machinery: a record's
+/// id is written twice per record (`id:` line and JSON) for each client, formatted once.
 struct Decimal {
     buf: [u8; 20],
     start: usize,
