@@ -10,10 +10,9 @@
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
 use std::time::SystemTime;
-use thread_local::ThreadLocal;
 
+use thread_local::ThreadLocal;
 use turnstile_engine::observe::{QuickObserver, QuickTiming};
 use turnstile_engine::{MachineDef, MetricsDetail, TraceContext};
 
@@ -91,8 +90,8 @@ impl Slot {
 /// thread first does. An instance then holds no writers (they were about 1.5 KB each, made
 /// at its first event and cold in the cache at each later one), and its events go to a
 /// few writers that stay in the cache. A writer is written by one thread only, as the
-/// writers require (`local.rs`): the thread's own. Boxed: the writers' table inline would
-/// take 300 bytes of every config machine's slot.
+/// writers require (`local.rs`): the thread's own. A config machine's boxed: inline, its
+/// writers' table would make every slot, an idle instance's too, 300 bytes larger.
 pub(super) enum SlotMetrics {
     Now(Box<MachineMetrics>),
     Shared(Arc<Recipe>),
