@@ -20,8 +20,8 @@
 //! A series lists its live cells in a `Vec`, and each cell knows its index in that list
 //! (kept under the series' lock), so that dropping a writer removes its cell with a
 //! `swap_remove` (the moved cell is told its new index): constant time, however many
-//! writers the series has. Run-time instances share their definition's series, so a
-//! series may have 100,000 writers, and a retiring instance drops its writers.
+//! writers the series has. (Run-time instances share their definition's writers, one set
+//! per thread, `slot.rs`; a series once had a writer per instance, 100,000 of them.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

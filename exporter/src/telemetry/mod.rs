@@ -549,6 +549,112 @@ mod tests {
         assert_eq!(t.stats(None)["machines"]["m"]["state"], "a");
     }
 
+    /// The sum of the samples of `family` for machine `m` whose line contains `with`.
+    fn sum_of(page: &str, family: &str, m: &str, with: &str) -> f64 {
+        let label = format!("machine=\"{m}\"");
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| l.contains(&label) && l.contains(with))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Instances count under their definition's series through writers shared per thread:
+    /// events sent to 300 instances from two tasks on two workers are all counted, with the
+    /// config machine's, in the same series.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_on_two_workers_count_every_event_in_their_definitions_series() {
+        let t = Telemetry::new(TelemetryConfig {
+            metrics_detail: MetricsDetail::ALL,
+            ..TelemetryConfig::default()
+        })
+        .unwrap();
+        let plugins = ActionRegistry::with_builtins();
+        let engine = t.install(Engine::builder(), &plugins);
+        let yaml = "metadata: {machine_name: flip}\ninitial_state: a\nstates: [a, b]\n\
+                    events: [flip]\ntransitions:\n  - {from: a, to: b, event: flip}\n  \
+                    - {from: b, to: a, event: flip}\n";
+        let def = turnstile_engine::config::load_str(yaml, None, &plugins)
+            .def
+            .unwrap();
+        engine.spawn(def).unwrap();
+        const N: usize = 300;
+        for i in 0..N {
+            engine
+                .start_instance("flip", Some(&format!("i{i}")), serde_json::Map::new())
+                .unwrap();
+        }
+        let mut senders = Vec::new();
+        for k in 0..2 {
+            let engine = engine.clone();
+            senders.push(tokio::spawn(async move {
+                for i in (k..N).step_by(2) {
+                    for ev in ["flip", "flip", "flip", "nonsense"] {
+                        let name = format!("i{i}");
+                        engine.send(&name, Event::new(Arc::from(ev))).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for ev in ["flip", "nonsense"] {
+            engine
+                .send("flip", Event::new(Arc::from(ev)))
+                .await
+                .unwrap();
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        let events = || {
+            let instances: u64 = engine
+                .status_handle()
+                .instance_counts()
+                .iter()
+                .map(|d| d.events)
+                .sum();
+            instances + engine.machine("flip").map_or(0, |m| m.events)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while events() < (N * 4 + 2) as u64 {
+            assert!(std::time::Instant::now() < deadline, "not all handled");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let page = t.render_metrics(false);
+        engine.shutdown();
+        engine.join().await;
+        let transitions = (N * 3 + 1) as f64;
+        assert_eq!(
+            sum_of(&page, "turnstile_transitions_total", "flip", ""),
+            transitions,
+            "{page}"
+        );
+        assert_eq!(
+            sum_of(
+                &page,
+                "turnstile_events_total",
+                "flip",
+                "outcome=\"transitioned\""
+            ),
+            transitions,
+            "{page}"
+        );
+        assert_eq!(
+            sum_of(
+                &page,
+                "turnstile_events_total",
+                "flip",
+                "outcome=\"ignored\""
+            ),
+            (N + 1) as f64,
+            "{page}"
+        );
+        assert_eq!(
+            samples_of(&page, "i0"),
+            0,
+            "an instance name became a label value"
+        );
+    }
+
     /// 20 states in a ring on `next`, and one more rule per state on an event of its own
     /// (`reset{i}` back to `s00`): 40 rules, 21 events; entry actions of two types.
     fn budget_config(name: &str, metrics: &str) -> String {

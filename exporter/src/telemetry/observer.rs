@@ -41,9 +41,9 @@ impl Telemetry {
             .clone()
     }
 
-    /// The names and metric writers of a new slot: a config
-    /// machine's own (its writers made now); an instance's shared with the other
-    /// instances of its definition, its writers made when it first reports.
+    /// The names and metric writers of a new slot: a config machine's own (its writers
+    /// made now); an instance's shared with the other instances of its definition (their
+    /// writers, one set per thread, made when a thread first reports for them).
     fn slot_parts(
         &self,
         m: &MachineRef<'_>,
@@ -57,21 +57,18 @@ impl Telemetry {
         let recipe = match recipes.get(&m.def.name) {
             Some(r) if Arc::ptr_eq(&r.def, m.def) && r.detail == detail => r.clone(),
             _ => {
-                let r = Arc::new(Recipe {
-                    families: self.metrics.clone(),
-                    def: m.def.clone(),
+                let r = Arc::new(Recipe::new(
+                    self.metrics.clone(),
+                    m.def.clone(),
                     detail,
-                    names: Names::new(m.def, None),
-                });
+                    Names::new(m.def, None),
+                ));
                 recipes.insert(m.def.name.clone(), r.clone());
                 r
             }
         };
         drop(recipes);
-        (
-            recipe.names.clone(),
-            SlotMetrics::Later(OnceLock::new(), recipe),
-        )
+        (recipe.names.clone(), SlotMetrics::Shared(recipe))
     }
 
     fn slot<'a>(&self, m: &MachineRef<'a>) -> Option<&'a Slot> {

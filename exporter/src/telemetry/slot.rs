@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use thread_local::ThreadLocal;
 use turnstile_engine::observe::{QuickObserver, QuickTiming};
 use turnstile_engine::{MachineDef, MetricsDetail, TraceContext};
 
@@ -85,15 +86,18 @@ impl Slot {
     }
 }
 
-/// A machine's metric writers. A config machine's are made when it starts (its series
-/// show from then on); an instance's when it first reports something, from its
-/// definition's [`Recipe`]: its series are its definition's (made by the definition's
-/// config machine, or by the first instance that reports), and an idle instance, of which
-/// there may be 100,000, holds none (they were about 1.5 KB each). Boxed either way: the
-/// writers' table inline would take 300 bytes of every idle instance's slot.
+/// A machine's metric writers. A config machine's are its own, made when it starts (its
+/// series show from then on). An instance's are its definition's: the instances of one
+/// definition count under its name (the `machine` label) anyway, so they share the
+/// writers of their [`Recipe`], one set per thread that reports for them, made when that
+/// thread first does. An instance then holds no writers (they were about 1.5 KB each, made
+/// at its first event and cold in the cache at each later one), and its events go to a
+/// few writers that stay in the cache. A writer is written by one thread only, as the
+/// writers require (`local.rs`): the thread's own. A config machine's boxed: inline, its
+/// writers' table would make every slot, an idle instance's too, 300 bytes larger.
 pub(super) enum SlotMetrics {
     Now(Box<MachineMetrics>),
-    Later(OnceLock<Box<MachineMetrics>>, Arc<Recipe>),
+    Shared(Arc<Recipe>),
 }
 
 impl SlotMetrics {
@@ -101,7 +105,7 @@ impl SlotMetrics {
     pub(super) fn detail(&self) -> MetricsDetail {
         match self {
             SlotMetrics::Now(m) => m.detail,
-            SlotMetrics::Later(_, r) => r.detail,
+            SlotMetrics::Shared(r) => r.detail,
         }
     }
 }
@@ -113,20 +117,45 @@ impl Deref for SlotMetrics {
     fn deref(&self) -> &MachineMetrics {
         match self {
             SlotMetrics::Now(m) => m,
-            SlotMetrics::Later(m, r) => {
-                m.get_or_init(|| Box::new(r.families.machine(&r.def, r.detail)))
-            }
+            SlotMetrics::Shared(r) => r.writers(),
         }
     }
 }
 
-/// What the instances of one definition share in their slots: how their writers are
-/// made, their names.
+/// What the instances of one definition share in their slots: their metric writers (per
+/// thread, see [`SlotMetrics`]), how they are made, their names.
 pub(super) struct Recipe {
     pub(super) families: Arc<Metrics>,
     pub(super) def: Arc<MachineDef>,
     pub(super) detail: MetricsDetail,
     pub(super) names: Arc<Names>,
+    /// The writers of each thread that reported for these instances. Dropped with the
+    /// recipe (a reload with new indexes, a new level): their counts stay in the series.
+    writers: ThreadLocal<MachineMetrics>,
+}
+
+impl Recipe {
+    pub(super) fn new(
+        families: Arc<Metrics>,
+        def: Arc<MachineDef>,
+        detail: MetricsDetail,
+        names: Arc<Names>,
+    ) -> Self {
+        Self {
+            families,
+            def,
+            detail,
+            names,
+            writers: ThreadLocal::new(),
+        }
+    }
+
+    /// The calling thread's writers (made on its first report).
+    #[inline]
+    fn writers(&self) -> &MachineMetrics {
+        self.writers
+            .get_or(|| self.families.machine(&self.def, self.detail))
+    }
 }
 
 /// Metrics only (no `/trace` records, no spans): what [`Observer::transition_finished`]
