@@ -284,3 +284,32 @@ async fn live_instances_are_started_again_and_retired_ones_are_not() {
     engine.shutdown();
     engine.join().await;
 }
+
+/// `Persister::flush` returns once everything handed over is written, also when the
+/// writer has already taken it and is still writing (a clean exit flushes and then ends the
+/// process: a write in flight must not be lost). Another connection holds SQLite's write
+/// lock, so the writer's batch waits in the busy handler until it is let go.
+#[test]
+fn flush_waits_for_the_batch_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let p = Persister::new(store.clone());
+
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let name: Arc<str> = "m".into();
+    let state: Arc<str> = "s".into();
+    p.entered(&name, &state, &serde_json::Map::new(), None, None, false);
+    // The writer takes the batch (nothing is pending any more) and waits for the lock.
+    std::thread::sleep(Duration::from_millis(100));
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    assert!(p.flush(WAIT), "flushed within {WAIT:?}");
+    // Read on a connection of its own (the store's is the writer's until it is done).
+    let saved = SqliteStore::open(&path).unwrap().load_state("m").unwrap();
+    assert_eq!(saved.and_then(|r| r.current_state).as_deref(), Some("s"));
+    release.join().unwrap();
+}

@@ -31,6 +31,9 @@ struct Pending {
     processed: Vec<i64>,
     /// Instances started and retired, in order.
     marks: Vec<InstanceMark>,
+    /// The writer took a batch and has not written it yet: not settled, though nothing
+    /// is pending ([`Persister::flush`] waits for it too).
+    writing: bool,
     closed: bool,
 }
 
@@ -181,7 +184,7 @@ impl Persister {
         let (p, t) = self
             .inner
             .idle
-            .wait_timeout_while(p, limit, |p| !p.is_empty())
+            .wait_timeout_while(p, limit, |p| !p.is_empty() || p.writing)
             .unwrap_or_else(|e| e.into_inner());
         drop(p);
         !t.timed_out()
@@ -269,6 +272,7 @@ fn writer(inner: &Inner, store: &dyn StateStore) {
             if p.closed && p.is_empty() {
                 return;
             }
+            p.writing = true;
             (
                 std::mem::take(&mut p.states),
                 std::mem::take(&mut p.audit),
@@ -291,7 +295,8 @@ fn writer(inner: &Inner, store: &dyn StateStore) {
             }
             inner.written.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.writing = false;
         if p.is_empty() {
             inner.idle.notify_all();
         }
