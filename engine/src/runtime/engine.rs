@@ -754,7 +754,7 @@ impl Engine {
         // A stopped machine left its last state and context behind.
         let (state, context) = match live {
             Some(l) => l,
-            None => shared
+            None => *shared
                 .last_context
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

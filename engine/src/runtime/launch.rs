@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::instances::Instances;
-use super::machine::{Machine, Outcome};
+use super::machine::{Machine, Outcome, Parkable};
 use super::mailbox::Resume;
 use super::router::Queue;
 use crate::observe::StopReason;
@@ -43,7 +43,8 @@ pub(crate) struct Retire {
 
 /// A machine and what runs it.
 pub(crate) struct Task {
-    machine: Machine,
+    /// Compact while parked at rest (`runtime/machine/parked.rs`).
+    machine: Parkable,
     handle: Handle,
     _running: RunningGuard,
     /// An instance: retired when it stops.
@@ -64,7 +65,7 @@ impl Task {
             machine
         };
         Box::new(Self {
-            machine,
+            machine: Parkable::new(machine),
             handle,
             _running: running,
             retire,
