@@ -6,8 +6,9 @@
 //! no `timeout(N)` timer armed, no action running, not paused: `Machine::may_park`)
 //! parks in its own mailbox without a task; the next event or request for it resumes it
 //! on a new task ([`Resume`]). 100,000 idle instances then hold no task and no future
-//! (about 3 KB each with one), only their machine. Machines the engine was started with
-//! keep their task (a busy single machine does not pay a task spawn per event).
+//! (about 3 KB each with one), only their machine, in compact form when it is at rest
+//! (`runtime/machine/parked.rs`). Machines the engine was started with keep their task
+//! (a busy single machine does not pay a task spawn per event).
 //!
 //! While the engine shuts down, parked instances are resumed to see it and stop
 //! ([`Engine::shutdown`](super::engine::Engine::shutdown)); a machine never parks once

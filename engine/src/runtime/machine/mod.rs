@@ -24,7 +24,8 @@
 //!  Idle --> [ Park ]: an instance with nothing queued, no timer armed, no action
 //!  waiting, not paused: the loop returns ([`Outcome::Park`]) and the machine parks in
 //!  its mailbox without a task; the next event or request resumes it in Idle
-//!  (`runtime/launch.rs`).
+//!  (`runtime/launch.rs`). Parked at rest, it keeps only a compact form of itself
+//!  ([`parked`]).
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
 //!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
 //!  before each action; Idle and Waiting wake at its deadline).
@@ -60,7 +61,7 @@
 //! transition, the livelock guard), [`actions`] (running and waiting for actions),
 //! [`measure`] (clock readings for the observer), [`timers`] (`timeout(N)`), [`control`]
 //! (requests: snapshot, reload, stop), [`gate`] (pause, step, breakpoints and the live
-//! operations).
+//! operations), [`parked`] (the compact form of an instance parked at rest).
 
 mod actions;
 mod control;
@@ -132,6 +133,9 @@ pub(crate) struct Shared {
     /// State and context at the moment the machine stopped (boxed: unset while it runs,
     /// and inline it would take 80 bytes more of every idle instance).
     pub last_context: Mutex<Option<Box<StateAndContext>>>,
+    /// Parked in compact form ([`Parkable`]; for the engine's own tests).
+    #[cfg(test)]
+    pub compact: AtomicBool,
 }
 
 impl EventQueue for Shared {

@@ -16,6 +16,8 @@
 //! (actions read it; a transition replaces it, a reload or a restart too), so it is not
 //! kept.
 
+#[cfg(test)]
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value as Json};
@@ -162,6 +164,8 @@ impl Parkable {
             let Body::Compact(c) = std::mem::replace(&mut self.0, Body::Moving) else {
                 unreachable!("matched above")
             };
+            #[cfg(test)]
+            c.shared.compact.store(false, Ordering::Relaxed);
             self.0 = Body::Whole(c.whole());
         }
         match &mut self.0 {
@@ -176,6 +180,8 @@ impl Parkable {
             let Body::Whole(m) = std::mem::replace(&mut self.0, Body::Moving) else {
                 unreachable!("matched above")
             };
+            #[cfg(test)]
+            m.shared.compact.store(true, Ordering::Relaxed);
             self.0 = Body::Compact(m.compact());
         }
         outcome
@@ -237,7 +243,101 @@ impl Parkable {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use serde_json::{json, Map};
+
     use super::*;
+    use crate::breakpoint::{BreakpointSpec, On};
+    use crate::runtime::engine::Engine;
+    use crate::runtime::live::{LiveAnswer, LiveOp};
+    use crate::{config, ActionRegistry};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// `a` to `b` on `flip` (entering `b` sets `seen` from the event's payload), back on
+    /// `flop`.
+    const FLIP: &str = r#"
+metadata: {machine_name: flip}
+initial_state: a
+context: {n: 0}
+states: [a, b]
+events: [flip, flop]
+transitions:
+  - {from: a, to: b, event: flip}
+  - {from: b, to: a, event: flop}
+actions:
+  b:
+    - {type: set_context, key: seen, value: true}
+"#;
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not in time: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_instance_parks_compact_and_resumes_whole() {
+        let engine = Engine::builder().build();
+        let loaded = config::load_str(FLIP, None, &ActionRegistry::with_builtins());
+        engine.spawn(loaded.def.unwrap()).unwrap();
+        let mut ctx = Map::new();
+        ctx.insert("k".into(), json!("v"));
+        engine.start_instance("flip", Some("i"), ctx).unwrap();
+        until("parked compact after its start", || {
+            engine.parked_compact("i")
+        })
+        .await;
+        for i in 0..10 {
+            let name = if i % 2 == 0 { "flip" } else { "flop" };
+            engine.send("i", crate::Event::new(name)).await.unwrap();
+        }
+        until("10 transitions", || {
+            engine.machine("i").is_some_and(|m| m.transitions == 10)
+        })
+        .await;
+        until("parked compact again", || engine.parked_compact("i")).await;
+        // What it kept: its state and context (a snapshot resumes it, and it parks again).
+        let snap = engine.snapshot("i").await.unwrap();
+        assert_eq!(&*snap.state, "a");
+        assert_eq!(snap.context["k"], json!("v"));
+        assert_eq!(snap.context["seen"], json!(true));
+        until("parked compact after the snapshot", || {
+            engine.parked_compact("i")
+        })
+        .await;
+        // A breakpoint set: it parks, whole (the gate holds it).
+        let spec = BreakpointSpec {
+            on: On::Event,
+            state: Some("b".into()),
+            event: None,
+            when: None,
+        };
+        let LiveAnswer::Breakpoint(_) = engine
+            .control("i", LiveOp::AddBreakpoint(spec))
+            .await
+            .unwrap()
+        else {
+            panic!("the breakpoint was not set")
+        };
+        until("parked", || engine.parked("i")).await;
+        assert!(!engine.parked_compact("i"), "a breakpoint keeps it whole");
+        engine.send("i", crate::Event::new("flip")).await.unwrap();
+        until("in b", || {
+            engine.machine("i").is_some_and(|m| &*m.state == "b")
+        })
+        .await;
+        engine.shutdown();
+        tokio::time::timeout(WAIT, engine.join()).await.unwrap();
+    }
 
     /// The point of the compact form: a parked instance's task box (this, the task's
     /// handle, its running guard and what retires it; `runtime/launch.rs`) stays well below
