@@ -575,6 +575,8 @@ impl Engine {
             paused: false.into(),
             stop_reason: Mutex::new(None),
             last_context: Mutex::new(None),
+            #[cfg(test)]
+            compact: false.into(),
         })
     }
 
@@ -754,7 +756,7 @@ impl Engine {
         // A stopped machine left its last state and context behind.
         let (state, context) = match live {
             Some(l) => l,
-            None => shared
+            None => *shared
                 .last_context
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1210,6 +1212,13 @@ impl Engine {
     pub(crate) fn parked(&self, name: &str) -> bool {
         self.running_machine(name)
             .is_some_and(|s| s.mailbox.is_parked())
+    }
+
+    /// The running instance `name` is parked in compact form (for the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn parked_compact(&self, name: &str) -> bool {
+        self.running_machine(name)
+            .is_some_and(|s| s.mailbox.is_parked() && s.compact.load(Ordering::Relaxed))
     }
 
     /// Waits until `name` is in `state`, up to `timeout`. For the engine's own unit tests;

@@ -6,8 +6,9 @@
 //! no `timeout(N)` timer armed, no action running, not paused: `Machine::may_park`)
 //! parks in its own mailbox without a task; the next event or request for it resumes it
 //! on a new task ([`Resume`]). 100,000 idle instances then hold no task and no future
-//! (about 3 KB each with one), only their machine. Machines the engine was started with
-//! keep their task (a busy single machine does not pay a task spawn per event).
+//! (about 3 KB each with one), only their machine, in compact form when it is at rest
+//! (`runtime/machine/parked.rs`). Machines the engine was started with keep their task
+//! (a busy single machine does not pay a task spawn per event).
 //!
 //! While the engine shuts down, parked instances are resumed to see it and stop
 //! ([`Engine::shutdown`](super::engine::Engine::shutdown)); a machine never parks once
@@ -19,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::instances::Instances;
-use super::machine::{Machine, Outcome};
+use super::machine::{Machine, Outcome, Parkable};
 use super::mailbox::Resume;
 use super::router::Queue;
 use crate::observe::StopReason;
@@ -43,7 +44,8 @@ pub(crate) struct Retire {
 
 /// A machine and what runs it.
 pub(crate) struct Task {
-    machine: Machine,
+    /// Compact while parked at rest (`runtime/machine/parked.rs`).
+    machine: Parkable,
     handle: Handle,
     _running: RunningGuard,
     /// An instance: retired when it stops.
@@ -64,7 +66,7 @@ impl Task {
             machine
         };
         Box::new(Self {
-            machine,
+            machine: Parkable::new(machine),
             handle,
             _running: running,
             retire,

@@ -81,7 +81,10 @@ impl Telemetry {
             None
         };
         let (at, span, trace, actions, failed) = match live_event {
-            Some(e) => (e.at, e.span, e.trace, e.actions, e.failed),
+            Some(e) => {
+                let e = *e;
+                (e.at, e.span, e.trace, e.actions, e.failed)
+            }
             None => (now, None, r.event.traceparent, Vec::new(), None),
         };
         slot.metrics.event(

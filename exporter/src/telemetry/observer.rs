@@ -252,13 +252,13 @@ impl Observer for Telemetry {
             )
         });
         let trace = span.as_ref().map(LiveSpan::context).or(event.traceparent);
-        live.event = Some(LiveEvent {
+        live.event = Some(Box::new(LiveEvent {
             at,
             span,
             trace,
             actions: Vec::new(),
             failed: None,
-        });
+        }));
         trace
     }
 
@@ -318,7 +318,7 @@ impl Observer for Telemetry {
             _ => None,
         };
         let trace = span.as_ref().map(LiveSpan::context);
-        live.action = Some(LiveAction { span });
+        live.action = Some(Box::new(LiveAction { span }));
         trace
     }
 

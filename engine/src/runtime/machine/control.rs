@@ -173,10 +173,10 @@ impl Machine {
             *r = Some(reason);
         }
         if let Ok(mut c) = self.shared.last_context.lock() {
-            *c = Some((
+            *c = Some(Box::new((
                 self.def.states[self.state].name.clone(),
                 std::mem::take(&mut self.context),
-            ));
+            )));
         }
         // Requests already queued are dropped: snapshots are answered from `last_context`
         // by the engine.

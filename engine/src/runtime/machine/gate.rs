@@ -133,6 +133,19 @@ fn name_bit(name: &str) -> u64 {
 }
 
 impl Gate {
+    /// Holds nothing a fresh gate would not: not paused, nothing held, no breakpoint (nor
+    /// one ever set), no answer owed. A parked instance then keeps none ([`super::parked`]).
+    pub(super) fn is_clear(&self) -> bool {
+        !self.paused
+            && self.held.is_none()
+            && self.breakpoints.is_empty()
+            && self.by_state.iter().all(|s| s.list.is_empty())
+            && self.next_id == 0
+            && self.step_reply.is_none()
+            && self.stop_reply.is_none()
+            && self.error_hit.get().is_none()
+    }
+
     /// Whether a breakpoint may match an event named `name` in state `state`: `false`
     /// means surely not.
     #[inline(always)]

@@ -24,7 +24,8 @@
 //!  Idle --> [ Park ]: an instance with nothing queued, no timer armed, no action
 //!  waiting, not paused: the loop returns ([`Outcome::Park`]) and the machine parks in
 //!  its mailbox without a task; the next event or request resumes it in Idle
-//!  (`runtime/launch.rs`).
+//!  (`runtime/launch.rs`). Parked at rest, it keeps only a compact form of itself
+//!  ([`parked`]).
 //!  Idle, Waiting, Yield --> [ Stopped ]: shutdown, Control::Stop, the queue closed.
 //!  Running, Idle, Waiting --> [ Stopped ]: a singleton's lease tenure ended (checked
 //!  before each action; Idle and Waiting wake at its deadline).
@@ -60,13 +61,14 @@
 //! transition, the livelock guard), [`actions`] (running and waiting for actions),
 //! [`measure`] (clock readings for the observer), [`timers`] (`timeout(N)`), [`control`]
 //! (requests: snapshot, reload, stop), [`gate`] (pause, step, breakpoints and the live
-//! operations).
+//! operations), [`parked`] (the compact form of an instance parked at rest).
 
 mod actions;
 mod control;
 mod events;
 mod gate;
 mod measure;
+mod parked;
 mod phases;
 mod timers;
 
@@ -79,6 +81,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use control::{Control, Reloaded};
 pub(crate) use gate::{LiveRequest, REQUEST};
+pub(crate) use parked::Parkable;
 
 use super::def::MachineDef;
 use super::event::Event;
@@ -127,8 +130,12 @@ pub(crate) struct Shared {
     /// Paused (by request or a breakpoint).
     pub paused: AtomicBool,
     pub stop_reason: Mutex<Option<StopReason>>,
-    /// State and context at the moment the machine stopped.
-    pub last_context: Mutex<Option<StateAndContext>>,
+    /// State and context at the moment the machine stopped (boxed: unset while it runs,
+    /// and inline it would take 80 bytes more of every idle instance).
+    pub last_context: Mutex<Option<Box<StateAndContext>>>,
+    /// Parked in compact form ([`Parkable`]; for the engine's own tests).
+    #[cfg(test)]
+    pub compact: AtomicBool,
 }
 
 impl EventQueue for Shared {
@@ -176,6 +183,17 @@ struct Persist {
     /// The store event (of the event table) being handled: its mark goes with the save
     /// of the transition it causes ([`crate::store::Persister::entered`]).
     handling: Option<i64>,
+}
+
+impl Persist {
+    /// Not persisted.
+    fn none() -> Self {
+        Self {
+            to: None,
+            dirty: false,
+            handling: None,
+        }
+    }
 }
 
 pub(crate) struct Machine {
@@ -245,11 +263,7 @@ impl Machine {
             chain: Chain::new(),
             timers: Timers::new(),
             livelock: Livelock::new(livelock_limit),
-            persist: Persist {
-                to: None,
-                dirty: false,
-                handling: None,
-            },
+            persist: Persist::none(),
             tenure: None,
             actions_finished: 0,
             activity_seen: 0,

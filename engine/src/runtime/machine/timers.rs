@@ -47,6 +47,12 @@ impl Timers {
     pub(super) fn idle(&self) -> bool {
         self.next == usize::MAX
     }
+
+    /// No timer armed and not paused: nothing a fresh [`Timers::new`] would not hold
+    /// (`base` is read only once a timer is armed, which sets it).
+    pub(super) fn at_rest(&self) -> bool {
+        self.idle() && self.paused_at.is_none()
+    }
 }
 
 impl Machine {
