@@ -50,6 +50,14 @@ pub fn start(
     }
 }
 
+/// With `--persist` and a registered `--instance-id` (its heartbeat is what keeps this
+/// process's instances its own): takes over the instances of dead processes from now on.
+pub fn adopt(bridge: Option<&EventBridge>, persist_and_chosen: bool) {
+    if let Some(b) = bridge.filter(|_| persist_and_chosen) {
+        b.adopt_instances();
+    }
+}
+
 /// Stops the bridge: the machines' registrations are deleted (other processes see them
 /// gone at once).
 pub async fn stop(bridge: Option<EventBridge>) {
@@ -91,7 +99,16 @@ pub fn send_through_store(
         crate::UsageError("--stale-after must be a positive number of seconds".into())
     })?;
     let hosts = store.machine_hosts(&args.target, stale)?;
-    let Some(host) = hosts.first() else {
+    // An instance started at run time (with `--persist`): its owner, live or dead with a
+    // saved state (the event waits for the process that takes it over).
+    let owner = match hosts.first() {
+        Some(h) => Some((h.instance_id.clone(), Some(h.host.clone()))),
+        None => store
+            .instance_owner(&args.target, stale)?
+            .filter(|o| o.live || o.saved)
+            .map(|o| (o.instance_id.unwrap_or_default(), None)),
+    };
+    let Some((instance_id, host)) = owner else {
         eprintln!(
             "error: no live process runs a machine named `{}` (none registered in the store with a heartbeat in the last {} s)",
             args.target,
@@ -112,8 +129,8 @@ pub fn send_through_store(
         serde_json::json!({
             "event_id": id,
             "target": args.target,
-            "instance_id": host.instance_id,
-            "host": host.host,
+            "instance_id": instance_id,
+            "host": host,
         })
     );
     Ok(ExitCode::SUCCESS)

@@ -32,6 +32,21 @@
 //!   for the holder, also while the lease passes from a dead holder to a survivor).
 //! - The bridge is attached before the machines start (a machine's first actions may send
 //!   to other processes); a consumer that finds its machine not started yet looks again.
+//! - Instances started at run time (with a [`Persister`] only: their `machine_state` row is
+//!   their registration, see [`crate::store::events`]): a send to an instance another
+//!   process owns, live or dead with a saved state (waiting there for a takeover), goes to
+//!   the event table. One task takes the pending events of all the instances this process
+//!   owns ([`crate::store::EventStore::take_instance_events`]), in id order, and queues
+//!   each into its instance without waiting: an instance whose queue is full, or that is
+//!   not started yet, has its events taken again at the next look, after the ones queued
+//!   (its order kept), while the other instances' events go on. Marked as above.
+//! - Takeover ([`EventBridge::adopt_instances`], for a process with a registered
+//!   `--instance-id` and a persister): every third of the lease the same task claims the
+//!   instances, of the definitions loaded here, whose owner's `turnstile_instances`
+//!   heartbeat is older than the lease ([`Engine::adopt_instances`]: one conditional
+//!   `UPDATE`, one taker per instance), and starts them from their saved state; their
+//!   pending events are then this process's to take. An owner that stopped cleanly
+//!   (its row deleted) keeps its instances until it starts again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -72,6 +87,7 @@ struct Inner {
     /// Handled events not yet marked (without a persister).
     handled: Mutex<Vec<i64>>,
     handled_wake: Notify,
+    adopt_wake: Notify,
     /// Remote targets known to run elsewhere, and since when.
     elsewhere: Mutex<FxHashMap<String, Instant>>,
     /// The machines registered for this process (singletons while held), and the
@@ -80,6 +96,8 @@ struct Inner {
     /// Singletons configured here: events for them go through the store when this
     /// process does not run them.
     singletons: HashSet<String>,
+    /// Take over dead processes' instances ([`EventBridge::adopt_instances`]).
+    adopt: std::sync::atomic::AtomicBool,
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
@@ -125,9 +143,11 @@ impl EventBridge {
             persist,
             handled: Mutex::new(Vec::new()),
             handled_wake: Notify::new(),
+            adopt_wake: Notify::new(),
             elsewhere: Mutex::new(FxHashMap::default()),
             local: Mutex::new(FxHashMap::default()),
             singletons: singletons.into_iter().collect(),
+            adopt: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             cancel: CancellationToken::new(),
         });
@@ -139,11 +159,24 @@ impl EventBridge {
         tokio::spawn(heartbeat(inner.clone()));
         if inner.persist.is_none() {
             tokio::spawn(mark_handled(inner.clone()));
+        } else {
+            tokio::spawn(instances(inner.clone()));
         }
         for m in machines {
             inner.start_consumer(m);
         }
         Ok(Self { inner })
+    }
+
+    /// From now on, takes over every third of the lease the instances of dead processes
+    /// (see the module docs). Only for a process whose instance id is registered in the
+    /// store (its own heartbeat is what keeps them its own) and with a persister (nothing
+    /// to start them from otherwise: without one, this does nothing).
+    pub fn adopt_instances(&self) {
+        self.inner
+            .adopt
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.adopt_wake.notify_one();
     }
 
     /// Stops the tasks and deletes the registrations (a clean exit): other processes find
@@ -221,11 +254,21 @@ impl Inner {
         {
             return Ok(true);
         }
-        let hosts = self
-            .store
-            .machine_hosts(target, self.lease)
-            .map_err(|e| ForwardError::Store(target.to_owned(), e.to_string()))?;
-        let found = hosts.iter().any(|h| h.incarnation != self.incarnation);
+        let err = |e: StoreError| ForwardError::Store(target.to_owned(), e.to_string());
+        let hosts = self.store.machine_hosts(target, self.lease).map_err(err)?;
+        let mut found = hosts.iter().any(|h| h.incarnation != self.incarnation);
+        if !found {
+            // An instance another process owns: live, or dead with a saved state (its
+            // events wait for the survivor that takes it over).
+            found = self
+                .store
+                .instance_owner(target, self.lease)
+                .map_err(err)?
+                .is_some_and(|o| {
+                    o.instance_id.as_deref() != Some(self.instance_id.as_str())
+                        && (o.live || o.saved)
+                });
+        }
         let mut known = lock(&self.elsewhere);
         if found {
             known.insert(target.to_owned(), Instant::now());
@@ -438,6 +481,88 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken
             () = cancel.cancelled() => return,
             () = &mut notified => {}
             () = tokio::time::sleep(idle_wait) => {}
+        }
+    }
+}
+
+/// The instances' task (with a persister): takes the pending events of every instance this
+/// process owns and queues them, and takes over dead processes' instances when asked
+/// (see the module docs).
+async fn instances(inner: Arc<Inner>) {
+    let notify = inner.store.event_notify().clone();
+    let mut queued: HashSet<i64> = HashSet::new();
+    let mut next_adopt = tokio::time::Instant::now();
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.adopt.load(std::sync::atomic::Ordering::Relaxed)
+            && tokio::time::Instant::now() >= next_adopt
+        {
+            next_adopt = tokio::time::Instant::now() + inner.lease / 3;
+            let (engine, lease) = (inner.engine.clone(), inner.lease);
+            // Launching needs the runtime: off the async threads, with its handle.
+            let handle = inner.runtime.clone();
+            let taken = tokio::task::spawn_blocking(move || {
+                let _g = handle.enter();
+                engine.adopt_instances(lease)
+            })
+            .await
+            .unwrap_or_default();
+            if !taken.is_empty() {
+                tracing::info!(target: "turnstile::events", count = taken.len(), "took over the instances of a process whose heartbeat is older than the lease");
+            }
+        }
+        let (s, owner) = (inner.store.clone(), inner.instance_id.clone());
+        let mut wait = inner.lease / 3;
+        match blocking(move || s.take_instance_events(&owner, WINDOW)).await {
+            Ok(events) => {
+                let complete = events.len() < WINDOW;
+                let last = events.last().map_or(i64::MIN, |e| e.id);
+                let listed: HashSet<i64> = events.iter().map(|e| e.id).collect();
+                queued.retain(|id| listed.contains(id) || (!complete && *id > last));
+                // Instances with an event left behind in this look: their later events wait
+                // for the next one (their order kept).
+                let mut behind: HashSet<String> = HashSet::new();
+                for e in events {
+                    if queued.contains(&e.id) || behind.contains(&e.target) {
+                        continue;
+                    }
+                    if queued.len() >= WINDOW {
+                        behind.insert(e.target.clone());
+                        break;
+                    }
+                    let (id, target) = (e.id, e.target.clone());
+                    match inner.engine.try_send(&target, to_event(e)) {
+                        Ok(()) => {
+                            queued.insert(id);
+                        }
+                        Err(SendError::QueueFull(_)) | Err(SendError::UnknownMachine(_)) => {
+                            behind.insert(target);
+                        }
+                        Err(SendError::Stopped(_)) => {
+                            // Retired (its mark not written yet): left pending.
+                            behind.insert(target);
+                        }
+                    }
+                }
+                if !queued.is_empty() || !behind.is_empty() {
+                    wait = Duration::from_millis(20);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "turnstile::events", "cannot take the instances' events from the store: {e}");
+                wait = Duration::from_secs(1).min(inner.lease / 3);
+            }
+        }
+        if inner.adopt.load(std::sync::atomic::Ordering::Relaxed) {
+            wait = wait.min(next_adopt.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = &mut notified => {}
+            () = inner.adopt_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

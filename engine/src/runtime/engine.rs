@@ -921,18 +921,50 @@ impl Engine {
     }
 
     /// With a persister: starts again every instance the store records as live (started,
-    /// not retired), by name, each with its definition, saved state, context and pause, as
-    /// [`Self::start_instance`] would have left it. Called once at start, after the
-    /// machines of the config files started (their definitions are the ones loaded). An
-    /// instance whose definition is not loaded, whose name is taken, or whose saved state
-    /// is final or no longer in its definition is left in the store as it is, with a
-    /// warning (a final one: started again it would retire at once). Returns the names
-    /// started.
+    /// not retired) and as this process's (the store's instance id, or no owner recorded:
+    /// [`crate::store::StateStore::claim_instances`]), by name, each with its definition,
+    /// saved state, context and pause, as [`Self::start_instance`] would have left it.
+    /// Instances another process owns are left to it (taken over only when it is dead:
+    /// [`Self::adopt_instances`]). Called once at start, after the machines of the config
+    /// files started (their definitions are the ones loaded; an instance of another
+    /// definition is not claimed). An instance whose name is taken, or whose saved state is
+    /// final or no longer in its definition is left in the store as it is, with a warning
+    /// (a final one: started again it would retire at once). Returns the names started.
     pub fn restore_instances(&self) -> Vec<Arc<str>> {
+        self.claim_saved(None)
+    }
+
+    /// With a persister: takes over the live instances of the loaded definitions whose
+    /// owning process's heartbeat is older than `dead_after` (a process that died), and
+    /// starts them as [`Self::restore_instances`] does. Among processes doing this at once,
+    /// each instance goes to one. Returns the names started.
+    pub fn adopt_instances(&self, dead_after: Duration) -> Vec<Arc<str>> {
+        self.claim_saved(Some(dead_after))
+    }
+
+    fn claim_saved(&self, dead_after: Option<Duration>) -> Vec<Arc<str>> {
         let Some(p) = &self.inner.persist else {
             return Vec::new();
         };
-        let records = match p.live_instances() {
+        let definitions: Vec<String> = self.definitions().iter().map(|d| d.to_string()).collect();
+        if dead_after.is_none() {
+            // This process's instances of definitions not loaded here: not claimed, said.
+            let me = p.store().saver_id();
+            for rec in p.live_instances().unwrap_or_default() {
+                let ours = rec.instance_id.is_none() || rec.instance_id.as_deref() == me;
+                if let Some(d) = rec
+                    .definition
+                    .as_ref()
+                    .filter(|d| ours && !definitions.contains(d))
+                {
+                    tracing::warn!(target: "turnstile::store", machine = %rec.machine_name, definition = %d, "a saved instance's definition is not loaded: not started (its record is kept)");
+                }
+            }
+        }
+        if definitions.is_empty() {
+            return Vec::new();
+        }
+        let records = match p.store().claim_instances(&definitions, dead_after) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(target: "turnstile::store", "cannot read the saved instances: {e}");
@@ -961,7 +993,11 @@ impl Engine {
             }
         }
         if !started.is_empty() {
-            tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
+            if dead_after.is_some() {
+                tracing::info!(target: "turnstile::store", count = started.len(), "instances of a dead process taken over");
+            } else {
+                tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
+            }
         }
         started
     }

@@ -56,7 +56,7 @@ use serde_json::{Map, Value as Json};
 
 pub use admin::JobChange;
 pub use claim_loss::ClaimLoss;
-pub use events::{EventStore, MachineHost, NewEvent, StoredEvent};
+pub use events::{EventStore, InstanceOwner, MachineHost, NewEvent, StoredEvent};
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use leases::{Acquired, LeaseRecord, LeaseStore};
@@ -620,6 +620,22 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError>;
     /// The instances recorded as live (a definition, not retired), by name.
     fn live_instances(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Takes instances for this store's instance id ([`StoreOptions::instance_id`]) and
+    /// returns their records, by name: live ones (not retired, a state saved) of these
+    /// `definitions`. `dead_after` `None`: the ones it owns already, and those with no
+    /// owner recorded (a restart). `Some(lease)`: another process's, whose
+    /// `turnstile_instances` heartbeat is older than `lease` (a takeover; an owner with no
+    /// row, as after a clean exit, keeps its instances). One conditional `UPDATE`: among
+    /// processes claiming at once, each instance goes to one of them.
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError>;
+    /// The instance id written with saved states ([`StoreOptions::instance_id`]).
+    fn saver_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What [`JobStore::queue_health`] reports.

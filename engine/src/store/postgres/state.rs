@@ -20,17 +20,43 @@ const SAVE_STATE: &str = "
     VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6)
     ON CONFLICT (machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context,
-        instance_id = excluded.instance_id, paused = excluded.paused";
+        instance_id = excluded.instance_id, paused = excluded.paused
+    WHERE machine_state.definition IS NULL OR machine_state.retired
+        OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Records an instance's definition and whether it is retired (its state left alone).
+/// Records an instance's definition, its owner (this process) and whether it is retired
+/// (its state left alone). A start always takes the row (a new instance of that name); a
+/// retirement only by its owner (not by a process whose instance was taken over).
 const MARK_INSTANCE: &str = "
-    INSERT INTO machine_state (machine_name, definition, retired) VALUES ($1, $2, $3)
+    INSERT INTO machine_state (machine_name, definition, retired, instance_id)
+    VALUES ($1, $2, $3, $4)
     ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
-        retired = excluded.retired";
+        retired = excluded.retired, instance_id = excluded.instance_id
+    WHERE NOT excluded.retired OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
+
+/// Takes live instances of definitions `$2` for `$1`: its own and unowned ones.
+const CLAIM_OWN: &str = "
+    UPDATE machine_state SET instance_id = $1
+    WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
+        AND (instance_id IS NULL OR instance_id = $1)
+    RETURNING ";
+
+/// Takes live instances of definitions `$2` for `$1` from owners whose heartbeat is older
+/// than `$3` ms. Run at once by several processes, the second to reach a row re-checks it
+/// after the first's commit, finds a live owner, and leaves it.
+const CLAIM_DEAD: &str = "
+    UPDATE machine_state m SET instance_id = $1
+    WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
+        AND instance_id <> $1
+        AND EXISTS (SELECT 1 FROM turnstile_instances i WHERE i.instance_id = m.instance_id
+            AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond')
+    RETURNING ";
 
 impl StateStore for PgStore {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
@@ -38,6 +64,7 @@ impl StateStore for PgStore {
             return Ok(());
         }
         let pool = self.inner.pool.clone();
+        let owner = self.inner.opts.instance_id.clone();
         let marks: Vec<(String, String, bool)> = marks
             .iter()
             .map(|m| (m.machine.to_string(), m.definition.to_string(), m.retired))
@@ -48,7 +75,9 @@ impl StateStore for PgStore {
             let st = tx.prepare_cached(MARK_INSTANCE).await.map_err(pg_error)?;
             // In order: a later mark of one name wins.
             for (m, d, r) in &marks {
-                tx.execute(&st, &[m, d, r]).await.map_err(pg_error)?;
+                tx.execute(&st, &[m, d, r, &owner])
+                    .await
+                    .map_err(pg_error)?;
             }
             tx.commit().await.map_err(pg_error)
         })
@@ -67,6 +96,45 @@ impl StateStore for PgStore {
                 .map_err(pg_error)?;
             let rows = c.query(&st, &[]).await.map_err(pg_error)?;
             rows.iter().map(|r| machine(r).map_err(pg_error)).collect()
+        })
+    }
+
+    fn saver_id(&self) -> Option<&str> {
+        self.inner.opts.instance_id.as_deref()
+    }
+
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<std::time::Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        let pool = self.inner.pool.clone();
+        let (owner, defs) = (self.inner.opts.instance_id.clone(), definitions.to_vec());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let mut rows = match (dead_after, &owner) {
+                (None, _) => c
+                    .query(&format!("{CLAIM_OWN}{MACHINE_COLUMNS}"), &[&owner, &defs])
+                    .await
+                    .map_err(pg_error)?,
+                // A process with no instance id takes over nothing.
+                (Some(_), None) => Vec::new(),
+                (Some(d), Some(_)) => {
+                    let d = crate::store::instances::ms(d) as f64;
+                    c.query(
+                        &format!("{CLAIM_DEAD}{MACHINE_COLUMNS}"),
+                        &[&owner, &defs, &d],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                }
+            };
+            let mut out = rows
+                .drain(..)
+                .map(|r| machine(&r).map_err(pg_error))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort_by(|a, b| a.machine_name.cmp(&b.machine_name));
+            Ok(out)
         })
     }
 

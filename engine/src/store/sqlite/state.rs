@@ -20,13 +20,37 @@ const SAVE_STATE: &str = "INSERT INTO machine_state (machine_name, current_state
     ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid,
         context = excluded.context, instance_id = excluded.instance_id,
-        paused = excluded.paused";
+        paused = excluded.paused
+    WHERE machine_state.definition IS NULL OR machine_state.retired <> 0
+        OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
 
-/// Records an instance's definition and whether it is retired (its state left alone).
-const MARK_INSTANCE: &str = "INSERT INTO machine_state (machine_name, definition, retired)
-    VALUES (?1, ?2, ?3)
+/// Records an instance's definition, its owner (this process) and whether it is retired
+/// (its state left alone). A start always takes the row (a new instance of that name); a
+/// retirement only by its owner (not by a process whose instance was taken over).
+const MARK_INSTANCE: &str = "INSERT INTO machine_state (machine_name, definition, retired,
+        instance_id)
+    VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT(machine_name) DO UPDATE SET definition = excluded.definition,
-        retired = excluded.retired";
+        retired = excluded.retired, instance_id = excluded.instance_id
+    WHERE excluded.retired = 0 OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
+
+/// Takes live instances of definitions `?2` (a JSON array) for `?1`: its own and unowned
+/// ones.
+const CLAIM_OWN: &str = "UPDATE machine_state SET instance_id = ?1
+    WHERE definition IN (SELECT value FROM json_each(?2)) AND retired = 0
+        AND current_state IS NOT NULL AND (instance_id IS NULL OR instance_id = ?1)
+    RETURNING ";
+
+/// Takes live instances of definitions `?2` for `?1` from owners whose heartbeat is older
+/// than `?3` (ms since the epoch); the write lock makes it one taker per instance.
+const CLAIM_DEAD: &str = "UPDATE machine_state SET instance_id = ?1
+    WHERE definition IN (SELECT value FROM json_each(?2)) AND retired = 0
+        AND current_state IS NOT NULL AND instance_id <> ?1
+        AND EXISTS (SELECT 1 FROM turnstile_instances i
+            WHERE i.instance_id = machine_state.instance_id AND i.heartbeat_at < ?3)
+    RETURNING ";
 
 impl StateStore for SqliteStore {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
@@ -38,7 +62,12 @@ impl StateStore for SqliteStore {
         for m in marks {
             tx.exec_cached(
                 MARK_INSTANCE,
-                params![&*m.machine, &*m.definition, m.retired],
+                params![
+                    &*m.machine,
+                    &*m.definition,
+                    m.retired,
+                    self.inner.opts.instance_id
+                ],
             )?;
         }
         tx.commit()?;
@@ -53,6 +82,42 @@ impl StateStore for SqliteStore {
         ))?;
         let rows = st.query_map([], machine_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn saver_id(&self) -> Option<&str> {
+        self.inner.opts.instance_id.as_deref()
+    }
+
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<std::time::Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        let owner = self.inner.opts.instance_id.clone();
+        let defs =
+            serde_json::to_string(definitions).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if dead_after.is_some() && owner.is_none() {
+            // A process with no instance id takes over nothing.
+            return Ok(Vec::new());
+        }
+        let mut out = self.write(move |tx| {
+            let rows = match dead_after {
+                None => {
+                    let mut st = tx.prepare_cached(&format!("{CLAIM_OWN}{MACHINE_COLUMNS}"))?;
+                    let rows = st.query_map(params![owner, defs], machine_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+                Some(d) => {
+                    let before = crate::store::now_ms() - crate::store::instances::ms(d);
+                    let mut st = tx.prepare_cached(&format!("{CLAIM_DEAD}{MACHINE_COLUMNS}"))?;
+                    let rows = st.query_map(params![owner, defs, before], machine_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            Ok(rows)
+        })?;
+        out.sort_by(|a, b| a.machine_name.cmp(&b.machine_name));
+        Ok(out)
     }
 
     fn save_state(
