@@ -825,11 +825,24 @@ fn instances_are_reached_from_any_process_and_taken_over_after_sigkill() {
     a.signal("KILL");
     let killed = Instant::now();
     let _ = a.finish(LIMIT);
-    // While A is dead: its instance still takes events (they wait in the store).
-    for ev in ["b", "c"] {
-        let (st, body) = post_at(b_addr, "/machines/order-1/events", &json!({"type": ev}));
-        assert_eq!(st, 202, "{ev}: {body}");
-    }
+    // While A is dead: its instance still takes events (they wait in the store), through
+    // B's sidecar and through `send-event --db`.
+    let (st, body) = post_at(b_addr, "/machines/order-1/events", &json!({"type": "b"}));
+    assert_eq!(st, 202, "{body}");
+    let out = kit::run_ok(
+        "send-event --db",
+        &mut turnstile(&[
+            "send-event",
+            "--db",
+            &url,
+            "--target",
+            "order-1",
+            "--type",
+            "c",
+        ]),
+    );
+    let sent: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent["instance_id"], "pg-a", "{sent}");
     kit::wait_until("B took order-1 over", LIMIT, || {
         machine_at(b_addr, "order-1").0 == 200
     });

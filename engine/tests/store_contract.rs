@@ -88,6 +88,7 @@ contract!(
     the_renewal_thread_heartbeats_a_registered_instance,
     saved_states_name_the_instance_that_saved_them,
     instances_are_marked_live_then_retired_apart_from_their_state,
+    instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one,
     a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
     batch_claims_take_each_job_once_across_racing_stores,
     buffered_jobs_are_held_renewed_and_given_back_by_release_held,
@@ -1676,4 +1677,131 @@ fn finished_jobs_older_than_the_retention_are_purged(b: &Backend) {
         assert!(by_status(&s, gone).is_empty(), "{gone}");
     }
     assert_eq!(s.purge_jobs(Duration::ZERO).unwrap(), 0);
+}
+
+fn instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one(b: &Backend) {
+    use turnstile_engine::store::{InstanceMark, SavedStates};
+    let stale = Duration::from_millis(1000);
+    let open = |id: &str| {
+        b.open(StoreOptions {
+            instance_id: Some(id.into()),
+            ..no_renew(60_000)
+        })
+    };
+    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
+    a.register_instance("pa", "1-a", stale).unwrap();
+    bb.register_instance("pb", "1-b", stale).unwrap();
+    c.register_instance("pc", "1-c", stale).unwrap();
+    let mark = |m: &str, d: &str, retired| InstanceMark {
+        machine: Arc::from(m),
+        definition: Arc::from(d),
+        retired,
+    };
+    // A's instances: i1, i2 of `job`, i3 of `other`, all saved; i4 marked, never saved.
+    a.mark_instances(&[
+        mark("i1", "job", false),
+        mark("i2", "job", false),
+        mark("i3", "other", false),
+        mark("i4", "job", false),
+    ])
+    .unwrap();
+    let mut states = SavedStates::new();
+    let ctx = |v: serde_json::Value| v.as_object().unwrap().clone();
+    for (m, n) in [("i1", 1), ("i2", 2), ("i3", 3)] {
+        states.insert(
+            Arc::from(m),
+            (Arc::from("s"), ctx(json!({ "n": n })), m == "i2"),
+        );
+    }
+    a.persist_batch(&states, &[]).unwrap();
+    let names = |v: &[turnstile_engine::store::MachineRecord]| {
+        v.iter().map(|r| r.machine_name.clone()).collect::<Vec<_>>()
+    };
+    let defs = ["job".to_owned(), "other".to_owned()];
+    // Another live process's instances are neither restored nor taken over elsewhere.
+    assert!(bb.claim_instances(&defs, None).unwrap().is_empty());
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    // Its owner restores its own, of the definitions asked for, with a state saved.
+    let own = a.claim_instances(&["job".to_owned()], None).unwrap();
+    assert_eq!(names(&own), ["i1", "i2"]);
+    assert_eq!(own[1].context, Some(json!({"n": 2})));
+    assert!(own[1].paused && !own[0].paused);
+    // Who runs an instance: the owner, live, with a saved state; unknown names and
+    // config machines are no instances.
+    let o = bb.instance_owner("i1", stale).unwrap().unwrap();
+    assert_eq!(
+        (o.instance_id.as_deref(), o.live, o.saved),
+        (Some("pa"), true, true)
+    );
+    let o = bb.instance_owner("i4", stale).unwrap().unwrap();
+    assert!(!o.saved);
+    a.save_state("config", "x", &serde_json::Map::new())
+        .unwrap();
+    assert_eq!(bb.instance_owner("config", stale).unwrap(), None);
+    assert_eq!(bb.instance_owner("nope", stale).unwrap(), None);
+    // Pending events of all of an owner's instances, in id order, in one read.
+    let e1 = bb.send_event(&ev("i1", "go", "")).unwrap();
+    let ex = bb.send_event(&ev("config", "go", "")).unwrap();
+    let e2 = bb.send_event(&ev("i2", "go", "")).unwrap();
+    let e3 = bb.send_event(&ev("i1", "more", "")).unwrap();
+    let ids =
+        |v: Vec<turnstile_engine::store::StoredEvent>| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(a.take_instance_events("pa", 10).unwrap()), [e1, e2, e3]);
+    assert_eq!(ids(a.take_instance_events("pa", 2).unwrap()), [e1, e2]);
+    assert!(bb.take_instance_events("pb", 10).unwrap().is_empty());
+    assert!(!ids(a.take_instance_events("pa", 10).unwrap()).contains(&ex));
+    a.mark_processed(&[e1]).unwrap();
+    assert_eq!(ids(a.take_instance_events("pa", 10).unwrap()), [e2, e3]);
+
+    // A dies (no heartbeat for longer than the stale limit); B and C stay live.
+    std::thread::sleep(stale + Duration::from_millis(300));
+    assert_eq!(bb.heartbeat_instance("pb", "1-b").unwrap(), Heartbeat::Ours);
+    assert_eq!(c.heartbeat_instance("pc", "1-c").unwrap(), Heartbeat::Ours);
+    let o = bb.instance_owner("i1", stale).unwrap().unwrap();
+    assert_eq!((o.live, o.saved), (false, true));
+    // B and C take over at once: each instance goes to one of them.
+    let barrier = Arc::new(Barrier::new(2));
+    let takers: Vec<_> = [bb.clone(), c.clone()]
+        .into_iter()
+        .map(|s| {
+            let (barrier, defs) = (barrier.clone(), defs.to_vec());
+            std::thread::spawn(move || {
+                barrier.wait();
+                s.claim_instances(&defs, Some(Duration::from_millis(1000)))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let taken: Vec<Vec<_>> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<String> = taken.iter().flat_map(|v| names(v)).collect();
+    all.sort();
+    assert_eq!(all, ["i1", "i2", "i3"], "{taken:?}");
+    // Nothing more to take; the new owner takes the pending events from the first
+    // unmarked one.
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    assert!(c.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    let i1_owner = if names(&taken[0]).contains(&"i1".to_owned()) {
+        ("pb", &bb)
+    } else {
+        ("pc", &c)
+    };
+    let theirs = ids(i1_owner.1.take_instance_events(i1_owner.0, 10).unwrap());
+    assert!(theirs.contains(&e3) && !theirs.contains(&e1), "{theirs:?}");
+    assert!(a.take_instance_events("pa", 10).unwrap().is_empty());
+    // The old owner, come back, restores none of them, and its writes to them are not
+    // written: a state save, a retirement.
+    assert!(a.claim_instances(&defs, None).unwrap().is_empty());
+    a.save_state("i1", "stale", &serde_json::Map::new())
+        .unwrap();
+    a.mark_instances(&[mark("i1", "job", true)]).unwrap();
+    let i1 = a.load_state("i1").unwrap().unwrap();
+    assert_eq!(i1.current_state.as_deref(), Some("s"));
+    assert_eq!(i1.instance_id.as_deref(), Some(i1_owner.0));
+    assert!(!i1.retired);
+    // Its owner's own writes are.
+    i1_owner
+        .1
+        .mark_instances(&[mark("i1", "job", true)])
+        .unwrap();
+    assert!(a.load_state("i1").unwrap().unwrap().retired);
 }
