@@ -48,14 +48,16 @@ const CLAIM_OWN: &str = "
     RETURNING ";
 
 /// Takes live instances of definitions `$2` for `$1` from owners whose heartbeat is older
-/// than `$3` ms. Run at once by several processes, the second to reach a row re-checks it
-/// after the first's commit, finds a live owner, and leaves it.
+/// than `$3` ms (found in the small `turnstile_instances`, then their rows by the owner
+/// index: the live owners' instances are not read). Run at once by several processes, the
+/// second to reach a row re-checks it after the first's commit, finds a live owner, and
+/// leaves it.
 const CLAIM_DEAD: &str = "
-    UPDATE machine_state m SET instance_id = $1
+    UPDATE machine_state SET instance_id = $1
     WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
-        AND instance_id <> $1
-        AND EXISTS (SELECT 1 FROM turnstile_instances i WHERE i.instance_id = m.instance_id
-            AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond')
+        AND instance_id IN (SELECT i.instance_id FROM turnstile_instances i
+            WHERE i.instance_id <> $1
+                AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond')
     RETURNING ";
 
 impl StateStore for PgStore {

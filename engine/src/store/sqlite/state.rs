@@ -47,9 +47,9 @@ const CLAIM_OWN: &str = "UPDATE machine_state SET instance_id = ?1
 /// than `?3` (ms since the epoch); the write lock makes it one taker per instance.
 const CLAIM_DEAD: &str = "UPDATE machine_state SET instance_id = ?1
     WHERE definition IN (SELECT value FROM json_each(?2)) AND retired = 0
-        AND current_state IS NOT NULL AND instance_id <> ?1
-        AND EXISTS (SELECT 1 FROM turnstile_instances i
-            WHERE i.instance_id = machine_state.instance_id AND i.heartbeat_at < ?3)
+        AND current_state IS NOT NULL
+        AND instance_id IN (SELECT i.instance_id FROM turnstile_instances i
+            WHERE i.instance_id <> ?1 AND i.heartbeat_at < ?3)
     RETURNING ";
 
 impl StateStore for SqliteStore {
