@@ -50,11 +50,33 @@ pub fn start(
     }
 }
 
-/// With `--persist` and a registered `--instance-id` (its heartbeat is what keeps this
-/// process's instances its own): takes over the instances of dead processes from now on.
-pub fn adopt(bridge: Option<&EventBridge>, persist_and_chosen: bool) {
-    if let Some(b) = bridge.filter(|_| persist_and_chosen) {
-        b.adopt_instances();
+/// With `--persist`: takes over from now on the instances other processes released at a
+/// clean exit and, with a registered `--instance-id` (`chosen`: its heartbeat is what
+/// keeps this process's instances its own), those of dead processes.
+pub fn adopt(bridge: Option<&EventBridge>, persist: bool, chosen: bool) {
+    if let Some(b) = bridge.filter(|_| persist) {
+        b.adopt_instances(chosen);
+    }
+}
+
+/// At a clean exit with `--persist`, once the machines stopped (`done`: all of them, and
+/// their states saved): gives up this process's live instances, which another process
+/// with their definition takes over (or the next one to start). Not done, they stay this
+/// process's (they run again when it starts again with this id): never two runners.
+/// Blocking.
+pub fn release_instances(persist: &Persister, done: bool) {
+    if !done {
+        tracing::warn!(target: "turnstile::store", "machines still running or states not saved at exit: this process's instances are not released (they run again when it starts again with this instance id)");
+        return;
+    }
+    match persist.store().release_instances() {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(target: "turnstile::store", instances = n, "instances released for another process to take over")
+        }
+        Err(e) => {
+            tracing::warn!(target: "turnstile::store", "cannot release this process's instances ({e}): they run again when it starts again with this instance id")
+        }
     }
 }
 

@@ -331,7 +331,7 @@ async fn run_machines(
     // With `--persist`: the instances started at run time before a restart, live again
     // (of the definitions just loaded; this process's own, not another live process's).
     engine.restore_instances();
-    crate::bridge::adopt(bridge.as_ref(), opts.persist.is_some() && chosen_id);
+    crate::bridge::adopt(bridge.as_ref(), opts.persist.is_some(), chosen_id);
     let signals = opts.signals;
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
@@ -367,8 +367,18 @@ async fn run_machines(
     }
     crate::bridge::stop(bridge).await;
     if let Some(p) = &opts.persist {
+        // Every machine stopped (not one still running past --stop-timeout) and every
+        // state saved: this process's live instances are released for another process
+        // (or the next one to start) to take over.
+        let stopped = tokio::time::timeout(Duration::ZERO, engine.join())
+            .await
+            .is_ok();
         let p = p.clone();
-        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let saved = p.flush(Duration::from_secs(5));
+            crate::bridge::release_instances(&p, stopped && saved);
+        })
+        .await;
     }
     code
 }

@@ -900,3 +900,123 @@ fn instances_are_reached_from_any_process_and_taken_over_after_sigkill() {
     assert_eq!(machine_at(a_addr, "order-1").0, 404);
     stop_all(&mut [a, b]);
 }
+
+/// Instance names are one store's, not one process's: a name another live process's
+/// instance has is refused (409, as a local clash), generated names skip the names other
+/// processes took. A clean exit (SIGTERM) releases the process's instances: the other
+/// process takes them over within a lease, in their saved state, and the events sent
+/// meanwhile are processed there once each, in order.
+#[test]
+fn instance_names_are_unique_across_processes_and_a_clean_exit_hands_instances_over() {
+    const LEASE: f64 = 2.0;
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let lease = LEASE.to_string();
+    let start = |id: &'static str| {
+        let o = ["--persist", "--instance-id", id, "--job-lease", &lease];
+        let mut p = worker(&config, &url, &o);
+        let addr = p.sidecar_addr(LIMIT);
+        kit::wait_until("ready", LIMIT, || readyz(addr).0 == 200);
+        (p, addr)
+    };
+    let (mut a, a_addr) = start("pgn-a");
+    let (b, b_addr) = start("pgn-b");
+
+    let (st, body) = post_at(
+        a_addr,
+        "/machines",
+        &json!({"definition": "steps", "name": "order-9", "context": {"n": 9}}),
+    );
+    assert_eq!(st, 201, "{body}");
+    // The same name in B: refused as a local clash is, nothing started there.
+    let (st, body) = post_at(
+        b_addr,
+        "/machines",
+        &json!({"definition": "steps", "name": "order-9"}),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(
+        body["error"]["message"], "a machine named `order-9` is already running",
+        "{body}"
+    );
+    assert_eq!(machine_at(b_addr, "order-9").0, 404);
+    // Generated names: each process counts from 1, none is given twice.
+    let mut names = BTreeSet::new();
+    for addr in [a_addr, a_addr, b_addr, b_addr, a_addr] {
+        let (st, body) = post_at(addr, "/machines", &json!({"definition": "steps"}));
+        assert_eq!(st, 201, "{body}");
+        let name = body["name"].as_str().unwrap().to_owned();
+        assert!(names.insert(name.clone()), "{name} given twice: {names:?}");
+    }
+    let owners = "SELECT count(DISTINCT instance_id) FROM machine_state
+        WHERE machine_name LIKE 'steps-%' AND NOT retired";
+    kit::wait_until("generated instances owned by both", LIMIT, || {
+        num(server, &url, owners) == 2
+    });
+    let a_generated: Vec<String> = names
+        .iter()
+        .filter(|n| machine_at(a_addr, n).0 == 200)
+        .cloned()
+        .collect();
+    assert_eq!(a_generated.len(), 3, "{names:?}");
+    // Through B, to A; saved.
+    let (st, body) = post_at(b_addr, "/machines/order-9/events", &json!({"type": "a"}));
+    assert_eq!(st, 202, "{body}");
+    let saved = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-9'
+        AND current_state = 's1' AND instance_id = 'pgn-a'";
+    kit::wait_until("s1 saved by A", LIMIT, || num(server, &url, saved) == 1);
+
+    a.signal("TERM");
+    let stopped = Instant::now();
+    let (st, _) = a.finish(LIMIT);
+    assert!(st.success(), "{}", a.log());
+    // Meanwhile: events for it wait in the store.
+    for ev in ["b", "c"] {
+        let (st, body) = post_at(b_addr, "/machines/order-9/events", &json!({"type": ev}));
+        assert_eq!(st, 202, "{ev}: {body}");
+    }
+    kit::wait_until("B took order-9 over", LIMIT, || {
+        machine_at(b_addr, "order-9").0 == 200
+    });
+    let took = stopped.elapsed();
+    eprintln!("instance taken over after a clean exit: {took:?} (lease {LEASE} s)");
+    assert!(
+        took <= Duration::from_secs_f64(LEASE),
+        "taken over after {took:?}, more than a lease"
+    );
+    kit::wait_until("order-9 in s3 in B", LIMIT, || {
+        machine_at(b_addr, "order-9").1["state"] == "s3"
+    });
+    let (_, m) = machine_at(b_addr, "order-9");
+    assert_eq!(m["context"], json!({"n": 9, "visited_s1": true}), "{m:#}");
+    for n in &a_generated {
+        kit::wait_until("A's generated instances in B", LIMIT, || {
+            machine_at(b_addr, n).0 == 200
+        });
+    }
+    let audit = |from: &str, to: &str| {
+        num(
+            server,
+            &url,
+            &format!(
+                "SELECT count(*) FROM transitions WHERE machine_name = 'order-9'
+                    AND from_state = '{from}' AND to_state = '{to}'"
+            ),
+        )
+    };
+    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
+    assert_eq!(
+        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
+        (1, 1, 1)
+    );
+    let pending = "SELECT count(*) FROM machine_events WHERE target_machine = 'order-9'
+        AND status = 'pending'";
+    assert_eq!(num(server, &url, pending), 0);
+    let mine = "SELECT count(*) FROM machine_state WHERE definition = 'steps'
+        AND NOT retired AND instance_id = 'pgn-b'";
+    assert_eq!(num(server, &url, mine), 6);
+    stop_all(&mut [b]);
+}

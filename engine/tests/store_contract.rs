@@ -89,6 +89,7 @@ contract!(
     saved_states_name_the_instance_that_saved_them,
     instances_are_marked_live_then_retired_apart_from_their_state,
     instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one,
+    instance_names_are_held_across_processes_and_released_at_a_clean_exit,
     a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
     batch_claims_take_each_job_once_across_racing_stores,
     buffered_jobs_are_held_renewed_and_given_back_by_release_held,
@@ -1804,4 +1805,132 @@ fn instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one(b: &
         .mark_instances(&[mark("i1", "job", true)])
         .unwrap();
     assert!(a.load_state("i1").unwrap().unwrap().retired);
+}
+
+fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Backend) {
+    use turnstile_engine::store::{InstanceMark, SavedStates};
+    let stale = Duration::from_millis(1000);
+    let open = |id: &str| {
+        b.open(StoreOptions {
+            instance_id: Some(id.into()),
+            ..no_renew(1000)
+        })
+    };
+    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
+    a.register_instance("pa", "1-a", stale).unwrap();
+    bb.register_instance("pb", "1-b", stale).unwrap();
+    c.register_instance("pc", "1-c", stale).unwrap();
+    // A free name is taken; its owner takes it again (a restart), another live process not
+    // (started, no state saved yet: its owner is live).
+    assert!(a.claim_instance_name("n1", "job").unwrap());
+    assert!(a.claim_instance_name("n1", "job").unwrap());
+    assert!(!bb.claim_instance_name("n1", "job").unwrap());
+    let n1 = a.load_state("n1").unwrap().unwrap();
+    assert_eq!(
+        (
+            n1.instance_id.as_deref(),
+            n1.definition.as_deref(),
+            n1.retired
+        ),
+        (Some("pa"), Some("job"), false)
+    );
+    // A config machine's state row (no definition) and a retired instance are free.
+    a.save_state("cfg", "x", &serde_json::Map::new()).unwrap();
+    assert!(bb.claim_instance_name("cfg", "job").unwrap());
+    a.mark_instances(&[InstanceMark {
+        machine: Arc::from("n1"),
+        definition: Arc::from("job"),
+        retired: true,
+    }])
+    .unwrap();
+    assert!(bb.claim_instance_name("n1", "job").unwrap());
+    assert_eq!(
+        a.load_state("n1").unwrap().unwrap().instance_id.as_deref(),
+        Some("pb")
+    );
+    // Two processes taking one name at once: one wins.
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = [bb.clone(), c.clone()]
+            .into_iter()
+            .map(|s| {
+                let (barrier, name) = (barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.claim_instance_name(&name, "job").unwrap()
+                })
+            })
+            .collect();
+        let won: Vec<bool> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{name}: {won:?}");
+    }
+    // A's saved instance i1 and never-saved i2; a clean exit releases the live ones only
+    // (not B's, not a retired one).
+    assert!(a.claim_instance_name("i1", "job").unwrap());
+    assert!(a.claim_instance_name("i2", "job").unwrap());
+    assert!(a.claim_instance_name("i3", "job").unwrap());
+    let mut states = SavedStates::new();
+    for m in ["i1", "i3"] {
+        states.insert(
+            Arc::from(m),
+            (Arc::from("s"), serde_json::Map::new(), false),
+        );
+    }
+    a.persist_batch(&states, &[]).unwrap();
+    a.mark_instances(&[InstanceMark {
+        machine: Arc::from("i3"),
+        definition: Arc::from("job"),
+        retired: true,
+    }])
+    .unwrap();
+    assert_eq!(a.release_instances().unwrap(), 2);
+    assert_eq!(a.load_state("i1").unwrap().unwrap().instance_id, None);
+    assert_eq!(
+        a.load_state("i3").unwrap().unwrap().instance_id.as_deref(),
+        Some("pa")
+    );
+    a.unregister_instance("pa", "1-a").unwrap();
+    // A released instance with a state holds its name (it waits for a taker); one never
+    // saved does not (nothing would run it).
+    assert!(!c.claim_instance_name("i1", "job").unwrap());
+    assert!(c.claim_instance_name("i2", "job").unwrap());
+    // A live process with the definition takes the released one over at its next look
+    // (no owner to judge dead); one of two at once; then nothing is left to take.
+    let defs = ["job".to_owned()];
+    let barrier = Arc::new(Barrier::new(2));
+    let takers: Vec<_> = [bb.clone(), c.clone()]
+        .into_iter()
+        .map(|s| {
+            let (barrier, defs) = (barrier.clone(), defs.to_vec());
+            std::thread::spawn(move || {
+                barrier.wait();
+                s.claim_instances(&defs, Some(Duration::from_secs(3600)))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let taken: Vec<String> = takers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|r| r.machine_name)
+        .collect();
+    assert_eq!(taken, ["i1"]);
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    // With no live process left, the next one to start restores released instances.
+    let d = open("pd");
+    assert!(d.claim_instances(&defs, None).unwrap().is_empty());
+    let owner = a.load_state("i1").unwrap().unwrap().instance_id.unwrap();
+    let holder = if owner == "pb" { &bb } else { &c };
+    assert!(holder.release_instances().unwrap() >= 1);
+    let restored = d.claim_instances(&defs, None).unwrap();
+    assert!(
+        restored.iter().any(|r| r.machine_name == "i1"),
+        "{restored:?}"
+    );
+    // A dead owner's never-saved instance frees its name; a saved one's holds it.
+    assert!(bb.claim_instance_name("dead-a", "job").unwrap());
+    std::thread::sleep(stale + Duration::from_millis(300));
+    assert_eq!(c.heartbeat_instance("pc", "1-c").unwrap(), Heartbeat::Ours);
+    assert!(c.claim_instance_name("dead-a", "job").unwrap());
 }

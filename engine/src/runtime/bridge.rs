@@ -40,13 +40,15 @@
 //!   each into its instance without waiting: an instance whose queue is full, or that is
 //!   not started yet, has its events taken again at the next look, after the ones queued
 //!   (its order kept), while the other instances' events go on. Marked as above.
-//! - Takeover ([`EventBridge::adopt_instances`], for a process with a registered
-//!   `--instance-id` and a persister): every third of the lease the same task claims the
-//!   instances, of the definitions loaded here, whose owner's `turnstile_instances`
-//!   heartbeat is older than the lease ([`Engine::adopt_instances`]: one conditional
-//!   `UPDATE`, one taker per instance), and starts them from their saved state; their
-//!   pending events are then this process's to take. An owner that stopped cleanly
-//!   (its row deleted) keeps its instances until it starts again.
+//! - Takeover ([`EventBridge::adopt_instances`], for a process with a persister): every
+//!   third of the lease the same task claims the instances, of the definitions loaded
+//!   here, that a process released at its clean exit (no owner) and, with a registered
+//!   `--instance-id`, those whose owner's `turnstile_instances` heartbeat is older than
+//!   the lease ([`Engine::adopt_instances`]: one conditional `UPDATE`, one taker per
+//!   instance), and starts them from their saved state; their pending events are then
+//!   this process's to take. A process releases its instances
+//!   ([`crate::store::StateStore::release_instances`]) only after they stopped and their
+//!   states were saved: never two runners at once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -96,8 +98,10 @@ struct Inner {
     /// Singletons configured here: events for them go through the store when this
     /// process does not run them.
     singletons: HashSet<String>,
-    /// Take over dead processes' instances ([`EventBridge::adopt_instances`]).
+    /// Take over released instances ([`EventBridge::adopt_instances`]).
     adopt: std::sync::atomic::AtomicBool,
+    /// ... and dead processes' instances.
+    adopt_dead: std::sync::atomic::AtomicBool,
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
@@ -148,6 +152,7 @@ impl EventBridge {
             local: Mutex::new(FxHashMap::default()),
             singletons: singletons.into_iter().collect(),
             adopt: std::sync::atomic::AtomicBool::new(false),
+            adopt_dead: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             cancel: CancellationToken::new(),
         });
@@ -168,11 +173,15 @@ impl EventBridge {
         Ok(Self { inner })
     }
 
-    /// From now on, takes over every third of the lease the instances of dead processes
-    /// (see the module docs). Only for a process whose instance id is registered in the
-    /// store (its own heartbeat is what keeps them its own) and with a persister (nothing
-    /// to start them from otherwise: without one, this does nothing).
-    pub fn adopt_instances(&self) {
+    /// From now on, takes over every third of the lease the instances other processes
+    /// released at a clean exit and, with `dead`, those of dead processes (see the module
+    /// docs). `dead` only for a process whose instance id is registered in the store (its
+    /// own heartbeat is what keeps them its own). Needs a persister (nothing to start
+    /// them from otherwise: without one, this does nothing).
+    pub fn adopt_instances(&self, dead: bool) {
+        self.inner
+            .adopt_dead
+            .store(dead, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .adopt
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -500,7 +509,14 @@ async fn instances(inner: Arc<Inner>) {
             && tokio::time::Instant::now() >= next_adopt
         {
             next_adopt = tokio::time::Instant::now() + inner.lease / 3;
-            let (engine, lease) = (inner.engine.clone(), inner.lease);
+            // Without `dead`: an owner is never judged dead (no heartbeat is a century old),
+            // only released instances are taken.
+            let lease = if inner.adopt_dead.load(std::sync::atomic::Ordering::Relaxed) {
+                inner.lease
+            } else {
+                Duration::from_secs(100 * 365 * 24 * 3600)
+            };
+            let engine = inner.engine.clone();
             // Launching needs the runtime: off the async threads, with its handle.
             let handle = inner.runtime.clone();
             let taken = tokio::task::spawn_blocking(move || {
@@ -510,7 +526,7 @@ async fn instances(inner: Arc<Inner>) {
             .await
             .unwrap_or_default();
             if !taken.is_empty() {
-                tracing::info!(target: "turnstile::events", count = taken.len(), "took over the instances of a process whose heartbeat is older than the lease");
+                tracing::info!(target: "turnstile::events", count = taken.len(), "took over instances released at a clean exit or of a process whose heartbeat is older than the lease");
             }
         }
         let (s, owner) = (inner.store.clone(), inner.instance_id.clone());

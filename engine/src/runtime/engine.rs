@@ -1021,17 +1021,22 @@ impl Engine {
         if self.is_singleton(&def) {
             return Err(StartError::Singleton(definition.to_owned()));
         }
+        // A restored instance's name was claimed with it (claim_instances).
+        let claim = restored.is_none();
         let shared = match name {
             Some(n) => {
                 StartError::check_name(n)?;
                 let n: Arc<str> = Arc::from(n);
                 let taken = || StartError::NameTaken(n.to_string());
-                if self.supervised(&n).is_some() {
+                if self.supervised(&n).is_some()
+                    || (claim && self.running_machine(&n).is_some())
+                    || (claim && !self.claim_name(&n, &def.name)?)
+                {
                     return Err(taken());
                 }
                 self.route(&def, n.clone(), true).ok_or_else(taken)?
             }
-            None => self.generated(&def),
+            None => self.generated(&def)?,
         };
         let name = shared.name.clone();
         let def_name = def.name.clone();
@@ -1057,16 +1062,39 @@ impl Engine {
         Ok(name)
     }
 
-    /// An instance of `def` under a free generated name (`definition-N`), routed.
-    fn generated(&self, def: &Arc<MachineDef>) -> Arc<Shared> {
+    /// With a persister: takes `name` for an instance of `definition` in the store (one
+    /// conditional write: false when another process's instance holds it,
+    /// [`crate::store::StateStore::claim_instance_name`]). Without one, every name is free.
+    fn claim_name(&self, name: &str, definition: &str) -> Result<bool, StartError> {
+        let Some(p) = &self.inner.persist else {
+            return Ok(true);
+        };
+        p.store()
+            .claim_instance_name(name, definition)
+            .map_err(|e| StartError::Store(name.to_owned(), e.to_string()))
+    }
+
+    /// An instance of `def` under a free generated name (`definition-N`), routed. With a
+    /// persister a name another process's instance holds in the store is skipped, the
+    /// counter jumping ahead by doubling steps (another process's run of generated names
+    /// costs a few store writes to pass, not one per name).
+    fn generated(&self, def: &Arc<MachineDef>) -> Result<Arc<Shared>, StartError> {
+        let mut skip: u64 = 1;
         loop {
             let n = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
             let name: Arc<str> = Arc::from(format!("{}-{n}", def.name));
-            if self.supervised(&name).is_some() {
+            if self.supervised(&name).is_some() || self.running_machine(&name).is_some() {
+                continue;
+            }
+            if !self.claim_name(&name, &def.name)? {
+                self.inner
+                    .next_instance
+                    .fetch_max(n.saturating_add(skip), Ordering::Relaxed);
+                skip = skip.saturating_mul(2);
                 continue;
             }
             if let Some(shared) = self.route(def, name, true) {
-                return shared;
+                return Ok(shared);
             }
         }
     }

@@ -47,18 +47,38 @@ const CLAIM_OWN: &str = "
         AND (instance_id IS NULL OR instance_id = $1)
     RETURNING ";
 
-/// Takes live instances of definitions `$2` for `$1` from owners whose heartbeat is older
-/// than `$3` ms (found in the small `turnstile_instances`, then their rows by the owner
-/// index: the live owners' instances are not read). Run at once by several processes, the
-/// second to reach a row re-checks it after the first's commit, finds a live owner, and
-/// leaves it.
+/// Takes live instances of definitions `$2` for `$1`: released ones (no owner, after a
+/// clean exit) and those of owners whose heartbeat is older than `$3` ms (found in the
+/// small `turnstile_instances`, then their rows by the owner index: the live owners'
+/// instances are not read). Run at once by several processes, the second to reach a row
+/// re-checks it after the first's commit, finds it owned, and leaves it.
 const CLAIM_DEAD: &str = "
     UPDATE machine_state SET instance_id = $1
     WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
-        AND instance_id IN (SELECT i.instance_id FROM turnstile_instances i
-            WHERE i.instance_id <> $1
-                AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond')
+        AND (instance_id IS NULL OR instance_id IN (SELECT i.instance_id
+            FROM turnstile_instances i WHERE i.instance_id <> $1
+                AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond'))
     RETURNING ";
+
+/// Takes the name `$1` for a new instance of `$2` owned by `$3`, unless another process's
+/// instance holds it: a state is saved, or its owner is not known dead (a heartbeat older
+/// than `$4` ms)
+/// (see [`StateStore::claim_instance_name`]). Two processes inserting one name at once:
+/// the second waits for the first's commit and re-checks the row it then conflicts with.
+const CLAIM_NAME: &str = "
+    INSERT INTO machine_state AS m (machine_name, definition, retired, instance_id)
+    VALUES ($1, $2, false, $3)
+    ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
+        retired = false, instance_id = excluded.instance_id
+    WHERE m.definition IS NULL OR m.retired OR m.instance_id = excluded.instance_id
+        OR (m.current_state IS NULL AND (m.instance_id IS NULL
+            OR EXISTS (SELECT 1 FROM turnstile_instances i WHERE i.instance_id = m.instance_id
+                AND i.heartbeat_at < clock_timestamp() - $4 * interval '1 millisecond')))";
+
+/// Gives up `$1`'s live instances (a clean exit).
+const RELEASE: &str = "
+    UPDATE machine_state SET instance_id = NULL
+    WHERE instance_id = $1 AND definition IS NOT NULL AND NOT retired";
 
 impl StateStore for PgStore {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
@@ -103,6 +123,34 @@ impl StateStore for PgStore {
 
     fn saver_id(&self) -> Option<&str> {
         self.inner.opts.instance_id.as_deref()
+    }
+
+    fn claim_instance_name(&self, machine: &str, definition: &str) -> Result<bool, StoreError> {
+        let pool = self.inner.pool.clone();
+        let owner = self.inner.opts.instance_id.clone();
+        let lease = crate::store::instances::ms(self.inner.opts.lease) as f64;
+        let (m, d) = (machine.to_owned(), definition.to_owned());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(CLAIM_NAME).await.map_err(pg_error)?;
+            let n = c
+                .execute(&st, &[&m, &d, &owner, &lease])
+                .await
+                .map_err(pg_error)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release_instances(&self) -> Result<usize, StoreError> {
+        let pool = self.inner.pool.clone();
+        let Some(owner) = self.inner.opts.instance_id.clone() else {
+            return Ok(0);
+        };
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let n = c.execute(RELEASE, &[&owner]).await.map_err(pg_error)?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
     }
 
     fn claim_instances(
