@@ -301,10 +301,15 @@ transitions:
 /// Events another process writes into the store for the instances this process owns reach
 /// each instance in order, though its queue holds one event (the instances' task queues
 /// without waiting and takes an instance's later events again after the ones queued), and
-/// are all marked processed.
+/// are all marked processed. One instance is paused meanwhile, its one-slot queue held
+/// full: the others' events go on past its refused ones, and once resumed it takes its
+/// own in order. (That an instance's later events are not queued ahead of a refused one
+/// when its queue frees up during a look is the bridge's unit test `queue_pass`: the
+/// moment cannot be forced from here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_s_events_reach_each_instance_in_order_through_a_full_queue() {
     use turnstile_engine::runtime::bridge::EventBridge;
+    use turnstile_engine::runtime::live::LiveOp;
     use turnstile_engine::store::{EventStore, InstanceStore, JobStore, NewEvent, StoreOptions};
     const N: usize = 20;
     let dir = tempfile::tempdir().unwrap();
@@ -340,6 +345,7 @@ async fn another_process_s_events_reach_each_instance_in_order_through_a_full_qu
             .start_instance("chain", Some(&format!("i{i}")), serde_json::Map::new())
             .unwrap();
     }
+    engine.control("i0", LiveOp::Pause).await.unwrap();
     assert!(p.flush(WAIT));
     let owner = other.instance_owner("i3", stale).unwrap().unwrap();
     assert_eq!(
@@ -358,9 +364,18 @@ async fn another_process_s_events_reach_each_instance_in_order_through_a_full_qu
                 .unwrap();
         }
     }
-    for i in 0..N {
+    for i in 1..N {
         wait_for_state(&engine, &format!("i{i}"), "s4", WAIT).await;
     }
+    // The paused one: still in its first state, its four events pending (one queued).
+    assert_eq!(&*engine.machine("i0").unwrap().state, "s0");
+    support::wait::eventually("only i0's four events pending", || {
+        mine.queue_health().unwrap().events_pending == 4
+    })
+    .await;
+    assert_eq!(&*engine.machine("i0").unwrap().state, "s0");
+    engine.control("i0", LiveOp::Resume).await.unwrap();
+    wait_for_state(&engine, "i0", "s4", WAIT).await;
     support::wait::eventually("every event marked", || {
         mine.queue_health().unwrap().events_pending == 0
     })

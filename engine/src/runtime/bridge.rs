@@ -494,6 +494,48 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken
     }
 }
 
+/// One look of the instances' task: queues `events` (one read of this process's
+/// instances' pending events, in id order) through `send` (the engine's `try_send`),
+/// skipping those `queued` already holds (queued and not marked yet) and updating it. An
+/// instance whose event is refused (queue full, not started yet, retired) has its later
+/// events in this look left for the next one, after that one: its order is kept even when
+/// its queue frees up during the look. True when the task should look again soon
+/// (something queued and not marked yet, or left behind).
+fn queue_pass(
+    events: Vec<StoredEvent>,
+    queued: &mut HashSet<i64>,
+    mut send: impl FnMut(&str, StoredEvent) -> Result<(), SendError>,
+) -> bool {
+    let complete = events.len() < WINDOW;
+    let last = events.last().map_or(i64::MIN, |e| e.id);
+    let listed: HashSet<i64> = events.iter().map(|e| e.id).collect();
+    queued.retain(|id| listed.contains(id) || (!complete && *id > last));
+    // Instances with an event left behind in this look: their later events wait for the
+    // next one (their order kept).
+    let mut behind: HashSet<String> = HashSet::new();
+    for e in events {
+        if queued.contains(&e.id) || behind.contains(&e.target) {
+            continue;
+        }
+        if queued.len() >= WINDOW {
+            behind.insert(e.target.clone());
+            break;
+        }
+        let (id, target) = (e.id, e.target.clone());
+        match send(&target, e) {
+            Ok(()) => {
+                queued.insert(id);
+            }
+            // Queue full or not started yet; or retired (its mark not written yet): left
+            // pending.
+            Err(SendError::QueueFull(_) | SendError::UnknownMachine(_) | SendError::Stopped(_)) => {
+                behind.insert(target);
+            }
+        }
+    }
+    !queued.is_empty() || !behind.is_empty()
+}
+
 /// The instances' task (with a persister): takes the pending events of every instance this
 /// process owns and queues them, and takes over dead processes' instances when asked
 /// (see the module docs).
@@ -533,36 +575,10 @@ async fn instances(inner: Arc<Inner>) {
         let mut wait = inner.lease / 3;
         match blocking(move || s.take_instance_events(&owner, WINDOW)).await {
             Ok(events) => {
-                let complete = events.len() < WINDOW;
-                let last = events.last().map_or(i64::MIN, |e| e.id);
-                let listed: HashSet<i64> = events.iter().map(|e| e.id).collect();
-                queued.retain(|id| listed.contains(id) || (!complete && *id > last));
-                // Instances with an event left behind in this look: their later events wait
-                // for the next one (their order kept).
-                let mut behind: HashSet<String> = HashSet::new();
-                for e in events {
-                    if queued.contains(&e.id) || behind.contains(&e.target) {
-                        continue;
-                    }
-                    if queued.len() >= WINDOW {
-                        behind.insert(e.target.clone());
-                        break;
-                    }
-                    let (id, target) = (e.id, e.target.clone());
-                    match inner.engine.try_send(&target, to_event(e)) {
-                        Ok(()) => {
-                            queued.insert(id);
-                        }
-                        Err(SendError::QueueFull(_)) | Err(SendError::UnknownMachine(_)) => {
-                            behind.insert(target);
-                        }
-                        Err(SendError::Stopped(_)) => {
-                            // Retired (its mark not written yet): left pending.
-                            behind.insert(target);
-                        }
-                    }
-                }
-                if !queued.is_empty() || !behind.is_empty() {
+                let busy = queue_pass(events, &mut queued, |target, e| {
+                    inner.engine.try_send(target, to_event(e))
+                });
+                if busy {
                     wait = Duration::from_millis(20);
                 }
             }
@@ -579,6 +595,84 @@ async fn instances(inner: Arc<Inner>) {
             () = &mut notified => {}
             () = inner.adopt_wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ev(id: i64, target: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            source: None,
+            target: target.into(),
+            event_type: format!("e{id}"),
+            job_id: None,
+            payload: None,
+            traceparent: None,
+        }
+    }
+
+    /// An instance whose queue is full at its first event of a look and has room again by
+    /// its next one (its task took an event meanwhile): that next event is not queued ahead
+    /// of the refused one; the other instances' events go on; the next look queues the
+    /// refused one first.
+    #[test]
+    fn a_refused_event_holds_back_its_instance_s_later_events_in_the_look() {
+        let events = || vec![ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "b"), ev(5, "a")];
+        let mut queued = HashSet::new();
+        let mut sent: Vec<i64> = Vec::new();
+        // `a`'s queue is full for its first try only.
+        let mut a_full = true;
+        let busy = queue_pass(events(), &mut queued, |target, e| {
+            if target == "a" && std::mem::take(&mut a_full) {
+                return Err(SendError::QueueFull(target.into()));
+            }
+            sent.push(e.id);
+            Ok(())
+        });
+        assert!(busy);
+        assert_eq!(sent, [2, 4], "a's events 3 and 5 wait behind 1");
+        // The next look: a's events in order; b's (queued, not marked) not again.
+        sent.clear();
+        queue_pass(events(), &mut queued, |_, e| {
+            sent.push(e.id);
+            Ok(())
+        });
+        assert_eq!(sent, [1, 3, 5]);
+        // Marked ones drop out of `queued`; nothing left: not busy once all are marked.
+        assert!(!queue_pass(Vec::new(), &mut queued, |_, _| Ok(())));
+        assert!(queued.is_empty());
+    }
+
+    /// Not started yet or retired: held back the same way.
+    #[test]
+    fn an_unknown_or_stopped_instance_holds_back_its_later_events() {
+        let refusals: [fn() -> SendError; 2] = [
+            || SendError::UnknownMachine("a".into()),
+            || SendError::Stopped("a".into()),
+        ];
+        for refusal in refusals {
+            let refusal = refusal();
+            let label = refusal.to_string();
+            let mut queued = HashSet::new();
+            let mut sent = Vec::new();
+            let mut first = Some(refusal);
+            queue_pass(
+                vec![ev(1, "a"), ev(2, "a"), ev(3, "b")],
+                &mut queued,
+                |_, e| {
+                    if let Some(r) = first.take() {
+                        return Err(r);
+                    }
+                    sent.push(e.id);
+                    Ok(())
+                },
+            );
+            assert_eq!(sent, [3], "{label}");
         }
     }
 }

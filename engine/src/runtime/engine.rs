@@ -905,7 +905,10 @@ impl Engine {
     /// (top-level keys replace the definition's). The instance shares the compiled
     /// definition (and its reloads) with the machine of that name and every other
     /// instance; it has its own name, queue, context and state, and is reachable by name
-    /// like any machine. With a persister its state is saved under its name after each
+    /// like any machine. With a persister the name is first taken in the store, where it is
+    /// unique across the processes sharing it (refused with [`StartError::NameTaken`] when
+    /// another process's instance holds it: [`crate::store::StateStore::claim_instance_name`]),
+    /// and its state is saved under its name after each
     /// transition (it starts from the initial state: a saved state of that name is not
     /// restored), and the store records it as a live instance of its definition until it
     /// is retired ([`Self::restore_instances`] starts the live ones after a restart). When

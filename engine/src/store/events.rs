@@ -32,8 +32,11 @@
 //!   process). [`EventStore::instance_owner`] answers who runs an instance;
 //!   [`EventStore::take_instance_events`] hands one process the pending events of every
 //!   instance it owns, in id order, with no consumer lease (an instance has one owner);
-//!   [`super::StateStore::claim_instances`] moves instances to a process: its own at start,
-//!   a dead owner's by a survivor (a conditional `UPDATE`: exactly one taker).
+//!   [`super::StateStore::claim_instances`] moves instances to a process: its own and
+//!   released ones at start, released ones and a dead owner's by a survivor (a conditional
+//!   `UPDATE`: exactly one taker); [`super::StateStore::release_instances`] clears the
+//!   owner at a clean exit; [`super::StateStore::claim_instance_name`] keeps a name unique
+//!   across processes.
 
 use std::time::Duration;
 
