@@ -65,9 +65,15 @@ const CLAIM_DEAD: &str = "
 /// than `$4` ms)
 /// (see [`StateStore::claim_instance_name`]). Two processes inserting one name at once:
 /// the second waits for the first's commit and re-checks the row it then conflicts with.
+/// One statement (one round trip) whose commit does not wait for the WAL flush
+/// (`synchronous_commit` off for its own transaction): the claim is seen by every other
+/// transaction at its commit all the same (one winner), and the instance's start mark,
+/// written durably in the persister's batch, records it again; a server crash in between
+/// loses only a claim whose start mark was not written yet.
 const CLAIM_NAME: &str = "
+    WITH quick AS (SELECT set_config('synchronous_commit', 'off', true))
     INSERT INTO machine_state AS m (machine_name, definition, retired, instance_id)
-    VALUES ($1, $2, false, $3)
+    SELECT $1, $2, false, $3 FROM quick
     ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
         retired = false, instance_id = excluded.instance_id
     WHERE m.definition IS NULL OR m.retired OR m.instance_id = excluded.instance_id
