@@ -10,6 +10,8 @@
 #   bench/instances.sh                  # builds the release binary first; N=100000
 #   N=10000 TURNSTILE=/path/to/turnstile bench/instances.sh
 #   N=40000 FINISH=1 bench/instances.sh
+#   RUN_ARGS="--db $(bench/pg_server.sh start /tmp/pgb 55432) --persist --instance-id b1" \
+#     N=3000 bench/instances.sh         # starts with --persist (each takes its name in the store)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +42,9 @@ transitions:
   - {from: waiting, to: done, event: finish}
 EOF
 
+# shellcheck disable=SC2086 # RUN_ARGS is split into arguments on purpose
 "$TURNSTILE" --log-level warn run "$work/job.yaml" --listen "127.0.0.1:$PORT" --strict-port \
-  2>"$work/log" &
+  ${RUN_ARGS:-} 2>"$work/log" &
 pid=$!
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }

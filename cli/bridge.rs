@@ -50,6 +50,36 @@ pub fn start(
     }
 }
 
+/// With `--persist`: takes over from now on the instances other processes released at a
+/// clean exit and, with a registered `--instance-id` (`chosen`: its heartbeat is what
+/// keeps this process's instances its own), those of dead processes.
+pub fn adopt(bridge: Option<&EventBridge>, persist: bool, chosen: bool) {
+    if let Some(b) = bridge.filter(|_| persist) {
+        b.adopt_instances(chosen);
+    }
+}
+
+/// At a clean exit with `--persist`, once the machines stopped (`done`: all of them, and
+/// their states saved): gives up this process's live instances, which another process
+/// with their definition takes over (or the next one to start). Not done, they stay this
+/// process's (they run again when it starts again with this id): never two runners.
+/// Blocking.
+pub fn release_instances(persist: &Persister, done: bool) {
+    if !done {
+        tracing::warn!(target: "turnstile::store", "machines still running or states not saved at exit: this process's instances are not released (they run again when it starts again with this instance id)");
+        return;
+    }
+    match persist.store().release_instances() {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(target: "turnstile::store", instances = n, "instances released for another process to take over")
+        }
+        Err(e) => {
+            tracing::warn!(target: "turnstile::store", "cannot release this process's instances ({e}): they run again when it starts again with this instance id")
+        }
+    }
+}
+
 /// Stops the bridge: the machines' registrations are deleted (other processes see them
 /// gone at once).
 pub async fn stop(bridge: Option<EventBridge>) {
@@ -91,7 +121,16 @@ pub fn send_through_store(
         crate::UsageError("--stale-after must be a positive number of seconds".into())
     })?;
     let hosts = store.machine_hosts(&args.target, stale)?;
-    let Some(host) = hosts.first() else {
+    // An instance started at run time (with `--persist`): its owner, live or dead with a
+    // saved state (the event waits for the process that takes it over).
+    let owner = match hosts.first() {
+        Some(h) => Some((h.instance_id.clone(), Some(h.host.clone()))),
+        None => store
+            .instance_owner(&args.target, stale)?
+            .filter(|o| o.live || o.saved)
+            .map(|o| (o.instance_id.unwrap_or_default(), None)),
+    };
+    let Some((instance_id, host)) = owner else {
         eprintln!(
             "error: no live process runs a machine named `{}` (none registered in the store with a heartbeat in the last {} s)",
             args.target,
@@ -112,8 +151,8 @@ pub fn send_through_store(
         serde_json::json!({
             "event_id": id,
             "target": args.target,
-            "instance_id": host.instance_id,
-            "host": host.host,
+            "instance_id": instance_id,
+            "host": host,
         })
     );
     Ok(ExitCode::SUCCESS)

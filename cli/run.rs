@@ -316,6 +316,7 @@ async fn run_machines(
     let plain: Vec<Arc<str>> = plain.iter().map(|d| d.name.clone()).collect();
     // Before the machines start: their first actions may send to other processes, and a
     // singleton that takes its lease at once registers through it.
+    let chosen_id = opts.bridge.as_ref().is_some_and(|b| b.instance.chosen());
     let bridge = crate::bridge::start(
         opts.bridge,
         &engine,
@@ -328,8 +329,9 @@ async fn run_machines(
         return Ok(ExitCode::from(EXIT_INVALID));
     }
     // With `--persist`: the instances started at run time before a restart, live again
-    // (of the definitions just loaded).
+    // (of the definitions just loaded; this process's own, not another live process's).
     engine.restore_instances();
+    crate::bridge::adopt(bridge.as_ref(), opts.persist.is_some(), chosen_id);
     let signals = opts.signals;
     let sidecar = bound.map(|b| b.serve(engine.clone(), telemetry.clone()));
     let sockets = match &opts.sockets {
@@ -365,8 +367,18 @@ async fn run_machines(
     }
     crate::bridge::stop(bridge).await;
     if let Some(p) = &opts.persist {
+        // Every machine stopped (not one still running past --stop-timeout) and every
+        // state saved: this process's live instances are released for another process
+        // (or the next one to start) to take over.
+        let stopped = tokio::time::timeout(Duration::ZERO, engine.join())
+            .await
+            .is_ok();
         let p = p.clone();
-        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let saved = p.flush(Duration::from_secs(5));
+            crate::bridge::release_instances(&p, stopped && saved);
+        })
+        .await;
     }
     code
 }

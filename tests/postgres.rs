@@ -723,3 +723,300 @@ fn operators_list_retry_and_cancel_jobs_on_postgresql_over_http_and_the_cli() {
     p.signal("TERM");
     assert!(p.finish(LIMIT).0.success(), "{}", p.log());
 }
+
+/// A definition whose instances go through four states on events `a`, `b`, `c`, in that
+/// order only (an event out of order is refused by the state, so the end state says the
+/// order was kept).
+const STEPS: &str = r#"
+metadata: {machine_name: steps}
+initial_state: s0
+context: {n: 0}
+states: [s0, s1, s2, s3, done]
+events: [a, b, c, finish]
+transitions:
+  - {from: s0, to: s1, event: a}
+  - {from: s1, to: s2, event: b}
+  - {from: s2, to: s3, event: c}
+  - {from: s3, to: done, event: finish}
+actions:
+  s1:
+    - type: set_context
+      key: visited_s1
+      value: true
+"#;
+
+/// `GET /machines/NAME`: (status, body).
+fn machine_at(addr: SocketAddr, name: &str) -> (u16, Json) {
+    let r = kit::http::get(addr, &format!("/machines/{name}"));
+    (
+        r.status,
+        serde_json::from_str(&r.text()).unwrap_or(Json::Null),
+    )
+}
+
+fn post_at(addr: SocketAddr, path: &str, body: &Json) -> (u16, Json) {
+    let r = kit::http::post_json(addr, path, &[], body);
+    (
+        r.status,
+        serde_json::from_str(&r.text()).unwrap_or(Json::Null),
+    )
+}
+
+/// An instance started in A with `POST /machines` is registered in the store: B's
+/// `POST /machines/{name}/events` reaches it in A. Killed with SIGKILL, A's instance is
+/// taken over by B within the lease plus 1 s, in its saved state with its context, and the
+/// events sent while A was dead are processed there once each, in order. A restarted does
+/// not start B's instances again. An event to an instance no process has is a 404.
+#[test]
+fn instances_are_reached_from_any_process_and_taken_over_after_sigkill() {
+    const LEASE: f64 = 2.0;
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let lease = LEASE.to_string();
+    let opts = |id: &'static str| -> Vec<String> {
+        ["--persist", "--instance-id", id, "--job-lease", &lease]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let start = |id: &'static str| {
+        let o = opts(id);
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let mut p = worker(&config, &url, &o);
+        let addr = p.sidecar_addr(LIMIT);
+        kit::wait_until("ready", LIMIT, || readyz(addr).0 == 200);
+        (p, addr)
+    };
+    let (mut a, a_addr) = start("pg-a");
+    let (b, b_addr) = start("pg-b");
+
+    let (st, body) = post_at(
+        a_addr,
+        "/machines",
+        &json!({"definition": "steps", "name": "order-1", "context": {"n": 7}}),
+    );
+    assert_eq!(st, 201, "{body}");
+    let owned = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-1'
+        AND instance_id = 'pg-a' AND current_state = 's0' AND NOT retired";
+    kit::wait_until("order-1 registered as pg-a's", LIMIT, || {
+        num(server, &url, owned) == 1
+    });
+    // Through B, to A.
+    let (st, body) = post_at(b_addr, "/machines/order-1/events", &json!({"type": "a"}));
+    assert_eq!(st, 202, "{body}");
+    kit::wait_until("order-1 in s1 in A", LIMIT, || {
+        machine_at(a_addr, "order-1").1["state"] == "s1"
+    });
+    assert_eq!(machine_at(b_addr, "order-1").0, 404, "B does not run it");
+    let saved = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-1'
+        AND current_state = 's1'";
+    kit::wait_until("s1 saved", LIMIT, || num(server, &url, saved) == 1);
+    // An event to an instance no process has: the 404 JSON, as for any unknown machine.
+    let (st, body) = post_at(b_addr, "/machines/nobody/events", &json!({"type": "a"}));
+    assert_eq!(st, 404, "{body}");
+    assert_eq!(
+        body["error"]["message"], "no machine named `nobody`",
+        "{body}"
+    );
+
+    a.signal("KILL");
+    let killed = Instant::now();
+    let _ = a.finish(LIMIT);
+    // While A is dead: its instance still takes events (they wait in the store), through
+    // B's sidecar and through `send-event --db`.
+    let (st, body) = post_at(b_addr, "/machines/order-1/events", &json!({"type": "b"}));
+    assert_eq!(st, 202, "{body}");
+    let out = kit::run_ok(
+        "send-event --db",
+        &mut turnstile(&[
+            "send-event",
+            "--db",
+            &url,
+            "--target",
+            "order-1",
+            "--type",
+            "c",
+        ]),
+    );
+    let sent: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent["instance_id"], "pg-a", "{sent}");
+    kit::wait_until("B took order-1 over", LIMIT, || {
+        machine_at(b_addr, "order-1").0 == 200
+    });
+    let took = killed.elapsed();
+    eprintln!("instance taken over after SIGKILL: {took:?} (lease {LEASE} s)");
+    assert!(
+        took <= Duration::from_secs_f64(LEASE + 1.0),
+        "taken over after {took:?}, more than the lease plus 1 s"
+    );
+    kit::wait_until("order-1 in s3 in B", LIMIT, || {
+        machine_at(b_addr, "order-1").1["state"] == "s3"
+    });
+    let (_, m) = machine_at(b_addr, "order-1");
+    assert_eq!(m["context"], json!({"n": 7, "visited_s1": true}), "{m:#}");
+    // Each event once, in order: one transition each, nothing pending.
+    let audit = |from: &str, to: &str| {
+        num(
+            server,
+            &url,
+            &format!(
+                "SELECT count(*) FROM transitions WHERE machine_name = 'order-1'
+                    AND from_state = '{from}' AND to_state = '{to}'"
+            ),
+        )
+    };
+    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
+    assert_eq!(
+        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
+        (1, 1, 1)
+    );
+    let pending = "SELECT count(*) FROM machine_events WHERE target_machine = 'order-1'
+        AND status = 'pending'";
+    assert_eq!(num(server, &url, pending), 0);
+    let owner = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-1'
+        AND instance_id = 'pg-b'";
+    assert_eq!(num(server, &url, owner), 1);
+
+    // A again: it does not start B's instance; an event through A reaches it in B.
+    let (a, a_addr) = start("pg-a");
+    assert_eq!(machine_at(a_addr, "order-1").0, 404);
+    let (st, body) = post_at(
+        a_addr,
+        "/machines/order-1/events",
+        &json!({"type": "finish"}),
+    );
+    assert_eq!(st, 202, "{body}");
+    kit::wait_until("order-1 done in B", LIMIT, || {
+        machine_at(b_addr, "order-1").1["state"] == "done"
+    });
+    let retired = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-1'
+        AND retired";
+    kit::wait_until("order-1 retired in the store", LIMIT, || {
+        num(server, &url, retired) == 1
+    });
+    assert_eq!(machine_at(a_addr, "order-1").0, 404);
+    stop_all(&mut [a, b]);
+}
+
+/// Instance names are one store's, not one process's: a name another live process's
+/// instance has is refused (409, as a local clash), generated names skip the names other
+/// processes took. A clean exit (SIGTERM) releases the process's instances: the other
+/// process takes them over within a lease, in their saved state, and the events sent
+/// meanwhile are processed there once each, in order.
+#[test]
+fn instance_names_are_unique_across_processes_and_a_clean_exit_hands_instances_over() {
+    const LEASE: f64 = 2.0;
+    let server = shared();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steps.yaml");
+    std::fs::write(&config, STEPS).unwrap();
+    let lease = LEASE.to_string();
+    let start = |id: &'static str| {
+        let o = ["--persist", "--instance-id", id, "--job-lease", &lease];
+        let mut p = worker(&config, &url, &o);
+        let addr = p.sidecar_addr(LIMIT);
+        kit::wait_until("ready", LIMIT, || readyz(addr).0 == 200);
+        (p, addr)
+    };
+    let (mut a, a_addr) = start("pgn-a");
+    let (b, b_addr) = start("pgn-b");
+
+    let (st, body) = post_at(
+        a_addr,
+        "/machines",
+        &json!({"definition": "steps", "name": "order-9", "context": {"n": 9}}),
+    );
+    assert_eq!(st, 201, "{body}");
+    // The same name in B: refused as a local clash is, nothing started there.
+    let (st, body) = post_at(
+        b_addr,
+        "/machines",
+        &json!({"definition": "steps", "name": "order-9"}),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(
+        body["error"]["message"], "a machine named `order-9` is already running",
+        "{body}"
+    );
+    assert_eq!(machine_at(b_addr, "order-9").0, 404);
+    // Generated names: each process counts from 1, none is given twice.
+    let mut names = BTreeSet::new();
+    for addr in [a_addr, a_addr, b_addr, b_addr, a_addr] {
+        let (st, body) = post_at(addr, "/machines", &json!({"definition": "steps"}));
+        assert_eq!(st, 201, "{body}");
+        let name = body["name"].as_str().unwrap().to_owned();
+        assert!(names.insert(name.clone()), "{name} given twice: {names:?}");
+    }
+    let owners = "SELECT count(DISTINCT instance_id) FROM machine_state
+        WHERE machine_name LIKE 'steps-%' AND NOT retired";
+    kit::wait_until("generated instances owned by both", LIMIT, || {
+        num(server, &url, owners) == 2
+    });
+    let a_generated: Vec<String> = names
+        .iter()
+        .filter(|n| machine_at(a_addr, n).0 == 200)
+        .cloned()
+        .collect();
+    assert_eq!(a_generated.len(), 3, "{names:?}");
+    // Through B, to A; saved.
+    let (st, body) = post_at(b_addr, "/machines/order-9/events", &json!({"type": "a"}));
+    assert_eq!(st, 202, "{body}");
+    let saved = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-9'
+        AND current_state = 's1' AND instance_id = 'pgn-a'";
+    kit::wait_until("s1 saved by A", LIMIT, || num(server, &url, saved) == 1);
+
+    a.signal("TERM");
+    let stopped = Instant::now();
+    let (st, _) = a.finish(LIMIT);
+    assert!(st.success(), "{}", a.log());
+    // Meanwhile: events for it wait in the store.
+    for ev in ["b", "c"] {
+        let (st, body) = post_at(b_addr, "/machines/order-9/events", &json!({"type": ev}));
+        assert_eq!(st, 202, "{ev}: {body}");
+    }
+    kit::wait_until("B took order-9 over", LIMIT, || {
+        machine_at(b_addr, "order-9").0 == 200
+    });
+    let took = stopped.elapsed();
+    eprintln!("instance taken over after a clean exit: {took:?} (lease {LEASE} s)");
+    assert!(
+        took <= Duration::from_secs_f64(LEASE),
+        "taken over after {took:?}, more than a lease"
+    );
+    kit::wait_until("order-9 in s3 in B", LIMIT, || {
+        machine_at(b_addr, "order-9").1["state"] == "s3"
+    });
+    let (_, m) = machine_at(b_addr, "order-9");
+    assert_eq!(m["context"], json!({"n": 9, "visited_s1": true}), "{m:#}");
+    for n in &a_generated {
+        kit::wait_until("A's generated instances in B", LIMIT, || {
+            machine_at(b_addr, n).0 == 200
+        });
+    }
+    let audit = |from: &str, to: &str| {
+        num(
+            server,
+            &url,
+            &format!(
+                "SELECT count(*) FROM transitions WHERE machine_name = 'order-9'
+                    AND from_state = '{from}' AND to_state = '{to}'"
+            ),
+        )
+    };
+    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
+    assert_eq!(
+        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
+        (1, 1, 1)
+    );
+    let pending = "SELECT count(*) FROM machine_events WHERE target_machine = 'order-9'
+        AND status = 'pending'";
+    assert_eq!(num(server, &url, pending), 0);
+    let mine = "SELECT count(*) FROM machine_state WHERE definition = 'steps'
+        AND NOT retired AND instance_id = 'pgn-b'";
+    assert_eq!(num(server, &url, mine), 6);
+    stop_all(&mut [b]);
+}

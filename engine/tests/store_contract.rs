@@ -88,6 +88,8 @@ contract!(
     the_renewal_thread_heartbeats_a_registered_instance,
     saved_states_name_the_instance_that_saved_them,
     instances_are_marked_live_then_retired_apart_from_their_state,
+    instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one,
+    instance_names_are_held_across_processes_and_released_at_a_clean_exit,
     a_machine_lease_is_taken_renewed_taken_over_and_fences_stale_writes,
     batch_claims_take_each_job_once_across_racing_stores,
     buffered_jobs_are_held_renewed_and_given_back_by_release_held,
@@ -1676,4 +1678,259 @@ fn finished_jobs_older_than_the_retention_are_purged(b: &Backend) {
         assert!(by_status(&s, gone).is_empty(), "{gone}");
     }
     assert_eq!(s.purge_jobs(Duration::ZERO).unwrap(), 0);
+}
+
+fn instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one(b: &Backend) {
+    use turnstile_engine::store::{InstanceMark, SavedStates};
+    let stale = Duration::from_millis(1000);
+    let open = |id: &str| {
+        b.open(StoreOptions {
+            instance_id: Some(id.into()),
+            ..no_renew(60_000)
+        })
+    };
+    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
+    a.register_instance("pa", "1-a", stale).unwrap();
+    bb.register_instance("pb", "1-b", stale).unwrap();
+    c.register_instance("pc", "1-c", stale).unwrap();
+    let mark = |m: &str, d: &str, retired| InstanceMark {
+        machine: Arc::from(m),
+        definition: Arc::from(d),
+        retired,
+    };
+    // A's instances: i1, i2 of `job`, i3 of `other`, all saved; i4 marked, never saved.
+    a.mark_instances(&[
+        mark("i1", "job", false),
+        mark("i2", "job", false),
+        mark("i3", "other", false),
+        mark("i4", "job", false),
+    ])
+    .unwrap();
+    let mut states = SavedStates::new();
+    let ctx = |v: serde_json::Value| v.as_object().unwrap().clone();
+    for (m, n) in [("i1", 1), ("i2", 2), ("i3", 3)] {
+        states.insert(
+            Arc::from(m),
+            (Arc::from("s"), ctx(json!({ "n": n })), m == "i2"),
+        );
+    }
+    a.persist_batch(&states, &[]).unwrap();
+    let names = |v: &[turnstile_engine::store::MachineRecord]| {
+        v.iter().map(|r| r.machine_name.clone()).collect::<Vec<_>>()
+    };
+    let defs = ["job".to_owned(), "other".to_owned()];
+    // Another live process's instances are neither restored nor taken over elsewhere.
+    assert!(bb.claim_instances(&defs, None).unwrap().is_empty());
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    // Its owner restores its own, of the definitions asked for, with a state saved.
+    let own = a.claim_instances(&["job".to_owned()], None).unwrap();
+    assert_eq!(names(&own), ["i1", "i2"]);
+    assert_eq!(own[1].context, Some(json!({"n": 2})));
+    assert!(own[1].paused && !own[0].paused);
+    // Who runs an instance: the owner, live, with a saved state; unknown names and
+    // config machines are no instances.
+    let o = bb.instance_owner("i1", stale).unwrap().unwrap();
+    assert_eq!(
+        (o.instance_id.as_deref(), o.live, o.saved),
+        (Some("pa"), true, true)
+    );
+    let o = bb.instance_owner("i4", stale).unwrap().unwrap();
+    assert!(!o.saved);
+    a.save_state("config", "x", &serde_json::Map::new())
+        .unwrap();
+    assert_eq!(bb.instance_owner("config", stale).unwrap(), None);
+    assert_eq!(bb.instance_owner("nope", stale).unwrap(), None);
+    // Pending events of all of an owner's instances, in id order, in one read.
+    let e1 = bb.send_event(&ev("i1", "go", "")).unwrap();
+    let ex = bb.send_event(&ev("config", "go", "")).unwrap();
+    let e2 = bb.send_event(&ev("i2", "go", "")).unwrap();
+    let e3 = bb.send_event(&ev("i1", "more", "")).unwrap();
+    let ids =
+        |v: Vec<turnstile_engine::store::StoredEvent>| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(a.take_instance_events("pa", 10).unwrap()), [e1, e2, e3]);
+    assert_eq!(ids(a.take_instance_events("pa", 2).unwrap()), [e1, e2]);
+    assert!(bb.take_instance_events("pb", 10).unwrap().is_empty());
+    assert!(!ids(a.take_instance_events("pa", 10).unwrap()).contains(&ex));
+    a.mark_processed(&[e1]).unwrap();
+    assert_eq!(ids(a.take_instance_events("pa", 10).unwrap()), [e2, e3]);
+
+    // A dies (no heartbeat for longer than the stale limit); B and C stay live.
+    std::thread::sleep(stale + Duration::from_millis(300));
+    assert_eq!(bb.heartbeat_instance("pb", "1-b").unwrap(), Heartbeat::Ours);
+    assert_eq!(c.heartbeat_instance("pc", "1-c").unwrap(), Heartbeat::Ours);
+    let o = bb.instance_owner("i1", stale).unwrap().unwrap();
+    assert_eq!((o.live, o.saved), (false, true));
+    // B and C take over at once: each instance goes to one of them.
+    let barrier = Arc::new(Barrier::new(2));
+    let takers: Vec<_> = [bb.clone(), c.clone()]
+        .into_iter()
+        .map(|s| {
+            let (barrier, defs) = (barrier.clone(), defs.to_vec());
+            std::thread::spawn(move || {
+                barrier.wait();
+                s.claim_instances(&defs, Some(Duration::from_millis(1000)))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let taken: Vec<Vec<_>> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<String> = taken.iter().flat_map(|v| names(v)).collect();
+    all.sort();
+    assert_eq!(all, ["i1", "i2", "i3"], "{taken:?}");
+    // Nothing more to take; the new owner takes the pending events from the first
+    // unmarked one.
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    assert!(c.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    let i1_owner = if names(&taken[0]).contains(&"i1".to_owned()) {
+        ("pb", &bb)
+    } else {
+        ("pc", &c)
+    };
+    let theirs = ids(i1_owner.1.take_instance_events(i1_owner.0, 10).unwrap());
+    assert!(theirs.contains(&e3) && !theirs.contains(&e1), "{theirs:?}");
+    assert!(a.take_instance_events("pa", 10).unwrap().is_empty());
+    // The old owner, come back, restores none of them, and its writes to them are not
+    // written: a state save, a retirement.
+    assert!(a.claim_instances(&defs, None).unwrap().is_empty());
+    a.save_state("i1", "stale", &serde_json::Map::new())
+        .unwrap();
+    a.mark_instances(&[mark("i1", "job", true)]).unwrap();
+    let i1 = a.load_state("i1").unwrap().unwrap();
+    assert_eq!(i1.current_state.as_deref(), Some("s"));
+    assert_eq!(i1.instance_id.as_deref(), Some(i1_owner.0));
+    assert!(!i1.retired);
+    // Its owner's own writes are.
+    i1_owner
+        .1
+        .mark_instances(&[mark("i1", "job", true)])
+        .unwrap();
+    assert!(a.load_state("i1").unwrap().unwrap().retired);
+}
+
+fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Backend) {
+    use turnstile_engine::store::{InstanceMark, SavedStates};
+    let stale = Duration::from_millis(1000);
+    let open = |id: &str| {
+        b.open(StoreOptions {
+            instance_id: Some(id.into()),
+            ..no_renew(1000)
+        })
+    };
+    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
+    a.register_instance("pa", "1-a", stale).unwrap();
+    bb.register_instance("pb", "1-b", stale).unwrap();
+    c.register_instance("pc", "1-c", stale).unwrap();
+    // A free name is taken; its owner takes it again (a restart), another live process not
+    // (started, no state saved yet: its owner is live).
+    assert!(a.claim_instance_name("n1", "job").unwrap());
+    assert!(a.claim_instance_name("n1", "job").unwrap());
+    assert!(!bb.claim_instance_name("n1", "job").unwrap());
+    let n1 = a.load_state("n1").unwrap().unwrap();
+    assert_eq!(
+        (
+            n1.instance_id.as_deref(),
+            n1.definition.as_deref(),
+            n1.retired
+        ),
+        (Some("pa"), Some("job"), false)
+    );
+    // A config machine's state row (no definition) and a retired instance are free.
+    a.save_state("cfg", "x", &serde_json::Map::new()).unwrap();
+    assert!(bb.claim_instance_name("cfg", "job").unwrap());
+    a.mark_instances(&[InstanceMark {
+        machine: Arc::from("n1"),
+        definition: Arc::from("job"),
+        retired: true,
+    }])
+    .unwrap();
+    assert!(bb.claim_instance_name("n1", "job").unwrap());
+    assert_eq!(
+        a.load_state("n1").unwrap().unwrap().instance_id.as_deref(),
+        Some("pb")
+    );
+    // Two processes taking one name at once: one wins.
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = [bb.clone(), c.clone()]
+            .into_iter()
+            .map(|s| {
+                let (barrier, name) = (barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.claim_instance_name(&name, "job").unwrap()
+                })
+            })
+            .collect();
+        let won: Vec<bool> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{name}: {won:?}");
+    }
+    // A's saved instance i1 and never-saved i2; a clean exit releases the live ones only
+    // (not B's, not a retired one).
+    assert!(a.claim_instance_name("i1", "job").unwrap());
+    assert!(a.claim_instance_name("i2", "job").unwrap());
+    assert!(a.claim_instance_name("i3", "job").unwrap());
+    let mut states = SavedStates::new();
+    for m in ["i1", "i3"] {
+        states.insert(
+            Arc::from(m),
+            (Arc::from("s"), serde_json::Map::new(), false),
+        );
+    }
+    a.persist_batch(&states, &[]).unwrap();
+    a.mark_instances(&[InstanceMark {
+        machine: Arc::from("i3"),
+        definition: Arc::from("job"),
+        retired: true,
+    }])
+    .unwrap();
+    assert_eq!(a.release_instances().unwrap(), 2);
+    assert_eq!(a.load_state("i1").unwrap().unwrap().instance_id, None);
+    assert_eq!(
+        a.load_state("i3").unwrap().unwrap().instance_id.as_deref(),
+        Some("pa")
+    );
+    a.unregister_instance("pa", "1-a").unwrap();
+    // A released instance with a state holds its name (it waits for a taker); one never
+    // saved does not (nothing would run it).
+    assert!(!c.claim_instance_name("i1", "job").unwrap());
+    assert!(c.claim_instance_name("i2", "job").unwrap());
+    // A live process with the definition takes the released one over at its next look
+    // (no owner to judge dead); one of two at once; then nothing is left to take.
+    let defs = ["job".to_owned()];
+    let barrier = Arc::new(Barrier::new(2));
+    let takers: Vec<_> = [bb.clone(), c.clone()]
+        .into_iter()
+        .map(|s| {
+            let (barrier, defs) = (barrier.clone(), defs.to_vec());
+            std::thread::spawn(move || {
+                barrier.wait();
+                s.claim_instances(&defs, Some(Duration::from_secs(3600)))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let taken: Vec<String> = takers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|r| r.machine_name)
+        .collect();
+    assert_eq!(taken, ["i1"]);
+    assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
+    // With no live process left, the next one to start restores released instances.
+    let d = open("pd");
+    assert!(d.claim_instances(&defs, None).unwrap().is_empty());
+    let owner = a.load_state("i1").unwrap().unwrap().instance_id.unwrap();
+    let holder = if owner == "pb" { &bb } else { &c };
+    assert!(holder.release_instances().unwrap() >= 1);
+    let restored = d.claim_instances(&defs, None).unwrap();
+    assert!(
+        restored.iter().any(|r| r.machine_name == "i1"),
+        "{restored:?}"
+    );
+    // A dead owner's never-saved instance frees its name; a saved one's holds it.
+    assert!(bb.claim_instance_name("dead-a", "job").unwrap());
+    std::thread::sleep(stale + Duration::from_millis(300));
+    assert_eq!(c.heartbeat_instance("pc", "1-c").unwrap(), Heartbeat::Ours);
+    assert!(c.claim_instance_name("dead-a", "job").unwrap());
 }

@@ -32,6 +32,23 @@
 //!   for the holder, also while the lease passes from a dead holder to a survivor).
 //! - The bridge is attached before the machines start (a machine's first actions may send
 //!   to other processes); a consumer that finds its machine not started yet looks again.
+//! - Instances started at run time (with a [`Persister`] only: their `machine_state` row is
+//!   their registration, see [`crate::store::events`]): a send to an instance another
+//!   process owns, live or dead with a saved state (waiting there for a takeover), goes to
+//!   the event table. One task takes the pending events of all the instances this process
+//!   owns ([`crate::store::EventStore::take_instance_events`]), in id order, and queues
+//!   each into its instance without waiting: an instance whose queue is full, or that is
+//!   not started yet, has its events taken again at the next look, after the ones queued
+//!   (its order kept), while the other instances' events go on. Marked as above.
+//! - Takeover ([`EventBridge::adopt_instances`], for a process with a persister): every
+//!   third of the lease the same task claims the instances, of the definitions loaded
+//!   here, that a process released at its clean exit (no owner) and, with a registered
+//!   `--instance-id`, those whose owner's `turnstile_instances` heartbeat is older than
+//!   the lease ([`Engine::adopt_instances`]: one conditional `UPDATE`, one taker per
+//!   instance), and starts them from their saved state; their pending events are then
+//!   this process's to take. A process releases its instances
+//!   ([`crate::store::StateStore::release_instances`]) only after they stopped and their
+//!   states were saved: never two runners at once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -72,6 +89,7 @@ struct Inner {
     /// Handled events not yet marked (without a persister).
     handled: Mutex<Vec<i64>>,
     handled_wake: Notify,
+    adopt_wake: Notify,
     /// Remote targets known to run elsewhere, and since when.
     elsewhere: Mutex<FxHashMap<String, Instant>>,
     /// The machines registered for this process (singletons while held), and the
@@ -80,6 +98,10 @@ struct Inner {
     /// Singletons configured here: events for them go through the store when this
     /// process does not run them.
     singletons: HashSet<String>,
+    /// Take over released instances ([`EventBridge::adopt_instances`]).
+    adopt: std::sync::atomic::AtomicBool,
+    /// ... and dead processes' instances.
+    adopt_dead: std::sync::atomic::AtomicBool,
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
@@ -125,9 +147,12 @@ impl EventBridge {
             persist,
             handled: Mutex::new(Vec::new()),
             handled_wake: Notify::new(),
+            adopt_wake: Notify::new(),
             elsewhere: Mutex::new(FxHashMap::default()),
             local: Mutex::new(FxHashMap::default()),
             singletons: singletons.into_iter().collect(),
+            adopt: std::sync::atomic::AtomicBool::new(false),
+            adopt_dead: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             cancel: CancellationToken::new(),
         });
@@ -139,11 +164,28 @@ impl EventBridge {
         tokio::spawn(heartbeat(inner.clone()));
         if inner.persist.is_none() {
             tokio::spawn(mark_handled(inner.clone()));
+        } else {
+            tokio::spawn(instances(inner.clone()));
         }
         for m in machines {
             inner.start_consumer(m);
         }
         Ok(Self { inner })
+    }
+
+    /// From now on, takes over every third of the lease the instances other processes
+    /// released at a clean exit and, with `dead`, those of dead processes (see the module
+    /// docs). `dead` only for a process whose instance id is registered in the store (its
+    /// own heartbeat is what keeps them its own). Needs a persister (nothing to start
+    /// them from otherwise: without one, this does nothing).
+    pub fn adopt_instances(&self, dead: bool) {
+        self.inner
+            .adopt_dead
+            .store(dead, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .adopt
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.adopt_wake.notify_one();
     }
 
     /// Stops the tasks and deletes the registrations (a clean exit): other processes find
@@ -221,11 +263,21 @@ impl Inner {
         {
             return Ok(true);
         }
-        let hosts = self
-            .store
-            .machine_hosts(target, self.lease)
-            .map_err(|e| ForwardError::Store(target.to_owned(), e.to_string()))?;
-        let found = hosts.iter().any(|h| h.incarnation != self.incarnation);
+        let err = |e: StoreError| ForwardError::Store(target.to_owned(), e.to_string());
+        let hosts = self.store.machine_hosts(target, self.lease).map_err(err)?;
+        let mut found = hosts.iter().any(|h| h.incarnation != self.incarnation);
+        if !found {
+            // An instance another process owns: live, or dead with a saved state (its
+            // events wait for the survivor that takes it over).
+            found = self
+                .store
+                .instance_owner(target, self.lease)
+                .map_err(err)?
+                .is_some_and(|o| {
+                    o.instance_id.as_deref() != Some(self.instance_id.as_str())
+                        && (o.live || o.saved)
+                });
+        }
         let mut known = lock(&self.elsewhere);
         if found {
             known.insert(target.to_owned(), Instant::now());
@@ -438,6 +490,189 @@ async fn consume(inner: Arc<Inner>, machine: Arc<str>, cancel: CancellationToken
             () = cancel.cancelled() => return,
             () = &mut notified => {}
             () = tokio::time::sleep(idle_wait) => {}
+        }
+    }
+}
+
+/// One look of the instances' task: queues `events` (one read of this process's
+/// instances' pending events, in id order) through `send` (the engine's `try_send`),
+/// skipping those `queued` already holds (queued and not marked yet) and updating it. An
+/// instance whose event is refused (queue full, not started yet, retired) has its later
+/// events in this look left for the next one, after that one: its order is kept even when
+/// its queue frees up during the look. True when the task should look again soon
+/// (something queued and not marked yet, or left behind).
+fn queue_pass(
+    events: Vec<StoredEvent>,
+    queued: &mut HashSet<i64>,
+    mut send: impl FnMut(&str, StoredEvent) -> Result<(), SendError>,
+) -> bool {
+    let complete = events.len() < WINDOW;
+    let last = events.last().map_or(i64::MIN, |e| e.id);
+    let listed: HashSet<i64> = events.iter().map(|e| e.id).collect();
+    queued.retain(|id| listed.contains(id) || (!complete && *id > last));
+    // Instances with an event left behind in this look: their later events wait for the
+    // next one (their order kept).
+    let mut behind: HashSet<String> = HashSet::new();
+    for e in events {
+        if queued.contains(&e.id) || behind.contains(&e.target) {
+            continue;
+        }
+        if queued.len() >= WINDOW {
+            behind.insert(e.target.clone());
+            break;
+        }
+        let (id, target) = (e.id, e.target.clone());
+        match send(&target, e) {
+            Ok(()) => {
+                queued.insert(id);
+            }
+            // Queue full or not started yet; or retired (its mark not written yet): left
+            // pending.
+            Err(SendError::QueueFull(_) | SendError::UnknownMachine(_) | SendError::Stopped(_)) => {
+                behind.insert(target);
+            }
+        }
+    }
+    !queued.is_empty() || !behind.is_empty()
+}
+
+/// The instances' task (with a persister): takes the pending events of every instance this
+/// process owns and queues them, and takes over dead processes' instances when asked
+/// (see the module docs).
+async fn instances(inner: Arc<Inner>) {
+    let notify = inner.store.event_notify().clone();
+    let mut queued: HashSet<i64> = HashSet::new();
+    let mut next_adopt = tokio::time::Instant::now();
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.adopt.load(std::sync::atomic::Ordering::Relaxed)
+            && tokio::time::Instant::now() >= next_adopt
+        {
+            next_adopt = tokio::time::Instant::now() + inner.lease / 3;
+            // Without `dead`: an owner is never judged dead (no heartbeat is a century old),
+            // only released instances are taken.
+            let lease = if inner.adopt_dead.load(std::sync::atomic::Ordering::Relaxed) {
+                inner.lease
+            } else {
+                Duration::from_secs(100 * 365 * 24 * 3600)
+            };
+            let engine = inner.engine.clone();
+            // Launching needs the runtime: off the async threads, with its handle.
+            let handle = inner.runtime.clone();
+            let taken = tokio::task::spawn_blocking(move || {
+                let _g = handle.enter();
+                engine.adopt_instances(lease)
+            })
+            .await
+            .unwrap_or_default();
+            if !taken.is_empty() {
+                tracing::info!(target: "turnstile::events", count = taken.len(), "took over instances released at a clean exit or of a process whose heartbeat is older than the lease");
+            }
+        }
+        let (s, owner) = (inner.store.clone(), inner.instance_id.clone());
+        let mut wait = inner.lease / 3;
+        match blocking(move || s.take_instance_events(&owner, WINDOW)).await {
+            Ok(events) => {
+                let busy = queue_pass(events, &mut queued, |target, e| {
+                    inner.engine.try_send(target, to_event(e))
+                });
+                if busy {
+                    wait = Duration::from_millis(20);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "turnstile::events", "cannot take the instances' events from the store: {e}");
+                wait = Duration::from_secs(1).min(inner.lease / 3);
+            }
+        }
+        if inner.adopt.load(std::sync::atomic::Ordering::Relaxed) {
+            wait = wait.min(next_adopt.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = &mut notified => {}
+            () = inner.adopt_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ev(id: i64, target: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            source: None,
+            target: target.into(),
+            event_type: format!("e{id}"),
+            job_id: None,
+            payload: None,
+            traceparent: None,
+        }
+    }
+
+    /// An instance whose queue is full at its first event of a look and has room again by
+    /// its next one (its task took an event meanwhile): that next event is not queued ahead
+    /// of the refused one; the other instances' events go on; the next look queues the
+    /// refused one first.
+    #[test]
+    fn a_refused_event_holds_back_its_instance_s_later_events_in_the_look() {
+        let events = || vec![ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "b"), ev(5, "a")];
+        let mut queued = HashSet::new();
+        let mut sent: Vec<i64> = Vec::new();
+        // `a`'s queue is full for its first try only.
+        let mut a_full = true;
+        let busy = queue_pass(events(), &mut queued, |target, e| {
+            if target == "a" && std::mem::take(&mut a_full) {
+                return Err(SendError::QueueFull(target.into()));
+            }
+            sent.push(e.id);
+            Ok(())
+        });
+        assert!(busy);
+        assert_eq!(sent, [2, 4], "a's events 3 and 5 wait behind 1");
+        // The next look: a's events in order; b's (queued, not marked) not again.
+        sent.clear();
+        queue_pass(events(), &mut queued, |_, e| {
+            sent.push(e.id);
+            Ok(())
+        });
+        assert_eq!(sent, [1, 3, 5]);
+        // Marked ones drop out of `queued`; nothing left: not busy once all are marked.
+        assert!(!queue_pass(Vec::new(), &mut queued, |_, _| Ok(())));
+        assert!(queued.is_empty());
+    }
+
+    /// Not started yet or retired: held back the same way.
+    #[test]
+    fn an_unknown_or_stopped_instance_holds_back_its_later_events() {
+        let refusals: [fn() -> SendError; 2] = [
+            || SendError::UnknownMachine("a".into()),
+            || SendError::Stopped("a".into()),
+        ];
+        for refusal in refusals {
+            let refusal = refusal();
+            let label = refusal.to_string();
+            let mut queued = HashSet::new();
+            let mut sent = Vec::new();
+            let mut first = Some(refusal);
+            queue_pass(
+                vec![ev(1, "a"), ev(2, "a"), ev(3, "b")],
+                &mut queued,
+                |_, e| {
+                    if let Some(r) = first.take() {
+                        return Err(r);
+                    }
+                    sent.push(e.id);
+                    Ok(())
+                },
+            );
+            assert_eq!(sent, [3], "{label}");
         }
     }
 }

@@ -907,7 +907,10 @@ impl Engine {
     /// (top-level keys replace the definition's). The instance shares the compiled
     /// definition (and its reloads) with the machine of that name and every other
     /// instance; it has its own name, queue, context and state, and is reachable by name
-    /// like any machine. With a persister its state is saved under its name after each
+    /// like any machine. With a persister the name is first taken in the store, where it is
+    /// unique across the processes sharing it (refused with [`StartError::NameTaken`] when
+    /// another process's instance holds it: [`crate::store::StateStore::claim_instance_name`]),
+    /// and its state is saved under its name after each
     /// transition (it starts from the initial state: a saved state of that name is not
     /// restored), and the store records it as a live instance of its definition until it
     /// is retired ([`Self::restore_instances`] starts the live ones after a restart). When
@@ -923,18 +926,50 @@ impl Engine {
     }
 
     /// With a persister: starts again every instance the store records as live (started,
-    /// not retired), by name, each with its definition, saved state, context and pause, as
-    /// [`Self::start_instance`] would have left it. Called once at start, after the
-    /// machines of the config files started (their definitions are the ones loaded). An
-    /// instance whose definition is not loaded, whose name is taken, or whose saved state
-    /// is final or no longer in its definition is left in the store as it is, with a
-    /// warning (a final one: started again it would retire at once). Returns the names
-    /// started.
+    /// not retired) and as this process's (the store's instance id, or no owner recorded:
+    /// [`crate::store::StateStore::claim_instances`]), by name, each with its definition,
+    /// saved state, context and pause, as [`Self::start_instance`] would have left it.
+    /// Instances another process owns are left to it (taken over only when it is dead:
+    /// [`Self::adopt_instances`]). Called once at start, after the machines of the config
+    /// files started (their definitions are the ones loaded; an instance of another
+    /// definition is not claimed). An instance whose name is taken, or whose saved state is
+    /// final or no longer in its definition is left in the store as it is, with a warning
+    /// (a final one: started again it would retire at once). Returns the names started.
     pub fn restore_instances(&self) -> Vec<Arc<str>> {
+        self.claim_saved(None)
+    }
+
+    /// With a persister: takes over the live instances of the loaded definitions whose
+    /// owning process's heartbeat is older than `dead_after` (a process that died), and
+    /// starts them as [`Self::restore_instances`] does. Among processes doing this at once,
+    /// each instance goes to one. Returns the names started.
+    pub fn adopt_instances(&self, dead_after: Duration) -> Vec<Arc<str>> {
+        self.claim_saved(Some(dead_after))
+    }
+
+    fn claim_saved(&self, dead_after: Option<Duration>) -> Vec<Arc<str>> {
         let Some(p) = &self.inner.persist else {
             return Vec::new();
         };
-        let records = match p.live_instances() {
+        let definitions: Vec<String> = self.definitions().iter().map(|d| d.to_string()).collect();
+        if dead_after.is_none() {
+            // This process's instances of definitions not loaded here: not claimed, said.
+            let me = p.store().saver_id();
+            for rec in p.live_instances().unwrap_or_default() {
+                let ours = rec.instance_id.is_none() || rec.instance_id.as_deref() == me;
+                if let Some(d) = rec
+                    .definition
+                    .as_ref()
+                    .filter(|d| ours && !definitions.contains(d))
+                {
+                    tracing::warn!(target: "turnstile::store", machine = %rec.machine_name, definition = %d, "a saved instance's definition is not loaded: not started (its record is kept)");
+                }
+            }
+        }
+        if definitions.is_empty() {
+            return Vec::new();
+        }
+        let records = match p.store().claim_instances(&definitions, dead_after) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(target: "turnstile::store", "cannot read the saved instances: {e}");
@@ -963,7 +998,11 @@ impl Engine {
             }
         }
         if !started.is_empty() {
-            tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
+            if dead_after.is_some() {
+                tracing::info!(target: "turnstile::store", count = started.len(), "instances of a dead process taken over");
+            } else {
+                tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
+            }
         }
         started
     }
@@ -987,17 +1026,22 @@ impl Engine {
         if self.is_singleton(&def) {
             return Err(StartError::Singleton(definition.to_owned()));
         }
+        // A restored instance's name was claimed with it (claim_instances).
+        let claim = restored.is_none();
         let shared = match name {
             Some(n) => {
                 StartError::check_name(n)?;
                 let n: Arc<str> = Arc::from(n);
                 let taken = || StartError::NameTaken(n.to_string());
-                if self.supervised(&n).is_some() {
+                if self.supervised(&n).is_some()
+                    || (claim && self.running_machine(&n).is_some())
+                    || (claim && !self.claim_name(&n, &def.name)?)
+                {
                     return Err(taken());
                 }
                 self.route(&def, n.clone(), true).ok_or_else(taken)?
             }
-            None => self.generated(&def),
+            None => self.generated(&def)?,
         };
         let name = shared.name.clone();
         let def_name = def.name.clone();
@@ -1023,16 +1067,39 @@ impl Engine {
         Ok(name)
     }
 
-    /// An instance of `def` under a free generated name (`definition-N`), routed.
-    fn generated(&self, def: &Arc<MachineDef>) -> Arc<Shared> {
+    /// With a persister: takes `name` for an instance of `definition` in the store (one
+    /// conditional write: false when another process's instance holds it,
+    /// [`crate::store::StateStore::claim_instance_name`]). Without one, every name is free.
+    fn claim_name(&self, name: &str, definition: &str) -> Result<bool, StartError> {
+        let Some(p) = &self.inner.persist else {
+            return Ok(true);
+        };
+        p.store()
+            .claim_instance_name(name, definition)
+            .map_err(|e| StartError::Store(name.to_owned(), e.to_string()))
+    }
+
+    /// An instance of `def` under a free generated name (`definition-N`), routed. With a
+    /// persister a name another process's instance holds in the store is skipped, the
+    /// counter jumping ahead by doubling steps (another process's run of generated names
+    /// costs a few store writes to pass, not one per name).
+    fn generated(&self, def: &Arc<MachineDef>) -> Result<Arc<Shared>, StartError> {
+        let mut skip: u64 = 1;
         loop {
             let n = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
             let name: Arc<str> = Arc::from(format!("{}-{n}", def.name));
-            if self.supervised(&name).is_some() {
+            if self.supervised(&name).is_some() || self.running_machine(&name).is_some() {
+                continue;
+            }
+            if !self.claim_name(&name, &def.name)? {
+                self.inner
+                    .next_instance
+                    .fetch_max(n.saturating_add(skip), Ordering::Relaxed);
+                skip = skip.saturating_mul(2);
                 continue;
             }
             if let Some(shared) = self.route(def, name, true) {
-                return shared;
+                return Ok(shared);
             }
         }
     }

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The engine has stopped (or runs outside a Tokio runtime).
     #[error("the engine is not running")]
     NotRunning,
+    /// With `--persist`: the store, where the name is taken across processes, failed.
+    #[error("cannot take the name `{0}` in the store: {1}")]
+    Store(String, String),
 }
 
 impl StartError {

@@ -22,6 +22,21 @@
 //!   the receiving machine has handled them; [`super::StateStore::persist_processed`]
 //!   does it in the transaction that saves the state they led to (`--persist`), so a
 //!   process killed in between redelivers exactly the events whose effect was not saved.
+//! - Instances started at run time are not in `turnstile_machines` (there may be 100,000
+//!   of them: one row each, written every third of the lease, would be 100,000 writes per
+//!   heartbeat). With `--persist`, their `machine_state` row is their registration: the
+//!   persister writes it, in its batches, with the owning process's instance id
+//!   (`instance_id`) when the instance starts and marks it retired when it retires
+//!   ([`super::StateStore::mark_instances`]); the owner is live while its own
+//!   `turnstile_instances` row has a heartbeat younger than the lease (one heartbeat per
+//!   process). [`EventStore::instance_owner`] answers who runs an instance;
+//!   [`EventStore::take_instance_events`] hands one process the pending events of every
+//!   instance it owns, in id order, with no consumer lease (an instance has one owner);
+//!   [`super::StateStore::claim_instances`] moves instances to a process: its own and
+//!   released ones at start, released ones and a dead owner's by a survivor (a conditional
+//!   `UPDATE`: exactly one taker); [`super::StateStore::release_instances`] clears the
+//!   owner at a clean exit; [`super::StateStore::claim_instance_name`] keeps a name unique
+//!   across processes.
 
 use std::time::Duration;
 
@@ -84,6 +99,18 @@ pub struct MachineHost {
     pub heartbeat_at: Option<Timestamp>,
 }
 
+/// Who runs an instance started at run time, as its `machine_state` row says
+/// ([`EventStore::instance_owner`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InstanceOwner {
+    /// The instance id of the process that owns it (`None`: a row written without one).
+    pub instance_id: Option<String>,
+    /// That process's `turnstile_instances` heartbeat is younger than the stale limit.
+    pub live: bool,
+    /// A state was saved for it (a survivor can take it over when its owner dies).
+    pub saved: bool,
+}
+
 /// The machine registry and the event table's delivery.
 pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     /// Records that `incarnation` (of instance `instance_id`, this process) runs
@@ -117,6 +144,21 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
         limit: usize,
     ) -> Result<Option<Vec<StoredEvent>>, StoreError>;
+    /// The owner of the instance `machine` (a `machine_state` row with a definition, not
+    /// retired), its liveness judged by its `turnstile_instances` heartbeat against
+    /// `stale_after`; `None` when no such instance is recorded.
+    fn instance_owner(
+        &self,
+        machine: &str,
+        stale_after: Duration,
+    ) -> Result<Option<InstanceOwner>, StoreError>;
+    /// Up to `limit` pending events, in id order, of every instance (not retired) that
+    /// `owner` (an instance id) owns: one read for all of a process's instances.
+    fn take_instance_events(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// Marks these events processed; returns how many were pending.
     fn mark_processed(&self, ids: &[i64]) -> Result<usize, StoreError>;
     /// Notified when an event may have been sent to a machine: at once for a send

@@ -56,7 +56,7 @@ use serde_json::{Map, Value as Json};
 
 pub use admin::JobChange;
 pub use claim_loss::ClaimLoss;
-pub use events::{EventStore, MachineHost, NewEvent, StoredEvent};
+pub use events::{EventStore, InstanceOwner, MachineHost, NewEvent, StoredEvent};
 pub use instances::{Heartbeat, InstanceStore, LiveInstance};
 pub use job_json::{new_job_from_json, MAX_BATCH};
 pub use leases::{Acquired, LeaseRecord, LeaseStore};
@@ -620,6 +620,44 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError>;
     /// The instances recorded as live (a definition, not retired), by name.
     fn live_instances(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Takes instances for this store's instance id ([`StoreOptions::instance_id`]) and
+    /// returns their records, by name: live ones (not retired, a state saved) of these
+    /// `definitions`. `dead_after` `None`: the ones it owns already, and those with no
+    /// owner recorded (a restart; released ones). `Some(lease)`: those with no owner
+    /// (released at a clean exit: [`Self::release_instances`]) and another process's
+    /// whose `turnstile_instances` heartbeat is older than `lease` (a takeover; an owner
+    /// with no row keeps its instances). One conditional `UPDATE`: among
+    /// processes claiming at once, each instance goes to one of them.
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Takes the name `machine` for a new instance of `definition` owned by this store's
+    /// instance id, before it starts (with `--persist`, names are unique across the
+    /// processes sharing the store). One conditional insert: true when the row was free
+    /// (none, a machine's state with no definition, a retired instance, this process's
+    /// own, or an instance with no saved state and no owner or a dead one: nothing would
+    /// run it again); false when another process's instance holds it (a state is saved:
+    /// its owner runs it, or a survivor will take it over; or its owner is not known dead,
+    /// a `turnstile_instances` heartbeat older than [`StoreOptions::lease`]). Among
+    /// processes taking one name at once, one wins. A store without instances takes
+    /// every name.
+    fn claim_instance_name(&self, machine: &str, definition: &str) -> Result<bool, StoreError> {
+        let _ = (machine, definition);
+        Ok(true)
+    }
+    /// At a clean exit, once this process's instances stopped and their states were
+    /// saved: gives up its live instances (their owner cleared) so that another process
+    /// with their definition takes them over ([`Self::claim_instances`]), or the next one
+    /// that starts. Returns how many.
+    fn release_instances(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    /// The instance id written with saved states ([`StoreOptions::instance_id`]).
+    fn saver_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What [`JobStore::queue_health`] reports.

@@ -8,7 +8,10 @@
 //! starts and as retired when it reaches a final state or is stopped
 //! ([`Persister::instance_started`], [`Persister::instance_retired`]), in the same
 //! background writes, so that the engine can start the live ones again after a restart
-//! ([`Persister::live_instances`]).
+//! ([`Persister::live_instances`]). The store writes the start mark with its instance id
+//! (`machine_state.instance_id`): the instance's owner, which processes sharing the store
+//! read to send it events and to take it over when the owner dies
+//! ([`crate::store::events`]); these batched marks are the instance's whole registration.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -203,7 +203,7 @@ fn start_error(e: &StartError) -> ApiError {
         | StartError::Singleton(_)
         | StartError::DefinitionClash { .. } => StatusCode::CONFLICT,
         StartError::BadName(_) | StartError::NotADefinition => StatusCode::BAD_REQUEST,
-        StartError::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
+        StartError::NotRunning | StartError::Store(..) => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, e.to_string())
 }

@@ -10,7 +10,9 @@ use super::error::{pg_error, pool_error};
 use super::PgStore;
 use crate::instance::host_name;
 use crate::store::instances::ms;
-use crate::store::{EventStore, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp};
+use crate::store::{
+    EventStore, InstanceOwner, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp,
+};
 
 /// Takes or renews a consumer lease; returns a row when the caller holds it.
 const LEASE: &str = "
@@ -204,6 +206,82 @@ impl EventStore for PgStore {
                 })
                 .collect::<Result<Vec<_>, tokio_postgres::Error>>()
                 .map(Some)
+                .map_err(pg_error)
+        })
+    }
+
+    fn instance_owner(
+        &self,
+        machine: &str,
+        stale_after: Duration,
+    ) -> Result<Option<InstanceOwner>, StoreError> {
+        let pool = self.inner.pool.clone();
+        let (machine, stale) = (machine.to_owned(), ms(stale_after) as f64);
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT m.instance_id, m.current_state IS NOT NULL,
+                        EXISTS (SELECT 1 FROM turnstile_instances i
+                            WHERE i.instance_id = m.instance_id AND i.heartbeat_at
+                                >= clock_timestamp() - $2 * interval '1 millisecond')
+                     FROM machine_state m WHERE m.machine_name = $1
+                        AND m.definition IS NOT NULL AND NOT m.retired",
+                )
+                .await
+                .map_err(pg_error)?;
+            let row = c
+                .query_opt(&st, &[&machine, &stale])
+                .await
+                .map_err(pg_error)?;
+            row.map(|r| {
+                Ok(InstanceOwner {
+                    instance_id: r.try_get(0)?,
+                    saved: r.try_get(1)?,
+                    live: r.try_get(2)?,
+                })
+            })
+            .transpose()
+            .map_err(|e: tokio_postgres::Error| pg_error(e))
+        })
+    }
+
+    fn take_instance_events(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let pool = self.inner.pool.clone();
+        let owner = owner.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT e.id, e.source_machine, e.target_machine, e.event_type, e.job_id,
+                        e.payload, e.traceparent
+                     FROM machine_events e JOIN machine_state m
+                        ON m.machine_name = e.target_machine
+                     WHERE e.status = 'pending' AND m.instance_id = $1
+                        AND m.definition IS NOT NULL AND NOT m.retired
+                     ORDER BY e.id LIMIT $2",
+                )
+                .await
+                .map_err(pg_error)?;
+            let rows = c.query(&st, &[&owner, &limit]).await.map_err(pg_error)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(StoredEvent {
+                        id: r.try_get(0)?,
+                        source: r.try_get(1)?,
+                        target: r.try_get(2)?,
+                        event_type: r.try_get(3)?,
+                        job_id: r.try_get(4)?,
+                        payload: r.try_get(5)?,
+                        traceparent: r.try_get(6)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
                 .map_err(pg_error)
         })
     }

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7475_726e_7374_696c;
 
 /// The schema version this binary writes and reads.
-pub const VERSION: i32 = 7;
+pub const VERSION: i32 = 8;
 
 /// Migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -129,6 +129,10 @@ pub const MIGRATIONS: &[&str] = &[
     // so that the live ones are started again after a restart.
     "ALTER TABLE machine_state ADD COLUMN definition TEXT;
     ALTER TABLE machine_state ADD COLUMN retired BOOLEAN NOT NULL DEFAULT false;",
+    // 8: the live instances each process owns (`instance_id`), read by its event
+    // consumer and by a takeover.
+    "CREATE INDEX machine_state_owner ON machine_state (instance_id)
+        WHERE definition IS NOT NULL AND NOT retired;",
 ];
 
 /// Brings the database to [`VERSION`], or refuses a newer one.

@@ -20,17 +20,71 @@ const SAVE_STATE: &str = "
     VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6)
     ON CONFLICT (machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid, context = excluded.context,
-        instance_id = excluded.instance_id, paused = excluded.paused";
+        instance_id = excluded.instance_id, paused = excluded.paused
+    WHERE machine_state.definition IS NULL OR machine_state.retired
+        OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Records an instance's definition and whether it is retired (its state left alone).
+/// Records an instance's definition, its owner (this process) and whether it is retired
+/// (its state left alone). A start always takes the row (a new instance of that name); a
+/// retirement only by its owner (not by a process whose instance was taken over).
 const MARK_INSTANCE: &str = "
-    INSERT INTO machine_state (machine_name, definition, retired) VALUES ($1, $2, $3)
+    INSERT INTO machine_state (machine_name, definition, retired, instance_id)
+    VALUES ($1, $2, $3, $4)
     ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
-        retired = excluded.retired";
+        retired = excluded.retired, instance_id = excluded.instance_id
+    WHERE NOT excluded.retired OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
+
+/// Takes live instances of definitions `$2` for `$1`: its own and unowned ones.
+const CLAIM_OWN: &str = "
+    UPDATE machine_state SET instance_id = $1
+    WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
+        AND (instance_id IS NULL OR instance_id = $1)
+    RETURNING ";
+
+/// Takes live instances of definitions `$2` for `$1`: released ones (no owner, after a
+/// clean exit) and those of owners whose heartbeat is older than `$3` ms (found in the
+/// small `turnstile_instances`, then their rows by the owner index: the live owners'
+/// instances are not read). Run at once by several processes, the second to reach a row
+/// re-checks it after the first's commit, finds it owned, and leaves it.
+const CLAIM_DEAD: &str = "
+    UPDATE machine_state SET instance_id = $1
+    WHERE definition = ANY($2) AND NOT retired AND current_state IS NOT NULL
+        AND (instance_id IS NULL OR instance_id IN (SELECT i.instance_id
+            FROM turnstile_instances i WHERE i.instance_id <> $1
+                AND i.heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond'))
+    RETURNING ";
+
+/// Takes the name `$1` for a new instance of `$2` owned by `$3`, unless another process's
+/// instance holds it: a state is saved, or its owner is not known dead (a heartbeat older
+/// than `$4` ms)
+/// (see [`StateStore::claim_instance_name`]). Two processes inserting one name at once:
+/// the second waits for the first's commit and re-checks the row it then conflicts with.
+/// One statement (one round trip) whose commit does not wait for the WAL flush
+/// (`synchronous_commit` off for its own transaction): the claim is seen by every other
+/// transaction at its commit all the same (one winner), and the instance's start mark,
+/// written durably in the persister's batch, records it again; a server crash in between
+/// loses only a claim whose start mark was not written yet.
+const CLAIM_NAME: &str = "
+    WITH quick AS (SELECT set_config('synchronous_commit', 'off', true))
+    INSERT INTO machine_state AS m (machine_name, definition, retired, instance_id)
+    SELECT $1, $2, false, $3 FROM quick
+    ON CONFLICT (machine_name) DO UPDATE SET definition = excluded.definition,
+        retired = false, instance_id = excluded.instance_id
+    WHERE m.definition IS NULL OR m.retired OR m.instance_id = excluded.instance_id
+        OR (m.current_state IS NULL AND (m.instance_id IS NULL
+            OR EXISTS (SELECT 1 FROM turnstile_instances i WHERE i.instance_id = m.instance_id
+                AND i.heartbeat_at < clock_timestamp() - $4 * interval '1 millisecond')))";
+
+/// Gives up `$1`'s live instances (a clean exit).
+const RELEASE: &str = "
+    UPDATE machine_state SET instance_id = NULL
+    WHERE instance_id = $1 AND definition IS NOT NULL AND NOT retired";
 
 impl StateStore for PgStore {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
@@ -38,6 +92,7 @@ impl StateStore for PgStore {
             return Ok(());
         }
         let pool = self.inner.pool.clone();
+        let owner = self.inner.opts.instance_id.clone();
         let marks: Vec<(String, String, bool)> = marks
             .iter()
             .map(|m| (m.machine.to_string(), m.definition.to_string(), m.retired))
@@ -48,7 +103,9 @@ impl StateStore for PgStore {
             let st = tx.prepare_cached(MARK_INSTANCE).await.map_err(pg_error)?;
             // In order: a later mark of one name wins.
             for (m, d, r) in &marks {
-                tx.execute(&st, &[m, d, r]).await.map_err(pg_error)?;
+                tx.execute(&st, &[m, d, r, &owner])
+                    .await
+                    .map_err(pg_error)?;
             }
             tx.commit().await.map_err(pg_error)
         })
@@ -67,6 +124,73 @@ impl StateStore for PgStore {
                 .map_err(pg_error)?;
             let rows = c.query(&st, &[]).await.map_err(pg_error)?;
             rows.iter().map(|r| machine(r).map_err(pg_error)).collect()
+        })
+    }
+
+    fn saver_id(&self) -> Option<&str> {
+        self.inner.opts.instance_id.as_deref()
+    }
+
+    fn claim_instance_name(&self, machine: &str, definition: &str) -> Result<bool, StoreError> {
+        let pool = self.inner.pool.clone();
+        let owner = self.inner.opts.instance_id.clone();
+        let lease = crate::store::instances::ms(self.inner.opts.lease) as f64;
+        let (m, d) = (machine.to_owned(), definition.to_owned());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(CLAIM_NAME).await.map_err(pg_error)?;
+            let n = c
+                .execute(&st, &[&m, &d, &owner, &lease])
+                .await
+                .map_err(pg_error)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release_instances(&self) -> Result<usize, StoreError> {
+        let pool = self.inner.pool.clone();
+        let Some(owner) = self.inner.opts.instance_id.clone() else {
+            return Ok(0);
+        };
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let n = c.execute(RELEASE, &[&owner]).await.map_err(pg_error)?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<std::time::Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        let pool = self.inner.pool.clone();
+        let (owner, defs) = (self.inner.opts.instance_id.clone(), definitions.to_vec());
+        self.call(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let mut rows = match (dead_after, &owner) {
+                (None, _) => c
+                    .query(&format!("{CLAIM_OWN}{MACHINE_COLUMNS}"), &[&owner, &defs])
+                    .await
+                    .map_err(pg_error)?,
+                // A process with no instance id takes over nothing.
+                (Some(_), None) => Vec::new(),
+                (Some(d), Some(_)) => {
+                    let d = crate::store::instances::ms(d) as f64;
+                    c.query(
+                        &format!("{CLAIM_DEAD}{MACHINE_COLUMNS}"),
+                        &[&owner, &defs, &d],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                }
+            };
+            let mut out = rows
+                .drain(..)
+                .map(|r| machine(&r).map_err(pg_error))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort_by(|a, b| a.machine_name.cmp(&b.machine_name));
+            Ok(out)
         })
     }
 

@@ -16,7 +16,9 @@ use super::SqliteStore;
 use crate::instance::host_name;
 use crate::store::events::payload_from_text;
 use crate::store::instances::ms;
-use crate::store::{now_ms, EventStore, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp};
+use crate::store::{
+    now_ms, EventStore, InstanceOwner, MachineHost, NewEvent, StoreError, StoredEvent, Timestamp,
+};
 
 /// Takes or renews `target`'s consumer lease for `consumer`; false when another holds it.
 fn lease(tx: &Connection, target: &str, consumer: &str, lease: i64) -> rusqlite::Result<bool> {
@@ -41,19 +43,21 @@ fn pending(conn: &Connection, target: &str, limit: usize) -> rusqlite::Result<Ve
     )?;
     let rows = st.query_map(
         params![target, i64::try_from(limit).unwrap_or(i64::MAX)],
-        |r| {
-            Ok(StoredEvent {
-                id: r.get(0)?,
-                source: r.get(1)?,
-                target: r.get(2)?,
-                event_type: r.get(3)?,
-                job_id: r.get(4)?,
-                payload: payload_from_text(r.get(5)?),
-                traceparent: r.get(6)?,
-            })
-        },
+        stored,
     )?;
     rows.collect()
+}
+
+fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        target: r.get(2)?,
+        event_type: r.get(3)?,
+        job_id: r.get(4)?,
+        payload: payload_from_text(r.get(5)?),
+        traceparent: r.get(6)?,
+    })
 }
 
 /// Marks `ids` processed in `tx`; how many were pending.
@@ -199,6 +203,53 @@ impl EventStore for SqliteStore {
             }
             Ok(Some(pending(tx, &target, limit)?))
         })
+    }
+
+    fn instance_owner(
+        &self,
+        machine: &str,
+        stale_after: Duration,
+    ) -> Result<Option<InstanceOwner>, StoreError> {
+        let since = now_ms() - ms(stale_after);
+        let conn = self.event_reads();
+        Ok(conn
+            .row_cached(
+                "SELECT m.instance_id, m.current_state IS NOT NULL,
+                    EXISTS (SELECT 1 FROM turnstile_instances i
+                        WHERE i.instance_id = m.instance_id AND i.heartbeat_at >= ?2)
+                 FROM machine_state m WHERE m.machine_name = ?1
+                    AND m.definition IS NOT NULL AND m.retired = 0",
+                params![machine, since],
+                |r| {
+                    Ok(InstanceOwner {
+                        instance_id: r.get(0)?,
+                        saved: r.get(1)?,
+                        live: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn take_instance_events(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let conn = self.event_reads();
+        let mut st = conn.prepare_cached(
+            "SELECT e.id, e.source_machine, e.target_machine, e.event_type, e.job_id,
+                e.payload, e.traceparent
+             FROM machine_events e JOIN machine_state m ON m.machine_name = e.target_machine
+             WHERE e.status = 'pending' AND m.instance_id = ?1
+                AND m.definition IS NOT NULL AND m.retired = 0
+             ORDER BY e.id LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![owner, i64::try_from(limit).unwrap_or(i64::MAX)],
+            stored,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn mark_processed(&self, ids: &[i64]) -> Result<usize, StoreError> {

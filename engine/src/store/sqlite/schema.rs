@@ -130,6 +130,8 @@ CREATE TABLE IF NOT EXISTS turnstile_event_consumers (
 );
 CREATE INDEX IF NOT EXISTS idx_events_pending ON machine_events (target_machine, id)
     WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_machine_state_owner ON machine_state (instance_id)
+    WHERE definition IS NOT NULL AND retired = 0;
 CREATE TABLE IF NOT EXISTS turnstile_health (
     id INTEGER PRIMARY KEY,
     checked_at INTEGER,

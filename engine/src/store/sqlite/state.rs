@@ -20,13 +20,58 @@ const SAVE_STATE: &str = "INSERT INTO machine_state (machine_name, current_state
     ON CONFLICT(machine_name) DO UPDATE SET current_state = excluded.current_state,
         last_activity = excluded.last_activity, pid = excluded.pid,
         context = excluded.context, instance_id = excluded.instance_id,
-        paused = excluded.paused";
+        paused = excluded.paused
+    WHERE machine_state.definition IS NULL OR machine_state.retired <> 0
+        OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
 
-/// Records an instance's definition and whether it is retired (its state left alone).
-const MARK_INSTANCE: &str = "INSERT INTO machine_state (machine_name, definition, retired)
-    VALUES (?1, ?2, ?3)
+/// Records an instance's definition, its owner (this process) and whether it is retired
+/// (its state left alone). A start always takes the row (a new instance of that name); a
+/// retirement only by its owner (not by a process whose instance was taken over).
+const MARK_INSTANCE: &str = "INSERT INTO machine_state (machine_name, definition, retired,
+        instance_id)
+    VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT(machine_name) DO UPDATE SET definition = excluded.definition,
-        retired = excluded.retired";
+        retired = excluded.retired, instance_id = excluded.instance_id
+    WHERE excluded.retired = 0 OR machine_state.instance_id IS NULL
+        OR machine_state.instance_id = excluded.instance_id";
+
+/// Takes live instances of definitions `?2` (a JSON array) for `?1`: its own and unowned
+/// ones.
+const CLAIM_OWN: &str = "UPDATE machine_state SET instance_id = ?1
+    WHERE definition IN (SELECT value FROM json_each(?2)) AND retired = 0
+        AND current_state IS NOT NULL AND (instance_id IS NULL OR instance_id = ?1)
+    RETURNING ";
+
+/// Takes live instances of definitions `?2` for `?1`: released ones (no owner, after a
+/// clean exit) and those of owners whose heartbeat is older than `?3` (ms since the
+/// epoch); the write lock makes it one taker per instance.
+const CLAIM_DEAD: &str = "UPDATE machine_state SET instance_id = ?1
+    WHERE definition IN (SELECT value FROM json_each(?2)) AND retired = 0
+        AND current_state IS NOT NULL
+        AND (instance_id IS NULL OR instance_id IN (SELECT i.instance_id
+            FROM turnstile_instances i WHERE i.instance_id <> ?1 AND i.heartbeat_at < ?3))
+    RETURNING ";
+
+/// Takes the name `?1` for a new instance of `?2` owned by `?3`, unless another process's
+/// instance holds it: a state is saved, or its owner is not known dead (a heartbeat older
+/// than `?4`, ms since the epoch)
+/// (see [`StateStore::claim_instance_name`]). The write lock orders
+/// two processes taking one name.
+const CLAIM_NAME: &str = "INSERT INTO machine_state (machine_name, definition, retired,
+        instance_id)
+    VALUES (?1, ?2, 0, ?3)
+    ON CONFLICT(machine_name) DO UPDATE SET definition = excluded.definition,
+        retired = 0, instance_id = excluded.instance_id
+    WHERE machine_state.definition IS NULL OR machine_state.retired <> 0
+        OR machine_state.instance_id = excluded.instance_id
+        OR (machine_state.current_state IS NULL AND (machine_state.instance_id IS NULL
+            OR EXISTS (SELECT 1 FROM turnstile_instances i
+                WHERE i.instance_id = machine_state.instance_id AND i.heartbeat_at < ?4)))";
+
+/// Gives up `?1`'s live instances (a clean exit).
+const RELEASE: &str = "UPDATE machine_state SET instance_id = NULL
+    WHERE instance_id = ?1 AND definition IS NOT NULL AND retired = 0";
 
 impl StateStore for SqliteStore {
     fn mark_instances(&self, marks: &[InstanceMark]) -> Result<(), StoreError> {
@@ -38,7 +83,12 @@ impl StateStore for SqliteStore {
         for m in marks {
             tx.exec_cached(
                 MARK_INSTANCE,
-                params![&*m.machine, &*m.definition, m.retired],
+                params![
+                    &*m.machine,
+                    &*m.definition,
+                    m.retired,
+                    self.inner.opts.instance_id
+                ],
             )?;
         }
         tx.commit()?;
@@ -53,6 +103,60 @@ impl StateStore for SqliteStore {
         ))?;
         let rows = st.query_map([], machine_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn saver_id(&self) -> Option<&str> {
+        self.inner.opts.instance_id.as_deref()
+    }
+
+    fn claim_instance_name(&self, machine: &str, definition: &str) -> Result<bool, StoreError> {
+        let owner = self.inner.opts.instance_id.clone();
+        let live_since =
+            crate::store::now_ms() - crate::store::instances::ms(self.inner.opts.lease);
+        let (m, d) = (machine.to_owned(), definition.to_owned());
+        self.write(move |tx| {
+            let n = tx.exec_cached(CLAIM_NAME, params![m, d, owner, live_since])?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release_instances(&self) -> Result<usize, StoreError> {
+        let Some(owner) = self.inner.opts.instance_id.clone() else {
+            return Ok(0);
+        };
+        self.write(move |tx| Ok(tx.exec_cached(RELEASE, params![owner])?))
+    }
+
+    fn claim_instances(
+        &self,
+        definitions: &[String],
+        dead_after: Option<std::time::Duration>,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        let owner = self.inner.opts.instance_id.clone();
+        let defs =
+            serde_json::to_string(definitions).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if dead_after.is_some() && owner.is_none() {
+            // A process with no instance id takes over nothing.
+            return Ok(Vec::new());
+        }
+        let mut out = self.write(move |tx| {
+            let rows = match dead_after {
+                None => {
+                    let mut st = tx.prepare_cached(&format!("{CLAIM_OWN}{MACHINE_COLUMNS}"))?;
+                    let rows = st.query_map(params![owner, defs], machine_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+                Some(d) => {
+                    let before = crate::store::now_ms() - crate::store::instances::ms(d);
+                    let mut st = tx.prepare_cached(&format!("{CLAIM_DEAD}{MACHINE_COLUMNS}"))?;
+                    let rows = st.query_map(params![owner, defs, before], machine_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            Ok(rows)
+        })?;
+        out.sort_by(|a, b| a.machine_name.cmp(&b.machine_name));
+        Ok(out)
     }
 
     fn save_state(
