@@ -119,19 +119,22 @@ impl Telemetry {
                 }
             }
         }
-        if self.config.trace_buffer > 0 {
-            slot.trace.push(TraceRecord {
+        if self.config.trace_buffer == 0 {
+            return;
+        }
+        if let Some(t) = slot.trace_target() {
+            t.ring.push(TraceRecord {
                 at,
                 event: r.event.name.clone(),
-                machine: slot.name.clone(),
+                machine: t.machine.clone(),
                 instance: slot.instance.clone(),
-                from: slot
-                    .states()
+                from: t
+                    .states
                     .get(r.from.id)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(r.from.name)),
-                to: slot
-                    .states()
+                to: t
+                    .states
                     .get(r.to.id)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(r.to.name)),

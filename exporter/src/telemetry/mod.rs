@@ -107,9 +107,9 @@ pub struct Telemetry {
     metrics: Arc<Metrics>,
     spans: Option<Spans>,
     machines: Mutex<Vec<Arc<Slot>>>,
-    /// The `/trace` records of run-time instances: one ring per definition, shared by its
-    /// instances (their slots are not in `machines`: there may be 100,000).
-    instance_traces: Mutex<std::collections::HashMap<Arc<str>, Arc<Ring<TraceRecord>>>>,
+    /// The `/trace` records of run-time instances: per definition, one ring per thread,
+    /// shared by its instances (their slots are not in `machines`: there may be 100,000).
+    instance_traces: Mutex<std::collections::HashMap<Arc<str>, Arc<records::ThreadRings>>>,
     /// What the slots of run-time instances share, per definition (the definition they
     /// run: replaced after a reload).
     recipes: Mutex<std::collections::HashMap<Arc<str>, Arc<slot::Recipe>>>,
@@ -355,11 +355,12 @@ impl Telemetry {
     pub fn traces(&self, limit: usize, machine: Option<&str>, trace_id: Option<&str>) -> Vec<Json> {
         let slots = self.slots();
         let mut all: Vec<TraceRecord> = Vec::new();
-        for s in slots
+        for ring in slots
             .iter()
             .filter(|s| machine.is_none_or(|m| *s.name == *m))
+            .filter_map(|s| s.trace.as_ref())
         {
-            all.extend(s.trace.newest(limit, |r| {
+            all.extend(ring.newest(limit, |r| {
                 trace_id.is_none_or(|t| r.trace_id.as_deref() == Some(t))
             }));
         }
@@ -369,7 +370,7 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .flat_map(|t| t.all())
             .collect();
         for ring in rings {
             all.extend(ring.newest(limit, |r| {
@@ -561,11 +562,13 @@ mod tests {
 
     /// Instances count under their definition's series through writers shared per thread:
     /// events sent to 300 instances from two tasks on two workers are all counted, with the
-    /// config machine's, in the same series.
+    /// config machine's, in the same series; and each has its `/trace` record (the
+    /// instances' in the rings of the threads that recorded them), newest first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn instances_on_two_workers_count_every_event_in_their_definitions_series() {
         let t = Telemetry::new(TelemetryConfig {
             metrics_detail: MetricsDetail::ALL,
+            trace_buffer: 10_000,
             ..TelemetryConfig::default()
         })
         .unwrap();
@@ -622,6 +625,17 @@ mod tests {
         let page = t.render_metrics(false);
         engine.shutdown();
         engine.join().await;
+        let all = t.traces(100_000, Some("flip"), None);
+        assert_eq!(all.len(), N * 4 + 2, "every event has its record");
+        let at = |r: &Json| r["timestamp"].as_str().unwrap().to_owned();
+        assert!(all.windows(2).all(|w| at(&w[0]) >= at(&w[1])), "newest first");
+        let one = t.traces(100, Some("i7"), None);
+        assert_eq!(one.len(), 4, "{one:#?}");
+        assert!(
+            one.iter()
+                .all(|r| r["data"]["instance"] == "i7" && r["data"]["machine"] == "flip"),
+            "{one:#?}"
+        );
         let transitions = (N * 3 + 1) as f64;
         assert_eq!(
             sum_of(&page, "turnstile_transitions_total", "flip", ""),

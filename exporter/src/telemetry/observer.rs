@@ -27,17 +27,20 @@ use super::stream::{LaneCell, Names, QuickFeed};
 use super::Telemetry;
 
 impl Telemetry {
-    /// The `/trace` ring of a machine's slot: its own for a config machine, its
-    /// definition's (shared by all its instances) for an instance.
-    fn trace_ring(&self, m: &MachineRef<'_>) -> Arc<Ring<records::TraceRecord>> {
-        if !m.instance {
-            return Arc::new(Ring::new(self.config.trace_buffer));
-        }
+    /// The `/trace` ring of a config machine's slot (an instance's records go to its
+    /// definition's rings, [`Self::instance_rings`]).
+    fn trace_ring(&self, m: &MachineRef<'_>) -> Option<Arc<Ring<records::TraceRecord>>> {
+        (!m.instance).then(|| Arc::new(Ring::new(self.config.trace_buffer)))
+    }
+
+    /// The `/trace` rings of a definition's instances (one per thread; the same after a
+    /// reload).
+    fn instance_rings(&self, def: &Arc<str>) -> Arc<records::ThreadRings> {
         self.instance_traces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(m.def.name.clone())
-            .or_insert_with(|| Arc::new(Ring::new(self.config.trace_buffer)))
+            .entry(def.clone())
+            .or_insert_with(|| Arc::new(records::ThreadRings::new(self.config.trace_buffer)))
             .clone()
     }
 
@@ -62,6 +65,7 @@ impl Telemetry {
                     m.def.clone(),
                     detail,
                     Names::new(m.def, None),
+                    self.instance_rings(&m.def.name),
                 ));
                 recipes.insert(m.def.name.clone(), r.clone());
                 r
@@ -177,7 +181,10 @@ impl Observer for Telemetry {
                 event: None,
                 action,
             }),
-            trace: old.map_or_else(|| self.trace_ring(&m), |o| o.trace.clone()),
+            trace: match old {
+                Some(o) if !m.instance => o.trace.clone(),
+                _ => self.trace_ring(&m),
+            },
         });
         if !m.instance {
             let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());

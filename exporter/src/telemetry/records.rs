@@ -75,6 +75,47 @@ pub struct ActionRecord {
     pub error: Option<String>,
 }
 
+/// The `/trace` rings of one definition's run-time instances: one per thread that records
+/// for them, merged newest first by `/trace`. One ring shared by the instances of both
+/// workers cost the engine more than the rest of an instance's telemetry: its lock, and
+/// the reference counts of the names every record holds (the definition's, its states'),
+/// bounced between the cores at each record, and again when the record was dropped. A
+/// thread's ring and its own copies of the names ([`super::slot::Recipe`]) stay in its
+/// core's cache. Each ring keeps the configured number of records.
+#[derive(Debug)]
+pub struct ThreadRings {
+    cap: usize,
+    rings: Mutex<Vec<(std::thread::ThreadId, Arc<Ring<TraceRecord>>)>>,
+}
+
+impl ThreadRings {
+    /// No ring yet; each will keep at most `cap` records.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            rings: Mutex::default(),
+        }
+    }
+
+    /// The calling thread's ring (made at its first call; the same one after a reload).
+    pub fn this_thread(&self) -> Arc<Ring<TraceRecord>> {
+        let me = std::thread::current().id();
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = rings.iter().find(|(t, _)| *t == me) {
+            return r.clone();
+        }
+        let r = Arc::new(Ring::new(self.cap));
+        rings.push((me, r.clone()));
+        r
+    }
+
+    /// Every thread's ring.
+    pub fn all(&self) -> Vec<Arc<Ring<TraceRecord>>> {
+        let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        rings.iter().map(|(_, r)| r.clone()).collect()
+    }
+}
+
 /// One processed event, as `/trace` shows it.
 #[derive(Debug, Clone)]
 pub struct TraceRecord {

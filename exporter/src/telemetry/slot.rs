@@ -17,7 +17,7 @@ use turnstile_engine::observe::{QuickObserver, QuickTiming};
 use turnstile_engine::{MachineDef, MetricsDetail, TraceContext};
 
 use super::metrics::{MachineMetrics, Metrics};
-use super::records::{ActionRecord, Ring, TraceRecord};
+use super::records::{ActionRecord, Ring, ThreadRings, TraceRecord};
 use super::spans::LiveSpan;
 use super::stream::{LaneCell, Names, QuickFeed};
 
@@ -47,8 +47,10 @@ pub(super) struct Slot {
     /// How the machine's action-less events are timed and reported.
     pub(super) timing: QuickTiming,
     pub(super) live: Mutex<Live>,
-    /// Shared with the slot that replaces this one after a config reload.
-    pub(super) trace: Arc<Ring<TraceRecord>>,
+    /// A config machine's `/trace` ring, shared with the slot that replaces this one after
+    /// a config reload. None for an instance: its records go to its definition's ring of
+    /// the reporting thread ([`Recipe::trace`]).
+    pub(super) trace: Option<Arc<Ring<TraceRecord>>>,
 }
 
 impl Slot {
@@ -65,6 +67,29 @@ impl Slot {
             Some(i) => self
                 .instance_names
                 .get_or_init(|| self.names.for_instance(i.clone())),
+        }
+    }
+
+    /// Where its `/trace` records go, and the names they carry (the machine's, its states'
+    /// by index): a config machine's own ring and names; an instance's, the calling
+    /// thread's ring of its definition and that thread's copies of the names.
+    #[inline]
+    pub(super) fn trace_target(&self) -> Option<TraceTarget<'_>> {
+        match (&self.trace, &self.metrics) {
+            (Some(ring), _) => Some(TraceTarget {
+                ring,
+                machine: &self.name,
+                states: self.states(),
+            }),
+            (None, SlotMetrics::Shared(recipe)) => {
+                let t = recipe.trace();
+                Some(TraceTarget {
+                    ring: &t.ring,
+                    machine: &t.machine,
+                    states: &t.states,
+                })
+            }
+            (None, SlotMetrics::Now(_)) => None,
         }
     }
 
@@ -132,6 +157,26 @@ pub(super) struct Recipe {
     /// The writers of each thread that reported for these instances. Dropped with the
     /// recipe (a reload with new indexes, a new level): their counts stay in the series.
     writers: ThreadLocal<MachineMetrics>,
+    /// The definition's `/trace` rings, one per thread (kept by the telemetry across
+    /// reloads), and each thread's ring with its copies of the names.
+    rings: Arc<ThreadRings>,
+    traces: ThreadLocal<ThreadTrace>,
+}
+
+/// Where a slot's `/trace` record goes ([`Slot::trace_target`]).
+pub(super) struct TraceTarget<'a> {
+    pub(super) ring: &'a Ring<TraceRecord>,
+    pub(super) machine: &'a Arc<str>,
+    pub(super) states: &'a [Arc<str>],
+}
+
+/// A thread's `/trace` ring for a definition's instances, and the names its records
+/// carry: copies of the definition's, whose reference counts only this thread moves (see
+/// [`ThreadRings`]).
+pub(super) struct ThreadTrace {
+    ring: Arc<Ring<TraceRecord>>,
+    machine: Arc<str>,
+    states: Box<[Arc<str>]>,
 }
 
 impl Recipe {
@@ -140,6 +185,7 @@ impl Recipe {
         def: Arc<MachineDef>,
         detail: MetricsDetail,
         names: Arc<Names>,
+        rings: Arc<ThreadRings>,
     ) -> Self {
         Self {
             families,
@@ -147,7 +193,24 @@ impl Recipe {
             detail,
             names,
             writers: ThreadLocal::new(),
+            rings,
+            traces: ThreadLocal::new(),
         }
+    }
+
+    /// The calling thread's `/trace` ring and names (made at its first record).
+    #[inline]
+    fn trace(&self) -> &ThreadTrace {
+        self.traces.get_or(|| ThreadTrace {
+            ring: self.rings.this_thread(),
+            machine: Arc::from(&*self.def.name),
+            states: self
+                .names
+                .states()
+                .iter()
+                .map(|s| Arc::from(&**s))
+                .collect(),
+        })
     }
 
     /// The calling thread's writers (made on its first report).
