@@ -1074,8 +1074,9 @@ impl Engine {
         let Some(p) = &self.inner.persist else {
             return Ok(true);
         };
-        p.store()
-            .claim_instance_name(name, definition)
+        // A round trip to the store (longer while it is slow): `POST /machines` and
+        // `start_fsm` call this from tasks.
+        crate::store::in_place(|| p.store().claim_instance_name(name, definition))
             .map_err(|e| StartError::Store(name.to_owned(), e.to_string()))
     }
 

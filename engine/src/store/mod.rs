@@ -716,3 +716,14 @@ pub fn now_ms() -> i64 {
 pub fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
+
+/// Runs a blocking store call from a task (a machine's, an HTTP handler's): on a
+/// multi-threaded runtime the thread's other tasks move elsewhere meanwhile
+/// ([`tokio::task::block_in_place`]); elsewhere (a current-thread runtime, a plain thread)
+/// it is simply called.
+pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -628,7 +628,10 @@ mod tests {
         let all = t.traces(100_000, Some("flip"), None);
         assert_eq!(all.len(), N * 4 + 2, "every event has its record");
         let at = |r: &Json| r["timestamp"].as_str().unwrap().to_owned();
-        assert!(all.windows(2).all(|w| at(&w[0]) >= at(&w[1])), "newest first");
+        assert!(
+            all.windows(2).all(|w| at(&w[0]) >= at(&w[1])),
+            "newest first"
+        );
         let one = t.traces(100, Some("i7"), None);
         assert_eq!(one.len(), 4, "{one:#?}");
         assert!(

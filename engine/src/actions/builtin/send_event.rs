@@ -130,7 +130,8 @@ impl Action for SendEvent {
                 // before the machine takes its next event, as a local one does: a
                 // machine's sends to one target keep their order.
                 Some(remote) => {
-                    let sent = in_place(|| remote.forward(Some(cx.machine), &target, &ev));
+                    let sent =
+                        crate::store::in_place(|| remote.forward(Some(cx.machine), &target, &ev));
                     match sent {
                         Ok(_) => Step::Done(Outcome::ok(self.success.clone())),
                         Err(e @ ForwardError::Unknown(_)) => Step::Done(
@@ -145,14 +146,5 @@ impl Action for SendEvent {
                 ),
             },
         }
-    }
-}
-
-/// Runs a blocking store call on the machine's task: on a multi-threaded runtime the
-/// thread's other tasks move elsewhere meanwhile ([`tokio::task::block_in_place`]).
-fn in_place<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
