@@ -193,17 +193,7 @@ impl EventStore for PgStore {
                 .map_err(pg_error)?;
             let rows = c.query(&st, &[&target, &limit]).await.map_err(pg_error)?;
             rows.iter()
-                .map(|r| {
-                    Ok(StoredEvent {
-                        id: r.try_get(0)?,
-                        source: r.try_get(1)?,
-                        target: r.try_get(2)?,
-                        event_type: r.try_get(3)?,
-                        job_id: r.try_get(4)?,
-                        payload: r.try_get(5)?,
-                        traceparent: r.try_get(6)?,
-                    })
-                })
+                .map(stored_event)
                 .collect::<Result<Vec<_>, tokio_postgres::Error>>()
                 .map(Some)
                 .map_err(pg_error)
@@ -270,17 +260,7 @@ impl EventStore for PgStore {
                 .map_err(pg_error)?;
             let rows = c.query(&st, &[&owner, &limit]).await.map_err(pg_error)?;
             rows.iter()
-                .map(|r| {
-                    Ok(StoredEvent {
-                        id: r.try_get(0)?,
-                        source: r.try_get(1)?,
-                        target: r.try_get(2)?,
-                        event_type: r.try_get(3)?,
-                        job_id: r.try_get(4)?,
-                        payload: r.try_get(5)?,
-                        traceparent: r.try_get(6)?,
-                    })
-                })
+                .map(stored_event)
                 .collect::<Result<Vec<_>, tokio_postgres::Error>>()
                 .map_err(pg_error)
         })
@@ -306,3 +286,17 @@ impl EventStore for PgStore {
 pub(super) const MARK: &str = "UPDATE machine_events SET status = 'processed',
         processed_at = clock_timestamp()
     WHERE id = ANY($1) AND status = 'pending'";
+
+/// An event row of `machine_events` (`id, source_machine, target_machine, event_type,
+/// job_id, payload, traceparent`, in this order).
+fn stored_event(r: &tokio_postgres::Row) -> Result<StoredEvent, tokio_postgres::Error> {
+    Ok(StoredEvent {
+        id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        target: r.try_get(2)?,
+        event_type: r.try_get(3)?,
+        job_id: r.try_get(4)?,
+        payload: r.try_get(5)?,
+        traceparent: r.try_get(6)?,
+    })
+}
