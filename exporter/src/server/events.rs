@@ -14,7 +14,8 @@
 //!
 //! Its own file because the answer is not a whole body: each client has a task that reads
 //! its [`Subscriber`] and hands SSE chunks to the connection through a small channel
-//! (the response's [`EventBody`]); when the client goes, the body is dropped and the task ends. A client
+//! (the response's [`EventBody`]); when the client goes, the body is dropped and the task ends.
+//! The clients' tasks run on a thread of their own (see [`followers`]). A client
 //! that reads nothing for the sidecar's write timeout is closed like any connection. The
 //! connection is marked as streaming, so the connection budget never sheds it (see
 //! `conn.rs`); the stream's own limit ([`crate::telemetry::stream::MAX_CLIENTS`]) bounds
@@ -152,9 +153,40 @@ pub(super) fn events(state: &State, req: &Request<Incoming>) -> Result<Response<
     })?;
     let info = req.extensions().get::<ConnInfo>().cloned();
     let (tx, rx) = mpsc::channel(CHUNKS);
-    tokio::spawn(follow(sub, filter, tx, info));
+    let task = follow(sub, filter, tx, info);
+    match followers() {
+        Some(h) => drop(h.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
     *r.body_mut() = http_body_util::Either::Right(EventBody::new(rx));
     Ok(r)
+}
+
+/// The followers' own thread and runtime, made at the first client (`None` if the thread
+/// cannot be made: they then run on the caller's runtime). On the runtime of the machines a
+/// follower woken by a busy machine's record waited behind that machine: tokio runs a task
+/// woken from a worker on that same worker next (no other worker may take it), while the
+/// other worker idled. At the engine's full speed the follower then fell more than the
+/// ring behind and was cut off (BENCHMARKS.md, the live record stream). On a thread of its
+/// own the kernel shares the cores between it and the machines. The connection's task stays
+/// on the sidecar's runtime; the chunks cross through the body's channel.
+fn followers() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok()?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name("turnstile-events".into())
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
 }
 
 /// Unmarks the connection when the stream ends.
