@@ -149,8 +149,9 @@ impl Resume for Task {
     }
 }
 
+/// Test helpers shared with the compact form's tests (`machine/parked.rs`).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::time::Duration;
@@ -162,9 +163,9 @@ mod tests {
     use crate::runtime::live::{LiveAnswer, LiveOp};
     use crate::{config, ActionRegistry};
 
-    const WAIT: Duration = Duration::from_secs(10);
+    pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-    fn def(yaml: &str) -> std::sync::Arc<crate::MachineDef> {
+    pub(crate) fn def(yaml: &str) -> std::sync::Arc<crate::MachineDef> {
         let loaded = config::load_str(yaml, None, &ActionRegistry::with_builtins());
         let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
         assert!(errors.is_empty(), "{errors:#?}");
@@ -173,7 +174,7 @@ mod tests {
 
     /// `a` to `b` on `flip`, back on `flop` (in any other order some are ignored); `go` from `a` to `timed`, which goes on to `a` after 0.3 s;
     /// `end` to the final state `done`. Entering `b` sets `seen`.
-    const FLIP: &str = r#"
+    pub(crate) const FLIP: &str = r#"
 metadata: {machine_name: flip}
 initial_state: a
 context: {n: 0}
@@ -190,7 +191,7 @@ actions:
     - {type: set_context, key: seen, value: true}
 "#;
 
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !f() {
             assert!(

@@ -245,50 +245,18 @@ impl Parkable {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::Duration;
-
     use serde_json::{json, Map};
 
     use super::*;
     use crate::breakpoint::{BreakpointSpec, On};
     use crate::runtime::engine::Engine;
+    use crate::runtime::launch::tests::{def, until, FLIP, WAIT};
     use crate::runtime::live::{LiveAnswer, LiveOp};
-    use crate::{config, ActionRegistry};
-
-    const WAIT: Duration = Duration::from_secs(10);
-
-    /// `a` to `b` on `flip` (entering `b` sets `seen` from the event's payload), back on
-    /// `flop`.
-    const FLIP: &str = r#"
-metadata: {machine_name: flip}
-initial_state: a
-context: {n: 0}
-states: [a, b]
-events: [flip, flop]
-transitions:
-  - {from: a, to: b, event: flip}
-  - {from: b, to: a, event: flop}
-actions:
-  b:
-    - {type: set_context, key: seen, value: true}
-"#;
-
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !f() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not in time: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_instance_parks_compact_and_resumes_whole() {
         let engine = Engine::builder().build();
-        let loaded = config::load_str(FLIP, None, &ActionRegistry::with_builtins());
-        engine.spawn(loaded.def.unwrap()).unwrap();
+        engine.spawn(def(FLIP)).unwrap();
         let mut ctx = Map::new();
         ctx.insert("k".into(), json!("v"));
         engine.start_instance("flip", Some("i"), ctx).unwrap();
