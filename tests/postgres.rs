@@ -745,6 +745,32 @@ actions:
       value: true
 "#;
 
+/// `machine`'s three events (`s0` → `s1` → `s2` → `s3`) were each handled once, in order:
+/// one audit row per transition once `s3` is saved, none pending in the event table.
+fn handled_once_in_order(server: &Server, url: &str, machine: &str) {
+    let audit = |from: &str, to: &str| {
+        num(
+            server,
+            url,
+            &format!(
+                "SELECT count(*) FROM transitions WHERE machine_name = '{machine}'
+                    AND from_state = '{from}' AND to_state = '{to}'"
+            ),
+        )
+    };
+    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
+    assert_eq!(
+        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
+        (1, 1, 1),
+        "{machine}"
+    );
+    let pending = format!(
+        "SELECT count(*) FROM machine_events WHERE target_machine = '{machine}'
+            AND status = 'pending'"
+    );
+    assert_eq!(num(server, url, &pending), 0, "{machine}");
+}
+
 /// `GET /machines/NAME`: (status, body).
 fn machine_at(addr: SocketAddr, name: &str) -> (u16, Json) {
     let r = kit::http::get(addr, &format!("/machines/{name}"));
@@ -858,24 +884,7 @@ fn instances_are_reached_from_any_process_and_taken_over_after_sigkill() {
     let (_, m) = machine_at(b_addr, "order-1");
     assert_eq!(m["context"], json!({"n": 7, "visited_s1": true}), "{m:#}");
     // Each event once, in order: one transition each, nothing pending.
-    let audit = |from: &str, to: &str| {
-        num(
-            server,
-            &url,
-            &format!(
-                "SELECT count(*) FROM transitions WHERE machine_name = 'order-1'
-                    AND from_state = '{from}' AND to_state = '{to}'"
-            ),
-        )
-    };
-    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
-    assert_eq!(
-        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
-        (1, 1, 1)
-    );
-    let pending = "SELECT count(*) FROM machine_events WHERE target_machine = 'order-1'
-        AND status = 'pending'";
-    assert_eq!(num(server, &url, pending), 0);
+    handled_once_in_order(server, &url, "order-1");
     let owner = "SELECT count(*) FROM machine_state WHERE machine_name = 'order-1'
         AND instance_id = 'pg-b'";
     assert_eq!(num(server, &url, owner), 1);
@@ -997,24 +1006,7 @@ fn instance_names_are_unique_across_processes_and_a_clean_exit_hands_instances_o
             machine_at(b_addr, n).0 == 200
         });
     }
-    let audit = |from: &str, to: &str| {
-        num(
-            server,
-            &url,
-            &format!(
-                "SELECT count(*) FROM transitions WHERE machine_name = 'order-9'
-                    AND from_state = '{from}' AND to_state = '{to}'"
-            ),
-        )
-    };
-    kit::wait_until("s3 saved", LIMIT, || audit("s2", "s3") == 1);
-    assert_eq!(
-        (audit("s0", "s1"), audit("s1", "s2"), audit("s2", "s3")),
-        (1, 1, 1)
-    );
-    let pending = "SELECT count(*) FROM machine_events WHERE target_machine = 'order-9'
-        AND status = 'pending'";
-    assert_eq!(num(server, &url, pending), 0);
+    handled_once_in_order(server, &url, "order-9");
     let mine = "SELECT count(*) FROM machine_state WHERE definition = 'steps'
         AND NOT retired AND instance_id = 'pgn-b'";
     assert_eq!(num(server, &url, mine), 6);
