@@ -129,6 +129,29 @@ fn no_renew(lease_ms: u64) -> StoreOptions {
     }
 }
 
+/// Three processes `pa`, `pb`, `pc` (incarnations `1-a`, `1-b`, `1-c`) on one store
+/// (leases of `lease_ms`, not renewed), each registered live (a heartbeat is stale after
+/// `stale`).
+fn three_processes(b: &Backend, lease_ms: u64, stale: Duration) -> [Arc<dyn Store>; 3] {
+    [("pa", "1-a"), ("pb", "1-b"), ("pc", "1-c")].map(|(id, incarnation)| {
+        let s = b.open(StoreOptions {
+            instance_id: Some(id.into()),
+            ..no_renew(lease_ms)
+        });
+        s.register_instance(id, incarnation, stale).unwrap();
+        s
+    })
+}
+
+/// An instance of `definition` named `machine`, started or retired.
+fn mark(machine: &str, definition: &str, retired: bool) -> turnstile_engine::store::InstanceMark {
+    turnstile_engine::store::InstanceMark {
+        machine: Arc::from(machine),
+        definition: Arc::from(definition),
+        retired,
+    }
+}
+
 fn concurrent_claimers_never_double_claim(b: &Backend) {
     let n = 2000;
     {
@@ -900,13 +923,8 @@ fn the_renewal_thread_heartbeats_a_registered_instance(b: &Backend) {
 }
 
 fn instances_are_marked_live_then_retired_apart_from_their_state(b: &Backend) {
-    use turnstile_engine::store::{InstanceMark, SavedStates};
+    use turnstile_engine::store::SavedStates;
     let s = b.open(StoreOptions::default());
-    let mark = |m: &str, d: &str, retired| InstanceMark {
-        machine: Arc::from(m),
-        definition: Arc::from(d),
-        retired,
-    };
     // A config machine's row has no definition: never listed.
     s.save_state("config", "a", &serde_json::Map::new())
         .unwrap();
@@ -1681,23 +1699,9 @@ fn finished_jobs_older_than_the_retention_are_purged(b: &Backend) {
 }
 
 fn instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one(b: &Backend) {
-    use turnstile_engine::store::{InstanceMark, SavedStates};
+    use turnstile_engine::store::SavedStates;
     let stale = Duration::from_millis(1000);
-    let open = |id: &str| {
-        b.open(StoreOptions {
-            instance_id: Some(id.into()),
-            ..no_renew(60_000)
-        })
-    };
-    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
-    a.register_instance("pa", "1-a", stale).unwrap();
-    bb.register_instance("pb", "1-b", stale).unwrap();
-    c.register_instance("pc", "1-c", stale).unwrap();
-    let mark = |m: &str, d: &str, retired| InstanceMark {
-        machine: Arc::from(m),
-        definition: Arc::from(d),
-        retired,
-    };
+    let [a, bb, c] = three_processes(b, 60_000, stale);
     // A's instances: i1, i2 of `job`, i3 of `other`, all saved; i4 marked, never saved.
     a.mark_instances(&[
         mark("i1", "job", false),
@@ -1808,18 +1812,9 @@ fn instances_are_claimed_by_their_owner_and_taken_over_only_from_a_dead_one(b: &
 }
 
 fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Backend) {
-    use turnstile_engine::store::{InstanceMark, SavedStates};
+    use turnstile_engine::store::SavedStates;
     let stale = Duration::from_millis(1000);
-    let open = |id: &str| {
-        b.open(StoreOptions {
-            instance_id: Some(id.into()),
-            ..no_renew(1000)
-        })
-    };
-    let (a, bb, c) = (open("pa"), open("pb"), open("pc"));
-    a.register_instance("pa", "1-a", stale).unwrap();
-    bb.register_instance("pb", "1-b", stale).unwrap();
-    c.register_instance("pc", "1-c", stale).unwrap();
+    let [a, bb, c] = three_processes(b, 1000, stale);
     // A free name is taken; its owner takes it again (a restart), another live process not
     // (started, no state saved yet: its owner is live).
     assert!(a.claim_instance_name("n1", "job").unwrap());
@@ -1837,12 +1832,7 @@ fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Bac
     // A config machine's state row (no definition) and a retired instance are free.
     a.save_state("cfg", "x", &serde_json::Map::new()).unwrap();
     assert!(bb.claim_instance_name("cfg", "job").unwrap());
-    a.mark_instances(&[InstanceMark {
-        machine: Arc::from("n1"),
-        definition: Arc::from("job"),
-        retired: true,
-    }])
-    .unwrap();
+    a.mark_instances(&[mark("n1", "job", true)]).unwrap();
     assert!(bb.claim_instance_name("n1", "job").unwrap());
     assert_eq!(
         a.load_state("n1").unwrap().unwrap().instance_id.as_deref(),
@@ -1878,12 +1868,7 @@ fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Bac
         );
     }
     a.persist_batch(&states, &[]).unwrap();
-    a.mark_instances(&[InstanceMark {
-        machine: Arc::from("i3"),
-        definition: Arc::from("job"),
-        retired: true,
-    }])
-    .unwrap();
+    a.mark_instances(&[mark("i3", "job", true)]).unwrap();
     assert_eq!(a.release_instances().unwrap(), 2);
     assert_eq!(a.load_state("i1").unwrap().unwrap().instance_id, None);
     assert_eq!(
@@ -1918,7 +1903,10 @@ fn instance_names_are_held_across_processes_and_released_at_a_clean_exit(b: &Bac
     assert_eq!(taken, ["i1"]);
     assert!(bb.claim_instances(&defs, Some(stale)).unwrap().is_empty());
     // With no live process left, the next one to start restores released instances.
-    let d = open("pd");
+    let d = b.open(StoreOptions {
+        instance_id: Some("pd".into()),
+        ..no_renew(1000)
+    });
     assert!(d.claim_instances(&defs, None).unwrap().is_empty());
     let owner = a.load_state("i1").unwrap().unwrap().instance_id.unwrap();
     let holder = if owner == "pb" { &bb } else { &c };
