@@ -561,15 +561,12 @@ async fn instances(inner: Arc<Inner>) {
             let engine = inner.engine.clone();
             // Launching needs the runtime: off the async threads, with its handle.
             let handle = inner.runtime.clone();
-            let taken = tokio::task::spawn_blocking(move || {
+            // The engine logs what it took.
+            let _ = tokio::task::spawn_blocking(move || {
                 let _g = handle.enter();
                 engine.adopt_instances(lease)
             })
-            .await
-            .unwrap_or_default();
-            if !taken.is_empty() {
-                tracing::info!(target: "turnstile::events", count = taken.len(), "took over instances released at a clean exit or of a process whose heartbeat is older than the lease");
-            }
+            .await;
         }
         let (s, owner) = (inner.store.clone(), inner.instance_id.clone());
         let mut wait = inner.lease / 3;

@@ -999,7 +999,7 @@ impl Engine {
         }
         if !started.is_empty() {
             if dead_after.is_some() {
-                tracing::info!(target: "turnstile::store", count = started.len(), "instances of a dead process taken over");
+                tracing::info!(target: "turnstile::store", count = started.len(), "instances released at a clean exit or of a dead process taken over");
             } else {
                 tracing::info!(target: "turnstile::store", count = started.len(), "saved instances started again");
             }
